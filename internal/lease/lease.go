@@ -1,0 +1,252 @@
+// Package lease is the Redis protocol of a locksmith lease: the key names, the
+// Lua scripts that acquire, renew and release it, and the keepalive that
+// renews it while its holder works. Package lock and package fill both speak
+// it, so a fill lock and a lock.Locker lock on the same name exclude each
+// other: they are the same lock.
+package lease
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// ErrNotHeld is returned when a lease is no longer held by its holder: it
+// expired, was deleted, or was taken over. lock.ErrNotHeld is this value.
+var ErrNotHeld = errors.New("lock: not held")
+
+// FenceTTL is how long a name's fencing counter lives after the last lease
+// taken on it. Tokens stay increasing after it expires (they are floored by
+// the server clock); the counter only guards against a server clock that
+// steps back.
+const FenceTTL = 24 * time.Hour
+
+// LockKey returns the key of the lock on name under prefix: prefix{name}. The
+// hash tag puts every key of one name in one Redis Cluster slot.
+func LockKey(prefix, name string) string { return prefix + "{" + name + "}" }
+
+// FenceKey returns the key of the fencing counter for the lock key.
+func FenceKey(lockKey string) string { return lockKey + ":fence" }
+
+// ValueKey returns the key of the value guarded by the lock key.
+func ValueKey(lockKey string) string { return lockKey + ":value" }
+
+// NewToken returns a random 128-bit holder token.
+func NewToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand since Go 1.24)
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+var (
+	//go:embed acquire.lua
+	acquireLua    string
+	acquireScript = redis.NewScript(acquireLua)
+	//go:embed release.lua
+	releaseLua    string
+	releaseScript = redis.NewScript(releaseLua)
+	//go:embed refresh.lua
+	refreshLua    string
+	refreshScript = redis.NewScript(refreshLua)
+)
+
+// Scripts lists every script, for callers that preload them (SCRIPT LOAD) so
+// that no EVALSHA falls back to EVAL.
+var Scripts = []*redis.Script{acquireScript, releaseScript, refreshScript}
+
+// State is the outcome of [Acquire].
+type State int
+
+// The outcomes of [Acquire].
+const (
+	Held     State = 0 // someone else holds the lease; N is its remaining PTTL in ms
+	Acquired State = 1 // the caller holds the lease; N is its fencing token
+	Found    State = 2 // the guarded value exists; Value holds it
+)
+
+// Result is the reply of the acquire script.
+type Result struct {
+	State State
+	N     int64
+	Value string
+}
+
+// Acquire takes the lease on lockKey for token, or, when valueKey is not
+// empty and holds a value, returns that value instead. It returns when Redis
+// answers or ctx ends, whichever comes first, whatever the client's timeout
+// options. When the script may have taken the lease but the caller does not
+// learn of it (ctx ended, connection lost), the lease is released in the
+// background, token-checked, so no lock is left behind that nobody releases.
+func Acquire(ctx context.Context, rdb redis.Scripter, lockKey, valueKey, token string, ttl time.Duration, sharded bool) (Result, error) {
+	keys := []string{lockKey, FenceKey(lockKey)}
+	if valueKey != "" {
+		keys = append(keys, valueKey)
+	}
+	return Run(ctx, func(ctx context.Context) (Result, error) {
+		v, err := acquireScript.Run(ctx, rdb, keys, token, ms(ttl), ms(FenceTTL)).Result()
+		if err != nil {
+			if mayHaveRun(err) {
+				cleanup(rdb, lockKey, token, sharded)
+			}
+			return Result{}, err
+		}
+		return ParseAcquire(v)
+	}, func(r Result, err error) {
+		if err == nil && r.State == Acquired {
+			cleanup(rdb, lockKey, token, sharded)
+		}
+	})
+}
+
+// CleanupTimeout bounds the background release of a lease whose acquisition
+// the caller gave up on.
+const CleanupTimeout = 5 * time.Second
+
+func cleanup(rdb redis.Scripter, lockKey, token string, sharded bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), CleanupTimeout)
+	defer cancel()
+	_, _ = release(ctx, rdb, lockKey, token, sharded, Released, "", nil, 0)
+}
+
+// mayHaveRun reports whether a failed call may still have run on the server:
+// any failure but an error reply from Redis.
+func mayHaveRun(err error) bool {
+	var re redis.Error
+	return !errors.As(err, &re) && !errors.Is(err, redis.ErrClosed)
+}
+
+// Released is the message published when a lease is released with nothing
+// else to say.
+const Released = "r"
+
+// Release releases the lease on lockKey if token still holds it and publishes
+// msg on the name's channel. When valueKey is not empty, it also stores value
+// there with valueTTL, in the same step. It reports false, having written
+// nothing, when the lease was no longer token's.
+func Release(ctx context.Context, rdb redis.Scripter, lockKey, token string, sharded bool, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
+	return Run(ctx, func(ctx context.Context) (bool, error) {
+		return release(ctx, rdb, lockKey, token, sharded, msg, valueKey, value, valueTTL)
+	}, nil)
+}
+
+func release(ctx context.Context, rdb redis.Scripter, lockKey, token string, sharded bool, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
+	shard := "0"
+	if sharded {
+		shard = "1"
+	}
+	var v any
+	var err error
+	if valueKey == "" {
+		v, err = releaseScript.Run(ctx, rdb, []string{lockKey}, token, shard, msg).Result()
+	} else {
+		ttl := ms(max(valueTTL, time.Millisecond))
+		v, err = releaseScript.Run(ctx, rdb, []string{lockKey, valueKey}, token, shard, msg, value, ttl).Result()
+	}
+	if err != nil {
+		return false, err
+	}
+	return ParseFlag(v)
+}
+
+// Refresh extends the lease on lockKey to ttl if token still holds it.
+func Refresh(ctx context.Context, rdb redis.Scripter, lockKey, token string, ttl time.Duration) (bool, error) {
+	return Run(ctx, func(ctx context.Context) (bool, error) {
+		v, err := refreshScript.Run(ctx, rdb, []string{lockKey}, token, ms(ttl)).Result()
+		if err != nil {
+			return false, err
+		}
+		return ParseFlag(v)
+	}, nil)
+}
+
+// ParseAcquire parses the acquire script's reply.
+func ParseAcquire(v any) (Result, error) {
+	a, ok := v.([]any)
+	if !ok || len(a) != 2 {
+		return Result{}, fmt.Errorf("lease: unexpected acquire reply %T", v)
+	}
+	st, ok := a[0].(int64)
+	if !ok {
+		return Result{}, fmt.Errorf("lease: unexpected acquire state %T", a[0])
+	}
+	switch State(st) {
+	case Held, Acquired:
+		n, ok := a[1].(int64)
+		if !ok {
+			return Result{}, fmt.Errorf("lease: unexpected acquire number %T", a[1])
+		}
+		return Result{State: State(st), N: n}, nil
+	case Found:
+		s, ok := a[1].(string)
+		if !ok {
+			return Result{}, fmt.Errorf("lease: unexpected value %T", a[1])
+		}
+		return Result{State: Found, Value: s}, nil
+	}
+	return Result{}, fmt.Errorf("lease: unexpected acquire state %d", st)
+}
+
+// ParseFlag parses the 0-or-1 reply of the release and refresh scripts.
+func ParseFlag(v any) (bool, error) {
+	n, ok := v.(int64)
+	if !ok || (n != 0 && n != 1) {
+		return false, fmt.Errorf("lease: unexpected reply %v (%T)", v, v)
+	}
+	return n == 1, nil
+}
+
+func ms(d time.Duration) string {
+	return strconv.FormatInt(d.Milliseconds(), 10)
+}
+
+// Run runs fn and returns its result as soon as it returns or ctx ends,
+// whichever comes first. go-redis bounds a call by its ReadTimeout, not by the
+// caller's ctx, unless the client sets ContextTimeoutEnabled; Run makes every
+// call honour ctx. When ctx ends first, fn goes on in the background (bounded
+// by the client's own timeouts) and late, if not nil, receives its outcome.
+func Run[T any](ctx context.Context, fn func(context.Context) (T, error), late func(T, error)) (T, error) {
+	if ctx.Done() == nil {
+		return fn(ctx)
+	}
+	var zero T
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		v, err := fn(ctx)
+		ch <- result{v, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+		if late != nil {
+			go func() {
+				r := <-ch
+				late(r.v, r.err)
+			}()
+		}
+		return zero, ctx.Err()
+	}
+}
+
+// Quote quotes a name for an error message, shortening a long one.
+func Quote(name string) string {
+	const limit = 64
+	if len(name) <= limit {
+		return strconv.Quote(name)
+	}
+	return strconv.Quote(name[:limit]) + "… (" + strconv.Itoa(len(name)) + " bytes)"
+}

@@ -1,0 +1,358 @@
+// Package notify multiplexes Redis pub/sub subscriptions for many waiters over
+// one connection per Redis server (one per shard on a Redis Cluster, where it
+// uses sharded pub/sub).
+//
+// A waiter subscribes to a channel, waits until the subscription is confirmed
+// by the server ([Sub.Ready]), re-checks the state it waits on, then waits for
+// a message. Because the confirmation arrives on the same connection as the
+// messages, anything published after Ready is delivered: there is no lost
+// wake-up between the re-check and the wait. Subscriptions are reference
+// counted per channel, so a thousand waiters on one key cost one SUBSCRIBE.
+//
+// Nothing here blocks a caller on the network: SUBSCRIBE and UNSUBSCRIBE are
+// queued and written by one goroutine that owns the pub/sub connections, in
+// order, batched.
+package notify
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Wake is the payload delivered to every waiter on a channel when its
+// subscription was re-established after a reconnect: messages may have been
+// lost, so waiters must re-check. Publishers never publish an empty payload.
+const Wake = ""
+
+// Hub owns the pub/sub connections of one Redis client. The zero value is not
+// usable; create one with [New]. A Hub must be closed with [Hub.Close].
+type Hub struct {
+	rdb     redis.UniversalClient
+	cluster *redis.ClusterClient // non-nil: sharded pub/sub, one connection per master
+
+	mu      sync.Mutex // guards every field below
+	chans   map[string]*entry
+	shards  map[string]*shard // by master address; "" when not a cluster
+	ops     []op
+	closed  bool
+	started bool
+	kick    chan struct{} // wakes the writer; capacity 1
+	done    chan struct{} // closed by Close
+	wg      sync.WaitGroup
+}
+
+type op struct {
+	channel   string
+	subscribe bool
+}
+
+type shard struct {
+	ps *redis.PubSub
+}
+
+// entry is the state of one channel. want says whether the last command
+// queued for it was SUBSCRIBE; pending counts subscribe confirmations still
+// to arrive. The channel is ready when want && pending == 0: replies arrive in
+// command order on one connection, so the confirmation of the newest
+// SUBSCRIBE is the last one counted.
+type entry struct {
+	refs    int
+	want    bool
+	pending int
+	ready   chan struct{} // closed when subscribed; replaced when want turns false
+	isReady bool
+	subs    map[*Sub]struct{}
+}
+
+// New returns a Hub for rdb. It opens no connection until the first
+// [Hub.Subscribe].
+func New(rdb redis.UniversalClient) *Hub {
+	h := &Hub{
+		rdb:    rdb,
+		chans:  make(map[string]*entry),
+		shards: make(map[string]*shard),
+		kick:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		h.cluster = cc
+	}
+	return h
+}
+
+// Sharded reports whether publishers must use SPUBLISH for this Hub's
+// channels (the client is a Redis Cluster client).
+func (h *Hub) Sharded() bool { return h.cluster != nil }
+
+// Sub is one waiter's subscription to one channel.
+type Sub struct {
+	h       *Hub
+	channel string
+	e       *entry
+	c       chan string
+	closed  bool // guarded by h.mu
+}
+
+// Subscribe subscribes to channel. It never blocks on the network: the
+// returned Sub is ready once the server has confirmed the subscription. It
+// never fails either: when Redis cannot be reached Ready stays open, and the
+// waiter falls back to polling. The caller must Close the Sub.
+func (h *Hub) Subscribe(channel string) *Sub {
+	s := &Sub{h: h, channel: channel, c: make(chan string, 1)}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		s.closed = true
+		s.e = &entry{ready: make(chan struct{})}
+		return s
+	}
+	e := h.chans[channel]
+	if e == nil {
+		e = &entry{ready: make(chan struct{}), subs: make(map[*Sub]struct{})}
+		h.chans[channel] = e
+	}
+	s.e = e
+	e.refs++
+	e.subs[s] = struct{}{}
+	if !e.want {
+		e.want = true
+		e.pending++
+		h.enqueue(op{channel: channel, subscribe: true})
+	}
+	return s
+}
+
+// Ready is closed once the server has confirmed the subscription.
+func (s *Sub) Ready() <-chan struct{} {
+	s.h.mu.Lock()
+	defer s.h.mu.Unlock()
+	return s.e.ready
+}
+
+// C delivers messages published on the channel. It holds only the newest one:
+// a waiter that is slow to read sees the latest payload, and [Wake] after a
+// reconnect.
+func (s *Sub) C() <-chan string { return s.c }
+
+// Close ends the subscription. The channel is unsubscribed when its last Sub
+// closes. Close is idempotent.
+func (s *Sub) Close() {
+	h := s.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	e := s.e
+	delete(e.subs, s)
+	e.refs--
+	if e.refs > 0 || h.closed {
+		return
+	}
+	e.want = false
+	if e.isReady {
+		e.ready = make(chan struct{})
+		e.isReady = false
+	}
+	h.enqueue(op{channel: s.channel, subscribe: false})
+}
+
+// enqueue queues a command for the writer. h.mu must be held.
+func (h *Hub) enqueue(o op) {
+	h.ops = append(h.ops, o)
+	if !h.started {
+		h.started = true
+		h.wg.Add(1)
+		go h.writer()
+	}
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+// writer sends queued SUBSCRIBE and UNSUBSCRIBE commands in order, batching
+// runs of the same command on the same shard.
+func (h *Hub) writer() {
+	defer h.wg.Done()
+	for {
+		select {
+		case <-h.done:
+			return
+		case <-h.kick:
+		}
+		h.mu.Lock()
+		ops := h.ops
+		h.ops = nil
+		h.mu.Unlock()
+		for i := 0; i < len(ops); {
+			sh := h.shardFor(ops[i].channel)
+			j := i + 1
+			for j < len(ops) && ops[j].subscribe == ops[i].subscribe && h.shardFor(ops[j].channel) == sh {
+				j++
+			}
+			h.send(sh, ops[i].subscribe, ops[i:j])
+			i = j
+		}
+	}
+}
+
+// writeTimeout bounds one SUBSCRIBE or UNSUBSCRIBE write (and the dial that
+// may precede it). A write that fails leaves the channel registered in the
+// go-redis PubSub, which subscribes it again when it reconnects.
+const writeTimeout = 5 * time.Second
+
+func (h *Hub) send(sh *shard, subscribe bool, ops []op) {
+	if sh == nil {
+		return // the cluster's slot owner is unknown: waiters poll
+	}
+	channels := make([]string, len(ops))
+	for i, o := range ops {
+		channels[i] = o.channel
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	switch {
+	case h.cluster != nil && subscribe:
+		_ = sh.ps.SSubscribe(ctx, channels...)
+	case h.cluster != nil:
+		_ = sh.ps.SUnsubscribe(ctx, channels...)
+	case subscribe:
+		_ = sh.ps.Subscribe(ctx, channels...)
+	default:
+		_ = sh.ps.Unsubscribe(ctx, channels...)
+	}
+}
+
+// shardFor returns the pub/sub connection serving channel, creating it and
+// its reader on first use. Only the writer goroutine calls it.
+func (h *Hub) shardFor(channel string) *shard {
+	addr := ""
+	if h.cluster != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		node, err := h.cluster.MasterForKey(ctx, channel)
+		cancel()
+		if err != nil {
+			return nil
+		}
+		addr = node.Options().Addr
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil
+	}
+	if sh := h.shards[addr]; sh != nil {
+		return sh
+	}
+	var ps *redis.PubSub
+	if h.cluster != nil {
+		// The connection is routed by the slot of the first channel it
+		// subscribes; SSubscribe with no channel leaves it unconnected.
+		ps = h.cluster.SSubscribe(context.Background())
+	} else {
+		ps = h.rdb.Subscribe(context.Background())
+	}
+	sh := &shard{ps: ps}
+	h.shards[addr] = sh
+	ch := ps.ChannelWithSubscriptions(redis.WithChannelSize(1024))
+	h.wg.Add(1)
+	go h.reader(ch)
+	return sh
+}
+
+// reader dispatches one connection's replies until it is closed.
+func (h *Hub) reader(ch <-chan any) {
+	defer h.wg.Done()
+	for m := range ch {
+		switch m := m.(type) {
+		case *redis.Message:
+			h.deliver(m.Channel, m.Payload)
+		case *redis.Subscription:
+			h.confirm(m.Kind, m.Channel)
+		}
+	}
+}
+
+func (h *Hub) deliver(channel, payload string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	e := h.chans[channel]
+	if e == nil {
+		return
+	}
+	for s := range e.subs {
+		s.put(payload)
+	}
+}
+
+// put delivers payload, replacing an unread older one. h.mu must be held.
+func (s *Sub) put(payload string) {
+	for {
+		select {
+		case s.c <- payload:
+			return
+		default:
+		}
+		select {
+		case <-s.c:
+		default:
+		}
+	}
+}
+
+func (h *Hub) confirm(kind, channel string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	e := h.chans[channel]
+	if e == nil {
+		return
+	}
+	switch kind {
+	case "subscribe", "ssubscribe":
+		if e.pending > 0 {
+			e.pending--
+		}
+		if !e.want || e.pending > 0 {
+			return
+		}
+		if !e.isReady {
+			e.isReady = true
+			close(e.ready)
+			return
+		}
+		// Subscribed again while already subscribed: the connection was
+		// re-established and messages may have been lost in between.
+		for s := range e.subs {
+			s.put(Wake)
+		}
+	case "unsubscribe", "sunsubscribe":
+		if !e.want && e.refs == 0 && e.pending == 0 {
+			delete(h.chans, channel)
+		}
+	}
+}
+
+// Close closes the pub/sub connections and stops the Hub's goroutines. Subs
+// still open stay valid but receive nothing more. Close is idempotent.
+func (h *Hub) Close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	close(h.done)
+	shards := h.shards
+	h.shards = nil
+	h.mu.Unlock()
+	for _, sh := range shards {
+		_ = sh.ps.Close()
+	}
+	h.wg.Wait()
+	return nil
+}

@@ -1,0 +1,258 @@
+// Package lock is a distributed lock on Redis: the original locksmith API,
+// with token-checked release, fencing tokens, waiters woken by push instead
+// of polling, and automatic renewal while a [Locker.Do] callback runs.
+//
+// The lock on name K is the Redis key prefix{K} holding a random 128-bit
+// token with a lease (PX). Acquiring it is one round trip: one Lua script sets
+// the key if it is free and issues a fencing token from the counter
+// prefix{K}:fence. Releasing it is one round trip: one script deletes the key
+// only if it still holds the caller's token, and publishes on the channel
+// prefix{K}, which wakes every waiter on every server at once.
+//
+// # Fencing tokens
+//
+// [Lock.Token] is strictly increasing per name across all clients: it is
+// max(last token + 1, the Redis server's clock in microseconds). Pass it to the
+// resource the lock guards and have the resource refuse a token lower than
+// the highest it has seen: then a holder that paused past its lease (a GC
+// pause, a stopped VM) cannot overwrite its successor's work. The counter key
+// lives for 24 hours after the last lock on the name. Should it be lost — it
+// expired, was evicted, or Redis restarted without persistence — tokens still
+// increase, because the server clock does, unless that clock steps back.
+//
+// # Redis configuration
+//
+// Run Redis with maxmemory-policy noeviction (or a volatile-* policy, which
+// spares keys without a TTL only: locks have one, so prefer noeviction):
+// an evicted lock is a lock two holders hold. Fencing tokens keep the resource
+// safe even then.
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/internal/lease"
+	"github.com/locksmith-go/locksmith/internal/notify"
+)
+
+var (
+	// ErrNotObtained is returned by [Locker.TryObtain] when the lock is held.
+	ErrNotObtained = errors.New("lock: not obtained")
+	// ErrNotHeld is returned when a lock is no longer held by its holder:
+	// its lease ran out, or it was deleted or taken over.
+	ErrNotHeld = lease.ErrNotHeld
+)
+
+// Options configure a [Locker]. The zero value gives the original locksmith
+// defaults.
+type Options struct {
+	// Prefix is put before every key and channel name. It must not contain
+	// '{' or '}', which would break the hash tag that keeps a name's keys in
+	// one Redis Cluster slot.
+	// default: "__locksmith:"
+	Prefix string
+
+	// TTL is the lease: how long a lock stays held if its holder neither
+	// releases nor refreshes it (a crashed server). [Locker.Do] renews it
+	// every TTL/3 while its callback runs.
+	// default: 120s
+	TTL time.Duration
+
+	// PollInterval is the longest a waiting [Locker.Obtain] goes without
+	// checking the lock again when no notification arrives (one lost while
+	// the pub/sub connection reconnected, say). It never waits longer than the
+	// holder's remaining lease either.
+	// default: 1s
+	PollInterval time.Duration
+}
+
+// DefaultPrefix is the default key prefix, the original locksmith one.
+const DefaultPrefix = "__locksmith:"
+
+func (o *Options) withDefaults() Options {
+	var opt Options
+	if o != nil {
+		opt = *o
+	}
+	if opt.Prefix == "" {
+		opt.Prefix = DefaultPrefix
+	}
+	if opt.TTL <= 0 {
+		opt.TTL = 120 * time.Second
+	}
+	if opt.PollInterval <= 0 {
+		opt.PollInterval = time.Second
+	}
+	return opt
+}
+
+// Locker obtains locks. It is safe for concurrent use. It keeps one pub/sub
+// connection, opened when a caller first has to wait, shared by all its
+// waiters; [Locker.Close] closes it.
+type Locker struct {
+	rdb redis.UniversalClient
+	opt Options
+	hub *notify.Hub
+}
+
+// New returns a Locker on rdb, which may be a *redis.Client, a
+// *redis.ClusterClient or a failover client. A nil opt gives the defaults.
+func New(rdb redis.UniversalClient, opt *Options) *Locker {
+	return &Locker{rdb: rdb, opt: opt.withDefaults(), hub: notify.New(rdb)}
+}
+
+// Close closes the Locker's pub/sub connection. Locks it obtained stay valid
+// and can still be released; waiting calls fall back to polling.
+func (l *Locker) Close() error { return l.hub.Close() }
+
+// Lock is a held lock.
+type Lock struct {
+	l     *Locker
+	name  string
+	key   string
+	token string
+	fence int64
+	since time.Time // when the request that acquired it was sent
+}
+
+// Obtain obtains the lock on key, waiting until it is free or ctx ends. The
+// empty key is a valid name. Waiters are woken by the holder's release on any
+// server, within a round trip or two.
+//
+// A Redis error (unreachable, a key of the wrong type at the lock's name, out
+// of memory) is returned at once, wrapped; when ctx ends, the error wraps
+// ctx.Err().
+func (l *Locker) Obtain(ctx context.Context, key string) (*Lock, error) {
+	return l.obtain(ctx, key, true)
+}
+
+// TryObtain obtains the lock on key if it is free, and returns
+// [ErrNotObtained] at once if it is held.
+func (l *Locker) TryObtain(ctx context.Context, key string) (*Lock, error) {
+	return l.obtain(ctx, key, false)
+}
+
+func (l *Locker) obtain(ctx context.Context, name string, wait bool) (*Lock, error) {
+	key := lease.LockKey(l.opt.Prefix, name)
+	token := lease.NewToken()
+	var sub *notify.Sub
+	defer func() {
+		if sub != nil {
+			sub.Close()
+		}
+	}()
+	var timer *time.Timer
+	for {
+		sent := time.Now()
+		r, err := lease.Acquire(ctx, l.rdb, key, "", token, l.opt.TTL, l.hub.Sharded())
+		if err != nil {
+			return nil, fmt.Errorf("lock: obtain %s: %w", lease.Quote(name), err)
+		}
+		if r.State == lease.Acquired {
+			return &Lock{l: l, name: name, key: key, token: token, fence: r.N, since: sent}, nil
+		}
+		if !wait {
+			return nil, ErrNotObtained
+		}
+		d := min(time.Duration(r.N)*time.Millisecond, l.opt.PollInterval)
+		d = max(d, time.Millisecond)
+		if timer == nil {
+			timer = time.NewTimer(d)
+			defer timer.Stop()
+		} else {
+			timer.Reset(d)
+		}
+		if sub == nil {
+			// Subscribe, wait for the server to confirm, then look again:
+			// a release published after the confirmation cannot be missed.
+			sub = l.hub.Subscribe(key)
+			select {
+			case <-sub.Ready():
+			case <-timer.C:
+			case <-ctx.Done():
+				return nil, fmt.Errorf("lock: obtain %s: %w", lease.Quote(name), ctx.Err())
+			}
+			drain(sub.C())
+			continue
+		}
+		select {
+		case <-sub.C():
+		case <-timer.C:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("lock: obtain %s: %w", lease.Quote(name), ctx.Err())
+		}
+	}
+}
+
+func drain(c <-chan string) {
+	select {
+	case <-c:
+	default:
+	}
+}
+
+// Do obtains the lock on key, runs fn, and releases the lock, whatever fn
+// does: returns, fails or panics (the panic goes on after the release). While
+// fn runs, the lease is renewed every TTL/3; fn's ctx is cancelled as soon as
+// the lease is known lost, and Do's error then wraps [ErrNotHeld], joined with
+// fn's own error.
+func (l *Locker) Do(ctx context.Context, key string, fn func(ctx context.Context) error) (err error) {
+	lk, err := l.Obtain(ctx, key)
+	if err != nil {
+		return err
+	}
+	fctx, cancel := context.WithCancelCause(ctx)
+	keeper := lease.Keep(l.rdb, lk.key, lk.token, l.opt.TTL, lk.since, func() { cancel(ErrNotHeld) })
+	defer func() {
+		cancel(nil)
+		if lost := keeper.Stop(); lost != nil {
+			err = errors.Join(err, lost)
+			return
+		}
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
+		defer rcancel()
+		if rerr := lk.Release(rctx); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	return fn(fctx)
+}
+
+// Release releases the lock and wakes its waiters. It returns [ErrNotHeld]
+// when the lock is no longer held by this Lock (its lease ran out, or it was
+// deleted); it never deletes a successor's lock.
+func (k *Lock) Release(ctx context.Context) error {
+	ok, err := lease.Release(ctx, k.l.rdb, k.key, k.token, k.l.hub.Sharded(), lease.Released, "", nil, 0)
+	if err != nil {
+		return fmt.Errorf("lock: release %s: %w", lease.Quote(k.name), err)
+	}
+	if !ok {
+		return fmt.Errorf("%w: release %s", ErrNotHeld, lease.Quote(k.name))
+	}
+	return nil
+}
+
+// Refresh extends the lease to the Locker's TTL from now. It returns
+// [ErrNotHeld] when the lock is no longer held by this Lock.
+func (k *Lock) Refresh(ctx context.Context) error {
+	ok, err := lease.Refresh(ctx, k.l.rdb, k.key, k.token, k.l.opt.TTL)
+	if err != nil {
+		return fmt.Errorf("lock: refresh %s: %w", lease.Quote(k.name), err)
+	}
+	if !ok {
+		return fmt.Errorf("%w: refresh %s", ErrNotHeld, lease.Quote(k.name))
+	}
+	return nil
+}
+
+// Token returns the lock's fencing token: strictly increasing per name
+// across all clients (see the package documentation).
+func (k *Lock) Token() int64 { return k.fence }
+
+// Key returns the name the lock was obtained on.
+func (k *Lock) Key() string { return k.name }
