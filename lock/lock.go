@@ -72,7 +72,7 @@ type Options struct {
 }
 
 // DefaultPrefix is the default key prefix, the original locksmith one.
-const DefaultPrefix = "__locksmith:"
+const DefaultPrefix = lease.DefaultPrefix
 
 func (o *Options) withDefaults() Options {
 	var opt Options
@@ -140,60 +140,28 @@ func (l *Locker) TryObtain(ctx context.Context, key string) (*Lock, error) {
 func (l *Locker) obtain(ctx context.Context, name string, wait bool) (*Lock, error) {
 	key := lease.LockKey(l.opt.Prefix, name)
 	token := lease.NewToken()
-	var sub *notify.Sub
-	defer func() {
-		if sub != nil {
-			sub.Close()
-		}
-	}()
-	var timer *time.Timer
-	for {
+	var lk *Lock
+	err := l.hub.Await(ctx, key, func() (time.Duration, bool, error) {
 		sent := time.Now()
 		r, err := lease.Acquire(ctx, l.rdb, key, "", token, l.opt.TTL, l.hub.Sharded())
-		if err != nil {
-			return nil, fmt.Errorf("lock: obtain %s: %w", lease.Quote(name), err)
+		switch {
+		case err != nil:
+			return 0, false, err
+		case r.State == lease.Acquired:
+			lk = &Lock{l: l, name: name, key: key, token: token, fence: r.N, since: sent}
+			return 0, true, nil
+		case !wait:
+			return 0, false, ErrNotObtained
 		}
-		if r.State == lease.Acquired {
-			return &Lock{l: l, name: name, key: key, token: token, fence: r.N, since: sent}, nil
-		}
-		if !wait {
-			return nil, ErrNotObtained
-		}
-		d := min(time.Duration(r.N)*time.Millisecond, l.opt.PollInterval)
-		d = max(d, time.Millisecond)
-		if timer == nil {
-			timer = time.NewTimer(d)
-			defer timer.Stop()
-		} else {
-			timer.Reset(d)
-		}
-		if sub == nil {
-			// Subscribe, wait for the server to confirm, then look again:
-			// a release published after the confirmation cannot be missed.
-			sub = l.hub.Subscribe(key)
-			select {
-			case <-sub.Ready():
-			case <-timer.C:
-			case <-ctx.Done():
-				return nil, fmt.Errorf("lock: obtain %s: %w", lease.Quote(name), ctx.Err())
-			}
-			drain(sub.C())
-			continue
-		}
-		select {
-		case <-sub.C():
-		case <-timer.C:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("lock: obtain %s: %w", lease.Quote(name), ctx.Err())
-		}
+		return min(time.Duration(r.N)*time.Millisecond, l.opt.PollInterval), false, nil
+	}, nil)
+	if errors.Is(err, ErrNotObtained) {
+		return nil, err
 	}
-}
-
-func drain(c <-chan string) {
-	select {
-	case <-c:
-	default:
+	if err != nil {
+		return nil, fmt.Errorf("lock: obtain %s: %w", lease.Quote(name), err)
 	}
+	return lk, nil
 }
 
 // Do obtains the lock on key, runs fn, and releases the lock, whatever fn
@@ -214,13 +182,29 @@ func (l *Locker) Do(ctx context.Context, key string, fn func(ctx context.Context
 			err = errors.Join(err, lost)
 			return
 		}
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
-		defer rcancel()
-		if rerr := lk.Release(rctx); rerr != nil {
+		if rerr := lk.releaseDetached(ctx); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 	}()
 	return fn(fctx)
+}
+
+// releaseDetached releases the lock even when ctx has ended, but returns by
+// ctx: a release still under way then goes on in the background, bounded by
+// [lease.CleanupTimeout].
+func (k *Lock) releaseDetached(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
+	done := make(chan error, 1)
+	go func() {
+		defer cancel()
+		done <- k.Release(rctx)
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return nil
+	}
 }
 
 // Release releases the lock and wakes its waiters. It returns [ErrNotHeld]

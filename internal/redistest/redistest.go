@@ -1,0 +1,518 @@
+// Package redistest gives Go tests a Redis to talk to: an embedded miniredis
+// (Mini), a real redis-server child process (Start) or a real Redis Cluster
+// (StartCluster).
+//
+// Real servers listen on free 127.0.0.1 ports chosen at start-up, keep their
+// files in a per-server t.TempDir(), persist nothing, and are killed in
+// t.Cleanup. Tests that need a real server are skipped when redis-server is
+// not on PATH, unless LOCKSMITH_REQUIRE_REDIS=1 (see Require).
+//
+// The real-server helpers signal the child process with SIGSTOP, SIGCONT and
+// SIGKILL, so the package builds on Unix-like systems only.
+package redistest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	// requireEnv names the environment variable that turns a missing
+	// redis-server from a skip into a failure.
+	requireEnv = "LOCKSMITH_REQUIRE_REDIS"
+
+	readyTimeout   = 10 * time.Second // start-up until PING answers PONG
+	restartTimeout = 5 * time.Second  // how long Restart retries a busy port
+	exitTimeout    = 10 * time.Second // SIGKILL until the process is reaped
+	signalTimeout  = 10 * time.Second // SIGSTOP/SIGCONT until the state shows
+	doTimeout      = 30 * time.Second // one command sent by Server.Do
+	pollInterval   = 5 * time.Millisecond
+	startAttempts  = 5 // fresh ports tried by Start when one is taken
+)
+
+// Mini starts an embedded miniredis server with miniredis.RunT and returns it
+// together with a go-redis client connected to it. The client is closed, and
+// then the server stopped, in t.Cleanup.
+func Mini(t testing.TB) (*miniredis.Miniredis, *redis.Client) {
+	t.Helper()
+	m := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	// Close only fails if the test closed the client itself, which is fine.
+	t.Cleanup(func() { _ = c.Close() })
+	return m, c
+}
+
+// Available reports whether a redis-server binary is on PATH.
+func Available() bool {
+	_, err := exec.LookPath("redis-server")
+	return err == nil
+}
+
+// Require skips the test when redis-server is not on PATH, or fails it
+// instead when the environment variable LOCKSMITH_REQUIRE_REDIS is "1".
+func Require(t testing.TB) {
+	t.Helper()
+	if Available() {
+		return
+	}
+	msg := "redis-server not found on PATH; install Debian's redis-server package, or set " +
+		requireEnv + "=1 to make this a failure"
+	if os.Getenv(requireEnv) == "1" {
+		t.Fatal(msg)
+		return
+	}
+	t.Skip(msg)
+}
+
+// ServerOptions configures Start. The zero value and nil are both valid.
+type ServerOptions struct {
+	// Args are extra redis-server arguments appended to the defaults, for
+	// example {"--maxmemory", "2mb", "--maxmemory-policy", "noeviction"}.
+	// They must not override --port, --bind or --dir.
+	Args []string
+}
+
+// Server is a real redis-server child process listening on a free
+// 127.0.0.1 port. Its methods may be called from several goroutines.
+type Server struct {
+	port int      // fixed for the Server's lifetime, also across Restart
+	dir  string   // working directory (--dir), a t.TempDir()
+	args []string // every argument except --port
+
+	mu     sync.Mutex
+	proc   *process // the latest run, possibly exited; nil only before the first
+	paused bool
+}
+
+// process is one run of redis-server.
+type process struct {
+	cmd  *exec.Cmd
+	out  *tailBuffer
+	done chan struct{} // closed once cmd.Wait has returned
+}
+
+// Start starts a redis-server on a free 127.0.0.1 port and waits until it
+// answers PING. It calls Require first, so the test is skipped when
+// redis-server is missing. opt may be nil. The server runs with --save ""
+// --appendonly no --protected-mode no in its own t.TempDir(), followed by
+// opt.Args; it is killed (resumed first if paused) in t.Cleanup.
+func Start(t testing.TB, opt *ServerOptions) *Server {
+	t.Helper()
+	Require(t)
+	var extra []string
+	if opt != nil {
+		extra = opt.Args
+	}
+	return startServer(t, false, extra)
+}
+
+// startServer starts a Server, as a cluster node if cluster is set. It tries
+// a few fresh ports if redis-server finds its port already taken.
+func startServer(t testing.TB, cluster bool, extra []string) *Server {
+	t.Helper()
+	// TempDir's removal is registered before the kill below, so it runs after.
+	s := &Server{dir: t.TempDir()}
+	s.args = []string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", s.dir, "--protected-mode", "no"}
+	if cluster {
+		s.args = append(s.args, "--cluster-enabled", "yes",
+			"--cluster-config-file", filepath.Join(s.dir, "nodes.conf"),
+			"--cluster-node-timeout", "5000")
+	}
+	s.args = append(s.args, extra...)
+	t.Cleanup(func() { s.cleanup(t) })
+
+	var errs []error
+	for range startAttempts {
+		port, err := freePort(cluster)
+		if err != nil {
+			t.Fatalf("redistest: %v", err)
+		}
+		p, err := s.launch(port)
+		if err == nil {
+			s.port, s.proc = port, p
+			return s
+		}
+		errs = append(errs, err)
+		if !errors.Is(err, errAddrInUse) {
+			break
+		}
+	}
+	t.Fatalf("redistest: starting redis-server: %v", errors.Join(errs...))
+	return nil
+}
+
+// Addr returns the server's address, "127.0.0.1:PORT".
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// Port returns the server's TCP port. It stays the same across Restart.
+func (s *Server) Port() int { return s.port }
+
+// Client returns a new go-redis client for the server, closed in t.Cleanup.
+// opts may be nil; it is copied and its Addr set to the server's address.
+func (s *Server) Client(t testing.TB, opts *redis.Options) *redis.Client {
+	t.Helper()
+	var o redis.Options
+	if opts != nil {
+		o = *opts
+	}
+	o.Addr = s.Addr()
+	c := redis.NewClient(&o)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Do runs one command on a short-lived client against the server and returns
+// its reply, or nil for a nil reply. Any other error fails the test. The
+// command is not retried and must complete within 30 seconds, so commands such
+// as CONFIG SET or DEBUG SLEEP 1 are fine.
+func (s *Server) Do(t testing.TB, args ...any) any {
+	t.Helper()
+	v, err := do(s.Addr(), args...)
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	return v
+}
+
+// do runs one command against addr on a short-lived client.
+func do(addr string, args ...any) (any, error) {
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DisableIdentity: true,
+		ReadTimeout: -1, ContextTimeoutEnabled: true})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), doTimeout)
+	defer cancel()
+	v, err := c.Do(ctx, args...).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%v on %s: %w", args, addr, err)
+	}
+	return v, nil
+}
+
+// Pause stops the server with SIGSTOP and, on Linux, waits until the kernel
+// reports it stopped. Connections stay open but go unanswered until Resume.
+func (s *Server) Pause(t testing.TB) {
+	t.Helper()
+	s.signal(t, syscall.SIGSTOP, true)
+}
+
+// Resume continues a paused server with SIGCONT.
+func (s *Server) Resume(t testing.TB) {
+	t.Helper()
+	s.signal(t, syscall.SIGCONT, false)
+}
+
+// signal sends sig to the running server and, where the process state can be
+// read, waits until the process is stopped (stop) or running (!stop).
+func (s *Server) signal(t testing.TB, sig syscall.Signal, stop bool) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.proc
+	if p == nil || p.exited() {
+		t.Fatalf("redistest: cannot send %v: redis-server on %s is not running%s", sig, s.Addr(), s.tail())
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("redistest: sending %v to redis-server on %s: %v", sig, s.Addr(), err)
+	}
+	s.paused = stop
+	pid := p.cmd.Process.Pid
+	deadline := time.Now().Add(signalTimeout)
+	for {
+		stopped, known := processStopped(pid)
+		if !known || stopped == stop {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redistest: redis-server on %s (pid %d) did not react to %v within %v",
+				s.Addr(), pid, sig, signalTimeout)
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+// Kill kills the server with SIGKILL (after SIGCONT, in case it is paused) and
+// waits for the process to exit. Killing a server that is not running does
+// nothing.
+func (s *Server) Kill(t testing.TB) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.kill(); err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+}
+
+// Restart starts a fresh, empty redis-server with the same arguments on the
+// same port, killing the running one first if necessary, and waits until it
+// answers PING. Files left in the server's directory are removed, except a
+// cluster node's nodes.conf: a restarted cluster node rejoins its cluster with
+// its old identity and slots, but without data. If the port is briefly
+// unavailable, Restart retries for a few seconds.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.kill(); err != nil {
+		t.Fatalf("redistest: restart: %v", err)
+	}
+	if err := clearDir(s.dir, "nodes.conf"); err != nil {
+		t.Fatalf("redistest: restart: %v", err)
+	}
+	deadline := time.Now().Add(restartTimeout)
+	for {
+		p, err := s.launch(s.port)
+		if err == nil {
+			s.proc = p
+			return
+		}
+		if !errors.Is(err, errAddrInUse) || time.Now().After(deadline) {
+			t.Fatalf("redistest: restarting redis-server: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// cleanup kills the server at the end of the test, and logs the tail of its
+// output if the test failed.
+func (s *Server) cleanup(t testing.TB) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t.Failed() && s.proc != nil {
+		t.Logf("redistest: redis-server on %s:%s", s.Addr(), s.tail())
+	}
+	if err := s.kill(); err != nil {
+		t.Errorf("redistest: cleanup: %v", err)
+	}
+}
+
+// kill kills and reaps the current process, if any. s.mu must be held.
+func (s *Server) kill() error {
+	p := s.proc
+	if p != nil && !p.exited() {
+		// A stopped process dies of SIGKILL too, but resume it first so that
+		// nothing is left stopped should the kill fail.
+		_ = p.cmd.Process.Signal(syscall.SIGCONT)
+		if err := p.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			return fmt.Errorf("killing redis-server on %s: %w", s.Addr(), err)
+		}
+		select {
+		case <-p.done:
+		case <-time.After(exitTimeout):
+			return fmt.Errorf("redis-server on %s (pid %d) did not exit within %v of SIGKILL",
+				s.Addr(), p.cmd.Process.Pid, exitTimeout)
+		}
+	}
+	s.paused = false
+	return nil
+}
+
+// tail returns the last lines of the latest process's output, formatted for
+// appending to a message. s.mu must be held.
+func (s *Server) tail() string {
+	if s.proc == nil {
+		return ""
+	}
+	return s.proc.out.tail()
+}
+
+// errAddrInUse marks a start-up failure because the port was taken.
+var errAddrInUse = errors.New("address already in use")
+
+// launch runs redis-server on port and waits until it answers PING. On
+// failure the process is killed and the error includes its output; it wraps
+// errAddrInUse if redis-server could not bind its port.
+func (s *Server) launch(port int) (*process, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("finding redis-server: %w", err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	cmd := exec.Command(bin, append([]string{"--port", strconv.Itoa(port)}, s.args...)...)
+	cmd.Dir = s.dir
+	p := &process{cmd: cmd, out: &tailBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	cmd.WaitDelay = time.Second // don't wait forever for output held by forked children
+	setParentDeathSignal(cmd)
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("running %s: %w", bin, err)
+	}
+	go func() {
+		_ = cmd.Wait() // how it ended shows in its output
+		close(p.done)
+	}()
+
+	deadline := time.Now().Add(readyTimeout)
+	var probeErr error
+	for {
+		if p.exited() {
+			err := fmt.Errorf("redis-server on %s exited during start-up (%v)", addr, cmd.ProcessState)
+			if strings.Contains(p.out.String(), "Address already in use") {
+				err = fmt.Errorf("%w: %w", err, errAddrInUse)
+			}
+			return nil, fmt.Errorf("%w%s", err, p.out.tail())
+		}
+		if probeErr = probe(addr, cmd.Process.Pid); probeErr == nil {
+			return p, nil
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(pollInterval)
+	}
+	_ = cmd.Process.Kill()
+	<-p.done
+	return nil, fmt.Errorf("redis-server on %s not ready within %v: %v%s", addr, readyTimeout, probeErr, p.out.tail())
+}
+
+// exited reports whether the process has exited and been reaped.
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// probe checks that the server on addr answers PING with PONG and that it is
+// the process with the given pid, not some other server that took the port.
+func probe(addr string, pid int) error {
+	conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(time.Second)); err != nil {
+		return err
+	}
+	r := bufio.NewReader(conn)
+	if _, err := io.WriteString(conn, "PING\r\n"); err != nil {
+		return fmt.Errorf("sending PING: %w", err)
+	}
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("reading PING reply: %w", err)
+	}
+	if line != "+PONG\r\n" {
+		return fmt.Errorf("PING answered %q", strings.TrimSpace(line))
+	}
+	if _, err := io.WriteString(conn, "INFO server\r\n"); err != nil {
+		return fmt.Errorf("sending INFO: %w", err)
+	}
+	line, err = r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("reading INFO reply: %w", err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "$")))
+	if !strings.HasPrefix(line, "$") || err != nil || n < 0 {
+		return fmt.Errorf("INFO answered %q", strings.TrimSpace(line))
+	}
+	info := make([]byte, n+2)
+	if _, err := io.ReadFull(r, info); err != nil {
+		return fmt.Errorf("reading INFO reply: %w", err)
+	}
+	want := "process_id:" + strconv.Itoa(pid) + "\r\n"
+	if !strings.Contains(string(info), want) {
+		return fmt.Errorf("%s is served by another process (INFO lacks %q)", addr, strings.TrimSpace(want))
+	}
+	return nil
+}
+
+// freePort returns a 127.0.0.1 port that was free a moment ago. For a cluster
+// node, port+10000 (its cluster bus port) must be free too.
+func freePort(cluster bool) (int, error) {
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("finding a free port: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		if !cluster {
+			return port, l.Close()
+		}
+		if port+10000 > 65535 {
+			l.Close()
+			continue
+		}
+		bus, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000)))
+		l.Close()
+		if err == nil {
+			return port, bus.Close()
+		}
+	}
+	return 0, errors.New("finding a free port pair (port, port+10000): gave up after 100 tries")
+}
+
+// clearDir removes everything in dir except the entry named keep.
+func clearDir(dir, keep string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("clearing %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if e.Name() == keep {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("clearing %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// tailBuffer collects a process's output, keeping only the last 64 KiB. It is
+// safe for concurrent use.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+const tailBufferSize = 64 << 10
+
+// Write appends p, dropping the oldest output beyond 64 KiB.
+func (b *tailBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf = append(b.buf, p...)
+	if over := len(b.buf) - tailBufferSize; over > 0 {
+		b.buf = append(b.buf[:0], b.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+// String returns the output kept so far.
+func (b *tailBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
+}
+
+// tail returns the last 20 lines of output, indented and preceded by a
+// newline, ready to append to a message.
+func (b *tailBuffer) tail() string {
+	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+	if len(lines) > 20 {
+		lines = lines[len(lines)-20:]
+	}
+	return "\n\tredis-server output (last lines):\n\t\t" + strings.Join(lines, "\n\t\t")
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Runs every check of the project on a fresh Debian machine with Go:
+# installs redis-server when it is missing (as root, from Debian), then
+# gofmt, go vet, staticcheck, the race-enabled test suite of every module
+# (real redis-server tests included) and short fuzz runs.
+#
+# LOCKSMITH_REQUIRE_REDIS=1 turns tests that need redis-server from skipped
+# into failed when it is missing; .ci/run sets it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+		echo "== installing redis-server (Debian package)"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+	else
+		echo "== redis-server not found: tests that need a real Redis will skip (apt-get install redis-server)" >&2
+	fi
+fi
+
+STATICCHECK=honnef.co/go/tools/cmd/staticcheck@v0.8.2
+GOBIN_DIR="$(go env GOPATH)/bin"
+if ! "$GOBIN_DIR/staticcheck" -version 2>/dev/null | grep -q '(0.8.2)'; then
+	echo "== installing $STATICCHECK"
+	go install "$STATICCHECK"
+fi
+
+# Every Go module of the repository: the library and the nested ones that
+# keep their own dependencies (peer benchmarks, fault-injection tests).
+modules=(.)
+for m in benchmarks/peers faults; do
+	[ -f "$m/go.mod" ] && modules+=("$m")
+done
+
+echo "== gofmt"
+unformatted="$(gofmt -l .)"
+if [ -n "$unformatted" ]; then
+	echo "gofmt: these files need formatting:" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+
+for m in "${modules[@]}"; do
+	echo "== $m: go vet"
+	(cd "$m" && go vet ./...)
+	echo "== $m: staticcheck"
+	(cd "$m" && "$GOBIN_DIR/staticcheck" ./...)
+done
+
+for m in "${modules[@]}"; do
+	echo "== $m: go test -race"
+	(cd "$m" && go test -race -count=1 -timeout 15m ./...)
+done
+
+echo "== fuzz (short runs)"
+fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-5s}" "$2"; }
+fuzz FuzzDecode ./internal/envelope/
+fuzz FuzzMsgPackUnmarshal ./codec/
