@@ -28,6 +28,9 @@ var ErrNotHeld = errors.New("lock: not held")
 // steps back.
 const FenceTTL = 24 * time.Hour
 
+// DefaultPrefix is the default key prefix, the original locksmith one.
+const DefaultPrefix = "__locksmith:"
+
 // LockKey returns the key of the lock on name under prefix: prefix{name}. The
 // hash tag puts every key of one name in one Redis Cluster slot.
 func LockKey(prefix, name string) string { return prefix + "{" + name + "}" }

@@ -16,6 +16,8 @@ package notify
 
 import (
 	"context"
+	"errors"
+	"net"
 	"sync"
 	"time"
 
@@ -192,7 +194,9 @@ func (h *Hub) writer() {
 		for i := 0; i < len(ops); {
 			sh := h.shardFor(ops[i].channel)
 			j := i + 1
-			for j < len(ops) && ops[j].subscribe == ops[i].subscribe && h.shardFor(ops[j].channel) == sh {
+			// SSUBSCRIBE takes channels of one slot only: on a Cluster, one
+			// command per channel.
+			for h.cluster == nil && j < len(ops) && ops[j].subscribe == ops[i].subscribe {
 				j++
 			}
 			h.send(sh, ops[i].subscribe, ops[i:j])
@@ -259,21 +263,74 @@ func (h *Hub) shardFor(channel string) *shard {
 	}
 	sh := &shard{ps: ps}
 	h.shards[addr] = sh
-	ch := ps.ChannelWithSubscriptions(redis.WithChannelSize(1024))
 	h.wg.Add(1)
-	go h.reader(ch)
+	go h.reader(sh)
 	return sh
 }
 
-// reader dispatches one connection's replies until it is closed.
-func (h *Hub) reader(ch <-chan any) {
+// healthEvery is how long the reader waits for a message before it pings
+// the connection, which makes go-redis notice a dead one and reconnect.
+const healthEvery = 3 * time.Second
+
+// reader dispatches one connection's replies until it is closed. go-redis
+// reconnects and subscribes again by itself; on a Cluster its one
+// SSUBSCRIBE for every channel fails when they span slots (CROSSSLOT), so an
+// error reply makes the reader subscribe them again one by one.
+func (h *Hub) reader(sh *shard) {
 	defer h.wg.Done()
-	for m := range ch {
+	ctx := context.Background()
+	backoff := time.Duration(0)
+	for {
+		m, err := sh.ps.ReceiveTimeout(ctx, healthEvery)
+		if err != nil {
+			if h.isClosed() || errors.Is(err, redis.ErrClosed) {
+				return
+			}
+			var re redis.Error
+			var ne net.Error
+			switch {
+			case errors.As(err, &re):
+				h.resubscribe()
+			case errors.As(err, &ne) && ne.Timeout():
+				_ = sh.ps.Ping(ctx)
+			default:
+				// Disconnected: the next receive dials again.
+				backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
+				select {
+				case <-h.done:
+					return
+				case <-time.After(backoff):
+				}
+			}
+			continue
+		}
+		backoff = 0
 		switch m := m.(type) {
 		case *redis.Message:
 			h.deliver(m.Channel, m.Payload)
 		case *redis.Subscription:
 			h.confirm(m.Kind, m.Channel)
+		}
+	}
+}
+
+func (h *Hub) isClosed() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.closed
+}
+
+// resubscribe queues a SUBSCRIBE for every channel that should be
+// subscribed. Their confirmations wake the waiters, which look again.
+func (h *Hub) resubscribe() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return
+	}
+	for ch, e := range h.chans {
+		if e.want {
+			h.enqueue(op{channel: ch, subscribe: true})
 		}
 	}
 }
@@ -355,4 +412,87 @@ func (h *Hub) Close() error {
 	}
 	h.wg.Wait()
 	return nil
+}
+
+// Await calls attempt until it reports done or fails, and between attempts
+// waits for a message on channel, for the duration attempt returned, or for
+// ctx, whichever comes first. Before its second attempt it subscribes and
+// waits for the server's confirmation (at most that same duration), so an
+// event published after the second attempt's check is never missed.
+//
+// A message is passed to message, if not nil, which may end the wait (done)
+// or fail it; otherwise, or when message returns neither, attempt runs again.
+// The [Wake] payload is passed on too. Await returns ctx.Err() when ctx ends.
+func (h *Hub) Await(ctx context.Context, channel string,
+	attempt func() (wait time.Duration, done bool, err error),
+	message func(payload string) (done bool, err error),
+) error {
+	var sub *Sub
+	var timer *time.Timer
+	defer func() {
+		if sub != nil {
+			sub.Close()
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		wait, done, err := attempt()
+		if err != nil || done {
+			return err
+		}
+		wait = max(wait, time.Millisecond)
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		} else {
+			timer.Reset(wait)
+		}
+		if sub == nil {
+			sub = h.Subscribe(channel)
+			select {
+			case <-sub.Ready():
+			case <-timer.C:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			// Anything that arrived before the confirmation is covered by
+			// the next attempt.
+			select {
+			case <-sub.C():
+			default:
+			}
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+			continue
+		}
+		for again := false; !again; {
+			select {
+			case p := <-sub.C():
+				if message == nil {
+					again = true
+					break
+				}
+				done, err := message(p)
+				if err != nil || done {
+					return err
+				}
+				again = true
+			case <-timer.C:
+				again = true
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
 }
