@@ -1,0 +1,154 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is the demo's settings, from its flags.
+type config struct {
+	servers, requests, concurrency, keys int
+	zipf                                 float64
+	seed                                 uint64
+	rate                                 float64
+	burst                                int
+	latency, ttl, timeout                time.Duration
+	redis                                redisFlag
+	prefix                               string
+	json                                 bool
+}
+
+// usageError is an error in the command line; printed says whether the flag
+// package has already shown it.
+type usageError struct {
+	err     error
+	printed bool
+}
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// parseFlags parses and checks args; on -h it prints the usage to stderr and
+// returns flag.ErrHelp.
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	var cfg config
+	fs := flag.NewFlagSet("twitter", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "Usage: go run ./examples/twitter [flags]\n\n"+
+			"Compares naive cache-aside with fill.Get on a fleet of app servers\n"+
+			"calling a rate-limited fake Twitter API.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	fs.IntVar(&cfg.servers, "servers", 8, "app servers in the fleet, each with its own Redis client")
+	fs.IntVar(&cfg.requests, "requests", 2000, "requests sent, spread over the servers in turn")
+	fs.IntVar(&cfg.concurrency, "concurrency", 200, "requests in flight at once, over the whole fleet")
+	fs.IntVar(&cfg.keys, "keys", 10, "distinct user ids that can be requested; while it is at most -burst,\nfill stays within the rate limit whatever the timing")
+	fs.Float64Var(&cfg.zipf, "zipf", 1.1, "skew of the user ids' Zipf distribution; above 1")
+	fs.Uint64Var(&cfg.seed, "seed", 1, "seed of the request sequence")
+	fs.Float64Var(&cfg.rate, "rate", 50, "API calls allowed per second, fleet-wide")
+	fs.IntVar(&cfg.burst, "burst", 10, "API calls allowed at once after a quiet time")
+	fs.DurationVar(&cfg.latency, "latency", 80*time.Millisecond, "time the API takes per call")
+	fs.DurationVar(&cfg.ttl, "ttl", 10*time.Minute, "how long a timeline stays cached")
+	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "the longest one request may take")
+	fs.Var(&cfg.redis, "redis", "use the Redis at `host:port` instead of an embedded in-memory one;\n"+
+		"an empty host or port means localhost or 6379 (the original locksmith\n"+
+		"defaults): -redis '' is localhost:6379, -redis :6380 localhost:6380")
+	fs.StringVar(&cfg.prefix, "prefix", "twitter-demo:", "prefix of every Redis key written; keys under it are deleted before\neach mode and at the end")
+	fs.BoolVar(&cfg.json, "json", false, "also print the results as one JSON object on the last line of stdout")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return cfg, err
+		}
+		return cfg, &usageError{err: err, printed: true}
+	}
+	err := cfg.validate()
+	if fs.NArg() > 0 {
+		err = errors.Join(err, fmt.Errorf("unexpected arguments: %q", fs.Args()))
+	}
+	if err != nil {
+		return cfg, &usageError{err: err}
+	}
+	return cfg, nil
+}
+
+// validate reports every flag out of range, one per line.
+func (c *config) validate() error {
+	checks := []struct {
+		bad bool
+		msg string
+	}{
+		{c.servers < 1, fmt.Sprintf("-servers must be at least 1 (got %d)", c.servers)},
+		{c.requests < 1, fmt.Sprintf("-requests must be at least 1 (got %d)", c.requests)},
+		{c.concurrency < 1, fmt.Sprintf("-concurrency must be at least 1 (got %d)", c.concurrency)},
+		{c.keys < 1, fmt.Sprintf("-keys must be at least 1 (got %d)", c.keys)},
+		{!(c.zipf > 1) || math.IsInf(c.zipf, 0), fmt.Sprintf("-zipf must be a finite number above 1 (got %g)", c.zipf)},
+		{!(c.rate > 0) || math.IsInf(c.rate, 0), fmt.Sprintf("-rate must be a finite number above 0 (got %g)", c.rate)},
+		{c.burst < 1, fmt.Sprintf("-burst must be at least 1 (got %d)", c.burst)},
+		{c.latency < 0, fmt.Sprintf("-latency must not be negative (got %s)", c.latency)},
+		{c.ttl < time.Second, fmt.Sprintf("-ttl must be at least 1s (got %s)", c.ttl)},
+		{c.timeout <= 0, fmt.Sprintf("-timeout must be above 0 (got %s)", c.timeout)},
+		{c.prefix == "", "-prefix must not be empty: the demo deletes every key under it"},
+		{strings.ContainsAny(c.prefix, "{}"), fmt.Sprintf("-prefix must not contain '{' or '}' (got %q)", c.prefix)},
+	}
+	var errs []error
+	for _, ch := range checks {
+		if ch.bad {
+			errs = append(errs, errors.New(ch.msg))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// The original locksmith's defaults for the Redis server.
+const (
+	defaultRedisHost = "localhost"
+	defaultRedisPort = "6379"
+)
+
+// redisFlag is the -redis flag: the address of a real Redis, or "" when the
+// flag is not given.
+type redisFlag struct {
+	addr string
+}
+
+func (f *redisFlag) String() string { return f.addr }
+
+func (f *redisFlag) Set(s string) error {
+	addr, err := redisAddr(s)
+	if err != nil {
+		return err
+	}
+	f.addr = addr
+	return nil
+}
+
+// redisAddr completes a host:port, a host or a :port with the defaults for
+// the missing parts.
+func redisAddr(s string) (string, error) {
+	host, port := s, ""
+	if strings.Contains(s, ":") {
+		var err error
+		host, port, err = net.SplitHostPort(s)
+		if err != nil {
+			return "", fmt.Errorf("want host:port, host or :port (an IPv6 host in brackets): %w", err)
+		}
+	}
+	if host == "" {
+		host = defaultRedisHost
+	}
+	if port == "" {
+		port = defaultRedisPort
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("port %q is not a number from 1 to 65535", port)
+	}
+	return net.JoinHostPort(host, port), nil
+}
