@@ -3,11 +3,11 @@
 -- KEYS[3] (optional) the value P{K}:value, read first.
 -- ARGV[1] the holder's random token; ARGV[2] the lease in ms;
 -- ARGV[3] how long the fencing counter outlives its last use, in ms.
--- Returns {2, value} when KEYS[3] holds a value, {1, fence} when acquired,
--- {0, pttl} when someone else holds the lease.
+-- Returns the value (a bulk string) when KEYS[3] holds one, {1, fence} when
+-- acquired, {0, pttl} when someone else holds the lease.
 if KEYS[3] then
   local v = redis.call('GET', KEYS[3])
-  if v then return {2, v} end
+  if v then return v end
 end
 -- GET, not EXISTS: a key of another type raises WRONGTYPE instead of looking
 -- like a lock that is held forever.

@@ -171,6 +171,9 @@ func Refresh(ctx context.Context, rdb redis.Scripter, lockKey, token string, ttl
 
 // ParseAcquire parses the acquire script's reply.
 func ParseAcquire(v any) (Result, error) {
+	if s, ok := v.(string); ok {
+		return Result{State: Found, Value: s}, nil
+	}
 	a, ok := v.([]any)
 	if !ok || len(a) != 2 {
 		return Result{}, fmt.Errorf("lease: unexpected acquire reply %T", v)
@@ -186,12 +189,6 @@ func ParseAcquire(v any) (Result, error) {
 			return Result{}, fmt.Errorf("lease: unexpected acquire number %T", a[1])
 		}
 		return Result{State: State(st), N: n}, nil
-	case Found:
-		s, ok := a[1].(string)
-		if !ok {
-			return Result{}, fmt.Errorf("lease: unexpected value %T", a[1])
-		}
-		return Result{State: Found, Value: s}, nil
 	}
 	return Result{}, fmt.Errorf("lease: unexpected acquire state %d", st)
 }

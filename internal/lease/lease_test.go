@@ -24,14 +24,15 @@ func TestParseAcquire(t *testing.T) {
 	}{
 		{"held", []any{int64(0), int64(1500)}, Result{State: Held, N: 1500}, true},
 		{"acquired", []any{int64(1), int64(42)}, Result{State: Acquired, N: 42}, true},
-		{"found", []any{int64(2), "bytes"}, Result{State: Found, Value: "bytes"}, true},
+		{"found", "bytes", Result{State: Found, Value: "bytes"}, true},
+		{"found empty", "", Result{State: Found}, true},
 		{"nil", nil, Result{}, false},
-		{"string", "OK", Result{}, false},
+		{"number", int64(1), Result{}, false},
 		{"short", []any{int64(1)}, Result{}, false},
 		{"long", []any{int64(1), int64(2), int64(3)}, Result{}, false},
 		{"bad state", []any{int64(7), int64(1)}, Result{}, false},
 		{"state as string", []any{"1", int64(1)}, Result{}, false},
-		{"found with number", []any{int64(2), int64(1)}, Result{}, false},
+		{"found as a pair", []any{int64(2), "bytes"}, Result{}, false},
 		{"acquired with string", []any{int64(1), "x"}, Result{}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
