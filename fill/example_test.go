@@ -115,3 +115,30 @@ func ExampleErrNotFound() {
 	// true
 	// true
 }
+
+func ExampleNew() {
+	addr, stop := exampleRedis()
+	defer stop()
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	ctx, key := context.Background(), "timeline:1"
+	loader := func(ctx context.Context) (Timeline, error) { return Timeline{UserID: 1}, nil }
+
+	cache := fill.New(rdb, &fill.Options{
+		TTL:     time.Hour,         // how long a value stays cached (default 1h)
+		LockTTL: 120 * time.Second, // fill lock lease, renewed every LockTTL/3 while the loader runs (default 120s)
+	})
+	v, err := fill.Get(ctx, cache, key, loader, fill.WithTTL(10*time.Minute))
+
+	defer cache.Close()
+	fmt.Println(v.UserID, err)
+	// Output: 1 <nil>
+}
+
+// On a Redis Cluster, pass a cluster client: keys of one name share a hash
+// tag, and notifications use sharded pub/sub.
+func ExampleNew_cluster() {
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"10.0.0.1:6379", "10.0.0.2:6379"}})
+	cache := fill.New(rdb, nil)
+	defer cache.Close()
+}

@@ -654,7 +654,7 @@ func (c *Cache) store(ctx context.Context, lockKey, token, valueKey string, entr
 }
 
 func (c *Cache) release(ctx context.Context, lockKey, token, msg, valueKey string, value []byte, ttl time.Duration) {
-	ok, err := lease.Release(ctx, c.rdb, lockKey, token, c.hub.Sharded(), msg, valueKey, value, ttl)
+	ok, err := lease.ReleaseRetrying(ctx, c.rdb, lockKey, token, c.hub.Sharded(), msg, valueKey, value, ttl)
 	switch {
 	case err != nil:
 		c.stats.redisErrors.Add(1)

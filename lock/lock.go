@@ -197,7 +197,14 @@ func (k *Lock) releaseDetached(ctx context.Context) error {
 	done := make(chan error, 1)
 	go func() {
 		defer cancel()
-		done <- k.Release(rctx)
+		ok, err := lease.ReleaseRetrying(rctx, k.l.rdb, k.key, k.token, k.l.hub.Sharded(), lease.Released, "", nil, 0)
+		switch {
+		case err != nil:
+			err = fmt.Errorf("lock: release %s: %w", lease.Quote(k.name), err)
+		case !ok:
+			err = fmt.Errorf("%w: release %s", ErrNotHeld, lease.Quote(k.name))
+		}
+		done <- err
 	}()
 	select {
 	case err := <-done:

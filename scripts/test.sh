@@ -57,3 +57,4 @@ echo "== fuzz (short runs)"
 fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-5s}" "$2"; }
 fuzz FuzzDecode ./internal/envelope/
 fuzz FuzzMsgPackUnmarshal ./codec/
+fuzz FuzzParseAcquire ./internal/lease/

@@ -139,6 +139,31 @@ func Release(ctx context.Context, rdb redis.Scripter, lockKey, token string, sha
 	}, nil)
 }
 
+// ReleaseRetrying is [Release], tried again while a failure leaves it
+// unknown whether the release ran (a connection lost mid-call), until it
+// succeeds or ctx ends: a release lost to a network blip would otherwise keep
+// every waiter waiting until the lease runs out. When a retry finds the lease
+// no longer ours after such a failure, an earlier try most likely ran, and it
+// reports true.
+func ReleaseRetrying(ctx context.Context, rdb redis.Scripter, lockKey, token string, sharded bool, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
+	backoff := 5 * time.Millisecond
+	for retried := false; ; retried = true {
+		ok, err := Release(ctx, rdb, lockKey, token, sharded, msg, valueKey, value, valueTTL)
+		if err == nil {
+			return ok || retried, nil
+		}
+		if !mayHaveRun(err) || ctx.Err() != nil {
+			return false, err
+		}
+		select {
+		case <-ctx.Done():
+			return false, err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
+	}
+}
+
 func release(ctx context.Context, rdb redis.Scripter, lockKey, token string, sharded bool, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
 	shard := "0"
 	if sharded {
