@@ -220,7 +220,7 @@ type counters struct {
 // concurrent use. It keeps one pub/sub connection, opened when a flight first
 // waits on another server; [Cache.Close] closes it.
 type Cache struct {
-	rdb    redis.UniversalClient
+	rdb    *lease.Client
 	opt    Options
 	hub    *notify.Hub
 	base   context.Context // parent of every flight; cancelled by Close
@@ -238,7 +238,7 @@ type Cache struct {
 func New(rdb redis.UniversalClient, opt *Options) *Cache {
 	base, cancel := context.WithCancel(context.Background())
 	return &Cache{
-		rdb:     rdb,
+		rdb:     lease.NewClient(rdb),
 		opt:     opt.withDefaults(),
 		hub:     notify.New(rdb),
 		base:    base,
@@ -282,9 +282,9 @@ var deleteScript = redis.NewScript(deleteLua)
 // servers look again (and one of them loads afresh).
 func (c *Cache) Delete(ctx context.Context, key string) error {
 	lockKey := lease.LockKey(c.opt.Prefix, key)
-	_, err := lease.Run(ctx, func(ctx context.Context) (any, error) {
-		return deleteScript.Run(ctx, c.rdb, []string{lockKey, lease.ValueKey(lockKey)},
-			shardFlag(c.hub.Sharded()), msgDeleted).Result()
+	_, err := lease.Run(ctx, c.rdb, func(ctx context.Context) (any, error) {
+		return deleteScript.Run(ctx, c.rdb.Scripter(), []string{lockKey, lease.ValueKey(lockKey)},
+			shardFlag(c.rdb.Sharded()), msgDeleted).Result()
 	}, nil)
 	if err != nil {
 		c.stats.redisErrors.Add(1)
@@ -472,7 +472,6 @@ func (c *Cache) fill(ctx context.Context, key string, cl call, o ops) outcome {
 	lockKey := lease.LockKey(c.opt.Prefix, key)
 	valueKey := lease.ValueKey(lockKey)
 	token := lease.NewToken()
-	sharded := c.hub.Sharded()
 	// Callers wait with their own ctx, and the flight's waits below honour
 	// ctx, so a Redis call needs no bound beyond the client's own timeouts:
 	// calling it on this goroutine saves a hand-off per round trip.
@@ -488,7 +487,7 @@ func (c *Cache) fill(ctx context.Context, key string, cl call, o ops) outcome {
 		read := valueKey
 		for {
 			since = time.Now()
-			r, err := lease.Acquire(rctx, c.rdb, lockKey, read, token, c.opt.LockTTL, sharded)
+			r, err := c.rdb.Acquire(rctx, lockKey, read, token, c.opt.LockTTL)
 			if err != nil {
 				return 0, false, err
 			}
@@ -654,7 +653,7 @@ func (c *Cache) store(ctx context.Context, lockKey, token, valueKey string, entr
 }
 
 func (c *Cache) release(ctx context.Context, lockKey, token, msg, valueKey string, value []byte, ttl time.Duration) {
-	ok, err := lease.ReleaseRetrying(ctx, c.rdb, lockKey, token, c.hub.Sharded(), msg, valueKey, value, ttl)
+	ok, err := c.rdb.ReleaseRetrying(ctx, lockKey, token, msg, valueKey, value, ttl)
 	switch {
 	case err != nil:
 		c.stats.redisErrors.Add(1)

@@ -95,7 +95,7 @@ func (o *Options) withDefaults() Options {
 // connection, opened when a caller first has to wait, shared by all its
 // waiters; [Locker.Close] closes it.
 type Locker struct {
-	rdb redis.UniversalClient
+	rdb *lease.Client
 	opt Options
 	hub *notify.Hub
 }
@@ -103,7 +103,7 @@ type Locker struct {
 // New returns a Locker on rdb, which may be a *redis.Client, a
 // *redis.ClusterClient or a failover client. A nil opt gives the defaults.
 func New(rdb redis.UniversalClient, opt *Options) *Locker {
-	return &Locker{rdb: rdb, opt: opt.withDefaults(), hub: notify.New(rdb)}
+	return &Locker{rdb: lease.NewClient(rdb), opt: opt.withDefaults(), hub: notify.New(rdb)}
 }
 
 // Close closes the Locker's pub/sub connection. Locks it obtained stay valid
@@ -143,7 +143,7 @@ func (l *Locker) obtain(ctx context.Context, name string, wait bool) (*Lock, err
 	var lk *Lock
 	err := l.hub.Await(ctx, key, func() (time.Duration, bool, error) {
 		sent := time.Now()
-		r, err := lease.Acquire(ctx, l.rdb, key, "", token, l.opt.TTL, l.hub.Sharded())
+		r, err := l.rdb.Acquire(ctx, key, "", token, l.opt.TTL)
 		switch {
 		case err != nil:
 			return 0, false, err
@@ -197,7 +197,7 @@ func (k *Lock) releaseDetached(ctx context.Context) error {
 	done := make(chan error, 1)
 	go func() {
 		defer cancel()
-		ok, err := lease.ReleaseRetrying(rctx, k.l.rdb, k.key, k.token, k.l.hub.Sharded(), lease.Released, "", nil, 0)
+		ok, err := k.l.rdb.ReleaseRetrying(rctx, k.key, k.token, lease.Released, "", nil, 0)
 		switch {
 		case err != nil:
 			err = fmt.Errorf("lock: release %s: %w", lease.Quote(k.name), err)
@@ -218,7 +218,7 @@ func (k *Lock) releaseDetached(ctx context.Context) error {
 // when the lock is no longer held by this Lock (its lease ran out, or it was
 // deleted); it never deletes a successor's lock.
 func (k *Lock) Release(ctx context.Context) error {
-	ok, err := lease.Release(ctx, k.l.rdb, k.key, k.token, k.l.hub.Sharded(), lease.Released, "", nil, 0)
+	ok, err := k.l.rdb.Release(ctx, k.key, k.token, lease.Released, "", nil, 0)
 	if err != nil {
 		return fmt.Errorf("lock: release %s: %w", lease.Quote(k.name), err)
 	}
@@ -231,7 +231,7 @@ func (k *Lock) Release(ctx context.Context) error {
 // Refresh extends the lease to the Locker's TTL from now. It returns
 // [ErrNotHeld] when the lock is no longer held by this Lock.
 func (k *Lock) Refresh(ctx context.Context) error {
-	ok, err := lease.Refresh(ctx, k.l.rdb, k.key, k.token, k.l.opt.TTL)
+	ok, err := k.l.rdb.Refresh(ctx, k.key, k.token, k.l.opt.TTL)
 	if err != nil {
 		return fmt.Errorf("lock: refresh %s: %w", lease.Quote(k.name), err)
 	}

@@ -48,13 +48,22 @@ for m in "${modules[@]}"; do
 	(cd "$m" && "$GOBIN_DIR/staticcheck" ./...)
 done
 
-for m in "${modules[@]}"; do
-	echo "== $m: go test -race"
-	(cd "$m" && go test -race -count=1 -timeout 15m ./...)
-done
-
 echo "== fuzz (short runs)"
 fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-5s}" "$2"; }
 fuzz FuzzDecode ./internal/envelope/
 fuzz FuzzMsgPackUnmarshal ./codec/
 fuzz FuzzParseAcquire ./internal/lease/
+
+# The test suite of every module, race detector on. Each package's result is
+# kept to print the count at the end.
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
+status=0
+for m in "${modules[@]}"; do
+	echo "== $m: go test -race"
+	(cd "$m" && go test -race -count=1 -timeout 15m ./...) 2>&1 | tee -a "$results" || status=1
+done
+passed="$(grep -c '^ok' "$results" || true)"
+failed="$(grep -c '^FAIL[[:space:]]' "$results" || true)"
+echo "packages: $passed passed, $failed failed"
+exit "$status"

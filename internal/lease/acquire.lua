@@ -9,9 +9,10 @@ if KEYS[3] then
   local v = redis.call('GET', KEYS[3])
   if v then return v end
 end
--- GET, not EXISTS: a key of another type raises WRONGTYPE instead of looking
--- like a lock that is held forever.
-if redis.call('GET', KEYS[1]) then
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  -- GET, not EXISTS: a key of another type raises WRONGTYPE instead of
+  -- looking like a lock that is held.
+  redis.call('GET', KEYS[1])
   local pttl = redis.call('PTTL', KEYS[1])
   if pttl < 0 then
     return redis.error_reply('LOCKSMITH ' .. KEYS[1] .. ' has no expiry: not a locksmith lock')
@@ -22,17 +23,18 @@ end
 -- increasing while the counter lives, and still increasing after the counter
 -- is lost (expired, evicted, restarted without persistence) as long as the
 -- server clock does not step back.
-local last = redis.call('GET', KEYS[2])
-if last then
-  last = tonumber(last)
-  if not last then
-    return redis.error_reply('LOCKSMITH ' .. KEYS[2] .. ' is not a fencing counter')
-  end
-else
-  last = 0
+-- A foreign counter undoes the SET above: the lock is not taken.
+local ok, last = pcall(redis.call, 'GET', KEYS[2])
+if not ok then
+  redis.call('DEL', KEYS[1])
+  return redis.error_reply(type(last) == 'table' and last.err or tostring(last))
+end
+last = tonumber(last or '0')
+if not last then
+  redis.call('DEL', KEYS[1])
+  return redis.error_reply('LOCKSMITH ' .. KEYS[2] .. ' is not a fencing counter')
 end
 local t = redis.call('TIME')
 local fence = math.max(last + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
 redis.call('SET', KEYS[2], string.format('%d', fence), 'PX', ARGV[3])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, fence}

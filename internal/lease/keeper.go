@@ -12,7 +12,7 @@ import (
 // Keeper renews a lease every third of its length while its holder works,
 // and tells the holder as soon as the lease is known lost.
 type Keeper struct {
-	rdb   redis.Scripter
+	c     *Client
 	key   string
 	token string
 	ttl   time.Duration
@@ -28,9 +28,9 @@ type Keeper struct {
 // acquire request was sent: the lease is assumed to end ttl after it unless a
 // renewal succeeds. onLost, if not nil, is called once, on the Keeper's
 // goroutine, when the lease is lost. The caller must call [Keeper.Stop].
-func Keep(rdb redis.Scripter, lockKey, token string, ttl time.Duration, since time.Time, onLost func()) *Keeper {
+func Keep(c *Client, lockKey, token string, ttl time.Duration, since time.Time, onLost func()) *Keeper {
 	k := &Keeper{
-		rdb:    rdb,
+		c:      c,
 		key:    lockKey,
 		token:  token,
 		ttl:    ttl,
@@ -81,7 +81,7 @@ func (k *Keeper) run(since time.Time) {
 			return
 		}
 		ctx, cancel := context.WithDeadline(context.Background(), end)
-		ok, err := Refresh(ctx, k.rdb, k.key, k.token, k.ttl)
+		ok, err := k.c.Refresh(ctx, k.key, k.token, k.ttl)
 		cancel()
 		switch {
 		case err == nil && ok:

@@ -64,10 +64,41 @@ var (
 // that no EVALSHA falls back to EVAL.
 var Scripts = []*redis.Script{acquireScript, releaseScript, refreshScript}
 
-// State is the outcome of [Acquire].
+// Client is a go-redis client as the lease protocol uses it.
+type Client struct {
+	rdb redis.Scripter
+	// sharded: a Redis Cluster client; notifications use SPUBLISH.
+	sharded bool
+	// deadlines: the client bounds each call by its ctx deadline itself
+	// (go-redis ContextTimeoutEnabled), so no call needs watching.
+	deadlines bool
+}
+
+// NewClient wraps rdb.
+func NewClient(rdb redis.UniversalClient) *Client {
+	c := &Client{rdb: rdb}
+	switch r := rdb.(type) {
+	case *redis.Client:
+		c.deadlines = r.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		c.sharded = true
+		c.deadlines = r.Options().ContextTimeoutEnabled
+	case *redis.Ring:
+		c.deadlines = r.Options().ContextTimeoutEnabled
+	}
+	return c
+}
+
+// Sharded reports whether notifications use sharded pub/sub.
+func (c *Client) Sharded() bool { return c.sharded }
+
+// Scripter returns the underlying client.
+func (c *Client) Scripter() redis.Scripter { return c.rdb }
+
+// State is the outcome of [Client.Acquire].
 type State int
 
-// The outcomes of [Acquire].
+// The outcomes of [Client.Acquire].
 const (
 	Held     State = 0 // someone else holds the lease; N is its remaining PTTL in ms
 	Acquired State = 1 // the caller holds the lease; N is its fencing token
@@ -83,27 +114,27 @@ type Result struct {
 
 // Acquire takes the lease on lockKey for token, or, when valueKey is not
 // empty and holds a value, returns that value instead. It returns when Redis
-// answers or ctx ends, whichever comes first, whatever the client's timeout
-// options. When the script may have taken the lease but the caller does not
-// learn of it (ctx ended, connection lost), the lease is released in the
+// answers or ctx's deadline passes, whatever the client's timeout options
+// (see [Run]). When the script may have taken the lease but the caller does
+// not learn of it (ctx ended, connection lost), the lease is released in the
 // background, token-checked, so no lock is left behind that nobody releases.
-func Acquire(ctx context.Context, rdb redis.Scripter, lockKey, valueKey, token string, ttl time.Duration, sharded bool) (Result, error) {
+func (c *Client) Acquire(ctx context.Context, lockKey, valueKey, token string, ttl time.Duration) (Result, error) {
 	keys := []string{lockKey, FenceKey(lockKey)}
 	if valueKey != "" {
 		keys = append(keys, valueKey)
 	}
-	return Run(ctx, func(ctx context.Context) (Result, error) {
-		v, err := acquireScript.Run(ctx, rdb, keys, token, ms(ttl), ms(FenceTTL)).Result()
+	return Run(ctx, c, func(ctx context.Context) (Result, error) {
+		v, err := acquireScript.Run(ctx, c.rdb, keys, token, ms(ttl), ms(FenceTTL)).Result()
 		if err != nil {
 			if mayHaveRun(err) {
-				cleanup(rdb, lockKey, token, sharded)
+				go c.cleanup(lockKey, token)
 			}
 			return Result{}, err
 		}
 		return ParseAcquire(v)
 	}, func(r Result, err error) {
 		if err == nil && r.State == Acquired {
-			cleanup(rdb, lockKey, token, sharded)
+			c.cleanup(lockKey, token)
 		}
 	})
 }
@@ -112,10 +143,10 @@ func Acquire(ctx context.Context, rdb redis.Scripter, lockKey, valueKey, token s
 // the caller gave up on.
 const CleanupTimeout = 5 * time.Second
 
-func cleanup(rdb redis.Scripter, lockKey, token string, sharded bool) {
+func (c *Client) cleanup(lockKey, token string) {
 	ctx, cancel := context.WithTimeout(context.Background(), CleanupTimeout)
 	defer cancel()
-	_, _ = release(ctx, rdb, lockKey, token, sharded, Released, "", nil, 0)
+	_, _ = c.release(ctx, lockKey, token, Released, "", nil, 0)
 }
 
 // mayHaveRun reports whether a failed call may still have run on the server:
@@ -133,22 +164,22 @@ const Released = "r"
 // msg on the name's channel. When valueKey is not empty, it also stores value
 // there with valueTTL, in the same step. It reports false, having written
 // nothing, when the lease was no longer token's.
-func Release(ctx context.Context, rdb redis.Scripter, lockKey, token string, sharded bool, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
-	return Run(ctx, func(ctx context.Context) (bool, error) {
-		return release(ctx, rdb, lockKey, token, sharded, msg, valueKey, value, valueTTL)
+func (c *Client) Release(ctx context.Context, lockKey, token, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
+	return Run(ctx, c, func(ctx context.Context) (bool, error) {
+		return c.release(ctx, lockKey, token, msg, valueKey, value, valueTTL)
 	}, nil)
 }
 
-// ReleaseRetrying is [Release], tried again while a failure leaves it
+// ReleaseRetrying is [Client.Release], tried again while a failure leaves it
 // unknown whether the release ran (a connection lost mid-call), until it
 // succeeds or ctx ends: a release lost to a network blip would otherwise keep
 // every waiter waiting until the lease runs out. When a retry finds the lease
 // no longer ours after such a failure, an earlier try most likely ran, and it
 // reports true.
-func ReleaseRetrying(ctx context.Context, rdb redis.Scripter, lockKey, token string, sharded bool, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
+func (c *Client) ReleaseRetrying(ctx context.Context, lockKey, token, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
 	backoff := 5 * time.Millisecond
 	for retried := false; ; retried = true {
-		ok, err := Release(ctx, rdb, lockKey, token, sharded, msg, valueKey, value, valueTTL)
+		ok, err := c.Release(ctx, lockKey, token, msg, valueKey, value, valueTTL)
 		if err == nil {
 			return ok || retried, nil
 		}
@@ -164,18 +195,18 @@ func ReleaseRetrying(ctx context.Context, rdb redis.Scripter, lockKey, token str
 	}
 }
 
-func release(ctx context.Context, rdb redis.Scripter, lockKey, token string, sharded bool, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
+func (c *Client) release(ctx context.Context, lockKey, token, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
 	shard := "0"
-	if sharded {
+	if c.sharded {
 		shard = "1"
 	}
 	var v any
 	var err error
 	if valueKey == "" {
-		v, err = releaseScript.Run(ctx, rdb, []string{lockKey}, token, shard, msg).Result()
+		v, err = releaseScript.Run(ctx, c.rdb, []string{lockKey}, token, shard, msg).Result()
 	} else {
 		ttl := ms(max(valueTTL, time.Millisecond))
-		v, err = releaseScript.Run(ctx, rdb, []string{lockKey, valueKey}, token, shard, msg, value, ttl).Result()
+		v, err = releaseScript.Run(ctx, c.rdb, []string{lockKey, valueKey}, token, shard, msg, value, ttl).Result()
 	}
 	if err != nil {
 		return false, err
@@ -184,9 +215,9 @@ func release(ctx context.Context, rdb redis.Scripter, lockKey, token string, sha
 }
 
 // Refresh extends the lease on lockKey to ttl if token still holds it.
-func Refresh(ctx context.Context, rdb redis.Scripter, lockKey, token string, ttl time.Duration) (bool, error) {
-	return Run(ctx, func(ctx context.Context) (bool, error) {
-		v, err := refreshScript.Run(ctx, rdb, []string{lockKey}, token, ms(ttl)).Result()
+func (c *Client) Refresh(ctx context.Context, lockKey, token string, ttl time.Duration) (bool, error) {
+	return Run(ctx, c, func(ctx context.Context) (bool, error) {
+		v, err := refreshScript.Run(ctx, c.rdb, []string{lockKey}, token, ms(ttl)).Result()
 		if err != nil {
 			return false, err
 		}
@@ -231,18 +262,22 @@ func ms(d time.Duration) string {
 	return strconv.FormatInt(d.Milliseconds(), 10)
 }
 
-// Run runs fn and returns its result as soon as it returns or ctx ends,
-// whichever comes first. go-redis bounds a call by its ReadTimeout, not by the
-// caller's ctx, unless the client sets ContextTimeoutEnabled; Run makes every
-// call honour ctx. When ctx ends first, fn goes on in the background (bounded
-// by the client's own timeouts) and late, if not nil, receives its outcome.
-func Run[T any](ctx context.Context, fn func(context.Context) (T, error), late func(T, error)) (T, error) {
-	if ctx.Done() == nil {
-		return fn(ctx)
-	}
+// Run runs fn, a call on c, and returns by ctx's deadline whatever c's
+// timeout options. go-redis bounds a call by its ReadTimeout (3s by default),
+// not by the caller's deadline, unless the client sets ContextTimeoutEnabled.
+// So when ctx has a deadline that c would not enforce, fn runs on its own
+// goroutine and Run returns as soon as fn does or ctx ends; when ctx ends
+// first, fn goes on in the background (bounded by the client's timeouts) and
+// late, if not nil, receives its outcome. Otherwise fn runs on the caller's
+// goroutine, saving a hand-off: a ctx that can only be cancelled (no
+// deadline) then bounds the call only through the client's own timeouts.
+func Run[T any](ctx context.Context, c *Client, fn func(context.Context) (T, error), late func(T, error)) (T, error) {
 	var zero T
 	if err := ctx.Err(); err != nil {
 		return zero, err
+	}
+	if _, ok := ctx.Deadline(); !ok || c.deadlines {
+		return fn(ctx)
 	}
 	type result struct {
 		v   T

@@ -102,11 +102,12 @@ func TestQuote(t *testing.T) {
 func TestKeeper(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := s.Client(t, nil)
+	c := NewClient(rdb)
 	ctx := context.Background()
 	const ttl = 300 * time.Millisecond
 	acquire := func(key string) (string, time.Time) {
 		token, since := NewToken(), time.Now()
-		r, err := Acquire(ctx, rdb, key, "", token, ttl, false)
+		r, err := c.Acquire(ctx, key, "", token, ttl)
 		if err != nil || r.State != Acquired {
 			t.Fatalf("Acquire: %+v, %v", r, err)
 		}
@@ -114,7 +115,7 @@ func TestKeeper(t *testing.T) {
 	}
 	t.Run("renews", func(t *testing.T) {
 		token, since := acquire("{renew}")
-		k := Keep(rdb, "{renew}", token, ttl, since, nil)
+		k := Keep(c, "{renew}", token, ttl, since, nil)
 		deadline := time.Now().Add(4 * ttl)
 		for time.Now().Before(deadline) {
 			if v, _ := rdb.Get(ctx, "{renew}").Result(); v != token {
@@ -129,7 +130,7 @@ func TestKeeper(t *testing.T) {
 	t.Run("reports loss", func(t *testing.T) {
 		token, since := acquire("{lose}")
 		lost := make(chan struct{})
-		k := Keep(rdb, "{lose}", token, ttl, since, func() { close(lost) })
+		k := Keep(c, "{lose}", token, ttl, since, func() { close(lost) })
 		if err := rdb.Del(ctx, "{lose}").Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -145,7 +146,7 @@ func TestKeeper(t *testing.T) {
 	t.Run("gives up when Redis stalls past the lease", func(t *testing.T) {
 		token, since := acquire("{stall}")
 		lost := make(chan struct{})
-		k := Keep(rdb, "{stall}", token, ttl, since, func() { close(lost) })
+		k := Keep(c, "{stall}", token, ttl, since, func() { close(lost) })
 		s.Pause(t)
 		select {
 		case <-lost:
@@ -167,7 +168,9 @@ func TestRunLate(t *testing.T) {
 		time.Sleep(time.Millisecond)
 		cancel()
 	}()
-	_, err := Run(ctx, func(context.Context) (int, error) {
+	ctx, cancel2 := context.WithTimeout(ctx, time.Minute)
+	defer cancel2()
+	_, err := Run(ctx, &Client{}, func(context.Context) (int, error) {
 		<-release
 		return 7, nil
 	}, func(v int, err error) { late <- v })
