@@ -175,11 +175,12 @@ func (c *Client) Release(ctx context.Context, lockKey, token, msg, valueKey stri
 // succeeds or ctx ends: a release lost to a network blip would otherwise keep
 // every waiter waiting until the lease runs out. When a retry finds the lease
 // no longer ours after such a failure, an earlier try most likely ran, and it
-// reports true.
+// reports true. Each try runs on the caller's goroutine, bounded by the
+// client's own timeouts; ctx bounds the retries.
 func (c *Client) ReleaseRetrying(ctx context.Context, lockKey, token, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
 	backoff := 5 * time.Millisecond
 	for retried := false; ; retried = true {
-		ok, err := c.Release(ctx, lockKey, token, msg, valueKey, value, valueTTL)
+		ok, err := c.release(context.WithoutCancel(ctx), lockKey, token, msg, valueKey, value, valueTTL)
 		if err == nil {
 			return ok || retried, nil
 		}
