@@ -99,8 +99,9 @@ type Options struct {
 
 	// LoadTimeout bounds a flight: the loader runs on a context detached
 	// from its callers (one caller giving up does not cancel the others'
-	// load) that ends after LoadTimeout.
-	// default: LockTTL
+	// load) that ends after LoadTimeout. It guards against a loader that
+	// hangs; the fill lock is renewed until then.
+	// default: 10m
 	LoadTimeout time.Duration
 
 	// PollInterval is the longest a flight waiting on another server goes
@@ -154,7 +155,7 @@ func (o *Options) withDefaults() Options {
 		opt.Jitter = 1
 	}
 	if opt.LoadTimeout <= 0 {
-		opt.LoadTimeout = opt.LockTTL
+		opt.LoadTimeout = 10 * time.Minute
 	}
 	if opt.PollInterval <= 0 {
 		opt.PollInterval = time.Second
@@ -381,13 +382,7 @@ func Get[T any](ctx context.Context, c *Cache, key string, load func(ctx context
 				return v, err
 			},
 		}
-		if ctx.Done() == nil {
-			// This caller cannot give up, so the flight may run on its
-			// goroutine: no hand-off on the hit path.
-			c.fly(f, fk, cl, o)
-		} else {
-			go c.fly(f, fk, cl, o)
-		}
+		c.start(ctx, f, fk, cl, o)
 	}
 	select {
 	case <-f.done:
@@ -429,8 +424,34 @@ func (c *Cache) join(fk flightKey) (f *flight, leader bool, err error) {
 	return f, true, nil
 }
 
+// start runs a new flight. Its caller makes the first round trip itself,
+// which is the whole flight on a hit: a hit costs no hand-off between
+// goroutines. The rest (a wait for another server, or a load) runs on a
+// goroutine of the flight's own, detached from the caller, unless the
+// caller's ctx cannot end: then the caller runs it too.
+func (c *Cache) start(ctx context.Context, f *flight, fk flightKey, cl call, o ops) {
+	token := lease.NewToken()
+	l := c.look(ctx, fk.key, token, o)
+	switch {
+	case l.err != nil && ctx.Err() != nil:
+		// This caller gave up mid-call; the others have not. A fresh token:
+		// the abandoned call may yet take the lock, and its clean-up must
+		// not release the flight's.
+		go c.fly(f, fk, cl, o, nil)
+	case l.err == nil && l.r.State == lease.Found:
+		c.stats.hits.Add(1)
+		c.wg.Done()
+		c.land(f, fk, outcome{val: l.val, err: l.valErr})
+	case ctx.Done() == nil:
+		c.fly(f, fk, cl, o, &l)
+	default:
+		go c.fly(f, fk, cl, o, &l)
+	}
+}
+
 // fly runs one flight to its outcome and hands it to the waiting callers.
-func (c *Cache) fly(f *flight, fk flightKey, cl call, o ops) {
+// first, if not nil, is the outcome of the flight's first round trip.
+func (c *Cache) fly(f *flight, fk flightKey, cl call, o ops, first *look) {
 	defer c.wg.Done()
 	ctx, cancel := context.WithTimeout(c.base, c.opt.LoadTimeout)
 	defer cancel()
@@ -440,21 +461,56 @@ func (c *Cache) fly(f *flight, fk flightKey, cl call, o ops) {
 		if !returned {
 			out = outcome{err: errGoexit}
 		}
-		c.mu.Lock()
-		if c.flights[fk] == f {
-			delete(c.flights, fk)
-		}
-		f.out = out
-		waiters := f.waiters
-		close(f.done)
-		c.mu.Unlock()
-		if out.panicked != nil && waiters == 0 {
-			// Nobody is left to re-raise it: never swallow a panic.
-			panic(out.panicked)
-		}
+		c.land(f, fk, out)
 	}()
-	out = c.fill(ctx, fk.key, cl, o)
+	out = c.fill(ctx, fk.key, cl, o, first)
 	returned = true
+}
+
+// land hands a flight's outcome to its callers.
+func (c *Cache) land(f *flight, fk flightKey, out outcome) {
+	c.mu.Lock()
+	if c.flights[fk] == f {
+		delete(c.flights, fk)
+	}
+	f.out = out
+	waiters := f.waiters
+	close(f.done)
+	c.mu.Unlock()
+	if out.panicked != nil && waiters == 0 {
+		// Nobody is left to re-raise it: never swallow a panic.
+		panic(out.panicked)
+	}
+}
+
+// look is one read-or-claim round trip for a flight, and what it found.
+type look struct {
+	token  string
+	sent   time.Time // when the request was sent: the lease runs from then
+	r      lease.Result
+	err    error
+	val    any   // the decoded value, when r.State is Found
+	valErr error // ErrNotFound for a cached absence
+}
+
+// look reads key's value or claims its lock. A value that cannot be decoded
+// is never served: the lock is claimed regardless of it, and the load
+// overwrites it.
+func (c *Cache) look(ctx context.Context, key, token string, o ops) look {
+	lockKey := lease.LockKey(c.opt.Prefix, key)
+	read := lease.ValueKey(lockKey)
+	for {
+		l := look{token: token, sent: time.Now()}
+		l.r, l.err = c.rdb.Acquire(ctx, lockKey, read, token, c.opt.LockTTL)
+		if l.err == nil && l.r.State == lease.Found {
+			l.val, l.valErr = c.decode(l.r.Value, o)
+			if errors.Is(l.valErr, envelope.ErrCorrupt) {
+				read = ""
+				continue
+			}
+		}
+		return l
+	}
 }
 
 // Message kinds published on a key's channel. A value message carries the
@@ -468,58 +524,59 @@ const (
 )
 
 // fill reads key's value, or loads it, or waits for another server's load.
-func (c *Cache) fill(ctx context.Context, key string, cl call, o ops) outcome {
+// first, if not nil, is the outcome of the flight's first round trip.
+func (c *Cache) fill(ctx context.Context, key string, cl call, o ops, first *look) outcome {
 	lockKey := lease.LockKey(c.opt.Prefix, key)
-	valueKey := lease.ValueKey(lockKey)
 	token := lease.NewToken()
+	if first != nil {
+		token = first.token
+	}
 	// Callers wait with their own ctx, and the flight's waits below honour
 	// ctx, so a Redis call needs no bound beyond the client's own timeouts:
 	// calling it on this goroutine saves a hand-off per round trip.
 	rctx := context.WithoutCancel(ctx)
 	var (
-		val     any
-		valErr  error
-		claimed bool
-		since   time.Time
-		first   = true
+		val       any
+		valErr    error
+		claimed   bool
+		since     time.Time
+		firstLook = true
 	)
-	err := c.hub.Await(ctx, lockKey, func() (time.Duration, bool, error) {
-		read := valueKey
-		for {
-			since = time.Now()
-			r, err := c.rdb.Acquire(rctx, lockKey, read, token, c.opt.LockTTL)
-			if err != nil {
-				return 0, false, err
-			}
-			switch r.State {
-			case lease.Found:
-				v, err := c.decode(r.Value, o)
-				if errors.Is(err, envelope.ErrCorrupt) {
-					// Never served: claim the key regardless of the value,
-					// and the load overwrites it.
-					read = ""
-					continue
-				}
-				if first {
-					c.stats.hits.Add(1)
-				} else {
-					c.stats.remoteMerges.Add(1)
-				}
-				val, valErr = v, err
-				return 0, true, nil
-			case lease.Acquired:
-				if first {
-					c.stats.misses.Add(1)
-				}
-				claimed = true
-				return 0, true, nil
-			}
-			if first {
-				c.stats.misses.Add(1)
-				first = false
-			}
-			return min(time.Duration(r.N)*time.Millisecond, c.opt.PollInterval), false, nil
+	err := c.hub.Await(ctx, lockKey, func() (notify.Step, error) {
+		var l look
+		if first != nil {
+			l, first = *first, nil
+		} else {
+			l = c.look(rctx, key, token, o)
 		}
+		since = l.sent
+		if l.err != nil {
+			return notify.Step{}, l.err
+		}
+		switch l.r.State {
+		case lease.Found:
+			if firstLook {
+				c.stats.hits.Add(1)
+			} else {
+				c.stats.remoteMerges.Add(1)
+			}
+			val, valErr = l.val, l.valErr
+			return notify.Step{Done: true}, nil
+		case lease.Acquired:
+			if firstLook {
+				c.stats.misses.Add(1)
+			}
+			claimed = true
+			// Claimed after waiting: the holder may have just failed, and
+			// its failure, published before this claim, is to be shared
+			// rather than loaded again.
+			return notify.Step{Done: true, Confirm: !firstLook}, nil
+		}
+		if firstLook {
+			c.stats.misses.Add(1)
+			firstLook = false
+		}
+		return notify.Step{Wait: min(time.Duration(l.r.N)*time.Millisecond, c.opt.PollInterval)}, nil
 	}, func(p string) (bool, error) {
 		if p == "" {
 			return false, nil
@@ -539,6 +596,14 @@ func (c *Cache) fill(ctx context.Context, key string, cl call, o ops) outcome {
 		c.stats.remoteMerges.Add(1)
 		return true, nil
 	})
+	if errors.Is(err, notify.ErrOvertaken) {
+		// A message published before the claim settled the flight: give
+		// the lock back and take the message's outcome.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
+		defer cancel()
+		c.release(rctx, lockKey, token, lease.Released, "", nil, 0)
+		return outcome{val: val, err: valErr}
+	}
 	switch {
 	case err == nil && claimed:
 		return c.lead(ctx, key, lockKey, token, since, cl, o)

@@ -141,19 +141,19 @@ func (l *Locker) obtain(ctx context.Context, name string, wait bool) (*Lock, err
 	key := lease.LockKey(l.opt.Prefix, name)
 	token := lease.NewToken()
 	var lk *Lock
-	err := l.hub.Await(ctx, key, func() (time.Duration, bool, error) {
+	err := l.hub.Await(ctx, key, func() (notify.Step, error) {
 		sent := time.Now()
 		r, err := l.rdb.Acquire(ctx, key, "", token, l.opt.TTL)
 		switch {
 		case err != nil:
-			return 0, false, err
+			return notify.Step{}, err
 		case r.State == lease.Acquired:
 			lk = &Lock{l: l, name: name, key: key, token: token, fence: r.N, since: sent}
-			return 0, true, nil
+			return notify.Step{Done: true}, nil
 		case !wait:
-			return 0, false, ErrNotObtained
+			return notify.Step{}, ErrNotObtained
 		}
-		return min(time.Duration(r.N)*time.Millisecond, l.opt.PollInterval), false, nil
+		return notify.Step{Wait: min(time.Duration(r.N)*time.Millisecond, l.opt.PollInterval)}, nil
 	}, nil)
 	if errors.Is(err, ErrNotObtained) {
 		return nil, err

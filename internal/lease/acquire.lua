@@ -12,7 +12,11 @@ end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   -- GET, not EXISTS: a key of another type raises WRONGTYPE instead of
   -- looking like a lock that is held.
-  redis.call('GET', KEYS[1])
+  if redis.call('GET', KEYS[1]) == ARGV[1] then
+    -- Ours already: this is a retry of a call whose reply was lost.
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1, tonumber(redis.call('GET', KEYS[2]) or '0')}
+  end
   local pttl = redis.call('PTTL', KEYS[1])
   if pttl < 0 then
     return redis.error_reply('LOCKSMITH ' .. KEYS[1] .. ' has no expiry: not a locksmith lock')

@@ -36,7 +36,7 @@ type Keeper struct {
 func Keep(c *Client, lockKey, token string, ttl time.Duration, since time.Time, onLost func()) *Keeper {
 	k := &Keeper{c: c, key: lockKey, token: token, ttl: ttl, onLost: onLost, end: since.Add(ttl)}
 	k.mu.Lock()
-	k.timer = time.AfterFunc(ttl/3, k.renew)
+	k.timer = time.AfterFunc(time.Until(since.Add(ttl/3)), k.renew)
 	k.mu.Unlock()
 	return k
 }
@@ -86,7 +86,9 @@ func (k *Keeper) renew() {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	next := k.ttl / 3
+	// Renew a third of a lease after the last renewal was sent, not after
+	// its reply: slow replies must not eat into the lease.
+	next := time.Until(sent.Add(k.ttl / 3))
 	if err == nil {
 		k.end, k.lastErr = sent.Add(k.ttl), nil
 	} else {
@@ -95,7 +97,7 @@ func (k *Keeper) renew() {
 		next = max(min(k.ttl/12, time.Until(k.end)), time.Millisecond)
 	}
 	if !k.stopped {
-		k.timer.Reset(next)
+		k.timer.Reset(max(next, 0))
 	}
 }
 

@@ -182,3 +182,24 @@ func TestRunLate(t *testing.T) {
 		t.Fatalf("late: got %d; want 7", v)
 	}
 }
+
+// TestAcquireRetried: a client that retries an acquire whose reply was lost
+// (go-redis does, by default) gets the lease it already took, not "held".
+func TestAcquireRetried(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := NewClient(rdb)
+	ctx := context.Background()
+	token := NewToken()
+	first, err := c.Acquire(ctx, "{k}", "", token, time.Minute)
+	if err != nil || first.State != Acquired {
+		t.Fatalf("first: %+v, %v", first, err)
+	}
+	again, err := c.Acquire(ctx, "{k}", "", token, time.Minute)
+	if err != nil || again != first {
+		t.Fatalf("retried: got %+v, %v; want %+v", again, err, first)
+	}
+	other, err := c.Acquire(ctx, "{k}", "", NewToken(), time.Minute)
+	if err != nil || other.State != Held {
+		t.Fatalf("another holder: got %+v, %v; want Held", other, err)
+	}
+}

@@ -18,7 +18,10 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -35,9 +38,12 @@ type Hub struct {
 	rdb     redis.UniversalClient
 	cluster *redis.ClusterClient // non-nil: sharded pub/sub, one connection per master
 
+	pingSeq atomic.Uint64
+
 	mu      sync.Mutex // guards every field below
 	chans   map[string]*entry
-	shards  map[string]*shard // by master address; "" when not a cluster
+	pings   map[string]chan struct{} // Sync calls awaiting their PONG
+	shards  map[string]*shard        // by master address; "" when not a cluster
 	ops     []op
 	closed  bool
 	started bool
@@ -75,6 +81,7 @@ func New(rdb redis.UniversalClient) *Hub {
 	h := &Hub{
 		rdb:    rdb,
 		chans:  make(map[string]*entry),
+		pings:  make(map[string]chan struct{}),
 		shards: make(map[string]*shard),
 		kick:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
@@ -310,6 +317,8 @@ func (h *Hub) reader(sh *shard) {
 			h.deliver(m.Channel, m.Payload)
 		case *redis.Subscription:
 			h.confirm(m.Kind, m.Channel)
+		case *redis.Pong:
+			h.pong(m.Payload)
 		}
 	}
 }
@@ -414,6 +423,24 @@ func (h *Hub) Close() error {
 	return nil
 }
 
+// Step is an attempt's verdict for [Hub.Await].
+type Step struct {
+	// Done ends the wait.
+	Done bool
+	// Confirm, with Done, has Await first deliver every message published
+	// before the attempt: an attempt that took something (a lock) on the
+	// strength of what it saw may have been overtaken by a message saying
+	// more (the holder failed, and the failure is to be shared).
+	Confirm bool
+	// Wait, without Done, is the longest to wait before the next attempt.
+	Wait time.Duration
+}
+
+// ErrOvertaken is returned by [Hub.Await] when an attempt that asked to be
+// confirmed was overtaken by a message that ended the wait: the caller
+// undoes what the attempt took.
+var ErrOvertaken = errors.New("notify: overtaken by a message")
+
 // Await calls attempt until it reports done or fails, and between attempts
 // waits for a message on channel, for the duration attempt returned, or for
 // ctx, whichever comes first. Before its second attempt it subscribes and
@@ -422,9 +449,10 @@ func (h *Hub) Close() error {
 //
 // A message is passed to message, if not nil, which may end the wait (done)
 // or fail it; otherwise, or when message returns neither, attempt runs again.
-// The [Wake] payload is passed on too. Await returns ctx.Err() when ctx ends.
+// A message already received goes to message before the next attempt. The
+// [Wake] payload is passed on too. Await returns ctx.Err() when ctx ends.
 func (h *Hub) Await(ctx context.Context, channel string,
-	attempt func() (wait time.Duration, done bool, err error),
+	attempt func() (Step, error),
 	message func(payload string) (done bool, err error),
 ) error {
 	var sub *Sub
@@ -438,11 +466,28 @@ func (h *Hub) Await(ctx context.Context, channel string,
 		}
 	}()
 	for {
-		wait, done, err := attempt()
-		if err != nil || done {
+		step, err := attempt()
+		if err != nil {
 			return err
 		}
-		wait = max(wait, time.Millisecond)
+		if step.Done {
+			if !step.Confirm || sub == nil {
+				return nil
+			}
+			// Everything published before the attempt arrives before the
+			// reply to a PING sent after it, on the same connection.
+			if h.Sync(ctx, channel) == nil {
+				select {
+				case p := <-sub.C():
+					if done, err := deliver(message, p); err != nil || done {
+						return errors.Join(ErrOvertaken, err)
+					}
+				default:
+				}
+			}
+			return nil
+		}
+		wait := max(step.Wait, time.Millisecond)
 		if timer == nil {
 			timer = time.NewTimer(wait)
 		} else {
@@ -456,43 +501,95 @@ func (h *Hub) Await(ctx context.Context, channel string,
 			case <-ctx.Done():
 				return ctx.Err()
 			}
-			// Anything that arrived before the confirmation is covered by
-			// the next attempt.
-			select {
-			case <-sub.C():
-			default:
-			}
-			if !timer.Stop() {
-				select {
-				case <-timer.C:
-				default:
-				}
-			}
-			continue
-		}
-		for again := false; !again; {
+		} else {
 			select {
 			case p := <-sub.C():
-				if message == nil {
-					again = true
-					break
-				}
-				done, err := message(p)
-				if err != nil || done {
+				if done, err := deliver(message, p); err != nil || done {
 					return err
 				}
-				again = true
 			case <-timer.C:
-				again = true
 			case <-ctx.Done():
 				return ctx.Err()
 			}
 		}
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
+		stop(timer)
+		// A message may have arrived with the confirmation or the timer:
+		// it says more than the next attempt can (a failure leaves the
+		// lock free, looking like nothing happened), so it goes first.
+		select {
+		case p := <-sub.C():
+			if done, err := deliver(message, p); err != nil || done {
+				return err
 			}
+		default:
+		}
+	}
+}
+
+// syncTimeout bounds [Hub.Sync] when the pub/sub connection does not answer.
+const syncTimeout = 100 * time.Millisecond
+
+// Sync returns once every message published on channel before the call has
+// been delivered to the channel's Subs: it sends a PING on the channel's
+// pub/sub connection and waits for its reply. It gives up after 100ms or
+// when ctx ends, returning an error.
+func (h *Hub) Sync(ctx context.Context, channel string) error {
+	sh := h.shardFor(channel)
+	if sh == nil {
+		return errors.New("notify: no connection")
+	}
+	id := strconv.FormatUint(h.pingSeq.Add(1), 10)
+	done := make(chan struct{})
+	h.mu.Lock()
+	h.pings[id] = done
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		delete(h.pings, id)
+		h.mu.Unlock()
+	}()
+	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	if err := sh.ps.Ping(ctx, pingPrefix+id); err != nil {
+		return err
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// pingPrefix marks the PINGs of [Hub.Sync], apart from health checks.
+const pingPrefix = "locksmith-sync:"
+
+func (h *Hub) pong(payload string) {
+	id, ok := strings.CutPrefix(payload, pingPrefix)
+	if !ok {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if done := h.pings[id]; done != nil {
+		close(done)
+		delete(h.pings, id)
+	}
+}
+
+func deliver(message func(string) (bool, error), p string) (bool, error) {
+	if message == nil {
+		return false, nil
+	}
+	return message(p)
+}
+
+// stop stops t and drains its channel, so that it can be Reset.
+func stop(t *time.Timer) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
 		}
 	}
 }

@@ -2,6 +2,8 @@ package notify
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -147,9 +149,9 @@ func TestAwait(t *testing.T) {
 	attempts := 0
 	got := make(chan error, 1)
 	go func() {
-		got <- h.Await(ctx, "ch", func() (time.Duration, bool, error) {
+		got <- h.Await(ctx, "ch", func() (Step, error) {
 			attempts++
-			return time.Minute, false, nil
+			return Step{Wait: time.Minute}, nil
 		}, func(p string) (bool, error) {
 			return p == "done", nil
 		})
@@ -172,8 +174,64 @@ func TestAwait(t *testing.T) {
 	}
 	short, cancel2 := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel2()
-	err := h.Await(short, "ch", func() (time.Duration, bool, error) { return time.Minute, false, nil }, nil)
+	err := h.Await(short, "ch", func() (Step, error) { return Step{Wait: time.Minute}, nil }, nil)
 	if err != context.DeadlineExceeded {
 		t.Errorf("got %v; want DeadlineExceeded", err)
+	}
+}
+
+// TestSync: every message published before Sync is delivered when it returns.
+func TestSync(t *testing.T) {
+	srv := redistest.Start(t, nil)
+	rdb := srv.Client(t, nil)
+	h := New(rdb)
+	defer h.Close()
+	s := h.Subscribe("ch")
+	defer s.Close()
+	ready(t, s)
+	ctx := context.Background()
+	for i := 0; i < 50; i++ {
+		if err := rdb.Publish(ctx, "ch", fmt.Sprint(i)).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Sync(ctx, "ch"); err != nil {
+			t.Fatalf("Sync: %v", err)
+		}
+		select {
+		case p := <-s.C():
+			if p != fmt.Sprint(i) {
+				t.Fatalf("got %q; want %d", p, i)
+			}
+		default:
+			t.Fatalf("message %d not delivered by the time Sync returned", i)
+		}
+	}
+}
+
+// TestAwaitConfirm: an attempt that claims after waiting is overtaken by a
+// message published before it.
+func TestAwaitConfirm(t *testing.T) {
+	srv := redistest.Start(t, nil)
+	rdb := srv.Client(t, nil)
+	h := New(rdb)
+	defer h.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	attempts := 0
+	err := h.Await(ctx, "ch", func() (Step, error) {
+		attempts++
+		if attempts == 1 {
+			return Step{Wait: time.Minute}, nil
+		}
+		// The failure is published just before this attempt "claims".
+		if err := rdb.Publish(ctx, "ch", "failed").Err(); err != nil {
+			t.Fatal(err)
+		}
+		return Step{Done: true, Confirm: true}, nil
+	}, func(p string) (bool, error) {
+		return p == "failed", nil
+	})
+	if !errors.Is(err, ErrOvertaken) {
+		t.Fatalf("got %v; want ErrOvertaken", err)
 	}
 }
