@@ -41,23 +41,6 @@ func fleet(t testing.TB, s *redistest.Server, n int, opt *fill.Options) []*fill.
 	return caches
 }
 
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func sum(caches []*fill.Cache, f func(fill.Stats) uint64) uint64 {
 	var n uint64
 	for _, c := range caches {
@@ -71,7 +54,7 @@ func sum(caches []*fill.Cache, f func(fill.Stats) uint64) uint64 {
 func TestStampedeOneKey(t *testing.T) {
 	s := redistest.Start(t, nil)
 	caches := fleet(t, s, 8, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 30*time.Second)
 	var loads atomic.Int32
 	start := make(chan struct{})
 	var wg sync.WaitGroup
@@ -106,7 +89,7 @@ func TestStampedeOneKey(t *testing.T) {
 func TestStampedeManyKeys(t *testing.T) {
 	s := redistest.Start(t, nil)
 	caches := fleet(t, s, 8, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 30*time.Second)
 	var mu sync.Mutex
 	loads := map[string]int{}
 	requested := map[string]bool{}
@@ -154,7 +137,7 @@ func TestFollowerWokenByFill(t *testing.T) {
 	s := redistest.Start(t, nil)
 	opt := &fill.Options{PollInterval: time.Minute}
 	caches := fleet(t, s, 2, opt)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 30*time.Second)
 	for i := 0; i < 5; i++ {
 		key := fmt.Sprintf("k%d", i)
 		started, open := make(chan struct{}), make(chan struct{})
@@ -175,7 +158,7 @@ func TestFollowerWokenByFill(t *testing.T) {
 			got <- err
 		}()
 		rdb := s.Client(t, nil)
-		waitFor(t, "follower subscribed", func() bool {
+		redistest.WaitFor(t, "follower subscribed", func() bool {
 			n, _ := rdb.PubSubNumSub(ctx, "__locksmith:{"+key+"}").Result()
 			return n["__locksmith:{"+key+"}"] == 1
 		})
@@ -200,7 +183,7 @@ func TestFailuresAcrossServers(t *testing.T) {
 	s := redistest.Start(t, nil)
 	caches := fleet(t, s, 4, &fill.Options{PollInterval: time.Minute})
 	rdb := s.Client(t, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 30*time.Second)
 	for _, mode := range []string{"error", "panic"} {
 		t.Run(mode, func(t *testing.T) {
 			key := "fail-" + mode
@@ -228,7 +211,7 @@ func TestFailuresAcrossServers(t *testing.T) {
 					errs <- err
 				}()
 			}
-			waitFor(t, "followers subscribed", func() bool {
+			redistest.WaitFor(t, "followers subscribed", func() bool {
 				n, _ := rdb.PubSubNumSub(ctx, "__locksmith:{"+key+"}").Result()
 				return n["__locksmith:{"+key+"}"] == 3
 			})
@@ -261,7 +244,7 @@ func TestFailuresAcrossServers(t *testing.T) {
 func TestNegativeCachingAcrossServers(t *testing.T) {
 	s := redistest.Start(t, nil)
 	caches := fleet(t, s, 3, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 30*time.Second)
 	var loads atomic.Int32
 	for _, c := range caches {
 		_, err := fill.Get(ctx, c, "deleted-user", func(context.Context) (timeline, error) {
@@ -281,7 +264,7 @@ func TestCorruptEntryRealRedis(t *testing.T) {
 	s := redistest.Start(t, nil)
 	caches := fleet(t, s, 1, nil)
 	rdb := s.Client(t, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 30*time.Second)
 	if err := rdb.Set(ctx, "__locksmith:{k}:value", "\xe5\x01garbage", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +283,7 @@ func TestRedisDownAndBack(t *testing.T) {
 	s := redistest.Start(t, nil)
 	c := fill.New(s.Client(t, &redis.Options{MaxRetries: -1, DialerRetries: 1}), nil)
 	t.Cleanup(func() { _ = c.Close() })
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 30*time.Second)
 	s.Kill(t)
 	v, err := fill.Get(ctx, c, "k", func(context.Context) (int, error) { return 1, nil })
 	if err != nil || v != 1 {
@@ -310,7 +293,7 @@ func TestRedisDownAndBack(t *testing.T) {
 		t.Error("RedisErrors not counted")
 	}
 	s.Restart(t)
-	waitFor(t, "fill after restart", func() bool {
+	redistest.WaitFor(t, "fill after restart", func() bool {
 		v, err := fill.Get(ctx, c, "k2", func(context.Context) (int, error) { return 2, nil })
 		return err == nil && v == 2
 	})
@@ -326,7 +309,7 @@ func TestRedisDownAndBack(t *testing.T) {
 func TestDeleteDuringLoadAcrossServers(t *testing.T) {
 	s := redistest.Start(t, nil)
 	caches := fleet(t, s, 2, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 30*time.Second)
 	started, open := make(chan struct{}), make(chan struct{})
 	done := make(chan int, 1)
 	go func() {

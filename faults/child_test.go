@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
 // helperEnv names the environment variable that makes the test binary run as
@@ -58,7 +60,7 @@ func startChild(t testing.TB, name, mode string, env ...string) *child {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
 	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
 	cmd.Env = append(cmd.Env, env...)
-	setChildAttrs(cmd)
+	redistest.KillWithParent(cmd)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -180,7 +182,7 @@ func (c *child) signal(t testing.TB, sig syscall.Signal, stop bool) {
 		t.Fatalf("sending %v to %s: %v", sig, c.name, err)
 	}
 	waitFor(t, fmt.Sprintf("%s to react to %v", c.name, sig), func() bool {
-		stopped, known := processStopped(c.cmd.Process.Pid)
+		stopped, known := redistest.ProcessStopped(c.cmd.Process.Pid)
 		return !known || stopped == stop
 	})
 }

@@ -222,15 +222,7 @@ func TestFillSlowLoader(t *testing.T) {
 	// LoadTimeout at its default (10m): only the lease is short.
 	cs := servers(t, s, 4, &fill.Options{LockTTL: lockTTL})
 	var loads atomic.Int32
-	slow := func(ctx context.Context) (string, error) {
-		loads.Add(1)
-		select {
-		case <-time.After(10 * lockTTL):
-			return "slow", nil
-		case <-ctx.Done():
-			return "", context.Cause(ctx)
-		}
-	}
+	slow := slowLoader(&loads, 10*lockTTL)
 	leader := get(ctx, cs[0], "slow", slow)
 	waitFor(t, "the leader to claim the key", func() bool { return loads.Load() == 1 })
 	var waiters []<-chan result
@@ -253,6 +245,20 @@ func TestFillSlowLoader(t *testing.T) {
 	t.Logf("slow loader (%v, lease %v): 1 load; leader stats %+v", 10*lockTTL, lockTTL, st)
 }
 
+// slowLoader returns a loader that counts its calls and returns "slow" after
+// d, or the cause of its ctx's end.
+func slowLoader(loads *atomic.Int32, d time.Duration) func(context.Context) (string, error) {
+	return func(ctx context.Context) (string, error) {
+		loads.Add(1)
+		select {
+		case <-time.After(d):
+			return "slow", nil
+		case <-ctx.Done():
+			return "", context.Cause(ctx)
+		}
+	}
+}
+
 // TestFillLoadTimeout: a loader slower than Options.LoadTimeout has its ctx
 // ended; its callers get DeadlineExceeded, and the server waiting for it gets
 // the failure at once (ErrLoadFailed) instead of loading again: one load.
@@ -263,15 +269,7 @@ func TestFillLoadTimeout(t *testing.T) {
 	direct := s.Client(t, nil)
 	cs := servers(t, s, 2, &fill.Options{LockTTL: lockTTL, LoadTimeout: 2 * lockTTL})
 	var loads atomic.Int32
-	slow := func(ctx context.Context) (string, error) {
-		loads.Add(1)
-		select {
-		case <-time.After(10 * lockTTL):
-			return "slow", nil
-		case <-ctx.Done():
-			return "", context.Cause(ctx)
-		}
-	}
+	slow := slowLoader(&loads, 10*lockTTL)
 	leader := get(ctx, cs[0], "slow", slow)
 	waitFor(t, "the leader to claim the key", func() bool { return loads.Load() == 1 })
 	other := get(ctx, cs[1], "slow", slow)

@@ -14,6 +14,8 @@ import (
 	"github.com/Shopify/toxiproxy/v2/toxics"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
+
+	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
 // TestMain checks that no test leaves a goroutine behind: every client,
@@ -28,25 +30,12 @@ const (
 	testTimeout = 60 * time.Second // one whole scenario
 )
 
-// ctxT returns a context that ends after d or when the test ends.
-func ctxT(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
+// ctxT and waitFor are the shared test helpers, bound to this suite's names.
+func ctxT(t testing.TB, d time.Duration) context.Context { return redistest.Context(t, d) }
 
-// waitFor polls cond until it is true, failing the test if it is not within
-// hangTimeout.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	const poll = 10 * time.Millisecond
-	deadline := time.Now().Add(hangTimeout)
-	for i := 0; !cond(); i++ {
-		if time.Now().After(deadline) || i > int(hangTimeout/poll) {
-			t.Fatalf("waited %v for %s", hangTimeout, what)
-		}
-		time.Sleep(poll)
-	}
+	redistest.WaitFor(t, what, cond)
 }
 
 // within runs fn on its own goroutine and returns its error, failing the

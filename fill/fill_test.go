@@ -42,23 +42,6 @@ func newCache(t *testing.T, rdb redis.UniversalClient, opt *fill.Options) *fill.
 	return c
 }
 
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // gate is a loader that counts its calls and blocks until opened.
 type gate struct {
 	calls   atomic.Int32
@@ -89,7 +72,7 @@ func (g *gate) load(v user) func(context.Context) (user, error) {
 func TestHitAndMiss(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	want := user{ID: 7, Name: "ada", Seen: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC), Tags: []string{"x"}}
 	var calls atomic.Int32
 	load := func(context.Context) (user, error) { calls.Add(1); return want, nil }
@@ -121,7 +104,7 @@ func TestHitAndMiss(t *testing.T) {
 func TestWithTTL(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, &fill.Options{Jitter: -1})
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	if _, err := fill.Get(ctx, c, "k", func(context.Context) (int, error) { return 1, nil }, fill.WithTTL(5*time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +121,7 @@ func TestWithTTL(t *testing.T) {
 func TestLocalMerge(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	g := newGate()
 	const callers = 50
 	var wg sync.WaitGroup
@@ -155,7 +138,7 @@ func TestLocalMerge(t *testing.T) {
 		}()
 	}
 	<-g.started
-	waitFor(t, "all callers merged", func() bool { return c.Stats().LocalMerges == callers-1 })
+	redistest.WaitFor(t, "all callers merged", func() bool { return c.Stats().LocalMerges == callers-1 })
 	g.release()
 	wg.Wait()
 	close(errs)
@@ -177,7 +160,7 @@ func TestRemoteMerge(t *testing.T) {
 			m, rdb := redistest.Mini(t)
 			a := newCache(t, rdb, nil)
 			b := newCache(t, client(t, m.Addr()), &fill.Options{PollInterval: time.Minute})
-			ctx := ctxT(t)
+			ctx := redistest.Context(t, 20*time.Second)
 			g := newGate()
 			want := user{ID: 2, Name: strings.Repeat("n", size)}
 			got := make(chan user, 1)
@@ -199,8 +182,8 @@ func TestRemoteMerge(t *testing.T) {
 				}
 				bres <- err
 			}()
-			waitFor(t, "b waiting", func() bool { return b.Stats().Misses == 1 })
-			waitFor(t, "b subscribed", func() bool {
+			redistest.WaitFor(t, "b waiting", func() bool { return b.Stats().Misses == 1 })
+			redistest.WaitFor(t, "b subscribed", func() bool {
 				return len(m.PubSubNumSub("__locksmith:{k}")) == 1 && m.PubSubNumSub("__locksmith:{k}")["__locksmith:{k}"] == 1
 			})
 			g.release()
@@ -218,7 +201,7 @@ func TestRemoteMerge(t *testing.T) {
 func TestCallerGivesUp(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	g := newGate()
 	quitter, quit := context.WithCancel(ctx)
 	first := make(chan error, 1)
@@ -235,7 +218,7 @@ func TestCallerGivesUp(t *testing.T) {
 		}
 		second <- v
 	}()
-	waitFor(t, "second merged", func() bool { return c.Stats().LocalMerges == 1 })
+	redistest.WaitFor(t, "second merged", func() bool { return c.Stats().LocalMerges == 1 })
 	quit()
 	if err := <-first; !errors.Is(err, context.Canceled) {
 		t.Fatalf("quitter: got %v; want Canceled", err)
@@ -252,7 +235,7 @@ func TestCallerGivesUp(t *testing.T) {
 func TestAllCallersGiveUp(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	g := newGate()
 	quitter, quit := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -267,7 +250,7 @@ func TestAllCallersGiveUp(t *testing.T) {
 	}
 	g.release()
 	// The flight goes on without callers and stores the value.
-	waitFor(t, "value stored", func() bool { return m.Exists("__locksmith:{k}:value") })
+	redistest.WaitFor(t, "value stored", func() bool { return m.Exists("__locksmith:{k}:value") })
 	v, err := fill.Get(ctx, c, "k", g.load(user{ID: 5}))
 	if err != nil || v.ID != 4 {
 		t.Fatalf("got %+v, %v; want the stored value", v, err)
@@ -278,7 +261,7 @@ func TestLoaderError(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	a := newCache(t, rdb, nil)
 	b := newCache(t, client(t, m.Addr()), &fill.Options{PollInterval: time.Minute})
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	boom := errors.New("upstream 503")
 	started, open := make(chan struct{}), make(chan struct{})
 	var calls atomic.Int32
@@ -296,7 +279,7 @@ func TestLoaderError(t *testing.T) {
 		_, err := fill.Get(ctx, b, "k", func(context.Context) (int, error) { calls.Add(1); return 1, nil })
 		berr <- err
 	}()
-	waitFor(t, "b subscribed", func() bool { return m.PubSubNumSub("__locksmith:{k}")["__locksmith:{k}"] == 1 })
+	redistest.WaitFor(t, "b subscribed", func() bool { return m.PubSubNumSub("__locksmith:{k}")["__locksmith:{k}"] == 1 })
 	close(open)
 	if err := <-aerr; !errors.Is(err, boom) {
 		t.Errorf("a: got %v; want the loader's own error", err)
@@ -321,7 +304,7 @@ func TestNegativeCaching(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, &fill.Options{NegativeTTL: 10 * time.Second, Jitter: -1})
 	other := newCache(t, client(t, m.Addr()), nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	var calls atomic.Int32
 	missing := func(context.Context) (user, error) {
 		calls.Add(1)
@@ -350,7 +333,7 @@ func TestNegativeCaching(t *testing.T) {
 func TestLoaderPanic(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	func() {
 		defer func() {
 			r := recover()
@@ -373,7 +356,7 @@ func TestLoaderPanic(t *testing.T) {
 func TestLoaderGoexit(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	_, err := fill.Get(ctx, c, "k", func(context.Context) (int, error) {
 		runtime.Goexit()
 		return 0, nil
@@ -395,7 +378,7 @@ func TestCorruptEntry(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m, rdb := redistest.Mini(t)
 			c := newCache(t, rdb, nil)
-			ctx := ctxT(t)
+			ctx := redistest.Context(t, 20*time.Second)
 			if err := m.Set("__locksmith:{k}:value", tc.value); err != nil {
 				t.Fatal(err)
 			}
@@ -417,7 +400,7 @@ func TestCorruptEntry(t *testing.T) {
 func TestWrongType(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	m.HSet("__locksmith:{k}:value", "f", "v")
 	var calls int
 	_, err := fill.Get(ctx, c, "k", func(context.Context) (int, error) { calls++; return 1, nil })
@@ -437,7 +420,7 @@ func TestRedisDown(t *testing.T) {
 	}
 	t.Run("fail open", func(t *testing.T) {
 		c := newCache(t, down(t), nil)
-		v, err := fill.Get(ctxT(t), c, "k", func(context.Context) (int, error) { return 5, nil })
+		v, err := fill.Get(redistest.Context(t, 20*time.Second), c, "k", func(context.Context) (int, error) { return 5, nil })
 		if err != nil || v != 5 {
 			t.Fatalf("got %v, %v; want the loader's value", v, err)
 		}
@@ -448,7 +431,7 @@ func TestRedisDown(t *testing.T) {
 	t.Run("fail closed", func(t *testing.T) {
 		c := newCache(t, down(t), &fill.Options{FailClosed: true})
 		var calls int
-		_, err := fill.Get(ctxT(t), c, "k", func(context.Context) (int, error) { calls++; return 5, nil })
+		_, err := fill.Get(redistest.Context(t, 20*time.Second), c, "k", func(context.Context) (int, error) { calls++; return 5, nil })
 		if err == nil || calls != 0 {
 			t.Fatalf("got %v after %d loads; want an error and no load", err, calls)
 		}
@@ -460,7 +443,7 @@ func TestRedisDown(t *testing.T) {
 func TestDeleteDuringLoad(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	g := newGate()
 	got := make(chan user, 1)
 	go func() {
@@ -478,7 +461,7 @@ func TestDeleteDuringLoad(t *testing.T) {
 	if v := <-got; v.ID != 1 {
 		t.Fatalf("caller got %+v; want the loaded value", v)
 	}
-	waitFor(t, "store refused", func() bool { return c.Stats().StaleStores == 1 })
+	redistest.WaitFor(t, "store refused", func() bool { return c.Stats().StaleStores == 1 })
 	if m.Exists("__locksmith:{k}:value") {
 		t.Error("value stored over the delete")
 	}
@@ -499,7 +482,7 @@ func TestExcludesLock(t *testing.T) {
 	c := newCache(t, rdb, &fill.Options{PollInterval: time.Minute})
 	l := lock.New(client(t, m.Addr()), nil)
 	t.Cleanup(func() { _ = l.Close() })
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	lk, err := l.Obtain(ctx, "k")
 	if err != nil {
 		t.Fatal(err)
@@ -510,8 +493,8 @@ func TestExcludesLock(t *testing.T) {
 		_, err := fill.Get(ctx, c, "k", func(context.Context) (int, error) { calls.Add(1); return 1, nil })
 		res <- err
 	}()
-	waitFor(t, "fill waiting", func() bool { return c.Stats().Misses == 1 })
-	waitFor(t, "fill subscribed", func() bool { return m.PubSubNumSub("__locksmith:{k}")["__locksmith:{k}"] == 1 })
+	redistest.WaitFor(t, "fill waiting", func() bool { return c.Stats().Misses == 1 })
+	redistest.WaitFor(t, "fill subscribed", func() bool { return m.PubSubNumSub("__locksmith:{k}")["__locksmith:{k}"] == 1 })
 	if calls.Load() != 0 {
 		t.Fatal("loader ran while the lock was held")
 	}
@@ -542,7 +525,7 @@ func TestRoundTrips(t *testing.T) {
 	m, _ := redistest.Mini(t)
 	rdb := client(t, m.Addr())
 	c := newCache(t, rdb, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	load := func(context.Context) (int, error) { return 1, nil }
 	if _, err := fill.Get(ctx, c, "warm-up", load); err != nil { // loads the scripts
 		t.Fatal(err)
@@ -566,7 +549,7 @@ func TestRoundTrips(t *testing.T) {
 func TestTypes(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	p, err := fill.Get(ctx, c, "ptr", func(context.Context) (*user, error) { return &user{ID: 1}, nil })
 	if err != nil || p == nil || p.ID != 1 {
 		t.Fatalf("pointer: %+v, %v", p, err)
@@ -593,7 +576,7 @@ func TestTypes(t *testing.T) {
 func TestClose(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	c := fill.New(rdb, nil)
-	ctx := ctxT(t)
+	ctx := redistest.Context(t, 20*time.Second)
 	g := newGate()
 	res := make(chan error, 1)
 	go func() { _, err := fill.Get(ctx, c, "k", g.load(user{})); res <- err }()

@@ -18,7 +18,7 @@ func TestStalledRedis(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := s.Client(t, nil) // go-redis defaults
 	l := locker(t, rdb, nil)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := redistest.Context(t, 30*time.Second)
 	held, err := l.Obtain(ctx, "held")
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +60,7 @@ func TestStalledRedis(t *testing.T) {
 	// The abandoned acquisitions that reached Redis ran once it resumed, and
 	// each was released by its token-checked cleanup: the names are free.
 	for _, name := range []string{"free", "free2", "free3"} {
-		waitFor(t, func() bool {
+		redistest.WaitFor(t, "the condition", func() bool {
 			lk, err := l.TryObtain(ctx, name)
 			if err != nil {
 				return false
@@ -87,7 +87,7 @@ func TestAbandonedAcquireCleanedUp(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := s.Client(t, nil)
 	l := locker(t, rdb, nil)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := redistest.Context(t, 30*time.Second)
 	// Warm the script cache so the stalled call is the script itself.
 	lk, err := l.Obtain(ctx, "warm")
 	if err != nil {
@@ -104,12 +104,12 @@ func TestAbandonedAcquireCleanedUp(t *testing.T) {
 	}
 	s.Resume(t)
 	// The acquire ran (it issued a fencing token) ...
-	waitFor(t, func() bool {
+	redistest.WaitFor(t, "the condition", func() bool {
 		n, err := rdb.Exists(ctx, "__locksmith:{abandoned}:fence").Result()
 		return err == nil && n == 1
 	})
 	// ... and its lock was released.
-	waitFor(t, func() bool {
+	redistest.WaitFor(t, "the condition", func() bool {
 		n, err := rdb.Exists(ctx, "__locksmith:{abandoned}").Result()
 		return err == nil && n == 0
 	})
@@ -121,7 +121,7 @@ func TestTokensIncreaseAcrossRestart(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := s.Client(t, nil)
 	l := locker(t, rdb, nil)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := redistest.Context(t, 30*time.Second)
 	before, err := l.Obtain(ctx, "k")
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +129,7 @@ func TestTokensIncreaseAcrossRestart(t *testing.T) {
 	s.Kill(t)
 	s.Restart(t)
 	var after *lock.Lock
-	waitFor(t, func() bool {
+	redistest.WaitFor(t, "the condition", func() bool {
 		after, err = l.Obtain(ctx, "k")
 		return err == nil
 	})
@@ -144,7 +144,7 @@ func TestRestartMidDo(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := s.Client(t, nil)
 	l := locker(t, rdb, &lock.Options{TTL: 600 * time.Millisecond})
-	ctx := ctxT(t, 30*time.Second)
+	ctx := redistest.Context(t, 30*time.Second)
 	err := l.Do(ctx, "k", func(fctx context.Context) error {
 		s.Kill(t)
 		s.Restart(t)

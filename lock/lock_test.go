@@ -52,14 +52,6 @@ func locker(t *testing.T, rdb redis.UniversalClient, opt *lock.Options) *lock.Lo
 	return l
 }
 
-// ctxT returns a context that ends with the test's deadline margin, so a hang
-// fails the test instead of the whole run.
-func ctxT(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // TestStorm runs 4 clients × 8 goroutines × 10 holds each on one name and
 // checks that exactly one goroutine holds the lock at a time and that fencing
 // tokens strictly increase in the order the lock was held.
@@ -77,7 +69,7 @@ func TestStorm(t *testing.T) {
 				order     []int64
 				wg        sync.WaitGroup
 			)
-			ctx := ctxT(t, 60*time.Second)
+			ctx := redistest.Context(t, 60*time.Second)
 			for c := 0; c < clients; c++ {
 				l := locker(t, client(t, addr), nil)
 				for g := 0; g < goroutines; g++ {
@@ -123,7 +115,7 @@ func TestStorm(t *testing.T) {
 func TestTryObtain(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	l := locker(t, rdb, nil)
-	ctx := ctxT(t, 10*time.Second)
+	ctx := redistest.Context(t, 10*time.Second)
 	lk, err := l.TryObtain(ctx, "k")
 	if err != nil {
 		t.Fatalf("TryObtain: %v", err)
@@ -151,7 +143,7 @@ func TestTryObtain(t *testing.T) {
 
 func TestKeyLayout(t *testing.T) {
 	m, rdb := redistest.Mini(t)
-	ctx := ctxT(t, 10*time.Second)
+	ctx := redistest.Context(t, 10*time.Second)
 	for _, tc := range []struct {
 		prefix, name, key string
 	}{
@@ -189,7 +181,7 @@ func TestKeyLayout(t *testing.T) {
 // successor's lock alone.
 func TestStaleRelease(t *testing.T) {
 	m, rdb := redistest.Mini(t)
-	ctx := ctxT(t, 10*time.Second)
+	ctx := redistest.Context(t, 10*time.Second)
 	l1 := locker(t, rdb, &lock.Options{TTL: time.Second})
 	l2 := locker(t, client(t, m.Addr()), &lock.Options{TTL: time.Second})
 	old, err := l1.Obtain(ctx, "k")
@@ -220,7 +212,7 @@ func TestStaleRelease(t *testing.T) {
 
 func TestRefreshExtends(t *testing.T) {
 	m, rdb := redistest.Mini(t)
-	ctx := ctxT(t, 10*time.Second)
+	ctx := redistest.Context(t, 10*time.Second)
 	l := locker(t, rdb, &lock.Options{TTL: time.Second})
 	lk, err := l.Obtain(ctx, "k")
 	if err != nil {
@@ -247,7 +239,7 @@ func TestHandoff(t *testing.T) {
 			opt := &lock.Options{PollInterval: time.Minute}
 			l1 := locker(t, rdb, opt)
 			l2 := locker(t, client(t, addr), opt)
-			ctx := ctxT(t, 20*time.Second)
+			ctx := redistest.Context(t, 20*time.Second)
 			for i := 0; i < 5; i++ {
 				held, err := l1.Obtain(ctx, "h")
 				if err != nil {
@@ -262,7 +254,7 @@ func TestHandoff(t *testing.T) {
 					got <- err
 				}()
 				// Let the waiter block, then release.
-				waitFor(t, func() bool {
+				redistest.WaitFor(t, "the condition", func() bool {
 					n, _ := rdb.PubSubNumSub(ctx, "__locksmith:{h}").Result()
 					return n["__locksmith:{h}"] > 0
 				})
@@ -277,21 +269,10 @@ func TestHandoff(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 func TestObtainDeadline(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	l := locker(t, rdb, nil)
-	ctx := ctxT(t, 10*time.Second)
+	ctx := redistest.Context(t, 10*time.Second)
 	held, err := l.Obtain(ctx, "k")
 	if err != nil {
 		t.Fatal(err)
@@ -312,7 +293,7 @@ func TestObtainDeadline(t *testing.T) {
 func TestDo(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	l := locker(t, rdb, nil)
-	ctx := ctxT(t, 10*time.Second)
+	ctx := redistest.Context(t, 10*time.Second)
 	t.Run("releases on success", func(t *testing.T) {
 		ran := false
 		err := l.Do(ctx, "do", func(ctx context.Context) error {
@@ -363,7 +344,7 @@ func TestDoRenews(t *testing.T) {
 	const ttl = 300 * time.Millisecond
 	l := locker(t, rdb, &lock.Options{TTL: ttl})
 	other := locker(t, s.Client(t, nil), &lock.Options{TTL: ttl})
-	ctx := ctxT(t, 20*time.Second)
+	ctx := redistest.Context(t, 20*time.Second)
 	err := l.Do(ctx, "renew", func(ctx context.Context) error {
 		end := time.Now().Add(5 * ttl)
 		for time.Now().Before(end) {
@@ -392,7 +373,7 @@ func TestDoLost(t *testing.T) {
 	rdb := s.Client(t, nil)
 	const ttl = 600 * time.Millisecond
 	l := locker(t, rdb, &lock.Options{TTL: ttl})
-	ctx := ctxT(t, 20*time.Second)
+	ctx := redistest.Context(t, 20*time.Second)
 	fnErr := errors.New("fn saw the loss")
 	err := l.Do(ctx, "lost", func(fctx context.Context) error {
 		if err := rdb.Del(ctx, "__locksmith:{lost}").Err(); err != nil {
@@ -420,7 +401,7 @@ func TestWrongType(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			rdb := b.newClient(t)
 			l := locker(t, rdb, nil)
-			ctx := ctxT(t, 10*time.Second)
+			ctx := redistest.Context(t, 10*time.Second)
 			for _, tc := range []struct {
 				name, lock string
 				setup      func(context.Context) error
@@ -477,7 +458,7 @@ func TestUnreachable(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
 	l := locker(t, rdb, nil)
-	ctx := ctxT(t, 10*time.Second)
+	ctx := redistest.Context(t, 10*time.Second)
 	_, err := l.Obtain(ctx, "k")
 	if err == nil || errors.Is(err, lock.ErrNotObtained) || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Obtain with Redis down: got %v; want a connection error", err)
@@ -490,7 +471,7 @@ func TestUnreachable(t *testing.T) {
 func TestHugeAndOddNames(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	l := locker(t, rdb, nil)
-	ctx := ctxT(t, 10*time.Second)
+	ctx := redistest.Context(t, 10*time.Second)
 	for _, name := range []string{"", "}", "{", "a}b{c", "\x00\xff", strings.Repeat("x", 1<<20)} {
 		lk, err := l.Obtain(ctx, name)
 		if err != nil {

@@ -16,17 +16,6 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func recv(t *testing.T, s *Sub) string {
 	t.Helper()
 	select {
@@ -80,7 +69,7 @@ func TestRefCounting(t *testing.T) {
 		t.Errorf("b got %q", p)
 	}
 	b.Close()
-	waitFor(t, "unsubscribed", func() bool { return numSub() == 0 })
+	redistest.WaitFor(t, "unsubscribed", func() bool { return numSub() == 0 })
 	// Subscribing again after the last Close works.
 	c := h.Subscribe("ch")
 	defer c.Close()
@@ -107,7 +96,7 @@ func TestNewestMessageWins(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "newest payload", func() bool {
+	redistest.WaitFor(t, "newest payload", func() bool {
 		select {
 		case p := <-s.C():
 			return p == "3"
@@ -156,7 +145,7 @@ func TestAwait(t *testing.T) {
 			return p == "done", nil
 		})
 	}()
-	waitFor(t, "subscribed", func() bool {
+	redistest.WaitFor(t, "subscribed", func() bool {
 		n, _ := rdb.PubSubNumSub(ctx, "ch").Result()
 		return n["ch"] == 1
 	})

@@ -8,19 +8,19 @@ import (
 	"syscall"
 )
 
-// setParentDeathSignal makes the kernel kill redis-server if the test binary
-// dies without running its cleanups, for example on a -timeout panic, so that
-// no orphaned servers are left behind. (Strictly, the signal fires when the OS
+// KillWithParent makes the kernel kill cmd's process (a redis-server, a
+// helper process) if the test binary dies without running its cleanups, for
+// example on a -timeout panic, so that no orphaned process is left behind. (Strictly, the signal fires when the OS
 // thread that started the process exits; the Go runtime only ends a thread
 // when a goroutine exits while locked to it by runtime.LockOSThread, which
 // neither this package nor go-redis does.)
-func setParentDeathSignal(cmd *exec.Cmd) {
+func KillWithParent(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
-// processStopped reports whether the process is stopped (state T in
+// ProcessStopped reports whether the process is stopped (state T or t in
 // /proc/PID/stat); known is false if the state cannot be read.
-func processStopped(pid int) (stopped, known bool) {
+func ProcessStopped(pid int) (stopped, known bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return false, false

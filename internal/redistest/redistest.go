@@ -238,7 +238,7 @@ func (s *Server) signal(t testing.TB, sig syscall.Signal, stop bool) {
 	pid := p.cmd.Process.Pid
 	deadline := time.Now().Add(signalTimeout)
 	for {
-		stopped, known := processStopped(pid)
+		stopped, known := ProcessStopped(pid)
 		if !known || stopped == stop {
 			return
 		}
@@ -352,7 +352,7 @@ func (s *Server) launch(port int) (*process, error) {
 	p := &process{cmd: cmd, out: &tailBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	cmd.WaitDelay = time.Second // don't wait forever for output held by forked children
-	setParentDeathSignal(cmd)
+	KillWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("running %s: %w", bin, err)
 	}
@@ -515,4 +515,29 @@ func (b *tailBuffer) tail() string {
 		lines = lines[len(lines)-20:]
 	}
 	return "\n\tredis-server output (last lines):\n\t\t" + strings.Join(lines, "\n\t\t")
+}
+
+// WaitTimeout is how long [WaitFor] waits: long enough that only a hang
+// reaches it.
+const WaitTimeout = 20 * time.Second
+
+// WaitFor polls cond every millisecond until it holds, and fails the test,
+// naming what it waited for, if it does not within [WaitTimeout].
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(WaitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", WaitTimeout, what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Context returns a context that ends after d, or when the test ends, so
+// that a hang fails the test instead of the whole run.
+func Context(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
 }
