@@ -101,21 +101,24 @@ func newTimeline(id int) benchTimeline {
 }
 
 // BenchmarkHit: a cache hit through fill.Get against a raw GET of the same
-// value's bytes plus the same msgpack decode. With a cancellable ctx (as an
-// HTTP request's), the flight runs on its own goroutine so that the caller
-// can give up alone.
+// value's bytes plus the same msgpack decode, with a ctx that cannot end and
+// with one that can (as an HTTP request's), and with Options.ReadFirst.
 func BenchmarkHit(b *testing.B) {
+	background := func() (context.Context, context.CancelFunc) { return context.Background(), func() {} }
+	withCancel := func() (context.Context, context.CancelFunc) { return context.WithCancel(context.Background()) }
 	for _, tc := range []struct {
 		name string
 		ctx  func() (context.Context, context.CancelFunc)
+		opt  *fill.Options
 	}{
-		{"ctx=Background", func() (context.Context, context.CancelFunc) { return context.Background(), func() {} }},
-		{"ctx=WithCancel", func() (context.Context, context.CancelFunc) { return context.WithCancel(context.Background()) }},
+		{"ctx=Background", background, nil},
+		{"ctx=WithCancel", withCancel, nil},
+		{"ReadFirst", withCancel, &fill.Options{ReadFirst: true}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			newClient := benchRedis(b)
 			rdb := newClient()
-			c := fill.New(rdb, nil)
+			c := fill.New(rdb, tc.opt)
 			defer c.Close()
 			ctx, cancel := tc.ctx()
 			defer cancel()

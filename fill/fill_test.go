@@ -546,6 +546,52 @@ func TestRoundTrips(t *testing.T) {
 	}
 }
 
+// TestReadFirst: with ReadFirst, a hit is one plain GET and a miss three
+// round trips; everything else behaves the same.
+func TestReadFirst(t *testing.T) {
+	m, _ := redistest.Mini(t)
+	rdb := client(t, m.Addr())
+	c := newCache(t, rdb, &fill.Options{ReadFirst: true})
+	ctx := redistest.Context(t, 20*time.Second)
+	load := func(context.Context) (int, error) { return 1, nil }
+	if _, err := fill.Get(ctx, c, "warm-up", load); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	var mu sync.Mutex
+	rdb.AddHook(namesHook(func(name string) { mu.Lock(); names = append(names, name); mu.Unlock() }))
+	if v, err := fill.Get(ctx, c, "k", load); err != nil || v != 1 {
+		t.Fatalf("miss: %v, %v", v, err)
+	}
+	if got := strings.Join(names, " "); got != "get evalsha evalsha" {
+		t.Errorf("miss: got %q; want a GET and two scripts", got)
+	}
+	names = nil
+	if v, err := fill.Get(ctx, c, "k", load); err != nil || v != 1 {
+		t.Fatalf("hit: %v, %v", v, err)
+	}
+	if got := strings.Join(names, " "); got != "get" {
+		t.Errorf("hit: got %q; want one GET", got)
+	}
+	if err := m.Set("__locksmith:{bad}:value", "junk"); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := fill.Get(ctx, c, "bad", load); err != nil || v != 1 || c.Stats().Corrupt != 1 {
+		t.Fatalf("corrupt entry: %v, %v, stats %+v; want a reload", v, err, c.Stats())
+	}
+}
+
+// namesHook reports the name of every command a client sends.
+type namesHook func(name string)
+
+func (h namesHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h namesHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { h(cmd.Name()); return next(ctx, cmd) }
+}
+func (h namesHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
 func TestTypes(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, nil)

@@ -66,7 +66,7 @@ var Scripts = []*redis.Script{acquireScript, releaseScript, refreshScript}
 
 // Client is a go-redis client as the lease protocol uses it.
 type Client struct {
-	rdb redis.Scripter
+	rdb redis.UniversalClient
 	// sharded: a Redis Cluster client; notifications use SPUBLISH.
 	sharded bool
 	// deadlines: the client bounds each call by its ctx deadline itself
@@ -87,6 +87,23 @@ func NewClient(rdb redis.UniversalClient) *Client {
 		c.deadlines = r.Options().ContextTimeoutEnabled
 	}
 	return c
+}
+
+// Get returns the string at key, and false when there is none. It returns
+// by ctx's deadline as [Run] does.
+func (c *Client) Get(ctx context.Context, key string) (string, bool, error) {
+	type reply struct {
+		s  string
+		ok bool
+	}
+	r, err := Run(ctx, c, func(ctx context.Context) (reply, error) {
+		s, err := c.rdb.Get(ctx, key).Result()
+		if errors.Is(err, redis.Nil) {
+			return reply{}, nil
+		}
+		return reply{s, err == nil}, err
+	}, nil)
+	return r.s, r.ok, err
 }
 
 // Sharded reports whether notifications use sharded pub/sub.
