@@ -364,7 +364,10 @@ type ops struct {
 // A loader error reaches every caller waiting for it (here as the loader's
 // own error value, on other servers wrapped in [ErrLoadFailed]); an error
 // wrapping [ErrNotFound] is also cached for Options.NegativeTTL. A loader
-// panic is re-raised in every caller in this process as a *[PanicError].
+// panic is re-raised in every caller in this process as a *[PanicError];
+// when every caller has given up by then, it is re-raised on the flight's own
+// goroutine, as an unrecovered panic in any goroutine would be: a panic is
+// never swallowed.
 func Get[T any](ctx context.Context, c *Cache, key string, load func(ctx context.Context) (T, error), opts ...Option) (T, error) {
 	var zero T
 	if load == nil {
