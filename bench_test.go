@@ -42,11 +42,7 @@ func benchRedis(b *testing.B) func() *redis.Client {
 	}
 	b.Log("redis-server not installed: measuring against the embedded miniredis; figures are not representative")
 	m, _ := redistest.Mini(b)
-	return func() *redis.Client {
-		c := redis.NewClient(&redis.Options{Addr: m.Addr()})
-		b.Cleanup(func() { _ = c.Close() })
-		return c
-	}
+	return func() *redis.Client { return redistest.Client(b, m.Addr()) }
 }
 
 // rtts counts the commands a client sends, one round trip each.

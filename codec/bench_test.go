@@ -47,64 +47,48 @@ func newBenchPost() benchPost {
 	return p
 }
 
-func BenchmarkMsgPackMarshal(b *testing.B) {
-	p := newBenchPost()
-	data, err := codec.MsgPack.Marshal(p)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := codec.MsgPack.Marshal(&p); err != nil {
-			b.Fatal(err)
-		}
+var benchCodecs = []struct {
+	name  string
+	codec codec.Codec
+}{
+	{"MsgPack", codec.MsgPack},
+	{"JSON", codec.JSON}, // for comparison
+}
+
+func BenchmarkMarshal(b *testing.B) {
+	for _, bc := range benchCodecs {
+		b.Run(bc.name, func(b *testing.B) {
+			p := newBenchPost()
+			data, err := bc.codec.Marshal(p)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := bc.codec.Marshal(&p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
-func BenchmarkMsgPackUnmarshal(b *testing.B) {
-	data, err := codec.MsgPack.Marshal(newBenchPost())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	for b.Loop() {
-		var p benchPost
-		if err := codec.MsgPack.Unmarshal(data, &p); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-// The JSON benchmarks are for comparison.
-
-func BenchmarkJSONMarshal(b *testing.B) {
-	p := newBenchPost()
-	data, err := codec.JSON.Marshal(p)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := codec.JSON.Marshal(&p); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-func BenchmarkJSONUnmarshal(b *testing.B) {
-	data, err := codec.JSON.Marshal(newBenchPost())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	for b.Loop() {
-		var p benchPost
-		if err := codec.JSON.Unmarshal(data, &p); err != nil {
-			b.Fatal(err)
-		}
+func BenchmarkUnmarshal(b *testing.B) {
+	for _, bc := range benchCodecs {
+		b.Run(bc.name, func(b *testing.B) {
+			data, err := bc.codec.Marshal(newBenchPost())
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			for b.Loop() {
+				var p benchPost
+				if err := bc.codec.Unmarshal(data, &p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -30,12 +30,6 @@ type user struct {
 	Tags []string
 }
 
-func client(t *testing.T, addr string) *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
 func newCache(t *testing.T, rdb redis.UniversalClient, opt *fill.Options) *fill.Cache {
 	c := fill.New(rdb, opt)
 	t.Cleanup(func() { _ = c.Close() })
@@ -159,7 +153,7 @@ func TestRemoteMerge(t *testing.T) {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			m, rdb := redistest.Mini(t)
 			a := newCache(t, rdb, nil)
-			b := newCache(t, client(t, m.Addr()), &fill.Options{PollInterval: time.Minute})
+			b := newCache(t, redistest.Client(t, m.Addr()), &fill.Options{PollInterval: time.Minute})
 			ctx := redistest.Context(t, 20*time.Second)
 			g := newGate()
 			want := user{ID: 2, Name: strings.Repeat("n", size)}
@@ -260,7 +254,7 @@ func TestAllCallersGiveUp(t *testing.T) {
 func TestLoaderError(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	a := newCache(t, rdb, nil)
-	b := newCache(t, client(t, m.Addr()), &fill.Options{PollInterval: time.Minute})
+	b := newCache(t, redistest.Client(t, m.Addr()), &fill.Options{PollInterval: time.Minute})
 	ctx := redistest.Context(t, 20*time.Second)
 	boom := errors.New("upstream 503")
 	started, open := make(chan struct{}), make(chan struct{})
@@ -303,7 +297,7 @@ func TestLoaderError(t *testing.T) {
 func TestNegativeCaching(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, &fill.Options{NegativeTTL: 10 * time.Second, Jitter: -1})
-	other := newCache(t, client(t, m.Addr()), nil)
+	other := newCache(t, redistest.Client(t, m.Addr()), nil)
 	ctx := redistest.Context(t, 20*time.Second)
 	var calls atomic.Int32
 	missing := func(context.Context) (user, error) {
@@ -480,7 +474,7 @@ func TestDeleteDuringLoad(t *testing.T) {
 func TestExcludesLock(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	c := newCache(t, rdb, &fill.Options{PollInterval: time.Minute})
-	l := lock.New(client(t, m.Addr()), nil)
+	l := lock.New(redistest.Client(t, m.Addr()), nil)
 	t.Cleanup(func() { _ = l.Close() })
 	ctx := redistest.Context(t, 20*time.Second)
 	lk, err := l.Obtain(ctx, "k")
@@ -523,7 +517,7 @@ func (h *countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 // TestRoundTrips: a miss costs exactly 2 round trips plus the loader, a hit 1.
 func TestRoundTrips(t *testing.T) {
 	m, _ := redistest.Mini(t)
-	rdb := client(t, m.Addr())
+	rdb := redistest.Client(t, m.Addr())
 	c := newCache(t, rdb, nil)
 	ctx := redistest.Context(t, 20*time.Second)
 	load := func(context.Context) (int, error) { return 1, nil }
@@ -550,7 +544,7 @@ func TestRoundTrips(t *testing.T) {
 // round trips; everything else behaves the same.
 func TestReadFirst(t *testing.T) {
 	m, _ := redistest.Mini(t)
-	rdb := client(t, m.Addr())
+	rdb := redistest.Client(t, m.Addr())
 	c := newCache(t, rdb, &fill.Options{ReadFirst: true})
 	ctx := redistest.Context(t, 20*time.Second)
 	load := func(context.Context) (int, error) { return 1, nil }

@@ -31,19 +31,13 @@ func backends(t *testing.T) []backend {
 	return []backend{
 		{"miniredis", func(t *testing.T) redis.UniversalClient {
 			m, _ := redistest.Mini(t)
-			return client(t, m.Addr())
+			return redistest.Client(t, m.Addr())
 		}},
 		{"redis-server", func(t *testing.T) redis.UniversalClient {
 			s := redistest.Start(t, nil)
 			return s.Client(t, nil)
 		}},
 	}
-}
-
-func client(t *testing.T, addr string) *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	t.Cleanup(func() { _ = c.Close() })
-	return c
 }
 
 func locker(t *testing.T, rdb redis.UniversalClient, opt *lock.Options) *lock.Locker {
@@ -71,7 +65,7 @@ func TestStorm(t *testing.T) {
 			)
 			ctx := redistest.Context(t, 60*time.Second)
 			for c := 0; c < clients; c++ {
-				l := locker(t, client(t, addr), nil)
+				l := locker(t, redistest.Client(t, addr), nil)
 				for g := 0; g < goroutines; g++ {
 					wg.Add(1)
 					go func() {
@@ -183,7 +177,7 @@ func TestStaleRelease(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	ctx := redistest.Context(t, 10*time.Second)
 	l1 := locker(t, rdb, &lock.Options{TTL: time.Second})
-	l2 := locker(t, client(t, m.Addr()), &lock.Options{TTL: time.Second})
+	l2 := locker(t, redistest.Client(t, m.Addr()), &lock.Options{TTL: time.Second})
 	old, err := l1.Obtain(ctx, "k")
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +232,7 @@ func TestHandoff(t *testing.T) {
 			// the test's deadline.
 			opt := &lock.Options{PollInterval: time.Minute}
 			l1 := locker(t, rdb, opt)
-			l2 := locker(t, client(t, addr), opt)
+			l2 := locker(t, redistest.Client(t, addr), opt)
 			ctx := redistest.Context(t, 20*time.Second)
 			for i := 0; i < 5; i++ {
 				held, err := l1.Obtain(ctx, "h")

@@ -52,10 +52,15 @@ const (
 func Mini(t testing.TB) (*miniredis.Miniredis, *redis.Client) {
 	t.Helper()
 	m := miniredis.RunT(t)
-	c := redis.NewClient(&redis.Options{Addr: m.Addr()})
-	// Close only fails if the test closed the client itself, which is fine.
+	return m, Client(t, m.Addr())
+}
+
+// Client returns a go-redis client for addr with default options, closed in
+// t.Cleanup: one more server of a fleet, in tests that need several.
+func Client(t testing.TB, addr string) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: addr})
 	t.Cleanup(func() { _ = c.Close() })
-	return m, c
+	return c
 }
 
 // Available reports whether a redis-server binary is on PATH.
