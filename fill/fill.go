@@ -17,8 +17,10 @@
 //
 // # Keys
 //
-// For a key K under prefix P: the value is P{K}:value, the lock P{K}, the
-// fencing counter P{K}:fence, and notifications go on the channel P{K}.
+// For a key K under prefix P: the value is P{K}:value, the lock P{K}, and
+// notifications go on the channel P{K}. A fill takes no fencing token: its
+// store is checked against its lock token inside Redis, in the same script,
+// so it needs no counter key beside each value.
 //
 // # Failures
 //
@@ -527,7 +529,7 @@ func (c *Cache) look(ctx context.Context, key, token string, o ops) look {
 	}
 	for {
 		l := look{token: token, sent: time.Now()}
-		l.r, l.err = c.rdb.Acquire(ctx, lockKey, read, token, c.opt.LockTTL)
+		l.r, l.err = c.rdb.Acquire(ctx, lockKey, read, token, c.opt.LockTTL, false)
 		if l.err == nil && l.r.State == lease.Found {
 			l.val, l.valErr = c.decode(l.r.Value, o)
 			if errors.Is(l.valErr, envelope.ErrCorrupt) {

@@ -86,8 +86,8 @@ func TestHitAndMiss(t *testing.T) {
 	if st.Hits != 2 || st.Misses != 1 || st.Loads != 1 {
 		t.Errorf("stats: got %+v; want 2 hits, 1 miss, 1 load", st)
 	}
-	if !m.Exists("__locksmith:{u:7}:value") || m.Exists("__locksmith:{u:7}") {
-		t.Errorf("keys after fill: %v; want the value and no lock", m.Keys())
+	if got := m.Keys(); len(got) != 1 || got[0] != "__locksmith:{u:7}:value" {
+		t.Errorf("keys after fill: %v; want the value alone (no lock, no fencing counter)", got)
 	}
 	ttl := m.TTL("__locksmith:{u:7}:value")
 	if ttl > time.Hour || ttl < 54*time.Minute {

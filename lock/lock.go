@@ -143,7 +143,7 @@ func (l *Locker) obtain(ctx context.Context, name string, wait bool) (*Lock, err
 	var lk *Lock
 	err := l.hub.Await(ctx, key, func() (notify.Step, error) {
 		sent := time.Now()
-		r, err := l.rdb.Acquire(ctx, key, "", token, l.opt.TTL)
+		r, err := l.rdb.Acquire(ctx, key, "", token, l.opt.TTL, true)
 		switch {
 		case err != nil:
 			return notify.Step{}, err

@@ -130,18 +130,25 @@ type Result struct {
 }
 
 // Acquire takes the lease on lockKey for token, or, when valueKey is not
-// empty and holds a value, returns that value instead. It returns when Redis
+// empty and holds a value, returns that value instead. With fence, it also
+// issues a fencing token from the counter [FenceKey]; without, the token is
+// 0 and the counter is left alone (a holder whose writes are token-checked
+// in Redis itself needs none). It returns when Redis
 // answers or ctx's deadline passes, whatever the client's timeout options
 // (see [Run]). When the script may have taken the lease but the caller does
 // not learn of it (ctx ended, connection lost), the lease is released in the
 // background, token-checked, so no lock is left behind that nobody releases.
-func (c *Client) Acquire(ctx context.Context, lockKey, valueKey, token string, ttl time.Duration) (Result, error) {
+func (c *Client) Acquire(ctx context.Context, lockKey, valueKey, token string, ttl time.Duration, fence bool) (Result, error) {
 	keys := []string{lockKey, FenceKey(lockKey)}
 	if valueKey != "" {
 		keys = append(keys, valueKey)
 	}
+	issue := "0"
+	if fence {
+		issue = "1"
+	}
 	return Run(ctx, c, func(ctx context.Context) (Result, error) {
-		v, err := acquireScript.Run(ctx, c.rdb, keys, token, ms(ttl), ms(FenceTTL)).Result()
+		v, err := acquireScript.Run(ctx, c.rdb, keys, token, ms(ttl), ms(FenceTTL), issue).Result()
 		if err != nil {
 			if mayHaveRun(err) {
 				go c.cleanup(lockKey, token)

@@ -107,7 +107,7 @@ func TestKeeper(t *testing.T) {
 	const ttl = 300 * time.Millisecond
 	acquire := func(key string) (string, time.Time) {
 		token, since := NewToken(), time.Now()
-		r, err := c.Acquire(ctx, key, "", token, ttl)
+		r, err := c.Acquire(ctx, key, "", token, ttl, true)
 		if err != nil || r.State != Acquired {
 			t.Fatalf("Acquire: %+v, %v", r, err)
 		}
@@ -190,15 +190,15 @@ func TestAcquireRetried(t *testing.T) {
 	c := NewClient(rdb)
 	ctx := context.Background()
 	token := NewToken()
-	first, err := c.Acquire(ctx, "{k}", "", token, time.Minute)
+	first, err := c.Acquire(ctx, "{k}", "", token, time.Minute, true)
 	if err != nil || first.State != Acquired {
 		t.Fatalf("first: %+v, %v", first, err)
 	}
-	again, err := c.Acquire(ctx, "{k}", "", token, time.Minute)
+	again, err := c.Acquire(ctx, "{k}", "", token, time.Minute, true)
 	if err != nil || again != first {
 		t.Fatalf("retried: got %+v, %v; want %+v", again, err, first)
 	}
-	other, err := c.Acquire(ctx, "{k}", "", NewToken(), time.Minute)
+	other, err := c.Acquire(ctx, "{k}", "", NewToken(), time.Minute, true)
 	if err != nil || other.State != Held {
 		t.Fatalf("another holder: got %+v, %v; want Held", other, err)
 	}
