@@ -294,20 +294,13 @@ func (c *Cache) Delete(ctx context.Context, key string) error {
 	lockKey := lease.LockKey(c.opt.Prefix, key)
 	_, err := lease.Run(ctx, c.rdb, func(ctx context.Context) (any, error) {
 		return deleteScript.Run(ctx, c.rdb.Scripter(), []string{lockKey, lease.ValueKey(lockKey)},
-			shardFlag(c.rdb.Sharded()), msgDeleted).Result()
+			c.rdb.PublishFlag(), msgDeleted).Result()
 	}, nil)
 	if err != nil {
 		c.stats.redisErrors.Add(1)
 		return fmt.Errorf("fill: delete %s: %w", lease.Quote(key), err)
 	}
 	return nil
-}
-
-func shardFlag(sharded bool) string {
-	if sharded {
-		return "1"
-	}
-	return "0"
 }
 
 // PanicError is what a caller of [Get] panics with when the loader panicked:

@@ -106,8 +106,14 @@ func (c *Client) Get(ctx context.Context, key string) (string, bool, error) {
 	return r.s, r.ok, err
 }
 
-// Sharded reports whether notifications use sharded pub/sub.
-func (c *Client) Sharded() bool { return c.sharded }
+// PublishFlag is the scripts' ARGV flag for how to notify: "1" for SPUBLISH
+// (sharded pub/sub, on a Redis Cluster), "0" for PUBLISH.
+func (c *Client) PublishFlag() string {
+	if c.sharded {
+		return "1"
+	}
+	return "0"
+}
 
 // Scripter returns the underlying client.
 func (c *Client) Scripter() redis.Scripter { return c.rdb }
@@ -221,10 +227,7 @@ func (c *Client) ReleaseRetrying(ctx context.Context, lockKey, token, msg, value
 }
 
 func (c *Client) release(ctx context.Context, lockKey, token, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
-	shard := "0"
-	if c.sharded {
-		shard = "1"
-	}
+	shard := c.PublishFlag()
 	var v any
 	var err error
 	if valueKey == "" {

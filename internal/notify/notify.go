@@ -92,10 +92,6 @@ func New(rdb redis.UniversalClient) *Hub {
 	return h
 }
 
-// Sharded reports whether publishers must use SPUBLISH for this Hub's
-// channels (the client is a Redis Cluster client).
-func (h *Hub) Sharded() bool { return h.cluster != nil }
-
 // Sub is one waiter's subscription to one channel.
 type Sub struct {
 	h       *Hub
@@ -240,7 +236,8 @@ func (h *Hub) send(sh *shard, subscribe bool, ops []op) {
 }
 
 // shardFor returns the pub/sub connection serving channel, creating it and
-// its reader on first use. Only the writer goroutine calls it.
+// its reader on first use. The writer and [Hub.Sync] call it; creating a
+// shard happens under h.mu, so two callers never create two.
 func (h *Hub) shardFor(channel string) *shard {
 	addr := ""
 	if h.cluster != nil {

@@ -153,7 +153,6 @@ func TestAwait(t *testing.T) {
 		if err := rdb.Publish(ctx, "ch", p).Err(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	if err := <-got; err != nil {
 		t.Fatal(err)
