@@ -82,9 +82,11 @@ func TestRefCounting(t *testing.T) {
 	}
 }
 
-// TestNewestMessageWins: a slow reader sees the newest payload.
+// TestNewestMessageWins: a reader slower than the messages finds only the
+// newest payload buffered.
 func TestNewestMessageWins(t *testing.T) {
-	_, rdb := redistest.Mini(t)
+	srv := redistest.Start(t, nil)
+	rdb := srv.Client(t, nil)
 	h := New(rdb)
 	defer h.Close()
 	s := h.Subscribe("ch")
@@ -96,14 +98,17 @@ func TestNewestMessageWins(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	redistest.WaitFor(t, "newest payload", func() bool {
-		select {
-		case p := <-s.C():
-			return p == "3"
-		default:
-			return false
-		}
-	})
+	if err := h.Sync(ctx, "ch"); err != nil { // all three delivered
+		t.Fatalf("Sync: %v", err)
+	}
+	if p := recv(t, s); p != "3" {
+		t.Fatalf("got %q; want the newest payload, 3", p)
+	}
+	select {
+	case p := <-s.C():
+		t.Fatalf("got %q after the newest; want nothing buffered", p)
+	default:
+	}
 }
 
 // TestWakeAfterReconnect: Redis restarts; the Hub subscribes again by itself
