@@ -1,0 +1,393 @@
+// Package redisx is how locksmith's packages talk to Redis: one wrapper
+// around a go-redis client that bounds every call by its caller's deadline,
+// sorts failures into what they mean for the caller, and remembers an outage
+// so that calls during it fail at once instead of each paying the client's
+// dial retries.
+package redisx
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Client is a go-redis client as locksmith uses it. It is safe for
+// concurrent use. [Client.Close] stops its outage probes; it does not close
+// the go-redis client, which belongs to the caller.
+type Client struct {
+	rdb redis.UniversalClient
+	// Sharded: a Redis Cluster client; notifications use SPUBLISH.
+	Sharded bool
+	// deadlines: the client bounds each call by its ctx deadline itself
+	// (go-redis ContextTimeoutEnabled), so no call needs watching.
+	deadlines bool
+
+	out outage
+}
+
+// New wraps rdb.
+func New(rdb redis.UniversalClient) *Client {
+	c := &Client{rdb: rdb}
+	switch r := rdb.(type) {
+	case *redis.Client:
+		c.deadlines = r.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		c.Sharded = true
+		c.deadlines = r.Options().ContextTimeoutEnabled
+	case *redis.Ring:
+		c.deadlines = r.Options().ContextTimeoutEnabled
+	}
+	c.out.ping = func(ctx context.Context) error { return rdb.Ping(ctx).Err() }
+	return c
+}
+
+// Redis returns the wrapped client.
+func (c *Client) Redis() redis.UniversalClient { return c.rdb }
+
+// PublishFlag is the scripts' ARGV flag for how to notify: "1" for SPUBLISH
+// (sharded pub/sub, on a Redis Cluster), "0" for PUBLISH.
+func (c *Client) PublishFlag() string {
+	if c.Sharded {
+		return "1"
+	}
+	return "0"
+}
+
+// Close stops the outage probe, if one runs, and waits for it.
+func (c *Client) Close() { c.out.close() }
+
+// Outages returns how many outages began since New: times a call found
+// Redis unreachable after the last one had ended.
+func (c *Client) Outages() uint64 { return c.out.count.Load() }
+
+// Down reports whether Redis is known to be unreachable now.
+func (c *Client) Down() bool {
+	c.out.mu.Lock()
+	defer c.out.mu.Unlock()
+	return c.out.down
+}
+
+// SetOnOutage sets functions called when an outage begins (with the error
+// that began it) and ends (with its length). Either may be nil. They run on
+// the goroutine that noticed the change, outside any lock; set them before
+// the first call.
+func (c *Client) SetOnOutage(start func(err error), end func(d time.Duration)) {
+	c.out.onStart, c.out.onEnd = start, end
+}
+
+// Run runs fn, a call on c, and returns by ctx's deadline whatever c's
+// timeout options. go-redis bounds a call by its ReadTimeout (3s by default),
+// not by the caller's deadline, unless the client sets ContextTimeoutEnabled.
+// So when ctx has a deadline that c would not enforce, fn runs on its own
+// goroutine and Run returns as soon as fn does or ctx ends; when ctx ends
+// first, fn goes on in the background (bounded by the client's timeouts) and
+// late, if not nil, receives its outcome. Otherwise fn runs on the caller's
+// goroutine, saving a hand-off: a ctx that can only be cancelled (no
+// deadline) then bounds the call only through the client's own timeouts.
+//
+// While Redis is known to be unreachable (a call found it so, and no probe
+// has found it back), Run returns an error wrapping [ErrUnavailable] at once
+// without calling fn; one background PING at a time checks whether it is
+// back.
+func Run[T any](ctx context.Context, c *Client, fn func(context.Context) (T, error), late func(T, error)) (T, error) {
+	var zero T
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	if err := c.out.check(); err != nil {
+		return zero, err
+	}
+	if _, ok := ctx.Deadline(); !ok || c.deadlines {
+		v, err := fn(ctx)
+		c.out.observe(err)
+		return v, err
+	}
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		v, err := fn(ctx)
+		c.out.observe(err)
+		ch <- result{v, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+		if late != nil {
+			go func() {
+				r := <-ch
+				late(r.v, r.err)
+			}()
+		}
+		return zero, ctx.Err()
+	}
+}
+
+// Class is what a failed call means for its caller.
+type Class int
+
+// The classes of [Classify].
+const (
+	// OK: no error.
+	OK Class = iota
+	// Canceled: the caller's ctx ended.
+	Canceled
+	// Unreachable: Redis could not be reached: a refused or failed dial, a
+	// connection reset or closed mid-call, a read that timed out on a
+	// server that does not answer, or an outage remembered by [Run].
+	Unreachable
+	// Transient: an error reply that says the server cannot serve the call
+	// now but will (READONLY, LOADING, MASTERDOWN, CLUSTERDOWN, TRYAGAIN,
+	// NOREPLICAS, max number of clients): a failover or a restart under way.
+	Transient
+	// Saturated: the client's connection pool had no free connection in
+	// time. Redis is up; the call may be tried again.
+	Saturated
+	// Reply: any other error reply (WRONGTYPE, OOM, NOPERM, a script
+	// error): trying again does not help.
+	Reply
+	// Closed: the go-redis client was closed.
+	Closed
+	// Other: anything else.
+	Other
+)
+
+// Classify says what err means for the caller of a Redis call.
+func Classify(err error) Class {
+	var re redis.Error
+	var op *net.OpError
+	var ne net.Error
+	switch {
+	case err == nil:
+		return OK
+	case errors.Is(err, ErrUnavailable):
+		return Unreachable
+	case errors.Is(err, redis.ErrClosed):
+		return Closed
+	case errors.Is(err, redis.ErrPoolTimeout), errors.Is(err, redis.ErrPoolExhausted):
+		return Saturated
+	case redis.IsReadOnlyError(err), redis.IsLoadingError(err), redis.IsMasterDownError(err),
+		redis.IsClusterDownError(err), redis.IsTryAgainError(err), redis.IsNoReplicasError(err),
+		redis.IsMaxClientsError(err):
+		return Transient
+	case errors.As(err, &re):
+		return Reply
+	case errors.As(err, &op) && op.Op == "dial":
+		// Before the ctx check: a dial bounded by its DialTimeout wraps
+		// context.DeadlineExceeded.
+		return Unreachable
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return Canceled
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed),
+		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE), errors.As(err, &ne):
+		return Unreachable
+	}
+	return Other
+}
+
+// Outage reports whether err means Redis cannot serve calls now, so that a
+// caller's failure policy (fail open or closed) applies: [Unreachable] or
+// [Transient].
+func Outage(err error) bool {
+	switch Classify(err) {
+	case Unreachable, Transient:
+		return true
+	}
+	return false
+}
+
+// MayHaveRun reports whether a failed call may still have run on the server:
+// any failure but an error reply, a closed client, an outage remembered by
+// [Run] or a pool that gave no connection.
+func MayHaveRun(err error) bool {
+	if err == nil {
+		return true
+	}
+	var re redis.Error
+	switch {
+	case errors.As(err, &re), errors.Is(err, redis.ErrClosed), errors.Is(err, ErrUnavailable),
+		errors.Is(err, redis.ErrPoolTimeout), errors.Is(err, redis.ErrPoolExhausted):
+		return false
+	}
+	return true
+}
+
+// ErrUnavailable is wrapped by the error of a call that [Run] did not make
+// because Redis is known to be unreachable.
+var ErrUnavailable = errors.New("redis unavailable")
+
+// DownError is the error of a call not made during an outage. It wraps
+// [ErrUnavailable] and the error that began the outage.
+type DownError struct {
+	Since time.Time // when the outage began
+	Err   error     // the failure that began it
+}
+
+func (e *DownError) Error() string {
+	return "redis unavailable since " + e.Since.Format(time.RFC3339Nano) + " (" +
+		strconv.FormatInt(time.Since(e.Since).Milliseconds(), 10) + "ms): " + e.Err.Error()
+}
+
+// Unwrap returns ErrUnavailable and the failure that began the outage.
+func (e *DownError) Unwrap() []error { return []error{ErrUnavailable, e.Err} }
+
+// Outage probing: the first probe runs probeMin after the outage began; each
+// failed probe doubles the pause, up to probeMax. A probe is one PING bounded
+// by probeTimeout.
+const (
+	probeMin     = 50 * time.Millisecond
+	probeMax     = time.Second
+	probeTimeout = time.Second
+)
+
+// outage remembers that Redis is unreachable. While it is, calls fail at
+// once, and one probe at a time, in the background, checks whether it is
+// back.
+type outage struct {
+	ping     func(context.Context) error
+	onStart  func(error)
+	onEnd    func(time.Duration)
+	count    atomic.Uint64
+	downFlag atomic.Bool // mirrors down, for a check without the lock
+	probes   sync.WaitGroup
+
+	mu      sync.Mutex // guards the fields below
+	down    bool
+	since   time.Time
+	cause   error
+	pause   time.Duration // before the next probe
+	probing bool
+	timer   *time.Timer
+	closed  bool
+}
+
+func (o *outage) check() error {
+	if !o.downFlag.Load() {
+		return nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.down {
+		return nil
+	}
+	return &DownError{Since: o.since, Err: o.cause}
+}
+
+// observe records a call's outcome: an unreachable Redis begins an outage;
+// anything that shows Redis answering ends one.
+func (o *outage) observe(err error) {
+	switch Classify(err) {
+	case Unreachable:
+		if errors.Is(err, ErrUnavailable) {
+			return
+		}
+		o.begin(err)
+	case Canceled, Other, Closed:
+		// Says nothing about Redis.
+	default:
+		if o.downFlag.Load() {
+			o.end()
+		}
+	}
+}
+
+func (o *outage) begin(err error) {
+	o.mu.Lock()
+	if o.down || o.closed {
+		o.mu.Unlock()
+		return
+	}
+	o.down, o.since, o.cause, o.pause = true, time.Now(), err, probeMin
+	o.downFlag.Store(true)
+	o.count.Add(1)
+	o.schedule()
+	onStart := o.onStart
+	o.mu.Unlock()
+	if onStart != nil {
+		onStart(err)
+	}
+}
+
+func (o *outage) end() {
+	o.mu.Lock()
+	if !o.down {
+		o.mu.Unlock()
+		return
+	}
+	o.down = false
+	o.downFlag.Store(false)
+	d := time.Since(o.since)
+	if o.timer != nil {
+		o.timer.Stop()
+	}
+	onEnd := o.onEnd
+	o.mu.Unlock()
+	if onEnd != nil {
+		onEnd(d)
+	}
+}
+
+// schedule arms the next probe. o.mu must be held.
+func (o *outage) schedule() {
+	if o.probing || o.closed {
+		return
+	}
+	o.probing = true
+	o.probes.Add(1)
+	o.timer = time.AfterFunc(o.pause, o.probe)
+}
+
+func (o *outage) probe() {
+	defer o.probes.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+	err := o.ping(ctx)
+	cancel()
+	o.mu.Lock()
+	o.probing = false
+	if !o.down || o.closed {
+		o.mu.Unlock()
+		return
+	}
+	if err != nil && Classify(err) != Reply {
+		o.cause = err
+		o.pause = min(2*o.pause, probeMax)
+		o.schedule()
+		o.mu.Unlock()
+		return
+	}
+	o.mu.Unlock()
+	o.end()
+}
+
+func (o *outage) close() {
+	o.mu.Lock()
+	o.closed = true
+	if o.probing && o.timer != nil && o.timer.Stop() {
+		// The probe never started: account for it here.
+		o.probing = false
+		o.probes.Done()
+	}
+	o.mu.Unlock()
+	o.probes.Wait()
+}
+
+// Quote quotes a name for an error message, shortening a long one.
+func Quote(name string) string {
+	const limit = 64
+	if len(name) <= limit {
+		return strconv.Quote(name)
+	}
+	return strconv.Quote(name[:limit]) + "… (" + strconv.Itoa(len(name)) + " bytes)"
+}
