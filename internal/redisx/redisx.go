@@ -8,6 +8,7 @@ package redisx
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -390,4 +391,33 @@ func Quote(name string) string {
 		return strconv.Quote(name)
 	}
 	return strconv.Quote(name[:limit]) + "… (" + strconv.Itoa(len(name)) + " bytes)"
+}
+
+// keyEscape leads the hash tag of a name whose tag would otherwise be empty
+// or would begin with keyEscape itself. It cannot begin UTF-8 text, so a
+// textual name never needs it.
+const keyEscape = "\xff"
+
+// Key returns the base key of name under prefix: prefix{name}. Every key and
+// channel of one name appends a suffix to it, so they share the hash tag and
+// one Redis Cluster slot. A name whose tag would be empty (the empty name, or
+// one beginning with '}') or that begins with the byte 0xFF gets 0xFF put
+// before it, so that every name has a non-empty tag and distinct names keep
+// distinct keys.
+func Key(prefix, name string) string {
+	if name == "" || name[0] == '}' || name[0] == keyEscape[0] {
+		return prefix + "{" + keyEscape + name + "}"
+	}
+	return prefix + "{" + name + "}"
+}
+
+// CheckPrefix returns an error when prefix cannot be used: a '{' or '}' in
+// it would break the hash tag that keeps a name's keys in one slot.
+func CheckPrefix(prefix string) error {
+	for i := 0; i < len(prefix); i++ {
+		if prefix[i] == '{' || prefix[i] == '}' {
+			return fmt.Errorf("prefix %s contains %q: keys of one name would not share a hash tag", strconv.Quote(prefix), prefix[i])
+		}
+	}
+	return nil
 }
