@@ -4,15 +4,32 @@
 //
 // # Wire format
 //
-// An encoded entry is, in order:
+// An encoded entry (format version 2, the one [Encode] writes) is, in order:
 //
 //	byte 0      magic, 0xC1
-//	byte 1      format version, 1
+//	byte 1      format version, 2
 //	byte 2      flags: bit 0 absent, bit 1 compressed; all other bits zero
+//	bytes 3-6   stale window, milliseconds, uint32 big-endian
 //	uvarint     created-at, Unix milliseconds (0 for the zero time)
 //	uvarint     load duration, microseconds
+//	uvarint     type tag length, then that many bytes
+//	uvarint     replaced type tag length, then that many bytes
 //	uvarint     payload length in bytes, as stored
 //	payload     exactly that many bytes, ending the entry
+//
+// The stale window is how long the entry is kept past its fresh life: its
+// Redis key lives fresh life + window, so the entry is stale once the key's
+// remaining time is at most the window. It has a fixed width and place so
+// that a Lua script can read it without parsing varints.
+//
+// The type tag names the Go type the value was written as; the replaced type
+// tag, the type of an entry this one overwrote because it could not be read
+// as this entry's type (see package fill). Both are at most [MaxTypeTag]
+// bytes and may be empty.
+//
+// Version 1, written by earlier releases, has no stale window and no type
+// tags: after the flags come created-at, load duration, payload length and
+// payload. Decode reads both versions.
 //
 // Uvarints are the encoding of [encoding/binary.AppendUvarint], and must be
 // minimal (no redundant trailing zero groups).
@@ -30,7 +47,8 @@
 // compress.go for why S2 was chosen.
 //
 // Decode treats as corrupt, wrapping [ErrCorrupt]: any other magic byte; any
-// other version (a newer writer may have changed the layout); any unknown flag
+// version but 1 and 2 (a newer writer may have changed the layout); a type
+// tag longer than [MaxTypeTag]; any unknown flag
 // bit (a newer writer may mean something this reader would get wrong); an
 // absent entry that is also compressed or has a payload; a created-at beyond
 // the int64 range, or a load duration beyond what [time.Duration] holds; a
@@ -66,17 +84,26 @@ const MaxPayload = 512 << 20
 // for the work on every read.
 const DefaultCompressAbove = 4096
 
+// MaxTypeTag is the longest type tag stored; longer ones are cut.
+const MaxTypeTag = 256
+
+// MaxStaleWindow is the longest stale window stored; longer ones are cut.
+const MaxStaleWindow = math.MaxUint32 * time.Millisecond
+
 const (
 	magic   = 0xC1
-	version = 1
+	version = 2
+	// versionLegacy has no stale window and no type tags.
+	versionLegacy = 1
 
 	flagAbsent     = 1 << 0
 	flagCompressed = 1 << 1
 	knownFlags     = flagAbsent | flagCompressed
 
 	headerLen = 3
-	// minLen is the shortest possible entry: the header and three
-	// one-byte uvarints.
+	windowLen = 4
+	// minLen is the shortest possible entry of either version: a version
+	// 1 header and three one-byte uvarints.
 	minLen = headerLen + 3
 )
 
@@ -96,9 +123,29 @@ type Entry struct {
 	// microsecond precision; negative durations are stored as 0.
 	LoadDuration time.Duration
 
+	// StaleWindow is how long the entry is kept past its fresh life. It
+	// is stored with millisecond precision, at most [MaxStaleWindow].
+	StaleWindow time.Duration
+
+	// Type names the Go type the value was written as; empty when
+	// unknown. Replaced names the type of an entry this one overwrote
+	// because it could not be read as Type. Each is at most [MaxTypeTag]
+	// bytes.
+	Type, Replaced string
+
 	// Payload is the codec's bytes, uncompressed. Decode leaves it nil
 	// when it is empty.
 	Payload []byte
+}
+
+// Window returns the stale window of an encoded entry, read from its fixed
+// place, without decoding the rest; 0 for a version 1 entry or bytes that
+// are not an entry.
+func Window(b []byte) time.Duration {
+	if len(b) < headerLen+windowLen || b[0] != magic || b[1] != version {
+		return 0
+	}
+	return time.Duration(binary.BigEndian.Uint32(b[headerLen:])) * time.Millisecond
 }
 
 // Encode appends the encoded entry to dst and returns it. Payloads of at least
@@ -126,10 +173,18 @@ func Encode(dst []byte, e Entry, compressAbove int) []byte {
 		loadDuration = uint64(e.LoadDuration / time.Microsecond)
 	}
 
+	var window uint32
+	if e.StaleWindow > 0 {
+		window = uint32(min(e.StaleWindow, MaxStaleWindow) / time.Millisecond)
+	}
+
 	start := len(dst)
 	dst = append(dst, magic, version, flags)
+	dst = binary.BigEndian.AppendUint32(dst, window)
 	dst = binary.AppendUvarint(dst, createdAt)
 	dst = binary.AppendUvarint(dst, loadDuration)
+	dst = appendTag(dst, e.Type)
+	dst = appendTag(dst, e.Replaced)
 
 	if compressAbove > 0 && len(payload) >= compressAbove && len(payload) <= MaxPayload {
 		out, ok := appendCompressed(dst, payload)
@@ -155,7 +210,8 @@ func Decode(b []byte) (Entry, error) {
 	if b[0] != magic {
 		return Entry{}, corrupt("bad magic byte")
 	}
-	if b[1] != version {
+	v := b[1]
+	if v != version && v != versionLegacy {
 		return Entry{}, corrupt("unknown format version")
 	}
 	flags := b[2]
@@ -169,6 +225,14 @@ func Decode(b []byte) (Entry, error) {
 	}
 
 	rest := b[headerLen:]
+	var window uint32
+	if v == version {
+		if len(rest) < windowLen {
+			return Entry{}, corrupt("truncated header")
+		}
+		window = binary.BigEndian.Uint32(rest)
+		rest = rest[windowLen:]
+	}
 	createdAt, rest, ok := uvarint(rest)
 	if !ok || createdAt > math.MaxInt64 {
 		return Entry{}, corrupt("bad created-at")
@@ -176,6 +240,15 @@ func Decode(b []byte) (Entry, error) {
 	loadDuration, rest, ok := uvarint(rest)
 	if !ok || loadDuration > math.MaxInt64/uint64(time.Microsecond) {
 		return Entry{}, corrupt("bad load duration")
+	}
+	var typ, replaced string
+	if v == version {
+		if typ, rest, ok = tag(rest); !ok {
+			return Entry{}, corrupt("bad type tag")
+		}
+		if replaced, rest, ok = tag(rest); !ok {
+			return Entry{}, corrupt("bad replaced type tag")
+		}
 	}
 	size, rest, ok := uvarint(rest)
 	if !ok {
@@ -191,6 +264,9 @@ func Decode(b []byte) (Entry, error) {
 	e := Entry{
 		Absent:       absent,
 		LoadDuration: time.Duration(loadDuration) * time.Microsecond,
+		StaleWindow:  time.Duration(window) * time.Millisecond,
+		Type:         typ,
+		Replaced:     replaced,
 	}
 	if createdAt != 0 {
 		e.CreatedAt = time.UnixMilli(int64(createdAt)).UTC()
@@ -214,6 +290,24 @@ func Decode(b []byte) (Entry, error) {
 		e.Payload = rest[:len(rest):len(rest)]
 	}
 	return e, nil
+}
+
+// appendTag appends a type tag, cut to MaxTypeTag bytes.
+func appendTag(dst []byte, t string) []byte {
+	if len(t) > MaxTypeTag {
+		t = t[:MaxTypeTag]
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(t)))
+	return append(dst, t...)
+}
+
+// tag reads a type tag from the start of b.
+func tag(b []byte) (string, []byte, bool) {
+	n, rest, ok := uvarint(b)
+	if !ok || n > MaxTypeTag || n > uint64(len(rest)) {
+		return "", nil, false
+	}
+	return string(rest[:n]), rest[n:], true
 }
 
 // uvarint reads a minimally encoded uvarint from the start of b and returns

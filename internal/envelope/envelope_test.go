@@ -33,6 +33,7 @@ func entriesEqual(a, b Entry) bool {
 	return a.Absent == b.Absent &&
 		a.CreatedAt.Equal(b.CreatedAt) && a.CreatedAt.IsZero() == b.CreatedAt.IsZero() &&
 		a.LoadDuration == b.LoadDuration &&
+		a.StaleWindow == b.StaleWindow && a.Type == b.Type && a.Replaced == b.Replaced &&
 		bytes.Equal(a.Payload, b.Payload)
 }
 
@@ -67,6 +68,9 @@ func TestRoundTrip(t *testing.T) {
 		{"zero time and duration", Entry{Payload: []byte{0}}, DefaultCompressAbove, false},
 		{"long load", Entry{CreatedAt: created, LoadDuration: 100 * 24 * time.Hour, Payload: []byte("x")}, DefaultCompressAbove, false},
 		{"far future", Entry{CreatedAt: time.Date(9999, 12, 31, 23, 59, 59, 999_999_999, time.UTC), Payload: []byte("x")}, DefaultCompressAbove, false},
+		{"stale window and types", Entry{CreatedAt: created, StaleWindow: 90 * time.Second, Type: "main.User", Replaced: "int", Payload: []byte("x")}, DefaultCompressAbove, false},
+		{"absent with type", Entry{Absent: true, StaleWindow: time.Hour, Type: "main.User"}, DefaultCompressAbove, false},
+		{"compressed with type", Entry{CreatedAt: created, StaleWindow: time.Millisecond, Type: "[]string", Payload: compressible}, DefaultCompressAbove, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -82,7 +86,7 @@ func TestRoundTrip(t *testing.T) {
 			if tc.wantCompressed && len(enc) >= len(tc.in.Payload) {
 				t.Errorf("compressed entry is %d bytes for a %d-byte payload", len(enc), len(tc.in.Payload))
 			}
-			if !tc.wantCompressed && !tc.in.Absent && len(enc) > len(tc.in.Payload)+minLen+2*binary.MaxVarintLen64 {
+			if !tc.wantCompressed && !tc.in.Absent && len(enc) > len(tc.in.Payload)+len(tc.in.Type)+len(tc.in.Replaced)+minLen+windowLen+4*binary.MaxVarintLen64 {
 				t.Errorf("uncompressed entry is %d bytes for a %d-byte payload", len(enc), len(tc.in.Payload))
 			}
 
@@ -95,6 +99,10 @@ func TestRoundTrip(t *testing.T) {
 				want.CreatedAt = want.CreatedAt.Truncate(time.Millisecond)
 			}
 			want.LoadDuration = want.LoadDuration.Truncate(time.Microsecond)
+			want.StaleWindow = want.StaleWindow.Truncate(time.Millisecond)
+			if got := Window(enc); got != want.StaleWindow {
+				t.Errorf("Window = %v, want %v", got, want.StaleWindow)
+			}
 			if !entriesEqual(got, want) {
 				t.Errorf("got  %+v\nwant %+v", summary(got), summary(want))
 			}
@@ -109,14 +117,16 @@ func TestRoundTrip(t *testing.T) {
 }
 
 type entrySummary struct {
-	Absent       bool
-	CreatedAt    time.Time
-	LoadDuration time.Duration
-	PayloadLen   int
+	Absent         bool
+	CreatedAt      time.Time
+	LoadDuration   time.Duration
+	StaleWindow    time.Duration
+	Type, Replaced string
+	PayloadLen     int
 }
 
 func summary(e Entry) entrySummary {
-	return entrySummary{e.Absent, e.CreatedAt, e.LoadDuration, len(e.Payload)}
+	return entrySummary{e.Absent, e.CreatedAt, e.LoadDuration, e.StaleWindow, e.Type, e.Replaced, len(e.Payload)}
 }
 
 func TestEncodeNormalizes(t *testing.T) {
@@ -156,16 +166,37 @@ func TestPayloadAliases(t *testing.T) {
 }
 
 func TestWireFormat(t *testing.T) {
-	e := Entry{CreatedAt: time.UnixMilli(300), LoadDuration: 2 * time.Microsecond, Payload: []byte("hi")}
+	e := Entry{CreatedAt: time.UnixMilli(300), LoadDuration: 2 * time.Microsecond, StaleWindow: 258 * time.Millisecond,
+		Type: "T", Payload: []byte("hi")}
 	got := Encode(nil, e, DefaultCompressAbove)
-	want := []byte{0xC1, 1, 0, 0xac, 0x02, 2, 2, 'h', 'i'}
+	want := []byte{0xC1, 2, 0, 0, 0, 1, 2, 0xac, 0x02, 2, 1, 'T', 0, 2, 'h', 'i'}
 	if !bytes.Equal(got, want) {
 		t.Errorf("Encode = % x, want % x", got, want)
 	}
 	got = Encode(nil, Entry{Absent: true}, DefaultCompressAbove)
-	want = []byte{0xC1, 1, flagAbsent, 0, 0, 0}
+	want = []byte{0xC1, 2, flagAbsent, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 	if !bytes.Equal(got, want) {
 		t.Errorf("Encode(absent) = % x, want % x", got, want)
+	}
+}
+
+// TestLegacyVersion checks that entries of format version 1, written by
+// earlier releases, still decode.
+func TestLegacyVersion(t *testing.T) {
+	for name, tc := range map[string]struct {
+		b    []byte
+		want Entry
+	}{
+		"value":  {[]byte{0xC1, 1, 0, 0xac, 0x02, 2, 2, 'h', 'i'}, Entry{CreatedAt: time.UnixMilli(300).UTC(), LoadDuration: 2 * time.Microsecond, Payload: []byte("hi")}},
+		"absent": {[]byte{0xC1, 1, flagAbsent, 0, 0, 0}, Entry{Absent: true}},
+	} {
+		got := mustDecode(t, tc.b)
+		if !entriesEqual(got, tc.want) {
+			t.Errorf("%s: got %+v, want %+v", name, summary(got), summary(tc.want))
+		}
+		if w := Window(tc.b); w != 0 {
+			t.Errorf("%s: Window = %v, want 0", name, w)
+		}
 	}
 }
 
@@ -202,11 +233,18 @@ func corruptEncodings() map[string][]byte {
 	}
 	// entry builds an entry from raw parts, with a correct payload length.
 	entry := func(flags byte, createdAt, loadDuration []byte, payload []byte) []byte {
-		b := []byte{magic, version, flags}
+		b := []byte{magic, version, flags, 0, 0, 0, 0}
 		b = append(b, createdAt...)
 		b = append(b, loadDuration...)
+		b = append(b, 0, 0) // empty type tags
 		b = binary.AppendUvarint(b, uint64(len(payload)))
 		return append(b, payload...)
+	}
+	// tagged builds a value entry with raw type tag bytes.
+	tagged := func(tags ...byte) []byte {
+		b := []byte{magic, version, 0, 0, 0, 0, 0, 1, 1}
+		b = append(b, tags...)
+		return append(b, 1, 'x')
 	}
 	uv := func(v uint64) []byte { return binary.AppendUvarint(nil, v) }
 
@@ -224,7 +262,12 @@ func corruptEncodings() map[string][]byte {
 		"msgpack":                      {0x82, 0xa1, 'a', 0x01, 0xa1, 'b', 0x02},
 		"bad magic, short":             {'x'},
 		"version 0":                    with(small, 1, 0),
-		"version 2":                    with(small, 1, 2),
+		"version 3":                    with(small, 1, 3),
+		"version 2 header cut":         {magic, version, 0, 0, 0, 0},
+		"type tag too long":            tagged(append(binary.AppendUvarint(nil, MaxTypeTag+1), bytes.Repeat([]byte{'a'}, MaxTypeTag+1)...)...),
+		"type tag cut":                 tagged(5, 'a'),
+		"replaced tag missing":         tagged(1, 'a'),
+		"non-minimal tag length":       tagged(0x80, 0x00, 0),
 		"unknown flag bit 2":           with(small, 2, 1<<2),
 		"unknown flag bit 7":           with(small, 2, 1<<7),
 		"absent and compressed":        with(valid["absent"], 2, flagAbsent|flagCompressed),
@@ -292,7 +335,8 @@ func TestBombAllocatesLittle(t *testing.T) {
 }
 
 func TestDecodeAllocations(t *testing.T) {
-	b := Encode(nil, Entry{CreatedAt: created, LoadDuration: time.Millisecond, Payload: randomBytes(1024)}, DefaultCompressAbove)
+	// Without type tags: a tag is a string, one allocation each.
+	b := Encode(nil, Entry{CreatedAt: created, LoadDuration: time.Millisecond, StaleWindow: time.Second, Payload: randomBytes(1024)}, DefaultCompressAbove)
 	if allocs := testing.AllocsPerRun(100, func() { _, _ = Decode(b) }); allocs != 0 {
 		t.Errorf("Decode of an uncompressed entry: %v allocations, want 0", allocs)
 	}
