@@ -38,6 +38,7 @@ import (
 
 	"github.com/locksmith-go/locksmith/internal/lease"
 	"github.com/locksmith-go/locksmith/internal/notify"
+	"github.com/locksmith-go/locksmith/internal/redisx"
 )
 
 var (
@@ -46,6 +47,9 @@ var (
 	// ErrNotHeld is returned when a lock is no longer held by its holder:
 	// its lease ran out, or it was deleted or taken over.
 	ErrNotHeld = lease.ErrNotHeld
+	// ErrClosed is returned by Obtain, TryObtain and Do on a closed
+	// Locker, also to calls that were waiting when it closed.
+	ErrClosed = errors.New("lock: locker closed")
 )
 
 // Options configure a [Locker]. The zero value gives the original locksmith
@@ -72,7 +76,7 @@ type Options struct {
 }
 
 // DefaultPrefix is the default key prefix, the original locksmith one.
-const DefaultPrefix = lease.DefaultPrefix
+const DefaultPrefix = "__locksmith:"
 
 func (o *Options) withDefaults() Options {
 	var opt Options
@@ -95,20 +99,32 @@ func (o *Options) withDefaults() Options {
 // connection, opened when a caller first has to wait, shared by all its
 // waiters; [Locker.Close] closes it.
 type Locker struct {
-	rdb *lease.Client
+	rdb *redisx.Client
 	opt Options
+	err error // the options' error, returned by every call
 	hub *notify.Hub
 }
 
 // New returns a Locker on rdb, which may be a *redis.Client, a
-// *redis.ClusterClient or a failover client. A nil opt gives the defaults.
+// *redis.ClusterClient, a failover (Sentinel) client or a *redis.Ring. A nil
+// opt gives the defaults. Options that cannot work (a Prefix with '{' or
+// '}') make every call return an error saying why.
 func New(rdb redis.UniversalClient, opt *Options) *Locker {
-	return &Locker{rdb: lease.NewClient(rdb), opt: opt.withDefaults(), hub: notify.New(rdb)}
+	l := &Locker{rdb: redisx.New(rdb), opt: opt.withDefaults(), hub: notify.New(rdb, nil)}
+	if err := redisx.CheckPrefix(l.opt.Prefix); err != nil {
+		l.err = fmt.Errorf("lock: %w", err)
+	}
+	return l
 }
 
-// Close closes the Locker's pub/sub connection. Locks it obtained stay valid
-// and can still be released; waiting calls fall back to polling.
-func (l *Locker) Close() error { return l.hub.Close() }
+// Close closes the Locker's pub/sub connection. Calls waiting in Obtain or
+// Do return [ErrClosed] at once, and later ones fail with it. Locks already
+// obtained stay valid and can still be refreshed and released.
+func (l *Locker) Close() error {
+	err := l.hub.Close()
+	l.rdb.Close()
+	return err
+}
 
 // Lock is a held lock.
 type Lock struct {
@@ -138,13 +154,25 @@ func (l *Locker) TryObtain(ctx context.Context, key string) (*Lock, error) {
 }
 
 func (l *Locker) obtain(ctx context.Context, name string, wait bool) (*Lock, error) {
+	if l.err != nil {
+		return nil, l.err
+	}
+	select {
+	case <-l.hub.Done():
+		return nil, ErrClosed
+	default:
+	}
 	key := lease.LockKey(l.opt.Prefix, name)
 	token := lease.NewToken()
 	var lk *Lock
 	err := l.hub.Await(ctx, key, func() (notify.Step, error) {
 		sent := time.Now()
-		r, err := l.rdb.Acquire(ctx, key, "", token, l.opt.TTL, true)
+		r, err := lease.Acquire(ctx, l.rdb, key, token, l.opt.TTL)
 		switch {
+		case redisx.Classify(err) == redisx.Saturated && ctx.Done() != nil:
+			// The pool had no connection free: Redis is up, so wait
+			// within ctx instead of failing.
+			return notify.Step{Wait: saturatedWait}, nil
 		case err != nil:
 			return notify.Step{}, err
 		case r.State == lease.Acquired:
@@ -153,16 +181,22 @@ func (l *Locker) obtain(ctx context.Context, name string, wait bool) (*Lock, err
 		case !wait:
 			return notify.Step{}, ErrNotObtained
 		}
-		return notify.Step{Wait: min(time.Duration(r.N)*time.Millisecond, l.opt.PollInterval)}, nil
+		return notify.Step{Wait: min(lease.PTTL(r.N), l.opt.PollInterval)}, nil
 	}, nil)
-	if errors.Is(err, ErrNotObtained) {
+	switch {
+	case errors.Is(err, ErrNotObtained):
 		return nil, err
-	}
-	if err != nil {
+	case errors.Is(err, notify.ErrClosed):
+		return nil, fmt.Errorf("%w: obtain %s", ErrClosed, lease.Quote(name))
+	case err != nil:
 		return nil, fmt.Errorf("lock: obtain %s: %w", lease.Quote(name), err)
 	}
 	return lk, nil
 }
+
+// saturatedWait is how long a call waits before trying again when the
+// client's connection pool had no free connection.
+const saturatedWait = 10 * time.Millisecond
 
 // Do obtains the lock on key, runs fn, and releases the lock, whatever fn
 // does: returns, fails or panics (the panic goes on after the release). While
@@ -193,19 +227,8 @@ func (l *Locker) Do(ctx context.Context, key string, fn func(ctx context.Context
 // ctx: a release still under way then goes on in the background, bounded by
 // [lease.CleanupTimeout].
 func (k *Lock) releaseDetached(ctx context.Context) error {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
 	done := make(chan error, 1)
-	go func() {
-		defer cancel()
-		ok, err := k.l.rdb.ReleaseRetrying(rctx, k.key, k.token, lease.Released, "", nil, 0)
-		switch {
-		case err != nil:
-			err = fmt.Errorf("lock: release %s: %w", lease.Quote(k.name), err)
-		case !ok:
-			err = fmt.Errorf("%w: release %s", ErrNotHeld, lease.Quote(k.name))
-		}
-		done <- err
-	}()
+	go func() { done <- k.release(ctx) }()
 	select {
 	case err := <-done:
 		return err
@@ -217,12 +240,42 @@ func (k *Lock) releaseDetached(ctx context.Context) error {
 // Release releases the lock and wakes its waiters. It returns [ErrNotHeld]
 // when the lock is no longer held by this Lock (its lease ran out, or it was
 // deleted); it never deletes a successor's lock.
+//
+// Release is clean-up, so it runs even when ctx has already ended (a
+// deferred Release with a request's ctx, after the client went away): it
+// then has [CleanupTimeout] of its own. When ctx ends during the call,
+// Release returns ctx's error and the release goes on in the background for
+// up to CleanupTimeout. A release whose reply is lost, or that meets a
+// failover, is tried again within that time. When the lock is released but
+// its waiters could not be notified (an ACL user without channel
+// permissions), Release returns nil: the lock is free, and waiters find it
+// free when they next look, within Options.PollInterval.
 func (k *Lock) Release(ctx context.Context) error {
-	ok, err := k.l.rdb.Release(ctx, k.key, k.token, lease.Released, "", nil, 0)
-	if err != nil {
-		return fmt.Errorf("lock: release %s: %w", lease.Quote(k.name), err)
+	if ctx.Err() != nil || ctx.Done() == nil {
+		return k.release(ctx)
 	}
-	if !ok {
+	done := make(chan error, 1)
+	go func() { done <- k.release(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("lock: release %s: %w (going on in the background)", lease.Quote(k.name), ctx.Err())
+	}
+}
+
+// CleanupTimeout is how long Release, and Do's release, may take when their
+// ctx has already ended or ends during the call.
+const CleanupTimeout = lease.CleanupTimeout
+
+func (k *Lock) release(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CleanupTimeout)
+	defer cancel()
+	r, err := lease.ReleaseRetrying(rctx, k.l.rdb, k.key, k.token, lease.Message(lease.Released, ""))
+	switch {
+	case err != nil:
+		return fmt.Errorf("lock: release %s: %w", lease.Quote(k.name), err)
+	case !r.Released:
 		return fmt.Errorf("%w: release %s", ErrNotHeld, lease.Quote(k.name))
 	}
 	return nil
@@ -231,7 +284,7 @@ func (k *Lock) Release(ctx context.Context) error {
 // Refresh extends the lease to the Locker's TTL from now. It returns
 // [ErrNotHeld] when the lock is no longer held by this Lock.
 func (k *Lock) Refresh(ctx context.Context) error {
-	ok, err := k.l.rdb.Refresh(ctx, k.key, k.token, k.l.opt.TTL)
+	ok, err := lease.Refresh(ctx, k.l.rdb, k.key, k.token, k.l.opt.TTL)
 	if err != nil {
 		return fmt.Errorf("lock: refresh %s: %w", lease.Quote(k.name), err)
 	}

@@ -3,6 +3,8 @@ package lock_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -142,7 +144,12 @@ func TestKeyLayout(t *testing.T) {
 		prefix, name, key string
 	}{
 		{"", "tw:42", "__locksmith:{tw:42}"},
-		{"app:", "", "app:{}"},
+		// Names whose hash tag would be empty, and names that begin with
+		// the escape byte itself, get 0xFF put before them.
+		{"app:", "", "app:{\xff}"},
+		{"app:", "}x", "app:{\xff}x}"},
+		{"app:", "\xffy", "app:{\xff\xffy}"},
+		{"app:", "a}b", "app:{a}b}"},
 	} {
 		l := locker(t, rdb, &lock.Options{Prefix: tc.prefix, TTL: 3 * time.Second})
 		lk, err := l.Obtain(ctx, tc.name)
@@ -478,4 +485,143 @@ func TestHugeAndOddNames(t *testing.T) {
 			t.Fatalf("Release(%d bytes): %v", len(name), err)
 		}
 	}
+}
+
+// TestBadPrefix: a prefix with a brace is refused with a clear error at the
+// first call, and nothing is written.
+func TestBadPrefix(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	ctx := redistest.Context(t, 10*time.Second)
+	for _, p := range []string{"bad{", "bad}", "{x}"} {
+		l := locker(t, rdb, &lock.Options{Prefix: p})
+		_, err := l.Obtain(ctx, "k")
+		if err == nil || !strings.Contains(err.Error(), "prefix") {
+			t.Errorf("prefix %q: got %v; want an error about the prefix", p, err)
+		}
+		if err := l.Do(ctx, "k", func(context.Context) error { return nil }); err == nil {
+			t.Errorf("prefix %q: Do returned nil", p)
+		}
+	}
+	if keys := m.Keys(); len(keys) != 0 {
+		t.Errorf("keys written: %v", keys)
+	}
+}
+
+// TestCloseWakesObtain: an Obtain waiting on a Locker that is closed
+// returns ErrClosed at once, not at its next poll.
+func TestCloseWakesObtain(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	ctx := redistest.Context(t, 20*time.Second)
+	holder := locker(t, rdb, nil)
+	lk, err := holder.Obtain(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lk.Release(ctx)
+	l := lock.New(rdb, &lock.Options{PollInterval: time.Hour})
+	got := make(chan error, 1)
+	go func() {
+		_, err := l.Obtain(ctx, "k")
+		got <- err
+	}()
+	redistest.WaitFor(t, "waiter subscribed", func() bool {
+		n, _ := rdb.PubSubNumSub(ctx, "__locksmith:{k}").Result()
+		return n["__locksmith:{k}"] == 1
+	})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if !errors.Is(err, lock.ErrClosed) {
+			t.Fatalf("got %v; want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a waiting Obtain did not return when the Locker closed")
+	}
+	if _, err := l.TryObtain(ctx, "other"); !errors.Is(err, lock.ErrClosed) {
+		t.Fatalf("TryObtain after Close: got %v; want ErrClosed", err)
+	}
+}
+
+// TestReleaseWithEndedContext: a deferred Release with a ctx that has ended
+// (the request went away) still releases the lock, so the next holder does
+// not wait out the lease.
+func TestReleaseWithEndedContext(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	l := locker(t, rdb, nil)
+	ctx := redistest.Context(t, 10*time.Second)
+	req, cancel := context.WithCancel(ctx)
+	lk, err := l.Obtain(req, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := lk.Release(req); err != nil {
+		t.Fatalf("Release with an ended ctx: %v", err)
+	}
+	if m.Exists("__locksmith:{k}") {
+		t.Fatal("the lock is still held after Release")
+	}
+	if _, err := l.TryObtain(ctx, "k"); err != nil {
+		t.Fatalf("TryObtain after Release: %v", err)
+	}
+}
+
+// TestOddNamesOnCluster: every name works on a Redis Cluster, including the
+// empty name and names beginning with '}', whose hash tag would be empty.
+func TestOddNamesOnCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	rdb := cl.Client(t, nil)
+	l := locker(t, rdb, nil)
+	ctx := redistest.Context(t, 30*time.Second)
+	for _, name := range []string{"", "}", "}x{y}", "\xff", "\xff}", "{", "{}"} {
+		lk, err := l.Obtain(ctx, name)
+		if err != nil {
+			t.Fatalf("Obtain(%q): %v", name, err)
+		}
+		if _, err := l.TryObtain(ctx, name); !errors.Is(err, lock.ErrNotObtained) {
+			t.Fatalf("TryObtain(%q) while held: got %v", name, err)
+		}
+		if err := lk.Release(ctx); err != nil {
+			t.Fatalf("Release(%q): %v", name, err)
+		}
+	}
+}
+
+// TestHugeHolderTTL: a foreign lock key with a PTTL beyond what a
+// time.Duration holds does not make waiters poll in a tight loop.
+func TestHugeHolderTTL(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	// 292 years and more overflow time.Duration in nanoseconds.
+	s.Do(t, "SET", "__locksmith:{k}", "foreign", "PX", fmt.Sprint(int64(1)<<60))
+	l := locker(t, rdb, &lock.Options{PollInterval: 200 * time.Millisecond})
+	before := commandCalls(t, ctx, rdb, "evalsha")
+	short, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if _, err := l.Obtain(short, "k"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v; want DeadlineExceeded", err)
+	}
+	// About one attempt per PollInterval; an overflowed wait would poll
+	// every millisecond.
+	if n := commandCalls(t, ctx, rdb, "evalsha") - before; n > 10 {
+		t.Errorf("%d acquire calls in 1s with a 200ms poll; want about 5", n)
+	}
+}
+
+func commandCalls(t *testing.T, ctx context.Context, rdb *redis.Client, cmd string) int64 {
+	t.Helper()
+	info, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if rest, ok := strings.CutPrefix(line, "cmdstat_"+cmd+":calls="); ok {
+			n, _ := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
+			return n
+		}
+	}
+	return 0
 }

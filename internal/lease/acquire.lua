@@ -1,23 +1,14 @@
--- Acquire a lease on a name, or read the value it guards.
--- KEYS[1] the lock P{K}; KEYS[2] the fencing counter P{K}:fence;
--- KEYS[3] (optional) the value P{K}:value, read first.
+-- Acquire a lease on a name, with a fencing token.
+-- KEYS[1] the lock P{K}; KEYS[2] the fencing counter P{K}:fence.
 -- ARGV[1] the holder's random token; ARGV[2] the lease in ms;
--- ARGV[3] how long the fencing counter outlives its last use, in ms;
--- ARGV[4] '1' to issue a fencing token, else the token is 0 and the counter
--- is not touched.
--- Returns the value (a bulk string) when KEYS[3] holds one, {1, fence} when
--- acquired, {0, pttl} when someone else holds the lease.
-if KEYS[3] then
-  local v = redis.call('GET', KEYS[3])
-  if v then return v end
-end
+-- ARGV[3] how long the fencing counter outlives its last use, in ms.
+-- Returns {1, fence} when acquired, {0, pttl} when someone else holds it.
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   -- GET, not EXISTS: a key of another type raises WRONGTYPE instead of
   -- looking like a lock that is held.
   if redis.call('GET', KEYS[1]) == ARGV[1] then
     -- Ours already: this is a retry of a call whose reply was lost.
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    if ARGV[4] ~= '1' then return {1, 0} end
     return {1, tonumber(redis.call('GET', KEYS[2]) or '0')}
   end
   local pttl = redis.call('PTTL', KEYS[1])
@@ -26,7 +17,6 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   end
   return {0, pttl}
 end
-if ARGV[4] ~= '1' then return {1, 0} end
 -- The fencing token is max(last + 1, server time in microseconds): strictly
 -- increasing while the counter lives, and still increasing after the counter
 -- is lost (expired, evicted, restarted without persistence) as long as the

@@ -2,19 +2,18 @@ package lease
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/locksmith-go/locksmith/internal/redisx"
 )
 
 // Keeper renews a lease every third of its length while its holder works,
 // and tells the holder as soon as the lease is known lost. It runs on a
 // timer: a holder done before the first renewal costs no goroutine.
 type Keeper struct {
-	c      *Client
+	c      *redisx.Client
 	key    string
 	token  string
 	ttl    time.Duration
@@ -33,7 +32,7 @@ type Keeper struct {
 // acquire request was sent: the lease is assumed to end ttl after it unless a
 // renewal succeeds. onLost, if not nil, is called once, on the Keeper's
 // goroutine, when the lease is lost. The caller must call [Keeper.Stop].
-func Keep(c *Client, lockKey, token string, ttl time.Duration, since time.Time, onLost func()) *Keeper {
+func Keep(c *redisx.Client, lockKey, token string, ttl time.Duration, since time.Time, onLost func()) *Keeper {
 	k := &Keeper{c: c, key: lockKey, token: token, ttl: ttl, onLost: onLost, end: since.Add(ttl)}
 	k.mu.Lock()
 	k.timer = time.AfterFunc(time.Until(since.Add(ttl/3)), k.renew)
@@ -72,15 +71,16 @@ func (k *Keeper) renew() {
 		return
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), end)
-	ok, err := k.c.Refresh(ctx, k.key, k.token, k.ttl)
+	ok, err := Refresh(ctx, k.c, k.key, k.token, k.ttl)
 	cancel()
-	var re redis.Error
 	switch {
 	case err == nil && !ok:
 		k.fail(fmt.Errorf("%w: lease on %s was taken or deleted", ErrNotHeld, k.key))
 		return
-	case err != nil && errors.As(err, &re):
-		// The key was replaced by something that is not our lock.
+	case redisx.Classify(err) == redisx.Reply:
+		// The key was replaced by something that is not our lock. A
+		// transient reply (READONLY, LOADING: a failover or restart under
+		// way) is not this: it is tried again until the lease runs out.
 		k.fail(fmt.Errorf("%w: renewing %s: %w", ErrNotHeld, k.key, err))
 		return
 	}

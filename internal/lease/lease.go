@@ -1,8 +1,11 @@
-// Package lease is the Redis protocol of a locksmith lease: the key names, the
-// Lua scripts that acquire, renew and release it, and the keepalive that
-// renews it while its holder works. Package lock and package fill both speak
-// it, so a fill lock and a lock.Locker lock on the same name exclude each
-// other: they are the same lock.
+// Package lease is the Redis protocol of a locksmith lease: the key names,
+// the Lua scripts that acquire, renew and release it, the messages published
+// on a name's channel, and the keepalive that renews a lease while its holder
+// works. Package lock speaks it, and package fill's own scripts keep its
+// rules (a lease is the key P{K} holding its holder's random token with a
+// PX; only that token renews or releases it), so a fill lock and a
+// lock.Locker lock on the same name exclude each other: they are the same
+// lock.
 package lease
 
 import (
@@ -16,6 +19,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/internal/redisx"
 )
 
 // ErrNotHeld is returned when a lease is no longer held by its holder: it
@@ -31,9 +36,10 @@ const FenceTTL = 24 * time.Hour
 // DefaultPrefix is the default key prefix, the original locksmith one.
 const DefaultPrefix = "__locksmith:"
 
-// LockKey returns the key of the lock on name under prefix: prefix{name}. The
-// hash tag puts every key of one name in one Redis Cluster slot.
-func LockKey(prefix, name string) string { return prefix + "{" + name + "}" }
+// LockKey returns the key of the lock on name under prefix: prefix{name}
+// (see [redisx.Key] for the names that need an escape). Every other key of
+// the name appends a suffix to it, and it is also the name's channel.
+func LockKey(prefix, name string) string { return redisx.Key(prefix, name) }
 
 // FenceKey returns the key of the fencing counter for the lock key.
 func FenceKey(lockKey string) string { return lockKey + ":fence" }
@@ -46,6 +52,33 @@ func NewToken() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand since Go 1.24)
 	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// Kind is the first byte of a message published on a name's channel; what
+// follows depends on it.
+type Kind byte
+
+// The kinds of message published on a name's channel. A waiter that does
+// not know a kind looks at the key again.
+const (
+	Released Kind = 'r' // the lease was released; nothing more to say
+	Value    Kind = 'v' // a value was stored; the stored entry follows
+	Filled   Kind = 'f' // a value was stored, too large to publish: read it
+	Failed   Kind = 'e' // the holder's load failed; the error text follows
+	Panicked Kind = 'p' // the holder's load panicked; the panic's text follows
+	Deleted  Kind = 'd' // the value was deleted
+)
+
+// Message returns a message of kind k with body.
+func Message(k Kind, body string) string { return string(rune(k)) + body }
+
+// ParseMessage splits a message into its kind and body. The empty payload
+// (notify.Wake, never published) gives kind 0.
+func ParseMessage(p string) (Kind, string) {
+	if p == "" {
+		return 0, ""
+	}
+	return Kind(p[0]), p[1:]
 }
 
 var (
@@ -64,188 +97,159 @@ var (
 // that no EVALSHA falls back to EVAL.
 var Scripts = []*redis.Script{acquireScript, releaseScript, refreshScript}
 
-// Client is a go-redis client as the lease protocol uses it.
-type Client struct {
-	rdb redis.UniversalClient
-	// sharded: a Redis Cluster client; notifications use SPUBLISH.
-	sharded bool
-	// deadlines: the client bounds each call by its ctx deadline itself
-	// (go-redis ContextTimeoutEnabled), so no call needs watching.
-	deadlines bool
-}
-
-// NewClient wraps rdb.
-func NewClient(rdb redis.UniversalClient) *Client {
-	c := &Client{rdb: rdb}
-	switch r := rdb.(type) {
-	case *redis.Client:
-		c.deadlines = r.Options().ContextTimeoutEnabled
-	case *redis.ClusterClient:
-		c.sharded = true
-		c.deadlines = r.Options().ContextTimeoutEnabled
-	case *redis.Ring:
-		c.deadlines = r.Options().ContextTimeoutEnabled
-	}
-	return c
-}
-
-// Get returns the string at key, and false when there is none. It returns
-// by ctx's deadline as [Run] does.
-func (c *Client) Get(ctx context.Context, key string) (string, bool, error) {
-	type reply struct {
-		s  string
-		ok bool
-	}
-	r, err := Run(ctx, c, func(ctx context.Context) (reply, error) {
-		s, err := c.rdb.Get(ctx, key).Result()
-		if errors.Is(err, redis.Nil) {
-			return reply{}, nil
-		}
-		return reply{s, err == nil}, err
-	}, nil)
-	return r.s, r.ok, err
-}
-
-// PublishFlag is the scripts' ARGV flag for how to notify: "1" for SPUBLISH
-// (sharded pub/sub, on a Redis Cluster), "0" for PUBLISH.
-func (c *Client) PublishFlag() string {
-	if c.sharded {
-		return "1"
-	}
-	return "0"
-}
-
-// Scripter returns the underlying client.
-func (c *Client) Scripter() redis.Scripter { return c.rdb }
-
-// State is the outcome of [Client.Acquire].
+// State is the outcome of [Acquire].
 type State int
 
-// The outcomes of [Client.Acquire].
+// The outcomes of [Acquire].
 const (
 	Held     State = 0 // someone else holds the lease; N is its remaining PTTL in ms
 	Acquired State = 1 // the caller holds the lease; N is its fencing token
-	Found    State = 2 // the guarded value exists; Value holds it
 )
 
 // Result is the reply of the acquire script.
 type Result struct {
 	State State
 	N     int64
-	Value string
 }
 
-// Acquire takes the lease on lockKey for token, or, when valueKey is not
-// empty and holds a value, returns that value instead. With fence, it also
-// issues a fencing token from the counter [FenceKey]; without, the token is
-// 0 and the counter is left alone (a holder whose writes are token-checked
-// in Redis itself needs none). It returns when Redis
-// answers or ctx's deadline passes, whatever the client's timeout options
-// (see [Run]). When the script may have taken the lease but the caller does
-// not learn of it (ctx ended, connection lost), the lease is released in the
-// background, token-checked, so no lock is left behind that nobody releases.
-func (c *Client) Acquire(ctx context.Context, lockKey, valueKey, token string, ttl time.Duration, fence bool) (Result, error) {
+// Acquire takes the lease on lockKey for token and issues a fencing token
+// from the counter [FenceKey]. It returns when Redis answers or ctx's
+// deadline passes, whatever the client's timeout options (see [redisx.Run]).
+// When the script may have taken the lease but the caller does not learn of
+// it (ctx ended, connection lost), the lease is released in the background,
+// token-checked, so no lock is left behind that nobody releases.
+func Acquire(ctx context.Context, c *redisx.Client, lockKey, token string, ttl time.Duration) (Result, error) {
 	keys := []string{lockKey, FenceKey(lockKey)}
-	if valueKey != "" {
-		keys = append(keys, valueKey)
-	}
-	issue := "0"
-	if fence {
-		issue = "1"
-	}
-	return Run(ctx, c, func(ctx context.Context) (Result, error) {
-		v, err := acquireScript.Run(ctx, c.rdb, keys, token, ms(ttl), ms(FenceTTL), issue).Result()
+	return redisx.Run(ctx, c, func(ctx context.Context) (Result, error) {
+		v, err := acquireScript.Run(ctx, c.Redis(), keys, token, ms(ttl), ms(FenceTTL)).Result()
 		if err != nil {
-			if mayHaveRun(err) {
-				go c.cleanup(lockKey, token)
+			if redisx.MayHaveRun(err) {
+				go Cleanup(c, lockKey, token)
 			}
 			return Result{}, err
 		}
 		return ParseAcquire(v)
 	}, func(r Result, err error) {
 		if err == nil && r.State == Acquired {
-			c.cleanup(lockKey, token)
+			Cleanup(c, lockKey, token)
 		}
 	})
 }
 
-// CleanupTimeout bounds the background release of a lease whose acquisition
-// the caller gave up on.
+// CleanupTimeout bounds a clean-up call that runs after its caller has gone
+// or its ctx has ended: releasing an abandoned acquisition, or a release
+// asked for with a ctx that had already ended.
 const CleanupTimeout = 5 * time.Second
 
-func (c *Client) cleanup(lockKey, token string) {
+// Cleanup releases the lease on lockKey if token holds it, on a context of
+// its own bounded by [CleanupTimeout].
+func Cleanup(c *redisx.Client, lockKey, token string) {
 	ctx, cancel := context.WithTimeout(context.Background(), CleanupTimeout)
 	defer cancel()
-	_, _ = c.release(ctx, lockKey, token, Released, "", nil, 0)
+	_, _ = ReleaseRetrying(ctx, c, lockKey, token, Message(Released, ""))
 }
 
-// mayHaveRun reports whether a failed call may still have run on the server:
-// any failure but an error reply from Redis.
-func mayHaveRun(err error) bool {
-	var re redis.Error
-	return !errors.As(err, &re) && !errors.Is(err, redis.ErrClosed)
+// Release is the outcome of a release.
+type Release struct {
+	// Released: the lease was ours and is released. False: it was not
+	// ours (expired, deleted or taken over), and nothing was written.
+	Released bool
+	// NotifyErr, when not nil, is why the message could not be published
+	// (an ACL user without channel permissions, say): the lease is
+	// released, but waiters learn of it only when they next look.
+	NotifyErr error
 }
 
-// Released is the message published when a lease is released with nothing
-// else to say.
-const Released = "r"
-
-// Release releases the lease on lockKey if token still holds it and publishes
-// msg on the name's channel. When valueKey is not empty, it also stores value
-// there with valueTTL, in the same step. It reports false, having written
-// nothing, when the lease was no longer token's.
-func (c *Client) Release(ctx context.Context, lockKey, token, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
-	return Run(ctx, c, func(ctx context.Context) (bool, error) {
-		return c.release(ctx, lockKey, token, msg, valueKey, value, valueTTL)
+// ReleaseLease releases the lease on lockKey if token still holds it and
+// publishes msg on the name's channel, in one round trip.
+func ReleaseLease(ctx context.Context, c *redisx.Client, lockKey, token, msg string) (Release, error) {
+	return redisx.Run(ctx, c, func(ctx context.Context) (Release, error) {
+		return release(ctx, c, lockKey, token, msg)
 	}, nil)
 }
 
-// ReleaseRetrying is [Client.Release], tried again while a failure leaves it
-// unknown whether the release ran (a connection lost mid-call), until it
-// succeeds or ctx ends: a release lost to a network blip would otherwise keep
-// every waiter waiting until the lease runs out. When a retry finds the lease
-// no longer ours after such a failure, an earlier try most likely ran, and it
-// reports true. Each try runs on the caller's goroutine, bounded by the
-// client's own timeouts; ctx bounds the retries.
-func (c *Client) ReleaseRetrying(ctx context.Context, lockKey, token, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
+// ReleaseRetrying is [ReleaseLease], tried again while a failure leaves it
+// unknown whether the release ran (a connection lost mid-call) or Redis is
+// briefly unable to serve it (a failover), until it succeeds or ctx ends: a
+// release lost to a network blip would otherwise keep every waiter waiting
+// until the lease runs out. When a retry finds the lease no longer ours
+// after such a failure, an earlier try most likely ran, and it reports
+// released. Each try runs on the caller's goroutine, bounded by the client's
+// own timeouts; ctx bounds the retries.
+func ReleaseRetrying(ctx context.Context, c *redisx.Client, lockKey, token, msg string) (Release, error) {
+	return Retry(ctx, func(ctx context.Context, retried bool) (Release, error) {
+		r, err := release(ctx, c, lockKey, token, msg)
+		if err == nil && retried {
+			r.Released = true
+		}
+		return r, err
+	})
+}
+
+// Retry calls try until it succeeds, fails for good, or ctx ends. It tries
+// again after a failure that may not have run or did not run for a passing
+// reason: a lost connection, a transient error reply, a saturated pool. try
+// runs on a ctx without ctx's cancellation, so a call under way is never cut
+// off mid-way; retried tells it whether an earlier try failed.
+func Retry[T any](ctx context.Context, try func(ctx context.Context, retried bool) (T, error)) (T, error) {
 	backoff := 5 * time.Millisecond
 	for retried := false; ; retried = true {
-		ok, err := c.release(context.WithoutCancel(ctx), lockKey, token, msg, valueKey, value, valueTTL)
-		if err == nil {
-			return ok || retried, nil
+		v, err := try(context.WithoutCancel(ctx), retried)
+		if err == nil || !retryable(err) || ctx.Err() != nil {
+			return v, err
 		}
-		if !mayHaveRun(err) || ctx.Err() != nil {
-			return false, err
-		}
+		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
-			return false, err
-		case <-time.After(backoff):
+			t.Stop()
+			return v, err
+		case <-t.C:
 		}
 		backoff = min(2*backoff, 500*time.Millisecond)
 	}
 }
 
-func (c *Client) release(ctx context.Context, lockKey, token, msg, valueKey string, value []byte, valueTTL time.Duration) (bool, error) {
-	shard := c.PublishFlag()
-	var v any
-	var err error
-	if valueKey == "" {
-		v, err = releaseScript.Run(ctx, c.rdb, []string{lockKey}, token, shard, msg).Result()
-	} else {
-		ttl := ms(max(valueTTL, time.Millisecond))
-		v, err = releaseScript.Run(ctx, c.rdb, []string{lockKey, valueKey}, token, shard, msg, value, ttl).Result()
+func retryable(err error) bool {
+	switch redisx.Classify(err) {
+	case redisx.Reply, redisx.Closed, redisx.Canceled:
+		return false
 	}
+	return true
+}
+
+func release(ctx context.Context, c *redisx.Client, lockKey, token, msg string) (Release, error) {
+	v, err := releaseScript.Run(ctx, c.Redis(), []string{lockKey}, token, c.PublishFlag(), msg).Result()
 	if err != nil {
-		return false, err
+		return Release{}, err
 	}
-	return ParseFlag(v)
+	return ParseRelease(v)
+}
+
+// ParseRelease parses the reply of a script that releases a lease: 0 (not
+// ours), 1 (released and published), or {1, error text} (released; the
+// publish failed).
+func ParseRelease(v any) (Release, error) {
+	switch v := v.(type) {
+	case int64:
+		if v == 0 || v == 1 {
+			return Release{Released: v == 1}, nil
+		}
+	case []any:
+		if len(v) == 2 {
+			n, ok1 := v[0].(int64)
+			s, ok2 := v[1].(string)
+			if ok1 && ok2 && n == 1 {
+				return Release{Released: true, NotifyErr: errors.New(s)}, nil
+			}
+		}
+	}
+	return Release{}, fmt.Errorf("lease: unexpected release reply %v (%T)", v, v)
 }
 
 // Refresh extends the lease on lockKey to ttl if token still holds it.
-func (c *Client) Refresh(ctx context.Context, lockKey, token string, ttl time.Duration) (bool, error) {
-	return Run(ctx, c, func(ctx context.Context) (bool, error) {
-		v, err := refreshScript.Run(ctx, c.rdb, []string{lockKey}, token, ms(ttl)).Result()
+func Refresh(ctx context.Context, c *redisx.Client, lockKey, token string, ttl time.Duration) (bool, error) {
+	return redisx.Run(ctx, c, func(ctx context.Context) (bool, error) {
+		v, err := refreshScript.Run(ctx, c.Redis(), []string{lockKey}, token, ms(ttl)).Result()
 		if err != nil {
 			return false, err
 		}
@@ -255,9 +259,6 @@ func (c *Client) Refresh(ctx context.Context, lockKey, token string, ttl time.Du
 
 // ParseAcquire parses the acquire script's reply.
 func ParseAcquire(v any) (Result, error) {
-	if s, ok := v.(string); ok {
-		return Result{State: Found, Value: s}, nil
-	}
 	a, ok := v.([]any)
 	if !ok || len(a) != 2 {
 		return Result{}, fmt.Errorf("lease: unexpected acquire reply %T", v)
@@ -277,7 +278,7 @@ func ParseAcquire(v any) (Result, error) {
 	return Result{}, fmt.Errorf("lease: unexpected acquire state %d", st)
 }
 
-// ParseFlag parses the 0-or-1 reply of the release and refresh scripts.
+// ParseFlag parses the 0-or-1 reply of the refresh script.
 func ParseFlag(v any) (bool, error) {
 	n, ok := v.(int64)
 	if !ok || (n != 0 && n != 1) {
@@ -286,55 +287,20 @@ func ParseFlag(v any) (bool, error) {
 	return n == 1, nil
 }
 
+// Millis returns d in whole milliseconds, for a script's ARGV.
+func Millis(d time.Duration) string { return ms(d) }
+
 func ms(d time.Duration) string {
 	return strconv.FormatInt(d.Milliseconds(), 10)
 }
 
-// Run runs fn, a call on c, and returns by ctx's deadline whatever c's
-// timeout options. go-redis bounds a call by its ReadTimeout (3s by default),
-// not by the caller's deadline, unless the client sets ContextTimeoutEnabled.
-// So when ctx has a deadline that c would not enforce, fn runs on its own
-// goroutine and Run returns as soon as fn does or ctx ends; when ctx ends
-// first, fn goes on in the background (bounded by the client's timeouts) and
-// late, if not nil, receives its outcome. Otherwise fn runs on the caller's
-// goroutine, saving a hand-off: a ctx that can only be cancelled (no
-// deadline) then bounds the call only through the client's own timeouts.
-func Run[T any](ctx context.Context, c *Client, fn func(context.Context) (T, error), late func(T, error)) (T, error) {
-	var zero T
-	if err := ctx.Err(); err != nil {
-		return zero, err
-	}
-	if _, ok := ctx.Deadline(); !ok || c.deadlines {
-		return fn(ctx)
-	}
-	type result struct {
-		v   T
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		v, err := fn(ctx)
-		ch <- result{v, err}
-	}()
-	select {
-	case r := <-ch:
-		return r.v, r.err
-	case <-ctx.Done():
-		if late != nil {
-			go func() {
-				r := <-ch
-				late(r.v, r.err)
-			}()
-		}
-		return zero, ctx.Err()
-	}
+// PTTL converts a PTTL in milliseconds, as a script returns it, to a
+// duration, clamped so that a key with a huge TTL (a foreign key, say)
+// cannot overflow time.Duration.
+func PTTL(msec int64) time.Duration {
+	const maxMs = int64(100 * 365 * 24 * time.Hour / time.Millisecond)
+	return time.Duration(min(max(msec, 0), maxMs)) * time.Millisecond
 }
 
 // Quote quotes a name for an error message, shortening a long one.
-func Quote(name string) string {
-	const limit = 64
-	if len(name) <= limit {
-		return strconv.Quote(name)
-	}
-	return strconv.Quote(name[:limit]) + "… (" + strconv.Itoa(len(name)) + " bytes)"
-}
+func Quote(name string) string { return redisx.Quote(name) }

@@ -6,9 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/locksmith-go/locksmith/internal/redistest"
+	"github.com/locksmith-go/locksmith/internal/redisx"
 )
 
 func TestMain(m *testing.M) {
@@ -24,15 +26,14 @@ func TestParseAcquire(t *testing.T) {
 	}{
 		{"held", []any{int64(0), int64(1500)}, Result{State: Held, N: 1500}, true},
 		{"acquired", []any{int64(1), int64(42)}, Result{State: Acquired, N: 42}, true},
-		{"found", "bytes", Result{State: Found, Value: "bytes"}, true},
-		{"found empty", "", Result{State: Found}, true},
+		{"a string", "bytes", Result{}, false},
 		{"nil", nil, Result{}, false},
 		{"number", int64(1), Result{}, false},
 		{"short", []any{int64(1)}, Result{}, false},
 		{"long", []any{int64(1), int64(2), int64(3)}, Result{}, false},
 		{"bad state", []any{int64(7), int64(1)}, Result{}, false},
 		{"state as string", []any{"1", int64(1)}, Result{}, false},
-		{"found as a pair", []any{int64(2), "bytes"}, Result{}, false},
+		{"state 2", []any{int64(2), int64(1)}, Result{}, false},
 		{"acquired with string", []any{int64(1), "x"}, Result{}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -41,6 +42,51 @@ func TestParseAcquire(t *testing.T) {
 				t.Errorf("got %+v, %v; want %+v, ok=%v", got, err, tc.want, tc.ok)
 			}
 		})
+	}
+}
+
+func TestParseRelease(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		reply any
+		want  Release
+		ok    bool
+	}{
+		{"not ours", int64(0), Release{}, true},
+		{"released", int64(1), Release{Released: true}, true},
+		{"released, not published", []any{int64(1), "NOPERM no channel"}, Release{Released: true}, true},
+		{"two", int64(2), Release{}, false},
+		{"not ours with error", []any{int64(0), "x"}, Release{}, false},
+		{"nil", nil, Release{}, false},
+	} {
+		got, err := ParseRelease(tc.reply)
+		if (err == nil) != tc.ok || got.Released != tc.want.Released {
+			t.Errorf("%s: got %+v, %v; want %+v, ok=%v", tc.name, got, err, tc.want, tc.ok)
+		}
+		if tc.name == "released, not published" && (got.NotifyErr == nil || got.NotifyErr.Error() != "NOPERM no channel") {
+			t.Errorf("%s: NotifyErr = %v", tc.name, got.NotifyErr)
+		}
+	}
+}
+
+// TestReleaseWithoutChannelPermission: an ACL user without channel
+// permissions releases its lease; the refused PUBLISH is reported as such,
+// not as a failed release.
+func TestReleaseWithoutChannelPermission(t *testing.T) {
+	s := redistest.Start(t, nil)
+	s.Do(t, "ACL", "SETUSER", "nochan", "on", ">pw", "~*", "+@all", "resetchannels")
+	c := redisx.New(s.Client(t, &redis.Options{Username: "nochan", Password: "pw"}))
+	ctx := redistest.Context(t, 10*time.Second)
+	token := NewToken()
+	if r, err := Acquire(ctx, c, "{k}", token, time.Minute); err != nil || r.State != Acquired {
+		t.Fatalf("Acquire: %+v, %v", r, err)
+	}
+	r, err := ReleaseLease(ctx, c, "{k}", token, Message(Released, ""))
+	if err != nil || !r.Released || r.NotifyErr == nil {
+		t.Fatalf("Release: got %+v, %v; want released with a notify error", r, err)
+	}
+	if n := s.Do(t, "EXISTS", "{k}"); n != int64(0) {
+		t.Fatal("lock still held")
 	}
 }
 
@@ -82,10 +128,13 @@ func FuzzParseAcquire(f *testing.F) {
 			reply = s
 		}
 		r, err := ParseAcquire(reply)
-		if err == nil && (r.State < Held || r.State > Found) {
+		if err == nil && (r.State < Held || r.State > Acquired) {
 			t.Fatalf("accepted state %d", r.State)
 		}
 		_, _ = ParseFlag(reply)
+		if rel, err := ParseRelease(reply); err == nil && !rel.Released && rel.NotifyErr != nil {
+			t.Fatalf("accepted a notify error without a release: %+v", rel)
+		}
 	})
 }
 
@@ -102,12 +151,12 @@ func TestQuote(t *testing.T) {
 func TestKeeper(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := s.Client(t, nil)
-	c := NewClient(rdb)
+	c := redisx.New(rdb)
 	ctx := context.Background()
 	const ttl = 300 * time.Millisecond
 	acquire := func(key string) (string, time.Time) {
 		token, since := NewToken(), time.Now()
-		r, err := c.Acquire(ctx, key, "", token, ttl, true)
+		r, err := Acquire(ctx, c, key, token, ttl)
 		if err != nil || r.State != Acquired {
 			t.Fatalf("Acquire: %+v, %v", r, err)
 		}
@@ -160,46 +209,58 @@ func TestKeeper(t *testing.T) {
 	})
 }
 
-func TestRunLate(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	release := make(chan struct{})
-	late := make(chan int, 1)
-	go func() {
-		time.Sleep(time.Millisecond)
-		cancel()
-	}()
-	ctx, cancel2 := context.WithTimeout(ctx, time.Minute)
-	defer cancel2()
-	_, err := Run(ctx, &Client{}, func(context.Context) (int, error) {
-		<-release
-		return 7, nil
-	}, func(v int, err error) { late <- v })
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("got %v; want Canceled", err)
-	}
-	close(release)
-	if v := <-late; v != 7 {
-		t.Fatalf("late: got %d; want 7", v)
-	}
-}
-
 // TestAcquireRetried: a client that retries an acquire whose reply was lost
 // (go-redis does, by default) gets the lease it already took, not "held".
 func TestAcquireRetried(t *testing.T) {
 	_, rdb := redistest.Mini(t)
-	c := NewClient(rdb)
+	c := redisx.New(rdb)
 	ctx := context.Background()
 	token := NewToken()
-	first, err := c.Acquire(ctx, "{k}", "", token, time.Minute, true)
+	first, err := Acquire(ctx, c, "{k}", token, time.Minute)
 	if err != nil || first.State != Acquired {
 		t.Fatalf("first: %+v, %v", first, err)
 	}
-	again, err := c.Acquire(ctx, "{k}", "", token, time.Minute, true)
+	again, err := Acquire(ctx, c, "{k}", token, time.Minute)
 	if err != nil || again != first {
 		t.Fatalf("retried: got %+v, %v; want %+v", again, err, first)
 	}
-	other, err := c.Acquire(ctx, "{k}", "", NewToken(), time.Minute, true)
+	other, err := Acquire(ctx, c, "{k}", NewToken(), time.Minute)
 	if err != nil || other.State != Held {
 		t.Fatalf("another holder: got %+v, %v; want Held", other, err)
+	}
+}
+
+// TestKeeperThroughReadOnly: a transient error reply (READONLY while a
+// failover is under way) does not count as a lost lease: the keeper tries
+// again until the lease has really run out.
+func TestKeeperThroughReadOnly(t *testing.T) {
+	s := redistest.Start(t, nil)
+	c := redisx.New(s.Client(t, &redis.Options{MaxRetries: -1}))
+	ctx := redistest.Context(t, 20*time.Second)
+	const ttl = 900 * time.Millisecond
+	token, since := NewToken(), time.Now()
+	if r, err := Acquire(ctx, c, "{ro}", token, ttl); err != nil || r.State != Acquired {
+		t.Fatalf("Acquire: %+v, %v", r, err)
+	}
+	lost := make(chan struct{})
+	k := Keep(c, "{ro}", token, ttl, since, func() { close(lost) })
+	// A replica of a master that cannot be reached answers READONLY to
+	// every write, as a demoted master does during a failover.
+	s.Do(t, "REPLICAOF", "127.0.0.1", "1")
+	redistest.WaitFor(t, "a renewal refused with READONLY", func() bool {
+		return c.Redis().Set(ctx, "probe", "1", 0).Err() != nil && time.Since(since) > ttl/2
+	})
+	s.Do(t, "REPLICAOF", "NO", "ONE")
+	select {
+	case <-lost:
+		t.Fatal("lease reported lost on a READONLY reply")
+	default:
+	}
+	redistest.WaitFor(t, "renewed after the failover", func() bool {
+		pttl, _ := c.Redis().PTTL(ctx, "{ro}").Result()
+		return pttl > ttl*3/4 && time.Since(since) > ttl
+	})
+	if err := k.Stop(); err != nil {
+		t.Fatalf("Stop: %v", err)
 	}
 }

@@ -1,22 +1,38 @@
 // Package notify multiplexes Redis pub/sub subscriptions for many waiters over
-// one connection per Redis server (one per shard on a Redis Cluster, where it
-// uses sharded pub/sub).
+// one connection per Redis server: one for a standalone server or a
+// Sentinel-managed master, one per master on a Redis Cluster (sharded
+// pub/sub), one per shard of a Ring.
 //
 // A waiter subscribes to a channel, waits until the subscription is confirmed
-// by the server ([Sub.Ready]), re-checks the state it waits on, then waits for
-// a message. Because the confirmation arrives on the same connection as the
-// messages, anything published after Ready is delivered: there is no lost
-// wake-up between the re-check and the wait. Subscriptions are reference
-// counted per channel, so a thousand waiters on one key cost one SUBSCRIBE.
+// ([Sub.Ready]), re-checks the state it waits on, then waits for a message.
+// Ready means more than the server's "subscribe" reply: after each batch of
+// SUBSCRIBE commands the Hub sends a PING on the same connection, and a
+// channel is ready when that PING's reply arrives and the newest
+// subscription reply for the channel before it said "subscribed". Replies
+// arrive in command order on one connection, so a subscription confirmed
+// that way is in force, whatever was subscribed, unsubscribed or lost to a
+// reconnect before: anything published after Ready is delivered, and no
+// wake-up is lost between the re-check and the wait. Subscriptions are
+// reference counted per channel, so a thousand waiters on one key cost one
+// SUBSCRIBE.
 //
 // Nothing here blocks a caller on the network: SUBSCRIBE and UNSUBSCRIBE are
-// queued and written by one goroutine that owns the pub/sub connections, in
-// order, batched.
+// queued and written by one goroutine, in order, batched.
+//
+// When Redis refuses a subscription (an ACL user without channel
+// permissions), the Hub does not retry at once: it counts the error, reports
+// it once, and tries again after a back-off while waiters fall back to
+// polling. On a standalone or Sentinel-managed server the Hub also publishes
+// a heartbeat on a channel of its own while anyone waits; when heartbeats
+// that Redis accepted stop arriving (after a Sentinel failover the pub/sub
+// connection still points at the old master), it opens a new connection,
+// which follows the client to the current master.
 package notify
 
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -28,69 +44,103 @@ import (
 )
 
 // Wake is the payload delivered to every waiter on a channel when its
-// subscription was re-established after a reconnect: messages may have been
-// lost, so waiters must re-check. Publishers never publish an empty payload.
+// subscription was re-established (after a reconnect, a new connection, or
+// a refusal lifted): messages may have been lost, so waiters must re-check.
+// Publishers never publish an empty payload.
 const Wake = ""
+
+// ErrClosed is returned by [Hub.Await] when the Hub is closed while waiting.
+var ErrClosed = errors.New("notify: closed")
 
 // Hub owns the pub/sub connections of one Redis client. The zero value is not
 // usable; create one with [New]. A Hub must be closed with [Hub.Close].
 type Hub struct {
 	rdb     redis.UniversalClient
 	cluster *redis.ClusterClient // non-nil: sharded pub/sub, one connection per master
+	ring    *redis.Ring          // non-nil: one connection per shard
+	beat    string               // heartbeat channel; "" on a Cluster or a Ring
 
-	pingSeq atomic.Uint64
+	errCount atomic.Uint64
+	onError  func(error)
 
-	mu      sync.Mutex // guards every field below
+	mu      sync.Mutex // guards every field below and the fields of shards and entries
 	chans   map[string]*entry
-	pings   map[string]chan struct{} // Sync calls awaiting their PONG
-	shards  map[string]*shard        // by master address; "" when not a cluster
+	shards  map[string]*shard // by server address; "" for a standalone client
 	ops     []op
+	subSeq  uint64 // numbers SUBSCRIBE ops
 	closed  bool
 	started bool
+	refused bool      // a subscription was refused and not yet retried
+	retryAt time.Time // when refused subscriptions are tried again
+	backoff time.Duration
+	told    bool          // the refusal was reported
 	kick    chan struct{} // wakes the writer; capacity 1
 	done    chan struct{} // closed by Close
 	wg      sync.WaitGroup
 }
 
+// Options configure a [Hub]. The zero value is valid.
+type Options struct {
+	// OnError, if not nil, is called when Redis refuses a subscription,
+	// once per refusal that follows a working subscription.
+	OnError func(error)
+}
+
 type op struct {
 	channel   string
 	subscribe bool
+	n         uint64 // a SUBSCRIBE's number, see entry.subOp
 }
 
 type shard struct {
-	ps *redis.PubSub
+	addr string
+	ps   *redis.PubSub
+	seq  uint64              // the last PING sent
+	wait map[uint64][]string // PING number -> channels subscribed just before it
+	// Heartbeats, on the standalone shard only.
+	sentUnseen int       // heartbeats accepted by Redis since the last one seen
+	heard      time.Time // when the newest heartbeat seen was sent
 }
 
-// entry is the state of one channel. want says whether the last command
-// queued for it was SUBSCRIBE; pending counts subscribe confirmations still
-// to arrive. The channel is ready when want && pending == 0: replies arrive in
-// command order on one connection, so the confirmation of the newest
-// SUBSCRIBE is the last one counted.
+// entry is the state of one channel.
 type entry struct {
-	refs    int
-	want    bool
-	pending int
-	ready   chan struct{} // closed when subscribed; replaced when want turns false
-	isReady bool
-	subs    map[*Sub]struct{}
+	refs       int
+	want       bool   // the newest op queued for the channel is SUBSCRIBE
+	subOp      uint64 // the number of that SUBSCRIBE
+	needPing   uint64 // ready when a PONG numbered at least this arrives; 0: not sent yet
+	subscribed bool   // the newest subscription reply said subscribed
+	sh         *shard // where it was last subscribed
+	ready      chan struct{}
+	isReady    bool
+	subs       map[*Sub]struct{}
 }
 
 // New returns a Hub for rdb. It opens no connection until the first
 // [Hub.Subscribe].
-func New(rdb redis.UniversalClient) *Hub {
+func New(rdb redis.UniversalClient, opt *Options) *Hub {
 	h := &Hub{
 		rdb:    rdb,
 		chans:  make(map[string]*entry),
-		pings:  make(map[string]chan struct{}),
 		shards: make(map[string]*shard),
 		kick:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
-	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		h.cluster = cc
+	if opt != nil {
+		h.onError = opt.OnError
+	}
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		h.cluster = c
+	case *redis.Ring:
+		h.ring = c
+	default:
+		h.beat = "__locksmith:hub:" + strconv.FormatUint(rand.Uint64(), 36)
 	}
 	return h
 }
+
+// Errors returns how many subscriptions Redis refused.
+func (h *Hub) Errors() uint64 { return h.errCount.Load() }
 
 // Sub is one waiter's subscription to one channel.
 type Sub struct {
@@ -102,8 +152,8 @@ type Sub struct {
 }
 
 // Subscribe subscribes to channel. It never blocks on the network: the
-// returned Sub is ready once the server has confirmed the subscription. It
-// never fails either: when Redis cannot be reached Ready stays open, and the
+// returned Sub is ready once the subscription is confirmed. It never fails
+// either: when Redis cannot be reached or refuses, Ready stays open and the
 // waiter falls back to polling. The caller must Close the Sub.
 func (h *Hub) Subscribe(channel string) *Sub {
 	s := &Sub{h: h, channel: channel, c: make(chan string, 1)}
@@ -123,14 +173,19 @@ func (h *Hub) Subscribe(channel string) *Sub {
 	e.refs++
 	e.subs[s] = struct{}{}
 	if !e.want {
-		e.want = true
-		e.pending++
-		h.enqueue(op{channel: channel, subscribe: true})
+		h.want(channel, e)
 	}
 	return s
 }
 
-// Ready is closed once the server has confirmed the subscription.
+// want queues a SUBSCRIBE for channel. h.mu must be held.
+func (h *Hub) want(channel string, e *entry) {
+	h.subSeq++
+	e.want, e.subOp, e.needPing = true, h.subSeq, 0
+	h.enqueue(op{channel: channel, subscribe: true, n: h.subSeq})
+}
+
+// Ready is closed once the subscription is confirmed.
 func (s *Sub) Ready() <-chan struct{} {
 	s.h.mu.Lock()
 	defer s.h.mu.Unlock()
@@ -163,7 +218,7 @@ func (s *Sub) Close() {
 		e.ready = make(chan struct{})
 		e.isReady = false
 	}
-	h.enqueue(op{channel: s.channel, subscribe: false})
+	h.enqueue(op{channel: s.channel})
 }
 
 // enqueue queues a command for the writer. h.mu must be held.
@@ -173,6 +228,10 @@ func (h *Hub) enqueue(o op) {
 		h.started = true
 		h.wg.Add(1)
 		go h.writer()
+		if h.beat != "" {
+			h.wg.Add(1)
+			go h.heartbeat()
+		}
 	}
 	select {
 	case h.kick <- struct{}{}:
@@ -181,16 +240,42 @@ func (h *Hub) enqueue(o op) {
 }
 
 // writer sends queued SUBSCRIBE and UNSUBSCRIBE commands in order, batching
-// runs of the same command on the same shard.
+// runs of the same command on the same connection, each batch of SUBSCRIBEs
+// followed by a PING.
 func (h *Hub) writer() {
 	defer h.wg.Done()
+	var retry *time.Timer
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+	}()
 	for {
+		var retryC <-chan time.Time
+		if retry != nil {
+			retryC = retry.C
+		}
 		select {
 		case <-h.done:
 			return
 		case <-h.kick:
+		case <-retryC:
+			retry = nil
+			h.mu.Lock()
+			h.refused = false
+			h.mu.Unlock()
+			h.resubscribe(nil)
 		}
 		h.mu.Lock()
+		if h.refused {
+			// Subscriptions are refused: hold every op until the back-off
+			// ends; Close and want state are applied then.
+			if retry == nil {
+				retry = time.NewTimer(time.Until(h.retryAt))
+			}
+			h.mu.Unlock()
+			continue
+		}
 		ops := h.ops
 		h.ops = nil
 		h.mu.Unlock()
@@ -198,8 +283,10 @@ func (h *Hub) writer() {
 			sh := h.shardFor(ops[i].channel)
 			j := i + 1
 			// SSUBSCRIBE takes channels of one slot only: on a Cluster, one
-			// command per channel.
-			for h.cluster == nil && j < len(ops) && ops[j].subscribe == ops[i].subscribe {
+			// command per channel. On a Ring, channels of a batch must be
+			// on one shard.
+			for h.cluster == nil && j < len(ops) && ops[j].subscribe == ops[i].subscribe &&
+				(h.ring == nil || h.shardFor(ops[j].channel) == sh) {
 				j++
 			}
 			h.send(sh, ops[i].subscribe, ops[i:j])
@@ -208,14 +295,15 @@ func (h *Hub) writer() {
 	}
 }
 
-// writeTimeout bounds one SUBSCRIBE or UNSUBSCRIBE write (and the dial that
-// may precede it). A write that fails leaves the channel registered in the
-// go-redis PubSub, which subscribes it again when it reconnects.
+// writeTimeout bounds one SUBSCRIBE, UNSUBSCRIBE or PING write (and the dial
+// that may precede it). A write that fails leaves the channel registered in
+// the go-redis PubSub, which subscribes it again when it reconnects; the
+// reader then asks for a new PING.
 const writeTimeout = 5 * time.Second
 
 func (h *Hub) send(sh *shard, subscribe bool, ops []op) {
 	if sh == nil {
-		return // the cluster's slot owner is unknown: waiters poll
+		return // the slot's owner is unknown: waiters poll
 	}
 	channels := make([]string, len(ops))
 	for i, o := range ops {
@@ -223,24 +311,57 @@ func (h *Hub) send(sh *shard, subscribe bool, ops []op) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
-	switch {
-	case h.cluster != nil && subscribe:
-		_ = sh.ps.SSubscribe(ctx, channels...)
-	case h.cluster != nil:
-		_ = sh.ps.SUnsubscribe(ctx, channels...)
-	case subscribe:
-		_ = sh.ps.Subscribe(ctx, channels...)
-	default:
-		_ = sh.ps.Unsubscribe(ctx, channels...)
+	h.mu.Lock()
+	ps := sh.ps
+	h.mu.Unlock()
+	if ps == nil {
+		return
 	}
+	if !subscribe {
+		if h.cluster != nil {
+			_ = ps.SUnsubscribe(ctx, channels...)
+		} else {
+			_ = ps.Unsubscribe(ctx, channels...)
+		}
+		return
+	}
+	var err error
+	if h.cluster != nil {
+		err = ps.SSubscribe(ctx, channels...)
+	} else {
+		err = ps.Subscribe(ctx, channels...)
+	}
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	sh.seq++
+	n := sh.seq
+	var waiting []string
+	for _, o := range ops {
+		if e := h.chans[o.channel]; e != nil && e.want && e.subOp == o.n {
+			e.needPing, e.sh = n, sh
+			waiting = append(waiting, o.channel)
+		}
+	}
+	if sh.wait == nil {
+		sh.wait = make(map[uint64][]string)
+	}
+	sh.wait[n] = waiting
+	h.mu.Unlock()
+	_ = ps.Ping(ctx, pingPrefix+strconv.FormatUint(n, 10))
 }
 
-// shardFor returns the pub/sub connection serving channel, creating it and
-// its reader on first use. The writer and [Hub.Sync] call it; creating a
-// shard happens under h.mu, so two callers never create two.
+// pingPrefix marks the Hub's PINGs, apart from health checks.
+const pingPrefix = "locksmith:"
+
+// shardFor returns the shard serving channel, creating it and its reader on
+// first use.
 func (h *Hub) shardFor(channel string) *shard {
 	addr := ""
-	if h.cluster != nil {
+	var client *redis.Client
+	switch {
+	case h.cluster != nil:
 		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 		node, err := h.cluster.MasterForKey(ctx, channel)
 		cancel()
@@ -248,6 +369,12 @@ func (h *Hub) shardFor(channel string) *shard {
 			return nil
 		}
 		addr = node.Options().Addr
+	case h.ring != nil:
+		c, err := h.ring.GetShardClientForKey(channel)
+		if err != nil {
+			return nil
+		}
+		client, addr = c, c.Options().Addr
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -257,18 +384,23 @@ func (h *Hub) shardFor(channel string) *shard {
 	if sh := h.shards[addr]; sh != nil {
 		return sh
 	}
-	var ps *redis.PubSub
-	if h.cluster != nil {
+	sh := &shard{addr: addr}
+	switch {
+	case h.cluster != nil:
 		// The connection is routed by the slot of the first channel it
 		// subscribes; SSubscribe with no channel leaves it unconnected.
-		ps = h.cluster.SSubscribe(context.Background())
-	} else {
-		ps = h.rdb.Subscribe(context.Background())
+		sh.ps = h.cluster.SSubscribe(context.Background())
+	case client != nil:
+		sh.ps = client.Subscribe(context.Background())
+	default:
+		sh.ps = h.rdb.Subscribe(context.Background())
+		sh.heard = time.Now()
+		h.subSeq++
+		h.enqueue(op{channel: h.beat, subscribe: true, n: h.subSeq})
 	}
-	sh := &shard{ps: ps}
 	h.shards[addr] = sh
 	h.wg.Add(1)
-	go h.reader(sh)
+	go h.reader(sh, sh.ps)
 	return sh
 }
 
@@ -276,16 +408,17 @@ func (h *Hub) shardFor(channel string) *shard {
 // the connection, which makes go-redis notice a dead one and reconnect.
 const healthEvery = 3 * time.Second
 
-// reader dispatches one connection's replies until it is closed. go-redis
-// reconnects and subscribes again by itself; on a Cluster its one
-// SSUBSCRIBE for every channel fails when they span slots (CROSSSLOT), so an
-// error reply makes the reader subscribe them again one by one.
-func (h *Hub) reader(sh *shard) {
+// reader dispatches one connection's replies until it is closed or
+// replaced. go-redis reconnects and subscribes again by itself; the reader
+// then queues SUBSCRIBEs for the shard's channels so that a PING follows
+// them, and waiters of channels that were ready are woken (messages may
+// have been lost).
+func (h *Hub) reader(sh *shard, ps *redis.PubSub) {
 	defer h.wg.Done()
 	ctx := context.Background()
 	backoff := time.Duration(0)
 	for {
-		m, err := sh.ps.ReceiveTimeout(ctx, healthEvery)
+		m, err := ps.ReceiveTimeout(ctx, healthEvery)
 		if err != nil {
 			if h.isClosed() || errors.Is(err, redis.ErrClosed) {
 				return
@@ -293,17 +426,24 @@ func (h *Hub) reader(sh *shard) {
 			var re redis.Error
 			var ne net.Error
 			switch {
+			case errors.As(err, &re) && h.cluster != nil && strings.HasPrefix(err.Error(), "CROSSSLOT"):
+				// go-redis subscribed every channel at once after a
+				// reconnect; SSUBSCRIBE takes one slot at a time.
+				h.resubscribe(sh)
 			case errors.As(err, &re):
-				h.resubscribe()
+				h.refuse(err)
 			case errors.As(err, &ne) && ne.Timeout():
-				_ = sh.ps.Ping(ctx)
+				_ = ps.Ping(ctx)
 			default:
 				// Disconnected: the next receive dials again.
+				h.resubscribe(sh)
 				backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
+				t := time.NewTimer(backoff)
 				select {
 				case <-h.done:
+					t.Stop()
 					return
-				case <-time.After(backoff):
+				case <-t.C:
 				}
 			}
 			continue
@@ -311,11 +451,15 @@ func (h *Hub) reader(sh *shard) {
 		backoff = 0
 		switch m := m.(type) {
 		case *redis.Message:
+			if m.Channel == h.beat && h.beat != "" {
+				h.heartbeatSeen(sh, m.Payload)
+				continue
+			}
 			h.deliver(m.Channel, m.Payload)
 		case *redis.Subscription:
-			h.confirm(m.Kind, m.Channel)
+			h.confirm(sh, m.Kind, m.Channel)
 		case *redis.Pong:
-			h.pong(m.Payload)
+			h.pong(sh, m.Payload)
 		}
 	}
 }
@@ -326,18 +470,56 @@ func (h *Hub) isClosed() bool {
 	return h.closed
 }
 
-// resubscribe queues a SUBSCRIBE for every channel that should be
-// subscribed. Their confirmations wake the waiters, which look again.
-func (h *Hub) resubscribe() {
+// resubscribe queues a SUBSCRIBE for every wanted channel of sh (every
+// channel, when sh is nil). Their PING makes them ready again.
+func (h *Hub) resubscribe(sh *shard) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		return
 	}
 	for ch, e := range h.chans {
-		if e.want {
-			h.enqueue(op{channel: ch, subscribe: true})
+		if e.want && (sh == nil || e.sh == nil || e.sh == sh) {
+			h.subSeq++
+			e.subOp, e.needPing = h.subSeq, 0
+			h.enqueue(op{channel: ch, subscribe: true, n: h.subSeq})
 		}
+	}
+	if sh != nil && sh.addr == "" && h.beat != "" {
+		h.subSeq++
+		h.enqueue(op{channel: h.beat, subscribe: true, n: h.subSeq})
+	}
+}
+
+// refusalMin and refusalMax bound the back-off after Redis refused a
+// subscription.
+const (
+	refusalMin = time.Second
+	refusalMax = 30 * time.Second
+)
+
+// refuse records that Redis refused a subscription: the writer holds its
+// commands for a back-off, waiters poll meanwhile, and the error is counted
+// and reported once.
+func (h *Hub) refuse(err error) {
+	h.errCount.Add(1)
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return
+	}
+	h.backoff = min(max(2*h.backoff, refusalMin), refusalMax)
+	h.refused, h.retryAt = true, time.Now().Add(h.backoff)
+	tell := !h.told
+	h.told = true
+	onError := h.onError
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+	h.mu.Unlock()
+	if tell && onError != nil {
+		onError(err)
 	}
 }
 
@@ -368,7 +550,7 @@ func (s *Sub) put(payload string) {
 	}
 }
 
-func (h *Hub) confirm(kind, channel string) {
+func (h *Hub) confirm(sh *shard, kind, channel string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	e := h.chans[channel]
@@ -377,31 +559,134 @@ func (h *Hub) confirm(kind, channel string) {
 	}
 	switch kind {
 	case "subscribe", "ssubscribe":
-		if e.pending > 0 {
-			e.pending--
+		e.subscribed = true
+		if e.isReady && e.want {
+			// Subscribed again while ready: the connection was
+			// re-established and messages may have been lost.
+			for s := range e.subs {
+				s.put(Wake)
+			}
 		}
-		if !e.want || e.pending > 0 {
-			return
-		}
-		if !e.isReady {
-			e.isReady = true
-			close(e.ready)
-			return
-		}
-		// Subscribed again while already subscribed: the connection was
-		// re-established and messages may have been lost in between.
-		for s := range e.subs {
-			s.put(Wake)
+		if h.told && h.backoff > 0 {
+			// Subscriptions work again: the next refusal is reported.
+			h.told, h.backoff = false, 0
 		}
 	case "unsubscribe", "sunsubscribe":
-		if !e.want && e.refs == 0 && e.pending == 0 {
+		e.subscribed = false
+		if !e.want && e.refs == 0 {
 			delete(h.chans, channel)
 		}
 	}
 }
 
+func (h *Hub) pong(sh *shard, payload string) {
+	s, ok := strings.CutPrefix(payload, pingPrefix)
+	if !ok {
+		return
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k, channels := range sh.wait {
+		if k > n {
+			continue
+		}
+		delete(sh.wait, k)
+		for _, ch := range channels {
+			e := h.chans[ch]
+			if e == nil || !e.want || !e.subscribed || e.needPing == 0 || e.needPing > n || e.isReady {
+				continue
+			}
+			e.isReady = true
+			close(e.ready)
+		}
+	}
+}
+
+// Heartbeats: while anyone waits, the Hub of a standalone client publishes
+// one every beatEvery; after beatMissed heartbeats that Redis accepted
+// without one arriving, the pub/sub connection is replaced.
+const (
+	beatEvery  = 200 * time.Millisecond
+	beatMissed = 3
+)
+
+func (h *Hub) heartbeat() {
+	defer h.wg.Done()
+	t := time.NewTicker(beatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.done:
+			return
+		case <-t.C:
+		}
+		h.mu.Lock()
+		sh := h.shards[""]
+		active := sh != nil && len(h.chans) > 0 && !h.refused
+		h.mu.Unlock()
+		if !active {
+			continue
+		}
+		sent := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), beatEvery)
+		err := h.rdb.Publish(ctx, h.beat, strconv.FormatInt(sent.UnixNano(), 10)).Err()
+		cancel()
+		if err != nil {
+			continue // Redis is away or refuses: nothing to learn
+		}
+		h.mu.Lock()
+		sh.sentUnseen++
+		stale := sh.sentUnseen > beatMissed
+		h.mu.Unlock()
+		if stale {
+			h.replace(sh)
+		}
+	}
+}
+
+func (h *Hub) heartbeatSeen(sh *shard, payload string) {
+	ns, err := strconv.ParseInt(payload, 10, 64)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	sh.sentUnseen = 0
+	if t := time.Unix(0, ns); t.After(sh.heard) {
+		sh.heard = t
+	}
+}
+
+// replace gives the standalone shard a new pub/sub connection (which dials
+// the client's current master) and subscribes every channel on it.
+func (h *Hub) replace(sh *shard) {
+	h.mu.Lock()
+	if h.closed || h.shards[""] != sh {
+		h.mu.Unlock()
+		return
+	}
+	old := sh.ps
+	sh.ps = h.rdb.Subscribe(context.Background())
+	sh.sentUnseen, sh.wait = 0, nil
+	for _, e := range h.chans {
+		// Still ready for waiters already waiting: they get Wake when the
+		// new connection confirms the channel.
+		e.subscribed = false
+	}
+	h.wg.Add(1)
+	go h.reader(sh, sh.ps)
+	h.mu.Unlock()
+	_ = old.Close()
+	h.resubscribe(sh)
+}
+
 // Close closes the pub/sub connections and stops the Hub's goroutines. Subs
-// still open stay valid but receive nothing more. Close is idempotent.
+// still open stay valid but receive nothing more; [Hub.Await] calls return
+// [ErrClosed]. Close is idempotent.
 func (h *Hub) Close() error {
 	h.mu.Lock()
 	if h.closed {
@@ -420,34 +705,28 @@ func (h *Hub) Close() error {
 	return nil
 }
 
+// Done is closed when the Hub is closed.
+func (h *Hub) Done() <-chan struct{} { return h.done }
+
 // Step is an attempt's verdict for [Hub.Await].
 type Step struct {
 	// Done ends the wait.
 	Done bool
-	// Confirm, with Done, has Await first deliver every message published
-	// before the attempt: an attempt that took something (a lock) on the
-	// strength of what it saw may have been overtaken by a message saying
-	// more (the holder failed, and the failure is to be shared).
-	Confirm bool
 	// Wait, without Done, is the longest to wait before the next attempt.
 	Wait time.Duration
 }
 
-// ErrOvertaken is returned by [Hub.Await] when an attempt that asked to be
-// confirmed was overtaken by a message that ended the wait: the caller
-// undoes what the attempt took.
-var ErrOvertaken = errors.New("notify: overtaken by a message")
-
 // Await calls attempt until it reports done or fails, and between attempts
 // waits for a message on channel, for the duration attempt returned, or for
 // ctx, whichever comes first. Before its second attempt it subscribes and
-// waits for the server's confirmation (at most that same duration), so an
-// event published after the second attempt's check is never missed.
+// waits for the subscription to be confirmed (at most that same duration),
+// so an event published after the second attempt's check is never missed.
 //
 // A message is passed to message, if not nil, which may end the wait (done)
 // or fail it; otherwise, or when message returns neither, attempt runs again.
 // A message already received goes to message before the next attempt. The
-// [Wake] payload is passed on too. Await returns ctx.Err() when ctx ends.
+// [Wake] payload is passed on too. Await returns ctx.Err() when ctx ends,
+// and [ErrClosed] when the Hub is closed.
 func (h *Hub) Await(ctx context.Context, channel string,
 	attempt func() (Step, error),
 	message func(payload string) (done bool, err error),
@@ -464,25 +743,8 @@ func (h *Hub) Await(ctx context.Context, channel string,
 	}()
 	for {
 		step, err := attempt()
-		if err != nil {
+		if err != nil || step.Done {
 			return err
-		}
-		if step.Done {
-			if !step.Confirm || sub == nil {
-				return nil
-			}
-			// Everything published before the attempt arrives before the
-			// reply to a PING sent after it, on the same connection.
-			if h.Sync(ctx, channel) == nil {
-				select {
-				case p := <-sub.C():
-					if done, err := deliver(message, p); err != nil || done {
-						return errors.Join(ErrOvertaken, err)
-					}
-				default:
-				}
-			}
-			return nil
 		}
 		wait := max(step.Wait, time.Millisecond)
 		if timer == nil {
@@ -497,6 +759,8 @@ func (h *Hub) Await(ctx context.Context, channel string,
 			case <-timer.C:
 			case <-ctx.Done():
 				return ctx.Err()
+			case <-h.done:
+				return ErrClosed
 			}
 		} else {
 			select {
@@ -507,6 +771,8 @@ func (h *Hub) Await(ctx context.Context, channel string,
 			case <-timer.C:
 			case <-ctx.Done():
 				return ctx.Err()
+			case <-h.done:
+				return ErrClosed
 			}
 		}
 		stop(timer)
@@ -520,57 +786,6 @@ func (h *Hub) Await(ctx context.Context, channel string,
 			}
 		default:
 		}
-	}
-}
-
-// syncTimeout bounds [Hub.Sync] when the pub/sub connection does not answer.
-const syncTimeout = 100 * time.Millisecond
-
-// Sync returns once every message published on channel before the call has
-// been delivered to the channel's Subs: it sends a PING on the channel's
-// pub/sub connection and waits for its reply. It gives up after 100ms or
-// when ctx ends, returning an error.
-func (h *Hub) Sync(ctx context.Context, channel string) error {
-	sh := h.shardFor(channel)
-	if sh == nil {
-		return errors.New("notify: no connection")
-	}
-	id := strconv.FormatUint(h.pingSeq.Add(1), 10)
-	done := make(chan struct{})
-	h.mu.Lock()
-	h.pings[id] = done
-	h.mu.Unlock()
-	defer func() {
-		h.mu.Lock()
-		delete(h.pings, id)
-		h.mu.Unlock()
-	}()
-	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
-	defer cancel()
-	if err := sh.ps.Ping(ctx, pingPrefix+id); err != nil {
-		return err
-	}
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// pingPrefix marks the PINGs of [Hub.Sync], apart from health checks.
-const pingPrefix = "locksmith-sync:"
-
-func (h *Hub) pong(payload string) {
-	id, ok := strings.CutPrefix(payload, pingPrefix)
-	if !ok {
-		return
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if done := h.pings[id]; done != nil {
-		close(done)
-		delete(h.pings, id)
 	}
 }
 

@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"go.uber.org/goleak"
 
@@ -38,7 +43,7 @@ func ready(t *testing.T, s *Sub) {
 
 func TestRefCounting(t *testing.T) {
 	_, rdb := redistest.Mini(t)
-	h := New(rdb)
+	h := New(rdb, nil)
 	defer h.Close()
 	ctx := context.Background()
 	numSub := func() int64 {
@@ -87,20 +92,26 @@ func TestRefCounting(t *testing.T) {
 func TestNewestMessageWins(t *testing.T) {
 	srv := redistest.Start(t, nil)
 	rdb := srv.Client(t, nil)
-	h := New(rdb)
+	h := New(rdb, nil)
 	defer h.Close()
 	s := h.Subscribe("ch")
 	defer s.Close()
+	marker := h.Subscribe("marker")
+	defer marker.Close()
 	ready(t, s)
+	ready(t, marker)
 	ctx := context.Background()
 	for _, p := range []string{"1", "2", "3"} {
 		if err := rdb.Publish(ctx, "ch", p).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := h.Sync(ctx, "ch"); err != nil { // all three delivered
-		t.Fatalf("Sync: %v", err)
+	// On the same connection, published after: all three are delivered
+	// once the marker is.
+	if err := rdb.Publish(ctx, "marker", "m").Err(); err != nil {
+		t.Fatal(err)
 	}
+	recv(t, marker)
 	if p := recv(t, s); p != "3" {
 		t.Fatalf("got %q; want the newest payload, 3", p)
 	}
@@ -116,7 +127,7 @@ func TestNewestMessageWins(t *testing.T) {
 func TestWakeAfterReconnect(t *testing.T) {
 	srv := redistest.Start(t, nil)
 	rdb := srv.Client(t, nil)
-	h := New(rdb)
+	h := New(rdb, nil)
 	defer h.Close()
 	s := h.Subscribe("ch")
 	defer s.Close()
@@ -136,7 +147,7 @@ func TestWakeAfterReconnect(t *testing.T) {
 
 func TestAwait(t *testing.T) {
 	_, rdb := redistest.Mini(t)
-	h := New(rdb)
+	h := New(rdb, nil)
 	defer h.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -173,58 +184,149 @@ func TestAwait(t *testing.T) {
 	}
 }
 
-// TestSync: every message published before Sync is delivered when it returns.
-func TestSync(t *testing.T) {
-	srv := redistest.Start(t, nil)
-	rdb := srv.Client(t, nil)
-	h := New(rdb)
-	defer h.Close()
-	s := h.Subscribe("ch")
-	defer s.Close()
-	ready(t, s)
-	ctx := context.Background()
-	for i := 0; i < 50; i++ {
-		if err := rdb.Publish(ctx, "ch", fmt.Sprint(i)).Err(); err != nil {
-			t.Fatal(err)
+// TestAwaitClosed: a wait on a Hub that is closed returns at once.
+func TestAwaitClosed(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	h := New(rdb, nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	got := make(chan error, 1)
+	attempts := make(chan struct{}, 10)
+	go func() {
+		got <- h.Await(ctx, "ch", func() (Step, error) {
+			attempts <- struct{}{}
+			return Step{Wait: time.Hour}, nil
+		}, nil)
+	}()
+	<-attempts
+	<-attempts // subscribed and looked again: now waiting an hour
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("got %v; want ErrClosed", err)
 		}
-		if err := h.Sync(ctx, "ch"); err != nil {
-			t.Fatalf("Sync: %v", err)
-		}
-		select {
-		case p := <-s.C():
-			if p != fmt.Sprint(i) {
-				t.Fatalf("got %q; want %d", p, i)
-			}
-		default:
-			t.Fatalf("message %d not delivered by the time Sync returned", i)
-		}
+	case <-ctx.Done():
+		t.Fatal("Await did not return when the Hub closed")
+	}
+	if err := h.Await(ctx, "ch", func() (Step, error) { return Step{Wait: time.Hour}, nil }, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Await on a closed Hub: got %v; want ErrClosed", err)
 	}
 }
 
-// TestAwaitConfirm: an attempt that claims after waiting is overtaken by a
-// message published before it.
-func TestAwaitConfirm(t *testing.T) {
+// TestResubscribeReady: unsubscribing and subscribing again within one
+// round trip leaves the channel ready, and messages published after Ready
+// are delivered.
+func TestResubscribeReady(t *testing.T) {
 	srv := redistest.Start(t, nil)
 	rdb := srv.Client(t, nil)
-	h := New(rdb)
+	h := New(rdb, nil)
 	defer h.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	attempts := 0
-	err := h.Await(ctx, "ch", func() (Step, error) {
-		attempts++
-		if attempts == 1 {
-			return Step{Wait: time.Minute}, nil
-		}
-		// The failure is published just before this attempt "claims".
-		if err := rdb.Publish(ctx, "ch", "failed").Err(); err != nil {
+	ctx := context.Background()
+	for i := range 50 {
+		a := h.Subscribe("ch")
+		a.Close()
+		b := h.Subscribe("ch")
+		ready(t, b)
+		if err := rdb.Publish(ctx, "ch", fmt.Sprint(i)).Err(); err != nil {
 			t.Fatal(err)
 		}
-		return Step{Done: true, Confirm: true}, nil
-	}, func(p string) (bool, error) {
-		return p == "failed", nil
-	})
-	if !errors.Is(err, ErrOvertaken) {
-		t.Fatalf("got %v; want ErrOvertaken", err)
+		if p := recv(t, b); p != fmt.Sprint(i) {
+			t.Fatalf("got %q; want %d", p, i)
+		}
+		b.Close()
+	}
+}
+
+// TestRefusedSubscribe: an ACL user without channel permissions gets its
+// SUBSCRIBEs refused; the Hub counts it, says so once, and does not retry
+// in a loop. Waiters fall back to polling.
+func TestRefusedSubscribe(t *testing.T) {
+	srv := redistest.Start(t, nil)
+	srv.Do(t, "ACL", "SETUSER", "nochan", "on", ">pw", "~*", "+@all", "resetchannels")
+	rdb := srv.Client(t, &redis.Options{Username: "nochan", Password: "pw"})
+	admin := srv.Client(t, nil)
+	ctx := redistest.Context(t, 30*time.Second)
+	var told atomic.Int32
+	h := New(rdb, &Options{OnError: func(error) { told.Add(1) }})
+	defer h.Close()
+	subs := commandCount(t, ctx, admin, "subscribe")
+	attempts := 0
+	start := time.Now()
+	err := h.Await(ctx, "ch", func() (Step, error) {
+		attempts++
+		return Step{Done: attempts == 6, Wait: 100 * time.Millisecond}, nil
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Errors() == 0 {
+		t.Error("Errors() = 0; want the refusal counted")
+	}
+	if n := told.Load(); n != 1 {
+		t.Errorf("OnError called %d times; want once", n)
+	}
+	sent := commandCount(t, ctx, admin, "subscribe") - subs
+	// Polling for 5 intervals: a loop would send thousands.
+	if limit := int64(3 + time.Since(start)/refusalMin); sent > limit {
+		t.Errorf("%d SUBSCRIBEs sent in %v; want at most %d", sent, time.Since(start), limit)
+	}
+}
+
+// commandCount returns how many times Redis ran cmd, refused calls included.
+func commandCount(t *testing.T, ctx context.Context, rdb *redis.Client, cmd string) int64 {
+	t.Helper()
+	info, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls, rejected int64
+	for _, line := range strings.Split(info, "\r\n") {
+		rest, ok := strings.CutPrefix(line, "cmdstat_"+cmd+":")
+		if !ok {
+			continue
+		}
+		for _, kv := range strings.Split(rest, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			n, _ := strconv.ParseInt(v, 10, 64)
+			switch k {
+			case "calls":
+				calls = n
+			case "rejected_calls", "failed_calls":
+				rejected += n
+			}
+		}
+	}
+	return calls + rejected
+}
+
+// TestRing: channels on a Ring are subscribed on the shard that owns them,
+// where a script running on that shard publishes.
+func TestRing(t *testing.T) {
+	var addrs = map[string]string{}
+	for i := range 3 {
+		addrs[fmt.Sprint("s", i)] = redistest.Start(t, nil).Addr()
+	}
+	ring := redis.NewRing(&redis.RingOptions{Addrs: addrs})
+	t.Cleanup(func() { _ = ring.Close() })
+	h := New(ring, nil)
+	defer h.Close()
+	ctx := redistest.Context(t, 20*time.Second)
+	for i := range 12 {
+		ch := fmt.Sprintf("p{k%d}", i)
+		s := h.Subscribe(ch)
+		ready(t, s)
+		shard, err := ring.GetShardClientForKey(ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := shard.Publish(ctx, ch, "hi").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if p := recv(t, s); p != "hi" {
+			t.Fatalf("%s: got %q", ch, p)
+		}
+		s.Close()
 	}
 }

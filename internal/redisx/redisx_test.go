@@ -1,0 +1,169 @@
+package redisx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/locksmith-go/locksmith/internal/redistest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type replyErr string
+
+func (e replyErr) Error() string { return string(e) }
+func (replyErr) RedisError()     {}
+
+func TestClassify(t *testing.T) {
+	dial := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	for _, tc := range []struct {
+		err  error
+		want Class
+	}{
+		{nil, OK},
+		{context.Canceled, Canceled},
+		{fmt.Errorf("x: %w", context.DeadlineExceeded), Canceled},
+		{dial, Unreachable},
+		{fmt.Errorf("%w: %w", context.DeadlineExceeded, dial), Unreachable},
+		{io.EOF, Unreachable},
+		{&net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}, Unreachable},
+		{&DownError{Since: time.Now(), Err: dial}, Unreachable},
+		{redis.ErrPoolTimeout, Saturated},
+		{redis.ErrClosed, Closed},
+		{replyErr("READONLY You can't write against a read only replica."), Transient},
+		{replyErr("LOADING Redis is loading the dataset in memory"), Transient},
+		{replyErr("MASTERDOWN Link with MASTER is down"), Transient},
+		{replyErr("CLUSTERDOWN The cluster is down"), Transient},
+		{replyErr("TRYAGAIN Multiple keys request during rehashing of slot"), Transient},
+		{replyErr("ERR max number of clients reached"), Transient},
+		{replyErr("WRONGTYPE Operation against a key holding the wrong kind of value"), Reply},
+		{replyErr("OOM command not allowed when used memory > 'maxmemory'."), Reply},
+		{replyErr("NOPERM this user has no permissions"), Reply},
+		{errors.New("something else"), Other},
+	} {
+		if got := Classify(tc.err); got != tc.want {
+			t.Errorf("Classify(%v) = %d; want %d", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestKey(t *testing.T) {
+	for name, want := range map[string]string{
+		"k":     "p:{k}",
+		"":      "p:{\xff}",
+		"}":     "p:{\xff}}",
+		"}a":    "p:{\xff}a}",
+		"\xff":  "p:{\xff\xff}",
+		"a}b":   "p:{a}b}",
+		"{":     "p:{{}",
+		"\xffa": "p:{\xff\xffa}",
+	} {
+		if got := Key("p:", name); got != want {
+			t.Errorf("Key(%q) = %q; want %q", name, got, want)
+		}
+	}
+	if err := CheckPrefix("ok:"); err != nil {
+		t.Errorf("CheckPrefix(ok:) = %v", err)
+	}
+	for _, p := range []string{"a{", "}", "x{y}z"} {
+		if err := CheckPrefix(p); err == nil {
+			t.Errorf("CheckPrefix(%q) = nil", p)
+		}
+	}
+}
+
+// TestOutageRemembered: once a call finds Redis unreachable, later calls
+// fail at once without trying, until a probe finds Redis back.
+func TestOutageRemembered(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	c := New(rdb)
+	defer c.Close()
+	ctx := redistest.Context(t, 30*time.Second)
+	get := func() error {
+		_, err := Run(ctx, c, func(ctx context.Context) (string, error) {
+			return rdb.Get(ctx, "k").Result()
+		}, nil)
+		if errors.Is(err, redis.Nil) {
+			return nil
+		}
+		return err
+	}
+	if err := get(); err != nil {
+		t.Fatal(err)
+	}
+	var began, ended atomic.Int32
+	c.SetOnOutage(func(error) { began.Add(1) }, func(time.Duration) { ended.Add(1) })
+	s.Kill(t)
+	if err := get(); Classify(err) != Unreachable || errors.Is(err, ErrUnavailable) {
+		t.Fatalf("first call with Redis down: got %v; want a connection error", err)
+	}
+	calls := 0
+	for range 100 {
+		_, err := Run(ctx, c, func(context.Context) (int, error) { calls++; return 0, nil }, nil)
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "unavailable since") {
+			t.Fatalf("during the outage: got %v; want ErrUnavailable", err)
+		}
+	}
+	if calls != 0 {
+		t.Fatalf("%d calls made during a known outage", calls)
+	}
+	if !c.Down() || c.Outages() != 1 || began.Load() != 1 {
+		t.Fatalf("Down %v, Outages %d, began %d; want true, 1, 1", c.Down(), c.Outages(), began.Load())
+	}
+	s.Restart(t)
+	redistest.WaitFor(t, "the probe finds Redis back", func() bool { return !c.Down() })
+	if err := get(); err != nil {
+		t.Fatalf("after the outage: %v", err)
+	}
+	if n := ended.Load(); n != 1 {
+		t.Fatalf("outage ends reported: %d; want 1", n)
+	}
+}
+
+// TestReplyIsNotAnOutage: an error reply means Redis is there.
+func TestReplyIsNotAnOutage(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := New(rdb)
+	defer c.Close()
+	ctx := context.Background()
+	rdb.LPush(ctx, "list", "x")
+	_, err := Run(ctx, c, func(ctx context.Context) (string, error) { return rdb.Get(ctx, "list").Result() }, nil)
+	if Classify(err) != Reply || c.Down() {
+		t.Fatalf("WRONGTYPE: class %d, down %v", Classify(err), c.Down())
+	}
+}
+
+func TestRunLate(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	release := make(chan struct{})
+	late := make(chan int, 1)
+	go func() {
+		time.Sleep(time.Millisecond)
+		cancel()
+	}()
+	ctx, cancel2 := context.WithTimeout(ctx, time.Minute)
+	defer cancel2()
+	_, err := Run(ctx, &Client{}, func(context.Context) (int, error) {
+		<-release
+		return 7, nil
+	}, func(v int, err error) { late <- v })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v; want Canceled", err)
+	}
+	close(release)
+	if v := <-late; v != 7 {
+		t.Fatalf("late: got %d; want 7", v)
+	}
+}
