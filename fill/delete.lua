@@ -1,13 +1,18 @@
--- Delete a cached value and break any fill in progress, so that a load that
--- started before the delete cannot store its older value after it.
--- KEYS[1] the lock P{K}; KEYS[2] the value P{K}:value.
+-- Delete a cached value and break any fill or refresh in progress, so that a
+-- load that started before the delete cannot store its older value after it.
+-- KEYS[1] the lock P{K}; KEYS[2] the value P{K}:value;
+-- KEYS[3] the failure marker P{K}:failed; KEYS[4] the back-off P{K}:backoff.
 -- ARGV[1] '1' to notify with SPUBLISH (Redis Cluster), else PUBLISH;
--- ARGV[2] the message for the channel P{K}.
--- Returns the number of keys deleted.
-local n = redis.call('DEL', KEYS[1], KEYS[2])
-if ARGV[1] == '1' then
-  redis.call('SPUBLISH', KEYS[1], ARGV[2])
-else
-  redis.call('PUBLISH', KEYS[1], ARGV[2])
-end
-return n
+-- ARGV[2] the message for the channel P{K}; ARGV[3] the invalidation
+-- channel; ARGV[4] the key, for the invalidation message.
+-- Returns {keys deleted, the server's time in ms, publish error or ''}.
+local n = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+local t = redis.call('TIME')
+local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cmd = 'PUBLISH'
+if ARGV[1] == '1' then cmd = 'SPUBLISH' end
+local publishErr = ''
+local ok, e = pcall(redis.call, cmd, KEYS[1], ARGV[2])
+if not ok then publishErr = type(e) == 'table' and e.err or tostring(e) end
+pcall(redis.call, 'PUBLISH', ARGV[3], 'd' .. string.format('%d', nowMs) .. ' ' .. ARGV[4])
+return {n, nowMs, publishErr}

@@ -12,15 +12,36 @@
 // value from the message. A hit costs one round trip, a miss two plus the
 // loader.
 //
-// The fill lock is a [lock] lock: a fill and a lock.Locker.Do on the same name
-// and prefix exclude each other.
+// The fill lock is a [github.com/locksmith-go/locksmith/lock] lock: a fill
+// and a lock.Locker.Do on the same name and prefix exclude each other.
+//
+// # Values
+//
+// Every caller gets the value as the codec returns it: the loader's value is
+// encoded, stored, and decoded again, so that the callers on the loading
+// server see what every other server and every later hit sees (unexported
+// fields dropped, times in the codec's zone). The callers of one flight, and
+// of the in-process tier, share one decoded value: treat it as read-only, as
+// with x/sync/singleflight.
+//
+// # Freshness
+//
+// A value is fresh for Options.TTL. With Options.StaleWhileRevalidate, a
+// value past its TTL is still served, at once, while exactly one server
+// fleet-wide refreshes it in the background; with Options.StaleIfError, it
+// is served while refreshes fail, and failing refreshes back off
+// fleet-wide; with Options.EarlyRefresh, hot values are refreshed before
+// they expire. See [Options].
 //
 // # Keys
 //
 // For a key K under prefix P: the value is P{K}:value, the lock P{K}, and
-// notifications go on the channel P{K}. A fill takes no fencing token: its
-// store is checked against its lock token inside Redis, in the same script,
-// so it needs no counter key beside each value.
+// notifications go on the channel P{K}. A failed load leaves a short-lived
+// marker P{K}:failed for the servers that waited for it, and failing
+// refreshes a back-off P{K}:backoff. A fill takes no fencing token: its
+// store is checked against its lock token inside Redis, in the same script.
+// Stores and deletes also publish on the channel P + "invalidate", which
+// in-process tiers listen to.
 //
 // # Failures
 //
@@ -28,237 +49,100 @@
 // published, so every waiter returns it at once instead of each calling the
 // upstream in turn. An error wrapping [ErrNotFound] is cached as an absence
 // for Options.NegativeTTL. A loader panic is re-raised in every caller of the
-// process, as x/sync/singleflight does. When Redis cannot be reached, Get runs
-// the loader anyway (the in-process merge still holds) unless
-// Options.FailClosed is set. Entries that cannot be decoded are counted and
-// treated as misses, never served.
+// process, as x/sync/singleflight does. When Redis cannot be reached, or
+// cannot serve now (a failover, a restart), Get runs the loader anyway (the
+// in-process merge still holds) unless Options.FailClosed is set; an outage
+// is remembered, so calls during it do not each pay the client's dial
+// retries. Entries that cannot be decoded are counted and treated as
+// misses, never served.
 package fill
 
 import (
 	"context"
-	_ "embed"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"runtime/debug"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/locksmith-go/locksmith/codec"
+	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/internal/envelope"
+	"github.com/locksmith-go/locksmith/internal/flight"
 	"github.com/locksmith-go/locksmith/internal/lease"
 	"github.com/locksmith-go/locksmith/internal/notify"
+	"github.com/locksmith-go/locksmith/internal/redisx"
+	"github.com/locksmith-go/locksmith/observe"
 )
-
-var (
-	// ErrNotFound, wrapped by a loader's error, has the absence of the value
-	// cached for Options.NegativeTTL; later calls return an error wrapping
-	// ErrNotFound without loading.
-	ErrNotFound = errors.New("fill: not found")
-	// ErrLoadFailed is wrapped by the error a caller gets when the loader
-	// failed or panicked on another server while this one waited for it.
-	ErrLoadFailed = errors.New("fill: load failed on another server")
-	// ErrClosed is returned by Get on a closed Cache.
-	ErrClosed = errors.New("fill: cache closed")
-)
-
-// Options configure a [Cache]. The zero value gives the defaults.
-type Options struct {
-	// Prefix is put before every key and channel name; it must not contain
-	// '{' or '}'. Use the same prefix as a lock.Locker for fills and locks
-	// to exclude each other.
-	// default: "__locksmith:"
-	Prefix string
-
-	// TTL is how long a value stays cached.
-	// default: 1h
-	TTL time.Duration
-
-	// LockTTL is the fill lock's lease. It is renewed every LockTTL/3 while
-	// the loader runs, so it only bounds how long other servers wait for a
-	// server that crashed mid-load.
-	// default: 120s
-	LockTTL time.Duration
-
-	// Codec turns values into bytes.
-	// default: codec.MsgPack
-	Codec codec.Codec
-
-	// NegativeTTL is how long an absence (a loader error wrapping
-	// ErrNotFound) stays cached.
-	// default: 1m
-	NegativeTTL time.Duration
-
-	// Jitter shortens every TTL by a random fraction up to Jitter, so keys
-	// filled together do not expire together. 0 gives the default; a
-	// negative value disables it.
-	// default: 0.1
-	Jitter float64
-
-	// LoadTimeout bounds a flight: the loader runs on a context detached
-	// from its callers (one caller giving up does not cancel the others'
-	// load) that ends after LoadTimeout. It guards against a loader that
-	// hangs; the fill lock is renewed until then.
-	// default: 10m
-	LoadTimeout time.Duration
-
-	// PollInterval is the longest a flight waiting on another server goes
-	// without looking at the key again when no notification arrives.
-	// default: 1s
-	PollInterval time.Duration
-
-	// PublishLimit is the largest encoded value sent in the notification to
-	// waiting servers; larger values are announced, and waiters read them
-	// with one GET. A negative value never sends values.
-	// default: 64 KiB
-	PublishLimit int
-
-	// CompressAbove compresses encoded values of at least this many bytes
-	// when that makes them smaller. A negative value disables compression.
-	// default: 4 KiB
-	CompressAbove int
-
-	// ReadFirst reads a value with a plain GET before the read-or-claim
-	// script: a hit then costs the server what a GET costs (no Lua), and a
-	// miss costs one more round trip (three, plus the loader). For keys
-	// read far more often than they are filled.
-	// default: false (a hit one round trip, a miss two)
-	ReadFirst bool
-
-	// FailClosed makes Get return the Redis error when Redis cannot be
-	// reached, instead of running the loader without the fleet-wide lock.
-	// default: false (fail open)
-	FailClosed bool
-}
-
-func (o *Options) withDefaults() Options {
-	var opt Options
-	if o != nil {
-		opt = *o
-	}
-	if opt.Prefix == "" {
-		opt.Prefix = lease.DefaultPrefix
-	}
-	if opt.TTL <= 0 {
-		opt.TTL = time.Hour
-	}
-	if opt.LockTTL <= 0 {
-		opt.LockTTL = 120 * time.Second
-	}
-	if opt.Codec == nil {
-		opt.Codec = codec.MsgPack
-	}
-	if opt.NegativeTTL <= 0 {
-		opt.NegativeTTL = time.Minute
-	}
-	switch {
-	case opt.Jitter == 0:
-		opt.Jitter = 0.1
-	case opt.Jitter < 0:
-		opt.Jitter = 0
-	case opt.Jitter > 1:
-		opt.Jitter = 1
-	}
-	if opt.LoadTimeout <= 0 {
-		opt.LoadTimeout = 10 * time.Minute
-	}
-	if opt.PollInterval <= 0 {
-		opt.PollInterval = time.Second
-	}
-	if opt.PublishLimit == 0 {
-		opt.PublishLimit = 64 << 10
-	}
-	switch {
-	case opt.CompressAbove == 0:
-		opt.CompressAbove = envelope.DefaultCompressAbove
-	case opt.CompressAbove < 0:
-		opt.CompressAbove = 0
-	}
-	return opt
-}
-
-// Option changes one [Get] call. When calls merge, the options of the call
-// that started the flight apply.
-type Option func(*call)
-
-type call struct {
-	ttl, negativeTTL time.Duration
-}
-
-// WithTTL caches this call's value for d instead of Options.TTL.
-func WithTTL(d time.Duration) Option {
-	return func(c *call) {
-		if d > 0 {
-			c.ttl = d
-		}
-	}
-}
-
-// WithNegativeTTL caches this call's absence for d instead of
-// Options.NegativeTTL.
-func WithNegativeTTL(d time.Duration) Option {
-	return func(c *call) {
-		if d > 0 {
-			c.negativeTTL = d
-		}
-	}
-}
-
-// Stats are a Cache's counters since New.
-type Stats struct {
-	Hits         uint64 // values (or cached absences) read from Redis
-	Misses       uint64 // flights that found no value in Redis
-	Loads        uint64 // loader calls
-	LocalMerges  uint64 // calls that joined a flight already running in this process
-	RemoteMerges uint64 // flights that took another server's result instead of loading
-	LoadErrors   uint64 // loader calls that failed (not with ErrNotFound) or panicked
-	Corrupt      uint64 // entries in Redis or in notifications that could not be decoded
-	RedisErrors  uint64 // failed Redis calls
-	StaleStores  uint64 // loaded values not stored: the lease was lost or the key deleted meanwhile
-}
-
-type counters struct {
-	hits, misses, loads, localMerges, remoteMerges atomic.Uint64
-	loadErrors, corrupt, redisErrors, staleStores  atomic.Uint64
-}
 
 // Cache is a fleet-wide single-flight cache on one Redis. It is safe for
 // concurrent use. It keeps one pub/sub connection, opened when a flight first
-// waits on another server; [Cache.Close] closes it.
+// waits on another server (or at once with a local tier); [Cache.Close]
+// closes it.
 type Cache struct {
-	rdb    *lease.Client
-	opt    Options
-	hub    *notify.Hub
-	base   context.Context // parent of every flight; cancelled by Close
-	cancel context.CancelFunc
-	stats  counters
+	rdb     *redisx.Client
+	opt     Options
+	err     error // the options' error, returned by every call
+	hub     *notify.Hub
+	flights *flight.Group[flightKey]
+	base    context.Context // ends, with cause ErrClosed, at Close
+	cancel  context.CancelCauseFunc
+	stats   counters
+	local   *local // nil when off
 
-	mu      sync.Mutex // guards flights and closed
-	flights map[flightKey]*flight
-	closed  bool
-	wg      sync.WaitGroup // running flights
+	invalChannel   string // where stores and deletes announce themselves
+	swrArg, sieArg string // the stale windows, for the claim script
+
+	mu         sync.Mutex // guards closed and wg.Add
+	closed     bool
+	wg         sync.WaitGroup // flights and refreshes running
+	failedOpen bool           // a fail-open was logged in this outage; guarded by mu
 }
 
 // New returns a Cache on rdb, which may be a *redis.Client, a
-// *redis.ClusterClient or a failover client. A nil opt gives the defaults.
+// *redis.ClusterClient, a failover (Sentinel) client or a *redis.Ring. A nil
+// opt gives the defaults. Options that cannot work (a Prefix with '{' or
+// '}') make every call return an error saying why.
 func New(rdb redis.UniversalClient, opt *Options) *Cache {
-	base, cancel := context.WithCancel(context.Background())
-	return &Cache{
-		rdb:     lease.NewClient(rdb),
-		opt:     opt.withDefaults(),
-		hub:     notify.New(rdb),
-		base:    base,
-		cancel:  cancel,
-		flights: make(map[flightKey]*flight),
+	o, err := opt.withDefaults()
+	c := &Cache{
+		rdb:          redisx.New(rdb),
+		opt:          o,
+		err:          err,
+		flights:      flight.New[flightKey](),
+		invalChannel: o.Prefix + "invalidate",
+		swrArg:       lease.Millis(o.StaleWhileRevalidate),
+		sieArg:       lease.Millis(o.StaleIfError),
 	}
+	c.base, c.cancel = context.WithCancelCause(context.Background())
+	c.hub = notify.New(rdb, &notify.Options{OnError: func(err error) {
+		c.log("pub/sub refused; waiters poll every PollInterval", "err", err)
+	}})
+	c.rdb.SetOnOutage(func(err error) {
+		c.log("redis unreachable", "err", err)
+		c.event(context.Background(), observe.Event{Kind: observe.OutageStart, Err: err})
+	}, func(d time.Duration) {
+		c.mu.Lock()
+		c.failedOpen = false
+		c.mu.Unlock()
+		c.log("redis reachable again", "outage", d)
+		c.event(context.Background(), observe.Event{Kind: observe.OutageEnd, Duration: d})
+	})
+	if o.Local != nil && err == nil {
+		c.local = newLocal(c, *o.Local)
+	}
+	return c
 }
 
-// Close cancels the loads in progress, waits for them to return, and closes
-// the pub/sub connection. Get then returns [ErrClosed].
+// Close ends the loads and waits in progress and waits for them to return,
+// then closes the pub/sub connection. A load ended by Close releases its
+// fill lock without a failure, so waiters on other servers look again and
+// one of them loads; callers in this process get [ErrClosed]. Get then
+// returns ErrClosed.
 func (c *Cache) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -267,73 +151,33 @@ func (c *Cache) Close() error {
 	}
 	c.closed = true
 	c.mu.Unlock()
-	c.cancel()
+	c.flights.Close()
+	c.cancel(ErrClosed)
 	c.wg.Wait()
-	return c.hub.Close()
-}
-
-// Stats returns the Cache's counters.
-func (c *Cache) Stats() Stats {
-	s := &c.stats
-	return Stats{
-		Hits: s.hits.Load(), Misses: s.misses.Load(), Loads: s.loads.Load(),
-		LocalMerges: s.localMerges.Load(), RemoteMerges: s.remoteMerges.Load(),
-		LoadErrors: s.loadErrors.Load(), Corrupt: s.corrupt.Load(),
-		RedisErrors: s.redisErrors.Load(), StaleStores: s.staleStores.Load(),
+	if c.local != nil {
+		c.local.close()
 	}
-}
-
-//go:embed delete.lua
-var deleteLua string
-var deleteScript = redis.NewScript(deleteLua)
-
-// Delete removes key's value and breaks any fill of it in progress: a load
-// that started before Delete cannot store its value after it. Waiting
-// servers look again (and one of them loads afresh).
-func (c *Cache) Delete(ctx context.Context, key string) error {
-	lockKey := lease.LockKey(c.opt.Prefix, key)
-	_, err := lease.Run(ctx, c.rdb, func(ctx context.Context) (any, error) {
-		return deleteScript.Run(ctx, c.rdb.Scripter(), []string{lockKey, lease.ValueKey(lockKey)},
-			c.rdb.PublishFlag(), msgDeleted).Result()
-	}, nil)
-	if err != nil {
-		c.stats.redisErrors.Add(1)
-		return fmt.Errorf("fill: delete %s: %w", lease.Quote(key), err)
-	}
-	return nil
-}
-
-// PanicError is what a caller of [Get] panics with when the loader panicked:
-// the loader's panic value and the stack where it panicked.
-type PanicError struct {
-	Value any
-	Stack []byte
-}
-
-func (p *PanicError) Error() string {
-	return fmt.Sprintf("fill: loader panicked: %v\n\n%s", p.Value, p.Stack)
-}
-
-// Unwrap returns the panic value when it is an error.
-func (p *PanicError) Unwrap() error {
-	err, _ := p.Value.(error)
+	err := c.hub.Close()
+	c.rdb.Close()
 	return err
 }
 
-// errGoexit is the flight's outcome when the loader called runtime.Goexit.
-var errGoexit = errors.New("fill: loader called runtime.Goexit")
+// enter registers work that Close waits for; false once closed.
+func (c *Cache) enter() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.wg.Add(1)
+	return true
+}
 
 // flightKey tells flights apart by key and by the type loaded: two calls for
 // one key with different types each decode their own value.
 type flightKey struct {
 	key string
 	typ reflect.Type
-}
-
-type flight struct {
-	done    chan struct{} // closed when out is set
-	waiters int           // callers still waiting; guarded by Cache.mu
-	out     outcome
 }
 
 // outcome is how a flight or a load ended.
@@ -343,9 +187,17 @@ type outcome struct {
 	panicked *PanicError
 }
 
+func (o outcome) landed() flight.Outcome {
+	if o.panicked != nil {
+		return flight.Outcome{Panic: o.panicked}
+	}
+	return flight.Outcome{Val: o.val, Err: o.err}
+}
+
 // ops are the typed operations of one Get call, erased to any so the flight
 // machinery is not generic.
 type ops struct {
+	typ    reflect.Type
 	load   func(context.Context) (any, error)
 	decode func([]byte) (any, error)
 }
@@ -353,80 +205,81 @@ type ops struct {
 // Get returns the value cached for key, or runs load to make it, once across
 // every Cache on the same Redis and prefix. Each caller waits with its own
 // ctx: a caller that gives up gets ctx.Err() and leaves the flight running
-// for the others. load runs on a context detached from the callers, bounded
-// by Options.LoadTimeout and cancelled if the fill lock's lease is lost.
+// for the others; a ctx that has already ended starts nothing. load runs on
+// a context detached from the callers' cancellation but carrying the first
+// caller's values, bounded by Options.LoadTimeout, and cancelled if the fill
+// lock's lease is lost or the Cache is closed.
 //
 // A loader error reaches every caller waiting for it (here as the loader's
 // own error value, on other servers wrapped in [ErrLoadFailed]); an error
-// wrapping [ErrNotFound] is also cached for Options.NegativeTTL. A loader
+// wrapping [ErrNotFound] is also cached for Options.NegativeTTL, and later
+// calls get an error naming the key and wrapping ErrNotFound. A loader
 // panic is re-raised in every caller in this process as a *[PanicError];
-// when every caller has given up by then, it is re-raised on the flight's own
-// goroutine, as an unrecovered panic in any goroutine would be: a panic is
-// never swallowed.
+// when every caller has given up by then, it is re-raised on the flight's
+// own goroutine, as an unrecovered panic in any goroutine would be: a panic
+// is never swallowed.
+//
+// The value returned may be shared with other callers: treat it as
+// read-only.
 func Get[T any](ctx context.Context, c *Cache, key string, load func(ctx context.Context) (T, error), opts ...Option) (T, error) {
 	var zero T
 	if load == nil {
 		return zero, errors.New("fill: Get called with a nil loader")
 	}
-	cl := call{ttl: c.opt.TTL, negativeTTL: c.opt.NegativeTTL}
-	for _, o := range opts {
-		o(&cl)
-	}
-	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}
-	f, leader, err := c.join(fk)
-	if err != nil {
+	if err := ctx.Err(); err != nil {
 		return zero, err
 	}
+	if c.err != nil {
+		return zero, c.err
+	}
+	if c.local != nil {
+		if v, absent, ok := c.local.get(key); ok {
+			if absent {
+				c.localHit(ctx, key)
+				return zero, notFound(key)
+			}
+			if t, ok := v.(T); ok {
+				c.localHit(ctx, key)
+				return t, nil
+			}
+		}
+	}
+	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}
+	f, leader, err := c.flights.Join(fk)
+	if err != nil {
+		return zero, ErrClosed
+	}
 	if leader {
+		cl := callOptions{ttl: c.opt.TTL, negativeTTL: c.opt.NegativeTTL}
+		for _, o := range opts {
+			o.apply(&cl)
+		}
 		cdc := c.opt.Codec
-		o := ops{
+		c.start(ctx, f, key, cl, ops{
+			typ:  fk.typ,
 			load: func(ctx context.Context) (any, error) { return load(ctx) },
 			decode: func(b []byte) (any, error) {
 				var v T
 				err := cdc.Unmarshal(b, &v)
 				return v, err
 			},
-		}
-		c.start(ctx, f, fk, cl, o)
+		})
+	} else {
+		c.stats.localMerges.Add(1)
 	}
-	select {
-	case <-f.done:
-	case <-ctx.Done():
-		c.mu.Lock()
-		select {
-		case <-f.done:
-			c.mu.Unlock()
-		default:
-			f.waiters--
-			c.mu.Unlock()
-			return zero, ctx.Err()
-		}
+	v, err := f.Wait(ctx)
+	if err != nil {
+		return zero, err
 	}
-	if f.out.panicked != nil {
-		panic(f.out.panicked)
-	}
-	if f.out.err != nil {
-		return zero, f.out.err
-	}
-	v, _ := f.out.val.(T)
-	return v, nil
+	t, _ := v.(T)
+	return t, nil
 }
 
-func (c *Cache) join(fk flightKey) (f *flight, leader bool, err error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return nil, false, ErrClosed
+func (c *Cache) localHit(ctx context.Context, key string) {
+	c.stats.localHits.Add(1)
+	if c.opt.Observer != nil {
+		c.event(ctx, observe.Event{Kind: observe.LocalHit, Key: key})
 	}
-	if f := c.flights[fk]; f != nil {
-		f.waiters++
-		c.stats.localMerges.Add(1)
-		return f, false, nil
-	}
-	f = &flight{done: make(chan struct{}), waiters: 1}
-	c.flights[fk] = f
-	c.wg.Add(1)
-	return f, true, nil
 }
 
 // start runs a new flight. Its caller makes the first round trip itself,
@@ -434,99 +287,126 @@ func (c *Cache) join(fk flightKey) (f *flight, leader bool, err error) {
 // goroutines. The rest (a wait for another server, or a load) runs on a
 // goroutine of the flight's own, detached from the caller, unless the
 // caller's ctx cannot end: then the caller runs it too.
-func (c *Cache) start(ctx context.Context, f *flight, fk flightKey, cl call, o ops) {
-	token := lease.NewToken()
-	l := c.look(ctx, fk.key, token, o)
-	switch {
-	case l.err != nil && ctx.Err() != nil:
-		// This caller gave up mid-call; the others have not. A fresh token:
-		// the abandoned call may yet take the lock, and its clean-up must
-		// not release the flight's.
-		go c.fly(f, fk, cl, o, nil)
-	case l.err == nil && l.r.State == lease.Found:
+func (c *Cache) start(ctx context.Context, f *flight.Call, key string, cl callOptions, o ops) {
+	if !c.enter() {
+		c.flights.Land(f, flight.Outcome{Err: ErrClosed})
+		return
+	}
+	ks := c.keyset(key)
+	l := c.look(ctx, ks, lease.NewToken(), o, modeRead, "")
+	if l.err == nil && l.r.state == found {
 		c.stats.hits.Add(1)
+		c.event(ctx, observe.Event{Kind: observe.Hit, Key: key})
+		c.keepLocal(key, &l)
+		c.maybeEarlyRefresh(ctx, key, cl, o, &l)
 		c.wg.Done()
-		c.land(f, fk, outcome{val: l.val, err: l.valErr})
-	case ctx.Done() == nil:
-		c.fly(f, fk, cl, o, &l)
-	default:
-		go c.fly(f, fk, cl, o, &l)
+		c.flights.Land(f, flight.Outcome{Val: l.val, Err: l.valErr})
+		return
+	}
+	if l.err == nil && l.r.state == stale && l.valErr == nil &&
+		(l.r.sub == staleBackoff || l.entry.StaleWindow-l.r.pttl <= c.opt.StaleWhileRevalidate) {
+		c.serveStale(ctx, key, &l)
+		if l.r.sub == staleClaimed {
+			c.refresh(ctx, key, cl, o, &l)
+		}
+		c.wg.Done()
+		c.flights.Land(f, flight.Outcome{Val: l.val})
+		return
+	}
+	first := &l
+	if l.err != nil && ctx.Err() != nil {
+		// This caller gave up mid-call; the others have not. The abandoned
+		// call cleans up after itself (see claim).
+		first = nil
+	}
+	if ctx.Done() == nil {
+		c.fly(ctx, f, key, cl, o, first)
+		return
+	}
+	go c.fly(ctx, f, key, cl, o, first)
+}
+
+// flightContext returns the context a flight's work runs on: the caller's
+// values without its cancellation, ended by Close (cause ErrClosed) and
+// after LoadTimeout.
+func (c *Cache) flightContext(caller context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(caller))
+	stop := context.AfterFunc(c.base, func() { cancel(ErrClosed) })
+	tctx, tcancel := context.WithTimeout(ctx, c.opt.LoadTimeout)
+	return tctx, func() {
+		tcancel()
+		stop()
+		cancel(nil)
 	}
 }
 
 // fly runs one flight to its outcome and hands it to the waiting callers.
 // first, if not nil, is the outcome of the flight's first round trip.
-func (c *Cache) fly(f *flight, fk flightKey, cl call, o ops, first *look) {
+func (c *Cache) fly(caller context.Context, f *flight.Call, key string, cl callOptions, o ops, first *look) {
 	defer c.wg.Done()
-	ctx, cancel := context.WithTimeout(c.base, c.opt.LoadTimeout)
+	fctx, cancel := c.flightContext(caller)
 	defer cancel()
+	// Waits end when nobody waits for the flight any more.
+	wctx, wcancel := context.WithCancel(fctx)
+	defer context.AfterFunc(f.Patience(), wcancel)()
+	defer wcancel()
 	var out outcome
 	returned := false
 	defer func() {
 		if !returned {
 			out = outcome{err: errGoexit}
 		}
-		c.land(f, fk, out)
+		c.flights.Land(f, out.landed())
 	}()
-	out = c.fill(ctx, fk.key, cl, o, first)
+	out = c.fill(fctx, wctx, key, cl, o, first)
 	returned = true
-}
-
-// land hands a flight's outcome to its callers.
-func (c *Cache) land(f *flight, fk flightKey, out outcome) {
-	c.mu.Lock()
-	if c.flights[fk] == f {
-		delete(c.flights, fk)
-	}
-	f.out = out
-	waiters := f.waiters
-	close(f.done)
-	c.mu.Unlock()
-	if out.panicked != nil && waiters == 0 {
-		// Nobody is left to re-raise it: never swallow a panic.
-		panic(out.panicked)
-	}
 }
 
 // look is one read-or-claim round trip for a flight, and what it found.
 type look struct {
-	token  string
-	sent   time.Time // when the request was sent: the lease runs from then
-	r      lease.Result
-	err    error
-	val    any   // the decoded value, when r.State is Found
-	valErr error // ErrNotFound for a cached absence
+	token    string
+	sent     time.Time // when the request was sent: the lease runs from then
+	r        claimReply
+	err      error
+	val      any            // the decoded value, when r.state is found or stale
+	valErr   error          // ErrNotFound for a cached absence, or a type conflict
+	entry    envelope.Entry // the decoded entry, payload aside
+	replaced string         // the type of an entry that could not be read as ours
 }
 
 // look reads key's value or claims its lock. A value that cannot be decoded
 // is never served: the lock is claimed regardless of it, and the load
 // overwrites it.
-func (c *Cache) look(ctx context.Context, key, token string, o ops) look {
-	lockKey := lease.LockKey(c.opt.Prefix, key)
-	read := lease.ValueKey(lockKey)
-	if c.opt.ReadFirst {
+func (c *Cache) look(ctx context.Context, ks keyset, token string, o ops, mode, awaited string) look {
+	var replaced string
+	if c.opt.ReadFirst && mode == modeRead {
 		l := look{token: token, sent: time.Now()}
-		v, ok, err := c.rdb.Get(ctx, read)
-		if err != nil {
+		v, err := redisx.Run(ctx, c.rdb, func(ctx context.Context) (string, error) {
+			return c.rdb.Redis().Get(ctx, ks.value).Result()
+		}, nil)
+		switch {
+		case errors.Is(err, redis.Nil):
+		case err != nil:
 			l.err = err
 			return l
-		}
-		if ok {
-			l.r = lease.Result{State: lease.Found, Value: v}
-			l.val, l.valErr = c.decode(v, o)
+		case envelope.Window(s2b(v)) == 0:
+			// A value without a stale window is fresh until it expires.
+			l.r = claimReply{state: found, value: v, pttl: -1}
+			c.decode(ks, v, o, &l)
 			if !errors.Is(l.valErr, envelope.ErrCorrupt) {
 				return l
 			}
-			read = ""
+			replaced, l.valErr = l.replaced, nil
+			mode = modeClaim
 		}
 	}
 	for {
-		l := look{token: token, sent: time.Now()}
-		l.r, l.err = c.rdb.Acquire(ctx, lockKey, read, token, c.opt.LockTTL, false)
-		if l.err == nil && l.r.State == lease.Found {
-			l.val, l.valErr = c.decode(l.r.Value, o)
+		l := look{token: token, sent: time.Now(), replaced: replaced}
+		l.r, l.err = c.claim(ctx, ks, token, mode, awaited)
+		if l.err == nil && (l.r.state == found || l.r.state == stale) {
+			c.decode(ks, l.r.value, o, &l)
 			if errors.Is(l.valErr, envelope.ErrCorrupt) {
-				read = ""
+				replaced, mode = l.replaced, modeClaim
 				continue
 			}
 		}
@@ -534,218 +414,501 @@ func (c *Cache) look(ctx context.Context, key, token string, o ops) look {
 	}
 }
 
-// Message kinds published on a key's channel. A value message carries the
-// stored entry after its kind byte; an error message carries the error text.
-const (
-	msgValue   = 'v'
-	msgFilled  = 'f' // stored, too large to publish: read it
-	msgError   = 'e'
-	msgPanic   = 'p'
-	msgDeleted = "d"
-)
+// s2b returns the bytes of s without copying; they must not be written.
+func s2b(s string) []byte { return []byte(s) }
+
+// decode turns a stored entry into l's value. Foreign or corrupt bytes, or
+// bytes the codec cannot read into the caller's type, give an error wrapping
+// envelope.ErrCorrupt, counted; an entry of another live type gives a
+// *TypeConflictError.
+func (c *Cache) decode(ks keyset, s string, o ops, l *look) {
+	e, err := envelope.Decode([]byte(s))
+	if err != nil {
+		c.stats.corrupt.Add(1)
+		l.valErr = err
+		return
+	}
+	payload := e.Payload
+	e.Payload = nil
+	l.entry = e
+	if e.Absent {
+		l.valErr = notFound(keyOf(c.opt.Prefix, ks))
+		return
+	}
+	v, err := o.decode(payload)
+	if err == nil {
+		l.val = v
+		return
+	}
+	if mine := typeTag(o.typ); e.Type != "" && e.Type != mine {
+		if e.Replaced == mine {
+			c.stats.typeConflicts.Add(1)
+			l.valErr = &TypeConflictError{Key: keyOf(c.opt.Prefix, ks), Stored: e.Type, Read: mine}
+			return
+		}
+		l.replaced = e.Type
+	}
+	c.stats.corrupt.Add(1)
+	l.valErr = fmt.Errorf("%w: %w", envelope.ErrCorrupt, err)
+}
+
+// keyOf recovers the caller's key from its keyset, for error messages.
+func keyOf(prefix string, ks keyset) string {
+	k := ks.lock[len(prefix)+1 : len(ks.lock)-1]
+	if len(k) > 0 && k[0] == 0xff {
+		k = k[1:]
+	}
+	return k
+}
+
+// typeTag names a Go type for the entries it writes.
+func typeTag(t reflect.Type) string {
+	if t.Name() != "" && t.PkgPath() != "" {
+		return t.PkgPath() + "." + t.Name()
+	}
+	return t.String()
+}
 
 // fill reads key's value, or loads it, or waits for another server's load.
-// first, if not nil, is the outcome of the flight's first round trip.
-func (c *Cache) fill(ctx context.Context, key string, cl call, o ops, first *look) outcome {
-	lockKey := lease.LockKey(c.opt.Prefix, key)
+// ctx bounds the flight's work; wctx, ending when nobody waits for the
+// flight any more, bounds its waits. first, if not nil, is the outcome of
+// the flight's first round trip.
+func (c *Cache) fill(ctx, wctx context.Context, key string, cl callOptions, o ops, first *look) outcome {
+	ks := c.keyset(key)
 	token := lease.NewToken()
 	if first != nil {
 		token = first.token
 	}
-	// Callers wait with their own ctx, and the flight's waits below honour
-	// ctx, so a Redis call needs no bound beyond the client's own timeouts:
-	// calling it on this goroutine saves a hand-off per round trip.
+	// Callers wait with their own ctx, and the waits below honour wctx, so
+	// a Redis call needs no bound beyond the client's own timeouts: calling
+	// it on this goroutine saves a hand-off per round trip.
 	rctx := context.WithoutCancel(ctx)
 	var (
 		val       any
 		valErr    error
-		claimed   bool
-		since     time.Time
+		claimed   *look
+		fallback  *look // a stale value to serve if the refresh fails
+		awaited   string
 		firstLook = true
+		waitStart time.Time
 	)
-	err := c.hub.Await(ctx, lockKey, func() (notify.Step, error) {
+	miss := func() {
+		if firstLook {
+			c.stats.misses.Add(1)
+			c.event(ctx, observe.Event{Kind: observe.Miss, Key: key})
+			firstLook = false
+			waitStart = time.Now()
+		}
+	}
+	err := c.hub.Await(wctx, ks.lock, func() (notify.Step, error) {
 		var l look
 		if first != nil {
 			l, first = *first, nil
 		} else {
-			l = c.look(rctx, key, token, o)
+			l = c.look(rctx, ks, token, o, modeRead, awaited)
 		}
-		since = l.sent
 		if l.err != nil {
+			if redisx.Classify(l.err) == redisx.Saturated {
+				// Redis is up; the client's pool is full: wait our turn.
+				return notify.Step{Wait: saturatedWait}, nil
+			}
 			return notify.Step{}, l.err
 		}
-		switch l.r.State {
-		case lease.Found:
+		switch l.r.state {
+		case found:
 			if firstLook {
 				c.stats.hits.Add(1)
+				c.event(ctx, observe.Event{Kind: observe.Hit, Key: key})
 			} else {
 				c.stats.remoteMerges.Add(1)
 			}
+			c.keepLocal(key, &l)
 			val, valErr = l.val, l.valErr
 			return notify.Step{Done: true}, nil
-		case lease.Acquired:
-			if firstLook {
-				c.stats.misses.Add(1)
+		case stale:
+			age := l.entry.StaleWindow - l.r.pttl
+			if l.valErr != nil {
+				// A stale absence or a type conflict: nothing to serve.
+				val, valErr = nil, l.valErr
+				if l.r.sub == staleClaimed {
+					lease.Cleanup(c.rdb, ks.lock, token)
+				}
+				return notify.Step{Done: true}, nil
 			}
-			claimed = true
-			// Claimed after waiting: the holder may have just failed, and
-			// its failure, published before this claim, is to be shared
-			// rather than loaded again.
-			return notify.Step{Done: true, Confirm: !firstLook}, nil
+			switch {
+			case l.r.sub == staleBackoff || age <= c.opt.StaleWhileRevalidate:
+				c.serveStale(ctx, key, &l)
+				val = l.val
+				if l.r.sub == staleClaimed {
+					c.refresh(ctx, key, cl, o, &l)
+				}
+				return notify.Step{Done: true}, nil
+			case l.r.sub == staleClaimed:
+				// Past the revalidate window, within stale-if-error: load
+				// now, and serve the old value if the load fails.
+				miss()
+				claimed, fallback = &l, &l
+				return notify.Step{Done: true}, nil
+			}
+			miss()
+			fallback, awaited = &l, l.r.holder
+			return notify.Step{Wait: c.opt.PollInterval}, nil
+		case acquired:
+			miss()
+			claimed = &l
+			return notify.Step{Done: true}, nil
+		case failed:
+			c.stats.remoteMerges.Add(1)
+			val, valErr = c.remoteFailure(ctx, key, l.r.msg, fallback)
+			return notify.Step{Done: true}, nil
 		}
-		if firstLook {
-			c.stats.misses.Add(1)
-			firstLook = false
-		}
-		return notify.Step{Wait: min(time.Duration(l.r.N)*time.Millisecond, c.opt.PollInterval)}, nil
+		miss()
+		awaited = l.r.holder
+		return notify.Step{Wait: min(l.r.pttl, c.opt.PollInterval)}, nil
 	}, func(p string) (bool, error) {
-		if p == "" {
-			return false, nil
-		}
-		switch p[0] {
-		case msgValue:
-			v, err := c.decode(p[1:], o)
-			if errors.Is(err, envelope.ErrCorrupt) {
+		kind, body := lease.ParseMessage(p)
+		switch kind {
+		case lease.Value:
+			var l look
+			c.decode(ks, body, o, &l)
+			if errors.Is(l.valErr, envelope.ErrCorrupt) {
 				return false, nil
 			}
-			val, valErr = v, err
-		case msgError, msgPanic:
-			valErr = fmt.Errorf("%w: %s: %s", ErrLoadFailed, lease.Quote(key), p[1:])
+			val, valErr = l.val, l.valErr
+		case lease.Failed, lease.Panicked:
+			val, valErr = c.remoteFailure(ctx, key, p, fallback)
 		default:
-			return false, nil // released, deleted or reconnected: look again
+			return false, nil // released, stored too large, deleted, or reconnected: look again
 		}
 		c.stats.remoteMerges.Add(1)
 		return true, nil
 	})
-	if errors.Is(err, notify.ErrOvertaken) {
-		// A message published before the claim settled the flight: give
-		// the lock back and take the message's outcome.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
-		defer cancel()
-		c.release(rctx, lockKey, token, lease.Released, "", nil, 0)
-		return outcome{val: val, err: valErr}
+	if !waitStart.IsZero() && claimed == nil {
+		c.event(ctx, observe.Event{Kind: observe.WaitRemote, Key: key, Duration: time.Since(waitStart)})
 	}
 	switch {
-	case err == nil && claimed:
-		return c.lead(ctx, key, lockKey, token, since, cl, o)
+	case err == nil && claimed != nil:
+		return c.lead(ctx, wctx, ks, key, cl, o, claimed, fallback, false)
 	case err == nil:
 		return outcome{val: val, err: valErr}
-	case ctx.Err() != nil:
-		return outcome{err: fmt.Errorf("fill: %s: %w", lease.Quote(key), err)}
+	case errors.Is(err, notify.ErrClosed) || context.Cause(ctx) == ErrClosed:
+		return outcome{err: ErrClosed}
+	case wctx.Err() != nil:
+		return outcome{err: fmt.Errorf("fill: %s: %w", redisx.Quote(key), err)}
 	}
 	c.stats.redisErrors.Add(1)
-	var re redis.Error
-	if c.opt.FailClosed || errors.As(err, &re) {
+	if c.opt.FailClosed || !redisx.Outage(err) {
 		// An error reply (a key of the wrong type, out of memory, ...) is
 		// not an outage: loading would not make it go away.
-		return outcome{err: fmt.Errorf("fill: %s: %w", lease.Quote(key), err)}
+		return outcome{err: fmt.Errorf("fill: %s: %w", redisx.Quote(key), err)}
 	}
-	// Fail open: Redis is unreachable; load without the fleet-wide lock.
-	c.stats.loads.Add(1)
-	out := protect(ctx, o.load)
-	if out.err != nil || out.panicked != nil {
-		c.stats.loadErrors.Add(1)
+	return c.failOpen(ctx, wctx, key, o, err)
+}
+
+// saturatedWait is how long a flight waits before trying again when the
+// client's connection pool had no free connection.
+const saturatedWait = 10 * time.Millisecond
+
+// remoteFailure is the outcome of a flight whose awaited load failed on
+// another server: the stale value, when there is one to fall back on, else
+// an error wrapping ErrLoadFailed.
+func (c *Cache) remoteFailure(ctx context.Context, key, msg string, fallback *look) (any, error) {
+	if fallback != nil && fallback.valErr == nil {
+		c.serveStale(ctx, key, fallback)
+		return fallback.val, nil
+	}
+	_, text := lease.ParseMessage(msg)
+	return nil, fmt.Errorf("%w: %s: %s", ErrLoadFailed, redisx.Quote(key), text)
+}
+
+func (c *Cache) serveStale(ctx context.Context, key string, l *look) {
+	c.stats.staleHits.Add(1)
+	c.event(ctx, observe.Event{Kind: observe.StaleHit, Key: key})
+}
+
+// failOpen loads without the fleet-wide lock: Redis is unreachable.
+func (c *Cache) failOpen(ctx, wctx context.Context, key string, o ops, cause error) outcome {
+	c.stats.failOpens.Add(1)
+	c.event(ctx, observe.Event{Kind: observe.FailOpen, Key: key, Err: cause})
+	c.mu.Lock()
+	tell := !c.failedOpen
+	c.failedOpen = true
+	c.mu.Unlock()
+	if tell {
+		c.log("loading without the fleet-wide lock: redis unavailable", "err", cause)
+	}
+	out, _ := c.load(ctx, wctx, key, o, budget.Foreground)
+	if out.err != nil && context.Cause(ctx) == ErrClosed {
+		return outcome{err: ErrClosed}
 	}
 	return out
 }
 
-// decode turns a stored entry into a value. Foreign or corrupt bytes, or
-// bytes the codec cannot read into the caller's type, give an error wrapping
-// envelope.ErrCorrupt, counted.
-func (c *Cache) decode(s string, o ops) (any, error) {
-	e, err := envelope.Decode([]byte(s))
-	if err != nil {
-		c.stats.corrupt.Add(1)
-		return nil, err
+// load runs the loader once its budget allows, again while the upstream
+// rate-limits and its callers wait, and returns its outcome and how long
+// the last call took. A load that nobody waits for any more (wctx ended)
+// before it starts is not started.
+func (c *Cache) load(ctx, wctx context.Context, key string, o ops, p budget.Priority) (outcome, time.Duration) {
+	bg := p == budget.Background
+	for {
+		if b := c.opt.Budget; b != nil {
+			start := time.Now()
+			err := b.Wait(wctx, p)
+			c.event(ctx, observe.Event{Kind: observe.BudgetWait, Key: key, Duration: time.Since(start), Err: err, Background: bg})
+			if err != nil {
+				if context.Cause(ctx) == ErrClosed {
+					err = ErrClosed
+				}
+				return outcome{err: fmt.Errorf("fill: %s: waiting for the budget: %w", redisx.Quote(key), err)}, 0
+			}
+		}
+		start := time.Now()
+		out := protect(ctx, o.load)
+		took := time.Since(start)
+		c.stats.loads.Add(1)
+		c.event(ctx, observe.Event{Kind: observe.Load, Key: key, Duration: took, Err: out.err, Background: bg})
+		var rle *budget.RateLimitedError
+		if out.panicked != nil || !errors.As(out.err, &rle) {
+			return out, took
+		}
+		c.stats.rateLimited.Add(1)
+		if c.opt.Budget == nil || wctx.Err() != nil || ctx.Err() != nil {
+			return out, took
+		}
+		pause := rle.RetryAfter
+		if pause <= 0 {
+			pause = defaultRateLimitPause
+		}
+		c.event(ctx, observe.Event{Kind: observe.Pause, Key: key, Duration: pause})
+		c.log("upstream rate-limited a load; pausing the budget", "key", key, "retry_after", pause)
+		if err := c.opt.Budget.PauseUntil(ctx, time.Now().Add(pause)); err != nil {
+			c.log("pausing the budget failed", "err", err)
+		}
 	}
-	if e.Absent {
-		return nil, ErrNotFound
-	}
-	v, err := o.decode(e.Payload)
-	if err != nil {
-		c.stats.corrupt.Add(1)
-		return nil, fmt.Errorf("%w: %w", envelope.ErrCorrupt, err)
-	}
-	return v, nil
 }
+
+// defaultRateLimitPause is the pause when a RateLimitedError does not say.
+const defaultRateLimitPause = time.Second
 
 // errLeaseLost is the cause of a loader's ctx cancellation when the fill
 // lock's lease was lost.
 var errLeaseLost = fmt.Errorf("fill: %w: the fill lock was lost during the load", lease.ErrNotHeld)
 
-// lead runs the loader as the key's claimer, then stores its outcome and
-// releases the lock in one round trip, notifying the waiting servers.
-func (c *Cache) lead(ctx context.Context, key, lockKey, token string, since time.Time, cl call, o ops) outcome {
-	c.stats.loads.Add(1)
+// lead runs the loader as the key's claimer (claimed says how it was
+// claimed), then stores its outcome and releases the lock in one round
+// trip, notifying the waiting servers. fallback, if not nil, is a stale
+// value served if the load fails. bg marks a background refresh.
+func (c *Cache) lead(ctx, wctx context.Context, ks keyset, key string, cl callOptions, o ops, claimed, fallback *look, bg bool) outcome {
+	token := claimed.token
 	lctx, cancel := context.WithCancelCause(ctx)
-	keeper := lease.Keep(c.rdb, lockKey, token, c.opt.LockTTL, since, func() { cancel(errLeaseLost) })
-	returned := false
-	// The store must happen even when the flight's ctx has run out.
+	keeper := lease.Keep(c.rdb, ks.lock, token, c.opt.LockTTL, claimed.sent, func() {
+		cancel(errLeaseLost)
+		c.event(ctx, observe.Event{Kind: observe.LeaseLost, Key: key})
+		c.log("fill lock lost during a load; its value will not be stored", "key", key)
+	})
+	// Settling must happen even when the flight's ctx has run out.
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
 	defer scancel()
+	backoff := fallback != nil || bg
+	returned := false
 	defer func() {
 		if !returned { // runtime.Goexit in the loader
 			cancel(nil)
 			_ = keeper.Stop()
-			c.release(sctx, lockKey, token, string(msgPanic)+errGoexit.Error(), "", nil, 0)
+			c.settleFailure(sctx, ks, token, lease.Message(lease.Panicked, errGoexit.Error()), backoff)
 		}
 	}()
-	start := time.Now()
-	out := protect(lctx, o.load)
-	took := time.Since(start)
+	p := budget.Foreground
+	if bg {
+		p = budget.Background
+	}
+	out, took := c.load(lctx, wctx, key, o, p)
 	lost := keeper.Stop()
 	cancel(nil)
 	returned = true
 
-	valueKey := lease.ValueKey(lockKey)
+	fail := func(kind lease.Kind, text string) {
+		c.stats.loadErrors.Add(1)
+		if bg {
+			c.stats.refreshErrors.Add(1)
+		}
+		s, err := c.settleFailure(sctx, ks, token, lease.Message(kind, limitText(text)), backoff)
+		c.settled(key, s, err)
+	}
 	switch {
 	case out.panicked != nil:
-		c.stats.loadErrors.Add(1)
-		c.release(sctx, lockKey, token, string(msgPanic)+limitText(fmt.Sprint(out.panicked.Value)), "", nil, 0)
+		fail(lease.Panicked, fmt.Sprint(out.panicked.Value))
+		return out
+	case out.err != nil && (context.Cause(ctx) == ErrClosed || (took == 0 && wctx.Err() != nil)):
+		// Closed, or nobody waits any more and the load never started:
+		// not a failure to share. Release, so another server may load.
+		c.release(sctx, ks, token)
+		if context.Cause(ctx) == ErrClosed {
+			return outcome{err: ErrClosed}
+		}
 		return out
 	case errors.Is(out.err, ErrNotFound):
-		entry := envelope.Encode(nil, envelope.Entry{Absent: true, CreatedAt: start, LoadDuration: took}, 0)
-		c.store(sctx, lockKey, token, valueKey, entry, c.jitter(cl.negativeTTL))
+		if lost != nil {
+			c.stats.staleStores.Add(1)
+			return out
+		}
+		entry := envelope.Encode(nil, envelope.Entry{Absent: true, CreatedAt: c.createdAt(claimed), LoadDuration: took,
+			Type: typeTag(o.typ)}, 0)
+		c.store(sctx, ks, key, token, entry, c.jitter(cl.negativeTTL), nil, true, claimed)
 		return out
 	case out.err != nil:
-		c.stats.loadErrors.Add(1)
-		c.release(sctx, lockKey, token, string(msgError)+limitText(out.err.Error()), "", nil, 0)
+		fail(lease.Failed, out.err.Error())
+		if fallback != nil && fallback.valErr == nil {
+			c.serveStale(ctx, key, fallback)
+			return outcome{val: fallback.val}
+		}
 		return out
 	}
 	payload, err := c.opt.Codec.Marshal(out.val)
+	var v any
+	if err == nil {
+		// The callers get the codec's copy, as every other server does.
+		v, err = o.decode(payload)
+	}
 	if err != nil {
-		c.stats.loadErrors.Add(1)
-		err = fmt.Errorf("fill: encoding the value of %s: %w", lease.Quote(key), err)
-		c.release(sctx, lockKey, token, string(msgError)+limitText(err.Error()), "", nil, 0)
+		err = fmt.Errorf("fill: %s: a %s value does not survive the codec: %w", redisx.Quote(key), typeTag(o.typ), err)
+		fail(lease.Failed, err.Error())
 		return outcome{err: err}
 	}
 	if lost != nil {
 		// The value goes to the callers; a successor may be storing a newer one.
 		c.stats.staleStores.Add(1)
-		return out
+		return outcome{val: v}
 	}
-	entry := envelope.Encode(nil, envelope.Entry{CreatedAt: start, LoadDuration: took, Payload: payload}, c.opt.CompressAbove)
-	c.store(sctx, lockKey, token, valueKey, entry, c.jitter(cl.ttl))
-	return out
+	window := c.opt.window()
+	entry := envelope.Encode(nil, envelope.Entry{CreatedAt: c.createdAt(claimed), LoadDuration: took,
+		StaleWindow: window, Type: typeTag(o.typ), Replaced: claimed.replaced, Payload: payload}, c.opt.CompressAbove)
+	ttl := c.jitter(cl.ttl)
+	c.store(sctx, ks, key, token, entry, ttl, v, false, claimed)
+	return outcome{val: v}
 }
 
-// store stores entry, releases the lock and notifies, in one round trip.
-func (c *Cache) store(ctx context.Context, lockKey, token, valueKey string, entry []byte, ttl time.Duration) {
-	msg := string(msgFilled)
+// createdAt stamps an entry with the Redis server's clock: the time of the
+// claim plus the time since it was sent. One lock holder follows another,
+// so entries of one key are stamped in the order they were stored whatever
+// the servers' clocks, and an invalidation can say which is newer.
+func (c *Cache) createdAt(claimed *look) time.Time {
+	if claimed.r.now.IsZero() {
+		return time.Now()
+	}
+	return claimed.r.now.Add(time.Since(claimed.sent))
+}
+
+// store stores entry with the value v (or an absence), releases the lock
+// and notifies, in one round trip.
+func (c *Cache) store(ctx context.Context, ks keyset, key, token string, entry []byte, ttl time.Duration, v any, absent bool, claimed *look) {
+	msg := lease.Message(lease.Filled, "")
 	if len(entry) <= c.opt.PublishLimit {
-		msg = string(msgValue) + string(entry)
+		msg = lease.Message(lease.Value, string(entry))
 	}
-	c.release(ctx, lockKey, token, msg, valueKey, entry, ttl)
+	window := time.Duration(0)
+	if !absent {
+		window = c.opt.window()
+	}
+	createdAt := c.createdAt(claimed)
+	s, err := c.settleStore(ctx, ks, token, msg, entry, ttl+window, invalidation(key, createdAt))
+	c.settled(key, s, err)
+	if err == nil && s.ours && s.storeErr == "" && c.local != nil {
+		c.local.set(key, v, absent, createdAt, time.Now().Add(ttl))
+	}
 }
 
-func (c *Cache) release(ctx context.Context, lockKey, token, msg, valueKey string, value []byte, ttl time.Duration) {
-	ok, err := c.rdb.ReleaseRetrying(ctx, lockKey, token, msg, valueKey, value, ttl)
+// settled counts and reports what a settle script did.
+func (c *Cache) settled(key string, s settled, err error) {
 	switch {
 	case err != nil:
 		c.stats.redisErrors.Add(1)
-	case !ok:
+		c.log("storing a load's outcome failed; waiters will look again", "key", key, "err", err)
+	case !s.ours:
 		c.stats.staleStores.Add(1)
+	case s.storeErr != "":
+		c.stats.storeErrors.Add(1)
+		c.log("redis refused to store a value; waiters were told", "key", key, "err", s.storeErr)
 	}
+	if s.publishErr != "" {
+		c.stats.notifyErrors.Add(1)
+	}
+}
+
+// release gives the lock back with nothing to say: waiters look again.
+func (c *Cache) release(ctx context.Context, ks keyset, token string) {
+	r, err := lease.ReleaseRetrying(ctx, c.rdb, ks.lock, token, lease.Message(lease.Released, ""))
+	switch {
+	case err != nil:
+		c.stats.redisErrors.Add(1)
+	case r.NotifyErr != nil:
+		c.stats.notifyErrors.Add(1)
+	}
+}
+
+// refresh refreshes a stale value in the background, as the holder of its
+// lock (claimed). The callers already have the stale value.
+func (c *Cache) refresh(caller context.Context, key string, cl callOptions, o ops, claimed *look) {
+	ks := c.keyset(key)
+	if !c.enter() {
+		lease.Cleanup(c.rdb, ks.lock, claimed.token)
+		return
+	}
+	c.stats.refreshes.Add(1)
+	go func() {
+		defer c.wg.Done()
+		ctx, cancel := c.flightContext(caller)
+		defer cancel()
+		out := c.lead(ctx, ctx, ks, key, cl, o, claimed, claimed, true)
+		if out.panicked != nil {
+			// Nobody waits for a refresh: never swallow a panic.
+			panic(out.panicked)
+		}
+	}()
+}
+
+// maybeEarlyRefresh decides, by XFetch, whether to refresh a fresh value
+// before its TTL, and if so tries to claim the refresh in the background.
+func (c *Cache) maybeEarlyRefresh(caller context.Context, key string, cl callOptions, o ops, l *look) {
+	if !c.opt.EarlyRefresh || l.valErr != nil || l.r.pttl <= 0 {
+		return
+	}
+	left := l.r.pttl - l.entry.StaleWindow // fresh time left
+	// Refresh when delta·β·(−ln U) ≥ time left, with β = 1.
+	if float64(l.entry.LoadDuration)*-math.Log(1-rand.Float64()) < float64(left) {
+		return
+	}
+	if !c.enter() {
+		return
+	}
+	go func() {
+		defer c.wg.Done()
+		ctx, cancel := c.flightContext(caller)
+		defer cancel()
+		ks := c.keyset(key)
+		claimed := look{token: lease.NewToken(), sent: time.Now(), entry: l.entry}
+		claimed.r, claimed.err = c.claim(ctx, ks, claimed.token, modeEarly, "")
+		if claimed.err != nil || claimed.r.state != acquired {
+			return
+		}
+		c.stats.refreshes.Add(1)
+		out := c.lead(ctx, ctx, ks, key, cl, o, &claimed, nil, true)
+		if out.panicked != nil {
+			panic(out.panicked)
+		}
+	}()
+}
+
+// keepLocal copies a value read from Redis into the in-process tier.
+func (c *Cache) keepLocal(key string, l *look) {
+	if c.local == nil || l.r.pttl <= 0 || errors.Is(l.valErr, ErrTypeConflict) {
+		return
+	}
+	fresh := l.r.pttl - l.entry.StaleWindow
+	if fresh <= 0 {
+		return
+	}
+	c.local.keep(key, l.val, l.valErr != nil, l.entry.CreatedAt, l.sent, l.sent.Add(fresh))
 }
 
 func (c *Cache) jitter(ttl time.Duration) time.Duration {
@@ -757,6 +920,22 @@ func (c *Cache) jitter(ttl time.Duration) time.Duration {
 		return ttl
 	}
 	return ttl - time.Duration(rand.Int64N(span+1))
+}
+
+// event reports e to the Observer, if any.
+func (c *Cache) event(ctx context.Context, e observe.Event) {
+	if c.opt.Observer == nil {
+		return
+	}
+	e.Source, e.Name = "fill", c.opt.Prefix
+	c.opt.Observer.Observe(ctx, e)
+}
+
+// log tells the Logger, if any, something an operator must hear.
+func (c *Cache) log(msg string, args ...any) {
+	if c.opt.Logger != nil {
+		c.opt.Logger.Warn("locksmith/fill: "+msg, append(args, "prefix", c.opt.Prefix)...)
+	}
 }
 
 // limitText shortens an error text sent to other servers.

@@ -613,19 +613,37 @@ func TestTypes(t *testing.T) {
 	}
 }
 
+// TestClose: Close during a load ends it without a failure: callers in the
+// closing process get ErrClosed, and a waiter on another server, instead of
+// a shared failure, looks again and loads itself.
 func TestClose(t *testing.T) {
-	_, rdb := redistest.Mini(t)
+	m, rdb := redistest.Mini(t)
 	c := fill.New(rdb, nil)
+	other := newCache(t, redistest.Client(t, m.Addr()), &fill.Options{PollInterval: time.Hour})
 	ctx := redistest.Context(t, 20*time.Second)
 	g := newGate()
 	res := make(chan error, 1)
 	go func() { _, err := fill.Get(ctx, c, "k", g.load(user{})); res <- err }()
 	<-g.started
+	remote := make(chan result, 1)
+	go func() {
+		v, err := fill.Get(ctx, other, "k", func(context.Context) (user, error) { return user{ID: 77}, nil })
+		remote <- result{v, err}
+	}()
+	redistest.WaitFor(t, "the other server waits", func() bool { return other.Stats().Misses == 1 })
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-res; !errors.Is(err, context.Canceled) {
-		t.Errorf("in-flight Get: got %v; want the cancelled load's error", err)
+	if err := <-res; !errors.Is(err, fill.ErrClosed) {
+		t.Errorf("in-flight Get: got %v; want ErrClosed", err)
+	}
+	select {
+	case r := <-remote:
+		if r.err != nil || r.v.ID != 77 {
+			t.Errorf("the other server: got %+v, %v; want its own load's value", r.v, r.err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the other server's waiter was not told the lock was released")
 	}
 	if _, err := fill.Get(ctx, c, "k", g.load(user{})); !errors.Is(err, fill.ErrClosed) {
 		t.Errorf("Get after Close: got %v; want ErrClosed", err)
@@ -633,4 +651,9 @@ func TestClose(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
+}
+
+type result struct {
+	v   user
+	err error
 }

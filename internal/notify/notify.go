@@ -60,8 +60,9 @@ type Hub struct {
 	ring    *redis.Ring          // non-nil: one connection per shard
 	beat    string               // heartbeat channel; "" on a Cluster or a Ring
 
-	errCount atomic.Uint64
-	onError  func(error)
+	errCount  atomic.Uint64
+	onError   func(error)
+	beatEvery time.Duration
 
 	mu      sync.Mutex // guards every field below and the fields of shards and entries
 	chans   map[string]*entry
@@ -84,6 +85,10 @@ type Options struct {
 	// OnError, if not nil, is called when Redis refuses a subscription,
 	// once per refusal that follows a working subscription.
 	OnError func(error)
+	// Heartbeat is how often the Hub of a standalone or Sentinel client
+	// publishes a heartbeat while anyone waits or listens.
+	// default: 200ms
+	Heartbeat time.Duration
 }
 
 type op struct {
@@ -104,6 +109,7 @@ type shard struct {
 
 // entry is the state of one channel.
 type entry struct {
+	listeners  map[*Listener]struct{}
 	refs       int
 	want       bool   // the newest op queued for the channel is SUBSCRIBE
 	subOp      uint64 // the number of that SUBSCRIBE
@@ -125,8 +131,12 @@ func New(rdb redis.UniversalClient, opt *Options) *Hub {
 		kick:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
+	h.beatEvery = defaultBeat
 	if opt != nil {
 		h.onError = opt.OnError
+		if opt.Heartbeat > 0 {
+			h.beatEvery = opt.Heartbeat
+		}
 	}
 	switch c := rdb.(type) {
 	case *redis.ClusterClient:
@@ -394,7 +404,6 @@ func (h *Hub) shardFor(channel string) *shard {
 		sh.ps = client.Subscribe(context.Background())
 	default:
 		sh.ps = h.rdb.Subscribe(context.Background())
-		sh.heard = time.Now()
 		h.subSeq++
 		h.enqueue(op{channel: h.beat, subscribe: true, n: h.subSeq})
 	}
@@ -436,6 +445,7 @@ func (h *Hub) reader(sh *shard, ps *redis.PubSub) {
 				_ = ps.Ping(ctx)
 			default:
 				// Disconnected: the next receive dials again.
+				h.lost(sh)
 				h.resubscribe(sh)
 				backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
 				t := time.NewTimer(backoff)
@@ -533,6 +543,9 @@ func (h *Hub) deliver(channel, payload string) {
 	for s := range e.subs {
 		s.put(payload)
 	}
+	for l := range e.listeners {
+		l.fn(payload)
+	}
 }
 
 // put delivers payload, replacing an unread older one. h.mu must be held.
@@ -565,6 +578,9 @@ func (h *Hub) confirm(sh *shard, kind, channel string) {
 			// re-established and messages may have been lost.
 			for s := range e.subs {
 				s.put(Wake)
+			}
+			for l := range e.listeners {
+				l.fn(Wake)
 			}
 		}
 		if h.told && h.backoff > 0 {
@@ -610,12 +626,13 @@ func (h *Hub) pong(sh *shard, payload string) {
 // one every beatEvery; after beatMissed heartbeats that Redis accepted
 // without one arriving, the pub/sub connection is replaced.
 const (
-	beatEvery  = 200 * time.Millisecond
-	beatMissed = 3
+	defaultBeat = 200 * time.Millisecond
+	beatMissed  = 3
 )
 
 func (h *Hub) heartbeat() {
 	defer h.wg.Done()
+	beatEvery := h.beatEvery
 	t := time.NewTicker(beatEvery)
 	defer t.Stop()
 	for {
@@ -681,8 +698,84 @@ func (h *Hub) replace(sh *shard) {
 	go h.reader(sh, sh.ps)
 	h.mu.Unlock()
 	_ = old.Close()
+	h.lost(sh)
 	h.resubscribe(sh)
 }
+
+// lost tells the listeners of sh's channels, with [Wake], that messages may
+// have been lost: the connection broke or was replaced. It runs before any
+// message of a new connection is dispatched to them.
+func (h *Hub) lost(sh *shard) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if sh.addr == "" {
+		sh.heard = time.Time{}
+	}
+	for _, e := range h.chans {
+		if e.sh != sh && e.sh != nil {
+			continue
+		}
+		for l := range e.listeners {
+			l.fn(Wake)
+		}
+	}
+}
+
+// Listener is a permanent subscription whose messages go to a function.
+type Listener struct {
+	h       *Hub
+	channel string
+	fn      func(string)
+	sub     *Sub
+}
+
+// Listen subscribes to channel for as long as the Hub lives (or until
+// [Listener.Close]) and calls fn with every message, on the Hub's reader
+// goroutine and in order, while it holds the Hub's lock: fn must be quick
+// and must not call the Hub. fn is also called with [Wake] whenever
+// messages may have been lost (a connection broke or was replaced, or was
+// re-established), before any later message.
+func (h *Hub) Listen(channel string, fn func(payload string)) *Listener {
+	l := &Listener{h: h, channel: channel, fn: fn}
+	l.sub = h.Subscribe(channel)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if e := l.sub.e; e.subs != nil {
+		if e.listeners == nil {
+			e.listeners = make(map[*Listener]struct{})
+		}
+		e.listeners[l] = struct{}{}
+	}
+	return l
+}
+
+// Ready is closed once the listener's subscription is confirmed.
+func (l *Listener) Ready() <-chan struct{} { return l.sub.Ready() }
+
+// Close ends the listener's subscription.
+func (l *Listener) Close() {
+	l.h.mu.Lock()
+	delete(l.sub.e.listeners, l)
+	l.h.mu.Unlock()
+	l.sub.Close()
+}
+
+// Heard returns when the newest heartbeat that came back was sent: every
+// message published before then has been delivered. It is the zero Time on
+// a Cluster or a Ring (no heartbeats), and after a connection broke until a
+// heartbeat comes back on the new one.
+func (h *Hub) Heard() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if sh := h.shards[""]; sh != nil && h.beat != "" {
+		return sh.heard
+	}
+	return time.Time{}
+}
+
+// Heartbeats reports whether the Hub sends heartbeats: on a standalone or
+// Sentinel client, not on a Cluster or a Ring.
+func (h *Hub) Heartbeats() bool { return h.beat != "" }
 
 // Close closes the pub/sub connections and stops the Hub's goroutines. Subs
 // still open stay valid but receive nothing more; [Hub.Await] calls return

@@ -1,0 +1,86 @@
+-- Read a cached value, or claim the right to load it: the fill algorithm's
+-- first round trip.
+-- KEYS[1] the lock P{K}; KEYS[2] the value P{K}:value;
+-- KEYS[3] the failure marker P{K}:failed; KEYS[4] the back-off P{K}:backoff.
+-- ARGV[1] the caller's token; ARGV[2] the lease in ms;
+-- ARGV[3] the mode: 'r' read, else claim; 'c' claim without reading (the
+--   value could not be decoded); 'e' claim an early refresh, unless failed
+--   refreshes are backing off;
+-- ARGV[4] the token of the holder the caller waited for, or '': if that
+--   holder failed, its failure is returned instead of a claim;
+-- ARGV[5], ARGV[6] the caller's stale-while-revalidate and stale-if-error
+--   windows in ms: how far past its TTL a value may still be served.
+-- Returns
+--   {2, value, pttl}                  a fresh value; pttl the key's, in ms
+--   {3, value, pttl, 1, now}          a stale value, and its refresh claimed
+--   {3, value, pttl, 0, holder}       a stale value, refreshed by holder
+--   {3, value, pttl, 2}               a stale value, refreshes backing off
+--   {1, now}                          claimed; now is the server's time in ms
+--   {0, pttl, holder}                 held by holder for pttl more ms
+--   {4, message}                      the awaited holder failed with message
+-- A value's stale window is read from its entry's fixed place (bytes 4-7
+-- of a format 2 entry, see internal/envelope): the key lives TTL + window,
+-- so the value is stale once its PTTL is at most the window.
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function backingOff()
+  local b = redis.call('GET', KEYS[4])
+  if not b then return false end
+  local untilMs = tonumber(string.match(b, '^(%d+)'))
+  return untilMs ~= nil and untilMs > now()
+end
+
+-- claim takes the lock, or reports who holds it. GET, not EXISTS: a key of
+-- another type raises WRONGTYPE instead of looking like a held lock.
+local function claim()
+  if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return true end
+  local holder = redis.call('GET', KEYS[1])
+  if holder == ARGV[1] then
+    -- Ours already: a retry of a call whose reply was lost.
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return true
+  end
+  return false, holder
+end
+
+local mode = ARGV[3]
+if mode == 'e' then
+  if not backingOff() and claim() then return {1, now()} end
+  return {0, 0, ''}
+end
+if mode == 'r' then
+  local v = redis.call('GET', KEYS[2])
+  if v then
+    local pttl = redis.call('PTTL', KEYS[2])
+    local w = 0
+    if #v >= 7 and string.byte(v, 1) == 193 and string.byte(v, 2) == 2 then
+      local a, b, c, d = string.byte(v, 4, 7)
+      w = ((a * 256 + b) * 256 + c) * 256 + d
+    end
+    if w == 0 or pttl < 0 or pttl > w then return {2, v, pttl} end
+    local age = w - pttl
+    if age <= tonumber(ARGV[5]) or age <= tonumber(ARGV[6]) then
+      if backingOff() then return {3, v, pttl, 2} end
+      local ok, holder = claim()
+      if ok then return {3, v, pttl, 1, now()} end
+      return {3, v, pttl, 0, holder}
+    end
+    -- Older than this caller serves: a miss.
+  end
+end
+if ARGV[4] ~= '' then
+  local f = redis.call('GET', KEYS[3])
+  if f and string.sub(f, 1, #ARGV[4] + 1) == ARGV[4] .. ' ' then
+    return {4, string.sub(f, #ARGV[4] + 2)}
+  end
+end
+local ok, holder = claim()
+if ok then return {1, now()} end
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl < 0 then
+  return redis.error_reply('LOCKSMITH ' .. KEYS[1] .. ' has no expiry: not a locksmith lock')
+end
+return {0, pttl, holder}

@@ -1,0 +1,70 @@
+package fill
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/locksmith-go/locksmith/internal/redisx"
+)
+
+var (
+	// ErrNotFound, wrapped by a loader's error, has the absence of the value
+	// cached for Options.NegativeTTL; later calls return an error wrapping
+	// ErrNotFound, naming the key, without loading.
+	ErrNotFound = errors.New("fill: not found")
+	// ErrLoadFailed is wrapped by the error a caller gets when the loader
+	// failed or panicked on another server while this one waited for it.
+	ErrLoadFailed = errors.New("fill: load failed on another server")
+	// ErrClosed is returned by Get on a closed Cache, and by calls that
+	// were waiting for a load the closing Cache ran.
+	ErrClosed = errors.New("fill: cache closed")
+	// ErrTypeConflict is wrapped by a [TypeConflictError].
+	ErrTypeConflict = errors.New("fill: a key is read as two types")
+)
+
+// notFound is the error of a cached absence of key.
+func notFound(key string) error {
+	return fmt.Errorf("fill: %s: %w", redisx.Quote(key), ErrNotFound)
+}
+
+// PanicError is what a caller of [Get] panics with when the loader panicked:
+// the loader's panic value and the stack where it panicked.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (p *PanicError) Error() string {
+	return fmt.Sprintf("fill: loader panicked: %v\n\n%s", p.Value, p.Stack)
+}
+
+// Unwrap returns the panic value when it is an error.
+func (p *PanicError) Unwrap() error {
+	err, _ := p.Value.(error)
+	return err
+}
+
+// TypeConflictError is returned when a key's entry was written as one Go
+// type and is read as another that cannot decode it, while servers reading
+// it as the first type are still live: the entry replaced one of the
+// reader's type. Reloading would have the two types overwrite each other on
+// every read, each time calling the upstream; instead, the reader gets this
+// error until the entry expires or is deleted. (An entry of another type
+// that did not replace the reader's type, such as one left by an older
+// release of the program, is reloaded once, as a schema change should be.)
+type TypeConflictError struct {
+	Key    string
+	Stored string // the type the entry was written as
+	Read   string // the type it was read as
+}
+
+func (e *TypeConflictError) Error() string {
+	return fmt.Sprintf("fill: %s is stored as %s and read as %s by live servers; use one type per key",
+		redisx.Quote(e.Key), e.Stored, e.Read)
+}
+
+// Unwrap returns ErrTypeConflict.
+func (e *TypeConflictError) Unwrap() error { return ErrTypeConflict }
+
+// errGoexit is the flight's outcome when the loader called runtime.Goexit.
+var errGoexit = errors.New("fill: loader called runtime.Goexit")

@@ -1,0 +1,196 @@
+package fill
+
+import (
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/maypok86/otter/v2"
+
+	"github.com/locksmith-go/locksmith/internal/notify"
+	"github.com/locksmith-go/locksmith/observe"
+)
+
+// local is the in-process tier: decoded values in front of Redis, dropped
+// by push when any server of the fleet stores or deletes their key.
+//
+// Coherence rests on three rules:
+//   - A copy never outlives its fresh life in Redis (its TTL; past it the
+//     freshness rules apply, in Redis).
+//   - Every store and delete publishes an invalidation carrying the key and
+//     the entry's created-at, stamped by the Redis server's clock (see
+//     Cache.createdAt), so one key's entries are ordered whatever the
+//     servers' clocks. An invalidation drops a copy no newer than it, and is
+//     remembered for a while (a tombstone), so a read that was under way
+//     when it arrived cannot put an older value back.
+//   - Copies are served only while the pub/sub connection is known to
+//     deliver: on a standalone or Sentinel client, a heartbeat published
+//     through Redis came back within MaxStaleness (and all copies are
+//     dropped whenever the connection breaks or is replaced). On a Cluster
+//     or a Ring, where the Hub sends no heartbeat, a copy lives at most
+//     MaxStaleness after it was read instead.
+//
+// So no read returns a copy more than MaxStaleness after a newer value was
+// stored or the key deleted, whatever happens to the connection.
+type local struct {
+	c        *Cache
+	maxStale time.Duration
+	beats    bool // the Hub sends heartbeats: copies live their fresh life
+	values   *otter.Cache[string, *localEntry]
+	tombs    *otter.Cache[string, int64] // key -> newest invalidation's created-at (Unix ms)
+	listener *notify.Listener
+
+	clearedAt atomic.Int64 // Unix ns of the last clear; reads sent before it are not kept
+
+	mu   sync.Mutex          // guards mine
+	mine map[string]struct{} // invalidations this Cache published and has not yet received
+}
+
+type localEntry struct {
+	val     any
+	absent  bool
+	created int64 // the entry's created-at, Unix ms
+	until   int64 // served until then, Unix ns
+}
+
+// maxMine bounds the invalidations of this Cache awaited back.
+const maxMine = 1 << 14
+
+// tombLife is how long an invalidation is remembered against reads that
+// were under way when it arrived.
+const tombLife = 30 * time.Second
+
+func newLocal(c *Cache, o LocalOptions) *local {
+	inline := func(fn func()) { fn() }
+	l := &local{
+		c:        c,
+		maxStale: o.MaxStaleness,
+		beats:    c.hub.Heartbeats(),
+		values:   otter.Must(&otter.Options[string, *localEntry]{MaximumSize: o.Size, Executor: inline}),
+		tombs: otter.Must(&otter.Options[string, int64]{MaximumSize: o.Size, Executor: inline,
+			ExpiryCalculator: otter.ExpiryWriting[string, int64](tombLife)}),
+		mine: make(map[string]struct{}),
+	}
+	l.listener = c.hub.Listen(c.invalChannel, l.message)
+	return l
+}
+
+func (l *local) close() {
+	l.listener.Close()
+	l.values.InvalidateAll()
+	l.tombs.StopAllGoroutines()
+}
+
+// live reports whether copies may be served now.
+func (l *local) live(now time.Time) bool {
+	if !l.beats {
+		return true
+	}
+	heard := l.c.hub.Heard()
+	return !heard.IsZero() && now.Sub(heard) < l.maxStale
+}
+
+// get returns key's copy, if one may be served.
+func (l *local) get(key string) (v any, absent, ok bool) {
+	e, ok := l.values.GetIfPresent(key)
+	if !ok {
+		return nil, false, false
+	}
+	now := time.Now()
+	if now.UnixNano() >= e.until || !l.live(now) {
+		return nil, false, false
+	}
+	return e.val, e.absent, true
+}
+
+// keep stores a copy of key's entry created at created (server clock),
+// read or written by a request sent at sent, to be served until until.
+func (l *local) keep(key string, v any, absent bool, created time.Time, sent, until time.Time) {
+	if sent.UnixNano() < l.clearedAt.Load() {
+		return // messages may have been lost since the read was sent
+	}
+	ms := created.UnixMilli()
+	if t, ok := l.tombs.GetIfPresent(key); ok && ms < t {
+		return // a newer value was stored, or the key deleted, meanwhile
+	}
+	if !l.beats {
+		until = minTime(until, sent.Add(l.maxStale))
+	}
+	l.values.Set(key, &localEntry{val: v, absent: absent, created: ms, until: until.UnixNano()})
+}
+
+// set keeps a value this Cache stored itself (created is its stamp).
+func (l *local) set(key string, v any, absent bool, created, until time.Time) {
+	l.mu.Lock()
+	if len(l.mine) >= maxMine {
+		// Our own invalidations are not coming back (pub/sub refused?):
+		// forget them rather than grow.
+		clear(l.mine)
+	}
+	l.mine[invalidation(key, created)] = struct{}{}
+	l.mu.Unlock()
+	l.keep(key, v, absent, created, time.Now(), until)
+}
+
+// delete drops this Cache's own copy at once (its own Delete).
+func (l *local) delete(key string) {
+	l.values.Invalidate(key)
+}
+
+// invalidate drops key's copy if it is no newer than created, and
+// remembers created against reads under way.
+func (l *local) invalidate(key string, created time.Time) {
+	ms := created.UnixMilli()
+	if t, ok := l.tombs.GetIfPresent(key); !ok || t < ms {
+		l.tombs.Set(key, ms)
+	}
+	if e, ok := l.values.GetIfPresent(key); ok && e.created <= ms {
+		if _, dropped := l.values.Invalidate(key); dropped {
+			l.c.stats.invalidations.Add(1)
+			l.c.event(l.c.base, observe.Event{Kind: observe.Invalidation, Key: key})
+		}
+	}
+}
+
+// message handles a message on the invalidation channel; it runs on the
+// Hub's reader goroutine, in order.
+func (l *local) message(p string) {
+	if p == notify.Wake {
+		// Messages may have been lost: drop every copy, and every read
+		// under way.
+		l.clearedAt.Store(time.Now().UnixNano())
+		l.values.InvalidateAll()
+		l.mu.Lock()
+		clear(l.mine)
+		l.mu.Unlock()
+		return
+	}
+	l.mu.Lock()
+	_, mine := l.mine[p]
+	delete(l.mine, p)
+	l.mu.Unlock()
+	if mine {
+		return // this Cache's own store: its copy is that value
+	}
+	if len(p) < 2 || (p[0] != 's' && p[0] != 'd') {
+		return
+	}
+	msStr, key, ok := strings.Cut(p[1:], " ")
+	if !ok {
+		return
+	}
+	ms, err := strconv.ParseInt(msStr, 10, 64)
+	if err != nil {
+		return
+	}
+	l.invalidate(key, time.UnixMilli(ms))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
