@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -98,7 +99,8 @@ type ServerOptions struct {
 type Server struct {
 	port int      // fixed for the Server's lifetime, also across Restart
 	dir  string   // working directory (--dir), a t.TempDir()
-	args []string // every argument except --port
+	conf string   // configuration file given before --port, or "" for none
+	args []string // every argument except the configuration file and --port
 
 	mu     sync.Mutex
 	proc   *process // the latest run, possibly exited; nil only before the first
@@ -124,28 +126,50 @@ func Start(t testing.TB, opt *ServerOptions) *Server {
 	if opt != nil {
 		extra = opt.Args
 	}
-	return startServer(t, false, extra)
+	return startServer(t, serverConfig{extra: extra})
 }
 
-// startServer starts a Server, as a cluster node if cluster is set. It tries
-// a few fresh ports if redis-server finds its port already taken.
-func startServer(t testing.TB, cluster bool, extra []string) *Server {
+// serverConfig says how startServer runs redis-server. The zero value runs
+// a plain server.
+type serverConfig struct {
+	cluster  bool     // run as a cluster node
+	sentinel string   // if not empty, run as a Sentinel with this initial sentinel.conf
+	extra    []string // appended to the default arguments
+}
+
+// Files in a Server's directory that hold its identity and survive Restart.
+const (
+	clusterConfFile  = "nodes.conf"
+	sentinelConfFile = "sentinel.conf"
+)
+
+// startServer starts a Server as cfg says. It tries a few fresh ports if
+// redis-server finds its port already taken.
+func startServer(t testing.TB, cfg serverConfig) *Server {
 	t.Helper()
 	// TempDir's removal is registered before the kill below, so it runs after.
 	s := &Server{dir: t.TempDir()}
 	s.args = []string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", s.dir, "--protected-mode", "no"}
-	if cluster {
+	if cfg.cluster {
 		s.args = append(s.args, "--cluster-enabled", "yes",
-			"--cluster-config-file", filepath.Join(s.dir, "nodes.conf"),
+			"--cluster-config-file", filepath.Join(s.dir, clusterConfFile),
 			"--cluster-node-timeout", "5000")
 	}
-	s.args = append(s.args, extra...)
+	if cfg.sentinel != "" {
+		// Sentinel rewrites its configuration file, so each gets its own.
+		s.conf = filepath.Join(s.dir, sentinelConfFile)
+		if err := os.WriteFile(s.conf, []byte(cfg.sentinel), 0o600); err != nil {
+			t.Fatalf("redistest: writing sentinel configuration: %v", err)
+		}
+		s.args = append(s.args, "--sentinel")
+	}
+	s.args = append(s.args, cfg.extra...)
 	t.Cleanup(func() { s.cleanup(t) })
 
 	var errs []error
 	for range startAttempts {
-		port, err := freePort(cluster)
+		port, err := freePort(cfg.cluster)
 		if err != nil {
 			t.Fatalf("redistest: %v", err)
 		}
@@ -280,7 +304,7 @@ func (s *Server) Restart(t testing.TB) {
 	if err := s.kill(); err != nil {
 		t.Fatalf("redistest: restart: %v", err)
 	}
-	if err := clearDir(s.dir, "nodes.conf"); err != nil {
+	if err := clearDir(s.dir, clusterConfFile, sentinelConfFile); err != nil {
 		t.Fatalf("redistest: restart: %v", err)
 	}
 	deadline := time.Now().Add(restartTimeout)
@@ -352,7 +376,13 @@ func (s *Server) launch(port int) (*process, error) {
 		return nil, fmt.Errorf("finding redis-server: %w", err)
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	cmd := exec.Command(bin, append([]string{"--port", strconv.Itoa(port)}, s.args...)...)
+	// redis-server takes a configuration file only as its first argument.
+	var argv []string
+	if s.conf != "" {
+		argv = append(argv, s.conf)
+	}
+	argv = append(argv, "--port", strconv.Itoa(port))
+	cmd := exec.Command(bin, append(argv, s.args...)...)
 	cmd.Dir = s.dir
 	p := &process{cmd: cmd, out: &tailBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
@@ -468,14 +498,14 @@ func freePort(cluster bool) (int, error) {
 	return 0, errors.New("finding a free port pair (port, port+10000): gave up after 100 tries")
 }
 
-// clearDir removes everything in dir except the entry named keep.
-func clearDir(dir, keep string) error {
+// clearDir removes everything in dir except the entries named keep.
+func clearDir(dir string, keep ...string) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("clearing %s: %w", dir, err)
 	}
 	for _, e := range entries {
-		if e.Name() == keep {
+		if slices.Contains(keep, e.Name()) {
 			continue
 		}
 		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
