@@ -220,6 +220,34 @@ func (s *Server) Do(t testing.TB, args ...any) any {
 	return v
 }
 
+// ACLUser creates the ACL user named user, enabled, with password pass and
+// the given ACL rules, replacing any user of that name: it runs ACL SETUSER
+// with the rules "reset", "on", ">"+pass and then rules. Typical rules are
+// "~*" (every key) and "+@all" (every command); Redis 7 grants a new user no
+// Pub/Sub channel unless a rule such as "&*" or "allchannels" says so. The
+// user is lost on Restart.
+func (s *Server) ACLUser(t testing.TB, user, pass string, rules ...string) {
+	t.Helper()
+	args := []any{"ACL", "SETUSER", user, "reset", "on", ">" + pass}
+	for _, r := range rules {
+		args = append(args, r)
+	}
+	s.Do(t, args...)
+}
+
+// SetMaxMemory sets the server's maxmemory to bytes and, unless policy is
+// empty, its maxmemory-policy to policy (for example "noeviction" or
+// "allkeys-lru"), with CONFIG SET. Zero bytes means no limit. The setting is
+// lost on Restart.
+func (s *Server) SetMaxMemory(t testing.TB, bytes int64, policy string) {
+	t.Helper()
+	args := []any{"CONFIG", "SET", "maxmemory", bytes}
+	if policy != "" {
+		args = append(args, "maxmemory-policy", policy)
+	}
+	s.Do(t, args...)
+}
+
 // do runs one command against addr on a short-lived client.
 func do(addr string, args ...any) (any, error) {
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DisableIdentity: true,
@@ -295,8 +323,9 @@ func (s *Server) Kill(t testing.TB) {
 // same port, killing the running one first if necessary, and waits until it
 // answers PING. Files left in the server's directory are removed, except a
 // cluster node's nodes.conf: a restarted cluster node rejoins its cluster with
-// its old identity and slots, but without data. If the port is briefly
-// unavailable, Restart retries for a few seconds.
+// its old identity and slots, but without data. ACL users and CONFIG SET
+// changes are lost too. If the port is briefly unavailable, Restart retries
+// for a few seconds.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.mu.Lock()
