@@ -276,6 +276,53 @@ func TestSlotRange(t *testing.T) {
 	}
 }
 
+func TestRing(t *testing.T) {
+	t.Parallel()
+	servers, r := StartRing(t, 3)
+	if len(servers) != 3 {
+		t.Fatalf("StartRing(3) returned %d servers; want 3", len(servers))
+	}
+	ctx := ctxT(t, 10*time.Second)
+	const keys = 100
+	for i := range keys {
+		if err := r.Set(ctx, fmt.Sprintf("key:%d", i), i, 0).Err(); err != nil {
+			t.Fatalf("SET key:%d: %v", i, err)
+		}
+	}
+	for i := range keys {
+		if got, err := r.Get(ctx, fmt.Sprintf("key:%d", i)).Int(); err != nil || got != i {
+			t.Fatalf("GET key:%d = %d, %v; want %d", i, got, err, i)
+		}
+	}
+	total := int64(0)
+	for i, s := range servers {
+		n, _ := s.Do(t, "DBSIZE").(int64)
+		if n == 0 {
+			t.Errorf("server %d (%s) holds no keys; want some", i, s.Addr())
+		}
+		total += n
+	}
+	if total != keys {
+		t.Errorf("servers hold %d keys in all; want %d", total, keys)
+	}
+	for i, s := range servers {
+		if name, addr := fmt.Sprintf("s%d", i), r.Options().Addrs[fmt.Sprintf("s%d", i)]; addr != s.Addr() {
+			t.Errorf("shard %s is %q; want server %d, %s", name, addr, i, s.Addr())
+		}
+	}
+	key := "key:0"
+	shard, err := r.GetShardClientForKey(key)
+	if err != nil {
+		t.Fatalf("GetShardClientForKey(%q): %v", key, err)
+	}
+	addr := shard.Options().Addr
+	for i, s := range servers {
+		if got := s.Do(t, "EXISTS", key); (got == int64(1)) != (s.Addr() == addr) {
+			t.Errorf("EXISTS %s on server %d (%s) = %v; the ring puts it on %s", key, i, s.Addr(), got, addr)
+		}
+	}
+}
+
 func TestACLUser(t *testing.T) {
 	t.Parallel()
 	s := Start(t, nil)
