@@ -1,6 +1,8 @@
 // Package redistest gives Go tests a Redis to talk to: an embedded miniredis
-// (Mini), a real redis-server child process (Start) or a real Redis Cluster
-// (StartCluster).
+// (Mini), a real redis-server child process (Start), a real Redis Cluster
+// (StartCluster), a master and replica watched by Redis Sentinels
+// (StartSentinel), or servers sharded by a redis.Ring (StartRing). A Proxy
+// put between a client and a server injects network faults.
 //
 // Real servers listen on free 127.0.0.1 ports chosen at start-up, keep their
 // files in a per-server t.TempDir(), persist nothing, and are killed in
