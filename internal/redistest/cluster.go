@@ -40,7 +40,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	}
 	c := &Cluster{nodes: make([]*Server, n)}
 	for i := range c.nodes {
-		c.nodes[i] = startServer(t, true, nil)
+		c.nodes[i] = startServer(t, serverConfig{cluster: true})
 	}
 	for i, s := range c.nodes {
 		// Distinct config epochs spare the nodes resolving epoch collisions.

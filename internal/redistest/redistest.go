@@ -1,6 +1,8 @@
 // Package redistest gives Go tests a Redis to talk to: an embedded miniredis
-// (Mini), a real redis-server child process (Start) or a real Redis Cluster
-// (StartCluster).
+// (Mini), a real redis-server child process (Start), a real Redis Cluster
+// (StartCluster), a master and replica watched by Redis Sentinels
+// (StartSentinel), or servers sharded by a redis.Ring (StartRing). A Proxy
+// put between a client and a server injects network faults.
 //
 // Real servers listen on free 127.0.0.1 ports chosen at start-up, keep their
 // files in a per-server t.TempDir(), persist nothing, and are killed in
@@ -21,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -98,7 +101,8 @@ type ServerOptions struct {
 type Server struct {
 	port int      // fixed for the Server's lifetime, also across Restart
 	dir  string   // working directory (--dir), a t.TempDir()
-	args []string // every argument except --port
+	conf string   // configuration file given before --port, or "" for none
+	args []string // every argument except the configuration file and --port
 
 	mu     sync.Mutex
 	proc   *process // the latest run, possibly exited; nil only before the first
@@ -124,28 +128,50 @@ func Start(t testing.TB, opt *ServerOptions) *Server {
 	if opt != nil {
 		extra = opt.Args
 	}
-	return startServer(t, false, extra)
+	return startServer(t, serverConfig{extra: extra})
 }
 
-// startServer starts a Server, as a cluster node if cluster is set. It tries
-// a few fresh ports if redis-server finds its port already taken.
-func startServer(t testing.TB, cluster bool, extra []string) *Server {
+// serverConfig says how startServer runs redis-server. The zero value runs
+// a plain server.
+type serverConfig struct {
+	cluster  bool     // run as a cluster node
+	sentinel string   // if not empty, run as a Sentinel with this initial sentinel.conf
+	extra    []string // appended to the default arguments
+}
+
+// Files in a Server's directory that hold its identity and survive Restart.
+const (
+	clusterConfFile  = "nodes.conf"
+	sentinelConfFile = "sentinel.conf"
+)
+
+// startServer starts a Server as cfg says. It tries a few fresh ports if
+// redis-server finds its port already taken.
+func startServer(t testing.TB, cfg serverConfig) *Server {
 	t.Helper()
 	// TempDir's removal is registered before the kill below, so it runs after.
 	s := &Server{dir: t.TempDir()}
 	s.args = []string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", s.dir, "--protected-mode", "no"}
-	if cluster {
+	if cfg.cluster {
 		s.args = append(s.args, "--cluster-enabled", "yes",
-			"--cluster-config-file", filepath.Join(s.dir, "nodes.conf"),
+			"--cluster-config-file", filepath.Join(s.dir, clusterConfFile),
 			"--cluster-node-timeout", "5000")
 	}
-	s.args = append(s.args, extra...)
+	if cfg.sentinel != "" {
+		// Sentinel rewrites its configuration file, so each gets its own.
+		s.conf = filepath.Join(s.dir, sentinelConfFile)
+		if err := os.WriteFile(s.conf, []byte(cfg.sentinel), 0o600); err != nil {
+			t.Fatalf("redistest: writing sentinel configuration: %v", err)
+		}
+		s.args = append(s.args, "--sentinel")
+	}
+	s.args = append(s.args, cfg.extra...)
 	t.Cleanup(func() { s.cleanup(t) })
 
 	var errs []error
 	for range startAttempts {
-		port, err := freePort(cluster)
+		port, err := freePort(cfg.cluster)
 		if err != nil {
 			t.Fatalf("redistest: %v", err)
 		}
@@ -194,6 +220,34 @@ func (s *Server) Do(t testing.TB, args ...any) any {
 		t.Fatalf("redistest: %v", err)
 	}
 	return v
+}
+
+// ACLUser creates the ACL user named user, enabled, with password pass and
+// the given ACL rules, replacing any user of that name: it runs ACL SETUSER
+// with the rules "reset", "on", ">"+pass and then rules. Typical rules are
+// "~*" (every key) and "+@all" (every command); Redis 7 grants a new user no
+// Pub/Sub channel unless a rule such as "&*" or "allchannels" says so. The
+// user is lost on Restart.
+func (s *Server) ACLUser(t testing.TB, user, pass string, rules ...string) {
+	t.Helper()
+	args := []any{"ACL", "SETUSER", user, "reset", "on", ">" + pass}
+	for _, r := range rules {
+		args = append(args, r)
+	}
+	s.Do(t, args...)
+}
+
+// SetMaxMemory sets the server's maxmemory to bytes and, unless policy is
+// empty, its maxmemory-policy to policy (for example "noeviction" or
+// "allkeys-lru"), with CONFIG SET. Zero bytes means no limit. The setting is
+// lost on Restart.
+func (s *Server) SetMaxMemory(t testing.TB, bytes int64, policy string) {
+	t.Helper()
+	args := []any{"CONFIG", "SET", "maxmemory", bytes}
+	if policy != "" {
+		args = append(args, "maxmemory-policy", policy)
+	}
+	s.Do(t, args...)
 }
 
 // do runs one command against addr on a short-lived client.
@@ -271,8 +325,9 @@ func (s *Server) Kill(t testing.TB) {
 // same port, killing the running one first if necessary, and waits until it
 // answers PING. Files left in the server's directory are removed, except a
 // cluster node's nodes.conf: a restarted cluster node rejoins its cluster with
-// its old identity and slots, but without data. If the port is briefly
-// unavailable, Restart retries for a few seconds.
+// its old identity and slots, but without data. ACL users and CONFIG SET
+// changes are lost too. If the port is briefly unavailable, Restart retries
+// for a few seconds.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.mu.Lock()
@@ -280,7 +335,7 @@ func (s *Server) Restart(t testing.TB) {
 	if err := s.kill(); err != nil {
 		t.Fatalf("redistest: restart: %v", err)
 	}
-	if err := clearDir(s.dir, "nodes.conf"); err != nil {
+	if err := clearDir(s.dir, clusterConfFile, sentinelConfFile); err != nil {
 		t.Fatalf("redistest: restart: %v", err)
 	}
 	deadline := time.Now().Add(restartTimeout)
@@ -352,7 +407,13 @@ func (s *Server) launch(port int) (*process, error) {
 		return nil, fmt.Errorf("finding redis-server: %w", err)
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	cmd := exec.Command(bin, append([]string{"--port", strconv.Itoa(port)}, s.args...)...)
+	// redis-server takes a configuration file only as its first argument.
+	var argv []string
+	if s.conf != "" {
+		argv = append(argv, s.conf)
+	}
+	argv = append(argv, "--port", strconv.Itoa(port))
+	cmd := exec.Command(bin, append(argv, s.args...)...)
 	cmd.Dir = s.dir
 	p := &process{cmd: cmd, out: &tailBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
@@ -468,14 +529,14 @@ func freePort(cluster bool) (int, error) {
 	return 0, errors.New("finding a free port pair (port, port+10000): gave up after 100 tries")
 }
 
-// clearDir removes everything in dir except the entry named keep.
-func clearDir(dir, keep string) error {
+// clearDir removes everything in dir except the entries named keep.
+func clearDir(dir string, keep ...string) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("clearing %s: %w", dir, err)
 	}
 	for _, e := range entries {
-		if e.Name() == keep {
+		if slices.Contains(keep, e.Name()) {
 			continue
 		}
 		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {

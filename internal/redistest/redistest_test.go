@@ -275,3 +275,118 @@ func TestSlotRange(t *testing.T) {
 		}
 	}
 }
+
+func TestRing(t *testing.T) {
+	t.Parallel()
+	servers, r := StartRing(t, 3)
+	if len(servers) != 3 {
+		t.Fatalf("StartRing(3) returned %d servers; want 3", len(servers))
+	}
+	ctx := ctxT(t, 10*time.Second)
+	const keys = 100
+	for i := range keys {
+		if err := r.Set(ctx, fmt.Sprintf("key:%d", i), i, 0).Err(); err != nil {
+			t.Fatalf("SET key:%d: %v", i, err)
+		}
+	}
+	for i := range keys {
+		if got, err := r.Get(ctx, fmt.Sprintf("key:%d", i)).Int(); err != nil || got != i {
+			t.Fatalf("GET key:%d = %d, %v; want %d", i, got, err, i)
+		}
+	}
+	total := int64(0)
+	for i, s := range servers {
+		n, _ := s.Do(t, "DBSIZE").(int64)
+		if n == 0 {
+			t.Errorf("server %d (%s) holds no keys; want some", i, s.Addr())
+		}
+		total += n
+	}
+	if total != keys {
+		t.Errorf("servers hold %d keys in all; want %d", total, keys)
+	}
+	for i, s := range servers {
+		if name, addr := fmt.Sprintf("s%d", i), r.Options().Addrs[fmt.Sprintf("s%d", i)]; addr != s.Addr() {
+			t.Errorf("shard %s is %q; want server %d, %s", name, addr, i, s.Addr())
+		}
+	}
+	key := "key:0"
+	shard, err := r.GetShardClientForKey(key)
+	if err != nil {
+		t.Fatalf("GetShardClientForKey(%q): %v", key, err)
+	}
+	addr := shard.Options().Addr
+	for i, s := range servers {
+		if got := s.Do(t, "EXISTS", key); (got == int64(1)) != (s.Addr() == addr) {
+			t.Errorf("EXISTS %s on server %d (%s) = %v; the ring puts it on %s", key, i, s.Addr(), got, addr)
+		}
+	}
+}
+
+func TestACLUser(t *testing.T) {
+	t.Parallel()
+	s := Start(t, nil)
+	ctx := ctxT(t, 10*time.Second)
+	login := func(user, pass string) *redis.Client {
+		return s.Client(t, &redis.Options{Username: user, Password: pass, MaxRetries: -1, DisableIdentity: true})
+	}
+
+	s.ACLUser(t, "app", "secret", "~*", "+@all")
+	if err := login("app", "wrong").Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
+		t.Fatalf("PING with a wrong password: err = %v; want WRONGPASS", err)
+	}
+	c := login("app", "secret")
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatalf("SET as app: %v", err)
+	}
+	// Redis 7 grants new users no channel.
+	if err := c.Publish(ctx, "ch", "m").Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+		t.Fatalf("PUBLISH as app without &*: err = %v; want NOPERM", err)
+	}
+	ps := c.Subscribe(ctx, "ch")
+	if _, err := ps.Receive(ctx); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+		t.Fatalf("SUBSCRIBE as app without &*: err = %v; want NOPERM", err)
+	}
+	_ = ps.Close()
+
+	// Redefining the user replaces its rules.
+	s.ACLUser(t, "app", "secret", "~*", "+@all", "allchannels")
+	ps = c.Subscribe(ctx, "ch")
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatalf("SUBSCRIBE as app with allchannels: %v", err)
+	}
+	if n, err := c.Publish(ctx, "ch", "m").Result(); err != nil || n != 1 {
+		t.Fatalf("PUBLISH as app with allchannels = %d, %v; want 1 receiver", n, err)
+	}
+	if msg, err := ps.ReceiveMessage(ctx); err != nil || msg.Payload != "m" {
+		t.Fatalf("message as app = %v, %v; want payload \"m\"", msg, err)
+	}
+}
+
+func TestSetMaxMemory(t *testing.T) {
+	t.Parallel()
+	s := Start(t, nil)
+	c := s.Client(t, &redis.Options{MaxRetries: -1})
+	ctx := ctxT(t, 10*time.Second)
+
+	// Any used memory is over one byte.
+	s.SetMaxMemory(t, 1, "noeviction")
+	got, err := c.ConfigGet(ctx, "maxmemory*").Result()
+	if err != nil || got["maxmemory"] != "1" || got["maxmemory-policy"] != "noeviction" {
+		t.Fatalf("CONFIG GET maxmemory* = %v, %v; want maxmemory 1, policy noeviction", got, err)
+	}
+	if err := c.Set(ctx, "k", "v", 0).Err(); err == nil || !strings.Contains(err.Error(), "OOM") {
+		t.Fatalf("SET over maxmemory with noeviction: err = %v; want OOM", err)
+	}
+
+	// An empty policy leaves the policy alone.
+	s.SetMaxMemory(t, 0, "")
+	got, err = c.ConfigGet(ctx, "maxmemory*").Result()
+	if err != nil || got["maxmemory"] != "0" || got["maxmemory-policy"] != "noeviction" {
+		t.Fatalf("CONFIG GET maxmemory* = %v, %v; want maxmemory 0, policy noeviction", got, err)
+	}
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatalf("SET without maxmemory: %v", err)
+	}
+}
