@@ -293,9 +293,11 @@ func TestRedisDownAndBack(t *testing.T) {
 		t.Error("RedisErrors not counted")
 	}
 	s.Restart(t)
+	// Until a probe finds Redis back, Gets still fail open at once.
 	redistest.WaitFor(t, "fill after restart", func() bool {
+		before := c.Stats().FailOpens
 		v, err := fill.Get(ctx, c, "k2", func(context.Context) (int, error) { return 2, nil })
-		return err == nil && v == 2
+		return err == nil && v == 2 && c.Stats().FailOpens == before
 	})
 	var loads int
 	v, err = fill.Get(ctx, c, "k2", func(context.Context) (int, error) { loads++; return 3, nil })

@@ -36,7 +36,9 @@ var ErrRateLimited = errors.New("budget: rate limited")
 // RateLimitedError is a 429.
 type RateLimitedError struct{ RetryAfter time.Duration }
 
-func (e *RateLimitedError) Error() string { return fmt.Sprintf("budget: rate limited, retry after %v", e.RetryAfter) }
+func (e *RateLimitedError) Error() string {
+	return fmt.Sprintf("budget: rate limited, retry after %v", e.RetryAfter)
+}
 
 // Is matches ErrRateLimited.
 func (e *RateLimitedError) Is(target error) bool { return target == ErrRateLimited }

@@ -22,10 +22,14 @@ var (
 	ErrTypeConflict = errors.New("fill: a key is read as two types")
 )
 
-// notFound is the error of a cached absence of key.
-func notFound(key string) error {
-	return fmt.Errorf("fill: %s: %w", redisx.Quote(key), ErrNotFound)
-}
+// notFound is the error of a cached absence of key: it names the key and
+// wraps ErrNotFound.
+func notFound(key string) error { return &notFoundError{key} }
+
+type notFoundError struct{ key string }
+
+func (e *notFoundError) Error() string { return "fill: " + redisx.Quote(e.key) + ": not found" }
+func (e *notFoundError) Unwrap() error { return ErrNotFound }
 
 // PanicError is what a caller of [Get] panics with when the loader panicked:
 // the loader's panic value and the stack where it panicked.

@@ -52,7 +52,7 @@ func TestStoreRefusedOutOfMemory(t *testing.T) {
 		value string
 	}{
 		{"published value", "small"},
-		{"value too large to publish", strings.Repeat("x", 4<<10)},
+		{"value too large to publish", incompressible(4 << 10)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			key := tc.name
@@ -364,4 +364,17 @@ func TestOutageRemembered(t *testing.T) {
 		_, err := fill.Get(ctx, c, "after", func(context.Context) (int, error) { return 1, nil })
 		return err == nil && c.Stats().FailOpens == before
 	})
+}
+
+// incompressible returns n bytes of pseudo-random text.
+func incompressible(n int) string {
+	b := make([]byte, n)
+	x := uint32(2463534242)
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		b[i] = 'a' + byte(x%26)
+	}
+	return string(b)
 }
