@@ -119,9 +119,15 @@ func New(rdb redis.UniversalClient, opt *Options) *Cache {
 		sieArg:       lease.Millis(o.StaleIfError),
 	}
 	c.base, c.cancel = context.WithCancelCause(context.Background())
-	c.hub = notify.New(rdb, &notify.Options{OnError: func(err error) {
+	hopt := &notify.Options{OnError: func(err error) {
 		c.log("pub/sub refused; waiters poll every PollInterval", "err", err)
-	}})
+	}}
+	if o.Local != nil {
+		// Copies are served only while a heartbeat came back within
+		// MaxStaleness: send several per MaxStaleness.
+		hopt.Heartbeat = min(200*time.Millisecond, o.Local.MaxStaleness/4)
+	}
+	c.hub = notify.New(rdb, hopt)
 	c.rdb.SetOnOutage(func(err error) {
 		c.log("redis unreachable", "err", err)
 		c.event(context.Background(), observe.Event{Kind: observe.OutageStart, Err: err})

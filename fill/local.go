@@ -73,23 +73,30 @@ func newLocal(c *Cache, o LocalOptions) *local {
 			ExpiryCalculator: otter.ExpiryWriting[string, int64](tombLife)}),
 		mine: make(map[string]struct{}),
 	}
-	l.listener = c.hub.Listen(c.invalChannel, l.message)
+	if l.beats {
+		// On a Cluster or a Ring the invalidations, published with
+		// PUBLISH from a script on one node, do not reach a sharded
+		// subscriber: copies there live at most MaxStaleness instead.
+		l.listener = c.hub.Listen(c.invalChannel, l.message)
+	}
 	return l
 }
 
 func (l *local) close() {
-	l.listener.Close()
+	if l.listener != nil {
+		l.listener.Close()
+	}
 	l.values.InvalidateAll()
 	l.tombs.StopAllGoroutines()
 }
 
-// live reports whether copies may be served now.
-func (l *local) live(now time.Time) bool {
+// live reports whether copies may be served at now (Unix ns).
+func (l *local) live(now int64) bool {
 	if !l.beats {
 		return true
 	}
-	heard := l.c.hub.Heard()
-	return !heard.IsZero() && now.Sub(heard) < l.maxStale
+	heard := l.c.hub.HeardNano()
+	return heard != 0 && now-heard < int64(l.maxStale)
 }
 
 // get returns key's copy, if one may be served.
@@ -98,8 +105,8 @@ func (l *local) get(key string) (v any, absent, ok bool) {
 	if !ok {
 		return nil, false, false
 	}
-	now := time.Now()
-	if now.UnixNano() >= e.until || !l.live(now) {
+	now := time.Now().UnixNano()
+	if now >= e.until || !l.live(now) {
 		return nil, false, false
 	}
 	return e.val, e.absent, true

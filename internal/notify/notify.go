@@ -63,6 +63,7 @@ type Hub struct {
 	errCount  atomic.Uint64
 	onError   func(error)
 	beatEvery time.Duration
+	heard     atomic.Int64 // sh.heard of the standalone shard, Unix ns; 0 when none
 
 	mu      sync.Mutex // guards every field below and the fields of shards and entries
 	chans   map[string]*entry
@@ -675,6 +676,7 @@ func (h *Hub) heartbeatSeen(sh *shard, payload string) {
 	sh.sentUnseen = 0
 	if t := time.Unix(0, ns); t.After(sh.heard) {
 		sh.heard = t
+		h.heard.Store(ns)
 	}
 }
 
@@ -710,6 +712,7 @@ func (h *Hub) lost(sh *shard) {
 	defer h.mu.Unlock()
 	if sh.addr == "" {
 		sh.heard = time.Time{}
+		h.heard.Store(0)
 	}
 	for _, e := range h.chans {
 		if e.sh != sh && e.sh != nil {
@@ -765,13 +768,14 @@ func (l *Listener) Close() {
 // a Cluster or a Ring (no heartbeats), and after a connection broke until a
 // heartbeat comes back on the new one.
 func (h *Hub) Heard() time.Time {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if sh := h.shards[""]; sh != nil && h.beat != "" {
-		return sh.heard
+	if ns := h.heard.Load(); ns != 0 {
+		return time.Unix(0, ns)
 	}
 	return time.Time{}
 }
+
+// HeardNano is [Hub.Heard] in Unix nanoseconds, 0 for the zero Time.
+func (h *Hub) HeardNano() int64 { return h.heard.Load() }
 
 // Heartbeats reports whether the Hub sends heartbeats: on a standalone or
 // Sentinel client, not on a Cluster or a Ring.

@@ -1,0 +1,292 @@
+package fill_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/internal/redistest"
+)
+
+// versioned is a loader whose calls are counted and numbered; each call
+// blocks until its gate opens when gated.
+type versioned struct {
+	calls atomic.Int32
+	fail  atomic.Bool
+	mu    sync.Mutex
+	gate  chan struct{} // nil: return at once
+}
+
+func (v *versioned) load(ctx context.Context) (int, error) {
+	n := int(v.calls.Add(1))
+	v.mu.Lock()
+	g := v.gate
+	v.mu.Unlock()
+	if g != nil {
+		select {
+		case <-g:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	if v.fail.Load() {
+		return 0, fmt.Errorf("upstream 503 (call %d)", n)
+	}
+	return n, nil
+}
+
+func (v *versioned) hold() chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.gate = make(chan struct{})
+	return v.gate
+}
+
+// staleNow waits until the value of key is past its TTL: its key's PTTL is
+// at most the stale window.
+func staleNow(t *testing.T, rdb *redis.Client, key string, window time.Duration) {
+	t.Helper()
+	redistest.WaitFor(t, "the value goes stale", func() bool {
+		d, err := rdb.PTTL(context.Background(), "__locksmith:{"+key+"}:value").Result()
+		return err == nil && d > 0 && d <= window
+	})
+}
+
+func fleetOf(t *testing.T, s *redistest.Server, n int, opt *fill.Options) []*fill.Cache {
+	var cs []*fill.Cache
+	for range n {
+		cs = append(cs, newCache(t, s.Client(t, nil), opt))
+	}
+	return cs
+}
+
+// TestStaleWhileRevalidate: past its TTL a value is served at once by every
+// server while exactly one server, fleet-wide, refreshes it.
+func TestStaleWhileRevalidate(t *testing.T) {
+	s := redistest.Start(t, nil)
+	const window = 10 * time.Second
+	fleet := fleetOf(t, s, 4, &fill.Options{TTL: 200 * time.Millisecond, Jitter: -1, StaleWhileRevalidate: window})
+	ctx := redistest.Context(t, 30*time.Second)
+	var v versioned
+	if got, err := fill.Get(ctx, fleet[0], "k", v.load); err != nil || got != 1 {
+		t.Fatalf("first: %v, %v", got, err)
+	}
+	staleNow(t, s.Client(t, nil), "k", window)
+	open := v.hold() // the refresh blocks: every Get below must return without it
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Go(func() {
+			got, err := fill.Get(ctx, fleet[i%len(fleet)], "k", v.load)
+			if err != nil || got != 1 {
+				t.Errorf("stale read: got %v, %v; want the old value at once", got, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := v.calls.Load(); n != 2 {
+		t.Fatalf("loader calls = %d; want the first and exactly one refresh", n)
+	}
+	close(open)
+	redistest.WaitFor(t, "the refreshed value", func() bool {
+		got, err := fill.Get(ctx, fleet[1], "k", v.load)
+		return err == nil && got == 2
+	})
+	var stale, refreshes uint64
+	for _, c := range fleet {
+		stale += c.Stats().StaleHits
+		refreshes += c.Stats().Refreshes
+	}
+	// Concurrent reads on one server merge: a stale hit per flight.
+	if stale < uint64(len(fleet)) || refreshes != 1 {
+		t.Errorf("StaleHits %d, Refreshes %d; want ≥ %d and 1", stale, refreshes, len(fleet))
+	}
+}
+
+// TestFreshHitOneRoundTrip: freshness costs a fresh hit nothing.
+func TestFreshHitOneRoundTrip(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	var h countHook
+	rdb2 := redistest.Client(t, m.Addr())
+	rdb2.AddHook(&h)
+	opt := &fill.Options{StaleWhileRevalidate: time.Minute, StaleIfError: time.Hour, EarlyRefresh: true}
+	ctx := redistest.Context(t, 20*time.Second)
+	if _, err := fill.Get(ctx, newCache(t, rdb, opt), "k", func(context.Context) (int, error) { return 1, nil }); err != nil {
+		t.Fatal(err)
+	}
+	c := newCache(t, rdb2, opt)
+	rdb2.Ping(ctx) // the connection's handshake is not a hit's cost
+	h.n.Store(0)
+	for range 10 {
+		if _, err := fill.Get(ctx, c, "k", func(context.Context) (int, error) { return 2, nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := h.n.Load(); n != 10 {
+		t.Errorf("%d round trips for 10 fresh hits", n)
+	}
+}
+
+// TestNeverTooStale: a value older than TTL + StaleWhileRevalidate is not
+// served: its key has expired, and the Get loads.
+func TestNeverTooStale(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	c := newCache(t, rdb, &fill.Options{TTL: time.Second, Jitter: -1, StaleWhileRevalidate: time.Second})
+	ctx := redistest.Context(t, 20*time.Second)
+	var v versioned
+	fill.Get(ctx, c, "k", v.load)
+	m.FastForward(2*time.Second + time.Millisecond)
+	if got, err := fill.Get(ctx, c, "k", v.load); err != nil || got != 2 {
+		t.Fatalf("got %v, %v; want a fresh load", got, err)
+	}
+	if n := c.Stats().StaleHits; n != 0 {
+		t.Errorf("StaleHits = %d", n)
+	}
+}
+
+// TestStaleIfError: while refreshes fail the old value is served, and the
+// failing upstream is called a bounded number of times, fleet-wide, however
+// many servers read: refreshes back off in Redis.
+func TestStaleIfError(t *testing.T) {
+	s := redistest.Start(t, nil)
+	const window = 20 * time.Second
+	fleet := fleetOf(t, s, 4, &fill.Options{TTL: 200 * time.Millisecond, Jitter: -1, StaleIfError: window})
+	ctx := redistest.Context(t, 30*time.Second)
+	var v versioned
+	if _, err := fill.Get(ctx, fleet[0], "k", v.load); err != nil {
+		t.Fatal(err)
+	}
+	staleNow(t, s.Client(t, nil), "k", window)
+	v.fail.Store(true)
+	// Reads for about a second and a half: the first refresh fails, the
+	// back-off (1s, then 2s) holds every server off the upstream.
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	reads := 0
+	for time.Now().Before(deadline) {
+		for _, c := range fleet {
+			got, err := fill.Get(ctx, c, "k", v.load)
+			if err != nil || got != 1 {
+				t.Fatalf("read while refreshes fail: got %v, %v; want the old value", got, err)
+			}
+			reads++
+		}
+	}
+	if n := v.calls.Load() - 1; n < 1 || n > 2 {
+		t.Errorf("%d refresh calls in 1.5s of %d reads; want 1 or 2 (back-off from 1s)", n, reads)
+	}
+	var refreshErrors uint64
+	for _, c := range fleet {
+		refreshErrors += c.Stats().LoadErrors
+	}
+	if refreshErrors == 0 {
+		t.Error("failed refreshes not counted")
+	}
+	v.fail.Store(false)
+	redistest.WaitFor(t, "a refresh succeeds after the back-off", func() bool {
+		got, err := fill.Get(ctx, fleet[2], "k", v.load)
+		return err == nil && got > 1
+	})
+}
+
+// TestStaleIfErrorWindowEnds: once past TTL + StaleIfError, a failing
+// refresh is a failing miss.
+func TestStaleIfErrorWindowEnds(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	c := newCache(t, rdb, &fill.Options{TTL: time.Second, Jitter: -1, StaleIfError: time.Second})
+	ctx := redistest.Context(t, 20*time.Second)
+	var v versioned
+	fill.Get(ctx, c, "k", v.load)
+	v.fail.Store(true)
+	m.FastForward(1500 * time.Millisecond)
+	if got, err := fill.Get(ctx, c, "k", v.load); err != nil || got != 1 {
+		t.Fatalf("within the window: got %v, %v; want the old value", got, err)
+	}
+	m.FastForward(time.Second)
+	if _, err := fill.Get(ctx, c, "k", v.load); err == nil {
+		t.Fatal("past the window: got the old value; want the loader's error")
+	}
+}
+
+// TestDeleteEndsStale: nothing stale is served after Delete.
+func TestDeleteEndsStale(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	c := newCache(t, rdb, &fill.Options{TTL: time.Second, Jitter: -1, StaleWhileRevalidate: time.Hour, StaleIfError: time.Hour})
+	ctx := redistest.Context(t, 20*time.Second)
+	var v versioned
+	fill.Get(ctx, c, "k", v.load)
+	m.FastForward(2 * time.Second)
+	if err := c.Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	v.fail.Store(true)
+	if _, err := fill.Get(ctx, c, "k", v.load); err == nil {
+		t.Fatal("after Delete: got a value; want the failing loader's error")
+	}
+	if keys := m.Keys(); len(keys) != 1 || keys[0] != "__locksmith:{k}:failed" {
+		t.Errorf("keys after Delete and a failed load: %v", keys)
+	}
+}
+
+// TestEarlyRefresh: a value read near its expiry is refreshed before it
+// expires, by one server, without any reader waiting for it.
+func TestEarlyRefresh(t *testing.T) {
+	s := redistest.Start(t, nil)
+	fleet := fleetOf(t, s, 3, &fill.Options{TTL: 600 * time.Millisecond, Jitter: -1, EarlyRefresh: true})
+	ctx := redistest.Context(t, 30*time.Second)
+	var calls atomic.Int32
+	slow := func(context.Context) (int, error) {
+		n := int(calls.Add(1))
+		time.Sleep(150 * time.Millisecond) // a load takes a quarter of the TTL
+		return n, nil
+	}
+	if _, err := fill.Get(ctx, fleet[0], "k", slow); err != nil {
+		t.Fatal(err)
+	}
+	var misses uint64
+	redistest.WaitFor(t, "a refresh before expiry", func() bool {
+		for _, c := range fleet {
+			if _, err := fill.Get(ctx, c, "k", slow); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return calls.Load() >= 2
+	})
+	for _, c := range fleet {
+		misses += c.Stats().Misses
+	}
+	if misses != 1 {
+		t.Errorf("misses = %d; want only the first: no reader waited for a refresh", misses)
+	}
+	var refreshes uint64
+	for _, c := range fleet {
+		refreshes += c.Stats().Refreshes
+	}
+	if refreshes < 1 || int(refreshes) != int(calls.Load())-1 {
+		t.Errorf("Refreshes %d, loads %d", refreshes, calls.Load())
+	}
+}
+
+// TestLegacyEntry: an entry written before stale windows existed (format
+// version 1) is still read.
+func TestLegacyEntry(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	c := newCache(t, rdb, &fill.Options{StaleWhileRevalidate: time.Minute})
+	// Format 1: magic, version 1, flags, created-at, load duration, then
+	// the payload's length and the msgpack int 7.
+	if err := m.Set("__locksmith:{k}:value", "\xc1\x01\x00\x01\x01\x01\x07"); err != nil {
+		t.Fatal(err)
+	}
+	m.SetTTL("__locksmith:{k}:value", time.Minute)
+	got, err := fill.Get(redistest.Context(t, 10*time.Second), c, "k", func(context.Context) (int, error) {
+		return 0, errors.New("loaded")
+	})
+	if err != nil || got != 7 {
+		t.Fatalf("got %v, %v; want 7 from the old entry", got, err)
+	}
+}

@@ -1,0 +1,67 @@
+package fill
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/locksmith-go/locksmith/internal/redistest"
+)
+
+// TestLocalBoundedBySize: the tier holds at most about Size values, however
+// many keys are read.
+func TestLocalBoundedBySize(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := New(rdb, &Options{Local: &LocalOptions{Size: 100}})
+	defer c.Close()
+	ctx := context.Background()
+	for i := range 2000 {
+		if _, err := Get(ctx, c, fmt.Sprint(i), func(context.Context) (int, error) { return i, nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.local.values.CleanUp()
+	if n := c.local.values.EstimatedSize(); n > 100 {
+		t.Errorf("%d values kept with Size 100", n)
+	}
+}
+
+// TestLocalIgnoresOlderInvalidation: an invalidation for an older entry
+// does not evict a newer copy, and a read under way when a newer value was
+// announced does not put its older copy back.
+func TestLocalIgnoresOlderInvalidation(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := New(rdb, &Options{Local: &LocalOptions{MaxStaleness: time.Hour}})
+	defer c.Close()
+	l := c.local
+	l.beats = false // no heartbeat needed: this test drives the tier by hand
+	base := time.UnixMilli(1_000_000)
+	until := time.Now().Add(time.Hour)
+	l.keep("k", 2, false, base.Add(2*time.Millisecond), time.Now(), until)
+	l.message("s" + fmt.Sprint(base.Add(time.Millisecond).UnixMilli()) + " k")
+	if v, _, ok := l.get("k"); !ok || v != 2 {
+		t.Fatalf("an older invalidation evicted a newer copy: %v, %v", v, ok)
+	}
+	l.message("s" + fmt.Sprint(base.Add(3*time.Millisecond).UnixMilli()) + " k")
+	if _, _, ok := l.get("k"); ok {
+		t.Fatal("a newer invalidation did not evict the copy")
+	}
+	// A read of the entry created at +2ms finishes after the +3ms
+	// invalidation: it must not be kept.
+	l.keep("k", 2, false, base.Add(2*time.Millisecond), time.Now(), until)
+	if _, _, ok := l.get("k"); ok {
+		t.Fatal("a read older than an invalidation was kept")
+	}
+	l.keep("k", 4, false, base.Add(4*time.Millisecond), time.Now(), until)
+	if v, _, ok := l.get("k"); !ok || v != 4 {
+		t.Fatal("a read newer than the invalidation was not kept")
+	}
+	// After a possible loss of messages, reads sent before it are dropped.
+	sent := time.Now()
+	l.message("")
+	l.keep("k", 5, false, base.Add(5*time.Millisecond), sent.Add(-time.Millisecond), until)
+	if _, _, ok := l.get("k"); ok {
+		t.Fatal("a read sent before messages may have been lost was kept")
+	}
+}

@@ -1,0 +1,170 @@
+package fill_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/internal/redistest"
+)
+
+// localFleet returns n caches with a local tier on one real Redis.
+func localFleet(t *testing.T, s *redistest.Server, n int, maxStale time.Duration) []*fill.Cache {
+	return fleetOf(t, s, n, &fill.Options{Local: &fill.LocalOptions{Size: 1000, MaxStaleness: maxStale}})
+}
+
+// warmLocal waits until c serves key from memory.
+func warmLocal(t *testing.T, ctx context.Context, c *fill.Cache, key string, load func(context.Context) (int, error)) {
+	t.Helper()
+	redistest.WaitFor(t, "a local hit on "+key, func() bool {
+		before := c.Stats().LocalHits
+		if _, err := fill.Get(ctx, c, key, load); err != nil {
+			t.Fatal(err)
+		}
+		return c.Stats().LocalHits > before
+	})
+}
+
+// TestLocalHit: a value read from Redis is served from memory afterwards,
+// without a round trip.
+func TestLocalHit(t *testing.T) {
+	s := redistest.Start(t, nil)
+	fleet := localFleet(t, s, 2, time.Second)
+	ctx := redistest.Context(t, 20*time.Second)
+	var loads atomic.Int32
+	load := func(context.Context) (int, error) { return int(loads.Add(1)), nil }
+	if _, err := fill.Get(ctx, fleet[0], "k", load); err != nil {
+		t.Fatal(err)
+	}
+	// Read from Redis by the other server, then from its memory.
+	warmLocal(t, ctx, fleet[1], "k", load)
+	before := scriptCalls(t, s)
+	for range 100 {
+		if v, err := fill.Get(ctx, fleet[1], "k", load); err != nil || v != 1 {
+			t.Fatalf("got %v, %v", v, err)
+		}
+	}
+	if n := scriptCalls(t, s) - before; n > 0 {
+		t.Errorf("%d scripts run for 100 local hits", n)
+	}
+	if loads.Load() != 1 {
+		t.Errorf("loads = %d", loads.Load())
+	}
+}
+
+// TestLocalInvalidation: a Delete or a store on one server evicts the
+// other servers' copies by push.
+func TestLocalInvalidation(t *testing.T) {
+	s := redistest.Start(t, nil)
+	fleet := localFleet(t, s, 3, 10*time.Second)
+	ctx := redistest.Context(t, 20*time.Second)
+	var version atomic.Int32
+	load := func(context.Context) (int, error) { return int(version.Load()), nil }
+	version.Store(1)
+	for _, c := range fleet {
+		warmLocal(t, ctx, c, "k", load)
+	}
+	// Delete on server 0, then a new value stored by server 0.
+	if err := fleet[0].Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	version.Store(2)
+	if v, _ := fill.Get(ctx, fleet[0], "k", load); v != 2 {
+		t.Fatalf("server 0 after its Delete: got %d", v)
+	}
+	for i, c := range fleet[1:] {
+		redistest.WaitFor(t, fmt.Sprint("server ", i+1, " sees the new value"), func() bool {
+			v, err := fill.Get(ctx, c, "k", load)
+			return err == nil && v == 2
+		})
+		if c.Stats().Invalidations == 0 {
+			t.Errorf("server %d: no invalidation counted", i+1)
+		}
+	}
+}
+
+// TestLocalAfterPubSubKilled: when the pub/sub connections are killed, no
+// server serves its copy for longer than MaxStaleness after a newer value
+// was stored.
+func TestLocalAfterPubSubKilled(t *testing.T) {
+	s := redistest.Start(t, nil)
+	const maxStale = 300 * time.Millisecond
+	fleet := localFleet(t, s, 3, maxStale)
+	ctx := redistest.Context(t, 30*time.Second)
+	var version atomic.Int32
+	load := func(context.Context) (int, error) { return int(version.Load()), nil }
+	for round := 1; round <= 5; round++ {
+		version.Store(int32(round))
+		if round > 1 {
+			s.Do(t, "CLIENT", "KILL", "TYPE", "pubsub")
+			if err := fleet[0].Delete(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		stored := time.Now()
+		if v, _ := fill.Get(ctx, fleet[0], "k", load); v != round {
+			t.Fatalf("round %d: server 0 got %d", round, v)
+		}
+		for i, c := range fleet[1:] {
+			for {
+				readAt := time.Now()
+				v, err := fill.Get(ctx, c, "k", load)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if v == round {
+					break
+				}
+				if readAt.Sub(stored) > maxStale {
+					t.Fatalf("round %d: server %d served version %d %v after version %d was stored",
+						round, i+1, v, readAt.Sub(stored), round)
+				}
+			}
+		}
+		for _, c := range fleet {
+			warmLocal(t, ctx, c, "k", load)
+		}
+	}
+}
+
+// TestLocalOwnCopyReplaced: a Cache's own Delete drops its own copy at
+// once, and its own store replaces it.
+func TestLocalOwnCopyReplaced(t *testing.T) {
+	s := redistest.Start(t, nil)
+	c := localFleet(t, s, 1, time.Second)[0]
+	ctx := redistest.Context(t, 20*time.Second)
+	v := 1
+	load := func(context.Context) (int, error) { return v, nil }
+	warmLocal(t, ctx, c, "k", load)
+	if err := c.Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	v = 2
+	if got, _ := fill.Get(ctx, c, "k", load); got != 2 {
+		t.Fatalf("after Delete: got %d; want 2", got)
+	}
+	before := c.Stats().LocalHits
+	if got, _ := fill.Get(ctx, c, "k", load); got != 2 || c.Stats().LocalHits != before+1 {
+		t.Fatalf("after its own store: got %d, local hits %d → %d", got, before, c.Stats().LocalHits)
+	}
+}
+
+// TestLocalAbsence: a cached absence is served locally too, as ErrNotFound.
+func TestLocalAbsence(t *testing.T) {
+	s := redistest.Start(t, nil)
+	c := localFleet(t, s, 1, time.Second)[0]
+	ctx := redistest.Context(t, 20*time.Second)
+	var loads int
+	load := func(context.Context) (int, error) { loads++; return 0, fill.ErrNotFound }
+	redistest.WaitFor(t, "a local hit", func() bool {
+		before := c.Stats().LocalHits
+		_, err := fill.Get(ctx, c, "k", load)
+		return err != nil && c.Stats().LocalHits > before
+	})
+	if loads != 1 {
+		t.Errorf("loads = %d", loads)
+	}
+}
