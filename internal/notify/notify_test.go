@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -329,4 +330,86 @@ func TestRing(t *testing.T) {
 		}
 		s.Close()
 	}
+}
+
+// TestReadyAfterLostReplies: a channel subscribed, unsubscribed and
+// subscribed again within one round trip, whose replies are then lost with
+// the connection, is ready once the connection is back, and delivers.
+func TestReadyAfterLostReplies(t *testing.T) {
+	srv := redistest.Start(t, nil)
+	proxy := redistest.NewProxy(t, srv.Addr())
+	rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	admin := srv.Client(t, nil)
+	ctx := redistest.Context(t, 30*time.Second)
+	h := New(rdb, nil)
+	defer h.Close()
+	warm := h.Subscribe("warm")
+	defer warm.Close()
+	ready(t, warm)
+
+	proxy.HoldReplies()
+	a := h.Subscribe("ch")
+	a.Close()
+	b := h.Subscribe("ch")
+	defer b.Close()
+	// The server has run all three commands; their replies are held.
+	redistest.WaitFor(t, "the commands reach the server", func() bool {
+		n, _ := admin.PubSubNumSub(ctx, "ch").Result()
+		return n["ch"] == 1 && proxy.Held() > 0
+	})
+	proxy.DropAll()
+	proxy.ReleaseReplies()
+	select {
+	case <-b.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the channel never became ready after the connection came back")
+	}
+	if err := admin.Publish(ctx, "ch", "after").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if p := recv(t, b); p == "after" {
+			break
+		}
+	}
+}
+
+// TestHeartbeatFollowsMaster: when the client's commands go to a new server
+// (a Sentinel failover) while the pub/sub connection stays on the old one,
+// which no longer receives what is published, missed heartbeats make the
+// Hub open a new pub/sub connection, which follows the client.
+func TestHeartbeatFollowsMaster(t *testing.T) {
+	oldSrv, newSrv := redistest.Start(t, nil), redistest.Start(t, nil)
+	var target atomic.Value
+	target.Store(oldSrv.Addr())
+	rdb := redis.NewClient(&redis.Options{
+		Dialer: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, target.Load().(string))
+		},
+	})
+	t.Cleanup(func() { _ = rdb.Close() })
+	h := New(rdb, nil)
+	defer h.Close()
+	s := h.Subscribe("ch")
+	defer s.Close()
+	ready(t, s)
+	// The "failover": new connections go to the new server, and the old
+	// one drops its normal clients, not its pub/sub ones.
+	target.Store(newSrv.Addr())
+	oldSrv.Do(t, "CLIENT", "KILL", "TYPE", "normal")
+	ctx := redistest.Context(t, 20*time.Second)
+	pub := newSrv.Client(t, nil)
+	redistest.WaitFor(t, "a message published on the new server", func() bool {
+		if err := pub.Publish(ctx, "ch", "hello").Err(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case p := <-s.C():
+			return p == "hello"
+		case <-time.After(50 * time.Millisecond):
+			return false
+		}
+	})
 }
