@@ -4,11 +4,14 @@
 // the cache is filled calls the API for the same data.
 //
 // It starts a fake Twitter API on a loopback listener, GET
-// /users/{id}/timeline, limited by one token bucket for the whole fleet (429
-// with Retry-After when it is empty), and a fleet of app servers, each with
-// its own Redis client and cache as separate processes would have. It sends
-// one sequence of requests, for user ids drawn from a Zipf distribution (a
-// few hot users, the rest cold), through the fleet twice, each time on an
+// /users/{id}/timeline, limited by one token bucket for the whole fleet. Like
+// the X API it states the limit on every response (x-rate-limit-limit, the
+// bucket's size; x-rate-limit-remaining, its whole tokens left;
+// x-rate-limit-reset, the epoch second it is full again) and refuses a call
+// over it with 429 and Retry-After. It starts a fleet of app servers, each
+// with its own Redis client and cache as separate processes would have, and
+// sends one sequence of requests, for user ids drawn from a Zipf distribution
+// (a few hot users, the rest cold), through the fleet twice, each time on an
 // empty cache:
 //
 //   - naive: cache-aside by hand. GET; on a miss, call the API and SET the
@@ -177,7 +180,7 @@ func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint6
 	if err := env.flush(ctx); err != nil {
 		return result{}, err
 	}
-	api := startAPI(cfg.rate, cfg.burst, cfg.latency)
+	api := startAPI(cfg.rate, cfg.burst, cfg.latency, time.Now)
 	defer api.Close()
 	servers := make([]appServer, cfg.servers)
 	for i := range servers {

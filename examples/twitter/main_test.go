@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
+	"net/http"
 	"reflect"
 	"strings"
 	"testing"
@@ -236,19 +238,57 @@ func TestTokenBucket(t *testing.T) {
 	b := newTokenBucket(50, 3)
 	now := time.Unix(0, 0)
 	for i := range 3 {
-		if ok, _ := b.take(now); !ok {
-			t.Fatalf("take %d of the burst refused", i+1)
+		if q := b.take(now); !q.ok || q.remaining != 2-i {
+			t.Fatalf("take %d of the burst = %+v; want ok, %d remaining", i+1, q, 2-i)
 		}
 	}
-	ok, wait := b.take(now)
-	if ok || wait != 20*time.Millisecond {
-		t.Errorf("take past the burst = %v, %s; want false, 20ms", ok, wait)
+	q := b.take(now)
+	if want := (quota{wait: 20 * time.Millisecond, full: 60 * time.Millisecond}); q != want {
+		t.Errorf("take past the burst = %+v; want %+v", q, want)
 	}
-	if ok, _ := b.take(now.Add(20 * time.Millisecond)); !ok {
+	if q := b.take(now.Add(20 * time.Millisecond)); !q.ok {
 		t.Errorf("take after 20ms at 50/s refused")
 	}
-	if got := retryAfterSeconds(wait); got != 1 {
-		t.Errorf("retryAfterSeconds(%s) = %d; want 1", wait, got)
+	if got := retryAfterSeconds(q.wait); got != 1 {
+		t.Errorf("retryAfterSeconds(%s) = %d; want 1", q.wait, got)
+	}
+}
+
+// TestRateLimitHeaders checks that the API states its limit as the X API
+// does on every response, 200, 404 or 429, and refuses with Retry-After.
+func TestRateLimitHeaders(t *testing.T) {
+	now := time.Unix(1_700_000_000, 500_000_000) // the bucket gains no token: the clock stands still
+	api := startAPI(1, 2, 0, func() time.Time { return now })
+	defer api.Close()
+	tests := []struct {
+		path                    string
+		status                  int
+		remaining, reset, retry string
+	}{
+		// 1 token missing: full again 1s later, at ...001.5, so ...002.
+		{"/users/1/timeline", http.StatusOK, "1", "1700000002", ""},
+		{"/users/x/timeline", http.StatusNotFound, "0", "1700000003", ""},
+		{"/users/1/timeline", http.StatusTooManyRequests, "0", "1700000003", "1"},
+	}
+	for i, tt := range tests {
+		resp, err := http.Get(api.URL() + tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		h := resp.Header
+		got := []string{resp.Status, h.Get("X-Rate-Limit-Limit"), h.Get("X-Rate-Limit-Remaining"), h.Get("X-Rate-Limit-Reset"), h.Get("Retry-After")}
+		want := []string{fmt.Sprintf("%d %s", tt.status, http.StatusText(tt.status)), "2", tt.remaining, tt.reset, tt.retry}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("call %d, GET %s: status, limit, remaining, reset, Retry-After = %q; want %q", i+1, tt.path, got, want)
+		}
+	}
+	if served, refused := api.calls(); served != 1 || refused != 1 {
+		t.Errorf("calls served, refused = %d, %d; want 1, 1", served, refused)
+	}
+	c := &apiClient{hc: http.DefaultClient, base: api.URL()}
+	if _, err := c.timeline(t.Context(), 1); !errors.Is(err, errRateLimited) {
+		t.Errorf("apiClient.timeline over the limit = %v; want %v", err, errRateLimited)
 	}
 }
 
