@@ -11,14 +11,15 @@
 // over it with 429 and Retry-After. It starts a fleet of app servers, each
 // with its own Redis client and cache as separate processes would have, and
 // sends one sequence of requests, for user ids drawn from a Zipf distribution
-// (a few hot users, the rest cold), through the fleet twice, each time on an
-// empty cache:
+// (a few hot users, the rest cold), through the fleet once per mode, each
+// time on an empty cache and a full budget. The modes:
 //
 //   - naive: cache-aside by hand. GET; on a miss, call the API and SET the
 //     result. A 429 fails the request.
-//   - fill: [fill.Get], whose loader calls the API. A 429 fails the load.
+//   - fill: [github.com/locksmith-go/locksmith/fill.Get], whose loader calls
+//     the API. A 429 fails the load.
 //
-// and prints for each mode the API calls, the 429s, the dedup ratio (API
+// It prints for each mode the API calls, the 429s, the dedup ratio (API
 // calls per distinct user requested) and the request latencies. Naive makes
 // many calls per user and runs out of budget; fill makes one call per user.
 //
@@ -48,6 +49,7 @@
 //	                   prefix of every Redis key the demo writes. Keys under
 //	                   it are deleted before each mode and at the end; no
 //	                   other key is read or written.
+//	-modes naive,fill  the modes to run, comma-separated, in that order
 //	-json              also print the results as one JSON object, the last
 //	                   line of stdout
 //
@@ -58,6 +60,10 @@
 // whatever the timing. Raise -keys above -burst to see that deduplication
 // does not create budget: fill gets 429s too, but only from distinct users,
 // while naive spends the budget on duplicates.
+//
+// A mode is one entry of the table modes: a name, a line of help, and a
+// function that builds one app server of the fleet from a serverEnv (its
+// Redis client, its API client, the mode's key prefix).
 package main
 
 import (
@@ -77,10 +83,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/redis/go-redis/v9"
-
-	"github.com/locksmith-go/locksmith/fill"
 )
 
 const (
@@ -130,7 +132,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 
 	ids := requestSequence(cfg.requests, cfg.keys, cfg.zipf, cfg.seed)
 	var results []result
-	for _, m := range modes(cfg) {
+	for _, m := range cfg.modes {
 		r, err := runMode(ctx, cfg, env, m, ids, stderr)
 		if err != nil {
 			return err
@@ -138,24 +140,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		results = append(results, r)
 	}
 	return report(stdout, cfg, env, results)
-}
-
-// mode is one way for the fleet to answer requests.
-type mode struct {
-	name      string
-	newServer newServerFunc
-}
-
-func modes(cfg config) []mode {
-	return []mode{
-		{"naive", func(rdb *redis.Client, api *apiClient) appServer {
-			return &naiveServer{rdb: rdb, api: api, prefix: cfg.prefix + "naive:", ttl: cfg.ttl}
-		}},
-		{"fill", func(rdb *redis.Client, api *apiClient) appServer {
-			c := fill.New(rdb, &fill.Options{Prefix: cfg.prefix + "fill:", TTL: cfg.ttl})
-			return &fillServer{rdb: rdb, cache: c, api: api}
-		}},
-	}
 }
 
 // result is what one mode did.
@@ -174,32 +158,25 @@ type result struct {
 	FillStats    *fillStats `json:"fill_stats,omitempty"`
 }
 
-// runMode sends ids through a fresh fleet of cfg.servers servers of mode m,
-// against a fresh API, on an emptied cache.
+// runMode sends ids through a fresh fleet of mode m, against a fresh API, on
+// an emptied cache.
 func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint64, stderr io.Writer) (result, error) {
 	if err := env.flush(ctx); err != nil {
 		return result{}, err
 	}
 	api := startAPI(cfg.rate, cfg.burst, cfg.latency, time.Now)
 	defer api.Close()
-	servers := make([]appServer, cfg.servers)
-	for i := range servers {
-		hc := newHTTPClient(cfg.concurrency, cfg.timeout)
-		servers[i] = m.newServer(env.client(), &apiClient{hc: hc, base: api.URL()})
-	}
+	f := newFleet(cfg, env, m, api.URL())
 
 	var done atomic.Int64
 	stop := progress(stderr, m.name, len(ids), &done, progressInterval)
 	start := time.Now()
-	out := drive(ctx, servers, ids, cfg.concurrency, cfg.timeout, &done)
+	out := drive(ctx, f.servers, ids, cfg.concurrency, cfg.timeout, &done)
 	wall := time.Since(start)
 	stop()
 
-	stats := fillTotals(servers)
-	var closeErr error
-	for _, s := range servers {
-		closeErr = errors.Join(closeErr, s.close())
-	}
+	stats := fillTotals(f.servers)
+	closeErr := f.close()
 	if err := ctx.Err(); err != nil {
 		return result{}, fmt.Errorf("%s: interrupted: %w", m.name, err)
 	}

@@ -176,6 +176,9 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-prefix", "a{b}"}, "-prefix must not contain '{' or '}'"},
 		{[]string{"-redis", "::1"}, "an IPv6 host in brackets"},
 		{[]string{"-redis", "host:http"}, `port "http" is not a number`},
+		{[]string{"-modes", "nope"}, `no mode "nope"; the modes are naive,fill`},
+		{[]string{"-modes", ""}, `no mode ""`},
+		{[]string{"-modes", "fill,naive,fill"}, `mode "fill" given twice`},
 		{[]string{"extra"}, `unexpected arguments: ["extra"]`},
 		{[]string{"-nope"}, "flag provided but not defined: -nope"},
 	}
@@ -199,6 +202,23 @@ func TestFlagErrorsAllReported(t *testing.T) {
 	for _, want := range []string{"-servers", "-keys", "unexpected arguments"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("parseFlags = %v; want it to mention %s", err, want)
+		}
+	}
+}
+
+func TestModesFlag(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{nil, "naive,fill"},
+		{[]string{"-modes", "fill"}, "fill"},
+		{[]string{"-modes", " fill , naive"}, "fill,naive"},
+	}
+	for _, tt := range tests {
+		cfg, err := parseFlags(tt.args, &bytes.Buffer{})
+		if got := cfg.modes.String(); err != nil || got != tt.want {
+			t.Errorf("parseFlags(%q) gives modes %q, %v; want %q", tt.args, got, err, tt.want)
 		}
 	}
 }
