@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -101,12 +102,25 @@ func request(ctx context.Context, s appServer, id uint64, timeout time.Duration)
 	return time.Since(start), err
 }
 
+// isTerminal reports whether w is a terminal: a character device, which a
+// file or a pipe is not. (A few other devices are too, such as /dev/null,
+// where the progress line does no harm.)
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
 // progress writes "mode done/total" on w every interval, overwriting the
 // line, until the returned function is called; that function clears the
-// line and returns once nothing more will be written.
+// line and returns once nothing more will be written. The line is for a
+// terminal: a log would get the lines joined by carriage returns.
 func progress(w io.Writer, mode string, total int, done *atomic.Int64, interval time.Duration) (stop func()) {
 	line := func() string {
-		return fmt.Sprintf("%-5s %*d/%d requests", mode, len(strconv.Itoa(total)), done.Load(), total)
+		return fmt.Sprintf("%s %*d/%d requests", mode, len(strconv.Itoa(total)), done.Load(), total)
 	}
 	quit := make(chan struct{})
 	var wg sync.WaitGroup

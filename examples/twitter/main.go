@@ -53,6 +53,9 @@
 //	-json              also print the results as one JSON object, the last
 //	                   line of stdout
 //
+// While a mode runs, a progress line is kept on stderr if stderr is a
+// terminal; a file or a pipe gets none.
+//
 // A fleet that makes one API call per distinct user still makes that many
 // calls, and with 200 requests in flight every distinct user among the first
 // of them is a call at the same instant. Only as many fit in the budget as
@@ -114,7 +117,8 @@ func main() {
 }
 
 // run runs the demo with the command-line arguments args (without the
-// program name), writing the report to stdout and progress to stderr.
+// program name), writing the report to stdout and, when stderr is a
+// terminal, a progress line to it.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
@@ -130,10 +134,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		err = errors.Join(err, env.close(cctx))
 	}()
 
+	var progressTo io.Writer // nil: no progress line
+	if isTerminal(stderr) {
+		progressTo = stderr
+	}
 	ids := requestSequence(cfg.requests, cfg.keys, cfg.zipf, cfg.seed)
 	var results []result
 	for _, m := range cfg.modes {
-		r, err := runMode(ctx, cfg, env, m, ids, stderr)
+		r, err := runMode(ctx, cfg, env, m, ids, progressTo)
 		if err != nil {
 			return err
 		}
@@ -159,8 +167,8 @@ type result struct {
 }
 
 // runMode sends ids through a fresh fleet of mode m, against a fresh API, on
-// an emptied cache.
-func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint64, stderr io.Writer) (result, error) {
+// an emptied cache. With progressTo not nil, it shows its progress there.
+func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint64, progressTo io.Writer) (result, error) {
 	if err := env.flush(ctx); err != nil {
 		return result{}, err
 	}
@@ -169,7 +177,10 @@ func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint6
 	f := newFleet(cfg, env, m, api.URL())
 
 	var done atomic.Int64
-	stop := progress(stderr, m.name, len(ids), &done, progressInterval)
+	stop := func() {}
+	if progressTo != nil {
+		stop = progress(progressTo, m.name, len(ids), &done, progressInterval)
+	}
 	start := time.Now()
 	out := drive(ctx, f.servers, ids, cfg.concurrency, cfg.timeout, &done)
 	wall := time.Since(start)

@@ -5,10 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,8 +43,8 @@ func runDemo(t *testing.T, args ...string) (stdout string, naive, fill modeResul
 	if err := run(t.Context(), args, &out, &errOut); err != nil {
 		t.Fatalf("run: %v\nstderr: %s", err, errOut.String())
 	}
-	if e := errOut.String(); !strings.Contains(e, "\rfill ") || !strings.HasSuffix(e, "\r") {
-		t.Errorf("stderr = %q; want progress lines for fill, the last one cleared", e)
+	if errOut.Len() > 0 {
+		t.Errorf("stderr = %q; want nothing: it is not a terminal", errOut.String())
 	}
 	lines := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
 	var res map[string]modeResult
@@ -98,6 +102,51 @@ func TestRunDefaults(t *testing.T) {
 	checkFill(t, 2000, naive, fill)
 	if naive.RateLimited == 0 {
 		t.Errorf("naive got no 429; want some")
+	}
+}
+
+// TestNoProgressInAFile runs the demo with stderr a file, as in "2>log": the
+// file gets no progress line.
+func TestNoProgressInAFile(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if isTerminal(f) {
+		t.Fatalf("isTerminal(%s) = true; want false", f.Name())
+	}
+	var out bytes.Buffer
+	if err := run(t.Context(), append(small, "-modes", "fill"), &out, f); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(f.Name()); err != nil || len(b) > 0 {
+		t.Errorf("stderr file = %q, %v; want it empty: no progress line in a file", b, err)
+	}
+}
+
+func TestIsTerminal(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	for name, w := range map[string]io.Writer{"a buffer": &bytes.Buffer{}, "a pipe": w} {
+		if isTerminal(w) {
+			t.Errorf("isTerminal(%s) = true; want false", name)
+		}
+	}
+}
+
+func TestProgress(t *testing.T) {
+	var buf bytes.Buffer
+	var done atomic.Int64
+	done.Store(7)
+	stop := progress(&buf, "fill", 300, &done, time.Hour)
+	stop()
+	if got, want := buf.String(), "\rfill   7/300 requests\r"+strings.Repeat(" ", 21)+"\r"; got != want {
+		t.Errorf("progress wrote %q; want %q", got, want)
 	}
 }
 
