@@ -32,20 +32,24 @@ type Tweet struct {
 
 // fakeAPI is a rate-limited "Twitter" on a loopback listener. Its token
 // bucket is shared by every caller, as an API key's limit is shared by every
-// server of a fleet.
+// server of a fleet. Like the X API, it states the limit on every response
+// (see [fakeAPI.setRateLimit]) and refuses a call over it with 429 and
+// Retry-After.
 type fakeAPI struct {
 	srv     *httptest.Server
 	bucket  *tokenBucket
 	latency time.Duration
+	now     func() time.Time
 
 	served  atomic.Int64 // calls answered 200
 	refused atomic.Int64 // calls answered 429
 }
 
 // startAPI starts a fake API allowing rate calls per second with bursts of
-// up to burst calls, each call taking latency. Close stops it.
-func startAPI(rate float64, burst int, latency time.Duration) *fakeAPI {
-	a := &fakeAPI{bucket: newTokenBucket(rate, burst), latency: latency}
+// up to burst calls, each call taking latency, on the clock now. Close stops
+// it.
+func startAPI(rate float64, burst int, latency time.Duration, now func() time.Time) *fakeAPI {
+	a := &fakeAPI{bucket: newTokenBucket(rate, burst), latency: latency, now: now}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /users/{id}/timeline", a.timeline)
 	a.srv = httptest.NewServer(mux)
@@ -63,28 +67,58 @@ func (a *fakeAPI) calls() (served, refused int64) {
 	return a.served.Load(), a.refused.Load()
 }
 
+// The X API's rate-limit headers.
+const (
+	headerLimit     = "X-Rate-Limit-Limit"     // calls allowed in a window
+	headerRemaining = "X-Rate-Limit-Remaining" // calls left in this one
+	headerReset     = "X-Rate-Limit-Reset"     // when Remaining is back at Limit, in epoch seconds
+)
+
 func (a *fakeAPI) timeline(w http.ResponseWriter, r *http.Request) {
+	// The budget is spent when the call arrives, whatever happens next, as
+	// on the X API: a call for a page that does not exist counts too.
+	now := a.now()
+	q := a.bucket.take(now)
+	a.setRateLimit(w.Header(), now, q)
 	w.Header().Set("Content-Type", "application/json")
+	if !sleep(r.Context(), a.latency) {
+		return // the caller went away
+	}
+	if !q.ok {
+		a.refused.Add(1)
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(q.wait)))
+		w.WriteHeader(http.StatusTooManyRequests)
+		_, _ = io.WriteString(w, `{"errors":[{"message":"Rate limit exceeded","code":88}]}`)
+		return
+	}
 	id, err := strconv.ParseUint(r.PathValue("id"), 10, 63)
 	if err != nil {
 		w.WriteHeader(http.StatusNotFound)
 		_, _ = io.WriteString(w, `{"errors":[{"message":"Sorry, that page does not exist","code":34}]}`)
 		return
 	}
-	// The budget is spent when the call arrives, whatever happens next.
-	ok, wait := a.bucket.take(time.Now())
-	if !sleep(r.Context(), a.latency) {
-		return // the caller went away
-	}
-	if !ok {
-		a.refused.Add(1)
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(wait)))
-		w.WriteHeader(http.StatusTooManyRequests)
-		_, _ = io.WriteString(w, `{"errors":[{"message":"Rate limit exceeded","code":88}]}`)
-		return
-	}
 	a.served.Add(1)
 	_ = json.NewEncoder(w).Encode(timelineFor(id))
+}
+
+// setRateLimit sets the X API's rate-limit headers for a call that took q at
+// now. The X API counts calls in fixed windows; the analogue for a token
+// bucket is its size as the limit, its whole tokens as the calls remaining,
+// and the time it is full again as the reset.
+func (a *fakeAPI) setRateLimit(h http.Header, now time.Time, q quota) {
+	h.Set(headerLimit, strconv.Itoa(int(a.bucket.burst)))
+	h.Set(headerRemaining, strconv.Itoa(q.remaining))
+	h.Set(headerReset, strconv.FormatInt(ceilUnix(now.Add(q.full)), 10))
+}
+
+// ceilUnix is t in epoch seconds, rounded up: a caller that waits until
+// then finds the bucket full.
+func ceilUnix(t time.Time) int64 {
+	s := t.Unix()
+	if t.After(time.Unix(s, 0)) {
+		s++
+	}
+	return s
 }
 
 // sleep waits for d, or until ctx is done; it reports whether d elapsed.
@@ -104,8 +138,8 @@ func sleep(ctx context.Context, d time.Duration) bool {
 
 // retryAfterSeconds rounds wait up to whole seconds, as Retry-After counts,
 // and never says 0: the caller would come straight back.
-func retryAfterSeconds(wait time.Duration) int {
-	return max(1, int(math.Ceil(wait.Seconds())))
+func retryAfterSeconds(d time.Duration) int {
+	return max(1, int(math.Ceil(d.Seconds())))
 }
 
 // tokenBucket holds up to burst tokens and gains rate tokens per second; a
@@ -123,20 +157,37 @@ func newTokenBucket(rate float64, burst int) *tokenBucket {
 	return &tokenBucket{rate: rate, burst: float64(burst), tokens: float64(burst)}
 }
 
-// take takes a token at now if there is one; if not, it says how long until
-// there will be.
-func (b *tokenBucket) take(now time.Time) (ok bool, wait time.Duration) {
+// quota is what a call found in the bucket.
+type quota struct {
+	ok        bool          // it took a token
+	remaining int           // whole tokens left after it
+	wait      time.Duration // until the next token, when not ok
+	full      time.Duration // until the bucket is full again
+}
+
+// take takes a token at now if there is one.
+func (b *tokenBucket) take(now time.Time) quota {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.last.IsZero() {
 		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
 	}
 	b.last = now
+	var q quota
 	if b.tokens >= 1 {
 		b.tokens--
-		return true, 0
+		q.ok = true
+	} else {
+		q.wait = b.duration(1 - b.tokens)
 	}
-	return false, time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
+	q.remaining = int(b.tokens)
+	q.full = b.duration(b.burst - b.tokens)
+	return q
+}
+
+// duration is how long the bucket takes to gain tokens.
+func (b *tokenBucket) duration(tokens float64) time.Duration {
+	return time.Duration(math.Ceil(tokens / b.rate * float64(time.Second)))
 }
 
 var words = strings.Fields(`just shipped a new build of the cache, rate limits are

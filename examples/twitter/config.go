@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +24,7 @@ type config struct {
 	redis                                redisFlag
 	prefix                               string
 	json                                 bool
+	modes                                modesFlag
 }
 
 // usageError is an error in the command line; printed says whether the flag
@@ -43,8 +45,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: go run ./examples/twitter [flags]\n\n"+
-			"Compares naive cache-aside with fill.Get on a fleet of app servers\n"+
-			"calling a rate-limited fake Twitter API.\n\nFlags:\n")
+			"Compares ways (-modes) for a fleet of app servers to cache the\n"+
+			"timelines of a rate-limited fake Twitter API.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	fs.IntVar(&cfg.servers, "servers", 8, "app servers in the fleet, each with its own Redis client")
@@ -62,7 +64,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		"an empty host or port means localhost or 6379 (the original locksmith\n"+
 		"defaults): -redis '' is localhost:6379, -redis :6380 localhost:6380")
 	fs.StringVar(&cfg.prefix, "prefix", "twitter-demo:", "prefix of every Redis key written; keys under it are deleted before\neach mode and at the end")
-	fs.BoolVar(&cfg.json, "json", false, "also print the results as one JSON object on the last line of stdout")
+	fs.BoolVar(&cfg.json, "json", false, "print the settings and results as one JSON object, and nothing else,\non stdout")
+	cfg.modes = slices.Clone(modes)
+	fs.Var(&cfg.modes, "modes", "the modes to run, in that order: comma-separated `names` among"+modesHelp())
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return cfg, err
@@ -151,4 +155,46 @@ func redisAddr(s string) (string, error) {
 		return "", fmt.Errorf("port %q is not a number from 1 to 65535", port)
 	}
 	return net.JoinHostPort(host, port), nil
+}
+
+// modesFlag is the -modes flag: the modes to run, in order.
+type modesFlag []mode
+
+func (f *modesFlag) String() string {
+	names := make([]string, len(*f))
+	for i, m := range *f {
+		names[i] = m.name
+	}
+	return strings.Join(names, ",")
+}
+
+func (f *modesFlag) Set(s string) error {
+	var picked modesFlag
+	for name := range strings.SplitSeq(s, ",") {
+		name = strings.TrimSpace(name)
+		i := slices.IndexFunc(modes, func(m mode) bool { return m.name == name })
+		if i < 0 {
+			all := modesFlag(modes)
+			return fmt.Errorf("no mode %q; the modes are %s", name, all.String())
+		}
+		if slices.ContainsFunc(picked, func(m mode) bool { return m.name == name }) {
+			return fmt.Errorf("mode %q given twice", name)
+		}
+		picked = append(picked, modes[i])
+	}
+	*f = picked
+	return nil
+}
+
+// modesHelp lists the modes, one a line, for -h.
+func modesHelp() string {
+	width := 0
+	for _, m := range modes {
+		width = max(width, len(m.name))
+	}
+	var b strings.Builder
+	for _, m := range modes {
+		fmt.Fprintf(&b, "\n  %-*s  %s", width, m.name, m.doc)
+	}
+	return b.String()
 }

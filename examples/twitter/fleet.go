@@ -5,122 +5,44 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/redis/go-redis/v9"
-
-	"github.com/locksmith-go/locksmith/fill"
 )
 
-// appServer is one server of the fleet: it answers a request for a user's
-// timeline from the cache, or from the API.
-type appServer interface {
-	timeline(ctx context.Context, id uint64) (Timeline, error)
-	close() error
+// fleet is the app servers of one mode, each on its own serverEnv.
+type fleet struct {
+	servers []appServer
+	envs    []serverEnv
 }
 
-// newServerFunc builds one app server on its own Redis client and API client.
-type newServerFunc func(rdb *redis.Client, api *apiClient) appServer
-
-// naiveServer is cache-aside by hand: GET, and on a miss call the API and SET
-// the result. Nothing stops the other requests missing meanwhile, on this
-// server or another, from calling the API for the same user.
-type naiveServer struct {
-	rdb    *redis.Client
-	api    *apiClient
-	prefix string
-	ttl    time.Duration
-}
-
-func (s *naiveServer) timeline(ctx context.Context, id uint64) (Timeline, error) {
-	key := s.prefix + "timeline:" + strconv.FormatUint(id, 10)
-	b, err := s.rdb.Get(ctx, key).Bytes()
-	switch {
-	case err == nil:
-		return decodeTimeline(b)
-	case !errors.Is(err, redis.Nil):
-		return Timeline{}, fmt.Errorf("redis GET %s: %w", key, err)
-	}
-	b, err = s.api.timeline(ctx, id)
-	if err != nil {
-		return Timeline{}, err
-	}
-	if err := s.rdb.Set(ctx, key, b, s.ttl).Err(); err != nil {
-		return Timeline{}, fmt.Errorf("redis SET %s: %w", key, err)
-	}
-	return decodeTimeline(b)
-}
-
-func (s *naiveServer) close() error {
-	s.api.close()
-	return s.rdb.Close()
-}
-
-// fillServer answers with fill.Get: one API call per user across the fleet.
-type fillServer struct {
-	rdb   *redis.Client
-	cache *fill.Cache
-	api   *apiClient
-}
-
-func (s *fillServer) timeline(ctx context.Context, id uint64) (Timeline, error) {
-	return fill.Get(ctx, s.cache, "timeline:"+strconv.FormatUint(id, 10), func(ctx context.Context) (Timeline, error) {
-		b, err := s.api.timeline(ctx, id)
-		if err != nil {
-			return Timeline{}, err
+// newFleet builds cfg.servers servers of mode m, calling the API at base.
+func newFleet(cfg config, env *redisEnv, m mode, base string) *fleet {
+	f := &fleet{servers: make([]appServer, cfg.servers), envs: make([]serverEnv, cfg.servers)}
+	for i := range f.servers {
+		f.envs[i] = serverEnv{
+			cfg:    cfg,
+			rdb:    env.client(),
+			api:    &apiClient{hc: newHTTPClient(cfg.concurrency, cfg.timeout), base: base},
+			prefix: cfg.prefix + m.name + ":",
 		}
-		return decodeTimeline(b)
-	})
-}
-
-func (s *fillServer) close() error {
-	err := s.cache.Close()
-	s.api.close()
-	return errors.Join(err, s.rdb.Close())
-}
-
-// fillStats are the fill.Stats of a whole fleet.
-type fillStats struct {
-	Hits         uint64 `json:"hits"`
-	Misses       uint64 `json:"misses"`
-	Loads        uint64 `json:"loads"`
-	LocalMerges  uint64 `json:"local_merges"`
-	RemoteMerges uint64 `json:"remote_merges"`
-	LoadErrors   uint64 `json:"load_errors"`
-	Corrupt      uint64 `json:"corrupt"`
-	RedisErrors  uint64 `json:"redis_errors"`
-	StaleStores  uint64 `json:"stale_stores"`
-}
-
-// fillTotals sums the fill.Stats of every server; nil when none uses fill.
-func fillTotals(servers []appServer) *fillStats {
-	var t fillStats
-	found := false
-	for _, s := range servers {
-		fs, ok := s.(*fillServer)
-		if !ok {
-			continue
-		}
-		found = true
-		st := fs.cache.Stats()
-		t.Hits += st.Hits
-		t.Misses += st.Misses
-		t.Loads += st.Loads
-		t.LocalMerges += st.LocalMerges
-		t.RemoteMerges += st.RemoteMerges
-		t.LoadErrors += st.LoadErrors
-		t.Corrupt += st.Corrupt
-		t.RedisErrors += st.RedisErrors
-		t.StaleStores += st.StaleStores
+		f.servers[i] = m.newServer(f.envs[i])
 	}
-	if !found {
-		return nil
+	return f
+}
+
+// close closes every server, then its clients.
+func (f *fleet) close() error {
+	var err error
+	for i, s := range f.servers {
+		err = errors.Join(err, s.close())
+		f.envs[i].api.close()
+		err = errors.Join(err, f.envs[i].rdb.Close())
 	}
-	return &t
+	return err
 }
 
 // outcome is what the fleet saw of a request sequence.
@@ -180,12 +102,25 @@ func request(ctx context.Context, s appServer, id uint64, timeout time.Duration)
 	return time.Since(start), err
 }
 
+// isTerminal reports whether w is a terminal: a character device, which a
+// file or a pipe is not. (A few other devices are too, such as /dev/null,
+// where the progress line does no harm.)
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
 // progress writes "mode done/total" on w every interval, overwriting the
 // line, until the returned function is called; that function clears the
-// line and returns once nothing more will be written.
+// line and returns once nothing more will be written. The line is for a
+// terminal: a log would get the lines joined by carriage returns.
 func progress(w io.Writer, mode string, total int, done *atomic.Int64, interval time.Duration) (stop func()) {
 	line := func() string {
-		return fmt.Sprintf("%-5s %*d/%d requests", mode, len(strconv.Itoa(total)), done.Load(), total)
+		return fmt.Sprintf("%s %*d/%d requests", mode, len(strconv.Itoa(total)), done.Load(), total)
 	}
 	quit := make(chan struct{})
 	var wg sync.WaitGroup

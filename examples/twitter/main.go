@@ -4,20 +4,40 @@
 // the cache is filled calls the API for the same data.
 //
 // It starts a fake Twitter API on a loopback listener, GET
-// /users/{id}/timeline, limited by one token bucket for the whole fleet (429
-// with Retry-After when it is empty), and a fleet of app servers, each with
-// its own Redis client and cache as separate processes would have. It sends
-// one sequence of requests, for user ids drawn from a Zipf distribution (a
-// few hot users, the rest cold), through the fleet twice, each time on an
-// empty cache:
+// /users/{id}/timeline, limited by one token bucket for the whole fleet. Like
+// the X API it states the limit on every response (x-rate-limit-limit, the
+// bucket's size; x-rate-limit-remaining, its whole tokens left;
+// x-rate-limit-reset, the epoch second it is full again) and refuses a call
+// over it with 429 and Retry-After. It starts a fleet of app servers, each
+// with its own Redis client and cache as separate processes would have, and
+// sends one sequence of requests, for user ids drawn from a Zipf distribution
+// (a few hot users, the rest cold), through the fleet once per mode, each
+// time on an empty cache and a full budget. The modes:
 //
 //   - naive: cache-aside by hand. GET; on a miss, call the API and SET the
 //     result. A 429 fails the request.
-//   - fill: [fill.Get], whose loader calls the API. A 429 fails the load.
+//   - fill: [github.com/locksmith-go/locksmith/fill.Get], whose loader calls
+//     the API. A 429 fails the load.
 //
-// and prints for each mode the API calls, the 429s, the dedup ratio (API
-// calls per distinct user requested) and the request latencies. Naive makes
-// many calls per user and runs out of budget; fill makes one call per user.
+// It prints for each mode the API calls, the 429s, the API calls per
+// distinct user requested (calls/key: 1.00 is one call per user) and the
+// request latencies, then a conclusion computed from the run, such as
+//
+//	fill made 10 API calls where naive made 527 (517 saved, 98%); naive had 505 calls refused (429), fill 0.
+//
+// Naive makes many calls per user and runs out of budget; fill makes one
+// call per user.
+//
+// Naive's figures vary from run to run, by about 30% with the default flags,
+// although the request sequence is the same: they depend on timing, which
+// requests miss together and which of their calls find a token in the
+// bucket. That race is what the demo is about, so it is left to the machine
+// rather than decided by a rule. 30 runs on a busy 2-core machine made from
+// 177 to 577 API calls (mean 354, standard deviation 27% of it) and got
+// from 134 to 553 429s (mean 322, standard deviation 31%); two runs on a
+// less busy one made 469 and 503 calls, and one on a busier one 149.
+// Fill's calls do not vary: one per distinct user (with -keys at most
+// -burst; see below). The latencies vary in both modes.
 //
 // Usage:
 //
@@ -35,7 +55,8 @@
 //	-burst 10          API calls allowed at once after a quiet time
 //	-latency 80ms      time the API takes per call
 //	-ttl 10m           how long a timeline stays cached
-//	-timeout 10s       the longest one request may take
+//	-timeout 10s       the longest one request may take: its deadline, which
+//	                   also bounds each API call
 //	-redis ADDR        use the Redis at ADDR (host:port) instead of an
 //	                   embedded in-memory one. An empty host or port takes
 //	                   the original locksmith defaults, localhost and 6379:
@@ -45,8 +66,15 @@
 //	                   prefix of every Redis key the demo writes. Keys under
 //	                   it are deleted before each mode and at the end; no
 //	                   other key is read or written.
-//	-json              also print the results as one JSON object, the last
-//	                   line of stdout
+//	-modes naive,fill  the modes to run, comma-separated, in that order
+//	-json              print on stdout one JSON object and nothing else:
+//	                   "settings" (the flags, durations in ms: -timeout is
+//	                   "request_timeout_ms", "redis" is the address or
+//	                   "embedded"), "results" by mode, "conclusion" (its
+//	                   lines) and "timing_note"
+//
+// While a mode runs, a progress line is kept on stderr if stderr is a
+// terminal; a file or a pipe gets none.
 //
 // A fleet that makes one API call per distinct user still makes that many
 // calls, and with 200 requests in flight every distinct user among the first
@@ -54,7 +82,12 @@
 // the bucket's burst, hence -keys 10, equal to -burst: fill then gets no 429
 // whatever the timing. Raise -keys above -burst to see that deduplication
 // does not create budget: fill gets 429s too, but only from distinct users,
-// while naive spends the budget on duplicates.
+// while naive spends the budget on duplicates; fill's figures then depend on
+// timing as well.
+//
+// A mode is one entry of the table modes: a name, a line of help, and a
+// function that builds one app server of the fleet from a serverEnv (its
+// Redis client, its API client, the mode's key prefix).
 package main
 
 import (
@@ -69,15 +102,10 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/redis/go-redis/v9"
-
-	"github.com/locksmith-go/locksmith/fill"
 )
 
 const (
@@ -109,7 +137,8 @@ func main() {
 }
 
 // run runs the demo with the command-line arguments args (without the
-// program name), writing the report to stdout and progress to stderr.
+// program name), writing the report to stdout and, when stderr is a
+// terminal, a progress line to it.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
@@ -125,78 +154,63 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		err = errors.Join(err, env.close(cctx))
 	}()
 
+	var progressTo io.Writer // nil: no progress line
+	if isTerminal(stderr) {
+		progressTo = stderr
+	}
 	ids := requestSequence(cfg.requests, cfg.keys, cfg.zipf, cfg.seed)
 	var results []result
-	for _, m := range modes(cfg) {
-		r, err := runMode(ctx, cfg, env, m, ids, stderr)
+	for _, m := range cfg.modes {
+		r, err := runMode(ctx, cfg, env, m, ids, progressTo)
 		if err != nil {
 			return err
 		}
 		results = append(results, r)
 	}
-	return report(stdout, cfg, env, results)
-}
-
-// mode is one way for the fleet to answer requests.
-type mode struct {
-	name      string
-	newServer newServerFunc
-}
-
-func modes(cfg config) []mode {
-	return []mode{
-		{"naive", func(rdb *redis.Client, api *apiClient) appServer {
-			return &naiveServer{rdb: rdb, api: api, prefix: cfg.prefix + "naive:", ttl: cfg.ttl}
-		}},
-		{"fill", func(rdb *redis.Client, api *apiClient) appServer {
-			c := fill.New(rdb, &fill.Options{Prefix: cfg.prefix + "fill:", TTL: cfg.ttl})
-			return &fillServer{rdb: rdb, cache: c, api: api}
-		}},
+	if cfg.json {
+		return writeJSON(stdout, cfg, env, results)
 	}
+	return report(stdout, cfg, env, results)
 }
 
 // result is what one mode did.
 type result struct {
 	Mode         string     `json:"-"`
 	Requests     int        `json:"requests"`
-	DistinctKeys int        `json:"distinct_keys"`
-	APICalls     int64      `json:"api_calls"`    // answered or refused
-	RateLimited  int64      `json:"rate_limited"` // refused with 429
-	Errors       int        `json:"errors"`       // requests that failed
-	DedupRatio   float64    `json:"dedup_ratio"`  // API calls per distinct key
+	DistinctKeys int        `json:"distinct_keys"`     // users requested
+	APICalls     int64      `json:"api_calls"`         // answered or refused
+	Refused      int64      `json:"api_calls_refused"` // with 429
+	CallsPerKey  float64    `json:"api_calls_per_key"` // APICalls / DistinctKeys
+	Failed       int        `json:"failed_requests"`
 	P50ms        float64    `json:"p50_ms"`
 	P99ms        float64    `json:"p99_ms"`
 	WallMs       float64    `json:"wall_ms"`
-	FirstError   string     `json:"first_error,omitempty"`
+	FirstError   string     `json:"first_error,omitempty"` // of the failed requests
 	FillStats    *fillStats `json:"fill_stats,omitempty"`
 }
 
-// runMode sends ids through a fresh fleet of cfg.servers servers of mode m,
-// against a fresh API, on an emptied cache.
-func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint64, stderr io.Writer) (result, error) {
+// runMode sends ids through a fresh fleet of mode m, against a fresh API, on
+// an emptied cache. With progressTo not nil, it shows its progress there.
+func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint64, progressTo io.Writer) (result, error) {
 	if err := env.flush(ctx); err != nil {
 		return result{}, err
 	}
-	api := startAPI(cfg.rate, cfg.burst, cfg.latency)
+	api := startAPI(cfg.rate, cfg.burst, cfg.latency, time.Now)
 	defer api.Close()
-	servers := make([]appServer, cfg.servers)
-	for i := range servers {
-		hc := newHTTPClient(cfg.concurrency, cfg.timeout)
-		servers[i] = m.newServer(env.client(), &apiClient{hc: hc, base: api.URL()})
-	}
+	f := newFleet(cfg, env, m, api.URL())
 
 	var done atomic.Int64
-	stop := progress(stderr, m.name, len(ids), &done, progressInterval)
+	stop := func() {}
+	if progressTo != nil {
+		stop = progress(progressTo, m.name, len(ids), &done, progressInterval)
+	}
 	start := time.Now()
-	out := drive(ctx, servers, ids, cfg.concurrency, cfg.timeout, &done)
+	out := drive(ctx, f.servers, ids, cfg.concurrency, cfg.timeout, &done)
 	wall := time.Since(start)
 	stop()
 
-	stats := fillTotals(servers)
-	var closeErr error
-	for _, s := range servers {
-		closeErr = errors.Join(closeErr, s.close())
-	}
+	stats := fillTotals(f.servers)
+	closeErr := f.close()
 	if err := ctx.Err(); err != nil {
 		return result{}, fmt.Errorf("%s: interrupted: %w", m.name, err)
 	}
@@ -215,9 +229,9 @@ func summarize(name string, ids []uint64, api *fakeAPI, out outcome, wall time.D
 		Requests:     len(out.latencies),
 		DistinctKeys: distinct,
 		APICalls:     served + refused,
-		RateLimited:  refused,
-		Errors:       out.failed,
-		DedupRatio:   round2(float64(served+refused) / float64(distinct)),
+		Refused:      refused,
+		CallsPerKey:  round2(float64(served+refused) / float64(distinct)),
+		Failed:       out.failed,
 		P50ms:        millis(percentile(out.latencies, 0.50)),
 		P99ms:        millis(percentile(out.latencies, 0.99)),
 		WallMs:       millis(wall),
@@ -261,58 +275,167 @@ func millis(d time.Duration) float64 { return round2(float64(d) / float64(time.M
 
 func round2(x float64) float64 { return math.Round(x*100) / 100 }
 
-// report writes the table, notes on the fill counters and on failures, and
-// with -json the results as the last line.
+// naiveVariation is how much naive's API calls and 429s vary from run to run
+// with the default flags, as measured: see the package comment.
+const naiveVariation = "30%"
+
+// report writes the settings, the table, notes on failures, on the fill
+// counters and on timing, and the conclusion.
 func report(w io.Writer, cfg config, env *redisEnv, results []result) error {
 	fmt.Fprintf(w, "%d servers, %d requests (%d in flight) for %d possible users (Zipf s=%g, seed %d)\n",
 		cfg.servers, cfg.requests, cfg.concurrency, cfg.keys, cfg.zipf, cfg.seed)
 	fmt.Fprintf(w, "API: %g calls/s, burst %d, %s per call; Redis: %s\n\n",
 		cfg.rate, cfg.burst, cfg.latency, env.desc)
 	rows := [][]string{{"mode", "requests", "distinct keys", "API calls", "429s", "failed",
-		"dedup ratio", "p50 ms", "p99 ms", "wall ms"}}
+		"calls/key", "p50 ms", "p99 ms", "wall ms"}}
 	for _, r := range results {
 		rows = append(rows, []string{r.Mode, fmt.Sprint(r.Requests), fmt.Sprint(r.DistinctKeys),
-			fmt.Sprint(r.APICalls), fmt.Sprint(r.RateLimited), fmt.Sprint(r.Errors),
-			fmt.Sprintf("%.2f", r.DedupRatio), fmt.Sprintf("%.1f", r.P50ms),
+			fmt.Sprint(r.APICalls), fmt.Sprint(r.Refused), fmt.Sprint(r.Failed),
+			fmt.Sprintf("%.2f", r.CallsPerKey), fmt.Sprintf("%.1f", r.P50ms),
 			fmt.Sprintf("%.1f", r.P99ms), fmt.Sprintf("%.0f", r.WallMs)})
 	}
 	writeTable(w, rows)
 	fmt.Fprintln(w)
+	fmt.Fprintln(w, "calls/key: API calls per distinct user requested; 1.00 is one call per user.")
 	for _, r := range results {
 		if s := r.FillStats; s != nil {
 			fmt.Fprintf(w, "%s, all servers: %d loads, %d hits, %d misses, %d merged in-process, %d merged from another server\n",
 				r.Mode, s.Loads, s.Hits, s.Misses, s.LocalMerges, s.RemoteMerges)
 		}
-		if r.Errors > 0 {
-			fmt.Fprintf(w, "%s: %d of %d requests failed; the first: %s\n", r.Mode, r.Errors, r.Requests, r.FirstError)
+		if r.Failed > 0 {
+			fmt.Fprintf(w, "%s: %d of %d requests failed; the first: %s\n", r.Mode, r.Failed, r.Requests, r.FirstError)
 		}
 	}
-	if !cfg.json {
-		return nil
+	if note := timingNote(cfg, results); note != "" {
+		fmt.Fprintln(w, note)
 	}
-	b, err := resultsJSON(results)
-	if err != nil {
-		return err
+	fmt.Fprintln(w)
+	for _, line := range conclusion(results) {
+		if _, err := fmt.Fprintln(w, line); err != nil {
+			return err
+		}
 	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
-	return err
+	return nil
 }
 
-// resultsJSON encodes results as one object keyed by mode, in run order.
-func resultsJSON(results []result) ([]byte, error) {
-	b := []byte{'{'}
-	for i, r := range results {
-		if i > 0 {
-			b = append(b, ',')
+// timingNote says which figures of the modes run depend on timing.
+func timingNote(cfg config, results []result) string {
+	var note []string
+	for _, r := range results {
+		switch {
+		case r.Mode == naive:
+			note = append(note, "naive's figures vary from run to run, by about "+naiveVariation+
+				" with the default flags: they depend on timing (which requests miss together,"+
+				" and which of their calls the API serves).")
+		case cfg.keys > cfg.burst:
+			note = append(note, fmt.Sprintf("With -keys above -burst, %s's figures depend on timing too.", r.Mode))
 		}
-		v, err := json.Marshal(r)
-		if err != nil {
-			return nil, err
-		}
-		b = strconv.AppendQuote(b, r.Mode)
-		b = append(append(b, ':'), v...)
 	}
-	return append(b, '}'), nil
+	return strings.Join(note, " ")
+}
+
+// conclusion compares every mode with naive, one sentence each. Without
+// naive to compare with, it states each mode's calls.
+func conclusion(results []result) []string {
+	base := slices.IndexFunc(results, func(r result) bool { return r.Mode == naive })
+	var lines []string
+	for i, r := range results {
+		switch {
+		case base < 0 || len(results) == 1:
+			lines = append(lines, fmt.Sprintf("%s made %s for %s; the API refused %d (429).",
+				r.Mode, plural(r.APICalls, "API call"), plural(int64(r.DistinctKeys), "distinct user"), r.Refused))
+		case i != base:
+			n := results[base]
+			lines = append(lines, fmt.Sprintf("%s made %s where naive made %d (%s); naive had %s refused (429), %s %d.",
+				r.Mode, plural(r.APICalls, "API call"), n.APICalls, saving(n.APICalls, r.APICalls),
+				plural(n.Refused, "call"), r.Mode, r.Refused))
+		}
+	}
+	return lines
+}
+
+// saving compares a mode's API calls with base, naive's.
+func saving(base, calls int64) string {
+	switch {
+	case calls < base:
+		pct := math.Floor(100 * float64(base-calls) / float64(base))
+		return fmt.Sprintf("%d saved, %.0f%%", base-calls, pct)
+	case calls == base:
+		return "none saved"
+	default:
+		return fmt.Sprintf("%d more", calls-base)
+	}
+}
+
+// plural is n things, with one thing singular.
+func plural(n int64, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
+}
+
+// jsonReport is the output of -json.
+type jsonReport struct {
+	Settings   jsonSettings      `json:"settings"`
+	Results    map[string]result `json:"results"` // by mode
+	Conclusion []string          `json:"conclusion"`
+	TimingNote string            `json:"timing_note,omitempty"`
+}
+
+// jsonSettings are the run's settings, from its flags.
+type jsonSettings struct {
+	Modes       []string `json:"modes"` // in the order they ran
+	Servers     int      `json:"servers"`
+	Requests    int      `json:"requests"`
+	Concurrency int      `json:"concurrency"`
+	Keys        int      `json:"keys"`
+	Zipf        float64  `json:"zipf"`
+	Seed        uint64   `json:"seed"`
+	RatePerSec  float64  `json:"api_rate_per_s"`
+	Burst       int      `json:"api_burst"`
+	LatencyMs   float64  `json:"api_latency_ms"`
+	TTLMs       float64  `json:"ttl_ms"`
+	TimeoutMs   float64  `json:"request_timeout_ms"` // -timeout: each request's deadline
+	Redis       string   `json:"redis"`              // host:port, or "embedded"
+	Prefix      string   `json:"prefix"`
+}
+
+// writeJSON writes the settings and results as one JSON object, and nothing
+// else.
+func writeJSON(w io.Writer, cfg config, env *redisEnv, results []result) error {
+	rep := jsonReport{
+		Settings: jsonSettings{
+			Servers:     cfg.servers,
+			Requests:    cfg.requests,
+			Concurrency: cfg.concurrency,
+			Keys:        cfg.keys,
+			Zipf:        cfg.zipf,
+			Seed:        cfg.seed,
+			RatePerSec:  cfg.rate,
+			Burst:       cfg.burst,
+			LatencyMs:   millis(cfg.latency),
+			TTLMs:       millis(cfg.ttl),
+			TimeoutMs:   millis(cfg.timeout),
+			Redis:       env.addr,
+			Prefix:      cfg.prefix,
+		},
+		Results:    make(map[string]result),
+		Conclusion: conclusion(results),
+		TimingNote: timingNote(cfg, results),
+	}
+	if env.mini != nil {
+		rep.Settings.Redis = "embedded"
+	}
+	for _, m := range cfg.modes {
+		rep.Settings.Modes = append(rep.Settings.Modes, m.name)
+	}
+	for _, r := range results {
+		rep.Results[r.Mode] = r
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
 }
 
 // writeTable writes rows as aligned columns: the first left-aligned, the

@@ -4,9 +4,18 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"maps"
 	"net"
+	"net/http"
+	"os"
+	"path/filepath"
 	"reflect"
+	"regexp"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,70 +28,125 @@ import (
 // whatever duplicates naive makes are served. 64 requests in flight over 40
 // users, with 5 ms per API call, always miss together on the hot users.
 var small = []string{"-servers", "4", "-requests", "300", "-keys", "40", "-latency", "5ms",
-	"-concurrency", "64", "-rate", "1000000", "-burst", "1000000", "-json"}
+	"-concurrency", "64", "-rate", "1000000", "-burst", "1000000"}
 
-type modeResult struct {
-	Requests     int `json:"requests"`
-	DistinctKeys int `json:"distinct_keys"`
-	APICalls     int `json:"api_calls"`
-	RateLimited  int `json:"rate_limited"`
-	Errors       int `json:"errors"`
+// jsonOut is the output of -json.
+type jsonOut struct {
+	Settings   map[string]any        `json:"settings"`
+	Results    map[string]modeResult `json:"results"`
+	Conclusion []string              `json:"conclusion"`
+	TimingNote string                `json:"timing_note"`
 }
 
-// runDemo runs the demo with args and returns its stdout and the results
-// decoded from its last line.
-func runDemo(t *testing.T, args ...string) (stdout string, naive, fill modeResult) {
+type modeResult struct {
+	Requests     int     `json:"requests"`
+	DistinctKeys int     `json:"distinct_keys"`
+	APICalls     int     `json:"api_calls"`
+	Refused      int     `json:"api_calls_refused"`
+	CallsPerKey  float64 `json:"api_calls_per_key"`
+	Failed       int     `json:"failed_requests"`
+}
+
+// runDemo runs the demo with args and -json, checks that stdout is one JSON
+// object and nothing else and that stderr, not a terminal, got nothing, and
+// returns the object.
+func runDemo(t *testing.T, args ...string) jsonOut {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	if err := run(t.Context(), args, &out, &errOut); err != nil {
+	if err := run(t.Context(), append(args, "-json"), &out, &errOut); err != nil {
 		t.Fatalf("run: %v\nstderr: %s", err, errOut.String())
 	}
-	if e := errOut.String(); !strings.Contains(e, "\rfill ") || !strings.HasSuffix(e, "\r") {
-		t.Errorf("stderr = %q; want progress lines for fill, the last one cleared", e)
+	if errOut.Len() > 0 {
+		t.Errorf("stderr = %q; want nothing: it is not a terminal", errOut.String())
 	}
-	lines := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
-	var res map[string]modeResult
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
-		t.Fatalf("last line of stdout is not the JSON result: %v\nstdout:\n%s", err, out.String())
+	var res jsonOut
+	dec := json.NewDecoder(&out)
+	if err := dec.Decode(&res); err != nil {
+		t.Fatalf("stdout is not a JSON object: %v\nstdout:\n%s", err, out.String())
 	}
-	if len(res) != 2 {
-		t.Fatalf("JSON result has modes %v; want naive and fill", reflect.ValueOf(res).MapKeys())
+	if rest, _ := io.ReadAll(dec.Buffered()); len(bytes.TrimSpace(rest)) > 0 || out.Len() > 0 {
+		t.Errorf("stdout has more than the JSON object: %q", string(rest)+out.String())
 	}
-	return out.String(), res["naive"], res["fill"]
+	return res
 }
 
 // checkFill checks the point of the demo: fill makes one API call per
-// distinct key, and naive makes more.
-func checkFill(t *testing.T, requests int, naive, fill modeResult) {
+// distinct key and none is refused, and naive makes more.
+func checkFill(t *testing.T, requests int, res jsonOut) {
 	t.Helper()
+	naive, okN := res.Results["naive"]
+	fill, okF := res.Results["fill"]
+	if !okN || !okF || len(res.Results) != 2 {
+		t.Fatalf("results for %v; want naive and fill", slices.Sorted(maps.Keys(res.Results)))
+	}
 	if naive.Requests != requests || fill.Requests != requests {
 		t.Errorf("requests: naive %d, fill %d; want %d each", naive.Requests, fill.Requests, requests)
 	}
 	if naive.DistinctKeys != fill.DistinctKeys || fill.DistinctKeys < 1 {
 		t.Errorf("distinct keys: naive %d, fill %d; want the same, above 0", naive.DistinctKeys, fill.DistinctKeys)
 	}
-	if fill.APICalls != fill.DistinctKeys {
-		t.Errorf("fill API calls = %d; want %d, one per distinct key", fill.APICalls, fill.DistinctKeys)
+	if fill.APICalls != fill.DistinctKeys || fill.CallsPerKey != 1 {
+		t.Errorf("fill API calls = %d (%g per key); want %d, one per distinct key", fill.APICalls, fill.CallsPerKey, fill.DistinctKeys)
 	}
-	if fill.RateLimited != 0 || fill.Errors != 0 {
-		t.Errorf("fill: %d rate limited, %d errors; want 0 and 0", fill.RateLimited, fill.Errors)
+	if fill.Refused != 0 || fill.Failed != 0 {
+		t.Errorf("fill: %d calls refused, %d requests failed; want 0 and 0", fill.Refused, fill.Failed)
 	}
 	if naive.APICalls <= fill.APICalls {
 		t.Errorf("naive API calls = %d; want more than fill's %d", naive.APICalls, fill.APICalls)
+	}
+	if want := fmt.Sprintf("fill made %d API calls where naive made %d (", fill.APICalls, naive.APICalls); len(res.Conclusion) != 1 || !strings.HasPrefix(res.Conclusion[0], want) {
+		t.Errorf("conclusion = %q; want one line starting %q", res.Conclusion, want)
+	}
+	if !strings.Contains(res.TimingNote, "naive's figures vary from run to run") {
+		t.Errorf("timing note = %q; want it to say naive's figures vary", res.TimingNote)
 	}
 }
 
 func TestRunEmbedded(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	stdout, naive, fill := runDemo(t, small...)
-	checkFill(t, 300, naive, fill)
-	if naive.RateLimited != 0 || naive.Errors != 0 {
-		t.Errorf("naive: %d rate limited, %d errors; want 0 and 0 with this budget", naive.RateLimited, naive.Errors)
+	res := runDemo(t, small...)
+	checkFill(t, 300, res)
+	if naive := res.Results["naive"]; naive.Refused != 0 || naive.Failed != 0 {
+		t.Errorf("naive: %d calls refused, %d requests failed; want 0 and 0 with this budget", naive.Refused, naive.Failed)
 	}
-	for _, mode := range []string{"naive", "fill"} {
-		if !strings.Contains(stdout, "\n"+mode+" ") {
-			t.Errorf("stdout has no table row for %s:\n%s", mode, stdout)
+	want := map[string]any{
+		"modes": []any{"naive", "fill"}, "servers": 4.0, "requests": 300.0, "concurrency": 64.0,
+		"keys": 40.0, "zipf": 1.1, "seed": 1.0, "api_rate_per_s": 1e6, "api_burst": 1e6, "api_latency_ms": 5.0,
+		"ttl_ms": 600000.0, "request_timeout_ms": 10000.0, "redis": "embedded", "prefix": "twitter-demo:",
+	}
+	if !reflect.DeepEqual(res.Settings, want) {
+		t.Errorf("settings = %v; want %v", res.Settings, want)
+	}
+}
+
+// TestRunText checks the report without -json, with stderr a file as in
+// "2>log": the table, the timing note and the conclusion as the last line on
+// stdout, and no progress line in the file.
+func TestRunText(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if isTerminal(f) {
+		t.Fatalf("isTerminal(%s) = true; want false", f.Name())
+	}
+	var out bytes.Buffer
+	if err := run(t.Context(), small, &out, f); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if b, err := os.ReadFile(f.Name()); err != nil || len(b) > 0 {
+		t.Errorf("stderr file = %q, %v; want it empty: no progress line in a file", b, err)
+	}
+	stdout := out.String()
+	for _, want := range []string{"\nnaive ", "\nfill ", "calls/key", "naive's figures vary from run to run"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("stdout has no %q:\n%s", want, stdout)
 		}
+	}
+	lines := strings.Split(strings.TrimRight(stdout, "\n"), "\n")
+	if last := lines[len(lines)-1]; !regexp.MustCompile(`^fill made \d+ API calls where naive made \d+ \(`).MatchString(last) {
+		t.Errorf("last line = %q; want the conclusion", last)
 	}
 }
 
@@ -92,10 +156,86 @@ func TestRunDefaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a full-size run")
 	}
-	_, naive, fill := runDemo(t, "-json")
-	checkFill(t, 2000, naive, fill)
-	if naive.RateLimited == 0 {
+	res := runDemo(t)
+	checkFill(t, 2000, res)
+	if res.Results["naive"].Refused == 0 {
 		t.Errorf("naive got no 429; want some")
+	}
+}
+
+func TestRunModes(t *testing.T) {
+	res := runDemo(t, append(small, "-modes", " fill ")...)
+	if got := res.Settings["modes"]; !reflect.DeepEqual(got, []any{"fill"}) {
+		t.Errorf("settings.modes = %v; want [fill]", got)
+	}
+	fill, ok := res.Results["fill"]
+	if !ok || len(res.Results) != 1 {
+		t.Fatalf("results for %v; want fill alone", slices.Sorted(maps.Keys(res.Results)))
+	}
+	want := fmt.Sprintf("fill made %d API calls for %d distinct users; the API refused 0 (429).", fill.APICalls, fill.DistinctKeys)
+	if !reflect.DeepEqual(res.Conclusion, []string{want}) {
+		t.Errorf("conclusion = %q; want %q", res.Conclusion, want)
+	}
+	if res.TimingNote != "" {
+		t.Errorf("timing note = %q without naive; want none", res.TimingNote)
+	}
+}
+
+func TestIsTerminal(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	for name, w := range map[string]io.Writer{"a buffer": &bytes.Buffer{}, "a pipe": w} {
+		if isTerminal(w) {
+			t.Errorf("isTerminal(%s) = true; want false", name)
+		}
+	}
+}
+
+func TestProgress(t *testing.T) {
+	var buf bytes.Buffer
+	var done atomic.Int64
+	done.Store(7)
+	stop := progress(&buf, "fill", 300, &done, time.Hour)
+	stop()
+	if got, want := buf.String(), "\rfill   7/300 requests\r"+strings.Repeat(" ", 21)+"\r"; got != want {
+		t.Errorf("progress wrote %q; want %q", got, want)
+	}
+}
+
+func TestConclusion(t *testing.T) {
+	naive := result{Mode: "naive", DistinctKeys: 10, APICalls: 527, Refused: 505}
+	fill := result{Mode: "fill", DistinctKeys: 10, APICalls: 10}
+	tests := []struct {
+		name    string
+		results []result
+		want    []string
+	}{
+		{"naive and fill", []result{naive, fill},
+			[]string{"fill made 10 API calls where naive made 527 (517 saved, 98%); naive had 505 calls refused (429), fill 0."}},
+		{"fill first", []result{fill, naive},
+			[]string{"fill made 10 API calls where naive made 527 (517 saved, 98%); naive had 505 calls refused (429), fill 0."}},
+		{"as many", []result{naive, {Mode: "x", APICalls: 527, Refused: 1}},
+			[]string{"x made 527 API calls where naive made 527 (none saved); naive had 505 calls refused (429), x 1."}},
+		{"more", []result{naive, {Mode: "x", APICalls: 530}},
+			[]string{"x made 530 API calls where naive made 527 (3 more); naive had 505 calls refused (429), x 0."}},
+		{"two to compare", []result{naive, fill, {Mode: "x", APICalls: 1}}, []string{
+			"fill made 10 API calls where naive made 527 (517 saved, 98%); naive had 505 calls refused (429), fill 0.",
+			"x made 1 API call where naive made 527 (526 saved, 99%); naive had 505 calls refused (429), x 0."}},
+		{"fill alone", []result{fill},
+			[]string{"fill made 10 API calls for 10 distinct users; the API refused 0 (429)."}},
+		{"naive alone", []result{naive},
+			[]string{"naive made 527 API calls for 10 distinct users; the API refused 505 (429)."}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := conclusion(tt.results); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("conclusion = %q; want %q", got, tt.want)
+			}
+		})
 	}
 }
 
@@ -111,8 +251,11 @@ func TestRunRealRedis(t *testing.T) {
 		}
 	}
 
-	_, naive, fill := runDemo(t, append(small, "-redis", srv.Addr(), "-prefix", prefix)...)
-	checkFill(t, 300, naive, fill)
+	res := runDemo(t, append(small, "-redis", srv.Addr(), "-prefix", prefix)...)
+	checkFill(t, 300, res)
+	if got := res.Settings["redis"]; got != srv.Addr() {
+		t.Errorf("settings.redis = %v; want %s", got, srv.Addr())
+	}
 
 	left, err := rdb.Keys(ctx, prefix+"*").Result()
 	if err != nil {
@@ -174,6 +317,9 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-prefix", "a{b}"}, "-prefix must not contain '{' or '}'"},
 		{[]string{"-redis", "::1"}, "an IPv6 host in brackets"},
 		{[]string{"-redis", "host:http"}, `port "http" is not a number`},
+		{[]string{"-modes", "nope"}, `no mode "nope"; the modes are naive,fill`},
+		{[]string{"-modes", ""}, `no mode ""`},
+		{[]string{"-modes", "fill,naive,fill"}, `mode "fill" given twice`},
 		{[]string{"extra"}, `unexpected arguments: ["extra"]`},
 		{[]string{"-nope"}, "flag provided but not defined: -nope"},
 	}
@@ -197,6 +343,23 @@ func TestFlagErrorsAllReported(t *testing.T) {
 	for _, want := range []string{"-servers", "-keys", "unexpected arguments"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("parseFlags = %v; want it to mention %s", err, want)
+		}
+	}
+}
+
+func TestModesFlag(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{nil, "naive,fill"},
+		{[]string{"-modes", "fill"}, "fill"},
+		{[]string{"-modes", " fill , naive"}, "fill,naive"},
+	}
+	for _, tt := range tests {
+		cfg, err := parseFlags(tt.args, &bytes.Buffer{})
+		if got := cfg.modes.String(); err != nil || got != tt.want {
+			t.Errorf("parseFlags(%q) gives modes %q, %v; want %q", tt.args, got, err, tt.want)
 		}
 	}
 }
@@ -236,19 +399,57 @@ func TestTokenBucket(t *testing.T) {
 	b := newTokenBucket(50, 3)
 	now := time.Unix(0, 0)
 	for i := range 3 {
-		if ok, _ := b.take(now); !ok {
-			t.Fatalf("take %d of the burst refused", i+1)
+		if q := b.take(now); !q.ok || q.remaining != 2-i {
+			t.Fatalf("take %d of the burst = %+v; want ok, %d remaining", i+1, q, 2-i)
 		}
 	}
-	ok, wait := b.take(now)
-	if ok || wait != 20*time.Millisecond {
-		t.Errorf("take past the burst = %v, %s; want false, 20ms", ok, wait)
+	q := b.take(now)
+	if want := (quota{wait: 20 * time.Millisecond, full: 60 * time.Millisecond}); q != want {
+		t.Errorf("take past the burst = %+v; want %+v", q, want)
 	}
-	if ok, _ := b.take(now.Add(20 * time.Millisecond)); !ok {
+	if q := b.take(now.Add(20 * time.Millisecond)); !q.ok {
 		t.Errorf("take after 20ms at 50/s refused")
 	}
-	if got := retryAfterSeconds(wait); got != 1 {
-		t.Errorf("retryAfterSeconds(%s) = %d; want 1", wait, got)
+	if got := retryAfterSeconds(q.wait); got != 1 {
+		t.Errorf("retryAfterSeconds(%s) = %d; want 1", q.wait, got)
+	}
+}
+
+// TestRateLimitHeaders checks that the API states its limit as the X API
+// does on every response, 200, 404 or 429, and refuses with Retry-After.
+func TestRateLimitHeaders(t *testing.T) {
+	now := time.Unix(1_700_000_000, 500_000_000) // the bucket gains no token: the clock stands still
+	api := startAPI(1, 2, 0, func() time.Time { return now })
+	defer api.Close()
+	tests := []struct {
+		path                    string
+		status                  int
+		remaining, reset, retry string
+	}{
+		// 1 token missing: full again 1s later, at ...001.5, so ...002.
+		{"/users/1/timeline", http.StatusOK, "1", "1700000002", ""},
+		{"/users/x/timeline", http.StatusNotFound, "0", "1700000003", ""},
+		{"/users/1/timeline", http.StatusTooManyRequests, "0", "1700000003", "1"},
+	}
+	for i, tt := range tests {
+		resp, err := http.Get(api.URL() + tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		h := resp.Header
+		got := []string{resp.Status, h.Get("X-Rate-Limit-Limit"), h.Get("X-Rate-Limit-Remaining"), h.Get("X-Rate-Limit-Reset"), h.Get("Retry-After")}
+		want := []string{fmt.Sprintf("%d %s", tt.status, http.StatusText(tt.status)), "2", tt.remaining, tt.reset, tt.retry}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("call %d, GET %s: status, limit, remaining, reset, Retry-After = %q; want %q", i+1, tt.path, got, want)
+		}
+	}
+	if served, refused := api.calls(); served != 1 || refused != 1 {
+		t.Errorf("calls served, refused = %d, %d; want 1, 1", served, refused)
+	}
+	c := &apiClient{hc: http.DefaultClient, base: api.URL()}
+	if _, err := c.timeline(t.Context(), 1); !errors.Is(err, errRateLimited) {
+		t.Errorf("apiClient.timeline over the limit = %v; want %v", err, errRateLimited)
 	}
 }
 
