@@ -41,7 +41,7 @@ import (
 type Config struct {
 	// Lock acquire+release.
 	LockIterations int `json:"lock_iterations"`
-	LockBlocks     int `json:"lock_blocks"` // interleaved blocks the iterations are split into
+	Blocks         int `json:"blocks"` // interleaved blocks the iterations are split into
 
 	// Handoff: the holder releases after HandoffHoldMin plus a uniform
 	// random part of HandoffHoldSpread, so releases fall at random points
@@ -62,7 +62,7 @@ type Config struct {
 func defaultConfig() Config {
 	return Config{
 		LockIterations:    2000,
-		LockBlocks:        20,
+		Blocks:            20,
 		HandoffSamples:    200,
 		HandoffHoldMin:    20 * time.Millisecond,
 		HandoffHoldSpread: 250 * time.Millisecond,
@@ -95,7 +95,7 @@ func (c Config) validate() error {
 type Results struct {
 	Environment Environment      `json:"environment"`
 	Config      Config           `json:"config"`
-	Lock        []LockResult     `json:"lock_acquire_release"`
+	Lock        []OpResult       `json:"lock_acquire_release"`
 	Handoff     []HandoffResult  `json:"handoff"`
 	Stampede    []StampedeResult `json:"stampede"`
 }

@@ -34,7 +34,7 @@ func requireRedis(t *testing.T) {
 func quickConfig() Config {
 	return Config{
 		LockIterations:    200,
-		LockBlocks:        4,
+		Blocks:            4,
 		HandoffSamples:    5,
 		HandoffHoldMin:    20 * time.Millisecond,
 		HandoffHoldSpread: 100 * time.Millisecond,

@@ -56,23 +56,9 @@ func printTable(w io.Writer, r *Results) {
 	t.row("WORKLOAD", "LIBRARY", "METRIC", "VALUE", "RATIO")
 	t.last = ""
 
-	wl := fmt.Sprintf("lock acquire+release (uncontended, N=%d)", cfg.LockIterations)
-	var get LockResult
-	for _, l := range r.Lock {
-		if l.Library == baselineName {
-			get = l
-		}
-	}
-	for _, l := range r.Lock {
-		tr, rr := ratio(l.NsPerOp, get.NsPerOp, "GET"), ratio(l.RoundTripsPerOp, get.RoundTripsPerOp, "GET")
-		if l.Library == baselineName {
-			tr, rr = "baseline", "baseline"
-		}
-		t.row(wl, l.Library, "mean time per op", fmtNs(l.NsPerOp), tr)
-		t.row(wl, l.Library, "round trips per op", fmt.Sprintf("%.2f", l.RoundTripsPerOp), rr)
-	}
+	t.ops(fmt.Sprintf("lock acquire+release (uncontended, N=%d)", cfg.LockIterations), r.Lock)
 
-	wl = fmt.Sprintf("lock handoff [a] (%d samples)", cfg.HandoffSamples)
+	wl := fmt.Sprintf("lock handoff [a] (%d samples)", cfg.HandoffSamples)
 	var ref HandoffResult
 	for _, h := range r.Handoff {
 		if h.Library == "locksmith" {
@@ -143,6 +129,25 @@ func printTable(w io.Writer, r *Results) {
 		wrapNote(followerLoaded))
 	fmt.Fprintf(w, "  Round trips are commands counted by a go-redis hook (ProcessHook, ProcessPipelineHook).\n")
 	fmt.Fprintf(w, "  Every call gets the run's context, which can be cancelled (Ctrl-C), as a request's context can.\n")
+}
+
+// ops writes the rows of a timed workload: mean time and round trips per
+// operation, each as a ratio to the GET baseline.
+func (t *table) ops(workload string, results []OpResult) {
+	var get OpResult
+	for _, o := range results {
+		if o.Library == baselineName {
+			get = o
+		}
+	}
+	for _, o := range results {
+		tr, rr := ratio(o.NsPerOp, get.NsPerOp, "GET"), ratio(o.RoundTripsPerOp, get.RoundTripsPerOp, "GET")
+		if o.Library == baselineName {
+			tr, rr = "baseline", "baseline"
+		}
+		t.row(workload, o.Library, "mean time per op", fmtNs(o.NsPerOp), tr)
+		t.row(workload, o.Library, "round trips per op", fmt.Sprintf("%.2f", o.RoundTripsPerOp), rr)
+	}
 }
 
 func wrapNote(s string) string { return strings.ReplaceAll(s, "; ", ";\n      ") }
