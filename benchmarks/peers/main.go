@@ -9,7 +9,8 @@
 //     its holder releases it, each library waiting in its own way;
 //  3. a cache stampede: servers × goroutines asking for the same cold keys at
 //     once, and how many times each library calls the loader per key, for
-//     locksmith's fill, go-redis/cache and a naive GET → load → SET.
+//     locksmith's fill, rueidisaside, go-redis/cache and a naive
+//     GET → load → SET.
 //
 // It is a module of its own, so its dependencies stay out of the library's:
 //

@@ -15,6 +15,8 @@ var peerModules = []struct{ name, path string }{
 	{"bsm/redislock", "github.com/bsm/redislock"},
 	{"redsync", "github.com/go-redsync/redsync/v4"},
 	{"go-redis/cache", "github.com/go-redis/cache/v9"},
+	{"rueidisaside", "github.com/redis/rueidis/rueidisaside"},
+	{"rueidis", "github.com/redis/rueidis"},
 	{"go-redis", "github.com/redis/go-redis/v9"},
 }
 
@@ -121,13 +123,15 @@ func printTable(w io.Writer, r *Results) {
 		"      %s + uniform [0, %s); time from just before A's release call until B's obtain returns.\n"+
 		"      %d warm-up samples discarded. Waiter commands: what B sent from its first try to obtaining.\n",
 		cfg.HandoffHoldMin, cfg.HandoffHoldSpread, handoffWarmup)
-	fmt.Fprintf(w, "  [b] S servers (separate go-redis clients, each with its own cache object) × G goroutines each ask\n"+
-		"      for all K fresh keys at once; the loader sleeps %s. Mean over R rounds; min–max shown when they differ.\n"+
-		"      One warm-up round is discarded.\n", cfg.LoadDelay)
+	fmt.Fprintf(w, "  [b] S servers (separate clients, each with its own cache object; rueidisaside's each a rueidis client)\n"+
+		"      × G goroutines each ask for all K fresh keys at once; the loader sleeps %s. Mean over R rounds;\n"+
+		"      min–max shown when they differ. One warm-up round is discarded.\n", cfg.LoadDelay)
 	fmt.Fprintf(w, "  [c] %s.\n", wrapNote(followerWoken))
 	fmt.Fprintf(w, "  [d] %s:\n      what looks fast here is the upstream being called again on every server.\n",
 		wrapNote(followerLoaded))
-	fmt.Fprintf(w, "  Round trips are commands counted by a go-redis hook (ProcessHook, ProcessPipelineHook).\n")
+	fmt.Fprintf(w, "  Round trips are commands counted by a go-redis hook (ProcessHook, ProcessPipelineHook); for rueidis,\n"+
+		"      commands sent with Do and DoCache calls not answered from memory (one write: CLIENT CACHING YES,\n"+
+		"      MULTI, PTTL, GET, EXEC).\n")
 	fmt.Fprintf(w, "  Every call gets the run's context, which can be cancelled (Ctrl-C), as a request's context can.\n")
 }
 
