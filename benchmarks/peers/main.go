@@ -10,7 +10,11 @@
 //  3. a cache stampede: servers × goroutines asking for the same cold keys at
 //     once, and how many times each library calls the loader per key, for
 //     locksmith's fill, rueidisaside, go-redis/cache and a naive
-//     GET → load → SET.
+//     GET → load → SET;
+//  4. follower wake-up: how soon a caller on another server, waiting for a
+//     key being loaded, returns once the load ends, for the two libraries
+//     that wait across servers (locksmith's fill and rueidisaside);
+//  5. a cache hit on a warm key, for the same two, next to a plain GET.
 //
 // It is a module of its own, so its dependencies stay out of the library's:
 //
@@ -40,9 +44,11 @@ import (
 
 // Config sizes the workloads.
 type Config struct {
-	// Lock acquire+release.
+	// Lock acquire+release and cache hit: iterations per library, split
+	// into Blocks interleaved blocks.
 	LockIterations int `json:"lock_iterations"`
-	Blocks         int `json:"blocks"` // interleaved blocks the iterations are split into
+	HitIterations  int `json:"hit_iterations"`
+	Blocks         int `json:"blocks"`
 
 	// Handoff: the holder releases after HandoffHoldMin plus a uniform
 	// random part of HandoffHoldSpread, so releases fall at random points
@@ -57,12 +63,18 @@ type Config struct {
 	Keys       []int         `json:"keys"`
 	Rounds     int           `json:"rounds"`
 	LoadDelay  time.Duration `json:"load_delay_ns"`
+
+	// Follower wake-up: the leader's loader returns WakeHold after the
+	// follower's call started.
+	WakeSamples int           `json:"wake_samples"`
+	WakeHold    time.Duration `json:"wake_hold_ns"`
 }
 
 // defaultConfig is the full run.
 func defaultConfig() Config {
 	return Config{
 		LockIterations:    2000,
+		HitIterations:     5000,
 		Blocks:            20,
 		HandoffSamples:    200,
 		HandoffHoldMin:    20 * time.Millisecond,
@@ -72,17 +84,20 @@ func defaultConfig() Config {
 		Keys:              []int{1, 10},
 		Rounds:            5,
 		LoadDelay:         20 * time.Millisecond,
+		WakeSamples:       200,
+		WakeHold:          20 * time.Millisecond,
 	}
 }
 
 func (c Config) validate() error {
 	switch {
-	case c.LockIterations < 1, c.HandoffSamples < 1, c.Servers < 1, c.Goroutines < 1, c.Rounds < 1:
-		return errors.New("-n, -handoff, -servers, -goroutines and -rounds must be at least 1")
+	case c.LockIterations < 1, c.HitIterations < 1, c.HandoffSamples < 1, c.Servers < 1, c.Goroutines < 1,
+		c.Rounds < 1, c.WakeSamples < 1:
+		return errors.New("-n, -hits, -handoff, -servers, -goroutines, -rounds and -wake must be at least 1")
 	case len(c.Keys) == 0:
 		return errors.New("-keys needs at least one key count")
-	case c.LoadDelay <= 0:
-		return errors.New("-load must be positive")
+	case c.LoadDelay <= 0, c.WakeHold <= 0:
+		return errors.New("-load and -wake-hold must be positive")
 	}
 	for _, k := range c.Keys {
 		if k < 1 {
@@ -99,6 +114,8 @@ type Results struct {
 	Lock        []OpResult       `json:"lock_acquire_release"`
 	Handoff     []HandoffResult  `json:"handoff"`
 	Stampede    []StampedeResult `json:"stampede"`
+	Wake        []WakeResult     `json:"follower_wake"`
+	Hit         []OpResult       `json:"cache_hit"`
 }
 
 // Environment describes where and with what the run happened.
@@ -134,6 +151,9 @@ func mainErr() error {
 	keys := flag.String("keys", "1,10", "stampede: comma-separated key counts, one stampede each")
 	flag.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "stampede: rounds per key count, each on fresh keys")
 	flag.DurationVar(&cfg.LoadDelay, "load", cfg.LoadDelay, "stampede: how long the loader takes")
+	flag.IntVar(&cfg.WakeSamples, "wake", cfg.WakeSamples, "follower wake-up samples per library")
+	flag.DurationVar(&cfg.WakeHold, "wake-hold", cfg.WakeHold, "follower wake-up: how long the load goes on after the follower's call")
+	flag.IntVar(&cfg.HitIterations, "hits", cfg.HitIterations, "cache hit iterations per library")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: go run . [flags]  (from benchmarks/peers)\n\n")
 		flag.PrintDefaults()
@@ -221,6 +241,12 @@ func run(ctx context.Context, addr string, cfg Config, logf func(string, ...any)
 		return nil, err
 	}
 	if res.Stampede, err = benchStampede(ctx, addr, prefix, cfg, logf); err != nil {
+		return nil, err
+	}
+	if res.Wake, err = benchWake(ctx, addr, prefix, cfg, logf); err != nil {
+		return nil, err
+	}
+	if res.Hit, err = benchHits(ctx, addr, prefix, cfg, logf); err != nil {
 		return nil, err
 	}
 	return res, nil

@@ -34,6 +34,7 @@ func requireRedis(t *testing.T) {
 func quickConfig() Config {
 	return Config{
 		LockIterations:    200,
+		HitIterations:     200,
 		Blocks:            4,
 		HandoffSamples:    5,
 		HandoffHoldMin:    20 * time.Millisecond,
@@ -43,6 +44,8 @@ func quickConfig() Config {
 		Keys:              []int{1, 3},
 		Rounds:            2,
 		LoadDelay:         20 * time.Millisecond,
+		WakeSamples:       5,
+		WakeHold:          20 * time.Millisecond,
 	}
 }
 
@@ -134,6 +137,45 @@ func TestPeers(t *testing.T) {
 			continue
 		}
 		checkLatency(t, name+" follower", s.Follower)
+	}
+
+	// Follower wake-up.
+	wakes := map[string]bool{}
+	for _, w := range res.Wake {
+		wakes[w.Library] = true
+		if w.Samples != cfg.WakeSamples {
+			t.Errorf("wake %s: %d samples, want %d", w.Library, w.Samples, cfg.WakeSamples)
+		}
+		checkLatency(t, "wake "+w.Library, w.Latency)
+	}
+	if len(res.Wake) != 2 || !wakes["locksmith"] || !wakes["rueidisaside"] {
+		t.Errorf("wake: results for %v, want locksmith and rueidisaside", wakes)
+	}
+
+	// Cache hit.
+	hits := map[string]bool{}
+	for _, h := range res.Hit {
+		hits[h.Library] = true
+		if h.Iterations != cfg.HitIterations {
+			t.Errorf("hit %s: %d iterations, want %d", h.Library, h.Iterations, cfg.HitIterations)
+		}
+		if h.NsPerOp <= 0 {
+			t.Errorf("hit %s: %v ns/op, want > 0", h.Library, h.NsPerOp)
+		}
+		switch h.Library {
+		case baselineName, "locksmith":
+			if h.RoundTripsPerOp != 1 {
+				t.Errorf("hit %s: %v round trips per op, want 1", h.Library, h.RoundTripsPerOp)
+			}
+		case "rueidisaside":
+			// Its hits come from the client-side cache, not from Redis.
+			if h.RoundTripsPerOp >= 1 {
+				t.Errorf("hit %s: %v round trips per op, want < 1", h.Library, h.RoundTripsPerOp)
+			}
+		}
+	}
+	if len(res.Hit) != 3 || !hits[baselineName] || !hits["locksmith"] || !hits["rueidisaside"] {
+		t.Errorf("hit: results for %v, want %s, locksmith and rueidisaside", hits, baselineName)
 	}
 
 	// Reports.

@@ -102,6 +102,23 @@ func printTable(w io.Writer, r *Results) {
 			t.row(wl, s.Library, what+", p99", fmtMs(s.Follower.P99Ms), ratioTo(s.Follower.P99Ms, ref.Follower.P99Ms, isRef))
 		}
 	}
+
+	wl = fmt.Sprintf("follower wake-up [e] (%d samples)", cfg.WakeSamples)
+	var wref WakeResult
+	for _, w := range r.Wake {
+		if w.Library == "locksmith" {
+			wref = w
+		}
+	}
+	for _, w := range r.Wake {
+		isRef := w.Library == wref.Library
+		t.row(wl, w.Library, "median", fmtMs(w.MedianMs), ratioTo(w.MedianMs, wref.MedianMs, isRef))
+		t.row(wl, w.Library, "p99", fmtMs(w.P99Ms), ratioTo(w.P99Ms, wref.P99Ms, isRef))
+		t.row(wl, w.Library, "follower commands per wake-up", fmt.Sprintf("%.1f", w.FollowerRoundTrips),
+			ratioTo(w.FollowerRoundTrips, wref.FollowerRoundTrips, isRef))
+	}
+
+	t.ops(fmt.Sprintf("cache hit [f] (warm key, N=%d)", cfg.HitIterations), r.Hit)
 	_ = t.tw.Flush()
 
 	fmt.Fprintf(w, "\nSettings\n")
@@ -129,6 +146,12 @@ func printTable(w io.Writer, r *Results) {
 	fmt.Fprintf(w, "  [c] %s.\n", wrapNote(followerWoken))
 	fmt.Fprintf(w, "  [d] %s:\n      what looks fast here is the upstream being called again on every server.\n",
 		wrapNote(followerLoaded))
+	fmt.Fprintf(w, "  [e] Server A loads a fresh key; once its loader has started, a caller on server B (another client)\n"+
+		"      asks for the key and waits; A's loader returns %s later. Time from A's loader returning until\n"+
+		"      B's call returns. %d warm-up samples discarded. Follower commands: what B's client sent per sample.\n",
+		cfg.WakeHold, wakeWarmup)
+	fmt.Fprintf(w, "  [f] One goroutine reads one warm key over and over. locksmith reads Redis (one script call);\n"+
+		"      rueidisaside answers from its client-side cache in memory, which Redis invalidates on a write.\n")
 	fmt.Fprintf(w, "  Round trips are commands counted by a go-redis hook (ProcessHook, ProcessPipelineHook); for rueidis,\n"+
 		"      commands sent with Do and DoCache calls not answered from memory (one write: CLIENT CACHING YES,\n"+
 		"      MULTI, PTTL, GET, EXEC).\n")

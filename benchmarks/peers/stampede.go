@@ -47,6 +47,10 @@ const (
 		"those callers do not wait for another server, they load themselves"
 )
 
+// fleetWide tells whether lib's callers wait for a load on another server
+// instead of loading themselves.
+func fleetWide(lib fillLib) bool { return lib.Follower == followerWoken }
+
 func fillLibs() []fillLib {
 	return []fillLib{
 		{
