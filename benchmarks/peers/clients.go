@@ -52,3 +52,6 @@ func newClient(addr string) client {
 	rdb.AddHook(cc)
 	return client{Client: rdb, cmds: cc}
 }
+
+// roundTrips returns the commands the client has sent so far.
+func (c client) roundTrips() int64 { return c.cmds.Load() }

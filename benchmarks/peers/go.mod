@@ -7,9 +7,11 @@ replace github.com/locksmith-go/locksmith => ../..
 require (
 	github.com/bsm/redislock v0.9.4
 	github.com/go-redis/cache/v9 v9.0.0
-	github.com/go-redsync/redsync/v4 v4.18.1
+	github.com/go-redsync/redsync/v4 v4.18.0
 	github.com/locksmith-go/locksmith v0.0.0-00010101000000-000000000000
 	github.com/redis/go-redis/v9 v9.23.0
+	github.com/redis/rueidis v1.0.78
+	github.com/redis/rueidis/rueidisaside v1.0.78
 	go.uber.org/goleak v1.3.0
 )
 

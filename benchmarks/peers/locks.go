@@ -121,105 +121,52 @@ func (h *redsyncHandle) unlock(ctx context.Context) error {
 
 func (h *redsyncHandle) close() {}
 
-// LockResult is the uncontended acquire+release cost of one library, or of
-// the GET baseline.
-type LockResult struct {
-	Library         string  `json:"library"`
-	Settings        string  `json:"settings"`
-	Iterations      int     `json:"iterations"`
-	NsPerOp         float64 `json:"ns_per_op"`
-	RoundTripsPerOp float64 `json:"round_trips_per_op"`
-	NsRatioToGet    float64 `json:"ns_ratio_to_get"`
-}
-
 const baselineName = "go-redis GET"
 
 // benchLocks measures an uncontended acquire+release, one goroutine, n times
-// per library, against a plain GET on the same Redis. The libraries run in
-// interleaved blocks, so that a slow moment of a shared machine is spread over
-// all of them instead of falling on one.
-func benchLocks(ctx context.Context, addr, prefix string, cfg Config, logf func(string, ...any)) ([]LockResult, error) {
-	type runner struct {
-		res  LockResult
-		c    client
-		op   func(context.Context) error
-		h    lockHandle
-		dur  time.Duration
-		cmds int64
-	}
-	var runners []*runner
+// per library, against a plain GET on the same Redis, in interleaved blocks.
+func benchLocks(ctx context.Context, addr, prefix string, cfg Config, logf func(string, ...any)) ([]OpResult, error) {
+	var closers []func()
 	defer func() {
-		for _, r := range runners {
-			if r.h != nil {
-				r.h.close()
-			}
-			_ = r.c.Close()
+		for _, c := range closers {
+			c()
 		}
 	}()
 
 	gc := newClient(addr)
+	closers = append(closers, func() { _ = gc.Close() })
 	getKey := prefix + "get"
-	base := &runner{res: LockResult{Library: baselineName, Settings: "rdb.Get on an existing key"}, c: gc}
-	runners = append(runners, base)
 	if err := gc.Set(ctx, getKey, "value", time.Hour).Err(); err != nil {
 		return nil, fmt.Errorf("GET baseline: %w", err)
 	}
-	base.op = func(ctx context.Context) error { return gc.Get(ctx, getKey).Err() }
-
+	ops := []*timedOp{{
+		res:        OpResult{Library: baselineName, Settings: "rdb.Get on an existing key"},
+		op:         func(ctx context.Context) error { return gc.Get(ctx, getKey).Err() },
+		roundTrips: gc.roundTrips,
+	}}
 	for _, lib := range lockLibs() {
 		c := newClient(addr)
 		h := lib.open(c, prefix, "uncontended")
-		r := &runner{res: LockResult{Library: lib.Name, Settings: lib.Settings}, c: c, h: h}
-		r.op = func(ctx context.Context) error {
-			release, err := h.acquire(ctx)
-			if err != nil {
-				return err
-			}
-			return release(ctx)
-		}
-		runners = append(runners, r)
-	}
-
-	// Warm up: connections dialled, scripts loaded (EVALSHA → NOSCRIPT → EVAL).
-	warm := min(100, cfg.LockIterations)
-	for _, r := range runners {
-		for range warm {
-			if err := r.op(ctx); err != nil {
-				return nil, fmt.Errorf("%s: warm-up: %w", r.res.Library, err)
-			}
-		}
-	}
-
-	blocks := max(1, min(cfg.LockBlocks, cfg.LockIterations))
-	for b := range blocks {
-		n := cfg.LockIterations / blocks
-		if b == blocks-1 {
-			n = cfg.LockIterations - n*(blocks-1)
-		}
-		for j := range runners {
-			r := runners[(b+j)%len(runners)]
-			c0 := r.c.cmds.Load()
-			start := time.Now()
-			for range n {
-				if err := r.op(ctx); err != nil {
-					return nil, fmt.Errorf("%s: %w", r.res.Library, err)
+		closers = append(closers, func() { h.close(); _ = c.Close() })
+		ops = append(ops, &timedOp{
+			res: OpResult{Library: lib.Name, Settings: lib.Settings},
+			op: func(ctx context.Context) error {
+				release, err := h.acquire(ctx)
+				if err != nil {
+					return err
 				}
-			}
-			r.dur += time.Since(start)
-			r.cmds += r.c.cmds.Load() - c0
-			r.res.Iterations += n
-		}
+				return release(ctx)
+			},
+			roundTrips: c.roundTrips,
+		})
 	}
 
-	out := make([]LockResult, 0, len(runners))
-	for _, r := range runners {
-		r.res.NsPerOp = float64(r.dur.Nanoseconds()) / float64(r.res.Iterations)
-		r.res.RoundTripsPerOp = float64(r.cmds) / float64(r.res.Iterations)
+	out, err := interleave(ctx, ops, cfg.LockIterations, cfg.Blocks)
+	if err != nil {
+		return nil, err
 	}
-	for _, r := range runners {
-		r.res.NsRatioToGet = r.res.NsPerOp / base.res.NsPerOp
-		out = append(out, r.res)
-		logf("lock: %-16s %8.0f ns/op  %.2f round trips/op", r.res.Library, r.res.NsPerOp, r.res.RoundTripsPerOp)
+	for _, r := range out {
+		logf("lock: %-16s %8.0f ns/op  %.2f round trips/op", r.Library, r.NsPerOp, r.RoundTripsPerOp)
 	}
 	return out, nil
 }

@@ -9,7 +9,12 @@
 //     its holder releases it, each library waiting in its own way;
 //  3. a cache stampede: servers × goroutines asking for the same cold keys at
 //     once, and how many times each library calls the loader per key, for
-//     locksmith's fill, go-redis/cache and a naive GET → load → SET.
+//     locksmith's fill, rueidisaside, go-redis/cache and a naive
+//     GET → load → SET;
+//  4. follower wake-up: how soon a caller on another server, waiting for a
+//     key being loaded, returns once the load ends, for the two libraries
+//     that wait across servers (locksmith's fill and rueidisaside);
+//  5. a cache hit on a warm key, for the same two, next to a plain GET.
 //
 // It is a module of its own, so its dependencies stay out of the library's:
 //
@@ -39,9 +44,11 @@ import (
 
 // Config sizes the workloads.
 type Config struct {
-	// Lock acquire+release.
+	// Lock acquire+release and cache hit: iterations per library, split
+	// into Blocks interleaved blocks.
 	LockIterations int `json:"lock_iterations"`
-	LockBlocks     int `json:"lock_blocks"` // interleaved blocks the iterations are split into
+	HitIterations  int `json:"hit_iterations"`
+	Blocks         int `json:"blocks"`
 
 	// Handoff: the holder releases after HandoffHoldMin plus a uniform
 	// random part of HandoffHoldSpread, so releases fall at random points
@@ -56,13 +63,19 @@ type Config struct {
 	Keys       []int         `json:"keys"`
 	Rounds     int           `json:"rounds"`
 	LoadDelay  time.Duration `json:"load_delay_ns"`
+
+	// Follower wake-up: the leader's loader returns WakeHold after the
+	// follower's call started.
+	WakeSamples int           `json:"wake_samples"`
+	WakeHold    time.Duration `json:"wake_hold_ns"`
 }
 
 // defaultConfig is the full run.
 func defaultConfig() Config {
 	return Config{
 		LockIterations:    2000,
-		LockBlocks:        20,
+		HitIterations:     5000,
+		Blocks:            20,
 		HandoffSamples:    200,
 		HandoffHoldMin:    20 * time.Millisecond,
 		HandoffHoldSpread: 250 * time.Millisecond,
@@ -71,17 +84,20 @@ func defaultConfig() Config {
 		Keys:              []int{1, 10},
 		Rounds:            5,
 		LoadDelay:         20 * time.Millisecond,
+		WakeSamples:       200,
+		WakeHold:          20 * time.Millisecond,
 	}
 }
 
 func (c Config) validate() error {
 	switch {
-	case c.LockIterations < 1, c.HandoffSamples < 1, c.Servers < 1, c.Goroutines < 1, c.Rounds < 1:
-		return errors.New("-n, -handoff, -servers, -goroutines and -rounds must be at least 1")
+	case c.LockIterations < 1, c.HitIterations < 1, c.HandoffSamples < 1, c.Servers < 1, c.Goroutines < 1,
+		c.Rounds < 1, c.WakeSamples < 1:
+		return errors.New("-n, -hits, -handoff, -servers, -goroutines, -rounds and -wake must be at least 1")
 	case len(c.Keys) == 0:
 		return errors.New("-keys needs at least one key count")
-	case c.LoadDelay <= 0:
-		return errors.New("-load must be positive")
+	case c.LoadDelay <= 0, c.WakeHold <= 0:
+		return errors.New("-load and -wake-hold must be positive")
 	}
 	for _, k := range c.Keys {
 		if k < 1 {
@@ -95,9 +111,11 @@ func (c Config) validate() error {
 type Results struct {
 	Environment Environment      `json:"environment"`
 	Config      Config           `json:"config"`
-	Lock        []LockResult     `json:"lock_acquire_release"`
+	Lock        []OpResult       `json:"lock_acquire_release"`
 	Handoff     []HandoffResult  `json:"handoff"`
 	Stampede    []StampedeResult `json:"stampede"`
+	Wake        []WakeResult     `json:"follower_wake"`
+	Hit         []OpResult       `json:"cache_hit"`
 }
 
 // Environment describes where and with what the run happened.
@@ -133,6 +151,9 @@ func mainErr() error {
 	keys := flag.String("keys", "1,10", "stampede: comma-separated key counts, one stampede each")
 	flag.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "stampede: rounds per key count, each on fresh keys")
 	flag.DurationVar(&cfg.LoadDelay, "load", cfg.LoadDelay, "stampede: how long the loader takes")
+	flag.IntVar(&cfg.WakeSamples, "wake", cfg.WakeSamples, "follower wake-up samples per library")
+	flag.DurationVar(&cfg.WakeHold, "wake-hold", cfg.WakeHold, "follower wake-up: how long the load goes on after the follower's call")
+	flag.IntVar(&cfg.HitIterations, "hits", cfg.HitIterations, "cache hit iterations per library")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: go run . [flags]  (from benchmarks/peers)\n\n")
 		flag.PrintDefaults()
@@ -220,6 +241,12 @@ func run(ctx context.Context, addr string, cfg Config, logf func(string, ...any)
 		return nil, err
 	}
 	if res.Stampede, err = benchStampede(ctx, addr, prefix, cfg, logf); err != nil {
+		return nil, err
+	}
+	if res.Wake, err = benchWake(ctx, addr, prefix, cfg, logf); err != nil {
+		return nil, err
+	}
+	if res.Hit, err = benchHits(ctx, addr, prefix, cfg, logf); err != nil {
 		return nil, err
 	}
 	return res, nil

@@ -34,7 +34,8 @@ func requireRedis(t *testing.T) {
 func quickConfig() Config {
 	return Config{
 		LockIterations:    200,
-		LockBlocks:        4,
+		HitIterations:     200,
+		Blocks:            4,
 		HandoffSamples:    5,
 		HandoffHoldMin:    20 * time.Millisecond,
 		HandoffHoldSpread: 100 * time.Millisecond,
@@ -43,6 +44,8 @@ func quickConfig() Config {
 		Keys:              []int{1, 3},
 		Rounds:            2,
 		LoadDelay:         20 * time.Millisecond,
+		WakeSamples:       5,
+		WakeHold:          20 * time.Millisecond,
 	}
 }
 
@@ -102,7 +105,7 @@ func TestPeers(t *testing.T) {
 	}
 
 	// Stampede.
-	if want := 3 * len(cfg.Keys); len(res.Stampede) != want {
+	if want := 4 * len(cfg.Keys); len(res.Stampede) != want {
 		t.Errorf("stampede: %d results, want %d", len(res.Stampede), want)
 	}
 	for _, s := range res.Stampede {
@@ -115,6 +118,12 @@ func TestPeers(t *testing.T) {
 			}
 			if got, want := s.LibraryStats["loads"], uint64(s.Keys*s.Rounds); got != want {
 				t.Errorf("%s: fill Stats().Loads = %d, want %d", name, got, want)
+			}
+		case "rueidisaside":
+			// A peer's count is reported, not judged: only that it was measured.
+			if s.LoadsPerKey < 1 || s.LoadsPerKeyMin < 1 || s.LoadsPerKeyMax < s.LoadsPerKeyMin {
+				t.Errorf("%s: %v loads per key (min %d, max %d), want a measured count of at least 1",
+					name, s.LoadsPerKey, s.LoadsPerKeyMin, s.LoadsPerKeyMax)
 			}
 		case "go-redis/cache", "naive":
 			if s.LoadsPerKey <= 1 {
@@ -130,10 +139,49 @@ func TestPeers(t *testing.T) {
 		checkLatency(t, name+" follower", s.Follower)
 	}
 
+	// Follower wake-up.
+	wakes := map[string]bool{}
+	for _, w := range res.Wake {
+		wakes[w.Library] = true
+		if w.Samples != cfg.WakeSamples {
+			t.Errorf("wake %s: %d samples, want %d", w.Library, w.Samples, cfg.WakeSamples)
+		}
+		checkLatency(t, "wake "+w.Library, w.Latency)
+	}
+	if len(res.Wake) != 2 || !wakes["locksmith"] || !wakes["rueidisaside"] {
+		t.Errorf("wake: results for %v, want locksmith and rueidisaside", wakes)
+	}
+
+	// Cache hit.
+	hits := map[string]bool{}
+	for _, h := range res.Hit {
+		hits[h.Library] = true
+		if h.Iterations != cfg.HitIterations {
+			t.Errorf("hit %s: %d iterations, want %d", h.Library, h.Iterations, cfg.HitIterations)
+		}
+		if h.NsPerOp <= 0 {
+			t.Errorf("hit %s: %v ns/op, want > 0", h.Library, h.NsPerOp)
+		}
+		switch h.Library {
+		case baselineName, "locksmith":
+			if h.RoundTripsPerOp != 1 {
+				t.Errorf("hit %s: %v round trips per op, want 1", h.Library, h.RoundTripsPerOp)
+			}
+		case "rueidisaside":
+			// Its hits come from the client-side cache, not from Redis.
+			if h.RoundTripsPerOp >= 1 {
+				t.Errorf("hit %s: %v round trips per op, want < 1", h.Library, h.RoundTripsPerOp)
+			}
+		}
+	}
+	if len(res.Hit) != 3 || !hits[baselineName] || !hits["locksmith"] || !hits["rueidisaside"] {
+		t.Errorf("hit: results for %v, want %s, locksmith and rueidisaside", hits, baselineName)
+	}
+
 	// Reports.
 	var table bytes.Buffer
 	printTable(&table, res)
-	for _, want := range []string{"locksmith", "bsm/redislock", "redsync", "go-redis/cache", "naive", baselineName} {
+	for _, want := range []string{"locksmith", "bsm/redislock", "redsync", "go-redis/cache", "rueidisaside", "naive", baselineName} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table does not mention %s:\n%s", want, table.String())
 		}

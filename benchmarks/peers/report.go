@@ -15,6 +15,8 @@ var peerModules = []struct{ name, path string }{
 	{"bsm/redislock", "github.com/bsm/redislock"},
 	{"redsync", "github.com/go-redsync/redsync/v4"},
 	{"go-redis/cache", "github.com/go-redis/cache/v9"},
+	{"rueidisaside", "github.com/redis/rueidis/rueidisaside"},
+	{"rueidis", "github.com/redis/rueidis"},
 	{"go-redis", "github.com/redis/go-redis/v9"},
 }
 
@@ -56,23 +58,9 @@ func printTable(w io.Writer, r *Results) {
 	t.row("WORKLOAD", "LIBRARY", "METRIC", "VALUE", "RATIO")
 	t.last = ""
 
-	wl := fmt.Sprintf("lock acquire+release (uncontended, N=%d)", cfg.LockIterations)
-	var get LockResult
-	for _, l := range r.Lock {
-		if l.Library == baselineName {
-			get = l
-		}
-	}
-	for _, l := range r.Lock {
-		tr, rr := ratio(l.NsPerOp, get.NsPerOp, "GET"), ratio(l.RoundTripsPerOp, get.RoundTripsPerOp, "GET")
-		if l.Library == baselineName {
-			tr, rr = "baseline", "baseline"
-		}
-		t.row(wl, l.Library, "mean time per op", fmtNs(l.NsPerOp), tr)
-		t.row(wl, l.Library, "round trips per op", fmt.Sprintf("%.2f", l.RoundTripsPerOp), rr)
-	}
+	t.ops(fmt.Sprintf("lock acquire+release (uncontended, N=%d)", cfg.LockIterations), r.Lock)
 
-	wl = fmt.Sprintf("lock handoff [a] (%d samples)", cfg.HandoffSamples)
+	wl := fmt.Sprintf("lock handoff [a] (%d samples)", cfg.HandoffSamples)
 	var ref HandoffResult
 	for _, h := range r.Handoff {
 		if h.Library == "locksmith" {
@@ -114,6 +102,23 @@ func printTable(w io.Writer, r *Results) {
 			t.row(wl, s.Library, what+", p99", fmtMs(s.Follower.P99Ms), ratioTo(s.Follower.P99Ms, ref.Follower.P99Ms, isRef))
 		}
 	}
+
+	wl = fmt.Sprintf("follower wake-up [e] (%d samples)", cfg.WakeSamples)
+	var wref WakeResult
+	for _, w := range r.Wake {
+		if w.Library == "locksmith" {
+			wref = w
+		}
+	}
+	for _, w := range r.Wake {
+		isRef := w.Library == wref.Library
+		t.row(wl, w.Library, "median", fmtMs(w.MedianMs), ratioTo(w.MedianMs, wref.MedianMs, isRef))
+		t.row(wl, w.Library, "p99", fmtMs(w.P99Ms), ratioTo(w.P99Ms, wref.P99Ms, isRef))
+		t.row(wl, w.Library, "follower commands per wake-up", fmt.Sprintf("%.1f", w.FollowerRoundTrips),
+			ratioTo(w.FollowerRoundTrips, wref.FollowerRoundTrips, isRef))
+	}
+
+	t.ops(fmt.Sprintf("cache hit [f] (warm key, N=%d)", cfg.HitIterations), r.Hit)
 	_ = t.tw.Flush()
 
 	fmt.Fprintf(w, "\nSettings\n")
@@ -135,14 +140,41 @@ func printTable(w io.Writer, r *Results) {
 		"      %s + uniform [0, %s); time from just before A's release call until B's obtain returns.\n"+
 		"      %d warm-up samples discarded. Waiter commands: what B sent from its first try to obtaining.\n",
 		cfg.HandoffHoldMin, cfg.HandoffHoldSpread, handoffWarmup)
-	fmt.Fprintf(w, "  [b] S servers (separate go-redis clients, each with its own cache object) × G goroutines each ask\n"+
-		"      for all K fresh keys at once; the loader sleeps %s. Mean over R rounds; min–max shown when they differ.\n"+
-		"      One warm-up round is discarded.\n", cfg.LoadDelay)
+	fmt.Fprintf(w, "  [b] S servers (separate clients, each with its own cache object; rueidisaside's each a rueidis client)\n"+
+		"      × G goroutines each ask for all K fresh keys at once; the loader sleeps %s. Mean over R rounds;\n"+
+		"      min–max shown when they differ. One warm-up round is discarded.\n", cfg.LoadDelay)
 	fmt.Fprintf(w, "  [c] %s.\n", wrapNote(followerWoken))
 	fmt.Fprintf(w, "  [d] %s:\n      what looks fast here is the upstream being called again on every server.\n",
 		wrapNote(followerLoaded))
-	fmt.Fprintf(w, "  Round trips are commands counted by a go-redis hook (ProcessHook, ProcessPipelineHook).\n")
+	fmt.Fprintf(w, "  [e] Server A loads a fresh key; once its loader has started, a caller on server B (another client)\n"+
+		"      asks for the key and waits; A's loader returns %s later. Time from A's loader returning until\n"+
+		"      B's call returns. %d warm-up samples discarded. Follower commands: what B's client sent per sample.\n",
+		cfg.WakeHold, wakeWarmup)
+	fmt.Fprintf(w, "  [f] One goroutine reads one warm key over and over. locksmith reads Redis (one script call);\n"+
+		"      rueidisaside answers from its client-side cache in memory, which Redis invalidates on a write.\n")
+	fmt.Fprintf(w, "  Round trips are commands counted by a go-redis hook (ProcessHook, ProcessPipelineHook); for rueidis,\n"+
+		"      commands sent with Do and DoCache calls not answered from memory (one write: CLIENT CACHING YES,\n"+
+		"      MULTI, PTTL, GET, EXEC).\n")
 	fmt.Fprintf(w, "  Every call gets the run's context, which can be cancelled (Ctrl-C), as a request's context can.\n")
+}
+
+// ops writes the rows of a timed workload: mean time and round trips per
+// operation, each as a ratio to the GET baseline.
+func (t *table) ops(workload string, results []OpResult) {
+	var get OpResult
+	for _, o := range results {
+		if o.Library == baselineName {
+			get = o
+		}
+	}
+	for _, o := range results {
+		tr, rr := ratio(o.NsPerOp, get.NsPerOp, "GET"), ratio(o.RoundTripsPerOp, get.RoundTripsPerOp, "GET")
+		if o.Library == baselineName {
+			tr, rr = "baseline", "baseline"
+		}
+		t.row(workload, o.Library, "mean time per op", fmtNs(o.NsPerOp), tr)
+		t.row(workload, o.Library, "round trips per op", fmt.Sprintf("%.2f", o.RoundTripsPerOp), rr)
+	}
 }
 
 func wrapNote(s string) string { return strings.ReplaceAll(s, "; ", ";\n      ") }

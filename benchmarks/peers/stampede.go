@@ -23,22 +23,33 @@ type fillLib struct {
 	Settings string
 	// Follower says what the follower figure of this library measures.
 	Follower string
-	open     func(c client, prefix string) filler
+	// open connects one server's cache object, with a client of its own, to
+	// the Redis at addr.
+	open func(addr, prefix string) (filler, error)
 }
 
 // filler is one server's cache object.
 type filler interface {
 	get(ctx context.Context, key string, load func(context.Context) (string, error)) (string, error)
+	// roundTrips returns the commands the server has sent to Redis so far.
+	roundTrips() int64
 	// stats returns the library's own counters, if it keeps any.
 	stats() map[string]uint64
+	// close closes the cache object and its client.
 	close()
 }
 
 const (
-	followerWoken  = "time from the loader returning to a caller on another server returning (woken by the loader's server)"
+	followerWoken = "time from the loader returning to a caller on another server returning; " +
+		"it is woken by a push from Redis (locksmith: the loader's server publishes the value; " +
+		"rueidisaside: the loader's server's SET invalidates the key in the caller's client-side cache)"
 	followerLoaded = "time from the first load's end to a caller on another server returning; " +
 		"those callers do not wait for another server, they load themselves"
 )
+
+// fleetWide tells whether lib's callers wait for a load on another server
+// instead of loading themselves.
+func fleetWide(lib fillLib) bool { return lib.Follower == followerWoken }
 
 func fillLibs() []fillLib {
 	return []fillLib{
@@ -47,32 +58,40 @@ func fillLibs() []fillLib {
 			Settings: "fill.New(rdb, &fill.Options{Prefix: run prefix, TTL: 1m}), other options default; " +
 				"fill.Get merges callers in-process, then across servers (lock + pub/sub)",
 			Follower: followerWoken,
-			open: func(c client, prefix string) filler {
-				return &locksmithFill{c: fill.New(c.Client, &fill.Options{Prefix: prefix, TTL: valueTTL}), prefix: prefix}
+			open: func(addr, prefix string) (filler, error) {
+				c := newClient(addr)
+				return &locksmithFill{client: c, c: fill.New(c.Client, &fill.Options{Prefix: prefix, TTL: valueTTL})}, nil
 			},
+		},
+		{
+			Name:     "rueidisaside",
+			Settings: asideSettings,
+			Follower: followerWoken,
+			open:     openAside,
 		},
 		{
 			Name:     "go-redis/cache",
 			Settings: "cache.New(&cache.Options{Redis: rdb}) (no local cache); Cache.Once with TTL 1m; merges callers in-process only",
 			Follower: followerLoaded,
-			open: func(c client, prefix string) filler {
-				return &goRedisCache{c: cache.New(&cache.Options{Redis: c.Client}), prefix: prefix}
+			open: func(addr, prefix string) (filler, error) {
+				c := newClient(addr)
+				return &goRedisCache{client: c, c: cache.New(&cache.Options{Redis: c.Client}), prefix: prefix}, nil
 			},
 		},
 		{
 			Name:     "naive",
 			Settings: "GET; on a miss load, then SET with TTL 1m; no merging",
 			Follower: followerLoaded,
-			open: func(c client, prefix string) filler {
-				return &naiveFill{rdb: c.Client, prefix: prefix}
+			open: func(addr, prefix string) (filler, error) {
+				return &naiveFill{client: newClient(addr), prefix: prefix}, nil
 			},
 		},
 	}
 }
 
 type locksmithFill struct {
-	c      *fill.Cache
-	prefix string
+	client
+	c *fill.Cache
 }
 
 func (f *locksmithFill) get(ctx context.Context, key string, load func(context.Context) (string, error)) (string, error) {
@@ -89,9 +108,10 @@ func (f *locksmithFill) stats() map[string]uint64 {
 	}
 }
 
-func (f *locksmithFill) close() { _ = f.c.Close() }
+func (f *locksmithFill) close() { _ = f.c.Close(); _ = f.client.Close() }
 
 type goRedisCache struct {
+	client
 	c      *cache.Cache
 	prefix string
 }
@@ -109,15 +129,15 @@ func (f *goRedisCache) get(ctx context.Context, key string, load func(context.Co
 }
 
 func (f *goRedisCache) stats() map[string]uint64 { return nil }
-func (f *goRedisCache) close()                   {}
+func (f *goRedisCache) close()                   { _ = f.client.Close() }
 
 type naiveFill struct {
-	rdb    *redis.Client
+	client
 	prefix string
 }
 
 func (f *naiveFill) get(ctx context.Context, key string, load func(context.Context) (string, error)) (string, error) {
-	v, err := f.rdb.Get(ctx, f.prefix+key).Result()
+	v, err := f.Get(ctx, f.prefix+key).Result()
 	if err == nil {
 		return v, nil
 	}
@@ -127,11 +147,11 @@ func (f *naiveFill) get(ctx context.Context, key string, load func(context.Conte
 	if v, err = load(ctx); err != nil {
 		return "", err
 	}
-	return v, f.rdb.Set(ctx, f.prefix+key, v, valueTTL).Err()
+	return v, f.Set(ctx, f.prefix+key, v, valueTTL).Err()
 }
 
 func (f *naiveFill) stats() map[string]uint64 { return nil }
-func (f *naiveFill) close()                   {}
+func (f *naiveFill) close()                   { _ = f.client.Close() }
 
 // StampedeResult is how often one library calls the loader when every caller
 // on every server asks for the same cold keys at once.
@@ -184,9 +204,10 @@ func stampede(ctx context.Context, addr, prefix string, lib fillLib, keys int, c
 	}
 	servers := make([]filler, cfg.Servers)
 	for s := range servers {
-		c := newClient(addr)
-		defer func() { _ = c.Close() }()
-		f := lib.open(c, prefix)
+		f, err := lib.open(addr, prefix)
+		if err != nil {
+			return res, err
+		}
 		defer f.close()
 		servers[s] = f
 	}
