@@ -91,7 +91,7 @@ func TestLocalInvalidation(t *testing.T) {
 // was stored.
 func TestLocalAfterPubSubKilled(t *testing.T) {
 	s := redistest.Start(t, nil)
-	const maxStale = 300 * time.Millisecond
+	const maxStale = time.Second
 	fleet := localFleet(t, s, 3, maxStale)
 	ctx := redistest.Context(t, 30*time.Second)
 	var version atomic.Int32

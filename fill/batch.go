@@ -1,0 +1,763 @@
+package fill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/budget"
+	"github.com/locksmith-go/locksmith/internal/envelope"
+	"github.com/locksmith-go/locksmith/internal/flight"
+	"github.com/locksmith-go/locksmith/internal/lease"
+	"github.com/locksmith-go/locksmith/internal/redisx"
+	"github.com/locksmith-go/locksmith/observe"
+)
+
+// BatchOptions configure batches: [GetMany] calls and [Batcher]s.
+type BatchOptions struct {
+	// MaxSize is the most keys one loader call gets: GetMany splits
+	// larger batches, and a Batcher sends its batch as soon as it holds
+	// this many keys.
+	// default: 100
+	MaxSize int
+
+	// Window is how long a Batcher collects keys before it sends them.
+	// default: 2ms
+	Window time.Duration
+
+	// CostPerKey makes a batch wait for one budget slot per key instead of
+	// one per call, for an upstream whose limit counts ids rather than
+	// requests.
+	// default: false (one slot per loader call)
+	CostPerKey bool
+}
+
+func (o *BatchOptions) withDefaults() BatchOptions {
+	var opt BatchOptions
+	if o != nil {
+		opt = *o
+	}
+	if opt.MaxSize <= 0 {
+		opt.MaxSize = 100
+	}
+	if opt.Window <= 0 {
+		opt.Window = 2 * time.Millisecond
+	}
+	return opt
+}
+
+// BatchError is the error of a [GetMany] call for which some keys have no
+// value: it maps each such key to its error. An absence cached or reported
+// by the loader is not an error: such keys are simply missing from the
+// result.
+type BatchError struct {
+	Errs map[string]error
+}
+
+func (e *BatchError) Error() string {
+	keys := make([]string, 0, len(e.Errs))
+	for k := range e.Errs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	fmt.Fprintf(&b, "fill: %d of the keys failed", len(keys))
+	for i, k := range keys {
+		if i == 3 {
+			fmt.Fprintf(&b, "; …")
+			break
+		}
+		fmt.Fprintf(&b, "; %s: %v", redisx.Quote(k), e.Errs[k])
+	}
+	return b.String()
+}
+
+// Unwrap returns the keys' errors, for errors.Is and errors.As.
+func (e *BatchError) Unwrap() []error {
+	errs := make([]error, 0, len(e.Errs))
+	for _, err := range e.Errs {
+		errs = append(errs, err)
+	}
+	return errs
+}
+
+// GetMany returns the values cached for keys, and loads the missing ones
+// with load, in as few round trips and loader calls as it can, keeping
+// fill's guarantee: each key is loaded once across the fleet.
+//
+// Duplicate keys are read once, and an empty list calls neither Redis nor
+// the loader. The keys are read, or claimed, together: one pipelined round
+// trip (on a Cluster, one per node). Keys found are returned; keys this call
+// claimed go to load, in calls of at most BatchOptions.MaxSize keys (100
+// by default; pass a *BatchOptions among opts); keys another server is
+// loading are awaited by push, as Get awaits them; keys already in flight
+// in this process join that flight. Each loader call waits for the budget
+// once (see BatchOptions.CostPerKey).
+//
+// The loader returns the values it found. A key missing from its map is
+// cached as absent, for NegativeTTL, as a Get whose loader returned
+// ErrNotFound; such keys, and keys with a cached absence, are left out of
+// the result, without an error. A loader error is not cached; it reaches
+// every waiter of the keys of that call, here and on other servers, as for
+// Get.
+//
+// The result holds every key that has a value, also when the error is not
+// nil: the error is a *[BatchError] naming each key that has neither a
+// value nor a known absence (its load failed, Redis failed, or ctx ended
+// before its value came). The loads go on when ctx ends, for the other
+// callers and the cache. GetMany shares entries, absences and flights with
+// [Get] and [Batcher] on the same keys and type.
+func GetMany[T any](ctx context.Context, c *Cache, keys []string,
+	load func(ctx context.Context, keys []string) (map[string]T, error), opts ...Option) (map[string]T, error) {
+	out := make(map[string]T, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	if load == nil {
+		return out, errors.New("fill: GetMany called with a nil loader")
+	}
+	if err := ctx.Err(); err != nil {
+		return out, err
+	}
+	if c.err != nil {
+		return out, c.err
+	}
+	bopt := (*BatchOptions)(nil)
+	cl := callOptions{ttl: c.opt.TTL, negativeTTL: c.opt.NegativeTTL}
+	for _, o := range opts {
+		if b, ok := o.(*BatchOptions); ok {
+			bopt = b
+			continue
+		}
+		o.apply(&cl)
+	}
+	b := newBatch[T](c, load, bopt.withDefaults())
+	calls := make(map[string]*flight.Call, len(keys))
+	var items []batchItem
+	for _, key := range keys {
+		if _, dup := calls[key]; dup {
+			continue
+		}
+		if c.local != nil {
+			if v, absent, ok := c.local.get(key); ok {
+				if t, isT := v.(T); ok && (absent || isT) {
+					c.localHit(ctx, key)
+					calls[key] = nil
+					if !absent {
+						out[key] = t
+					}
+					continue
+				}
+			}
+		}
+		f, leader, err := c.flights.Join(flightKey{key: key, typ: b.o.typ})
+		if err != nil {
+			return out, ErrClosed
+		}
+		calls[key] = f
+		if leader {
+			items = append(items, batchItem{key: key, f: f})
+		} else {
+			c.stats.localMerges.Add(1)
+		}
+	}
+	if len(items) > 0 {
+		b.run(ctx, items, cl)
+	}
+	errs := map[string]error{}
+	for key, f := range calls {
+		if f == nil {
+			continue
+		}
+		v, err := f.Wait(ctx)
+		switch {
+		case err == nil:
+			out[key], _ = v.(T)
+		case errors.Is(err, ErrNotFound):
+		default:
+			errs[key] = err
+		}
+	}
+	if len(errs) > 0 {
+		return out, &BatchError{Errs: errs}
+	}
+	return out, nil
+}
+
+// apply makes *BatchOptions an Option of GetMany; for Get it does nothing.
+func (o *BatchOptions) apply(*callOptions) {}
+
+// Batcher gathers single-key Gets that arrive within BatchOptions.Window of
+// one another (or until BatchOptions.MaxSize keys) into one batch, read or
+// claimed together as [GetMany] does and loaded with one loader call:
+// dataloader's pattern, with fill's fleet-wide guarantee that each key is
+// loaded once. Each caller waits with its own ctx; a caller that gives up
+// never cancels the batch, which runs detached from its callers, like a
+// flight. A key another server is loading never enters this server's
+// batch: it is awaited by push instead. It is safe for concurrent use.
+type Batcher[T any] struct {
+	b *batch[T]
+
+	mu      sync.Mutex // guards pending and timer
+	pending []batchItem
+	timer   *time.Timer
+}
+
+// NewBatcher returns a Batcher on c that loads with load. A nil opt gives
+// the defaults.
+func NewBatcher[T any](c *Cache, load func(ctx context.Context, keys []string) (map[string]T, error), opt *BatchOptions) *Batcher[T] {
+	return &Batcher[T]{b: newBatch[T](c, load, opt.withDefaults())}
+}
+
+// Get returns the value cached for key, or loads it in the next batch. An
+// absent key (cached as absent, or missing from the loader's map) gives an
+// error wrapping [ErrNotFound].
+func (bt *Batcher[T]) Get(ctx context.Context, key string) (T, error) {
+	var zero T
+	c := bt.b.c
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	if c.err != nil {
+		return zero, c.err
+	}
+	if bt.b.load == nil {
+		return zero, errors.New("fill: Batcher with a nil loader")
+	}
+	if c.local != nil {
+		if v, absent, ok := c.local.get(key); ok {
+			if absent {
+				c.localHit(ctx, key)
+				return zero, notFound(key)
+			}
+			if t, ok := v.(T); ok {
+				c.localHit(ctx, key)
+				return t, nil
+			}
+		}
+	}
+	f, leader, err := c.flights.Join(flightKey{key: key, typ: bt.b.o.typ})
+	if err != nil {
+		return zero, ErrClosed
+	}
+	if leader {
+		bt.add(ctx, batchItem{key: key, f: f})
+	} else {
+		c.stats.localMerges.Add(1)
+	}
+	v, err := f.Wait(ctx)
+	if err != nil {
+		return zero, err
+	}
+	t, _ := v.(T)
+	return t, nil
+}
+
+func (bt *Batcher[T]) add(ctx context.Context, it batchItem) {
+	bt.mu.Lock()
+	defer bt.mu.Unlock()
+	bt.pending = append(bt.pending, it)
+	switch {
+	case len(bt.pending) >= bt.b.opt.MaxSize:
+		if bt.timer != nil {
+			bt.timer.Stop()
+			bt.timer = nil
+		}
+		items := bt.pending
+		bt.pending = nil
+		go bt.b.run(ctx, items, bt.b.callOptions())
+	case len(bt.pending) == 1:
+		bt.timer = time.AfterFunc(bt.b.opt.Window, func() { bt.flush(ctx) })
+	}
+}
+
+func (bt *Batcher[T]) flush(ctx context.Context) {
+	bt.mu.Lock()
+	items := bt.pending
+	bt.pending, bt.timer = nil, nil
+	bt.mu.Unlock()
+	if len(items) > 0 {
+		bt.b.run(ctx, items, bt.b.callOptions())
+	}
+}
+
+// batchItem is one key of a batch and the in-process flight it leads.
+type batchItem struct {
+	key string
+	f   *flight.Call
+}
+
+// batch is the typed part of a batch: its loader and options, and the ops
+// each key's flight uses should it load alone (another server's load failed
+// and its lease ran out, say).
+type batch[T any] struct {
+	c    *Cache
+	load func(ctx context.Context, keys []string) (map[string]T, error)
+	opt  BatchOptions
+	o    ops
+}
+
+func newBatch[T any](c *Cache, load func(ctx context.Context, keys []string) (map[string]T, error), opt BatchOptions) *batch[T] {
+	b := &batch[T]{c: c, load: load, opt: opt}
+	cdc := c.opt.Codec
+	b.o = ops{
+		typ: reflect.TypeFor[T](),
+		load: func(ctx context.Context) (any, error) {
+			// A key loading alone: a batch of one.
+			key, _ := ctx.Value(singleKey{}).(string)
+			m, err := load(ctx, []string{key})
+			if err != nil {
+				return nil, err
+			}
+			v, ok := m[key]
+			if !ok {
+				return nil, notFound(key)
+			}
+			return v, nil
+		},
+		decode: func(p []byte) (any, error) {
+			var v T
+			err := cdc.Unmarshal(p, &v)
+			return v, err
+		},
+	}
+	return b
+}
+
+// singleKey carries, in a flight's ctx, the key a batch's loader loads
+// when one key of a batch loads alone.
+type singleKey struct{}
+
+func (b *batch[T]) callOptions() callOptions {
+	return callOptions{ttl: b.c.opt.TTL, negativeTTL: b.c.opt.NegativeTTL}
+}
+
+// run reads or claims items together, lands the keys found, loads the keys
+// claimed in chunks, and has the keys held elsewhere awaited. It returns
+// once every flight has a goroutine to land it; the work goes on detached
+// from caller's cancellation.
+func (b *batch[T]) run(caller context.Context, items []batchItem, cl callOptions) {
+	c := b.c
+	if !c.enter() {
+		for _, it := range items {
+			c.flights.Land(it.f, flight.Outcome{Err: ErrClosed})
+		}
+		return
+	}
+	go func() {
+		defer c.wg.Done()
+		fctx, cancel := c.flightContext(caller)
+		defer cancel()
+		looks := c.lookMany(fctx, items, b.o)
+		var claimed, open []*batchLook
+		var wg sync.WaitGroup
+		for i := range looks {
+			l := &looks[i]
+			switch {
+			case l.err == nil && l.r.state == found:
+				c.stats.hits.Add(1)
+				c.event(fctx, observe.Event{Kind: observe.Hit, Key: l.key})
+				c.keepLocal(l.key, &l.look)
+				c.flights.Land(l.f, flight.Outcome{Val: l.val, Err: l.valErr})
+			case l.err == nil && l.r.state == stale && l.valErr == nil &&
+				(l.r.sub == staleBackoff || l.entry.StaleWindow-l.r.pttl <= c.opt.StaleWhileRevalidate):
+				c.serveStale(fctx, l.key, &l.look)
+				if l.r.sub == staleClaimed {
+					c.refresh(context.WithValue(fctx, singleKey{}, l.key), l.key, cl, b.o, &l.look)
+				}
+				c.flights.Land(l.f, flight.Outcome{Val: l.val})
+			case l.err != nil && redisx.Outage(l.err) && !c.opt.FailClosed:
+				c.stats.redisErrors.Add(1)
+				open = append(open, l)
+			case l.err == nil && l.r.state == acquired:
+				c.stats.misses.Add(1)
+				c.event(fctx, observe.Event{Kind: observe.Miss, Key: l.key})
+				claimed = append(claimed, l)
+			default:
+				// Held elsewhere, stale past the revalidate window, or a
+				// Redis failure: the single-key algorithm takes it from
+				// here, with this look as its first.
+				wg.Go(func() {
+					kctx := context.WithValue(fctx, singleKey{}, l.key)
+					wctx, wcancel := context.WithCancel(kctx)
+					defer context.AfterFunc(l.f.Patience(), wcancel)()
+					defer wcancel()
+					var first *look
+					if l.err == nil {
+						first = &l.look
+					}
+					out := c.fill(kctx, wctx, l.key, cl, b.o, first)
+					c.flights.Land(l.f, out.landed())
+				})
+			}
+		}
+		for chunk := range slices.Chunk(claimed, b.opt.MaxSize) {
+			wg.Go(func() { b.lead(fctx, chunk, cl) })
+		}
+		for chunk := range slices.Chunk(open, b.opt.MaxSize) {
+			wg.Go(func() { b.failOpen(fctx, chunk) })
+		}
+		wg.Wait()
+	}()
+}
+
+// batchLook is the first look of one key of a batch.
+type batchLook struct {
+	look
+	key string
+	f   *flight.Call
+	ks  keyset
+}
+
+// lookMany runs the claim script for every item in one pipeline (on a
+// Cluster, go-redis sends one per node).
+func (c *Cache) lookMany(ctx context.Context, items []batchItem, o ops) []batchLook {
+	looks := make([]batchLook, len(items))
+	sent := time.Now()
+	for i, it := range items {
+		looks[i] = batchLook{look: look{token: lease.NewToken(), sent: sent}, key: it.key, f: it.f, ks: c.keyset(it.key)}
+	}
+	lockTTL := lease.Millis(c.opt.LockTTL)
+	cmds, err := redisx.Run(ctx, c.rdb, func(ctx context.Context) ([]*redis.Cmd, error) {
+		pipe := c.rdb.Redis().Pipeline()
+		cmds := make([]*redis.Cmd, len(looks))
+		for i := range looks {
+			cmds[i] = claimScript.EvalSha(ctx, pipe, looks[i].ks.keys, looks[i].token, lockTTL, modeRead, "", c.swrArg, c.sieArg)
+		}
+		_, err := pipe.Exec(ctx)
+		if err != nil && !redisx.MayHaveRun(err) && redisx.Classify(err) != redisx.Reply {
+			return nil, err
+		}
+		return cmds, nil
+	}, nil)
+	for i := range looks {
+		l := &looks[i]
+		if err != nil {
+			l.err = err
+			continue
+		}
+		v, cerr := cmds[i].Result()
+		if cerr != nil && strings.HasPrefix(cerr.Error(), "NOSCRIPT") {
+			// The scripts were flushed (a restart): this one alone, with
+			// EVAL's fallback.
+			l.look = c.look(ctx, l.ks, l.token, o, modeRead, "")
+			continue
+		}
+		if cerr != nil {
+			l.err = cerr
+			if redisx.MayHaveRun(cerr) {
+				go lease.Cleanup(c.rdb, l.ks.lock, l.token)
+			}
+			continue
+		}
+		l.r, l.err = parseClaim(v)
+		if l.err == nil && (l.r.state == found || l.r.state == stale) {
+			c.decode(l.ks, l.r.value, o, &l.look)
+			if errors.Is(l.valErr, envelope.ErrCorrupt) {
+				// Never served: claim it alone, regardless of the value.
+				replaced := l.replaced
+				l.look = c.look(ctx, l.ks, l.token, o, modeClaim, "")
+				l.look.replaced = replaced
+			}
+		}
+	}
+	return looks
+}
+
+// lead loads the claimed keys of one chunk with one loader call, and stores
+// the outcome of each, in one pipelined round trip.
+func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions) {
+	c := b.c
+	keys := make([]string, len(chunk))
+	for i, l := range chunk {
+		keys[i] = l.key
+	}
+	lctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	keepers := make([]*lease.Keeper, len(chunk))
+	for i, l := range chunk {
+		key := l.key
+		keepers[i] = lease.Keep(c.rdb, l.ks.lock, l.token, c.opt.LockTTL, l.sent, func() {
+			c.event(ctx, observe.Event{Kind: observe.LeaseLost, Key: key})
+		})
+	}
+	wctx, wcancel := chunkPatience(ctx, chunk)
+	defer wcancel()
+
+	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
+	defer scancel()
+	ops := ops{typ: b.o.typ, decode: b.o.decode, load: func(ctx context.Context) (any, error) {
+		start := time.Now()
+		m, err := b.load(ctx, keys)
+		c.event(ctx, observe.Event{Kind: observe.Batch, N: len(keys), Duration: time.Since(start), Err: err})
+		return m, err
+	}}
+	out, took := b.loadChunk(lctx, wctx, keys, ops)
+	lost := make([]error, len(chunk))
+	for i, k := range keepers {
+		lost[i] = k.Stop()
+	}
+	cancel(nil)
+
+	settles := make([]settleCall, 0, len(chunk))
+	outcomes := make([]flight.Outcome, len(chunk))
+	switch {
+	case out.panicked != nil:
+		c.stats.loadErrors.Add(1)
+		msg := lease.Message(lease.Panicked, limitText(fmt.Sprint(out.panicked.Value)))
+		for i, l := range chunk {
+			settles = append(settles, settleCall{l: l, fail: msg})
+			outcomes[i] = flight.Outcome{Panic: out.panicked}
+		}
+	case out.err != nil:
+		closed := context.Cause(ctx) == ErrClosed
+		if !closed {
+			c.stats.loadErrors.Add(1)
+		}
+		msg := lease.Message(lease.Failed, limitText(out.err.Error()))
+		for i, l := range chunk {
+			if closed || (took == 0 && wctx.Err() != nil) {
+				c.release(sctx, l.ks, l.token)
+			} else {
+				settles = append(settles, settleCall{l: l, fail: msg})
+			}
+			outcomes[i] = flight.Outcome{Err: out.err}
+			if closed {
+				outcomes[i].Err = ErrClosed
+			}
+		}
+	default:
+		m, _ := out.val.(map[string]T)
+		window := c.opt.window()
+		for i, l := range chunk {
+			v, ok := m[l.key]
+			var entry []byte
+			var val any
+			var err error
+			absent := !ok
+			if ok {
+				var payload []byte
+				payload, err = c.opt.Codec.Marshal(v)
+				if err == nil {
+					val, err = b.o.decode(payload)
+				}
+				if err == nil {
+					entry = envelope.Encode(nil, envelope.Entry{CreatedAt: c.createdAt(&l.look), LoadDuration: took,
+						StaleWindow: window, Type: typeTag(b.o.typ), Replaced: l.replaced, Payload: payload}, c.opt.CompressAbove)
+				}
+			} else {
+				entry = envelope.Encode(nil, envelope.Entry{Absent: true, CreatedAt: c.createdAt(&l.look), LoadDuration: took,
+					Type: typeTag(b.o.typ)}, 0)
+			}
+			switch {
+			case err != nil:
+				err = fmt.Errorf("fill: %s: a %s value does not survive the codec: %w", redisx.Quote(l.key), typeTag(b.o.typ), err)
+				c.stats.loadErrors.Add(1)
+				settles = append(settles, settleCall{l: l, fail: lease.Message(lease.Failed, limitText(err.Error()))})
+				outcomes[i] = flight.Outcome{Err: err}
+			case lost[i] != nil:
+				c.stats.staleStores.Add(1)
+				outcomes[i] = flight.Outcome{Val: val, Err: absentErr(absent, l.key)}
+			default:
+				ttl := c.jitter(cl.ttl)
+				if absent {
+					ttl = c.jitter(cl.negativeTTL)
+				} else {
+					ttl += window
+				}
+				settles = append(settles, settleCall{l: l, entry: entry, ttl: ttl, val: val, absent: absent,
+					freshFor: ttl - window})
+				outcomes[i] = flight.Outcome{Val: val, Err: absentErr(absent, l.key)}
+			}
+		}
+	}
+	c.settleMany(sctx, settles)
+	for i, l := range chunk {
+		c.flights.Land(l.f, outcomes[i])
+	}
+	if out.panicked != nil && allGone(chunk) {
+		panic(out.panicked)
+	}
+}
+
+// chunkPatience returns a context that ends when nobody waits for any key
+// of chunk any more: the budget and its retries wait only as long.
+func chunkPatience(ctx context.Context, chunk []*batchLook) (context.Context, context.CancelFunc) {
+	wctx, wcancel := context.WithCancel(ctx)
+	var left atomic.Int32
+	left.Store(int32(len(chunk)))
+	stops := make([]func() bool, len(chunk))
+	for i, l := range chunk {
+		stops[i] = context.AfterFunc(l.f.Patience(), func() {
+			if left.Add(-1) == 0 {
+				wcancel()
+			}
+		})
+	}
+	return wctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		wcancel()
+	}
+}
+
+func absentErr(absent bool, key string) error {
+	if absent {
+		return notFound(key)
+	}
+	return nil
+}
+
+// allGone reports whether no caller waits for any key of chunk: a panic
+// then has nobody to be re-raised in.
+func allGone(chunk []*batchLook) bool {
+	for _, l := range chunk {
+		if l.f.Waiters() > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// failOpen loads chunk without the fleet-wide lock: Redis is unavailable.
+func (b *batch[T]) failOpen(ctx context.Context, chunk []*batchLook) {
+	c := b.c
+	c.stats.failOpens.Add(uint64(len(chunk)))
+	c.event(ctx, observe.Event{Kind: observe.FailOpen, N: len(chunk), Err: chunk[0].err})
+	keys := make([]string, len(chunk))
+	for i, l := range chunk {
+		keys[i] = l.key
+	}
+	wctx, wcancel := chunkPatience(ctx, chunk)
+	defer wcancel()
+	out, _ := b.loadChunk(ctx, wctx, keys, ops{load: func(ctx context.Context) (any, error) { return b.load(ctx, keys) }})
+	m, _ := out.val.(map[string]T)
+	for _, l := range chunk {
+		o := flight.Outcome{Err: out.err}
+		if out.panicked != nil {
+			o = flight.Outcome{Panic: out.panicked}
+		} else if out.err == nil {
+			v, ok := m[l.key]
+			o = flight.Outcome{Val: v, Err: absentErr(!ok, l.key)}
+		}
+		c.flights.Land(l.f, o)
+	}
+	if out.panicked != nil && allGone(chunk) {
+		panic(out.panicked)
+	}
+}
+
+// loadChunk runs a batch loader call once its budget allows, and again
+// while the upstream rate-limits and someone waits, as [Cache.load] does
+// for one key.
+func (b *batch[T]) loadChunk(ctx, wctx context.Context, keys []string, o ops) (outcome, time.Duration) {
+	c := b.c
+	if bud := c.opt.Budget; bud != nil && b.opt.CostPerKey {
+		// One slot per key: all but the last waited for here, the last
+		// by load.
+		for range len(keys) - 1 {
+			if err := bud.Wait(wctx, budget.Foreground); err != nil {
+				return outcome{err: fmt.Errorf("fill: a batch of %d keys: waiting for the budget: %w", len(keys), err)}, 0
+			}
+		}
+	}
+	return c.load(ctx, wctx, fmt.Sprintf("a batch of %d keys", len(keys)), o, budget.Foreground)
+}
+
+// settleCall is one key's settle in a pipeline: a store (entry) or a
+// failure (fail, the message).
+type settleCall struct {
+	l        *batchLook
+	entry    []byte
+	ttl      time.Duration // the key's, stale window included
+	freshFor time.Duration
+	val      any
+	absent   bool
+	fail     string
+}
+
+// settleMany runs the settle script for every call in one pipeline.
+func (c *Cache) settleMany(ctx context.Context, calls []settleCall) {
+	if len(calls) == 0 {
+		return
+	}
+	flag := c.rdb.PublishFlag()
+	backoffCap := lease.Millis(min(backoffCap, max(c.opt.window(), backoffBase)))
+	markerTTL := lease.Millis(failureMarkerTTL)
+	created := make([]time.Time, len(calls))
+	run := func(ctx context.Context, pipe redis.Pipeliner, i int) *redis.Cmd {
+		sc := calls[i]
+		ks := sc.l.ks
+		if sc.fail != "" {
+			return settleScript.EvalSha(ctx, pipe, ks.keys, sc.l.token, flag, "f", sc.fail, markerTTL, "0", backoffCap)
+		}
+		msg := lease.Message(lease.Filled, "")
+		if len(sc.entry) <= c.opt.PublishLimit {
+			msg = lease.Message(lease.Value, string(sc.entry))
+		}
+		created[i] = c.createdAt(&sc.l.look)
+		return settleScript.EvalSha(ctx, pipe, ks.keys, sc.l.token, flag, "s", msg, sc.entry,
+			lease.Millis(max(sc.ttl, time.Millisecond)), c.invalChannel, invalidation(sc.l.key, created[i]))
+	}
+	exec := func(idx []int) ([]*redis.Cmd, error) {
+		return lease.Retry(ctx, func(ctx context.Context, retried bool) ([]*redis.Cmd, error) {
+			pipe := c.rdb.Redis().Pipeline()
+			cmds := make([]*redis.Cmd, len(idx))
+			for k, i := range idx {
+				cmds[k] = run(ctx, pipe, i)
+			}
+			_, err := pipe.Exec(ctx)
+			if err != nil && redisx.Classify(err) != redisx.Reply {
+				return nil, err
+			}
+			return cmds, nil
+		})
+	}
+	all := make([]int, len(calls))
+	for i := range all {
+		all[i] = i
+	}
+	replies, err := exec(all)
+	if err == nil {
+		// Scripts flushed (a restart): load the script, run those again.
+		var again []int
+		for i, cmd := range replies {
+			if e := cmd.Err(); e != nil && strings.HasPrefix(e.Error(), "NOSCRIPT") {
+				again = append(again, i)
+			}
+		}
+		if len(again) > 0 {
+			if lerr := settleScript.Load(ctx, c.rdb.Redis()).Err(); lerr == nil {
+				if more, err2 := exec(again); err2 == nil {
+					for k, i := range again {
+						replies[i] = more[k]
+					}
+				}
+			}
+		}
+	}
+	for i, sc := range calls {
+		var s settled
+		serr := err
+		if serr == nil {
+			var v any
+			if v, serr = replies[i].Result(); serr == nil {
+				s, serr = parseSettled(v)
+			}
+		}
+		c.settled(sc.l.key, s, serr)
+		if sc.fail == "" && serr == nil && s.ours && s.storeErr == "" && c.local != nil {
+			c.local.set(sc.l.key, sc.val, sc.absent, created[i], time.Now().Add(sc.freshFor))
+		}
+	}
+}

@@ -1,0 +1,322 @@
+package fill_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/internal/redistest"
+)
+
+// batchLoader records its calls and returns "v:"+key for every key but
+// those in missing.
+type batchLoader struct {
+	mu      sync.Mutex
+	calls   [][]string
+	missing map[string]bool
+	err     error
+	gate    chan struct{}
+}
+
+func (b *batchLoader) load(ctx context.Context, keys []string) (map[string]string, error) {
+	b.mu.Lock()
+	b.calls = append(b.calls, slices.Clone(keys))
+	gate, err := b.gate, b.err
+	b.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	for _, k := range keys {
+		if !b.missing[k] {
+			m[k] = "v:" + k
+		}
+	}
+	return m, nil
+}
+
+func (b *batchLoader) loaded() (calls int, keys []string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range b.calls {
+		keys = append(keys, c...)
+	}
+	sort.Strings(keys)
+	return len(b.calls), keys
+}
+
+func TestGetMany(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	var h countHook
+	rdb.AddHook(&h)
+	c := newCache(t, rdb, nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	if _, err := fill.Get(ctx, c, "a", func(context.Context) (string, error) { return "v:a", nil }); err != nil {
+		t.Fatal(err)
+	}
+	bl := &batchLoader{missing: map[string]bool{"gone": true}}
+	// Warm the scripts and the connection: their first use costs more.
+	if _, err := fill.GetMany(ctx, c, []string{"warm"}, bl.load); err != nil {
+		t.Fatal(err)
+	}
+	bl.calls = nil
+	var p pipeHook
+	rdb.AddHook(&p)
+	h.n.Store(0)
+	got, err := fill.GetMany(ctx, c, []string{"a", "b", "c", "b", "gone"}, bl.load)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"a": "v:a", "b": "v:b", "c": "v:c"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("got %v; want %v", got, want)
+	}
+	calls, keys := bl.loaded()
+	if calls != 1 || fmt.Sprint(keys) != "[b c gone]" {
+		t.Fatalf("loader: %d calls for %v; want one call for [b c gone]", calls, keys)
+	}
+	// One pipeline to read or claim the 4 distinct keys, one to store the
+	// 3 loaded.
+	if n, pipes := h.n.Load(), p.n.Load(); n != 7 || pipes != 2 {
+		t.Errorf("%d commands in %d pipelines; want 4 claims and 3 stores in 2", n, pipes)
+	}
+	// The absence is cached, as for Get.
+	if _, err := fill.Get(ctx, c, "gone", func(context.Context) (string, error) { return "x", nil }); !errors.Is(err, fill.ErrNotFound) {
+		t.Errorf("Get of an absent key: got %v; want ErrNotFound", err)
+	}
+	if !m.Exists("__locksmith:{c}:value") {
+		t.Error("c not stored")
+	}
+	// All cached now: no loader call.
+	got, err = fill.GetMany(ctx, c, []string{"a", "b", "c", "gone"}, bl.load)
+	if err != nil || len(got) != 3 {
+		t.Fatalf("again: got %v, %v", got, err)
+	}
+	if calls, _ := bl.loaded(); calls != 1 {
+		t.Errorf("loader called again for cached keys")
+	}
+	// An empty list calls nothing.
+	h.n.Store(0)
+	if got, err := fill.GetMany(ctx, c, nil, bl.load); err != nil || len(got) != 0 || h.n.Load() != 0 {
+		t.Errorf("empty list: %v, %v, %d commands", got, err, h.n.Load())
+	}
+}
+
+func TestGetManyChunks(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := newCache(t, rdb, nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	var keys []string
+	for i := range 250 {
+		keys = append(keys, fmt.Sprint(i))
+	}
+	bl := &batchLoader{}
+	got, err := fill.GetMany(ctx, c, keys, bl.load, &fill.BatchOptions{MaxSize: 100})
+	if err != nil || len(got) != 250 {
+		t.Fatalf("got %d values, %v", len(got), err)
+	}
+	calls, loaded := bl.loaded()
+	if calls != 3 || len(loaded) != 250 {
+		t.Errorf("%d loader calls for %d keys; want 3 for 250", calls, len(loaded))
+	}
+}
+
+// TestGetManyFailure: a loader error reaches every waiter of the batch's
+// keys, here and on other servers; keys with values are still returned.
+func TestGetManyFailure(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	a := newCache(t, rdb, nil)
+	b := newCache(t, redistest.Client(t, m.Addr()), &fill.Options{PollInterval: time.Hour})
+	ctx := redistest.Context(t, 20*time.Second)
+	fill.Get(ctx, a, "cached", func(context.Context) (string, error) { return "v:cached", nil })
+	bl := &batchLoader{err: errors.New("upstream 503"), gate: make(chan struct{})}
+	res := make(chan error, 1)
+	var got map[string]string
+	go func() {
+		var err error
+		got, err = fill.GetMany(ctx, a, []string{"cached", "x", "y"}, bl.load)
+		res <- err
+	}()
+	redistest.WaitFor(t, "the batch loads", func() bool { n, _ := bl.loaded(); return n == 1 })
+	remote := make(chan error, 1)
+	go func() {
+		_, err := fill.Get(ctx, b, "y", func(context.Context) (string, error) { return "", errors.New("loaded") })
+		remote <- err
+	}()
+	redistest.WaitFor(t, "the other server waits", func() bool { return b.Stats().Misses == 1 })
+	close(bl.gate)
+	err := <-res
+	var be *fill.BatchError
+	if !errors.As(err, &be) || len(be.Errs) != 2 || got["cached"] != "v:cached" {
+		t.Fatalf("got %v, %v; want the cached value and a BatchError for x and y", got, err)
+	}
+	if err := <-remote; !errors.Is(err, fill.ErrLoadFailed) {
+		t.Fatalf("the other server: got %v; want ErrLoadFailed", err)
+	}
+}
+
+// TestGetManyAwaitsOtherServers: a key another server is loading is not
+// loaded again: the batch waits for it.
+func TestGetManyAwaitsOtherServers(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	a := newCache(t, rdb, nil)
+	b := newCache(t, redistest.Client(t, m.Addr()), nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	started, open := make(chan struct{}), make(chan struct{})
+	go fill.Get(ctx, b, "held", func(context.Context) (string, error) {
+		close(started)
+		<-open
+		return "from b", nil
+	})
+	<-started
+	bl := &batchLoader{}
+	res := make(chan map[string]string, 1)
+	go func() {
+		got, err := fill.GetMany(ctx, a, []string{"held", "free"}, bl.load)
+		if err != nil {
+			t.Error(err)
+		}
+		res <- got
+	}()
+	redistest.WaitFor(t, "the free key loads", func() bool { n, _ := bl.loaded(); return n == 1 })
+	close(open)
+	got := <-res
+	if got["held"] != "from b" || got["free"] != "v:free" {
+		t.Fatalf("got %v", got)
+	}
+	if _, keys := bl.loaded(); fmt.Sprint(keys) != "[free]" {
+		t.Errorf("the batch loaded %v; want only [free]", keys)
+	}
+}
+
+// TestBatcher: Gets arriving together go out as one batch; each key is
+// loaded once across a fleet of Batchers; a caller giving up cancels
+// nothing.
+func TestBatcher(t *testing.T) {
+	s := redistest.Start(t, nil)
+	const servers, keys = 4, 200
+	bl := &batchLoader{missing: map[string]bool{"k7": true}}
+	var batchers []*fill.Batcher[string]
+	for range servers {
+		c := newCache(t, s.Client(t, nil), nil)
+		batchers = append(batchers, fill.NewBatcher(c, bl.load, &fill.BatchOptions{Window: 5 * time.Millisecond}))
+	}
+	ctx := redistest.Context(t, 30*time.Second)
+	quitter, quit := context.WithCancel(ctx)
+	quit()
+	var wg sync.WaitGroup
+	for i := range servers {
+		for k := range keys {
+			wg.Go(func() {
+				key := fmt.Sprint("k", k)
+				if i == 0 && k == 3 {
+					// Gave up before asking: nothing starts.
+					if _, err := batchers[i].Get(quitter, key); !errors.Is(err, context.Canceled) {
+						t.Errorf("ended ctx: got %v", err)
+					}
+					return
+				}
+				v, err := batchers[i].Get(ctx, key)
+				switch {
+				case key == "k7":
+					if !errors.Is(err, fill.ErrNotFound) {
+						t.Errorf("absent key: got %q, %v; want ErrNotFound", v, err)
+					}
+				case err != nil || v != "v:"+key:
+					t.Errorf("%s: got %q, %v", key, v, err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	calls, loaded := bl.loaded()
+	if len(loaded) != keys || len(slices.Compact(loaded)) != keys {
+		t.Errorf("%d keys loaded (%d distinct); want each of %d once", len(loaded), len(slices.Compact(loaded)), keys)
+	}
+	t.Logf("%d loader calls, %.1f keys per call", calls, float64(len(loaded))/float64(calls))
+	if calls > keys/4 {
+		t.Errorf("%d loader calls for %d keys; want batches", calls, keys)
+	}
+}
+
+// TestBatcherCallerGivesUp: a caller that gives up does not cancel the
+// batch for the others.
+func TestBatcherCallerGivesUp(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := newCache(t, rdb, nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	bl := &batchLoader{gate: make(chan struct{})}
+	bt := fill.NewBatcher(c, bl.load, nil)
+	quitter, quit := context.WithCancel(ctx)
+	errs := make(chan error, 2)
+	go func() { _, err := bt.Get(quitter, "a"); errs <- err }()
+	var got atomic.Value
+	go func() {
+		v, err := bt.Get(ctx, "b")
+		got.Store(v)
+		errs <- err
+	}()
+	redistest.WaitFor(t, "the batch loads", func() bool { n, _ := bl.loaded(); return n == 1 })
+	quit()
+	if err := <-errs; !errors.Is(err, context.Canceled) {
+		t.Fatalf("quitter: got %v", err)
+	}
+	close(bl.gate)
+	if err := <-errs; err != nil || got.Load() != "v:b" {
+		t.Fatalf("the other caller: got %v, %v", got.Load(), err)
+	}
+	if _, keys := bl.loaded(); fmt.Sprint(keys) != "[a b]" {
+		t.Errorf("loaded %v", keys)
+	}
+}
+
+// TestGetManyOnCluster: a batch across the slots of a real Cluster.
+func TestGetManyOnCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	a := newCache(t, cl.Client(t, nil), nil)
+	b := newCache(t, cl.Client(t, nil), nil)
+	ctx := redistest.Context(t, 30*time.Second)
+	var keys []string
+	for i := range 60 {
+		keys = append(keys, fmt.Sprint("user:", i))
+	}
+	bl := &batchLoader{}
+	got, err := fill.GetMany(ctx, a, keys, bl.load)
+	if err != nil || len(got) != len(keys) {
+		t.Fatalf("got %d values, %v", len(got), err)
+	}
+	got, err = fill.GetMany(ctx, b, keys, bl.load)
+	if err != nil || len(got) != len(keys) {
+		t.Fatalf("other server: got %d values, %v", len(got), err)
+	}
+	if calls, loaded := bl.loaded(); calls != 1 || len(loaded) != len(keys) {
+		t.Errorf("%d calls for %d keys; want 1 for %d", calls, len(loaded), len(keys))
+	}
+}
+
+// pipeHook counts pipelines and single commands sent.
+type pipeHook struct{ n atomic.Int64 }
+
+func (h *pipeHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *pipeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { h.n.Add(1); return next(ctx, cmd) }
+}
+func (h *pipeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { h.n.Add(1); return next(ctx, cmds) }
+}
