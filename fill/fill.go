@@ -728,7 +728,8 @@ func (c *Cache) lead(ctx, wctx context.Context, ks keyset, key string, cl callOp
 	if bg {
 		p = budget.Background
 	}
-	out, took := c.load(lctx, wctx, key, o, p)
+	var ov ttlOverride
+	out, took := c.load(context.WithValue(lctx, ttlKey{}, &ov), wctx, key, o, p)
 	lost := keeper.Stop()
 	cancel(nil)
 	returned = true
@@ -790,6 +791,13 @@ func (c *Cache) lead(ctx, wctx context.Context, ks keyset, key string, cl callOp
 	entry := envelope.Encode(nil, envelope.Entry{CreatedAt: c.createdAt(claimed), LoadDuration: took,
 		StaleWindow: window, Type: typeTag(o.typ), Replaced: claimed.replaced, Payload: payload}, c.opt.CompressAbove)
 	ttl := c.jitter(cl.ttl)
+	if d, ok := ov.get(); ok {
+		if d <= 0 {
+			c.publishOnly(sctx, ks, key, token, entry)
+			return outcome{val: v}
+		}
+		ttl = d
+	}
 	c.store(sctx, ks, key, token, entry, ttl, v, false, claimed)
 	return outcome{val: v}
 }
@@ -822,6 +830,24 @@ func (c *Cache) store(ctx context.Context, ks keyset, key, token string, entry [
 	if err == nil && s.ours && s.storeErr == "" && c.local != nil {
 		c.local.set(key, v, absent, createdAt, time.Now().Add(ttl))
 	}
+}
+
+// publishOnly releases the lock and gives the waiters the value without
+// storing it (a loader asked so with SetTTL). A value too large to publish
+// is not given: the waiters look again, and one of them loads.
+func (c *Cache) publishOnly(ctx context.Context, ks keyset, key, token string, entry []byte) {
+	msg := lease.Message(lease.Released, "")
+	if len(entry) <= c.opt.PublishLimit {
+		msg = lease.Message(lease.Value, string(entry))
+	}
+	s, err := lease.Retry(ctx, func(ctx context.Context, retried bool) (settled, error) {
+		v, err := settleScript.Run(ctx, c.rdb.Redis(), ks.keys, token, c.rdb.PublishFlag(), "n", msg).Result()
+		if err != nil {
+			return settled{}, err
+		}
+		return parseSettled(v)
+	})
+	c.settled(key, s, err)
 }
 
 // settled counts and reports what a settle script did.

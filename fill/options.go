@@ -1,9 +1,11 @@
 package fill
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/locksmith-go/locksmith/budget"
@@ -275,4 +277,36 @@ func (o *Options) withDefaults() (Options, error) {
 // window is how long entries are kept past their TTL.
 func (o *Options) window() time.Duration {
 	return max(o.StaleWhileRevalidate, o.StaleIfError)
+}
+
+// ttlOverride is where SetTTL leaves a loader's TTL.
+type ttlOverride struct {
+	mu  sync.Mutex
+	set bool
+	ttl time.Duration
+}
+
+type ttlKey struct{}
+
+// SetTTL, called by a loader with the ctx it was given, sets how long the
+// value it is loading stays fresh, instead of the Cache's TTL (or WithTTL):
+// for a value whose source says how long it is good for, such as an HTTP
+// response's Cache-Control max-age. A ttl of 0 or less means the value is
+// not stored at all: the callers waiting for it, here and on other servers,
+// still get it, and the next Get loads again. With GetMany and Batcher the
+// TTL applies to every key of the loader call. Called with any other ctx,
+// SetTTL does nothing.
+func SetTTL(ctx context.Context, ttl time.Duration) {
+	if o, ok := ctx.Value(ttlKey{}).(*ttlOverride); ok {
+		o.mu.Lock()
+		o.set, o.ttl = true, ttl
+		o.mu.Unlock()
+	}
+}
+
+// get returns the TTL set, if any.
+func (o *ttlOverride) get() (time.Duration, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.ttl, o.set
 }

@@ -33,7 +33,7 @@ if ARGV[3] == 's' then
     -- it would find nothing: tell them the store failed.
     if string.sub(msg, 1, 1) ~= 'v' then msg = 'e' .. 'value not stored: ' .. storeErr end
   end
-else
+elseif ARGV[3] == 'f' then
   -- Waiters of this holder that look again find its failure here.
   pcall(redis.call, 'SET', KEYS[3], ARGV[1] .. ' ' .. msg, 'PX', ARGV[5])
   if ARGV[6] ~= '0' then

@@ -162,3 +162,62 @@ func TestNotFoundNamesKey(t *testing.T) {
 		t.Fatalf("cached absence: got %v", err)
 	}
 }
+
+// TestSetTTL: a loader sets its value's TTL, or has it not stored at all
+// while its waiters still get it.
+func TestSetTTL(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	a := newCache(t, rdb, nil)
+	b := newCache(t, redistest.Client(t, m.Addr()), &fill.Options{PollInterval: time.Hour})
+	ctx := redistest.Context(t, 20*time.Second)
+	if _, err := fill.Get(ctx, a, "short", func(ctx context.Context) (int, error) {
+		fill.SetTTL(ctx, 7*time.Second)
+		return 1, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if ttl := m.TTL("__locksmith:{short}:value"); ttl != 7*time.Second {
+		t.Errorf("TTL = %v; want the loader's 7s", ttl)
+	}
+	started, open := make(chan struct{}), make(chan struct{})
+	lead := make(chan error, 1)
+	go func() {
+		_, err := fill.Get(ctx, a, "nostore", func(ctx context.Context) (int, error) {
+			close(started)
+			<-open
+			fill.SetTTL(ctx, 0)
+			return 2, nil
+		})
+		lead <- err
+	}()
+	<-started
+	follower := make(chan int, 1)
+	go func() {
+		v, err := fill.Get(ctx, b, "nostore", func(ctx context.Context) (int, error) {
+			fill.SetTTL(ctx, 0)
+			return 3, nil
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		follower <- v
+	}()
+	// Subscribed: an unstored value reaches only the waiters listening.
+	redistest.WaitFor(t, "the follower waits", func() bool {
+		n, _ := rdb.PubSubNumSub(ctx, "__locksmith:{nostore}").Result()
+		return n["__locksmith:{nostore}"] == 1
+	})
+	close(open)
+	if err := <-lead; err != nil {
+		t.Fatal(err)
+	}
+	// The follower gets the value from the message, unless it looked again
+	// between the release and the message's arrival: a value not stored
+	// cannot be read, so it then loads itself.
+	if v := <-follower; v != 2 && v != 3 {
+		t.Errorf("follower got %d; want the unstored 2 (or its own 3)", v)
+	}
+	if m.Exists("__locksmith:{nostore}:value") || m.Exists("__locksmith:{nostore}") {
+		t.Errorf("keys left: %v", m.Keys())
+	}
+}
