@@ -501,7 +501,9 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions)
 		c.event(ctx, observe.Event{Kind: observe.Batch, N: len(keys), Duration: time.Since(start), Err: err})
 		return m, err
 	}}
-	out, took := b.loadChunk(lctx, wctx, keys, ops)
+	var ov ttlOverride
+	out, took := b.loadChunk(context.WithValue(lctx, ttlKey{}, &ov), wctx, keys, ops)
+	setTTL, haveTTL := ov.get()
 	lost := make([]error, len(chunk))
 	for i, k := range keepers {
 		lost[i] = k.Stop()
@@ -567,8 +569,14 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions)
 			case lost[i] != nil:
 				c.stats.staleStores.Add(1)
 				outcomes[i] = flight.Outcome{Val: val, Err: absentErr(absent, l.key)}
+			case haveTTL && setTTL <= 0:
+				c.publishOnly(sctx, l.ks, l.key, l.token, entry)
+				outcomes[i] = flight.Outcome{Val: val, Err: absentErr(absent, l.key)}
 			default:
 				ttl := c.jitter(cl.ttl)
+				if haveTTL {
+					ttl = setTTL
+				}
 				if absent {
 					ttl = c.jitter(cl.negativeTTL)
 				} else {
