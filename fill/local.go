@@ -1,6 +1,8 @@
 package fill
 
 import (
+	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -200,4 +202,23 @@ func minTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+func (c *Cache) localHit(ctx context.Context, key string) {
+	c.stats.localHits.Add(1)
+	if c.opt.Observer != nil {
+		c.event(ctx, observe.Event{Kind: observe.LocalHit, Key: key})
+	}
+}
+
+// keepLocal copies a value read from Redis into the in-process tier.
+func (c *Cache) keepLocal(key string, l *look) {
+	if c.local == nil || l.r.pttl <= 0 || errors.Is(l.valErr, ErrTypeConflict) {
+		return
+	}
+	fresh := l.r.pttl - l.entry.StaleWindow
+	if fresh <= 0 {
+		return
+	}
+	c.local.keep(key, l.val, l.valErr != nil, l.entry.CreatedAt, l.sent, l.sent.Add(fresh))
 }

@@ -1,0 +1,79 @@
+package fill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/locksmith-go/locksmith/budget"
+	"github.com/locksmith-go/locksmith/internal/redisx"
+	"github.com/locksmith-go/locksmith/observe"
+)
+
+// Running a loader: the budget, the upstream's rate limiting, and loads
+// without the lock while Redis is unavailable.
+
+// failOpen loads without the fleet-wide lock: Redis is unreachable.
+func (c *Cache) failOpen(ctx, wctx context.Context, key string, o ops, cause error) outcome {
+	c.stats.failOpens.Add(1)
+	c.event(ctx, observe.Event{Kind: observe.FailOpen, Key: key, Err: cause})
+	c.mu.Lock()
+	tell := !c.failedOpen
+	c.failedOpen = true
+	c.mu.Unlock()
+	if tell {
+		c.log("loading without the fleet-wide lock: redis unavailable", "err", cause)
+	}
+	out, _ := c.load(ctx, wctx, key, o, budget.Foreground)
+	if out.err != nil && context.Cause(ctx) == ErrClosed {
+		return outcome{err: ErrClosed}
+	}
+	return out
+}
+
+// load runs the loader once its budget allows, again while the upstream
+// rate-limits and its callers wait, and returns its outcome and how long
+// the last call took. A load that nobody waits for any more (wctx ended)
+// before it starts is not started.
+func (c *Cache) load(ctx, wctx context.Context, key string, o ops, p budget.Priority) (outcome, time.Duration) {
+	bg := p == budget.Background
+	for {
+		if b := c.opt.Budget; b != nil {
+			start := time.Now()
+			err := b.Wait(wctx, p)
+			c.event(ctx, observe.Event{Kind: observe.BudgetWait, Key: key, Duration: time.Since(start), Err: err, Background: bg})
+			if err != nil {
+				if context.Cause(ctx) == ErrClosed {
+					err = ErrClosed
+				}
+				return outcome{err: fmt.Errorf("fill: %s: waiting for the budget: %w", redisx.Quote(key), err)}, 0
+			}
+		}
+		start := time.Now()
+		out := protect(ctx, o.load)
+		took := time.Since(start)
+		c.stats.loads.Add(1)
+		c.event(ctx, observe.Event{Kind: observe.Load, Key: key, Duration: took, Err: out.err, Background: bg})
+		var rle *budget.RateLimitedError
+		if out.panicked != nil || !errors.As(out.err, &rle) {
+			return out, took
+		}
+		c.stats.rateLimited.Add(1)
+		if c.opt.Budget == nil || wctx.Err() != nil || ctx.Err() != nil {
+			return out, took
+		}
+		pause := rle.RetryAfter
+		if pause <= 0 {
+			pause = defaultRateLimitPause
+		}
+		c.event(ctx, observe.Event{Kind: observe.Pause, Key: key, Duration: pause})
+		c.log("upstream rate-limited a load; pausing the budget", "key", key, "retry_after", pause)
+		if err := c.opt.Budget.PauseUntil(ctx, time.Now().Add(pause)); err != nil {
+			c.log("pausing the budget failed", "err", err)
+		}
+	}
+}
+
+// defaultRateLimitPause is the pause when a RateLimitedError does not say.
+const defaultRateLimitPause = time.Second
