@@ -393,7 +393,7 @@ type booking struct {
 	tat   int64 // booked: the tat the booking set
 	gated bool  // booked: a background call passed the share gate
 	bg    bool
-	place bool // comeBack
+	place bool // comeBack: slot is a place in the line
 }
 
 const (
@@ -509,7 +509,7 @@ func parseBooking(v any) (booking, error) {
 	case r.kind == booked && len(n) == 5:
 		r.slot, r.tat, r.gated = n[2], n[3], n[4] == 1
 	case r.kind == comeBack && len(n) == 3:
-		r.slot, r.place = n[2], true
+		r.slot, r.place = n[2], n[2] > 0
 	case r.kind != refused:
 		return booking{}, fmt.Errorf("unexpected wait reply %v", v)
 	}
@@ -568,6 +568,9 @@ const giveBackTimeout = time.Second
 
 // giveBack runs the give-back script for r.
 func (b *Budget) giveBack(r booking) {
+	if r.kind == comeBack && !r.place {
+		return // standing by: nothing booked
+	}
 	ctx, cancel := context.WithTimeout(b.base, giveBackTimeout)
 	defer cancel()
 	args := []any{"slot", r.tat, b.t, r.slot, 0}

@@ -35,9 +35,10 @@
 // wait (a foreground slot lies in the future, or passed less than T ago: a
 // foreground caller served at its slot books again an instant later),
 // background calls also pass a second gate, one call per T/BackgroundShare:
-// they take at most that share of the rate, and none at all while foreground
-// calls are queued past the horizon. With no foreground call waiting,
-// background calls may use all of it.
+// they take at most that share of the booked slots, and none at all while
+// foreground calls are queued past the horizon. A slot free at once is never
+// held back, since unused it is lost: with no foreground call waiting, or
+// foreground demand below the rate, background calls may use all the rest.
 //
 // # The upstream's own accounting
 //

@@ -9,6 +9,8 @@
 --   btat   no background call goes before it while foreground calls wait
 --   bq     the end of the background line: where the next background caller
 --          told to come back is placed
+--   sb     the slot a background caller held back by the share gate stands
+--          by for
 -- ARGV[1] T, the emission interval; ARGV[2] tau, the burst tolerance;
 -- ARGV[3] '1' for a background call, else foreground; ARGV[4] the caller's
 -- patience (time to its deadline), or -1 for none; ARGV[5] the background
@@ -23,15 +25,16 @@
 --                         a background call passed the share gate
 --   {1, wait}             refused: the earliest slot lies wait µs away, past
 --                         the caller's patience; nothing is booked
---   {2, wait, place}      a background caller comes back after wait µs, at
---                         its place in the line; no slot is booked
+--   {2, wait, place}      a background caller comes back after wait µs,
+--                         at its place in the line (0 for none); no slot is
+--                         booked
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local T, tau = tonumber(ARGV[1]), tonumber(ARGV[2])
 local bg, patience = ARGV[3] == '1', tonumber(ARGV[4])
 local Tb, H, place, ahead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 
-local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq')
+local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq', 'sb')
 -- A field that is missing, not a number, or implausible counts as 0: a
 -- corrupt budget starts afresh instead of failing or blocking its callers.
 local function field(i)
@@ -39,7 +42,7 @@ local function field(i)
   if x == nil or x ~= x or x < 0 or x > now + ahead then return 0 end
   return x
 end
-local tat, pause, fg, btat, bq = field(1), field(2), field(3), field(4), field(5)
+local tat, pause, fg, btat, bq, sb = field(1), field(2), field(3), field(4), field(5), field(6)
 
 local function f(x) return string.format('%d', x) end
 -- The key outlives the last instant it holds by a second: once every field
@@ -65,14 +68,24 @@ end
 -- foreground caller served at its slot books again (or another arrives) an
 -- instant later, when background callers coming back at the same slot
 -- boundary would otherwise find no foreground booking ahead: foreground
--- demand lasts until one interval after the latest foreground slot.
+-- demand lasts until one interval after the latest foreground slot. A slot
+-- free now is never held back: nobody waits for it, and unused it is lost.
 local gated, bslot = 0, now
-if fg + T > now then gated, bslot = 1, math.max(now, btat) end
+if fg + T > now and slot > now then gated, bslot = 1, math.max(now, btat) end
 local earliest = math.max(slot, bslot)
 if patience >= 0 and earliest - now > patience then return {1, earliest - now} end
 -- A newcomer queues behind the background callers told to come back; a
 -- caller coming back keeps its turn.
-if slot - now > H or bslot > slot or (place == 0 and bq > now) then
+local lined = place == 0 and bq > now
+-- Held back by the share gate from a slot within the horizon, one caller
+-- stands by for it: should no foreground call book it, it is free when due,
+-- and the gate does not hold back a free slot. One at a time, so that
+-- standing by costs at most one round trip per slot.
+if not lined and slot - now <= H and bslot > slot and sb ~= slot then
+  save('sb', f(slot))
+  return {2, slot - now, place}
+end
+if lined or slot - now > H or bslot > slot then
   local q = math.max(bq, slot - H, bslot, now)
   if patience >= 0 and q - now > patience then return {1, q - now} end
   save('bq', f(q + T))
