@@ -174,6 +174,12 @@ func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 		return err
 	}
 	f := parseFeedback(h, status, time.Now(), b.lim.Per)
+	if f.pull && f.remaining >= (f.reset.Microseconds()+b.tau+b.t-1)/b.t {
+		// The pull-down would set tat to now or before: the budget already
+		// lets at most that many calls go before the reset, burst included.
+		// No round trip for the common answer "plenty left".
+		f.pull = false
+	}
 	if f.pause <= 0 && !f.pull {
 		return nil
 	}
