@@ -65,21 +65,28 @@ func (l Limit) withDefaults() Limit {
 // (Burst-1 emission intervals) longer than ten years. A zero Per or Burst
 // takes its default.
 func (l Limit) Validate() error {
+	if err := l.check(); err != nil {
+		return errors.New("budget: " + err.Error())
+	}
+	return nil
+}
+
+func (l Limit) check() error {
 	switch {
 	case l.Rate <= 0:
-		return fmt.Errorf("budget: limit rate %d: want more than 0", l.Rate)
+		return fmt.Errorf("limit rate %d: want more than 0", l.Rate)
 	case l.Per < 0:
-		return fmt.Errorf("budget: limit period %v: want 0 (1s) or more", l.Per)
+		return fmt.Errorf("limit period %v: want 0 (1s) or more", l.Per)
 	case l.Burst < 0:
-		return fmt.Errorf("budget: limit burst %d: want 0 (1) or more", l.Burst)
+		return fmt.Errorf("limit burst %d: want 0 (1) or more", l.Burst)
 	}
 	l = l.withDefaults()
 	t := interval(l)
 	switch {
 	case l.Per/time.Duration(l.Rate) < time.Microsecond:
-		return fmt.Errorf("budget: limit %d per %v: more than one call per microsecond", l.Rate, l.Per)
+		return fmt.Errorf("limit %d per %v: more than one call per microsecond", l.Rate, l.Per)
 	case t > maxAhead || int64(l.Burst-1) > int64(maxAhead/t):
-		return fmt.Errorf("budget: limit %d per %v, burst %d: the burst window exceeds %v", l.Rate, l.Per, l.Burst, maxAhead)
+		return fmt.Errorf("limit %d per %v, burst %d: the burst window exceeds %v", l.Rate, l.Per, l.Burst, maxAhead)
 	}
 	return nil
 }
@@ -285,22 +292,20 @@ func (b *Budget) validate(rdb redis.UniversalClient, limit Limit) error {
 	var err error
 	switch {
 	case rdb == nil:
-		err = errors.New("budget: nil Redis client")
+		err = errors.New("nil Redis client")
 	case b.name == "":
-		err = errors.New("budget: empty name")
+		err = errors.New("empty name")
 	case b.opt.BackgroundShare < 0 || b.opt.BackgroundShare > 1 || math.IsNaN(b.opt.BackgroundShare):
-		err = fmt.Errorf("budget: background share %v: want a value in [0, 1]", b.opt.BackgroundShare)
+		err = fmt.Errorf("background share %v: want a value in [0, 1]", b.opt.BackgroundShare)
 	case b.opt.FleetSize < 0:
-		err = fmt.Errorf("budget: fleet size %d: want 0 (1) or more", b.opt.FleetSize)
+		err = fmt.Errorf("fleet size %d: want 0 (1) or more", b.opt.FleetSize)
 	default:
-		if err = limit.Validate(); err == nil {
-			if err = redisx.CheckPrefix(b.opt.Prefix); err != nil {
-				err = fmt.Errorf("budget: %w", err)
-			}
+		if err = limit.check(); err == nil {
+			err = redisx.CheckPrefix(b.opt.Prefix)
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("budget %s: %w", redisx.Quote(b.name), err)
+		return fmt.Errorf("budget: %s: %w", redisx.Quote(b.name), err)
 	}
 	return nil
 }

@@ -19,7 +19,7 @@
 // does. A caller whose ctx ends while it sleeps gives its slot back, when it
 // can without breaking the limit: only the latest booking can be undone, so
 // when tat still holds the value this booking set, tat goes back by T.
-// Otherwise the slot is lost to the fleet (see Stats.GivenBack).
+// Otherwise the slot is lost to the fleet (see [Stats].GivenBack).
 //
 // # Priorities
 //
