@@ -114,6 +114,7 @@ const (
 	Background
 )
 
+// String returns "foreground" or "background".
 func (p Priority) String() string {
 	switch p {
 	case Foreground:

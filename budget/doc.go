@@ -28,17 +28,19 @@
 // while background calls saturate the budget waits at most the horizon
 // behind them, plus the slot in progress. A background caller whose slot
 // would lie beyond the horizon is not booked: it is given a place in a
-// background line, one place per T, and told to come back then, so refused
-// callers come back one at a time, not all at once, and each background call
-// costs at most one more round trip while the line holds (more only when
-// foreground calls take the slot it came back for). While foreground calls
-// wait (a foreground slot lies in the future, or passed less than T ago: a
-// foreground caller served at its slot books again an instant later),
-// background calls also pass a second gate, one call per T/BackgroundShare:
-// they take at most that share of the booked slots, and none at all while
-// foreground calls are queued past the horizon. A slot free at once is never
-// held back, since unused it is lost: with no foreground call waiting, or
-// foreground demand below the rate, background calls may use all the rest.
+// background line, one place per T, and told to come back then. While
+// foreground calls wait (a foreground slot lies in the future, or passed less
+// than T ago: a foreground caller served at its slot books again an instant
+// later), background calls also pass a second gate, one call per
+// T/BackgroundShare: they take at most that share of the booked slots, and
+// none at all while foreground calls are queued past the horizon. A slot free
+// at once is never held back, since unused it is lost: one background caller
+// refused by the gate stands by for the next free slot and takes it if no
+// foreground call did. With no foreground call waiting, or foreground demand
+// below the rate, background calls use all the rest. Refused callers come
+// back one at a time, not all at once: beyond one round trip per call,
+// background calls cost the fleet about two round trips per T at most (one
+// place in line coming back, one caller standing by).
 //
 // # The upstream's own accounting
 //

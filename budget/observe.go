@@ -25,6 +25,8 @@ type RateLimitedError struct {
 	RetryAfter time.Duration
 }
 
+// Error says that the upstream refused a call for its rate limit, and when
+// to retry if known.
 func (e *RateLimitedError) Error() string {
 	if e.RetryAfter > 0 {
 		return "budget: rate limited: retry after " + e.RetryAfter.String()
