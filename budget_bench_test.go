@@ -340,15 +340,25 @@ func BenchmarkBudgetPauseWake(b *testing.B) {
 
 // BenchmarkBudgetGiveUp: 4 servers × 50 goroutines call Wait in a loop for
 // 4s against a budget of 200/s (a queue about a second deep); a share of the
-// calls gives up at a random moment while it waits. It reports the share of
+// calls gives up at a random moment within a second: cancelled while it
+// waits, or with a deadline, known when it books. It reports the share of
 // the capacity lost: slots booked by callers that gave up, not given back
-// (only the latest booking can be) and so left unused.
+// (only the latest booking can be) and so left unused. A deadline loses
+// nothing: a slot past it is never booked.
 func BenchmarkBudgetGiveUp(b *testing.B) {
 	l := budget.Limit{Rate: 200, Per: time.Second}
 	const servers, goroutines = 4, 50
 	const run = 4 * time.Second
-	for _, giveUp := range []float64{0, 0.1, 0.5} {
-		b.Run(fmt.Sprintf("give-up=%.1f", giveUp), func(b *testing.B) {
+	for _, tc := range []struct {
+		giveUp   float64
+		deadline bool
+	}{{0, false}, {0.1, false}, {0.5, false}, {0.5, true}} {
+		how := "cancel"
+		if tc.deadline {
+			how = "deadline"
+		}
+		giveUp := tc.giveUp
+		b.Run(fmt.Sprintf("%s=%.1f", how, giveUp), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				newClient := benchRedis(b)
 				name := budgetName(b)
@@ -365,16 +375,21 @@ func BenchmarkBudgetGiveUp(b *testing.B) {
 							defer wg.Done()
 							for ctx.Err() == nil {
 								wctx, wcancel := context.WithCancel(ctx)
-								timer := time.AfterFunc(time.Hour, wcancel)
-								if rand.Float64() < giveUp {
-									// Cancelled, not a deadline: a deadline
-									// would be refused at booking.
-									timer.Reset(rand.N(time.Second))
+								var timer *time.Timer
+								switch {
+								case rand.Float64() >= giveUp:
+								case tc.deadline:
+									wcancel()
+									wctx, wcancel = context.WithTimeout(ctx, rand.N(time.Second))
+								default:
+									timer = time.AfterFunc(rand.N(time.Second), wcancel)
 								}
 								if buds[s].Wait(wctx, budget.Foreground) == nil {
 									through.Add(1)
 								}
-								timer.Stop()
+								if timer != nil {
+									timer.Stop()
+								}
 								wcancel()
 							}
 						}()
