@@ -857,3 +857,47 @@ func TestEndedContext(t *testing.T) {
 		t.Errorf("Wait = %v after %d scripts; want nil after some", err, h.n.Load())
 	}
 }
+
+// TestCluster: on a Redis Cluster a budget is one key in one slot, and a
+// pause reaches sleepers on another server by sharded pub/sub.
+func TestCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	l := budget.Limit{Rate: 1, Per: 5 * time.Second}
+	a := newBudget(t, c.Client(t, nil), "cluster", l, nil)
+	b := newBudget(t, c.Client(t, nil), "cluster", l, nil)
+	var rec recorder
+	rec.watch(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := b.Wait(ctx, budget.Foreground); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Wait(ctx, budget.Background) }()
+	redistest.WaitFor(t, "a background caller told to come back", func() bool { return b.Stats().ComeBacks == 1 })
+	go func() { done <- b.Wait(ctx, budget.Foreground) }()
+	redistest.WaitFor(t, "a sleeper", func() bool { return rec.len() == 2 })
+	if err := a.Observe(ctx, http.Header{"Retry-After": {"60"}}, http.StatusTooManyRequests); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, "the sleeper to book again", func() bool { return b.Stats().Rebooked == 1 })
+	cancel()
+	for range 2 {
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Wait = %v; want context.Canceled", err)
+		}
+	}
+}
+
+// TestKeyExpires: the budget's key lives a second past the last instant it
+// holds.
+func TestKeyExpires(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	b := newBudget(t, rdb, "expires", budget.Limit{Rate: 10}, nil)
+	if err := b.Wait(context.Background(), budget.Foreground); err != nil {
+		t.Fatal(err)
+	}
+	if ttl := rdb.PTTL(context.Background(), budget.Key(b)).Val(); ttl <= time.Second || ttl > 1100*time.Millisecond {
+		t.Errorf("PTTL = %v; want 1s + T (100ms)", ttl)
+	}
+}
