@@ -678,6 +678,46 @@ func TestRedisDown(t *testing.T) {
 	}
 }
 
+// TestRedisDownSleepers: with the local limiter, background calls wait
+// beyond the horizon without a reservation, and callers that give up or see
+// a pause begin leave at once.
+func TestRedisDownSleepers(t *testing.T) {
+	// Locally: 1/s, burst 1.
+	b := newBudget(t, unreachable(t), "down-sleepers", budget.Limit{Rate: 4}, &budget.Options{FleetSize: 4})
+	ctx := redistest.Context(t, 20*time.Second)
+	if err := b.Wait(ctx, budget.Foreground); err != nil {
+		t.Fatal(err)
+	}
+	bctx, bcancel := context.WithCancel(ctx)
+	done := make(chan error, 2)
+	go func() { done <- b.Wait(bctx, budget.Background) }()
+	redistest.WaitFor(t, "the background call to wait its turn", func() bool { return b.Stats().ComeBacks == 1 })
+	bcancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("background Wait = %v; want context.Canceled", err)
+	}
+
+	fctx, fcancel := context.WithCancel(ctx)
+	defer fcancel()
+	go func() { done <- b.Wait(fctx, budget.Foreground) }()
+	go func() { done <- b.Wait(fctx, budget.Foreground) }()
+	redistest.WaitFor(t, "two sleepers", func() bool { return b.Stats().LocalWaits == 4 })
+	// A pause wakes them; they wait it out. Then they give up.
+	if err := b.PauseUntil(ctx, time.Now().Add(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, "the sleepers to see the pause", func() bool { return b.Stats().Rebooked >= 1 })
+	fcancel()
+	for range 2 {
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("foreground Wait = %v; want context.Canceled", err)
+		}
+	}
+	if st := b.Stats(); st.LocalPauses != 1 || st.Errors != 0 {
+		t.Errorf("Stats: LocalPauses %d, Errors %d; want 1, 0", st.LocalPauses, st.Errors)
+	}
+}
+
 // TestRedisKilled: a budget whose Redis dies goes on with the local limiter.
 func TestRedisKilled(t *testing.T) {
 	s := redistest.Start(t, nil)
