@@ -3,6 +3,7 @@ package budget_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"slices"
@@ -628,6 +629,47 @@ func TestPauseFor(t *testing.T) {
 	}
 	if err := b.PauseUntil(ctx, time.Now().Add(-time.Second)); err != nil {
 		t.Errorf("PauseUntil(the past) = %v; want nil", err)
+	}
+}
+
+// TestRetryPath: the retry path as package fill runs it: Wait, load, and on
+// a RateLimitedError PauseUntil(now + RetryAfter), then Wait again, which
+// returns after the pause.
+func TestRetryPath(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	b := newBudget(t, rdb, "retry", budget.Limit{Rate: 100}, nil)
+	var rec recorder
+	rec.watch(b)
+	ctx := redistest.Context(t, 20*time.Second)
+	loads := 0
+	load := func() error {
+		loads++
+		if loads == 1 {
+			return fmt.Errorf("GET /x: %w", &budget.RateLimitedError{RetryAfter: 300 * time.Millisecond})
+		}
+		return nil
+	}
+	var pause int64
+	for {
+		if err := b.Wait(ctx, budget.Foreground); err != nil {
+			t.Fatal(err)
+		}
+		err := load()
+		var rle *budget.RateLimitedError
+		if errors.As(err, &rle) {
+			if err := b.PauseUntil(ctx, time.Now().Add(rle.RetryAfter)); err != nil {
+				t.Fatal(err)
+			}
+			pause = field(t, rdb, b, "pause")
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		break
+	}
+	if k := rec.inOrder(); len(k) != 2 || k[1].Slot != pause {
+		t.Errorf("bookings %+v; want the second at the pause's end, %d", k, pause)
 	}
 }
 
