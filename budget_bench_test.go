@@ -8,11 +8,12 @@ package locksmith_test
 // metrics of bench_test.go:
 //
 //	max-per-window  the most calls that returned within any window of Per
-//	limit           Rate+Burst-1, the most the budget allows in such a window
+//	limit           Rate+Burst: the budget books at most Rate+Burst-1 slots in
+//	                such a window; a call that wakes late may add one
 //	share           calls let through over the budget's capacity for the run
 //	fg-p50-ms, fg-p99-ms  what foreground calls waited while background
 //	                calls saturated the budget; horizon-ms for comparison
-//	bg-share        background calls over all calls while foreground waited
+//	bg-share        background calls over all calls while foreground calls arrived
 //	wake-p50-ms, wake-p99-ms  from Observe(429) on one server to a sleeping
 //	                Wait on another booking again after the pause
 //	lost            share of the capacity unused when callers give up
@@ -156,7 +157,7 @@ func BenchmarkBudgetAccuracy(b *testing.B) {
 		}
 		capacity := float64(l.Rate)*elapsed.Seconds()/l.Per.Seconds() + float64(l.Burst)
 		b.ReportMetric(float64(maxPerWindow(c.at, l.Per)), "max-per-window")
-		b.ReportMetric(float64(l.Rate+l.Burst-1), "limit")
+		b.ReportMetric(float64(l.Rate+l.Burst), "limit")
 		b.ReportMetric(float64(len(c.at))/capacity, "share")
 	}
 }

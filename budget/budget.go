@@ -228,7 +228,7 @@ type Budget struct {
 	sub   *notify.Sub
 	local *rate.Limiter // while Redis is unreachable
 
-	base   context.Context // parent of the give-backs; cancelled by Close
+	base   context.Context // parent of the listener's reads; cancelled by Close
 	cancel context.CancelFunc
 	done   chan struct{} // closed by Close
 	wg     sync.WaitGroup
@@ -313,8 +313,9 @@ func (b *Budget) validate(rdb redis.UniversalClient, limit Limit) error {
 
 // Close stops listening for pauses and closes the pub/sub connection. Waits
 // that are sleeping return [ErrClosed] at once, keeping their slots; later
-// calls return ErrClosed. Close does not close rdb, which belongs to the
-// caller. Close is idempotent.
+// calls return ErrClosed. Slots being given back by Waits that gave up are
+// given back first (each round trip bounded by a second). Close does not
+// close rdb, which belongs to the caller. Close is idempotent.
 func (b *Budget) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -569,15 +570,17 @@ func (b *Budget) abandon(r booking, err error) {
 	}()
 }
 
-// giveBackTimeout bounds the round trip that gives a slot back.
+// giveBackTimeout bounds the round trip that gives a slot back, and so
+// Close, which waits for the give-backs under way.
 const giveBackTimeout = time.Second
 
-// giveBack runs the give-back script for r.
+// giveBack runs the give-back script for r. Close does not cut it short:
+// the slot goes back to the fleet even when this server shuts down.
 func (b *Budget) giveBack(r booking) {
 	if r.kind == comeBack && !r.place {
 		return // standing by: nothing booked
 	}
-	ctx, cancel := context.WithTimeout(b.base, giveBackTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
 	defer cancel()
 	args := []any{"slot", r.tat, b.t, r.slot, 0}
 	if r.place {
