@@ -604,28 +604,26 @@ func (b *Budget) listen() {
 		case <-b.done:
 			return
 		case m := <-b.sub.C():
-			if m == notify.Wake {
-				// Messages may have been lost while the connection was
-				// down: read the pause instead.
-				b.readPause()
-				continue
+			at, err := strconv.ParseInt(m, 10, 64)
+			if err != nil {
+				// Not a pause's end: the hub's word that messages may have
+				// been lost while its connection was down. Read the pause.
+				at, err = b.readPause()
 			}
-			if at, err := strconv.ParseInt(m, 10, 64); err == nil {
+			if err == nil {
 				b.heard(at)
 			}
 		}
 	}
 }
 
-func (b *Budget) readPause() {
+// readPause reads the end of the pause in the budget's hash.
+func (b *Budget) readPause() (int64, error) {
 	ctx, cancel := context.WithTimeout(b.base, giveBackTimeout)
 	defer cancel()
-	at, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
+	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
 		return b.rdb.Redis().HGet(ctx, b.key, "pause").Int64()
 	}, nil)
-	if err == nil {
-		b.heard(at)
-	}
 }
 
 // heard records that a pause ends at at (µs of the Redis clock) and wakes

@@ -485,6 +485,41 @@ func TestPause(t *testing.T) {
 	}
 }
 
+// TestPauseAfterReconnect: a pause whose announcement a server missed (its
+// pub/sub connection was down) is read when the connection is back.
+func TestPauseAfterReconnect(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	b := newBudget(t, s.Client(t, nil), "reconnect", budget.Limit{Rate: 1, Per: 5 * time.Second}, nil)
+	var rec recorder
+	rec.watch(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := b.Wait(ctx, budget.Foreground); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Wait(ctx, budget.Foreground) }()
+	redistest.WaitFor(t, "a sleeper", func() bool { return rec.len() == 2 })
+	redistest.WaitFor(t, "the subscription", func() bool {
+		n, err := rdb.PubSubNumSub(ctx, budget.Key(b)).Result()
+		return err == nil && n[budget.Key(b)] == 1
+	})
+	// A pause nobody announced, then the pub/sub connection dropped.
+	pause := redisNow(t, rdb) + time.Minute.Microseconds()
+	if err := rdb.HSet(ctx, budget.Key(b), "pause", pause).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s.Do(t, "CLIENT", "KILL", "TYPE", "pubsub")
+	redistest.WaitFor(t, "the sleeper to book again", func() bool { return b.Stats().Rebooked == 1 })
+	redistest.WaitFor(t, "its new booking", func() bool { return rec.len() == 3 })
+	if k := rec.inOrder()[2]; k.Slot != pause {
+		t.Errorf("booked again at %d; want at the pause's end, %d", k.Slot, pause)
+	}
+	cancel()
+	<-done
+}
+
 // TestPauseSameServer: a pause set on this server wakes its own sleepers at
 // once, whatever pub/sub does.
 func TestPauseSameServer(t *testing.T) {
