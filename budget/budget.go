@@ -1,0 +1,725 @@
+package budget
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
+
+	"github.com/locksmith-go/locksmith/internal/notify"
+	"github.com/locksmith-go/locksmith/internal/redisx"
+)
+
+var (
+	// ErrClosed is returned by the methods of a [Budget] after [Budget.Close],
+	// and by the Waits that were sleeping when it was called.
+	ErrClosed = errors.New("budget: closed")
+	// ErrRateLimited is what a [RateLimitedError] is: test for it with
+	// errors.Is.
+	ErrRateLimited = errors.New("budget: rate limited")
+)
+
+// Limit is the upstream's rate limit: at most Burst calls at once after a
+// quiet spell, and Rate calls per Per after that. In any window of length Per
+// the budget lets through at most Rate+Burst-1 calls.
+type Limit struct {
+	// Rate is how many calls are allowed per Per. It must be positive.
+	Rate int
+	// Per is the period of Rate.
+	// default: 1s
+	Per time.Duration
+	// Burst is how many calls may start at once after a quiet spell.
+	// default: 1
+	Burst int
+}
+
+// DefaultPrefix is the default key prefix, the original locksmith one.
+const DefaultPrefix = "__locksmith:"
+
+// maxAhead is how far ahead of now any instant of a budget may lie: a longer
+// burst window or pause is refused, and a field of the budget's hash further
+// ahead is corrupt.
+const maxAhead = 10 * 365 * 24 * time.Hour
+
+func (l Limit) withDefaults() Limit {
+	if l.Per == 0 {
+		l.Per = time.Second
+	}
+	if l.Burst == 0 {
+		l.Burst = 1
+	}
+	return l
+}
+
+// Validate returns an error when l cannot be used: Rate not positive, Per or
+// Burst negative, more than one call per microsecond, or a burst window
+// (Burst-1 emission intervals) longer than ten years. A zero Per or Burst
+// takes its default.
+func (l Limit) Validate() error {
+	if err := l.check(); err != nil {
+		return errors.New("budget: " + err.Error())
+	}
+	return nil
+}
+
+func (l Limit) check() error {
+	switch {
+	case l.Rate <= 0:
+		return fmt.Errorf("limit rate %d: want more than 0", l.Rate)
+	case l.Per < 0:
+		return fmt.Errorf("limit period %v: want 0 (1s) or more", l.Per)
+	case l.Burst < 0:
+		return fmt.Errorf("limit burst %d: want 0 (1) or more", l.Burst)
+	}
+	l = l.withDefaults()
+	t := interval(l)
+	switch {
+	case l.Per/time.Duration(l.Rate) < time.Microsecond:
+		return fmt.Errorf("limit %d per %v: more than one call per microsecond", l.Rate, l.Per)
+	case t > maxAhead || int64(l.Burst-1) > int64(maxAhead/t):
+		return fmt.Errorf("limit %d per %v, burst %d: the burst window exceeds %v", l.Rate, l.Per, l.Burst, maxAhead)
+	}
+	return nil
+}
+
+// interval returns the emission interval Per/Rate, rounded up to a whole
+// microsecond, the budget's unit: rounding up never lets more calls through.
+func interval(l Limit) time.Duration {
+	us := l.Per.Nanoseconds() / int64(l.Rate) / 1000
+	if time.Duration(us*1000)*time.Duration(l.Rate) < l.Per {
+		us++
+	}
+	return time.Duration(us) * time.Microsecond
+}
+
+// Priority says how a call waits for the budget.
+type Priority int
+
+const (
+	// Foreground is a call that a caller waits for. Foreground calls are
+	// served in booking order and never wait behind more than the horizon
+	// of background calls (see the package documentation).
+	Foreground Priority = iota
+	// Background is a call nobody waits for: a refresh or a prefetch. It
+	// yields to foreground calls.
+	Background
+)
+
+// String returns "foreground" or "background".
+func (p Priority) String() string {
+	switch p {
+	case Foreground:
+		return "foreground"
+	case Background:
+		return "background"
+	}
+	return "Priority(" + strconv.Itoa(int(p)) + ")"
+}
+
+// Options configure a [Budget]. The zero value gives the defaults.
+type Options struct {
+	// Prefix is put before the budget's key and channel names. It must not
+	// contain '{' or '}', which would break the hash tag.
+	// default: "__locksmith:"
+	Prefix string
+
+	// BackgroundShare is the largest share of the rate that Background
+	// calls take while Foreground calls wait: 0.3 lets at most 30% of the
+	// calls of such a spell be background calls. It must lie in [0, 1]; 0
+	// gives the default. With no foreground call waiting, background calls
+	// may use the whole rate.
+	// default: 0.3
+	BackgroundShare float64
+
+	// FleetSize is the number of servers sharing the budget. It only sets
+	// the local limit used while Redis is unreachable: Rate/FleetSize, so
+	// that the fleet as a whole stays under the limit when FleetSize is
+	// right. It must not be negative; 0 gives the default.
+	// default: 1
+	FleetSize int
+}
+
+func (o *Options) withDefaults() Options {
+	var opt Options
+	if o != nil {
+		opt = *o
+	}
+	if opt.Prefix == "" {
+		opt.Prefix = DefaultPrefix
+	}
+	if opt.BackgroundShare == 0 {
+		opt.BackgroundShare = 0.3
+	}
+	if opt.FleetSize == 0 {
+		opt.FleetSize = 1
+	}
+	return opt
+}
+
+// Stats are a Budget's counters since New, for this server only.
+type Stats struct {
+	Waits     uint64        // Waits that returned nil: calls let through
+	WaitTotal time.Duration // the time those Waits took, in total
+	WaitMax   time.Duration // the longest of them
+	Refused   uint64        // Waits refused at once: their slot lay past the ctx deadline
+	Abandoned uint64        // Waits whose ctx ended while they slept on a slot or a place in line
+	GivenBack uint64        // slots (and background places) of abandoned Waits given back to the budget
+	ComeBacks uint64        // times a background Wait was told to come back later (horizon or share)
+	Rebooked  uint64        // sleeping Waits that booked again because a pause began before their slot
+
+	PausesRateLimited uint64 // pauses for a 429 (or GitHub's 403), from Observe or PauseFor
+	PausesExhausted   uint64 // pauses for remaining 0 on a response that succeeded, from Observe
+	PausesRequested   uint64 // pauses from PauseUntil
+	PullDowns         uint64 // Observes whose remaining count pulled the budget down
+
+	LocalWaits  uint64 // Waits decided by the local limiter because Redis was unreachable
+	LocalPauses uint64 // pauses kept in this process only because Redis was unreachable
+	Errors      uint64 // Redis calls that failed other than for an outage
+}
+
+type counters struct {
+	waits, waitTotal, waitMax                     atomic.Int64
+	refused, abandoned, givenBack, comeBacks      atomic.Uint64
+	rebooked, rateLimited, exhausted, requested   atomic.Uint64
+	pullDowns, localWaits, localPauses, redisErrs atomic.Uint64
+}
+
+// Stats returns the Budget's counters.
+func (b *Budget) Stats() Stats {
+	s := &b.stats
+	return Stats{
+		Waits: uint64(s.waits.Load()), WaitTotal: time.Duration(s.waitTotal.Load()),
+		WaitMax: time.Duration(s.waitMax.Load()), Refused: s.refused.Load(),
+		Abandoned: s.abandoned.Load(), GivenBack: s.givenBack.Load(), ComeBacks: s.comeBacks.Load(),
+		Rebooked: s.rebooked.Load(), PausesRateLimited: s.rateLimited.Load(),
+		PausesExhausted: s.exhausted.Load(), PausesRequested: s.requested.Load(),
+		PullDowns: s.pullDowns.Load(), LocalWaits: s.localWaits.Load(),
+		LocalPauses: s.localPauses.Load(), Errors: s.redisErrs.Load(),
+	}
+}
+
+// Budget is one upstream rate limit shared by every server that creates a
+// Budget of the same name and prefix on the same Redis. It is safe for
+// concurrent use. It keeps one pub/sub connection to hear of pauses;
+// [Budget.Close] closes it.
+type Budget struct {
+	name string
+	key  string // P{name}:budget: the hash, and the channel of pauses
+	lim  Limit
+	opt  Options
+	err  error // the configuration is unusable: every call returns it
+
+	// The limit in the scripts' unit, µs: the emission interval, the burst
+	// tolerance, the background interval while foreground calls wait, and
+	// the horizon.
+	t, tau, tb, horizon int64
+
+	rdb   *redisx.Client
+	hub   *notify.Hub
+	sub   *notify.Sub
+	local *rate.Limiter // while Redis is unreachable
+
+	base   context.Context // parent of the listener's reads; cancelled by Close
+	cancel context.CancelFunc
+	done   chan struct{} // closed by Close
+	wg     sync.WaitGroup
+	stats  counters
+
+	mu         sync.Mutex    // guards the fields below
+	pauseAt    int64         // end of the latest pause heard of, µs of the Redis clock
+	localPause time.Time     // end of a pause kept locally while Redis was unreachable
+	paused     chan struct{} // closed, and replaced, when either grows
+	closed     bool
+
+	// onBook, set by tests only, sees every booking.
+	onBook func(booking, Priority)
+}
+
+// New returns the budget called name on rdb, limited to limit. Servers that
+// use the same name and prefix on the same Redis share one budget, and must
+// give it the same limit. rdb may be a *redis.Client, a *redis.ClusterClient
+// or a failover client; a nil opt gives the defaults.
+//
+// New cannot fail: when limit, name or opt cannot be used (see
+// [Limit.Validate]; name must not be empty, the prefix must not contain '{'
+// or '}'), every method of the Budget returns the error.
+func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Budget {
+	b := &Budget{name: name, lim: limit.withDefaults(), opt: opt.withDefaults(), done: make(chan struct{})}
+	b.key = redisx.Key(b.opt.Prefix, name) + ":budget"
+	if b.err = b.validate(rdb, limit); b.err != nil {
+		b.closed = true
+		close(b.done)
+		return b
+	}
+	t := interval(b.lim)
+	b.t = t.Microseconds()
+	b.tau = int64(b.lim.Burst-1) * b.t
+	b.tb = int64(math.Ceil(float64(b.t) / b.opt.BackgroundShare))
+	b.horizon = min(max(2*b.t, horizonMin.Microseconds()), horizonMax.Microseconds())
+	n := b.opt.FleetSize
+	b.local = rate.NewLimiter(rate.Limit(float64(b.lim.Rate)/float64(n)/b.lim.Per.Seconds()), max(1, b.lim.Burst/n))
+	b.paused = make(chan struct{})
+	b.base, b.cancel = context.WithCancel(context.Background())
+	b.rdb = redisx.New(rdb)
+	b.hub = notify.New(rdb)
+	b.sub = b.hub.Subscribe(b.key)
+	b.wg.Add(1)
+	go b.listen()
+	return b
+}
+
+// The horizon, how far ahead a background call books, is 2·T within
+// [horizonMin, horizonMax]. Two intervals keep a background queue that does
+// not run dry between a caller's come-back and its booking at high rates.
+// horizonMin covers a round trip and a timer's wake-up, so that a background
+// caller coming back at its place is not late for the slot it was meant to
+// book. horizonMax bounds what a foreground call waits behind background
+// calls at slow rates, where 2·T would be long.
+const (
+	horizonMin = 10 * time.Millisecond
+	horizonMax = 100 * time.Millisecond
+)
+
+func (b *Budget) validate(rdb redis.UniversalClient, limit Limit) error {
+	var err error
+	switch {
+	case rdb == nil:
+		err = errors.New("nil Redis client")
+	case b.name == "":
+		err = errors.New("empty name")
+	case b.opt.BackgroundShare < 0 || b.opt.BackgroundShare > 1 || math.IsNaN(b.opt.BackgroundShare):
+		err = fmt.Errorf("background share %v: want a value in [0, 1]", b.opt.BackgroundShare)
+	case b.opt.FleetSize < 0:
+		err = fmt.Errorf("fleet size %d: want 0 (1) or more", b.opt.FleetSize)
+	default:
+		if err = limit.check(); err == nil {
+			err = redisx.CheckPrefix(b.opt.Prefix)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("budget: %s: %w", redisx.Quote(b.name), err)
+	}
+	return nil
+}
+
+// Close stops listening for pauses and closes the pub/sub connection. Waits
+// that are sleeping return [ErrClosed] at once, keeping their slots; later
+// calls return ErrClosed. Slots being given back by Waits that gave up are
+// given back first (each round trip bounded by a second). Close does not
+// close rdb, which belongs to the caller. Close is idempotent.
+func (b *Budget) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	close(b.done)
+	b.mu.Unlock()
+	b.cancel()
+	b.sub.Close()
+	b.wg.Wait()
+	err := b.hub.Close()
+	b.rdb.Close()
+	return err
+}
+
+// check returns the error every call returns before it starts: the
+// configuration's, or ErrClosed.
+func (b *Budget) check() error {
+	if b.err != nil {
+		return b.err
+	}
+	select {
+	case <-b.done:
+		return ErrClosed
+	default:
+		return nil
+	}
+}
+
+var (
+	//go:embed wait.lua
+	waitLua    string
+	waitScript = redis.NewScript(waitLua)
+	//go:embed giveback.lua
+	givebackLua    string
+	givebackScript = redis.NewScript(givebackLua)
+)
+
+// Wait returns when this call may go to the upstream: at once while the
+// budget has room, else at the slot it booked. Booking is one round trip, and
+// the slot is Wait's to keep: callers are served in booking order across the
+// fleet, Background calls yielding to Foreground ones (see the package
+// documentation).
+//
+// When ctx has a deadline and the slot lies past it, Wait books nothing and
+// returns at once an error wrapping context.DeadlineExceeded. When ctx ends
+// while Wait sleeps, Wait returns ctx.Err() at once and gives the slot back
+// if no call booked after it. A ctx already ended returns ctx.Err() without
+// a round trip. When Redis is unreachable, a local limiter decides (see
+// [Options].FleetSize); a Redis error reply (a key of another type at the
+// budget's name, say) is returned, wrapped.
+func (b *Budget) Wait(ctx context.Context, p Priority) error {
+	if err := b.check(); err != nil {
+		return err
+	}
+	if p != Foreground && p != Background {
+		return fmt.Errorf("budget: wait %s: unknown priority %d", redisx.Quote(b.name), int(p))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	start := time.Now()
+	err := b.wait(ctx, p)
+	if err == nil {
+		d := time.Since(start)
+		s := &b.stats
+		s.waits.Add(1)
+		s.waitTotal.Add(int64(d))
+		for m := s.waitMax.Load(); int64(d) > m && !s.waitMax.CompareAndSwap(m, int64(d)); m = s.waitMax.Load() {
+		}
+	}
+	return err
+}
+
+// booking is the wait script's reply.
+type booking struct {
+	kind  int64 // booked, refused or comeBack
+	wait  time.Duration
+	slot  int64 // booked: the slot; comeBack: the place in line
+	tat   int64 // booked: the tat the booking set
+	gated bool  // booked: a background call passed the share gate
+	bg    bool
+	place bool // comeBack: slot is a place in the line
+}
+
+const (
+	booked   = 0
+	refused  = 1
+	comeBack = 2
+)
+
+func (b *Budget) wait(ctx context.Context, p Priority) error {
+	var place int64
+	for {
+		if err := b.sleepLocalPause(ctx); err != nil {
+			return err
+		}
+		r, err := b.book(ctx, p, place)
+		if err != nil {
+			if redisx.Outage(err) {
+				return b.waitLocal(ctx, p)
+			}
+			return b.fail(ctx, "wait", err)
+		}
+		switch r.kind {
+		case refused:
+			b.stats.refused.Add(1)
+			return fmt.Errorf("budget: wait %s: the next slot, %v away, lies past the deadline: %w",
+				redisx.Quote(b.name), r.wait, context.DeadlineExceeded)
+		case comeBack:
+			b.stats.comeBacks.Add(1)
+			place = r.slot
+			if err := b.sleep(ctx, r.wait, nil); err != nil {
+				b.abandon(r, err)
+				return err
+			}
+			continue
+		}
+		if b.onBook != nil {
+			b.onBook(r, p)
+		}
+		if r.wait <= 0 {
+			return nil
+		}
+		err = b.sleep(ctx, r.wait, func(at int64) bool { return at > r.slot })
+		switch {
+		case errors.Is(err, errPaused):
+			// A pause began before the slot: the script puts the new
+			// booking after it.
+			b.stats.rebooked.Add(1)
+			place = 0
+			continue
+		case err != nil:
+			b.abandon(r, err)
+			return err
+		}
+		return nil
+	}
+}
+
+// fail returns err, from a Redis call of op, as the caller sees it: ctx's
+// own error when ctx ended, else wrapped, counted, and explained when the
+// budget's key holds another type.
+func (b *Budget) fail(ctx context.Context, op string, err error) error {
+	if cerr := ctx.Err(); cerr != nil && redisx.Classify(err) == redisx.Canceled {
+		return cerr
+	}
+	b.stats.redisErrs.Add(1)
+	if strings.Contains(err.Error(), "WRONGTYPE") {
+		return fmt.Errorf("budget: %s %s: key %s holds another type than a budget's hash: %w",
+			op, redisx.Quote(b.name), redisx.Quote(b.key), err)
+	}
+	return fmt.Errorf("budget: %s %s: %w", op, redisx.Quote(b.name), err)
+}
+
+// book runs the wait script. When ctx ends before its reply arrives, a slot
+// it booked is given back in the background.
+func (b *Budget) book(ctx context.Context, p Priority, place int64) (booking, error) {
+	patience := int64(-1)
+	if dl, ok := ctx.Deadline(); ok {
+		patience = max(0, time.Until(dl).Microseconds())
+	}
+	prio := "0"
+	if p == Background {
+		prio = "1"
+	}
+	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (booking, error) {
+		v, err := waitScript.Run(ctx, b.rdb.Redis(), []string{b.key}, b.t, b.tau, prio, patience,
+			b.tb, b.horizon, place, maxAhead.Microseconds()).Result()
+		if err != nil {
+			return booking{}, err
+		}
+		r, err := parseBooking(v)
+		r.bg = p == Background
+		return r, err
+	}, func(r booking, err error) {
+		if err == nil && r.kind != refused {
+			b.giveBack(r)
+		}
+	})
+}
+
+func parseBooking(v any) (booking, error) {
+	a, ok := v.([]any)
+	if !ok || len(a) < 2 {
+		return booking{}, fmt.Errorf("unexpected wait reply %v (%T)", v, v)
+	}
+	n := make([]int64, len(a))
+	for i, x := range a {
+		if n[i], ok = x.(int64); !ok {
+			return booking{}, fmt.Errorf("unexpected wait reply %v (%T)", v, x)
+		}
+	}
+	r := booking{kind: n[0], wait: time.Duration(n[1]) * time.Microsecond}
+	switch {
+	case r.kind == booked && len(n) == 5:
+		r.slot, r.tat, r.gated = n[2], n[3], n[4] == 1
+	case r.kind == comeBack && len(n) == 3:
+		r.slot, r.place = n[2], n[2] > 0
+	case r.kind != refused:
+		return booking{}, fmt.Errorf("unexpected wait reply %v", v)
+	}
+	return r, nil
+}
+
+// errPaused is sleep's error when a pause began before the slot.
+var errPaused = errors.New("paused")
+
+// sleep sleeps for d, until ctx ends (returning ctx.Err()), the Budget is
+// closed (ErrClosed), or, when paused is not nil, a pause heard of ends at an
+// instant for which paused reports true (errPaused).
+func (b *Budget) sleep(ctx context.Context, d time.Duration, paused func(at int64) bool) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		b.mu.Lock()
+		at, ch := b.pauseAt, b.paused
+		b.mu.Unlock()
+		if paused != nil && paused(at) {
+			return errPaused
+		}
+		select {
+		case <-timer.C:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.done:
+			return ErrClosed
+		case <-ch:
+		}
+	}
+}
+
+// abandon gives back, in the background, what a Wait that ends with err
+// had booked: its slot, or its place in the background line.
+func (b *Budget) abandon(r booking, err error) {
+	if errors.Is(err, ErrClosed) {
+		return
+	}
+	b.stats.abandoned.Add(1)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.giveBack(r)
+	}()
+}
+
+// giveBackTimeout bounds the round trip that gives a slot back, and so
+// Close, which waits for the give-backs under way.
+const giveBackTimeout = time.Second
+
+// giveBack runs the give-back script for r. Close does not cut it short:
+// the slot goes back to the fleet even when this server shuts down.
+func (b *Budget) giveBack(r booking) {
+	if r.kind == comeBack && !r.place {
+		return // standing by: nothing booked
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
+	defer cancel()
+	args := []any{"slot", r.tat, b.t, r.slot, 0}
+	if r.place {
+		args = []any{"place", r.slot, b.t}
+	} else if r.bg {
+		args[4] = b.tb
+	}
+	n, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
+		return givebackScript.Run(ctx, b.rdb.Redis(), []string{b.key}, args...).Int64()
+	}, nil)
+	if err == nil && n == 1 {
+		b.stats.givenBack.Add(1)
+	}
+}
+
+// listen hears of pauses begun on any server, until Close.
+func (b *Budget) listen() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.done:
+			return
+		case m := <-b.sub.C():
+			at, err := strconv.ParseInt(m, 10, 64)
+			if err != nil {
+				// Not a pause's end: the hub's word that messages may have
+				// been lost while its connection was down. Read the pause.
+				at, err = b.readPause()
+			}
+			if err == nil {
+				b.heard(at)
+			}
+		}
+	}
+}
+
+// readPause reads the end of the pause in the budget's hash.
+func (b *Budget) readPause() (int64, error) {
+	ctx, cancel := context.WithTimeout(b.base, giveBackTimeout)
+	defer cancel()
+	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
+		return b.rdb.Redis().HGet(ctx, b.key, "pause").Int64()
+	}, nil)
+}
+
+// heard records that a pause ends at at (µs of the Redis clock) and wakes
+// the sleeping Waits to look.
+func (b *Budget) heard(at int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if at > b.pauseAt {
+		b.pauseAt = at
+		close(b.paused)
+		b.paused = make(chan struct{})
+	}
+}
+
+// pauseLocally keeps a pause in this process while Redis is unreachable.
+func (b *Budget) pauseLocally(until time.Time) {
+	b.stats.localPauses.Add(1)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if until.After(b.localPause) {
+		b.localPause = until
+		close(b.paused)
+		b.paused = make(chan struct{})
+	}
+}
+
+// sleepLocalPause sleeps until the end of a pause kept locally.
+func (b *Budget) sleepLocalPause(ctx context.Context) error {
+	for {
+		b.mu.Lock()
+		d := time.Until(b.localPause)
+		b.mu.Unlock()
+		if d <= 0 {
+			return nil
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Now().Add(d).After(dl) {
+			b.stats.refused.Add(1)
+			return fmt.Errorf("budget: wait %s: paused for %v, past the deadline: %w",
+				redisx.Quote(b.name), d, context.DeadlineExceeded)
+		}
+		if err := b.sleep(ctx, d, nil); err != nil {
+			return err
+		}
+	}
+}
+
+// waitLocal is Wait while Redis is unreachable: a local limiter at
+// Rate/FleetSize decides. Background calls book no further ahead than the
+// horizon, as with Redis; there is no background share.
+func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
+	b.stats.localWaits.Add(1)
+	horizon := time.Duration(b.horizon) * time.Microsecond
+	for {
+		if err := b.sleepLocalPause(ctx); err != nil {
+			return err
+		}
+		now := time.Now()
+		r := b.local.ReserveN(now, 1)
+		d := r.DelayFrom(now)
+		if dl, ok := ctx.Deadline(); ok && now.Add(d).After(dl) {
+			r.CancelAt(now)
+			b.stats.refused.Add(1)
+			return fmt.Errorf("budget: wait %s (local limit, Redis unreachable): the next slot, %v away, lies past the deadline: %w",
+				redisx.Quote(b.name), d, context.DeadlineExceeded)
+		}
+		if p == Background && d > horizon {
+			r.CancelAt(now)
+			b.stats.comeBacks.Add(1)
+			if err := b.sleep(ctx, d-horizon, nil); err != nil {
+				return err
+			}
+			continue
+		}
+		if d <= 0 {
+			return nil
+		}
+		b.mu.Lock()
+		pause := b.localPause
+		b.mu.Unlock()
+		err := b.sleep(ctx, d, func(int64) bool {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			return b.localPause.After(pause)
+		})
+		switch {
+		case errors.Is(err, errPaused):
+			r.Cancel()
+			b.stats.rebooked.Add(1)
+			continue
+		case err != nil:
+			r.Cancel()
+			if !errors.Is(err, ErrClosed) {
+				b.stats.abandoned.Add(1)
+			}
+			return err
+		}
+		return nil
+	}
+}

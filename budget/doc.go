@@ -1,0 +1,70 @@
+// Package budget makes an upstream's rate limit one budget for a whole fleet
+// of servers: every call to the upstream first waits for its slot in the
+// budget, so the fleet neither draws 429s nor leaves slots unused.
+//
+// # Algorithm
+//
+// The budget is GCRA (the generic cell rate algorithm) kept in one Redis
+// hash and run by Lua scripts on the Redis clock, so servers' clocks do not
+// matter. With emission interval T = Per/Rate and tolerance τ = (Burst-1)·T,
+// the hash holds the theoretical arrival time tat. [Budget.Wait] is one round
+// trip: the script books the caller's slot, max(now, tat-τ, end of a pause),
+// moves tat to max(tat, slot)+T, and returns the slot; the caller sleeps
+// until it. Slots are handed out in booking order across the fleet, at most
+// Burst at once after a quiet spell and one per T after that: in any window
+// of length Per, at most Rate+Burst-1 slots.
+//
+// A caller whose ctx has a deadline passes its patience to the script: a slot
+// past the deadline is refused without booking it, as golang.org/x/time/rate
+// does. A caller whose ctx ends while it sleeps gives its slot back, when it
+// can without breaking the limit: only the latest booking can be undone, so
+// when tat still holds the value this booking set, tat goes back by T.
+// Otherwise the slot is lost to the fleet (see [Stats].GivenBack).
+//
+// # Priorities
+//
+// A [Background] call (a refresh, a prefetch) books no further ahead than the
+// horizon, 2·T kept within [10ms, 100ms]: a [Foreground] call that arrives
+// while background calls saturate the budget waits at most the horizon
+// behind them, plus the slot in progress. A background caller whose slot
+// would lie beyond the horizon is not booked: it is given a place in a
+// background line, one place per T, and told to come back then. While
+// foreground calls wait (a foreground slot lies in the future, or passed less
+// than T ago: a foreground caller served at its slot books again an instant
+// later), background calls also pass a second gate, one call per
+// T/BackgroundShare: they take at most that share of the booked slots, and
+// none at all while foreground calls are queued past the horizon. A slot free
+// at once is never held back, since unused it is lost: one background caller
+// refused by the gate stands by for the next free slot and takes it if no
+// foreground call did. With no foreground call waiting, or foreground demand
+// below the rate, background calls use all the rest. Refused callers come
+// back one at a time, not all at once: beyond one round trip per call,
+// background calls cost the fleet about two round trips per T at most (one
+// place in line coming back, one caller standing by).
+//
+// # The upstream's own accounting
+//
+// [Budget.Observe] reads the rate-limit headers of each response (Retry-After,
+// the X API's x-rate-limit-*, GitHub's x-ratelimit-*). A 429, or remaining 0,
+// pauses the whole budget until the upstream's reset: the pause is kept in the
+// hash, checked by the same script that books slots, and announced on a
+// pub/sub channel so that callers already sleeping on a slot before it, on
+// every server, wake and book again after it. [Budget.PauseUntil] pauses
+// directly, and [Budget.PauseFor] pauses for a loader's [RateLimitedError].
+// Fewer calls remaining than the budget would allow before the reset pull the
+// budget down to them.
+//
+// # Redis
+//
+// A budget named N under prefix P is the hash P{N}:budget, which expires a
+// second after the last instant it holds; its pauses go on the channel of the
+// same name. One key, one hash tag: every script touches one Redis Cluster
+// slot. Servers sharing a budget must give it the same [Limit].
+//
+// When Redis is unreachable, each server falls back to a local limiter
+// (golang.org/x/time/rate) at Rate/FleetSize per Per with a burst of
+// max(1, Burst/FleetSize): the fleet stays under the limit as long as
+// [Options].FleetSize is at least the number of servers. An error reply
+// (a key of another type at the budget's name) is returned, wrapped, and is
+// not an outage.
+package budget

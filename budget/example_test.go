@@ -1,0 +1,100 @@
+package budget_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/budget"
+)
+
+// exampleRedis starts an embedded Redis so the examples run anywhere. Use
+// your own client in real code: redis.NewClient(&redis.Options{Addr: "localhost:6379"}).
+func exampleRedis() (*redis.Client, func()) {
+	m, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	return rdb, func() { _ = rdb.Close(); m.Close() }
+}
+
+func Example() {
+	rdb, stop := exampleRedis()
+	defer stop()
+	ctx := context.Background()
+
+	// The X API's user timeline: 900 calls per 15 minutes, for the fleet.
+	b := budget.New(rdb, "api.x.com/timeline", budget.Limit{Rate: 900, Per: 15 * time.Minute, Burst: 5}, nil)
+	defer b.Close()
+
+	for i := range 3 {
+		if err := b.Wait(ctx, budget.Foreground); err != nil {
+			fmt.Println("wait:", err)
+			return
+		}
+		// Call the upstream here; then let its headers correct the budget
+		// (here: 10 minutes into the window, 600 calls left).
+		h := http.Header{}
+		h.Set("X-Rate-Limit-Limit", "900")
+		h.Set("X-Rate-Limit-Remaining", strconv.Itoa(600-i))
+		h.Set("X-Rate-Limit-Reset", strconv.FormatInt(time.Now().Add(5*time.Minute).Unix(), 10))
+		if err := b.Observe(ctx, h, http.StatusOK); err != nil {
+			fmt.Println("observe:", err)
+		}
+	}
+	fmt.Println("calls:", b.Stats().Waits)
+
+	// A 429 pauses every server of the fleet for Retry-After. A call whose
+	// slot lies past its deadline is refused at once.
+	_ = b.Observe(ctx, http.Header{"Retry-After": {"60"}}, http.StatusTooManyRequests)
+	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	err := b.Wait(wctx, budget.Foreground)
+	fmt.Println("during the pause:", errors.Is(err, context.DeadlineExceeded))
+	// Output:
+	// calls: 3
+	// during the pause: true
+}
+
+func ExampleBudget_PauseFor() {
+	rdb, stop := exampleRedis()
+	defer stop()
+	ctx := context.Background()
+	b := budget.New(rdb, "api.example.com", budget.Limit{Rate: 100, Per: time.Second}, nil)
+	defer b.Close()
+
+	calls := 0
+	load := func(ctx context.Context) (string, error) {
+		calls++
+		if calls == 1 {
+			// The upstream answered 429 with Retry-After: a loader says so.
+			return "", fmt.Errorf("GET /users/42: %w", &budget.RateLimitedError{RetryAfter: 50 * time.Millisecond})
+		}
+		return "user 42", nil
+	}
+
+	start := time.Now()
+	for {
+		if err := b.Wait(ctx, budget.Foreground); err != nil {
+			fmt.Println("wait:", err)
+			return
+		}
+		v, err := load(ctx)
+		if paused, _ := b.PauseFor(ctx, err); paused {
+			continue // every server of the fleet waits out the pause
+		}
+		fmt.Println(v, err, "after", calls, "calls")
+		break
+	}
+	fmt.Println("waited out the pause:", time.Since(start) >= 50*time.Millisecond)
+	// Output:
+	// user 42 <nil> after 2 calls
+	// waited out the pause: true
+}

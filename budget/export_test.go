@@ -1,0 +1,31 @@
+package budget
+
+import "time"
+
+// Booking is a slot a Budget booked, as the wait script returned it: the
+// slot and the tat its booking set, in µs of the Redis clock, how long the
+// caller was told to sleep, and whether a background call passed the share
+// gate (a foreground booking lay in the future).
+type Booking struct {
+	Slot, TAT int64
+	Wait      time.Duration
+	Priority  Priority
+	Gated     bool
+}
+
+// OnBook has f called with every slot b books. Set it before the first Wait.
+func OnBook(b *Budget, f func(Booking)) {
+	b.onBook = func(r booking, p Priority) {
+		f(Booking{Slot: r.slot, TAT: r.tat, Wait: r.wait, Priority: p, Gated: r.gated})
+	}
+}
+
+// BackgroundInterval returns the least time between background slots while
+// a foreground call waits.
+func BackgroundInterval(b *Budget) time.Duration { return time.Duration(b.tb) * time.Microsecond }
+
+// Horizon returns how far ahead b books background calls.
+func Horizon(b *Budget) time.Duration { return time.Duration(b.horizon) * time.Microsecond }
+
+// Key returns the name of b's hash in Redis.
+func Key(b *Budget) string { return b.key }

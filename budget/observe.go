@@ -1,0 +1,289 @@
+package budget
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/internal/redisx"
+)
+
+// RateLimitedError is the error a loader returns, or wraps, when the
+// upstream refused a call for its rate limit (a 429). [Budget.PauseFor]
+// pauses the fleet for it.
+type RateLimitedError struct {
+	// RetryAfter is how long the upstream asked to wait (its Retry-After
+	// header). 0 means unknown: PauseFor then pauses for one Per of the
+	// budget's limit.
+	RetryAfter time.Duration
+}
+
+// Error says that the upstream refused a call for its rate limit, and when
+// to retry if known.
+func (e *RateLimitedError) Error() string {
+	if e.RetryAfter > 0 {
+		return "budget: rate limited: retry after " + e.RetryAfter.String()
+	}
+	return "budget: rate limited"
+}
+
+// Is reports whether target is [ErrRateLimited].
+func (e *RateLimitedError) Is(target error) bool { return target == ErrRateLimited }
+
+// cause is why the budget was paused, for Stats.
+type cause int
+
+const (
+	rateLimited cause = iota // 429, or GitHub's 403
+	exhausted                // remaining 0
+	requested                // PauseUntil
+)
+
+// feedback is what a response says about the budget.
+type feedback struct {
+	// pause > 0: no call before now + pause.
+	pause time.Duration
+	cause cause
+	// pull: at most remaining calls before now + reset.
+	pull      bool
+	remaining int64
+	reset     time.Duration
+}
+
+// maxHeaderWait is the longest wait a header may announce; a longer one is
+// malformed. Upstream windows reset within the hour.
+const maxHeaderWait = 24 * time.Hour
+
+// parseFeedback reads the upstream's accounting from a response's header and
+// status, as of now: Retry-After (delta seconds or an HTTP date), the X API's
+// x-rate-limit-limit/-remaining/-reset and GitHub's
+// x-ratelimit-limit/-remaining/-reset/-used (reset in epoch seconds). Dates
+// and resets are read against the response's Date header when it has one,
+// so that the upstream's clock, not this server's, places them.
+func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) feedback {
+	ref := now
+	if d, err := http.ParseTime(h.Get("Date")); err == nil && d.Sub(now).Abs() < maxHeaderWait {
+		ref = d
+	}
+	retryAfter, hasRetry := parseRetryAfter(h.Get("Retry-After"), ref)
+
+	prefix := "X-Rate-Limit-"
+	if h.Get(prefix+"Remaining") == "" && h.Get(prefix+"Reset") == "" {
+		prefix = "X-Ratelimit-"
+	}
+	remaining, hasRemaining := count(h.Get(prefix + "Remaining"))
+	if !hasRemaining {
+		// GitHub: used of limit.
+		used, okU := count(h.Get(prefix + "Used"))
+		limit, okL := count(h.Get(prefix + "Limit"))
+		if okU && okL && used <= limit {
+			remaining, hasRemaining = limit-used, true
+		}
+	}
+	var reset time.Duration
+	epoch, hasReset := count(h.Get(prefix + "Reset"))
+	if hasReset {
+		reset = time.Unix(epoch, 0).Sub(ref)
+		hasReset = reset < maxHeaderWait
+	}
+
+	var f feedback
+	switch {
+	case status == http.StatusTooManyRequests ||
+		status == http.StatusForbidden && (hasRetry || hasRemaining && remaining == 0):
+		f.cause = rateLimited
+		switch {
+		case hasRetry:
+			f.pause = retryAfter
+		case hasReset && reset > 0:
+			f.pause = reset
+		case hasReset:
+			// The window the upstream counted has just ended.
+			f.pause = time.Second
+		default:
+			f.pause = per
+		}
+	case hasRemaining && remaining == 0:
+		f.cause = exhausted
+		switch {
+		case hasReset:
+			f.pause = reset
+		default:
+			f.pause = per
+		}
+	case hasRemaining && hasReset && reset > 0:
+		f.pull, f.remaining, f.reset = true, remaining, reset
+	}
+	if f.pause <= 0 && !f.pull {
+		return feedback{} // a reset already passed: nothing to do
+	}
+	return f
+}
+
+// count parses a non-negative decimal integer header value.
+func count(s string) (int64, bool) {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	return n, err == nil && n >= 0
+}
+
+func parseRetryAfter(s string, ref time.Time) (time.Duration, bool) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, false
+	}
+	if n, ok := count(s); ok {
+		if n > int64(maxHeaderWait/time.Second) {
+			return 0, false
+		}
+		return time.Duration(n) * time.Second, true
+	}
+	t, err := http.ParseTime(s)
+	if err != nil {
+		return 0, false
+	}
+	d := max(t.Sub(ref), 0)
+	return d, d < maxHeaderWait
+}
+
+// Observe applies the upstream's own accounting, read from a response's
+// header and status code, to the budget of the whole fleet:
+//
+//   - A 429 (or a 403 with Retry-After, or with GitHub's
+//     x-ratelimit-remaining: 0) pauses the budget for Retry-After, else
+//     until the rate limit's reset, else for one Per.
+//   - Remaining 0 (x-rate-limit-remaining, the X API, or
+//     x-ratelimit-remaining, GitHub) pauses it until the reset
+//     (x-rate-limit-reset or x-ratelimit-reset, epoch seconds), or for one
+//     Per when the reset is missing.
+//   - Fewer calls remaining before the reset than the budget would allow
+//     pulls the budget down: at most that many calls go before the reset,
+//     the last of them at the reset's edge.
+//
+// A pause is kept in Redis and announced to every server; Waits sleeping on
+// a slot before its end book again after it. Missing or malformed headers
+// change nothing and are not an error. Times are read against the response's
+// Date header when it has one. When Redis is unreachable a pause is kept in
+// this process only.
+func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
+	if err := b.check(); err != nil {
+		return err
+	}
+	f := parseFeedback(h, status, time.Now(), b.lim.Per)
+	if f.pull && f.remaining >= (f.reset.Microseconds()+b.tau+b.t-1)/b.t {
+		// The pull-down would set tat to now or before: the budget already
+		// lets at most that many calls go before the reset, burst included.
+		// No round trip for the common answer "plenty left".
+		f.pull = false
+	}
+	if f.pause <= 0 && !f.pull {
+		return nil
+	}
+	return b.apply(ctx, "observe", f)
+}
+
+// PauseUntil pauses the budget of the whole fleet until t: no Wait returns
+// before t on any server, and Waits sleeping on a slot before t book again
+// after it. A t in the past does nothing. The pause is taken as a duration
+// from now, so this server's clock need not agree with Redis's. When Redis is
+// unreachable the pause is kept in this process only.
+func (b *Budget) PauseUntil(ctx context.Context, t time.Time) error {
+	if err := b.check(); err != nil {
+		return err
+	}
+	d := time.Until(t)
+	if d <= 0 {
+		return nil
+	}
+	return b.apply(ctx, "pause", feedback{pause: min(d, maxAhead), cause: requested})
+}
+
+// PauseFor pauses the budget of the whole fleet when err, a loader's error,
+// wraps [ErrRateLimited]: for its [RateLimitedError].RetryAfter, or, when
+// that is unknown (0, or no RateLimitedError in the chain), for one Per of the
+// limit. It reports whether err did. It is the retry path of a caller that
+// loads through the budget:
+//
+//	for {
+//		if err := b.Wait(ctx, budget.Foreground); err != nil {
+//			return err
+//		}
+//		v, err := load(ctx)
+//		if paused, _ := b.PauseFor(ctx, err); paused {
+//			continue // the next Wait returns after the pause
+//		}
+//		return v, err
+//	}
+//
+// The error is that of storing the pause; the pause is kept in this process
+// when Redis is unreachable.
+func (b *Budget) PauseFor(ctx context.Context, err error) (bool, error) {
+	if !errors.Is(err, ErrRateLimited) {
+		return false, nil
+	}
+	if cerr := b.check(); cerr != nil {
+		return true, cerr
+	}
+	d := b.lim.Per
+	var rle *RateLimitedError
+	if errors.As(err, &rle) && rle.RetryAfter > 0 {
+		d = min(rle.RetryAfter, maxAhead)
+	}
+	return true, b.apply(ctx, "pause", feedback{pause: d, cause: rateLimited})
+}
+
+//go:embed pause.lua
+var pauseLua string
+var pauseScript = redis.NewScript(pauseLua)
+
+// apply stores f in the budget's hash with one round trip, and wakes this
+// server's sleeping Waits at once when the pause grew.
+func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
+	pause, reset, remaining := int64(-1), int64(-1), int64(0)
+	if f.pause > 0 {
+		pause = f.pause.Microseconds()
+	}
+	if f.pull {
+		reset, remaining = f.reset.Microseconds(), f.remaining
+	}
+	start := time.Now()
+	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]int64, error) {
+		return pauseScript.Run(ctx, b.rdb.Redis(), []string{b.key}, pause, reset, remaining,
+			b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds()).Int64Slice()
+	}, nil)
+	if err == nil && len(v) != 3 {
+		err = fmt.Errorf("unexpected pause reply %v", v)
+	}
+	switch {
+	case err != nil && redisx.Outage(err):
+		if f.pause > 0 {
+			b.pauseLocally(start.Add(f.pause))
+		}
+		return nil
+	case err != nil:
+		return b.fail(ctx, op, err)
+	}
+	if f.pause > 0 {
+		switch f.cause {
+		case rateLimited:
+			b.stats.rateLimited.Add(1)
+		case exhausted:
+			b.stats.exhausted.Add(1)
+		case requested:
+			b.stats.requested.Add(1)
+		}
+	}
+	if v[2] == 1 {
+		b.stats.pullDowns.Add(1)
+	}
+	if v[1] == 1 {
+		b.heard(v[0])
+	}
+	return nil
+}

@@ -1,0 +1,96 @@
+-- Book the slot of one call in a budget: GCRA on the Redis clock, behind any
+-- pause, with background calls held to a horizon and, while a foreground call
+-- waits, to a share of the rate.
+-- KEYS[1] the budget, a hash P{name}:budget. Its fields are instants of the
+-- Redis clock in microseconds:
+--   tat    theoretical arrival time: the next call goes at tat - tau or later
+--   pause  no call goes before it
+--   fg     the latest slot booked by a foreground call
+--   btat   no background call goes before it while foreground calls wait
+--   bq     the end of the background line: where the next background caller
+--          told to come back is placed
+--   sb     the slot a background caller held back by the share gate stands
+--          by for
+-- ARGV[1] T, the emission interval; ARGV[2] tau, the burst tolerance;
+-- ARGV[3] '1' for a background call, else foreground; ARGV[4] the caller's
+-- patience (time to its deadline), or -1 for none; ARGV[5] the background
+-- interval while a foreground call waits (T / share); ARGV[6] the horizon: the
+-- furthest ahead of now a background call books; ARGV[7] the background
+-- caller's place in the line when it comes back, else 0; ARGV[8] how far
+-- ahead of now a field may lie before it counts as corrupt. All in µs.
+-- Returns
+--   {0, wait, slot, tat, gated}
+--                         booked: the call goes at slot, wait µs from now;
+--                         tat is the value this booking set; gated is 1 when
+--                         a background call passed the share gate
+--   {1, wait}             refused: the earliest slot lies wait µs away, past
+--                         the caller's patience; nothing is booked
+--   {2, wait, place}      a background caller comes back after wait µs,
+--                         at its place in the line (0 for none); no slot is
+--                         booked
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local T, tau = tonumber(ARGV[1]), tonumber(ARGV[2])
+local bg, patience = ARGV[3] == '1', tonumber(ARGV[4])
+local Tb, H, place, ahead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+
+local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq', 'sb')
+-- A field that is missing, not a number, or implausible counts as 0: a
+-- corrupt budget starts afresh instead of failing or blocking its callers.
+local function field(i)
+  local x = tonumber(v[i])
+  if x == nil or x ~= x or x < 0 or x > now + ahead then return 0 end
+  return x
+end
+local tat, pause, fg, btat, bq, sb = field(1), field(2), field(3), field(4), field(5), field(6)
+
+local function f(x) return string.format('%d', x) end
+-- The key outlives the last instant it holds by a second: once every field
+-- lies in the past, a missing key means the same as the fields.
+local function save(...)
+  redis.call('HSET', KEYS[1], ...)
+  local last = math.max(tat, pause, fg, btat, bq)
+  local a = {...}
+  for i = 2, #a, 2 do last = math.max(last, tonumber(a[i])) end
+  redis.call('PEXPIRE', KEYS[1], f(math.ceil((last - now) / 1000) + 1000))
+end
+
+local slot = math.max(now, tat - tau, pause)
+
+if not bg then
+  if patience >= 0 and slot - now > patience then return {1, slot - now} end
+  local nt = math.max(tat, slot) + T
+  save('tat', f(nt), 'fg', f(math.max(fg, slot)))
+  return {0, slot - now, slot, nt, 0}
+end
+
+-- While foreground calls wait, background calls go at most every Tb. A
+-- foreground caller served at its slot books again (or another arrives) an
+-- instant later, when background callers coming back at the same slot
+-- boundary would otherwise find no foreground booking ahead: foreground
+-- demand lasts until one interval after the latest foreground slot. A slot
+-- free now is never held back: nobody waits for it, and unused it is lost.
+local gated, bslot = 0, now
+if fg + T > now and slot > now then gated, bslot = 1, math.max(now, btat) end
+local earliest = math.max(slot, bslot)
+if patience >= 0 and earliest - now > patience then return {1, earliest - now} end
+-- A newcomer queues behind the background callers told to come back; a
+-- caller coming back keeps its turn.
+local lined = place == 0 and bq > now
+-- Held back by the share gate from a slot within the horizon, one caller
+-- stands by for it: should no foreground call book it, it is free when due,
+-- and the gate does not hold back a free slot. One at a time, so that
+-- standing by costs at most one round trip per slot.
+if not lined and slot - now <= H and bslot > slot and sb ~= slot then
+  save('sb', f(slot))
+  return {2, slot - now, place}
+end
+if lined or slot - now > H or bslot > slot then
+  local q = math.max(bq, slot - H, bslot, now)
+  if patience >= 0 and q - now > patience then return {1, q - now} end
+  save('bq', f(q + T))
+  return {2, q - now, q}
+end
+local nt = math.max(tat, slot) + T
+save('tat', f(nt), 'btat', f(slot + Tb))
+return {0, slot - now, slot, nt, gated}

@@ -1,0 +1,429 @@
+package locksmith_test
+
+// Benchmarks of package budget. Run them with
+//
+//	go test -run '^$' -bench Budget -benchtime 1x .
+//
+// (BenchmarkBudgetWait wants more iterations: -benchtime 5000x.) Beside the
+// metrics of bench_test.go:
+//
+//	max-per-window  the most calls that returned within any window of Per
+//	limit           Rate+Burst: the budget books at most Rate+Burst-1 slots in
+//	                such a window; a call that wakes late may add one
+//	share           calls let through over the budget's capacity for the run
+//	fg-p50-ms, fg-p99-ms  what foreground calls waited while background
+//	                calls saturated the budget; horizon-ms for comparison
+//	bg-share        background calls over all calls while foreground calls arrived
+//	wake-p50-ms, wake-p99-ms  from Observe(429) on one server to a sleeping
+//	                Wait on another booking again after the pause
+//	lost            share of the capacity unused when callers give up
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/budget"
+)
+
+// budgetName returns a budget name of its own for each run.
+func budgetName(b *testing.B) string {
+	return b.Name() + ":" + strconv.FormatInt(time.Now().UnixNano(), 36)
+}
+
+// BenchmarkBudgetWait: an uncontended Wait (the budget always has room)
+// against a raw GET, with a ctx that cannot end and one with a deadline
+// (which the go-redis client does not enforce, so each call is watched).
+func BenchmarkBudgetWait(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		ctx  func() (context.Context, context.CancelFunc)
+	}{
+		{"ctx=Background", func() (context.Context, context.CancelFunc) { return context.Background(), func() {} }},
+		{"ctx=WithTimeout", func() (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), time.Hour)
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			newClient := benchRedis(b)
+			rdb := newClient()
+			bud := budget.New(rdb, budgetName(b), budget.Limit{Rate: 1000000, Burst: 1000000}, nil)
+			defer bud.Close()
+			ctx, cancel := tc.ctx()
+			defer cancel()
+			if err := bud.Wait(ctx, budget.Foreground); err != nil { // loads the script
+				b.Fatal(err)
+			}
+			h := &rtts{}
+			rdb.AddHook(h)
+			b.ReportAllocs()
+			interleave(b, func(int) {
+				_ = rdb.Get(ctx, "raw").Err()
+			}, func(int) {
+				if err := bud.Wait(ctx, budget.Foreground); err != nil {
+					b.Fatal(err)
+				}
+			})
+			b.ReportMetric(float64(h.n.Load()-int64(b.N))/float64(b.N), "rtts/op")
+		})
+	}
+}
+
+// maxPerWindow returns the most instants of ts within any half-open window of
+// length w.
+func maxPerWindow(ts []time.Time, w time.Duration) int {
+	ts = slices.Clone(ts)
+	slices.SortFunc(ts, func(a, b time.Time) int { return a.Compare(b) })
+	most := 0
+	for i, j := 0, 0; j < len(ts); j++ {
+		for ts[j].Sub(ts[i]) >= w {
+			i++
+		}
+		most = max(most, j-i+1)
+	}
+	return most
+}
+
+// calls records when Waits returned.
+type calls struct {
+	mu sync.Mutex
+	at []time.Time
+}
+
+func (c *calls) add(t time.Time) {
+	c.mu.Lock()
+	c.at = append(c.at, t)
+	c.mu.Unlock()
+}
+
+// hammer has goroutines goroutines call Wait(p) on bud in a loop until ctx
+// ends, recording every call let through in c.
+func hammer(b *testing.B, wg *sync.WaitGroup, ctx context.Context, bud *budget.Budget, p budget.Priority, goroutines int, c *calls) {
+	for range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				err := bud.Wait(ctx, p)
+				if err == nil {
+					if c != nil {
+						c.add(time.Now())
+					}
+				} else if ctx.Err() == nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+}
+
+// BenchmarkBudgetAccuracy: 8 servers × 50 goroutines call Wait in a loop for
+// 4s against a budget of 200/s with a burst of 10. Demand far exceeds the
+// limit: every call is let through as soon as the budget allows.
+func BenchmarkBudgetAccuracy(b *testing.B) {
+	const servers, goroutines = 8, 50
+	l := budget.Limit{Rate: 200, Per: time.Second, Burst: 10}
+	const run = 4 * time.Second
+	for i := 0; i < b.N; i++ {
+		newClient := benchRedis(b)
+		name := budgetName(b)
+		var c calls
+		var wg sync.WaitGroup
+		ctx, cancel := context.WithCancel(context.Background())
+		buds := make([]*budget.Budget, servers)
+		for s := range buds {
+			buds[s] = budget.New(newClient(), name, l, nil)
+		}
+		for _, bud := range buds {
+			hammer(b, &wg, ctx, bud, budget.Foreground, goroutines, &c)
+		}
+		time.Sleep(run)
+		end := time.Now()
+		cancel()
+		wg.Wait()
+		for _, bud := range buds {
+			_ = bud.Close()
+		}
+		// The capacity from the first call on: connecting 400 goroutines
+		// to Redis is not the budget's doing.
+		first := slices.MinFunc(c.at, func(a, b time.Time) int { return a.Compare(b) })
+		capacity := float64(l.Rate)*end.Sub(first).Seconds()/l.Per.Seconds() + float64(l.Burst)
+		n := 0
+		for _, t := range c.at {
+			if t.Before(end) {
+				n++
+			}
+		}
+		b.ReportMetric(float64(maxPerWindow(c.at, l.Per)), "max-per-window")
+		b.ReportMetric(float64(l.Rate+l.Burst), "limit")
+		b.ReportMetric(float64(n)/capacity, "share")
+	}
+}
+
+// percentile returns the p-quantile of d in ms.
+func percentile(d []time.Duration, p float64) float64 {
+	d = slices.Clone(d)
+	slices.Sort(d)
+	return float64(d[int(p*float64(len(d)-1))].Nanoseconds()) / 1e6
+}
+
+// BenchmarkBudgetForeground: 2 servers × 20 goroutines of background calls
+// saturate a budget of 200/s; on a third server, foreground calls arrive
+// every 5-15ms (half the rate) for 4s. It reports what the foreground calls
+// waited, beside the horizon, and the background share of the calls.
+func BenchmarkBudgetForeground(b *testing.B) {
+	l := budget.Limit{Rate: 200, Per: time.Second}
+	const run = 4 * time.Second
+	for i := 0; i < b.N; i++ {
+		newClient := benchRedis(b)
+		name := budgetName(b)
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		var bg, fg calls
+		var buds []*budget.Budget
+		h := &rtts{}
+		for range 2 {
+			rdb := newClient()
+			rdb.AddHook(h)
+			bud := budget.New(rdb, name, l, nil)
+			buds = append(buds, bud)
+			hammer(b, &wg, ctx, bud, budget.Background, 20, &bg)
+		}
+		front := budget.New(newClient(), name, l, nil)
+		buds = append(buds, front)
+		time.Sleep(500 * time.Millisecond) // background alone first
+		var waits []time.Duration
+		var mu sync.Mutex
+		var fwg sync.WaitGroup
+		start := time.Now()
+		for time.Since(start) < run {
+			fwg.Add(1)
+			go func() {
+				defer fwg.Done()
+				t := time.Now()
+				if err := front.Wait(ctx, budget.Foreground); err != nil {
+					b.Error(err)
+					return
+				}
+				fg.add(time.Now())
+				mu.Lock()
+				waits = append(waits, time.Since(t))
+				mu.Unlock()
+			}()
+			time.Sleep(5*time.Millisecond + rand.N(10*time.Millisecond))
+		}
+		fwg.Wait()
+		end := time.Now()
+		cancel()
+		wg.Wait()
+		for _, bud := range buds {
+			_ = bud.Close()
+		}
+		bgRTTs := float64(h.n.Load()) / float64(len(bg.at))
+		var nbg int
+		for _, t := range bg.at {
+			if !t.Before(start) && t.Before(end) {
+				nbg++
+			}
+		}
+		total := float64(nbg + len(fg.at))
+		capacity := float64(l.Rate) * end.Sub(start).Seconds() / l.Per.Seconds()
+		b.ReportMetric(percentile(waits, 0.5), "fg-p50-ms")
+		b.ReportMetric(percentile(waits, 0.99), "fg-p99-ms")
+		b.ReportMetric(percentile(waits, 1), "fg-max-ms")
+		b.ReportMetric(float64(2*l.Per/time.Duration(l.Rate))/1e6, "horizon-ms")
+		b.ReportMetric(float64(nbg)/total, "bg-share")
+		b.ReportMetric(total/capacity, "share")
+		b.ReportMetric(float64(len(fg.at)), "fg-calls")
+		b.ReportMetric(bgRTTs, "bg-rtts/call")
+	}
+}
+
+// scriptTimes records when the scripts a client runs return.
+type scriptTimes struct {
+	mu sync.Mutex
+	at []time.Time
+}
+
+func (h *scriptTimes) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *scriptTimes) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		// One EVALSHA per script run, even when NOSCRIPT has it sent again
+		// as an EVAL.
+		if cmd.Name() == "evalsha" {
+			h.mu.Lock()
+			h.at = append(h.at, time.Now())
+			h.mu.Unlock()
+		}
+		return err
+	}
+}
+func (h *scriptTimes) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h *scriptTimes) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.at)
+}
+
+func (h *scriptTimes) last() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.at[len(h.at)-1]
+}
+
+// BenchmarkBudgetPauseWake: a Wait on server B sleeps on a slot 1s away;
+// server A observes a 429. The time from A's Observe to B's Wait having
+// booked again after the pause (the reply to B's next script): the pause
+// travels in the script's PUBLISH to B's pub/sub connection.
+func BenchmarkBudgetPauseWake(b *testing.B) {
+	newClient := benchRedis(b)
+	name := budgetName(b)
+	l := budget.Limit{Rate: 1, Per: time.Second}
+	a := budget.New(newClient(), name, l, nil)
+	defer a.Close()
+	rdbB := newClient()
+	h := &scriptTimes{}
+	rdbB.AddHook(h)
+	bb := budget.New(rdbB, name, l, nil)
+	defer bb.Close()
+	admin := newClient()
+	key := "__locksmith:{" + name + "}:budget"
+	waitScripts := func(n int) {
+		deadline := time.Now().Add(10 * time.Second)
+		for h.count() < n {
+			if time.Now().After(deadline) {
+				b.Fatalf("B ran %d scripts; want %d", h.count(), n)
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+	}
+	waitSubscribed(b, admin, key, 2)
+	ctx := context.Background()
+	var samples []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		_ = admin.Del(ctx, key).Err()
+		n := h.count()
+		if err := bb.Wait(ctx, budget.Foreground); err != nil {
+			b.Fatal(err)
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- bb.Wait(wctx, budget.Foreground) }()
+		waitScripts(n + 2)
+		b.StartTimer()
+		t := time.Now()
+		if err := a.Observe(ctx, http.Header{"Retry-After": {"1"}}, http.StatusTooManyRequests); err != nil {
+			b.Fatal(err)
+		}
+		waitScripts(n + 3)
+		samples = append(samples, h.last().Sub(t))
+		b.StopTimer()
+		cancel()
+		<-done
+		waitScripts(n + 4) // the slot given back
+		b.StartTimer()
+	}
+	b.StopTimer()
+	b.ReportMetric(percentile(samples, 0.5), "wake-p50-ms")
+	b.ReportMetric(percentile(samples, 0.99), "wake-p99-ms")
+	if st := bb.Stats(); st.Rebooked != uint64(b.N) {
+		b.Errorf("B booked again %d times; want %d", st.Rebooked, b.N)
+	}
+}
+
+// BenchmarkBudgetGiveUp: 4 servers × 50 goroutines call Wait in a loop for
+// 4s against a budget of 200/s (a queue about a second deep); a share of the
+// calls gives up at a random moment within a second: cancelled while it
+// waits, or with a deadline, known when it books. It reports the share of
+// the capacity lost: slots booked by callers that gave up, not given back
+// (only the latest booking can be) and so left unused. A deadline loses
+// nothing: a slot past it is never booked.
+func BenchmarkBudgetGiveUp(b *testing.B) {
+	l := budget.Limit{Rate: 200, Per: time.Second}
+	const servers, goroutines = 4, 50
+	const run = 4 * time.Second
+	for _, tc := range []struct {
+		giveUp   float64
+		deadline bool
+	}{{0, false}, {0.1, false}, {0.5, false}, {0.5, true}} {
+		how := "cancel"
+		if tc.deadline {
+			how = "deadline"
+		}
+		giveUp := tc.giveUp
+		b.Run(fmt.Sprintf("%s=%.1f", how, giveUp), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				newClient := benchRedis(b)
+				name := budgetName(b)
+				ctx, cancel := context.WithCancel(context.Background())
+				var wg sync.WaitGroup
+				var through, first atomic.Int64 // calls let through; when the first was, ns
+				buds := make([]*budget.Budget, servers)
+				for s := range buds {
+					buds[s] = budget.New(newClient(), name, l, nil)
+					for range goroutines {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							for ctx.Err() == nil {
+								wctx, wcancel := context.WithCancel(ctx)
+								var timer *time.Timer
+								switch {
+								case rand.Float64() >= giveUp:
+								case tc.deadline:
+									wcancel()
+									wctx, wcancel = context.WithTimeout(ctx, rand.N(time.Second))
+								default:
+									timer = time.AfterFunc(rand.N(time.Second), wcancel)
+								}
+								if buds[s].Wait(wctx, budget.Foreground) == nil && ctx.Err() == nil {
+									through.Add(1)
+									first.CompareAndSwap(0, time.Now().UnixNano())
+								}
+								if timer != nil {
+									timer.Stop()
+								}
+								wcancel()
+							}
+						}()
+					}
+				}
+				time.Sleep(run)
+				end := time.Now()
+				cancel()
+				wg.Wait()
+				// The capacity from the first call on, as in
+				// BenchmarkBudgetAccuracy.
+				elapsed := end.Sub(time.Unix(0, first.Load()))
+				var st budget.Stats
+				for _, bud := range buds {
+					_ = bud.Close()
+					s := bud.Stats()
+					st.Abandoned += s.Abandoned
+					st.GivenBack += s.GivenBack
+				}
+				capacity := float64(l.Rate)*elapsed.Seconds()/l.Per.Seconds() + 1
+				b.ReportMetric(float64(through.Load())/capacity, "share")
+				b.ReportMetric(1-float64(through.Load())/capacity, "lost")
+				b.ReportMetric(float64(st.Abandoned), "abandoned")
+				b.ReportMetric(float64(st.GivenBack), "given-back")
+			}
+		})
+	}
+}
