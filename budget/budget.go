@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/locksmith-go/locksmith/internal/notify"
 	"github.com/locksmith-go/locksmith/internal/redisx"
+	"github.com/locksmith-go/locksmith/observe"
 )
 
 var (
@@ -146,6 +148,18 @@ type Options struct {
 	// right. It must not be negative; 0 gives the default.
 	// default: 1
 	FleetSize int
+
+	// Observer, if not nil, sees every wait (BudgetWait), every pause
+	// (Pause) and every outage of Redis (OutageStart, OutageEnd), with
+	// Source "budget" and Name the budget's name.
+	// default: nil
+	Observer observe.Observer
+
+	// Logger, if not nil, hears what an operator must: pauses the upstream
+	// asked for, and Redis outages (while they last, a local limiter at
+	// Rate/FleetSize decides).
+	// default: nil (silent)
+	Logger *slog.Logger
 }
 
 func (o *Options) withDefaults() Options {
@@ -270,7 +284,14 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 	b.paused = make(chan struct{})
 	b.base, b.cancel = context.WithCancel(context.Background())
 	b.rdb = redisx.New(rdb)
-	b.hub = notify.New(rdb)
+	b.rdb.SetOnOutage(func(err error) {
+		b.log("redis unreachable; a local limiter at Rate/FleetSize decides", "err", err)
+		b.event(context.Background(), observe.Event{Kind: observe.OutageStart, Err: err})
+	}, func(d time.Duration) {
+		b.log("redis reachable again", "outage", d)
+		b.event(context.Background(), observe.Event{Kind: observe.OutageEnd, Duration: d})
+	})
+	b.hub = notify.New(rdb, nil)
 	b.sub = b.hub.Subscribe(b.key)
 	b.wg.Add(1)
 	go b.listen()
@@ -381,14 +402,15 @@ func (b *Budget) Wait(ctx context.Context, p Priority) error {
 	}
 	start := time.Now()
 	err := b.wait(ctx, p)
+	d := time.Since(start)
 	if err == nil {
-		d := time.Since(start)
 		s := &b.stats
 		s.waits.Add(1)
 		s.waitTotal.Add(int64(d))
 		for m := s.waitMax.Load(); int64(d) > m && !s.waitMax.CompareAndSwap(m, int64(d)); m = s.waitMax.Load() {
 		}
 	}
+	b.event(ctx, observe.Event{Kind: observe.BudgetWait, Duration: d, Err: err, Background: p == Background})
 	return err
 }
 
@@ -721,5 +743,21 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 			return err
 		}
 		return nil
+	}
+}
+
+// event reports e to the Observer, if any.
+func (b *Budget) event(ctx context.Context, e observe.Event) {
+	if b.opt.Observer == nil {
+		return
+	}
+	e.Source, e.Name = "budget", b.name
+	b.opt.Observer.Observe(ctx, e)
+}
+
+// log tells the Logger, if any, something an operator must hear.
+func (b *Budget) log(msg string, args ...any) {
+	if b.opt.Logger != nil {
+		b.opt.Logger.Warn("locksmith/budget: "+msg, append(args, "budget", b.name)...)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/locksmith-go/locksmith/internal/redisx"
+	"github.com/locksmith-go/locksmith/observe"
 )
 
 // RateLimitedError is the error a loader returns, or wraps, when the
@@ -45,6 +46,16 @@ const (
 	exhausted                // remaining 0
 	requested                // PauseUntil
 )
+
+func (c cause) String() string {
+	switch c {
+	case rateLimited:
+		return "rate limited"
+	case exhausted:
+		return "remaining 0"
+	}
+	return "requested"
+}
 
 // feedback is what a response says about the budget.
 type feedback struct {
@@ -270,6 +281,8 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 		return b.fail(ctx, op, err)
 	}
 	if f.pause > 0 {
+		b.event(ctx, observe.Event{Kind: observe.Pause, Duration: f.pause})
+		b.log("pausing every server", "for", f.pause, "cause", f.cause.String())
 		switch f.cause {
 		case rateLimited:
 			b.stats.rateLimited.Add(1)

@@ -63,17 +63,13 @@ func (c *Cache) load(ctx, wctx context.Context, key string, o ops, p budget.Prio
 		if c.opt.Budget == nil || wctx.Err() != nil || ctx.Err() != nil {
 			return out, took
 		}
-		pause := rle.RetryAfter
-		if pause <= 0 {
-			pause = defaultRateLimitPause
-		}
-		c.event(ctx, observe.Event{Kind: observe.Pause, Key: key, Duration: pause})
-		c.log("upstream rate-limited a load; pausing the budget", "key", key, "retry_after", pause)
-		if err := c.opt.Budget.PauseUntil(ctx, time.Now().Add(pause)); err != nil {
+		// Pause every server for RetryAfter (one Per of the budget when
+		// the upstream did not say), then load again when the budget
+		// allows.
+		c.event(ctx, observe.Event{Kind: observe.Pause, Key: key, Duration: rle.RetryAfter})
+		c.log("upstream rate-limited a load; pausing the budget", "key", key, "retry_after", rle.RetryAfter)
+		if _, err := c.opt.Budget.PauseFor(ctx, out.err); err != nil {
 			c.log("pausing the budget failed", "err", err)
 		}
 	}
 }
-
-// defaultRateLimitPause is the pause when a RateLimitedError does not say.
-const defaultRateLimitPause = time.Second

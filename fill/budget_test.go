@@ -1,0 +1,174 @@
+package fill_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/locksmith-go/locksmith/budget"
+	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/internal/redistest"
+)
+
+func newBudget(t *testing.T, s *redistest.Server, name string, l budget.Limit) *budget.Budget {
+	b := budget.New(s.Client(t, nil), name, l, nil)
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+// TestBudgetGatesLoads: every load waits for the budget first; hits do not.
+func TestBudgetGatesLoads(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := newBudget(t, s, "api", budget.Limit{Rate: 50, Burst: 5})
+	c := newCache(t, s.Client(t, nil), &fill.Options{Budget: b})
+	ctx := redistest.Context(t, 20*time.Second)
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			for range 3 {
+				if _, err := fill.Get(ctx, c, fmt.Sprint(i), func(context.Context) (int, error) { return i, nil }); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if w, l := b.Stats().Waits, c.Stats().Loads; w != 20 || l != 20 {
+		t.Errorf("budget waits %d, loads %d; want 20 each", w, l)
+	}
+}
+
+// TestRateLimitedLoadRetries: a loader that gets a 429 does not fail its
+// callers: the fleet pauses, and the same flight loads again.
+func TestRateLimitedLoadRetries(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := newBudget(t, s, "api", budget.Limit{Rate: 100})
+	a := newCache(t, s.Client(t, nil), &fill.Options{Budget: b})
+	other := newCache(t, s.Client(t, nil), &fill.Options{Budget: b, PollInterval: time.Hour})
+	ctx := redistest.Context(t, 20*time.Second)
+	var calls atomic.Int32
+	started := make(chan struct{}, 10)
+	load := func(context.Context) (string, error) {
+		started <- struct{}{}
+		if calls.Add(1) < 3 {
+			return "", fmt.Errorf("upstream: %w", &budget.RateLimitedError{RetryAfter: 50 * time.Millisecond})
+		}
+		return "ok", nil
+	}
+	res := make(chan error, 2)
+	go func() {
+		v, err := fill.Get(ctx, a, "k", load)
+		if err == nil && v != "ok" {
+			err = fmt.Errorf("got %q", v)
+		}
+		res <- err
+	}()
+	<-started
+	go func() {
+		v, err := fill.Get(ctx, other, "k", func(context.Context) (string, error) { return "", errors.New("loaded") })
+		if err == nil && v != "ok" {
+			err = fmt.Errorf("other server got %q", v)
+		}
+		res <- err
+	}()
+	for range 2 {
+		if err := <-res; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := calls.Load(); n != 3 {
+		t.Errorf("loader calls = %d; want 3", n)
+	}
+	if st := b.Stats(); st.PausesRateLimited != 2 {
+		t.Errorf("budget pauses = %d; want 2", st.PausesRateLimited)
+	}
+	if n := a.Stats().RateLimited; n != 2 {
+		t.Errorf("RateLimited = %d; want 2", n)
+	}
+}
+
+// TestRateLimitedUntilCallersLeave: a flight rate-limited for longer than
+// its callers wait goes on loading until they have all left, then stops
+// and frees the lock.
+func TestRateLimitedUntilCallersLeave(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := newBudget(t, s, "api", budget.Limit{Rate: 100})
+	c := newCache(t, s.Client(t, nil), &fill.Options{Budget: b})
+	ctx := redistest.Context(t, 20*time.Second)
+	var calls atomic.Int32
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	_, err := fill.Get(short, c, "k", func(context.Context) (int, error) {
+		calls.Add(1)
+		return 0, &budget.RateLimitedError{RetryAfter: 40 * time.Millisecond}
+	})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v; want the caller's deadline", err)
+	}
+	redistest.WaitFor(t, "the lock released", func() bool { return s.Do(t, "EXISTS", "__locksmith:{k}") == int64(0) })
+	n := calls.Load()
+	if n < 2 || n > 10 {
+		t.Errorf("loader calls = %d in 300ms with a 40ms pause; want a few", n)
+	}
+	// The lock goes only when the flight ends: no more loads after it.
+	if calls.Load() != n {
+		t.Error("the loader ran after the flight ended")
+	}
+}
+
+// TestNoLoadForNobody: a load whose callers all left while it waited for
+// the budget is not started.
+func TestNoLoadForNobody(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := newBudget(t, s, "api", budget.Limit{Rate: 100})
+	c := newCache(t, s.Client(t, nil), &fill.Options{Budget: b})
+	ctx := redistest.Context(t, 20*time.Second)
+	if err := b.PauseUntil(ctx, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	var calls atomic.Int32
+	_, err := fill.Get(short, c, "k", func(context.Context) (int, error) { calls.Add(1); return 1, nil })
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v", err)
+	}
+	redistest.WaitFor(t, "the lock released", func() bool { return s.Do(t, "EXISTS", "__locksmith:{k}") == int64(0) })
+	if calls.Load() != 0 {
+		t.Error("the loader ran for nobody")
+	}
+}
+
+// TestBatchWaitsOnce: a batch loader call waits for the budget once (or
+// once per key, with CostPerKey).
+func TestBatchWaitsOnce(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := newBudget(t, s, "api", budget.Limit{Rate: 1000, Burst: 20})
+	c := newCache(t, s.Client(t, nil), &fill.Options{Budget: b})
+	ctx := redistest.Context(t, 20*time.Second)
+	load := func(_ context.Context, keys []string) (map[string]int, error) {
+		m := map[string]int{}
+		for i, k := range keys {
+			m[k] = i
+		}
+		return m, nil
+	}
+	keys := []string{"a", "b", "c", "d", "e"}
+	if _, err := fill.GetMany(ctx, c, keys, load); err != nil {
+		t.Fatal(err)
+	}
+	if w := b.Stats().Waits; w != 1 {
+		t.Errorf("budget waits = %d for one batch call; want 1", w)
+	}
+	more := []string{"f", "g", "h"}
+	if _, err := fill.GetMany(ctx, c, more, load, &fill.BatchOptions{CostPerKey: true}); err != nil {
+		t.Fatal(err)
+	}
+	if w := b.Stats().Waits; w != 1+3 {
+		t.Errorf("budget waits = %d; want 1 + one per key of the second batch", w)
+	}
+}
