@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # Runs every check of the project on a fresh Debian machine with Go:
-# installs redis-server when it is missing (as root, from Debian), then
-# gofmt, go vet, staticcheck, the race-enabled test suite of every module
-# (real redis-server tests included) and short fuzz runs.
+# installs redis-server and redis-sentinel when missing (as root, from
+# Debian), then gofmt, go vet, staticcheck, short fuzz runs and the
+# race-enabled test suite of every module (real redis-server, Sentinel and
+# Cluster tests included).
 #
 # LOCKSMITH_REQUIRE_REDIS=1 turns tests that need redis-server from skipped
 # into failed when it is missing; .ci/run sets it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-sentinel >/dev/null 2>&1; then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-		echo "== installing redis-server (Debian package)"
+		echo "== installing redis-server and redis-sentinel (Debian packages)"
 		apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-sentinel >/dev/null
 	else
-		echo "== redis-server not found: tests that need a real Redis will skip (apt-get install redis-server)" >&2
+		echo "== redis-server or redis-sentinel not found: tests that need a real Redis will skip" \
+			"(apt-get install redis-server redis-sentinel)" >&2
 	fi
 fi
 
@@ -29,7 +31,7 @@ fi
 # Every Go module of the repository: the library and the nested ones that
 # keep their own dependencies (peer benchmarks, fault-injection tests).
 modules=(.)
-for m in benchmarks/peers faults; do
+for m in benchmarks/peers faults otel; do
 	[ -f "$m/go.mod" ] && modules+=("$m")
 done
 
@@ -48,11 +50,14 @@ for m in "${modules[@]}"; do
 	(cd "$m" && "$GOBIN_DIR/staticcheck" ./...)
 done
 
+# Fuzz runs are bounded by a count, not a duration: a duration-bounded run
+# can fail with no crasher (golang/go#75804).
 echo "== fuzz (short runs)"
-fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-5s}" "$2"; }
+fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZCOUNT:-20000x}" "$2"; }
 fuzz FuzzDecode ./internal/envelope/
 fuzz FuzzMsgPackUnmarshal ./codec/
 fuzz FuzzParseAcquire ./internal/lease/
+fuzz FuzzParseClaim ./fill/
 
 # The test suite of every module, race detector on. Each package's result is
 # kept to print the count at the end.
