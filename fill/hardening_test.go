@@ -106,10 +106,12 @@ func TestStoreRefusedOutOfMemory(t *testing.T) {
 // twice while Redis is up.
 func TestPoolSaturated(t *testing.T) {
 	s := redistest.Start(t, nil)
-	opts := &redis.Options{PoolSize: 1, PoolTimeout: time.Millisecond}
+	opts := &redis.Options{PoolSize: 2, PoolTimeout: time.Millisecond}
 	caches := []*fill.Cache{newCache(t, s.Client(t, opts), nil), newCache(t, s.Client(t, opts), nil)}
 	ctx := redistest.Context(t, 60*time.Second)
-	const keys, callers = 40, 4
+	// Pool timeouts taken for outages (fail open) loaded most of these
+	// keys twice or more.
+	const keys, callers = 300, 4
 	var loads [keys]atomic.Int32
 	var wg sync.WaitGroup
 	for k := range keys {

@@ -266,7 +266,7 @@ func (k *Lock) Release(ctx context.Context) error {
 
 // CleanupTimeout is how long Release, and Do's release, may take when their
 // ctx has already ended or ends during the call.
-const CleanupTimeout = lease.CleanupTimeout
+const CleanupTimeout = 5 * time.Second
 
 func (k *Lock) release(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CleanupTimeout)
