@@ -648,7 +648,12 @@ func (b *batch[T]) failOpen(ctx context.Context, chunk []*batchLook) {
 	}
 	wctx, wcancel := chunkPatience(ctx, chunk)
 	defer wcancel()
-	out, _ := b.loadChunk(ctx, wctx, keys, ops{load: func(ctx context.Context) (any, error) { return b.load(ctx, keys) }})
+	out, _ := b.loadChunk(ctx, wctx, keys, ops{load: func(ctx context.Context) (any, error) {
+		start := time.Now()
+		m, err := b.load(ctx, keys)
+		c.event(ctx, observe.Event{Kind: observe.Batch, N: len(keys), Duration: time.Since(start), Err: err})
+		return m, err
+	}})
 	m, _ := out.val.(map[string]T)
 	for _, l := range chunk {
 		o := flight.Outcome{Err: out.err}

@@ -320,3 +320,63 @@ func (h *pipeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func (h *pipeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error { h.n.Add(1); return next(ctx, cmds) }
 }
+
+// TestGetManyPanic: a batch loader's panic is re-raised in the caller.
+func TestGetManyPanic(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := newCache(t, rdb, nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	defer func() {
+		var pe *fill.PanicError
+		if r := recover(); r == nil || !errors.As(r.(error), &pe) || pe.Value != "boom" {
+			t.Fatalf("recovered %v; want a *PanicError with boom", r)
+		}
+	}()
+	fill.GetMany(ctx, c, []string{"a", "b"}, func(context.Context, []string) (map[string]int, error) { panic("boom") })
+	t.Fatal("GetMany did not panic")
+}
+
+// TestGetManyRedisDown: with Redis unreachable, a batch fails open as one
+// loader call, not one per key.
+func TestGetManyRedisDown(t *testing.T) {
+	s := redistest.Start(t, nil)
+	c := newCache(t, s.Client(t, nil), nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	s.Kill(t)
+	bl := &batchLoader{}
+	got, err := fill.GetMany(ctx, c, []string{"a", "b", "c"}, bl.load)
+	if err != nil || len(got) != 3 {
+		t.Fatalf("got %v, %v", got, err)
+	}
+	if calls, _ := bl.loaded(); calls != 1 {
+		t.Errorf("%d loader calls; want one for the batch", calls)
+	}
+	if n := c.Stats().FailOpens; n != 3 {
+		t.Errorf("FailOpens = %d; want 3", n)
+	}
+}
+
+// TestBatcherClose: Close during a batch load ends it: its callers get
+// ErrClosed, and its locks are released for others to load.
+func TestBatcherClose(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	c := fill.New(rdb, nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	bl := &batchLoader{gate: make(chan struct{})}
+	bt := fill.NewBatcher(c, bl.load, nil)
+	res := make(chan error, 1)
+	go func() { _, err := bt.Get(ctx, "a"); res <- err }()
+	redistest.WaitFor(t, "the batch loads", func() bool { n, _ := bl.loaded(); return n == 1 })
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-res; !errors.Is(err, fill.ErrClosed) {
+		t.Fatalf("got %v; want ErrClosed", err)
+	}
+	if m.Exists("__locksmith:{a}") {
+		t.Error("the lock is still held after Close")
+	}
+	if _, err := bt.Get(ctx, "a"); !errors.Is(err, fill.ErrClosed) {
+		t.Errorf("Get after Close: %v", err)
+	}
+}

@@ -525,7 +525,14 @@ func (c *Cache) fill(ctx, wctx context.Context, key string, cl callOptions, o op
 		return true, nil
 	})
 	if !waitStart.IsZero() && claimed == nil {
-		c.event(ctx, observe.Event{Kind: observe.WaitRemote, Key: key, Duration: time.Since(waitStart)})
+		werr := err
+		if werr == nil {
+			werr = valErr
+		}
+		if errors.Is(werr, ErrNotFound) {
+			werr = nil
+		}
+		c.event(ctx, observe.Event{Kind: observe.WaitRemote, Key: key, Duration: time.Since(waitStart), Err: werr})
 	}
 	switch {
 	case err == nil && claimed != nil:

@@ -54,7 +54,11 @@ func (c *Cache) load(ctx, wctx context.Context, key string, o ops, p budget.Prio
 		out := protect(ctx, o.load)
 		took := time.Since(start)
 		c.stats.loads.Add(1)
-		c.event(ctx, observe.Event{Kind: observe.Load, Key: key, Duration: took, Err: out.err, Background: bg})
+		loadErr := out.err
+		if out.panicked != nil {
+			loadErr = out.panicked
+		}
+		c.event(ctx, observe.Event{Kind: observe.Load, Key: key, Duration: took, Err: loadErr, Background: bg})
 		var rle *budget.RateLimitedError
 		if out.panicked != nil || !errors.As(out.err, &rle) {
 			return out, took
