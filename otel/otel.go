@@ -183,6 +183,14 @@ func New(opt *Options) *Observer {
 // Observe records e. It implements [observe.Observer].
 func (o *Observer) Observe(ctx context.Context, e observe.Event) {
 	s := o.series(e.Source, e.Name)
+	err, absent := e.Err, false
+	if e.Kind == observe.Load && isAbsent(err) {
+		err, absent = nil, true
+	}
+	var et attribute.KeyValue // error.type, or none
+	if err != nil {
+		et = semconv.ErrorTypeKey.String(errorType(err))
+	}
 	switch e.Kind {
 	case observe.Hit, observe.LocalHit, observe.StaleHit, observe.Miss:
 		r := lookupIndex(e.Kind)
@@ -193,38 +201,32 @@ func (o *Observer) Observe(ctx context.Context, e observe.Event) {
 			span.End()
 		}
 	case observe.Load:
-		absent := isAbsent(e.Err)
-		err := e.Err
-		if absent {
-			err = nil
-		}
-		o.loadTime.Record(ctx, e.Duration.Seconds(), s.load[b2i(e.Background)][b2i(absent)].with(err).rec...)
-		o.span(ctx, "locksmith.load", e.Duration, err, s.attrs(err,
-			BackgroundKey.Bool(e.Background), AbsentKey.Bool(absent)))
+		o.loadTime.Record(ctx, e.Duration.Seconds(), s.load[b2i(e.Background)][b2i(absent)].with(et).rec...)
+		o.span(ctx, "locksmith.load", e.Duration, err, s.attrs(et, BackgroundKey.Bool(e.Background), AbsentKey.Bool(absent)))
 	case observe.WaitRemote:
-		o.remoteWait.Record(ctx, e.Duration.Seconds(), s.plain.rec...)
-		o.span(ctx, "locksmith.remote_wait", e.Duration, e.Err, s.attrs(e.Err))
+		o.remoteWait.Record(ctx, e.Duration.Seconds(), s.plain.with(et).rec...)
+		o.span(ctx, "locksmith.remote_wait", e.Duration, err, s.attrs(et))
 	case observe.BudgetWait:
-		o.budgetWait.Record(ctx, e.Duration.Seconds(), s.budget[b2i(e.Background)].with(e.Err).rec...)
-		o.span(ctx, "locksmith.budget_wait", e.Duration, e.Err, s.attrs(e.Err, BackgroundKey.Bool(e.Background)))
+		o.budgetWait.Record(ctx, e.Duration.Seconds(), s.budget[b2i(e.Background)].with(et).rec...)
+		o.span(ctx, "locksmith.budget_wait", e.Duration, err, s.attrs(et, BackgroundKey.Bool(e.Background)))
 	case observe.Batch:
-		m := s.plain.with(e.Err)
+		m := s.plain.with(et)
 		o.batchSize.Record(ctx, int64(e.N), m.rec...)
 		o.batchTime.Record(ctx, e.Duration.Seconds(), m.rec...)
-		o.span(ctx, "locksmith.batch", e.Duration, e.Err, s.attrs(e.Err, BatchSizeKey.Int(e.N)))
+		o.span(ctx, "locksmith.batch", e.Duration, err, s.attrs(et, BatchSizeKey.Int(e.N)))
 	case observe.Pause:
 		o.pauses.Add(ctx, 1, s.plain.add...)
-		o.spanEvent(ctx, "locksmith.pause", s, e.Err, PauseKey.Float64(e.Duration.Seconds()))
+		spanEvent(ctx, "locksmith.pause", s, et, PauseKey.Float64(e.Duration.Seconds()))
 	case observe.FailOpen:
-		o.failOpens.Add(ctx, 1, s.plain.with(e.Err).add...)
-		o.spanEvent(ctx, "locksmith.fail_open", s, e.Err)
+		o.failOpens.Add(ctx, 1, s.plain.with(et).add...)
+		spanEvent(ctx, "locksmith.fail_open", s, et)
 	case observe.LeaseLost:
 		o.leaseLosses.Add(ctx, 1, s.plain.add...)
-		o.spanEvent(ctx, "locksmith.lease_lost", s, e.Err)
+		spanEvent(ctx, "locksmith.lease_lost", s, et)
 	case observe.Invalidation:
 		o.invalidations.Add(ctx, 1, s.plain.add...)
 	case observe.OutageStart:
-		o.outages.Add(ctx, 1, s.plain.with(e.Err).add...)
+		o.outages.Add(ctx, 1, s.plain.with(et).add...)
 		o.activeOutages.Add(ctx, 1, s.plain.add...)
 	case observe.OutageEnd:
 		o.activeOutages.Add(ctx, -1, s.plain.add...)
@@ -246,12 +248,12 @@ func (o *Observer) span(ctx context.Context, name string, d time.Duration, err e
 }
 
 // spanEvent adds an event to the span in ctx, if it records.
-func (o *Observer) spanEvent(ctx context.Context, name string, s *series, err error, extra ...attribute.KeyValue) {
+func spanEvent(ctx context.Context, name string, s *series, et attribute.KeyValue, extra ...attribute.KeyValue) {
 	span := trace.SpanFromContext(ctx)
 	if !span.IsRecording() {
 		return
 	}
-	span.AddEvent(name, trace.WithAttributes(s.attrs(err, extra...)...))
+	span.AddEvent(name, trace.WithAttributes(s.attrs(et, extra...)...))
 }
 
 func b2i(b bool) int {
@@ -310,7 +312,7 @@ func newSeries(k nameKey) *series {
 	s.plain = s.measure()
 	for i, r := range lookupResults {
 		s.lookup[i] = s.measure(ResultKey.String(r))
-		s.lookupAttrs[i] = s.attrs(nil, ResultKey.String(r))
+		s.lookupAttrs[i] = s.attrs(attribute.KeyValue{}, ResultKey.String(r))
 	}
 	for bg := range 2 {
 		for absent := range 2 {
@@ -321,13 +323,13 @@ func newSeries(k nameKey) *series {
 	return s
 }
 
-// attrs returns the series' attributes with extra, and error.type if err
-// is not nil, in a new slice.
-func (s *series) attrs(err error, extra ...attribute.KeyValue) []attribute.KeyValue {
+// attrs returns the series' attributes with extra and et (error.type,
+// unless it is the zero KeyValue), in a new slice.
+func (s *series) attrs(et attribute.KeyValue, extra ...attribute.KeyValue) []attribute.KeyValue {
 	a := make([]attribute.KeyValue, 0, len(s.base)+len(extra)+1)
 	a = append(append(a, s.base...), extra...)
-	if err != nil {
-		a = append(a, semconv.ErrorTypeKey.String(errorType(err)))
+	if et.Key != "" {
+		a = append(a, et)
 	}
 	return a
 }
@@ -335,7 +337,7 @@ func (s *series) attrs(err error, extra ...attribute.KeyValue) []attribute.KeyVa
 // measure returns the options of a measurement with the series'
 // attributes and extra.
 func (s *series) measure(extra ...attribute.KeyValue) measure {
-	m := metric.WithAttributeSet(attribute.NewSet(s.attrs(nil, extra...)...))
+	m := metric.WithAttributeSet(attribute.NewSet(s.attrs(attribute.KeyValue{}, extra...)...))
 	return measure{add: []metric.AddOption{m}, rec: []metric.RecordOption{m}}
 }
 
@@ -346,13 +348,13 @@ type measure struct {
 	rec []metric.RecordOption
 }
 
-// with returns m with error.type added, or m when err is nil. Errors are
-// rare: their options are built on the spot.
-func (m measure) with(err error) measure {
-	if err == nil {
+// with returns m with et (error.type) added, or m when et is the zero
+// KeyValue. Errors are rare: their options are built on the spot.
+func (m measure) with(et attribute.KeyValue) measure {
+	if et.Key == "" {
 		return m
 	}
-	e := metric.WithAttributes(semconv.ErrorTypeKey.String(errorType(err)))
+	e := metric.WithAttributes(et)
 	return measure{
 		add: append(m.add[:len(m.add):len(m.add)], e),
 		rec: append(m.rec[:len(m.rec):len(m.rec)], e),
