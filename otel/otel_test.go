@@ -12,13 +12,16 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	gotel "go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/fill"
@@ -454,6 +457,11 @@ func TestGetMany(t *testing.T) {
 	if got := with(ms, "locksmith.lookups", lsotel.ResultKey.String("miss")); got != 3 {
 		t.Errorf("misses: got %v; want 3", got)
 	}
+	// The batch loader's call is a load too.
+	if p := ms["locksmith.load.duration"]; len(p) != 1 || p[0].count != 1 {
+		t.Errorf("load.duration: got %v; want one load", p)
+	}
+	e.one(t, "locksmith.load", req)
 	s := e.one(t, "locksmith.batch", req)
 	if got := attr(s, lsotel.BatchSizeKey); got != "3" {
 		t.Errorf("batch span size %q; want 3", got)
@@ -618,6 +626,31 @@ func TestErrorType(t *testing.T) {
 type strconvError struct{}
 
 func (strconvError) Error() string { return "bad number" }
+
+// TestGlobalProviders: New(nil) uses the global providers, even those set
+// after it.
+func TestGlobalProviders(t *testing.T) {
+	obs := lsotel.New(nil)
+	reader, spans := sdkmetric.NewManualReader(), tracetest.NewSpanRecorder()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	gotel.SetMeterProvider(mp)
+	gotel.SetTracerProvider(tp)
+	t.Cleanup(func() {
+		gotel.SetMeterProvider(metricnoop.NewMeterProvider())
+		gotel.SetTracerProvider(tracenoop.NewTracerProvider())
+		_ = mp.Shutdown(context.Background())
+		_ = tp.Shutdown(context.Background())
+	})
+	obs.Observe(context.Background(), observe.Event{Kind: observe.Load, Source: "fill", Name: prefix, Duration: time.Millisecond})
+	e := &env{obs: obs, reader: reader, spans: spans}
+	ms := e.collect(t)
+	if p := only(t, ms, "locksmith.load.duration", fillSource, fillName, lsotel.BackgroundKey.Bool(false),
+		lsotel.AbsentKey.Bool(false)); p.count != 1 {
+		t.Errorf("load.duration count %d; want 1", p.count)
+	}
+	e.one(t, "locksmith.load", nil)
+}
 
 // TestConcurrentNames: events from many goroutines and several caches land
 // on their own series.
