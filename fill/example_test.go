@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -141,4 +143,95 @@ func ExampleNew_cluster() {
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"10.0.0.1:6379", "10.0.0.2:6379"}})
 	cache := fill.New(rdb, nil)
 	defer cache.Close()
+}
+
+// Past its TTL a value is served at once while one server, fleet-wide,
+// refreshes it in the background; a failing upstream is called with a
+// fleet-wide back-off while the old value keeps being served.
+func ExampleOptions_freshness() {
+	addr, stop := exampleRedis()
+	defer stop()
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+
+	cache := fill.New(rdb, &fill.Options{
+		TTL:                  time.Minute,      // fresh for a minute
+		StaleWhileRevalidate: 10 * time.Minute, // then served at once while one server refreshes
+		StaleIfError:         time.Hour,        // and while refreshes fail
+		EarlyRefresh:         true,             // hot keys refreshed before they expire
+		Local:                &fill.LocalOptions{Size: 10000, MaxStaleness: time.Second},
+	})
+	defer cache.Close()
+
+	tl, err := fill.Get(context.Background(), cache, "timeline:1", func(ctx context.Context) (Timeline, error) {
+		return Timeline{UserID: 1, Tweets: []string{"fresh"}}, nil
+	})
+	fmt.Println(tl.Tweets, err)
+	// Output:
+	// [fresh] <nil>
+}
+
+// GetMany loads the keys missing from the cache with one loader call, and
+// each key still once across the fleet.
+func ExampleGetMany() {
+	addr, stop := exampleRedis()
+	defer stop()
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	cache := fill.New(rdb, nil)
+	defer cache.Close()
+
+	// The upstream's users lookup takes up to 100 ids per request.
+	lookupUsers := func(ctx context.Context, ids []string) (map[string]string, error) {
+		fmt.Println("one upstream call for", len(ids), "ids")
+		users := make(map[string]string, len(ids))
+		for _, id := range ids {
+			if id != "404" { // unknown ids are left out: cached as absent
+				users[id] = "user " + id
+			}
+		}
+		return users, nil
+	}
+	ctx := context.Background()
+	users, err := fill.GetMany(ctx, cache, []string{"1", "2", "3", "404"}, lookupUsers)
+	fmt.Println(len(users), users["2"], err)
+	users, err = fill.GetMany(ctx, cache, []string{"2", "3"}, lookupUsers) // all cached
+	fmt.Println(len(users), err)
+	// Output:
+	// one upstream call for 4 ids
+	// 3 user 2 <nil>
+	// 2 <nil>
+}
+
+// A Batcher gathers single-key Gets that arrive together into one batch.
+func ExampleBatcher() {
+	addr, stop := exampleRedis()
+	defer stop()
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	cache := fill.New(rdb, nil)
+	defer cache.Close()
+
+	var calls atomic.Int32
+	users := fill.NewBatcher(cache, func(ctx context.Context, ids []string) (map[string]string, error) {
+		calls.Add(1)
+		m := make(map[string]string, len(ids))
+		for _, id := range ids {
+			m[id] = "user " + id
+		}
+		return m, nil
+	}, &fill.BatchOptions{MaxSize: 3, Window: time.Second}) // out at 3 keys, or after a second
+
+	var wg sync.WaitGroup
+	for _, id := range []string{"1", "2", "3"} {
+		wg.Go(func() {
+			if _, err := users.Get(context.Background(), id); err != nil {
+				fmt.Println(err)
+			}
+		})
+	}
+	wg.Wait()
+	fmt.Println("upstream calls:", calls.Load())
+	// Output:
+	// upstream calls: 1
 }

@@ -49,7 +49,10 @@ func TestObserver(t *testing.T) {
 	go fill.Get(ctx, a, "k", func(context.Context) (int, error) { close(started); <-open; return 1, nil })
 	<-started
 	res := make(chan error, 1)
-	go func() { _, err := fill.Get(ctx, b, "k", func(context.Context) (int, error) { return 2, nil }); res <- err }()
+	go func() {
+		_, err := fill.Get(ctx, b, "k", func(context.Context) (int, error) { return 2, nil })
+		res <- err
+	}()
 	redistest.WaitFor(t, "b waits", func() bool { return b.Stats().Misses == 1 })
 	close(open)
 	if err := <-res; err != nil {
