@@ -59,6 +59,12 @@ func (c *Cache) maybeEarlyRefresh(caller context.Context, key string, cl callOpt
 		return
 	}
 	left := l.r.pttl - l.entry.StaleWindow // fresh time left
+	if left > cl.ttl/2 {
+		// XFetch's chance per read does not count the reads: a key read
+		// far more often than it loads would refresh right after each
+		// store. Never before half its TTL: at most two loads per TTL.
+		return
+	}
 	// Refresh when delta·β·(−ln U) ≥ time left, with β = 1.
 	if float64(l.entry.LoadDuration)*-math.Log(1-rand.Float64()) < float64(left) {
 		return

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/locksmith-go/locksmith/fill"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
@@ -166,5 +168,49 @@ func TestLocalAbsence(t *testing.T) {
 	})
 	if loads != 1 {
 		t.Errorf("loads = %d", loads)
+	}
+}
+
+// slowClaim delays one client's claim scripts before they are sent, as a
+// busy pool or scheduler would.
+type slowClaim struct{ d time.Duration }
+
+func (h slowClaim) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h slowClaim) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "evalsha" && len(cmd.Args()) == 13 { // the claim script: 4 keys, 6 arguments
+			time.Sleep(h.d)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h slowClaim) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestLocalCopyDroppedAfterSlowClaim: a copy stored by a server whose claim
+// was slow to leave is still dropped by a Delete that follows: entries are
+// stamped by Redis's clock alone.
+func TestLocalCopyDroppedAfterSlowClaim(t *testing.T) {
+	s := redistest.Start(t, nil)
+	a := newCache(t, s.Client(t, nil), nil)
+	rdbB := s.Client(t, nil)
+	rdbB.AddHook(slowClaim{d: 50 * time.Millisecond})
+	b := newCache(t, rdbB, &fill.Options{Local: &fill.LocalOptions{MaxStaleness: time.Minute}})
+	ctx := redistest.Context(t, 30*time.Second)
+	var version atomic.Int32
+	load := func(context.Context) (int, error) { return int(version.Add(1)), nil }
+	warmLocal(t, ctx, b, "warm", load) // B's tier is live
+	for round := range 5 {
+		key := fmt.Sprint("k", round)
+		v1, _ := fill.Get(ctx, b, key, load) // B loads and stores it, and keeps a copy
+		if err := a.Delete(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+		// MaxStaleness is a minute: only the invalidation can drop the copy.
+		redistest.WaitFor(t, "B drops its copy", func() bool {
+			v, err := fill.Get(ctx, b, key, load)
+			return err == nil && v != v1
+		})
 	}
 }

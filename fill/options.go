@@ -126,7 +126,10 @@ type Options struct {
 	// background, with a probability that rises as expiry nears and with
 	// the time its load took (XFetch, Vattani et al., VLDB 2015, β = 1),
 	// so a hot key is seldom seen expired. Still one refresher fleet-wide;
-	// deciding to try costs one more round trip, rarely.
+	// deciding to try costs one more round trip, rarely. The more often a
+	// key is read, the earlier it is refreshed (about δ·ln(reads per δ)
+	// before expiry, δ the load's duration), but never before half its TTL
+	// has passed: at most two loads per TTL.
 	// default: false
 	EarlyRefresh bool
 

@@ -10,15 +10,18 @@ import (
 // Ending a fill: storing its value, or releasing its lock, and telling the
 // waiters.
 
-// createdAt stamps an entry with the Redis server's clock: the time of the
-// claim plus the time since it was sent. One lock holder follows another,
-// so entries of one key are stamped in the order they were stored whatever
-// the servers' clocks, and an invalidation can say which is newer.
+// createdAt stamps an entry with the Redis server's clock at its claim. One
+// lock holder follows another, and a Delete runs after the store it
+// undoes, so one key's entries and deletes are stamped, by one clock, in
+// the order they happened (to the millisecond) whatever the servers'
+// clocks: an invalidation can say which copy is older. The time since the
+// claim is left out on purpose: measured by this server, it could put the
+// stamp ahead of a Delete that Redis ran later.
 func (c *Cache) createdAt(claimed *look) time.Time {
 	if claimed.r.now.IsZero() {
 		return time.Now()
 	}
-	return claimed.r.now.Add(time.Since(claimed.sent))
+	return claimed.r.now
 }
 
 // store stores entry with the value v (or an absence), releases the lock
