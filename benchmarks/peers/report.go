@@ -206,6 +206,8 @@ func ratio(v, ref float64, name string) string {
 		s = fmt.Sprintf("%.0f×", r)
 	case r >= 10:
 		s = fmt.Sprintf("%.1f×", r)
+	case r > 0 && r < 0.01:
+		s = fmt.Sprintf("%.2g×", r) // two significant digits, not 0.00
 	default:
 		s = fmt.Sprintf("%.2f×", r)
 	}
