@@ -164,7 +164,7 @@ func renderChart(r *Results) []byte {
 		}
 		hits = append(hits, bar{label: h.Library, sub: trips, value: us,
 			text: fmtNs(h.NsPerOp), title: fmt.Sprintf("%s, warm key: %s per read", h.Library, fmtNs(h.NsPerOp)),
-			ours: h.Library == "locksmith", slot: len(hits)})
+			ours: strings.HasPrefix(h.Library, "locksmith"), slot: len(hits)})
 	}
 	s.text(620, 84+rowH, "start", "14", colorText, "600", "Cache hit, warm key")
 	s.text(620, 100+rowH, "start", "11", colorMuted, "400", "mean time per read, one goroutine; log scale")
@@ -177,7 +177,7 @@ func renderChart(r *Results) []byte {
 		"Stampede: loader %s, %d rounds on fresh keys. go-redis/cache merges callers in-process only, so every server loads the key itself.",
 		cfg.LoadDelay, cfg.Rounds))
 	s.text(20, chartH-14, "start", "11", colorMuted, "400", fmt.Sprintf(
-		"Wake-up: %d samples, the load ending %s after the follower's call. Hit: %d reads; rueidisaside answers from its client-side cache.",
+		"Wake-up: %d samples, the load ending %s after the follower's call. Hit: %d reads; rueidisaside and locksmith-local answer from memory.",
 		cfg.WakeSamples, cfg.WakeHold, cfg.HitIterations))
 	s.printf("</svg>\n")
 	return s.b.Bytes()

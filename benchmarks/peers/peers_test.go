@@ -167,21 +167,22 @@ func TestPeers(t *testing.T) {
 			if h.RoundTripsPerOp != 1 {
 				t.Errorf("hit %s: %v round trips per op, want 1", h.Library, h.RoundTripsPerOp)
 			}
-		case "rueidisaside":
-			// Its hits come from the client-side cache, not from Redis.
+		case "rueidisaside", "locksmith-local":
+			// Their hits come from memory, not from Redis.
 			if h.RoundTripsPerOp >= 1 {
 				t.Errorf("hit %s: %v round trips per op, want < 1", h.Library, h.RoundTripsPerOp)
 			}
 		}
 	}
-	if len(res.Hit) != 3 || !hits[baselineName] || !hits["locksmith"] || !hits["rueidisaside"] {
-		t.Errorf("hit: results for %v, want %s, locksmith and rueidisaside", hits, baselineName)
+	if len(res.Hit) != 4 || !hits[baselineName] || !hits["locksmith"] || !hits["rueidisaside"] || !hits["locksmith-local"] {
+		t.Errorf("hit: results for %v, want %s, locksmith, rueidisaside and locksmith-local", hits, baselineName)
 	}
 
 	// Reports.
 	var table bytes.Buffer
 	printTable(&table, res)
-	for _, want := range []string{"locksmith", "bsm/redislock", "redsync", "go-redis/cache", "rueidisaside", "naive", baselineName} {
+	for _, want := range []string{"locksmith", "bsm/redislock", "redsync", "go-redis/cache", "rueidisaside", "naive",
+		"locksmith-local", baselineName} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table does not mention %s:\n%s", want, table.String())
 		}

@@ -133,6 +133,12 @@ func printTable(w io.Writer, r *Results) {
 			fmt.Fprintf(st, "  cache: %s\t%s\n", s.Library, s.Settings)
 		}
 	}
+	for _, h := range r.Hit {
+		if !seen[h.Library] && h.Library != baselineName {
+			seen[h.Library] = true
+			fmt.Fprintf(st, "  cache: %s\t%s\n", h.Library, h.Settings)
+		}
+	}
 	_ = st.Flush()
 
 	fmt.Fprintf(w, "\nNotes\n")
@@ -151,7 +157,9 @@ func printTable(w io.Writer, r *Results) {
 		"      B's call returns. %d warm-up samples discarded. Follower commands: what B's client sent per sample.\n",
 		cfg.WakeHold, wakeWarmup)
 	fmt.Fprintf(w, "  [f] One goroutine reads one warm key over and over. locksmith reads Redis (one script call);\n"+
-		"      rueidisaside answers from its client-side cache in memory, which Redis invalidates on a write.\n")
+		"      rueidisaside answers from its client-side cache in memory, which Redis invalidates on a write;\n"+
+		"      locksmith-local from its in-process tier, which stores and deletes evict by pub/sub. Their round\n"+
+		"      trips include their background traffic meanwhile (locksmith-local: its heartbeat PUBLISH).\n")
 	fmt.Fprintf(w, "  Round trips are commands counted by a go-redis hook (ProcessHook, ProcessPipelineHook); for rueidis,\n"+
 		"      commands sent with Do and DoCache calls not answered from memory (one write: CLIENT CACHING YES,\n"+
 		"      MULTI, PTTL, GET, EXEC).\n")
@@ -198,6 +206,8 @@ func ratio(v, ref float64, name string) string {
 		s = fmt.Sprintf("%.0f×", r)
 	case r >= 10:
 		s = fmt.Sprintf("%.1f×", r)
+	case r > 0 && r < 0.01:
+		s = fmt.Sprintf("%.2g×", r) // two significant digits, not 0.00
 	default:
 		s = fmt.Sprintf("%.2f×", r)
 	}

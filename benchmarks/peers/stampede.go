@@ -101,7 +101,7 @@ func (f *locksmithFill) get(ctx context.Context, key string, load func(context.C
 func (f *locksmithFill) stats() map[string]uint64 {
 	s := f.c.Stats()
 	return map[string]uint64{
-		"hits": s.Hits, "misses": s.Misses, "loads": s.Loads,
+		"hits": s.Hits, "local_hits": s.LocalHits, "misses": s.Misses, "loads": s.Loads,
 		"local_merges": s.LocalMerges, "remote_merges": s.RemoteMerges,
 		"load_errors": s.LoadErrors, "corrupt": s.Corrupt, "redis_errors": s.RedisErrors,
 		"stale_stores": s.StaleStores,

@@ -1,0 +1,249 @@
+package locksmith_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/internal/redistest"
+)
+
+// The batch workload: batchServers servers (clients, each with its own
+// Cache) each ask for all of the same batchKeys cold keys, in an order of
+// their own, from many goroutines; the batch loader, an upstream call that
+// takes batchLoad whatever the number of ids, counts the ids it is given.
+const (
+	batchServers = 8
+	batchKeys    = 1000
+	batchLoad    = 10 * time.Millisecond
+	// batchGetters goroutines per server call Batcher.Get, one key at a
+	// time; GetMany is called by batchKeys/batchChunk goroutines per
+	// server with batchChunk keys each.
+	batchGetters = 64
+	batchChunk   = 50
+)
+
+// BenchmarkBatch: b.N rounds of the batch workload, each on fresh keys,
+// through a Batcher per server (BatchOptions defaults: MaxSize 100, Window
+// 2 ms) and through GetMany; and, alone, a Batcher.Get of a warm key
+// against a fill.Get of it.
+//
+//	calls/round   upstream (loader) calls per round
+//	ids/call      keys per loader call
+//	loads/key     ids loaded per key, fleet-wide (1.00: each key once)
+//	dup-keys      keys loaded more than once, over all rounds
+//	rtts/key      round trips (a pipeline counts one) per key asked for
+//	p50-ms, p99-ms              a call's latency (a Get or a GetMany)
+//	added-p50-ms, added-p99-ms  the same, less the loader's batchLoad
+func BenchmarkBatch(b *testing.B) {
+	b.Run("Batcher", func(b *testing.B) {
+		batchRounds(b, func(c *fill.Cache, up *upstream) func(ctx context.Context, keys []string, lat func(time.Duration)) {
+			bt := fill.NewBatcher(c, up.load, nil)
+			return func(ctx context.Context, keys []string, lat func(time.Duration)) {
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				for range batchGetters {
+					wg.Go(func() {
+						for i := int(next.Add(1)) - 1; i < len(keys); i = int(next.Add(1)) - 1 {
+							start := time.Now()
+							v, err := bt.Get(ctx, keys[i])
+							lat(time.Since(start))
+							if err != nil || v != "v:"+keys[i] {
+								b.Errorf("Batcher.Get(%s): %q, %v", keys[i], v, err)
+							}
+						}
+					})
+				}
+				wg.Wait()
+			}
+		})
+	})
+	b.Run("GetMany", func(b *testing.B) {
+		batchRounds(b, func(c *fill.Cache, up *upstream) func(ctx context.Context, keys []string, lat func(time.Duration)) {
+			return func(ctx context.Context, keys []string, lat func(time.Duration)) {
+				var wg sync.WaitGroup
+				for i := 0; i < len(keys); i += batchChunk {
+					chunk := keys[i:min(i+batchChunk, len(keys))]
+					wg.Go(func() {
+						start := time.Now()
+						m, err := fill.GetMany(ctx, c, chunk, up.load)
+						lat(time.Since(start))
+						if err != nil || len(m) != len(chunk) {
+							b.Errorf("GetMany of %d keys: %d values, %v", len(chunk), len(m), err)
+						}
+						for _, k := range chunk {
+							if m[k] != "v:"+k {
+								b.Errorf("GetMany: %s = %q", k, m[k])
+							}
+						}
+					})
+				}
+				wg.Wait()
+			}
+		})
+	})
+	b.Run("BatcherHit", func(b *testing.B) {
+		s := redistest.Start(b, nil)
+		c := fill.New(s.Client(b, nil), nil)
+		defer c.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		var up upstream
+		bt := fill.NewBatcher(c, up.load, nil)
+		one := func(context.Context) (string, error) { return "v:warm", nil }
+		if _, err := fill.Get(ctx, c, "warm", one); err != nil {
+			b.Fatal(err)
+		}
+		baseS, opS := alternate(b, func(int) {
+			if _, err := fill.Get(ctx, c, "warm", one); err != nil {
+				b.Fatal(err)
+			}
+		}, func(int) {
+			if v, err := bt.Get(ctx, "warm"); err != nil || v != "v:warm" {
+				b.Fatalf("Batcher.Get: %q, %v", v, err)
+			}
+		})
+		p50, p99 := reportAdded(b, baseS, opS)
+		window := 2.0 // ms, BatchOptions.Window's default
+		b.ReportMetric(window, "window-ms")
+		b.ReportMetric(p50/window, "added-p50/window")
+		b.ReportMetric(p99/window, "added-p99/window")
+		if up.calls.Load() != 0 {
+			b.Errorf("%d loader calls for a warm key", up.calls.Load())
+		}
+	})
+}
+
+// upstream is a batch loader that takes batchLoad per call and counts its
+// calls and each key's loads.
+type upstream struct {
+	calls atomic.Int64
+	mu    sync.Mutex // guards ids
+	ids   map[string]int
+}
+
+func (u *upstream) load(_ context.Context, keys []string) (map[string]string, error) {
+	u.calls.Add(1)
+	time.Sleep(batchLoad)
+	m := make(map[string]string, len(keys))
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.ids == nil {
+		u.ids = map[string]int{}
+	}
+	for _, k := range keys {
+		u.ids[k]++
+		m[k] = "v:" + k
+	}
+	return m, nil
+}
+
+// batchRounds runs b.N rounds of the batch workload; client returns, for
+// one server's Cache, what asks that server for a round's keys, reporting
+// each call's latency.
+func batchRounds(b *testing.B, client func(c *fill.Cache, up *upstream) func(ctx context.Context, keys []string, lat func(time.Duration))) {
+	s := redistest.Start(b, nil)
+	h := &rtts{}
+	var up upstream
+	servers := make([]func(context.Context, []string, func(time.Duration)), batchServers)
+	for i := range servers {
+		rdb := s.Client(b, &redis.Options{PoolSize: batchGetters})
+		rdb.AddHook(h)
+		c := fill.New(rdb, nil)
+		defer c.Close()
+		servers[i] = client(c, &up)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// A warm-up round on keys of its own: connections, scripts, pub/sub.
+	batchRound(ctx, servers, "warm-up", func(time.Duration) {})
+	h.n.Store(0)
+	up.calls.Store(0)
+	up.ids = nil
+
+	var mu sync.Mutex // guards lats
+	var lats []time.Duration
+	lat := func(d time.Duration) {
+		mu.Lock()
+		lats = append(lats, d)
+		mu.Unlock()
+	}
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
+	cpu0 := redisCPU(b, s)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		batchRound(ctx, servers, fmt.Sprintf("%s:%d", run, i), lat)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64((redisCPU(b, s)-cpu0).Milliseconds())/float64(b.N), "redis-cpu-ms/round")
+
+	keys := float64(batchKeys * b.N)
+	loaded, dups := 0, 0
+	for _, n := range up.ids {
+		loaded += n
+		if n > 1 {
+			dups++
+		}
+	}
+	if len(up.ids) != batchKeys*b.N {
+		b.Errorf("%d keys loaded; want %d", len(up.ids), batchKeys*b.N)
+	}
+	calls := float64(up.calls.Load())
+	b.ReportMetric(calls/float64(b.N), "calls/round")
+	b.ReportMetric(float64(loaded)/calls, "ids/call")
+	b.ReportMetric(float64(loaded)/keys, "loads/key")
+	b.ReportMetric(float64(dups), "dup-keys")
+	b.ReportMetric(float64(h.n.Load())/(keys*batchServers), "rtts/key")
+	p50, p99 := reportLatency(b, "", lats)
+	load := float64(batchLoad.Nanoseconds()) / 1e6
+	b.ReportMetric(p50-load, "added-p50-ms")
+	b.ReportMetric(p99-load, "added-p99-ms")
+}
+
+// batchRound has every server ask for the round's batchKeys keys, each in
+// an order of its own, all servers at once.
+func batchRound(ctx context.Context, servers []func(context.Context, []string, func(time.Duration)), round string, lat func(time.Duration)) {
+	names := make([]string, batchKeys)
+	for i := range names {
+		names[i] = "batch:" + round + ":" + strconv.Itoa(i)
+	}
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, ask := range servers {
+		keys := append([]string(nil), names...)
+		rand.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+		wg.Go(func() {
+			<-start
+			ask(ctx, keys, lat)
+		})
+	}
+	close(start)
+	wg.Wait()
+}
+
+// redisCPU returns the CPU time the redis-server has used, user and system.
+func redisCPU(b *testing.B, s *redistest.Server) time.Duration {
+	info, _ := s.Do(b, "INFO", "cpu").(string)
+	var total float64
+	for _, line := range strings.Split(info, "\r\n") {
+		for _, f := range []string{"used_cpu_sys:", "used_cpu_user:"} {
+			if v, ok := strings.CutPrefix(line, f); ok {
+				x, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					b.Fatalf("INFO cpu: %q: %v", line, err)
+				}
+				total += x
+			}
+		}
+	}
+	return time.Duration(total * float64(time.Second))
+}
