@@ -43,8 +43,8 @@
 // Upgrade header, or with Cache-Control no-cache or max-age=0 (or Pragma
 // no-cache), which asks for the upstream's own answer; and a request whose
 // Key is "". Such a request goes to Options.Base as it is, unmerged, after
-// waiting for Options.Budget, and its response, whatever its status, comes
-// back as Base returned it.
+// waiting for Options.Budget, and its response, whatever its status, or its
+// error, comes back as Base returned it.
 //
 // # Responses
 //
