@@ -170,7 +170,12 @@ func (t *Transport) observe(ctx context.Context, resp *http.Response) {
 // load is the loader of a GET or HEAD: it sends req upstream on the
 // flight's ctx and makes the entry its callers share, setting its TTL.
 func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers) (*entry, error) {
-	resp, err := t.opt.Base.RoundTrip(req.Clone(ctx))
+	out := req.Clone(ctx)
+	// An http.Client with a Timeout signals it on Cancel too: the flight
+	// must not end with its first caller's deadline.
+	//lint:ignore SA1019 cleared, not used
+	out.Cancel = nil
+	resp, err := t.opt.Base.RoundTrip(out)
 	if err != nil {
 		return nil, err
 	}

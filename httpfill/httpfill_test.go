@@ -836,3 +836,34 @@ func TestBracesInURL(t *testing.T) {
 	}
 	wantCalls(t, u, 1)
 }
+
+// TestClientTimeout checks that the load does not end with the http.Client
+// deadline of the caller that started it: the client signals its timeout on
+// the deprecated Request.Cancel too, which the clone sent upstream must not
+// keep.
+func TestClientTimeout(t *testing.T) {
+	upstreamCtxErr := make(chan error, 1)
+	u := newUpstream(t, true, func(w http.ResponseWriter, r *http.Request) {
+		upstreamCtxErr <- r.Context().Err()
+		hello(w, r)
+	})
+	_, rdb := redistest.Mini(t)
+	cache := newCache(t, rdb, nil)
+	c := newClient(u, cache, nil)
+	hasty := &http.Client{Transport: c.Transport, Timeout: 50 * time.Millisecond}
+
+	first := goDo(t.Context(), hasty, 1, http.MethodGet, u.url("/a"))
+	redistest.WaitFor(t, "the upstream call", func() bool { return u.calls.Load() == 1 })
+	second := goDo(t.Context(), c, 1, http.MethodGet, u.url("/a"))
+	redistest.WaitFor(t, "the second caller merged", func() bool { return cache.Stats().LocalMerges == 1 })
+	if r := <-first; r.err == nil {
+		t.Fatalf("the client with a timeout got %q; want its timeout", r.body)
+	}
+	u.open()
+	if r := <-second; r.err != nil || r.body != "hello" {
+		t.Errorf("the other caller got %q, %v; want hello", r.body, r.err)
+	}
+	if err := <-upstreamCtxErr; err != nil {
+		t.Errorf("the upstream request's ctx: %v; want it alive", err)
+	}
+}
