@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -865,5 +866,58 @@ func TestClientTimeout(t *testing.T) {
 	}
 	if err := <-upstreamCtxErr; err != nil {
 		t.Errorf("the upstream request's ctx: %v; want it alive", err)
+	}
+}
+
+// fleetOfTwo starts a load on server a, held at u's gate, then a request
+// on server b that waits for it, and returns both replies once the gate is
+// open.
+func fleetOfTwo(t *testing.T, u *upstream) (a, b reply) {
+	t.Helper()
+	m, rdb := redistest.Mini(t)
+	ca := newCache(t, rdb, nil)
+	cb := newCache(t, redistest.Client(t, m.Addr()), nil)
+	ra := goDo(t.Context(), newClient(u, ca, nil), 1, http.MethodGet, u.url("/a"))
+	redistest.WaitFor(t, "server a's load", func() bool { return u.calls.Load() == 1 })
+	rb := goDo(t.Context(), newClient(u, cb, nil), 1, http.MethodGet, u.url("/a"))
+	redistest.WaitFor(t, "server b to wait for the load", func() bool {
+		return slices.ContainsFunc(m.PubSubChannels(""), func(ch string) bool { return strings.Contains(ch, u.url("/a")) })
+	})
+	u.open()
+	return <-ra, <-rb
+}
+
+func TestFleetRateLimited(t *testing.T) {
+	u := newUpstream(t, true, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "3")
+		w.WriteHeader(http.StatusTooManyRequests)
+	})
+	a, b := fleetOfTwo(t, u)
+	if !errors.Is(a.err, budget.ErrRateLimited) {
+		t.Errorf("server a: %v; want an error wrapping budget.ErrRateLimited", a.err)
+	}
+	if !errors.Is(b.err, fill.ErrLoadFailed) || !strings.Contains(b.err.Error(), "429 Too Many Requests") {
+		t.Errorf("server b: %v; want an error wrapping fill.ErrLoadFailed that names the 429", b.err)
+	}
+	wantCalls(t, u, 1)
+}
+
+func TestFleetNotStored(t *testing.T) {
+	u := newUpstream(t, true, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		hello(w, r)
+	})
+	a, b := fleetOfTwo(t, u)
+	for name, r := range map[string]reply{"a": a, "b": b} {
+		if r.err != nil || r.body != "hello" {
+			t.Errorf("server %s: %q, %v; want hello", name, r.body, r.err)
+		}
+	}
+	// A response that is not stored is only published: server b gets it
+	// from the message, unless the message arrives after b, subscribed,
+	// looked once more (fill's claim barrier) and, finding the lock free
+	// and no value, loaded itself. Rare, and allowed.
+	if n := u.calls.Load(); n != 1 && n != 2 {
+		t.Errorf("upstream calls = %d; want 1 (or 2 when the message came late)", n)
 	}
 }
