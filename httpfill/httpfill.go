@@ -201,9 +201,11 @@ func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers) (*
 		Header: resp.Header, Length: resp.ContentLength, Uncompressed: resp.Uncompressed,
 		Head: req.Method == http.MethodHead, At: now.UnixMilli(),
 	}
-	if e.Vary, e.Pass = vary(req, resp.Header); e.Pass {
+	vals, star := vary(req, resp.Header)
+	if star {
 		return &entry{Pass: true}, nil
 	}
+	e.Vary = vals
 	if req.Method == http.MethodHead {
 		return e, nil
 	}
