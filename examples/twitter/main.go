@@ -18,6 +18,12 @@
 //     result. A 429 fails the request.
 //   - fill: [github.com/locksmith-go/locksmith/fill.Get], whose loader calls
 //     the API. A 429 fails the load.
+//   - httpfill: naive's API call without naive's cache, through an
+//     http.Client whose Transport is
+//     [github.com/locksmith-go/locksmith/httpfill.New]'s: the same fleet-wide
+//     merge and cache as fill, under the HTTP client, over real HTTP to the
+//     API. A 429 fails the request. Its report line counts the requests sent
+//     through the HTTP clients against those that reached the API.
 //
 // It prints for each mode the API calls, the 429s, the API calls per
 // distinct user requested (calls/key: 1.00 is one call per user) and the
@@ -25,8 +31,8 @@
 //
 //	fill made 10 API calls where naive made 527 (517 saved, 98%); naive had 505 calls refused (429), fill 0.
 //
-// Naive makes many calls per user and runs out of budget; fill makes one
-// call per user.
+// Naive makes many calls per user and runs out of budget; fill and httpfill
+// make one call per user.
 //
 // Naive's figures vary from run to run, by about 30% with the default flags,
 // although the request sequence is the same: they depend on timing, which
@@ -36,8 +42,8 @@
 // 177 to 577 API calls (mean 354, standard deviation 27% of it) and got
 // from 134 to 553 429s (mean 322, standard deviation 31%); two runs on a
 // less busy one made 469 and 503 calls, and one on a busier one 149.
-// Fill's calls do not vary: one per distinct user (with -keys at most
-// -burst; see below). The latencies vary in both modes.
+// Fill's and httpfill's calls do not vary: one per distinct user (with
+// -keys at most -burst; see below). The latencies vary in every mode.
 //
 // Usage:
 //
@@ -66,7 +72,8 @@
 //	                   prefix of every Redis key the demo writes. Keys under
 //	                   it are deleted before each mode and at the end; no
 //	                   other key is read or written.
-//	-modes naive,fill  the modes to run, comma-separated, in that order
+//	-modes naive,fill,httpfill
+//	                   the modes to run, comma-separated, in that order
 //	-json              print on stdout one JSON object and nothing else:
 //	                   "settings" (the flags, durations in ms: -timeout is
 //	                   "request_timeout_ms", "redis" is the address or
@@ -187,6 +194,10 @@ type result struct {
 	WallMs       float64    `json:"wall_ms"`
 	FirstError   string     `json:"first_error,omitempty"` // of the failed requests
 	FillStats    *fillStats `json:"fill_stats,omitempty"`
+	// ClientRequests are the requests sent through the servers' HTTP
+	// clients, of a mode that caches under the client (httpfill); the
+	// API got APICalls of them.
+	ClientRequests int64 `json:"client_requests,omitempty"`
 }
 
 // runMode sends ids through a fresh fleet of mode m, against a fresh API, on
@@ -210,6 +221,7 @@ func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint6
 	stop()
 
 	stats := fillTotals(f.servers)
+	clientRequests := clientTotal(f.servers)
 	closeErr := f.close()
 	if err := ctx.Err(); err != nil {
 		return result{}, fmt.Errorf("%s: interrupted: %w", m.name, err)
@@ -217,7 +229,9 @@ func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint6
 	if closeErr != nil {
 		return result{}, fmt.Errorf("%s: closing the servers: %w", m.name, closeErr)
 	}
-	return summarize(m.name, ids, api, out, wall, stats), nil
+	r := summarize(m.name, ids, api, out, wall, stats)
+	r.ClientRequests = clientRequests
+	return r, nil
 }
 
 func summarize(name string, ids []uint64, api *fakeAPI, out outcome, wall time.Duration, stats *fillStats) result {
@@ -301,6 +315,10 @@ func report(w io.Writer, cfg config, env *redisEnv, results []result) error {
 		if s := r.FillStats; s != nil {
 			fmt.Fprintf(w, "%s, all servers: %d loads, %d hits, %d misses, %d merged in-process, %d merged from another server\n",
 				r.Mode, s.Loads, s.Hits, s.Misses, s.LocalMerges, s.RemoteMerges)
+		}
+		if n := r.ClientRequests; n > 0 {
+			fmt.Fprintf(w, "%s, all servers: of %s sent through the HTTP client, %d reached the API (%s)\n",
+				r.Mode, plural(n, "request"), r.APICalls, saving(n, r.APICalls))
 		}
 		if r.Failed > 0 {
 			fmt.Fprintf(w, "%s: %d of %d requests failed; the first: %s\n", r.Mode, r.Failed, r.Requests, r.FirstError)

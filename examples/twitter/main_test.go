@@ -45,6 +45,8 @@ type modeResult struct {
 	Refused      int     `json:"api_calls_refused"`
 	CallsPerKey  float64 `json:"api_calls_per_key"`
 	Failed       int     `json:"failed_requests"`
+	// ClientRequests are those sent through an HTTP client that caches.
+	ClientRequests int `json:"client_requests"`
 }
 
 // runDemo runs the demo with args and -json, checks that stdout is one JSON
@@ -70,32 +72,46 @@ func runDemo(t *testing.T, args ...string) jsonOut {
 	return res
 }
 
-// checkFill checks the point of the demo: fill makes one API call per
-// distinct key and none is refused, and naive makes more.
+// checkFill checks the point of the demo: fill and httpfill each make one
+// API call per distinct key and none is refused, and naive makes more;
+// httpfill's HTTP clients got every request.
 func checkFill(t *testing.T, requests int, res jsonOut) {
 	t.Helper()
-	naive, okN := res.Results["naive"]
-	fill, okF := res.Results["fill"]
-	if !okN || !okF || len(res.Results) != 2 {
-		t.Fatalf("results for %v; want naive and fill", slices.Sorted(maps.Keys(res.Results)))
+	if got := slices.Sorted(maps.Keys(res.Results)); !reflect.DeepEqual(got, []string{"fill", "httpfill", "naive"}) {
+		t.Fatalf("results for %v; want naive, fill and httpfill", got)
 	}
-	if naive.Requests != requests || fill.Requests != requests {
-		t.Errorf("requests: naive %d, fill %d; want %d each", naive.Requests, fill.Requests, requests)
+	naive := res.Results["naive"]
+	if naive.Requests != requests {
+		t.Errorf("naive requests: %d; want %d", naive.Requests, requests)
 	}
-	if naive.DistinctKeys != fill.DistinctKeys || fill.DistinctKeys < 1 {
-		t.Errorf("distinct keys: naive %d, fill %d; want the same, above 0", naive.DistinctKeys, fill.DistinctKeys)
+	for i, mode := range []string{"fill", "httpfill"} {
+		r := res.Results[mode]
+		if r.Requests != requests {
+			t.Errorf("%s requests: %d; want %d", mode, r.Requests, requests)
+		}
+		if naive.DistinctKeys != r.DistinctKeys || r.DistinctKeys < 1 {
+			t.Errorf("distinct keys: naive %d, %s %d; want the same, above 0", naive.DistinctKeys, mode, r.DistinctKeys)
+		}
+		if r.APICalls != r.DistinctKeys || r.CallsPerKey != 1 {
+			t.Errorf("%s API calls = %d (%g per key); want %d, one per distinct key", mode, r.APICalls, r.CallsPerKey, r.DistinctKeys)
+		}
+		if r.Refused != 0 || r.Failed != 0 {
+			t.Errorf("%s: %d calls refused, %d requests failed; want 0 and 0", mode, r.Refused, r.Failed)
+		}
+		if naive.APICalls <= r.APICalls {
+			t.Errorf("naive API calls = %d; want more than %s's %d", naive.APICalls, mode, r.APICalls)
+		}
+		if want := fmt.Sprintf("%s made %d API calls where naive made %d (", mode, r.APICalls, naive.APICalls); len(res.Conclusion) != 2 || !strings.HasPrefix(res.Conclusion[i], want) {
+			t.Errorf("conclusion = %q; want two lines, line %d starting %q", res.Conclusion, i+1, want)
+		}
 	}
-	if fill.APICalls != fill.DistinctKeys || fill.CallsPerKey != 1 {
-		t.Errorf("fill API calls = %d (%g per key); want %d, one per distinct key", fill.APICalls, fill.CallsPerKey, fill.DistinctKeys)
+	if got := res.Results["httpfill"].ClientRequests; got != requests {
+		t.Errorf("httpfill requests sent through the HTTP clients = %d; want %d", got, requests)
 	}
-	if fill.Refused != 0 || fill.Failed != 0 {
-		t.Errorf("fill: %d calls refused, %d requests failed; want 0 and 0", fill.Refused, fill.Failed)
-	}
-	if naive.APICalls <= fill.APICalls {
-		t.Errorf("naive API calls = %d; want more than fill's %d", naive.APICalls, fill.APICalls)
-	}
-	if want := fmt.Sprintf("fill made %d API calls where naive made %d (", fill.APICalls, naive.APICalls); len(res.Conclusion) != 1 || !strings.HasPrefix(res.Conclusion[0], want) {
-		t.Errorf("conclusion = %q; want one line starting %q", res.Conclusion, want)
+	for _, mode := range []string{"naive", "fill"} {
+		if got := res.Results[mode].ClientRequests; got != 0 {
+			t.Errorf("%s client_requests = %d; want none: its HTTP client does not cache", mode, got)
+		}
 	}
 	if !strings.Contains(res.TimingNote, "naive's figures vary from run to run") {
 		t.Errorf("timing note = %q; want it to say naive's figures vary", res.TimingNote)
@@ -110,7 +126,7 @@ func TestRunEmbedded(t *testing.T) {
 		t.Errorf("naive: %d calls refused, %d requests failed; want 0 and 0 with this budget", naive.Refused, naive.Failed)
 	}
 	want := map[string]any{
-		"modes": []any{"naive", "fill"}, "servers": 4.0, "requests": 300.0, "concurrency": 64.0,
+		"modes": []any{"naive", "fill", "httpfill"}, "servers": 4.0, "requests": 300.0, "concurrency": 64.0,
 		"keys": 40.0, "zipf": 1.1, "seed": 1.0, "api_rate_per_s": 1e6, "api_burst": 1e6, "api_latency_ms": 5.0,
 		"ttl_ms": 600000.0, "request_timeout_ms": 10000.0, "redis": "embedded", "prefix": "twitter-demo:",
 	}
@@ -139,14 +155,18 @@ func TestRunText(t *testing.T) {
 		t.Errorf("stderr file = %q, %v; want it empty: no progress line in a file", b, err)
 	}
 	stdout := out.String()
-	for _, want := range []string{"\nnaive ", "\nfill ", "calls/key", "naive's figures vary from run to run"} {
+	for _, want := range []string{"\nnaive ", "\nfill ", "\nhttpfill ", "calls/key", "naive's figures vary from run to run",
+		"\nhttpfill, all servers: of 300 requests sent through the HTTP client, "} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("stdout has no %q:\n%s", want, stdout)
 		}
 	}
 	lines := strings.Split(strings.TrimRight(stdout, "\n"), "\n")
-	if last := lines[len(lines)-1]; !regexp.MustCompile(`^fill made \d+ API calls where naive made \d+ \(`).MatchString(last) {
-		t.Errorf("last line = %q; want the conclusion", last)
+	for i, mode := range []string{"fill", "httpfill"} {
+		line := lines[len(lines)-2+i]
+		if !regexp.MustCompile(`^` + mode + ` made \d+ API calls where naive made \d+ \(`).MatchString(line) {
+			t.Errorf("line %d from the end = %q; want the conclusion on %s", 2-i, line, mode)
+		}
 	}
 }
 
@@ -317,7 +337,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-prefix", "a{b}"}, "-prefix must not contain '{' or '}'"},
 		{[]string{"-redis", "::1"}, "an IPv6 host in brackets"},
 		{[]string{"-redis", "host:http"}, `port "http" is not a number`},
-		{[]string{"-modes", "nope"}, `no mode "nope"; the modes are naive,fill`},
+		{[]string{"-modes", "nope"}, `no mode "nope"; the modes are naive,fill,httpfill`},
 		{[]string{"-modes", ""}, `no mode ""`},
 		{[]string{"-modes", "fill,naive,fill"}, `mode "fill" given twice`},
 		{[]string{"extra"}, `unexpected arguments: ["extra"]`},
@@ -352,7 +372,7 @@ func TestModesFlag(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, "naive,fill"},
+		{nil, "naive,fill,httpfill"},
 		{[]string{"-modes", "fill"}, "fill"},
 		{[]string{"-modes", " fill , naive"}, "fill,naive"},
 	}

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/httpfill"
 )
 
 // mode is one way for the fleet to answer requests: its name, and how one
@@ -24,6 +27,7 @@ type mode struct {
 var modes = []mode{
 	{naive, "cache-aside by hand: GET; on a miss call the API and SET", newNaiveServer},
 	{"fill", "fill.Get, whose loader calls the API", newFillServer},
+	{"httpfill", "the plain API call, through an http.Client whose Transport is httpfill's", newHTTPFillServer},
 }
 
 // naive is the name of the mode the others are compared with.
@@ -40,7 +44,8 @@ type serverEnv struct {
 
 // appServer is one server of the fleet: it answers a request for a user's
 // timeline from the cache, or from the API. A server built on a fill.Cache
-// also has a method stats() fill.Stats, which the report sums over the
+// also has a method stats() fill.Stats, and one that caches under its HTTP
+// client a method clientRequests() int64, which the report sums over the
 // fleet.
 type appServer interface {
 	timeline(ctx context.Context, id uint64) (Timeline, error)
@@ -99,6 +104,52 @@ func (s *fillServer) timeline(ctx context.Context, id uint64) (Timeline, error) 
 func (s *fillServer) close() error { return s.cache.Close() }
 
 func (s *fillServer) stats() fill.Stats { return s.cache.Stats() }
+
+// httpfillServer makes naive's API call without naive's cache, through an
+// http.Client whose Transport is httpfill's: the fleet-wide merge and cache
+// happen under the HTTP client, over real HTTP to the API.
+type httpfillServer struct {
+	api      *apiClient
+	cache    *fill.Cache
+	requests atomic.Int64 // sent through the HTTP client
+}
+
+func newHTTPFillServer(s serverEnv) appServer {
+	cache := fill.New(s.rdb, &fill.Options{Prefix: s.prefix})
+	hc := &http.Client{
+		Timeout:   s.api.hc.Timeout,
+		Transport: httpfill.New(cache, &httpfill.Options{Base: s.api.hc.Transport, TTL: s.cfg.ttl}),
+	}
+	return &httpfillServer{api: &apiClient{hc: hc, base: s.api.base}, cache: cache}
+}
+
+func (s *httpfillServer) timeline(ctx context.Context, id uint64) (Timeline, error) {
+	s.requests.Add(1)
+	b, err := s.api.timeline(ctx, id)
+	if err != nil {
+		return Timeline{}, err
+	}
+	return decodeTimeline(b)
+}
+
+func (s *httpfillServer) close() error { return s.cache.Close() }
+
+func (s *httpfillServer) stats() fill.Stats { return s.cache.Stats() }
+
+func (s *httpfillServer) clientRequests() int64 { return s.requests.Load() }
+
+// clientTotal sums the requests sent through the HTTP client of the servers
+// that count them (those of a mode that caches under the client); 0 when
+// none does.
+func clientTotal(servers []appServer) int64 {
+	var n int64
+	for _, s := range servers {
+		if c, ok := s.(interface{ clientRequests() int64 }); ok {
+			n += c.clientRequests()
+		}
+	}
+	return n
+}
 
 // timelineKey is the cache key of user id's timeline, under a mode's prefix.
 func timelineKey(id uint64) string { return "timeline:" + strconv.FormatUint(id, 10) }

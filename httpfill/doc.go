@@ -1,0 +1,72 @@
+// Package httpfill is an [http.RoundTripper] for a fleet of servers that
+// live off one rate-limited HTTP API: the GET and HEAD requests of every
+// server are merged and cached fleet-wide through [fill.Get], so the API
+// sees one request per distinct request (its method, URL and credentials)
+// however many servers and callers ask for it at once, and none while the
+// response is cached.
+//
+//	client := &http.Client{Transport: httpfill.New(cache, nil)}
+//
+// # What is cached
+//
+// A GET or HEAD request is looked up under its key ([Options.Key], by
+// default [DefaultKey]: method, URL, and a hash of the credentials and
+// Accept headers). On a miss, one server runs the request upstream, on a
+// context detached from its callers (one caller giving up does not cancel
+// it for the others), and every caller of that key, on every server, gets
+// the response; then it is stored as fill stores any value, for
+//
+//   - the response's Cache-Control s-maxage, else its max-age, else its
+//     Expires minus its Date, less its Age header; a lifetime of 0 or less
+//     is not stored;
+//   - else [Options.TTL], else the Cache's TTL.
+//
+// Not stored, but handed to the callers merged on the request that got it:
+// a response with Cache-Control no-store or no-cache, or to a request with
+// Cache-Control no-store; a 5xx; a 408. A 429 is neither stored nor handed
+// on as a response (see Rate limits below). Cache-Control private is
+// stored: the default key keeps one set of credentials' responses from
+// another's requests, which is what private asks of a cache.
+//
+// A response names in Vary the request headers it depends on: the values
+// the request that got it had for them are kept with it, and a request
+// with other values does not get it but passes through. A response with
+// Vary "*", and a body larger than [Options.MaxBody], are never handed on:
+// a marker takes their place in the cache, for as long as the response
+// would have been cached, and every request that finds it passes through,
+// the callers merged on the request that found out included (the body read
+// to find out is discarded: one upstream call spent per lifetime).
+//
+// # What passes through
+//
+// Every other method; a GET or HEAD with a body, with a Range, If-* or
+// Upgrade header, or with Cache-Control no-cache or max-age=0 (or Pragma
+// no-cache), which asks for the upstream's own answer; and a request whose
+// Key is "". Such a request goes to Options.Base as it is, unmerged, after
+// waiting for Options.Budget, and its response, whatever its status, or its
+// error, comes back as Base returned it.
+//
+// # Responses
+//
+// Each caller gets a response of its own: its own header map, a body it
+// reads and closes independently, ContentLength set, Request its own
+// request, and an Age header when the response has been cached for a
+// second or more.
+//
+// # Rate limits
+//
+// Every response from the upstream, loaded or passed through, is reported
+// to Options.Budget's Observe. Loads wait for the budget in the Cache, not
+// in the Transport: give the Cache the same [budget.Budget]
+// (fill.Options.Budget), so that a load waits once, and so that a 429
+// pauses the budget fleet-wide and the same flight retries once the pause
+// is over, for as long as one of its callers waits. A caller that gives up
+// meanwhile, on the server whose load met the 429, gets an error wrapping
+// both its ctx's error and [budget.ErrRateLimited]. A 429 on a Cache without a budget, or one that
+// outlasts the Cache's LoadTimeout, is an error wrapping a
+// *[budget.RateLimitedError] with the response's Retry-After; callers on
+// other servers that waited for it get an error wrapping
+// [fill.ErrLoadFailed] that names it. A 429 is never a response of a cached
+// request: code that retries by status should also retry on
+// budget.ErrRateLimited.
+package httpfill

@@ -1,0 +1,60 @@
+package httpfill
+
+import (
+	"io"
+	"net/http"
+	"testing"
+	"time"
+)
+
+func TestEntryResponse(t *testing.T) {
+	at := time.Date(2026, time.March, 1, 12, 0, 0, 0, time.UTC)
+	e := &entry{Status: "200 OK", Code: 200, Header: http.Header{"Age": {"10"}, "X": {"1"}}, Body: []byte("hello"), Length: 5, At: at.UnixMilli()}
+	tests := []struct {
+		name   string
+		method string
+		after  time.Duration
+		age    string
+		body   string
+		length int64
+	}{
+		{"fresh", http.MethodGet, 999 * time.Millisecond, "10", "hello", 5},
+		{"cached 90s", http.MethodGet, 90 * time.Second, "100", "hello", 5},
+		{"HEAD", http.MethodHead, 0, "10", "", 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tt.method, "http://api.test/", nil)
+			r := e.response(req, at.Add(tt.after))
+			b, _ := io.ReadAll(r.Body)
+			if got := r.Header.Get("Age"); got != tt.age || string(b) != tt.body || r.ContentLength != tt.length || r.Request != req {
+				t.Errorf("Age %q, body %q, ContentLength %d; want %q, %q, %d, and the request", got, b, r.ContentLength, tt.age, tt.body, tt.length)
+			}
+			r.Header.Set("X", "2")
+			if e.Header.Get("X") != "1" || e.Header.Get("Age") != "10" {
+				t.Errorf("the entry's header changed with a response's: %v", e.Header)
+			}
+		})
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, time.March, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Duration
+	}{
+		{"", 0},
+		{"7", 7 * time.Second},
+		{" 7 ", 7 * time.Second},
+		{"-1", 0},
+		{"soon", 0},
+		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
+		{now.Add(-time.Minute).Format(http.TimeFormat), 0},
+	}
+	for _, tt := range tests {
+		if got := retryAfter(http.Header{"Retry-After": {tt.in}}, now); got != tt.want {
+			t.Errorf("retryAfter(%q) = %v; want %v", tt.in, got, tt.want)
+		}
+	}
+}

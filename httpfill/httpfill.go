@@ -1,0 +1,315 @@
+package httpfill
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/locksmith-go/locksmith/budget"
+	"github.com/locksmith-go/locksmith/fill"
+)
+
+// Options configure a [Transport]. The zero value gives the defaults.
+type Options struct {
+	// Base sends the requests that reach the upstream: loads and
+	// pass-throughs.
+	// default: http.DefaultTransport
+	Base http.RoundTripper
+
+	// Budget, if not nil, is the upstream's rate budget. Every upstream
+	// response is reported to its Observe, and every request that passes
+	// through waits for it first. Loads wait for the Cache's budget
+	// instead: give the Cache the same one (fill.Options.Budget), or loads
+	// do not wait and a 429 is not retried.
+	// default: nil (nothing waits in the Transport, nothing is observed)
+	Budget *budget.Budget
+
+	// TTL is how long a response is cached when it says nothing of its
+	// freshness: no Cache-Control s-maxage or max-age, no Expires.
+	// default: 0, the Cache's TTL (fill.Options.TTL)
+	TTL time.Duration
+
+	// Key returns the cache key of a GET or HEAD request: requests with
+	// the same key merge and share a response. A Key that returns "" sends
+	// the request through uncached. A custom Key must keep apart what the
+	// upstream tells apart without saying so in Vary: credentials, content
+	// negotiation; and should keep the method (a GET that finds a HEAD's
+	// response, which has no body, passes through).
+	// default: [DefaultKey]
+	Key func(r *http.Request) string
+
+	// MaxBody is the largest response body cached and shared. A larger one
+	// passes through (see the package documentation). Every cached body is
+	// one Redis value, published in full to waiting servers up to the
+	// Cache's PublishLimit, copied to each server that reads it and held in
+	// memory while its callers read it: 1 MiB is far above an API page
+	// and still cheap for Redis to move.
+	// default: 1 MiB
+	MaxBody int64
+}
+
+const defaultMaxBody = 1 << 20
+
+func (o *Options) withDefaults() Options {
+	var opt Options
+	if o != nil {
+		opt = *o
+	}
+	if opt.Base == nil {
+		opt.Base = http.DefaultTransport
+	}
+	if opt.Key == nil {
+		opt.Key = DefaultKey
+	}
+	if opt.MaxBody <= 0 {
+		opt.MaxBody = defaultMaxBody
+	}
+	return opt
+}
+
+// Transport is an [http.RoundTripper] that merges and caches GET and HEAD
+// requests fleet-wide through a [fill.Cache]; see the package
+// documentation. It is safe for concurrent use.
+type Transport struct {
+	cache *fill.Cache
+	opt   Options
+
+	mu      sync.Mutex          // guards callers
+	callers map[string]*callers // by cache key, while a RoundTrip of the key runs
+}
+
+// callers are the RoundTrips of one key in progress on a Transport, and
+// the rate limit their load last met, if any: what one of them is told
+// when it gives up.
+type callers struct {
+	n       int
+	limited *budget.RateLimitedError
+}
+
+// New returns a Transport that caches in c. A nil opt gives the defaults.
+// Closing c ends the Transport's caching: its cached requests then fail
+// with an error wrapping [fill.ErrClosed].
+func New(c *fill.Cache, opt *Options) *Transport {
+	return &Transport{cache: c, opt: opt.withDefaults(), callers: make(map[string]*callers)}
+}
+
+// RoundTrip answers req from the cache, from a request in flight on any
+// server, or from the upstream; requests that cannot be cached pass
+// through to Options.Base. It implements [http.RoundTripper].
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	key := t.key(req)
+	if key == "" {
+		return t.pass(req)
+	}
+	ctx := req.Context()
+	cs := t.join(key)
+	defer t.leave(key, cs)
+	var opts []fill.Option
+	if t.opt.TTL > 0 {
+		opts = append(opts, fill.WithTTL(t.opt.TTL))
+	}
+	e, err := fill.Get(ctx, t.cache, key, func(ctx context.Context) (*entry, error) {
+		return t.load(ctx, req, cs)
+	}, opts...)
+	switch {
+	case err != nil:
+		if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
+			if rle := t.limited(cs); rle != nil {
+				return nil, fmt.Errorf("httpfill: %w while the upstream rate-limits: %w", err, rle)
+			}
+		}
+		return nil, fmt.Errorf("httpfill: %w", err)
+	case e.Pass || !e.fits(req):
+		return t.pass(req)
+	}
+	return e.response(req, time.Now()), nil
+}
+
+// key returns req's cache key, or "" when req passes through.
+func (t *Transport) key(req *http.Request) string {
+	if req.Method != http.MethodGet && req.Method != http.MethodHead || !cacheable(req) {
+		return ""
+	}
+	return t.opt.Key(req)
+}
+
+// pass sends req to Base, once the budget allows.
+func (t *Transport) pass(req *http.Request) (*http.Response, error) {
+	if b := t.opt.Budget; b != nil {
+		if err := b.Wait(req.Context(), budget.Foreground); err != nil {
+			if req.Body != nil {
+				_ = req.Body.Close()
+			}
+			return nil, fmt.Errorf("httpfill: waiting for the budget: %w", err)
+		}
+	}
+	resp, err := t.opt.Base.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	t.observe(req.Context(), resp)
+	return resp, nil
+}
+
+// observe reports an upstream response to the budget. A budget that cannot
+// record it (Redis down) is no reason to fail the request: the error is
+// dropped.
+func (t *Transport) observe(ctx context.Context, resp *http.Response) {
+	if b := t.opt.Budget; b != nil {
+		_ = b.Observe(ctx, resp.Header, resp.StatusCode)
+	}
+}
+
+// load is the loader of a GET or HEAD: it sends req upstream on the
+// flight's ctx and makes the entry its callers share, setting its TTL.
+func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers) (*entry, error) {
+	out := req.Clone(ctx)
+	// An http.Client with a Timeout signals it on Cancel too: the flight
+	// must not end with its first caller's deadline.
+	//lint:ignore SA1019 cleared, not used
+	out.Cancel = nil
+	resp, err := t.opt.Base.RoundTrip(out)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	t.observe(ctx, resp)
+	now := time.Now()
+	if resp.StatusCode == http.StatusTooManyRequests {
+		rle := &budget.RateLimitedError{RetryAfter: retryAfter(resp.Header, now)}
+		t.setLimited(cs, rle)
+		return nil, fmt.Errorf("upstream answered %s: %w", resp.Status, rle)
+	}
+	t.setLimited(cs, nil)
+
+	ttl, store := lifetime(req, resp, now)
+	if !store {
+		fill.SetTTL(ctx, 0)
+	} else if ttl > 0 {
+		fill.SetTTL(ctx, ttl)
+	}
+	e := &entry{
+		Status: resp.Status, Code: resp.StatusCode,
+		Proto: resp.Proto, ProtoMajor: resp.ProtoMajor, ProtoMinor: resp.ProtoMinor,
+		Header: resp.Header, Length: resp.ContentLength, Uncompressed: resp.Uncompressed,
+		Head: req.Method == http.MethodHead, At: now.UnixMilli(),
+	}
+	vals, star := vary(req, resp.Header)
+	if star {
+		return &entry{Pass: true}, nil
+	}
+	e.Vary = vals
+	if req.Method == http.MethodHead {
+		return e, nil
+	}
+	if resp.ContentLength > t.opt.MaxBody {
+		return &entry{Pass: true}, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, t.opt.MaxBody+1))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("reading the response to %s %s: %w", req.Method, req.URL.Redacted(), err)
+	case int64(len(body)) > t.opt.MaxBody:
+		return &entry{Pass: true}, nil
+	}
+	e.Body, e.Length = body, int64(len(body))
+	return e, nil
+}
+
+// join counts a RoundTrip of key in.
+func (t *Transport) join(key string) *callers {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	cs := t.callers[key]
+	if cs == nil {
+		cs = &callers{}
+		t.callers[key] = cs
+	}
+	cs.n++
+	return cs
+}
+
+// leave counts a RoundTrip of key out.
+func (t *Transport) leave(key string, cs *callers) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if cs.n--; cs.n == 0 {
+		delete(t.callers, key)
+	}
+}
+
+func (t *Transport) setLimited(cs *callers, rle *budget.RateLimitedError) {
+	t.mu.Lock()
+	cs.limited = rle
+	t.mu.Unlock()
+}
+
+func (t *Transport) limited(cs *callers) *budget.RateLimitedError {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return cs.limited
+}
+
+// entry is what the cache holds for a request: a response, or a marker
+// that requests of its key pass through. It is shared by the callers of a
+// flight and must not be modified.
+type entry struct {
+	Pass         bool        `json:"pass,omitempty"` // requests pass through; nothing else is set
+	Head         bool        `json:"head,omitempty"` // the response to a HEAD
+	Status       string      `json:"status,omitempty"`
+	Code         int         `json:"code,omitempty"`
+	Proto        string      `json:"proto,omitempty"`
+	ProtoMajor   int         `json:"proto_major,omitempty"`
+	ProtoMinor   int         `json:"proto_minor,omitempty"`
+	Header       http.Header `json:"header,omitempty"`
+	Body         []byte      `json:"body,omitempty"`
+	Length       int64       `json:"length,omitempty"` // the Content-Length; of a HEAD, as the upstream said
+	Uncompressed bool        `json:"uncompressed,omitempty"`
+	Vary         http.Header `json:"vary,omitempty"` // the request's values of the headers named by Vary
+	At           int64       `json:"at,omitempty"`   // when the response arrived, in Unix milliseconds
+}
+
+// fits reports whether the response in e answers req: req has the values
+// the response varies on, and is not a GET finding a HEAD's response (under
+// a custom Key that lets the two meet).
+func (e *entry) fits(req *http.Request) bool {
+	if e.Head && req.Method != http.MethodHead {
+		return false
+	}
+	for name, vals := range e.Vary {
+		if !slices.Equal(req.Header.Values(name), vals) {
+			return false
+		}
+	}
+	return true
+}
+
+// response makes a caller's own response from e at now.
+func (e *entry) response(req *http.Request, now time.Time) *http.Response {
+	h := e.Header.Clone()
+	if h == nil {
+		h = make(http.Header)
+	}
+	if age := now.Sub(time.UnixMilli(e.At)); age >= time.Second {
+		prior, _ := strconv.ParseInt(h.Get("Age"), 10, 64)
+		h.Set("Age", strconv.FormatInt(max(prior, 0)+int64(age/time.Second), 10))
+	}
+	r := &http.Response{
+		Status: e.Status, StatusCode: e.Code,
+		Proto: e.Proto, ProtoMajor: e.ProtoMajor, ProtoMinor: e.ProtoMinor,
+		Header: h, Request: req, Uncompressed: e.Uncompressed,
+		Body: http.NoBody, ContentLength: e.Length,
+	}
+	if req.Method != http.MethodHead {
+		r.Body = io.NopCloser(bytes.NewReader(e.Body))
+		r.ContentLength = int64(len(e.Body))
+	}
+	return r
+}
