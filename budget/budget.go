@@ -360,6 +360,9 @@ func (b *Budget) check() error {
 	if b.err != nil {
 		return b.err
 	}
+	if b.rdb == nil {
+		return errors.New("budget: a Budget must be made with New")
+	}
 	select {
 	case <-b.done:
 		return ErrClosed

@@ -7,7 +7,8 @@
 --   value could not be decoded); 'e' claim an early refresh, unless failed
 --   refreshes are backing off;
 -- ARGV[4] the token of the holder the caller waited for, or '': if that
---   holder failed, its failure is returned instead of a claim;
+--   holder failed, or gave its waiters a value it did not store, that
+--   outcome is returned instead of a claim;
 -- ARGV[5], ARGV[6] the caller's stale-while-revalidate and stale-if-error
 --   windows in ms: how far past its TTL a value may still be served.
 -- Returns
@@ -17,7 +18,7 @@
 --   {3, value, pttl, 2}               a stale value, refreshes backing off
 --   {1, now}                          claimed; now is the server's time in ms
 --   {0, pttl, holder}                 held by holder for pttl more ms
---   {4, message}                      the awaited holder failed with message
+--   {4, message}                      the awaited holder's outcome, a message
 -- A value's stale window is read from its entry's fixed place (bytes 4-7
 -- of a format 2 entry, see internal/envelope): the key lives TTL + window,
 -- so the value is stale once its PTTL is at most the window.

@@ -165,6 +165,10 @@ func (c *Cache) Close() error {
 	return err
 }
 
+// Budget returns Options.Budget: the budget every load of the Cache waits
+// for, or nil.
+func (c *Cache) Budget() *budget.Budget { return c.opt.Budget }
+
 // enter registers work that Close waits for; false once closed.
 func (c *Cache) enter() bool {
 	c.mu.Lock()
@@ -499,7 +503,18 @@ func (c *Cache) fill(ctx, wctx context.Context, key string, cl callOptions, o op
 			claimed = &l
 			return notify.Step{Done: true}, nil
 		case failed:
+			// The awaited holder ended while this flight was not
+			// listening: its outcome, a failure or a value it did not
+			// store, was left for its waiters.
 			c.stats.remoteMerges.Add(1)
+			if kind, body := lease.ParseMessage(l.r.msg); kind == lease.Value {
+				var v look
+				c.decode(ks, body, o, &v)
+				if !errors.Is(v.valErr, envelope.ErrCorrupt) {
+					val, valErr = v.val, v.valErr
+					return notify.Step{Done: true}, nil
+				}
+			}
 			val, valErr = c.remoteFailure(ctx, key, l.r.msg, fallback)
 			return notify.Step{Done: true}, nil
 		}

@@ -7,6 +7,8 @@
 -- ARGV[4] the message for the channel P{K}.
 -- To store: ARGV[5] the entry; ARGV[6] its key's TTL in ms; ARGV[7] the
 --   invalidation channel; ARGV[8] the invalidation message.
+-- To only publish: ARGV[5] how long the message is kept for the holder's
+--   waiters (in the failure marker's place), in ms.
 -- For a failure: ARGV[5] how long the failure marker lives, in ms;
 --   ARGV[6] the first back-off of failing refreshes in ms ('0': no
 --   back-off); ARGV[7] the longest back-off in ms.
@@ -32,6 +34,12 @@ if ARGV[3] == 's' then
     -- Waiters given the value itself still get it; waiters told to read
     -- it would find nothing: tell them the store failed.
     if string.sub(msg, 1, 1) ~= 'v' then msg = 'e' .. 'value not stored: ' .. storeErr end
+  end
+elseif ARGV[3] == 'n' then
+  -- Waiters of this holder that look again before the message reaches
+  -- them find the value here: it is not stored, so they could not read it.
+  if string.sub(msg, 1, 1) == 'v' then
+    pcall(redis.call, 'SET', KEYS[3], ARGV[1] .. ' ' .. msg, 'PX', ARGV[5])
   end
 elseif ARGV[3] == 'f' then
   -- Waiters of this holder that look again find its failure here.

@@ -44,15 +44,18 @@ func (c *Cache) store(ctx context.Context, ks keyset, key, token string, entry [
 }
 
 // publishOnly releases the lock and gives the waiters the value without
-// storing it (a loader asked so with SetTTL). A value too large to publish
-// is not given: the waiters look again, and one of them loads.
+// storing it (a loader asked so with SetTTL). The value is also left, for a
+// short while, where the holder's waiters that miss the message find it
+// when they look again (the failure marker's place). A value too large to
+// publish is not given: the waiters look again, and one of them loads.
 func (c *Cache) publishOnly(ctx context.Context, ks keyset, key, token string, entry []byte) {
 	msg := lease.Message(lease.Released, "")
 	if len(entry) <= c.opt.PublishLimit {
 		msg = lease.Message(lease.Value, string(entry))
 	}
 	s, err := lease.Retry(ctx, func(ctx context.Context, retried bool) (settled, error) {
-		v, err := settleScript.Run(ctx, c.rdb.Redis(), ks.keys, token, c.rdb.PublishFlag(), "n", msg).Result()
+		v, err := settleScript.Run(ctx, c.rdb.Redis(), ks.keys, token, c.rdb.PublishFlag(), "n", msg,
+			lease.Millis(failureMarkerTTL)).Result()
 		if err != nil {
 			return settled{}, err
 		}

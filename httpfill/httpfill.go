@@ -23,12 +23,13 @@ type Options struct {
 	// default: http.DefaultTransport
 	Base http.RoundTripper
 
-	// Budget, if not nil, is the upstream's rate budget. Every upstream
-	// response is reported to its Observe, and every request that passes
-	// through waits for it first. Loads wait for the Cache's budget
-	// instead: give the Cache the same one (fill.Options.Budget), or loads
-	// do not wait and a 429 is not retried.
-	// default: nil (nothing waits in the Transport, nothing is observed)
+	// Budget is the upstream's rate budget. Every upstream response is
+	// reported to its Observe, and every request that passes through waits
+	// for it first. Loads wait for the Cache's budget (fill.Options.Budget),
+	// which should be the same one: without it loads do not wait and a 429
+	// is not retried.
+	// default: the Cache's budget (nil when it has none: nothing waits in
+	// the Transport, nothing is observed)
 	Budget *budget.Budget
 
 	// TTL is how long a response is cached when it says nothing of its
@@ -97,7 +98,11 @@ type callers struct {
 // Closing c ends the Transport's caching: its cached requests then fail
 // with an error wrapping [fill.ErrClosed].
 func New(c *fill.Cache, opt *Options) *Transport {
-	return &Transport{cache: c, opt: opt.withDefaults(), callers: make(map[string]*callers)}
+	t := &Transport{cache: c, opt: opt.withDefaults(), callers: make(map[string]*callers)}
+	if t.opt.Budget == nil {
+		t.opt.Budget = c.Budget()
+	}
+	return t
 }
 
 // RoundTrip answers req from the cache, from a request in flight on any
