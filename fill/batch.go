@@ -431,7 +431,7 @@ func (c *Cache) lookMany(ctx context.Context, items []batchItem, o ops) []batchL
 		pipe := c.rdb.Redis().Pipeline()
 		cmds := make([]*redis.Cmd, len(looks))
 		for i := range looks {
-			cmds[i] = claimScript.EvalSha(ctx, pipe, looks[i].ks.keys, looks[i].token, lockTTL, modeRead, "", c.swrArg, c.sieArg)
+			cmds[i] = claimScript.EvalSha(ctx, pipe, looks[i].ks.keys, looks[i].token, lockTTL, modeRead, "", c.swrArg, c.sieArg, c.pttlArg)
 		}
 		_, err := pipe.Exec(ctx)
 		if err != nil && !redisx.MayHaveRun(err) && redisx.Classify(err) != redisx.Reply {

@@ -10,8 +10,11 @@
 --   holder failed, or gave its waiters a value it did not store, that
 --   outcome is returned instead of a claim;
 -- ARGV[5], ARGV[6] the caller's stale-while-revalidate and stale-if-error
---   windows in ms: how far past its TTL a value may still be served.
+--   windows in ms: how far past its TTL a value may still be served;
+-- ARGV[7] '1' when the caller wants a fresh value's PTTL (for an
+--   in-process copy), else a fresh value without a stale window comes alone.
 -- Returns
+--   value                             a fresh value without a stale window
 --   {2, value, pttl}                  a fresh value; pttl the key's, in ms
 --   {3, value, pttl, 1, now}          a stale value, and its refresh claimed
 --   {3, value, pttl, 0, holder}       a stale value, refreshed by holder
@@ -22,6 +25,19 @@
 -- A value's stale window is read from its entry's fixed place (bytes 4-7
 -- of a format 2 entry, see internal/envelope): the key lives TTL + window,
 -- so the value is stale once its PTTL is at most the window.
+--
+-- The common case first, before anything else is set up: a fresh value
+-- without a stale window, its PTTL not wanted, comes back alone.
+local mode = ARGV[3]
+local v
+if mode == 'r' then
+  v = redis.call('GET', KEYS[2])
+  if v and ARGV[7] ~= '1' and not (#v >= 7 and string.byte(v, 1) == 193 and string.byte(v, 2) == 2
+      and string.sub(v, 4, 7) ~= '\0\0\0\0') then
+    return v
+  end
+end
+
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -47,20 +63,18 @@ local function claim()
   return false, holder
 end
 
-local mode = ARGV[3]
 if mode == 'e' then
   if not backingOff() and claim() then return {1, now()} end
   return {0, 0, ''}
 end
 if mode == 'r' then
-  local v = redis.call('GET', KEYS[2])
   if v then
-    local pttl = redis.call('PTTL', KEYS[2])
     local w = 0
     if #v >= 7 and string.byte(v, 1) == 193 and string.byte(v, 2) == 2 then
       local a, b, c, d = string.byte(v, 4, 7)
       w = ((a * 256 + b) * 256 + c) * 256 + d
     end
+    local pttl = redis.call('PTTL', KEYS[2])
     if w == 0 or pttl < 0 or pttl > w then return {2, v, pttl} end
     local age = w - pttl
     if age <= tonumber(ARGV[5]) or age <= tonumber(ARGV[6]) then

@@ -91,8 +91,8 @@ type Cache struct {
 	stats   counters
 	local   *local // nil when off
 
-	invalChannel   string // where stores and deletes announce themselves
-	swrArg, sieArg string // the stale windows, for the claim script
+	invalChannel            string // where stores and deletes announce themselves
+	swrArg, sieArg, pttlArg string // the stale windows and whether a PTTL is wanted, for the claim script
 
 	mu         sync.Mutex // guards closed and wg.Add
 	closed     bool
@@ -114,6 +114,10 @@ func New(rdb redis.UniversalClient, opt *Options) *Cache {
 		invalChannel: o.Prefix + "invalidate",
 		swrArg:       lease.Millis(o.StaleWhileRevalidate),
 		sieArg:       lease.Millis(o.StaleIfError),
+		pttlArg:      "0",
+	}
+	if o.Local != nil || o.EarlyRefresh {
+		c.pttlArg = "1"
 	}
 	c.base, c.cancel = context.WithCancelCause(context.Background())
 	hopt := &notify.Options{OnError: func(err error) {

@@ -80,7 +80,7 @@ type claimReply struct {
 func (c *Cache) claim(ctx context.Context, ks keyset, token, mode, awaited string) (claimReply, error) {
 	return redisx.Run(ctx, c.rdb, func(ctx context.Context) (claimReply, error) {
 		v, err := claimScript.Run(ctx, c.rdb.Redis(), ks.keys, token, lease.Millis(c.opt.LockTTL), mode, awaited,
-			c.swrArg, c.sieArg).Result()
+			c.swrArg, c.sieArg, c.pttlArg).Result()
 		if err != nil {
 			if redisx.MayHaveRun(err) {
 				go lease.Cleanup(c.rdb, ks.lock, token)
@@ -98,6 +98,10 @@ func (c *Cache) claim(ctx context.Context, ks keyset, token, mode, awaited strin
 
 // parseClaim parses the claim script's reply; see claim.lua.
 func parseClaim(v any) (claimReply, error) {
+	if s, ok := v.(string); ok {
+		// A fresh value without a stale window, its PTTL not wanted.
+		return claimReply{state: found, value: s, pttl: -1}, nil
+	}
 	a, ok := v.([]any)
 	if !ok || len(a) < 2 {
 		return claimReply{}, fmt.Errorf("fill: unexpected claim reply %T", v)
