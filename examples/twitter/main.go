@@ -3,12 +3,13 @@
 // rate-limited Twitter API in one Redis, and every request that misses before
 // the cache is filled calls the API for the same data.
 //
-// It starts a fake Twitter API on a loopback listener, GET
-// /users/{id}/timeline, limited by one token bucket for the whole fleet. Like
-// the X API it states the limit on every response (x-rate-limit-limit, the
-// bucket's size; x-rate-limit-remaining, its whole tokens left;
-// x-rate-limit-reset, the epoch second it is full again) and refuses a call
-// over it with 429 and Retry-After. It starts a fleet of app servers, each
+// It starts a fake Twitter API on a loopback listener, limited by one token
+// bucket for the whole fleet: GET /users/{id}/timeline, and GET
+// /users/timelines?ids=1,2,3 for up to 100 users in one call, which costs
+// the limit one call like any other. Like the X API it states the limit on
+// every response (x-rate-limit-limit, x-rate-limit-remaining,
+// x-rate-limit-reset, in windows of one second: see fakeAPI.setRateLimit)
+// and refuses a call over it with 429 and Retry-After. It starts a fleet of app servers, each
 // with its own Redis client and cache as separate processes would have, and
 // sends one sequence of requests, for user ids drawn from a Zipf distribution
 // (a few hot users, the rest cold), through the fleet once per mode, each
@@ -198,6 +199,15 @@ type result struct {
 	// clients, of a mode that caches under the client (httpfill); the
 	// API got APICalls of them.
 	ClientRequests int64 `json:"client_requests,omitempty"`
+	// BusyMs is the time from the first API call's arrival to the last's,
+	// and CallsPerSec the API calls after the first over it: the rate the
+	// fleet called at (0 with fewer than two calls, or all at once).
+	BusyMs      float64 `json:"api_busy_ms"`
+	CallsPerSec float64 `json:"api_calls_per_s"`
+	// UserIDs are the user ids the API calls asked for, a batch call
+	// counting each of its ids, and DistinctUserIDs the distinct ones.
+	UserIDs         int64 `json:"user_ids_asked"`
+	DistinctUserIDs int64 `json:"distinct_user_ids_asked"`
 }
 
 // runMode sends ids through a fresh fleet of mode m, against a fresh API, on
@@ -254,6 +264,12 @@ func summarize(name string, ids []uint64, api *fakeAPI, out outcome, wall time.D
 	if out.firstErr != nil {
 		r.FirstError = out.firstErr.Error()
 	}
+	first, last := api.span()
+	if busy := last.Sub(first); busy > 0 {
+		r.BusyMs = millis(busy)
+		r.CallsPerSec = round2(float64(r.APICalls-1) / busy.Seconds())
+	}
+	r.UserIDs, r.DistinctUserIDs = api.users()
 	return r
 }
 

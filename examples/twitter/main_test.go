@@ -21,6 +21,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
@@ -419,12 +420,12 @@ func TestTokenBucket(t *testing.T) {
 	b := newTokenBucket(50, 3)
 	now := time.Unix(0, 0)
 	for i := range 3 {
-		if q := b.take(now); !q.ok || q.remaining != 2-i {
-			t.Fatalf("take %d of the burst = %+v; want ok, %d remaining", i+1, q, 2-i)
+		if q := b.take(now); !q.ok || q.tokens != float64(2-i) {
+			t.Fatalf("take %d of the burst = %+v; want ok, %d tokens left", i+1, q, 2-i)
 		}
 	}
 	q := b.take(now)
-	if want := (quota{wait: 20 * time.Millisecond, full: 60 * time.Millisecond}); q != want {
+	if want := (quota{wait: 20 * time.Millisecond}); q != want {
 		t.Errorf("take past the burst = %+v; want %+v", q, want)
 	}
 	if q := b.take(now.Add(20 * time.Millisecond)); !q.ok {
@@ -436,20 +437,23 @@ func TestTokenBucket(t *testing.T) {
 }
 
 // TestRateLimitHeaders checks that the API states its limit as the X API
-// does on every response, 200, 404 or 429, and refuses with Retry-After.
+// does on every response, 200, 404 or 429, in windows of one second, and
+// refuses with Retry-After.
 func TestRateLimitHeaders(t *testing.T) {
-	now := time.Unix(1_700_000_000, 500_000_000) // the bucket gains no token: the clock stands still
-	api := startAPI(1, 2, 0, func() time.Time { return now })
+	// Half-way through a second, and the bucket gains no token: the clock
+	// stands still. At 4 calls/s the half second left gains 2 before the
+	// reset.
+	now := time.Unix(1_700_000_000, 500_000_000)
+	api := startAPI(4, 2, 0, func() time.Time { return now })
 	defer api.Close()
 	tests := []struct {
-		path                    string
-		status                  int
-		remaining, reset, retry string
+		path             string
+		status           int
+		remaining, retry string
 	}{
-		// 1 token missing: full again 1s later, at ...001.5, so ...002.
-		{"/users/1/timeline", http.StatusOK, "1", "1700000002", ""},
-		{"/users/x/timeline", http.StatusNotFound, "0", "1700000003", ""},
-		{"/users/1/timeline", http.StatusTooManyRequests, "0", "1700000003", "1"},
+		{"/users/1/timeline", http.StatusOK, "3", ""},
+		{"/users/x/timeline", http.StatusNotFound, "2", ""},
+		{"/users/timelines?ids=1,2", http.StatusTooManyRequests, "2", "1"},
 	}
 	for i, tt := range tests {
 		resp, err := http.Get(api.URL() + tt.path)
@@ -457,9 +461,9 @@ func TestRateLimitHeaders(t *testing.T) {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		h := resp.Header
-		got := []string{resp.Status, h.Get("X-Rate-Limit-Limit"), h.Get("X-Rate-Limit-Remaining"), h.Get("X-Rate-Limit-Reset"), h.Get("Retry-After")}
-		want := []string{fmt.Sprintf("%d %s", tt.status, http.StatusText(tt.status)), "2", tt.remaining, tt.reset, tt.retry}
+		got := []string{resp.Status, resp.Header.Get("X-Rate-Limit-Limit"), resp.Header.Get("X-Rate-Limit-Remaining"),
+			resp.Header.Get("X-Rate-Limit-Reset"), resp.Header.Get("Retry-After")}
+		want := []string{fmt.Sprintf("%d %s", tt.status, http.StatusText(tt.status)), "6", tt.remaining, "1700000001", tt.retry}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("call %d, GET %s: status, limit, remaining, reset, Retry-After = %q; want %q", i+1, tt.path, got, want)
 		}
@@ -468,8 +472,75 @@ func TestRateLimitHeaders(t *testing.T) {
 		t.Errorf("calls served, refused = %d, %d; want 1, 1", served, refused)
 	}
 	c := &apiClient{hc: http.DefaultClient, base: api.URL()}
-	if _, err := c.timeline(t.Context(), 1); !errors.Is(err, errRateLimited) {
-		t.Errorf("apiClient.timeline over the limit = %v; want %v", err, errRateLimited)
+	_, err := c.timeline(t.Context(), 1)
+	var rle *budget.RateLimitedError
+	if !errors.Is(err, errRateLimited) || !errors.As(err, &rle) || rle.RetryAfter != time.Second {
+		t.Errorf("apiClient.timeline over the limit = %v; want %v, wrapping a budget.RateLimitedError of 1s", err, errRateLimited)
+	}
+}
+
+// TestBatchEndpoint checks GET /users/timelines: up to maxBatch users for
+// one call of the rate limit, in the order asked, with the same headers and
+// 429 as a single timeline.
+func TestBatchEndpoint(t *testing.T) {
+	// At a second's start, and the clock stands still: the second left
+	// gains one token before the reset.
+	now := time.Unix(1_700_000_000, 0)
+	api := startAPI(1, 4, 0, func() time.Time { return now })
+	defer api.Close()
+	c := &apiClient{hc: http.DefaultClient, base: api.URL()}
+
+	ids := make([]uint64, maxBatch)
+	for i := range ids {
+		ids[i] = uint64(1000 + i)
+	}
+	tls, err := c.timelines(t.Context(), ids)
+	if err != nil {
+		t.Fatalf("timelines of %d users: %v", len(ids), err)
+	}
+	if len(tls) != len(ids) {
+		t.Fatalf("got %d timelines; want %d", len(tls), len(ids))
+	}
+	for i, tl := range tls {
+		if want := timelineFor(ids[i]); !reflect.DeepEqual(tl, want) {
+			t.Fatalf("timeline %d = %+v; want %+v", i, tl, want)
+		}
+	}
+
+	// The 100 users took one token of 4: 3 left, and 1 more by the reset.
+	tests := []struct {
+		query     string
+		status    int
+		msg       string
+		remaining string
+	}{
+		{"ids=" + strings.Repeat("1,", maxBatch) + "1", http.StatusBadRequest, "101 ids: at most 100 per call", "3"},
+		{"", http.StatusBadRequest, "the ids parameter is missing", "2"},
+		{"ids=1,x", http.StatusBadRequest, `\"x\" is not a user id`, "1"},
+		{"ids=2", http.StatusTooManyRequests, "Rate limit exceeded", "1"},
+	}
+	for _, tt := range tests {
+		resp, err := http.Get(api.URL() + "/users/timelines?" + tt.query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.status || !strings.Contains(string(body), tt.msg) {
+			t.Errorf("GET /users/timelines?%.20s: %s %s; want %d and %q", tt.query, resp.Status, body, tt.status, tt.msg)
+		}
+		got := []string{resp.Header.Get("X-Rate-Limit-Limit"), resp.Header.Get("X-Rate-Limit-Remaining"), resp.Header.Get("X-Rate-Limit-Reset")}
+		if want := []string{"5", tt.remaining, "1700000001"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("GET /users/timelines?%.20s: limit, remaining, reset = %q; want %q", tt.query, got, want)
+		}
+	}
+	if served, refused := api.calls(); served != 1 || refused != 1 {
+		t.Errorf("calls served, refused = %d, %d; want 1, 1", served, refused)
+	}
+	// The users asked for: the 100, then user 2 in the refused call. A
+	// malformed list asks for nobody.
+	if n, distinct := api.users(); n != maxBatch+1 || distinct != maxBatch+1 {
+		t.Errorf("user ids asked for = %d, %d distinct; want %d, %d", n, distinct, maxBatch+1, maxBatch+1)
 	}
 }
 
