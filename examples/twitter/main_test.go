@@ -48,6 +48,28 @@ type modeResult struct {
 	Failed       int     `json:"failed_requests"`
 	// ClientRequests are those sent through an HTTP client that caches.
 	ClientRequests int `json:"client_requests"`
+	// UserIDs are the ids the API calls asked for.
+	UserIDs         int `json:"user_ids_asked"`
+	DistinctUserIDs int `json:"distinct_user_ids_asked"`
+	Budget          *struct {
+		Waits      int `json:"waits"`
+		Pauses     int `json:"pauses"`
+		LocalWaits int `json:"local_waits"`
+	} `json:"budget"`
+}
+
+// oncePerUser checks that mode r asked the API for each distinct user
+// requested once, and that none of its calls was refused nor any request
+// failed.
+func oncePerUser(t *testing.T, mode string, r modeResult) {
+	t.Helper()
+	if r.UserIDs != r.DistinctKeys || r.DistinctUserIDs != r.DistinctKeys || r.DistinctKeys < 1 {
+		t.Errorf("%s asked the API for %d user ids, %d distinct; want each of the %d users requested once",
+			mode, r.UserIDs, r.DistinctUserIDs, r.DistinctKeys)
+	}
+	if r.Refused != 0 || r.Failed != 0 {
+		t.Errorf("%s: %d calls refused, %d requests failed; want 0 and 0", mode, r.Refused, r.Failed)
+	}
 }
 
 // runDemo runs the demo with args and -json, checks that stdout is one JSON
@@ -73,43 +95,53 @@ func runDemo(t *testing.T, args ...string) jsonOut {
 	return res
 }
 
-// checkFill checks the point of the demo: fill and httpfill each make one
-// API call per distinct key and none is refused, and naive makes more;
-// httpfill's HTTP clients got every request.
+// allModes are the modes a run without -modes runs, in order.
+var allModes = []string{"naive", "fill", "fill+budget", "httpfill"}
+
+// checkFill checks the point of the demo: every mode but naive asks the API
+// for each distinct user once, with one call each, and has no call refused;
+// naive makes more calls than any. httpfill's HTTP clients got every
+// request.
 func checkFill(t *testing.T, requests int, res jsonOut) {
 	t.Helper()
-	if got := slices.Sorted(maps.Keys(res.Results)); !reflect.DeepEqual(got, []string{"fill", "httpfill", "naive"}) {
-		t.Fatalf("results for %v; want naive, fill and httpfill", got)
+	if got, want := slices.Sorted(maps.Keys(res.Results)), slices.Sorted(slices.Values(allModes)); !reflect.DeepEqual(got, want) {
+		t.Fatalf("results for %v; want %v", got, want)
 	}
 	naive := res.Results["naive"]
 	if naive.Requests != requests {
 		t.Errorf("naive requests: %d; want %d", naive.Requests, requests)
 	}
-	for i, mode := range []string{"fill", "httpfill"} {
+	if len(res.Conclusion) != len(allModes)-1 {
+		t.Errorf("conclusion = %q; want %d lines", res.Conclusion, len(allModes)-1)
+	}
+	for i, mode := range allModes[1:] {
 		r := res.Results[mode]
 		if r.Requests != requests {
 			t.Errorf("%s requests: %d; want %d", mode, r.Requests, requests)
 		}
-		if naive.DistinctKeys != r.DistinctKeys || r.DistinctKeys < 1 {
-			t.Errorf("distinct keys: naive %d, %s %d; want the same, above 0", naive.DistinctKeys, mode, r.DistinctKeys)
+		if naive.DistinctKeys != r.DistinctKeys {
+			t.Errorf("distinct keys: naive %d, %s %d; want the same", naive.DistinctKeys, mode, r.DistinctKeys)
 		}
+		oncePerUser(t, mode, r)
 		if r.APICalls != r.DistinctKeys || r.CallsPerKey != 1 {
 			t.Errorf("%s API calls = %d (%g per key); want %d, one per distinct key", mode, r.APICalls, r.CallsPerKey, r.DistinctKeys)
-		}
-		if r.Refused != 0 || r.Failed != 0 {
-			t.Errorf("%s: %d calls refused, %d requests failed; want 0 and 0", mode, r.Refused, r.Failed)
 		}
 		if naive.APICalls <= r.APICalls {
 			t.Errorf("naive API calls = %d; want more than %s's %d", naive.APICalls, mode, r.APICalls)
 		}
-		if want := fmt.Sprintf("%s made %d API calls where naive made %d (", mode, r.APICalls, naive.APICalls); len(res.Conclusion) != 2 || !strings.HasPrefix(res.Conclusion[i], want) {
-			t.Errorf("conclusion = %q; want two lines, line %d starting %q", res.Conclusion, i+1, want)
+		if want := fmt.Sprintf("%s made %s where naive made %d (", mode, plural(int64(r.APICalls), "API call"), naive.APICalls); i >= len(res.Conclusion) || !strings.HasPrefix(res.Conclusion[i], want) {
+			t.Errorf("conclusion = %q; want line %d starting %q", res.Conclusion, i+1, want)
+		}
+		if budgeted := mode != "fill"; budgeted != (r.Budget != nil) {
+			t.Errorf("%s budget counters = %+v; want them in the modes with a budget alone", mode, r.Budget)
+		} else if r.Budget != nil && (r.Budget.Waits != r.APICalls || r.Budget.Pauses != 0 || r.Budget.LocalWaits != 0) {
+			t.Errorf("%s budget counters = %+v; want %d waits, one per API call, no pause, none decided locally", mode, *r.Budget, r.APICalls)
 		}
 	}
 	if got := res.Results["httpfill"].ClientRequests; got != requests {
 		t.Errorf("httpfill requests sent through the HTTP clients = %d; want %d", got, requests)
 	}
-	for _, mode := range []string{"naive", "fill"} {
+	for _, mode := range allModes[:len(allModes)-1] {
 		if got := res.Results[mode].ClientRequests; got != 0 {
 			t.Errorf("%s client_requests = %d; want none: its HTTP client does not cache", mode, got)
 		}
@@ -127,9 +159,10 @@ func TestRunEmbedded(t *testing.T) {
 		t.Errorf("naive: %d calls refused, %d requests failed; want 0 and 0 with this budget", naive.Refused, naive.Failed)
 	}
 	want := map[string]any{
-		"modes": []any{"naive", "fill", "httpfill"}, "servers": 4.0, "requests": 300.0, "concurrency": 64.0,
-		"keys": 40.0, "zipf": 1.1, "seed": 1.0, "api_rate_per_s": 1e6, "api_burst": 1e6, "api_latency_ms": 5.0,
-		"ttl_ms": 600000.0, "request_timeout_ms": 10000.0, "redis": "embedded", "prefix": "twitter-demo:",
+		"modes": []any{"naive", "fill", "fill+budget", "httpfill"}, "servers": 4.0, "requests": 300.0,
+		"concurrency": 64.0, "keys": 40.0, "zipf": 1.1, "seed": 1.0, "api_rate_per_s": 1e6, "api_burst": 1e6,
+		"api_latency_ms": 5.0, "ttl_ms": 600000.0, "request_timeout_ms": 10000.0, "request_timeout_computed": true,
+		"budget_rate_per_s": 1e6, "budget_burst": 1.0, "redis": "embedded", "prefix": "twitter-demo:",
 	}
 	if !reflect.DeepEqual(res.Settings, want) {
 		t.Errorf("settings = %v; want %v", res.Settings, want)
@@ -156,17 +189,21 @@ func TestRunText(t *testing.T) {
 		t.Errorf("stderr file = %q, %v; want it empty: no progress line in a file", b, err)
 	}
 	stdout := out.String()
-	for _, want := range []string{"\nnaive ", "\nfill ", "\nhttpfill ", "calls/key", "naive's figures vary from run to run",
+	for _, want := range []string{"\nnaive ", "\nfill ", "\nfill+budget ", "\nhttpfill ",
+		"calls/key", "calls/s", "naive's figures vary from run to run",
+		"\nDeadline of each request: 10s (computed: ",
+		"\nBudget of the fleet (fill+budget, httpfill): 1e+06 calls/s, burst 1\n",
+		"\nfill+budget, budget: ",
 		"\nhttpfill, all servers: of 300 requests sent through the HTTP client, "} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("stdout has no %q:\n%s", want, stdout)
 		}
 	}
 	lines := strings.Split(strings.TrimRight(stdout, "\n"), "\n")
-	for i, mode := range []string{"fill", "httpfill"} {
-		line := lines[len(lines)-2+i]
-		if !regexp.MustCompile(`^` + mode + ` made \d+ API calls where naive made \d+ \(`).MatchString(line) {
-			t.Errorf("line %d from the end = %q; want the conclusion on %s", 2-i, line, mode)
+	for i, mode := range allModes[1:] {
+		line := lines[len(lines)-len(allModes)+1+i]
+		if !regexp.MustCompile(`^` + regexp.QuoteMeta(mode) + ` made \d+ API calls? where naive made \d+ \(`).MatchString(line) {
+			t.Errorf("line %d from the end = %q; want the conclusion on %s", len(allModes)-1-i, line, mode)
 		}
 	}
 }
@@ -199,6 +236,71 @@ func TestRunModes(t *testing.T) {
 	}
 	if res.TimingNote != "" {
 		t.Errorf("timing note = %q without naive; want none", res.TimingNote)
+	}
+}
+
+// overBurst is a run with more distinct users than the API's burst: the
+// first 100 requests, in flight at once, ask for 46 users where the bucket
+// holds 20, and the run asks for 91 in all, at 100 calls/s.
+var overBurst = []string{"-servers", "4", "-requests", "300", "-concurrency", "100", "-keys", "200",
+	"-rate", "100", "-burst", "20", "-latency", "5ms"}
+
+// TestBudgetOverBurst checks what the budget is for: where plain fill runs
+// into the API's limit, fill+budget and httpfill wait for it instead, and
+// ask the API for each user once with no call refused and no request
+// failed.
+func TestBudgetOverBurst(t *testing.T) {
+	res := runDemo(t, append(overBurst, "-modes", "fill,fill+budget,httpfill")...)
+	if got := res.Results["fill"].Refused; got == 0 {
+		t.Errorf("fill had no call refused; want some: 46 users at once where the bucket holds 20")
+	}
+	for _, mode := range []string{"fill+budget", "httpfill"} {
+		r := res.Results[mode]
+		oncePerUser(t, mode, r)
+		if r.APICalls != r.DistinctKeys || r.Requests != 300 {
+			t.Errorf("%s: %d API calls for %d requests; want %d, one per distinct key, for 300", mode, r.APICalls, r.Requests, r.DistinctKeys)
+		}
+	}
+}
+
+func TestRequestDeadline(t *testing.T) {
+	tests := []struct {
+		rate     float64
+		latency  time.Duration
+		distinct int
+		want     time.Duration
+	}{
+		{50, 80 * time.Millisecond, 10, 10 * time.Second},
+		{50, 80 * time.Millisecond, 514, 16 * time.Second}, // 10.28s + 80ms + 5s
+		{50, 80 * time.Millisecond, 500, 16 * time.Second}, // 10s + 80ms + 5s
+		{100, 0, 1000, 15 * time.Second},                   // exact
+		{1e-300, 0, 10, 24 * time.Hour},
+	}
+	for _, tt := range tests {
+		cfg := config{rate: tt.rate, latency: tt.latency}
+		if got := requestDeadline(cfg, tt.distinct); got != tt.want {
+			t.Errorf("requestDeadline(rate %g, latency %s, %d users) = %s; want %s", tt.rate, tt.latency, tt.distinct, got, tt.want)
+		}
+	}
+}
+
+func TestBudgetLimit(t *testing.T) {
+	tests := []struct {
+		rate float64
+		want budget.Limit
+	}{
+		{50, budget.Limit{Rate: 50, Per: time.Second, Burst: 1}},
+		{2.5, budget.Limit{Rate: 3, Per: 1200 * time.Millisecond, Burst: 1}},
+		{0.1, budget.Limit{Rate: 1, Per: 10 * time.Second, Burst: 1}},
+		{3, budget.Limit{Rate: 3, Per: time.Second, Burst: 1}},
+	}
+	for _, tt := range tests {
+		if got := budgetLimit(config{rate: tt.rate, burst: 10}); got != tt.want {
+			t.Errorf("budgetLimit(rate %g) = %+v; want %+v", tt.rate, got, tt.want)
+		}
+		if err := tt.want.Validate(); err != nil {
+			t.Errorf("budgetLimit(rate %g) is not a valid limit: %v", tt.rate, err)
+		}
 	}
 }
 
@@ -333,12 +435,12 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-burst", "0"}, "-burst must be at least 1"},
 		{[]string{"-latency", "-1s"}, "-latency must not be negative"},
 		{[]string{"-ttl", "10ms"}, "-ttl must be at least 1s"},
-		{[]string{"-timeout", "0s"}, "-timeout must be above 0"},
+		{[]string{"-timeout", "-1s"}, "-timeout must not be negative"},
 		{[]string{"-prefix", ""}, "-prefix must not be empty"},
 		{[]string{"-prefix", "a{b}"}, "-prefix must not contain '{' or '}'"},
 		{[]string{"-redis", "::1"}, "an IPv6 host in brackets"},
 		{[]string{"-redis", "host:http"}, `port "http" is not a number`},
-		{[]string{"-modes", "nope"}, `no mode "nope"; the modes are naive,fill,httpfill`},
+		{[]string{"-modes", "nope"}, `no mode "nope"; the modes are naive,fill,fill+budget,httpfill`},
 		{[]string{"-modes", ""}, `no mode ""`},
 		{[]string{"-modes", "fill,naive,fill"}, `mode "fill" given twice`},
 		{[]string{"extra"}, `unexpected arguments: ["extra"]`},
@@ -373,7 +475,7 @@ func TestModesFlag(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, "naive,fill,httpfill"},
+		{nil, "naive,fill,fill+budget,httpfill"},
 		{[]string{"-modes", "fill"}, "fill"},
 		{[]string{"-modes", " fill , naive"}, "fill,naive"},
 	}
