@@ -20,7 +20,7 @@ type config struct {
 	seed                                 uint64
 	rate                                 float64
 	burst                                int
-	latency, ttl, timeout                time.Duration
+	latency, ttl, timeout, window        time.Duration
 	// timeoutComputed says that -timeout was not given: run computes the
 	// deadline (see requestDeadline).
 	timeoutComputed bool
@@ -64,6 +64,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.ttl, "ttl", 10*time.Minute, "how long a timeline stays cached")
 	fs.DurationVar(&cfg.timeout, "timeout", 0, "the longest one request may take; 0 computes it from the distinct users\n"+
 		"requested and -rate: "+deadlineRule)
+	fs.DurationVar(&cfg.window, "batch-window", 50*time.Millisecond, "how long each server of mode fill+batch gathers users into one\nAPI call; every request of the mode waits that long")
 	fs.Var(&cfg.redis, "redis", "use the Redis at `host:port` instead of an embedded in-memory one;\n"+
 		"an empty host or port means localhost or 6379 (the original locksmith\n"+
 		"defaults): -redis '' is localhost:6379, -redis :6380 localhost:6380")
@@ -103,6 +104,7 @@ func (c *config) validate() error {
 		{c.latency < 0, fmt.Sprintf("-latency must not be negative (got %s)", c.latency)},
 		{c.ttl < time.Second, fmt.Sprintf("-ttl must be at least 1s (got %s)", c.ttl)},
 		{c.timeout < 0, fmt.Sprintf("-timeout must not be negative (got %s)", c.timeout)},
+		{c.window <= 0, fmt.Sprintf("-batch-window must be above 0 (got %s)", c.window)},
 		{c.prefix == "", "-prefix must not be empty: the demo deletes every key under it"},
 		{strings.ContainsAny(c.prefix, "{}"), fmt.Sprintf("-prefix must not contain '{' or '}' (got %q)", c.prefix)},
 	}

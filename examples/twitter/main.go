@@ -25,6 +25,14 @@
 //     loader reports each response to the budget's Observe and returns a
 //     429 as an error wrapping a *budget.RateLimitedError, so that the fleet
 //     pauses for its Retry-After and the same load tries again.
+//   - fill+batch: a [github.com/locksmith-go/locksmith/fill.Batcher] per
+//     server, on a Cache with the fleet's budget, whose loader asks for up
+//     to 100 users with one call of GET /users/timelines: the users a
+//     server misses within -batch-window go to the API together, for one
+//     slot of the budget. A batch's users are fixed when its window ends,
+//     before it waits for its slot; users missed meanwhile make the next
+//     batch, which waits for the next slot. So while the budget holds calls
+//     back (-keys 2000), a call carries a few users, not 100.
 //   - httpfill: naive's API call without naive's cache, through an
 //     http.Client whose Transport is
 //     [github.com/locksmith-go/locksmith/httpfill.New]'s, on a Cache with
@@ -57,8 +65,9 @@
 // API calls per distinct user requested (calls/key: 1.00 is one call per
 // user), the API calls per second from the first call's arrival to the
 // last's (calls/s: the API allows -rate after a burst of -burst), and the
-// request latencies; then the fill and budget counters, and a conclusion
-// computed from the run, one line a mode, such as
+// request latencies; then the fill and budget counters, the user ids the
+// batch calls asked for, and a conclusion computed from the run, one line a
+// mode, such as
 //
 //	fill+budget made 10 API calls where naive made 527 (517 saved, 98%); naive had 505 calls refused (429), fill+budget 0.
 //
@@ -66,7 +75,7 @@
 // per user, but the users that miss together call at once: with more of them
 // than the bucket holds (-keys above -burst), it gets 429s too. Fill+budget
 // and httpfill make one call per user at the API's rate, and none is
-// refused.
+// refused; fill+batch makes fewer calls, several users each.
 //
 // Naive's figures vary from run to run, by about 30% with the default flags,
 // although the request sequence is the same: they depend on timing, which
@@ -78,6 +87,7 @@
 // less busy one made 469 and 503 calls, and one on a busier one 149.
 // Fill's calls do not vary while -keys is at most -burst (see below), nor
 // do fill+budget's and httpfill's at all: one per distinct user.
+// Fill+batch's depend on which users miss within one window on one server.
 // The latencies vary in every mode.
 //
 // Usage:
@@ -102,6 +112,11 @@
 //	                   API needs for one call per user) + -latency + 5s,
 //	                   rounded up to whole seconds, at least 10s. The
 //	                   report prints it.
+//	-batch-window 50ms how long each server of mode fill+batch gathers the
+//	                   users it misses into one API call. Every request of
+//	                   the mode waits that long, hits too (the Batcher
+//	                   reads Redis for its whole batch at once): a longer
+//	                   window makes fewer calls and slower requests.
 //	-redis ADDR        use the Redis at ADDR (host:port) instead of an
 //	                   embedded in-memory one. An empty host or port takes
 //	                   the original locksmith defaults, localhost and 6379:
@@ -111,16 +126,16 @@
 //	                   prefix of every Redis key the demo writes. Keys under
 //	                   it are deleted before each mode and at the end; no
 //	                   other key is read or written.
-//	-modes naive,fill,fill+budget,httpfill
+//	-modes naive,fill,fill+budget,fill+batch,httpfill
 //	                   the modes to run, comma-separated, in that order
 //	-json              print on stdout one JSON object and nothing else:
 //	                   "settings" (the flags, durations in ms: the deadline
 //	                   is "request_timeout_ms", and
 //	                   "request_timeout_computed" says -timeout was not
 //	                   given; the budget's "budget_rate_per_s" and
-//	                   "budget_burst"; "redis" is the address or
-//	                   "embedded"), "results" by mode, "conclusion" (its
-//	                   lines) and "timing_note"
+//	                   "budget_burst"; "batch_window_ms"; "redis" is the
+//	                   address or "embedded"), "results" by mode,
+//	                   "conclusion" (its lines) and "timing_note"
 //
 // While a mode runs, a progress line is kept on stderr if stderr is a
 // terminal; a file or a pipe gets none.
@@ -385,8 +400,12 @@ func report(w io.Writer, cfg config, env *redisEnv, results []result) error {
 	}
 	if len(budgeted) > 0 {
 		l := budgetLimit(cfg)
-		fmt.Fprintf(w, "Budget of the fleet (%s): %g calls/s, burst %d\n",
+		fmt.Fprintf(w, "Budget of the fleet (%s): %g calls/s, burst %d",
 			strings.Join(budgeted, ", "), float64(l.Rate)/l.Per.Seconds(), l.Burst)
+		if slices.ContainsFunc(results, func(r result) bool { return r.Mode == batchMode }) {
+			fmt.Fprintf(w, "; %s window: %s", batchMode, cfg.window)
+		}
+		fmt.Fprintln(w)
 	}
 	fmt.Fprintln(w)
 	rows := [][]string{{"mode", "requests", "distinct keys", "API calls", "429s", "failed",
@@ -416,6 +435,11 @@ func report(w io.Writer, cfg config, env *redisEnv, results []result) error {
 				r.Mode, plural(int64(b.Waits), "call"), time.Duration(b.WaitMaxMs*float64(time.Millisecond)).Round(time.Millisecond),
 				plural(int64(b.Pauses), "pause"), plural(int64(b.PullDowns), "pull-down"))
 		}
+		if r.Mode == batchMode {
+			fmt.Fprintf(w, "%s, API: %s asked for %d user ids, %d distinct (%.1f per call)%s\n",
+				r.Mode, plural(r.APICalls, "call"), r.UserIDs, r.DistinctUserIDs,
+				float64(r.UserIDs)/float64(max(r.APICalls, 1)), eachOnce(r))
+		}
 		if n := r.ClientRequests; n > 0 {
 			fmt.Fprintf(w, "%s, all servers: of %s sent through the HTTP client, %d reached the API (%s)\n",
 				r.Mode, plural(n, "request"), r.APICalls, saving(n, r.APICalls))
@@ -436,6 +460,14 @@ func report(w io.Writer, cfg config, env *redisEnv, results []result) error {
 	return nil
 }
 
+// eachOnce says whether the API was asked for each user requested once.
+func eachOnce(r result) string {
+	if r.UserIDs == r.DistinctUserIDs && r.DistinctUserIDs == int64(r.DistinctKeys) {
+		return ": each user requested once"
+	}
+	return ""
+}
+
 // timingNote says which figures of the modes run depend on timing.
 func timingNote(cfg config, results []result) string {
 	var note []string
@@ -445,6 +477,8 @@ func timingNote(cfg config, results []result) string {
 			note = append(note, "naive's figures vary from run to run, by about "+naiveVariation+
 				" with the default flags: they depend on timing (which requests miss together,"+
 				" and which of their calls the API serves).")
+		case r.Mode == batchMode:
+			note = append(note, fmt.Sprintf("%s's API calls depend on timing: which users miss within one window on one server.", r.Mode))
 		case r.Budget == nil && cfg.keys > cfg.burst:
 			note = append(note, fmt.Sprintf("With -keys above -burst, %s's figures depend on timing too.", r.Mode))
 		}
@@ -518,6 +552,7 @@ type jsonSettings struct {
 	// TimeoutComputed says that -timeout was not given: TimeoutMs was
 	// computed from the distinct users and the rate.
 	TimeoutComputed bool    `json:"request_timeout_computed"`
+	BatchWindowMs   float64 `json:"batch_window_ms"`
 	BudgetRate      float64 `json:"budget_rate_per_s"` // of the modes with a budget
 	BudgetBurst     int     `json:"budget_burst"`
 	Redis           string  `json:"redis"` // host:port, or "embedded"
@@ -541,6 +576,7 @@ func writeJSON(w io.Writer, cfg config, env *redisEnv, results []result) error {
 			TTLMs:           millis(cfg.ttl),
 			TimeoutMs:       millis(cfg.timeout),
 			TimeoutComputed: cfg.timeoutComputed,
+			BatchWindowMs:   millis(cfg.window),
 			Redis:           env.addr,
 			Prefix:          cfg.prefix,
 		},

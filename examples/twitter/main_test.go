@@ -48,7 +48,7 @@ type modeResult struct {
 	Failed       int     `json:"failed_requests"`
 	// ClientRequests are those sent through an HTTP client that caches.
 	ClientRequests int `json:"client_requests"`
-	// UserIDs are the ids the API calls asked for.
+	// UserIDs are the ids the API calls asked for, a batch call's each.
 	UserIDs         int `json:"user_ids_asked"`
 	DistinctUserIDs int `json:"distinct_user_ids_asked"`
 	Budget          *struct {
@@ -96,12 +96,13 @@ func runDemo(t *testing.T, args ...string) jsonOut {
 }
 
 // allModes are the modes a run without -modes runs, in order.
-var allModes = []string{"naive", "fill", "fill+budget", "httpfill"}
+var allModes = []string{"naive", "fill", "fill+budget", "fill+batch", "httpfill"}
 
 // checkFill checks the point of the demo: every mode but naive asks the API
-// for each distinct user once, with one call each, and has no call refused;
-// naive makes more calls than any. httpfill's HTTP clients got every
-// request.
+// for each distinct user once and has no call refused; those that make one
+// call per user (fill, fill+budget and httpfill) make exactly that many,
+// fill+batch fewer; naive makes more than any. httpfill's HTTP clients got
+// every request.
 func checkFill(t *testing.T, requests int, res jsonOut) {
 	t.Helper()
 	if got, want := slices.Sorted(maps.Keys(res.Results)), slices.Sorted(slices.Values(allModes)); !reflect.DeepEqual(got, want) {
@@ -123,7 +124,10 @@ func checkFill(t *testing.T, requests int, res jsonOut) {
 			t.Errorf("distinct keys: naive %d, %s %d; want the same", naive.DistinctKeys, mode, r.DistinctKeys)
 		}
 		oncePerUser(t, mode, r)
-		if r.APICalls != r.DistinctKeys || r.CallsPerKey != 1 {
+		switch {
+		case mode == batchMode && (r.APICalls > r.DistinctKeys || r.APICalls < 1):
+			t.Errorf("%s API calls = %d; want from 1 to %d, the distinct keys", mode, r.APICalls, r.DistinctKeys)
+		case mode != batchMode && (r.APICalls != r.DistinctKeys || r.CallsPerKey != 1):
 			t.Errorf("%s API calls = %d (%g per key); want %d, one per distinct key", mode, r.APICalls, r.CallsPerKey, r.DistinctKeys)
 		}
 		if naive.APICalls <= r.APICalls {
@@ -159,10 +163,10 @@ func TestRunEmbedded(t *testing.T) {
 		t.Errorf("naive: %d calls refused, %d requests failed; want 0 and 0 with this budget", naive.Refused, naive.Failed)
 	}
 	want := map[string]any{
-		"modes": []any{"naive", "fill", "fill+budget", "httpfill"}, "servers": 4.0, "requests": 300.0,
+		"modes": []any{"naive", "fill", "fill+budget", "fill+batch", "httpfill"}, "servers": 4.0, "requests": 300.0,
 		"concurrency": 64.0, "keys": 40.0, "zipf": 1.1, "seed": 1.0, "api_rate_per_s": 1e6, "api_burst": 1e6,
 		"api_latency_ms": 5.0, "ttl_ms": 600000.0, "request_timeout_ms": 10000.0, "request_timeout_computed": true,
-		"budget_rate_per_s": 1e6, "budget_burst": 1.0, "redis": "embedded", "prefix": "twitter-demo:",
+		"batch_window_ms": 50.0, "budget_rate_per_s": 1e6, "budget_burst": 1.0, "redis": "embedded", "prefix": "twitter-demo:",
 	}
 	if !reflect.DeepEqual(res.Settings, want) {
 		t.Errorf("settings = %v; want %v", res.Settings, want)
@@ -189,11 +193,11 @@ func TestRunText(t *testing.T) {
 		t.Errorf("stderr file = %q, %v; want it empty: no progress line in a file", b, err)
 	}
 	stdout := out.String()
-	for _, want := range []string{"\nnaive ", "\nfill ", "\nfill+budget ", "\nhttpfill ",
+	for _, want := range []string{"\nnaive ", "\nfill ", "\nfill+budget ", "\nfill+batch ", "\nhttpfill ",
 		"calls/key", "calls/s", "naive's figures vary from run to run",
 		"\nDeadline of each request: 10s (computed: ",
-		"\nBudget of the fleet (fill+budget, httpfill): 1e+06 calls/s, burst 1\n",
-		"\nfill+budget, budget: ",
+		"\nBudget of the fleet (fill+budget, fill+batch, httpfill): 1e+06 calls/s, burst 1; fill+batch window: 50ms\n",
+		"\nfill+budget, budget: ", "\nfill+batch, API: ", "distinct (", ": each user requested once\n",
 		"\nhttpfill, all servers: of 300 requests sent through the HTTP client, "} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("stdout has no %q:\n%s", want, stdout)
@@ -260,6 +264,20 @@ func TestBudgetOverBurst(t *testing.T) {
 		if r.APICalls != r.DistinctKeys || r.Requests != 300 {
 			t.Errorf("%s: %d API calls for %d requests; want %d, one per distinct key, for 300", mode, r.APICalls, r.Requests, r.DistinctKeys)
 		}
+	}
+}
+
+// TestBatchOverBurst checks fill+batch: with every request in flight at
+// once and a window long enough to gather them, each server calls the API
+// about once (twice for a straggler) for its share of the 46 users, and
+// each user is asked for once fleet-wide.
+func TestBatchOverBurst(t *testing.T) {
+	args := append(slices.Clone(overBurst), "-modes", "fill+batch", "-requests", "100", "-batch-window", "100ms")
+	r := runDemo(t, args...).Results[batchMode]
+	oncePerUser(t, batchMode, r)
+	if servers := 4; r.APICalls < 1 || r.APICalls > 2*servers*((r.DistinctKeys+maxBatch-1)/maxBatch) {
+		t.Errorf("%s made %d API calls for %d users; want 1 to %d: one a server, a straggler's more",
+			batchMode, r.APICalls, r.DistinctKeys, 2*servers)
 	}
 }
 
@@ -436,11 +454,12 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-latency", "-1s"}, "-latency must not be negative"},
 		{[]string{"-ttl", "10ms"}, "-ttl must be at least 1s"},
 		{[]string{"-timeout", "-1s"}, "-timeout must not be negative"},
+		{[]string{"-batch-window", "0s"}, "-batch-window must be above 0"},
 		{[]string{"-prefix", ""}, "-prefix must not be empty"},
 		{[]string{"-prefix", "a{b}"}, "-prefix must not contain '{' or '}'"},
 		{[]string{"-redis", "::1"}, "an IPv6 host in brackets"},
 		{[]string{"-redis", "host:http"}, `port "http" is not a number`},
-		{[]string{"-modes", "nope"}, `no mode "nope"; the modes are naive,fill,fill+budget,httpfill`},
+		{[]string{"-modes", "nope"}, `no mode "nope"; the modes are naive,fill,fill+budget,fill+batch,httpfill`},
 		{[]string{"-modes", ""}, `no mode ""`},
 		{[]string{"-modes", "fill,naive,fill"}, `mode "fill" given twice`},
 		{[]string{"extra"}, `unexpected arguments: ["extra"]`},
@@ -475,7 +494,7 @@ func TestModesFlag(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, "naive,fill,fill+budget,httpfill"},
+		{nil, "naive,fill,fill+budget,fill+batch,httpfill"},
 		{[]string{"-modes", "fill"}, "fill"},
 		{[]string{"-modes", " fill , naive"}, "fill,naive"},
 	}

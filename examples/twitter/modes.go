@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -31,11 +32,15 @@ var modes = []mode{
 	{naive, "cache-aside by hand: GET; on a miss call the API and SET", newNaiveServer},
 	{"fill", "fill.Get, whose loader calls the API", newFillServer},
 	{"fill+budget", "fill, its loads waiting for the fleet's budget of API calls", newFillBudgetServer},
+	{batchMode, "a fill.Batcher with the budget: up to 100 users per API call", newFillBatchServer},
 	{"httpfill", "the plain API call, through an http.Client on httpfill's Transport, with the budget", newHTTPFillServer},
 }
 
 // naive is the name of the mode the others are compared with.
 const naive = "naive"
+
+// batchMode is the name of the mode whose API calls are for many users.
+const batchMode = "fill+batch"
 
 // serverEnv is what one app server is built on: clients of its own, as a
 // separate process would have. The fleet closes them after the server.
@@ -122,6 +127,54 @@ func (s *fillServer) close() error { return errors.Join(s.cache.Close(), closeBu
 func (s *fillServer) stats() fill.Stats { return s.cache.Stats() }
 
 func (s *fillServer) budgetStats() (budget.Stats, bool) { return statsOf(s.budget) }
+
+// batchServer answers with a fill.Batcher: the users missing from the cache
+// that this server is asked for within one window go to the API together,
+// up to maxBatch per call of GET /users/timelines, each call waiting for
+// one slot of the fleet's budget.
+type batchServer struct {
+	batcher *fill.Batcher[Timeline]
+	cache   *fill.Cache
+	budget  *budget.Budget
+}
+
+func newFillBatchServer(s serverEnv) appServer {
+	b := newBudget(s)
+	api := *s.api
+	api.budget = b
+	cache := fill.New(s.rdb, &fill.Options{Prefix: s.prefix, TTL: s.cfg.ttl, Budget: b})
+	load := func(ctx context.Context, keys []string) (map[string]Timeline, error) {
+		ids := make([]uint64, len(keys))
+		for i, k := range keys {
+			id, err := strconv.ParseUint(strings.TrimPrefix(k, timelinePrefix), 10, 63)
+			if err != nil {
+				return nil, fmt.Errorf("key %q is not a timeline's", k)
+			}
+			ids[i] = id
+		}
+		tls, err := api.timelines(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		m := make(map[string]Timeline, len(tls))
+		for _, tl := range tls {
+			m[timelineKey(tl.UserID)] = tl
+		}
+		return m, nil
+	}
+	bt := fill.NewBatcher(cache, load, &fill.BatchOptions{MaxSize: maxBatch, Window: s.cfg.window})
+	return &batchServer{batcher: bt, cache: cache, budget: b}
+}
+
+func (s *batchServer) timeline(ctx context.Context, id uint64) (Timeline, error) {
+	return s.batcher.Get(ctx, timelineKey(id))
+}
+
+func (s *batchServer) close() error { return errors.Join(s.cache.Close(), closeBudget(s.budget)) }
+
+func (s *batchServer) stats() fill.Stats { return s.cache.Stats() }
+
+func (s *batchServer) budgetStats() (budget.Stats, bool) { return statsOf(s.budget) }
 
 // httpfillServer makes naive's API call without naive's cache, through an
 // http.Client whose Transport is httpfill's: the fleet-wide merge and cache
