@@ -19,7 +19,8 @@ import (
 	"github.com/locksmith-go/locksmith/budget"
 )
 
-// Timeline is what the fake API returns for GET /users/{id}/timeline.
+// Timeline is what the fake API returns for GET /users/{id}/timeline, and
+// one entry of what it returns for GET /users/timelines.
 type Timeline struct {
 	UserID uint64  `json:"user_id"`
 	Tweets []Tweet `json:"tweets"`
@@ -46,9 +47,9 @@ type fakeAPI struct {
 	served  atomic.Int64 // calls answered 200
 	refused atomic.Int64 // calls answered 429
 
-	mu          sync.Mutex // guards first, last and asked
-	first, last time.Time  // arrival of the first and the latest call
-	asked       map[uint64]int64
+	mu          sync.Mutex       // guards first, last and asked
+	first, last time.Time        // arrival of the first and the latest call
+	asked       map[uint64]int64 // by user id: the calls that asked for it
 }
 
 // startAPI starts a fake API allowing rate calls per second with bursts of
