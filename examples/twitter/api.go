@@ -15,9 +15,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/locksmith-go/locksmith/budget"
 )
 
-// Timeline is what the fake API returns for GET /users/{id}/timeline.
+// Timeline is what the fake API returns for GET /users/{id}/timeline, and
+// one entry of what it returns for GET /users/timelines.
 type Timeline struct {
 	UserID uint64  `json:"user_id"`
 	Tweets []Tweet `json:"tweets"`
@@ -43,15 +46,20 @@ type fakeAPI struct {
 
 	served  atomic.Int64 // calls answered 200
 	refused atomic.Int64 // calls answered 429
+
+	mu          sync.Mutex       // guards first, last and asked
+	first, last time.Time        // arrival of the first and the latest call
+	asked       map[uint64]int64 // by user id: the calls that asked for it
 }
 
 // startAPI starts a fake API allowing rate calls per second with bursts of
 // up to burst calls, each call taking latency, on the clock now. Close stops
 // it.
 func startAPI(rate float64, burst int, latency time.Duration, now func() time.Time) *fakeAPI {
-	a := &fakeAPI{bucket: newTokenBucket(rate, burst), latency: latency, now: now}
+	a := &fakeAPI{bucket: newTokenBucket(rate, burst), latency: latency, now: now, asked: make(map[uint64]int64)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /users/{id}/timeline", a.timeline)
+	mux.HandleFunc("GET /users/timelines", a.timelines)
 	a.srv = httptest.NewServer(mux)
 	return a
 }
@@ -67,6 +75,29 @@ func (a *fakeAPI) calls() (served, refused int64) {
 	return a.served.Load(), a.refused.Load()
 }
 
+// span returns when the first call and the latest one arrived; zero times
+// before any call.
+func (a *fakeAPI) span() (first, last time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.first, a.last
+}
+
+// users returns how many user ids the calls so far asked for, a batch call
+// counting each of its ids, served or refused, and how many of them were
+// distinct.
+func (a *fakeAPI) users() (ids, distinct int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, n := range a.asked {
+		ids += n
+	}
+	return ids, int64(len(a.asked))
+}
+
+// maxBatch is the most user ids one call of GET /users/timelines takes.
+const maxBatch = 100
+
 // The X API's rate-limit headers.
 const (
 	headerLimit     = "X-Rate-Limit-Limit"     // calls allowed in a window
@@ -75,50 +106,121 @@ const (
 )
 
 func (a *fakeAPI) timeline(w http.ResponseWriter, r *http.Request) {
-	// The budget is spent when the call arrives, whatever happens next, as
-	// on the X API: a call for a page that does not exist counts too.
-	now := a.now()
-	q := a.bucket.take(now)
-	a.setRateLimit(w.Header(), now, q)
-	w.Header().Set("Content-Type", "application/json")
-	if !sleep(r.Context(), a.latency) {
-		return // the caller went away
-	}
-	if !q.ok {
-		a.refused.Add(1)
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(q.wait)))
-		w.WriteHeader(http.StatusTooManyRequests)
-		_, _ = io.WriteString(w, `{"errors":[{"message":"Rate limit exceeded","code":88}]}`)
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 63)
+	if !a.admit(w, r, []uint64{id}, err) {
 		return
 	}
-	id, err := strconv.ParseUint(r.PathValue("id"), 10, 63)
 	if err != nil {
-		w.WriteHeader(http.StatusNotFound)
-		_, _ = io.WriteString(w, `{"errors":[{"message":"Sorry, that page does not exist","code":34}]}`)
+		apiError(w, http.StatusNotFound, "Sorry, that page does not exist", 34)
 		return
 	}
 	a.served.Add(1)
 	_ = json.NewEncoder(w).Encode(timelineFor(id))
 }
 
-// setRateLimit sets the X API's rate-limit headers for a call that took q at
-// now. The X API counts calls in fixed windows; the analogue for a token
-// bucket is its size as the limit, its whole tokens as the calls remaining,
-// and the time it is full again as the reset.
-func (a *fakeAPI) setRateLimit(h http.Header, now time.Time, q quota) {
-	h.Set(headerLimit, strconv.Itoa(int(a.bucket.burst)))
-	h.Set(headerRemaining, strconv.Itoa(q.remaining))
-	h.Set(headerReset, strconv.FormatInt(ceilUnix(now.Add(q.full)), 10))
+// timelines answers GET /users/timelines?ids=1,2,3: the timelines of up to
+// maxBatch users, in the order asked, for one call of the rate limit.
+func (a *fakeAPI) timelines(w http.ResponseWriter, r *http.Request) {
+	ids, err := parseIDs(r.URL.Query().Get("ids"))
+	if !a.admit(w, r, ids, err) {
+		return
+	}
+	if err != nil {
+		apiError(w, http.StatusBadRequest, err.Error(), 44)
+		return
+	}
+	tls := make([]Timeline, len(ids))
+	for i, id := range ids {
+		tls[i] = timelineFor(id)
+	}
+	a.served.Add(1)
+	_ = json.NewEncoder(w).Encode(tls)
 }
 
-// ceilUnix is t in epoch seconds, rounded up: a caller that waits until
-// then finds the bucket full.
-func ceilUnix(t time.Time) int64 {
-	s := t.Unix()
-	if t.After(time.Unix(s, 0)) {
-		s++
+// admit spends a call of the rate limit on r, which asks for the user ids
+// (or is malformed: err), sets the rate-limit headers and takes the API's
+// latency. A call over the limit it answers 429 with Retry-After. It
+// reports whether the handler goes on to answer r.
+func (a *fakeAPI) admit(w http.ResponseWriter, r *http.Request, ids []uint64, err error) bool {
+	// The budget is spent when the call arrives, whatever happens next, as
+	// on the X API: a call for a page that does not exist counts too.
+	now := a.now()
+	q := a.bucket.take(now)
+	a.record(now, ids, err)
+	a.setRateLimit(w.Header(), now, q)
+	w.Header().Set("Content-Type", "application/json")
+	if !sleep(r.Context(), a.latency) {
+		return false // the caller went away
 	}
-	return s
+	if !q.ok {
+		a.refused.Add(1)
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(q.wait)))
+		apiError(w, http.StatusTooManyRequests, "Rate limit exceeded", 88)
+		return false
+	}
+	return true
+}
+
+// record counts a call arriving at now for ids (none when err is not nil).
+func (a *fakeAPI) record(now time.Time, ids []uint64, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.first.IsZero() {
+		a.first = now
+	}
+	a.last = now
+	if err == nil {
+		for _, id := range ids {
+			a.asked[id]++
+		}
+	}
+}
+
+// apiError answers with status and the X API's error body.
+func apiError(w http.ResponseWriter, status int, msg string, code int) {
+	w.WriteHeader(status)
+	b, _ := json.Marshal(map[string]any{"errors": []any{map[string]any{"message": msg, "code": code}}})
+	_, _ = w.Write(b)
+}
+
+// parseIDs parses the ids parameter of GET /users/timelines: 1 to maxBatch
+// user ids, comma-separated.
+func parseIDs(s string) ([]uint64, error) {
+	if s == "" {
+		return nil, errors.New("the ids parameter is missing")
+	}
+	parts := strings.Split(s, ",")
+	if len(parts) > maxBatch {
+		return nil, fmt.Errorf("%d ids: at most %d per call", len(parts), maxBatch)
+	}
+	ids := make([]uint64, len(parts))
+	for i, p := range parts {
+		id, err := strconv.ParseUint(p, 10, 63)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a user id", p)
+		}
+		ids[i] = id
+	}
+	return ids, nil
+}
+
+// setRateLimit sets the X API's rate-limit headers for a call that took q at
+// now. The X API counts calls in fixed windows: x-rate-limit-remaining more
+// calls succeed before x-rate-limit-reset, when the count is back at
+// x-rate-limit-limit, and its clients rely on that. The fake API states its
+// bucket in the same terms, its windows being the seconds of its clock: the
+// limit is the most calls one second can take (a full bucket and a second of
+// refill), the remaining are the calls that can still succeed before the
+// second ends (the whole tokens now, and those the bucket gains by then),
+// and the reset is the second's end. A client that reads them as the X
+// API's, as budget.Observe does, is told the truth: it neither overruns the
+// bucket nor waits for a full bucket when one token will do.
+func (a *fakeAPI) setRateLimit(h http.Header, now time.Time, q quota) {
+	reset := now.Truncate(time.Second).Add(time.Second)
+	remaining := math.Floor(q.tokens + reset.Sub(now).Seconds()*a.bucket.rate)
+	h.Set(headerLimit, strconv.Itoa(int(a.bucket.burst+a.bucket.rate)))
+	h.Set(headerRemaining, strconv.Itoa(int(remaining)))
+	h.Set(headerReset, strconv.FormatInt(reset.Unix(), 10))
 }
 
 // sleep waits for d, or until ctx is done; it reports whether d elapsed.
@@ -159,10 +261,9 @@ func newTokenBucket(rate float64, burst int) *tokenBucket {
 
 // quota is what a call found in the bucket.
 type quota struct {
-	ok        bool          // it took a token
-	remaining int           // whole tokens left after it
-	wait      time.Duration // until the next token, when not ok
-	full      time.Duration // until the bucket is full again
+	ok     bool          // it took a token
+	wait   time.Duration // until the next token, when not ok
+	tokens float64       // left after it
 }
 
 // take takes a token at now if there is one.
@@ -180,8 +281,7 @@ func (b *tokenBucket) take(now time.Time) quota {
 	} else {
 		q.wait = b.duration(1 - b.tokens)
 	}
-	q.remaining = int(b.tokens)
-	q.full = b.duration(b.burst - b.tokens)
+	q.tokens = b.tokens
 	return q
 }
 
@@ -214,13 +314,33 @@ func timelineFor(id uint64) Timeline {
 	return tl
 }
 
-// errRateLimited is wrapped by the error of a call the API refused with 429.
+// errRateLimited is what the error of a call the API refused with 429 is:
+// test for it with errors.Is.
 var errRateLimited = errors.New("twitter API: 429 Too Many Requests")
+
+// rateLimitedError is the error of a call the API refused with 429. It is
+// errRateLimited, and wraps a *budget.RateLimitedError with the
+// Retry-After, which a fill.Cache with a budget answers by pausing the
+// fleet's budget and loading again once the pause is over.
+type rateLimitedError struct {
+	limited *budget.RateLimitedError
+}
+
+func (e *rateLimitedError) Error() string {
+	return fmt.Sprintf("%v (Retry-After: %s)", errRateLimited, e.limited.RetryAfter)
+}
+
+func (e *rateLimitedError) Is(target error) bool { return target == errRateLimited }
+
+func (e *rateLimitedError) Unwrap() error { return e.limited }
 
 // apiClient calls the API the way one app server does.
 type apiClient struct {
 	hc   *http.Client
 	base string
+	// budget, if not nil, is told of every response the API gives: its
+	// Observe reads the rate-limit headers and the status.
+	budget *budget.Budget
 }
 
 // newHTTPClient returns the HTTP client of one app server; every server of
@@ -238,7 +358,30 @@ func newHTTPClient(conns int, timeout time.Duration) *http.Client {
 
 // timeline fetches the JSON timeline of user id.
 func (c *apiClient) timeline(ctx context.Context, id uint64) ([]byte, error) {
-	url := c.base + "/users/" + strconv.FormatUint(id, 10) + "/timeline"
+	return c.get(ctx, "/users/"+strconv.FormatUint(id, 10)+"/timeline")
+}
+
+// timelines fetches the timelines of up to maxBatch users with one call.
+func (c *apiClient) timelines(ctx context.Context, ids []uint64) ([]Timeline, error) {
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = strconv.FormatUint(id, 10)
+	}
+	b, err := c.get(ctx, "/users/timelines?ids="+strings.Join(s, ","))
+	if err != nil {
+		return nil, err
+	}
+	var tls []Timeline
+	if err := json.Unmarshal(b, &tls); err != nil {
+		return nil, fmt.Errorf("decoding timelines: %w", err)
+	}
+	return tls, nil
+}
+
+// get GETs path and returns the body of a 200; a 429 is a
+// *rateLimitedError.
+func (c *apiClient) get(ctx context.Context, path string) ([]byte, error) {
+	url := c.base + path
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
@@ -248,10 +391,16 @@ func (c *apiClient) timeline(ctx context.Context, id uint64) ([]byte, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	if c.budget != nil {
+		// A budget that cannot record the response (Redis down) is no
+		// reason to fail the request, which has its answer.
+		_ = c.budget.Observe(ctx, resp.Header, resp.StatusCode)
+	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests:
-		return nil, fmt.Errorf("%w (Retry-After: %ss)", errRateLimited, resp.Header.Get("Retry-After"))
+		secs, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+		return nil, &rateLimitedError{&budget.RateLimitedError{RetryAfter: time.Duration(max(secs, 0)) * time.Second}}
 	case resp.StatusCode != http.StatusOK:
 		return nil, fmt.Errorf("twitter API: GET %s: %s", url, resp.Status)
 	case err != nil:

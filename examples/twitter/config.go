@@ -20,11 +20,14 @@ type config struct {
 	seed                                 uint64
 	rate                                 float64
 	burst                                int
-	latency, ttl, timeout                time.Duration
-	redis                                redisFlag
-	prefix                               string
-	json                                 bool
-	modes                                modesFlag
+	latency, ttl, timeout, window        time.Duration
+	// timeoutComputed says that -timeout was not given: run computes the
+	// deadline (see requestDeadline).
+	timeoutComputed bool
+	redis           redisFlag
+	prefix          string
+	json            bool
+	modes           modesFlag
 }
 
 // usageError is an error in the command line; printed says whether the flag
@@ -59,7 +62,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.burst, "burst", 10, "API calls allowed at once after a quiet time")
 	fs.DurationVar(&cfg.latency, "latency", 80*time.Millisecond, "time the API takes per call")
 	fs.DurationVar(&cfg.ttl, "ttl", 10*time.Minute, "how long a timeline stays cached")
-	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "the longest one request may take")
+	fs.DurationVar(&cfg.timeout, "timeout", 0, "the longest one request may take; 0 computes it from the distinct users\n"+
+		"requested and -rate: "+deadlineRule)
+	fs.DurationVar(&cfg.window, "batch-window", 50*time.Millisecond, "how long each server of mode fill+batch gathers users into one\nAPI call; every request of the mode waits that long")
 	fs.Var(&cfg.redis, "redis", "use the Redis at `host:port` instead of an embedded in-memory one;\n"+
 		"an empty host or port means localhost or 6379 (the original locksmith\n"+
 		"defaults): -redis '' is localhost:6379, -redis :6380 localhost:6380")
@@ -98,7 +103,8 @@ func (c *config) validate() error {
 		{c.burst < 1, fmt.Sprintf("-burst must be at least 1 (got %d)", c.burst)},
 		{c.latency < 0, fmt.Sprintf("-latency must not be negative (got %s)", c.latency)},
 		{c.ttl < time.Second, fmt.Sprintf("-ttl must be at least 1s (got %s)", c.ttl)},
-		{c.timeout <= 0, fmt.Sprintf("-timeout must be above 0 (got %s)", c.timeout)},
+		{c.timeout < 0, fmt.Sprintf("-timeout must not be negative (got %s)", c.timeout)},
+		{c.window <= 0, fmt.Sprintf("-batch-window must be above 0 (got %s)", c.window)},
 		{c.prefix == "", "-prefix must not be empty: the demo deletes every key under it"},
 		{strings.ContainsAny(c.prefix, "{}"), fmt.Sprintf("-prefix must not contain '{' or '}' (got %q)", c.prefix)},
 	}
@@ -109,6 +115,25 @@ func (c *config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Without -timeout, each request's deadline is what the API's rate needs
+// for one call per distinct user, plus slack.
+const (
+	minDeadline   = 10 * time.Second
+	maxDeadline   = 24 * time.Hour
+	deadlineSlack = 5 * time.Second
+	deadlineRule  = "distinct users ÷ rate + latency + 5s,\nin whole seconds, at least 10s"
+)
+
+// requestDeadline is the deadline of each request when -timeout is not
+// given: long enough for a fleet that makes one call per distinct user, at
+// the API's rate, to answer every request, whichever mode it runs.
+func requestDeadline(cfg config, distinct int) time.Duration {
+	secs := min(float64(distinct)/cfg.rate, maxDeadline.Seconds())
+	d := time.Duration(secs*float64(time.Second)) + cfg.latency + deadlineSlack
+	d = (d + time.Second - 1).Truncate(time.Second)
+	return min(max(minDeadline, d), maxDeadline)
 }
 
 // The original locksmith's defaults for the Redis server.

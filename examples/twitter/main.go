@@ -3,36 +3,79 @@
 // rate-limited Twitter API in one Redis, and every request that misses before
 // the cache is filled calls the API for the same data.
 //
-// It starts a fake Twitter API on a loopback listener, GET
-// /users/{id}/timeline, limited by one token bucket for the whole fleet. Like
-// the X API it states the limit on every response (x-rate-limit-limit, the
-// bucket's size; x-rate-limit-remaining, its whole tokens left;
-// x-rate-limit-reset, the epoch second it is full again) and refuses a call
-// over it with 429 and Retry-After. It starts a fleet of app servers, each
-// with its own Redis client and cache as separate processes would have, and
-// sends one sequence of requests, for user ids drawn from a Zipf distribution
-// (a few hot users, the rest cold), through the fleet once per mode, each
-// time on an empty cache and a full budget. The modes:
+// It starts a fake Twitter API on a loopback listener, limited by one token
+// bucket for the whole fleet: GET /users/{id}/timeline, and GET
+// /users/timelines?ids=1,2,3 for up to 100 users in one call, which costs
+// the limit one call like any other. Like the X API it states the limit on
+// every response (x-rate-limit-limit, x-rate-limit-remaining,
+// x-rate-limit-reset, in windows of one second: see fakeAPI.setRateLimit)
+// and refuses a call over it with 429 and Retry-After. It starts a fleet of
+// app servers, each with its own Redis client and cache as separate
+// processes would have, and sends one sequence of requests, for user ids
+// drawn from a Zipf distribution (a few hot users, the rest cold), through
+// the fleet once per mode, each time on an empty cache, a full bucket and a
+// new budget. The modes:
 //
 //   - naive: cache-aside by hand. GET; on a miss, call the API and SET the
 //     result. A 429 fails the request.
 //   - fill: [github.com/locksmith-go/locksmith/fill.Get], whose loader calls
 //     the API. A 429 fails the load.
+//   - fill+budget: fill, on a Cache whose Options.Budget is the fleet's
+//     budget of API calls (see below). Every load waits for its slot; the
+//     loader reports each response to the budget's Observe and returns a
+//     429 as an error wrapping a *budget.RateLimitedError, so that the fleet
+//     pauses for its Retry-After and the same load tries again.
+//   - fill+batch: a [github.com/locksmith-go/locksmith/fill.Batcher] per
+//     server, on a Cache with the fleet's budget, whose loader asks for up
+//     to 100 users with one call of GET /users/timelines: the users a
+//     server misses within -batch-window go to the API together, for one
+//     slot of the budget. A batch's users are fixed when its window ends,
+//     before it waits for its slot; users missed meanwhile make the next
+//     batch, which waits for the next slot. So while the budget holds calls
+//     back (-keys 2000), a call carries a few users, not 100.
 //   - httpfill: naive's API call without naive's cache, through an
 //     http.Client whose Transport is
-//     [github.com/locksmith-go/locksmith/httpfill.New]'s: the same fleet-wide
-//     merge and cache as fill, under the HTTP client, over real HTTP to the
-//     API. A 429 fails the request. Its report line counts the requests sent
-//     through the HTTP clients against those that reached the API.
+//     [github.com/locksmith-go/locksmith/httpfill.New]'s, on a Cache with
+//     the fleet's budget: the same fleet-wide merge, cache and budget as
+//     fill+budget, under the HTTP client, over real HTTP to the API. Its
+//     report line counts the requests sent through the HTTP clients against
+//     those that reached the API.
 //
-// It prints for each mode the API calls, the 429s, the API calls per
-// distinct user requested (calls/key: 1.00 is one call per user) and the
-// request latencies, then a conclusion computed from the run, such as
+// The fleet's budget is a [github.com/locksmith-go/locksmith/budget.Budget]
+// that every server of a mode makes with the same name under the mode's key
+// prefix, FleetSize the number of servers, so the fleet shares one. Its
+// limit is the API's rate with a burst of 1: it lets calls go evenly, one
+// every 1/rate, and leaves the API's burst whole as a margin. A call reaches
+// the API some time after its slot (the HTTP client, a new connection, the
+// scheduler of a busy machine), and calls held up that way can arrive
+// together: up to (burst-1)/rate of such delay, 180 ms with the defaults,
+// draws no 429. With the API's own burst, or that less one, the first calls
+// went at once and, held up a few milliseconds while the servers dialled the
+// API, drew a 429 in about one run in three with -keys 2000. Observe reads
+// every response's headers, so the budget pauses when the API says nothing
+// is left before its reset and holds back ("pulls down") when fewer calls
+// are left than it would allow. The pull-downs the report counts come from
+// the reset being read against the response's Date header, which counts
+// whole seconds: a reset a fraction of a second away reads as up to a
+// second away (without the header, runs had none). They did not lower
+// calls/s in the runs measured: while calls queue in the budget, its
+// schedule already lies beyond them.
 //
-//	fill made 10 API calls where naive made 527 (517 saved, 98%); naive had 505 calls refused (429), fill 0.
+// It prints for each mode the API calls, the 429s, the requests failed, the
+// API calls per distinct user requested (calls/key: 1.00 is one call per
+// user), the API calls per second from the first call's arrival to the
+// last's (calls/s: the API allows -rate after a burst of -burst), and the
+// request latencies; then the fill and budget counters, the user ids the
+// batch calls asked for, and a conclusion computed from the run, one line a
+// mode, such as
 //
-// Naive makes many calls per user and runs out of budget; fill and httpfill
-// make one call per user.
+//	fill+budget made 10 API calls where naive made 527 (517 saved, 98%); naive had 505 calls refused (429), fill+budget 0.
+//
+// Naive makes many calls per user and runs out of budget. Fill makes one call
+// per user, but the users that miss together call at once: with more of them
+// than the bucket holds (-keys above -burst), it gets 429s too. Fill+budget
+// and httpfill make one call per user at the API's rate, and none is
+// refused; fill+batch makes fewer calls, several users each.
 //
 // Naive's figures vary from run to run, by about 30% with the default flags,
 // although the request sequence is the same: they depend on timing, which
@@ -42,8 +85,10 @@
 // 177 to 577 API calls (mean 354, standard deviation 27% of it) and got
 // from 134 to 553 429s (mean 322, standard deviation 31%); two runs on a
 // less busy one made 469 and 503 calls, and one on a busier one 149.
-// Fill's and httpfill's calls do not vary: one per distinct user (with
-// -keys at most -burst; see below). The latencies vary in every mode.
+// Fill's calls do not vary while -keys is at most -burst (see below), nor
+// do fill+budget's and httpfill's at all: one per distinct user.
+// Fill+batch's depend on which users miss within one window on one server.
+// The latencies vary in every mode.
 //
 // Usage:
 //
@@ -61,8 +106,17 @@
 //	-burst 10          API calls allowed at once after a quiet time
 //	-latency 80ms      time the API takes per call
 //	-ttl 10m           how long a timeline stays cached
-//	-timeout 10s       the longest one request may take: its deadline, which
-//	                   also bounds each API call
+//	-timeout 0         the longest one request may take: its deadline,
+//	                   which also bounds each API call. 0 computes it:
+//	                   the distinct users requested ÷ -rate (the time the
+//	                   API needs for one call per user) + -latency + 5s,
+//	                   rounded up to whole seconds, at least 10s. The
+//	                   report prints it.
+//	-batch-window 50ms how long each server of mode fill+batch gathers the
+//	                   users it misses into one API call. Every request of
+//	                   the mode waits that long, hits too (the Batcher
+//	                   reads Redis for its whole batch at once): a longer
+//	                   window makes fewer calls and slower requests.
 //	-redis ADDR        use the Redis at ADDR (host:port) instead of an
 //	                   embedded in-memory one. An empty host or port takes
 //	                   the original locksmith defaults, localhost and 6379:
@@ -72,25 +126,31 @@
 //	                   prefix of every Redis key the demo writes. Keys under
 //	                   it are deleted before each mode and at the end; no
 //	                   other key is read or written.
-//	-modes naive,fill,httpfill
+//	-modes naive,fill,fill+budget,fill+batch,httpfill
 //	                   the modes to run, comma-separated, in that order
 //	-json              print on stdout one JSON object and nothing else:
-//	                   "settings" (the flags, durations in ms: -timeout is
-//	                   "request_timeout_ms", "redis" is the address or
-//	                   "embedded"), "results" by mode, "conclusion" (its
-//	                   lines) and "timing_note"
+//	                   "settings" (the flags, durations in ms: the deadline
+//	                   is "request_timeout_ms", and
+//	                   "request_timeout_computed" says -timeout was not
+//	                   given; the budget's "budget_rate_per_s" and
+//	                   "budget_burst"; "batch_window_ms"; "redis" is the
+//	                   address or "embedded"), "results" by mode,
+//	                   "conclusion" (its lines) and "timing_note"
 //
 // While a mode runs, a progress line is kept on stderr if stderr is a
 // terminal; a file or a pipe gets none.
 //
 // A fleet that makes one API call per distinct user still makes that many
 // calls, and with 200 requests in flight every distinct user among the first
-// of them is a call at the same instant. Only as many fit in the budget as
-// the bucket's burst, hence -keys 10, equal to -burst: fill then gets no 429
-// whatever the timing. Raise -keys above -burst to see that deduplication
-// does not create budget: fill gets 429s too, but only from distinct users,
-// while naive spends the budget on duplicates; fill's figures then depend on
-// timing as well.
+// of them is a call at the same instant. Only as many fit in the bucket as
+// its burst, hence -keys 10, equal to -burst: fill then gets no 429 whatever
+// the timing. Raise -keys above -burst to see that deduplication does not
+// create budget, and what the budget does: with -keys 200 (184 users
+// requested) or -keys 2000 (514), fill gets 429s too, though only from
+// distinct users while naive spends the budget on duplicates, and its
+// requests fail; fill+budget and httpfill queue their calls in the budget
+// and make one per user, none refused, at the API's rate: about 10 s for
+// the 514.
 //
 // A mode is one entry of the table modes: a name, a line of help, and a
 // function that builds one app server of the fleet from a serverEnv (its
@@ -166,6 +226,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		progressTo = stderr
 	}
 	ids := requestSequence(cfg.requests, cfg.keys, cfg.zipf, cfg.seed)
+	if cfg.timeout == 0 {
+		cfg.timeout, cfg.timeoutComputed = requestDeadline(cfg, len(distinctIDs(ids))), true
+	}
 	var results []result
 	for _, m := range cfg.modes {
 		r, err := runMode(ctx, cfg, env, m, ids, progressTo)
@@ -194,10 +257,22 @@ type result struct {
 	WallMs       float64    `json:"wall_ms"`
 	FirstError   string     `json:"first_error,omitempty"` // of the failed requests
 	FillStats    *fillStats `json:"fill_stats,omitempty"`
+	// Budget are the counters of the fleet's budget, of a mode that has
+	// one.
+	Budget *budgetStats `json:"budget,omitempty"`
 	// ClientRequests are the requests sent through the servers' HTTP
 	// clients, of a mode that caches under the client (httpfill); the
 	// API got APICalls of them.
 	ClientRequests int64 `json:"client_requests,omitempty"`
+	// BusyMs is the time from the first API call's arrival to the last's,
+	// and CallsPerSec the API calls after the first over it: the rate the
+	// fleet called at (0 with fewer than two calls, or all at once).
+	BusyMs      float64 `json:"api_busy_ms"`
+	CallsPerSec float64 `json:"api_calls_per_s"`
+	// UserIDs are the user ids the API calls asked for, a batch call
+	// counting each of its ids, and DistinctUserIDs the distinct ones.
+	UserIDs         int64 `json:"user_ids_asked"`
+	DistinctUserIDs int64 `json:"distinct_user_ids_asked"`
 }
 
 // runMode sends ids through a fresh fleet of mode m, against a fresh API, on
@@ -221,6 +296,7 @@ func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint6
 	stop()
 
 	stats := fillTotals(f.servers)
+	bstats := budgetTotals(f.servers)
 	clientRequests := clientTotal(f.servers)
 	closeErr := f.close()
 	if err := ctx.Err(); err != nil {
@@ -231,6 +307,7 @@ func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint6
 	}
 	r := summarize(m.name, ids, api, out, wall, stats)
 	r.ClientRequests = clientRequests
+	r.Budget = bstats
 	return r, nil
 }
 
@@ -254,6 +331,12 @@ func summarize(name string, ids []uint64, api *fakeAPI, out outcome, wall time.D
 	if out.firstErr != nil {
 		r.FirstError = out.firstErr.Error()
 	}
+	first, last := api.span()
+	if busy := last.Sub(first); busy > 0 {
+		r.BusyMs = millis(busy)
+		r.CallsPerSec = round2(float64(r.APICalls-1) / busy.Seconds())
+	}
+	r.UserIDs, r.DistinctUserIDs = api.users()
 	return r
 }
 
@@ -296,25 +379,66 @@ const naiveVariation = "30%"
 // report writes the settings, the table, notes on failures, on the fill
 // counters and on timing, and the conclusion.
 func report(w io.Writer, cfg config, env *redisEnv, results []result) error {
-	fmt.Fprintf(w, "%d servers, %d requests (%d in flight) for %d possible users (Zipf s=%g, seed %d)\n",
-		cfg.servers, cfg.requests, cfg.concurrency, cfg.keys, cfg.zipf, cfg.seed)
-	fmt.Fprintf(w, "API: %g calls/s, burst %d, %s per call; Redis: %s\n\n",
+	distinct := 0
+	if len(results) > 0 {
+		distinct = results[0].DistinctKeys
+	}
+	fmt.Fprintf(w, "%d servers, %d requests (%d in flight) for %d possible users, %d requested (Zipf s=%g, seed %d)\n",
+		cfg.servers, cfg.requests, cfg.concurrency, cfg.keys, distinct, cfg.zipf, cfg.seed)
+	fmt.Fprintf(w, "API: %g calls/s, burst %d, %s per call; Redis: %s\n",
 		cfg.rate, cfg.burst, cfg.latency, env.desc)
-	rows := [][]string{{"mode", "requests", "distinct keys", "API calls", "429s", "failed",
-		"calls/key", "p50 ms", "p99 ms", "wall ms"}}
+	how := "-timeout"
+	if cfg.timeoutComputed {
+		how = "computed: " + strings.ReplaceAll(deadlineRule, "\n", " ")
+	}
+	fmt.Fprintf(w, "Deadline of each request: %s (%s)\n", cfg.timeout, how)
+	var budgeted []string
 	for _, r := range results {
+		if r.Budget != nil {
+			budgeted = append(budgeted, r.Mode)
+		}
+	}
+	if len(budgeted) > 0 {
+		l := budgetLimit(cfg)
+		fmt.Fprintf(w, "Budget of the fleet (%s): %g calls/s, burst %d",
+			strings.Join(budgeted, ", "), float64(l.Rate)/l.Per.Seconds(), l.Burst)
+		if slices.ContainsFunc(results, func(r result) bool { return r.Mode == batchMode }) {
+			fmt.Fprintf(w, "; %s window: %s", batchMode, cfg.window)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w)
+	rows := [][]string{{"mode", "requests", "distinct keys", "API calls", "429s", "failed",
+		"calls/key", "calls/s", "p50 ms", "p99 ms", "wall ms"}}
+	for _, r := range results {
+		perSec := "-"
+		if r.BusyMs > 0 {
+			perSec = fmt.Sprintf("%.1f", r.CallsPerSec)
+		}
 		rows = append(rows, []string{r.Mode, fmt.Sprint(r.Requests), fmt.Sprint(r.DistinctKeys),
 			fmt.Sprint(r.APICalls), fmt.Sprint(r.Refused), fmt.Sprint(r.Failed),
-			fmt.Sprintf("%.2f", r.CallsPerKey), fmt.Sprintf("%.1f", r.P50ms),
+			fmt.Sprintf("%.2f", r.CallsPerKey), perSec, fmt.Sprintf("%.1f", r.P50ms),
 			fmt.Sprintf("%.1f", r.P99ms), fmt.Sprintf("%.0f", r.WallMs)})
 	}
 	writeTable(w, rows)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "calls/key: API calls per distinct user requested; 1.00 is one call per user.")
+	fmt.Fprintf(w, "calls/s: API calls per second, from the first call's arrival to the last's; the API allows %g after a burst of %d.\n",
+		cfg.rate, cfg.burst)
 	for _, r := range results {
 		if s := r.FillStats; s != nil {
 			fmt.Fprintf(w, "%s, all servers: %d loads, %d hits, %d misses, %d merged in-process, %d merged from another server\n",
 				r.Mode, s.Loads, s.Hits, s.Misses, s.LocalMerges, s.RemoteMerges)
+		}
+		if b := r.Budget; b != nil {
+			fmt.Fprintf(w, "%s, budget: %s let through (the longest wait %s), %s, %s by the API's headers\n",
+				r.Mode, plural(int64(b.Waits), "call"), time.Duration(b.WaitMaxMs*float64(time.Millisecond)).Round(time.Millisecond),
+				plural(int64(b.Pauses), "pause"), plural(int64(b.PullDowns), "pull-down"))
+		}
+		if r.Mode == batchMode {
+			fmt.Fprintf(w, "%s, API: %s asked for %d user ids, %d distinct (%.1f per call)%s\n",
+				r.Mode, plural(r.APICalls, "call"), r.UserIDs, r.DistinctUserIDs,
+				float64(r.UserIDs)/float64(max(r.APICalls, 1)), eachOnce(r))
 		}
 		if n := r.ClientRequests; n > 0 {
 			fmt.Fprintf(w, "%s, all servers: of %s sent through the HTTP client, %d reached the API (%s)\n",
@@ -336,6 +460,14 @@ func report(w io.Writer, cfg config, env *redisEnv, results []result) error {
 	return nil
 }
 
+// eachOnce says whether the API was asked for each user requested once.
+func eachOnce(r result) string {
+	if r.UserIDs == r.DistinctUserIDs && r.DistinctUserIDs == int64(r.DistinctKeys) {
+		return ": each user requested once"
+	}
+	return ""
+}
+
 // timingNote says which figures of the modes run depend on timing.
 func timingNote(cfg config, results []result) string {
 	var note []string
@@ -345,7 +477,9 @@ func timingNote(cfg config, results []result) string {
 			note = append(note, "naive's figures vary from run to run, by about "+naiveVariation+
 				" with the default flags: they depend on timing (which requests miss together,"+
 				" and which of their calls the API serves).")
-		case cfg.keys > cfg.burst:
+		case r.Mode == batchMode:
+			note = append(note, fmt.Sprintf("%s's API calls depend on timing: which users miss within one window on one server.", r.Mode))
+		case r.Budget == nil && cfg.keys > cfg.burst:
 			note = append(note, fmt.Sprintf("With -keys above -burst, %s's figures depend on timing too.", r.Mode))
 		}
 	}
@@ -414,9 +548,15 @@ type jsonSettings struct {
 	Burst       int      `json:"api_burst"`
 	LatencyMs   float64  `json:"api_latency_ms"`
 	TTLMs       float64  `json:"ttl_ms"`
-	TimeoutMs   float64  `json:"request_timeout_ms"` // -timeout: each request's deadline
-	Redis       string   `json:"redis"`              // host:port, or "embedded"
-	Prefix      string   `json:"prefix"`
+	TimeoutMs   float64  `json:"request_timeout_ms"` // each request's deadline
+	// TimeoutComputed says that -timeout was not given: TimeoutMs was
+	// computed from the distinct users and the rate.
+	TimeoutComputed bool    `json:"request_timeout_computed"`
+	BatchWindowMs   float64 `json:"batch_window_ms"`
+	BudgetRate      float64 `json:"budget_rate_per_s"` // of the modes with a budget
+	BudgetBurst     int     `json:"budget_burst"`
+	Redis           string  `json:"redis"` // host:port, or "embedded"
+	Prefix          string  `json:"prefix"`
 }
 
 // writeJSON writes the settings and results as one JSON object, and nothing
@@ -424,19 +564,21 @@ type jsonSettings struct {
 func writeJSON(w io.Writer, cfg config, env *redisEnv, results []result) error {
 	rep := jsonReport{
 		Settings: jsonSettings{
-			Servers:     cfg.servers,
-			Requests:    cfg.requests,
-			Concurrency: cfg.concurrency,
-			Keys:        cfg.keys,
-			Zipf:        cfg.zipf,
-			Seed:        cfg.seed,
-			RatePerSec:  cfg.rate,
-			Burst:       cfg.burst,
-			LatencyMs:   millis(cfg.latency),
-			TTLMs:       millis(cfg.ttl),
-			TimeoutMs:   millis(cfg.timeout),
-			Redis:       env.addr,
-			Prefix:      cfg.prefix,
+			Servers:         cfg.servers,
+			Requests:        cfg.requests,
+			Concurrency:     cfg.concurrency,
+			Keys:            cfg.keys,
+			Zipf:            cfg.zipf,
+			Seed:            cfg.seed,
+			RatePerSec:      cfg.rate,
+			Burst:           cfg.burst,
+			LatencyMs:       millis(cfg.latency),
+			TTLMs:           millis(cfg.ttl),
+			TimeoutMs:       millis(cfg.timeout),
+			TimeoutComputed: cfg.timeoutComputed,
+			BatchWindowMs:   millis(cfg.window),
+			Redis:           env.addr,
+			Prefix:          cfg.prefix,
 		},
 		Results:    make(map[string]result),
 		Conclusion: conclusion(results),
@@ -445,6 +587,8 @@ func writeJSON(w io.Writer, cfg config, env *redisEnv, results []result) error {
 	if env.mini != nil {
 		rep.Settings.Redis = "embedded"
 	}
+	l := budgetLimit(cfg)
+	rep.Settings.BudgetRate, rep.Settings.BudgetBurst = round2(float64(l.Rate)/l.Per.Seconds()), l.Burst
 	for _, m := range cfg.modes {
 		rep.Settings.Modes = append(rep.Settings.Modes, m.name)
 	}

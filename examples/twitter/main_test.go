@@ -21,6 +21,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
@@ -47,6 +48,28 @@ type modeResult struct {
 	Failed       int     `json:"failed_requests"`
 	// ClientRequests are those sent through an HTTP client that caches.
 	ClientRequests int `json:"client_requests"`
+	// UserIDs are the ids the API calls asked for, a batch call's each.
+	UserIDs         int `json:"user_ids_asked"`
+	DistinctUserIDs int `json:"distinct_user_ids_asked"`
+	Budget          *struct {
+		Waits      int `json:"waits"`
+		Pauses     int `json:"pauses"`
+		LocalWaits int `json:"local_waits"`
+	} `json:"budget"`
+}
+
+// oncePerUser checks that mode r asked the API for each distinct user
+// requested once, and that none of its calls was refused nor any request
+// failed.
+func oncePerUser(t *testing.T, mode string, r modeResult) {
+	t.Helper()
+	if r.UserIDs != r.DistinctKeys || r.DistinctUserIDs != r.DistinctKeys || r.DistinctKeys < 1 {
+		t.Errorf("%s asked the API for %d user ids, %d distinct; want each of the %d users requested once",
+			mode, r.UserIDs, r.DistinctUserIDs, r.DistinctKeys)
+	}
+	if r.Refused != 0 || r.Failed != 0 {
+		t.Errorf("%s: %d calls refused, %d requests failed; want 0 and 0", mode, r.Refused, r.Failed)
+	}
 }
 
 // runDemo runs the demo with args and -json, checks that stdout is one JSON
@@ -72,43 +95,57 @@ func runDemo(t *testing.T, args ...string) jsonOut {
 	return res
 }
 
-// checkFill checks the point of the demo: fill and httpfill each make one
-// API call per distinct key and none is refused, and naive makes more;
-// httpfill's HTTP clients got every request.
+// allModes are the modes a run without -modes runs, in order.
+var allModes = []string{"naive", "fill", "fill+budget", "fill+batch", "httpfill"}
+
+// checkFill checks the point of the demo: every mode but naive asks the API
+// for each distinct user once and has no call refused; those that make one
+// call per user (fill, fill+budget and httpfill) make exactly that many,
+// fill+batch fewer; naive makes more than any. httpfill's HTTP clients got
+// every request.
 func checkFill(t *testing.T, requests int, res jsonOut) {
 	t.Helper()
-	if got := slices.Sorted(maps.Keys(res.Results)); !reflect.DeepEqual(got, []string{"fill", "httpfill", "naive"}) {
-		t.Fatalf("results for %v; want naive, fill and httpfill", got)
+	if got, want := slices.Sorted(maps.Keys(res.Results)), slices.Sorted(slices.Values(allModes)); !reflect.DeepEqual(got, want) {
+		t.Fatalf("results for %v; want %v", got, want)
 	}
 	naive := res.Results["naive"]
 	if naive.Requests != requests {
 		t.Errorf("naive requests: %d; want %d", naive.Requests, requests)
 	}
-	for i, mode := range []string{"fill", "httpfill"} {
+	if len(res.Conclusion) != len(allModes)-1 {
+		t.Errorf("conclusion = %q; want %d lines", res.Conclusion, len(allModes)-1)
+	}
+	for i, mode := range allModes[1:] {
 		r := res.Results[mode]
 		if r.Requests != requests {
 			t.Errorf("%s requests: %d; want %d", mode, r.Requests, requests)
 		}
-		if naive.DistinctKeys != r.DistinctKeys || r.DistinctKeys < 1 {
-			t.Errorf("distinct keys: naive %d, %s %d; want the same, above 0", naive.DistinctKeys, mode, r.DistinctKeys)
+		if naive.DistinctKeys != r.DistinctKeys {
+			t.Errorf("distinct keys: naive %d, %s %d; want the same", naive.DistinctKeys, mode, r.DistinctKeys)
 		}
-		if r.APICalls != r.DistinctKeys || r.CallsPerKey != 1 {
+		oncePerUser(t, mode, r)
+		switch {
+		case mode == batchMode && (r.APICalls > r.DistinctKeys || r.APICalls < 1):
+			t.Errorf("%s API calls = %d; want from 1 to %d, the distinct keys", mode, r.APICalls, r.DistinctKeys)
+		case mode != batchMode && (r.APICalls != r.DistinctKeys || r.CallsPerKey != 1):
 			t.Errorf("%s API calls = %d (%g per key); want %d, one per distinct key", mode, r.APICalls, r.CallsPerKey, r.DistinctKeys)
-		}
-		if r.Refused != 0 || r.Failed != 0 {
-			t.Errorf("%s: %d calls refused, %d requests failed; want 0 and 0", mode, r.Refused, r.Failed)
 		}
 		if naive.APICalls <= r.APICalls {
 			t.Errorf("naive API calls = %d; want more than %s's %d", naive.APICalls, mode, r.APICalls)
 		}
-		if want := fmt.Sprintf("%s made %d API calls where naive made %d (", mode, r.APICalls, naive.APICalls); len(res.Conclusion) != 2 || !strings.HasPrefix(res.Conclusion[i], want) {
-			t.Errorf("conclusion = %q; want two lines, line %d starting %q", res.Conclusion, i+1, want)
+		if want := fmt.Sprintf("%s made %s where naive made %d (", mode, plural(int64(r.APICalls), "API call"), naive.APICalls); i >= len(res.Conclusion) || !strings.HasPrefix(res.Conclusion[i], want) {
+			t.Errorf("conclusion = %q; want line %d starting %q", res.Conclusion, i+1, want)
+		}
+		if budgeted := mode != "fill"; budgeted != (r.Budget != nil) {
+			t.Errorf("%s budget counters = %+v; want them in the modes with a budget alone", mode, r.Budget)
+		} else if r.Budget != nil && (r.Budget.Waits != r.APICalls || r.Budget.Pauses != 0 || r.Budget.LocalWaits != 0) {
+			t.Errorf("%s budget counters = %+v; want %d waits, one per API call, no pause, none decided locally", mode, *r.Budget, r.APICalls)
 		}
 	}
 	if got := res.Results["httpfill"].ClientRequests; got != requests {
 		t.Errorf("httpfill requests sent through the HTTP clients = %d; want %d", got, requests)
 	}
-	for _, mode := range []string{"naive", "fill"} {
+	for _, mode := range allModes[:len(allModes)-1] {
 		if got := res.Results[mode].ClientRequests; got != 0 {
 			t.Errorf("%s client_requests = %d; want none: its HTTP client does not cache", mode, got)
 		}
@@ -126,9 +163,10 @@ func TestRunEmbedded(t *testing.T) {
 		t.Errorf("naive: %d calls refused, %d requests failed; want 0 and 0 with this budget", naive.Refused, naive.Failed)
 	}
 	want := map[string]any{
-		"modes": []any{"naive", "fill", "httpfill"}, "servers": 4.0, "requests": 300.0, "concurrency": 64.0,
-		"keys": 40.0, "zipf": 1.1, "seed": 1.0, "api_rate_per_s": 1e6, "api_burst": 1e6, "api_latency_ms": 5.0,
-		"ttl_ms": 600000.0, "request_timeout_ms": 10000.0, "redis": "embedded", "prefix": "twitter-demo:",
+		"modes": []any{"naive", "fill", "fill+budget", "fill+batch", "httpfill"}, "servers": 4.0, "requests": 300.0,
+		"concurrency": 64.0, "keys": 40.0, "zipf": 1.1, "seed": 1.0, "api_rate_per_s": 1e6, "api_burst": 1e6,
+		"api_latency_ms": 5.0, "ttl_ms": 600000.0, "request_timeout_ms": 10000.0, "request_timeout_computed": true,
+		"batch_window_ms": 50.0, "budget_rate_per_s": 1e6, "budget_burst": 1.0, "redis": "embedded", "prefix": "twitter-demo:",
 	}
 	if !reflect.DeepEqual(res.Settings, want) {
 		t.Errorf("settings = %v; want %v", res.Settings, want)
@@ -155,17 +193,21 @@ func TestRunText(t *testing.T) {
 		t.Errorf("stderr file = %q, %v; want it empty: no progress line in a file", b, err)
 	}
 	stdout := out.String()
-	for _, want := range []string{"\nnaive ", "\nfill ", "\nhttpfill ", "calls/key", "naive's figures vary from run to run",
+	for _, want := range []string{"\nnaive ", "\nfill ", "\nfill+budget ", "\nfill+batch ", "\nhttpfill ",
+		"calls/key", "calls/s", "naive's figures vary from run to run",
+		"\nDeadline of each request: 10s (computed: ",
+		"\nBudget of the fleet (fill+budget, fill+batch, httpfill): 1e+06 calls/s, burst 1; fill+batch window: 50ms\n",
+		"\nfill+budget, budget: ", "\nfill+batch, API: ", "distinct (", ": each user requested once\n",
 		"\nhttpfill, all servers: of 300 requests sent through the HTTP client, "} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("stdout has no %q:\n%s", want, stdout)
 		}
 	}
 	lines := strings.Split(strings.TrimRight(stdout, "\n"), "\n")
-	for i, mode := range []string{"fill", "httpfill"} {
-		line := lines[len(lines)-2+i]
-		if !regexp.MustCompile(`^` + mode + ` made \d+ API calls where naive made \d+ \(`).MatchString(line) {
-			t.Errorf("line %d from the end = %q; want the conclusion on %s", 2-i, line, mode)
+	for i, mode := range allModes[1:] {
+		line := lines[len(lines)-len(allModes)+1+i]
+		if !regexp.MustCompile(`^` + regexp.QuoteMeta(mode) + ` made \d+ API calls? where naive made \d+ \(`).MatchString(line) {
+			t.Errorf("line %d from the end = %q; want the conclusion on %s", len(allModes)-1-i, line, mode)
 		}
 	}
 }
@@ -198,6 +240,85 @@ func TestRunModes(t *testing.T) {
 	}
 	if res.TimingNote != "" {
 		t.Errorf("timing note = %q without naive; want none", res.TimingNote)
+	}
+}
+
+// overBurst is a run with more distinct users than the API's burst: the
+// first 100 requests, in flight at once, ask for 46 users where the bucket
+// holds 20, and the run asks for 91 in all, at 100 calls/s.
+var overBurst = []string{"-servers", "4", "-requests", "300", "-concurrency", "100", "-keys", "200",
+	"-rate", "100", "-burst", "20", "-latency", "5ms"}
+
+// TestBudgetOverBurst checks what the budget is for: where plain fill runs
+// into the API's limit, fill+budget and httpfill wait for it instead, and
+// ask the API for each user once with no call refused and no request
+// failed.
+func TestBudgetOverBurst(t *testing.T) {
+	res := runDemo(t, append(overBurst, "-modes", "fill,fill+budget,httpfill")...)
+	if got := res.Results["fill"].Refused; got == 0 {
+		t.Errorf("fill had no call refused; want some: 46 users at once where the bucket holds 20")
+	}
+	for _, mode := range []string{"fill+budget", "httpfill"} {
+		r := res.Results[mode]
+		oncePerUser(t, mode, r)
+		if r.APICalls != r.DistinctKeys || r.Requests != 300 {
+			t.Errorf("%s: %d API calls for %d requests; want %d, one per distinct key, for 300", mode, r.APICalls, r.Requests, r.DistinctKeys)
+		}
+	}
+}
+
+// TestBatchOverBurst checks fill+batch: with every request in flight at
+// once and a window long enough to gather them, each server calls the API
+// about once (twice for a straggler) for its share of the 46 users, and
+// each user is asked for once fleet-wide.
+func TestBatchOverBurst(t *testing.T) {
+	args := append(slices.Clone(overBurst), "-modes", "fill+batch", "-requests", "100", "-batch-window", "100ms")
+	r := runDemo(t, args...).Results[batchMode]
+	oncePerUser(t, batchMode, r)
+	if servers := 4; r.APICalls < 1 || r.APICalls > 2*servers*((r.DistinctKeys+maxBatch-1)/maxBatch) {
+		t.Errorf("%s made %d API calls for %d users; want 1 to %d: one a server, a straggler's more",
+			batchMode, r.APICalls, r.DistinctKeys, 2*servers)
+	}
+}
+
+func TestRequestDeadline(t *testing.T) {
+	tests := []struct {
+		rate     float64
+		latency  time.Duration
+		distinct int
+		want     time.Duration
+	}{
+		{50, 80 * time.Millisecond, 10, 10 * time.Second},
+		{50, 80 * time.Millisecond, 514, 16 * time.Second}, // 10.28s + 80ms + 5s
+		{50, 80 * time.Millisecond, 500, 16 * time.Second}, // 10s + 80ms + 5s
+		{100, 0, 1000, 15 * time.Second},                   // exact
+		{1e-300, 0, 10, 24 * time.Hour},
+	}
+	for _, tt := range tests {
+		cfg := config{rate: tt.rate, latency: tt.latency}
+		if got := requestDeadline(cfg, tt.distinct); got != tt.want {
+			t.Errorf("requestDeadline(rate %g, latency %s, %d users) = %s; want %s", tt.rate, tt.latency, tt.distinct, got, tt.want)
+		}
+	}
+}
+
+func TestBudgetLimit(t *testing.T) {
+	tests := []struct {
+		rate float64
+		want budget.Limit
+	}{
+		{50, budget.Limit{Rate: 50, Per: time.Second, Burst: 1}},
+		{2.5, budget.Limit{Rate: 3, Per: 1200 * time.Millisecond, Burst: 1}},
+		{0.1, budget.Limit{Rate: 1, Per: 10 * time.Second, Burst: 1}},
+		{3, budget.Limit{Rate: 3, Per: time.Second, Burst: 1}},
+	}
+	for _, tt := range tests {
+		if got := budgetLimit(config{rate: tt.rate, burst: 10}); got != tt.want {
+			t.Errorf("budgetLimit(rate %g) = %+v; want %+v", tt.rate, got, tt.want)
+		}
+		if err := tt.want.Validate(); err != nil {
+			t.Errorf("budgetLimit(rate %g) is not a valid limit: %v", tt.rate, err)
+		}
 	}
 }
 
@@ -332,12 +453,13 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-burst", "0"}, "-burst must be at least 1"},
 		{[]string{"-latency", "-1s"}, "-latency must not be negative"},
 		{[]string{"-ttl", "10ms"}, "-ttl must be at least 1s"},
-		{[]string{"-timeout", "0s"}, "-timeout must be above 0"},
+		{[]string{"-timeout", "-1s"}, "-timeout must not be negative"},
+		{[]string{"-batch-window", "0s"}, "-batch-window must be above 0"},
 		{[]string{"-prefix", ""}, "-prefix must not be empty"},
 		{[]string{"-prefix", "a{b}"}, "-prefix must not contain '{' or '}'"},
 		{[]string{"-redis", "::1"}, "an IPv6 host in brackets"},
 		{[]string{"-redis", "host:http"}, `port "http" is not a number`},
-		{[]string{"-modes", "nope"}, `no mode "nope"; the modes are naive,fill,httpfill`},
+		{[]string{"-modes", "nope"}, `no mode "nope"; the modes are naive,fill,fill+budget,fill+batch,httpfill`},
 		{[]string{"-modes", ""}, `no mode ""`},
 		{[]string{"-modes", "fill,naive,fill"}, `mode "fill" given twice`},
 		{[]string{"extra"}, `unexpected arguments: ["extra"]`},
@@ -372,7 +494,7 @@ func TestModesFlag(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, "naive,fill,httpfill"},
+		{nil, "naive,fill,fill+budget,fill+batch,httpfill"},
 		{[]string{"-modes", "fill"}, "fill"},
 		{[]string{"-modes", " fill , naive"}, "fill,naive"},
 	}
@@ -419,12 +541,12 @@ func TestTokenBucket(t *testing.T) {
 	b := newTokenBucket(50, 3)
 	now := time.Unix(0, 0)
 	for i := range 3 {
-		if q := b.take(now); !q.ok || q.remaining != 2-i {
-			t.Fatalf("take %d of the burst = %+v; want ok, %d remaining", i+1, q, 2-i)
+		if q := b.take(now); !q.ok || q.tokens != float64(2-i) {
+			t.Fatalf("take %d of the burst = %+v; want ok, %d tokens left", i+1, q, 2-i)
 		}
 	}
 	q := b.take(now)
-	if want := (quota{wait: 20 * time.Millisecond, full: 60 * time.Millisecond}); q != want {
+	if want := (quota{wait: 20 * time.Millisecond}); q != want {
 		t.Errorf("take past the burst = %+v; want %+v", q, want)
 	}
 	if q := b.take(now.Add(20 * time.Millisecond)); !q.ok {
@@ -436,20 +558,23 @@ func TestTokenBucket(t *testing.T) {
 }
 
 // TestRateLimitHeaders checks that the API states its limit as the X API
-// does on every response, 200, 404 or 429, and refuses with Retry-After.
+// does on every response, 200, 404 or 429, in windows of one second, and
+// refuses with Retry-After.
 func TestRateLimitHeaders(t *testing.T) {
-	now := time.Unix(1_700_000_000, 500_000_000) // the bucket gains no token: the clock stands still
-	api := startAPI(1, 2, 0, func() time.Time { return now })
+	// Half-way through a second, and the bucket gains no token: the clock
+	// stands still. At 4 calls/s the half second left gains 2 before the
+	// reset.
+	now := time.Unix(1_700_000_000, 500_000_000)
+	api := startAPI(4, 2, 0, func() time.Time { return now })
 	defer api.Close()
 	tests := []struct {
-		path                    string
-		status                  int
-		remaining, reset, retry string
+		path             string
+		status           int
+		remaining, retry string
 	}{
-		// 1 token missing: full again 1s later, at ...001.5, so ...002.
-		{"/users/1/timeline", http.StatusOK, "1", "1700000002", ""},
-		{"/users/x/timeline", http.StatusNotFound, "0", "1700000003", ""},
-		{"/users/1/timeline", http.StatusTooManyRequests, "0", "1700000003", "1"},
+		{"/users/1/timeline", http.StatusOK, "3", ""},
+		{"/users/x/timeline", http.StatusNotFound, "2", ""},
+		{"/users/timelines?ids=1,2", http.StatusTooManyRequests, "2", "1"},
 	}
 	for i, tt := range tests {
 		resp, err := http.Get(api.URL() + tt.path)
@@ -457,9 +582,9 @@ func TestRateLimitHeaders(t *testing.T) {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		h := resp.Header
-		got := []string{resp.Status, h.Get("X-Rate-Limit-Limit"), h.Get("X-Rate-Limit-Remaining"), h.Get("X-Rate-Limit-Reset"), h.Get("Retry-After")}
-		want := []string{fmt.Sprintf("%d %s", tt.status, http.StatusText(tt.status)), "2", tt.remaining, tt.reset, tt.retry}
+		got := []string{resp.Status, resp.Header.Get("X-Rate-Limit-Limit"), resp.Header.Get("X-Rate-Limit-Remaining"),
+			resp.Header.Get("X-Rate-Limit-Reset"), resp.Header.Get("Retry-After")}
+		want := []string{fmt.Sprintf("%d %s", tt.status, http.StatusText(tt.status)), "6", tt.remaining, "1700000001", tt.retry}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("call %d, GET %s: status, limit, remaining, reset, Retry-After = %q; want %q", i+1, tt.path, got, want)
 		}
@@ -468,8 +593,75 @@ func TestRateLimitHeaders(t *testing.T) {
 		t.Errorf("calls served, refused = %d, %d; want 1, 1", served, refused)
 	}
 	c := &apiClient{hc: http.DefaultClient, base: api.URL()}
-	if _, err := c.timeline(t.Context(), 1); !errors.Is(err, errRateLimited) {
-		t.Errorf("apiClient.timeline over the limit = %v; want %v", err, errRateLimited)
+	_, err := c.timeline(t.Context(), 1)
+	var rle *budget.RateLimitedError
+	if !errors.Is(err, errRateLimited) || !errors.As(err, &rle) || rle.RetryAfter != time.Second {
+		t.Errorf("apiClient.timeline over the limit = %v; want %v, wrapping a budget.RateLimitedError of 1s", err, errRateLimited)
+	}
+}
+
+// TestBatchEndpoint checks GET /users/timelines: up to maxBatch users for
+// one call of the rate limit, in the order asked, with the same headers and
+// 429 as a single timeline.
+func TestBatchEndpoint(t *testing.T) {
+	// At a second's start, and the clock stands still: the second left
+	// gains one token before the reset.
+	now := time.Unix(1_700_000_000, 0)
+	api := startAPI(1, 4, 0, func() time.Time { return now })
+	defer api.Close()
+	c := &apiClient{hc: http.DefaultClient, base: api.URL()}
+
+	ids := make([]uint64, maxBatch)
+	for i := range ids {
+		ids[i] = uint64(1000 + i)
+	}
+	tls, err := c.timelines(t.Context(), ids)
+	if err != nil {
+		t.Fatalf("timelines of %d users: %v", len(ids), err)
+	}
+	if len(tls) != len(ids) {
+		t.Fatalf("got %d timelines; want %d", len(tls), len(ids))
+	}
+	for i, tl := range tls {
+		if want := timelineFor(ids[i]); !reflect.DeepEqual(tl, want) {
+			t.Fatalf("timeline %d = %+v; want %+v", i, tl, want)
+		}
+	}
+
+	// The 100 users took one token of 4: 3 left, and 1 more by the reset.
+	tests := []struct {
+		query     string
+		status    int
+		msg       string
+		remaining string
+	}{
+		{"ids=" + strings.Repeat("1,", maxBatch) + "1", http.StatusBadRequest, "101 ids: at most 100 per call", "3"},
+		{"", http.StatusBadRequest, "the ids parameter is missing", "2"},
+		{"ids=1,x", http.StatusBadRequest, `\"x\" is not a user id`, "1"},
+		{"ids=2", http.StatusTooManyRequests, "Rate limit exceeded", "1"},
+	}
+	for _, tt := range tests {
+		resp, err := http.Get(api.URL() + "/users/timelines?" + tt.query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.status || !strings.Contains(string(body), tt.msg) {
+			t.Errorf("GET /users/timelines?%.20s: %s %s; want %d and %q", tt.query, resp.Status, body, tt.status, tt.msg)
+		}
+		got := []string{resp.Header.Get("X-Rate-Limit-Limit"), resp.Header.Get("X-Rate-Limit-Remaining"), resp.Header.Get("X-Rate-Limit-Reset")}
+		if want := []string{"5", tt.remaining, "1700000001"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("GET /users/timelines?%.20s: limit, remaining, reset = %q; want %q", tt.query, got, want)
+		}
+	}
+	if served, refused := api.calls(); served != 1 || refused != 1 {
+		t.Errorf("calls served, refused = %d, %d; want 1, 1", served, refused)
+	}
+	// The users asked for: the 100, then user 2 in the refused call. A
+	// malformed list asks for nobody.
+	if n, distinct := api.users(); n != maxBatch+1 || distinct != maxBatch+1 {
+		t.Errorf("user ids asked for = %d, %d distinct; want %d, %d", n, distinct, maxBatch+1, maxBatch+1)
 	}
 }
 
