@@ -103,3 +103,24 @@ func TestInterval(t *testing.T) {
 		}
 	}
 }
+
+// TestResetWithinTheSecond: a Date header counts whole seconds; a reset a
+// fraction of a second away is read against this server's clock when the
+// two clocks agree to the second.
+func TestResetWithinTheSecond(t *testing.T) {
+	now := time.Date(2025, 3, 1, 12, 0, 0, 600_000_000, time.UTC)
+	h := http.Header{}
+	h.Set("Date", now.Format(http.TimeFormat)) // 12:00:00
+	h.Set("X-Rate-Limit-Remaining", "0")
+	h.Set("X-Rate-Limit-Reset", strconv.FormatInt(now.Truncate(time.Second).Add(time.Second).Unix(), 10))
+	got := parseFeedback(h, 200, now, time.Second)
+	if want := 400 * time.Millisecond; got.pause != want {
+		t.Errorf("pause %v; want %v, to the reset by this server's clock", got.pause, want)
+	}
+	// Clocks a minute apart: the upstream's Date places the reset.
+	h.Set("Date", now.Add(-time.Minute).Format(http.TimeFormat))
+	h.Set("X-Rate-Limit-Reset", strconv.FormatInt(now.Add(-time.Minute).Truncate(time.Second).Add(time.Second).Unix(), 10))
+	if got := parseFeedback(h, 200, now, time.Second); got.pause != time.Second {
+		t.Errorf("clocks apart: pause %v; want 1s, from the Date header", got.pause)
+	}
+}

@@ -76,11 +76,15 @@ const maxHeaderWait = 24 * time.Hour
 // status, as of now: Retry-After (delta seconds or an HTTP date), the X API's
 // x-rate-limit-limit/-remaining/-reset and GitHub's
 // x-ratelimit-limit/-remaining/-reset/-used (reset in epoch seconds). Dates
-// and resets are read against the response's Date header when it has one,
-// so that the upstream's clock, not this server's, places them.
+// and resets are read against the response's Date header when the
+// upstream's clock differs from this server's by more than a second, so
+// that the upstream's clock places them; within a second, this server's
+// clock is the better reference (Date counts whole seconds: read against
+// it, a reset a fraction of a second away could look a second away).
 func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) feedback {
 	ref := now
-	if d, err := http.ParseTime(h.Get("Date")); err == nil && d.Sub(now).Abs() < maxHeaderWait {
+	if d, err := http.ParseTime(h.Get("Date")); err == nil && d.Sub(now).Abs() < maxHeaderWait &&
+		d.Sub(now.Truncate(time.Second)).Abs() > time.Second {
 		ref = d
 	}
 	retryAfter, hasRetry := parseRetryAfter(h.Get("Retry-After"), ref)

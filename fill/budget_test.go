@@ -172,3 +172,42 @@ func TestBatchWaitsOnce(t *testing.T) {
 		t.Errorf("budget waits = %d; want 1 + one per key of the second batch", w)
 	}
 }
+
+// TestBatcherBehindBudget: keys that arrive while a batch waits for its
+// budget slot join it: a budget-bound Batcher sends full batches, not one
+// small batch per Window.
+func TestBatcherBehindBudget(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := newBudget(t, s, "api", budget.Limit{Rate: 20, Burst: 1})
+	c := newCache(t, s.Client(t, nil), &fill.Options{Budget: b})
+	ctx := redistest.Context(t, 20*time.Second)
+	var calls atomic.Int32
+	var sizes sync.Map
+	bt := fill.NewBatcher(c, func(_ context.Context, keys []string) (map[string]int, error) {
+		sizes.Store(calls.Add(1), len(keys))
+		m := map[string]int{}
+		for i, k := range keys {
+			m[k] = i
+		}
+		return m, nil
+	}, &fill.BatchOptions{Window: 10 * time.Millisecond})
+	// Spend the burst: the next slot is 50ms away.
+	if err := b.Wait(ctx, budget.Foreground); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			if _, err := bt.Get(ctx, fmt.Sprint(i)); err != nil {
+				t.Error(err)
+			}
+		})
+		time.Sleep(5 * time.Millisecond) // keys arrive 5ms apart, over 100ms
+	}
+	wg.Wait()
+	// 100ms of arrivals at 20 calls a second: 2 or 3 slots.
+	if n := calls.Load(); n > 4 {
+		sizes.Range(func(k, v any) bool { t.Logf("call %v: %v keys", k, v); return true })
+		t.Errorf("%d loader calls for 20 keys behind a budget of 20/s; want the keys gathered into 2–4", n)
+	}
+}
