@@ -171,7 +171,7 @@ func GetMany[T any](ctx context.Context, c *Cache, keys []string,
 		}
 	}
 	if len(items) > 0 {
-		b.run(ctx, items, cl)
+		b.run(ctx, items, cl, nil)
 	}
 	errs := map[string]error{}
 	for key, f := range calls {
@@ -203,13 +203,17 @@ func (o *BatchOptions) apply(*callOptions) {}
 // loaded once. Each caller waits with its own ctx; a caller that gives up
 // never cancels the batch, which runs detached from its callers, like a
 // flight. A key another server is loading never enters this server's
-// batch: it is awaited by push instead. It is safe for concurrent use.
+// batch: it is awaited by push instead. With a budget (one slot per call),
+// the keys that arrive while a batch waits for its slot join it, up to
+// MaxSize: a budget-bound Batcher sends full batches rather than one small
+// batch per Window. It is safe for concurrent use.
 type Batcher[T any] struct {
 	b *batch[T]
 
-	mu      sync.Mutex // guards pending and timer
+	mu      sync.Mutex // guards pending, timer and holders
 	pending []batchItem
 	timer   *time.Timer
+	holders int // batches waiting for their budget slot: new keys wait to join them
 }
 
 // NewBatcher returns a Batcher on c that loads with load. A nil opt gives
@@ -266,6 +270,9 @@ func (bt *Batcher[T]) add(ctx context.Context, it batchItem) {
 	bt.mu.Lock()
 	defer bt.mu.Unlock()
 	bt.pending = append(bt.pending, it)
+	if bt.holders > 0 {
+		return // joins a batch waiting for its budget slot
+	}
 	switch {
 	case len(bt.pending) >= bt.b.opt.MaxSize:
 		if bt.timer != nil {
@@ -274,7 +281,7 @@ func (bt *Batcher[T]) add(ctx context.Context, it batchItem) {
 		}
 		items := bt.pending
 		bt.pending = nil
-		go bt.b.run(ctx, items, bt.b.callOptions())
+		go bt.b.run(ctx, items, bt.b.callOptions(), &batcherJoin[T]{bt: bt, ctx: ctx})
 	case len(bt.pending) == 1:
 		bt.timer = time.AfterFunc(bt.b.opt.Window, func() { bt.flush(ctx) })
 	}
@@ -282,12 +289,59 @@ func (bt *Batcher[T]) add(ctx context.Context, it batchItem) {
 
 func (bt *Batcher[T]) flush(ctx context.Context) {
 	bt.mu.Lock()
+	if bt.holders > 0 {
+		bt.mu.Unlock()
+		return // the pending keys join the batch waiting for its slot
+	}
 	items := bt.pending
 	bt.pending, bt.timer = nil, nil
 	bt.mu.Unlock()
 	if len(items) > 0 {
-		bt.b.run(ctx, items, bt.b.callOptions())
+		bt.b.run(ctx, items, bt.b.callOptions(), &batcherJoin[T]{bt: bt, ctx: ctx})
 	}
+}
+
+// joiner lets a batch that waits for its budget slot take the keys that
+// arrived meanwhile: a budget-bound Batcher then sends full batches, not one
+// small batch per Window, each waiting for a slot of its own.
+type joiner interface {
+	// hold is called when the batch starts waiting: keys arriving from now
+	// on wait for it instead of starting a window of their own.
+	hold()
+	// take is called when the slot came (or the wait ended): up to n of the
+	// keys that arrived join the batch; the rest start a new window.
+	take(n int) []batchItem
+}
+
+type batcherJoin[T any] struct {
+	bt  *Batcher[T]
+	ctx context.Context
+}
+
+func (j *batcherJoin[T]) hold() {
+	bt := j.bt
+	bt.mu.Lock()
+	defer bt.mu.Unlock()
+	bt.holders++
+	if bt.timer != nil {
+		bt.timer.Stop()
+		bt.timer = nil
+	}
+}
+
+func (j *batcherJoin[T]) take(n int) []batchItem {
+	bt := j.bt
+	bt.mu.Lock()
+	defer bt.mu.Unlock()
+	bt.holders--
+	n = min(n, len(bt.pending))
+	items := bt.pending[:n:n]
+	bt.pending = bt.pending[n:]
+	if bt.holders == 0 && len(bt.pending) > 0 && bt.timer == nil {
+		ctx := j.ctx
+		bt.timer = time.AfterFunc(bt.b.opt.Window, func() { bt.flush(ctx) })
+	}
+	return items
 }
 
 // batchItem is one key of a batch and the in-process flight it leads.
@@ -344,8 +398,9 @@ func (b *batch[T]) callOptions() callOptions {
 // run reads or claims items together, lands the keys found, loads the keys
 // claimed in chunks, and has the keys held elsewhere awaited. It returns
 // once every flight has a goroutine to land it; the work goes on detached
-// from caller's cancellation.
-func (b *batch[T]) run(caller context.Context, items []batchItem, cl callOptions) {
+// from caller's cancellation. join, if not nil, lets the first chunk that
+// waits for the budget take the keys that arrive meanwhile.
+func (b *batch[T]) run(caller context.Context, items []batchItem, cl callOptions, join joiner) {
 	c := b.c
 	if !c.enter() {
 		for _, it := range items {
@@ -357,57 +412,68 @@ func (b *batch[T]) run(caller context.Context, items []batchItem, cl callOptions
 		defer c.wg.Done()
 		fctx, cancel := c.flightContext(caller)
 		defer cancel()
-		looks := c.lookMany(fctx, items, b.o)
-		var claimed, open []*batchLook
 		var wg sync.WaitGroup
-		for i := range looks {
-			l := &looks[i]
-			switch {
-			case l.err == nil && l.r.state == found:
-				c.stats.hits.Add(1)
-				c.event(fctx, observe.Event{Kind: observe.Hit, Key: l.key})
-				c.keepLocal(l.key, &l.look)
-				c.flights.Land(l.f, flight.Outcome{Val: l.val, Err: l.valErr})
-			case l.err == nil && l.r.state == stale && l.valErr == nil &&
-				(l.r.sub == staleBackoff || l.entry.StaleWindow-l.r.pttl <= c.opt.StaleWhileRevalidate):
-				c.serveStale(fctx, l.key, &l.look)
-				if l.r.sub == staleClaimed {
-					c.refresh(context.WithValue(fctx, singleKey{}, l.key), l.key, cl, b.o, &l.look)
-				}
-				c.flights.Land(l.f, flight.Outcome{Val: l.val})
-			case l.err != nil && redisx.Outage(l.err) && !c.opt.FailClosed:
-				c.stats.redisErrors.Add(1)
-				open = append(open, l)
-			case l.err == nil && l.r.state == acquired:
-				c.stats.misses.Add(1)
-				c.event(fctx, observe.Event{Kind: observe.Miss, Key: l.key})
-				claimed = append(claimed, l)
-			default:
-				// Held elsewhere, stale past the revalidate window, or a
-				// Redis failure: the single-key algorithm takes it from
-				// here, with this look as its first.
-				wg.Go(func() {
-					kctx := context.WithValue(fctx, singleKey{}, l.key)
-					wctx, wcancel := context.WithCancel(kctx)
-					defer context.AfterFunc(l.f.Patience(), wcancel)()
-					defer wcancel()
-					var first *look
-					if l.err == nil {
-						first = &l.look
-					}
-					out := c.fill(kctx, wctx, l.key, cl, b.o, first)
-					c.flights.Land(l.f, out.landed())
-				})
+		claimed, open := b.dispatch(fctx, c.lookMany(fctx, items, b.o), cl, &wg)
+		for i, chunk := range slices.Collect(slices.Chunk(claimed, b.opt.MaxSize)) {
+			var j joiner
+			if i == 0 && join != nil && c.opt.Budget != nil && !b.opt.CostPerKey && len(chunk) < b.opt.MaxSize {
+				j = join
 			}
-		}
-		for chunk := range slices.Chunk(claimed, b.opt.MaxSize) {
-			wg.Go(func() { b.lead(fctx, chunk, cl) })
+			wg.Go(func() { b.lead(fctx, chunk, cl, j, &wg) })
 		}
 		for chunk := range slices.Chunk(open, b.opt.MaxSize) {
 			wg.Go(func() { b.failOpen(fctx, chunk) })
 		}
 		wg.Wait()
 	}()
+}
+
+// dispatch lands the keys found, hands the keys held elsewhere to the
+// single-key algorithm on goroutines of wg, and returns the keys claimed
+// and, while Redis is unavailable, the keys to load without the lock.
+func (b *batch[T]) dispatch(fctx context.Context, looks []batchLook, cl callOptions, wg *sync.WaitGroup) (claimed, open []*batchLook) {
+	c := b.c
+	for i := range looks {
+		l := &looks[i]
+		switch {
+		case l.err == nil && l.r.state == found:
+			c.stats.hits.Add(1)
+			c.event(fctx, observe.Event{Kind: observe.Hit, Key: l.key})
+			c.keepLocal(l.key, &l.look)
+			c.flights.Land(l.f, flight.Outcome{Val: l.val, Err: l.valErr})
+		case l.err == nil && l.r.state == stale && l.valErr == nil &&
+			(l.r.sub == staleBackoff || l.entry.StaleWindow-l.r.pttl <= c.opt.StaleWhileRevalidate):
+			c.serveStale(fctx, l.key, &l.look)
+			if l.r.sub == staleClaimed {
+				c.refresh(context.WithValue(fctx, singleKey{}, l.key), l.key, cl, b.o, &l.look)
+			}
+			c.flights.Land(l.f, flight.Outcome{Val: l.val})
+		case l.err != nil && redisx.Outage(l.err) && !c.opt.FailClosed:
+			c.stats.redisErrors.Add(1)
+			open = append(open, l)
+		case l.err == nil && l.r.state == acquired:
+			c.stats.misses.Add(1)
+			c.event(fctx, observe.Event{Kind: observe.Miss, Key: l.key})
+			claimed = append(claimed, l)
+		default:
+			// Held elsewhere, stale past the revalidate window, or a
+			// Redis failure: the single-key algorithm takes it from
+			// here, with this look as its first.
+			wg.Go(func() {
+				kctx := context.WithValue(fctx, singleKey{}, l.key)
+				wctx, wcancel := context.WithCancel(kctx)
+				defer context.AfterFunc(l.f.Patience(), wcancel)()
+				defer wcancel()
+				var first *look
+				if l.err == nil {
+					first = &l.look
+				}
+				out := c.fill(kctx, wctx, l.key, cl, b.o, first)
+				c.flights.Land(l.f, out.landed())
+			})
+		}
+	}
+	return claimed, open
 }
 
 // batchLook is the first look of one key of a batch.
@@ -475,7 +541,7 @@ func (c *Cache) lookMany(ctx context.Context, items []batchItem, o ops) []batchL
 
 // lead loads the claimed keys of one chunk with one loader call, and stores
 // the outcome of each, in one pipelined round trip.
-func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions) {
+func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions, join joiner, wg *sync.WaitGroup) {
 	c := b.c
 	keys := make([]string, len(chunk))
 	for i, l := range chunk {
@@ -483,19 +549,55 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions)
 	}
 	lctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	keepers := make([]*lease.Keeper, len(chunk))
-	for i, l := range chunk {
+	var keepers []*lease.Keeper
+	keep := func(l *batchLook) {
 		key := l.key
-		keepers[i] = lease.Keep(c.rdb, l.ks.lock, l.token, c.opt.LockTTL, l.sent, func() {
+		keepers = append(keepers, lease.Keep(c.rdb, l.ks.lock, l.token, c.opt.LockTTL, l.sent, func() {
 			c.event(ctx, observe.Event{Kind: observe.LeaseLost, Key: key})
-		})
+		}))
+	}
+	for _, l := range chunk {
+		keep(l)
 	}
 	wctx, wcancel := chunkPatience(ctx, chunk)
 	defer wcancel()
+	if join != nil {
+		join.hold()
+		defer func() {
+			if join != nil {
+				join.take(0)
+			}
+		}()
+	}
+	// absorb brings the keys that arrived while the chunk waited for its
+	// budget slot into it: read or claimed together, the claimed ones
+	// loaded with the chunk's keys.
+	bctx := ctx // the batch's: the loader's ends with the load
+	absorb := func() {
+		ctx := bctx
+		j := join
+		join = nil
+		items := j.take(b.opt.MaxSize - len(chunk))
+		if len(items) == 0 {
+			return
+		}
+		claimed, open := b.dispatch(ctx, c.lookMany(ctx, items, b.o), cl, wg)
+		for _, l := range claimed {
+			keep(l)
+			chunk = append(chunk, l)
+			keys = append(keys, l.key)
+		}
+		if len(open) > 0 {
+			wg.Go(func() { b.failOpen(ctx, open) })
+		}
+	}
 
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
 	defer scancel()
 	ops := ops{typ: b.o.typ, decode: b.o.decode, load: func(ctx context.Context) (any, error) {
+		if join != nil {
+			absorb()
+		}
 		start := time.Now()
 		m, err := b.load(ctx, keys)
 		c.event(ctx, observe.Event{Kind: observe.Batch, N: len(keys), Duration: time.Since(start), Err: err})

@@ -211,3 +211,49 @@ func TestBatcherBehindBudget(t *testing.T) {
 		t.Errorf("%d loader calls for 20 keys behind a budget of 20/s; want the keys gathered into 2–4", n)
 	}
 }
+
+// TestBatcherJoinerHeldElsewhere: a key that joins a batch waiting for its
+// slot, but that another server is loading, is awaited like any other, not
+// cut off when the batch's load ends.
+func TestBatcherJoinerHeldElsewhere(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := newBudget(t, s, "api", budget.Limit{Rate: 20, Burst: 1})
+	c := newCache(t, s.Client(t, nil), &fill.Options{Budget: b})
+	other := newCache(t, s.Client(t, nil), nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	bt := fill.NewBatcher(c, func(_ context.Context, keys []string) (map[string]string, error) {
+		m := map[string]string{}
+		for _, k := range keys {
+			m[k] = "batch"
+		}
+		return m, nil
+	}, &fill.BatchOptions{Window: time.Millisecond})
+	started, open := make(chan struct{}), make(chan struct{})
+	go fill.Get(ctx, other, "held", func(context.Context) (string, error) {
+		close(started)
+		<-open
+		return "other", nil
+	})
+	<-started
+	if err := b.Wait(ctx, budget.Foreground); err != nil { // the next slot is 50ms away
+		t.Fatal(err)
+	}
+	first := make(chan error, 1)
+	go func() { _, err := bt.Get(ctx, "a"); first <- err }()
+	redistest.WaitFor(t, "the batch waits for its slot", func() bool { return c.Stats().Misses == 1 })
+	joined := make(chan string, 1)
+	go func() {
+		v, err := bt.Get(ctx, "held")
+		if err != nil {
+			t.Error(err)
+		}
+		joined <- v
+	}()
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	close(open)
+	if v := <-joined; v != "other" {
+		t.Fatalf("joined key: got %q; want the other server's value", v)
+	}
+}
