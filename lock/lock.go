@@ -251,7 +251,9 @@ func (k *Lock) releaseDetached(ctx context.Context) error {
 // permissions), Release returns nil: the lock is free, and waiters find it
 // free when they next look, within Options.PollInterval.
 func (k *Lock) Release(ctx context.Context) error {
-	if ctx.Err() != nil || ctx.Done() == nil {
+	if ctx.Err() != nil || !k.l.rdb.Watched(ctx) {
+		// Ended already (clean-up: its own timeout), or a ctx the client
+		// bounds itself or cannot bound (no deadline): on this goroutine.
 		return k.release(ctx)
 	}
 	done := make(chan error, 1)

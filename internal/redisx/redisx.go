@@ -50,6 +50,13 @@ func New(rdb redis.UniversalClient) *Client {
 	return c
 }
 
+// Watched reports whether a call with ctx runs on a goroutine of its own in
+// [Run]: ctx has a deadline that the client does not enforce itself.
+func (c *Client) Watched(ctx context.Context) bool {
+	_, ok := ctx.Deadline()
+	return ok && !c.deadlines
+}
+
 // Redis returns the wrapped client.
 func (c *Client) Redis() redis.UniversalClient { return c.rdb }
 
@@ -106,7 +113,7 @@ func Run[T any](ctx context.Context, c *Client, fn func(context.Context) (T, err
 	if err := c.out.check(); err != nil {
 		return zero, err
 	}
-	if _, ok := ctx.Deadline(); !ok || c.deadlines {
+	if !c.Watched(ctx) {
 		v, err := fn(ctx)
 		c.out.observe(err)
 		return v, err
