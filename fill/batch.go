@@ -238,15 +238,8 @@ func (bt *Batcher[T]) Get(ctx context.Context, key string) (T, error) {
 		return zero, errors.New("fill: Batcher with a nil loader")
 	}
 	if c.local != nil {
-		if v, absent, ok := c.local.get(key); ok {
-			if absent {
-				c.localHit(ctx, key)
-				return zero, notFound(key)
-			}
-			if t, ok := v.(T); ok {
-				c.localHit(ctx, key)
-				return t, nil
-			}
+		if t, err, ok := fromLocal[T](ctx, c, key); ok {
+			return t, err
 		}
 	}
 	f, leader, err := c.flights.Join(flightKey{key: key, typ: bt.b.o.typ})

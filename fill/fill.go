@@ -244,15 +244,8 @@ func Get[T any](ctx context.Context, c *Cache, key string, load func(ctx context
 		return zero, c.err
 	}
 	if c.local != nil {
-		if v, absent, ok := c.local.get(key); ok {
-			if absent {
-				c.localHit(ctx, key)
-				return zero, notFound(key)
-			}
-			if t, ok := v.(T); ok {
-				c.localHit(ctx, key)
-				return t, nil
-			}
+		if t, err, ok := fromLocal[T](ctx, c, key); ok {
+			return t, err
 		}
 	}
 	fk := flightKey{key: key, typ: reflect.TypeFor[T]()}

@@ -222,3 +222,21 @@ func (c *Cache) keepLocal(key string, l *look) {
 	}
 	c.local.keep(key, l.val, l.valErr != nil, l.entry.CreatedAt, l.sent, l.sent.Add(fresh))
 }
+
+// fromLocal answers a Get from the in-process tier: the copy of key as a T,
+// or its cached absence; ok is false when there is no copy of that type to
+// serve.
+func fromLocal[T any](ctx context.Context, c *Cache, key string) (t T, err error, ok bool) {
+	v, absent, ok := c.local.get(key)
+	if !ok {
+		return t, nil, false
+	}
+	if absent {
+		c.localHit(ctx, key)
+		return t, notFound(key), true
+	}
+	if t, ok = v.(T); ok {
+		c.localHit(ctx, key)
+	}
+	return t, nil, ok
+}
