@@ -624,10 +624,18 @@ func (b *Budget) giveBack(r booking) {
 // listen hears of pauses begun on any server, until Close.
 func (b *Budget) listen() {
 	defer b.wg.Done()
+	ready := b.sub.Ready()
 	for {
 		select {
 		case <-b.done:
 			return
+		case <-ready:
+			// Subscribed: a pause announced before then was not heard.
+			// Read it, so that no sleeper of this server misses it.
+			ready = nil
+			if at, err := b.readPause(); err == nil {
+				b.heard(at)
+			}
 		case m := <-b.sub.C():
 			at, err := strconv.ParseInt(m, 10, 64)
 			if err != nil {
