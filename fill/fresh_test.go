@@ -90,6 +90,8 @@ func TestStaleWhileRevalidate(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	// The refresh runs in the background: it may start after the reads.
+	redistest.WaitFor(t, "the refresh starts", func() bool { return v.calls.Load() >= 2 })
 	if n := v.calls.Load(); n != 2 {
 		t.Fatalf("loader calls = %d; want the first and exactly one refresh", n)
 	}
