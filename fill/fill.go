@@ -386,7 +386,7 @@ func (c *Cache) look(ctx context.Context, ks keyset, token string, o ops, mode, 
 		case err != nil:
 			l.err = err
 			return l
-		case envelope.Window(s2b(v)) == 0:
+		case envelope.Window(v) == 0:
 			// A value without a stale window is fresh until it expires.
 			l.r = claimReply{state: found, value: v, pttl: -1}
 			c.decode(ks, v, o, &l)

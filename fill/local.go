@@ -97,7 +97,7 @@ func (l *local) live(now int64) bool {
 	if !l.beats {
 		return true
 	}
-	heard := l.c.hub.HeardNano()
+	heard := l.c.hub.Heard()
 	return heard != 0 && now-heard < int64(l.maxStale)
 }
 

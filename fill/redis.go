@@ -30,13 +30,14 @@ var (
 
 // keyset holds the Redis keys of one cached name.
 type keyset struct {
+	name                         string // the caller's key, for error messages
 	lock, value, failed, backoff string
 	keys                         []string // all four, in the scripts' order
 }
 
 func (c *Cache) keyset(name string) keyset {
 	lock := lease.LockKey(c.opt.Prefix, name)
-	ks := keyset{lock: lock, value: lease.ValueKey(lock), failed: lock + ":failed", backoff: lock + ":backoff"}
+	ks := keyset{name: name, lock: lock, value: lease.ValueKey(lock), failed: lock + ":failed", backoff: lock + ":backoff"}
 	ks.keys = []string{ks.lock, ks.value, ks.failed, ks.backoff}
 	return ks
 }

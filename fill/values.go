@@ -24,7 +24,7 @@ func (c *Cache) decode(ks keyset, s string, o ops, l *look) {
 	e.Payload = nil
 	l.entry = e
 	if e.Absent {
-		l.valErr = notFound(keyOf(c.opt.Prefix, ks))
+		l.valErr = notFound(ks.name)
 		return
 	}
 	v, err := o.decode(payload)
@@ -35,22 +35,13 @@ func (c *Cache) decode(ks keyset, s string, o ops, l *look) {
 	if mine := typeTag(o.typ); e.Type != "" && e.Type != mine {
 		if e.Replaced == mine {
 			c.stats.typeConflicts.Add(1)
-			l.valErr = &TypeConflictError{Key: keyOf(c.opt.Prefix, ks), Stored: e.Type, Read: mine}
+			l.valErr = &TypeConflictError{Key: ks.name, Stored: e.Type, Read: mine}
 			return
 		}
 		l.replaced = e.Type
 	}
 	c.stats.corrupt.Add(1)
 	l.valErr = fmt.Errorf("%w: %w", envelope.ErrCorrupt, err)
-}
-
-// keyOf recovers the caller's key from its keyset, for error messages.
-func keyOf(prefix string, ks keyset) string {
-	k := ks.lock[len(prefix)+1 : len(ks.lock)-1]
-	if len(k) > 0 && k[0] == 0xff {
-		k = k[1:]
-	}
-	return k
 }
 
 // typeTag names a Go type for the entries it writes.
@@ -60,6 +51,3 @@ func typeTag(t reflect.Type) string {
 	}
 	return t.String()
 }
-
-// s2b returns the bytes of s without copying; they must not be written.
-func s2b(s string) []byte { return []byte(s) }

@@ -187,9 +187,9 @@ func (l *Locker) obtain(ctx context.Context, name string, wait bool) (*Lock, err
 	case errors.Is(err, ErrNotObtained):
 		return nil, err
 	case errors.Is(err, notify.ErrClosed):
-		return nil, fmt.Errorf("%w: obtain %s", ErrClosed, lease.Quote(name))
+		return nil, fmt.Errorf("%w: obtain %s", ErrClosed, redisx.Quote(name))
 	case err != nil:
-		return nil, fmt.Errorf("lock: obtain %s: %w", lease.Quote(name), err)
+		return nil, fmt.Errorf("lock: obtain %s: %w", redisx.Quote(name), err)
 	}
 	return lk, nil
 }
@@ -262,7 +262,7 @@ func (k *Lock) Release(ctx context.Context) error {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
-		return fmt.Errorf("lock: release %s: %w (going on in the background)", lease.Quote(k.name), ctx.Err())
+		return fmt.Errorf("lock: release %s: %w (going on in the background)", redisx.Quote(k.name), ctx.Err())
 	}
 }
 
@@ -276,9 +276,9 @@ func (k *Lock) release(ctx context.Context) error {
 	r, err := lease.ReleaseRetrying(rctx, k.l.rdb, k.key, k.token, lease.Message(lease.Released, ""))
 	switch {
 	case err != nil:
-		return fmt.Errorf("lock: release %s: %w", lease.Quote(k.name), err)
+		return fmt.Errorf("lock: release %s: %w", redisx.Quote(k.name), err)
 	case !r.Released:
-		return fmt.Errorf("%w: release %s", ErrNotHeld, lease.Quote(k.name))
+		return fmt.Errorf("%w: release %s", ErrNotHeld, redisx.Quote(k.name))
 	}
 	return nil
 }
@@ -288,10 +288,10 @@ func (k *Lock) release(ctx context.Context) error {
 func (k *Lock) Refresh(ctx context.Context) error {
 	ok, err := lease.Refresh(ctx, k.l.rdb, k.key, k.token, k.l.opt.TTL)
 	if err != nil {
-		return fmt.Errorf("lock: refresh %s: %w", lease.Quote(k.name), err)
+		return fmt.Errorf("lock: refresh %s: %w", redisx.Quote(k.name), err)
 	}
 	if !ok {
-		return fmt.Errorf("%w: refresh %s", ErrNotHeld, lease.Quote(k.name))
+		return fmt.Errorf("%w: refresh %s", ErrNotHeld, redisx.Quote(k.name))
 	}
 	return nil
 }

@@ -140,12 +140,14 @@ type Entry struct {
 
 // Window returns the stale window of an encoded entry, read from its fixed
 // place, without decoding the rest; 0 for a version 1 entry or bytes that
-// are not an entry.
-func Window(b []byte) time.Duration {
+// are not an entry. It takes the entry as bytes or as the string Redis
+// returned, without copying either.
+func Window[B ~string | ~[]byte](b B) time.Duration {
 	if len(b) < headerLen+windowLen || b[0] != magic || b[1] != version {
 		return 0
 	}
-	return time.Duration(binary.BigEndian.Uint32(b[headerLen:])) * time.Millisecond
+	ms := uint32(b[3])<<24 | uint32(b[4])<<16 | uint32(b[5])<<8 | uint32(b[6])
+	return time.Duration(ms) * time.Millisecond
 }
 
 // Encode appends the encoded entry to dst and returns it. Payloads of at least

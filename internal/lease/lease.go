@@ -301,6 +301,3 @@ func PTTL(msec int64) time.Duration {
 	const maxMs = int64(100 * 365 * 24 * time.Hour / time.Millisecond)
 	return time.Duration(min(max(msec, 0), maxMs)) * time.Millisecond
 }
-
-// Quote quotes a name for an error message, shortening a long one.
-func Quote(name string) string { return redisx.Quote(name) }

@@ -139,11 +139,11 @@ func FuzzParseAcquire(f *testing.F) {
 }
 
 func TestQuote(t *testing.T) {
-	if got := Quote("a\x00"); got != `"a\x00"` {
+	if got := redisx.Quote("a\x00"); got != `"a\x00"` {
 		t.Errorf("got %s", got)
 	}
 	long := make([]byte, 1000)
-	if got := Quote(string(long)); len(got) > 400 {
+	if got := redisx.Quote(string(long)); len(got) > 400 {
 		t.Errorf("long name quoted to %d bytes", len(got))
 	}
 }

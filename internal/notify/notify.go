@@ -763,19 +763,11 @@ func (l *Listener) Close() {
 	l.sub.Close()
 }
 
-// Heard returns when the newest heartbeat that came back was sent: every
-// message published before then has been delivered. It is the zero Time on
-// a Cluster or a Ring (no heartbeats), and after a connection broke until a
-// heartbeat comes back on the new one.
-func (h *Hub) Heard() time.Time {
-	if ns := h.heard.Load(); ns != 0 {
-		return time.Unix(0, ns)
-	}
-	return time.Time{}
-}
-
-// HeardNano is [Hub.Heard] in Unix nanoseconds, 0 for the zero Time.
-func (h *Hub) HeardNano() int64 { return h.heard.Load() }
+// Heard returns when the newest heartbeat that came back was sent, in Unix
+// nanoseconds: every message published before then has been delivered. It
+// is 0 on a Cluster or a Ring (no heartbeats), and after a connection broke
+// until a heartbeat comes back on the new one.
+func (h *Hub) Heard() int64 { return h.heard.Load() }
 
 // Heartbeats reports whether the Hub sends heartbeats: on a standalone or
 // Sentinel client, not on a Cluster or a Ring.
