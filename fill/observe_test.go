@@ -46,7 +46,11 @@ func TestObserver(t *testing.T) {
 	b := newCache(t, redistest.Client(t, m.Addr()), &fill.Options{Observer: &rb})
 	ctx := redistest.Context(t, 20*time.Second)
 	started, open := make(chan struct{}), make(chan struct{})
-	go fill.Get(ctx, a, "k", func(context.Context) (int, error) { close(started); <-open; return 1, nil })
+	first := make(chan error, 1)
+	go func() {
+		_, err := fill.Get(ctx, a, "k", func(context.Context) (int, error) { close(started); <-open; return 1, nil })
+		first <- err
+	}()
 	<-started
 	res := make(chan error, 1)
 	go func() {
@@ -56,6 +60,11 @@ func TestObserver(t *testing.T) {
 	redistest.WaitFor(t, "b waits", func() bool { return b.Stats().Misses == 1 })
 	close(open)
 	if err := <-res; err != nil {
+		t.Fatal(err)
+	}
+	// b has the value from the message before a's flight has returned; a
+	// Get on a before then would join that flight and see no hit.
+	if err := <-first; err != nil {
 		t.Fatal(err)
 	}
 	fill.Get(ctx, a, "k", func(context.Context) (int, error) { return 3, nil })
