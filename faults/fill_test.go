@@ -267,7 +267,12 @@ func TestFillLoadTimeout(t *testing.T) {
 	ctx := ctxT(t, testTimeout)
 	s := redistest.Start(t, nil)
 	direct := s.Client(t, nil)
-	cs := servers(t, s, 2, &fill.Options{LockTTL: lockTTL, LoadTimeout: 2 * lockTTL})
+	// The other server's own flights may run longer, so that the failure it
+	// is told of cannot race its own deadline on a slow machine.
+	cs := []*fill.Cache{
+		newCache(t, s.Client(t, nil), &fill.Options{LockTTL: lockTTL, LoadTimeout: 2 * lockTTL}),
+		newCache(t, s.Client(t, nil), &fill.Options{LockTTL: lockTTL, LoadTimeout: 20 * lockTTL}),
+	}
 	var loads atomic.Int32
 	slow := slowLoader(&loads, 10*lockTTL)
 	leader := get(ctx, cs[0], "slow", slow)

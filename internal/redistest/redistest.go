@@ -104,9 +104,12 @@ type Server struct {
 	conf string   // configuration file given before --port, or "" for none
 	args []string // every argument except the configuration file and --port
 
+	cluster bool // a cluster node, whose bus port is port+10000
+
 	mu     sync.Mutex
 	proc   *process // the latest run, possibly exited; nil only before the first
 	paused bool
+	held   []func() // releases the ports held while the server is killed (see holdPort)
 }
 
 // process is one run of redis-server.
@@ -150,7 +153,7 @@ const (
 func startServer(t testing.TB, cfg serverConfig) *Server {
 	t.Helper()
 	// TempDir's removal is registered before the kill below, so it runs after.
-	s := &Server{dir: t.TempDir()}
+	s := &Server{dir: t.TempDir(), cluster: cfg.cluster}
 	s.args = []string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", s.dir, "--protected-mode", "no"}
 	if cfg.cluster {
@@ -311,7 +314,8 @@ func (s *Server) signal(t testing.TB, sig syscall.Signal, stop bool) {
 
 // Kill kills the server with SIGKILL (after SIGCONT, in case it is paused) and
 // waits for the process to exit. Killing a server that is not running does
-// nothing.
+// nothing. Until Restart, the server's port refuses connections, and no other
+// listener on the machine is given it (on Unix systems, see holdPort).
 func (s *Server) Kill(t testing.TB) {
 	t.Helper()
 	s.mu.Lock()
@@ -319,6 +323,34 @@ func (s *Server) Kill(t testing.TB) {
 	if err := s.kill(); err != nil {
 		t.Fatalf("redistest: %v", err)
 	}
+	s.hold()
+}
+
+// hold holds the server's ports while it is down, if they are not held
+// already. Holding is best effort: a port the kernel gave to another socket
+// in the moment since the kill stays with it. s.mu must be held.
+func (s *Server) hold() {
+	if s.held != nil {
+		return
+	}
+	ports := []int{s.port}
+	if s.cluster {
+		ports = append(ports, s.port+10000)
+	}
+	s.held = []func(){}
+	for _, p := range ports {
+		if release, err := holdPort(p); err == nil {
+			s.held = append(s.held, release)
+		}
+	}
+}
+
+// unhold releases the ports held by hold. s.mu must be held.
+func (s *Server) unhold() {
+	for _, release := range s.held {
+		release()
+	}
+	s.held = nil
 }
 
 // Restart starts a fresh, empty redis-server with the same arguments on the
@@ -335,6 +367,10 @@ func (s *Server) Restart(t testing.TB) {
 	if err := s.kill(); err != nil {
 		t.Fatalf("redistest: restart: %v", err)
 	}
+	// The ports stay held until the new server listens: redis-server binds
+	// with SO_REUSEADDR, which a held port allows.
+	s.hold()
+	defer s.unhold()
 	if err := clearDir(s.dir, clusterConfFile, sentinelConfFile); err != nil {
 		t.Fatalf("redistest: restart: %v", err)
 	}
@@ -363,6 +399,7 @@ func (s *Server) cleanup(t testing.TB) {
 	if err := s.kill(); err != nil {
 		t.Errorf("redistest: cleanup: %v", err)
 	}
+	s.unhold()
 }
 
 // kill kills and reaps the current process, if any. s.mu must be held.
