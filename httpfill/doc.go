@@ -19,11 +19,15 @@
 //   - the response's Cache-Control s-maxage, else its max-age, else its
 //     Expires minus its Date, less its Age header; a lifetime of 0 or less
 //     is not stored;
-//   - else [Options.TTL], else the Cache's TTL.
+//   - else, for a status cacheable without an explicit lifetime (200, 203,
+//     204, 300, 301, 308, 404, 405, 410, 414, 501), [Options.TTL], else the
+//     Cache's TTL.
 //
 // Not stored, but handed to the callers merged on the request that got it:
 // a response with Cache-Control no-store or no-cache, or to a request with
-// Cache-Control no-store; a 5xx; a 408. A 429 is neither stored nor handed
+// Cache-Control no-store; a response with Set-Cookie (a cookie set for one
+// client is not handed to later ones); another status (302, 401, 403, ...)
+// without an explicit lifetime; a 5xx; a 408. A 429 is neither stored nor handed
 // on as a response (see Rate limits below). Cache-Control private is
 // stored: the default key keeps one set of credentials' responses from
 // another's requests, which is what private asks of a cache.

@@ -79,6 +79,16 @@ func cacheable(req *http.Request) bool {
 	return true
 }
 
+// heuristic holds the statuses a response may be cached with no explicit
+// lifetime (RFC 9110, 15.1: "heuristically cacheable"); 206 is left out, as
+// a Range request passes through.
+var heuristic = map[int]bool{
+	http.StatusOK: true, http.StatusNonAuthoritativeInfo: true, http.StatusNoContent: true,
+	http.StatusMultipleChoices: true, http.StatusMovedPermanently: true,
+	http.StatusPermanentRedirect: true, http.StatusNotFound: true, http.StatusMethodNotAllowed: true,
+	http.StatusGone: true, http.StatusRequestURITooLong: true, http.StatusNotImplemented: true,
+}
+
 // lifetime returns how long resp, the answer to req at now, may be cached:
 // store false means not at all, a ttl of 0 the Transport's default.
 func lifetime(req *http.Request, resp *http.Response, now time.Time) (ttl time.Duration, store bool) {
@@ -86,6 +96,11 @@ func lifetime(req *http.Request, resp *http.Response, now time.Time) (ttl time.D
 		return 0, false
 	}
 	if _, ok := directives(req.Header)["no-store"]; ok {
+		return 0, false
+	}
+	if len(resp.Header.Values("Set-Cookie")) > 0 {
+		// A cookie the upstream set for one client is not handed to
+		// others later, whatever the response's freshness says.
 		return 0, false
 	}
 	cc := directives(resp.Header)
@@ -108,8 +123,12 @@ func lifetime(req *http.Request, resp *http.Response, now time.Time) (ttl time.D
 			}
 			life = t.Sub(date)
 		}
-	} else {
+	} else if heuristic[resp.StatusCode] {
 		return 0, true
+	} else {
+		// Other statuses (400, 401, 403, 302, ...) are stored only when
+		// the response says for how long (RFC 9111, 4.2.2).
+		return 0, false
 	}
 	if age := seconds(resp.Header.Get("Age")); age > 0 {
 		life -= age
