@@ -103,6 +103,12 @@ type shard struct {
 	ps   *redis.PubSub
 	seq  uint64              // the last PING sent
 	wait map[uint64][]string // PING number -> channels subscribed just before it
+	// unread: the shard's reader is not started yet. A Cluster shard's
+	// reader starts after its first SSUBSCRIBE: go-redis routes a sharded
+	// connection by the slot of its first channel, and a reader that
+	// connected first would land on a random master, which refuses the
+	// shard's channels with MOVED.
+	unread bool
 	// Heartbeats, on the standalone shard only.
 	sentUnseen int       // heartbeats accepted by Redis since the last one seen
 	heard      time.Time // when the newest heartbeat seen was sent
@@ -339,6 +345,7 @@ func (h *Hub) send(sh *shard, subscribe bool, ops []op) {
 	var err error
 	if h.cluster != nil {
 		err = ps.SSubscribe(ctx, channels...)
+		h.startReader(sh)
 	} else {
 		err = ps.Subscribe(ctx, channels...)
 	}
@@ -399,8 +406,12 @@ func (h *Hub) shardFor(channel string) *shard {
 	switch {
 	case h.cluster != nil:
 		// The connection is routed by the slot of the first channel it
-		// subscribes; SSubscribe with no channel leaves it unconnected.
+		// subscribes; SSubscribe with no channel leaves it unconnected,
+		// and so must the reader until then (see shard.unread).
 		sh.ps = h.cluster.SSubscribe(context.Background())
+		sh.unread = true
+		h.shards[addr] = sh
+		return sh
 	case client != nil:
 		sh.ps = client.Subscribe(context.Background())
 	default:
@@ -412,6 +423,18 @@ func (h *Hub) shardFor(channel string) *shard {
 	h.wg.Add(1)
 	go h.reader(sh, sh.ps)
 	return sh
+}
+
+// startReader starts sh's reader if it is not running yet.
+func (h *Hub) startReader(sh *shard) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !sh.unread || h.closed {
+		return
+	}
+	sh.unread = false
+	h.wg.Add(1)
+	go h.reader(sh, sh.ps)
 }
 
 // healthEvery is how long the reader waits for a message before it pings

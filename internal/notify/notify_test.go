@@ -417,3 +417,35 @@ func TestHeartbeatFollowsMaster(t *testing.T) {
 		}
 	})
 }
+
+// TestCluster: on a Redis Cluster each channel is subscribed on the master
+// that owns its slot, on a connection of that master's own, whatever order
+// the hub's reader and writer start in: every channel is ready at once,
+// nothing is refused, and a sharded publish arrives.
+func TestCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	rdb := c.Client(t, nil)
+	ctx := redistest.Context(t, 60*time.Second)
+	for i := range 20 {
+		h := New(rdb, nil)
+		var subs []*Sub
+		for j := range 6 {
+			ch := fmt.Sprintf("p{k%d-%d}", i, j)
+			s := h.Subscribe(ch)
+			subs = append(subs, s)
+		}
+		for _, s := range subs {
+			ready(t, s)
+			if err := rdb.SPublish(ctx, s.channel, "hi").Err(); err != nil {
+				t.Fatal(err)
+			}
+			if p := recv(t, s); p != "hi" {
+				t.Fatalf("%s: got %q", s.channel, p)
+			}
+		}
+		if n := h.Errors(); n != 0 {
+			t.Fatalf("hub %d: %d subscriptions refused", i, n)
+		}
+		h.Close()
+	}
+}
