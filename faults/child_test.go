@@ -194,7 +194,14 @@ func (c *child) wait(t testing.TB, d time.Duration) error {
 	select {
 	case <-c.done:
 	case <-time.After(d):
-		t.Fatalf("%s did not exit within %v", c.name, d)
+		// Ask the Go runtime for its goroutines' stacks: the dump reaches
+		// the test log with the child's other output.
+		_ = c.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-c.done:
+		case <-time.After(5 * time.Second):
+		}
+		t.Fatalf("%s did not exit within %v (goroutine dump below)", c.name, d)
 	}
 	if !c.cmd.ProcessState.Success() {
 		return errors.New(c.name + ": " + c.exitState())

@@ -26,10 +26,13 @@ const (
 	mutexProcs      = 3
 	mutexGoroutines = 4
 	mutexRun        = 12 * time.Second
-	mutexLease      = 500 * time.Millisecond
-	mutexPause      = 900 * time.Millisecond // a stopped holder outlives its lease
-	mutexMaxHolds   = 200                    // per goroutine
-	mutexWork       = 30 * time.Millisecond  // between a hold's read and its write
+	// mutexLastHold bounds a hold begun just before the run's deadline:
+	// Obtain's 5 s, a read and a write of up to 10 s each, Release's 5 s.
+	mutexLastHold = 30 * time.Second
+	mutexLease    = 500 * time.Millisecond
+	mutexPause    = 900 * time.Millisecond // a stopped holder outlives its lease
+	mutexMaxHolds = 200                    // per goroutine
+	mutexWork     = 30 * time.Millisecond  // between a hold's read and its write
 )
 
 // More environment variables of the helper processes.
@@ -237,7 +240,7 @@ func TestMutualExclusionUnderFaults(t *testing.T) {
 
 	var holds []*hold
 	for _, c := range children {
-		if err := c.wait(t, hangTimeout); err != nil {
+		if err := c.wait(t, mutexLastHold+hangTimeout); err != nil {
 			t.Fatal(err)
 		}
 		for l := range c.lines {
