@@ -468,6 +468,15 @@ func (b *Budget) wait(ctx context.Context, p Priority) error {
 			return nil
 		}
 		err = b.sleep(ctx, r.wait, func(at int64) bool { return at > r.slot })
+		if err == nil && !b.listening() {
+			// Pub/sub does not work (refused, or Redis was away): a pause
+			// another server began meanwhile may not have been heard.
+			// Read it before going.
+			if at, rerr := b.readPause(); rerr == nil && at > r.slot {
+				b.heard(at)
+				err = errPaused
+			}
+		}
 		switch {
 		case errors.Is(err, errPaused):
 			// A pause began before the slot: the script puts the new
@@ -647,6 +656,17 @@ func (b *Budget) listen() {
 				b.heard(at)
 			}
 		}
+	}
+}
+
+// listening reports whether the budget's subscription is confirmed: a
+// pause announced now reaches this server.
+func (b *Budget) listening() bool {
+	select {
+	case <-b.sub.Ready():
+		return true
+	default:
+		return false
 	}
 }
 

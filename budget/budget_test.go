@@ -520,6 +520,48 @@ func TestPauseAfterReconnect(t *testing.T) {
 	<-done
 }
 
+// TestPauseWithoutChannels: a server whose pub/sub Redis refuses (an ACL
+// user without channel permissions) hears of no pause, so its sleepers read
+// the pause before they go, and book again after it.
+func TestPauseWithoutChannels(t *testing.T) {
+	s := redistest.Start(t, nil)
+	s.ACLUser(t, "nochan", "secret", "~*", "+@all", "resetchannels")
+	l := budget.Limit{Rate: 1, Per: 500 * time.Millisecond}
+	a := newBudget(t, s.Client(t, nil), "nochan", l, nil)
+	rdbB := s.Client(t, &redis.Options{Username: "nochan", Password: "secret"})
+	b := newBudget(t, rdbB, "nochan", l, nil)
+	var rec recorder
+	rec.watch(b)
+	if err := b.Wait(context.Background(), budget.Foreground); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- b.Wait(ctx, budget.Foreground) }()
+	redistest.WaitFor(t, "a sleeper", func() bool { return rec.len() == 2 })
+	if err := a.PauseUntil(context.Background(), time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	pause := field(t, s.Client(t, nil), b, "pause")
+	redistest.WaitFor(t, "the sleeper to book again", func() bool { return rec.len() == 3 })
+	if k := rec.inOrder()[2]; k.Slot < pause {
+		t.Errorf("booked again at %d; want after the pause, %d", k.Slot, pause)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Wait returned %v during the pause", err)
+	default:
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("Wait = %v; want context.Canceled", err)
+	}
+	if st := b.Stats(); st.Rebooked != 1 {
+		t.Errorf("Rebooked = %d; want 1", st.Rebooked)
+	}
+}
+
 // TestPauseSameServer: a pause set on this server wakes its own sleepers at
 // once, whatever pub/sub does.
 func TestPauseSameServer(t *testing.T) {

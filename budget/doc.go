@@ -49,7 +49,9 @@
 // pauses the whole budget until the upstream's reset: the pause is kept in the
 // hash, checked by the same script that books slots, and announced on a
 // pub/sub channel so that callers already sleeping on a slot before it, on
-// every server, wake and book again after it. [Budget.PauseUntil] pauses
+// every server, wake and book again after it (a server whose subscription
+// Redis refuses, or not yet confirmed, reads the pause before each slot it
+// slept for instead). [Budget.PauseUntil] pauses
 // directly, and [Budget.PauseFor] pauses for a loader's [RateLimitedError].
 // Fewer calls remaining than the budget would allow before the reset pull the
 // budget down to them.
