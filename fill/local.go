@@ -28,10 +28,12 @@ import (
 //     remembered for a while (a tombstone), so a read that was under way
 //     when it arrived cannot put an older value back.
 //   - Copies are served only while the pub/sub connection is known to
-//     deliver: on a standalone or Sentinel client, a heartbeat published
-//     through Redis came back within MaxStaleness (and all copies are
-//     dropped whenever the connection breaks or is replaced). On a Cluster
-//     or a Ring, where the Hub sends no heartbeat, a copy lives at most
+//     deliver: a heartbeat published through Redis came back within
+//     MaxStaleness (and all copies are dropped whenever the connection
+//     breaks or is replaced). On a Cluster the invalidations and the
+//     heartbeats use classic pub/sub, which every node forwards to every
+//     other, on a connection of their own. On a Ring, whose shards forward
+//     nothing and where the Hub sends no heartbeat, a copy lives at most
 //     MaxStaleness after it was read instead.
 //
 // So no read returns a copy more than MaxStaleness after a newer value was
@@ -76,10 +78,10 @@ func newLocal(c *Cache, o LocalOptions) *local {
 		mine: make(map[string]struct{}),
 	}
 	if l.beats {
-		// On a Cluster or a Ring the invalidations, published with
-		// PUBLISH from a script on one node, do not reach a sharded
-		// subscriber: copies there live at most MaxStaleness instead.
-		l.listener = c.hub.Listen(c.invalChannel, l.message)
+		// On a Ring the invalidations, published with PUBLISH from a
+		// script on the key's shard, reach no single subscriber: copies
+		// there live at most MaxStaleness instead.
+		l.listener = c.hub.ListenAll(c.invalChannel, l.message)
 	}
 	return l
 }

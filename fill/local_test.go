@@ -88,6 +88,48 @@ func TestLocalInvalidation(t *testing.T) {
 	}
 }
 
+// TestLocalCluster: on a Redis Cluster, copies are served from memory and a
+// store or Delete on one server evicts the others' copies by push, for keys
+// in every node's slots. MaxStaleness is a minute, so only the push can
+// evict them within the test.
+func TestLocalCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	opt := &fill.Options{Local: &fill.LocalOptions{Size: 1000, MaxStaleness: time.Minute}}
+	var fleet []*fill.Cache
+	for range 3 {
+		fleet = append(fleet, newCache(t, cl.Client(t, nil), opt))
+	}
+	ctx := redistest.Context(t, 60*time.Second)
+	var version atomic.Int32
+	version.Store(1)
+	load := func(context.Context) (int, error) { return int(version.Load()), nil }
+	keys := []string{"user:1", "user:2", "user:3", "user:4", "user:5", "user:6"}
+	for _, k := range keys {
+		for _, c := range fleet {
+			warmLocal(t, ctx, c, k, load)
+		}
+	}
+	version.Store(2)
+	for i, k := range keys {
+		// Deleted on one server: every server drops its copy, and one of
+		// them loads the new value, which then reaches every server.
+		if err := fleet[i%3].Delete(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		for j, c := range fleet {
+			redistest.WaitFor(t, fmt.Sprint(k, ": server ", j, " sees the new value"), func() bool {
+				v, err := fill.Get(ctx, c, k, load)
+				return err == nil && v == 2
+			})
+		}
+	}
+	for i, c := range fleet {
+		if st := c.Stats(); st.Invalidations == 0 || st.LocalHits == 0 {
+			t.Errorf("server %d: %d invalidations, %d local hits; want some of each", i, st.Invalidations, st.LocalHits)
+		}
+	}
+}
+
 // TestLocalAfterPubSubKilled: when the pub/sub connections are killed, no
 // server serves its copy for longer than MaxStaleness after a newer value
 // was stored.
@@ -95,13 +137,34 @@ func TestLocalAfterPubSubKilled(t *testing.T) {
 	s := redistest.Start(t, nil)
 	const maxStale = time.Second
 	fleet := localFleet(t, s, 3, maxStale)
+	localAfterPubSubKilled(t, fleet, maxStale, func() { s.Do(t, "CLIENT", "KILL", "TYPE", "pubsub") })
+}
+
+// TestLocalClusterAfterPubSubKilled: TestLocalAfterPubSubKilled on a Redis
+// Cluster, every node's pub/sub connections killed.
+func TestLocalClusterAfterPubSubKilled(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	const maxStale = time.Second
+	opt := &fill.Options{Local: &fill.LocalOptions{Size: 1000, MaxStaleness: maxStale}}
+	var fleet []*fill.Cache
+	for range 3 {
+		fleet = append(fleet, newCache(t, cl.Client(t, nil), opt))
+	}
+	localAfterPubSubKilled(t, fleet, maxStale, func() {
+		for _, n := range cl.Nodes() {
+			n.Do(t, "CLIENT", "KILL", "TYPE", "pubsub")
+		}
+	})
+}
+
+func localAfterPubSubKilled(t *testing.T, fleet []*fill.Cache, maxStale time.Duration, kill func()) {
 	ctx := redistest.Context(t, 30*time.Second)
 	var version atomic.Int32
 	load := func(context.Context) (int, error) { return int(version.Load()), nil }
 	for round := 1; round <= 5; round++ {
 		version.Store(int32(round))
 		if round > 1 {
-			s.Do(t, "CLIENT", "KILL", "TYPE", "pubsub")
+			kill()
 			if err := fleet[0].Delete(ctx, "k"); err != nil {
 				t.Fatal(err)
 			}

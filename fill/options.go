@@ -165,7 +165,9 @@ type LocalOptions struct {
 	// invalidations: the tier serves a copy only while the connection has
 	// proven, within MaxStaleness, that it delivers (a heartbeat published
 	// through Redis came back); otherwise Get reads Redis. Invalidations
-	// normally arrive within a millisecond.
+	// normally arrive within a millisecond. On a Ring, which forwards no
+	// message between shards, there are no heartbeats: a copy is served
+	// for at most MaxStaleness after it was read.
 	// default: 1s
 	MaxStaleness time.Duration
 }

@@ -26,7 +26,9 @@
 // a heartbeat on a channel of its own while anyone waits; when heartbeats
 // that Redis accepted stop arriving (after a Sentinel failover the pub/sub
 // connection still points at the old master), it opens a new connection,
-// which follows the client to the current master.
+// which follows the client to the current master. On a Cluster, channels
+// of [Hub.ListenAll] share a classic pub/sub connection with the
+// heartbeats.
 package notify
 
 import (
@@ -58,27 +60,33 @@ type Hub struct {
 	rdb     redis.UniversalClient
 	cluster *redis.ClusterClient // non-nil: sharded pub/sub, one connection per master
 	ring    *redis.Ring          // non-nil: one connection per shard
-	beat    string               // heartbeat channel; "" on a Cluster or a Ring
+	beat    string               // heartbeat channel; "" on a Ring
+	// beatAddr is the shards key of the connection heartbeats travel on:
+	// "" for a standalone client, broadcastAddr on a Cluster.
+	beatAddr string
 
 	errCount  atomic.Uint64
 	onError   func(error)
 	beatEvery time.Duration
 	heard     atomic.Int64 // sh.heard of the standalone shard, Unix ns; 0 when none
 
-	mu      sync.Mutex // guards every field below and the fields of shards and entries
-	chans   map[string]*entry
-	shards  map[string]*shard // by server address; "" for a standalone client
-	ops     []op
-	subSeq  uint64 // numbers SUBSCRIBE ops
-	closed  bool
-	started bool
-	refused bool      // a subscription was refused and not yet retried
-	retryAt time.Time // when refused subscriptions are tried again
-	backoff time.Duration
-	told    bool          // the refusal was reported
-	kick    chan struct{} // wakes the writer; capacity 1
-	done    chan struct{} // closed by Close
-	wg      sync.WaitGroup
+	mu     sync.Mutex // guards every field below and the fields of shards and entries
+	chans  map[string]*entry
+	shards map[string]*shard // by server address; "" for a standalone client, broadcastAddr
+	// broadcast holds the channels of ListenAll: on a Cluster they are
+	// subscribed with classic SUBSCRIBE on the broadcast connection.
+	broadcast map[string]bool
+	ops       []op
+	subSeq    uint64 // numbers SUBSCRIBE ops
+	closed    bool
+	started   bool
+	refused   bool      // a subscription was refused and not yet retried
+	retryAt   time.Time // when refused subscriptions are tried again
+	backoff   time.Duration
+	told      bool          // the refusal was reported
+	kick      chan struct{} // wakes the writer; capacity 1
+	done      chan struct{} // closed by Close
+	wg        sync.WaitGroup
 }
 
 // Options configure a [Hub]. The zero value is valid.
@@ -148,9 +156,11 @@ func New(rdb redis.UniversalClient, opt *Options) *Hub {
 	switch c := rdb.(type) {
 	case *redis.ClusterClient:
 		h.cluster = c
+		h.beatAddr = broadcastAddr
 	case *redis.Ring:
 		h.ring = c
-	default:
+	}
+	if h.ring == nil {
 		h.beat = "__locksmith:hub:" + strconv.FormatUint(rand.Uint64(), 36)
 	}
 	return h
@@ -334,8 +344,9 @@ func (h *Hub) send(sh *shard, subscribe bool, ops []op) {
 	if ps == nil {
 		return
 	}
+	sharded := h.cluster != nil && sh.addr != broadcastAddr
 	if !subscribe {
-		if h.cluster != nil {
+		if sharded {
 			_ = ps.SUnsubscribe(ctx, channels...)
 		} else {
 			_ = ps.Unsubscribe(ctx, channels...)
@@ -343,7 +354,7 @@ func (h *Hub) send(sh *shard, subscribe bool, ops []op) {
 		return
 	}
 	var err error
-	if h.cluster != nil {
+	if sharded {
 		err = ps.SSubscribe(ctx, channels...)
 		h.startReader(sh)
 	} else {
@@ -378,7 +389,12 @@ const pingPrefix = "locksmith:"
 func (h *Hub) shardFor(channel string) *shard {
 	addr := ""
 	var client *redis.Client
+	h.mu.Lock()
+	broadcast := h.cluster != nil && (channel == h.beat || h.broadcast[channel])
+	h.mu.Unlock()
 	switch {
+	case broadcast:
+		addr = broadcastAddr
 	case h.cluster != nil:
 		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 		node, err := h.cluster.MasterForKey(ctx, channel)
@@ -404,6 +420,12 @@ func (h *Hub) shardFor(channel string) *shard {
 	}
 	sh := &shard{addr: addr}
 	switch {
+	case broadcast:
+		// Classic pub/sub on any node: a Cluster forwards every classic
+		// PUBLISH to every node.
+		sh.ps = h.rdb.Subscribe(context.Background())
+		h.subSeq++
+		h.enqueue(op{channel: h.beat, subscribe: true, n: h.subSeq})
 	case h.cluster != nil:
 		// The connection is routed by the slot of the first channel it
 		// subscribes; SSubscribe with no channel leaves it unconnected,
@@ -519,7 +541,7 @@ func (h *Hub) resubscribe(sh *shard) {
 			h.enqueue(op{channel: ch, subscribe: true, n: h.subSeq})
 		}
 	}
-	if sh != nil && sh.addr == "" && h.beat != "" {
+	if sh != nil && sh.addr == h.beatAddr && h.beat != "" {
 		h.subSeq++
 		h.enqueue(op{channel: h.beat, subscribe: true, n: h.subSeq})
 	}
@@ -666,7 +688,7 @@ func (h *Hub) heartbeat() {
 		case <-t.C:
 		}
 		h.mu.Lock()
-		sh := h.shards[""]
+		sh := h.shards[h.beatAddr]
 		active := sh != nil && len(h.chans) > 0 && !h.refused
 		h.mu.Unlock()
 		if !active {
@@ -707,7 +729,7 @@ func (h *Hub) heartbeatSeen(sh *shard, payload string) {
 // the client's current master) and subscribes every channel on it.
 func (h *Hub) replace(sh *shard) {
 	h.mu.Lock()
-	if h.closed || h.shards[""] != sh {
+	if h.closed || h.shards[h.beatAddr] != sh {
 		h.mu.Unlock()
 		return
 	}
@@ -733,7 +755,7 @@ func (h *Hub) replace(sh *shard) {
 func (h *Hub) lost(sh *shard) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if sh.addr == "" {
+	if sh.addr == h.beatAddr {
 		sh.heard = time.Time{}
 		h.heard.Store(0)
 	}
@@ -746,6 +768,10 @@ func (h *Hub) lost(sh *shard) {
 		}
 	}
 }
+
+// broadcastAddr keys a Cluster's classic pub/sub connection among the
+// shards (which are keyed by address otherwise).
+const broadcastAddr = "*broadcast"
 
 // Listener is a permanent subscription whose messages go to a function.
 type Listener struct {
@@ -775,6 +801,22 @@ func (h *Hub) Listen(channel string, fn func(payload string)) *Listener {
 	return l
 }
 
+// ListenAll is Listen for a channel on which messages are published with
+// classic PUBLISH on any node: on a Cluster, which forwards every classic
+// PUBLISH to every node, it is subscribed with classic SUBSCRIBE on a
+// connection of its own, which also carries the heartbeats (see
+// [Hub.Heard]). On a Ring, whose shards forward nothing, it hears only what
+// is published on the shard that owns channel.
+func (h *Hub) ListenAll(channel string, fn func(payload string)) *Listener {
+	h.mu.Lock()
+	if h.broadcast == nil {
+		h.broadcast = make(map[string]bool)
+	}
+	h.broadcast[channel] = true
+	h.mu.Unlock()
+	return h.Listen(channel, fn)
+}
+
 // Ready is closed once the listener's subscription is confirmed.
 func (l *Listener) Ready() <-chan struct{} { return l.sub.Ready() }
 
@@ -787,13 +829,16 @@ func (l *Listener) Close() {
 }
 
 // Heard returns when the newest heartbeat that came back was sent, in Unix
-// nanoseconds: every message published before then has been delivered. It
-// is 0 on a Cluster or a Ring (no heartbeats), and after a connection broke
-// until a heartbeat comes back on the new one.
+// nanoseconds: every message published before then, with classic PUBLISH
+// (on a Cluster: to a channel of ListenAll), has been delivered. It is 0 on
+// a Ring (no heartbeats), on a Cluster until ListenAll, and after a
+// connection broke until a heartbeat comes back on the new one.
 func (h *Hub) Heard() int64 { return h.heard.Load() }
 
-// Heartbeats reports whether the Hub sends heartbeats: on a standalone or
-// Sentinel client, not on a Cluster or a Ring.
+// Heartbeats reports whether the Hub sends heartbeats, whose return Heard
+// reports: on a standalone or Sentinel client while anyone waits or
+// listens, and on a Cluster while a ListenAll listener lives; never on a
+// Ring.
 func (h *Hub) Heartbeats() bool { return h.beat != "" }
 
 // Close closes the pub/sub connections and stops the Hub's goroutines. Subs

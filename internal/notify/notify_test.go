@@ -449,3 +449,42 @@ func TestCluster(t *testing.T) {
 		h.Close()
 	}
 }
+
+// TestListenAllCluster: on a Redis Cluster a ListenAll listener hears a
+// classic PUBLISH made on any node, and heartbeats come back.
+func TestListenAllCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	h := New(c.Client(t, nil), nil)
+	defer h.Close()
+	got := make(chan string, 16)
+	l := h.ListenAll("inval", func(p string) {
+		if p != Wake {
+			got <- p
+		}
+	})
+	defer l.Close()
+	select {
+	case <-l.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("listener not ready within 10s")
+	}
+	ctx := redistest.Context(t, 20*time.Second)
+	for i, n := range c.Nodes() {
+		want := fmt.Sprint("from node ", i)
+		if err := n.Client(t, nil).Publish(ctx, "inval", want).Err(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case p := <-got:
+			if p != want {
+				t.Fatalf("got %q; want %q", p, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("nothing heard of node %d's publish", i)
+		}
+	}
+	redistest.WaitFor(t, "a heartbeat back", func() bool { return h.Heard() != 0 })
+	if n := h.Errors(); n != 0 {
+		t.Errorf("%d subscriptions refused", n)
+	}
+}
