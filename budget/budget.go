@@ -198,6 +198,12 @@ type Stats struct {
 	LocalWaits  uint64 // Waits decided by the local limiter because Redis was unreachable
 	LocalPauses uint64 // pauses kept in this process only because Redis was unreachable
 	Errors      uint64 // Redis calls that failed other than for an outage
+
+	// LimitConflicts counts bookings that found the budget last booked by a
+	// server with another limit (another Rate/Per or Burst under the same
+	// name): the fleet keeps whichever limit each booking brings, so the
+	// servers must agree. The first is logged.
+	LimitConflicts uint64
 }
 
 type counters struct {
@@ -205,6 +211,7 @@ type counters struct {
 	refused, abandoned, givenBack, comeBacks      atomic.Uint64
 	rebooked, rateLimited, exhausted, requested   atomic.Uint64
 	pullDowns, localWaits, localPauses, redisErrs atomic.Uint64
+	limitConflicts                                atomic.Uint64
 }
 
 // Stats returns the Budget's counters.
@@ -218,6 +225,7 @@ func (b *Budget) Stats() Stats {
 		PausesExhausted: s.exhausted.Load(), PausesRequested: s.requested.Load(),
 		PullDowns: s.pullDowns.Load(), LocalWaits: s.localWaits.Load(),
 		LocalPauses: s.localPauses.Load(), Errors: s.redisErrs.Load(),
+		LimitConflicts: s.limitConflicts.Load(),
 	}
 }
 
@@ -236,6 +244,10 @@ type Budget struct {
 	// tolerance, the background interval while foreground calls wait, and
 	// the horizon.
 	t, tau, tb, horizon int64
+	// sig is the limit as the wait script compares it across servers,
+	// "T:tau"; toldConflict, that another server's was logged.
+	sig          string
+	toldConflict atomic.Bool
 
 	rdb   *redisx.Client
 	hub   *notify.Hub
@@ -260,7 +272,8 @@ type Budget struct {
 
 // New returns the budget called name on rdb, limited to limit. Servers that
 // use the same name and prefix on the same Redis share one budget, and must
-// give it the same limit. rdb may be a *redis.Client, a *redis.ClusterClient
+// give it the same limit (a booking that finds another server's limit is
+// counted in Stats.LimitConflicts, and the first logged). rdb may be a *redis.Client, a *redis.ClusterClient
 // or a failover client; a nil opt gives the defaults.
 //
 // New cannot fail: when limit, name or opt cannot be used (see
@@ -277,6 +290,7 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 	t := interval(b.lim)
 	b.t = t.Microseconds()
 	b.tau = int64(b.lim.Burst-1) * b.t
+	b.sig = strconv.FormatInt(b.t, 10) + ":" + strconv.FormatInt(b.tau, 10)
 	b.tb = int64(math.Ceil(float64(b.t) / b.opt.BackgroundShare))
 	b.horizon = min(max(2*b.t, horizonMin.Microseconds()), horizonMax.Microseconds())
 	n := b.opt.FleetSize
@@ -421,9 +435,10 @@ func (b *Budget) Wait(ctx context.Context, p Priority) error {
 type booking struct {
 	kind  int64 // booked, refused or comeBack
 	wait  time.Duration
-	slot  int64 // booked: the slot; comeBack: the place in line
-	tat   int64 // booked: the tat the booking set
-	gated bool  // booked: a background call passed the share gate
+	slot  int64  // booked: the slot; comeBack: the place in line
+	tat   int64  // booked: the tat the booking set
+	gated bool   // booked: a background call passed the share gate
+	other string // booked: the limit of the previous booking, when another server's differs
 	bg    bool
 	place bool // comeBack: slot is a place in the line
 }
@@ -461,6 +476,9 @@ func (b *Budget) wait(ctx context.Context, p Priority) error {
 			}
 			continue
 		}
+		if r.other != "" {
+			b.limitConflict(r.other)
+		}
 		if b.onBook != nil {
 			b.onBook(r, p)
 		}
@@ -492,6 +510,28 @@ func (b *Budget) wait(ctx context.Context, p Priority) error {
 	}
 }
 
+// limitConflict counts a booking that found the budget last booked with
+// another limit, other ("T:tau" in µs), and logs the first.
+func (b *Budget) limitConflict(other string) {
+	b.stats.limitConflicts.Add(1)
+	if b.toldConflict.Swap(true) {
+		return
+	}
+	b.log("servers disagree on the budget's limit: each booking brings its own, so the fleet's limit is not kept",
+		"ours", describeLimit(b.sig), "theirs", describeLimit(other))
+}
+
+// describeLimit tells a limit given as "T:tau" (µs) in words.
+func describeLimit(sig string) string {
+	ts, taus, ok := strings.Cut(sig, ":")
+	t, err1 := strconv.ParseInt(ts, 10, 64)
+	tau, err2 := strconv.ParseInt(taus, 10, 64)
+	if !ok || err1 != nil || err2 != nil || t <= 0 {
+		return strconv.Quote(sig)
+	}
+	return fmt.Sprintf("a call every %v, burst %d", time.Duration(t)*time.Microsecond, tau/t+1)
+}
+
 // fail returns err, from a Redis call of op, as the caller sees it: ctx's
 // own error when ctx ended, else wrapped, counted, and explained when the
 // budget's key holds another type.
@@ -520,7 +560,7 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64) (booking, er
 	}
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (booking, error) {
 		v, err := waitScript.Run(ctx, b.rdb.Redis(), []string{b.key}, b.t, b.tau, prio, patience,
-			b.tb, b.horizon, place, maxAhead.Microseconds()).Result()
+			b.tb, b.horizon, place, maxAhead.Microseconds(), b.sig).Result()
 		if err != nil {
 			return booking{}, err
 		}
@@ -539,6 +579,12 @@ func parseBooking(v any) (booking, error) {
 	if !ok || len(a) < 2 {
 		return booking{}, fmt.Errorf("unexpected wait reply %v (%T)", v, v)
 	}
+	var other string
+	if len(a) == 6 {
+		// The limit another server booked with, or 0.
+		other, _ = a[5].(string)
+		a = a[:5]
+	}
 	n := make([]int64, len(a))
 	for i, x := range a {
 		if n[i], ok = x.(int64); !ok {
@@ -548,7 +594,7 @@ func parseBooking(v any) (booking, error) {
 	r := booking{kind: n[0], wait: time.Duration(n[1]) * time.Microsecond}
 	switch {
 	case r.kind == booked && len(n) == 5:
-		r.slot, r.tat, r.gated = n[2], n[3], n[4] == 1
+		r.slot, r.tat, r.gated, r.other = n[2], n[3], n[4] == 1, other
 	case r.kind == comeBack && len(n) == 3:
 		r.slot, r.place = n[2], n[2] > 0
 	case r.kind != refused:

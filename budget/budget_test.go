@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -1059,4 +1060,52 @@ func TestKeyExpires(t *testing.T) {
 	if ttl := rdb.PTTL(context.Background(), budget.Key(b)).Val(); ttl <= time.Second || ttl > 1100*time.Millisecond {
 		t.Errorf("PTTL = %v; want 1s + T (100ms)", ttl)
 	}
+}
+
+// TestLimitConflict: servers that give one budget different limits are
+// told so: the conflict is counted on each booking that finds the other's
+// limit, and logged once with both.
+func TestLimitConflict(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	var buf strings.Builder
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(lockedWriter{&buf, &mu}, nil))
+	a := newBudget(t, rdb, "conflict", budget.Limit{Rate: 100, Burst: 10}, &budget.Options{Logger: log})
+	b := newBudget(t, rdb, "conflict", budget.Limit{Rate: 50, Burst: 10}, &budget.Options{Logger: log})
+	same := newBudget(t, rdb, "conflict", budget.Limit{Rate: 50, Burst: 10}, nil)
+	ctx := context.Background()
+	for _, x := range []*budget.Budget{a, b, same, a, a} {
+		if err := x.Wait(ctx, budget.Foreground); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		b    *budget.Budget
+		want uint64
+	}{{"a", a, 1}, {"b", b, 1}, {"same as b", same, 0}} {
+		if n := c.b.Stats().LimitConflicts; n != c.want {
+			t.Errorf("%s: LimitConflicts = %d; want %d", c.name, n, c.want)
+		}
+	}
+	mu.Lock()
+	out := buf.String()
+	mu.Unlock()
+	if n := strings.Count(out, "disagree"); n != 2 {
+		t.Errorf("conflict logged %d times; want once by each of a and b:\n%s", n, out)
+	}
+	if !strings.Contains(out, "a call every 10ms, burst 10") || !strings.Contains(out, "a call every 20ms, burst 10") {
+		t.Errorf("log does not name both limits:\n%s", out)
+	}
+}
+
+type lockedWriter struct {
+	b  *strings.Builder
+	mu *sync.Mutex
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
 }

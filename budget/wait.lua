@@ -11,6 +11,8 @@
 --          told to come back is placed
 --   sb     the slot a background caller held back by the share gate stands
 --          by for
+--   lim    the limit of the latest booking, 'T:tau': servers that book with
+--          another limit are told so
 -- ARGV[1] T, the emission interval; ARGV[2] tau, the burst tolerance;
 -- ARGV[3] '1' for a background call, else foreground; ARGV[4] the caller's
 -- patience (time to its deadline), or -1 for none; ARGV[5] the background
@@ -18,11 +20,14 @@
 -- furthest ahead of now a background call books; ARGV[7] the background
 -- caller's place in the line when it comes back, else 0; ARGV[8] how far
 -- ahead of now a field may lie before it counts as corrupt. All in µs.
+-- ARGV[9] the caller's limit, 'T:tau'.
 -- Returns
---   {0, wait, slot, tat, gated}
+--   {0, wait, slot, tat, gated, other}
 --                         booked: the call goes at slot, wait µs from now;
 --                         tat is the value this booking set; gated is 1 when
---                         a background call passed the share gate
+--                         a background call passed the share gate; other is
+--                         the limit the previous booking was made with when
+--                         it differs from the caller's, else 0
 --   {1, wait}             refused: the earliest slot lies wait µs away, past
 --                         the caller's patience; nothing is booked
 --   {2, wait, place}      a background caller comes back after wait µs,
@@ -34,7 +39,10 @@ local T, tau = tonumber(ARGV[1]), tonumber(ARGV[2])
 local bg, patience = ARGV[3] == '1', tonumber(ARGV[4])
 local Tb, H, place, ahead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 
-local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq', 'sb')
+local lim = ARGV[9]
+local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq', 'sb', 'lim')
+local other = 0
+if v[7] and v[7] ~= lim then other = v[7] end
 -- A field that is missing, not a number, or implausible counts as 0: a
 -- corrupt budget starts afresh instead of failing or blocking its callers.
 local function field(i)
@@ -51,7 +59,10 @@ local function save(...)
   redis.call('HSET', KEYS[1], ...)
   local last = math.max(tat, pause, fg, btat, bq)
   local a = {...}
-  for i = 2, #a, 2 do last = math.max(last, tonumber(a[i])) end
+  for i = 2, #a, 2 do
+    local x = tonumber(a[i])
+    if x then last = math.max(last, x) end
+  end
   redis.call('PEXPIRE', KEYS[1], f(math.ceil((last - now) / 1000) + 1000))
 end
 
@@ -60,8 +71,8 @@ local slot = math.max(now, tat - tau, pause)
 if not bg then
   if patience >= 0 and slot - now > patience then return {1, slot - now} end
   local nt = math.max(tat, slot) + T
-  save('tat', f(nt), 'fg', f(math.max(fg, slot)))
-  return {0, slot - now, slot, nt, 0}
+  save('tat', f(nt), 'fg', f(math.max(fg, slot)), 'lim', lim)
+  return {0, slot - now, slot, nt, 0, other}
 end
 
 -- While foreground calls wait, background calls go at most every Tb. A
@@ -92,5 +103,5 @@ if lined or slot - now > H or bslot > slot then
   return {2, q - now, q}
 end
 local nt = math.max(tat, slot) + T
-save('tat', f(nt), 'btat', f(slot + Tb))
-return {0, slot - now, slot, nt, gated}
+save('tat', f(nt), 'btat', f(slot + Tb), 'lim', lim)
+return {0, slot - now, slot, nt, gated, other}
