@@ -68,7 +68,7 @@ type Hub struct {
 	errCount  atomic.Uint64
 	onError   func(error)
 	beatEvery time.Duration
-	heard     atomic.Int64 // sh.heard of the standalone shard, Unix ns; 0 when none
+	heard     atomic.Int64 // sh.heard of the shard at beatAddr, Unix ns; 0 when none
 
 	mu     sync.Mutex // guards every field below and the fields of shards and entries
 	chans  map[string]*entry
@@ -117,7 +117,7 @@ type shard struct {
 	// connected first would land on a random master, which refuses the
 	// shard's channels with MOVED.
 	unread bool
-	// Heartbeats, on the standalone shard only.
+	// Heartbeats, on the shard at beatAddr only.
 	sentUnseen int       // heartbeats accepted by Redis since the last one seen
 	heard      time.Time // when the newest heartbeat seen was sent
 }
@@ -725,8 +725,9 @@ func (h *Hub) heartbeatSeen(sh *shard, payload string) {
 	}
 }
 
-// replace gives the standalone shard a new pub/sub connection (which dials
-// the client's current master) and subscribes every channel on it.
+// replace gives the heartbeat shard a new pub/sub connection (which dials
+// the client's current master; on a Cluster, a node of its current view)
+// and subscribes its channels on it.
 func (h *Hub) replace(sh *shard) {
 	h.mu.Lock()
 	if h.closed || h.shards[h.beatAddr] != sh {
