@@ -18,6 +18,7 @@ import (
 	"github.com/locksmith-go/locksmith/internal/envelope"
 	"github.com/locksmith-go/locksmith/internal/flight"
 	"github.com/locksmith-go/locksmith/internal/lease"
+	"github.com/locksmith-go/locksmith/internal/notify"
 	"github.com/locksmith-go/locksmith/internal/redisx"
 	"github.com/locksmith-go/locksmith/observe"
 )
@@ -406,7 +407,10 @@ func (b *batch[T]) run(caller context.Context, items []batchItem, cl callOptions
 		fctx, cancel := c.flightContext(caller)
 		defer cancel()
 		var wg sync.WaitGroup
-		claimed, open := b.dispatch(fctx, c.lookMany(fctx, items, b.o), cl, &wg)
+		claimed, open, waiting := b.dispatch(fctx, c.lookMany(fctx, items, b.o), cl, &wg)
+		if len(waiting) > 0 {
+			wg.Go(func() { b.awaitHeld(fctx, waiting, cl, &wg) })
+		}
 		for i, chunk := range slices.Collect(slices.Chunk(claimed, b.opt.MaxSize)) {
 			var j joiner
 			if i == 0 && join != nil && c.opt.Budget != nil && !b.opt.CostPerKey && len(chunk) < b.opt.MaxSize {
@@ -421,10 +425,11 @@ func (b *batch[T]) run(caller context.Context, items []batchItem, cl callOptions
 	}()
 }
 
-// dispatch lands the keys found, hands the keys held elsewhere to the
-// single-key algorithm on goroutines of wg, and returns the keys claimed
-// and, while Redis is unavailable, the keys to load without the lock.
-func (b *batch[T]) dispatch(fctx context.Context, looks []batchLook, cl callOptions, wg *sync.WaitGroup) (claimed, open []*batchLook) {
+// dispatch lands the keys found, and returns the keys claimed, the keys
+// held elsewhere (see awaitHeld) and, while Redis is unavailable, the keys
+// to load without the lock; any other key goes to the single-key algorithm
+// on a goroutine of wg.
+func (b *batch[T]) dispatch(fctx context.Context, looks []batchLook, cl callOptions, wg *sync.WaitGroup) (claimed, open, waiting []*batchLook) {
 	c := b.c
 	for i := range looks {
 		l := &looks[i]
@@ -448,25 +453,145 @@ func (b *batch[T]) dispatch(fctx context.Context, looks []batchLook, cl callOpti
 			c.stats.misses.Add(1)
 			c.event(fctx, observe.Event{Kind: observe.Miss, Key: l.key})
 			claimed = append(claimed, l)
+		case l.err == nil && l.r.state == held:
+			waiting = append(waiting, l)
 		default:
-			// Held elsewhere, stale past the revalidate window, or a
-			// Redis failure: the single-key algorithm takes it from
-			// here, with this look as its first.
-			wg.Go(func() {
-				kctx := context.WithValue(fctx, singleKey{}, l.key)
-				wctx, wcancel := context.WithCancel(kctx)
-				defer context.AfterFunc(l.f.Patience(), wcancel)()
-				defer wcancel()
-				var first *look
-				if l.err == nil {
-					first = &l.look
-				}
-				out := c.fill(kctx, wctx, l.key, cl, b.o, first)
-				c.flights.Land(l.f, out.landed())
-			})
+			// Stale past the revalidate window, or a Redis failure: the
+			// single-key algorithm takes it from here, with this look as
+			// its first.
+			var first *look
+			if l.err == nil {
+				first = &l.look
+			}
+			b.single(fctx, l, cl, first, nil, wg)
 		}
 	}
-	return claimed, open
+	return claimed, open, waiting
+}
+
+// single has the single-key algorithm finish key l's flight on a goroutine
+// of wg, with first as its first look (nil for none) and hw as fill's.
+func (b *batch[T]) single(fctx context.Context, l *batchLook, cl callOptions, first *look, hw *heldWait, wg *sync.WaitGroup) {
+	wg.Go(func() {
+		kctx := context.WithValue(fctx, singleKey{}, l.key)
+		wctx, wcancel := context.WithCancel(kctx)
+		defer context.AfterFunc(l.f.Patience(), wcancel)()
+		defer wcancel()
+		out := b.c.fill(kctx, wctx, l.key, cl, b.o, first, hw)
+		b.c.flights.Land(l.f, out.landed())
+	})
+}
+
+// awaitHeld waits for the keys of a batch that other servers hold, as
+// fill does for one key, but together: it subscribes to every key's
+// channel, and once they are ready looks at all the keys again in one
+// pipelined round trip (which takes the outcomes their holders reached
+// meanwhile, or claims the keys they released); each key still held then
+// waits for its holder's message on a goroutine of wg. A key whose
+// subscription is not ready within its holder's lease or PollInterval
+// takes the single-key path from its first look.
+func (b *batch[T]) awaitHeld(fctx context.Context, waiting []*batchLook, cl callOptions, wg *sync.WaitGroup) {
+	c := b.c
+	since := time.Now()
+	subs := make([]*notify.Sub, len(waiting))
+	wait := c.opt.PollInterval
+	for i, l := range waiting {
+		subs[i] = c.hub.Subscribe(l.ks.lock)
+		wait = min(wait, max(l.r.pttl, time.Millisecond))
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	ready := make([]*batchLook, 0, len(waiting))
+	readySubs := make([]*notify.Sub, 0, len(waiting))
+	late := false
+	for i, l := range waiting {
+		if !late {
+			select {
+			case <-subs[i].Ready():
+			case <-timer.C:
+				late = true
+			case <-fctx.Done():
+				late = true
+			}
+		}
+		if late {
+			select {
+			case <-subs[i].Ready():
+			default:
+				subs[i].Close()
+				b.single(fctx, l, cl, &l.look, nil, wg)
+				continue
+			}
+		}
+		ready = append(ready, l)
+		readySubs = append(readySubs, subs[i])
+	}
+	if len(ready) == 0 {
+		return
+	}
+	looks := c.relookMany(fctx, ready, b.o)
+	for i, l := range ready {
+		if looks[i].err != nil {
+			// The single-key algorithm handles a failed look from
+			// scratch (an outage, a saturated pool, ...).
+			readySubs[i].Close()
+			b.single(fctx, l, cl, nil, nil, wg)
+			continue
+		}
+		b.single(fctx, l, cl, &looks[i], &heldWait{sub: readySubs[i], since: since}, wg)
+	}
+}
+
+// relookMany looks at held keys again in one pipeline, each with its
+// first look's token, passing the holder it found so that the holder's
+// outcome, should it have failed meanwhile, is returned (see claim.lua).
+func (c *Cache) relookMany(ctx context.Context, waiting []*batchLook, o ops) []look {
+	looks := make([]look, len(waiting))
+	sent := time.Now()
+	lockTTL := lease.Millis(c.opt.LockTTL)
+	cmds, err := redisx.Run(ctx, c.rdb, func(ctx context.Context) ([]*redis.Cmd, error) {
+		pipe := c.rdb.Redis().Pipeline()
+		cmds := make([]*redis.Cmd, len(waiting))
+		for i, l := range waiting {
+			cmds[i] = claimScript.EvalSha(ctx, pipe, l.ks.keys, l.token, lockTTL, modeRead, l.r.holder,
+				c.swrArg, c.sieArg, c.pttlArg)
+		}
+		_, err := pipe.Exec(ctx)
+		if err != nil && !redisx.MayHaveRun(err) && redisx.Classify(err) != redisx.Reply {
+			return nil, err
+		}
+		return cmds, nil
+	}, nil)
+	for i, h := range waiting {
+		l := &looks[i]
+		l.token, l.sent = h.token, sent
+		if err != nil {
+			l.err = err
+			continue
+		}
+		v, cerr := cmds[i].Result()
+		if cerr != nil && strings.HasPrefix(cerr.Error(), "NOSCRIPT") {
+			*l = c.look(ctx, h.ks, h.token, o, modeRead, h.r.holder)
+			continue
+		}
+		if cerr != nil {
+			l.err = cerr
+			if redisx.MayHaveRun(cerr) {
+				go lease.Cleanup(c.rdb, h.ks.lock, h.token)
+			}
+			continue
+		}
+		l.r, l.err = parseClaim(v)
+		if l.err == nil && (l.r.state == found || l.r.state == stale) {
+			c.decode(h.ks, l.r.value, o, l)
+			if errors.Is(l.valErr, envelope.ErrCorrupt) {
+				replaced := l.replaced
+				*l = c.look(ctx, h.ks, h.token, o, modeClaim, "")
+				l.replaced = replaced
+			}
+		}
+	}
+	return looks
 }
 
 // batchLook is the first look of one key of a batch.
@@ -574,7 +699,10 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 		if len(items) == 0 {
 			return
 		}
-		claimed, open := b.dispatch(ctx, c.lookMany(ctx, items, b.o), cl, wg)
+		claimed, open, waiting := b.dispatch(ctx, c.lookMany(ctx, items, b.o), cl, wg)
+		if len(waiting) > 0 {
+			wg.Go(func() { b.awaitHeld(ctx, waiting, cl, wg) })
+		}
 		for _, l := range claimed {
 			keep(l)
 			chunk = append(chunk, l)

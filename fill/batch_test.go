@@ -205,6 +205,116 @@ func TestGetManyAwaitsOtherServers(t *testing.T) {
 	}
 }
 
+// TestGetManyHeldKeysTogether: keys another server holds are looked at
+// again together, in one pipeline once their subscriptions are ready, not
+// one round trip each; their values then arrive by push.
+func TestGetManyHeldKeysTogether(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdbA := s.Client(t, nil)
+	a := newCache(t, rdbA, nil)
+	b := newCache(t, s.Client(t, nil), nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	warm := &batchLoader{}
+	if _, err := fill.GetMany(ctx, a, []string{"warm"}, warm.load); err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for i := range 100 {
+		keys = append(keys, fmt.Sprint("held:", i))
+	}
+	held := &batchLoader{gate: make(chan struct{})}
+	bDone := make(chan error, 1)
+	go func() {
+		_, err := fill.GetMany(ctx, b, keys, held.load)
+		bDone <- err
+	}()
+	redistest.WaitFor(t, "b to load the keys", func() bool { n, _ := held.loaded(); return n == 1 })
+
+	// Round trips that run a script: the pub/sub connection's hand-shake
+	// and the heartbeats are not the batch's.
+	var p scriptTrips
+	rdbA.AddHook(&p)
+	misses := a.Stats().Misses
+	aLoads := &batchLoader{}
+	res := make(chan map[string]string, 1)
+	go func() {
+		got, err := fill.GetMany(ctx, a, keys, aLoads.load)
+		if err != nil {
+			t.Error(err)
+		}
+		res <- got
+	}()
+	redistest.WaitFor(t, "a to wait for every key", func() bool { return a.Stats().Misses-misses == uint64(len(keys)) })
+	if n := p.n.Load(); n != 2 {
+		t.Errorf("a sent %d round trips before waiting; want 2 pipelines (a look, and a look again once subscribed)", n)
+	}
+	close(held.gate)
+	got := <-res
+	if err := <-bDone; err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if got[k] != "v:"+k {
+			t.Fatalf("%s = %q", k, got[k])
+		}
+	}
+	if n, _ := aLoads.loaded(); n != 0 {
+		t.Errorf("a's loader called %d times; want 0", n)
+	}
+	if st := a.Stats(); st.RemoteMerges != uint64(len(keys)) {
+		t.Errorf("RemoteMerges = %d; want %d", st.RemoteMerges, len(keys))
+	}
+	if n := p.n.Load(); n != 2 {
+		t.Errorf("a sent %d round trips in all; want 2 (the values came in the messages)", n)
+	}
+}
+
+// TestGetManyHolderCloses: when the server holding a batch's keys closes
+// mid-load, it releases them plainly and the server waiting for them, by
+// push after looking again together, loads them itself.
+func TestGetManyHolderCloses(t *testing.T) {
+	s := redistest.Start(t, nil)
+	a := newCache(t, s.Client(t, nil), nil)
+	b := fill.New(s.Client(t, nil), nil)
+	defer b.Close()
+	ctx := redistest.Context(t, 20*time.Second)
+	var keys []string
+	for i := range 20 {
+		keys = append(keys, fmt.Sprint("closing:", i))
+	}
+	held := &batchLoader{gate: make(chan struct{})}
+	bDone := make(chan error, 1)
+	go func() {
+		_, err := fill.GetMany(ctx, b, keys, held.load)
+		bDone <- err
+	}()
+	redistest.WaitFor(t, "b to load the keys", func() bool { n, _ := held.loaded(); return n == 1 })
+	misses := a.Stats().Misses
+	aLoads := &batchLoader{}
+	res := make(chan map[string]string, 1)
+	go func() {
+		got, err := fill.GetMany(ctx, a, keys, aLoads.load)
+		if err != nil {
+			t.Error(err)
+		}
+		res <- got
+	}()
+	redistest.WaitFor(t, "a to wait for every key", func() bool { return a.Stats().Misses-misses == uint64(len(keys)) })
+	b.Close()
+	if err := <-bDone; !errors.Is(err, fill.ErrClosed) {
+		t.Errorf("b's GetMany: %v; want ErrClosed", err)
+	}
+	got := <-res
+	for _, k := range keys {
+		if got[k] != "v:"+k {
+			t.Fatalf("%s = %q", k, got[k])
+		}
+	}
+	if _, loaded := aLoads.loaded(); len(loaded) != len(keys) {
+		t.Errorf("a loaded %d keys; want %d", len(loaded), len(keys))
+	}
+}
+
 // TestBatcher: Gets arriving together go out as one batch; each key is
 // loaded once across a fleet of Batchers; a caller giving up cancels
 // nothing.
@@ -307,6 +417,36 @@ func TestGetManyOnCluster(t *testing.T) {
 	}
 	if calls, loaded := bl.loaded(); calls != 1 || len(loaded) != len(keys) {
 		t.Errorf("%d calls for %d keys; want 1 for %d", calls, len(loaded), len(keys))
+	}
+}
+
+// scriptTrips counts the round trips (a pipeline counts one) that run a
+// script.
+type scriptTrips struct{ n atomic.Int64 }
+
+func isScript(cmd redis.Cmder) bool {
+	switch cmd.Name() {
+	case "eval", "evalsha", "eval_ro", "evalsha_ro":
+		return true
+	}
+	return false
+}
+
+func (h *scriptTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *scriptTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if isScript(cmd) {
+			h.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *scriptTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if slices.ContainsFunc(cmds, isScript) {
+			h.n.Add(1)
+		}
+		return next(ctx, cmds)
 	}
 }
 

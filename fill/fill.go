@@ -355,7 +355,7 @@ func (c *Cache) fly(caller context.Context, f *flight.Call, key string, cl callO
 		}
 		c.flights.Land(f, out.landed())
 	}()
-	out = c.fill(fctx, wctx, key, cl, o, first)
+	out = c.fill(fctx, wctx, key, cl, o, first, nil)
 	returned = true
 }
 
@@ -411,11 +411,22 @@ func (c *Cache) look(ctx context.Context, ks keyset, token string, o ops, mode, 
 	}
 }
 
+// heldWait is what a batch hands the flight of a key held elsewhere after
+// subscribing to it together with the batch's other such keys: the key's
+// subscription, ready before the flight's first look was sent, and when
+// the key was first found held.
+type heldWait struct {
+	sub   *notify.Sub
+	since time.Time
+}
+
 // fill reads key's value, or loads it, or waits for another server's load.
 // ctx bounds the flight's work; wctx, ending when nobody waits for the
 // flight any more, bounds its waits. first, if not nil, is the outcome of
-// the flight's first round trip.
-func (c *Cache) fill(ctx, wctx context.Context, key string, cl callOptions, o ops, first *look) outcome {
+// the flight's first round trip; hw, if not nil, says that first was sent
+// once the key's subscription was ready, after the key had been found held
+// (first then counts as a second look: the miss was earlier).
+func (c *Cache) fill(ctx, wctx context.Context, key string, cl callOptions, o ops, first *look, hw *heldWait) outcome {
 	ks := c.keyset(key)
 	token := lease.NewToken()
 	if first != nil {
@@ -442,7 +453,13 @@ func (c *Cache) fill(ctx, wctx context.Context, key string, cl callOptions, o op
 			waitStart = time.Now()
 		}
 	}
-	err := c.hub.Await(wctx, ks.lock, func() (notify.Step, error) {
+	var sub *notify.Sub
+	if hw != nil {
+		sub = hw.sub
+		miss()
+		waitStart = hw.since
+	}
+	err := c.hub.AwaitSub(wctx, ks.lock, sub, func() (notify.Step, error) {
 		var l look
 		if first != nil {
 			l, first = *first, nil

@@ -889,7 +889,18 @@ func (h *Hub) Await(ctx context.Context, channel string,
 	attempt func() (Step, error),
 	message func(payload string) (done bool, err error),
 ) error {
-	var sub *Sub
+	return h.AwaitSub(ctx, channel, nil, attempt, message)
+}
+
+// AwaitSub is [Hub.Await] given sub, the caller's subscription to channel,
+// which was ready (see [Sub.Ready]) before attempt's first check was sent
+// to Redis: nothing published after that check can be missed, so the wait
+// for a message begins after the first attempt. AwaitSub closes sub when
+// it returns. A nil sub makes it Await.
+func (h *Hub) AwaitSub(ctx context.Context, channel string, sub *Sub,
+	attempt func() (Step, error),
+	message func(payload string) (done bool, err error),
+) error {
 	var timer *time.Timer
 	defer func() {
 		if sub != nil {
