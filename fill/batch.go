@@ -100,8 +100,9 @@ func (e *BatchError) Unwrap() []error {
 // trip (on a Cluster, one per node). Keys found are returned; keys this call
 // claimed go to load, in calls of at most BatchOptions.MaxSize keys (100
 // by default; pass a *BatchOptions among opts); keys another server is
-// loading are awaited by push, as Get awaits them; keys already in flight
-// in this process join that flight. Each loader call waits for the budget
+// loading are awaited by push, as Get awaits them (subscribed together and
+// looked at again in one more pipelined round trip once subscribed); keys
+// already in flight in this process join that flight. Each loader call waits for the budget
 // once (see BatchOptions.CostPerKey).
 //
 // The loader returns the values it found. A key missing from its map is
