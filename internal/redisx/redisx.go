@@ -337,8 +337,11 @@ func (o *outage) end() {
 	o.down = false
 	o.downFlag.Store(false)
 	d := time.Since(o.since)
-	if o.timer != nil {
-		o.timer.Stop()
+	if o.probing && o.timer != nil && o.timer.Stop() {
+		// The probe never started: account for it here, so that the
+		// next outage schedules one (and close does not wait for it).
+		o.probing = false
+		o.probes.Done()
 	}
 	onEnd := o.onEnd
 	o.mu.Unlock()

@@ -132,6 +132,44 @@ func TestOutageRemembered(t *testing.T) {
 	}
 }
 
+// TestOutageEndedByACall: an outage ended by a call that got through (one
+// already under way when the outage began) before its first probe ran
+// cancels that probe properly: a later outage is still probed, and ends,
+// and Close returns. (Once, the probe's timer was stopped but still counted
+// as running: no outage after that one was ever probed again, and Close
+// waited forever.)
+func TestOutageEndedByACall(t *testing.T) {
+	var up atomic.Bool
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	o := &outage{ping: func(context.Context) error {
+		if up.Load() {
+			return nil
+		}
+		return refused
+	}}
+	o.observe(refused)
+	o.observe(nil) // a call under way got through: Redis is back
+	if o.check() != nil {
+		t.Fatal("still down after a call got through")
+	}
+	o.observe(refused) // a second outage
+	if o.check() == nil {
+		t.Fatal("the second outage is not remembered")
+	}
+	up.Store(true)
+	redistest.WaitFor(t, "a probe to end the second outage", func() bool { return o.check() == nil })
+	closed := make(chan struct{})
+	go func() {
+		o.close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("close did not return within 10s")
+	}
+}
+
 // TestReplyIsNotAnOutage: an error reply means Redis is there.
 func TestReplyIsNotAnOutage(t *testing.T) {
 	_, rdb := redistest.Mini(t)
