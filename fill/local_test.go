@@ -199,7 +199,9 @@ func localAfterPubSubKilled(t *testing.T, fleet []*fill.Cache, maxStale time.Dur
 // once, and its own store replaces it.
 func TestLocalOwnCopyReplaced(t *testing.T) {
 	s := redistest.Start(t, nil)
-	c := localFleet(t, s, 1, time.Second)[0]
+	// MaxStaleness is long, so that a heartbeat late on a loaded machine
+	// does not make the copy unservable for a moment.
+	c := localFleet(t, s, 1, 30*time.Second)[0]
 	ctx := redistest.Context(t, 20*time.Second)
 	v := 1
 	load := func(context.Context) (int, error) { return v, nil }
@@ -211,10 +213,18 @@ func TestLocalOwnCopyReplaced(t *testing.T) {
 	if got, _ := fill.Get(ctx, c, "k", load); got != 2 {
 		t.Fatalf("after Delete: got %d; want 2", got)
 	}
-	before := c.Stats().LocalHits
-	if got, _ := fill.Get(ctx, c, "k", load); got != 2 || c.Stats().LocalHits != before+1 {
-		t.Fatalf("after its own store: got %d, local hits %d → %d", got, before, c.Stats().LocalHits)
+	st := c.Stats()
+	if got, _ := fill.Get(ctx, c, "k", load); got != 2 {
+		t.Fatalf("after its own store: got %d; want 2", got)
 	}
+	if after := c.Stats(); after.LocalHits != st.LocalHits+1 && after.Invalidations == st.Invalidations {
+		// One excuse only: the Delete's own invalidation, stamped in the
+		// same millisecond as the new value's claim, arrived after the
+		// store and dropped the copy (an invalidation no older than a
+		// copy drops it: a tie is not taken for "older").
+		t.Fatalf("after its own store: local hits %d → %d, no invalidation", st.LocalHits, after.LocalHits)
+	}
+	warmLocal(t, ctx, c, "k", load)
 }
 
 // TestLocalAbsence: a cached absence is served locally too, as ErrNotFound.

@@ -23,8 +23,9 @@ type Cluster struct {
 }
 
 // StartCluster starts a Redis Cluster of n masters and waits until it is
-// usable: every node reports cluster_state:ok, every node's CLUSTER SLOTS
-// covers all 16384 slots, and a ClusterClient can SET and GET a key in every
+// usable: every node reports cluster_state:ok and a connected bus link to
+// every other (so a classic PUBLISH reaches every node), every node's
+// CLUSTER SLOTS covers all 16384 slots, and a ClusterClient can SET and GET a key in every
 // node's slots. Slots are split evenly into one contiguous range per node. It
 // calls Require first, so the test is skipped when redis-server is missing.
 // The nodes are killed in t.Cleanup.
@@ -138,7 +139,8 @@ func (c *Cluster) check() error {
 }
 
 // checkNode returns nil if the node at addr says the cluster is ok, knows n
-// nodes, and its CLUSTER SLOTS covers every slot with n distinct masters.
+// nodes, has a connected bus link to each, and its CLUSTER SLOTS covers
+// every slot with n distinct masters.
 func checkNode(ctx context.Context, addr string, n int) error {
 	rc := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DisableIdentity: true})
 	defer rc.Close()
@@ -151,6 +153,21 @@ func checkNode(ctx context.Context, addr string, n int) error {
 	}
 	if want := "cluster_known_nodes:" + strconv.Itoa(n) + "\r\n"; !strings.Contains(info, want) {
 		return fmt.Errorf("CLUSTER INFO on %s: want %s", addr, strings.TrimSpace(want))
+	}
+	// Every node's bus link to every other is up: until then a classic
+	// PUBLISH on one node does not reach the other's subscribers.
+	nodes, err := rc.ClusterNodes(ctx).Result()
+	if err != nil {
+		return fmt.Errorf("CLUSTER NODES on %s: %w", addr, err)
+	}
+	lines := strings.Split(strings.TrimSpace(nodes), "\n")
+	if len(lines) != n {
+		return fmt.Errorf("CLUSTER NODES on %s: %d nodes; want %d", addr, len(lines), n)
+	}
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) < 8 || f[7] != "connected" {
+			return fmt.Errorf("CLUSTER NODES on %s: link not connected: %s", addr, l)
+		}
 	}
 	//lint:ignore SA1019 go-redis's ClusterClient routes by CLUSTER SLOTS, so that is the view to check.
 	slots, err := rc.ClusterSlots(ctx).Result()
