@@ -32,7 +32,8 @@ import (
 //     MaxStaleness (and all copies are dropped whenever the connection
 //     breaks or is replaced). On a Cluster the invalidations and the
 //     heartbeats use classic pub/sub, which every node forwards to every
-//     other, on a connection of their own. On a Ring, whose shards forward
+//     other, on a connection of their own, and a heartbeat goes to every
+//     master: the oldest path decides. On a Ring, whose shards forward
 //     nothing and where the Hub sends no heartbeat, a copy lives at most
 //     MaxStaleness after it was read instead.
 //

@@ -120,6 +120,12 @@ type shard struct {
 	// Heartbeats, on the shard at beatAddr only.
 	sentUnseen int       // heartbeats accepted by Redis since the last one seen
 	heard      time.Time // when the newest heartbeat seen was sent
+	// On a Cluster a heartbeat goes to every master, and heard is the
+	// oldest of the newest seen from each of beatNodes (the masters of the
+	// last round that every master accepted): every node's path to this
+	// connection is proven, not one.
+	heardFrom map[string]time.Time
+	beatNodes []string
 }
 
 // entry is the state of one channel.
@@ -696,7 +702,7 @@ func (h *Hub) heartbeat() {
 		}
 		sent := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), beatEvery)
-		err := h.rdb.Publish(ctx, h.beat, strconv.FormatInt(sent.UnixNano(), 10)).Err()
+		err := h.publishBeat(ctx, sh, strconv.FormatInt(sent.UnixNano(), 10))
 		cancel()
 		if err != nil {
 			continue // Redis is away or refuses: nothing to learn
@@ -711,15 +717,70 @@ func (h *Hub) heartbeat() {
 	}
 }
 
+// publishBeat publishes one heartbeat: on a Cluster, one to every master,
+// each naming the master ("ns addr"), and the round's masters become
+// sh.beatNodes if every one accepted it; else one ("ns").
+func (h *Hub) publishBeat(ctx context.Context, sh *shard, ns string) error {
+	if h.cluster == nil {
+		return h.rdb.Publish(ctx, h.beat, ns).Err()
+	}
+	var mu sync.Mutex
+	var nodes []string
+	err := h.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		addr := c.Options().Addr
+		if err := c.Publish(ctx, h.beat, ns+" "+addr).Err(); err != nil {
+			return err
+		}
+		mu.Lock()
+		nodes = append(nodes, addr)
+		mu.Unlock()
+		return nil
+	})
+	if len(nodes) == 0 {
+		return err
+	}
+	if err == nil {
+		// A master that did not accept keeps its place (and its old
+		// heartbeat) in beatNodes: its path is not proven.
+		h.mu.Lock()
+		sh.beatNodes = nodes
+		h.mu.Unlock()
+	}
+	return nil
+}
+
 func (h *Hub) heartbeatSeen(sh *shard, payload string) {
-	ns, err := strconv.ParseInt(payload, 10, 64)
+	nsStr, from, _ := strings.Cut(payload, " ")
+	ns, err := strconv.ParseInt(nsStr, 10, 64)
 	if err != nil {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	sh.sentUnseen = 0
-	if t := time.Unix(0, ns); t.After(sh.heard) {
+	t := time.Unix(0, ns)
+	if from != "" {
+		if sh.heardFrom == nil {
+			sh.heardFrom = make(map[string]time.Time)
+		}
+		if t.After(sh.heardFrom[from]) {
+			sh.heardFrom[from] = t
+		}
+		// The oldest path decides.
+		t = time.Time{}
+		for i, n := range sh.beatNodes {
+			if f := sh.heardFrom[n]; i == 0 || f.Before(t) {
+				t = f
+			}
+		}
+		if t.IsZero() {
+			return
+		}
+		sh.heard = t
+		h.heard.Store(t.UnixNano())
+		return
+	}
+	if t.After(sh.heard) {
 		sh.heard = t
 		h.heard.Store(ns)
 	}
@@ -758,6 +819,7 @@ func (h *Hub) lost(sh *shard) {
 	defer h.mu.Unlock()
 	if sh.addr == h.beatAddr {
 		sh.heard = time.Time{}
+		clear(sh.heardFrom)
 		h.heard.Store(0)
 	}
 	for _, e := range h.chans {
@@ -831,9 +893,12 @@ func (l *Listener) Close() {
 
 // Heard returns when the newest heartbeat that came back was sent, in Unix
 // nanoseconds: every message published before then, with classic PUBLISH
-// (on a Cluster: to a channel of ListenAll), has been delivered. It is 0 on
-// a Ring (no heartbeats), on a Cluster until ListenAll, and after a
-// connection broke until a heartbeat comes back on the new one.
+// (on a Cluster: to a channel of ListenAll), has been delivered. On a
+// Cluster a heartbeat is published on every master, and Heard is the oldest
+// of the newest from each: a message published on any master before then
+// has been delivered. It is 0 on a Ring (no heartbeats), on a Cluster until
+// ListenAll, and after a connection broke until a heartbeat comes back on
+// the new one.
 func (h *Hub) Heard() int64 { return h.heard.Load() }
 
 // Heartbeats reports whether the Hub sends heartbeats, whose return Heard

@@ -488,3 +488,72 @@ func TestListenAllCluster(t *testing.T) {
 		t.Errorf("%d subscriptions refused", n)
 	}
 }
+
+// TestClusterHeartbeatEveryNode: on a Redis Cluster, Heard advances only
+// while every master's heartbeats reach the ListenAll connection: a master
+// that stops (here SIGSTOP) holds it back, as an invalidation published
+// there would not arrive either; once it is back, Heard advances again.
+// (What a stopped master does not show, a broken bus link between two live
+// masters, TestHeardOldestPath covers: the oldest path decides.)
+func TestClusterHeartbeatEveryNode(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	h := New(c.Client(t, nil), nil)
+	defer h.Close()
+	l := h.ListenAll("inval", func(string) {})
+	defer l.Close()
+	recent := func() bool { return time.Since(time.Unix(0, h.Heard())) < 500*time.Millisecond }
+	redistest.WaitFor(t, "heartbeats from every master", recent)
+	// Stop a master other than the one the listener is connected to.
+	ctx := redistest.Context(t, 30*time.Second)
+	// Stop a master that neither holds the listener's connection nor owns
+	// the heartbeat channel's slot (where a single PUBLISH would go).
+	owner, err := c.Client(t, nil).MasterForKey(ctx, h.beat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var other *redistest.Server
+	for _, n := range c.Nodes() {
+		subs, err := n.Client(t, nil).PubSubNumSub(ctx, h.beat).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if subs[h.beat] == 0 && n.Addr() != owner.Options().Addr {
+			other = n
+		}
+	}
+	if other == nil {
+		t.Fatal("no master to stop")
+	}
+	other.Pause(t)
+	redistest.WaitFor(t, "Heard to fall behind", func() bool { return time.Since(time.Unix(0, h.Heard())) > time.Second })
+	other.Resume(t)
+	redistest.WaitFor(t, "Heard to advance again", recent)
+}
+
+// TestHeardOldestPath: on a Cluster, Heard is the oldest of the newest
+// heartbeats seen from each master of the last round: one master's path
+// that stopped delivering holds it back, however fresh the others are.
+func TestHeardOldestPath(t *testing.T) {
+	h := &Hub{}
+	sh := &shard{beatNodes: []string{"a:1", "b:1"}}
+	at := func(s int64) string { return strconv.FormatInt(time.Unix(s, 0).UnixNano(), 10) }
+	h.heartbeatSeen(sh, at(10)+" a:1")
+	if got := h.Heard(); got != 0 {
+		t.Fatalf("Heard = %d with nothing from b; want 0", got)
+	}
+	h.heartbeatSeen(sh, at(9)+" b:1")
+	h.heartbeatSeen(sh, at(12)+" a:1")
+	if got := time.Unix(0, h.Heard()).Unix(); got != 9 {
+		t.Fatalf("Heard = %d; want 9, b's", got)
+	}
+	h.heartbeatSeen(sh, at(11)+" b:1")
+	if got := time.Unix(0, h.Heard()).Unix(); got != 11 {
+		t.Fatalf("Heard = %d; want 11, b's", got)
+	}
+	// A standalone heartbeat names no master.
+	h2, sh2 := &Hub{}, &shard{}
+	h2.heartbeatSeen(sh2, at(5))
+	if got := time.Unix(0, h2.Heard()).Unix(); got != 5 {
+		t.Fatalf("standalone Heard = %d; want 5", got)
+	}
+}
