@@ -174,6 +174,7 @@ func (l *local) message(p string) {
 		// under way.
 		l.clearedAt.Store(time.Now().UnixNano())
 		l.values.InvalidateAll()
+		l.c.stats.localClears.Add(1)
 		l.mu.Lock()
 		clear(l.mine)
 		l.mu.Unlock()

@@ -193,6 +193,11 @@ func localAfterPubSubKilled(t *testing.T, fleet []*fill.Cache, maxStale time.Dur
 			warmLocal(t, ctx, c, "k", load)
 		}
 	}
+	for i, c := range fleet {
+		if n := c.Stats().LocalClears; n == 0 {
+			t.Errorf("server %d: no LocalClears counted after its connection was killed 4 times", i)
+		}
+	}
 }
 
 // TestLocalOwnCopyReplaced: a Cache's own Delete drops its own copy at
@@ -217,12 +222,15 @@ func TestLocalOwnCopyReplaced(t *testing.T) {
 	if got, _ := fill.Get(ctx, c, "k", load); got != 2 {
 		t.Fatalf("after its own store: got %d; want 2", got)
 	}
-	if after := c.Stats(); after.LocalHits != st.LocalHits+1 && after.Invalidations == st.Invalidations {
-		// One excuse only: the Delete's own invalidation, stamped in the
+	if after := c.Stats(); after.LocalHits != st.LocalHits+1 &&
+		after.Invalidations == st.Invalidations && after.LocalClears == st.LocalClears {
+		// Two excuses only: the Delete's own invalidation, stamped in the
 		// same millisecond as the new value's claim, arrived after the
 		// store and dropped the copy (an invalidation no older than a
-		// copy drops it: a tie is not taken for "older").
-		t.Fatalf("after its own store: local hits %d → %d, no invalidation", st.LocalHits, after.LocalHits)
+		// copy drops it: a tie is not taken for "older"); or the tier was
+		// emptied because the pub/sub connection was replaced (on a loaded
+		// machine, heartbeats late enough look like a dead connection).
+		t.Fatalf("after its own store: local hits %d → %d, no invalidation, no clear", st.LocalHits, after.LocalHits)
 	}
 	warmLocal(t, ctx, c, "k", load)
 }

@@ -24,13 +24,14 @@ type Stats struct {
 	StoreErrors   uint64 // values Redis refused to store (out of memory); waiters were told at once
 	NotifyErrors  uint64 // notifications Redis refused to publish or subscribe (ACL): waiters poll
 	Invalidations uint64 // in-process copies dropped because another server replaced or deleted them
+	LocalClears   uint64 // times the in-process tier was emptied: its pub/sub connection broke or was replaced
 }
 
 type counters struct {
 	hits, localHits, staleHits, misses, loads, refreshes, refreshErrors atomic.Uint64
 	localMerges, remoteMerges, loadErrors, rateLimited, corrupt         atomic.Uint64
 	typeConflicts, redisErrors, failOpens, staleStores, storeErrors     atomic.Uint64
-	notifyErrors, invalidations                                         atomic.Uint64
+	notifyErrors, invalidations, localClears                            atomic.Uint64
 }
 
 // Stats returns the Cache's counters.
@@ -45,6 +46,6 @@ func (c *Cache) Stats() Stats {
 		TypeConflicts: s.typeConflicts.Load(), RedisErrors: s.redisErrors.Load(),
 		FailOpens: s.failOpens.Load(), Outages: c.rdb.Outages(), StaleStores: s.staleStores.Load(),
 		StoreErrors: s.storeErrors.Load(), NotifyErrors: s.notifyErrors.Load() + c.hub.Errors(),
-		Invalidations: s.invalidations.Load(),
+		Invalidations: s.invalidations.Load(), LocalClears: s.localClears.Load(),
 	}
 }
