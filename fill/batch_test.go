@@ -269,6 +269,55 @@ func TestGetManyHeldKeysTogether(t *testing.T) {
 	}
 }
 
+// TestGetManyHeldKeysOnCluster: on a Redis Cluster, keys held by another
+// server across every node's slots are awaited together (sharded
+// subscriptions on each master, the second look pipelined per node) and
+// arrive by push.
+func TestGetManyHeldKeysOnCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	// A poll a minute away: only a push can bring the values in time.
+	a := newCache(t, cl.Client(t, nil), &fill.Options{PollInterval: time.Minute})
+	b := newCache(t, cl.Client(t, nil), nil)
+	ctx := redistest.Context(t, 30*time.Second)
+	var keys []string
+	for i := range 30 {
+		keys = append(keys, fmt.Sprint("cluster-held:", i))
+	}
+	held := &batchLoader{gate: make(chan struct{})}
+	bDone := make(chan error, 1)
+	go func() {
+		_, err := fill.GetMany(ctx, b, keys, held.load)
+		bDone <- err
+	}()
+	redistest.WaitFor(t, "b to load the keys", func() bool { n, _ := held.loaded(); return n == 1 })
+	aLoads := &batchLoader{}
+	res := make(chan map[string]string, 1)
+	go func() {
+		got, err := fill.GetMany(ctx, a, keys, aLoads.load)
+		if err != nil {
+			t.Error(err)
+		}
+		res <- got
+	}()
+	redistest.WaitFor(t, "a to wait for every key", func() bool { return a.Stats().Misses == uint64(len(keys)) })
+	close(held.gate)
+	got := <-res
+	if err := <-bDone; err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if got[k] != "v:"+k {
+			t.Fatalf("%s = %q", k, got[k])
+		}
+	}
+	if n, _ := aLoads.loaded(); n != 0 {
+		t.Errorf("a's loader called %d times; want 0", n)
+	}
+	if st := a.Stats(); st.RemoteMerges != uint64(len(keys)) || st.NotifyErrors != 0 {
+		t.Errorf("RemoteMerges %d, NotifyErrors %d; want %d, 0", st.RemoteMerges, st.NotifyErrors, len(keys))
+	}
+}
+
 // TestGetManyHolderCloses: when the server holding a batch's keys closes
 // mid-load, it releases them plainly and the server waiting for them, by
 // push after looking again together, loads them itself.
