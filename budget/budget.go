@@ -273,8 +273,9 @@ type Budget struct {
 // New returns the budget called name on rdb, limited to limit. Servers that
 // use the same name and prefix on the same Redis share one budget, and must
 // give it the same limit (a booking that finds another server's limit is
-// counted in Stats.LimitConflicts, and the first logged). rdb may be a *redis.Client, a *redis.ClusterClient
-// or a failover client; a nil opt gives the defaults.
+// counted in Stats.LimitConflicts, and the first logged). rdb may be a
+// *redis.Client, a *redis.ClusterClient or a failover client; a nil opt
+// gives the defaults.
 //
 // New cannot fail: when limit, name or opt cannot be used (see
 // [Limit.Validate]; name must not be empty, the prefix must not contain '{'
