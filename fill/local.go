@@ -78,10 +78,10 @@ func newLocal(c *Cache, o LocalOptions) *local {
 			ExpiryCalculator: otter.ExpiryWriting[string, int64](tombLife)}),
 		mine: make(map[string]struct{}),
 	}
+	// No listener on a Ring (no heartbeats): the invalidations, published
+	// with PUBLISH from a script on the key's shard, reach no single
+	// subscriber, and copies there live at most MaxStaleness instead.
 	if l.beats {
-		// On a Ring the invalidations, published with PUBLISH from a
-		// script on the key's shard, reach no single subscriber: copies
-		// there live at most MaxStaleness instead.
 		l.listener = c.hub.ListenAll(c.invalChannel, l.message)
 	}
 	return l
