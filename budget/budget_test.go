@@ -33,6 +33,31 @@ func newBudget(t *testing.T, rdb redis.UniversalClient, name string, l budget.Li
 	return b
 }
 
+// sleeper is a foreground Wait on a Budget that sleeps on its slot, booked
+// behind one that went at once.
+type sleeper struct {
+	rec    *recorder          // the Budget's bookings, from the first
+	done   chan error         // the sleeping Wait's result
+	cancel context.CancelFunc // ends the sleeping Wait's ctx
+}
+
+// startSleeper starts a sleeper on b (whose limit must not allow two calls
+// at once) and returns once it sleeps.
+func startSleeper(t *testing.T, b *budget.Budget) *sleeper {
+	t.Helper()
+	sl := &sleeper{rec: &recorder{}, done: make(chan error, 1)}
+	sl.rec.watch(b)
+	if err := b.Wait(context.Background(), budget.Foreground); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	sl.cancel = cancel
+	go func() { sl.done <- b.Wait(ctx, budget.Foreground) }()
+	redistest.WaitFor(t, "a sleeper", func() bool { return sl.rec.len() == 2 })
+	return sl
+}
+
 // recorder keeps the bookings of one or more Budgets.
 type recorder struct {
 	mu sync.Mutex
@@ -450,16 +475,8 @@ func TestPause(t *testing.T) {
 	a := newBudget(t, s.Client(t, nil), "pause", l, nil)
 	rdbB := s.Client(t, nil)
 	b := newBudget(t, rdbB, "pause", l, nil)
-	var rec recorder
-	rec.watch(b)
-	if err := b.Wait(context.Background(), budget.Foreground); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- b.Wait(ctx, budget.Foreground) }()
-	redistest.WaitFor(t, "a sleeper", func() bool { return rec.len() == 2 })
+	sl := startSleeper(t, b)
+	rec, done, cancel := sl.rec, sl.done, sl.cancel
 
 	if err := a.PauseUntil(context.Background(), time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
@@ -492,16 +509,9 @@ func TestPauseAfterReconnect(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := s.Client(t, nil)
 	b := newBudget(t, s.Client(t, nil), "reconnect", budget.Limit{Rate: 1, Per: 5 * time.Second}, nil)
-	var rec recorder
-	rec.watch(b)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := b.Wait(ctx, budget.Foreground); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- b.Wait(ctx, budget.Foreground) }()
-	redistest.WaitFor(t, "a sleeper", func() bool { return rec.len() == 2 })
+	sl := startSleeper(t, b)
+	rec, done, cancel := sl.rec, sl.done, sl.cancel
+	ctx := context.Background()
 	redistest.WaitFor(t, "the subscription", func() bool {
 		n, err := rdb.PubSubNumSub(ctx, budget.Key(b)).Result()
 		return err == nil && n[budget.Key(b)] == 1
@@ -531,16 +541,8 @@ func TestPauseWithoutChannels(t *testing.T) {
 	a := newBudget(t, s.Client(t, nil), "nochan", l, nil)
 	rdbB := s.Client(t, &redis.Options{Username: "nochan", Password: "secret"})
 	b := newBudget(t, rdbB, "nochan", l, nil)
-	var rec recorder
-	rec.watch(b)
-	if err := b.Wait(context.Background(), budget.Foreground); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- b.Wait(ctx, budget.Foreground) }()
-	redistest.WaitFor(t, "a sleeper", func() bool { return rec.len() == 2 })
+	sl := startSleeper(t, b)
+	rec, done, cancel := sl.rec, sl.done, sl.cancel
 	if err := a.PauseUntil(context.Background(), time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
@@ -568,15 +570,8 @@ func TestPauseWithoutChannels(t *testing.T) {
 func TestPauseSameServer(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	b := newBudget(t, rdb, "self", budget.Limit{Rate: 1, Per: 5 * time.Second}, nil)
-	var rec recorder
-	rec.watch(b)
-	if err := b.Wait(context.Background(), budget.Foreground); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Wait(ctx, budget.Foreground) }()
-	redistest.WaitFor(t, "a sleeper", func() bool { return rec.len() == 2 })
+	sl := startSleeper(t, b)
+	rec, done, cancel := sl.rec, sl.done, sl.cancel
 	h := http.Header{"Retry-After": {"60"}}
 	if err := b.Observe(context.Background(), h, http.StatusTooManyRequests); err != nil {
 		t.Fatal(err)
@@ -1067,9 +1062,8 @@ func TestKeyExpires(t *testing.T) {
 // limit, and logged once with both.
 func TestLimitConflict(t *testing.T) {
 	_, rdb := redistest.Mini(t)
-	var buf strings.Builder
-	var mu sync.Mutex
-	log := slog.New(slog.NewTextHandler(lockedWriter{&buf, &mu}, nil))
+	var buf redistest.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
 	a := newBudget(t, rdb, "conflict", budget.Limit{Rate: 100, Burst: 10}, &budget.Options{Logger: log})
 	b := newBudget(t, rdb, "conflict", budget.Limit{Rate: 50, Burst: 10}, &budget.Options{Logger: log})
 	same := newBudget(t, rdb, "conflict", budget.Limit{Rate: 50, Burst: 10}, nil)
@@ -1088,24 +1082,11 @@ func TestLimitConflict(t *testing.T) {
 			t.Errorf("%s: LimitConflicts = %d; want %d", c.name, n, c.want)
 		}
 	}
-	mu.Lock()
 	out := buf.String()
-	mu.Unlock()
 	if n := strings.Count(out, "disagree"); n != 2 {
 		t.Errorf("conflict logged %d times; want once by each of a and b:\n%s", n, out)
 	}
 	if !strings.Contains(out, "a call every 10ms, burst 10") || !strings.Contains(out, "a call every 20ms, burst 10") {
 		t.Errorf("log does not name both limits:\n%s", out)
 	}
-}
-
-type lockedWriter struct {
-	b  *strings.Builder
-	mu *sync.Mutex
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
 }

@@ -547,52 +547,11 @@ func (b *batch[T]) awaitHeld(fctx context.Context, waiting []*batchLook, cl call
 // first look's token, passing the holder it found so that the holder's
 // outcome, should it have failed meanwhile, is returned (see claim.lua).
 func (c *Cache) relookMany(ctx context.Context, waiting []*batchLook, o ops) []look {
-	looks := make([]look, len(waiting))
-	sent := time.Now()
-	lockTTL := lease.Millis(c.opt.LockTTL)
-	cmds, err := redisx.Run(ctx, c.rdb, func(ctx context.Context) ([]*redis.Cmd, error) {
-		pipe := c.rdb.Redis().Pipeline()
-		cmds := make([]*redis.Cmd, len(waiting))
-		for i, l := range waiting {
-			cmds[i] = claimScript.EvalSha(ctx, pipe, l.ks.keys, l.token, lockTTL, modeRead, l.r.holder,
-				c.swrArg, c.sieArg, c.pttlArg)
-		}
-		_, err := pipe.Exec(ctx)
-		if err != nil && !redisx.MayHaveRun(err) && redisx.Classify(err) != redisx.Reply {
-			return nil, err
-		}
-		return cmds, nil
-	}, nil)
-	for i, h := range waiting {
-		l := &looks[i]
-		l.token, l.sent = h.token, sent
-		if err != nil {
-			l.err = err
-			continue
-		}
-		v, cerr := cmds[i].Result()
-		if cerr != nil && strings.HasPrefix(cerr.Error(), "NOSCRIPT") {
-			*l = c.look(ctx, h.ks, h.token, o, modeRead, h.r.holder)
-			continue
-		}
-		if cerr != nil {
-			l.err = cerr
-			if redisx.MayHaveRun(cerr) {
-				go lease.Cleanup(c.rdb, h.ks.lock, h.token)
-			}
-			continue
-		}
-		l.r, l.err = parseClaim(v)
-		if l.err == nil && (l.r.state == found || l.r.state == stale) {
-			c.decode(h.ks, l.r.value, o, l)
-			if errors.Is(l.valErr, envelope.ErrCorrupt) {
-				replaced := l.replaced
-				*l = c.look(ctx, h.ks, h.token, o, modeClaim, "")
-				l.replaced = replaced
-			}
-		}
+	reqs := make([]claimReq, len(waiting))
+	for i, l := range waiting {
+		reqs[i] = claimReq{ks: l.ks, token: l.token, awaited: l.r.holder}
 	}
-	return looks
+	return c.claimMany(ctx, reqs, o)
 }
 
 // batchLook is the first look of one key of a batch.
@@ -603,20 +562,42 @@ type batchLook struct {
 	ks  keyset
 }
 
-// lookMany runs the claim script for every item in one pipeline (on a
-// Cluster, go-redis sends one per node).
+// lookMany reads or claims every item's key in one pipeline.
 func (c *Cache) lookMany(ctx context.Context, items []batchItem, o ops) []batchLook {
 	looks := make([]batchLook, len(items))
-	sent := time.Now()
+	reqs := make([]claimReq, len(items))
 	for i, it := range items {
-		looks[i] = batchLook{look: look{token: lease.NewToken(), sent: sent}, key: it.key, f: it.f, ks: c.keyset(it.key)}
+		looks[i] = batchLook{key: it.key, f: it.f, ks: c.keyset(it.key)}
+		reqs[i] = claimReq{ks: looks[i].ks, token: lease.NewToken()}
 	}
+	for i, l := range c.claimMany(ctx, reqs, o) {
+		looks[i].look = l
+	}
+	return looks
+}
+
+// claimReq is one key's read-or-claim in a pipeline: its keys, the
+// caller's token, and the holder the caller waited for ("" for none; see
+// claim.lua).
+type claimReq struct {
+	ks             keyset
+	token, awaited string
+}
+
+// claimMany runs the claim script, mode read, for every request in one
+// pipeline (on a Cluster, go-redis sends one per node). A key whose script
+// was flushed (a restart), or whose value cannot be decoded, is looked at
+// alone, as look does.
+func (c *Cache) claimMany(ctx context.Context, reqs []claimReq, o ops) []look {
+	looks := make([]look, len(reqs))
+	sent := time.Now()
 	lockTTL := lease.Millis(c.opt.LockTTL)
 	cmds, err := redisx.Run(ctx, c.rdb, func(ctx context.Context) ([]*redis.Cmd, error) {
 		pipe := c.rdb.Redis().Pipeline()
-		cmds := make([]*redis.Cmd, len(looks))
-		for i := range looks {
-			cmds[i] = claimScript.EvalSha(ctx, pipe, looks[i].ks.keys, looks[i].token, lockTTL, modeRead, "", c.swrArg, c.sieArg, c.pttlArg)
+		cmds := make([]*redis.Cmd, len(reqs))
+		for i, q := range reqs {
+			cmds[i] = claimScript.EvalSha(ctx, pipe, q.ks.keys, q.token, lockTTL, modeRead, q.awaited,
+				c.swrArg, c.sieArg, c.pttlArg)
 		}
 		_, err := pipe.Exec(ctx)
 		if err != nil && !redisx.MayHaveRun(err) && redisx.Classify(err) != redisx.Reply {
@@ -624,34 +605,34 @@ func (c *Cache) lookMany(ctx context.Context, items []batchItem, o ops) []batchL
 		}
 		return cmds, nil
 	}, nil)
-	for i := range looks {
+	for i, q := range reqs {
 		l := &looks[i]
+		l.token, l.sent = q.token, sent
 		if err != nil {
 			l.err = err
 			continue
 		}
 		v, cerr := cmds[i].Result()
 		if cerr != nil && strings.HasPrefix(cerr.Error(), "NOSCRIPT") {
-			// The scripts were flushed (a restart): this one alone, with
-			// EVAL's fallback.
-			l.look = c.look(ctx, l.ks, l.token, o, modeRead, "")
+			// This one alone, with EVAL's fallback.
+			*l = c.look(ctx, q.ks, q.token, o, modeRead, q.awaited)
 			continue
 		}
 		if cerr != nil {
 			l.err = cerr
 			if redisx.MayHaveRun(cerr) {
-				go lease.Cleanup(c.rdb, l.ks.lock, l.token)
+				go lease.Cleanup(c.rdb, q.ks.lock, q.token)
 			}
 			continue
 		}
 		l.r, l.err = parseClaim(v)
 		if l.err == nil && (l.r.state == found || l.r.state == stale) {
-			c.decode(l.ks, l.r.value, o, &l.look)
+			c.decode(q.ks, l.r.value, o, l)
 			if errors.Is(l.valErr, envelope.ErrCorrupt) {
 				// Never served: claim it alone, regardless of the value.
 				replaced := l.replaced
-				l.look = c.look(ctx, l.ks, l.token, o, modeClaim, "")
-				l.look.replaced = replaced
+				*l = c.look(ctx, q.ks, q.token, o, modeClaim, "")
+				l.replaced = replaced
 			}
 		}
 	}

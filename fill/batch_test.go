@@ -205,6 +205,58 @@ func TestGetManyAwaitsOtherServers(t *testing.T) {
 	}
 }
 
+// heldKeys is a batch of keys that server b holds (its GetMany's loader
+// waits at gate) while server a asks for them with a GetMany of its own.
+type heldKeys struct {
+	keys   []string
+	gate   chan struct{}          // close to let b's loader return
+	bDone  chan error             // b's GetMany's error
+	aRes   chan map[string]string // a's GetMany's result
+	aLoads *batchLoader           // a's loader
+}
+
+// holdThenAsk has b claim n keys named prefix:i and load them behind a
+// gate, calls beforeAsk (if not nil) once b loads, then has a ask for the
+// same keys, and returns once a waits for every one of them.
+func holdThenAsk(t *testing.T, ctx context.Context, a, b *fill.Cache, prefix string, n int, beforeAsk func()) *heldKeys {
+	t.Helper()
+	h := &heldKeys{gate: make(chan struct{}), bDone: make(chan error, 1),
+		aRes: make(chan map[string]string, 1), aLoads: &batchLoader{}}
+	for i := range n {
+		h.keys = append(h.keys, fmt.Sprint(prefix, ":", i))
+	}
+	held := &batchLoader{gate: h.gate}
+	go func() {
+		_, err := fill.GetMany(ctx, b, h.keys, held.load)
+		h.bDone <- err
+	}()
+	redistest.WaitFor(t, "b to load the keys", func() bool { n, _ := held.loaded(); return n == 1 })
+	if beforeAsk != nil {
+		beforeAsk()
+	}
+	misses := a.Stats().Misses
+	go func() {
+		got, err := fill.GetMany(ctx, a, h.keys, h.aLoads.load)
+		if err != nil {
+			t.Error(err)
+		}
+		h.aRes <- got
+	}()
+	redistest.WaitFor(t, "a to wait for every key", func() bool { return a.Stats().Misses-misses == uint64(n) })
+	return h
+}
+
+// values waits for a's result and checks that it holds every key's value.
+func (h *heldKeys) values(t *testing.T) {
+	t.Helper()
+	got := <-h.aRes
+	for _, k := range h.keys {
+		if got[k] != "v:"+k {
+			t.Fatalf("%s = %q", k, got[k])
+		}
+	}
+}
+
 // TestGetManyHeldKeysTogether: keys another server holds are looked at
 // again together, in one pipeline once their subscriptions are ready, not
 // one round trip each; their values then arrive by push.
@@ -218,51 +270,23 @@ func TestGetManyHeldKeysTogether(t *testing.T) {
 	if _, err := fill.GetMany(ctx, a, []string{"warm"}, warm.load); err != nil {
 		t.Fatal(err)
 	}
-	var keys []string
-	for i := range 100 {
-		keys = append(keys, fmt.Sprint("held:", i))
-	}
-	held := &batchLoader{gate: make(chan struct{})}
-	bDone := make(chan error, 1)
-	go func() {
-		_, err := fill.GetMany(ctx, b, keys, held.load)
-		bDone <- err
-	}()
-	redistest.WaitFor(t, "b to load the keys", func() bool { n, _ := held.loaded(); return n == 1 })
-
 	// Round trips that run a script: the pub/sub connection's hand-shake
 	// and the heartbeats are not the batch's.
 	var p scriptTrips
-	rdbA.AddHook(&p)
-	misses := a.Stats().Misses
-	aLoads := &batchLoader{}
-	res := make(chan map[string]string, 1)
-	go func() {
-		got, err := fill.GetMany(ctx, a, keys, aLoads.load)
-		if err != nil {
-			t.Error(err)
-		}
-		res <- got
-	}()
-	redistest.WaitFor(t, "a to wait for every key", func() bool { return a.Stats().Misses-misses == uint64(len(keys)) })
+	h := holdThenAsk(t, ctx, a, b, "held", 100, func() { rdbA.AddHook(&p) })
 	if n := p.n.Load(); n != 2 {
 		t.Errorf("a sent %d round trips before waiting; want 2 pipelines (a look, and a look again once subscribed)", n)
 	}
-	close(held.gate)
-	got := <-res
-	if err := <-bDone; err != nil {
+	close(h.gate)
+	h.values(t)
+	if err := <-h.bDone; err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range keys {
-		if got[k] != "v:"+k {
-			t.Fatalf("%s = %q", k, got[k])
-		}
-	}
-	if n, _ := aLoads.loaded(); n != 0 {
+	if n, _ := h.aLoads.loaded(); n != 0 {
 		t.Errorf("a's loader called %d times; want 0", n)
 	}
-	if st := a.Stats(); st.RemoteMerges != uint64(len(keys)) {
-		t.Errorf("RemoteMerges = %d; want %d", st.RemoteMerges, len(keys))
+	if st := a.Stats(); st.RemoteMerges != uint64(len(h.keys)) {
+		t.Errorf("RemoteMerges = %d; want %d", st.RemoteMerges, len(h.keys))
 	}
 	if n := p.n.Load(); n != 2 {
 		t.Errorf("a sent %d round trips in all; want 2 (the values came in the messages)", n)
@@ -279,42 +303,17 @@ func TestGetManyHeldKeysOnCluster(t *testing.T) {
 	a := newCache(t, cl.Client(t, nil), &fill.Options{PollInterval: time.Minute})
 	b := newCache(t, cl.Client(t, nil), nil)
 	ctx := redistest.Context(t, 30*time.Second)
-	var keys []string
-	for i := range 30 {
-		keys = append(keys, fmt.Sprint("cluster-held:", i))
-	}
-	held := &batchLoader{gate: make(chan struct{})}
-	bDone := make(chan error, 1)
-	go func() {
-		_, err := fill.GetMany(ctx, b, keys, held.load)
-		bDone <- err
-	}()
-	redistest.WaitFor(t, "b to load the keys", func() bool { n, _ := held.loaded(); return n == 1 })
-	aLoads := &batchLoader{}
-	res := make(chan map[string]string, 1)
-	go func() {
-		got, err := fill.GetMany(ctx, a, keys, aLoads.load)
-		if err != nil {
-			t.Error(err)
-		}
-		res <- got
-	}()
-	redistest.WaitFor(t, "a to wait for every key", func() bool { return a.Stats().Misses == uint64(len(keys)) })
-	close(held.gate)
-	got := <-res
-	if err := <-bDone; err != nil {
+	h := holdThenAsk(t, ctx, a, b, "cluster-held", 30, nil)
+	close(h.gate)
+	h.values(t)
+	if err := <-h.bDone; err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range keys {
-		if got[k] != "v:"+k {
-			t.Fatalf("%s = %q", k, got[k])
-		}
-	}
-	if n, _ := aLoads.loaded(); n != 0 {
+	if n, _ := h.aLoads.loaded(); n != 0 {
 		t.Errorf("a's loader called %d times; want 0", n)
 	}
-	if st := a.Stats(); st.RemoteMerges != uint64(len(keys)) || st.NotifyErrors != 0 {
-		t.Errorf("RemoteMerges %d, NotifyErrors %d; want %d, 0", st.RemoteMerges, st.NotifyErrors, len(keys))
+	if st := a.Stats(); st.RemoteMerges != uint64(len(h.keys)) || st.NotifyErrors != 0 {
+		t.Errorf("RemoteMerges %d, NotifyErrors %d; want %d, 0", st.RemoteMerges, st.NotifyErrors, len(h.keys))
 	}
 }
 
@@ -327,40 +326,14 @@ func TestGetManyHolderCloses(t *testing.T) {
 	b := fill.New(s.Client(t, nil), nil)
 	defer b.Close()
 	ctx := redistest.Context(t, 20*time.Second)
-	var keys []string
-	for i := range 20 {
-		keys = append(keys, fmt.Sprint("closing:", i))
-	}
-	held := &batchLoader{gate: make(chan struct{})}
-	bDone := make(chan error, 1)
-	go func() {
-		_, err := fill.GetMany(ctx, b, keys, held.load)
-		bDone <- err
-	}()
-	redistest.WaitFor(t, "b to load the keys", func() bool { n, _ := held.loaded(); return n == 1 })
-	misses := a.Stats().Misses
-	aLoads := &batchLoader{}
-	res := make(chan map[string]string, 1)
-	go func() {
-		got, err := fill.GetMany(ctx, a, keys, aLoads.load)
-		if err != nil {
-			t.Error(err)
-		}
-		res <- got
-	}()
-	redistest.WaitFor(t, "a to wait for every key", func() bool { return a.Stats().Misses-misses == uint64(len(keys)) })
+	h := holdThenAsk(t, ctx, a, b, "closing", 20, nil)
 	b.Close()
-	if err := <-bDone; !errors.Is(err, fill.ErrClosed) {
+	if err := <-h.bDone; !errors.Is(err, fill.ErrClosed) {
 		t.Errorf("b's GetMany: %v; want ErrClosed", err)
 	}
-	got := <-res
-	for _, k := range keys {
-		if got[k] != "v:"+k {
-			t.Fatalf("%s = %q", k, got[k])
-		}
-	}
-	if _, loaded := aLoads.loaded(); len(loaded) != len(keys) {
-		t.Errorf("a loaded %d keys; want %d", len(loaded), len(keys))
+	h.values(t)
+	if _, loaded := h.aLoads.loaded(); len(loaded) != len(h.keys) {
+		t.Errorf("a loaded %d keys; want %d", len(loaded), len(h.keys))
 	}
 }
 

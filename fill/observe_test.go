@@ -1,7 +1,6 @@
 package fill_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -87,9 +86,8 @@ func TestObserver(t *testing.T) {
 // TestLogger: outages and their end reach the Logger, once each.
 func TestLogger(t *testing.T) {
 	s := redistest.Start(t, nil)
-	var buf bytes.Buffer
-	var mu sync.Mutex
-	log := slog.New(slog.NewTextHandler(lockedWriter{&buf, &mu}, nil))
+	var buf redistest.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
 	c := newCache(t, s.Client(t, nil), &fill.Options{Logger: log})
 	ctx := redistest.Context(t, 30*time.Second)
 	s.Kill(t)
@@ -97,29 +95,12 @@ func TestLogger(t *testing.T) {
 		fill.Get(ctx, c, "k", func(context.Context) (int, error) { return i, nil })
 	}
 	s.Restart(t)
-	redistest.WaitFor(t, "Redis back", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return strings.Contains(buf.String(), "reachable again")
-	})
-	mu.Lock()
+	redistest.WaitFor(t, "Redis back", func() bool { return strings.Contains(buf.String(), "reachable again") })
 	out := buf.String()
-	mu.Unlock()
 	if n := strings.Count(out, "redis unreachable"); n != 1 {
 		t.Errorf("outage logged %d times:\n%s", n, out)
 	}
 	if n := strings.Count(out, "loading without the fleet-wide lock"); n != 1 {
 		t.Errorf("fail-open logged %d times:\n%s", n, out)
 	}
-}
-
-type lockedWriter struct {
-	b  *bytes.Buffer
-	mu *sync.Mutex
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
 }
