@@ -11,12 +11,14 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/fill"
 	"github.com/locksmith-go/locksmith/httpfill"
 )
 
 // Two servers of a fleet fetch the same timeline three times through their
-// HTTP clients: the API is called once.
+// HTTP clients, on one budget for the API: the API is called once. Had it
+// answered 429, the fleet would have paused and the same flight retried.
 func Example() {
 	// An embedded Redis, so the example runs anywhere; in real code, your
 	// own: redis.NewClient(&redis.Options{Addr: "localhost:6379"}).
@@ -33,13 +35,17 @@ func Example() {
 	}))
 	defer api.Close()
 
-	var servers []*http.Client
+	var servers []*http.Client // one HTTP client per server of the fleet
 	for range 2 {
 		rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
 		defer rdb.Close()
+		// One budget name is one budget for the whole fleet: every upstream
+		// request waits for its slot, and every response's headers feed it.
+		api := budget.New(rdb, "api.x.com", budget.Limit{Rate: 50, Per: time.Second}, nil)
+		defer api.Close()
 		cache := fill.New(rdb, nil)
 		defer cache.Close()
-		transport := httpfill.New(cache, &httpfill.Options{TTL: 10 * time.Minute})
+		transport := httpfill.New(cache, &httpfill.Options{TTL: 10 * time.Minute, Budget: api})
 		servers = append(servers, &http.Client{Transport: transport})
 	}
 	for _, client := range []*http.Client{servers[0], servers[1], servers[0]} {
