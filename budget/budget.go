@@ -193,7 +193,7 @@ type Stats struct {
 	PausesRateLimited uint64 // pauses for a 429 (or GitHub's 403), from Observe or PauseFor
 	PausesExhausted   uint64 // pauses for remaining 0 on a response that succeeded, from Observe
 	PausesRequested   uint64 // pauses from PauseUntil
-	PullDowns         uint64 // Observes whose remaining count pulled the budget down
+	PullDowns         uint64 // Observes whose remaining count capped the budget (set or lowered the cap)
 
 	LocalWaits  uint64 // Waits decided by the local limiter because Redis was unreachable
 	LocalPauses uint64 // pauses kept in this process only because Redis was unreachable
@@ -266,8 +266,9 @@ type Budget struct {
 	paused     chan struct{} // closed, and replaced, when either grows
 	closed     bool
 
-	// onBook, set by tests only, sees every booking.
-	onBook func(booking, Priority)
+	// onBook, set by tests only, sees every booking, with the ctx of its
+	// Wait.
+	onBook func(context.Context, booking, Priority)
 }
 
 // New returns the budget called name on rdb, limited to limit. Servers that
@@ -442,6 +443,7 @@ type booking struct {
 	other string // booked: the limit of the previous booking, when another server's differs
 	bg    bool
 	place bool // comeBack: slot is a place in the line
+	local bool // a slot of the local limiter, in µs of this process's clock
 }
 
 const (
@@ -481,7 +483,7 @@ func (b *Budget) wait(ctx context.Context, p Priority) error {
 			b.limitConflict(r.other)
 		}
 		if b.onBook != nil {
-			b.onBook(r, p)
+			b.onBook(ctx, r, p)
 		}
 		if r.wait <= 0 {
 			return nil
@@ -561,7 +563,7 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64) (booking, er
 	}
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (booking, error) {
 		v, err := waitScript.Run(ctx, b.rdb.Redis(), []string{b.key}, b.t, b.tau, prio, patience,
-			b.tb, b.horizon, place, maxAhead.Microseconds(), b.sig).Result()
+			b.tb, b.horizon, place, maxAhead.Microseconds(), b.sig, 0).Result()
 		if err != nil {
 			return booking{}, err
 		}

@@ -53,8 +53,11 @@
 // Redis refuses, or not yet confirmed, reads the pause before each slot it
 // slept for instead). [Budget.PauseUntil] pauses
 // directly, and [Budget.PauseFor] pauses for a loader's [RateLimitedError].
-// Fewer calls remaining than the budget would allow before the reset pull the
-// budget down to them.
+// Fewer calls remaining than the budget would allow before the reset cap
+// it: that many more calls, less those already booked for a slot ahead, get
+// a slot before the reset, at the budget's own pace, and the next one gets
+// the reset. The cap is two fields of the hash, spent by the same script that
+// books slots: it delays a call only when the upstream would refuse it.
 //
 // # Redis
 //
