@@ -2,6 +2,7 @@ package budget_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"testing"
@@ -38,8 +39,8 @@ type call struct {
 
 // book is a booking in Redis, seen when its reply arrived.
 type book struct {
-	server  int
-	tat, at int64 // the tat it set; when its reply arrived (µs of this process's clock)
+	server        int
+	slot, tat, at int64 // its slot and the tat it set; when its reply arrived (µs of this process's clock)
 }
 
 // slotOf is where a Wait's booking hook leaves the slot for its caller.
@@ -50,7 +51,9 @@ type booked struct {
 	local bool
 }
 
-func startFleet(t *testing.T, s *redistest.Server, name string, l budget.Limit, opt *budget.Options, servers, goroutines int) *fleet {
+// startFleet starts servers × goroutines callers. prio gives each server's
+// priority; nil means Foreground for all.
+func startFleet(t *testing.T, s *redistest.Server, name string, l budget.Limit, opt *budget.Options, servers, goroutines int, prio func(server int) budget.Priority) *fleet {
 	t.Helper()
 	f := &fleet{l: l}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -65,11 +68,15 @@ func startFleet(t *testing.T, s *redistest.Server, name string, l budget.Limit, 
 			}
 			if !k.Local {
 				f.mu.Lock()
-				f.books = append(f.books, book{server: i, tat: k.TAT, at: time.Now().UnixMicro()})
+				f.books = append(f.books, book{server: i, slot: k.Slot, tat: k.TAT, at: time.Now().UnixMicro()})
 				f.mu.Unlock()
 			}
 		})
 		f.buds = append(f.buds, b)
+		p := budget.Foreground
+		if prio != nil {
+			p = prio(i)
+		}
 		for range goroutines {
 			f.wg.Add(1)
 			go func() {
@@ -78,14 +85,14 @@ func startFleet(t *testing.T, s *redistest.Server, name string, l budget.Limit, 
 				wctx := context.WithValue(ctx, slotOf{}, h)
 				for ctx.Err() == nil {
 					*h = booked{}
-					err := b.Wait(wctx, budget.Foreground)
+					err := b.Wait(wctx, p)
 					at := time.Now().UnixMicro()
 					switch {
 					case err == nil:
 						f.mu.Lock()
 						f.calls = append(f.calls, call{server: i, slot: h.slot, local: h.local, at: at})
 						f.mu.Unlock()
-					case ctx.Err() != nil:
+					case ctx.Err() != nil, errors.Is(err, context.DeadlineExceeded):
 					default:
 						t.Errorf("server %d: Wait: %v", i, err)
 						return
@@ -155,6 +162,19 @@ func (f *fleet) check(t *testing.T, from, to int64) (most int, late time.Duratio
 	return maxInWindow(ts, per), late
 }
 
+// slots returns the slots of the calls decided by Redis.
+func (f *fleet) slots() []int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var s []int64
+	for _, c := range f.calls {
+		if !c.local && c.slot != 0 {
+			s = append(s, c.slot)
+		}
+	}
+	return s
+}
+
 // lag returns how far apart, in emission intervals, the servers' latest
 // bookings before at (µs) were: the tat each last set, the latest against the
 // earliest.
@@ -191,7 +211,7 @@ func intervals(l budget.Limit, d time.Duration) int {
 func TestFlushAll(t *testing.T) {
 	s := redistest.Start(t, nil)
 	l := budget.Limit{Rate: 50, Per: 500 * time.Millisecond, Burst: 5}
-	f := startFleet(t, s, "flush", l, nil, 4, 10)
+	f := startFleet(t, s, "flush", l, nil, 4, 10, nil)
 	f.waitCalls(t, "the fleet to saturate the budget", 0, 2*l.Rate)
 	flush := time.Now().UnixMicro()
 	s.Do(t, "FLUSHALL")
@@ -237,7 +257,7 @@ func TestOutageHandOver(t *testing.T) {
 	s := redistest.Start(t, nil)
 	l := budget.Limit{Rate: 40, Per: time.Second, Burst: 4}
 	const servers = 4
-	f := startFleet(t, s, "outage", l, &budget.Options{FleetSize: servers}, servers, 10)
+	f := startFleet(t, s, "outage", l, &budget.Options{FleetSize: servers}, servers, 10, nil)
 	f.waitCalls(t, "the fleet to saturate the budget", 0, l.Rate+l.Burst)
 	kill := time.Now().UnixMicro()
 	s.Kill(t)
