@@ -1009,26 +1009,32 @@ func TestBadInput(t *testing.T) {
 func TestCorruptFields(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := s.Client(t, nil)
-	b := newBudget(t, rdb, "corrupt", budget.Limit{Rate: 1, Per: time.Hour}, nil)
 	ctx := context.Background()
 	far := strconv.FormatInt(time.Now().Add(100*365*24*time.Hour).UnixMicro(), 10)
 	for _, v := range []string{"garbage", "inf", "-inf", "nan", "1e400", "-5", far, ""} {
-		if err := rdb.HSet(ctx, budget.Key(b), "tat", v, "pause", v, "fg", v, "btat", v, "bq", v).Err(); err != nil {
-			t.Fatal(err)
-		}
 		for _, p := range []budget.Priority{budget.Foreground, budget.Background} {
+			// A server of its own for each: a server that booked brings
+			// the tat it set, and rightly waits behind it.
+			b := newBudget(t, rdb, "corrupt", budget.Limit{Rate: 1, Per: time.Hour}, nil)
+			if err := rdb.HSet(ctx, budget.Key(b), "tat", v, "pause", v, "fg", v, "btat", v, "bq", v,
+				"capat", v, "cap", v).Err(); err != nil {
+				t.Fatal(err)
+			}
 			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			err := b.Wait(wctx, p)
 			cancel()
 			if err != nil {
 				t.Errorf("fields %q: Wait(%v) = %v; want nil (a fresh budget)", v, p, err)
 			}
-			_ = rdb.HSet(ctx, budget.Key(b), "tat", v).Err()
+			_ = rdb.HSet(ctx, budget.Key(b), "tat", v, "capat", v).Err()
+			if err := b.Observe(ctx, http.Header{"X-Rate-Limit-Remaining": {"0"}, "X-Rate-Limit-Reset": {"x"}}, 200); err != nil {
+				t.Errorf("fields %q: Observe = %v; want nil", v, err)
+			}
+			if err := b.Observe(ctx, http.Header{"X-Rate-Limit-Remaining": {"1"}, "X-Rate-Limit-Reset": {strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)}}, 200); err != nil {
+				t.Errorf("fields %q: Observe(remaining 1) = %v; want nil", v, err)
+			}
+			_ = rdb.Del(ctx, budget.Key(b)).Err()
 		}
-		if err := b.Observe(ctx, http.Header{"X-Rate-Limit-Remaining": {"0"}, "X-Rate-Limit-Reset": {"x"}}, 200); err != nil {
-			t.Errorf("fields %q: Observe = %v; want nil", v, err)
-		}
-		_ = rdb.Del(ctx, budget.Key(b)).Err()
 	}
 }
 
