@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/time/rate"
 
 	"github.com/locksmith-go/locksmith/internal/notify"
 	"github.com/locksmith-go/locksmith/internal/redisx"
@@ -193,7 +192,7 @@ type Stats struct {
 	PausesRateLimited uint64 // pauses for a 429 (or GitHub's 403), from Observe or PauseFor
 	PausesExhausted   uint64 // pauses for remaining 0 on a response that succeeded, from Observe
 	PausesRequested   uint64 // pauses from PauseUntil
-	PullDowns         uint64 // Observes whose remaining count pulled the budget down
+	PullDowns         uint64 // Observes whose remaining count capped the budget (set or lowered the cap)
 
 	LocalWaits  uint64 // Waits decided by the local limiter because Redis was unreachable
 	LocalPauses uint64 // pauses kept in this process only because Redis was unreachable
@@ -252,7 +251,13 @@ type Budget struct {
 	rdb   *redisx.Client
 	hub   *notify.Hub
 	sub   *notify.Sub
-	local *rate.Limiter // while Redis is unreachable
+	local *localLimiter // while Redis is unreachable
+
+	// What this server knows of the budget, for when Redis loses it or is
+	// unreachable: the latest tat it set or learned and its latest slot, in
+	// µs of the Redis clock, and how far the Redis clock is ahead of this
+	// process's (µs), as of the latest booking.
+	mineTAT, mineSlot, skew atomic.Int64
 
 	base   context.Context // parent of the listener's reads; cancelled by Close
 	cancel context.CancelFunc
@@ -266,8 +271,9 @@ type Budget struct {
 	paused     chan struct{} // closed, and replaced, when either grows
 	closed     bool
 
-	// onBook, set by tests only, sees every booking.
-	onBook func(booking, Priority)
+	// onBook, set by tests only, sees every booking, with the ctx of its
+	// Wait.
+	onBook func(context.Context, booking, Priority)
 }
 
 // New returns the budget called name on rdb, limited to limit. Servers that
@@ -295,7 +301,8 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 	b.tb = int64(math.Ceil(float64(b.t) / b.opt.BackgroundShare))
 	b.horizon = min(max(2*b.t, horizonMin.Microseconds()), horizonMax.Microseconds())
 	n := b.opt.FleetSize
-	b.local = rate.NewLimiter(rate.Limit(float64(b.lim.Rate)/float64(n)/b.lim.Per.Seconds()), max(1, b.lim.Burst/n))
+	tl := time.Duration(b.t*int64(n)) * time.Microsecond
+	b.local = &localLimiter{t: tl, tau: time.Duration(max(1, b.lim.Burst/n)-1) * tl}
 	b.paused = make(chan struct{})
 	b.base, b.cancel = context.WithCancel(context.Background())
 	b.rdb = redisx.New(rdb)
@@ -442,6 +449,7 @@ type booking struct {
 	other string // booked: the limit of the previous booking, when another server's differs
 	bg    bool
 	place bool // comeBack: slot is a place in the line
+	local bool // a slot of the local limiter, in µs of this process's clock
 }
 
 const (
@@ -480,8 +488,9 @@ func (b *Budget) wait(ctx context.Context, p Priority) error {
 		if r.other != "" {
 			b.limitConflict(r.other)
 		}
+		b.learn(r)
 		if b.onBook != nil {
-			b.onBook(r, p)
+			b.onBook(ctx, r, p)
 		}
 		if r.wait <= 0 {
 			return nil
@@ -561,7 +570,7 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64) (booking, er
 	}
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (booking, error) {
 		v, err := waitScript.Run(ctx, b.rdb.Redis(), []string{b.key}, b.t, b.tau, prio, patience,
-			b.tb, b.horizon, place, maxAhead.Microseconds(), b.sig).Result()
+			b.tb, b.horizon, place, maxAhead.Microseconds(), b.sig, b.mineTAT.Load()).Result()
 		if err != nil {
 			return booking{}, err
 		}
@@ -674,6 +683,9 @@ func (b *Budget) giveBack(r booking) {
 	}, nil)
 	if err == nil && n == 1 {
 		b.stats.givenBack.Add(1)
+		if !r.place {
+			b.mineTAT.CompareAndSwap(r.tat, r.tat-b.t)
+		}
 	}
 }
 
@@ -772,7 +784,9 @@ func (b *Budget) sleepLocalPause(ctx context.Context) error {
 
 // waitLocal is Wait while Redis is unreachable: a local limiter at
 // Rate/FleetSize decides. Background calls book no further ahead than the
-// horizon, as with Redis; there is no background share.
+// horizon, as with Redis; there is no background share. The local limiter
+// goes on from this server's latest slot in Redis, one local interval
+// after it, not with a full burst: its calls booked there still go.
 func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 	b.stats.localWaits.Add(1)
 	horizon := time.Duration(b.horizon) * time.Microsecond
@@ -780,22 +794,31 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 		if err := b.sleepLocalPause(ctx); err != nil {
 			return err
 		}
+		if s := b.mineSlot.Load(); s > 0 {
+			b.local.seed(time.UnixMicro(s - b.skew.Load()).Add(b.local.t))
+		}
 		now := time.Now()
-		r := b.local.ReserveN(now, 1)
-		d := r.DelayFrom(now)
-		if dl, ok := ctx.Deadline(); ok && now.Add(d).After(dl) {
-			r.CancelAt(now)
+		slot, tat := b.local.reserve(now)
+		d := slot.Sub(now)
+		if dl, ok := ctx.Deadline(); ok && slot.After(dl) {
+			b.local.cancel(tat)
 			b.stats.refused.Add(1)
 			return fmt.Errorf("budget: wait %s (local limit, Redis unreachable): the next slot, %v away, lies past the deadline: %w",
 				redisx.Quote(b.name), d, context.DeadlineExceeded)
 		}
 		if p == Background && d > horizon {
-			r.CancelAt(now)
+			b.local.cancel(tat)
 			b.stats.comeBacks.Add(1)
 			if err := b.sleep(ctx, d-horizon, nil); err != nil {
 				return err
 			}
 			continue
+		}
+		// Back on Redis, this server brings the slot: the call goes, and
+		// the next may follow T later, without a burst.
+		b.know(slot.UnixMicro()+b.skew.Load()+b.t+b.tau, 0)
+		if b.onBook != nil {
+			b.onBook(ctx, booking{slot: slot.UnixMicro(), wait: d, local: true}, p)
 		}
 		if d <= 0 {
 			return nil
@@ -810,17 +833,78 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 		})
 		switch {
 		case errors.Is(err, errPaused):
-			r.Cancel()
+			b.local.cancel(tat)
 			b.stats.rebooked.Add(1)
 			continue
 		case err != nil:
-			r.Cancel()
+			b.local.cancel(tat)
 			if !errors.Is(err, ErrClosed) {
 				b.stats.abandoned.Add(1)
 			}
 			return err
 		}
 		return nil
+	}
+}
+
+// learn records what a booking in Redis tells this server: the tat it set,
+// its slot, and the Redis clock's lead on this process's.
+func (b *Budget) learn(r booking) {
+	b.know(r.tat, r.slot)
+	b.skew.Store(r.slot - time.Now().Add(r.wait).UnixMicro())
+}
+
+// know raises what this server knows of the budget to tat and slot (µs of
+// the Redis clock; 0 for unknown).
+func (b *Budget) know(tat, slot int64) {
+	for m := b.mineTAT.Load(); tat > m && !b.mineTAT.CompareAndSwap(m, tat); m = b.mineTAT.Load() {
+	}
+	for m := b.mineSlot.Load(); slot > m && !b.mineSlot.CompareAndSwap(m, slot); m = b.mineSlot.Load() {
+	}
+}
+
+// localLimiter is GCRA on this process's clock, with emission interval t
+// and burst tolerance tau: the budget of one server while Redis is
+// unreachable.
+type localLimiter struct {
+	t, tau time.Duration
+
+	mu  sync.Mutex // guards tat
+	tat time.Time
+}
+
+// reserve books the next slot from now, and returns it and the tat the
+// booking set.
+func (l *localLimiter) reserve(now time.Time) (slot, tat time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	slot = now
+	if s := l.tat.Add(-l.tau); s.After(slot) {
+		slot = s
+	}
+	if slot.After(l.tat) {
+		l.tat = slot
+	}
+	l.tat = l.tat.Add(l.t)
+	return slot, l.tat
+}
+
+// cancel gives back the booking that set tat, when no booking came after
+// it.
+func (l *localLimiter) cancel(tat time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.tat.Equal(tat) {
+		l.tat = tat.Add(-l.t)
+	}
+}
+
+// seed makes the next slot no earlier than at.
+func (l *localLimiter) seed(at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if at = at.Add(l.tau); at.After(l.tat) {
+		l.tat = at
 	}
 }
 

@@ -170,47 +170,38 @@ func loop(t *testing.T, wg *sync.WaitGroup, ctx context.Context, b *budget.Budge
 }
 
 // TestLimitHeld runs 4 servers × 10 goroutines, foreground and background,
-// against one budget and checks that no window of Per holds more than
-// Rate+Burst-1 slots, and that no call went before its slot.
+// against one budget. Slots are booked in order, never more than
+// Rate+Burst-1 in any window of Per; no call returns before its slot; and
+// the calls, counted when their Wait returned, number at most Rate+Burst-1
+// in any window of Per plus those that returned late: a call returns at most
+// late after its slot, so the returns within a window of Per are slots within
+// a window of Per+late, at most late/T more.
 func TestLimitHeld(t *testing.T) {
 	s := redistest.Start(t, nil)
 	l := budget.Limit{Rate: 50, Per: 500 * time.Millisecond, Burst: 5}
-	var rec recorder
-	var mu sync.Mutex
-	var calls []int64
-	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
-	defer cancel()
-	var wg sync.WaitGroup
-	for i := range 4 {
-		b := newBudget(t, s.Client(t, nil), "limit", l, nil)
-		rec.watch(b)
-		p := budget.Priority(i % 2)
-		loop(t, &wg, ctx, b, p, 10, func(at time.Time) {
-			mu.Lock()
-			calls = append(calls, at.UnixMicro())
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	bookings := rec.inOrder()
-	slots := make([]int64, len(bookings))
-	for i, k := range bookings {
-		slots[i] = k.Slot
-		if i > 0 && k.Slot < bookings[i-1].Slot {
-			t.Errorf("booking %d has slot %d before the previous one's, %d", i, k.Slot, bookings[i-1].Slot)
+	f := startFleet(t, s, "limit", l, nil, 4, 10, func(i int) budget.Priority { return budget.Priority(i % 2) })
+	f.waitCalls(t, "calls", 0, 3*l.Rate)
+	f.stop()
+	f.mu.Lock()
+	books := slices.Clone(f.books)
+	f.mu.Unlock()
+	slices.SortFunc(books, func(x, y book) int { return int(x.tat - y.tat) })
+	for i := 1; i < len(books); i++ {
+		if books[i].slot < books[i-1].slot {
+			t.Errorf("booking %d has slot %d before the previous one's, %d", i, books[i].slot, books[i-1].slot)
 		}
 	}
-	want := l.Rate + l.Burst - 1
-	if got := maxInWindow(slots, l.Per.Microseconds()); got > want {
-		t.Errorf("%d slots in a window of %v; want at most %d", got, l.Per, want)
+	limit := l.Rate + l.Burst - 1
+	if got := maxInWindow(f.slots(), l.Per.Microseconds()); got > limit {
+		t.Errorf("%d slots in a window of %v; want at most %d", got, l.Per, limit)
 	}
-	// A call returns no earlier than its slot; calls beyond the slots' count
-	// can only come from the local limiter, which must not have run.
-	if len(calls) > len(slots) {
-		t.Errorf("%d calls for %d slots", len(calls), len(slots))
+	most, late := f.check(t, 0, time.Now().UnixMicro())
+	bound := limit + intervals(l, late)
+	t.Logf("%d calls; at most %d in a window of %v (Rate+Burst-1 = %d); the latest returned %v after its slot: bound %d",
+		len(f.calls), most, l.Per, limit, late, bound)
+	if most > bound {
+		t.Errorf("%d calls in a window of %v; want at most %d", most, l.Per, bound)
 	}
-	t.Logf("%d slots, %d calls; most calls in a window of Per (wake-up jitter included): %d",
-		len(slots), len(calls), maxInWindow(calls, l.Per.Microseconds()))
 }
 
 // TestBurstThenRate: after a quiet spell, Burst slots at once, then one per T.
@@ -624,38 +615,121 @@ func TestObserve(t *testing.T) {
 	}
 }
 
-// TestPullDown: fewer calls remaining than the budget allows before the
-// reset pull it down; more change nothing.
-func TestPullDown(t *testing.T) {
+// TestRemainingCap: "N remaining until the reset" is a cap, not a delay:
+// N more calls go at the budget's own pace, and only the (N+1)th waits for
+// the reset.
+func TestRemainingCap(t *testing.T) {
 	_, rdb := redistest.Mini(t)
-	b := newBudget(t, rdb, "pull", budget.Limit{Rate: 100}, nil)
+	l := budget.Limit{Rate: 20, Burst: 5}
+	b := newBudget(t, rdb, "cap", l, nil)
+	var rec recorder
+	rec.watch(b)
 	ctx := context.Background()
-	reset := time.Now().Add(3 * time.Second).Unix()
-	h := http.Header{"X-Rate-Limit-Remaining": {"2"}, "X-Rate-Limit-Reset": {strconv.FormatInt(reset, 10)}}
+	reset := time.Now().Add(60 * time.Second).Unix()
+	h := http.Header{"X-Rate-Limit-Remaining": {"17"}, "X-Rate-Limit-Reset": {strconv.FormatInt(reset, 10)}}
 	if err := b.Observe(ctx, h, http.StatusOK); err != nil {
 		t.Fatal(err)
 	}
-	// At most 2 calls before the reset, the last at its edge: the next slot
-	// lies 2T before it.
-	want := reset*1e6 - 2*10000
-	if got := field(t, rdb, b, "tat"); got < want-100000 || got > want+100000 {
-		t.Errorf("tat = reset%+dµs; want reset-20000µs (±100ms)", got-reset*1e6)
-	}
-	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	// 17 calls: as if nothing was said, 5 at once and one per T after.
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	var wg sync.WaitGroup
+	for range 17 {
+		wg.Go(func() {
+			if err := b.Wait(wctx, budget.Foreground); err != nil {
+				t.Errorf("Wait = %v; want nil: 17 calls remain", err)
+			}
+		})
+	}
+	wg.Wait()
+	const T = 50000 // µs
+	k := rec.inOrder()
+	for i := 5; i < len(k); i++ {
+		if want := k[4].Slot + int64(i-4)*T; k[i].Slot > want {
+			t.Errorf("call %d at first%+dµs; want at most first%+dµs, the budget's own pace", i, k[i].Slot-k[0].Slot, want-k[0].Slot)
+		}
+	}
+	// The 18th waits for the reset: refused at once with a shorter deadline.
 	if err := b.Wait(wctx, budget.Foreground); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Wait = %v; want DeadlineExceeded: the next slot is about 2s away", err)
+		t.Errorf("18th Wait = %v; want DeadlineExceeded (its slot is the reset, a minute away)", err)
 	}
-	tat := field(t, rdb, b, "tat")
-	h.Set("X-Rate-Limit-Remaining", "1000")
-	if err := b.Observe(ctx, h, http.StatusOK); err != nil {
-		t.Fatal(err)
-	}
-	if got := field(t, rdb, b, "tat"); got != tat {
-		t.Errorf("tat moved after remaining 1000; want unchanged")
+	// Booked, it goes at the reset.
+	lctx, lcancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer lcancel()
+	done := make(chan error, 1)
+	go func() { done <- b.Wait(lctx, budget.Foreground) }()
+	redistest.WaitFor(t, "the 18th booking", func() bool { return rec.len() == 18 })
+	lcancel()
+	<-done
+	if got := rec.inOrder()[17].Slot; got < reset*1e6 || got > reset*1e6+T {
+		t.Errorf("18th slot at reset%+dµs; want the reset", got-reset*1e6)
 	}
 	if st := b.Stats(); st.PullDowns != 1 {
 		t.Errorf("PullDowns = %d; want 1", st.PullDowns)
+	}
+}
+
+// TestRemainingCapCounts: calls booked for a slot still ahead spend the
+// remaining count too; a later response of the same window never raises
+// the cap, one of a new window replaces it; a slot given back is given back
+// to the cap; plenty remaining costs no round trip.
+func TestRemainingCapCounts(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	b := newBudget(t, rdb, "cap-counts", budget.Limit{Rate: 1, Per: time.Second}, nil)
+	var rec recorder
+	rec.watch(b)
+	ctx := context.Background()
+	if err := b.Wait(ctx, budget.Foreground); err != nil {
+		t.Fatal(err)
+	}
+	// Two calls booked ahead, at +1s and +2s.
+	done := make(chan error, 2)
+	sctx, scancel := context.WithCancel(ctx)
+	defer scancel()
+	go func() { done <- b.Wait(sctx, budget.Foreground) }()
+	redistest.WaitFor(t, "a sleeper", func() bool { return rec.len() == 2 })
+	lctx, lcancel := context.WithCancel(ctx)
+	defer lcancel()
+	go func() { done <- b.Wait(lctx, budget.Foreground) }()
+	redistest.WaitFor(t, "a second sleeper", func() bool { return rec.len() == 3 })
+
+	observe := func(remaining int, reset time.Duration) {
+		t.Helper()
+		h := http.Header{
+			"X-Rate-Limit-Remaining": {strconv.Itoa(remaining)},
+			"X-Rate-Limit-Reset":     {strconv.FormatInt(time.Now().Add(reset).Unix(), 10)},
+		}
+		if err := b.Observe(ctx, h, http.StatusOK); err != nil {
+			t.Fatal(err)
+		}
+	}
+	observe(4, time.Minute)
+	if got := field(t, rdb, b, "cap"); got != 2 {
+		t.Errorf("cap = %d after remaining 4 with 2 calls booked ahead; want 2", got)
+	}
+	capat := field(t, rdb, b, "capat")
+	observe(10, time.Minute) // an older response of the same window
+	if got := field(t, rdb, b, "cap"); got != 2 {
+		t.Errorf("cap = %d after a later remaining 10 of the same window; want 2", got)
+	}
+	lcancel() // the latest booking: its slot goes back to the budget and the cap
+	redistest.WaitFor(t, "the slot given back", func() bool { return b.Stats().GivenBack == 1 })
+	if got := field(t, rdb, b, "cap"); got != 3 {
+		t.Errorf("cap = %d after a slot was given back; want 3", got)
+	}
+	observe(7, 2*time.Minute) // a new window: one call still booked ahead
+	if got, at := field(t, rdb, b, "cap"), field(t, rdb, b, "capat"); got != 6 || at-capat < 59e6 {
+		t.Errorf("cap = %d until capat%+dµs after remaining 7 of the next window; want 6 until a minute later", got, at-capat)
+	}
+	h := &scripts{}
+	rdb.AddHook(h)
+	observe(1000, time.Minute)
+	if n := h.n.Load(); n != 0 {
+		t.Errorf("remaining 1000 ran %d scripts; want none", n)
+	}
+	scancel()
+	for range 2 {
+		<-done
 	}
 }
 
@@ -935,26 +1009,32 @@ func TestBadInput(t *testing.T) {
 func TestCorruptFields(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := s.Client(t, nil)
-	b := newBudget(t, rdb, "corrupt", budget.Limit{Rate: 1, Per: time.Hour}, nil)
 	ctx := context.Background()
 	far := strconv.FormatInt(time.Now().Add(100*365*24*time.Hour).UnixMicro(), 10)
 	for _, v := range []string{"garbage", "inf", "-inf", "nan", "1e400", "-5", far, ""} {
-		if err := rdb.HSet(ctx, budget.Key(b), "tat", v, "pause", v, "fg", v, "btat", v, "bq", v).Err(); err != nil {
-			t.Fatal(err)
-		}
 		for _, p := range []budget.Priority{budget.Foreground, budget.Background} {
+			// A server of its own for each: a server that booked brings
+			// the tat it set, and rightly waits behind it.
+			b := newBudget(t, rdb, "corrupt", budget.Limit{Rate: 1, Per: time.Hour}, nil)
+			if err := rdb.HSet(ctx, budget.Key(b), "tat", v, "pause", v, "fg", v, "btat", v, "bq", v,
+				"capat", v, "cap", v).Err(); err != nil {
+				t.Fatal(err)
+			}
 			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			err := b.Wait(wctx, p)
 			cancel()
 			if err != nil {
 				t.Errorf("fields %q: Wait(%v) = %v; want nil (a fresh budget)", v, p, err)
 			}
-			_ = rdb.HSet(ctx, budget.Key(b), "tat", v).Err()
+			_ = rdb.HSet(ctx, budget.Key(b), "tat", v, "capat", v).Err()
+			if err := b.Observe(ctx, http.Header{"X-Rate-Limit-Remaining": {"0"}, "X-Rate-Limit-Reset": {"x"}}, 200); err != nil {
+				t.Errorf("fields %q: Observe = %v; want nil", v, err)
+			}
+			if err := b.Observe(ctx, http.Header{"X-Rate-Limit-Remaining": {"1"}, "X-Rate-Limit-Reset": {strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)}}, 200); err != nil {
+				t.Errorf("fields %q: Observe(remaining 1) = %v; want nil", v, err)
+			}
+			_ = rdb.Del(ctx, budget.Key(b)).Err()
 		}
-		if err := b.Observe(ctx, http.Header{"X-Rate-Limit-Remaining": {"0"}, "X-Rate-Limit-Reset": {"x"}}, 200); err != nil {
-			t.Errorf("fields %q: Observe = %v; want nil", v, err)
-		}
-		_ = rdb.Del(ctx, budget.Key(b)).Err()
 	}
 }
 

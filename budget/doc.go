@@ -53,8 +53,11 @@
 // Redis refuses, or not yet confirmed, reads the pause before each slot it
 // slept for instead). [Budget.PauseUntil] pauses
 // directly, and [Budget.PauseFor] pauses for a loader's [RateLimitedError].
-// Fewer calls remaining than the budget would allow before the reset pull the
-// budget down to them.
+// Fewer calls remaining than the budget would allow before the reset cap
+// it: that many more calls, less those already booked for a slot ahead, get
+// a slot before the reset, at the budget's own pace, and the next one gets
+// the reset. The cap is two fields of the hash, spent by the same script that
+// books slots: it delays a call only when the upstream would refuse it.
 //
 // # Redis
 //
@@ -63,10 +66,18 @@
 // same name. One key, one hash tag: every script touches one Redis Cluster
 // slot. Servers sharing a budget must give it the same [Limit].
 //
-// When Redis is unreachable, each server falls back to a local limiter
-// (golang.org/x/time/rate) at Rate/FleetSize per Per with a burst of
+// Each server remembers the latest tat it set and sends it with every
+// booking; the script takes the greater of Redis's and the caller's. When
+// Redis loses the hash (a restart without persistence, FLUSHALL, a failover
+// to a replica that is behind), the fleet goes on from the latest slot the
+// servers that book know of, instead of from a fresh budget.
+//
+// When Redis is unreachable, each server falls back to a local limiter (GCRA
+// on its own clock) at Rate/FleetSize per Per with a burst of
 // max(1, Burst/FleetSize): the fleet stays under the limit as long as
-// [Options].FleetSize is at least the number of servers. An error reply
-// (a key of another type at the budget's name) is returned, wrapped, and is
-// not an outage.
+// [Options].FleetSize is at least the number of servers. The local limiter
+// goes on one local interval after this server's latest slot in Redis, not
+// with a full burst; back on Redis, the server's first booking brings the
+// latest local slot as its tat. An error reply (a key of another type at the
+// budget's name) is returned, wrapped, and is not an outage.
 package budget

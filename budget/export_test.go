@@ -1,22 +1,33 @@
 package budget
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Booking is a slot a Budget booked, as the wait script returned it: the
 // slot and the tat its booking set, in µs of the Redis clock, how long the
 // caller was told to sleep, and whether a background call passed the share
-// gate (a foreground booking lay in the future).
+// gate (a foreground booking lay in the future). A slot of the local limiter
+// (Local) is in µs of this process's clock, and its TAT is 0.
 type Booking struct {
 	Slot, TAT int64
 	Wait      time.Duration
 	Priority  Priority
 	Gated     bool
+	Local     bool
 }
 
 // OnBook has f called with every slot b books. Set it before the first Wait.
 func OnBook(b *Budget, f func(Booking)) {
-	b.onBook = func(r booking, p Priority) {
-		f(Booking{Slot: r.slot, TAT: r.tat, Wait: r.wait, Priority: p, Gated: r.gated})
+	OnBookContext(b, func(_ context.Context, k Booking) { f(k) })
+}
+
+// OnBookContext has f called with every slot b books, on the goroutine of
+// the Wait that booked it and with its ctx. Set it before the first Wait.
+func OnBookContext(b *Budget, f func(context.Context, Booking)) {
+	b.onBook = func(ctx context.Context, r booking, p Priority) {
+		f(ctx, Booking{Slot: r.slot, TAT: r.tat, Wait: r.wait, Priority: p, Gated: r.gated, Local: r.local})
 	}
 }
 

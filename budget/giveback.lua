@@ -8,6 +8,8 @@
 -- Every booking moves tat (or bq) forward, so the field still holding what
 -- the caller's booking set means the caller's was the last: moving it back
 -- by T undoes it without giving anyone a slot that another call holds.
+-- A slot before the reset of a cap (see cap.lua) gives its call back to the
+-- cap.
 -- Returns 1 when given back, 0 when a later booking came first.
 local function n(name) return tonumber(redis.call('HGET', KEYS[1], name)) end
 local function f(x) return string.format('%d', x) end
@@ -21,6 +23,10 @@ end
 local nt, slot, Tb = tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5])
 if n('tat') ~= nt then return 0 end
 redis.call('HSET', KEYS[1], 'tat', f(nt - T))
+local capat, left = n('capat'), n('cap')
+if capat and left and slot < capat then
+  redis.call('HSET', KEYS[1], 'cap', f(left + 1))
+end
 if Tb > 0 and n('btat') == slot + Tb then
   redis.call('HSET', KEYS[1], 'btat', f(slot))
 end

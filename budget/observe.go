@@ -178,29 +178,57 @@ func parseRetryAfter(s string, ref time.Time) (time.Duration, bool) {
 //     (x-rate-limit-reset or x-ratelimit-reset, epoch seconds), or for one
 //     Per when the reset is missing.
 //   - Fewer calls remaining before the reset than the budget would allow
-//     pulls the budget down: at most that many calls go before the reset,
-//     the last of them at the reset's edge.
+//     caps it, fleet-wide: that many more calls go before the reset, at the
+//     budget's own pace (less the calls already booked for a slot ahead,
+//     which have not reached the upstream yet), and the next waits for the
+//     reset. The cap never delays a call the upstream would take. A later
+//     response of the same window lowers the cap, never raises it; one of a
+//     later window replaces it.
 //
 // A pause is kept in Redis and announced to every server; Waits sleeping on
 // a slot before its end book again after it. Missing or malformed headers
 // change nothing and are not an error. Times are read against the response's
 // Date header when it has one. When Redis is unreachable a pause is kept in
-// this process only.
+// this process only, and a cap is not kept.
 func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 	if err := b.check(); err != nil {
 		return err
 	}
 	f := parseFeedback(h, status, time.Now(), b.lim.Per)
 	if f.pull && f.remaining >= (f.reset.Microseconds()+b.tau+b.t-1)/b.t {
-		// The pull-down would set tat to now or before: the budget already
-		// lets at most that many calls go before the reset, burst included.
-		// No round trip for the common answer "plenty left".
+		// The budget lets at most that many calls go before the reset,
+		// burst included: the cap could never bind. No round trip for the
+		// common answer "plenty left".
 		f.pull = false
 	}
 	if f.pause <= 0 && !f.pull {
 		return nil
 	}
 	return b.apply(ctx, "observe", f)
+}
+
+//go:embed cap.lua
+var capLua string
+var capScript = redis.NewScript(capLua)
+
+// applyCap caps the budget at f.remaining calls before f.reset, fleet-wide,
+// with one round trip. While Redis is unreachable nothing is kept: the local
+// limiter knows nothing of the upstream's count.
+func (b *Budget) applyCap(ctx context.Context, op string, f feedback) error {
+	n, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
+		return capScript.Run(ctx, b.rdb.Redis(), []string{b.key}, f.reset.Microseconds(), f.remaining,
+			b.t, b.tau, maxAhead.Microseconds()).Int64()
+	}, nil)
+	switch {
+	case err != nil && redisx.Outage(err):
+		return nil
+	case err != nil:
+		return b.fail(ctx, op, err)
+	}
+	if n == 1 {
+		b.stats.pullDowns.Add(1)
+	}
+	return nil
 }
 
 // PauseUntil pauses the budget of the whole fleet until t: no Wait returns
@@ -260,16 +288,16 @@ var pauseScript = redis.NewScript(pauseLua)
 // apply stores f in the budget's hash with one round trip, and wakes this
 // server's sleeping Waits at once when the pause grew.
 func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
-	pause, reset, remaining := int64(-1), int64(-1), int64(0)
+	if f.pull {
+		return b.applyCap(ctx, op, f)
+	}
+	pause := int64(-1)
 	if f.pause > 0 {
 		pause = f.pause.Microseconds()
 	}
-	if f.pull {
-		reset, remaining = f.reset.Microseconds(), f.remaining
-	}
 	start := time.Now()
 	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]int64, error) {
-		return pauseScript.Run(ctx, b.rdb.Redis(), []string{b.key}, pause, reset, remaining,
+		return pauseScript.Run(ctx, b.rdb.Redis(), []string{b.key}, pause, -1, 0,
 			b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds()).Int64Slice()
 	}, nil)
 	if err == nil && len(v) != 3 {
@@ -295,9 +323,6 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 		case requested:
 			b.stats.requested.Add(1)
 		}
-	}
-	if v[2] == 1 {
-		b.stats.pullDowns.Add(1)
 	}
 	if v[1] == 1 {
 		b.heard(v[0])

@@ -13,6 +13,9 @@
 --          by for
 --   lim    the limit of the latest booking, 'T:tau': servers that book with
 --          another limit are told so
+--   cap    the calls still allowed before capat, the upstream's reset (set
+--   capat  by cap.lua): a slot booked before capat spends one; with none
+--          left, the slot is capat
 -- ARGV[1] T, the emission interval; ARGV[2] tau, the burst tolerance;
 -- ARGV[3] '1' for a background call, else foreground; ARGV[4] the caller's
 -- patience (time to its deadline), or -1 for none; ARGV[5] the background
@@ -21,6 +24,10 @@
 -- caller's place in the line when it comes back, else 0; ARGV[8] how far
 -- ahead of now a field may lie before it counts as corrupt. All in µs.
 -- ARGV[9] the caller's limit, 'T:tau'.
+-- ARGV[10] the latest tat the caller set or learned, µs of the Redis clock,
+-- or 0: Redis may have lost what it held (a restart without persistence,
+-- FLUSHALL, a failover to a replica behind), and the greater of the two
+-- holds.
 -- Returns
 --   {0, wait, slot, tat, gated, other}
 --                         booked: the call goes at slot, wait µs from now;
@@ -40,7 +47,7 @@ local bg, patience = ARGV[3] == '1', tonumber(ARGV[4])
 local Tb, H, place, ahead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 
 local lim = ARGV[9]
-local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq', 'sb', 'lim')
+local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq', 'sb', 'lim', 'capat', 'cap')
 local other = 0
 if v[7] and v[7] ~= lim then other = v[7] end
 -- A field that is missing, not a number, or implausible counts as 0: a
@@ -51,13 +58,16 @@ local function field(i)
   return x
 end
 local tat, pause, fg, btat, bq, sb = field(1), field(2), field(3), field(4), field(5), field(6)
+local capat, left = field(8), field(9)
+local mine = tonumber(ARGV[10])
+if mine and mine > tat and mine <= now + ahead then tat = mine end
 
 local function f(x) return string.format('%d', x) end
 -- The key outlives the last instant it holds by a second: once every field
 -- lies in the past, a missing key means the same as the fields.
 local function save(...)
   redis.call('HSET', KEYS[1], ...)
-  local last = math.max(tat, pause, fg, btat, bq)
+  local last = math.max(tat, pause, fg, btat, bq, capat)
   local a = {...}
   for i = 2, #a, 2 do
     local x = tonumber(a[i])
@@ -67,11 +77,22 @@ local function save(...)
 end
 
 local slot = math.max(now, tat - tau, pause)
+-- Capped: with no call left before the reset, the slot is the reset.
+if capat > now and slot < capat and left < 1 then slot = capat end
+-- book saves a booking at slot, with the fields given, and spends a call
+-- of the cap when the slot lies before its reset.
+local function book(nt, ...)
+  if capat > now and slot < capat then
+    save('tat', f(nt), 'lim', lim, 'cap', f(left - 1), ...)
+  else
+    save('tat', f(nt), 'lim', lim, ...)
+  end
+end
 
 if not bg then
   if patience >= 0 and slot - now > patience then return {1, slot - now} end
   local nt = math.max(tat, slot) + T
-  save('tat', f(nt), 'fg', f(math.max(fg, slot)), 'lim', lim)
+  book(nt, 'fg', f(math.max(fg, slot)))
   return {0, slot - now, slot, nt, 0, other}
 end
 
@@ -103,5 +124,5 @@ if lined or slot - now > H or bslot > slot then
   return {2, q - now, q}
 end
 local nt = math.max(tat, slot) + T
-save('tat', f(nt), 'btat', f(slot + Tb), 'lim', lim)
+book(nt, 'btat', f(slot + Tb))
 return {0, slot - now, slot, nt, gated, other}
