@@ -24,13 +24,18 @@
 //     Cache's TTL.
 //
 // Not stored, but handed to the callers merged on the request that got it:
-// a response with Cache-Control no-store or no-cache, or to a request with
-// Cache-Control no-store; a response with Set-Cookie (a cookie set for one
-// client is not handed to later ones); another status (302, 401, 403, ...)
-// without an explicit lifetime; a 5xx; a 408. A 429 is neither stored nor handed
-// on as a response (see Rate limits below). Cache-Control private is
-// stored: the default key keeps one set of credentials' responses from
-// another's requests, which is what private asks of a cache.
+// a response with Cache-Control no-store, no-cache or private (a response
+// for one user is never kept in a shared cache: its key may not tell that
+// user from others), or to a request with Cache-Control no-store; another
+// status (302, 401, 403, ...) without an explicit lifetime; a 5xx; a 408. A
+// response with Set-Cookie is neither stored nor handed on: it goes to the
+// request that caused it only, and the callers merged on that request, on
+// every server, pass through, each for a cookie of its own. A 429 is
+// neither stored nor handed on as a response (see Rate limits below).
+//
+// Header names count under any spelling: a header set directly in the
+// request's map (req.Header["authorization"]) reaches the upstream as
+// written, so the key, Vary and the request's Cache-Control read it too.
 //
 // A response names in Vary the request headers it depends on: the values
 // the request that got it had for them are kept with it, and a request

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/locksmith-go/locksmith/budget"
@@ -120,8 +121,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.opt.TTL > 0 {
 		opts = append(opts, fill.WithTTL(t.opt.TTL))
 	}
+	// own is a response this request's load got for this request only.
+	var own atomic.Pointer[entry]
 	e, err := fill.Get(ctx, t.cache, key, func(ctx context.Context) (*entry, error) {
-		return t.load(ctx, req, cs)
+		return t.load(ctx, req, cs, &own)
 	}, opts...)
 	switch {
 	case err != nil:
@@ -131,7 +134,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		return nil, fmt.Errorf("httpfill: %w", err)
-	case e.Pass || !e.fits(req):
+	case e.Pass:
+		if o := own.Load(); o != nil {
+			return o.response(req, time.Now()), nil
+		}
+		return t.pass(req)
+	case !e.fits(req):
 		return t.pass(req)
 	}
 	return e.response(req, time.Now()), nil
@@ -173,8 +181,10 @@ func (t *Transport) observe(ctx context.Context, resp *http.Response) {
 }
 
 // load is the loader of a GET or HEAD: it sends req upstream on the
-// flight's ctx and makes the entry its callers share, setting its TTL.
-func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers) (*entry, error) {
+// flight's ctx and makes the entry its callers share, setting its TTL. A
+// response that sets a cookie is for req only: it goes to own, and the
+// callers share a marker, not stored, that sends them through.
+func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers, own *atomic.Pointer[entry]) (*entry, error) {
 	out := req.Clone(ctx)
 	// An http.Client with a Timeout signals it on Cancel too: the flight
 	// must not end with its first caller's deadline.
@@ -211,20 +221,25 @@ func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers) (*
 		return &entry{Pass: true}, nil
 	}
 	e.Vary = vals
-	if req.Method == http.MethodHead {
-		return e, nil
+	if req.Method != http.MethodHead {
+		if resp.ContentLength > t.opt.MaxBody {
+			return &entry{Pass: true}, nil
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, t.opt.MaxBody+1))
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("reading the response to %s %s: %w", req.Method, req.URL.Redacted(), err)
+		case int64(len(body)) > t.opt.MaxBody:
+			return &entry{Pass: true}, nil
+		}
+		e.Body, e.Length = body, int64(len(body))
 	}
-	if resp.ContentLength > t.opt.MaxBody {
+	if setsCookie(resp.Header) {
+		// One client's cookie: the callers merged on req (anonymous ones
+		// would share one session) get answers of their own.
+		own.Store(e)
 		return &entry{Pass: true}, nil
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, t.opt.MaxBody+1))
-	switch {
-	case err != nil:
-		return nil, fmt.Errorf("reading the response to %s %s: %w", req.Method, req.URL.Redacted(), err)
-	case int64(len(body)) > t.opt.MaxBody:
-		return &entry{Pass: true}, nil
-	}
-	e.Body, e.Length = body, int64(len(body))
 	return e, nil
 }
 
@@ -289,7 +304,7 @@ func (e *entry) fits(req *http.Request) bool {
 		return false
 	}
 	for name, vals := range e.Vary {
-		if !slices.Equal(req.Header.Values(name), vals) {
+		if !slices.Equal(values(req.Header, name), vals) {
 			return false
 		}
 	}
@@ -303,7 +318,7 @@ func (e *entry) response(req *http.Request, now time.Time) *http.Response {
 		h = make(http.Header)
 	}
 	if age := now.Sub(time.UnixMilli(e.At)); age >= time.Second {
-		prior, _ := strconv.ParseInt(h.Get("Age"), 10, 64)
+		prior, _ := strconv.ParseInt(get(h, "Age"), 10, 64)
 		h.Set("Age", strconv.FormatInt(max(prior, 0)+int64(age/time.Second), 10))
 	}
 	r := &http.Response{
