@@ -10,7 +10,8 @@
 // # What is cached
 //
 // A GET or HEAD request is looked up under its key ([Options.Key], by
-// default [DefaultKey]: method, URL, and a hash of the credentials and
+// default [DefaultKey]: method, URL, and a hash of the credentials, any
+// header whose name says auth, cookie, key, token and the like, and of the
 // Accept headers). On a miss, one server runs the request upstream, on a
 // context detached from its callers (one caller giving up does not cancel
 // it for the others), and every caller of that key, on every server, gets
