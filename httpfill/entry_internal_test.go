@@ -37,24 +37,3 @@ func TestEntryResponse(t *testing.T) {
 		})
 	}
 }
-
-func TestRetryAfter(t *testing.T) {
-	now := time.Date(2026, time.March, 1, 12, 0, 0, 0, time.UTC)
-	tests := []struct {
-		in   string
-		want time.Duration
-	}{
-		{"", 0},
-		{"7", 7 * time.Second},
-		{" 7 ", 7 * time.Second},
-		{"-1", 0},
-		{"soon", 0},
-		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
-		{now.Add(-time.Minute).Format(http.TimeFormat), 0},
-	}
-	for _, tt := range tests {
-		if got := retryAfter(http.Header{"Retry-After": {tt.in}}, now); got != tt.want {
-			t.Errorf("retryAfter(%q) = %v; want %v", tt.in, got, tt.want)
-		}
-	}
-}

@@ -1,11 +1,13 @@
 package httpfill_test
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/locksmith-go/locksmith/fill"
 	"github.com/locksmith-go/locksmith/internal/redistest"
@@ -177,5 +179,31 @@ func TestSetCookieOwnRequestOnly(t *testing.T) {
 	if _, cached := valueTTL(t, m); cached {
 		t.Errorf("a response with Set-Cookie was stored")
 	}
-	_ = fill.ErrClosed
+}
+
+// TestRateLimitedHugeRetryAfter: a 429 whose Retry-After asks for years is
+// malformed: the fleet pauses once, for one Per, and the request is served
+// once the upstream serves again.
+func TestRateLimitedHugeRetryAfter(t *testing.T) {
+	for _, ra := range []string{"99999999999", "-5", "NaN", "Fri, 01 Jan 2077 00:00:00 GMT"} {
+		t.Run(ra, func(t *testing.T) {
+			h, _ := rateLimited(1, ra)
+			u := newUpstream(t, false, h)
+			_, rdb := redistest.Mini(t)
+			b := newBudget(t, rdb)
+			c := newClient(u, newCache(t, rdb, &fill.Options{Budget: b}), nil)
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			if r := do(ctx, c, http.MethodGet, u.url("/a")); r.err != nil || r.body != "hello" {
+				t.Fatalf("GET: %q, %v; want hello after a pause of one Per", r.body, r.err)
+			}
+			wantCalls(t, u, 2)
+			if n := b.Stats().PausesRateLimited; n != 1 {
+				t.Errorf("budget pauses for one 429 = %d; want 1", n)
+			}
+			if ttl := rdb.PTTL(ctx, "__locksmith:{api}:budget").Val(); ttl > time.Minute {
+				t.Errorf("the budget's key lives %v; want no long pause kept", ttl)
+			}
+		})
+	}
 }

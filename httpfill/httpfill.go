@@ -171,13 +171,13 @@ func (t *Transport) pass(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// observe reports an upstream response to the budget. A budget that cannot
-// record it (Redis down) is no reason to fail the request: the error is
-// dropped.
-func (t *Transport) observe(ctx context.Context, resp *http.Response) {
-	if b := t.opt.Budget; b != nil {
-		_ = b.Observe(ctx, resp.Header, resp.StatusCode)
-	}
+// observe reports an upstream response to the budget, and whether the
+// budget took it. A budget that cannot record it is no reason to fail the
+// request: the error is dropped (Redis down, the budget keeps a pause in
+// this process and returns nil).
+func (t *Transport) observe(ctx context.Context, resp *http.Response) bool {
+	b := t.opt.Budget
+	return b != nil && b.Observe(ctx, resp.Header, resp.StatusCode) == nil
 }
 
 // load is the loader of a GET or HEAD: it sends req upstream on the
@@ -195,10 +195,12 @@ func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers, ow
 		return nil, err
 	}
 	defer resp.Body.Close()
-	t.observe(ctx, resp)
+	observed := t.observe(ctx, resp)
 	now := time.Now()
 	if resp.StatusCode == http.StatusTooManyRequests {
-		rle := &budget.RateLimitedError{RetryAfter: retryAfter(resp.Header, now)}
+		// Observe paused the budget for the 429: Observed keeps fill's
+		// PauseFor from pausing it again.
+		rle := &budget.RateLimitedError{RetryAfter: budget.RetryAfter(resp.Header, now), Observed: observed}
 		t.setLimited(cs, rle)
 		return nil, fmt.Errorf("upstream answered %s: %w", resp.Status, rle)
 	}

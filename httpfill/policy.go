@@ -265,19 +265,3 @@ func seconds(v string) time.Duration {
 	}
 	return time.Duration(min(n, limit)) * time.Second
 }
-
-// retryAfter returns how long a 429 with header h, received at now, asks
-// to wait: its Retry-After in seconds or as a date; 0 when it does not say.
-func retryAfter(h http.Header, now time.Time) time.Duration {
-	v := strings.TrimSpace(h.Get("Retry-After"))
-	if v == "" {
-		return 0
-	}
-	if d := seconds(v); d > 0 {
-		return d
-	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
-	}
-	return 0
-}
