@@ -65,18 +65,20 @@
 //
 // # Rate limits
 //
-// Every response from the upstream, loaded or passed through, is reported
-// to Options.Budget's Observe. Loads wait for the budget in the Cache, not
-// in the Transport: give the Cache the same [budget.Budget]
-// (fill.Options.Budget), so that a load waits once, and so that a 429
-// pauses the budget fleet-wide and the same flight retries once the pause
-// is over, for as long as one of its callers waits. A caller that gives up
-// meanwhile, on the server whose load met the 429, gets an error wrapping
-// both its ctx's error and [budget.ErrRateLimited]. A 429 on a Cache without a budget, or one that
-// outlasts the Cache's LoadTimeout, is an error wrapping a
-// *[budget.RateLimitedError] with the response's Retry-After; callers on
-// other servers that waited for it get an error wrapping
-// [fill.ErrLoadFailed] that names it. A 429 is never a response of a cached
-// request: code that retries by status should also retry on
-// budget.ErrRateLimited.
+// Every call to the upstream, loaded or passed through, waits for
+// Options.Budget first (by default the Cache's budget, fill.Options.Budget),
+// and its response is reported to the budget's Observe: a 429 pauses the
+// budget fleet-wide, once, for its Retry-After (read by
+// [budget.RetryAfter]: a wait over 24 hours is malformed), else until the
+// rate limit's reset, else for one Per. A load that met the 429 is retried
+// by the same flight once the pause is over, for as long as one of its
+// callers waits; the Transport's budget governs its loads whatever budget
+// the Cache has, or none. A caller that gives up meanwhile, on the server
+// whose load met the 429, gets an error wrapping both its ctx's error and
+// [budget.ErrRateLimited]. A 429 without a budget, or one that outlasts the
+// Cache's LoadTimeout, is an error wrapping a *[budget.RateLimitedError]
+// with the wait the response asked for; callers on other servers that
+// waited for it get an error wrapping [fill.ErrLoadFailed] that names it.
+// A 429 is never a response of a cached request: code that retries by
+// status should also retry on budget.ErrRateLimited.
 package httpfill

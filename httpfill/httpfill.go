@@ -15,6 +15,7 @@ import (
 
 	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/internal/budgetctx"
 )
 
 // Options configure a [Transport]. The zero value gives the defaults.
@@ -24,13 +25,16 @@ type Options struct {
 	// default: http.DefaultTransport
 	Base http.RoundTripper
 
-	// Budget is the upstream's rate budget. Every upstream response is
-	// reported to its Observe, and every request that passes through waits
-	// for it first. Loads wait for the Cache's budget (fill.Options.Budget),
-	// which should be the same one: without it loads do not wait and a 429
-	// is not retried.
-	// default: the Cache's budget (nil when it has none: nothing waits in
-	// the Transport, nothing is observed)
+	// Budget is the upstream's rate budget. Every upstream call waits for
+	// it first, loads and pass-throughs alike; every upstream response is
+	// reported to its Observe; and a load that meets a 429 is retried,
+	// once the pause it caused is over, while one of its callers waits.
+	// It governs the Transport's loads whatever the Cache holds: in place
+	// of the Cache's own budget (fill.Options.Budget), if it has another,
+	// or none. Requests of one key merged from Transports with different
+	// budgets on one Cache load under the first one's.
+	// default: the Cache's budget (nil when it has none: nothing waits,
+	// nothing is observed)
 	Budget *budget.Budget
 
 	// TTL is how long a response is cached when it says nothing of its
@@ -123,7 +127,13 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	// own is a response this request's load got for this request only.
 	var own atomic.Pointer[entry]
-	e, err := fill.Get(ctx, t.cache, key, func(ctx context.Context) (*entry, error) {
+	fctx := ctx
+	if b := t.opt.Budget; b != nil && b != t.cache.Budget() {
+		// The load waits for this Transport's budget, and a 429 pauses it
+		// and is retried, whatever budget the Cache has.
+		fctx = budgetctx.With(ctx, b)
+	}
+	e, err := fill.Get(fctx, t.cache, key, func(ctx context.Context) (*entry, error) {
 		return t.load(ctx, req, cs, &own)
 	}, opts...)
 	switch {
@@ -185,7 +195,9 @@ func (t *Transport) observe(ctx context.Context, resp *http.Response) bool {
 // response that sets a cookie is for req only: it goes to own, and the
 // callers share a marker, not stored, that sends them through.
 func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers, own *atomic.Pointer[entry]) (*entry, error) {
-	out := req.Clone(ctx)
+	// The upstream request does not carry the Transport's budget to a Base
+	// that loads through a Cache of its own.
+	out := req.Clone(budgetctx.With(ctx, nil))
 	// An http.Client with a Timeout signals it on Cancel too: the flight
 	// must not end with its first caller's deadline.
 	//lint:ignore SA1019 cleared, not used
