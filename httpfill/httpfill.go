@@ -317,8 +317,9 @@ func (e *entry) fits(req *http.Request) bool {
 	if e.Head && req.Method != http.MethodHead {
 		return false
 	}
+	rh := canonical(req.Header)
 	for name, vals := range e.Vary {
-		if !slices.Equal(values(req.Header, name), vals) {
+		if !slices.Equal(rh[name], vals) {
 			return false
 		}
 	}

@@ -31,10 +31,11 @@ var credentialWords = []string{"auth", "cookie", "credential", "key", "password"
 // credential reports whether the request header of canonical name name
 // looks like it carries a credential.
 func credential(name string) bool {
-	name = strings.ToLower(name)
 	for _, w := range credentialWords {
-		if strings.Contains(name, w) {
-			return true
+		for i := 0; i+len(w) <= len(name); i++ {
+			if strings.EqualFold(name[i:i+len(w)], w) {
+				return true
+			}
 		}
 	}
 	return false
@@ -66,18 +67,19 @@ func DefaultKey(r *http.Request) string {
 			_, _ = io.WriteString(h, name+"\x00"+v+"\x00")
 		}
 	}
+	hdr := canonical(r.Header)
 	for _, name := range keyHeaders {
-		write(name, values(r.Header, name)...)
+		write(name, hdr[name]...)
 	}
 	var more []string
-	for name := range r.Header {
-		if c := textproto.CanonicalMIMEHeaderKey(name); credential(c) && !slices.Contains(keyHeaders, c) && !slices.Contains(more, c) {
-			more = append(more, c)
+	for name := range hdr {
+		if credential(name) && !slices.Contains(keyHeaders, name) {
+			more = append(more, name)
 		}
 	}
 	slices.Sort(more)
 	for _, name := range more {
-		write(name, values(r.Header, name)...)
+		write(name, hdr[name]...)
 	}
 	if r.URL.User != nil {
 		write("userinfo", r.URL.User.String())
@@ -88,29 +90,39 @@ func DefaultKey(r *http.Request) string {
 	return r.Method + " " + u.String() + " " + hex.EncodeToString(h.Sum(nil)[:16])
 }
 
-// values returns the values of the header name in h under every spelling
-// of the name: a header set directly in the map (h["authorization"]) keeps
-// the name as written, and reaches the upstream all the same. The values
-// under the canonical name come first, then those under other spellings,
-// in the order of the spellings.
-func values(h http.Header, name string) []string {
-	name = textproto.CanonicalMIMEHeaderKey(name)
-	vals := h[name]
+// canonical returns h with every name in canonical form. A header set
+// directly in the map (h["authorization"]) keeps its name as written, and
+// reaches the upstream all the same: its values join those of the
+// canonical spelling, after them, the other spellings' in their sorted
+// order. h itself is returned when its names are all canonical.
+func canonical(h http.Header) http.Header {
 	var odd []string
 	for k := range h {
-		if k != name && textproto.CanonicalMIMEHeaderKey(k) == name {
+		if textproto.CanonicalMIMEHeaderKey(k) != k {
 			odd = append(odd, k)
 		}
 	}
 	if len(odd) == 0 {
-		return vals
+		return h
 	}
 	slices.Sort(odd)
-	vals = slices.Clone(vals)
-	for _, k := range odd {
-		vals = append(vals, h[k]...)
+	c := make(http.Header, len(h))
+	for k, v := range h {
+		if textproto.CanonicalMIMEHeaderKey(k) == k {
+			c[k] = v
+		}
 	}
-	return vals
+	for _, k := range odd {
+		name := textproto.CanonicalMIMEHeaderKey(k)
+		c[name] = append(slices.Clip(c[name]), h[k]...)
+	}
+	return c
+}
+
+// values returns the values of the header name in h under every spelling
+// of the name (see canonical).
+func values(h http.Header, name string) []string {
+	return canonical(h)[textproto.CanonicalMIMEHeaderKey(name)]
 }
 
 // get returns the first value of the header name in h under any spelling
@@ -217,6 +229,7 @@ func lifetime(req *http.Request, resp *http.Response, now time.Time) (ttl time.D
 // response with header h, and whether the response varies on more than
 // request headers (Vary "*").
 func vary(req *http.Request, h http.Header) (vals http.Header, star bool) {
+	rh := canonical(req.Header)
 	for _, v := range values(h, "Vary") {
 		for name := range strings.SplitSeq(v, ",") {
 			name = strings.TrimSpace(name)
@@ -229,7 +242,8 @@ func vary(req *http.Request, h http.Header) (vals http.Header, star bool) {
 			if vals == nil {
 				vals = make(http.Header)
 			}
-			vals[textproto.CanonicalMIMEHeaderKey(name)] = values(req.Header, name)
+			name = textproto.CanonicalMIMEHeaderKey(name)
+			vals[name] = rh[name]
 		}
 	}
 	return vals, false
