@@ -1170,3 +1170,52 @@ func TestLimitConflict(t *testing.T) {
 		t.Errorf("log does not name both limits:\n%s", out)
 	}
 }
+
+// TestPauseCapped: no pause, whoever asks for it, lasts longer than a day:
+// a hostile or broken header, or a RetryAfter read from one, cannot stop
+// the fleet for years.
+func TestPauseCapped(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	b := newBudget(t, rdb, "capped", budget.Limit{Rate: 10, Per: time.Minute}, nil)
+	ctx := context.Background()
+	const day = 24 * time.Hour
+	years := 50 * 365 * day
+	for name, tc := range map[string]struct {
+		pause func() error
+		want  time.Duration
+	}{
+		"PauseFor 50 years": {func() error {
+			_, err := b.PauseFor(ctx, &budget.RateLimitedError{RetryAfter: years})
+			return err
+		}, day},
+		"PauseUntil 50 years": {func() error { return b.PauseUntil(ctx, time.Now().Add(years)) }, day},
+		"PauseUntil the year 9999": {func() error {
+			return b.PauseUntil(ctx, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC))
+		}, day},
+		"Retry-After 99999999999": {func() error {
+			return b.Observe(ctx, http.Header{"Retry-After": {"99999999999"}}, http.StatusTooManyRequests)
+		}, time.Minute},
+		"Retry-After past int64": {func() error {
+			return b.Observe(ctx, http.Header{"Retry-After": {"99999999999999999999999"}}, http.StatusTooManyRequests)
+		}, time.Minute},
+		"Retry-After a date 50 years out": {func() error {
+			return b.Observe(ctx, http.Header{"Retry-After": {time.Now().Add(years).UTC().Format(http.TimeFormat)}}, http.StatusTooManyRequests)
+		}, time.Minute},
+		"Retry-After twice, one huge": {func() error {
+			return b.Observe(ctx, http.Header{"Retry-After": {"99999999999", "30"}}, http.StatusTooManyRequests)
+		}, 30 * time.Second},
+	} {
+		_ = rdb.Del(ctx, budget.Key(b)).Err()
+		now := redisNow(t, rdb)
+		if err := tc.pause(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got := time.Duration(field(t, rdb, b, "pause")-now) * time.Microsecond
+		if got < tc.want || got > tc.want+time.Second {
+			t.Errorf("%s: paused for %v; want %v", name, got, tc.want)
+		}
+		if ttl := rdb.PTTL(ctx, budget.Key(b)).Val(); ttl > tc.want+2*time.Second {
+			t.Errorf("%s: the budget's key lives %v; want at most %v", name, ttl, tc.want+2*time.Second)
+		}
+	}
+}

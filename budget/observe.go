@@ -20,10 +20,17 @@ import (
 // upstream refused a call for its rate limit (a 429). [Budget.PauseFor]
 // pauses the fleet for it.
 type RateLimitedError struct {
-	// RetryAfter is how long the upstream asked to wait (its Retry-After
-	// header). 0 means unknown: PauseFor then pauses for one Per of the
-	// budget's limit.
+	// RetryAfter is how long the upstream asked to wait: see [RetryAfter],
+	// which reads it from a response as Observe does. 0 means unknown:
+	// PauseFor then pauses for one Per of the budget's limit. PauseFor
+	// pauses for at most 24 hours.
 	RetryAfter time.Duration
+
+	// Observed says that the response was reported to the budget's
+	// [Budget.Observe], which paused the budget for it already: PauseFor
+	// then reports err as rate limited, so that the caller retries after
+	// that pause, without pausing the budget a second time.
+	Observed bool
 }
 
 // Error says that the upstream refused a call for its rate limit, and when
@@ -69,7 +76,9 @@ type feedback struct {
 }
 
 // maxHeaderWait is the longest wait a header may announce; a longer one is
-// malformed. Upstream windows reset within the hour.
+// malformed. Upstream windows reset within the hour. It is also the longest
+// pause: PauseFor and PauseUntil cap theirs to it, so that no value read
+// from a response, by Observe or by a loader, stops the fleet for longer.
 const maxHeaderWait = 24 * time.Hour
 
 // parseFeedback reads the upstream's accounting from a response's header and
@@ -87,7 +96,7 @@ func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) 
 		d.Sub(now.Truncate(time.Second)).Abs() > time.Second {
 		ref = d
 	}
-	retryAfter, hasRetry := parseRetryAfter(h.Get("Retry-After"), ref)
+	retryAfter, hasRetry := parseRetryAfter(h.Values("Retry-After"), ref)
 
 	prefix := "X-Rate-Limit-"
 	if h.Get(prefix+"Remaining") == "" && h.Get(prefix+"Reset") == "" {
@@ -148,7 +157,24 @@ func count(s string) (int64, bool) {
 	return n, err == nil && n >= 0
 }
 
-func parseRetryAfter(s string, ref time.Time) (time.Duration, bool) {
+// parseRetryAfter reads Retry-After values, delta seconds or HTTP dates
+// (read against ref), and reports whether one of them could be read. A
+// value that is negative, not a number nor a date, or a wait longer than
+// maxHeaderWait, is malformed and ignored; of several values (a header
+// sent twice), the longest wait read counts.
+func parseRetryAfter(vals []string, ref time.Time) (time.Duration, bool) {
+	var wait time.Duration
+	var ok bool
+	for _, s := range vals {
+		d, valid := parseRetryAfterValue(s, ref)
+		if valid && (!ok || d > wait) {
+			wait, ok = d, true
+		}
+	}
+	return wait, ok
+}
+
+func parseRetryAfterValue(s string, ref time.Time) (time.Duration, bool) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return 0, false
@@ -165,6 +191,22 @@ func parseRetryAfter(s string, ref time.Time) (time.Duration, bool) {
 	}
 	d := max(t.Sub(ref), 0)
 	return d, d < maxHeaderWait
+}
+
+// RetryAfter returns how long a 429 with header h, received at now, asks
+// the fleet to wait, read as [Budget.Observe] reads it: its Retry-After
+// (delta seconds or an HTTP date; read against the Date header when the
+// upstream's clock differs), else the time until the rate limit's reset
+// (x-rate-limit-reset, x-ratelimit-reset). Of a Retry-After sent twice, the
+// longest wait counts. It returns 0 when the 429 asks for no wait
+// (Retry-After 0, or a date past: Observe does not pause), and when it does
+// not say how long: no Retry-After nor reset, or only malformed ones (a
+// negative or unreadable value, a wait longer than 24 hours); Observe then
+// pauses for one Per of the limit, as PauseFor does for a RetryAfter of 0.
+// A loader that reports a 429 as a [RateLimitedError] takes its RetryAfter
+// from here.
+func RetryAfter(h http.Header, now time.Time) time.Duration {
+	return parseFeedback(h, http.StatusTooManyRequests, now, 0).pause
 }
 
 // Observe applies the upstream's own accounting, read from a response's
@@ -231,11 +273,12 @@ func (b *Budget) applyCap(ctx context.Context, op string, f feedback) error {
 	return nil
 }
 
-// PauseUntil pauses the budget of the whole fleet until t: no Wait returns
-// before t on any server, and Waits sleeping on a slot before t book again
-// after it. A t in the past does nothing. The pause is taken as a duration
-// from now, so this server's clock need not agree with Redis's. When Redis is
-// unreachable the pause is kept in this process only.
+// PauseUntil pauses the budget of the whole fleet until t, or for 24 hours
+// when t lies further ahead: no Wait returns before then on any server, and
+// Waits sleeping on a slot before then book again after it. A t in the past
+// does nothing. The pause is taken as a duration from now, so this server's
+// clock need not agree with Redis's. When Redis is unreachable the pause is
+// kept in this process only.
 func (b *Budget) PauseUntil(ctx context.Context, t time.Time) error {
 	if err := b.check(); err != nil {
 		return err
@@ -244,14 +287,16 @@ func (b *Budget) PauseUntil(ctx context.Context, t time.Time) error {
 	if d <= 0 {
 		return nil
 	}
-	return b.apply(ctx, "pause", feedback{pause: min(d, maxAhead), cause: requested})
+	return b.apply(ctx, "pause", feedback{pause: min(d, maxHeaderWait), cause: requested})
 }
 
 // PauseFor pauses the budget of the whole fleet when err, a loader's error,
-// wraps [ErrRateLimited]: for its [RateLimitedError].RetryAfter, or, when
-// that is unknown (0, or no RateLimitedError in the chain), for one Per of the
-// limit. It reports whether err did. It is the retry path of a caller that
-// loads through the budget:
+// wraps [ErrRateLimited]: for its [RateLimitedError].RetryAfter (at most 24
+// hours), or, when that is unknown (0, or no RateLimitedError in the chain),
+// for one Per of the limit; not at all when the RateLimitedError is
+// Observed, since Observe paused the budget for the same response. It
+// reports whether err wraps ErrRateLimited. It is the retry path of a
+// caller that loads through the budget:
 //
 //	for {
 //		if err := b.Wait(ctx, budget.Foreground); err != nil {
@@ -275,8 +320,13 @@ func (b *Budget) PauseFor(ctx context.Context, err error) (bool, error) {
 	}
 	d := b.lim.Per
 	var rle *RateLimitedError
-	if errors.As(err, &rle) && rle.RetryAfter > 0 {
-		d = min(rle.RetryAfter, maxAhead)
+	if errors.As(err, &rle) {
+		if rle.Observed {
+			return true, nil
+		}
+		if rle.RetryAfter > 0 {
+			d = min(rle.RetryAfter, maxHeaderWait)
+		}
 	}
 	return true, b.apply(ctx, "pause", feedback{pause: d, cause: rateLimited})
 }

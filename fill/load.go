@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/locksmith-go/locksmith/budget"
+	"github.com/locksmith-go/locksmith/internal/budgetctx"
 	"github.com/locksmith-go/locksmith/internal/redisx"
 	"github.com/locksmith-go/locksmith/observe"
 )
@@ -38,8 +39,9 @@ func (c *Cache) failOpen(ctx, wctx context.Context, key string, o ops, cause err
 // before it starts is not started.
 func (c *Cache) load(ctx, wctx context.Context, key string, o ops, p budget.Priority) (outcome, time.Duration) {
 	bg := p == budget.Background
+	bud := c.budget(ctx)
 	for {
-		if b := c.opt.Budget; b != nil {
+		if b := bud; b != nil {
 			start := time.Now()
 			err := b.Wait(wctx, p)
 			c.event(ctx, observe.Event{Kind: observe.BudgetWait, Key: key, Duration: time.Since(start), Err: err, Background: bg})
@@ -64,7 +66,7 @@ func (c *Cache) load(ctx, wctx context.Context, key string, o ops, p budget.Prio
 			return out, took
 		}
 		c.stats.rateLimited.Add(1)
-		if c.opt.Budget == nil || wctx.Err() != nil || ctx.Err() != nil {
+		if bud == nil || wctx.Err() != nil || ctx.Err() != nil {
 			return out, took
 		}
 		// Pause every server for RetryAfter (one Per of the budget when
@@ -72,8 +74,17 @@ func (c *Cache) load(ctx, wctx context.Context, key string, o ops, p budget.Prio
 		// allows.
 		c.event(ctx, observe.Event{Kind: observe.Pause, Key: key, Duration: rle.RetryAfter})
 		c.log("upstream rate-limited a load; pausing the budget", "key", key, "retry_after", rle.RetryAfter)
-		if _, err := c.opt.Budget.PauseFor(ctx, out.err); err != nil {
+		if _, err := bud.PauseFor(ctx, out.err); err != nil {
 			c.log("pausing the budget failed", "err", err)
 		}
 	}
+}
+
+// budget returns the budget the loads of a flight on ctx wait for: the one
+// ctx carries (an httpfill Transport's), else Options.Budget.
+func (c *Cache) budget(ctx context.Context) *budget.Budget {
+	if b, ok := budgetctx.From(ctx); ok {
+		return b
+	}
+	return c.opt.Budget
 }

@@ -10,7 +10,8 @@
 // # What is cached
 //
 // A GET or HEAD request is looked up under its key ([Options.Key], by
-// default [DefaultKey]: method, URL, and a hash of the credentials and
+// default [DefaultKey]: method, URL, and a hash of the credentials, any
+// header whose name says auth, cookie, key, token and the like, and of the
 // Accept headers). On a miss, one server runs the request upstream, on a
 // context detached from its callers (one caller giving up does not cancel
 // it for the others), and every caller of that key, on every server, gets
@@ -24,13 +25,18 @@
 //     Cache's TTL.
 //
 // Not stored, but handed to the callers merged on the request that got it:
-// a response with Cache-Control no-store or no-cache, or to a request with
-// Cache-Control no-store; a response with Set-Cookie (a cookie set for one
-// client is not handed to later ones); another status (302, 401, 403, ...)
-// without an explicit lifetime; a 5xx; a 408. A 429 is neither stored nor handed
-// on as a response (see Rate limits below). Cache-Control private is
-// stored: the default key keeps one set of credentials' responses from
-// another's requests, which is what private asks of a cache.
+// a response with Cache-Control no-store, no-cache or private (a response
+// for one user is never kept in a shared cache: its key may not tell that
+// user from others), or to a request with Cache-Control no-store; another
+// status (302, 401, 403, ...) without an explicit lifetime; a 5xx; a 408. A
+// response with Set-Cookie is neither stored nor handed on: it goes to the
+// request that caused it only, and the callers merged on that request, on
+// every server, pass through, each for a cookie of its own. A 429 is
+// neither stored nor handed on as a response (see Rate limits below).
+//
+// Header names count under any spelling: a header set directly in the
+// request's map (req.Header["authorization"]) reaches the upstream as
+// written, so the key, Vary and the request's Cache-Control read it too.
 //
 // A response names in Vary the request headers it depends on: the values
 // the request that got it had for them are kept with it, and a request
@@ -59,18 +65,20 @@
 //
 // # Rate limits
 //
-// Every response from the upstream, loaded or passed through, is reported
-// to Options.Budget's Observe. Loads wait for the budget in the Cache, not
-// in the Transport: give the Cache the same [budget.Budget]
-// (fill.Options.Budget), so that a load waits once, and so that a 429
-// pauses the budget fleet-wide and the same flight retries once the pause
-// is over, for as long as one of its callers waits. A caller that gives up
-// meanwhile, on the server whose load met the 429, gets an error wrapping
-// both its ctx's error and [budget.ErrRateLimited]. A 429 on a Cache without a budget, or one that
-// outlasts the Cache's LoadTimeout, is an error wrapping a
-// *[budget.RateLimitedError] with the response's Retry-After; callers on
-// other servers that waited for it get an error wrapping
-// [fill.ErrLoadFailed] that names it. A 429 is never a response of a cached
-// request: code that retries by status should also retry on
-// budget.ErrRateLimited.
+// Every call to the upstream, loaded or passed through, waits for
+// Options.Budget first (by default the Cache's budget, fill.Options.Budget),
+// and its response is reported to the budget's Observe: a 429 pauses the
+// budget fleet-wide, once, for its Retry-After (read by
+// [budget.RetryAfter]: a wait over 24 hours is malformed), else until the
+// rate limit's reset, else for one Per. A load that met the 429 is retried
+// by the same flight once the pause is over, for as long as one of its
+// callers waits; the Transport's budget governs its loads whatever budget
+// the Cache has, or none. A caller that gives up meanwhile, on the server
+// whose load met the 429, gets an error wrapping both its ctx's error and
+// [budget.ErrRateLimited]. A 429 without a budget, or one that outlasts the
+// Cache's LoadTimeout, is an error wrapping a *[budget.RateLimitedError]
+// with the wait the response asked for; callers on other servers that
+// waited for it get an error wrapping [fill.ErrLoadFailed] that names it.
+// A 429 is never a response of a cached request: code that retries by
+// status should also retry on budget.ErrRateLimited.
 package httpfill

@@ -3,6 +3,10 @@ package httpfill
 import (
 	"io"
 	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -38,23 +42,26 @@ func TestEntryResponse(t *testing.T) {
 	}
 }
 
-func TestRetryAfter(t *testing.T) {
-	now := time.Date(2026, time.March, 1, 12, 0, 0, 0, time.UTC)
-	tests := []struct {
-		in   string
-		want time.Duration
-	}{
-		{"", 0},
-		{"7", 7 * time.Second},
-		{" 7 ", 7 * time.Second},
-		{"-1", 0},
-		{"soon", 0},
-		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
-		{now.Add(-time.Minute).Format(http.TimeFormat), 0},
+// TestCanonicalHostile: a header map of many odd spellings is read in
+// time linear in its size, give or take a sort.
+func TestCanonicalHostile(t *testing.T) {
+	h := make(http.Header)
+	for i := range 20000 {
+		h["x-key-"+strconv.Itoa(i)] = []string{"v"}
+		h["X-KEY-"+strconv.Itoa(i)] = []string{"w"}
 	}
-	for _, tt := range tests {
-		if got := retryAfter(http.Header{"Retry-After": {tt.in}}, now); got != tt.want {
-			t.Errorf("retryAfter(%q) = %v; want %v", tt.in, got, tt.want)
+	req := &http.Request{Method: http.MethodGet, URL: &url.URL{Scheme: "http", Host: "api.test", Path: "/a"}, Header: h}
+	done := make(chan string, 1)
+	go func() { done <- DefaultKey(req) }()
+	select {
+	case k := <-done:
+		if !strings.HasPrefix(k, "GET http://api.test/a ") {
+			t.Errorf("DefaultKey = %q", k)
 		}
+	case <-time.After(time.Minute):
+		t.Fatal("DefaultKey of 40000 odd header names took over a minute")
+	}
+	if got := canonical(h)["X-Key-7"]; !slices.Equal(got, []string{"w", "v"}) {
+		t.Errorf("canonical: X-Key-7 = %q; want [w v], the spellings in sorted order", got)
 	}
 }

@@ -10,10 +10,12 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/internal/budgetctx"
 )
 
 // Options configure a [Transport]. The zero value gives the defaults.
@@ -23,13 +25,16 @@ type Options struct {
 	// default: http.DefaultTransport
 	Base http.RoundTripper
 
-	// Budget is the upstream's rate budget. Every upstream response is
-	// reported to its Observe, and every request that passes through waits
-	// for it first. Loads wait for the Cache's budget (fill.Options.Budget),
-	// which should be the same one: without it loads do not wait and a 429
-	// is not retried.
-	// default: the Cache's budget (nil when it has none: nothing waits in
-	// the Transport, nothing is observed)
+	// Budget is the upstream's rate budget. Every upstream call waits for
+	// it first, loads and pass-throughs alike; every upstream response is
+	// reported to its Observe; and a load that meets a 429 is retried,
+	// once the pause it caused is over, while one of its callers waits.
+	// It governs the Transport's loads whatever the Cache holds: in place
+	// of the Cache's own budget (fill.Options.Budget), if it has another,
+	// or none. Requests of one key merged from Transports with different
+	// budgets on one Cache load under the first one's.
+	// default: the Cache's budget (nil when it has none: nothing waits,
+	// nothing is observed)
 	Budget *budget.Budget
 
 	// TTL is how long a response is cached when it says nothing of its
@@ -120,8 +125,16 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.opt.TTL > 0 {
 		opts = append(opts, fill.WithTTL(t.opt.TTL))
 	}
-	e, err := fill.Get(ctx, t.cache, key, func(ctx context.Context) (*entry, error) {
-		return t.load(ctx, req, cs)
+	// own is a response this request's load got for this request only.
+	var own atomic.Pointer[entry]
+	fctx := ctx
+	if b := t.opt.Budget; b != nil && b != t.cache.Budget() {
+		// The load waits for this Transport's budget, and a 429 pauses it
+		// and is retried, whatever budget the Cache has.
+		fctx = budgetctx.With(ctx, b)
+	}
+	e, err := fill.Get(fctx, t.cache, key, func(ctx context.Context) (*entry, error) {
+		return t.load(ctx, req, cs, &own)
 	}, opts...)
 	switch {
 	case err != nil:
@@ -131,7 +144,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		return nil, fmt.Errorf("httpfill: %w", err)
-	case e.Pass || !e.fits(req):
+	case e.Pass:
+		if o := own.Load(); o != nil {
+			return o.response(req, time.Now()), nil
+		}
+		return t.pass(req)
+	case !e.fits(req):
 		return t.pass(req)
 	}
 	return e.response(req, time.Now()), nil
@@ -163,19 +181,23 @@ func (t *Transport) pass(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// observe reports an upstream response to the budget. A budget that cannot
-// record it (Redis down) is no reason to fail the request: the error is
-// dropped.
-func (t *Transport) observe(ctx context.Context, resp *http.Response) {
-	if b := t.opt.Budget; b != nil {
-		_ = b.Observe(ctx, resp.Header, resp.StatusCode)
-	}
+// observe reports an upstream response to the budget, and whether the
+// budget took it. A budget that cannot record it is no reason to fail the
+// request: the error is dropped (Redis down, the budget keeps a pause in
+// this process and returns nil).
+func (t *Transport) observe(ctx context.Context, resp *http.Response) bool {
+	b := t.opt.Budget
+	return b != nil && b.Observe(ctx, resp.Header, resp.StatusCode) == nil
 }
 
 // load is the loader of a GET or HEAD: it sends req upstream on the
-// flight's ctx and makes the entry its callers share, setting its TTL.
-func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers) (*entry, error) {
-	out := req.Clone(ctx)
+// flight's ctx and makes the entry its callers share, setting its TTL. A
+// response that sets a cookie is for req only: it goes to own, and the
+// callers share a marker, not stored, that sends them through.
+func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers, own *atomic.Pointer[entry]) (*entry, error) {
+	// The upstream request does not carry the Transport's budget to a Base
+	// that loads through a Cache of its own.
+	out := req.Clone(budgetctx.With(ctx, nil))
 	// An http.Client with a Timeout signals it on Cancel too: the flight
 	// must not end with its first caller's deadline.
 	//lint:ignore SA1019 cleared, not used
@@ -185,10 +207,12 @@ func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers) (*
 		return nil, err
 	}
 	defer resp.Body.Close()
-	t.observe(ctx, resp)
+	observed := t.observe(ctx, resp)
 	now := time.Now()
 	if resp.StatusCode == http.StatusTooManyRequests {
-		rle := &budget.RateLimitedError{RetryAfter: retryAfter(resp.Header, now)}
+		// Observe paused the budget for the 429: Observed keeps fill's
+		// PauseFor from pausing it again.
+		rle := &budget.RateLimitedError{RetryAfter: budget.RetryAfter(resp.Header, now), Observed: observed}
 		t.setLimited(cs, rle)
 		return nil, fmt.Errorf("upstream answered %s: %w", resp.Status, rle)
 	}
@@ -211,20 +235,25 @@ func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers) (*
 		return &entry{Pass: true}, nil
 	}
 	e.Vary = vals
-	if req.Method == http.MethodHead {
-		return e, nil
+	if req.Method != http.MethodHead {
+		if resp.ContentLength > t.opt.MaxBody {
+			return &entry{Pass: true}, nil
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, t.opt.MaxBody+1))
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("reading the response to %s %s: %w", req.Method, req.URL.Redacted(), err)
+		case int64(len(body)) > t.opt.MaxBody:
+			return &entry{Pass: true}, nil
+		}
+		e.Body, e.Length = body, int64(len(body))
 	}
-	if resp.ContentLength > t.opt.MaxBody {
+	if setsCookie(resp.Header) {
+		// One client's cookie: the callers merged on req (anonymous ones
+		// would share one session) get answers of their own.
+		own.Store(e)
 		return &entry{Pass: true}, nil
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, t.opt.MaxBody+1))
-	switch {
-	case err != nil:
-		return nil, fmt.Errorf("reading the response to %s %s: %w", req.Method, req.URL.Redacted(), err)
-	case int64(len(body)) > t.opt.MaxBody:
-		return &entry{Pass: true}, nil
-	}
-	e.Body, e.Length = body, int64(len(body))
 	return e, nil
 }
 
@@ -288,8 +317,9 @@ func (e *entry) fits(req *http.Request) bool {
 	if e.Head && req.Method != http.MethodHead {
 		return false
 	}
+	rh := canonical(req.Header)
 	for name, vals := range e.Vary {
-		if !slices.Equal(req.Header.Values(name), vals) {
+		if !slices.Equal(rh[name], vals) {
 			return false
 		}
 	}
@@ -303,7 +333,7 @@ func (e *entry) response(req *http.Request, now time.Time) *http.Response {
 		h = make(http.Header)
 	}
 	if age := now.Sub(time.UnixMilli(e.At)); age >= time.Second {
-		prior, _ := strconv.ParseInt(h.Get("Age"), 10, 64)
+		prior, _ := strconv.ParseInt(get(h, "Age"), 10, 64)
 		h.Set("Age", strconv.FormatInt(max(prior, 0)+int64(age/time.Second), 10))
 	}
 	r := &http.Response{

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,20 +17,45 @@ import (
 // This file is the HTTP caching policy: which requests may be answered from
 // the cache, under which key, and how long a response stays cached.
 
-// keyHeaders are the request headers DefaultKey hashes: the credentials,
-// and the content negotiation that upstreams often do without saying so in
-// Vary.
+// keyHeaders are the request headers DefaultKey hashes first, in this
+// order: the credentials, and the content negotiation that upstreams often
+// do without saying so in Vary. Any other header whose name looks like a
+// credential's (see credential) follows.
 var keyHeaders = []string{"Authorization", "Cookie", "Accept", "Accept-Encoding", "Accept-Language"}
+
+// credentialWords are the words whose presence in a request header's name
+// makes DefaultKey hash it: Proxy-Authorization, X-Api-Key, Api-Key,
+// X-Auth-Token, Private-Token, X-Amz-Security-Token, X-Csrf-Token, ...
+var credentialWords = []string{"auth", "cookie", "credential", "key", "password", "secret", "session", "signature", "token"}
+
+// credential reports whether the request header of canonical name name
+// looks like it carries a credential.
+func credential(name string) bool {
+	for _, w := range credentialWords {
+		for i := 0; i+len(w) <= len(name); i++ {
+			if strings.EqualFold(name[i:i+len(w)], w) {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // DefaultKey is the default Options.Key: the method, the URL without user
 // information and fragment, and a hash (the first 128 bits of a SHA-256, in
 // hex) of the request's Authorization, Cookie, Accept, Accept-Encoding and
-// Accept-Language headers, of the URL's user information, and of the Host
-// header when it is not the URL's host. Requests with other credentials
-// never share a response; the URL stays readable in Redis, the credentials
-// do not appear there. An API that takes credentials in the query string
-// wants a Key that hashes the query too. To widen the default, append to
-// it:
+// Accept-Language headers, of every other header whose name holds one of
+// the words auth, cookie, credential, key, password, secret, session,
+// signature or token (Proxy-Authorization, X-Api-Key, X-Auth-Token,
+// Private-Token, ...), of the URL's user information, and of the Host
+// header when it is not the URL's host. A header counts under any spelling
+// of its name: one set directly in the map (req.Header["authorization"])
+// reaches the upstream as it is, and is hashed as it reaches it. Requests
+// with other credentials never share a response; the URL stays readable in
+// Redis, the credentials do not appear there. An API that takes
+// credentials in the query string has them in the key with the URL; a
+// custom Key that leaves the query out must hash them. To widen the
+// default, append to it:
 //
 //	Key: func(r *http.Request) string { return httpfill.DefaultKey(r) + " " + r.Header.Get("X-Tenant") }
 func DefaultKey(r *http.Request) string {
@@ -41,8 +67,19 @@ func DefaultKey(r *http.Request) string {
 			_, _ = io.WriteString(h, name+"\x00"+v+"\x00")
 		}
 	}
+	hdr := canonical(r.Header)
 	for _, name := range keyHeaders {
-		write(name, r.Header.Values(name)...)
+		write(name, hdr[name]...)
+	}
+	var more []string
+	for name := range hdr {
+		if credential(name) && !slices.Contains(keyHeaders, name) {
+			more = append(more, name)
+		}
+	}
+	slices.Sort(more)
+	for _, name := range more {
+		write(name, hdr[name]...)
 	}
 	if r.URL.User != nil {
 		write("userinfo", r.URL.User.String())
@@ -51,6 +88,50 @@ func DefaultKey(r *http.Request) string {
 		write("host", r.Host)
 	}
 	return r.Method + " " + u.String() + " " + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// canonical returns h with every name in canonical form. A header set
+// directly in the map (h["authorization"]) keeps its name as written, and
+// reaches the upstream all the same: its values join those of the
+// canonical spelling, after them, the other spellings' in their sorted
+// order. h itself is returned when its names are all canonical.
+func canonical(h http.Header) http.Header {
+	var odd []string
+	for k := range h {
+		if textproto.CanonicalMIMEHeaderKey(k) != k {
+			odd = append(odd, k)
+		}
+	}
+	if len(odd) == 0 {
+		return h
+	}
+	slices.Sort(odd)
+	c := make(http.Header, len(h))
+	for k, v := range h {
+		if textproto.CanonicalMIMEHeaderKey(k) == k {
+			c[k] = v
+		}
+	}
+	for _, k := range odd {
+		name := textproto.CanonicalMIMEHeaderKey(k)
+		c[name] = append(slices.Clip(c[name]), h[k]...)
+	}
+	return c
+}
+
+// values returns the values of the header name in h under every spelling
+// of the name (see canonical).
+func values(h http.Header, name string) []string {
+	return canonical(h)[textproto.CanonicalMIMEHeaderKey(name)]
+}
+
+// get returns the first value of the header name in h under any spelling
+// of the name, or "".
+func get(h http.Header, name string) string {
+	if v := values(h, name); len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // cacheable reports whether a GET or HEAD request may be answered from the
@@ -66,8 +147,10 @@ func cacheable(req *http.Request) bool {
 			return false
 		}
 	}
-	if len(req.Header.Values("Cache-Control")) == 0 {
-		return !strings.Contains(strings.ToLower(req.Header.Get("Pragma")), "no-cache")
+	if len(values(req.Header, "Cache-Control")) == 0 {
+		return !slices.ContainsFunc(values(req.Header, "Pragma"), func(v string) bool {
+			return strings.Contains(strings.ToLower(v), "no-cache")
+		})
 	}
 	cc := directives(req.Header)
 	if _, ok := cc["no-cache"]; ok {
@@ -98,13 +181,16 @@ func lifetime(req *http.Request, resp *http.Response, now time.Time) (ttl time.D
 	if _, ok := directives(req.Header)["no-store"]; ok {
 		return 0, false
 	}
-	if len(resp.Header.Values("Set-Cookie")) > 0 {
+	if setsCookie(resp.Header) {
 		// A cookie the upstream set for one client is not handed to
 		// others later, whatever the response's freshness says.
 		return 0, false
 	}
 	cc := directives(resp.Header)
-	for _, d := range []string{"no-store", "no-cache"} {
+	// private: for one user, never for a shared cache (RFC 9111, 5.2.2.7),
+	// whose key may not tell that user from others (an API key in a
+	// header of its own, a custom Key).
+	for _, d := range []string{"no-store", "no-cache", "private"} {
 		if _, ok := cc[d]; ok {
 			return 0, false
 		}
@@ -114,10 +200,10 @@ func lifetime(req *http.Request, resp *http.Response, now time.Time) (ttl time.D
 		life = seconds(v)
 	} else if v, ok := cc["max-age"]; ok {
 		life = seconds(v)
-	} else if exp := resp.Header.Get("Expires"); exp != "" {
+	} else if exp := get(resp.Header, "Expires"); exp != "" {
 		// An Expires that cannot be read is in the past (RFC 9111, 5.3).
 		if t, err := http.ParseTime(exp); err == nil {
-			date, err := http.ParseTime(resp.Header.Get("Date"))
+			date, err := http.ParseTime(get(resp.Header, "Date"))
 			if err != nil {
 				date = now
 			}
@@ -130,7 +216,7 @@ func lifetime(req *http.Request, resp *http.Response, now time.Time) (ttl time.D
 		// the response says for how long (RFC 9111, 4.2.2).
 		return 0, false
 	}
-	if age := seconds(resp.Header.Get("Age")); age > 0 {
+	if age := seconds(get(resp.Header, "Age")); age > 0 {
 		life -= age
 	}
 	if life <= 0 {
@@ -143,7 +229,8 @@ func lifetime(req *http.Request, resp *http.Response, now time.Time) (ttl time.D
 // response with header h, and whether the response varies on more than
 // request headers (Vary "*").
 func vary(req *http.Request, h http.Header) (vals http.Header, star bool) {
-	for _, v := range h.Values("Vary") {
+	rh := canonical(req.Header)
+	for _, v := range values(h, "Vary") {
 		for name := range strings.SplitSeq(v, ",") {
 			name = strings.TrimSpace(name)
 			switch name {
@@ -155,17 +242,21 @@ func vary(req *http.Request, h http.Header) (vals http.Header, star bool) {
 			if vals == nil {
 				vals = make(http.Header)
 			}
-			vals[textproto.CanonicalMIMEHeaderKey(name)] = req.Header.Values(name)
+			name = textproto.CanonicalMIMEHeaderKey(name)
+			vals[name] = rh[name]
 		}
 	}
 	return vals, false
 }
 
+// setsCookie reports whether a response with header h sets a cookie.
+func setsCookie(h http.Header) bool { return len(values(h, "Set-Cookie")) > 0 }
+
 // directives parses the Cache-Control header of h: directive names in
 // lower case, to their values unquoted ("" for none).
 func directives(h http.Header) map[string]string {
 	d := make(map[string]string)
-	for _, v := range h.Values("Cache-Control") {
+	for _, v := range values(h, "Cache-Control") {
 		for part := range strings.SplitSeq(v, ",") {
 			name, val, _ := strings.Cut(part, "=")
 			name = strings.ToLower(strings.TrimSpace(name))
@@ -187,20 +278,4 @@ func seconds(v string) time.Duration {
 		return 0
 	}
 	return time.Duration(min(n, limit)) * time.Second
-}
-
-// retryAfter returns how long a 429 with header h, received at now, asks
-// to wait: its Retry-After in seconds or as a date; 0 when it does not say.
-func retryAfter(h http.Header, now time.Time) time.Duration {
-	v := strings.TrimSpace(h.Get("Retry-After"))
-	if v == "" {
-		return 0
-	}
-	if d := seconds(v); d > 0 {
-		return d
-	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
-	}
-	return 0
 }

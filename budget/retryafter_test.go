@@ -1,0 +1,83 @@
+package budget_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/locksmith-go/locksmith/budget"
+	"github.com/locksmith-go/locksmith/internal/redistest"
+)
+
+// TestRetryAfter: the one reading of a 429's wait, hostile values included.
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, time.March, 1, 12, 0, 0, 0, time.UTC)
+	date := func(d time.Duration) string { return now.Add(d).Format(http.TimeFormat) }
+	epoch := func(d time.Duration) string { return strconv.FormatInt(now.Add(d).Unix(), 10) }
+	for _, tc := range []struct {
+		name string
+		h    http.Header
+		want time.Duration
+	}{
+		{"none", http.Header{}, 0},
+		{"seconds", http.Header{"Retry-After": {"7"}}, 7 * time.Second},
+		{"spaces", http.Header{"Retry-After": {" 7 "}}, 7 * time.Second},
+		{"zero", http.Header{"Retry-After": {"0"}}, 0},
+		{"negative", http.Header{"Retry-After": {"-1"}}, 0},
+		{"fraction", http.Header{"Retry-After": {"1.5"}}, 0},
+		{"NaN", http.Header{"Retry-After": {"NaN"}}, 0},
+		{"a day", http.Header{"Retry-After": {"86399"}}, 86399 * time.Second},
+		{"over a day", http.Header{"Retry-After": {"86401"}}, 0},
+		{"99999999999", http.Header{"Retry-After": {"99999999999"}}, 0},
+		{"past int64", http.Header{"Retry-After": {"99999999999999999999999"}}, 0},
+		{"date", http.Header{"Retry-After": {date(90 * time.Second)}}, 90 * time.Second},
+		{"date past", http.Header{"Retry-After": {date(-time.Minute)}}, 0},
+		{"date 50 years out", http.Header{"Retry-After": {date(50 * 365 * 24 * time.Hour)}}, 0},
+		{"date far past", http.Header{"Retry-After": {"Mon, 01 Jan 1900 00:00:00 GMT"}}, 0},
+		{"twice, longest counts", http.Header{"Retry-After": {"3", "9"}}, 9 * time.Second},
+		{"twice, one huge", http.Header{"Retry-After": {"99999999999", "30"}}, 30 * time.Second},
+		{"twice, one unreadable", http.Header{"Retry-After": {"soon", "30"}}, 30 * time.Second},
+		{"joined", http.Header{"Retry-After": {"3, 9"}}, 0},
+		{"reset", http.Header{"X-Rate-Limit-Remaining": {"0"}, "X-Rate-Limit-Reset": {epoch(5 * time.Minute)}}, 5 * time.Minute},
+		{"reset years out", http.Header{"X-Ratelimit-Remaining": {"0"}, "X-Ratelimit-Reset": {epoch(50 * 365 * 24 * time.Hour)}}, 0},
+		{"malformed Retry-After, reset", http.Header{"Retry-After": {"99999999999"}, "X-Rate-Limit-Reset": {epoch(time.Minute)}}, time.Minute},
+	} {
+		if got := budget.RetryAfter(tc.h, now); got != tc.want {
+			t.Errorf("%s: RetryAfter(%v) = %v; want %v", tc.name, tc.h, got, tc.want)
+		}
+	}
+}
+
+// TestPauseForObserved: a 429 reported to Observe and returned as an
+// Observed RateLimitedError pauses the budget once.
+func TestPauseForObserved(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	b := newBudget(t, rdb, "observed", budget.Limit{Rate: 10, Per: time.Minute}, nil)
+	ctx := context.Background()
+	h := http.Header{"Retry-After": {"30"}}
+	now := redisNow(t, rdb)
+	if err := b.Observe(ctx, h, http.StatusTooManyRequests); err != nil {
+		t.Fatal(err)
+	}
+	pause := field(t, rdb, b, "pause")
+	err := fmt.Errorf("GET /a: %w", &budget.RateLimitedError{RetryAfter: budget.RetryAfter(h, time.Now()), Observed: true})
+	if paused, err := b.PauseFor(ctx, err); !paused || err != nil {
+		t.Errorf("PauseFor(an Observed 429) = %v, %v; want true, nil", paused, err)
+	}
+	if got := field(t, rdb, b, "pause"); got != pause {
+		t.Errorf("the pause moved by %v; want it where Observe put it", time.Duration(got-pause)*time.Microsecond)
+	}
+	if d := time.Duration(pause-now) * time.Microsecond; d < 30*time.Second || d > 31*time.Second {
+		t.Errorf("paused for %v; want 30s", d)
+	}
+	if n := b.Stats().PausesRateLimited; n != 1 {
+		t.Errorf("PausesRateLimited = %d; want 1", n)
+	}
+	if !errors.Is(err, budget.ErrRateLimited) {
+		t.Errorf("%v: not ErrRateLimited", err)
+	}
+}

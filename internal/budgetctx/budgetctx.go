@@ -1,0 +1,25 @@
+// Package budgetctx carries in a context the budget that the loads of a
+// fill flight started on it wait for, instead of their Cache's
+// Options.Budget: an httpfill Transport's requests carry its own, so that
+// its upstream calls obey its budget whatever the Cache holds.
+package budgetctx
+
+import (
+	"context"
+
+	"github.com/locksmith-go/locksmith/budget"
+)
+
+type key struct{}
+
+// With returns a copy of ctx carrying b. A nil b undoes a budget carried by
+// ctx: the Cache's then applies again.
+func With(ctx context.Context, b *budget.Budget) context.Context {
+	return context.WithValue(ctx, key{}, b)
+}
+
+// From returns the budget ctx carries, if any.
+func From(ctx context.Context) (*budget.Budget, bool) {
+	b, _ := ctx.Value(key{}).(*budget.Budget)
+	return b, b != nil
+}
