@@ -73,7 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Float64Var(&cfg.estimateError, "estimate-error", 0.5, "the client's estimate of a completion's tokens is the true count times\na factor uniform in [1-e, 1+e]; from 0 to 1")
 	fs.DurationVar(&cfg.latency, "latency", 100*time.Millisecond, "time the API takes per completion (a 429 comes at once)")
 	fs.DurationVar(&cfg.ttl, "ttl", 10*time.Minute, "how long a completion stays cached")
-	fs.DurationVar(&cfg.timeout, "timeout", 0, "the longest one request may take; 0 computes it: "+deadlineRule)
+	fs.DurationVar(&cfg.timeout, "timeout", 0, "the longest one request may take; 0 computes it:\n"+deadlineRule)
 	fs.Var(&cfg.redis, "redis", "use the Redis at `host:port` instead of an embedded in-memory one;\n"+
 		"an empty host or port means localhost or 6379")
 	fs.StringVar(&cfg.prefix, "prefix", "llm-demo:", "prefix of every Redis key written; keys under it are deleted before\neach mode and at the end")
