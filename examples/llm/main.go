@@ -79,13 +79,15 @@
 //	fill+requests made 302 API calls where naive made 682 (380 saved, 55%); the API refused naive 511 (135 for requests, 376 for tokens), fill+requests 6 (0 for requests, 6 for tokens); failed requests: naive 511, fill+requests 0.
 //
 // With the defaults, naive runs out of tokens within a second and of
-// requests soon after, most of its calls refused for tokens spending
-// requests; fill makes about one call per prompt but sends the cold ones
-// together, past the TPM; fill+requests fails no request, gets no 429 for
-// requests, and completes every prompt once, about 2.6 minutes of tokens at
-// 98% of the TPM, paying a few 429s for tokens (6 to 15 in the runs
+// requests soon after: its calls refused for tokens spend requests too.
+// Fill calls the API for each prompt once at a time, but sends the cold
+// prompts together, past the TPM, and the loads refused are loaded again by
+// later requests (about 1.3 calls a prompt, a tenth of the requests
+// failed). Fill+requests fails no request, gets no 429 for requests, and
+// completes every prompt, about 2.6 minutes of tokens at 96 to 99% of the
+// TPM over its run, paying a few 429s for tokens (6 to 20 in the runs
 // measured) and the pause after each. Naive's and fill's figures vary from
-// run to run (naive made 625 to 739 calls in three runs): they depend on
+// run to run (naive made 625 to 739 calls in four runs): they depend on
 // which requests miss together.
 //
 // Usage:
