@@ -1,0 +1,593 @@
+// Llm shows locksmith in front of an LLM completion API, which limits an
+// API key in requests per minute (RPM) and in tokens per minute (TPM), a
+// call's tokens being known only from its answer. A fleet of app servers
+// answers prompts, the popular ones asked again and again, from one Redis,
+// and every prompt that misses before the cache is filled costs a
+// completion.
+//
+// It starts a fake completion API on a loopback listener: POST
+// /v1/completions with a JSON body {"model": ..., "prompt": ...} answers a
+// completion whose usage.total_tokens is its token use. That use is
+// log-normal (median -tokens-median, -tokens-sigma the standard deviation of
+// its log, at most -tpm), drawn from the prompt and -seed alone: the same
+// prompt always uses the same tokens, and the client learns them only from
+// the answer. A completion takes -latency.
+//
+// The API enforces both limits, fleet-wide, with two token buckets: each
+// holds one minute's allowance (-rpm requests, -tpm tokens), starts full,
+// and refills continuously at that allowance per minute. A minute lasts
+// -minute, 6s by default: time runs ten times faster than OpenAI's, so a
+// run of several minutes of traffic takes seconds, and every figure per
+// minute is per -minute. A call takes one request: with none left it is
+// refused, 429 with error type "requests", and takes nothing. Then it takes
+// its tokens: with fewer left it is refused, 429 with error type "tokens",
+// and its request stays spent, as OpenAI counts refused calls against the
+// RPM limit. A 429 comes at once, with Retry-After in whole seconds (at
+// least 1) until the refusing bucket has room. Every response states both
+// limits with OpenAI's headers: x-ratelimit-limit-requests (per minute),
+// x-ratelimit-remaining-requests (left now) and x-ratelimit-reset-requests
+// (until the bucket is full again, which is when OpenAI's limit is "back to
+// its initial state", as a Go duration: "1.2s", "1m0s"), and the same for
+// -tokens.
+//
+// It starts a fleet of -servers app servers, each with its own Redis client
+// and cache as separate processes would have, and sends one sequence of
+// requests for prompts drawn from a Zipf distribution (-prompts distinct,
+// skew -zipf: a few hot prompts, the rest cold) through the fleet once per
+// mode, each time on an empty cache, full buckets and a new budget. The
+// modes:
+//
+//   - naive: cache-aside by hand. GET; on a miss, call the API and SET the
+//     completion. A 429 fails the request.
+//   - fill: [github.com/locksmith-go/locksmith/fill.Get], whose loader calls
+//     the API: one call per prompt across the fleet. A 429 fails the load,
+//     and every request waiting on it; a later request loads again, so
+//     calls/prompt can exceed 1.
+//   - fill+requests: fill, on a Cache whose Options.Budget is the fleet's
+//     [github.com/locksmith-go/locksmith/budget.Budget] of requests:
+//     Limit{Rate: -rpm, Per: -minute}, burst 1, shared by every server of the
+//     mode. Every load waits for its slot; the loader reports each response
+//     to the budget's Observe and returns a 429 as an error wrapping a
+//     *budget.RateLimitedError with its Retry-After, so that the fleet
+//     pauses and the same load tries again.
+//   - fill+tokens, to come: requests and tokens metered by one budget
+//     (budget.Options.Meters, budget.Reserve and Reservation.Spent, in the
+//     design), each load booking its estimated tokens before the call and
+//     settling the real count after. See the table modes.
+//
+// The budget of requests keeps the fleet under the RPM limit, but it does
+// not know what a call costs in tokens: at -rpm, completions of the default
+// size would spend about four times the TPM. It learns of the TPM limit only
+// from 429s for tokens, each pausing the fleet for its Retry-After. Those
+// 429s are what it cannot avoid; a budget metering tokens would book each
+// call's tokens first. That needs an estimate of them, and the demo
+// computes one now for every completion received, in every mode, so that
+// the next mode's input is in place: the true count times a factor uniform
+// in [1-e, 1+e], e being -estimate-error, the same for the same prompt. The
+// report gives the estimates' error.
+//
+// It prints for each mode the requests, the distinct prompts requested, the
+// API calls (answered or refused), the 429s for requests and for tokens, the
+// requests failed, the API calls per distinct prompt (calls/prompt: 1.00 is
+// one call each), the tokens the completions used, the tokens used and the
+// requests spent as a percentage of what the API allowed over the run (TPM
+// %, RPM %: a full bucket, and its refill over the mode's wall time), the
+// request latencies and the wall time; then the fill and budget counters,
+// the estimates' error, and a conclusion computed from the run, one line a
+// mode, such as
+//
+//	fill+requests made 302 API calls where naive made 682 (380 saved, 55%); the API refused naive 511 (135 for requests, 376 for tokens), fill+requests 6 (0 for requests, 6 for tokens); failed requests: naive 511, fill+requests 0.
+//
+// With the defaults, naive runs out of tokens within a second and of
+// requests soon after: its calls refused for tokens spend requests too.
+// Fill calls the API for each prompt once at a time, but sends the cold
+// prompts together, past the TPM, and the loads refused are loaded again by
+// later requests (about 1.3 calls a prompt, a tenth of the requests
+// failed). Fill+requests fails no request, gets no 429 for requests, and
+// completes every prompt, about 2.6 minutes of tokens at 96 to 99% of the
+// TPM over its run, paying a few 429s for tokens (6 to 20 in the runs
+// measured) and the pause after each. Naive's and fill's figures vary from
+// run to run (naive made 625 to 739 calls in four runs): they depend on
+// which requests miss together.
+//
+// Usage:
+//
+//	go run ./examples/llm [flags]
+//
+// The flags:
+//
+//	-servers 8           app servers in the fleet
+//	-requests 2000       requests sent, spread over the servers in turn
+//	-concurrency 100     requests in flight at once, over the whole fleet
+//	-prompts 400         distinct prompts that can be requested
+//	-zipf 1.1            skew of the prompts' Zipf distribution; above 1
+//	-seed 1              seed of the request sequence and of the token use
+//	-rpm 500             the API's requests per minute
+//	-tpm 200000          the API's tokens per minute
+//	-minute 6s           how long the API's minute lasts
+//	-tokens-median 1000  median tokens of a completion
+//	-tokens-sigma 1      standard deviation of the log of a completion's tokens
+//	-estimate-error 0.5  the estimates' error: a factor in [1-e, 1+e]
+//	-latency 100ms       time the API takes per completion
+//	-ttl 10m             how long a completion stays cached
+//	-timeout 0           the longest one request may take: its deadline,
+//	                     which also bounds each API call. 0 computes it:
+//	                     the minutes the limits need for one call per
+//	                     distinct prompt (the larger of the calls ÷ -rpm and
+//	                     their tokens ÷ -tpm) times -minute, + -latency +
+//	                     5s, rounded up to whole seconds, at least 10s.
+//	-redis ADDR          use the Redis at ADDR (host:port) instead of an
+//	                     embedded in-memory one; an empty host or port means
+//	                     localhost or 6379
+//	-prefix llm-demo:    prefix of every Redis key the demo writes; keys
+//	                     under it are deleted before each mode and at the end
+//	-modes naive,fill,fill+requests
+//	                     the modes to run, comma-separated, in that order
+//	-json                print on stdout one JSON object and nothing else:
+//	                     "settings" (the flags, durations in ms), "results"
+//	                     by mode (the table's figures, "estimate",
+//	                     "fill_stats", "budget"), "conclusion" (its lines)
+//	                     and "timing_note"
+//
+// While a mode runs, a progress line is kept on stderr if stderr is a
+// terminal; a file or a pipe gets none.
+//
+// A mode is one entry of the table modes: a name, a line of help, and a
+// function that builds one app server of the fleet from a serverEnv (its
+// Redis client, its API client, the mode's key prefix).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+const (
+	progressInterval = 100 * time.Millisecond
+	cleanupTimeout   = 10 * time.Second // deleting the demo's keys at the end
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// A second Ctrl-C kills the process at once.
+	context.AfterFunc(ctx, stop)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err == nil {
+		return
+	}
+	var ue *usageError
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(0)
+	case errors.As(err, &ue):
+		if !ue.printed {
+			fmt.Fprintln(os.Stderr, "llm:", err)
+		}
+		os.Exit(2)
+	}
+	fmt.Fprintln(os.Stderr, "llm:", err)
+	os.Exit(1)
+}
+
+// run runs the demo with the command-line arguments args (without the
+// program name), writing the report to stdout and, when stderr is a
+// terminal, a progress line to it.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	env, err := openRedis(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		err = errors.Join(err, env.close(cctx))
+	}()
+
+	var progressTo io.Writer // nil: no progress line
+	if isTerminal(stderr) {
+		progressTo = stderr
+	}
+	prompts := requestSequence(cfg.requests, cfg.prompts, cfg.zipf, cfg.seed)
+	if cfg.timeout == 0 {
+		distinct, tokens := distinctCost(cfg.tokenModel(), prompts)
+		cfg.timeout, cfg.timeoutComputed = requestDeadline(cfg, distinct, tokens), true
+	}
+	var results []result
+	for _, m := range cfg.modes {
+		r, err := runMode(ctx, cfg, env, m, prompts, progressTo)
+		if err != nil {
+			return err
+		}
+		results = append(results, r)
+	}
+	if cfg.json {
+		return writeJSON(stdout, cfg, env, results)
+	}
+	return report(stdout, cfg, env, results)
+}
+
+// result is what one mode did.
+type result struct {
+	Mode            string `json:"-"`
+	Requests        int    `json:"requests"`
+	DistinctPrompts int    `json:"distinct_prompts"` // requested
+	APICalls        int64  `json:"api_calls"`        // answered or refused
+	// Refused429Requests and Refused429Tokens are the calls the API
+	// refused (429) for its RPM limit, and for its TPM limit.
+	Refused429Requests int64   `json:"refused_requests_429"`
+	Refused429Tokens   int64   `json:"refused_tokens_429"`
+	Failed             int     `json:"failed_requests"`
+	CallsPerPrompt     float64 `json:"api_calls_per_prompt"` // APICalls / DistinctPrompts
+	// PromptsAsked are the distinct prompts the API calls asked for.
+	PromptsAsked int   `json:"prompts_asked"`
+	TokensUsed   int64 `json:"tokens_used"` // by the calls answered
+	// TPMUsedPct and RPMUsedPct are the tokens used, and the requests
+	// spent (the calls answered, and those refused for tokens), as a
+	// percentage of what the API allowed over the run: a full bucket, a
+	// minute's worth, and its refill over the wall time.
+	TPMUsedPct float64 `json:"tpm_used_pct"`
+	RPMUsedPct float64 `json:"rpm_used_pct"`
+	P50ms      float64 `json:"p50_ms"`
+	P99ms      float64 `json:"p99_ms"`
+	WallMs     float64 `json:"wall_ms"`
+	FirstError string  `json:"first_error,omitempty"` // of the failed requests
+	// Estimate compares the client's estimates of the tokens of the
+	// completions received with their usage (see -estimate-error): what
+	// a budget metering tokens would have booked, and the truth.
+	Estimate  estimateStats `json:"estimate"`
+	FillStats *fillStats    `json:"fill_stats,omitempty"`
+	// Budget are the counters of the fleet's budget, of a mode that has
+	// one.
+	Budget *budgetStats `json:"budget,omitempty"`
+}
+
+// runMode sends prompts through a fresh fleet of mode m, against a fresh
+// API, on an emptied cache. With progressTo not nil, it shows its progress
+// there.
+func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, prompts []string, progressTo io.Writer) (result, error) {
+	if err := env.flush(ctx); err != nil {
+		return result{}, err
+	}
+	api := startAPI(cfg.rpm, cfg.tpm, cfg.minute, cfg.tokenModel(), cfg.latency, time.Now)
+	defer api.Close()
+	usage := &usageLog{model: cfg.tokenModel(), e: cfg.estimateError}
+	f := newFleet(cfg, env, m, api.URL(), usage)
+
+	var done atomic.Int64
+	stop := func() {}
+	if progressTo != nil {
+		stop = progress(progressTo, m.name, len(prompts), &done, progressInterval)
+	}
+	start := time.Now()
+	out := drive(ctx, f.servers, prompts, cfg.concurrency, cfg.timeout, &done)
+	wall := time.Since(start)
+	stop()
+
+	stats := fillTotals(f.servers)
+	bstats := budgetTotals(f.servers)
+	closeErr := f.close()
+	if err := ctx.Err(); err != nil {
+		return result{}, fmt.Errorf("%s: interrupted: %w", m.name, err)
+	}
+	if closeErr != nil {
+		return result{}, fmt.Errorf("%s: closing the servers: %w", m.name, closeErr)
+	}
+	r := summarize(cfg, m.name, prompts, api, out, wall)
+	r.FillStats, r.Budget, r.Estimate = stats, bstats, usage.stats()
+	return r, nil
+}
+
+func summarize(cfg config, name string, prompts []string, api *fakeAPI, out outcome, wall time.Duration) result {
+	c := api.counts()
+	distinct := len(distinctPrompts(prompts))
+	calls := c.served + c.refusedRequests + c.refusedTokens
+	slices.Sort(out.latencies)
+	minutes := 1 + wall.Seconds()/cfg.minute.Seconds() // a full bucket, and its refill
+	r := result{
+		Mode:               name,
+		Requests:           len(out.latencies),
+		DistinctPrompts:    distinct,
+		APICalls:           calls,
+		Refused429Requests: c.refusedRequests,
+		Refused429Tokens:   c.refusedTokens,
+		Failed:             out.failed,
+		CallsPerPrompt:     round2(float64(calls) / float64(distinct)),
+		PromptsAsked:       api.prompts(),
+		TokensUsed:         c.tokensUsed,
+		TPMUsedPct:         round2(100 * float64(c.tokensUsed) / (float64(cfg.tpm) * minutes)),
+		RPMUsedPct:         round2(100 * float64(c.served+c.refusedTokens) / (float64(cfg.rpm) * minutes)),
+		P50ms:              millis(percentile(out.latencies, 0.50)),
+		P99ms:              millis(percentile(out.latencies, 0.99)),
+		WallMs:             millis(wall),
+	}
+	if out.firstErr != nil {
+		r.FirstError = out.firstErr.Error()
+	}
+	return r
+}
+
+// requestSequence draws n prompts among the first prompts ones,
+// Zipf-distributed with skew s: prompt 1 is the most requested.
+func requestSequence(n, prompts int, s float64, seed uint64) []string {
+	z := rand.NewZipf(rand.New(rand.NewPCG(seed, seed)), s, 1, uint64(prompts-1))
+	seq := make([]string, n)
+	for i := range seq {
+		seq[i] = promptText(1 + int(z.Uint64()))
+	}
+	return seq
+}
+
+func distinctPrompts(prompts []string) map[string]struct{} {
+	set := make(map[string]struct{})
+	for _, p := range prompts {
+		set[p] = struct{}{}
+	}
+	return set
+}
+
+// distinctCost returns how many distinct prompts there are, and the tokens
+// of one completion of each.
+func distinctCost(m tokenModel, prompts []string) (int, int64) {
+	set := distinctPrompts(prompts)
+	var tokens int64
+	for p := range set {
+		tokens += m.tokens(p)
+	}
+	return len(set), tokens
+}
+
+// percentile returns the p-th percentile of sorted by nearest rank.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p*float64(len(sorted)))) - 1
+	return sorted[max(i, 0)]
+}
+
+func millis(d time.Duration) float64 { return round2(float64(d) / float64(time.Millisecond)) }
+
+func round2(x float64) float64 { return math.Round(x*100) / 100 }
+
+// report writes the settings, the table, notes, and the conclusion.
+func report(w io.Writer, cfg config, env *redisEnv, results []result) error {
+	distinct := 0
+	if len(results) > 0 {
+		distinct = results[0].DistinctPrompts
+	}
+	fmt.Fprintf(w, "%d servers, %d requests (%d in flight) for %d possible prompts, %d requested (Zipf s=%g, seed %d)\n",
+		cfg.servers, cfg.requests, cfg.concurrency, cfg.prompts, distinct, cfg.zipf, cfg.seed)
+	fmt.Fprintf(w, "API: %d requests and %d tokens per minute, a minute lasting %s; completions of %g tokens median (log-normal, sigma %g), %s each; Redis: %s\n",
+		cfg.rpm, cfg.tpm, cfg.minute, cfg.tokensMedian, cfg.tokensSigma, cfg.latency, env.desc)
+	how := "-timeout"
+	if cfg.timeoutComputed {
+		how = "computed: " + strings.ReplaceAll(deadlineRule, "\n", " ")
+	}
+	fmt.Fprintf(w, "Deadline of each request: %s (%s)\n", cfg.timeout, how)
+	fmt.Fprintln(w)
+	rows := [][]string{{"mode", "requests", "prompts", "API calls", "429 req", "429 tok", "failed",
+		"calls/prompt", "tokens", "TPM %", "RPM %", "p50 ms", "p99 ms", "wall ms"}}
+	for _, r := range results {
+		rows = append(rows, []string{r.Mode, fmt.Sprint(r.Requests), fmt.Sprint(r.DistinctPrompts),
+			fmt.Sprint(r.APICalls), fmt.Sprint(r.Refused429Requests), fmt.Sprint(r.Refused429Tokens),
+			fmt.Sprint(r.Failed), fmt.Sprintf("%.2f", r.CallsPerPrompt), fmt.Sprint(r.TokensUsed),
+			fmt.Sprintf("%.1f", r.TPMUsedPct), fmt.Sprintf("%.1f", r.RPMUsedPct),
+			fmt.Sprintf("%.1f", r.P50ms), fmt.Sprintf("%.1f", r.P99ms), fmt.Sprintf("%.0f", r.WallMs)})
+	}
+	writeTable(w, rows)
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "prompts: distinct prompts requested; calls/prompt: API calls per distinct prompt, 1.00 is one call each.")
+	fmt.Fprintln(w, "429 req, 429 tok: calls the API refused for its RPM limit, and for its TPM limit.")
+	fmt.Fprintln(w, "TPM %, RPM %: the tokens used, and the requests spent, as a share of what the API allowed over the run (a minute's worth at the start, and the refill over the wall time).")
+	for _, r := range results {
+		if s := r.FillStats; s != nil {
+			fmt.Fprintf(w, "%s, all servers: %d loads, %d hits, %d misses, %d merged in-process, %d merged from another server\n",
+				r.Mode, s.Loads, s.Hits, s.Misses, s.LocalMerges, s.RemoteMerges)
+		}
+		if b := r.Budget; b != nil {
+			fmt.Fprintf(w, "%s, budget of requests: %s let through (the longest wait %s), %s\n",
+				r.Mode, plural(int64(b.Waits), "call"), time.Duration(b.WaitMaxMs*float64(time.Millisecond)).Round(time.Millisecond),
+				plural(int64(b.Pauses), "pause"))
+		}
+		if e := r.Estimate; e.Used > 0 {
+			fmt.Fprintf(w, "%s, token estimates (±%g%%): %d estimated for %d used (mean error %.1f%%, largest %.1f%%)\n",
+				r.Mode, 100*cfg.estimateError, e.Estimated, e.Used, e.MeanAbsErrPct, e.MaxAbsErrPct)
+		}
+		if r.Failed > 0 {
+			fmt.Fprintf(w, "%s: %d of %d requests failed; the first: %s\n", r.Mode, r.Failed, r.Requests, r.FirstError)
+		}
+	}
+	if note := timingNote(results); note != "" {
+		fmt.Fprintln(w, note)
+	}
+	fmt.Fprintln(w)
+	for _, line := range conclusion(results) {
+		if _, err := fmt.Fprintln(w, line); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// timingNote says which figures of the modes run depend on timing, and what
+// a budget of requests alone cannot do.
+func timingNote(results []result) string {
+	var note []string
+	for _, r := range results {
+		switch {
+		case r.Mode == naive:
+			note = append(note, "naive's figures vary from run to run: they depend on which requests miss together.")
+		case r.Budget != nil && r.Refused429Tokens > 0:
+			note = append(note, fmt.Sprintf("In %s the budget meters requests alone: the API refused %s for tokens, each pausing the fleet for its Retry-After; a budget metering tokens too (fill+tokens, to come) books a call's estimated tokens before it goes.",
+				r.Mode, plural(r.Refused429Tokens, "call")))
+		}
+	}
+	return strings.Join(note, " ")
+}
+
+// conclusion compares every mode with naive, one sentence each. Without
+// naive to compare with, it states each mode's calls.
+func conclusion(results []result) []string {
+	base := slices.IndexFunc(results, func(r result) bool { return r.Mode == naive })
+	var lines []string
+	for i, r := range results {
+		switch {
+		case base < 0 || len(results) == 1:
+			lines = append(lines, fmt.Sprintf("%s made %s for %s; the API refused %s; %s failed.",
+				r.Mode, plural(r.APICalls, "API call"), plural(int64(r.DistinctPrompts), "distinct prompt"),
+				refusals(r), plural(int64(r.Failed), "request")))
+		case i != base:
+			n := results[base]
+			lines = append(lines, fmt.Sprintf("%s made %s where naive made %d (%s); the API refused naive %s, %s %s; failed requests: naive %d, %s %d.",
+				r.Mode, plural(r.APICalls, "API call"), n.APICalls, saving(n.APICalls, r.APICalls),
+				refusals(n), r.Mode, refusals(r), n.Failed, r.Mode, r.Failed))
+		}
+	}
+	return lines
+}
+
+// refusals are r's 429s, by limit.
+func refusals(r result) string {
+	return fmt.Sprintf("%d (%d for requests, %d for tokens)", r.Refused429Requests+r.Refused429Tokens,
+		r.Refused429Requests, r.Refused429Tokens)
+}
+
+// saving compares a mode's API calls with base, naive's.
+func saving(base, calls int64) string {
+	switch {
+	case calls < base:
+		pct := math.Floor(100 * float64(base-calls) / float64(base))
+		return fmt.Sprintf("%d saved, %.0f%%", base-calls, pct)
+	case calls == base:
+		return "none saved"
+	default:
+		return fmt.Sprintf("%d more", calls-base)
+	}
+}
+
+// plural is n things, with one thing singular.
+func plural(n int64, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
+}
+
+// jsonReport is the output of -json.
+type jsonReport struct {
+	Settings   jsonSettings      `json:"settings"`
+	Results    map[string]result `json:"results"` // by mode
+	Conclusion []string          `json:"conclusion"`
+	TimingNote string            `json:"timing_note,omitempty"`
+}
+
+// jsonSettings are the run's settings, from its flags.
+type jsonSettings struct {
+	Modes         []string `json:"modes"` // in the order they ran
+	Servers       int      `json:"servers"`
+	Requests      int      `json:"requests"`
+	Concurrency   int      `json:"concurrency"`
+	Prompts       int      `json:"prompts"`
+	Zipf          float64  `json:"zipf"`
+	Seed          uint64   `json:"seed"`
+	RPM           int64    `json:"rpm"`
+	TPM           int64    `json:"tpm"`
+	MinuteMs      float64  `json:"minute_ms"`
+	TokensMedian  float64  `json:"tokens_median"`
+	TokensSigma   float64  `json:"tokens_sigma"`
+	EstimateError float64  `json:"estimate_error"`
+	LatencyMs     float64  `json:"api_latency_ms"`
+	TTLMs         float64  `json:"ttl_ms"`
+	TimeoutMs     float64  `json:"request_timeout_ms"` // each request's deadline
+	// TimeoutComputed says that -timeout was not given: TimeoutMs was
+	// computed from the distinct prompts and the limits.
+	TimeoutComputed bool   `json:"request_timeout_computed"`
+	Redis           string `json:"redis"` // host:port, or "embedded"
+	Prefix          string `json:"prefix"`
+}
+
+// writeJSON writes the settings and results as one JSON object, and nothing
+// else.
+func writeJSON(w io.Writer, cfg config, env *redisEnv, results []result) error {
+	rep := jsonReport{
+		Settings: jsonSettings{
+			Servers:         cfg.servers,
+			Requests:        cfg.requests,
+			Concurrency:     cfg.concurrency,
+			Prompts:         cfg.prompts,
+			Zipf:            cfg.zipf,
+			Seed:            cfg.seed,
+			RPM:             cfg.rpm,
+			TPM:             cfg.tpm,
+			MinuteMs:        millis(cfg.minute),
+			TokensMedian:    cfg.tokensMedian,
+			TokensSigma:     cfg.tokensSigma,
+			EstimateError:   cfg.estimateError,
+			LatencyMs:       millis(cfg.latency),
+			TTLMs:           millis(cfg.ttl),
+			TimeoutMs:       millis(cfg.timeout),
+			TimeoutComputed: cfg.timeoutComputed,
+			Redis:           env.addr,
+			Prefix:          cfg.prefix,
+		},
+		Results:    make(map[string]result),
+		Conclusion: conclusion(results),
+		TimingNote: timingNote(results),
+	}
+	if env.mini != nil {
+		rep.Settings.Redis = "embedded"
+	}
+	for _, m := range cfg.modes {
+		rep.Settings.Modes = append(rep.Settings.Modes, m.name)
+	}
+	for _, r := range results {
+		rep.Results[r.Mode] = r
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+// writeTable writes rows as aligned columns: the first left-aligned, the
+// others right-aligned.
+func writeTable(w io.Writer, rows [][]string) {
+	var widths []int
+	for _, row := range rows {
+		for j, cell := range row {
+			if j == len(widths) {
+				widths = append(widths, 0)
+			}
+			widths[j] = max(widths[j], len([]rune(cell)))
+		}
+	}
+	for _, row := range rows {
+		cells := make([]string, len(row))
+		for j, cell := range row {
+			pad := strings.Repeat(" ", widths[j]-len([]rune(cell)))
+			if j == 0 {
+				cells[j] = cell + pad
+			} else {
+				cells[j] = pad + cell
+			}
+		}
+		fmt.Fprintln(w, strings.Join(cells, "  "))
+	}
+}
