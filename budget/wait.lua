@@ -13,6 +13,7 @@
 --          by for
 --   lim    the limit of the latest booking, 'T:tau': servers that book with
 --          another limit are told so
+--   slack  µs added to T between paced slots, learned from 429s (pause.lua)
 -- ARGV[1] T, the emission interval; ARGV[2] tau, the burst tolerance;
 -- ARGV[3] '1' for a background call, else foreground; ARGV[4] the caller's
 -- patience (time to its deadline), or -1 for none; ARGV[5] the background
@@ -40,7 +41,7 @@ local bg, patience = ARGV[3] == '1', tonumber(ARGV[4])
 local Tb, H, place, ahead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 
 local lim = ARGV[9]
-local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq', 'sb', 'lim')
+local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq', 'sb', 'lim', 'slack')
 local other = 0
 if v[7] and v[7] ~= lim then other = v[7] end
 -- A field that is missing, not a number, or implausible counts as 0: a
@@ -51,6 +52,8 @@ local function field(i)
   return x
 end
 local tat, pause, fg, btat, bq, sb = field(1), field(2), field(3), field(4), field(5), field(6)
+-- Paced slots lie T + slack apart; a burst after a quiet spell is unchanged.
+local step = T + math.min(field(8), T)
 
 local function f(x) return string.format('%d', x) end
 -- The key outlives the last instant it holds by a second: once every field
@@ -70,7 +73,7 @@ local slot = math.max(now, tat - tau, pause)
 
 if not bg then
   if patience >= 0 and slot - now > patience then return {1, slot - now} end
-  local nt = math.max(tat, slot) + T
+  local nt = math.max(tat, slot) + step
   save('tat', f(nt), 'fg', f(math.max(fg, slot)), 'lim', lim)
   return {0, slot - now, slot, nt, 0, other}
 end
@@ -102,6 +105,6 @@ if lined or slot - now > H or bslot > slot then
   save('bq', f(q + T))
   return {2, q - now, q}
 end
-local nt = math.max(tat, slot) + T
+local nt = math.max(tat, slot) + step
 save('tat', f(nt), 'btat', f(slot + Tb), 'lim', lim)
 return {0, slot - now, slot, nt, gated, other}
