@@ -193,6 +193,10 @@ type Stats struct {
 	PausesExhausted   uint64 // pauses for remaining 0 on a response that succeeded, from Observe
 	PausesRequested   uint64 // pauses from PauseUntil
 	PullDowns         uint64 // Observes whose remaining count capped the budget (set or lowered the cap)
+	// Overshoots counts 429s taken for arrival jitter: instead of a pause
+	// for Retry-After, the slack between paced slots grew and the fleet's
+	// schedule was respaced (see [Budget.Observe]).
+	Overshoots uint64
 
 	LocalWaits  uint64 // Waits decided by the local limiter because Redis was unreachable
 	LocalPauses uint64 // pauses kept in this process only because Redis was unreachable
@@ -210,7 +214,7 @@ type counters struct {
 	refused, abandoned, givenBack, comeBacks      atomic.Uint64
 	rebooked, rateLimited, exhausted, requested   atomic.Uint64
 	pullDowns, localWaits, localPauses, redisErrs atomic.Uint64
-	limitConflicts                                atomic.Uint64
+	limitConflicts, overshoots                    atomic.Uint64
 }
 
 // Stats returns the Budget's counters.
@@ -224,14 +228,15 @@ func (b *Budget) Stats() Stats {
 		PausesExhausted: s.exhausted.Load(), PausesRequested: s.requested.Load(),
 		PullDowns: s.pullDowns.Load(), LocalWaits: s.localWaits.Load(),
 		LocalPauses: s.localPauses.Load(), Errors: s.redisErrs.Load(),
-		LimitConflicts: s.limitConflicts.Load(),
+		LimitConflicts: s.limitConflicts.Load(), Overshoots: s.overshoots.Load(),
 	}
 }
 
 // Budget is one upstream rate limit shared by every server that creates a
 // Budget of the same name and prefix on the same Redis. It is safe for
-// concurrent use. It keeps one pub/sub connection to hear of pauses;
-// [Budget.Close] closes it.
+// concurrent use. It hears of pauses on the pub/sub connection that every
+// Budget and fill.Cache made on the same Redis client shares; the last of
+// them to close closes it.
 type Budget struct {
 	name string
 	key  string // P{name}:budget: the hash, and the channel of pauses
@@ -248,25 +253,33 @@ type Budget struct {
 	sig          string
 	toldConflict atomic.Bool
 
-	rdb   *redisx.Client
-	hub   *notify.Hub
-	sub   *notify.Sub
-	local *localLimiter // while Redis is unreachable
+	rdb      *redisx.Client
+	hub      *notify.Shared
+	listener *notify.Listener
+	local    *localLimiter // while Redis is unreachable
+	// lost counts the times pub/sub messages may have been lost (the
+	// connection broke or was replaced): a Wait that slept across one
+	// reads the pause before it goes.
+	lost atomic.Uint64
 
 	// What this server knows of the budget, for when Redis loses it or is
 	// unreachable: the latest tat it set or learned and its latest slot, in
 	// µs of the Redis clock, and how far the Redis clock is ahead of this
-	// process's (µs), as of the latest booking.
-	mineTAT, mineSlot, skew atomic.Int64
+	// process's (µs), as of the latest booking or pause.
+	mineTAT, mineSlot, clock atomic.Int64
 
-	base   context.Context // parent of the listener's reads; cancelled by Close
+	base   context.Context // parent of pause reads; cancelled by Close
 	cancel context.CancelFunc
 	done   chan struct{} // closed by Close
 	wg     sync.WaitGroup
 	stats  counters
 
-	mu         sync.Mutex    // guards the fields below
-	pauseAt    int64         // end of the latest pause heard of, µs of the Redis clock
+	mu      sync.Mutex // guards the fields below
+	pauseAt int64      // end of the latest pause heard of, µs of the Redis clock
+	// respacedAt is when the schedule was last respaced after an
+	// overshoot (µs of the Redis clock): slots booked before then are
+	// booked again.
+	respacedAt int64
 	localPause time.Time     // end of a pause kept locally while Redis was unreachable
 	paused     chan struct{} // closed, and replaced, when either grows
 	closed     bool
@@ -313,10 +326,8 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 		b.log("redis reachable again", "outage", d)
 		b.event(context.Background(), observe.Event{Kind: observe.OutageEnd, Duration: d})
 	})
-	b.hub = notify.New(rdb, nil)
-	b.sub = b.hub.Subscribe(b.key)
-	b.wg.Add(1)
-	go b.listen()
+	b.hub = notify.Share(rdb, nil)
+	b.listener = b.hub.Listen(b.key, b.message)
 	return b
 }
 
@@ -354,7 +365,8 @@ func (b *Budget) validate(rdb redis.UniversalClient, limit Limit) error {
 	return nil
 }
 
-// Close stops listening for pauses and closes the pub/sub connection. Waits
+// Close stops listening for pauses, and closes the shared pub/sub
+// connection if no other Budget or fill.Cache on rdb uses it. Waits
 // that are sleeping return [ErrClosed] at once, keeping their slots; later
 // calls return ErrClosed. Slots being given back by Waits that gave up are
 // given back first (each round trip bounded by a second). Close does not
@@ -369,7 +381,7 @@ func (b *Budget) Close() error {
 	close(b.done)
 	b.mu.Unlock()
 	b.cancel()
-	b.sub.Close()
+	b.listener.Close()
 	b.wg.Wait()
 	err := b.hub.Close()
 	b.rdb.Close()
@@ -464,6 +476,9 @@ func (b *Budget) wait(ctx context.Context, p Priority) error {
 		if err := b.sleepLocalPause(ctx); err != nil {
 			return err
 		}
+		// A pause announced before the subscription was confirmed, or
+		// while messages were lost, is read before going.
+		listening, lost := b.listening(), b.lost.Load()
 		r, err := b.book(ctx, p, place)
 		if err != nil {
 			if redisx.Outage(err) {
@@ -495,13 +510,15 @@ func (b *Budget) wait(ctx context.Context, p Priority) error {
 		if r.wait <= 0 {
 			return nil
 		}
-		err = b.sleep(ctx, r.wait, func(at int64) bool { return at > r.slot })
-		if err == nil && !b.listening() {
-			// Pub/sub does not work (refused, or Redis was away): a pause
-			// another server began meanwhile may not have been heard.
-			// Read it before going.
-			if at, rerr := b.readPause(); rerr == nil && at > r.slot {
-				b.heard(at)
+		booked := r.slot - r.wait.Microseconds() // the Redis clock at the booking
+		rebook := func(at, respaced int64) bool { return at > r.slot || respaced > booked }
+		err = b.sleep(ctx, r.wait, rebook)
+		if err == nil && (!listening || b.lost.Load() != lost) {
+			// Pub/sub did not work all along (refused, not confirmed yet,
+			// or Redis was away): a pause another server began meanwhile
+			// may not have been heard. Read it before going.
+			if at, respaced, rerr := b.readPause(); rerr == nil && rebook(at, respaced) {
+				b.heard(at, respaced)
 				err = errPaused
 			}
 		}
@@ -617,16 +634,17 @@ func parseBooking(v any) (booking, error) {
 var errPaused = errors.New("paused")
 
 // sleep sleeps for d, until ctx ends (returning ctx.Err()), the Budget is
-// closed (ErrClosed), or, when paused is not nil, a pause heard of ends at an
-// instant for which paused reports true (errPaused).
-func (b *Budget) sleep(ctx context.Context, d time.Duration, paused func(at int64) bool) error {
+// closed (ErrClosed), or, when paused is not nil, paused reports true for
+// the end of the pause heard of and the instant the schedule was last
+// respaced (errPaused).
+func (b *Budget) sleep(ctx context.Context, d time.Duration, paused func(at, respaced int64) bool) error {
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	for {
 		b.mu.Lock()
-		at, ch := b.pauseAt, b.paused
+		at, respaced, ch := b.pauseAt, b.respacedAt, b.paused
 		b.mu.Unlock()
-		if paused != nil && paused(at) {
+		if paused != nil && paused(at, respaced) {
 			return errPaused
 		}
 		select {
@@ -689,65 +707,85 @@ func (b *Budget) giveBack(r booking) {
 	}
 }
 
-// listen hears of pauses begun on any server, until Close.
-func (b *Budget) listen() {
-	defer b.wg.Done()
-	ready := b.sub.Ready()
-	for {
-		select {
-		case <-b.done:
-			return
-		case <-ready:
-			// Subscribed: a pause announced before then was not heard.
-			// Read it, so that no sleeper of this server misses it.
-			ready = nil
-			if at, err := b.readPause(); err == nil {
-				b.heard(at)
-			}
-		case m := <-b.sub.C():
-			at, err := strconv.ParseInt(m, 10, 64)
-			if err != nil {
-				// Not a pause's end: the hub's word that messages may have
-				// been lost while its connection was down. Read the pause.
-				at, err = b.readPause()
-			}
-			if err == nil {
-				b.heard(at)
-			}
-		}
+// message hears a pause begun on any server: its end, and the instant the
+// schedule was respaced if it was (see pause.lua). It runs on the hub's
+// reader, and must not block.
+func (b *Budget) message(m string) {
+	ends, respaced, _ := strings.Cut(m, " ")
+	at, err := strconv.ParseInt(ends, 10, 64)
+	rs, rerr := strconv.ParseInt(respaced, 10, 64)
+	if err != nil || respaced != "" && rerr != nil {
+		// Not a pause's end: the hub's word (notify.Wake) that messages
+		// may have been lost. Sleeping Waits read the pause before going.
+		b.lost.Add(1)
+		return
 	}
+	b.heard(at, rs)
 }
 
 // listening reports whether the budget's subscription is confirmed: a
 // pause announced now reaches this server.
 func (b *Budget) listening() bool {
 	select {
-	case <-b.sub.Ready():
+	case <-b.listener.Ready():
 		return true
 	default:
 		return false
 	}
 }
 
-// readPause reads the end of the pause in the budget's hash.
-func (b *Budget) readPause() (int64, error) {
+// readPause reads the end of the pause in the budget's hash, and when the
+// schedule was last respaced.
+func (b *Budget) readPause() (at, respaced int64, err error) {
 	ctx, cancel := context.WithTimeout(b.base, giveBackTimeout)
 	defer cancel()
-	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
-		return b.rdb.Redis().HGet(ctx, b.key, "pause").Int64()
+	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]any, error) {
+		return b.rdb.Redis().HMGet(ctx, b.key, "pause", "rs").Result()
 	}, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	n := func(x any) int64 {
+		s, _ := x.(string)
+		i, _ := strconv.ParseInt(s, 10, 64)
+		return i
+	}
+	return n(v[0]), n(v[1]), nil
 }
 
-// heard records that a pause ends at at (µs of the Redis clock) and wakes
-// the sleeping Waits to look.
-func (b *Budget) heard(at int64) {
+// heard records that a pause ends at at and that the schedule was
+// respaced at respaced (µs of the Redis clock; 0 for not), and wakes the
+// sleeping Waits to look.
+func (b *Budget) heard(at, respaced int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if at > b.pauseAt {
-		b.pauseAt = at
+	if respaced > b.respacedAt {
+		// The fleet's schedule started again at respaced: what this
+		// server remembers of the old one must not push it back out
+		// (wait.lua takes the greater of the two).
+		for m := b.mineTAT.Load(); m > respaced+b.t+b.tau && !b.mineTAT.CompareAndSwap(m, respaced+b.t+b.tau); m = b.mineTAT.Load() {
+		}
+	}
+	if at > b.pauseAt || respaced > b.respacedAt {
+		b.pauseAt = max(b.pauseAt, at)
+		b.respacedAt = max(b.respacedAt, respaced)
 		close(b.paused)
 		b.paused = make(chan struct{})
 	}
+}
+
+// Paused reports whether the fleet is paused now, as far as this server
+// has heard: by a 429 or remaining 0 observed, or by [Budget.PauseUntil], on
+// any server. A caller that gives up on a Wait while it is paused is held
+// up by the upstream's rate limit, not by a slow upstream.
+func (b *Budget) Paused() bool {
+	if b.check() != nil {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	return b.pauseAt > now.UnixMicro()+b.clock.Load() || b.localPause.After(now)
 }
 
 // pauseLocally keeps a pause in this process while Redis is unreachable.
@@ -795,7 +833,7 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 			return err
 		}
 		if s := b.mineSlot.Load(); s > 0 {
-			b.local.seed(time.UnixMicro(s - b.skew.Load()).Add(b.local.t))
+			b.local.seed(time.UnixMicro(s - b.clock.Load()).Add(b.local.t))
 		}
 		now := time.Now()
 		slot, tat := b.local.reserve(now)
@@ -816,7 +854,7 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 		}
 		// Back on Redis, this server brings the slot: the call goes, and
 		// the next may follow T later, without a burst.
-		b.know(slot.UnixMicro()+b.skew.Load()+b.t+b.tau, 0)
+		b.know(slot.UnixMicro()+b.clock.Load()+b.t+b.tau, 0)
 		if b.onBook != nil {
 			b.onBook(ctx, booking{slot: slot.UnixMicro(), wait: d, local: true}, p)
 		}
@@ -826,7 +864,7 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 		b.mu.Lock()
 		pause := b.localPause
 		b.mu.Unlock()
-		err := b.sleep(ctx, d, func(int64) bool {
+		err := b.sleep(ctx, d, func(int64, int64) bool {
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			return b.localPause.After(pause)
@@ -851,7 +889,7 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 // its slot, and the Redis clock's lead on this process's.
 func (b *Budget) learn(r booking) {
 	b.know(r.tat, r.slot)
-	b.skew.Store(r.slot - time.Now().Add(r.wait).UnixMicro())
+	b.clock.Store(r.slot - time.Now().Add(r.wait).UnixMicro())
 }
 
 // know raises what this server knows of the budget to tat and slot (µs of

@@ -214,7 +214,16 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 //
 //   - A 429 (or a 403 with Retry-After, or with GitHub's
 //     x-ratelimit-remaining: 0) pauses the budget for Retry-After, else
-//     until the rate limit's reset, else for one Per.
+//     until the rate limit's reset, else for one Per. A 429 that asks for
+//     no more than one interval (Per/Rate), or for exactly 1s (what a
+//     shorter wait rounds up to in Retry-After), with no longer pause in
+//     force, is an overshoot: arrival jitter brought a call of a budget
+//     pacing at its limit to the upstream early. It pauses for one interval
+//     only, widens the spacing of paced slots (by up to an interval/12,
+//     kept while the budget's hash lives), and has the Waits sleeping on
+//     every server book again at the new spacing; see [Stats].Overshoots.
+//     Only max(3, Rate/10) overshoots within one Per, the spacing at its
+//     widest, are a storm, which pauses for Retry-After.
 //   - Remaining 0 (x-rate-limit-remaining, the X API, or
 //     x-ratelimit-remaining, GitHub) pauses it until the reset
 //     (x-rate-limit-reset or x-ratelimit-reset, epoch seconds), or for one
@@ -346,11 +355,19 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 		pause = f.pause.Microseconds()
 	}
 	start := time.Now()
+	over := "0"
+	if f.cause == rateLimited && (f.pause <= time.Duration(b.t)*time.Microsecond || f.pause == time.Second) {
+		// A wait no longer than an interval, or the whole second a
+		// Retry-After rounds a shorter wait up to: perhaps an overshoot
+		// (see pause.lua).
+		over = "1"
+	}
 	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]int64, error) {
-		return pauseScript.Run(ctx, b.rdb.Redis(), []string{b.key}, pause, -1, 0,
-			b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds()).Int64Slice()
+		return pauseScript.Run(ctx, b.rdb.Redis(), []string{b.key}, pause,
+			b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds(),
+			over, b.lim.Per.Microseconds(), b.t/maxSlack, max(3, b.lim.Rate/stormShare)).Int64Slice()
 	}, nil)
-	if err == nil && len(v) != 3 {
+	if err == nil && len(v) != 5 {
 		err = fmt.Errorf("unexpected pause reply %v", v)
 	}
 	switch {
@@ -361,6 +378,14 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 		return nil
 	case err != nil:
 		return b.fail(ctx, op, err)
+	}
+	switch v[3] {
+	case overshoot:
+		b.stats.overshoots.Add(1)
+		b.heard(v[0], v[4])
+		return nil
+	case overshootAgain:
+		return nil
 	}
 	if f.pause > 0 {
 		b.event(ctx, observe.Event{Kind: observe.Pause, Duration: f.pause})
@@ -375,7 +400,22 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 		}
 	}
 	if v[1] == 1 {
-		b.heard(v[0])
+		b.clock.Store(v[0] - start.Add(f.pause).UnixMicro())
+		b.heard(v[0], 0)
 	}
 	return nil
 }
+
+// maxSlack: the slack learned from overshoots is at most T/maxSlack, so a
+// budget that learned it still uses more than 90% of its limit.
+const maxSlack = 12
+
+// stormShare: 429s for more than one call in stormShare of a Per (at least
+// 3) are a storm, not overshoots: the fleet pauses for Retry-After.
+const stormShare = 10
+
+// What pause.lua made of a 429.
+const (
+	overshoot      = 1 // the slack grew and the schedule was respaced
+	overshootAgain = 2 // the same 429 reported again: nothing done
+)

@@ -1,19 +1,35 @@
--- Pause a budget: no call before the pause's end. (A cap at the calls the
--- upstream has left is cap.lua's.)
+-- Pause a budget for the whole fleet, or take a 429 for an overshoot.
 -- KEYS[1] the budget hash P{name}:budget (fields: see wait.lua); its name is
 -- also the channel the pause is announced on.
 -- ARGV[1] pause: no call before now + ARGV[1] µs, or -1 for no pause.
--- ARGV[2], ARGV[3] unused (-1, 0).
--- ARGV[4] T; ARGV[5] tau (µs); ARGV[6] '1' to announce with SPUBLISH (Redis
--- Cluster), else PUBLISH; ARGV[7] how far ahead of now a field may lie before
+-- ARGV[2] T; ARGV[3] tau (µs); ARGV[4] '1' to announce with SPUBLISH (Redis
+-- Cluster), else PUBLISH; ARGV[5] how far ahead of now a field may lie before
 -- it counts as corrupt (µs).
+-- ARGV[6] '1' when the pause is for a 429 that may be an overshoot; ARGV[7]
+-- Per and ARGV[8] the most slack (µs); ARGV[9] the overshoots within one Per
+-- that make a storm.
+-- A 429 that asks for no more than an interval (or for the whole second a
+-- Retry-After rounds up to), when no longer pause is in force, is most often
+-- an overshoot of a budget that paces at its limit: arrival jitter brought a
+-- call to the upstream a little early. It does not pause the fleet for
+-- Retry-After: the slack between paced slots (field slack, read by wait.lua)
+-- grows, to half the most and then to the most, the booking schedule starts
+-- again one interval from now (tat), and the fleet pauses for that interval
+-- (or Retry-After if shorter), announced as "end respaced-at" (the instant
+-- also kept in field rs): every Wait sleeping on a slot booked before then
+-- books again, at the new spacing. The same 429 reported twice (Observe,
+-- then PauseFor) within T/2 counts once. Only when the slack is already the
+-- most and ARGV[9] overshoots came within one Per (fields ow, the window's
+-- start, and on, the count) is it a storm: the fleet pauses for ARGV[1].
 -- When the pause grows, its end (µs of the Redis clock) is published on the
 -- channel KEYS[1].
 -- Returns {end of the pause in force (µs of the Redis clock), or 0 for none,
--- 1 if the pause grew, 0}.
+-- 1 if the pause grew, 0, what a 429 was: 0 not one, 1 an overshoot, 2 the
+-- same overshoot again, 3 a storm, the instant the schedule was respaced or
+-- 0}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local pauseFor, ahead = tonumber(ARGV[1]), tonumber(ARGV[7])
+local pauseFor, T, tau, ahead = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
 local function f(x) return string.format('%d', x) end
 local function field(name)
   local x = tonumber(redis.call('HGET', KEYS[1], name))
@@ -23,19 +39,45 @@ local function field(name)
 end
 
 local pause, grew = field('pause'), 0
-if pauseFor >= 0 and now + pauseFor > pause then
-  pause, grew = now + pauseFor, 1
-  redis.call('HSET', KEYS[1], 'pause', f(pause))
-  if ARGV[6] == '1' then
-    redis.call('SPUBLISH', KEYS[1], f(pause))
+local last = 0
+local over, respaced = 0, nil
+if ARGV[6] == '1' and pauseFor >= 0 and pause <= now + T then
+  local per, most, storm = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+  local slack, o1, ow, on = field('slack'), field('o1'), field('ow'), field('on')
+  if o1 > 0 and now - o1 < T / 2 then
+    over, pauseFor = 2, -1
   else
-    redis.call('PUBLISH', KEYS[1], f(pause))
+    -- Overshoots are counted in windows of one Per.
+    if now - ow >= per then ow, on = now, 0 end
+    on = on + 1
+    redis.call('HSET', KEYS[1], 'o1', f(now), 'ow', f(ow), 'on', f(on))
+    if slack >= most and on >= storm then
+      over = 3
+    else
+      over, pauseFor, respaced = 1, math.min(pauseFor, T), now
+      slack = math.min(most, math.max(math.floor(most / 2), 2 * slack))
+      -- tat - tau is the next slot: no burst at the end of the pause.
+      redis.call('HSET', KEYS[1], 'slack', f(slack), 'tat', f(now + T + tau), 'rs', f(now))
+      last = now + T + tau
+    end
   end
 end
-if grew == 1 then
+if pauseFor >= 0 and (now + pauseFor > pause or respaced) then
+  pause, grew = math.max(pause, now + pauseFor), 1
+  redis.call('HSET', KEYS[1], 'pause', f(pause))
+  local msg = f(pause)
+  if respaced then msg = msg .. ' ' .. f(respaced) end
+  if ARGV[4] == '1' then
+    redis.call('SPUBLISH', KEYS[1], msg)
+  else
+    redis.call('PUBLISH', KEYS[1], msg)
+  end
+end
+last = math.max(last, pause)
+if grew == 1 or over == 1 then
   -- Never shorten the life the key already has.
-  local ms = math.ceil((pause - now) / 1000) + 1000
+  local ms = math.ceil((last - now) / 1000) + 1000
   if redis.call('PTTL', KEYS[1]) < ms then redis.call('PEXPIRE', KEYS[1], f(ms)) end
 end
 if pause <= now then pause = 0 end
-return {pause, grew, 0}
+return {pause, grew, 0, over, respaced or 0}

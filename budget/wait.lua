@@ -16,6 +16,7 @@
 --   cap    the calls still allowed before capat, the upstream's reset (set
 --   capat  by cap.lua): a slot booked before capat spends one; with none
 --          left, the slot is capat
+--   slack  µs added to T between paced slots, learned from 429s (pause.lua)
 -- ARGV[1] T, the emission interval; ARGV[2] tau, the burst tolerance;
 -- ARGV[3] '1' for a background call, else foreground; ARGV[4] the caller's
 -- patience (time to its deadline), or -1 for none; ARGV[5] the background
@@ -47,7 +48,7 @@ local bg, patience = ARGV[3] == '1', tonumber(ARGV[4])
 local Tb, H, place, ahead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 
 local lim = ARGV[9]
-local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq', 'sb', 'lim', 'capat', 'cap')
+local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq', 'sb', 'lim', 'capat', 'cap', 'slack')
 local other = 0
 if v[7] and v[7] ~= lim then other = v[7] end
 -- A field that is missing, not a number, or implausible counts as 0: a
@@ -61,6 +62,8 @@ local tat, pause, fg, btat, bq, sb = field(1), field(2), field(3), field(4), fie
 local capat, left = field(8), field(9)
 local mine = tonumber(ARGV[10])
 if mine and mine > tat and mine <= now + ahead then tat = mine end
+-- Paced slots lie T + slack apart; a burst after a quiet spell is unchanged.
+local step = T + math.min(field(10), T)
 
 local function f(x) return string.format('%d', x) end
 -- The key outlives the last instant it holds by a second: once every field
@@ -91,7 +94,7 @@ end
 
 if not bg then
   if patience >= 0 and slot - now > patience then return {1, slot - now} end
-  local nt = math.max(tat, slot) + T
+  local nt = math.max(tat, slot) + step
   book(nt, 'fg', f(math.max(fg, slot)))
   return {0, slot - now, slot, nt, 0, other}
 end
@@ -123,6 +126,6 @@ if lined or slot - now > H or bslot > slot then
   save('bq', f(q + T))
   return {2, q - now, q}
 end
-local nt = math.max(tat, slot) + T
+local nt = math.max(tat, slot) + step
 book(nt, 'btat', f(slot + Tb))
 return {0, slot - now, slot, nt, gated, other}

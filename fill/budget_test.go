@@ -257,3 +257,22 @@ func TestBatcherJoinerHeldElsewhere(t *testing.T) {
 		t.Fatalf("joined key: got %q; want the other server's value", v)
 	}
 }
+
+// TestGiveUpWhilePaused: a caller whose deadline passes while the fleet's
+// budget is paused gets an error that says both: its deadline, and the
+// rate limit that held it up.
+func TestGiveUpWhilePaused(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := newBudget(t, s, "gaveup", budget.Limit{Rate: 100})
+	c := fill.New(s.Client(t, nil), &fill.Options{Budget: b})
+	t.Cleanup(func() { _ = c.Close() })
+	if err := b.PauseUntil(context.Background(), time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := fill.Get(ctx, c, "k", func(context.Context) (int, error) { return 1, nil })
+	if !errors.Is(err, budget.ErrRateLimited) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Get = %v; want an error wrapping both budget.ErrRateLimited and context.DeadlineExceeded", err)
+	}
+}

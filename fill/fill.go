@@ -77,14 +77,15 @@ import (
 )
 
 // Cache is a fleet-wide single-flight cache on one Redis. It is safe for
-// concurrent use. It keeps one pub/sub connection, opened when a flight first
-// waits on another server (or at once with a local tier); [Cache.Close]
-// closes it.
+// concurrent use. It shares one pub/sub connection with every Cache and
+// budget.Budget on the same Redis client, opened when a flight first waits
+// on another server (or at once with a local tier); the last of them to
+// close closes it.
 type Cache struct {
 	rdb     *redisx.Client
 	opt     Options
-	err     error // the options' error, returned by every call
-	hub     *notify.Hub
+	err     error          // the options' error, returned by every call
+	hub     *notify.Shared // shared with the Budgets and Caches on rdb
 	flights *flight.Group[flightKey]
 	base    context.Context // ends, with cause ErrClosed, at Close
 	cancel  context.CancelCauseFunc
@@ -128,7 +129,7 @@ func New(rdb redis.UniversalClient, opt *Options) *Cache {
 		// MaxStaleness: send several per MaxStaleness.
 		hopt.Heartbeat = min(200*time.Millisecond, o.Local.MaxStaleness/4)
 	}
-	c.hub = notify.New(rdb, hopt)
+	c.hub = notify.Share(rdb, hopt)
 	c.rdb.SetOnOutage(func(err error) {
 		c.log("redis unreachable", "err", err)
 		c.event(context.Background(), observe.Event{Kind: observe.OutageStart, Err: err})
@@ -215,8 +216,9 @@ type ops struct {
 
 // Get returns the value cached for key, or runs load to make it, once across
 // every Cache on the same Redis and prefix. Each caller waits with its own
-// ctx: a caller that gives up gets ctx.Err() and leaves the flight running
-// for the others; a ctx that has already ended starts nothing. load runs on
+// ctx: a caller that gives up gets ctx.Err() (wrapped together with
+// [budget.ErrRateLimited] while Options.Budget is paused) and leaves the
+// flight running for the others; a ctx that has already ended starts nothing. load runs on
 // a context detached from the callers' cancellation but carrying the first
 // caller's values, bounded by Options.LoadTimeout, and cancelled if the fill
 // lock's lease is lost or the Cache is closed.
@@ -273,10 +275,21 @@ func Get[T any](ctx context.Context, c *Cache, key string, load func(ctx context
 	}
 	v, err := f.Wait(ctx)
 	if err != nil {
-		return zero, err
+		return zero, c.gaveUp(ctx, key, err)
 	}
 	t, _ := v.(T)
 	return t, nil
+}
+
+// gaveUp returns the error of a caller whose wait for key's flight ended
+// with err: when the caller's ctx ended while the fleet's budget is paused,
+// err wrapped together with [budget.ErrRateLimited], so that the caller can
+// tell a rate-limit stall from a slow upstream.
+func (c *Cache) gaveUp(ctx context.Context, key string, err error) error {
+	if b := c.opt.Budget; b != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) && b.Paused() {
+		return fmt.Errorf("fill: %s: %w while the upstream rate-limits: %w", redisx.Quote(key), err, budget.ErrRateLimited)
+	}
+	return err
 }
 
 // start runs a new flight. Its caller makes the first round trip itself,
