@@ -93,17 +93,21 @@ func TestRateLimitedLoadRetries(t *testing.T) {
 
 // TestRateLimitedUntilCallersLeave: a flight rate-limited for longer than
 // its callers wait goes on loading until they have all left, then stops
-// and frees the lock.
+// and frees the lock: every load runs under the lock, and none after it.
 func TestRateLimitedUntilCallersLeave(t *testing.T) {
 	s := redistest.Start(t, nil)
 	b := newBudget(t, s, "api", budget.Limit{Rate: 100})
 	c := newCache(t, s.Client(t, nil), &fill.Options{Budget: b})
+	probe := s.Client(t, nil)
 	ctx := redistest.Context(t, 20*time.Second)
-	var calls atomic.Int32
+	var calls, unlocked atomic.Int32
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	_, err := fill.Get(short, c, "k", func(context.Context) (int, error) {
 		calls.Add(1)
+		if probe.Exists(ctx, "__locksmith:{k}").Val() != 1 {
+			unlocked.Add(1)
+		}
 		return 0, &budget.RateLimitedError{RetryAfter: 40 * time.Millisecond}
 	})
 	if !errors.Is(err, context.DeadlineExceeded) {
@@ -114,9 +118,16 @@ func TestRateLimitedUntilCallersLeave(t *testing.T) {
 	if n < 2 || n > 10 {
 		t.Errorf("loader calls = %d in 300ms with a 40ms pause; want a few", n)
 	}
-	// The lock goes only when the flight ends: no more loads after it.
-	if calls.Load() != n {
-		t.Error("the loader ran after the flight ended")
+	// Close waits for every flight and load of the Cache to return: a load
+	// after the lock went would be counted by then.
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := calls.Load(); after != n {
+		t.Errorf("the loader ran %d more times after the flight freed the lock", after-n)
+	}
+	if u := unlocked.Load(); u != 0 {
+		t.Errorf("the loader ran %d times without the fill lock held", u)
 	}
 }
 
