@@ -22,6 +22,7 @@ package locksmith_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -37,10 +38,21 @@ import (
 	"github.com/locksmith-go/locksmith/lock"
 )
 
+// benchSpan returns d, or a quarter of it with -short: a smoke run of the
+// benchmarks (-short -benchtime 1x) checks their assertions quickly; the
+// figures to publish come from full runs.
+func benchSpan(d time.Duration) time.Duration {
+	if testing.Short() {
+		return d / 4
+	}
+	return d
+}
+
 // benchRedis returns a function making clients of one Redis for the
-// benchmark: a real redis-server when installed, else miniredis.
+// benchmark: a real redis-server when installed, else miniredis, unless
+// LOCKSMITH_REQUIRE_REDIS=1, which makes a missing redis-server a failure.
 func benchRedis(b *testing.B) func() *redis.Client {
-	if redistest.Available() {
+	if redistest.Available() || os.Getenv("LOCKSMITH_REQUIRE_REDIS") == "1" {
 		s := redistest.Start(b, nil)
 		return func() *redis.Client { return s.Client(b, nil) }
 	}
