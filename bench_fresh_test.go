@@ -110,6 +110,9 @@ func freshness(b *testing.B, opt fill.Options) {
 	}
 
 	windows := max(b.N, freshMinWindows)
+	if testing.Short() {
+		windows = max(b.N, 5)
+	}
 	var (
 		mu           sync.Mutex // guards hotS and plainS
 		hotS, plainS []time.Duration

@@ -103,7 +103,10 @@ func (e *BatchError) Unwrap() []error {
 // loading are awaited by push, as Get awaits them (subscribed together and
 // looked at again in one more pipelined round trip once subscribed); keys
 // already in flight in this process join that flight. Each loader call waits for the budget
-// once (see BatchOptions.CostPerKey).
+// once (see BatchOptions.CostPerKey). A key whose fill lock is lost during
+// the load gets its value but does not store it, as with Get; the loader's
+// ctx ends (cause wrapping lock.ErrNotHeld) once the locks of all its keys
+// are lost.
 //
 // The loader returns the values it found. A key missing from its map is
 // cached as absent, for NegativeTTL, as a Get whose loader returned
@@ -650,10 +653,18 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 	lctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var keepers []*lease.Keeper
+	// The loader's ctx ends when every key's lease is lost: nothing it
+	// loads could be stored any more.
+	var held atomic.Int32
 	keep := func(l *batchLook) {
 		key := l.key
+		held.Add(1)
 		keepers = append(keepers, lease.Keep(c.rdb, l.ks.lock, l.token, c.opt.LockTTL, l.sent, func() {
 			c.event(ctx, observe.Event{Kind: observe.LeaseLost, Key: key})
+			c.log("fill lock lost during a batch load; its value will not be stored", "key", key)
+			if held.Add(-1) == 0 {
+				cancel(errLeaseLost)
+			}
 		}))
 	}
 	for _, l := range chunk {

@@ -144,7 +144,9 @@ func TestGetManyFailure(t *testing.T) {
 	a := newCache(t, rdb, nil)
 	b := newCache(t, redistest.Client(t, m.Addr()), &fill.Options{PollInterval: time.Hour})
 	ctx := redistest.Context(t, 20*time.Second)
-	fill.Get(ctx, a, "cached", func(context.Context) (string, error) { return "v:cached", nil })
+	if v, err := fill.Get(ctx, a, "cached", func(context.Context) (string, error) { return "v:cached", nil }); err != nil || v != "v:cached" {
+		t.Fatalf("caching a value first: got %q, %v", v, err)
+	}
 	bl := &batchLoader{err: errors.New("upstream 503"), gate: make(chan struct{})}
 	res := make(chan error, 1)
 	var got map[string]string

@@ -630,7 +630,11 @@ func TestClose(t *testing.T) {
 		v, err := fill.Get(ctx, other, "k", func(context.Context) (user, error) { return user{ID: 77}, nil })
 		remote <- result{v, err}
 	}()
-	redistest.WaitFor(t, "the other server waits", func() bool { return other.Stats().Misses == 1 })
+	// The other server waits, subscribed to the key's channel: only a
+	// message tells it the lock was released (its poll is an hour).
+	redistest.WaitFor(t, "the other server subscribes", func() bool {
+		return other.Stats().Misses == 1 && m.PubSubNumSub("__locksmith:{k}")["__locksmith:{k}"] == 1
+	})
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}

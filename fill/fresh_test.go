@@ -142,7 +142,9 @@ func TestNeverTooStale(t *testing.T) {
 	c := newCache(t, rdb, &fill.Options{TTL: time.Second, Jitter: -1, StaleWhileRevalidate: time.Second})
 	ctx := redistest.Context(t, 20*time.Second)
 	var v versioned
-	fill.Get(ctx, c, "k", v.load)
+	if got, err := fill.Get(ctx, c, "k", v.load); err != nil || got != 1 {
+		t.Fatalf("first Get: got %v, %v; want 1", got, err)
+	}
 	m.FastForward(2*time.Second + time.Millisecond)
 	if got, err := fill.Get(ctx, c, "k", v.load); err != nil || got != 2 {
 		t.Fatalf("got %v, %v; want a fresh load", got, err)
@@ -203,11 +205,18 @@ func TestStaleIfErrorWindowEnds(t *testing.T) {
 	c := newCache(t, rdb, &fill.Options{TTL: time.Second, Jitter: -1, StaleIfError: time.Second})
 	ctx := redistest.Context(t, 20*time.Second)
 	var v versioned
-	fill.Get(ctx, c, "k", v.load)
+	if got, err := fill.Get(ctx, c, "k", v.load); err != nil || got != 1 {
+		t.Fatalf("first Get: got %v, %v; want 1", got, err)
+	}
 	v.fail.Store(true)
 	m.FastForward(1500 * time.Millisecond)
 	if got, err := fill.Get(ctx, c, "k", v.load); err != nil || got != 1 {
 		t.Fatalf("within the window: got %v, %v; want the old value", got, err)
+	}
+	// The old value was served because the refresh failed, not as a
+	// fresh hit.
+	if n, st := v.calls.Load(), c.Stats(); n != 2 || st.StaleHits != 1 {
+		t.Fatalf("within the window: %d loader calls, %d stale hits; want the failed refresh and one stale hit", n, st.StaleHits)
 	}
 	m.FastForward(time.Second)
 	if _, err := fill.Get(ctx, c, "k", v.load); err == nil {
@@ -221,12 +230,19 @@ func TestDeleteEndsStale(t *testing.T) {
 	c := newCache(t, rdb, &fill.Options{TTL: time.Second, Jitter: -1, StaleWhileRevalidate: time.Hour, StaleIfError: time.Hour})
 	ctx := redistest.Context(t, 20*time.Second)
 	var v versioned
-	fill.Get(ctx, c, "k", v.load)
+	if got, err := fill.Get(ctx, c, "k", v.load); err != nil || got != 1 {
+		t.Fatalf("first Get: got %v, %v; want 1", got, err)
+	}
 	m.FastForward(2 * time.Second)
+	// Before the Delete the value is servable stale (its refresh fails).
+	v.fail.Store(true)
+	if got, err := fill.Get(ctx, c, "k", v.load); err != nil || got != 1 {
+		t.Fatalf("before Delete: got %v, %v; want the stale value", got, err)
+	}
+	redistest.WaitFor(t, "the refresh fails", func() bool { return c.Stats().RefreshErrors == 1 })
 	if err := c.Delete(ctx, "k"); err != nil {
 		t.Fatal(err)
 	}
-	v.fail.Store(true)
 	if _, err := fill.Get(ctx, c, "k", v.load); err == nil {
 		t.Fatal("after Delete: got a value; want the failing loader's error")
 	}

@@ -284,7 +284,10 @@ func TestLocalCopyDroppedAfterSlowClaim(t *testing.T) {
 	warmLocal(t, ctx, b, "warm", load) // B's tier is live
 	for round := range 5 {
 		key := fmt.Sprint("k", round)
-		v1, _ := fill.Get(ctx, b, key, load) // B loads and stores it, and keeps a copy
+		v1, err := fill.Get(ctx, b, key, load) // B loads and stores it, and keeps a copy
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := a.Delete(ctx, key); err != nil {
 			t.Fatal(err)
 		}

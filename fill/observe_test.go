@@ -66,8 +66,12 @@ func TestObserver(t *testing.T) {
 	if err := <-first; err != nil {
 		t.Fatal(err)
 	}
-	fill.Get(ctx, a, "k", func(context.Context) (int, error) { return 3, nil })
-	fill.Get(ctx, a, "bad", func(context.Context) (int, error) { return 0, errors.New("boom") })
+	if v, err := fill.Get(ctx, a, "k", func(context.Context) (int, error) { return 3, nil }); err != nil || v != 1 {
+		t.Fatalf("hit: got %v, %v; want the cached 1", v, err)
+	}
+	if _, err := fill.Get(ctx, a, "bad", func(context.Context) (int, error) { return 0, errors.New("boom") }); err == nil {
+		t.Fatal("failing load: got no error")
+	}
 	want := "miss load hit miss load"
 	if got := strings.Join(ra.kinds(), " "); got != want {
 		t.Errorf("leader's events: %s; want %s", got, want)
@@ -92,7 +96,9 @@ func TestLogger(t *testing.T) {
 	ctx := redistest.Context(t, 30*time.Second)
 	s.Kill(t)
 	for i := range 20 {
-		fill.Get(ctx, c, "k", func(context.Context) (int, error) { return i, nil })
+		if _, err := fill.Get(ctx, c, "k", func(context.Context) (int, error) { return i, nil }); err != nil {
+			t.Fatalf("Get %d with Redis away: %v; want a fail-open load", i, err)
+		}
 	}
 	s.Restart(t)
 	redistest.WaitFor(t, "Redis back", func() bool { return strings.Contains(buf.String(), "reachable again") })

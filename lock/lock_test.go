@@ -367,11 +367,13 @@ func TestDoRenews(t *testing.T) {
 	}
 }
 
-// TestDoLost: deleting the lock mid-Do cancels fn's ctx within one renewal
-// interval, and Do reports ErrNotHeld.
+// TestDoLost: deleting the lock mid-Do cancels fn's ctx at the first
+// renewal after the loss, and Do reports ErrNotHeld.
 func TestDoLost(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := s.Client(t, nil)
+	renewals := &scriptCalls{key: "__locksmith:{lost}"}
+	rdb.AddHook(renewals)
 	const ttl = 600 * time.Millisecond
 	l := locker(t, rdb, &lock.Options{TTL: ttl})
 	ctx := redistest.Context(t, 20*time.Second)
@@ -380,21 +382,51 @@ func TestDoLost(t *testing.T) {
 		if err := rdb.Del(ctx, "__locksmith:{lost}").Err(); err != nil {
 			t.Fatal(err)
 		}
-		// One renewal interval is ttl/3; allow two before calling it a failure.
+		// From now until fn returns, the only scripts on the key are
+		// renewals.
+		renewals.armed.Store(true)
 		select {
 		case <-fctx.Done():
 			if !errors.Is(context.Cause(fctx), lock.ErrNotHeld) {
 				t.Errorf("cause: got %v; want ErrNotHeld", context.Cause(fctx))
 			}
+			if n := renewals.n.Load(); n != 1 {
+				t.Errorf("fn's ctx ended after %d renewals answered since the loss; want the first", n)
+			}
 			return fnErr
-		case <-time.After(2 * ttl / 3):
-			t.Error("fn ctx not cancelled within two renewal intervals of the loss")
+		case <-ctx.Done():
+			t.Errorf("fn ctx not cancelled after %d renewals since the loss", renewals.n.Load())
 			return nil
 		}
 	})
 	if !errors.Is(err, lock.ErrNotHeld) || !errors.Is(err, fnErr) {
 		t.Fatalf("Do: got %v; want ErrNotHeld joined with fn's error", err)
 	}
+}
+
+// scriptCalls counts, once armed, the scripts run on key that Redis
+// answered (a NOSCRIPT reply, resent as EVAL, counts once).
+type scriptCalls struct {
+	key   string
+	armed atomic.Bool
+	n     atomic.Int32
+}
+
+func (h *scriptCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *scriptCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		args := cmd.Args()
+		isScript := cmd.Name() == "evalsha" || cmd.Name() == "eval"
+		if h.armed.Load() && isScript && len(args) > 3 && args[3] == h.key &&
+			(err == nil || !strings.HasPrefix(err.Error(), "NOSCRIPT")) {
+			h.n.Add(1)
+		}
+		return err
+	}
+}
+func (h *scriptCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
 
 func TestWrongType(t *testing.T) {

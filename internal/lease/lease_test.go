@@ -3,6 +3,8 @@ package lease
 import (
 	"context"
 	"errors"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -235,7 +237,10 @@ func TestAcquireRetried(t *testing.T) {
 // again until the lease has really run out.
 func TestKeeperThroughReadOnly(t *testing.T) {
 	s := redistest.Start(t, nil)
-	c := redisx.New(s.Client(t, &redis.Options{MaxRetries: -1}))
+	rdb := s.Client(t, &redis.Options{MaxRetries: -1})
+	renewals := &renewalReplies{key: "{ro}"}
+	rdb.AddHook(renewals)
+	c := redisx.New(rdb)
 	ctx := redistest.Context(t, 20*time.Second)
 	const ttl = 900 * time.Millisecond
 	token, since := NewToken(), time.Now()
@@ -248,19 +253,60 @@ func TestKeeperThroughReadOnly(t *testing.T) {
 	// every write, as a demoted master does during a failover.
 	s.Do(t, "REPLICAOF", "127.0.0.1", "1")
 	redistest.WaitFor(t, "a renewal refused with READONLY", func() bool {
-		return c.Redis().Set(ctx, "probe", "1", 0).Err() != nil && time.Since(since) > ttl/2
+		ro, _ := renewals.counts()
+		return ro > 0
 	})
+	_, okBefore := renewals.counts()
 	s.Do(t, "REPLICAOF", "NO", "ONE")
 	select {
 	case <-lost:
 		t.Fatal("lease reported lost on a READONLY reply")
 	default:
 	}
-	redistest.WaitFor(t, "renewed after the failover", func() bool {
-		pttl, _ := c.Redis().PTTL(ctx, "{ro}").Result()
-		return pttl > ttl*3/4 && time.Since(since) > ttl
+	redistest.WaitFor(t, "a renewal accepted after the failover", func() bool {
+		_, ok := renewals.counts()
+		return ok > okBefore
 	})
+	if pttl := rdb.PTTL(ctx, "{ro}").Val(); pttl < ttl/2 {
+		t.Errorf("PTTL %v after a renewal; want about %v", pttl, ttl)
+	}
 	if err := k.Stop(); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
+}
+
+// renewalReplies counts the replies to scripts run on key (renewals, once
+// the lease is acquired): READONLY refusals, and successes.
+type renewalReplies struct {
+	key          string
+	mu           sync.Mutex // guards readOnly and ok
+	readOnly, ok int
+}
+
+func (h *renewalReplies) counts() (readOnly, ok int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.readOnly, h.ok
+}
+
+func (h *renewalReplies) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *renewalReplies) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		args := cmd.Args()
+		if (cmd.Name() == "evalsha" || cmd.Name() == "eval") && len(args) > 3 && args[3] == h.key {
+			h.mu.Lock()
+			switch {
+			case err == nil:
+				h.ok++
+			case strings.HasPrefix(err.Error(), "READONLY"):
+				h.readOnly++
+			}
+			h.mu.Unlock()
+		}
+		return err
+	}
+}
+func (h *renewalReplies) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
