@@ -107,6 +107,16 @@ for m in "${modules[@]}"; do
 	(cd "$m" && go test -race -count=1 -timeout 15m ./...) 2>&1 | tee -a "$results" || status=1
 	tick_stop
 done
+# Every benchmark once, on real Redis, so that their own checks (b.Errorf)
+# run: -short keeps the long ones to a second. Figures come from the
+# commands in the README, not from this pass.
+for m in . otel; do
+	stage "$m: benchmarks once (-benchtime 1x -short)"
+	tick_start "$m: benchmarks"
+	(cd "$m" && go test -short -count=1 -run '^$' -bench . -benchtime 1x ./...) 2>&1 | tee -a "$results" || status=1
+	tick_stop
+done
+
 passed="$(grep -c '^ok' "$results" || true)"
 failed="$(grep -c '^FAIL[[:space:]]' "$results" || true)"
 stage "done"
