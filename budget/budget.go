@@ -587,7 +587,7 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64) (booking, er
 	}
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (booking, error) {
 		v, err := waitScript.Run(ctx, b.rdb.Redis(), []string{b.key}, b.t, b.tau, prio, patience,
-			b.tb, b.horizon, place, maxAhead.Microseconds(), b.sig, b.mineTAT.Load()).Result()
+			b.tb, b.horizon, place, maxAhead.Microseconds(), b.sig, b.mineTAT.Load(), b.knownRespace(), slackHalfLife(b.t)).Result()
 		if err != nil {
 			return booking{}, err
 		}
@@ -774,6 +774,14 @@ func (b *Budget) heard(at, respaced int64) {
 	}
 }
 
+// knownRespace is the latest respace of the schedule this server has heard
+// of (µs of the Redis clock), or 0.
+func (b *Budget) knownRespace() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.respacedAt
+}
+
 // Paused reports whether the fleet is paused now, as far as this server
 // has heard: by a 429 or remaining 0 observed, or by [Budget.PauseUntil], on
 // any server. A caller that gives up on a Wait while it is paused is held
@@ -888,7 +896,13 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 // learn records what a booking in Redis tells this server: the tat it set,
 // its slot, and the Redis clock's lead on this process's.
 func (b *Budget) learn(r booking) {
-	b.know(r.tat, r.slot)
+	// A booking made before a respace this server has heard of belongs to
+	// the old schedule: its tat must not push the new one back out. (The
+	// reply and the respace's message come on different connections, in
+	// either order; heard lowers what was learned before.)
+	if r.slot-r.wait.Microseconds() >= b.knownRespace() {
+		b.know(r.tat, r.slot)
+	}
 	b.clock.Store(r.slot - time.Now().Add(r.wait).UnixMicro())
 }
 

@@ -365,7 +365,7 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]int64, error) {
 		return pauseScript.Run(ctx, b.rdb.Redis(), []string{b.key}, pause,
 			b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds(),
-			over, b.lim.Per.Microseconds(), b.t/maxSlack, max(3, b.lim.Rate/stormShare)).Int64Slice()
+			over, b.lim.Per.Microseconds(), b.t/maxSlack, max(3, b.lim.Rate/stormShare), slackHalfLife(b.t)).Int64Slice()
 	}, nil)
 	if err == nil && len(v) != 5 {
 		err = fmt.Errorf("unexpected pause reply %v", v)
@@ -407,12 +407,20 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 }
 
 // maxSlack: the slack learned from overshoots is at most T/maxSlack, so a
-// budget that learned it still uses more than 90% of its limit.
-const maxSlack = 12
+// budget that learned the most still uses 6/7 (86%) of its limit; it
+// starts at an eighth of that and halves every slackHalfLife without an
+// overshoot, so a fleet whose arrival jitter is small stays near its full
+// limit.
+const maxSlack = 6
+
+// slackHalfLife is how long the learned slack takes to halve without an
+// overshoot, for a budget of emission interval t µs: 30 s, or 100
+// intervals when longer. In µs.
+func slackHalfLife(t int64) int64 { return max(30*time.Second.Microseconds(), 100*t) }
 
 // stormShare: 429s for more than one call in stormShare of a Per (at least
-// 3) are a storm, not overshoots: the fleet pauses for Retry-After.
-const stormShare = 10
+// 3), with the slack at its most, are a storm, not overshoots: the fleet pauses for Retry-After.
+const stormShare = 4
 
 // What pause.lua made of a 429.
 const (

@@ -15,15 +15,20 @@ import (
 )
 
 // TestOvershoot: a 429 whose Retry-After is the whole second a shorter wait
-// rounds up to costs one interval and widens the spacing, not a fleet-wide
-// pause of a second; the same 429 reported twice counts once; only a run of
-// them within one Per, the spacing already at its widest, pauses for
-// Retry-After.
+// rounds up to costs one interval and widens the spacing (doubling, from an
+// eighth of the most to the most), not a fleet-wide pause of a second; the
+// same 429 reported twice counts once; only a run of them within one Per,
+// the spacing already at its widest, pauses for Retry-After. The Redis clock
+// is miniredis's, set by the test.
 func TestOvershoot(t *testing.T) {
-	_, rdb := redistest.Mini(t)
+	m, rdb := redistest.Mini(t)
+	clock := time.Now()
+	m.SetTime(clock)
 	b := newBudget(t, rdb, "overshoot", budget.Limit{Rate: 5}, nil) // T = 200ms
+	rec := &recorder{}
+	rec.watch(b)
 	ctx := context.Background()
-	const T = 200000
+	const T, most, eighth = 200000, 200000 / 6, (200000/6 + 7) / 8
 	h := http.Header{"Retry-After": {"1"}}
 	observe := func() {
 		t.Helper()
@@ -33,44 +38,39 @@ func TestOvershoot(t *testing.T) {
 	}
 	// The next 429 is another one: T/2 after the last.
 	apart := func() {
-		t.Helper()
-		last := field(t, rdb, b, "o1")
-		redistest.WaitFor(t, "half an interval", func() bool { return redisNow(t, rdb)-last >= T/2 })
+		clock = clock.Add(T / 2 * time.Microsecond)
+		m.SetTime(clock)
 	}
 
 	now := redisNow(t, rdb)
 	observe()
-	if d := field(t, rdb, b, "pause") - now; d > 2*T {
+	if d := field(t, rdb, b, "pause") - now; d > T {
 		t.Errorf("paused for %dµs after one 429; want one interval, %dµs", d, T)
 	}
-	if got, want := field(t, rdb, b, "slack"), int64(T/12/2); got != want {
-		t.Errorf("slack = %dµs; want %dµs", got, want)
+	if got, want := field(t, rdb, b, "slack"), int64(eighth); got != want {
+		t.Errorf("slack = %dµs; want an eighth of the most, %dµs", got, want)
 	}
 	observe() // the same 429, through PauseFor
 	if st := b.Stats(); st.Overshoots != 1 || st.PausesRateLimited != 0 {
 		t.Errorf("Stats: Overshoots %d, PausesRateLimited %d; want 1, 0", st.Overshoots, st.PausesRateLimited)
 	}
 	// A booking after it is paced at T + slack.
-	var books []budget.Booking
-	budget.OnBook(b, func(k budget.Booking) { books = append(books, k) })
-	for range 2 {
-		if err := b.Wait(ctx, budget.Foreground); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if d := books[1].Slot - books[0].Slot; d != T+T/12/2 {
-		t.Errorf("slots %dµs apart; want T + slack, %dµs", d, T+T/12/2)
+	if s := bookTwo(t, b, rec); s[1]-s[0] != T+eighth {
+		t.Errorf("slots %v; want T + slack, %dµs apart", s, T+eighth)
 	}
 
-	// A storm: 3 overshoots within a Per.
-	apart()
-	observe()
-	if got := field(t, rdb, b, "slack"); got != T/12 {
-		t.Errorf("slack = %dµs; want the most, %dµs", got, T/12)
+	// The slack doubles with each overshoot, to the most.
+	for _, want := range []int64{2 * eighth, 4 * eighth, most} {
+		apart()
+		observe()
+		if got := field(t, rdb, b, "slack"); got != want {
+			t.Errorf("slack = %dµs; want %dµs", got, want)
+		}
 	}
-	if st := b.Stats(); st.Overshoots != 2 || st.PausesRateLimited != 0 {
-		t.Errorf("Stats: Overshoots %d, PausesRateLimited %d; want 2, 0", st.Overshoots, st.PausesRateLimited)
+	if st := b.Stats(); st.Overshoots != 4 || st.PausesRateLimited != 0 {
+		t.Errorf("Stats: Overshoots %d, PausesRateLimited %d; want 4, 0", st.Overshoots, st.PausesRateLimited)
 	}
+	// At the most, a storm: the fifth overshoot within a Per.
 	apart()
 	now = redisNow(t, rdb)
 	observe()
@@ -79,6 +79,107 @@ func TestOvershoot(t *testing.T) {
 	}
 	if st := b.Stats(); st.PausesRateLimited != 1 {
 		t.Errorf("PausesRateLimited = %d; want 1", st.PausesRateLimited)
+	}
+}
+
+// TestOvershootSlackDecays: the learned slack halves every half-life (30 s
+// here) without an overshoot, so a fleet whose jitter passed goes back to
+// its full rate.
+func TestOvershootSlackDecays(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	clock := time.Now()
+	m.SetTime(clock)
+	b := newBudget(t, rdb, "decay", budget.Limit{Rate: 5}, nil) // T = 200ms
+	rec := &recorder{}
+	rec.watch(b)
+	ctx := context.Background()
+	const T, most = 200000, 200000 / 6
+	h := http.Header{"Retry-After": {"1"}}
+	for range 4 {
+		clock = clock.Add(T * time.Microsecond)
+		m.SetTime(clock)
+		if err := b.Observe(ctx, h, http.StatusTooManyRequests); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := field(t, rdb, b, "slack"); got != most {
+		t.Fatalf("slack = %dµs; want the most, %dµs", got, most)
+	}
+	for i, want := range []int64{most, most / 2, most / 4} {
+		if i > 0 {
+			clock = clock.Add(30 * time.Second)
+			m.SetTime(clock)
+		}
+		if s := bookTwo(t, b, rec); s[1]-s[0] != T+want {
+			t.Errorf("after %d half-lives: slots %v; want T + %dµs apart", i, s, want)
+		}
+	}
+}
+
+// bookTwo has b book two slots, one after the other, and returns them. The
+// slots may lie ahead on a clock the test set: the Waits sleeping on them
+// are cancelled once booked.
+func bookTwo(t *testing.T, b *budget.Budget, rec *recorder) [2]int64 {
+	t.Helper()
+	n := rec.len()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	for i := range 2 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			_ = b.Wait(ctx, budget.Foreground)
+		}()
+		redistest.WaitFor(t, "a booking", func() bool { return rec.len() > n+i })
+	}
+	cancel()
+	<-done
+	<-done
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	return [2]int64{rec.b[n].Slot, rec.b[n+1].Slot}
+}
+
+// TestRespaceForgetsOldSchedule: after an overshoot respaces the fleet's
+// schedule, a server's Waits that slept on the old one book again on the
+// new one; the server's memory of the old schedule (kept for a Redis that
+// loses its state) does not push the new one back out past it.
+func TestRespaceForgetsOldSchedule(t *testing.T) {
+	s := redistest.Start(t, nil)
+	limit := budget.Limit{Rate: 10} // T = 100ms
+	a := newBudget(t, s.Client(t, nil), "respace-memory", limit, nil)
+	b := newBudget(t, s.Client(t, nil), "respace-memory", limit, nil)
+	rec := &recorder{}
+	rec.watch(a)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const n = 10
+	done := make(chan error, n)
+	for range n {
+		go func() { done <- a.Wait(ctx, budget.Foreground) }()
+	}
+	redistest.WaitFor(t, "the first bookings", func() bool { return rec.len() == n })
+	old := rec.inOrder()[n-1].Slot // the old schedule's last slot
+	respaced := redisNow(t, s.Client(t, nil))
+	if err := b.Observe(ctx, http.Header{"Retry-After": {"1"}}, http.StatusTooManyRequests); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Stats().Overshoots; got != 1 {
+		t.Fatalf("Overshoots = %d; want 1", got)
+	}
+	for range n {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The sleepers booked again: n slots from the respace, at T + slack
+	// apart, end before the old schedule's last slot plus an interval; on
+	// the old schedule pushed back out, they would end n intervals later.
+	last := rec.inOrder()[rec.len()-1].Slot
+	const T, most = 100000, 100000 / 6
+	if bound := respaced + n*(T+most) + T; last > bound {
+		t.Errorf("the last slot after the respace lies %v after it (the old schedule's ended %v after); want at most %v",
+			time.Duration(last-respaced)*time.Microsecond, time.Duration(old-respaced)*time.Microsecond,
+			time.Duration(bound-respaced)*time.Microsecond)
 	}
 }
 

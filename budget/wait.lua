@@ -17,6 +17,7 @@
 --   capat  by cap.lua): a slot booked before capat spends one; with none
 --          left, the slot is capat
 --   slack  µs added to T between paced slots, learned from 429s (pause.lua)
+--   rs     when the schedule was last respaced after an overshoot (pause.lua)
 -- ARGV[1] T, the emission interval; ARGV[2] tau, the burst tolerance;
 -- ARGV[3] '1' for a background call, else foreground; ARGV[4] the caller's
 -- patience (time to its deadline), or -1 for none; ARGV[5] the background
@@ -28,7 +29,8 @@
 -- ARGV[10] the latest tat the caller set or learned, µs of the Redis clock,
 -- or 0: Redis may have lost what it held (a restart without persistence,
 -- FLUSHALL, a failover to a replica behind), and the greater of the two
--- holds.
+-- holds. ARGV[11] the latest respace of the schedule the caller has heard of
+-- (field rs), or 0. ARGV[12] the slack's half-life (µs; see pause.lua).
 -- Returns
 --   {0, wait, slot, tat, gated, other}
 --                         booked: the call goes at slot, wait µs from now;
@@ -48,7 +50,7 @@ local bg, patience = ARGV[3] == '1', tonumber(ARGV[4])
 local Tb, H, place, ahead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 
 local lim = ARGV[9]
-local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq', 'sb', 'lim', 'capat', 'cap', 'slack')
+local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq', 'sb', 'lim', 'capat', 'cap', 'slack', 'rs', 'o1')
 local other = 0
 if v[7] and v[7] ~= lim then other = v[7] end
 -- A field that is missing, not a number, or implausible counts as 0: a
@@ -60,10 +62,20 @@ local function field(i)
 end
 local tat, pause, fg, btat, bq, sb = field(1), field(2), field(3), field(4), field(5), field(6)
 local capat, left = field(8), field(9)
-local mine = tonumber(ARGV[10])
-if mine and mine > tat and mine <= now + ahead then tat = mine end
+-- The caller's memory stands in for a tat Redis lost, unless the schedule
+-- was respaced (field rs, set by pause.lua) after the caller last heard of
+-- it: then its memory is of the old schedule, which the respace replaced.
+local mine, known = tonumber(ARGV[10]), tonumber(ARGV[11]) or 0
+if mine and mine > tat and mine <= now + ahead and field(11) <= known then tat = mine end
 -- Paced slots lie T + slack apart; a burst after a quiet spell is unchanged.
-local step = T + math.min(field(10), T)
+-- The slack halves for every ARGV[12] µs since the latest overshoot (field
+-- o1), so a fleet whose jitter passed goes back to its full rate.
+local decay = tonumber(ARGV[12]) or 0
+local slack = field(10)
+if slack > 0 and decay > 0 then
+  slack = math.floor(slack / 2 ^ math.min(60, math.floor(math.max(0, now - field(12)) / decay)))
+end
+local step = T + math.min(slack, T)
 
 local function f(x) return string.format('%d', x) end
 -- The key outlives the last instant it holds by a second: once every field
