@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/locksmith-go/locksmith/budget"
+	"github.com/locksmith-go/locksmith/codec"
 	"github.com/locksmith-go/locksmith/internal/envelope"
 	"github.com/locksmith-go/locksmith/internal/flight"
 	"github.com/locksmith-go/locksmith/internal/lease"
@@ -130,8 +131,8 @@ func GetMany[T any](ctx context.Context, c *Cache, keys []string,
 	if err := ctx.Err(); err != nil {
 		return out, err
 	}
-	if c.err != nil {
-		return out, c.err
+	if err := c.check(); err != nil {
+		return out, err
 	}
 	bopt := (*BatchOptions)(nil)
 	cl := callOptions{ttl: c.opt.TTL, negativeTTL: c.opt.NegativeTTL}
@@ -233,8 +234,8 @@ func (bt *Batcher[T]) Get(ctx context.Context, key string) (T, error) {
 	if err := ctx.Err(); err != nil {
 		return zero, err
 	}
-	if c.err != nil {
-		return zero, c.err
+	if err := c.check(); err != nil {
+		return zero, err
 	}
 	if bt.b.load == nil {
 		return zero, errors.New("fill: Batcher with a nil loader")
@@ -357,7 +358,10 @@ type batch[T any] struct {
 
 func newBatch[T any](c *Cache, load func(ctx context.Context, keys []string) (map[string]T, error), opt BatchOptions) *batch[T] {
 	b := &batch[T]{c: c, load: load, opt: opt}
-	cdc := c.opt.Codec
+	var cdc codec.Codec
+	if c != nil { // else every call returns c.check()'s error
+		cdc = c.opt.Codec
+	}
 	b.o = ops{
 		typ: reflect.TypeFor[T](),
 		load: func(ctx context.Context) (any, error) {

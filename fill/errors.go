@@ -20,6 +20,10 @@ var (
 	ErrClosed = errors.New("fill: cache closed")
 	// ErrTypeConflict is wrapped by a [TypeConflictError].
 	ErrTypeConflict = errors.New("fill: a key is read as two types")
+	// ErrInvalid is wrapped by the error every call of a Cache returns
+	// when [New] was given what cannot work (a nil client, options that
+	// cannot work), and by calls on a nil *Cache.
+	ErrInvalid = errors.New("fill: invalid cache")
 )
 
 // notFound is the error of a cached absence of key: it names the key and

@@ -102,10 +102,15 @@ type Cache struct {
 
 // New returns a Cache on rdb, which may be a *redis.Client, a
 // *redis.ClusterClient, a failover (Sentinel) client or a *redis.Ring. A nil
-// opt gives the defaults. Options that cannot work (a Prefix with '{' or
-// '}') make every call return an error saying why.
+// opt gives the defaults. New cannot fail: a nil rdb, or options that
+// cannot work (a Prefix with '{' or '}'), make every call return an error
+// saying why, wrapping [ErrInvalid].
 func New(rdb redis.UniversalClient, opt *Options) *Cache {
 	o, err := opt.withDefaults()
+	if isNil(rdb) {
+		rdb = nil // a nil *redis.Client in the interface, too
+		err = errors.Join(fmt.Errorf("%w: nil Redis client", ErrInvalid), err)
+	}
 	c := &Cache{
 		rdb:          redisx.New(rdb),
 		opt:          o,
@@ -145,12 +150,36 @@ func New(rdb redis.UniversalClient, opt *Options) *Cache {
 	return c
 }
 
+// isNil reports whether rdb is nil, or a nil pointer in the interface.
+func isNil(rdb redis.UniversalClient) bool {
+	if rdb == nil {
+		return true
+	}
+	v := reflect.ValueOf(rdb)
+	return v.Kind() == reflect.Pointer && v.IsNil()
+}
+
+// errNilCache is what calls on a nil *Cache return.
+var errNilCache = fmt.Errorf("%w: nil *fill.Cache", ErrInvalid)
+
+// check returns the error every call of c returns, if any: c is nil, or
+// New was given what cannot work.
+func (c *Cache) check() error {
+	if c == nil {
+		return errNilCache
+	}
+	return c.err
+}
+
 // Close ends the loads and waits in progress and waits for them to return,
 // then closes the pub/sub connection. A load ended by Close releases its
 // fill lock without a failure, so waiters on other servers look again and
 // one of them loads; callers in this process get [ErrClosed]. Get then
-// returns ErrClosed.
+// returns ErrClosed. Close of a nil *Cache does nothing.
 func (c *Cache) Close() error {
+	if c == nil {
+		return nil
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -171,7 +200,12 @@ func (c *Cache) Close() error {
 
 // Budget returns Options.Budget: the budget every load of the Cache waits
 // for, or nil.
-func (c *Cache) Budget() *budget.Budget { return c.opt.Budget }
+func (c *Cache) Budget() *budget.Budget {
+	if c == nil {
+		return nil
+	}
+	return c.opt.Budget
+}
 
 // enter registers work that Close waits for; false once closed.
 func (c *Cache) enter() bool {
@@ -240,8 +274,8 @@ func Get[T any](ctx context.Context, c *Cache, key string, load func(ctx context
 	if err := ctx.Err(); err != nil {
 		return zero, err
 	}
-	if c.err != nil {
-		return zero, c.err
+	if err := c.check(); err != nil {
+		return zero, err
 	}
 	if c.local != nil {
 		if t, err, ok := fromLocal[T](ctx, c, key); ok {

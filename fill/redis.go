@@ -259,8 +259,8 @@ const failureMarkerTTL = 10 * time.Second
 // its value after it. Waiting servers look again (and one of them loads
 // afresh); other servers' in-process copies are dropped.
 func (c *Cache) Delete(ctx context.Context, key string) error {
-	if c.err != nil {
-		return c.err
+	if err := c.check(); err != nil {
+		return err
 	}
 	ks := c.keyset(key)
 	if c.local != nil {

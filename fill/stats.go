@@ -34,8 +34,11 @@ type counters struct {
 	notifyErrors, invalidations, localClears                            atomic.Uint64
 }
 
-// Stats returns the Cache's counters.
+// Stats returns the Cache's counters; a nil *Cache has none.
 func (c *Cache) Stats() Stats {
+	if c == nil {
+		return Stats{}
+	}
 	s := &c.stats
 	return Stats{
 		Hits: s.hits.Load(), LocalHits: s.localHits.Load(), StaleHits: s.staleHits.Load(),
