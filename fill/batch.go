@@ -589,26 +589,34 @@ type claimReq struct {
 }
 
 // claimMany runs the claim script, mode read, for every request in one
-// pipeline (on a Cluster, go-redis sends one per node). A key whose script
-// was flushed (a restart), or whose value cannot be decoded, is looked at
+// pipeline (on a Cluster, go-redis sends one per node). Should Redis not
+// know the script (a restart, a failover, a new replica), it is loaded and
+// the pipeline sent again. A key whose value cannot be decoded is claimed
 // alone, as look does.
 func (c *Cache) claimMany(ctx context.Context, reqs []claimReq, o ops) []look {
 	looks := make([]look, len(reqs))
 	sent := time.Now()
 	lockTTL := lease.Millis(c.opt.LockTTL)
-	cmds, err := redisx.Run(ctx, c.rdb, func(ctx context.Context) ([]*redis.Cmd, error) {
-		pipe := c.rdb.Redis().Pipeline()
-		cmds := make([]*redis.Cmd, len(reqs))
-		for i, q := range reqs {
-			cmds[i] = claimScript.EvalSha(ctx, pipe, q.ks.keys, q.token, lockTTL, modeRead, q.awaited,
-				c.swrArg, c.sieArg, c.pttlArg)
-		}
-		_, err := pipe.Exec(ctx)
-		if err != nil && !redisx.MayHaveRun(err) && redisx.Classify(err) != redisx.Reply {
-			return nil, err
-		}
-		return cmds, nil
-	}, nil)
+	exec := func(idx []int) ([]*redis.Cmd, error) {
+		return redisx.Run(ctx, c.rdb, func(ctx context.Context) ([]*redis.Cmd, error) {
+			pipe := c.rdb.Redis().Pipeline()
+			cmds := make([]*redis.Cmd, len(idx))
+			for k, i := range idx {
+				q := reqs[i]
+				cmds[k] = claimScript.EvalSha(ctx, pipe, q.ks.keys, q.token, lockTTL, modeRead, q.awaited,
+					c.swrArg, c.sieArg, c.pttlArg)
+			}
+			_, err := pipe.Exec(ctx)
+			if err != nil && !redisx.MayHaveRun(err) && redisx.Classify(err) != redisx.Reply {
+				return nil, err
+			}
+			return cmds, nil
+		}, nil)
+	}
+	cmds, err := exec(upTo(len(reqs)))
+	if err == nil {
+		rerunFlushed(ctx, c.rdb.Redis(), claimScript, cmds, exec)
+	}
 	for i, q := range reqs {
 		l := &looks[i]
 		l.token, l.sent = q.token, sent
@@ -617,8 +625,9 @@ func (c *Cache) claimMany(ctx context.Context, reqs []claimReq, o ops) []look {
 			continue
 		}
 		v, cerr := cmds[i].Result()
-		if cerr != nil && strings.HasPrefix(cerr.Error(), "NOSCRIPT") {
-			// This one alone, with EVAL's fallback.
+		if isNoScript(cerr) {
+			// Still unknown (the load failed): this one alone, with
+			// EVAL's fallback.
 			*l = c.look(ctx, q.ks, q.token, o, modeRead, q.awaited)
 			continue
 		}
@@ -945,28 +954,9 @@ func (c *Cache) settleMany(ctx context.Context, calls []settleCall) {
 			return cmds, nil
 		})
 	}
-	all := make([]int, len(calls))
-	for i := range all {
-		all[i] = i
-	}
-	replies, err := exec(all)
+	replies, err := exec(upTo(len(calls)))
 	if err == nil {
-		// Scripts flushed (a restart): load the script, run those again.
-		var again []int
-		for i, cmd := range replies {
-			if e := cmd.Err(); e != nil && strings.HasPrefix(e.Error(), "NOSCRIPT") {
-				again = append(again, i)
-			}
-		}
-		if len(again) > 0 {
-			if lerr := settleScript.Load(ctx, c.rdb.Redis()).Err(); lerr == nil {
-				if more, err2 := exec(again); err2 == nil {
-					for k, i := range again {
-						replies[i] = more[k]
-					}
-				}
-			}
-		}
+		rerunFlushed(ctx, c.rdb.Redis(), settleScript, replies, exec)
 	}
 	for i, sc := range calls {
 		var s settled
@@ -981,5 +971,45 @@ func (c *Cache) settleMany(ctx context.Context, calls []settleCall) {
 		if sc.fail == "" && serr == nil && s.ours && s.storeErr == "" && c.local != nil {
 			c.local.set(sc.l.key, sc.val, sc.absent, created[i], time.Now().Add(sc.freshFor))
 		}
+	}
+}
+
+// upTo returns 0, 1, ..., n-1.
+func upTo(n int) []int {
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	return idx
+}
+
+// isNoScript reports whether err is Redis' NOSCRIPT: the server does not
+// know the script (its cache was flushed by a restart or a failover).
+func isNoScript(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+}
+
+// rerunFlushed loads script and sends again, in one pipeline, the commands
+// of replies that failed with NOSCRIPT, putting their new replies in their
+// place; exec sends the commands of the given indexes of replies. A
+// pipelined EVALSHA has no EVAL fallback: without this, each such key
+// would cost a round trip of its own.
+func rerunFlushed(ctx context.Context, rdb redis.Scripter, script *redis.Script, replies []*redis.Cmd,
+	exec func(idx []int) ([]*redis.Cmd, error)) {
+	var again []int
+	for i, cmd := range replies {
+		if isNoScript(cmd.Err()) {
+			again = append(again, i)
+		}
+	}
+	if len(again) == 0 || script.Load(ctx, rdb).Err() != nil {
+		return
+	}
+	more, err := exec(again)
+	if err != nil {
+		return
+	}
+	for k, i := range again {
+		replies[i] = more[k]
 	}
 }

@@ -542,3 +542,61 @@ func TestBatcherClose(t *testing.T) {
 		t.Errorf("Get after Close: %v", err)
 	}
 }
+
+// tripHook counts round trips, a pipeline counting one, leaving out the
+// handshakes of new connections.
+type tripHook struct{ n atomic.Int64 }
+
+func handshake(cmd redis.Cmder) bool { return cmd.Name() == "hello" || cmd.Name() == "client" }
+
+func (h *tripHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *tripHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !handshake(cmd) {
+			h.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *tripHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if !slices.ContainsFunc(cmds, handshake) {
+			h.n.Add(1)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestGetManyScriptsFlushed: a batch on a Redis that has not seen the
+// claim script (a restart, a failover, a new replica) loads it once and
+// sends the pipeline again, instead of claiming each key alone.
+func TestGetManyScriptsFlushed(t *testing.T) {
+	m, _ := redistest.Mini(t)
+	rdb := redistest.Client(t, m.Addr())
+	c := newCache(t, rdb, nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	bl := &batchLoader{}
+	if _, err := fill.GetMany(ctx, c, []string{"warm-up"}, bl.load); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	keys := make([]string, 300)
+	for i := range keys {
+		keys[i] = fmt.Sprint("k", i)
+	}
+	h := &tripHook{}
+	rdb.AddHook(h)
+	got, err := fill.GetMany(ctx, c, keys, bl.load)
+	if err != nil || len(got) != len(keys) {
+		t.Fatalf("got %d values, %v", len(got), err)
+	}
+	// Claims: a pipeline, SCRIPT LOAD, the pipeline again; then the same
+	// for each of three chunks' settles at worst (they run together).
+	n := h.n.Load()
+	t.Logf("%d round trips for %d cold keys", n, len(keys))
+	if n > 12 {
+		t.Errorf("%d round trips for %d cold keys; want at most 12", n, len(keys))
+	}
+}
