@@ -940,12 +940,17 @@ func (c *Cache) settleMany(ctx context.Context, calls []settleCall) {
 		return settleScript.EvalSha(ctx, pipe, ks.keys, sc.l.token, flag, "s", msg, sc.entry,
 			lease.Millis(max(sc.ttl, time.Millisecond)), c.invalChannel, invalidation(sc.l.key, created[i]))
 	}
+	// retried[i]: calls[i] was sent again after a try whose outcome is
+	// unknown, which most likely ran: a lock no longer ours then means
+	// that try settled it, as in settleStore.
+	retried := make([]bool, len(calls))
 	exec := func(idx []int) ([]*redis.Cmd, error) {
-		return lease.Retry(ctx, func(ctx context.Context, retried bool) ([]*redis.Cmd, error) {
+		return lease.Retry(ctx, func(ctx context.Context, again bool) ([]*redis.Cmd, error) {
 			pipe := c.rdb.Redis().Pipeline()
 			cmds := make([]*redis.Cmd, len(idx))
 			for k, i := range idx {
 				cmds[k] = run(ctx, pipe, i)
+				retried[i] = retried[i] || again
 			}
 			_, err := pipe.Exec(ctx)
 			if err != nil && redisx.Classify(err) != redisx.Reply {
@@ -966,6 +971,9 @@ func (c *Cache) settleMany(ctx context.Context, calls []settleCall) {
 			if v, serr = replies[i].Result(); serr == nil {
 				s, serr = parseSettled(v)
 			}
+		}
+		if serr == nil && retried[i] && !s.ours {
+			s.ours = true
 		}
 		c.settled(sc.l.key, s, serr)
 		if sc.fail == "" && serr == nil && s.ours && s.storeErr == "" && c.local != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"sync"
@@ -598,5 +599,59 @@ func TestGetManyScriptsFlushed(t *testing.T) {
 	t.Logf("%d round trips for %d cold keys", n, len(keys))
 	if n > 12 {
 		t.Errorf("%d round trips for %d cold keys; want at most 12", n, len(keys))
+	}
+}
+
+// loseSettleReply runs the first pipelined store of a batch and then
+// reports its connection lost, as when the replies never arrived.
+type loseSettleReply struct{ done atomic.Bool }
+
+func (h *loseSettleReply) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *loseSettleReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *loseSettleReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		args := cmds[0].Args()
+		if err == nil && cmds[0].Name() == "evalsha" && len(args) > 9 && args[9] == "s" && h.done.CompareAndSwap(false, true) {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+}
+
+// TestGetManyRetriedSettle: a batch's store whose replies were lost ran
+// all the same; its retry, finding the locks released, counts no stale
+// store, and the local tier keeps the values, as for a single key.
+func TestGetManyRetriedSettle(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	c := newCache(t, rdb, &fill.Options{Local: &fill.LocalOptions{MaxStaleness: time.Minute}})
+	ctx := redistest.Context(t, 20*time.Second)
+	one := func(context.Context) (int, error) { return 1, nil }
+	warmLocal(t, ctx, c, "warm", one)
+	h := &loseSettleReply{}
+	rdb.AddHook(h)
+	got, err := fill.GetMany(ctx, c, []string{"a", "b"}, func(_ context.Context, keys []string) (map[string]int, error) {
+		m := map[string]int{}
+		for _, k := range keys {
+			m[k] = 7
+		}
+		return m, nil
+	})
+	if err != nil || len(got) != 2 {
+		t.Fatalf("got %v, %v", got, err)
+	}
+	if !h.done.Load() {
+		t.Fatal("no store's replies were lost")
+	}
+	if n := c.Stats().StaleStores; n != 0 {
+		t.Errorf("StaleStores = %d; want 0: the values were stored", n)
+	}
+	before := c.Stats().LocalHits
+	if v, err := fill.Get(ctx, c, "a", func(context.Context) (int, error) { return 0, errors.New("loaded") }); err != nil || v != 7 {
+		t.Fatalf("got %v, %v", v, err)
+	}
+	if c.Stats().LocalHits == before {
+		t.Error("the batch's value was not kept in the local tier")
 	}
 }
