@@ -766,10 +766,7 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 			absent := !ok
 			if ok {
 				var payload []byte
-				payload, err = c.opt.Codec.Marshal(v)
-				if err == nil {
-					val, err = b.o.decode(payload)
-				}
+				payload, val, err = c.encode(l.key, b.o, v)
 				if err == nil {
 					entry = envelope.Encode(nil, envelope.Entry{CreatedAt: c.createdAt(&l.look), LoadDuration: took,
 						StaleWindow: window, Type: typeTag(b.o.typ), Replaced: l.replaced, Payload: payload}, c.opt.CompressAbove)
@@ -780,7 +777,6 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 			}
 			switch {
 			case err != nil:
-				err = fmt.Errorf("fill: %s: a %s value does not survive the codec: %w", redisx.Quote(l.key), typeTag(b.o.typ), err)
 				c.stats.loadErrors.Add(1)
 				settles = append(settles, settleCall{l: l, fail: lease.Message(lease.Failed, limitText(err.Error()))})
 				outcomes[i] = flight.Outcome{Err: err}

@@ -49,7 +49,11 @@
 // published, so every waiter returns it at once instead of each calling the
 // upstream in turn. An error wrapping [ErrNotFound] is cached as an absence
 // for Options.NegativeTTL. A loader panic is re-raised in every caller of the
-// process, as x/sync/singleflight does. When Redis cannot be reached, or
+// process, as x/sync/singleflight does; a panic in a background refresh,
+// which no caller waits for, is a failed refresh (counted, backed off, seen
+// by the Observer) logged with its stack, and a codec or Observer that
+// panics on a goroutine of the Cache is an error, logged, never a crash of
+// the process. When Redis cannot be reached, or
 // cannot serve now (a failover, a restart), Get runs the loader anyway (the
 // in-process merge still holds) unless Options.FailClosed is set; an outage
 // is remembered, so calls during it do not each pay the client's dial
@@ -695,14 +699,9 @@ func (c *Cache) lead(ctx, wctx context.Context, ks keyset, key string, cl callOp
 		}
 		return out
 	}
-	payload, err := c.opt.Codec.Marshal(out.val)
-	var v any
-	if err == nil {
-		// The callers get the codec's copy, as every other server does.
-		v, err = o.decode(payload)
-	}
+	// The callers get the codec's copy, as every other server does.
+	payload, v, err := c.encode(key, o, out.val)
 	if err != nil {
-		err = fmt.Errorf("fill: %s: a %s value does not survive the codec: %w", redisx.Quote(key), typeTag(o.typ), err)
 		fail(lease.Failed, err.Error())
 		return outcome{err: err}
 	}

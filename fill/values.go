@@ -27,7 +27,12 @@ func (c *Cache) decode(ks keyset, s string, o ops, l *look) {
 		l.valErr = notFound(ks.name)
 		return
 	}
-	v, err := o.decode(payload)
+	var v any
+	err = c.safely(func() error {
+		var err error
+		v, err = o.decode(payload)
+		return err
+	})
 	if err == nil {
 		l.val = v
 		return
