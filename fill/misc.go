@@ -71,7 +71,7 @@ func (c *Cache) encode(key string, o ops, v any) (payload []byte, val any, err e
 		return err
 	})
 	if err != nil {
-		err = fmt.Errorf("fill: %s: a %s value does not survive the codec: %w", redisx.Quote(key), typeTag(o.typ), err)
+		err = fmt.Errorf("fill: %s: a %s value does not survive the codec: %w", redisx.Quote(key), o.typ, err)
 	}
 	return payload, val, err
 }

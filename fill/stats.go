@@ -15,7 +15,7 @@ type Stats struct {
 	RemoteMerges  uint64 // flights that took another server's result instead of loading
 	LoadErrors    uint64 // loader calls that failed (not with ErrNotFound) or panicked
 	RateLimited   uint64 // loader calls that returned a budget.RateLimitedError
-	Corrupt       uint64 // entries in Redis or in notifications that could not be decoded
+	Corrupt       uint64 // entries in Redis or in notifications that could not be decoded, or of another type
 	TypeConflicts uint64 // reads refused because the key holds another live type
 	RedisErrors   uint64 // failed Redis calls
 	FailOpens     uint64 // loads run without the fleet-wide lock because Redis was unavailable
