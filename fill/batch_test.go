@@ -611,8 +611,7 @@ func (h *loseSettleReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook 
 func (h *loseSettleReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
-		args := cmds[0].Args()
-		if err == nil && cmds[0].Name() == "evalsha" && len(args) > 9 && args[9] == "s" && h.done.CompareAndSwap(false, true) {
+		if err == nil && scriptMode(cmds[0]) == "s" && h.done.CompareAndSwap(false, true) {
 			return io.ErrUnexpectedEOF
 		}
 		return err

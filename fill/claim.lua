@@ -47,8 +47,8 @@ end
 -- stamp issues the stamp of the entry being claimed: the server's clock in
 -- ms, made later than the last stamp issued for the key (by a claim or a
 -- delete.lua), so that one key's entries and deletes are ordered exactly,
--- even within one millisecond. The last stamp is kept a minute: past
--- that, the clock alone orders.
+-- even within one millisecond. The last stamp is kept a second: by then
+-- the clock has passed it, and orders alone.
 local function stamp()
   local s = now()
   local last = redis.call('GET', KEYS[5])
@@ -56,7 +56,7 @@ local function stamp()
     last = tonumber(last)
     if last and s <= last then s = last + 1 end
   end
-  redis.call('SET', KEYS[5], s, 'PX', 60000)
+  redis.call('SET', KEYS[5], s, 'PX', 1000)
   return s
 end
 

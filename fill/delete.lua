@@ -17,7 +17,7 @@ if last then
   last = tonumber(last)
   if last and nowMs <= last then nowMs = last + 1 end
 end
-redis.call('SET', KEYS[5], nowMs, 'PX', 60000)
+redis.call('SET', KEYS[5], nowMs, 'PX', 1000)
 local cmd = 'PUBLISH'
 if ARGV[1] == '1' then cmd = 'SPUBLISH' end
 local publishErr = ''

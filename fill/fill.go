@@ -39,7 +39,7 @@
 // notifications go on the channel P{K}. A failed load leaves a short-lived
 // marker P{K}:failed for the servers that waited for it, and failing
 // refreshes a back-off P{K}:backoff. Claims and deletes leave, for a
-// minute, the key's last stamp P{K}:stamp, which orders its entries and
+// second, the key's last stamp P{K}:stamp, which orders its entries and
 // deletes for the in-process tiers. A fill takes no fencing token: its
 // store is checked against its lock token inside Redis, in the same script.
 // Stores and deletes also publish on the channel P + "invalidate", which

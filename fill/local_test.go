@@ -319,16 +319,24 @@ func (h *holdClaimReply) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 	return next
 }
 
-// isRead reports whether cmd runs the claim script in read mode: its
-// third argument after the keys is "r".
-func isRead(cmd redis.Cmder) bool {
+// scriptMode returns the third argument after the keys of a script call
+// (the claim script's mode, "r" to read; the settle script's, "s" to
+// store), or "" for any other command.
+func scriptMode(cmd redis.Cmder) string {
 	args := cmd.Args()
 	if cmd.Name() != "evalsha" || len(args) < 3 {
-		return false
+		return ""
 	}
 	n, ok := args[2].(int)
-	return ok && len(args) > 3+n+2 && args[3+n+2] == "r"
+	if !ok || len(args) <= 3+n+2 {
+		return ""
+	}
+	s, _ := args[3+n+2].(string)
+	return s
 }
+
+// isRead reports whether cmd runs the claim script in read mode.
+func isRead(cmd redis.Cmder) bool { return scriptMode(cmd) == "r" }
 
 // TestLocalDeleteSameMillisecond: a read of a value whose reply arrives
 // after the invalidation of a Delete stamped in the same millisecond as
