@@ -48,15 +48,15 @@ end
 -- ms, made later than the last stamp issued for the key (by a claim or a
 -- delete.lua), so that one key's entries and deletes are ordered exactly,
 -- even within one millisecond. The last stamp is kept a second: by then
--- the clock has passed it, and orders alone.
+-- the clock has passed it, and orders alone. Neither reading nor keeping
+-- it may fail the claim (out of memory, a foreign key): the clock alone
+-- orders then.
 local function stamp()
   local s = now()
-  local last = redis.call('GET', KEYS[5])
-  if last then
-    last = tonumber(last)
-    if last and s <= last then s = last + 1 end
-  end
-  redis.call('SET', KEYS[5], s, 'PX', 1000)
+  local ok, last = pcall(redis.call, 'GET', KEYS[5])
+  last = ok and last and tonumber(last)
+  if last and s <= last then s = last + 1 end
+  pcall(redis.call, 'SET', KEYS[5], s, 'PX', 1000)
   return s
 end
 

@@ -12,12 +12,10 @@
 local n = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 local t = redis.call('TIME')
 local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local last = redis.call('GET', KEYS[5])
-if last then
-  last = tonumber(last)
-  if last and nowMs <= last then nowMs = last + 1 end
-end
-redis.call('SET', KEYS[5], nowMs, 'PX', 1000)
+local ok, last = pcall(redis.call, 'GET', KEYS[5])
+last = ok and last and tonumber(last)
+if last and nowMs <= last then nowMs = last + 1 end
+pcall(redis.call, 'SET', KEYS[5], nowMs, 'PX', 1000)
 local cmd = 'PUBLISH'
 if ARGV[1] == '1' then cmd = 'SPUBLISH' end
 local publishErr = ''
