@@ -259,7 +259,7 @@ type slowClaim struct{ d time.Duration }
 func (h slowClaim) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h slowClaim) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == "evalsha" && len(cmd.Args()) == 13 { // the claim script: 4 keys, 6 arguments
+		if isRead(cmd) { // the claim script
 			time.Sleep(h.d)
 		}
 		return next(ctx, cmd)
