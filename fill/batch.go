@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/locksmith-go/locksmith/budget"
+	"github.com/locksmith-go/locksmith/codec"
 	"github.com/locksmith-go/locksmith/internal/envelope"
 	"github.com/locksmith-go/locksmith/internal/flight"
 	"github.com/locksmith-go/locksmith/internal/lease"
@@ -133,8 +134,8 @@ func GetMany[T any](ctx context.Context, c *Cache, keys []string,
 	if err := ctx.Err(); err != nil {
 		return out, err
 	}
-	if c.err != nil {
-		return out, c.err
+	if err := c.check(); err != nil {
+		return out, err
 	}
 	bopt := (*BatchOptions)(nil)
 	cl := callOptions{ttl: c.opt.TTL, negativeTTL: c.opt.NegativeTTL}
@@ -236,8 +237,8 @@ func (bt *Batcher[T]) Get(ctx context.Context, key string) (T, error) {
 	if err := ctx.Err(); err != nil {
 		return zero, err
 	}
-	if c.err != nil {
-		return zero, c.err
+	if err := c.check(); err != nil {
+		return zero, err
 	}
 	if bt.b.load == nil {
 		return zero, errors.New("fill: Batcher with a nil loader")
@@ -360,7 +361,10 @@ type batch[T any] struct {
 
 func newBatch[T any](c *Cache, load func(ctx context.Context, keys []string) (map[string]T, error), opt BatchOptions) *batch[T] {
 	b := &batch[T]{c: c, load: load, opt: opt}
-	cdc := c.opt.Codec
+	var cdc codec.Codec
+	if c != nil { // else every call returns c.check()'s error
+		cdc = c.opt.Codec
+	}
 	b.o = ops{
 		typ: reflect.TypeFor[T](),
 		load: func(ctx context.Context) (any, error) {
@@ -588,26 +592,34 @@ type claimReq struct {
 }
 
 // claimMany runs the claim script, mode read, for every request in one
-// pipeline (on a Cluster, go-redis sends one per node). A key whose script
-// was flushed (a restart), or whose value cannot be decoded, is looked at
+// pipeline (on a Cluster, go-redis sends one per node). Should Redis not
+// know the script (a restart, a failover, a new replica), it is loaded and
+// the pipeline sent again. A key whose value cannot be decoded is claimed
 // alone, as look does.
 func (c *Cache) claimMany(ctx context.Context, reqs []claimReq, o ops) []look {
 	looks := make([]look, len(reqs))
 	sent := time.Now()
 	lockTTL := lease.Millis(c.opt.LockTTL)
-	cmds, err := redisx.Run(ctx, c.rdb, func(ctx context.Context) ([]*redis.Cmd, error) {
-		pipe := c.rdb.Redis().Pipeline()
-		cmds := make([]*redis.Cmd, len(reqs))
-		for i, q := range reqs {
-			cmds[i] = claimScript.EvalSha(ctx, pipe, q.ks.keys, q.token, lockTTL, modeRead, q.awaited,
-				c.swrArg, c.sieArg, c.pttlArg)
-		}
-		_, err := pipe.Exec(ctx)
-		if err != nil && !redisx.MayHaveRun(err) && redisx.Classify(err) != redisx.Reply {
-			return nil, err
-		}
-		return cmds, nil
-	}, nil)
+	exec := func(idx []int) ([]*redis.Cmd, error) {
+		return redisx.Run(ctx, c.rdb, func(ctx context.Context) ([]*redis.Cmd, error) {
+			pipe := c.rdb.Redis().Pipeline()
+			cmds := make([]*redis.Cmd, len(idx))
+			for k, i := range idx {
+				q := reqs[i]
+				cmds[k] = claimScript.EvalSha(ctx, pipe, q.ks.keys, q.token, lockTTL, modeRead, q.awaited,
+					c.swrArg, c.sieArg, c.pttlArg)
+			}
+			_, err := pipe.Exec(ctx)
+			if err != nil && !redisx.MayHaveRun(err) && redisx.Classify(err) != redisx.Reply {
+				return nil, err
+			}
+			return cmds, nil
+		}, nil)
+	}
+	cmds, err := exec(upTo(len(reqs)))
+	if err == nil {
+		rerunFlushed(ctx, c.rdb.Redis(), claimScript, cmds, exec)
+	}
 	for i, q := range reqs {
 		l := &looks[i]
 		l.token, l.sent = q.token, sent
@@ -616,8 +628,9 @@ func (c *Cache) claimMany(ctx context.Context, reqs []claimReq, o ops) []look {
 			continue
 		}
 		v, cerr := cmds[i].Result()
-		if cerr != nil && strings.HasPrefix(cerr.Error(), "NOSCRIPT") {
-			// This one alone, with EVAL's fallback.
+		if isNoScript(cerr) {
+			// Still unknown (the load failed): this one alone, with
+			// EVAL's fallback.
 			*l = c.look(ctx, q.ks, q.token, o, modeRead, q.awaited)
 			continue
 		}
@@ -764,10 +777,7 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 			absent := !ok
 			if ok {
 				var payload []byte
-				payload, err = c.opt.Codec.Marshal(v)
-				if err == nil {
-					val, err = b.o.decode(payload)
-				}
+				payload, val, err = c.encode(l.key, b.o, v)
 				if err == nil {
 					entry = envelope.Encode(nil, envelope.Entry{CreatedAt: c.createdAt(&l.look), LoadDuration: took,
 						StaleWindow: window, Type: typeTag(b.o.typ), Replaced: l.replaced, Payload: payload}, c.opt.CompressAbove)
@@ -778,7 +788,6 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 			}
 			switch {
 			case err != nil:
-				err = fmt.Errorf("fill: %s: a %s value does not survive the codec: %w", redisx.Quote(l.key), typeTag(b.o.typ), err)
 				c.stats.loadErrors.Add(1)
 				settles = append(settles, settleCall{l: l, fail: lease.Message(lease.Failed, limitText(err.Error()))})
 				outcomes[i] = flight.Outcome{Err: err}
@@ -938,12 +947,17 @@ func (c *Cache) settleMany(ctx context.Context, calls []settleCall) {
 		return settleScript.EvalSha(ctx, pipe, ks.keys, sc.l.token, flag, "s", msg, sc.entry,
 			lease.Millis(max(sc.ttl, time.Millisecond)), c.invalChannel, invalidation(sc.l.key, created[i]))
 	}
+	// retried[i]: calls[i] was sent again after a try whose outcome is
+	// unknown, which most likely ran: a lock no longer ours then means
+	// that try settled it, as in settleStore.
+	retried := make([]bool, len(calls))
 	exec := func(idx []int) ([]*redis.Cmd, error) {
-		return lease.Retry(ctx, func(ctx context.Context, retried bool) ([]*redis.Cmd, error) {
+		return lease.Retry(ctx, func(ctx context.Context, again bool) ([]*redis.Cmd, error) {
 			pipe := c.rdb.Redis().Pipeline()
 			cmds := make([]*redis.Cmd, len(idx))
 			for k, i := range idx {
 				cmds[k] = run(ctx, pipe, i)
+				retried[i] = retried[i] || again
 			}
 			_, err := pipe.Exec(ctx)
 			if err != nil && redisx.Classify(err) != redisx.Reply {
@@ -952,28 +966,9 @@ func (c *Cache) settleMany(ctx context.Context, calls []settleCall) {
 			return cmds, nil
 		})
 	}
-	all := make([]int, len(calls))
-	for i := range all {
-		all[i] = i
-	}
-	replies, err := exec(all)
+	replies, err := exec(upTo(len(calls)))
 	if err == nil {
-		// Scripts flushed (a restart): load the script, run those again.
-		var again []int
-		for i, cmd := range replies {
-			if e := cmd.Err(); e != nil && strings.HasPrefix(e.Error(), "NOSCRIPT") {
-				again = append(again, i)
-			}
-		}
-		if len(again) > 0 {
-			if lerr := settleScript.Load(ctx, c.rdb.Redis()).Err(); lerr == nil {
-				if more, err2 := exec(again); err2 == nil {
-					for k, i := range again {
-						replies[i] = more[k]
-					}
-				}
-			}
-		}
+		rerunFlushed(ctx, c.rdb.Redis(), settleScript, replies, exec)
 	}
 	for i, sc := range calls {
 		var s settled
@@ -984,9 +979,52 @@ func (c *Cache) settleMany(ctx context.Context, calls []settleCall) {
 				s, serr = parseSettled(v)
 			}
 		}
+		if serr == nil && retried[i] && !s.ours {
+			s.ours = true
+		}
 		c.settled(sc.l.key, s, serr)
 		if sc.fail == "" && serr == nil && s.ours && s.storeErr == "" && c.local != nil {
 			c.local.set(sc.l.key, sc.val, sc.absent, created[i], time.Now().Add(sc.freshFor))
 		}
+	}
+}
+
+// upTo returns 0, 1, ..., n-1.
+func upTo(n int) []int {
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	return idx
+}
+
+// isNoScript reports whether err is Redis' NOSCRIPT: the server does not
+// know the script (its cache was flushed by a restart or a failover).
+func isNoScript(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+}
+
+// rerunFlushed loads script and sends again, in one pipeline, the commands
+// of replies that failed with NOSCRIPT, putting their new replies in their
+// place; exec sends the commands of the given indexes of replies. A
+// pipelined EVALSHA has no EVAL fallback: without this, each such key
+// would cost a round trip of its own.
+func rerunFlushed(ctx context.Context, rdb redis.Scripter, script *redis.Script, replies []*redis.Cmd,
+	exec func(idx []int) ([]*redis.Cmd, error)) {
+	var again []int
+	for i, cmd := range replies {
+		if isNoScript(cmd.Err()) {
+			again = append(again, i)
+		}
+	}
+	if len(again) == 0 || script.Load(ctx, rdb).Err() != nil {
+		return
+	}
+	more, err := exec(again)
+	if err != nil {
+		return
+	}
+	for k, i := range again {
+		replies[i] = more[k]
 	}
 }

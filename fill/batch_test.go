@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"sync"
@@ -542,5 +543,116 @@ func TestBatcherClose(t *testing.T) {
 	}
 	if _, err := bt.Get(ctx, "a"); !errors.Is(err, fill.ErrClosed) {
 		t.Errorf("Get after Close: %v", err)
+	}
+}
+
+// tripHook counts round trips, a pipeline counting one, leaving out the
+// handshakes of new connections.
+type tripHook struct{ n atomic.Int64 }
+
+func handshake(cmd redis.Cmder) bool { return cmd.Name() == "hello" || cmd.Name() == "client" }
+
+func (h *tripHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *tripHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !handshake(cmd) {
+			h.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *tripHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if !slices.ContainsFunc(cmds, handshake) {
+			h.n.Add(1)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestGetManyScriptsFlushed: a batch on a Redis that has not seen the
+// claim script (a restart, a failover, a new replica) loads it once and
+// sends the pipeline again, instead of claiming each key alone.
+func TestGetManyScriptsFlushed(t *testing.T) {
+	m, _ := redistest.Mini(t)
+	rdb := redistest.Client(t, m.Addr())
+	c := newCache(t, rdb, nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	bl := &batchLoader{}
+	if _, err := fill.GetMany(ctx, c, []string{"warm-up"}, bl.load); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	keys := make([]string, 300)
+	for i := range keys {
+		keys[i] = fmt.Sprint("k", i)
+	}
+	h := &tripHook{}
+	rdb.AddHook(h)
+	got, err := fill.GetMany(ctx, c, keys, bl.load)
+	if err != nil || len(got) != len(keys) {
+		t.Fatalf("got %d values, %v", len(got), err)
+	}
+	// Claims: a pipeline, SCRIPT LOAD, the pipeline again; then the same
+	// for each of three chunks' settles at worst (they run together).
+	n := h.n.Load()
+	t.Logf("%d round trips for %d cold keys", n, len(keys))
+	if n > 12 {
+		t.Errorf("%d round trips for %d cold keys; want at most 12", n, len(keys))
+	}
+}
+
+// loseSettleReply runs the first pipelined store of a batch and then
+// reports its connection lost, as when the replies never arrived.
+type loseSettleReply struct{ done atomic.Bool }
+
+func (h *loseSettleReply) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *loseSettleReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *loseSettleReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		if err == nil && scriptMode(cmds[0]) == "s" && h.done.CompareAndSwap(false, true) {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+}
+
+// TestGetManyRetriedSettle: a batch's store whose replies were lost ran
+// all the same; its retry, finding the locks released, counts no stale
+// store, and the local tier keeps the values, as for a single key.
+func TestGetManyRetriedSettle(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	c := newCache(t, rdb, &fill.Options{Local: &fill.LocalOptions{MaxStaleness: time.Minute}})
+	ctx := redistest.Context(t, 20*time.Second)
+	one := func(context.Context) (int, error) { return 1, nil }
+	warmLocal(t, ctx, c, "warm", one)
+	h := &loseSettleReply{}
+	rdb.AddHook(h)
+	got, err := fill.GetMany(ctx, c, []string{"a", "b"}, func(_ context.Context, keys []string) (map[string]int, error) {
+		m := map[string]int{}
+		for _, k := range keys {
+			m[k] = 7
+		}
+		return m, nil
+	})
+	if err != nil || len(got) != 2 {
+		t.Fatalf("got %v, %v", got, err)
+	}
+	if !h.done.Load() {
+		t.Fatal("no store's replies were lost")
+	}
+	if n := c.Stats().StaleStores; n != 0 {
+		t.Errorf("StaleStores = %d; want 0: the values were stored", n)
+	}
+	before := c.Stats().LocalHits
+	if v, err := fill.Get(ctx, c, "a", func(context.Context) (int, error) { return 0, errors.New("loaded") }); err != nil || v != 7 {
+		t.Fatalf("got %v, %v", v, err)
+	}
+	if c.Stats().LocalHits == before {
+		t.Error("the batch's value was not kept in the local tier")
 	}
 }

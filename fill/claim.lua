@@ -1,7 +1,8 @@
 -- Read a cached value, or claim the right to load it: the fill algorithm's
 -- first round trip.
 -- KEYS[1] the lock P{K}; KEYS[2] the value P{K}:value;
--- KEYS[3] the failure marker P{K}:failed; KEYS[4] the back-off P{K}:backoff.
+-- KEYS[3] the failure marker P{K}:failed; KEYS[4] the back-off P{K}:backoff;
+-- KEYS[5] the last stamp issued for the key, P{K}:stamp (see stamp below).
 -- ARGV[1] the caller's token; ARGV[2] the lease in ms;
 -- ARGV[3] the mode: 'r' read, else claim; 'c' claim without reading (the
 --   value could not be decoded); 'e' claim an early refresh, unless failed
@@ -16,10 +17,10 @@
 -- Returns
 --   value                             a fresh value without a stale window
 --   {2, value, pttl}                  a fresh value; pttl the key's, in ms
---   {3, value, pttl, 1, now}          a stale value, and its refresh claimed
+--   {3, value, pttl, 1, stamp}        a stale value, and its refresh claimed
 --   {3, value, pttl, 0, holder}       a stale value, refreshed by holder
 --   {3, value, pttl, 2}               a stale value, refreshes backing off
---   {1, now}                          claimed; now is the server's time in ms
+--   {1, stamp}                        claimed; stamp is the entry's, in ms
 --   {0, pttl, holder}                 held by holder for pttl more ms
 --   {4, message}                      the awaited holder's outcome, a message
 -- A value's stale window is read from its entry's fixed place (bytes 4-7
@@ -43,6 +44,22 @@ local function now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- stamp issues the stamp of the entry being claimed: the server's clock in
+-- ms, made later than the last stamp issued for the key (by a claim or a
+-- delete.lua), so that one key's entries and deletes are ordered exactly,
+-- even within one millisecond. The last stamp is kept a second: by then
+-- the clock has passed it, and orders alone. Neither reading nor keeping
+-- it may fail the claim (out of memory, a foreign key): the clock alone
+-- orders then.
+local function stamp()
+  local s = now()
+  local ok, last = pcall(redis.call, 'GET', KEYS[5])
+  last = ok and last and tonumber(last)
+  if last and s <= last then s = last + 1 end
+  pcall(redis.call, 'SET', KEYS[5], s, 'PX', 1000)
+  return s
+end
+
 local function backingOff()
   local b = redis.call('GET', KEYS[4])
   if not b then return false end
@@ -64,7 +81,7 @@ local function claim()
 end
 
 if mode == 'e' then
-  if not backingOff() and claim() then return {1, now()} end
+  if not backingOff() and claim() then return {1, stamp()} end
   return {0, 0, ''}
 end
 if mode == 'r' then
@@ -80,7 +97,7 @@ if mode == 'r' then
     if age <= tonumber(ARGV[5]) or age <= tonumber(ARGV[6]) then
       if backingOff() then return {3, v, pttl, 2} end
       local ok, holder = claim()
-      if ok then return {3, v, pttl, 1, now()} end
+      if ok then return {3, v, pttl, 1, stamp()} end
       return {3, v, pttl, 0, holder}
     end
     -- Older than this caller serves: a miss.
@@ -93,7 +110,7 @@ if ARGV[4] ~= '' then
   end
 end
 local ok, holder = claim()
-if ok then return {1, now()} end
+if ok then return {1, stamp()} end
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl < 0 then
   return redis.error_reply('LOCKSMITH ' .. KEYS[1] .. ' has no expiry: not a locksmith lock')

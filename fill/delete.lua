@@ -1,14 +1,21 @@
 -- Delete a cached value and break any fill or refresh in progress, so that a
 -- load that started before the delete cannot store its older value after it.
 -- KEYS[1] the lock P{K}; KEYS[2] the value P{K}:value;
--- KEYS[3] the failure marker P{K}:failed; KEYS[4] the back-off P{K}:backoff.
+-- KEYS[3] the failure marker P{K}:failed; KEYS[4] the back-off P{K}:backoff;
+-- KEYS[5] the last stamp issued for the key, P{K}:stamp (see claim.lua).
 -- ARGV[1] '1' to notify with SPUBLISH (Redis Cluster), else PUBLISH;
 -- ARGV[2] the message for the channel P{K}; ARGV[3] the invalidation
 -- channel; ARGV[4] the key, for the invalidation message.
--- Returns {keys deleted, the server's time in ms, publish error or ''}.
+-- Returns {keys deleted, the delete's stamp in ms, publish error or ''}:
+-- the server's clock, made later than the stamp of every entry of the key
+-- (claim.lua), so that a copy of an entry it deleted is older than it.
 local n = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 local t = redis.call('TIME')
 local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ok, last = pcall(redis.call, 'GET', KEYS[5])
+last = ok and last and tonumber(last)
+if last and nowMs <= last then nowMs = last + 1 end
+pcall(redis.call, 'SET', KEYS[5], nowMs, 'PX', 1000)
 local cmd = 'PUBLISH'
 if ARGV[1] == '1' then cmd = 'SPUBLISH' end
 local publishErr = ''

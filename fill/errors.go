@@ -20,6 +20,10 @@ var (
 	ErrClosed = errors.New("fill: cache closed")
 	// ErrTypeConflict is wrapped by a [TypeConflictError].
 	ErrTypeConflict = errors.New("fill: a key is read as two types")
+	// ErrInvalid is wrapped by the error every call of a Cache returns
+	// when [New] was given what cannot work (a nil client, options that
+	// cannot work), and by calls on a nil *Cache.
+	ErrInvalid = errors.New("fill: invalid cache")
 )
 
 // notFound is the error of a cached absence of key: it names the key and
@@ -49,13 +53,19 @@ func (p *PanicError) Unwrap() error {
 }
 
 // TypeConflictError is returned when a key's entry was written as one Go
-// type and is read as another that cannot decode it, while servers reading
-// it as the first type are still live: the entry replaced one of the
-// reader's type. Reloading would have the two types overwrite each other on
-// every read, each time calling the upstream; instead, the reader gets this
-// error until the entry expires or is deleted. (An entry of another type
-// that did not replace the reader's type, such as one left by an older
-// release of the program, is reloaded once, as a schema change should be.)
+// type and is read as another, while servers reading it as the first type
+// are still live: the entry replaced one of the reader's type. Types are
+// told apart by the tag each entry carries (package path and type name),
+// not by whether the codec manages to decode one into the other: a codec
+// that decodes leniently (a struct into another with no field in common,
+// giving a zero value) never makes an entry of another type a hit.
+// Reloading would have the two types overwrite each other on every read,
+// each time calling the upstream; instead, the reader gets this error until
+// the entry expires or is deleted. (An entry of another type that did not
+// replace the reader's type, such as one left by an older release of the
+// program or a type renamed, is reloaded once, as a schema change should
+// be; an entry of the reader's own type with fields added or missing
+// decodes.) Reading a key as an interface type checks no tag.
 type TypeConflictError struct {
 	Key    string
 	Stored string // the type the entry was written as

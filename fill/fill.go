@@ -38,7 +38,9 @@
 // For a key K under prefix P: the value is P{K}:value, the lock P{K}, and
 // notifications go on the channel P{K}. A failed load leaves a short-lived
 // marker P{K}:failed for the servers that waited for it, and failing
-// refreshes a back-off P{K}:backoff. A fill takes no fencing token: its
+// refreshes a back-off P{K}:backoff. Claims and deletes leave, for a
+// second, the key's last stamp P{K}:stamp, which orders its entries and
+// deletes for the in-process tiers. A fill takes no fencing token: its
 // store is checked against its lock token inside Redis, in the same script.
 // Stores and deletes also publish on the channel P + "invalidate", which
 // in-process tiers listen to.
@@ -49,7 +51,11 @@
 // published, so every waiter returns it at once instead of each calling the
 // upstream in turn. An error wrapping [ErrNotFound] is cached as an absence
 // for Options.NegativeTTL. A loader panic is re-raised in every caller of the
-// process, as x/sync/singleflight does. When Redis cannot be reached, or
+// process, as x/sync/singleflight does; a panic in a background refresh,
+// which no caller waits for, is a failed refresh (counted, backed off, seen
+// by the Observer) logged with its stack, and a codec or Observer that
+// panics on a goroutine of the Cache is an error, logged, never a crash of
+// the process. When Redis cannot be reached, or
 // cannot serve now (a failover, a restart), Get runs the loader anyway (the
 // in-process merge still holds) unless Options.FailClosed is set; an outage
 // is remembered, so calls during it do not each pay the client's dial
@@ -103,10 +109,15 @@ type Cache struct {
 
 // New returns a Cache on rdb, which may be a *redis.Client, a
 // *redis.ClusterClient, a failover (Sentinel) client or a *redis.Ring. A nil
-// opt gives the defaults. Options that cannot work (a Prefix with '{' or
-// '}') make every call return an error saying why.
+// opt gives the defaults. New cannot fail: a nil rdb, or options that
+// cannot work (a Prefix with '{' or '}'), make every call return an error
+// saying why, wrapping [ErrInvalid].
 func New(rdb redis.UniversalClient, opt *Options) *Cache {
 	o, err := opt.withDefaults()
+	if isNil(rdb) {
+		rdb = nil // a nil *redis.Client in the interface, too
+		err = errors.Join(fmt.Errorf("%w: nil Redis client", ErrInvalid), err)
+	}
 	c := &Cache{
 		rdb:          redisx.New(rdb),
 		opt:          o,
@@ -146,12 +157,36 @@ func New(rdb redis.UniversalClient, opt *Options) *Cache {
 	return c
 }
 
+// isNil reports whether rdb is nil, or a nil pointer in the interface.
+func isNil(rdb redis.UniversalClient) bool {
+	if rdb == nil {
+		return true
+	}
+	v := reflect.ValueOf(rdb)
+	return v.Kind() == reflect.Pointer && v.IsNil()
+}
+
+// errNilCache is what calls on a nil *Cache return.
+var errNilCache = fmt.Errorf("%w: nil *fill.Cache", ErrInvalid)
+
+// check returns the error every call of c returns, if any: c is nil, or
+// New was given what cannot work.
+func (c *Cache) check() error {
+	if c == nil {
+		return errNilCache
+	}
+	return c.err
+}
+
 // Close ends the loads and waits in progress and waits for them to return,
 // then closes the pub/sub connection. A load ended by Close releases its
 // fill lock without a failure, so waiters on other servers look again and
 // one of them loads; callers in this process get [ErrClosed]. Get then
-// returns ErrClosed.
+// returns ErrClosed. Close of a nil *Cache does nothing.
 func (c *Cache) Close() error {
+	if c == nil {
+		return nil
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -172,7 +207,12 @@ func (c *Cache) Close() error {
 
 // Budget returns Options.Budget: the budget every load of the Cache waits
 // for, or nil.
-func (c *Cache) Budget() *budget.Budget { return c.opt.Budget }
+func (c *Cache) Budget() *budget.Budget {
+	if c == nil {
+		return nil
+	}
+	return c.opt.Budget
+}
 
 // enter registers work that Close waits for; false once closed.
 func (c *Cache) enter() bool {
@@ -242,8 +282,8 @@ func Get[T any](ctx context.Context, c *Cache, key string, load func(ctx context
 	if err := ctx.Err(); err != nil {
 		return zero, err
 	}
-	if c.err != nil {
-		return zero, c.err
+	if err := c.check(); err != nil {
+		return zero, err
 	}
 	if c.local != nil {
 		if t, err, ok := fromLocal[T](ctx, c, key); ok {
@@ -674,14 +714,9 @@ func (c *Cache) lead(ctx, wctx context.Context, ks keyset, key string, cl callOp
 		}
 		return out
 	}
-	payload, err := c.opt.Codec.Marshal(out.val)
-	var v any
-	if err == nil {
-		// The callers get the codec's copy, as every other server does.
-		v, err = o.decode(payload)
-	}
+	// The callers get the codec's copy, as every other server does.
+	payload, v, err := c.encode(key, o, out.val)
 	if err != nil {
-		err = fmt.Errorf("fill: %s: a %s value does not survive the codec: %w", redisx.Quote(key), typeTag(o.typ), err)
 		fail(lease.Failed, err.Error())
 		return outcome{err: err}
 	}

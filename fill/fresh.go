@@ -45,10 +45,7 @@ func (c *Cache) refresh(caller context.Context, key string, cl callOptions, o op
 		ctx, cancel := c.flightContext(caller)
 		defer cancel()
 		out := c.lead(ctx, ctx, ks, key, cl, o, claimed, claimed, true)
-		if out.panicked != nil {
-			// Nobody waits for a refresh: never swallow a panic.
-			panic(out.panicked)
-		}
+		c.refreshPanicked(key, out.panicked)
 	}()
 }
 
@@ -84,8 +81,19 @@ func (c *Cache) maybeEarlyRefresh(caller context.Context, key string, cl callOpt
 		}
 		c.stats.refreshes.Add(1)
 		out := c.lead(ctx, ctx, ks, key, cl, o, &claimed, nil, true)
-		if out.panicked != nil {
-			panic(out.panicked)
-		}
+		c.refreshPanicked(key, out.panicked)
 	}()
+}
+
+// refreshPanicked logs, with its stack, the panic of a background refresh's
+// loader, if p is not nil. Nobody waits for a refresh, and its goroutine
+// belongs to the Cache: re-raised there, the panic would end the process.
+// lead has already treated it as a failed refresh: counted in LoadErrors
+// and RefreshErrors, reported to the Observer (a Load event whose Err is
+// the *PanicError), backed off and the lock released.
+func (c *Cache) refreshPanicked(key string, p *PanicError) {
+	if p != nil {
+		c.log("a background refresh's loader panicked; the refresh failed", "key", key, "panic", p.Value,
+			"stack", string(p.Stack))
+	}
 }

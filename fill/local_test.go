@@ -259,7 +259,7 @@ type slowClaim struct{ d time.Duration }
 func (h slowClaim) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h slowClaim) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == "evalsha" && len(cmd.Args()) == 13 { // the claim script: 4 keys, 6 arguments
+		if isRead(cmd) { // the claim script
 			time.Sleep(h.d)
 		}
 		return next(ctx, cmd)
@@ -296,5 +296,97 @@ func TestLocalCopyDroppedAfterSlowClaim(t *testing.T) {
 			v, err := fill.Get(ctx, b, key, load)
 			return err == nil && v != v1
 		})
+	}
+}
+
+// holdClaimReply holds one client's claim replies, once armed, until
+// released: the read ran in Redis, its reply is late.
+type holdClaimReply struct {
+	armed   atomic.Bool
+	read    chan struct{} // closed when a held claim has run
+	release chan struct{}
+}
+
+func (h *holdClaimReply) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdClaimReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if isRead(cmd) && h.armed.CompareAndSwap(true, false) {
+			close(h.read)
+			<-h.release
+		}
+		return err
+	}
+}
+func (h *holdClaimReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// scriptMode returns the third argument after the keys of a script call
+// (the claim script's mode, "r" to read; the settle script's, "s" to
+// store), or "" for any other command.
+func scriptMode(cmd redis.Cmder) string {
+	args := cmd.Args()
+	if cmd.Name() != "evalsha" || len(args) < 3 {
+		return ""
+	}
+	n, ok := args[2].(int)
+	if !ok || len(args) <= 3+n+2 {
+		return ""
+	}
+	s, _ := args[3+n+2].(string)
+	return s
+}
+
+// isRead reports whether cmd runs the claim script in read mode.
+func isRead(cmd redis.Cmder) bool { return scriptMode(cmd) == "r" }
+
+// TestLocalDeleteSameMillisecond: a read of a value whose reply arrives
+// after the invalidation of a Delete stamped in the same millisecond as
+// the value does not put the deleted value back in the local tier. (Redis'
+// clock is frozen: every stamp is the same.)
+func TestLocalDeleteSameMillisecond(t *testing.T) {
+	m, _ := redistest.Mini(t)
+	m.SetTime(time.Now())
+	a := newCache(t, redistest.Client(t, m.Addr()), nil)
+	rdbB := redistest.Client(t, m.Addr())
+	h := &holdClaimReply{read: make(chan struct{}), release: make(chan struct{})}
+	rdbB.AddHook(h)
+	b := newCache(t, rdbB, &fill.Options{Local: &fill.LocalOptions{MaxStaleness: time.Minute}})
+	ctx := redistest.Context(t, 20*time.Second)
+	var version atomic.Int32
+	load := func(context.Context) (int, error) { return int(version.Add(1)), nil }
+	warmLocal(t, ctx, b, "sync", load)
+	deleted, err := fill.Get(ctx, a, "k", load)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.armed.Store(true)
+	res := make(chan int, 1)
+	go func() {
+		v, _ := fill.Get(ctx, b, "k", load)
+		res <- v
+	}()
+	select {
+	case <-h.read:
+	case <-ctx.Done():
+		t.Fatal("B's read never ran")
+	}
+	if err := a.Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	// B's invalidations arrive in order: once A's delete of "sync" has
+	// dropped B's copy of it, the delete of "k" has been seen.
+	before := b.Stats().Invalidations
+	if err := a.Delete(ctx, "sync"); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, "B sees the deletes", func() bool { return b.Stats().Invalidations > before })
+	close(h.release)
+	if v := <-res; v != deleted {
+		t.Fatalf("B's read got %d; want %d, read before the delete", v, deleted)
+	}
+	if v, err := fill.Get(ctx, b, "k", load); err != nil || v == deleted {
+		t.Fatalf("got %d, %v after the delete; want a new value, not the deleted %d", v, err, deleted)
 	}
 }

@@ -274,7 +274,7 @@ func (o *Options) withDefaults() (Options, error) {
 		errs = append(errs, fmt.Errorf("stale window %v is longer than %v", w, envelope.MaxStaleWindow))
 	}
 	if len(errs) > 0 {
-		return opt, fmt.Errorf("fill: bad options: %w", errors.Join(errs...))
+		return opt, fmt.Errorf("%w: bad options: %w", ErrInvalid, errors.Join(errs...))
 	}
 	return opt, nil
 }

@@ -32,13 +32,13 @@ var (
 type keyset struct {
 	name                         string // the caller's key, for error messages
 	lock, value, failed, backoff string
-	keys                         []string // all four, in the scripts' order
+	keys                         []string // all four and the stamp key, in the scripts' order
 }
 
 func (c *Cache) keyset(name string) keyset {
 	lock := lease.LockKey(c.opt.Prefix, name)
 	ks := keyset{name: name, lock: lock, value: lease.ValueKey(lock), failed: lock + ":failed", backoff: lock + ":backoff"}
-	ks.keys = []string{ks.lock, ks.value, ks.failed, ks.backoff}
+	ks.keys = []string{ks.lock, ks.value, ks.failed, ks.backoff, lock + ":stamp"}
 	return ks
 }
 
@@ -73,7 +73,7 @@ type claimReply struct {
 	value  string        // found, stale
 	pttl   time.Duration // found, stale: the value key's; held: the lock's
 	sub    int           // stale
-	now    time.Time     // acquired, stale claimed: the server's clock
+	now    time.Time     // acquired, stale claimed: the entry's stamp (see claim.lua)
 	holder string        // held, stale held
 	msg    string        // failed: the holder's failure message
 }
@@ -259,8 +259,8 @@ const failureMarkerTTL = 10 * time.Second
 // its value after it. Waiting servers look again (and one of them loads
 // afresh); other servers' in-process copies are dropped.
 func (c *Cache) Delete(ctx context.Context, key string) error {
-	if c.err != nil {
-		return c.err
+	if err := c.check(); err != nil {
+		return err
 	}
 	ks := c.keyset(key)
 	if c.local != nil {

@@ -1,7 +1,8 @@
 -- End a fill: store its value or record its failure, release the lock, and
 -- tell the waiters, if the lock is still the caller's.
 -- KEYS[1] the lock P{K}; KEYS[2] the value P{K}:value;
--- KEYS[3] the failure marker P{K}:failed; KEYS[4] the back-off P{K}:backoff.
+-- KEYS[3] the failure marker P{K}:failed; KEYS[4] the back-off P{K}:backoff;
+-- KEYS[5] the stamp key, passed with the others and not used here.
 -- ARGV[1] the caller's token; ARGV[2] '1' to notify with SPUBLISH (Redis
 -- Cluster), else PUBLISH; ARGV[3] 's' to store a value, 'f' for a failure;
 -- ARGV[4] the message for the channel P{K}.

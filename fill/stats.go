@@ -15,7 +15,7 @@ type Stats struct {
 	RemoteMerges  uint64 // flights that took another server's result instead of loading
 	LoadErrors    uint64 // loader calls that failed (not with ErrNotFound) or panicked
 	RateLimited   uint64 // loader calls that returned a budget.RateLimitedError
-	Corrupt       uint64 // entries in Redis or in notifications that could not be decoded
+	Corrupt       uint64 // entries in Redis or in notifications that could not be decoded, or of another type
 	TypeConflicts uint64 // reads refused because the key holds another live type
 	RedisErrors   uint64 // failed Redis calls
 	FailOpens     uint64 // loads run without the fleet-wide lock because Redis was unavailable
@@ -34,8 +34,11 @@ type counters struct {
 	notifyErrors, invalidations, localClears                            atomic.Uint64
 }
 
-// Stats returns the Cache's counters.
+// Stats returns the Cache's counters; a nil *Cache has none.
 func (c *Cache) Stats() Stats {
+	if c == nil {
+		return Stats{}
+	}
 	s := &c.stats
 	return Stats{
 		Hits: s.hits.Load(), LocalHits: s.localHits.Load(), StaleHits: s.staleHits.Load(),

@@ -10,11 +10,12 @@ import (
 // Ending a fill: storing its value, or releasing its lock, and telling the
 // waiters.
 
-// createdAt stamps an entry with the Redis server's clock at its claim. One
-// lock holder follows another, and a Delete runs after the store it
-// undoes, so one key's entries and deletes are stamped, by one clock, in
-// the order they happened (to the millisecond) whatever the servers'
-// clocks: an invalidation can say which copy is older. The time since the
+// createdAt stamps an entry with its claim's stamp: the Redis server's
+// clock, made later than every earlier stamp of the key (claim.lua,
+// delete.lua). One lock holder follows another, and a Delete runs after
+// the store it undoes, so one key's entries and deletes are stamped in the
+// order they happened, exactly, even within one millisecond, whatever the
+// servers' clocks: an invalidation can say which copy is older. The time since the
 // claim is left out on purpose: measured by this server, it could put the
 // stamp ahead of a Delete that Redis ran later.
 func (c *Cache) createdAt(claimed *look) time.Time {

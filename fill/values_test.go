@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/locksmith-go/locksmith/codec"
 	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/internal/envelope"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
@@ -223,5 +225,57 @@ func TestSetTTL(t *testing.T) {
 	// The next Get loads: nothing was stored.
 	if v, _ := fill.Get(ctx, b, "nostore", func(context.Context) (int, error) { return 4, nil }); v != 4 {
 		t.Errorf("next Get: got %d; want a new load", v)
+	}
+}
+
+type person struct {
+	Name string
+	Age  int
+}
+
+type contact struct{ Email string }
+
+// TestLenientDecodeOfAnotherType: an entry of another type that the codec
+// decodes leniently (no field in common: a zero value) is never served as
+// a hit: the reader's loader runs, or it gets a TypeConflictError. An
+// entry of the same type with fields added or missing still decodes.
+func TestLenientDecodeOfAnotherType(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	people := newCache(t, rdb, nil)
+	contacts := newCache(t, redistest.Client(t, m.Addr()), nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	for i := range 10 {
+		if i%2 == 0 {
+			p, err := fill.Get(ctx, people, "k", func(context.Context) (person, error) { return person{"ann", 30}, nil })
+			if err == nil && p.Name == "" {
+				t.Fatalf("read %d: a zero person served as a hit", i)
+			}
+			if err != nil && !errors.Is(err, fill.ErrTypeConflict) {
+				t.Fatalf("read %d: %v", i, err)
+			}
+		} else {
+			c, err := fill.Get(ctx, contacts, "k", func(context.Context) (contact, error) { return contact{"a@b"}, nil })
+			if err == nil && c.Email == "" {
+				t.Fatalf("read %d: a zero contact served as a hit", i)
+			}
+			if err != nil && !errors.Is(err, fill.ErrTypeConflict) {
+				t.Fatalf("read %d: %v", i, err)
+			}
+		}
+	}
+
+	// The same type, written with a field fewer (an older release): read.
+	type older struct{ Name string }
+	payload, err := codec.MsgPack.Marshal(older{"bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := envelope.Encode(nil, envelope.Entry{CreatedAt: time.Now(), Type: "github.com/locksmith-go/locksmith/fill_test.person",
+		Payload: payload}, 0)
+	m.Set("__locksmith:{same}:value", string(entry))
+	m.SetTTL("__locksmith:{same}:value", time.Hour)
+	p, err := fill.Get(ctx, people, "same", func(context.Context) (person, error) { t.Error("reloaded"); return person{}, nil })
+	if err != nil || p.Name != "bob" {
+		t.Fatalf("got %+v, %v; want bob from the older entry", p, err)
 	}
 }

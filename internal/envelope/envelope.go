@@ -25,7 +25,8 @@
 // The type tag names the Go type the value was written as; the replaced type
 // tag, the type of an entry this one overwrote because it could not be read
 // as this entry's type (see package fill). Both are at most [MaxTypeTag]
-// bytes and may be empty.
+// bytes and may be empty (unknown: such an entry is not checked against
+// the reader's type).
 //
 // Version 1, written by earlier releases, has no stale window and no type
 // tags: after the flags come created-at, load duration, payload length and

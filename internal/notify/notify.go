@@ -85,6 +85,7 @@ type Hub struct {
 	backoff   time.Duration
 	told      bool          // the refusal was reported
 	kick      chan struct{} // wakes the writer; capacity 1
+	beatNow   chan struct{} // asks for a heartbeat at once; capacity 1, made with the heartbeat goroutine
 	done      chan struct{} // closed by Close
 	wg        sync.WaitGroup
 }
@@ -95,7 +96,9 @@ type Options struct {
 	// once per refusal that follows a working subscription.
 	OnError func(error)
 	// Heartbeat is how often the Hub of a standalone or Sentinel client
-	// publishes a heartbeat while anyone waits or listens.
+	// publishes a heartbeat while anyone waits or listens. One more is
+	// published as soon as the heartbeat channel is subscribed, at start
+	// and after every reconnect, so that [Hub.Heard] is known at once.
 	// default: 200ms
 	Heartbeat time.Duration
 }
@@ -262,8 +265,9 @@ func (h *Hub) enqueue(o op) {
 		h.wg.Add(1)
 		go h.writer()
 		if h.beat != "" {
+			h.beatNow = make(chan struct{}, 1)
 			h.wg.Add(1)
-			go h.heartbeat()
+			go h.heartbeat(h.beatNow)
 		}
 	}
 	select {
@@ -618,6 +622,15 @@ func (s *Sub) put(payload string) {
 func (h *Hub) confirm(sh *shard, kind, channel string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if channel == h.beat && kind == "subscribe" && h.beatNow != nil {
+		// Subscribed, at start or after a reconnect: Heard is unknown
+		// until a heartbeat comes back, so send one now, not a period
+		// later.
+		select {
+		case h.beatNow <- struct{}{}:
+		default:
+		}
+	}
 	e := h.chans[channel]
 	if e == nil {
 		return
@@ -675,14 +688,16 @@ func (h *Hub) pong(sh *shard, payload string) {
 }
 
 // Heartbeats: while anyone waits, the Hub of a standalone client publishes
-// one every beatEvery; after beatMissed heartbeats that Redis accepted
-// without one arriving, the pub/sub connection is replaced.
+// one every beatEvery, and one at once whenever the heartbeat channel is
+// subscribed (at start, after a reconnect); after beatMissed heartbeats
+// that Redis accepted without one arriving, the pub/sub connection is
+// replaced.
 const (
 	defaultBeat = 200 * time.Millisecond
 	beatMissed  = 3
 )
 
-func (h *Hub) heartbeat() {
+func (h *Hub) heartbeat(now <-chan struct{}) {
 	defer h.wg.Done()
 	beatEvery := h.beatEvery
 	t := time.NewTicker(beatEvery)
@@ -692,6 +707,7 @@ func (h *Hub) heartbeat() {
 		case <-h.done:
 			return
 		case <-t.C:
+		case <-now:
 		}
 		h.mu.Lock()
 		sh := h.shards[h.beatAddr]

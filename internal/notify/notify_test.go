@@ -557,3 +557,22 @@ func TestHeardOldestPath(t *testing.T) {
 		t.Fatalf("standalone Heard = %d; want 5", got)
 	}
 }
+
+// TestHeartbeatOnSubscribe: the first heartbeat is sent as soon as the
+// heartbeat channel is subscribed, at start and after a reconnect, not a
+// period later: Heard is known at once.
+func TestHeartbeatOnSubscribe(t *testing.T) {
+	srv := redistest.Start(t, nil)
+	rdb := srv.Client(t, nil)
+	h := New(rdb, &Options{Heartbeat: time.Hour})
+	defer h.Close()
+	l := h.ListenAll("inval", func(string) {})
+	defer l.Close()
+	redistest.WaitFor(t, "a heartbeat back after start", func() bool { return h.Heard() != 0 })
+	first := h.Heard()
+	ctx := redistest.Context(t, 20*time.Second)
+	if err := rdb.ClientKillByFilter(ctx, "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, "a heartbeat back after a reconnect", func() bool { return h.Heard() > first })
+}
