@@ -190,7 +190,7 @@ func GetMany[T any](ctx context.Context, c *Cache, keys []string,
 			out[key], _ = v.(T)
 		case errors.Is(err, ErrNotFound):
 		default:
-			errs[key] = err
+			errs[key] = c.gaveUp(ctx, key, err)
 		}
 	}
 	if len(errs) > 0 {
@@ -259,7 +259,7 @@ func (bt *Batcher[T]) Get(ctx context.Context, key string) (T, error) {
 	}
 	v, err := f.Wait(ctx)
 	if err != nil {
-		return zero, err
+		return zero, c.gaveUp(ctx, key, err)
 	}
 	t, _ := v.(T)
 	return t, nil
@@ -421,7 +421,7 @@ func (b *batch[T]) run(caller context.Context, items []batchItem, cl callOptions
 		}
 		for i, chunk := range slices.Collect(slices.Chunk(claimed, b.opt.MaxSize)) {
 			var j joiner
-			if i == 0 && join != nil && c.opt.Budget != nil && !b.opt.CostPerKey && len(chunk) < b.opt.MaxSize {
+			if i == 0 && join != nil && c.budget(caller) != nil && !b.opt.CostPerKey && len(chunk) < b.opt.MaxSize {
 				j = join
 			}
 			wg.Go(func() { b.lead(fctx, chunk, cl, j, &wg) })
@@ -900,7 +900,7 @@ func (b *batch[T]) failOpen(ctx context.Context, chunk []*batchLook) {
 // for one key.
 func (b *batch[T]) loadChunk(ctx, wctx context.Context, keys []string, o ops) (outcome, time.Duration) {
 	c := b.c
-	if bud := c.opt.Budget; bud != nil && b.opt.CostPerKey {
+	if bud := c.budget(ctx); bud != nil && b.opt.CostPerKey {
 		// One slot per key: all but the last waited for here, the last
 		// by load.
 		for range len(keys) - 1 {

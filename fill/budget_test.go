@@ -316,10 +316,35 @@ func TestGiveUpWhilePaused(t *testing.T) {
 	if err := b.PauseUntil(context.Background(), time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	both := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, budget.ErrRateLimited) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s = %v; want an error wrapping both budget.ErrRateLimited and context.DeadlineExceeded", what, err)
+		}
+	}
+	patience := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), 200*time.Millisecond)
+	}
+	ctx, cancel := patience()
 	defer cancel()
 	_, err := fill.Get(ctx, c, "k", func(context.Context) (int, error) { return 1, nil })
-	if !errors.Is(err, budget.ErrRateLimited) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Get = %v; want an error wrapping both budget.ErrRateLimited and context.DeadlineExceeded", err)
+	both("Get", err)
+
+	// The batch paths say the same, per key.
+	many := func(_ context.Context, keys []string) (map[string]int, error) { return map[string]int{}, nil }
+	ctx, cancel = patience()
+	defer cancel()
+	_, err = fill.GetMany(ctx, c, []string{"m1", "m2"}, many)
+	var be *fill.BatchError
+	if !errors.As(err, &be) || len(be.Errs) != 2 {
+		t.Fatalf("GetMany = %v; want a BatchError for both keys", err)
 	}
+	for key, err := range be.Errs {
+		both("GetMany's "+key, err)
+	}
+	bt := fill.NewBatcher(c, many, nil)
+	ctx, cancel = patience()
+	defer cancel()
+	_, err = bt.Get(ctx, "b1")
+	both("Batcher.Get", err)
 }

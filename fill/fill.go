@@ -326,7 +326,7 @@ func Get[T any](ctx context.Context, c *Cache, key string, load func(ctx context
 // err wrapped together with [budget.ErrRateLimited], so that the caller can
 // tell a rate-limit stall from a slow upstream.
 func (c *Cache) gaveUp(ctx context.Context, key string, err error) error {
-	if b := c.opt.Budget; b != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) && b.Paused() {
+	if b := c.budget(ctx); b != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) && b.Paused() {
 		return fmt.Errorf("fill: %s: %w while the upstream rate-limits: %w", redisx.Quote(key), err, budget.ErrRateLimited)
 	}
 	return err
