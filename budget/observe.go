@@ -73,6 +73,10 @@ type feedback struct {
 	pull      bool
 	remaining int64
 	reset     time.Duration
+	// metered: a 429's response says a limit on other units than calls
+	// (tokens, say) has nothing left: the refusal is that limit's, not an
+	// overshoot of the calls' pace.
+	metered bool
 }
 
 // maxHeaderWait is the longest wait a header may announce; a longer one is
@@ -147,6 +151,13 @@ func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) 
 	}
 	if f.pause <= 0 && !f.pull {
 		return feedback{} // a reset already passed: nothing to do
+	}
+	if f.cause == rateLimited {
+		for _, hr := range readHeadroom(h, ref) {
+			if hr.meter != "" && hr.remaining == 0 {
+				f.metered = true
+			}
+		}
 	}
 	return f
 }
@@ -356,16 +367,16 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	}
 	start := time.Now()
 	over := "0"
-	if f.cause == rateLimited && (f.pause <= time.Duration(b.t)*time.Microsecond || f.pause == time.Second) {
+	if f.cause == rateLimited && !f.metered && (f.pause <= time.Duration(b.t)*time.Microsecond || f.pause == time.Second) {
 		// A wait no longer than an interval, or the whole second a
-		// Retry-After rounds a shorter wait up to: perhaps an overshoot
-		// (see pause.lua).
+		// Retry-After rounds a shorter wait up to, for no other limit
+		// than the calls': perhaps an overshoot (see pause.lua).
 		over = "1"
 	}
 	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]int64, error) {
 		return pauseScript.Run(ctx, b.rdb.Redis(), []string{b.key}, pause,
 			b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds(),
-			over, b.lim.Per.Microseconds(), b.t/maxSlack, max(3, b.lim.Rate/stormShare), slackHalfLife(b.t)).Int64Slice()
+			over, b.lim.Per.Microseconds(), b.t/maxSlack, min(maxStorm, max(3, b.lim.Rate/stormShare)), slackHalfLife(b.t)).Int64Slice()
 	}, nil)
 	if err == nil && len(v) != 5 {
 		err = fmt.Errorf("unexpected pause reply %v", v)
@@ -419,8 +430,14 @@ const maxSlack = 6
 func slackHalfLife(t int64) int64 { return max(30*time.Second.Microseconds(), 100*t) }
 
 // stormShare: 429s for more than one call in stormShare of a Per (at least
-// 3), with the slack at its most, are a storm, not overshoots: the fleet pauses for Retry-After.
+// 3, at most maxStorm), with the slack at its most, are a storm, not
+// overshoots: the fleet pauses for Retry-After.
 const stormShare = 4
+
+// maxStorm: at most this many overshoots within one Per make a storm,
+// however high the rate, so that a long Per (a minute, an hour) does not
+// let a refusal that is no overshoot come back for most of it.
+const maxStorm = 10
 
 // What pause.lua made of a 429.
 const (

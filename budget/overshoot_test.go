@@ -82,6 +82,29 @@ func TestOvershoot(t *testing.T) {
 	}
 }
 
+// TestMeteredRefusalPauses: a 429 whose headers say that a limit on other
+// units than calls (tokens) has nothing left is that limit's refusal, not
+// an overshoot of the calls' pace: the fleet pauses for its Retry-After.
+func TestMeteredRefusalPauses(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	b := newBudget(t, rdb, "metered", budget.Limit{Rate: 500, Per: time.Minute}, nil)
+	now := redisNow(t, rdb)
+	h := http.Header{}
+	h.Set("Retry-After", "1")
+	h.Set("X-Ratelimit-Remaining-Requests", "499")
+	h.Set("X-Ratelimit-Remaining-Tokens", "0")
+	h.Set("X-Ratelimit-Reset-Tokens", "800ms")
+	if err := b.Observe(context.Background(), h, http.StatusTooManyRequests); err != nil {
+		t.Fatal(err)
+	}
+	if st := b.Stats(); st.Overshoots != 0 || st.PausesRateLimited != 1 {
+		t.Errorf("Stats: Overshoots %d, PausesRateLimited %d; want 0, 1", st.Overshoots, st.PausesRateLimited)
+	}
+	if d := field(t, rdb, b, "pause") - now; d < 900000 {
+		t.Errorf("paused for %dµs; want Retry-After, 1s", d)
+	}
+}
+
 // TestOvershootSlackDecays: the learned slack halves every half-life (30 s
 // here) without an overshoot, so a fleet whose jitter passed goes back to
 // its full rate.

@@ -95,6 +95,7 @@ fuzz FuzzDecode ./internal/envelope/
 fuzz FuzzMsgPackUnmarshal ./codec/
 fuzz FuzzParseAcquire ./internal/lease/
 fuzz FuzzParseClaim ./fill/
+fuzz FuzzReadHeadroom ./budget/
 
 # The test suite of every module, race detector on. Each package's result is
 # kept to print the count at the end.
