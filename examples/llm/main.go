@@ -153,6 +153,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/locksmith-go/locksmith/examples/internal/demo"
 )
 
 const (
@@ -191,18 +193,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	if err != nil {
 		return err
 	}
-	env, err := openRedis(ctx, cfg)
+	env, err := demo.OpenRedis(ctx, cfg.redis.addr, cfg.prefix)
 	if err != nil {
 		return err
 	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()
-		err = errors.Join(err, env.close(cctx))
+		err = errors.Join(err, env.Close(cctx))
 	}()
 
 	var progressTo io.Writer // nil: no progress line
-	if isTerminal(stderr) {
+	if demo.IsTerminal(stderr) {
 		progressTo = stderr
 	}
 	prompts := requestSequence(cfg.requests, cfg.prompts, cfg.zipf, cfg.seed)
@@ -262,8 +264,8 @@ type result struct {
 // runMode sends prompts through a fresh fleet of mode m, against a fresh
 // API, on an emptied cache. With progressTo not nil, it shows its progress
 // there.
-func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, prompts []string, progressTo io.Writer) (result, error) {
-	if err := env.flush(ctx); err != nil {
+func runMode(ctx context.Context, cfg config, env *demo.Redis, m mode, prompts []string, progressTo io.Writer) (result, error) {
+	if err := env.Flush(ctx); err != nil {
 		return result{}, err
 	}
 	api := startAPI(cfg.rpm, cfg.tpm, cfg.minute, cfg.tokenModel(), cfg.latency, time.Now)
@@ -274,10 +276,13 @@ func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, prompts []s
 	var done atomic.Int64
 	stop := func() {}
 	if progressTo != nil {
-		stop = progress(progressTo, m.name, len(prompts), &done, progressInterval)
+		stop = demo.Progress(progressTo, m.name, len(prompts), &done, progressInterval)
 	}
 	start := time.Now()
-	out := drive(ctx, f.servers, prompts, cfg.concurrency, cfg.timeout, &done)
+	out := demo.Drive(ctx, len(prompts), cfg.concurrency, cfg.timeout, func(ctx context.Context, i int) error {
+		_, err := f.servers[i%len(f.servers)].complete(ctx, prompts[i])
+		return err
+	}, &done)
 	wall := time.Since(start)
 	stop()
 
@@ -295,31 +300,31 @@ func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, prompts []s
 	return r, nil
 }
 
-func summarize(cfg config, name string, prompts []string, api *fakeAPI, out outcome, wall time.Duration) result {
+func summarize(cfg config, name string, prompts []string, api *fakeAPI, out demo.Outcome, wall time.Duration) result {
 	c := api.counts()
 	distinct := len(distinctPrompts(prompts))
 	calls := c.served + c.refusedRequests + c.refusedTokens
-	slices.Sort(out.latencies)
+	slices.Sort(out.Latencies)
 	minutes := 1 + wall.Seconds()/cfg.minute.Seconds() // a full bucket, and its refill
 	r := result{
 		Mode:               name,
-		Requests:           len(out.latencies),
+		Requests:           len(out.Latencies),
 		DistinctPrompts:    distinct,
 		APICalls:           calls,
 		Refused429Requests: c.refusedRequests,
 		Refused429Tokens:   c.refusedTokens,
-		Failed:             out.failed,
+		Failed:             out.Failed,
 		CallsPerPrompt:     round2(float64(calls) / float64(distinct)),
 		PromptsAsked:       api.prompts(),
 		TokensUsed:         c.tokensUsed,
 		TPMUsedPct:         round2(100 * float64(c.tokensUsed) / (float64(cfg.tpm) * minutes)),
 		RPMUsedPct:         round2(100 * float64(c.served+c.refusedTokens) / (float64(cfg.rpm) * minutes)),
-		P50ms:              millis(percentile(out.latencies, 0.50)),
-		P99ms:              millis(percentile(out.latencies, 0.99)),
+		P50ms:              millis(percentile(out.Latencies, 0.50)),
+		P99ms:              millis(percentile(out.Latencies, 0.99)),
 		WallMs:             millis(wall),
 	}
-	if out.firstErr != nil {
-		r.FirstError = out.firstErr.Error()
+	if out.FirstErr != nil {
+		r.FirstError = out.FirstErr.Error()
 	}
 	return r
 }
@@ -368,7 +373,7 @@ func millis(d time.Duration) float64 { return round2(float64(d) / float64(time.M
 func round2(x float64) float64 { return math.Round(x*100) / 100 }
 
 // report writes the settings, the table, notes, and the conclusion.
-func report(w io.Writer, cfg config, env *redisEnv, results []result) error {
+func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	distinct := 0
 	if len(results) > 0 {
 		distinct = results[0].DistinctPrompts
@@ -376,7 +381,7 @@ func report(w io.Writer, cfg config, env *redisEnv, results []result) error {
 	fmt.Fprintf(w, "%d servers, %d requests (%d in flight) for %d possible prompts, %d requested (Zipf s=%g, seed %d)\n",
 		cfg.servers, cfg.requests, cfg.concurrency, cfg.prompts, distinct, cfg.zipf, cfg.seed)
 	fmt.Fprintf(w, "API: %d requests and %d tokens per minute, a minute lasting %s; completions of %g tokens median (log-normal, sigma %g), %s each; Redis: %s\n",
-		cfg.rpm, cfg.tpm, cfg.minute, cfg.tokensMedian, cfg.tokensSigma, cfg.latency, env.desc)
+		cfg.rpm, cfg.tpm, cfg.minute, cfg.tokensMedian, cfg.tokensSigma, cfg.latency, env.Desc)
 	how := "-timeout"
 	if cfg.timeoutComputed {
 		how = "computed: " + strings.ReplaceAll(deadlineRule, "\n", " ")
@@ -526,7 +531,7 @@ type jsonSettings struct {
 
 // writeJSON writes the settings and results as one JSON object, and nothing
 // else.
-func writeJSON(w io.Writer, cfg config, env *redisEnv, results []result) error {
+func writeJSON(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	rep := jsonReport{
 		Settings: jsonSettings{
 			Servers:         cfg.servers,
@@ -545,14 +550,14 @@ func writeJSON(w io.Writer, cfg config, env *redisEnv, results []result) error {
 			TTLMs:           millis(cfg.ttl),
 			TimeoutMs:       millis(cfg.timeout),
 			TimeoutComputed: cfg.timeoutComputed,
-			Redis:           env.addr,
+			Redis:           env.Addr,
 			Prefix:          cfg.prefix,
 		},
 		Results:    make(map[string]result),
 		Conclusion: conclusion(results),
 		TimingNote: timingNote(results),
 	}
-	if env.mini != nil {
+	if env.Embedded() {
 		rep.Settings.Redis = "embedded"
 	}
 	for _, m := range cfg.modes {

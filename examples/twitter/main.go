@@ -173,6 +173,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/locksmith-go/locksmith/examples/internal/demo"
 )
 
 const (
@@ -211,18 +213,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	if err != nil {
 		return err
 	}
-	env, err := openRedis(ctx, cfg)
+	env, err := demo.OpenRedis(ctx, cfg.redis.addr, cfg.prefix)
 	if err != nil {
 		return err
 	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()
-		err = errors.Join(err, env.close(cctx))
+		err = errors.Join(err, env.Close(cctx))
 	}()
 
 	var progressTo io.Writer // nil: no progress line
-	if isTerminal(stderr) {
+	if demo.IsTerminal(stderr) {
 		progressTo = stderr
 	}
 	ids := requestSequence(cfg.requests, cfg.keys, cfg.zipf, cfg.seed)
@@ -277,8 +279,8 @@ type result struct {
 
 // runMode sends ids through a fresh fleet of mode m, against a fresh API, on
 // an emptied cache. With progressTo not nil, it shows its progress there.
-func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint64, progressTo io.Writer) (result, error) {
-	if err := env.flush(ctx); err != nil {
+func runMode(ctx context.Context, cfg config, env *demo.Redis, m mode, ids []uint64, progressTo io.Writer) (result, error) {
+	if err := env.Flush(ctx); err != nil {
 		return result{}, err
 	}
 	api := startAPI(cfg.rate, cfg.burst, cfg.latency, time.Now)
@@ -288,10 +290,13 @@ func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint6
 	var done atomic.Int64
 	stop := func() {}
 	if progressTo != nil {
-		stop = progress(progressTo, m.name, len(ids), &done, progressInterval)
+		stop = demo.Progress(progressTo, m.name, len(ids), &done, progressInterval)
 	}
 	start := time.Now()
-	out := drive(ctx, f.servers, ids, cfg.concurrency, cfg.timeout, &done)
+	out := demo.Drive(ctx, len(ids), cfg.concurrency, cfg.timeout, func(ctx context.Context, i int) error {
+		_, err := f.servers[i%len(f.servers)].timeline(ctx, ids[i])
+		return err
+	}, &done)
 	wall := time.Since(start)
 	stop()
 
@@ -311,25 +316,25 @@ func runMode(ctx context.Context, cfg config, env *redisEnv, m mode, ids []uint6
 	return r, nil
 }
 
-func summarize(name string, ids []uint64, api *fakeAPI, out outcome, wall time.Duration, stats *fillStats) result {
+func summarize(name string, ids []uint64, api *fakeAPI, out demo.Outcome, wall time.Duration, stats *fillStats) result {
 	served, refused := api.calls()
 	distinct := len(distinctIDs(ids))
-	slices.Sort(out.latencies)
+	slices.Sort(out.Latencies)
 	r := result{
 		Mode:         name,
-		Requests:     len(out.latencies),
+		Requests:     len(out.Latencies),
 		DistinctKeys: distinct,
 		APICalls:     served + refused,
 		Refused:      refused,
 		CallsPerKey:  round2(float64(served+refused) / float64(distinct)),
-		Failed:       out.failed,
-		P50ms:        millis(percentile(out.latencies, 0.50)),
-		P99ms:        millis(percentile(out.latencies, 0.99)),
+		Failed:       out.Failed,
+		P50ms:        millis(percentile(out.Latencies, 0.50)),
+		P99ms:        millis(percentile(out.Latencies, 0.99)),
 		WallMs:       millis(wall),
 		FillStats:    stats,
 	}
-	if out.firstErr != nil {
-		r.FirstError = out.firstErr.Error()
+	if out.FirstErr != nil {
+		r.FirstError = out.FirstErr.Error()
 	}
 	first, last := api.span()
 	if busy := last.Sub(first); busy > 0 {
@@ -378,7 +383,7 @@ const naiveVariation = "30%"
 
 // report writes the settings, the table, notes on failures, on the fill
 // counters and on timing, and the conclusion.
-func report(w io.Writer, cfg config, env *redisEnv, results []result) error {
+func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	distinct := 0
 	if len(results) > 0 {
 		distinct = results[0].DistinctKeys
@@ -386,7 +391,7 @@ func report(w io.Writer, cfg config, env *redisEnv, results []result) error {
 	fmt.Fprintf(w, "%d servers, %d requests (%d in flight) for %d possible users, %d requested (Zipf s=%g, seed %d)\n",
 		cfg.servers, cfg.requests, cfg.concurrency, cfg.keys, distinct, cfg.zipf, cfg.seed)
 	fmt.Fprintf(w, "API: %g calls/s, burst %d, %s per call; Redis: %s\n",
-		cfg.rate, cfg.burst, cfg.latency, env.desc)
+		cfg.rate, cfg.burst, cfg.latency, env.Desc)
 	how := "-timeout"
 	if cfg.timeoutComputed {
 		how = "computed: " + strings.ReplaceAll(deadlineRule, "\n", " ")
@@ -561,7 +566,7 @@ type jsonSettings struct {
 
 // writeJSON writes the settings and results as one JSON object, and nothing
 // else.
-func writeJSON(w io.Writer, cfg config, env *redisEnv, results []result) error {
+func writeJSON(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	rep := jsonReport{
 		Settings: jsonSettings{
 			Servers:         cfg.servers,
@@ -577,14 +582,14 @@ func writeJSON(w io.Writer, cfg config, env *redisEnv, results []result) error {
 			TimeoutMs:       millis(cfg.timeout),
 			TimeoutComputed: cfg.timeoutComputed,
 			BatchWindowMs:   millis(cfg.window),
-			Redis:           env.addr,
+			Redis:           env.Addr,
 			Prefix:          cfg.prefix,
 		},
 		Results:    make(map[string]result),
 		Conclusion: conclusion(results),
 		TimingNote: timingNote(cfg, results),
 	}
-	if env.mini != nil {
+	if env.Embedded() {
 		rep.Settings.Redis = "embedded"
 	}
 	l := budgetLimit(cfg)

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/locksmith-go/locksmith/examples/internal/demo"
+
 	"go.uber.org/goleak"
 
 	"github.com/locksmith-go/locksmith/budget"
@@ -182,8 +184,8 @@ func TestRunText(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if isTerminal(f) {
-		t.Fatalf("isTerminal(%s) = true; want false", f.Name())
+	if demo.IsTerminal(f) {
+		t.Fatalf("demo.IsTerminal(%s) = true; want false", f.Name())
 	}
 	var out bytes.Buffer
 	if err := run(t.Context(), small, &out, f); err != nil {
@@ -330,8 +332,8 @@ func TestIsTerminal(t *testing.T) {
 	defer r.Close()
 	defer w.Close()
 	for name, w := range map[string]io.Writer{"a buffer": &bytes.Buffer{}, "a pipe": w} {
-		if isTerminal(w) {
-			t.Errorf("isTerminal(%s) = true; want false", name)
+		if demo.IsTerminal(w) {
+			t.Errorf("demo.IsTerminal(%s) = true; want false", name)
 		}
 	}
 }
@@ -340,7 +342,7 @@ func TestProgress(t *testing.T) {
 	var buf bytes.Buffer
 	var done atomic.Int64
 	done.Store(7)
-	stop := progress(&buf, "fill", 300, &done, time.Hour)
+	stop := demo.Progress(&buf, "fill", 300, &done, time.Hour)
 	stop()
 	if got, want := buf.String(), "\rfill   7/300 requests\r"+strings.Repeat(" ", 21)+"\r"; got != want {
 		t.Errorf("progress wrote %q; want %q", got, want)
@@ -676,7 +678,7 @@ func TestTimelineDeterministic(t *testing.T) {
 }
 
 func TestGlobEscape(t *testing.T) {
-	if got, want := globEscape(`a*b?[c]\`), `a\*b\?\[c\]\\`; got != want {
+	if got, want := demo.GlobEscape(`a*b?[c]\`), `a\*b\?\[c\]\\`; got != want {
 		t.Errorf("globEscape = %q; want %q", got, want)
 	}
 }
