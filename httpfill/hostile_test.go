@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/httpfill"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
@@ -203,6 +204,41 @@ func TestRateLimitedHugeRetryAfter(t *testing.T) {
 			}
 			if ttl := rdb.PTTL(ctx, "__locksmith:{api}:budget").Val(); ttl > time.Minute {
 				t.Errorf("the budget's key lives %v; want no long pause kept", ttl)
+			}
+		})
+	}
+}
+
+// TestLifetimeCapped: a response whose own freshness says decades (a huge
+// max-age, an Expires far ahead) is cached for at most Options.MaxTTL.
+func TestLifetimeCapped(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		header map[string]string
+		maxTTL time.Duration
+		want   time.Duration
+	}{
+		{"max-age", map[string]string{"Cache-Control": "max-age=2147483648"}, 0, 24 * time.Hour},
+		{"expires", map[string]string{"Expires": time.Now().AddDate(60, 0, 0).UTC().Format(http.TimeFormat)}, 0, 24 * time.Hour},
+		{"option", map[string]string{"Cache-Control": "s-maxage=999999999"}, time.Hour, time.Hour},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, rdb := redistest.Mini(t)
+			u := newUpstream(t, false, func(w http.ResponseWriter, r *http.Request) {
+				for k, v := range tc.header {
+					w.Header().Set(k, v)
+				}
+				_, _ = io.WriteString(w, "hello")
+			})
+			c := newClient(u, newCache(t, rdb, nil), &httpfill.Options{
+				MaxTTL: tc.maxTTL,
+				Key:    func(*http.Request) string { return "k" },
+			})
+			if r := do(t.Context(), c, http.MethodGet, u.url("/")); r.err != nil || r.body != "hello" {
+				t.Fatalf("GET: %q, %v", r.body, r.err)
+			}
+			if ttl := m.TTL("__locksmith:{k}:value"); ttl <= 0 || ttl > tc.want {
+				t.Errorf("cached for %v; want at most %v", ttl, tc.want)
 			}
 		})
 	}

@@ -59,9 +59,18 @@ type Options struct {
 	// and still cheap for Redis to move.
 	// default: 1 MiB
 	MaxBody int64
+
+	// MaxTTL is the longest a response's own freshness (s-maxage,
+	// max-age, Expires) keeps it cached: an upstream that says a decade,
+	// by mistake or not, is cached for MaxTTL.
+	// default: 24h
+	MaxTTL time.Duration
 }
 
 const defaultMaxBody = 1 << 20
+
+// defaultMaxTTL is Options.MaxTTL's default.
+const defaultMaxTTL = 24 * time.Hour
 
 func (o *Options) withDefaults() Options {
 	var opt Options
@@ -76,6 +85,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if opt.MaxBody <= 0 {
 		opt.MaxBody = defaultMaxBody
+	}
+	if opt.MaxTTL <= 0 {
+		opt.MaxTTL = defaultMaxTTL
 	}
 	return opt
 }
@@ -222,7 +234,7 @@ func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers, ow
 	if !store {
 		fill.SetTTL(ctx, 0)
 	} else if ttl > 0 {
-		fill.SetTTL(ctx, ttl)
+		fill.SetTTL(ctx, min(ttl, t.opt.MaxTTL))
 	}
 	e := &entry{
 		Status: resp.Status, Code: resp.StatusCode,
