@@ -944,6 +944,9 @@ func (c *Cache) settleMany(ctx context.Context, calls []settleCall) {
 			msg = lease.Message(lease.Value, string(sc.entry))
 		}
 		created[i] = c.createdAt(&sc.l.look)
+		if c.local != nil {
+			c.local.expect(sc.l.key, created[i])
+		}
 		return settleScript.EvalSha(ctx, pipe, ks.keys, sc.l.token, flag, "s", msg, sc.entry,
 			lease.Millis(max(sc.ttl, time.Millisecond)), c.invalChannel, invalidation(sc.l.key, created[i]))
 	}

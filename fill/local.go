@@ -133,16 +133,23 @@ func (l *local) keep(key string, v any, absent bool, created time.Time, sent, un
 	l.values.Set(key, &localEntry{val: v, absent: absent, created: ms, until: until.UnixNano()})
 }
 
-// set keeps a value this Cache stored itself (created is its stamp).
-func (l *local) set(key string, v any, absent bool, created, until time.Time) {
+// expect registers the invalidation this Cache's own store of key,
+// stamped created, is about to publish, so that the message, which may
+// arrive before the store's reply, is known for its own and drops no copy.
+func (l *local) expect(key string, created time.Time) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if len(l.mine) >= maxMine {
 		// Our own invalidations are not coming back (pub/sub refused?):
 		// forget them rather than grow.
 		clear(l.mine)
 	}
 	l.mine[invalidation(key, created)] = struct{}{}
-	l.mu.Unlock()
+}
+
+// set keeps a value this Cache stored itself (created is its stamp, which
+// expect registered before the store was sent).
+func (l *local) set(key string, v any, absent bool, created, until time.Time) {
 	l.keep(key, v, absent, created, time.Now(), until)
 }
 

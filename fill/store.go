@@ -37,6 +37,9 @@ func (c *Cache) store(ctx context.Context, ks keyset, key, token string, entry [
 		window = c.opt.window()
 	}
 	createdAt := c.createdAt(claimed)
+	if c.local != nil {
+		c.local.expect(key, createdAt)
+	}
 	s, err := c.settleStore(ctx, ks, token, msg, entry, ttl+window, invalidation(key, createdAt))
 	c.settled(key, s, err)
 	if err == nil && s.ours && s.storeErr == "" && c.local != nil {
