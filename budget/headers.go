@@ -60,12 +60,12 @@ type headroom struct {
 func readHeadroom(h http.Header, ref time.Time) []headroom {
 	var out []headroom
 	add := func(meter string, limit, remaining string, reset time.Duration, resetOK bool) {
-		rem, ok := amount(remaining)
+		rem, ok := count(remaining)
 		if !ok {
 			return
 		}
 		hr := headroom{meter: meter, remaining: rem}
-		if l, ok := amount(limit); ok {
+		if l, ok := count(limit); ok {
 			hr.limit = l
 		}
 		if resetOK {
@@ -78,8 +78,8 @@ func readHeadroom(h http.Header, ref time.Time) []headroom {
 	for _, prefix := range []string{"X-Rate-Limit-", "X-Ratelimit-"} {
 		remaining := h.Get(prefix + "Remaining")
 		if remaining == "" && prefix == "X-Ratelimit-" {
-			used, okU := amount(h.Get(prefix + "Used"))
-			limit, okL := amount(h.Get(prefix + "Limit"))
+			used, okU := count(h.Get(prefix + "Used"))
+			limit, okL := count(h.Get(prefix + "Limit"))
 			if okU && okL && used <= limit {
 				remaining = strconv.FormatInt(limit-used, 10)
 			}
@@ -123,9 +123,9 @@ func readHeadroom(h http.Header, ref time.Time) []headroom {
 // shapes; see readHeadroom.
 func ietfHeadroom(h http.Header) []headroom {
 	var out []headroom
-	if remaining, ok := amount(h.Get("Ratelimit-Remaining")); ok {
+	if remaining, ok := count(h.Get("Ratelimit-Remaining")); ok {
 		hr := headroom{remaining: remaining}
-		if l, ok := amount(h.Get("Ratelimit-Limit")); ok {
+		if l, ok := count(h.Get("Ratelimit-Limit")); ok {
 			hr.limit = l
 		}
 		if r, ok := deltaReset(h.Get("Ratelimit-Reset")); ok {
@@ -148,7 +148,7 @@ func ietfHeadroom(h http.Header) []headroom {
 		if u, ok := units[name]; ok && u != "requests" {
 			continue
 		}
-		remaining, ok := amount(params["r"])
+		remaining, ok := count(params["r"])
 		if !ok {
 			continue
 		}
@@ -168,12 +168,12 @@ func dictHeadroom(field string) []headroom {
 		k, v, _ := strings.Cut(m, "=")
 		kv[strings.ToLower(strings.TrimSpace(k))] = strings.TrimSpace(v)
 	}
-	remaining, ok := amount(kv["remaining"])
+	remaining, ok := count(kv["remaining"])
 	if !ok {
 		return nil
 	}
 	hr := headroom{remaining: remaining}
-	if l, ok := amount(kv["limit"]); ok {
+	if l, ok := count(kv["limit"]); ok {
 		hr.limit = l
 	}
 	if r, ok := deltaReset(kv["reset"]); ok {
@@ -234,21 +234,10 @@ func splitItem(member string) (string, map[string]string) {
 	return strings.Trim(strings.TrimSpace(parts[0]), `"`), params
 }
 
-// amount parses a count a header states: decimal, non-negative, below
-// maxCount.
-func amount(s string) (int64, bool) {
-	s = strings.TrimSpace(s)
-	if s == "" || len(s) > 20 {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	return n, err == nil && n >= 0 && n < maxCount
-}
-
 // epochReset reads a reset given in Unix epoch seconds against ref. A value
 // below 10^9 (before 2001) is a delta in seconds, as some upstreams send.
 func epochReset(s string, ref time.Time) (time.Duration, bool) {
-	n, ok := amount(s)
+	n, ok := count(s)
 	if !ok {
 		return 0, false
 	}
@@ -263,7 +252,7 @@ func epochReset(s string, ref time.Time) (time.Duration, bool) {
 
 // deltaReset reads a reset given in seconds from now.
 func deltaReset(s string) (time.Duration, bool) {
-	n, ok := amount(s)
+	n, ok := count(s)
 	if !ok || n >= int64(maxHeaderWait/time.Second) {
 		return 0, false
 	}

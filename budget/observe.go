@@ -115,12 +115,8 @@ func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) 
 			remaining, hasRemaining = limit-used, true
 		}
 	}
-	var reset time.Duration
-	epoch, hasReset := count(h.Get(prefix + "Reset"))
-	if hasReset {
-		reset = time.Unix(epoch, 0).Sub(ref)
-		hasReset = reset < maxHeaderWait
-	}
+	// A reset already passed reads as 0: the window has just ended.
+	reset, hasReset := epochReset(h.Get(prefix+"Reset"), ref)
 
 	var f feedback
 	switch {
@@ -162,10 +158,15 @@ func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) 
 	return f
 }
 
-// count parses a non-negative decimal integer header value.
+// count parses a count a header states: decimal, non-negative, below
+// maxCount.
 func count(s string) (int64, bool) {
-	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-	return n, err == nil && n >= 0
+	s = strings.TrimSpace(s)
+	if s == "" || len(s) > 20 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil && n >= 0 && n < maxCount
 }
 
 // parseRetryAfter reads Retry-After values, delta seconds or HTTP dates
@@ -229,12 +230,14 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 //     no more than one interval (Per/Rate), or for exactly 1s (what a
 //     shorter wait rounds up to in Retry-After), with no longer pause in
 //     force, is an overshoot: arrival jitter brought a call of a budget
-//     pacing at its limit to the upstream early. It pauses for one interval
-//     only, widens the spacing of paced slots (by up to an interval/12,
-//     kept while the budget's hash lives), and has the Waits sleeping on
-//     every server book again at the new spacing; see [Stats].Overshoots.
-//     Only max(3, Rate/10) overshoots within one Per, the spacing at its
-//     widest, are a storm, which pauses for Retry-After.
+//     pacing at its limit to the upstream early, unless its headers say a
+//     limit on other units than calls (tokens) has nothing left. It pauses
+//     for one interval only, widens the spacing of paced slots (from an
+//     interval/48, doubling up to an interval/6, halving every 30 s
+//     without an overshoot), and has the Waits sleeping on every server
+//     book again at the new spacing; see [Stats].Overshoots. Only
+//     max(3, Rate/4) overshoots (at most 10) within one Per, the spacing at
+//     its widest, are a storm, which pauses for Retry-After.
 //   - Remaining 0 (x-rate-limit-remaining, the X API, or
 //     x-ratelimit-remaining, GitHub) pauses it until the reset
 //     (x-rate-limit-reset or x-ratelimit-reset, epoch seconds), or for one
