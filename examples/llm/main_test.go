@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/locksmith-go/locksmith/examples/internal/demo"
+
 	"go.uber.org/goleak"
 
 	"github.com/locksmith-go/locksmith/budget"
@@ -475,7 +477,7 @@ func TestFlagErrors(t *testing.T) {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			var out, errOut bytes.Buffer
 			err := run(t.Context(), tt.args, &out, &errOut)
-			var ue *usageError
+			var ue *demo.UsageError
 			if !errors.As(err, &ue) || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("run = %v; want a usage error containing %q", err, tt.want)
 			}

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/locksmith-go/locksmith/examples/internal/demo"
 )
 
 // config is the demo's settings, from its flags.
@@ -24,21 +24,11 @@ type config struct {
 	// timeoutComputed says that -timeout was not given: run computes the
 	// deadline (see requestDeadline).
 	timeoutComputed bool
-	redis           redisFlag
+	redis           demo.RedisFlag
 	prefix          string
 	json            bool
 	modes           modesFlag
 }
-
-// usageError is an error in the command line; printed says whether the flag
-// package has already shown it.
-type usageError struct {
-	err     error
-	printed bool
-}
-
-func (e *usageError) Error() string { return e.err.Error() }
-func (e *usageError) Unwrap() error { return e.err }
 
 // parseFlags parses and checks args; on -h it prints the usage to stderr and
 // returns flag.ErrHelp.
@@ -76,14 +66,14 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		if errors.Is(err, flag.ErrHelp) {
 			return cfg, err
 		}
-		return cfg, &usageError{err: err, printed: true}
+		return cfg, &demo.UsageError{Err: err, Printed: true}
 	}
 	err := cfg.validate()
 	if fs.NArg() > 0 {
 		err = errors.Join(err, fmt.Errorf("unexpected arguments: %q", fs.Args()))
 	}
 	if err != nil {
-		return cfg, &usageError{err: err}
+		return cfg, &demo.UsageError{Err: err}
 	}
 	return cfg, nil
 }
@@ -134,52 +124,6 @@ func requestDeadline(cfg config, distinct int) time.Duration {
 	d := time.Duration(secs*float64(time.Second)) + cfg.latency + deadlineSlack
 	d = (d + time.Second - 1).Truncate(time.Second)
 	return min(max(minDeadline, d), maxDeadline)
-}
-
-// The original locksmith's defaults for the Redis server.
-const (
-	defaultRedisHost = "localhost"
-	defaultRedisPort = "6379"
-)
-
-// redisFlag is the -redis flag: the address of a real Redis, or "" when the
-// flag is not given.
-type redisFlag struct {
-	addr string
-}
-
-func (f *redisFlag) String() string { return f.addr }
-
-func (f *redisFlag) Set(s string) error {
-	addr, err := redisAddr(s)
-	if err != nil {
-		return err
-	}
-	f.addr = addr
-	return nil
-}
-
-// redisAddr completes a host:port, a host or a :port with the defaults for
-// the missing parts.
-func redisAddr(s string) (string, error) {
-	host, port := s, ""
-	if strings.Contains(s, ":") {
-		var err error
-		host, port, err = net.SplitHostPort(s)
-		if err != nil {
-			return "", fmt.Errorf("want host:port, host or :port (an IPv6 host in brackets): %w", err)
-		}
-	}
-	if host == "" {
-		host = defaultRedisHost
-	}
-	if port == "" {
-		port = defaultRedisPort
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return "", fmt.Errorf("port %q is not a number from 1 to 65535", port)
-	}
-	return net.JoinHostPort(host, port), nil
 }
 
 // modesFlag is the -modes flag: the modes to run, in order.

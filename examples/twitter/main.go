@@ -161,17 +161,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
 	"math/rand/v2"
-	"os"
-	"os/signal"
 	"slices"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/locksmith-go/locksmith/examples/internal/demo"
@@ -182,28 +178,7 @@ const (
 	cleanupTimeout   = 10 * time.Second // deleting the demo's keys at the end
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	// A second Ctrl-C kills the process at once.
-	context.AfterFunc(ctx, stop)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	if err == nil {
-		return
-	}
-	var ue *usageError
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		os.Exit(0)
-	case errors.As(err, &ue):
-		if !ue.printed {
-			fmt.Fprintln(os.Stderr, "twitter:", err)
-		}
-		os.Exit(2)
-	}
-	fmt.Fprintln(os.Stderr, "twitter:", err)
-	os.Exit(1)
-}
+func main() { demo.Main("twitter", run) }
 
 // run runs the demo with the command-line arguments args (without the
 // program name), writing the report to stdout and, when stderr is a
@@ -213,7 +188,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	if err != nil {
 		return err
 	}
-	env, err := demo.OpenRedis(ctx, cfg.redis.addr, cfg.prefix)
+	env, err := demo.OpenRedis(ctx, cfg.redis.Addr, cfg.prefix)
 	if err != nil {
 		return err
 	}

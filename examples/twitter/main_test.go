@@ -471,7 +471,7 @@ func TestFlagErrors(t *testing.T) {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			var out, errOut bytes.Buffer
 			err := run(t.Context(), tt.args, &out, &errOut)
-			var ue *usageError
+			var ue *demo.UsageError
 			if !errors.As(err, &ue) || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("run = %v; want a usage error containing %q", err, tt.want)
 			}
@@ -521,21 +521,22 @@ func TestRedisAddr(t *testing.T) {
 		{"[::1]:", "[::1]:6379"},
 	}
 	for _, tt := range tests {
-		got, err := redisAddr(tt.in)
-		if err != nil || got != tt.want {
-			t.Errorf("redisAddr(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		var f demo.RedisFlag
+		err := f.Set(tt.in)
+		if got := f.Addr; err != nil || got != tt.want {
+			t.Errorf("-redis %q = %q, %v; want %q", tt.in, got, err, tt.want)
 		}
 	}
 }
 
 func TestRedisFlagDefaultsWhenGiven(t *testing.T) {
 	cfg, err := parseFlags([]string{"-redis", ""}, &bytes.Buffer{})
-	if err != nil || cfg.redis.addr != "localhost:6379" {
-		t.Errorf("-redis '' gives %q, %v; want localhost:6379", cfg.redis.addr, err)
+	if err != nil || cfg.redis.Addr != "localhost:6379" {
+		t.Errorf("-redis '' gives %q, %v; want localhost:6379", cfg.redis.Addr, err)
 	}
 	cfg, err = parseFlags(nil, &bytes.Buffer{})
-	if err != nil || cfg.redis.addr != "" {
-		t.Errorf("no -redis gives %q, %v; want the embedded Redis", cfg.redis.addr, err)
+	if err != nil || cfg.redis.Addr != "" {
+		t.Errorf("no -redis gives %q, %v; want the embedded Redis", cfg.redis.Addr, err)
 	}
 }
 
