@@ -267,6 +267,11 @@ type Budget struct {
 	// µs of the Redis clock, and how far the Redis clock is ahead of this
 	// process's (µs), as of the latest booking or pause.
 	mineTAT, mineSlot, clock atomic.Int64
+	lead                     leadClock // the lead slots are slept by (clock.go)
+	// fine: a slot's last fineWindow is slept on the operating system's
+	// fine timer, because the limit has no burst tolerance to absorb a
+	// late wake (see clock.go).
+	fine bool
 
 	base   context.Context // parent of pause reads; cancelled by Close
 	cancel context.CancelFunc
@@ -311,6 +316,11 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 	b.t = t.Microseconds()
 	b.tau = int64(b.lim.Burst-1) * b.t
 	b.sig = strconv.FormatInt(b.t, 10) + ":" + strconv.FormatInt(b.tau, 10)
+	// A late wake matters where the burst tolerance cannot absorb it; the
+	// fine timer blocks a thread, so it serves slots at least its window
+	// apart: at most about one thread at a time.
+	b.lead.base = time.Now()
+	b.fine = b.tau < 2*fineWindow.Microseconds() && b.t >= fineWindow.Microseconds()
 	b.tb = int64(math.Ceil(float64(b.t) / b.opt.BackgroundShare))
 	b.horizon = min(max(2*b.t, horizonMin.Microseconds()), horizonMax.Microseconds())
 	n := b.opt.FleetSize
@@ -494,7 +504,7 @@ func (b *Budget) wait(ctx context.Context, p Priority) error {
 		case comeBack:
 			b.stats.comeBacks.Add(1)
 			place = r.slot
-			if err := b.sleep(ctx, r.wait, nil); err != nil {
+			if err := b.sleep(ctx, r.wait, false, nil); err != nil {
 				b.abandon(r, err)
 				return err
 			}
@@ -512,7 +522,13 @@ func (b *Budget) wait(ctx context.Context, p Priority) error {
 		}
 		booked := r.slot - r.wait.Microseconds() // the Redis clock at the booking
 		rebook := func(at, respaced int64) bool { return at > r.slot || respaced > booked }
-		err = b.sleep(ctx, r.wait, rebook)
+		// The slot on this process's clock, by the Redis clock's lead
+		// (see clock.go): not this reply's own latency after it.
+		d := r.wait
+		if l, ok := b.lead.until(r.slot, time.Now()); ok {
+			d = min(d, l)
+		}
+		err = b.sleep(ctx, d, b.fine, rebook)
 		if err == nil && (!listening || b.lost.Load() != lost) {
 			// Pub/sub did not work all along (refused, not confirmed yet,
 			// or Redis was away): a pause another server began meanwhile
@@ -637,7 +653,13 @@ var errPaused = errors.New("paused")
 // closed (ErrClosed), or, when paused is not nil, paused reports true for
 // the end of the pause heard of and the instant the schedule was last
 // respaced (errPaused).
-func (b *Budget) sleep(ctx context.Context, d time.Duration, paused func(at, respaced int64) bool) error {
+func (b *Budget) sleep(ctx context.Context, d time.Duration, fine bool, paused func(at, respaced int64) bool) error {
+	deadline := time.Now().Add(d)
+	if !fine || d < fineWindow {
+		fine = false
+	} else {
+		d -= fineWindow
+	}
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	for {
@@ -649,6 +671,9 @@ func (b *Budget) sleep(ctx context.Context, d time.Duration, paused func(at, res
 		}
 		select {
 		case <-timer.C:
+			if fine {
+				sleepFine(deadline)
+			}
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
@@ -822,7 +847,7 @@ func (b *Budget) sleepLocalPause(ctx context.Context) error {
 			return fmt.Errorf("budget: wait %s: paused for %v, past the deadline: %w",
 				redisx.Quote(b.name), d, context.DeadlineExceeded)
 		}
-		if err := b.sleep(ctx, d, nil); err != nil {
+		if err := b.sleep(ctx, d, false, nil); err != nil {
 			return err
 		}
 	}
@@ -855,7 +880,7 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 		if p == Background && d > horizon {
 			b.local.cancel(tat)
 			b.stats.comeBacks.Add(1)
-			if err := b.sleep(ctx, d-horizon, nil); err != nil {
+			if err := b.sleep(ctx, d-horizon, false, nil); err != nil {
 				return err
 			}
 			continue
@@ -872,7 +897,7 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 		b.mu.Lock()
 		pause := b.localPause
 		b.mu.Unlock()
-		err := b.sleep(ctx, d, func(int64, int64) bool {
+		err := b.sleep(ctx, d, b.fine, func(int64, int64) bool {
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			return b.localPause.After(pause)
@@ -903,7 +928,9 @@ func (b *Budget) learn(r booking) {
 	if r.slot-r.wait.Microseconds() >= b.knownRespace() {
 		b.know(r.tat, r.slot)
 	}
-	b.clock.Store(r.slot - time.Now().Add(r.wait).UnixMicro())
+	now := time.Now()
+	b.lead.sample(r.slot-r.wait.Microseconds(), now)
+	b.clock.Store(r.slot - now.Add(r.wait).UnixMicro())
 }
 
 // know raises what this server knows of the budget to tat and slot (µs of

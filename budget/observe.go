@@ -414,7 +414,9 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 		}
 	}
 	if v[1] == 1 {
-		b.clock.Store(v[0] - start.Add(f.pause).UnixMicro())
+		now := time.Now()
+		b.lead.sample(v[0]-f.pause.Microseconds(), now)
+		b.clock.Store(v[0] - now.Add(f.pause).UnixMicro())
 		b.heard(v[0], 0)
 	}
 	return nil
