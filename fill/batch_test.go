@@ -128,7 +128,7 @@ func TestGetManyChunks(t *testing.T) {
 		keys = append(keys, fmt.Sprint(i))
 	}
 	bl := &batchLoader{}
-	got, err := fill.GetMany(ctx, c, keys, bl.load, &fill.BatchOptions{MaxSize: 100})
+	got, err := fill.GetMany(ctx, c, keys, bl.load, fill.WithBatchOptions(&fill.BatchOptions{MaxSize: 100}))
 	if err != nil || len(got) != 250 {
 		t.Fatalf("got %d values, %v", len(got), err)
 	}

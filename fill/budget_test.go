@@ -176,7 +176,7 @@ func TestBatchWaitsOnce(t *testing.T) {
 		t.Errorf("budget waits = %d for one batch call; want 1", w)
 	}
 	more := []string{"f", "g", "h"}
-	if _, err := fill.GetMany(ctx, c, more, load, &fill.BatchOptions{CostPerKey: true}); err != nil {
+	if _, err := fill.GetMany(ctx, c, more, load, fill.WithBatchOptions(&fill.BatchOptions{CostPerKey: true})); err != nil {
 		t.Fatal(err)
 	}
 	if w := b.Stats().Waits; w != 1+3 {

@@ -14,9 +14,26 @@ import (
 
 // Freshness: serving stale values, and refreshing them in the background.
 
-func (c *Cache) serveStale(ctx context.Context, key string, l *look) {
+// servable reports whether l found a stale value that may be served at
+// once: refreshes back off, or it is within the revalidate window.
+func (c *Cache) servable(l *look) bool {
+	return l.err == nil && l.r.state == stale && l.valErr == nil &&
+		(l.r.sub == staleBackoff || l.entry.StaleWindow-l.r.pttl <= c.opt.StaleWhileRevalidate)
+}
+
+// staleHit counts and reports a value served past its TTL.
+func (c *Cache) staleHit(ctx context.Context, key string) {
 	c.stats.staleHits.Add(1)
 	c.event(ctx, observe.Event{Kind: observe.StaleHit, Key: key})
+}
+
+// serveStale serves the stale value l found, and refreshes it in the
+// background when l claimed its refresh.
+func (c *Cache) serveStale(ctx context.Context, j *job, l *look) {
+	c.staleHit(ctx, j.ks.name)
+	if l.r.sub == staleClaimed {
+		c.refresh(ctx, j, l)
+	}
 }
 
 // remoteFailure is the outcome of a flight whose awaited load failed on
@@ -24,7 +41,7 @@ func (c *Cache) serveStale(ctx context.Context, key string, l *look) {
 // an error wrapping ErrLoadFailed.
 func (c *Cache) remoteFailure(ctx context.Context, key, msg string, fallback *look) (any, error) {
 	if fallback != nil && fallback.valErr == nil {
-		c.serveStale(ctx, key, fallback)
+		c.staleHit(ctx, key)
 		return fallback.val, nil
 	}
 	_, text := lease.ParseMessage(msg)
@@ -33,10 +50,9 @@ func (c *Cache) remoteFailure(ctx context.Context, key, msg string, fallback *lo
 
 // refresh refreshes a stale value in the background, as the holder of its
 // lock (claimed). The callers already have the stale value.
-func (c *Cache) refresh(caller context.Context, key string, cl callOptions, o ops, claimed *look) {
-	ks := c.keyset(key)
+func (c *Cache) refresh(caller context.Context, j *job, claimed *look) {
 	if !c.enter() {
-		lease.Cleanup(c.rdb, ks.lock, claimed.token)
+		lease.Cleanup(c.rdb, j.ks.lock, claimed.token)
 		return
 	}
 	c.stats.refreshes.Add(1)
@@ -44,19 +60,19 @@ func (c *Cache) refresh(caller context.Context, key string, cl callOptions, o op
 		defer c.wg.Done()
 		ctx, cancel := c.flightContext(caller)
 		defer cancel()
-		out := c.lead(ctx, ctx, ks, key, cl, o, claimed, claimed, true)
-		c.refreshPanicked(key, out.panicked)
+		out := c.lead(ctx, ctx, j, claimed, claimed, true)
+		c.refreshPanicked(j.ks.name, out.panicked)
 	}()
 }
 
 // maybeEarlyRefresh decides, by XFetch, whether to refresh a fresh value
 // before its TTL, and if so tries to claim the refresh in the background.
-func (c *Cache) maybeEarlyRefresh(caller context.Context, key string, cl callOptions, o ops, l *look) {
+func (c *Cache) maybeEarlyRefresh(caller context.Context, j *job, l *look) {
 	if !c.opt.EarlyRefresh || l.valErr != nil || l.r.pttl <= 0 {
 		return
 	}
 	left := l.r.pttl - l.entry.StaleWindow // fresh time left
-	if left > cl.ttl/2 {
+	if left > j.cl.ttl/2 {
 		// XFetch's chance per read does not count the reads: a key read
 		// far more often than it loads would refresh right after each
 		// store. Never before half its TTL: at most two loads per TTL.
@@ -73,15 +89,14 @@ func (c *Cache) maybeEarlyRefresh(caller context.Context, key string, cl callOpt
 		defer c.wg.Done()
 		ctx, cancel := c.flightContext(caller)
 		defer cancel()
-		ks := c.keyset(key)
 		claimed := look{token: lease.NewToken(), sent: time.Now(), entry: l.entry}
-		claimed.r, claimed.err = c.claim(ctx, ks, claimed.token, modeEarly, "")
+		claimed.r, claimed.err = c.claim(ctx, j.ks, claimed.token, modeEarly, "")
 		if claimed.err != nil || claimed.r.state != acquired {
 			return
 		}
 		c.stats.refreshes.Add(1)
-		out := c.lead(ctx, ctx, ks, key, cl, o, &claimed, nil, true)
-		c.refreshPanicked(key, out.panicked)
+		out := c.lead(ctx, ctx, j, &claimed, nil, true)
+		c.refreshPanicked(j.ks.name, out.panicked)
 	}()
 }
 

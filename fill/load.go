@@ -16,7 +16,8 @@ import (
 // without the lock while Redis is unavailable.
 
 // failOpen loads without the fleet-wide lock: Redis is unreachable.
-func (c *Cache) failOpen(ctx, wctx context.Context, key string, o ops, cause error) outcome {
+func (c *Cache) failOpen(ctx, wctx context.Context, j *job, cause error) outcome {
+	key := j.ks.name
 	c.stats.failOpens.Add(1)
 	c.event(ctx, observe.Event{Kind: observe.FailOpen, Key: key, Err: cause})
 	c.mu.Lock()
@@ -26,7 +27,7 @@ func (c *Cache) failOpen(ctx, wctx context.Context, key string, o ops, cause err
 	if tell {
 		c.log("loading without the fleet-wide lock: redis unavailable", "err", cause)
 	}
-	out, _ := c.load(ctx, wctx, key, o, budget.Foreground)
+	out, _ := c.load(ctx, wctx, key, j.load, budget.Foreground)
 	if out.err != nil && context.Cause(ctx) == ErrClosed {
 		return outcome{err: ErrClosed}
 	}
@@ -36,8 +37,9 @@ func (c *Cache) failOpen(ctx, wctx context.Context, key string, o ops, cause err
 // load runs the loader once its budget allows, again while the upstream
 // rate-limits and its callers wait, and returns its outcome and how long
 // the last call took. A load that nobody waits for any more (wctx ended)
-// before it starts is not started.
-func (c *Cache) load(ctx, wctx context.Context, key string, o ops, p budget.Priority) (outcome, time.Duration) {
+// before it starts is not started. key names the load in events and
+// errors: a batch's is "a batch of N keys".
+func (c *Cache) load(ctx, wctx context.Context, key string, run func(context.Context) (any, error), p budget.Priority) (outcome, time.Duration) {
 	bg := p == budget.Background
 	bud := c.budget(ctx)
 	for {
@@ -53,7 +55,7 @@ func (c *Cache) load(ctx, wctx context.Context, key string, o ops, p budget.Prio
 			}
 		}
 		start := time.Now()
-		out := protect(ctx, o.load)
+		out := protect(ctx, run)
 		took := time.Since(start)
 		c.stats.loads.Add(1)
 		loadErr := out.err

@@ -3,6 +3,7 @@ package fill_test
 import (
 	"context"
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 
@@ -63,5 +64,20 @@ func TestNilCache(t *testing.T) {
 	}
 	if err := c.Close(); err != nil {
 		t.Errorf("Close: %v", err)
+	}
+}
+
+// TestBatchOptionsIsNotAnOption: BatchOptions configures batches only, so
+// it is no Option: passed to Get it would be ignored. GetMany takes it
+// through WithBatchOptions.
+func TestBatchOptionsIsNotAnOption(t *testing.T) {
+	option := reflect.TypeFor[fill.Option]()
+	for _, typ := range []reflect.Type{reflect.TypeFor[fill.BatchOptions](), reflect.TypeFor[*fill.BatchOptions]()} {
+		if typ.Implements(option) {
+			t.Errorf("%v implements fill.Option; want it not to", typ)
+		}
+	}
+	if !reflect.TypeOf(fill.WithBatchOptions(nil)).Implements(option) {
+		t.Error("WithBatchOptions does not give a fill.Option")
 	}
 }

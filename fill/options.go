@@ -180,6 +180,16 @@ type Option interface {
 
 type callOptions struct {
 	ttl, negativeTTL time.Duration
+	batch            *BatchOptions // GetMany's, from WithBatchOptions
+}
+
+// callOptions returns the options of a call given opts.
+func (c *Cache) callOptions(opts []Option) callOptions {
+	cl := callOptions{ttl: c.opt.TTL, negativeTTL: c.opt.NegativeTTL}
+	for _, o := range opts {
+		o.apply(&cl)
+	}
+	return cl
 }
 
 type optionFunc func(*callOptions)
@@ -193,6 +203,13 @@ func WithTTL(d time.Duration) Option {
 			c.ttl = d
 		}
 	})
+}
+
+// WithBatchOptions sets the options of a [GetMany] call's batches; a
+// single-key Get has no batch, and ignores it. (A [Batcher] takes its
+// BatchOptions in [NewBatcher].)
+func WithBatchOptions(o *BatchOptions) Option {
+	return optionFunc(func(c *callOptions) { c.batch = o })
 }
 
 // WithNegativeTTL caches this call's absence for d instead of

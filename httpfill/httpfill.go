@@ -117,7 +117,7 @@ type callers struct {
 func New(c *fill.Cache, opt *Options) *Transport {
 	t := &Transport{cache: c, opt: opt.withDefaults(), callers: make(map[string]*callers)}
 	if t.opt.Budget == nil {
-		t.opt.Budget = c.Budget()
+		t.opt.Budget = budgetctx.CacheBudget(c)
 	}
 	return t
 }
@@ -140,7 +140,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// own is a response this request's load got for this request only.
 	var own atomic.Pointer[entry]
 	fctx := ctx
-	if b := t.opt.Budget; b != nil && b != t.cache.Budget() {
+	if b := t.opt.Budget; b != nil && b != budgetctx.CacheBudget(t.cache) {
 		// The load waits for this Transport's budget, and a 429 pauses it
 		// and is retried, whatever budget the Cache has.
 		fctx = budgetctx.With(ctx, b)

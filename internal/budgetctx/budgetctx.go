@@ -23,3 +23,10 @@ func From(ctx context.Context) (*budget.Budget, bool) {
 	b, _ := ctx.Value(key{}).(*budget.Budget)
 	return b, b != nil
 }
+
+// CacheBudget returns the budget a *fill.Cache's loads wait for when their
+// context carries none (its Options.Budget), or nil; c is the *fill.Cache.
+// Package fill sets it when it is initialised, so every importer of fill
+// finds it set. It lets httpfill read a Cache's budget without the Cache
+// exporting it.
+var CacheBudget func(c any) *budget.Budget

@@ -1,0 +1,275 @@
+package fill
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/locksmith-go/locksmith/internal/flight"
+	"github.com/locksmith-go/locksmith/internal/lease"
+	"github.com/locksmith-go/locksmith/observe"
+)
+
+// Loading a batch's claimed keys, a chunk of at most MaxSize keys per
+// loader call, and settling each key's outcome in one pipelined round trip.
+
+// lead loads the claimed keys of one chunk with one loader call, and stores
+// the outcome of each, in one pipelined round trip. join, if not nil, lets
+// the keys that arrive while the chunk waits for its budget slot join it.
+func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions, join joiner, wg *sync.WaitGroup) {
+	lctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	ch := &chunkLoad[T]{b: b, ctx: ctx, cl: cl, wg: wg, cancel: cancel}
+	for _, l := range chunk {
+		ch.add(l)
+	}
+	wctx, wcancel := chunkPatience(ctx, chunk)
+	defer wcancel()
+	if join != nil {
+		join.hold()
+		ch.join = join
+		defer func() {
+			if ch.join != nil {
+				ch.join.take(0)
+			}
+		}()
+	}
+	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
+	defer scancel()
+	var ov ttlOverride
+	out, took := b.loadChunk(context.WithValue(lctx, ttlKey{}, &ov), wctx, len(chunk), ch.run)
+	lost := make([]error, len(ch.looks))
+	for i, k := range ch.keepers {
+		lost[i] = k.Stop()
+	}
+	cancel(nil)
+	var (
+		stores   []storeCall
+		fails    []settleReq
+		outcomes []flight.Outcome
+	)
+	if out.panicked != nil || out.err != nil {
+		fails, outcomes = ch.failed(sctx, wctx, out, took)
+	} else {
+		m, _ := out.val.(map[string]T)
+		stores, fails, outcomes = ch.values(sctx, m, took, lost, &ov)
+	}
+	b.c.settleMany(sctx, stores, fails)
+	b.land(ch.looks, outcomes, out.panicked)
+}
+
+// chunkLoad is one loader call of a batch as the keys' claimer: its keys
+// and their leases, growing while it waits for its budget slot.
+type chunkLoad[T any] struct {
+	b      *batch[T]
+	ctx    context.Context // the batch's: the loader's ends with the load
+	cl     callOptions
+	wg     *sync.WaitGroup
+	cancel context.CancelCauseFunc // ends the loader's ctx
+	join   joiner                  // nil once the keys that arrived joined
+
+	looks   []*batchLook
+	keys    []string
+	keepers []*lease.Keeper
+	held    atomic.Int32 // leases not lost
+}
+
+// add makes l's key one of the chunk's, its lease kept while the loader
+// runs. The loader's ctx ends when every key's lease is lost: nothing it
+// loads could be stored any more.
+func (ch *chunkLoad[T]) add(l *batchLook) {
+	c, key := ch.b.c, l.key
+	ch.held.Add(1)
+	ch.keepers = append(ch.keepers, lease.Keep(c.rdb, l.ks.lock, l.token, c.opt.LockTTL, l.sent, func() {
+		c.event(ch.ctx, observe.Event{Kind: observe.LeaseLost, Key: key})
+		c.log("fill lock lost during a batch load; its value will not be stored", "key", key)
+		if ch.held.Add(-1) == 0 {
+			ch.cancel(errLeaseLost)
+		}
+	}))
+	ch.looks = append(ch.looks, l)
+	ch.keys = append(ch.keys, key)
+}
+
+// run is the chunk's loader call, once its budget slot came: the keys that
+// arrived meanwhile join first.
+func (ch *chunkLoad[T]) run(ctx context.Context) (any, error) {
+	if ch.join != nil {
+		ch.absorb()
+	}
+	return ch.b.call(ctx, ch.keys)
+}
+
+// absorb brings the keys that arrived while the chunk waited for its
+// budget slot into it: read or claimed together, the claimed ones loaded
+// with the chunk's keys.
+func (ch *chunkLoad[T]) absorb() {
+	b, ctx, wg := ch.b, ch.ctx, ch.wg
+	items := ch.join.take(b.opt.MaxSize - len(ch.looks))
+	ch.join = nil
+	if len(items) == 0 {
+		return
+	}
+	claimed, open, waiting := b.dispatch(ctx, b.c.lookMany(ctx, items, b.o), ch.cl, wg)
+	if len(waiting) > 0 {
+		wg.Go(func() { b.awaitHeld(ctx, waiting, ch.cl, wg) })
+	}
+	for _, l := range claimed {
+		ch.add(l)
+	}
+	if len(open) > 0 {
+		wg.Go(func() { b.failOpen(ctx, open) })
+	}
+}
+
+// failed settles a loader call that failed or panicked: each key's failure
+// goes to its waiters, unless the Cache closed, or nobody waits any more
+// and the load never started: then each lock is released.
+func (ch *chunkLoad[T]) failed(sctx, wctx context.Context, out outcome, took time.Duration) ([]settleReq, []flight.Outcome) {
+	c := ch.b.c
+	fails := make([]settleReq, 0, len(ch.looks))
+	outcomes := make([]flight.Outcome, len(ch.looks))
+	if out.panicked != nil {
+		c.stats.loadErrors.Add(1)
+		msg := lease.Message(lease.Panicked, limitText(fmt.Sprint(out.panicked.Value)))
+		for i, l := range ch.looks {
+			fails = append(fails, failReq(l, msg))
+			outcomes[i] = flight.Outcome{Panic: out.panicked}
+		}
+		return fails, outcomes
+	}
+	closed := context.Cause(ch.ctx) == ErrClosed
+	if !closed {
+		c.stats.loadErrors.Add(1)
+	}
+	msg := lease.Message(lease.Failed, limitText(out.err.Error()))
+	for i, l := range ch.looks {
+		if closed || (took == 0 && wctx.Err() != nil) {
+			c.release(sctx, l.ks, l.token)
+		} else {
+			fails = append(fails, failReq(l, msg))
+		}
+		outcomes[i] = flight.Outcome{Err: out.err}
+		if closed {
+			outcomes[i].Err = ErrClosed
+		}
+	}
+	return fails, outcomes
+}
+
+// failReq is the settle of l's key's failure, msg.
+func failReq(l *batchLook, msg string) settleReq {
+	return settleReq{ks: l.ks, token: l.token, mode: settleFail, msg: msg}
+}
+
+// values settles the values a loader call returned, m (took long; lost[i]
+// says the lease of the chunk's key i was lost; ov is the TTL the loader
+// set, if any): a key missing from m is an absence.
+func (ch *chunkLoad[T]) values(sctx context.Context, m map[string]T, took time.Duration, lost []error,
+	ov *ttlOverride) ([]storeCall, []settleReq, []flight.Outcome) {
+	b, c := ch.b, ch.b.c
+	setTTL, haveTTL := ov.get()
+	window := c.opt.window()
+	stores := make([]storeCall, 0, len(ch.looks))
+	var fails []settleReq
+	outcomes := make([]flight.Outcome, len(ch.looks))
+	for i, l := range ch.looks {
+		v, ok := m[l.key]
+		absent := !ok
+		var (
+			entry []byte
+			val   any
+			err   error
+		)
+		if ok {
+			entry, val, err = c.entryOf(l.key, b.o, &l.look, v, took)
+		} else {
+			entry = c.absentEntry(b.o, &l.look, took)
+		}
+		outcomes[i] = flight.Outcome{Val: val, Err: absentErr(absent, l.key)}
+		switch {
+		case err != nil:
+			c.stats.loadErrors.Add(1)
+			fails = append(fails, failReq(l, lease.Message(lease.Failed, limitText(err.Error()))))
+			outcomes[i] = flight.Outcome{Err: err}
+		case lost[i] != nil:
+			c.stats.staleStores.Add(1)
+		case haveTTL && setTTL <= 0:
+			c.publishOnly(sctx, l.ks, l.token, entry)
+		default:
+			ttl := c.jitter(ch.cl.ttl)
+			if haveTTL {
+				ttl = setTTL
+			}
+			if absent {
+				ttl = c.jitter(ch.cl.negativeTTL)
+			} else {
+				ttl += window
+			}
+			stores = append(stores, c.storeCall(l.ks, &l.look, entry, ttl, ttl-window, val, absent))
+		}
+	}
+	return stores, fails, outcomes
+}
+
+// land hands each key of chunk its outcome; a panic nobody is left to
+// re-raise is re-raised here, as an unrecovered panic would be.
+func (b *batch[T]) land(chunk []*batchLook, outcomes []flight.Outcome, panicked *PanicError) {
+	for i, l := range chunk {
+		b.c.flights.Land(l.f, outcomes[i])
+	}
+	if panicked != nil && allGone(chunk) {
+		panic(panicked)
+	}
+}
+
+// call is one call of the batch's loader for keys, reported to the
+// Observer.
+func (b *batch[T]) call(ctx context.Context, keys []string) (any, error) {
+	start := time.Now()
+	m, err := b.load(ctx, keys)
+	b.c.event(ctx, observe.Event{Kind: observe.Batch, N: len(keys), Duration: time.Since(start), Err: err})
+	return m, err
+}
+
+// chunkPatience returns a context that ends when nobody waits for any key
+// of chunk any more: the budget and its retries wait only as long.
+func chunkPatience(ctx context.Context, chunk []*batchLook) (context.Context, context.CancelFunc) {
+	wctx, wcancel := context.WithCancel(ctx)
+	var left atomic.Int32
+	left.Store(int32(len(chunk)))
+	stops := make([]func() bool, len(chunk))
+	for i, l := range chunk {
+		stops[i] = context.AfterFunc(l.f.Patience(), func() {
+			if left.Add(-1) == 0 {
+				wcancel()
+			}
+		})
+	}
+	return wctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		wcancel()
+	}
+}
+
+func absentErr(absent bool, key string) error {
+	if absent {
+		return notFound(key)
+	}
+	return nil
+}
+
+// allGone reports whether no caller waits for any key of chunk: a panic
+// then has nobody to be re-raised in.
+func allGone(chunk []*batchLook) bool {
+	for _, l := range chunk {
+		if l.f.Waiters() > 0 {
+			return false
+		}
+	}
+	return true
+}
