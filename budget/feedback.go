@@ -1,10 +1,12 @@
 package budget
 
+// Feedback: what the upstream's responses say (a 429, a Retry-After, calls
+// remaining until a reset), read by Observe and applied as a pause or a cap
+// (cap.lua).
+
 import (
 	"context"
 	_ "embed"
-	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -13,7 +15,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/locksmith-go/locksmith/internal/redisx"
-	"github.com/locksmith-go/locksmith/observe"
 )
 
 // RateLimitedError is the error a loader returns, or wraps, when the
@@ -274,6 +275,7 @@ func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 
 //go:embed cap.lua
 var capLua string
+
 var capScript = redis.NewScript(capLua)
 
 // applyCap caps the budget at f.remaining calls before f.reset, fleet-wide,
@@ -295,157 +297,3 @@ func (b *Budget) applyCap(ctx context.Context, op string, f feedback) error {
 	}
 	return nil
 }
-
-// PauseUntil pauses the budget of the whole fleet until t, or for 24 hours
-// when t lies further ahead: no Wait returns before then on any server, and
-// Waits sleeping on a slot before then book again after it. A t in the past
-// does nothing. The pause is taken as a duration from now, so this server's
-// clock need not agree with Redis's. When Redis is unreachable the pause is
-// kept in this process only.
-func (b *Budget) PauseUntil(ctx context.Context, t time.Time) error {
-	if err := b.check(); err != nil {
-		return err
-	}
-	d := time.Until(t)
-	if d <= 0 {
-		return nil
-	}
-	return b.apply(ctx, "pause", feedback{pause: min(d, maxHeaderWait), cause: requested})
-}
-
-// PauseFor pauses the budget of the whole fleet when err, a loader's error,
-// wraps [ErrRateLimited]: for its [RateLimitedError].RetryAfter (at most 24
-// hours), or, when that is unknown (0, or no RateLimitedError in the chain),
-// for one Per of the limit; not at all when the RateLimitedError is
-// Observed, since Observe paused the budget for the same response. It
-// reports whether err wraps ErrRateLimited. It is the retry path of a
-// caller that loads through the budget:
-//
-//	for {
-//		if err := b.Wait(ctx, budget.Foreground); err != nil {
-//			return err
-//		}
-//		v, err := load(ctx)
-//		if paused, _ := b.PauseFor(ctx, err); paused {
-//			continue // the next Wait returns after the pause
-//		}
-//		return v, err
-//	}
-//
-// The error is that of storing the pause; the pause is kept in this process
-// when Redis is unreachable.
-func (b *Budget) PauseFor(ctx context.Context, err error) (bool, error) {
-	if !errors.Is(err, ErrRateLimited) {
-		return false, nil
-	}
-	if cerr := b.check(); cerr != nil {
-		return true, cerr
-	}
-	d := b.lim.Per
-	var rle *RateLimitedError
-	if errors.As(err, &rle) {
-		if rle.Observed {
-			return true, nil
-		}
-		if rle.RetryAfter > 0 {
-			d = min(rle.RetryAfter, maxHeaderWait)
-		}
-	}
-	return true, b.apply(ctx, "pause", feedback{pause: d, cause: rateLimited})
-}
-
-//go:embed pause.lua
-var pauseLua string
-var pauseScript = redis.NewScript(pauseLua)
-
-// apply stores f in the budget's hash with one round trip, and wakes this
-// server's sleeping Waits at once when the pause grew.
-func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
-	if f.pull {
-		return b.applyCap(ctx, op, f)
-	}
-	pause := int64(-1)
-	if f.pause > 0 {
-		pause = f.pause.Microseconds()
-	}
-	start := time.Now()
-	over := "0"
-	if f.cause == rateLimited && !f.metered && (f.pause <= time.Duration(b.t)*time.Microsecond || f.pause == time.Second) {
-		// A wait no longer than an interval, or the whole second a
-		// Retry-After rounds a shorter wait up to, for no other limit
-		// than the calls': perhaps an overshoot (see pause.lua).
-		over = "1"
-	}
-	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]int64, error) {
-		return pauseScript.Run(ctx, b.rdb.Redis(), []string{b.key}, pause,
-			b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds(),
-			over, b.lim.Per.Microseconds(), b.t/maxSlack, min(maxStorm, max(3, b.lim.Rate/stormShare)), slackHalfLife(b.t)).Int64Slice()
-	}, nil)
-	if err == nil && len(v) != 5 {
-		err = fmt.Errorf("unexpected pause reply %v", v)
-	}
-	switch {
-	case err != nil && redisx.Outage(err):
-		if f.pause > 0 {
-			b.pauseLocally(start.Add(f.pause))
-		}
-		return nil
-	case err != nil:
-		return b.fail(ctx, op, err)
-	}
-	switch v[3] {
-	case overshoot:
-		b.stats.overshoots.Add(1)
-		b.heard(v[0], v[4])
-		return nil
-	case overshootAgain:
-		return nil
-	}
-	if f.pause > 0 {
-		b.event(ctx, observe.Event{Kind: observe.Pause, Duration: f.pause})
-		b.log("pausing every server", "for", f.pause, "cause", f.cause.String())
-		switch f.cause {
-		case rateLimited:
-			b.stats.rateLimited.Add(1)
-		case exhausted:
-			b.stats.exhausted.Add(1)
-		case requested:
-			b.stats.requested.Add(1)
-		}
-	}
-	if v[1] == 1 {
-		now := time.Now()
-		b.lead.sample(v[0]-f.pause.Microseconds(), now)
-		b.clock.Store(v[0] - now.Add(f.pause).UnixMicro())
-		b.heard(v[0], 0)
-	}
-	return nil
-}
-
-// maxSlack: the slack learned from overshoots is at most T/maxSlack, so a
-// budget that learned the most still uses 6/7 (86%) of its limit; it
-// starts at an eighth of that and halves every slackHalfLife without an
-// overshoot, so a fleet whose arrival jitter is small stays near its full
-// limit.
-const maxSlack = 6
-
-// slackHalfLife is how long the learned slack takes to halve without an
-// overshoot, for a budget of emission interval t µs: 30 s, or 100
-// intervals when longer. In µs.
-func slackHalfLife(t int64) int64 { return max(30*time.Second.Microseconds(), 100*t) }
-
-// stormShare: 429s for more than one call in stormShare of a Per (at least
-// 3, at most maxStorm), with the slack at its most, are a storm, not
-// overshoots: the fleet pauses for Retry-After.
-const stormShare = 4
-
-// maxStorm: at most this many overshoots within one Per make a storm,
-// however high the rate, so that a long Per (a minute, an hour) does not
-// let a refusal that is no overshoot come back for most of it.
-const maxStorm = 10
-
-// What pause.lua made of a 429.
-const (
-	overshoot      = 1 // the slack grew and the schedule was respaced
-	overshootAgain = 2 // the same 429 reported again: nothing done
-)

@@ -1,0 +1,322 @@
+package budget
+
+// Booking: a call books its slot in Redis in one round trip (wait.lua),
+// sleeps until it, and gives back what it booked when it gives up
+// (giveback.lua).
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/internal/redisx"
+	"github.com/locksmith-go/locksmith/observe"
+)
+
+var (
+	//go:embed wait.lua
+	waitLua    string
+	waitScript = redis.NewScript(waitLua)
+	//go:embed giveback.lua
+	givebackLua    string
+	givebackScript = redis.NewScript(givebackLua)
+)
+
+// Wait returns when this call may go to the upstream: at once while the
+// budget has room, else at the slot it booked. Booking is one round trip, and
+// the slot is Wait's to keep: callers are served in booking order across the
+// fleet, Background calls yielding to Foreground ones (see the package
+// documentation).
+//
+// When ctx has a deadline and the slot lies past it, Wait books nothing and
+// returns at once an error wrapping context.DeadlineExceeded. When ctx ends
+// while Wait sleeps, Wait returns ctx.Err() at once and gives the slot back
+// if no call booked after it. A ctx already ended returns ctx.Err() without
+// a round trip. When Redis is unreachable, a local limiter decides (see
+// [Options].FleetSize); a Redis error reply (a key of another type at the
+// budget's name, say) is returned, wrapped.
+func (b *Budget) Wait(ctx context.Context, p Priority) error {
+	if err := b.check(); err != nil {
+		return err
+	}
+	if p != Foreground && p != Background {
+		return fmt.Errorf("budget: wait %s: unknown priority %d", redisx.Quote(b.name), int(p))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	start := time.Now()
+	err := b.wait(ctx, p)
+	d := time.Since(start)
+	if err == nil {
+		s := &b.stats
+		s.waits.Add(1)
+		s.waitTotal.Add(int64(d))
+		for m := s.waitMax.Load(); int64(d) > m && !s.waitMax.CompareAndSwap(m, int64(d)); m = s.waitMax.Load() {
+		}
+	}
+	b.event(ctx, observe.Event{Kind: observe.BudgetWait, Duration: d, Err: err, Background: p == Background})
+	return err
+}
+
+// booking is the wait script's reply.
+type booking struct {
+	kind  int64 // booked, refused or comeBack
+	wait  time.Duration
+	slot  int64  // booked: the slot; comeBack: the place in line
+	tat   int64  // booked: the tat the booking set
+	gated bool   // booked: a background call passed the share gate
+	other string // booked: the limit of the previous booking, when another server's differs
+	bg    bool
+	place bool // comeBack: slot is a place in the line
+	local bool // a slot of the local limiter, in µs of this process's clock
+}
+
+const (
+	booked   = 0
+	refused  = 1
+	comeBack = 2
+)
+
+func (b *Budget) wait(ctx context.Context, p Priority) error {
+	var place int64
+	for {
+		if err := b.sleepLocalPause(ctx); err != nil {
+			return err
+		}
+		// A pause announced before the subscription was confirmed, or
+		// while messages were lost, is read before going.
+		listening, lost := b.listening(), b.lost.Load()
+		r, err := b.book(ctx, p, place)
+		if err != nil {
+			if redisx.Outage(err) {
+				return b.waitLocal(ctx, p)
+			}
+			return b.fail(ctx, "wait", err)
+		}
+		switch r.kind {
+		case refused:
+			b.stats.refused.Add(1)
+			return fmt.Errorf("budget: wait %s: the next slot, %v away, lies past the deadline: %w",
+				redisx.Quote(b.name), r.wait, context.DeadlineExceeded)
+		case comeBack:
+			b.stats.comeBacks.Add(1)
+			place = r.slot
+			if err := b.sleep(ctx, r.wait, false, nil); err != nil {
+				b.abandon(r, err)
+				return err
+			}
+			continue
+		}
+		if r.other != "" {
+			b.limitConflict(r.other)
+		}
+		b.learn(r)
+		if b.onBook != nil {
+			b.onBook(ctx, r, p)
+		}
+		if r.wait <= 0 {
+			return nil
+		}
+		booked := r.slot - r.wait.Microseconds() // the Redis clock at the booking
+		rebook := func(at, respaced int64) bool { return at > r.slot || respaced > booked }
+		// The slot on this process's clock, by the Redis clock's lead
+		// (see clock.go): not this reply's own latency after it.
+		d := r.wait
+		if l, ok := b.lead.until(r.slot, time.Now()); ok {
+			d = min(d, l)
+		}
+		err = b.sleep(ctx, d, b.fine, rebook)
+		if err == nil && (!listening || b.lost.Load() != lost) {
+			// Pub/sub did not work all along (refused, not confirmed yet,
+			// or Redis was away): a pause another server began meanwhile
+			// may not have been heard. Read it before going.
+			if at, respaced, rerr := b.readPause(); rerr == nil && rebook(at, respaced) {
+				b.heard(at, respaced)
+				err = errPaused
+			}
+		}
+		switch {
+		case errors.Is(err, errPaused):
+			// A pause began before the slot: the script puts the new
+			// booking after it.
+			b.stats.rebooked.Add(1)
+			place = 0
+			continue
+		case err != nil:
+			b.abandon(r, err)
+			return err
+		}
+		return nil
+	}
+}
+
+// book runs the wait script. When ctx ends before its reply arrives, a slot
+// it booked is given back in the background.
+func (b *Budget) book(ctx context.Context, p Priority, place int64) (booking, error) {
+	patience := int64(-1)
+	if dl, ok := ctx.Deadline(); ok {
+		patience = max(0, time.Until(dl).Microseconds())
+	}
+	prio := "0"
+	if p == Background {
+		prio = "1"
+	}
+	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (booking, error) {
+		v, err := waitScript.Run(ctx, b.rdb.Redis(), []string{b.key}, b.t, b.tau, prio, patience,
+			b.tb, b.horizon, place, maxAhead.Microseconds(), b.sig, b.mineTAT.Load(), b.knownRespace(), slackHalfLife(b.t)).Result()
+		if err != nil {
+			return booking{}, err
+		}
+		r, err := parseBooking(v)
+		r.bg = p == Background
+		return r, err
+	}, func(r booking, err error) {
+		if err == nil && r.kind != refused {
+			b.giveBack(r)
+		}
+	})
+}
+
+func parseBooking(v any) (booking, error) {
+	a, ok := v.([]any)
+	if !ok || len(a) < 2 {
+		return booking{}, fmt.Errorf("unexpected wait reply %v (%T)", v, v)
+	}
+	var other string
+	if len(a) == 6 {
+		// The limit another server booked with, or 0.
+		other, _ = a[5].(string)
+		a = a[:5]
+	}
+	n := make([]int64, len(a))
+	for i, x := range a {
+		if n[i], ok = x.(int64); !ok {
+			return booking{}, fmt.Errorf("unexpected wait reply %v (%T)", v, x)
+		}
+	}
+	r := booking{kind: n[0], wait: time.Duration(n[1]) * time.Microsecond}
+	switch {
+	case r.kind == booked && len(n) == 5:
+		r.slot, r.tat, r.gated, r.other = n[2], n[3], n[4] == 1, other
+	case r.kind == comeBack && len(n) == 3:
+		r.slot, r.place = n[2], n[2] > 0
+	case r.kind != refused:
+		return booking{}, fmt.Errorf("unexpected wait reply %v", v)
+	}
+	return r, nil
+}
+
+// errPaused is sleep's error when a pause began before the slot.
+var errPaused = errors.New("paused")
+
+// sleep sleeps for d, until ctx ends (returning ctx.Err()), the Budget is
+// closed (ErrClosed), or, when paused is not nil, paused reports true for
+// the end of the pause heard of and the instant the schedule was last
+// respaced (errPaused).
+func (b *Budget) sleep(ctx context.Context, d time.Duration, fine bool, paused func(at, respaced int64) bool) error {
+	deadline := time.Now().Add(d)
+	if !fine || d < fineWindow {
+		fine = false
+	} else {
+		d -= fineWindow
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		b.mu.Lock()
+		at, respaced, ch := b.pauseAt, b.respacedAt, b.paused
+		b.mu.Unlock()
+		if paused != nil && paused(at, respaced) {
+			return errPaused
+		}
+		select {
+		case <-timer.C:
+			if fine {
+				sleepFine(deadline)
+			}
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.done:
+			return ErrClosed
+		case <-ch:
+		}
+	}
+}
+
+// abandon gives back, in the background, what a Wait that ends with err
+// had booked: its slot, or its place in the background line.
+func (b *Budget) abandon(r booking, err error) {
+	if errors.Is(err, ErrClosed) {
+		return
+	}
+	b.stats.abandoned.Add(1)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.giveBack(r)
+	}()
+}
+
+// giveBackTimeout bounds the round trip that gives a slot back, and so
+// Close, which waits for the give-backs under way.
+const giveBackTimeout = time.Second
+
+// giveBack runs the give-back script for r. Close does not cut it short:
+// the slot goes back to the fleet even when this server shuts down.
+func (b *Budget) giveBack(r booking) {
+	if r.kind == comeBack && !r.place {
+		return // standing by: nothing booked
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
+	defer cancel()
+	args := []any{"slot", r.tat, b.t, r.slot, 0}
+	if r.place {
+		args = []any{"place", r.slot, b.t}
+	} else if r.bg {
+		args[4] = b.tb
+	}
+	n, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
+		return givebackScript.Run(ctx, b.rdb.Redis(), []string{b.key}, args...).Int64()
+	}, nil)
+	if err == nil && n == 1 {
+		b.stats.givenBack.Add(1)
+		if !r.place {
+			b.mineTAT.CompareAndSwap(r.tat, r.tat-b.t)
+		}
+	}
+}
+
+// learn records what a booking in Redis tells this server: the tat it set,
+// its slot, and the Redis clock's lead on this process's.
+func (b *Budget) learn(r booking) {
+	// A booking made before a respace this server has heard of belongs to
+	// the old schedule: its tat must not push the new one back out. (The
+	// reply and the respace's message come on different connections, in
+	// either order; heard lowers what was learned before.)
+	if r.slot-r.wait.Microseconds() >= b.knownRespace() {
+		b.know(r.tat, r.slot)
+	}
+	now := time.Now()
+	b.lead.sample(r.slot-r.wait.Microseconds(), now)
+	b.clock.Store(r.slot - now.Add(r.wait).UnixMicro())
+}
+
+// know raises what this server knows of the budget to tat and slot (µs of
+// the Redis clock; 0 for unknown).
+func (b *Budget) know(tat, slot int64) {
+	for m := b.mineTAT.Load(); tat > m && !b.mineTAT.CompareAndSwap(m, tat); m = b.mineTAT.Load() {
+	}
+	for m := b.mineSlot.Load(); slot > m && !b.mineSlot.CompareAndSwap(m, slot); m = b.mineSlot.Load() {
+	}
+}
