@@ -535,24 +535,24 @@ func TestClusterHeartbeatEveryNode(t *testing.T) {
 // that stopped delivering holds it back, however fresh the others are.
 func TestHeardOldestPath(t *testing.T) {
 	h := &Hub{}
-	sh := &shard{beatNodes: []string{"a:1", "b:1"}}
+	h.beats.nodes = []string{"a:1", "b:1"}
 	at := func(s int64) string { return strconv.FormatInt(time.Unix(s, 0).UnixNano(), 10) }
-	h.heartbeatSeen(sh, at(10)+" a:1")
+	h.heartbeatSeen(at(10) + " a:1")
 	if got := h.Heard(); got != 0 {
 		t.Fatalf("Heard = %d with nothing from b; want 0", got)
 	}
-	h.heartbeatSeen(sh, at(9)+" b:1")
-	h.heartbeatSeen(sh, at(12)+" a:1")
+	h.heartbeatSeen(at(9) + " b:1")
+	h.heartbeatSeen(at(12) + " a:1")
 	if got := time.Unix(0, h.Heard()).Unix(); got != 9 {
 		t.Fatalf("Heard = %d; want 9, b's", got)
 	}
-	h.heartbeatSeen(sh, at(11)+" b:1")
+	h.heartbeatSeen(at(11) + " b:1")
 	if got := time.Unix(0, h.Heard()).Unix(); got != 11 {
 		t.Fatalf("Heard = %d; want 11, b's", got)
 	}
 	// A standalone heartbeat names no master.
-	h2, sh2 := &Hub{}, &shard{}
-	h2.heartbeatSeen(sh2, at(5))
+	h2 := &Hub{}
+	h2.heartbeatSeen(at(5))
 	if got := time.Unix(0, h2.Heard()).Unix(); got != 5 {
 		t.Fatalf("standalone Heard = %d; want 5", got)
 	}
