@@ -28,7 +28,8 @@
 // connection still points at the old master), it opens a new connection,
 // which follows the client to the current master. On a Cluster, channels
 // of [Hub.ListenAll] share a classic pub/sub connection with the
-// heartbeats.
+// heartbeats, which the Hubs of all servers share too: a fleet publishes
+// about one per master per period, however many servers it has.
 //
 // The files follow the ideas: hub.go the registry of channels, [Sub] and
 // [Listener]; connection.go the pub/sub connections (writer, reader,
@@ -63,7 +64,7 @@ type Hub struct {
 	rdb     redis.UniversalClient
 	cluster *redis.ClusterClient // non-nil: sharded pub/sub, one connection per master
 	ring    *redis.Ring          // non-nil: one connection per shard
-	beat    string               // heartbeat channel; "" on a Ring
+	beat    string               // heartbeat channel: this Hub's own, the fleet's on a Cluster, "" on a Ring
 	// beatAddr is the shards key of the connection heartbeats travel on:
 	// "" for a standalone client, broadcastAddr on a Cluster.
 	beatAddr  string
@@ -137,11 +138,10 @@ func New(rdb redis.UniversalClient, opt *Options) *Hub {
 	switch c := rdb.(type) {
 	case *redis.ClusterClient:
 		h.cluster = c
-		h.beatAddr = broadcastAddr
+		h.beatAddr, h.beat = broadcastAddr, clusterBeat
 	case *redis.Ring:
 		h.ring = c
-	}
-	if h.ring == nil {
+	default:
 		h.beat = "__locksmith:hub:" + strconv.FormatUint(rand.Uint64(), 36)
 	}
 	return h
