@@ -4,6 +4,7 @@ import (
 	"context"
 	_ "embed"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -118,16 +119,21 @@ func (b *beats) clock(addr string, read time.Time, stamp int64) {
 	n.read, n.stamp = read, stamp
 	if n.pending != 0 {
 		// A heartbeat (this Hub's own, maybe) arrived before the reading.
-		n.seenStamp(n.pending)
+		n.seenStamp(n.pending, time.Now())
 		n.pending = 0
 		b.updateLocked()
 	}
 }
 
-// seenStamp records a heartbeat stamped s (µs, the master's clock); the
-// node has a reading.
-func (n *nodeBeats) seenStamp(s int64) {
-	if t := n.read.Add(time.Duration(s-n.stamp) * time.Microsecond); t.After(n.newest) {
+// seenStamp records a heartbeat stamped s (µs, the master's clock) that
+// had arrived by now; the node has a reading.
+func (n *nodeBeats) seenStamp(s int64, now time.Time) {
+	// A heartbeat was not sent after it arrived, whatever its stamp says.
+	t := n.read.Add(time.Duration(s-n.stamp) * time.Microsecond)
+	if t.After(now) {
+		t = now
+	}
+	if t.After(n.newest) {
 		n.newest = t
 	}
 }
@@ -263,6 +269,11 @@ func (h *Hub) publishBeat(ctx context.Context, force bool) bool {
 		b.mu.Lock()
 		b.nodes = nodes
 		b.updateLocked()
+		for addr := range b.node {
+			if !slices.Contains(nodes, addr) {
+				delete(b.node, addr) // no longer a master
+			}
+		}
 		b.mu.Unlock()
 	}
 	return sent
@@ -293,7 +304,7 @@ func (h *Hub) heartbeatSeen(payload string) {
 		n.pending = max(n.pending, stamp)
 		return
 	}
-	n.seenStamp(stamp)
+	n.seenStamp(stamp, n.seen)
 	b.updateLocked()
 }
 

@@ -560,6 +560,13 @@ func TestHeardOldestPath(t *testing.T) {
 	if got := time.Unix(0, h.Heard()).Unix(); got != 11 {
 		t.Fatalf("Heard = %d; want 11, b's", got)
 	}
+	// A stamp ahead of the heartbeat's arrival counts as sent when it
+	// arrived.
+	h.heartbeatSeen(at(1<<40) + " a:1")
+	h.heartbeatSeen(at(1<<40) + " b:1")
+	if got, now := h.Heard(), time.Now().UnixNano(); got == 0 || got > now {
+		t.Fatalf("Heard = %d after stamps from the future; want at most now, %d", got, now)
+	}
 	// A standalone heartbeat names no master.
 	h2 := &Hub{}
 	h2.heartbeatSeen(strconv.FormatInt(time.Unix(5, 0).UnixNano(), 10))
