@@ -51,7 +51,7 @@ func TestClusterHeartbeatTraffic(t *testing.T) {
 	const (
 		servers = 12
 		masters = 3
-		every   = 100 * time.Millisecond
+		every   = defaultBeat
 		periods = 20
 	)
 	c := redistest.StartCluster(t, masters)
