@@ -97,9 +97,12 @@ type Options struct {
 	// once per refusal that follows a working subscription.
 	OnError func(error)
 	// Heartbeat is how often the Hub of a standalone or Sentinel client
-	// publishes a heartbeat while anyone waits or listens. One more is
-	// published as soon as the heartbeat channel is subscribed, at start
-	// and after every reconnect, so that [Hub.Heard] is known at once.
+	// publishes a heartbeat while anyone waits or listens (on a Cluster,
+	// while a ListenAll listener lives: how often the Hub checks that
+	// every master's heartbeats arrive, publishing on those whose have
+	// not, from any server, for half of it). One more is published as
+	// soon as the heartbeat channel is subscribed, at start and after
+	// every reconnect, so that [Hub.Heard] is known at once.
 	// default: 200ms
 	Heartbeat time.Duration
 }
