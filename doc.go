@@ -30,8 +30,9 @@
 //     sees hits, misses, loads, waits, pauses and outages.
 //   - github.com/locksmith-go/locksmith/otel, a module of its own: those
 //     events as OpenTelemetry metrics and spans.
-//   - github.com/locksmith-go/locksmith/examples/twitter and
-//     examples/quickstart: runnable programs.
+//   - github.com/locksmith-go/locksmith/examples/quickstart, examples/twitter
+//     and examples/llm: runnable programs (the last, an LLM API's requests
+//     and tokens per minute under one budget).
 //
 // This package holds no code: it documents the module, and its tests run the
 // fleet end to end against a real Redis.

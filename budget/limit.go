@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/locksmith-go/locksmith/internal/redisx"
 )
 
 // Limit is the upstream's rate limit: at most Burst calls at once after a
@@ -24,8 +26,9 @@ type Limit struct {
 	Burst int
 }
 
-// DefaultPrefix is the default key prefix, the original locksmith one.
-const DefaultPrefix = "__locksmith:"
+// DefaultPrefix is the default key prefix, the original locksmith one: the
+// same constant as lock.DefaultPrefix.
+const DefaultPrefix = redisx.DefaultPrefix
 
 // maxAhead is how far ahead of now any instant of a budget may lie: a longer
 // burst window or pause is refused, and a field of the budget's hash further

@@ -16,9 +16,9 @@ import (
 )
 
 // DefaultPrefix is the default key prefix, the original locksmith one. It
-// is lock.DefaultPrefix too, so fills and locks exclude each other by
-// default.
-const DefaultPrefix = "__locksmith:"
+// is lock.DefaultPrefix too (one constant), so fills and locks exclude each
+// other by default.
+const DefaultPrefix = redisx.DefaultPrefix
 
 // Options configure a [Cache]. The zero value gives the defaults.
 type Options struct {

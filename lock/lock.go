@@ -75,8 +75,10 @@ type Options struct {
 	PollInterval time.Duration
 }
 
-// DefaultPrefix is the default key prefix, the original locksmith one.
-const DefaultPrefix = "__locksmith:"
+// DefaultPrefix is the default key prefix, the original locksmith one,
+// shared by every package of the module (fill.DefaultPrefix and
+// budget.DefaultPrefix are the same).
+const DefaultPrefix = redisx.DefaultPrefix
 
 func (o *Options) withDefaults() Options {
 	var opt Options

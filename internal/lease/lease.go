@@ -27,22 +27,19 @@ import (
 // expired, was deleted, or was taken over. lock.ErrNotHeld is this value.
 var ErrNotHeld = errors.New("lock: not held")
 
-// FenceTTL is how long a name's fencing counter lives after the last lease
+// fenceTTL is how long a name's fencing counter lives after the last lease
 // taken on it. Tokens stay increasing after it expires (they are floored by
 // the server clock); the counter only guards against a server clock that
 // steps back.
-const FenceTTL = 24 * time.Hour
-
-// DefaultPrefix is the default key prefix, the original locksmith one.
-const DefaultPrefix = "__locksmith:"
+const fenceTTL = 24 * time.Hour
 
 // LockKey returns the key of the lock on name under prefix: prefix{name}
 // (see [redisx.Key] for the names that need an escape). Every other key of
 // the name appends a suffix to it, and it is also the name's channel.
 func LockKey(prefix, name string) string { return redisx.Key(prefix, name) }
 
-// FenceKey returns the key of the fencing counter for the lock key.
-func FenceKey(lockKey string) string { return lockKey + ":fence" }
+// fenceKey returns the key of the fencing counter for the lock key.
+func fenceKey(lockKey string) string { return lockKey + ":fence" }
 
 // ValueKey returns the key of the value guarded by the lock key.
 func ValueKey(lockKey string) string { return lockKey + ":value" }
@@ -93,16 +90,12 @@ var (
 	refreshScript = redis.NewScript(refreshLua)
 )
 
-// Scripts lists every script, for callers that preload them (SCRIPT LOAD) so
-// that no EVALSHA falls back to EVAL.
-var Scripts = []*redis.Script{acquireScript, releaseScript, refreshScript}
-
 // State is the outcome of [Acquire].
 type State int
 
 // The outcomes of [Acquire].
 const (
-	Held     State = 0 // someone else holds the lease; N is its remaining PTTL in ms
+	held     State = 0 // someone else holds the lease; N is its remaining PTTL in ms
 	Acquired State = 1 // the caller holds the lease; N is its fencing token
 )
 
@@ -113,22 +106,22 @@ type Result struct {
 }
 
 // Acquire takes the lease on lockKey for token and issues a fencing token
-// from the counter [FenceKey]. It returns when Redis answers or ctx's
+// from the counter [fenceKey]. It returns when Redis answers or ctx's
 // deadline passes, whatever the client's timeout options (see [redisx.Run]).
 // When the script may have taken the lease but the caller does not learn of
 // it (ctx ended, connection lost), the lease is released in the background,
 // token-checked, so no lock is left behind that nobody releases.
 func Acquire(ctx context.Context, c *redisx.Client, lockKey, token string, ttl time.Duration) (Result, error) {
-	keys := []string{lockKey, FenceKey(lockKey)}
+	keys := []string{lockKey, fenceKey(lockKey)}
 	return redisx.Run(ctx, c, func(ctx context.Context) (Result, error) {
-		v, err := acquireScript.Run(ctx, c.Redis(), keys, token, ms(ttl), ms(FenceTTL)).Result()
+		v, err := acquireScript.Run(ctx, c.Redis(), keys, token, ms(ttl), ms(fenceTTL)).Result()
 		if err != nil {
 			if redisx.MayHaveRun(err) {
 				go Cleanup(c, lockKey, token)
 			}
 			return Result{}, err
 		}
-		return ParseAcquire(v)
+		return parseAcquire(v)
 	}, func(r Result, err error) {
 		if err == nil && r.State == Acquired {
 			Cleanup(c, lockKey, token)
@@ -160,15 +153,15 @@ type Release struct {
 	NotifyErr error
 }
 
-// ReleaseLease releases the lease on lockKey if token still holds it and
+// releaseLease releases the lease on lockKey if token still holds it and
 // publishes msg on the name's channel, in one round trip.
-func ReleaseLease(ctx context.Context, c *redisx.Client, lockKey, token, msg string) (Release, error) {
+func releaseLease(ctx context.Context, c *redisx.Client, lockKey, token, msg string) (Release, error) {
 	return redisx.Run(ctx, c, func(ctx context.Context) (Release, error) {
 		return release(ctx, c, lockKey, token, msg)
 	}, nil)
 }
 
-// ReleaseRetrying is [ReleaseLease], tried again while a failure leaves it
+// ReleaseRetrying is [releaseLease], tried again while a failure leaves it
 // unknown whether the release ran (a connection lost mid-call) or Redis is
 // briefly unable to serve it (a failover), until it succeeds or ctx ends: a
 // release lost to a network blip would otherwise keep every waiter waiting
@@ -222,13 +215,13 @@ func release(ctx context.Context, c *redisx.Client, lockKey, token, msg string) 
 	if err != nil {
 		return Release{}, err
 	}
-	return ParseRelease(v)
+	return parseRelease(v)
 }
 
-// ParseRelease parses the reply of a script that releases a lease: 0 (not
+// parseRelease parses the reply of a script that releases a lease: 0 (not
 // ours), 1 (released and published), or {1, error text} (released; the
 // publish failed).
-func ParseRelease(v any) (Release, error) {
+func parseRelease(v any) (Release, error) {
 	switch v := v.(type) {
 	case int64:
 		if v == 0 || v == 1 {
@@ -253,12 +246,12 @@ func Refresh(ctx context.Context, c *redisx.Client, lockKey, token string, ttl t
 		if err != nil {
 			return false, err
 		}
-		return ParseFlag(v)
+		return parseFlag(v)
 	}, nil)
 }
 
-// ParseAcquire parses the acquire script's reply.
-func ParseAcquire(v any) (Result, error) {
+// parseAcquire parses the acquire script's reply.
+func parseAcquire(v any) (Result, error) {
 	a, ok := v.([]any)
 	if !ok || len(a) != 2 {
 		return Result{}, fmt.Errorf("lease: unexpected acquire reply %T", v)
@@ -268,7 +261,7 @@ func ParseAcquire(v any) (Result, error) {
 		return Result{}, fmt.Errorf("lease: unexpected acquire state %T", a[0])
 	}
 	switch State(st) {
-	case Held, Acquired:
+	case held, Acquired:
 		n, ok := a[1].(int64)
 		if !ok {
 			return Result{}, fmt.Errorf("lease: unexpected acquire number %T", a[1])
@@ -278,8 +271,8 @@ func ParseAcquire(v any) (Result, error) {
 	return Result{}, fmt.Errorf("lease: unexpected acquire state %d", st)
 }
 
-// ParseFlag parses the 0-or-1 reply of the refresh script.
-func ParseFlag(v any) (bool, error) {
+// parseFlag parses the 0-or-1 reply of the refresh script.
+func parseFlag(v any) (bool, error) {
 	n, ok := v.(int64)
 	if !ok || (n != 0 && n != 1) {
 		return false, fmt.Errorf("lease: unexpected reply %v (%T)", v, v)

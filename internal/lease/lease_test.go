@@ -26,7 +26,7 @@ func TestParseAcquire(t *testing.T) {
 		want  Result
 		ok    bool
 	}{
-		{"held", []any{int64(0), int64(1500)}, Result{State: Held, N: 1500}, true},
+		{"held", []any{int64(0), int64(1500)}, Result{State: held, N: 1500}, true},
 		{"acquired", []any{int64(1), int64(42)}, Result{State: Acquired, N: 42}, true},
 		{"a string", "bytes", Result{}, false},
 		{"nil", nil, Result{}, false},
@@ -39,7 +39,7 @@ func TestParseAcquire(t *testing.T) {
 		{"acquired with string", []any{int64(1), "x"}, Result{}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := ParseAcquire(tc.reply)
+			got, err := parseAcquire(tc.reply)
 			if (err == nil) != tc.ok || got != tc.want {
 				t.Errorf("got %+v, %v; want %+v, ok=%v", got, err, tc.want, tc.ok)
 			}
@@ -61,7 +61,7 @@ func TestParseRelease(t *testing.T) {
 		{"not ours with error", []any{int64(0), "x"}, Release{}, false},
 		{"nil", nil, Release{}, false},
 	} {
-		got, err := ParseRelease(tc.reply)
+		got, err := parseRelease(tc.reply)
 		if (err == nil) != tc.ok || got.Released != tc.want.Released {
 			t.Errorf("%s: got %+v, %v; want %+v, ok=%v", tc.name, got, err, tc.want, tc.ok)
 		}
@@ -83,7 +83,7 @@ func TestReleaseWithoutChannelPermission(t *testing.T) {
 	if r, err := Acquire(ctx, c, "{k}", token, time.Minute); err != nil || r.State != Acquired {
 		t.Fatalf("Acquire: %+v, %v", r, err)
 	}
-	r, err := ReleaseLease(ctx, c, "{k}", token, Message(Released, ""))
+	r, err := releaseLease(ctx, c, "{k}", token, Message(Released, ""))
 	if err != nil || !r.Released || r.NotifyErr == nil {
 		t.Fatalf("Release: got %+v, %v; want released with a notify error", r, err)
 	}
@@ -94,13 +94,13 @@ func TestReleaseWithoutChannelPermission(t *testing.T) {
 
 func TestParseFlag(t *testing.T) {
 	for reply, want := range map[any]bool{int64(0): false, int64(1): true} {
-		if got, err := ParseFlag(reply); err != nil || got != want {
-			t.Errorf("ParseFlag(%v): got %v, %v", reply, got, err)
+		if got, err := parseFlag(reply); err != nil || got != want {
+			t.Errorf("parseFlag(%v): got %v, %v", reply, got, err)
 		}
 	}
 	for _, bad := range []any{nil, int64(2), int64(-1), "1", []any{int64(1)}} {
-		if _, err := ParseFlag(bad); err == nil {
-			t.Errorf("ParseFlag(%v): got nil error", bad)
+		if _, err := parseFlag(bad); err == nil {
+			t.Errorf("parseFlag(%v): got nil error", bad)
 		}
 	}
 }
@@ -129,12 +129,12 @@ func FuzzParseAcquire(f *testing.F) {
 		case 5:
 			reply = s
 		}
-		r, err := ParseAcquire(reply)
-		if err == nil && (r.State < Held || r.State > Acquired) {
+		r, err := parseAcquire(reply)
+		if err == nil && (r.State < held || r.State > Acquired) {
 			t.Fatalf("accepted state %d", r.State)
 		}
-		_, _ = ParseFlag(reply)
-		if rel, err := ParseRelease(reply); err == nil && !rel.Released && rel.NotifyErr != nil {
+		_, _ = parseFlag(reply)
+		if rel, err := parseRelease(reply); err == nil && !rel.Released && rel.NotifyErr != nil {
 			t.Fatalf("accepted a notify error without a release: %+v", rel)
 		}
 	})
@@ -227,8 +227,8 @@ func TestAcquireRetried(t *testing.T) {
 		t.Fatalf("retried: got %+v, %v; want %+v", again, err, first)
 	}
 	other, err := Acquire(ctx, c, "{k}", NewToken(), time.Minute)
-	if err != nil || other.State != Held {
-		t.Fatalf("another holder: got %+v, %v; want Held", other, err)
+	if err != nil || other.State != held {
+		t.Fatalf("another holder: got %+v, %v; want held", other, err)
 	}
 }
 

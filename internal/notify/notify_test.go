@@ -533,26 +533,43 @@ func TestClusterHeartbeatEveryNode(t *testing.T) {
 // TestHeardOldestPath: on a Cluster, Heard is the oldest of the newest
 // heartbeats seen from each master of the last round: one master's path
 // that stopped delivering holds it back, however fresh the others are.
+// A Cluster heartbeat carries its master's clock, which the Hub maps to
+// its own through a reading of that clock; one that arrives before any
+// reading counts once a reading is taken.
 func TestHeardOldestPath(t *testing.T) {
 	h := &Hub{}
-	sh := &shard{beatNodes: []string{"a:1", "b:1"}}
-	at := func(s int64) string { return strconv.FormatInt(time.Unix(s, 0).UnixNano(), 10) }
-	h.heartbeatSeen(sh, at(10)+" a:1")
+	h.beats.nodes = []string{"a:1", "b:1"}
+	// a's clock agrees with ours; b's runs 100s ahead.
+	const bAhead = 100
+	h.beats.clock("a:1", time.Unix(0, 0), 0)
+	at := func(s int64) string { return strconv.FormatInt(time.Unix(s, 0).UnixMicro(), 10) }
+	h.heartbeatSeen(at(10) + " a:1")
 	if got := h.Heard(); got != 0 {
 		t.Fatalf("Heard = %d with nothing from b; want 0", got)
 	}
-	h.heartbeatSeen(sh, at(9)+" b:1")
-	h.heartbeatSeen(sh, at(12)+" a:1")
+	h.heartbeatSeen(at(9+bAhead) + " b:1")
+	h.heartbeatSeen(at(12) + " a:1")
+	if got := h.Heard(); got != 0 {
+		t.Fatalf("Heard = %d with no reading of b's clock; want 0", got)
+	}
+	h.beats.clock("b:1", time.Unix(0, 0), time.Unix(bAhead, 0).UnixMicro())
 	if got := time.Unix(0, h.Heard()).Unix(); got != 9 {
 		t.Fatalf("Heard = %d; want 9, b's", got)
 	}
-	h.heartbeatSeen(sh, at(11)+" b:1")
+	h.heartbeatSeen(at(11+bAhead) + " b:1")
 	if got := time.Unix(0, h.Heard()).Unix(); got != 11 {
 		t.Fatalf("Heard = %d; want 11, b's", got)
 	}
+	// A stamp ahead of the heartbeat's arrival counts as sent when it
+	// arrived.
+	h.heartbeatSeen(at(1<<40) + " a:1")
+	h.heartbeatSeen(at(1<<40) + " b:1")
+	if got, now := h.Heard(), time.Now().UnixNano(); got == 0 || got > now {
+		t.Fatalf("Heard = %d after stamps from the future; want at most now, %d", got, now)
+	}
 	// A standalone heartbeat names no master.
-	h2, sh2 := &Hub{}, &shard{}
-	h2.heartbeatSeen(sh2, at(5))
+	h2 := &Hub{}
+	h2.heartbeatSeen(strconv.FormatInt(time.Unix(5, 0).UnixNano(), 10))
 	if got := time.Unix(0, h2.Heard()).Unix(); got != 5 {
 		t.Fatalf("standalone Heard = %d; want 5", got)
 	}

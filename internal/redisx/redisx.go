@@ -408,6 +408,11 @@ func Quote(name string) string {
 // textual name never needs it.
 const keyEscape = "\xff"
 
+// DefaultPrefix is the key prefix of every package by default, the original
+// locksmith one: lock, fill and budget define theirs as this one, so a fill
+// and a lock on the same name exclude each other by default.
+const DefaultPrefix = "__locksmith:"
+
 // Key returns the base key of name under prefix: prefix{name}. Every key and
 // channel of one name appends a suffix to it, so they share the hash tag and
 // one Redis Cluster slot. A name whose tag would be empty (the empty name, or

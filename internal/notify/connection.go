@@ -1,0 +1,473 @@
+package notify
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// op is a SUBSCRIBE or UNSUBSCRIBE queued for the writer.
+type op struct {
+	channel   string
+	subscribe bool
+	n         uint64 // a SUBSCRIBE's number, see entry.subOp
+}
+
+// shard is one pub/sub connection and the PINGs that confirm its
+// subscriptions. Its fields are guarded by Hub.mu.
+type shard struct {
+	addr string
+	ps   *redis.PubSub
+	seq  uint64              // the last PING sent
+	wait map[uint64][]string // PING number -> channels subscribed just before it
+	// unread: the shard's reader is not started yet. A Cluster shard's
+	// reader starts after its first SSUBSCRIBE: go-redis routes a sharded
+	// connection by the slot of its first channel, and a reader that
+	// connected first would land on a random master, which refuses the
+	// shard's channels with MOVED.
+	unread bool
+}
+
+// broadcastAddr keys a Cluster's classic pub/sub connection among the
+// shards (which are keyed by address otherwise).
+const broadcastAddr = "*broadcast"
+
+// enqueue queues a command for the writer. h.mu must be held.
+func (h *Hub) enqueue(o op) {
+	h.ops = append(h.ops, o)
+	if !h.started {
+		h.started = true
+		h.wg.Add(1)
+		go h.writer()
+		if h.beat != "" {
+			h.beatNow = make(chan struct{}, 1)
+			h.wg.Add(1)
+			go h.heartbeat(h.beatNow)
+		}
+	}
+	h.kickWriter()
+}
+
+// kickWriter wakes the writer.
+func (h *Hub) kickWriter() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+// writer sends queued SUBSCRIBE and UNSUBSCRIBE commands in order, batching
+// runs of the same command on the same connection, each batch of SUBSCRIBEs
+// followed by a PING.
+func (h *Hub) writer() {
+	defer h.wg.Done()
+	var retry *time.Timer
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+	}()
+	for {
+		var retryC <-chan time.Time
+		if retry != nil {
+			retryC = retry.C
+		}
+		select {
+		case <-h.done:
+			return
+		case <-h.kick:
+		case <-retryC:
+			retry = nil
+			h.refusal.lift()
+			h.resubscribe(nil)
+		}
+		if refused, retryAt := h.refusal.holding(); refused {
+			// Subscriptions are refused: hold every op until the back-off
+			// ends; Close and want state are applied then.
+			if retry == nil {
+				retry = time.NewTimer(time.Until(retryAt))
+			}
+			continue
+		}
+		h.mu.Lock()
+		ops := h.ops
+		h.ops = nil
+		h.mu.Unlock()
+		for i := 0; i < len(ops); {
+			sh := h.shardFor(ops[i].channel)
+			j := i + 1
+			// SSUBSCRIBE takes channels of one slot only: on a Cluster, one
+			// command per channel. On a Ring, channels of a batch must be
+			// on one shard.
+			for h.cluster == nil && j < len(ops) && ops[j].subscribe == ops[i].subscribe &&
+				(h.ring == nil || h.shardFor(ops[j].channel) == sh) {
+				j++
+			}
+			h.send(sh, ops[i].subscribe, ops[i:j])
+			i = j
+		}
+	}
+}
+
+// writeTimeout bounds one SUBSCRIBE, UNSUBSCRIBE or PING write (and the dial
+// that may precede it). A write that fails leaves the channel registered in
+// the go-redis PubSub, which subscribes it again when it reconnects; the
+// reader then asks for a new PING.
+const writeTimeout = 5 * time.Second
+
+func (h *Hub) send(sh *shard, subscribe bool, ops []op) {
+	if sh == nil {
+		return // the slot's owner is unknown: waiters poll
+	}
+	channels := make([]string, len(ops))
+	for i, o := range ops {
+		channels[i] = o.channel
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	h.mu.Lock()
+	ps := sh.ps
+	h.mu.Unlock()
+	if ps == nil {
+		return
+	}
+	sharded := h.cluster != nil && sh.addr != broadcastAddr
+	if !subscribe {
+		if sharded {
+			_ = ps.SUnsubscribe(ctx, channels...)
+		} else {
+			_ = ps.Unsubscribe(ctx, channels...)
+		}
+		return
+	}
+	var err error
+	if sharded {
+		err = ps.SSubscribe(ctx, channels...)
+		h.startReader(sh)
+	} else {
+		err = ps.Subscribe(ctx, channels...)
+	}
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	sh.seq++
+	n := sh.seq
+	var waiting []string
+	for _, o := range ops {
+		if e := h.chans[o.channel]; e != nil && e.want && e.subOp == o.n {
+			e.needPing, e.sh = n, sh
+			waiting = append(waiting, o.channel)
+		}
+	}
+	if sh.wait == nil {
+		sh.wait = make(map[uint64][]string)
+	}
+	sh.wait[n] = waiting
+	h.mu.Unlock()
+	_ = ps.Ping(ctx, pingPrefix+strconv.FormatUint(n, 10))
+}
+
+// pingPrefix marks the Hub's PINGs, apart from health checks.
+const pingPrefix = "locksmith:"
+
+// shardFor returns the shard serving channel, creating it and its reader on
+// first use.
+func (h *Hub) shardFor(channel string) *shard {
+	addr := ""
+	var client *redis.Client
+	h.mu.Lock()
+	broadcast := h.cluster != nil && (channel == h.beat || h.broadcast[channel])
+	h.mu.Unlock()
+	switch {
+	case broadcast:
+		addr = broadcastAddr
+	case h.cluster != nil:
+		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		node, err := h.cluster.MasterForKey(ctx, channel)
+		cancel()
+		if err != nil {
+			return nil
+		}
+		addr = node.Options().Addr
+	case h.ring != nil:
+		c, err := h.ring.GetShardClientForKey(channel)
+		if err != nil {
+			return nil
+		}
+		client, addr = c, c.Options().Addr
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil
+	}
+	if sh := h.shards[addr]; sh != nil {
+		return sh
+	}
+	sh := &shard{addr: addr}
+	switch {
+	case broadcast:
+		// Classic pub/sub on any node: a Cluster forwards every classic
+		// PUBLISH to every node.
+		sh.ps = h.rdb.Subscribe(context.Background())
+		h.subscribeBeat()
+	case h.cluster != nil:
+		// The connection is routed by the slot of the first channel it
+		// subscribes; SSubscribe with no channel leaves it unconnected,
+		// and so must the reader until then (see shard.unread).
+		sh.ps = h.cluster.SSubscribe(context.Background())
+		sh.unread = true
+		h.shards[addr] = sh
+		return sh
+	case client != nil:
+		sh.ps = client.Subscribe(context.Background())
+	default:
+		sh.ps = h.rdb.Subscribe(context.Background())
+		h.subscribeBeat()
+	}
+	h.shards[addr] = sh
+	h.wg.Add(1)
+	go h.reader(sh, sh.ps)
+	return sh
+}
+
+// startReader starts sh's reader if it is not running yet.
+func (h *Hub) startReader(sh *shard) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !sh.unread || h.closed {
+		return
+	}
+	sh.unread = false
+	h.wg.Add(1)
+	go h.reader(sh, sh.ps)
+}
+
+// healthEvery is how long the reader waits for a message before it pings
+// the connection, which makes go-redis notice a dead one and reconnect.
+const healthEvery = 3 * time.Second
+
+// reader dispatches one connection's replies until it is closed or
+// replaced. go-redis reconnects and subscribes again by itself; the reader
+// then queues SUBSCRIBEs for the shard's channels so that a PING follows
+// them, and waiters of channels that were ready are woken (messages may
+// have been lost).
+func (h *Hub) reader(sh *shard, ps *redis.PubSub) {
+	defer h.wg.Done()
+	ctx := context.Background()
+	backoff := time.Duration(0)
+	for {
+		m, err := ps.ReceiveTimeout(ctx, healthEvery)
+		if err != nil {
+			if h.isClosed() || errors.Is(err, redis.ErrClosed) {
+				return
+			}
+			var re redis.Error
+			var ne net.Error
+			switch {
+			case errors.As(err, &re) && h.cluster != nil && strings.HasPrefix(err.Error(), "CROSSSLOT"):
+				// go-redis subscribed every channel at once after a
+				// reconnect; SSUBSCRIBE takes one slot at a time.
+				h.resubscribe(sh)
+			case errors.As(err, &re):
+				h.refuse(err)
+			case errors.As(err, &ne) && ne.Timeout():
+				_ = ps.Ping(ctx)
+			default:
+				// Disconnected: the next receive dials again.
+				h.lost(sh)
+				h.resubscribe(sh)
+				backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
+				select {
+				case <-h.done:
+					return
+				case <-time.After(backoff):
+				}
+			}
+			continue
+		}
+		backoff = 0
+		switch m := m.(type) {
+		case *redis.Message:
+			if m.Channel == h.beat && h.beat != "" {
+				h.heartbeatSeen(m.Payload)
+				continue
+			}
+			h.deliver(m.Channel, m.Payload)
+		case *redis.Subscription:
+			h.confirm(m.Kind, m.Channel)
+		case *redis.Pong:
+			h.pong(sh, m.Payload)
+		}
+	}
+}
+
+// resubscribe queues a SUBSCRIBE for every wanted channel of sh (every
+// channel, when sh is nil). Their PING makes them ready again.
+func (h *Hub) resubscribe(sh *shard) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return
+	}
+	for ch, e := range h.chans {
+		if e.want && (sh == nil || e.sh == nil || e.sh == sh) {
+			h.subSeq++
+			e.subOp, e.needPing = h.subSeq, 0
+			h.enqueue(op{channel: ch, subscribe: true, n: h.subSeq})
+		}
+	}
+	if sh != nil && sh.addr == h.beatAddr {
+		h.subscribeBeat()
+	}
+}
+
+func (h *Hub) deliver(channel, payload string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if e := h.chans[channel]; e != nil {
+		e.send(payload)
+	}
+}
+
+func (h *Hub) confirm(kind, channel string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if channel == h.beat && kind == "subscribe" {
+		h.beatSubscribed()
+	}
+	e := h.chans[channel]
+	if e == nil {
+		return
+	}
+	switch kind {
+	case "subscribe", "ssubscribe":
+		e.subscribed = true
+		if e.isReady && e.want {
+			// Subscribed again while ready: the connection was
+			// re-established and messages may have been lost.
+			e.send(Wake)
+		}
+		h.refusal.working()
+	case "unsubscribe", "sunsubscribe":
+		e.subscribed = false
+		if !e.want && e.refs == 0 {
+			delete(h.chans, channel)
+		}
+	}
+}
+
+func (h *Hub) pong(sh *shard, payload string) {
+	s, ok := strings.CutPrefix(payload, pingPrefix)
+	if !ok {
+		return
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k, channels := range sh.wait {
+		if k > n {
+			continue
+		}
+		delete(sh.wait, k)
+		for _, ch := range channels {
+			e := h.chans[ch]
+			if e == nil || !e.want || !e.subscribed || e.needPing == 0 || e.needPing > n || e.isReady {
+				continue
+			}
+			e.isReady = true
+			close(e.ready)
+		}
+	}
+}
+
+// lost tells the listeners of sh's channels, with [Wake], that messages may
+// have been lost: the connection broke or was replaced. It runs before any
+// message of a new connection is dispatched to them.
+func (h *Hub) lost(sh *shard) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if sh.addr == h.beatAddr {
+		h.beats.forget()
+	}
+	for _, e := range h.chans {
+		if e.sh != sh && e.sh != nil {
+			continue
+		}
+		for l := range e.listeners {
+			l.fn(Wake)
+		}
+	}
+}
+
+// refusal is the back-off after Redis refused a subscription: the writer
+// holds its commands until it ends, waiters poll meanwhile, and the error
+// is reported once.
+type refusal struct {
+	mu      sync.Mutex    // guards the fields below
+	refused bool          // a subscription was refused and not yet retried
+	retryAt time.Time     // when refused subscriptions are tried again
+	backoff time.Duration // the back-off in force; 0 once subscriptions work
+	told    bool          // the refusal was reported
+}
+
+// refusalMin and refusalMax bound the back-off after Redis refused a
+// subscription.
+const (
+	refusalMin = time.Second
+	refusalMax = 30 * time.Second
+)
+
+// refuse records that Redis refused a subscription: the writer holds its
+// commands for a back-off, waiters poll meanwhile, and the error is counted
+// and reported once.
+func (h *Hub) refuse(err error) {
+	h.errCount.Add(1)
+	if h.isClosed() {
+		return
+	}
+	r := &h.refusal
+	r.mu.Lock()
+	r.backoff = min(max(2*r.backoff, refusalMin), refusalMax)
+	r.refused, r.retryAt = true, time.Now().Add(r.backoff)
+	tell := !r.told
+	r.told = true
+	r.mu.Unlock()
+	h.kickWriter()
+	if tell && h.onError != nil {
+		h.onError(err)
+	}
+}
+
+// holding reports whether subscriptions are held back, and until when.
+func (r *refusal) holding() (bool, time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.refused, r.retryAt
+}
+
+// lift ends the hold: the back-off is over.
+func (r *refusal) lift() {
+	r.mu.Lock()
+	r.refused = false
+	r.mu.Unlock()
+}
+
+// working records a subscription confirmed: the next refusal is reported.
+func (r *refusal) working() {
+	r.mu.Lock()
+	if r.told && r.backoff > 0 {
+		r.told, r.backoff = false, 0
+	}
+	r.mu.Unlock()
+}
