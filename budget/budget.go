@@ -194,11 +194,12 @@ type Budget struct {
 	localPause time.Time     // end of a pause kept locally while Redis was unreachable
 	paused     chan struct{} // closed, and replaced, when either grows
 	closed     bool
-
-	// onBook, set by tests only, sees every booking, with the ctx of its
-	// Wait.
-	onBook func(context.Context, booking, Priority)
 }
+
+// testHookBooked, set by tests only (as net/http's testHook variables are),
+// sees every booking of every Budget, on the goroutine of the Wait that
+// booked it and with its ctx.
+var testHookBooked func(*Budget, context.Context, booking, Priority)
 
 // New returns the budget called name on rdb, limited to limit. Servers that
 // use the same name and prefix on the same Redis share one budget, and must

@@ -2,6 +2,7 @@ package budget
 
 import (
 	"context"
+	"sync"
 	"time"
 )
 
@@ -26,8 +27,17 @@ func OnBook(b *Budget, f func(Booking)) {
 // OnBookContext has f called with every slot b books, on the goroutine of
 // the Wait that booked it and with its ctx. Set it before the first Wait.
 func OnBookContext(b *Budget, f func(context.Context, Booking)) {
-	b.onBook = func(ctx context.Context, r booking, p Priority) {
-		f(ctx, Booking{Slot: r.slot, TAT: r.tat, Wait: r.wait, Priority: p, Gated: r.gated, Local: r.local})
+	bookHooks.Store(b, f)
+}
+
+// bookHooks holds each watched Budget's f.
+var bookHooks sync.Map
+
+func init() {
+	testHookBooked = func(b *Budget, ctx context.Context, r booking, p Priority) {
+		if f, ok := bookHooks.Load(b); ok {
+			f.(func(context.Context, Booking))(ctx, Booking{Slot: r.slot, TAT: r.tat, Wait: r.wait, Priority: p, Gated: r.gated, Local: r.local})
+		}
 	}
 }
 

@@ -70,8 +70,8 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 		// Back on Redis, this server brings the slot: the call goes, and
 		// the next may follow T later, without a burst.
 		b.know(slot.UnixMicro()+b.clock.Load()+b.t+b.tau, 0)
-		if b.onBook != nil {
-			b.onBook(ctx, booking{slot: slot.UnixMicro(), wait: d, local: true}, p)
+		if testHookBooked != nil {
+			testHookBooked(b, ctx, booking{slot: slot.UnixMicro(), wait: d, local: true}, p)
 		}
 		if d <= 0 {
 			return nil

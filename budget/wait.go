@@ -116,8 +116,8 @@ func (b *Budget) wait(ctx context.Context, p Priority) error {
 			b.limitConflict(r.other)
 		}
 		b.learn(r)
-		if b.onBook != nil {
-			b.onBook(ctx, r, p)
+		if testHookBooked != nil {
+			testHookBooked(b, ctx, r, p)
 		}
 		if r.wait <= 0 {
 			return nil
