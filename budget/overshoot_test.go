@@ -28,7 +28,7 @@ func TestOvershoot(t *testing.T) {
 	rec := &recorder{}
 	rec.watch(b)
 	ctx := context.Background()
-	const T, most, eighth = 200000, 200000 / 6, (200000/6 + 7) / 8
+	const T, most, first = 200000, 200000, 200000 / 48
 	h := http.Header{"Retry-After": {"1"}}
 	observe := func() {
 		t.Helper()
@@ -47,30 +47,30 @@ func TestOvershoot(t *testing.T) {
 	if d := field(t, rdb, b, "pause") - now; d > T {
 		t.Errorf("paused for %dµs after one 429; want one interval, %dµs", d, T)
 	}
-	if got, want := field(t, rdb, b, "slack"), int64(eighth); got != want {
-		t.Errorf("slack = %dµs; want an eighth of the most, %dµs", got, want)
+	if got, want := field(t, rdb, b, "slack"), int64(first); got != want {
+		t.Errorf("slack = %dµs; want T/48, %dµs", got, want)
 	}
 	observe() // the same 429, through PauseFor
 	if st := b.Stats(); st.Overshoots != 1 || st.PausesRateLimited != 0 {
 		t.Errorf("Stats: Overshoots %d, PausesRateLimited %d; want 1, 0", st.Overshoots, st.PausesRateLimited)
 	}
 	// A booking after it is paced at T + slack.
-	if s := bookTwo(t, b, rec); s[1]-s[0] != T+eighth {
-		t.Errorf("slots %v; want T + slack, %dµs apart", s, T+eighth)
+	if s := bookTwo(t, b, rec); s[1]-s[0] != T+first {
+		t.Errorf("slots %v; want T + slack, %dµs apart", s, T+first)
 	}
 
-	// The slack doubles with each overshoot, to the most.
-	for _, want := range []int64{2 * eighth, 4 * eighth, most} {
+	// The slack doubles with each overshoot, to the most, T.
+	for _, want := range []int64{2 * first, 4 * first, 8 * first, 16 * first, 32 * first, most} {
 		apart()
 		observe()
 		if got := field(t, rdb, b, "slack"); got != want {
 			t.Errorf("slack = %dµs; want %dµs", got, want)
 		}
 	}
-	if st := b.Stats(); st.Overshoots != 4 || st.PausesRateLimited != 0 {
-		t.Errorf("Stats: Overshoots %d, PausesRateLimited %d; want 4, 0", st.Overshoots, st.PausesRateLimited)
+	if st := b.Stats(); st.Overshoots != 7 || st.PausesRateLimited != 0 {
+		t.Errorf("Stats: Overshoots %d, PausesRateLimited %d; want 7, 0", st.Overshoots, st.PausesRateLimited)
 	}
-	// At the most, a storm: the fifth overshoot within a Per.
+	// At the most, a storm: the eighth overshoot within a Per.
 	apart()
 	now = redisNow(t, rdb)
 	observe()
@@ -105,8 +105,8 @@ func TestMeteredRefusalPauses(t *testing.T) {
 	}
 }
 
-// TestOvershootSlackDecays: the learned slack halves every half-life (30 s
-// here) without an overshoot, so a fleet whose jitter passed goes back to
+// TestOvershootSlackDecays: the learned slack halves every half-life (400
+// intervals, 80 s here) without an overshoot, so a fleet whose jitter passed goes back to
 // its full rate.
 func TestOvershootSlackDecays(t *testing.T) {
 	m, rdb := redistest.Mini(t)
@@ -116,9 +116,9 @@ func TestOvershootSlackDecays(t *testing.T) {
 	rec := &recorder{}
 	rec.watch(b)
 	ctx := context.Background()
-	const T, most = 200000, 200000 / 6
+	const T, most = 200000, 200000
 	h := http.Header{"Retry-After": {"1"}}
-	for range 4 {
+	for range 7 {
 		clock = clock.Add(T * time.Microsecond)
 		m.SetTime(clock)
 		if err := b.Observe(ctx, h, http.StatusTooManyRequests); err != nil {
@@ -130,7 +130,7 @@ func TestOvershootSlackDecays(t *testing.T) {
 	}
 	for i, want := range []int64{most, most / 2, most / 4} {
 		if i > 0 {
-			clock = clock.Add(30 * time.Second)
+			clock = clock.Add(400 * T * time.Microsecond)
 			m.SetTime(clock)
 		}
 		if s := bookTwo(t, b, rec); s[1]-s[0] != T+want {

@@ -104,7 +104,7 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]int64, error) {
 		return pauseScript.Run(ctx, b.rdb.Redis(), []string{b.key}, pause,
 			b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds(),
-			over, b.lim.Per.Microseconds(), b.t/maxSlack, min(maxStorm, max(3, b.lim.Rate/stormShare)), slackHalfLife(b.t)).Int64Slice()
+			over, b.lim.Per.Microseconds(), b.t, min(maxStorm, max(3, b.lim.Rate/stormShare)), slackHalfLife(b.t), b.t/firstSlack).Int64Slice()
 	}, nil)
 	if err == nil && len(v) != 5 {
 		err = fmt.Errorf("unexpected pause reply %v", v)
@@ -147,17 +147,19 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	return nil
 }
 
-// maxSlack: the slack learned from overshoots is at most T/maxSlack, so a
-// budget that learned the most still uses 6/7 (86%) of its limit; it
-// starts at an eighth of that and halves every slackHalfLife without an
-// overshoot, so a fleet whose arrival jitter is small stays near its full
-// limit.
-const maxSlack = 6
+// firstSlack: the first overshoot sets the slack between paced slots to
+// T/firstSlack, and each later one doubles it, up to T (half the limit):
+// a budget whose arrival jitter is small loses about 2% of its limit, and
+// one on a host so loaded that calls arrive tens of milliseconds off their
+// slots slows down instead of drawing a 429 for every other call.
+const firstSlack = 48
 
 // slackHalfLife is how long the learned slack takes to halve without an
-// overshoot, for a budget of emission interval t µs: 30 s, or 100
-// intervals when longer. In µs.
-func slackHalfLife(t int64) int64 { return max(30*time.Second.Microseconds(), 100*t) }
+// overshoot, for a budget of emission interval t µs: 400 intervals (8 s at
+// 50 calls/s). Each halving that proves too much costs one 429 and a
+// doubling, so a fleet settles at about one overshoot per half-life, 0.25%
+// of its calls, at the least slack its jitter allows. In µs.
+func slackHalfLife(t int64) int64 { return 400 * t }
 
 // stormShare: 429s for more than one call in stormShare of a Per (at least
 // 3, at most maxStorm), with the slack at its most, are a storm, not

@@ -8,13 +8,13 @@
 -- ARGV[6] '1' when the pause is for a 429 that may be an overshoot; ARGV[7]
 -- Per and ARGV[8] the most slack (µs); ARGV[9] the overshoots within one Per
 -- that make a storm; ARGV[10] the slack's half-life (µs): it halves for
--- every such span since the latest overshoot.
+-- every such span since the latest overshoot; ARGV[11] the first slack (µs).
 -- A 429 that asks for no more than an interval (or for the whole second a
 -- Retry-After rounds up to), when no longer pause is in force, is most often
 -- an overshoot of a budget that paces at its limit: arrival jitter brought a
 -- call to the upstream a little early. It does not pause the fleet for
 -- Retry-After: the slack between paced slots (field slack, read by wait.lua)
--- grows (doubling, from an eighth of the most to the most), the booking schedule starts
+-- grows (doubling, from ARGV[11] to the most), the booking schedule starts
 -- again one interval from now (tat), and the fleet pauses for that interval
 -- (or Retry-After if shorter), announced as "end respaced-at" (the instant
 -- also kept in field rs): every Wait sleeping on a slot booked before then
@@ -57,13 +57,13 @@ if ARGV[6] == '1' and pauseFor >= 0 and pause <= now + T then
     else
       over, pauseFor, respaced = 1, math.min(pauseFor, T), now
       -- The slack learned before, less its decay since the latest
-      -- overshoot (as wait.lua reads it), doubles, from an eighth of the
-      -- most to the most.
+      -- overshoot (as wait.lua reads it), doubles, from the first slack
+      -- to the most.
       local decay = tonumber(ARGV[10])
       if slack > 0 and o1 > 0 and decay > 0 then
         slack = math.floor(slack / 2 ^ math.min(60, math.floor(math.max(0, now - o1) / decay)))
       end
-      slack = math.min(most, math.max(math.ceil(most / 8), 2 * slack))
+      slack = math.min(most, math.max(tonumber(ARGV[11]), 2 * slack))
       -- tat - tau is the next slot: no burst at the end of the pause.
       redis.call('HSET', KEYS[1], 'slack', f(slack), 'tat', f(now + T + tau), 'rs', f(now))
       last = now + T + tau
