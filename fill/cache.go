@@ -36,6 +36,7 @@ type Cache struct {
 	local   *local // nil when off
 
 	invalChannel            string // where stores and deletes announce themselves
+	flagKey                 string // the fleet's local-tier flag on a plain Redis, else "" (see local.lua)
 	swrArg, sieArg, pttlArg string // the stale windows and whether a PTTL is wanted, for the claim script
 
 	mu         sync.Mutex // guards closed and wg.Add
@@ -64,6 +65,12 @@ func New(rdb redis.UniversalClient, opt *Options) *Cache {
 		swrArg:       lease.Millis(o.StaleWhileRevalidate),
 		sieArg:       lease.Millis(o.StaleIfError),
 		pttlArg:      "0",
+	}
+	if _, plain := rdb.(*redis.Client); plain {
+		// A Cluster's or a Ring's scripts cannot read one key for the
+		// whole fleet: there, stores and deletes are always ordered and
+		// published.
+		c.flagKey = o.Prefix + "local"
 	}
 	if o.Local != nil || o.EarlyRefresh {
 		c.pttlArg = "1"

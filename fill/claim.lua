@@ -2,7 +2,11 @@
 -- first round trip.
 -- KEYS[1] the lock P{K}; KEYS[2] the value P{K}:value;
 -- KEYS[3] the failure marker P{K}:failed; KEYS[4] the back-off P{K}:backoff;
--- KEYS[5] the last stamp issued for the key, P{K}:stamp (see stamp below).
+-- KEYS[5] the last stamp issued for the key, P{K}:stamp (see stamp below);
+-- KEYS[6], on a plain Redis, the fleet's local-tier flag P:local (see
+--   local.lua): without it in place, no local tier orders entries by their
+--   stamps, and the stamp is the clock alone; under it, stamps are later
+--   than the flag's placement (its value), so than every stamp without it.
 -- ARGV[1] the caller's token; ARGV[2] the lease in ms;
 -- ARGV[3] the mode: 'r' read, else claim; 'c' claim without reading (the
 --   value could not be decoded); 'e' claim an early refresh, unless failed
@@ -47,12 +51,19 @@ end
 -- stamp issues the stamp of the entry being claimed: the server's clock in
 -- ms, made later than the last stamp issued for the key (by a claim or a
 -- delete.lua), so that one key's entries and deletes are ordered exactly,
--- even within one millisecond. The last stamp is kept a second: by then
+-- even within one millisecond, wherever a local tier reads them. The last
+-- stamp is kept a second: by then
 -- the clock has passed it, and orders alone. Neither reading nor keeping
 -- it may fail the claim (out of memory, a foreign key): the clock alone
 -- orders then.
 local function stamp()
   local s = now()
+  if KEYS[6] then
+    local ok, f = pcall(redis.call, 'GET', KEYS[6])
+    if ok and not f then return s end
+    local placed = ok and tonumber(string.match(f, '^(%d+)'))
+    if placed and s <= placed then s = placed + 1 end
+  end
   local ok, last = pcall(redis.call, 'GET', KEYS[5])
   last = ok and last and tonumber(last)
   if last and s <= last then s = last + 1 end
