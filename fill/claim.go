@@ -55,6 +55,7 @@ type claimReply struct {
 	pttl   time.Duration // found, stale: the value key's; held: the lock's
 	sub    int           // stale
 	now    time.Time     // acquired, stale claimed: the entry's stamp (see claim.lua)
+	bare   bool          // acquired: the read found no value, so no back-off either
 	holder string        // held, stale held
 	msg    string        // failed: the holder's failure message
 }
@@ -121,11 +122,15 @@ func parseClaim(v any) (claimReply, error) {
 	bad := func() (claimReply, error) { return claimReply{}, fmt.Errorf("fill: unexpected claim reply %v", a) }
 	switch r.state {
 	case acquired:
-		n, ok := a[1].(int64)
-		if !ok || len(a) != 2 {
+		n, ok1 := a[1].(int64)
+		b, ok2 := int64(0), len(a) == 3
+		if ok2 {
+			b, ok2 = a[2].(int64)
+		}
+		if !ok1 || !ok2 {
 			return bad()
 		}
-		r.now = time.UnixMilli(n)
+		r.now, r.bare = time.UnixMilli(n), b == 1
 	case held:
 		n, ok1 := a[1].(int64)
 		h, ok2 := "", len(a) == 3

@@ -24,7 +24,9 @@
 --   {3, value, pttl, 1, stamp}        a stale value, and its refresh claimed
 --   {3, value, pttl, 0, holder}       a stale value, refreshed by holder
 --   {3, value, pttl, 2}               a stale value, refreshes backing off
---   {1, stamp}                        claimed; stamp is the entry's, in ms
+--   {1, stamp, bare}                  claimed; stamp is the entry's, in ms;
+--                                     bare 1 when the read found no value
+--                                     (nor, then, a refreshes' back-off)
 --   {0, pttl, holder}                 held by holder for pttl more ms
 --   {4, message}                      the awaited holder's outcome, a message
 -- A value's stale window is read from its entry's fixed place (bytes 4-7
@@ -92,7 +94,7 @@ local function claim()
 end
 
 if mode == 'e' then
-  if not backingOff() and claim() then return {1, stamp()} end
+  if not backingOff() and claim() then return {1, stamp(), 0} end
   return {0, 0, ''}
 end
 if mode == 'r' then
@@ -121,7 +123,11 @@ if ARGV[4] ~= '' then
   end
 end
 local ok, holder = claim()
-if ok then return {1, stamp()} end
+if ok then
+  local bare = 0
+  if mode == 'r' and not v then bare = 1 end
+  return {1, stamp(), bare}
+end
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl < 0 then
   return redis.error_reply('LOCKSMITH ' .. KEYS[1] .. ' has no expiry: not a locksmith lock')

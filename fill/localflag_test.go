@@ -3,28 +3,12 @@ package fill_test
 import (
 	"context"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/locksmith-go/locksmith/fill"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
-
-// commandCalls returns how many times the server ran cmd (from scripts
-// too), from INFO commandstats.
-func commandCalls(t *testing.T, s *redistest.Server, cmd string) int64 {
-	t.Helper()
-	info, _ := s.Do(t, "INFO", "commandstats").(string)
-	for _, line := range strings.Split(info, "\r\n") {
-		if rest, ok := strings.CutPrefix(line, "cmdstat_"+cmd+":calls="); ok {
-			var v int64
-			fmt.Sscan(rest[:strings.IndexByte(rest, ',')], &v)
-			return v
-		}
-	}
-	return 0
-}
 
 // TestNoLocalTierPublishesNoInvalidation: in a fleet without a local tier,
 // a store publishes only to the key's waiters, and a Delete publishes no

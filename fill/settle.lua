@@ -10,7 +10,9 @@
 -- Cluster), else PUBLISH; ARGV[3] 's' to store a value, 'f' for a failure;
 -- ARGV[4] the message for the channel P{K}.
 -- To store: ARGV[5] the entry; ARGV[6] its key's TTL in ms; ARGV[7] the
---   invalidation channel; ARGV[8] the invalidation message.
+--   invalidation channel; ARGV[8] the invalidation message; ARGV[9] '1'
+--   to delete the failure marker and the back-off, '0' when the claim
+--   found no value (so no back-off: it lives no longer than its value).
 -- To only publish: ARGV[5] how long the message is kept for the holder's
 --   waiters (in the failure marker's place), in ms.
 -- For a failure: ARGV[5] how long the failure marker lives, in ms;
@@ -32,7 +34,7 @@ local storeErr = ''
 if ARGV[3] == 's' then
   local ok, e = pcall(redis.call, 'SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
   if ok then
-    redis.call('DEL', KEYS[3], KEYS[4])
+    if ARGV[9] == '1' then redis.call('DEL', KEYS[3], KEYS[4]) end
   else
     storeErr = errText(e)
     -- Waiters given the value itself still get it; waiters told to read
