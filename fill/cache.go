@@ -35,9 +35,11 @@ type Cache struct {
 	stats   counters
 	local   *local // nil when off
 
-	invalChannel            string // where stores and deletes announce themselves
-	flagKey                 string // the fleet's local-tier flag on a plain Redis, else "" (see local.lua)
-	swrArg, sieArg, pttlArg string // the stale windows and whether a PTTL is wanted, for the claim script
+	invalChannel string // where stores and deletes announce themselves
+	flagKey      string // the fleet's local-tier flag on a plain Redis, else "" (see local.lua)
+	// The claim script's arguments that never change: the lease, the stale
+	// windows and whether a PTTL is wanted, boxed once (a call boxes none).
+	lockTTLArg, swrArg, sieArg, pttlArg any
 
 	mu         sync.Mutex // guards closed and wg.Add
 	closed     bool
@@ -62,6 +64,7 @@ func New(rdb redis.UniversalClient, opt *Options) *Cache {
 		err:          err,
 		flights:      flight.New[flightKey](),
 		invalChannel: o.Prefix + "invalidate",
+		lockTTLArg:   lease.Millis(o.LockTTL),
 		swrArg:       lease.Millis(o.StaleWhileRevalidate),
 		sieArg:       lease.Millis(o.StaleIfError),
 		pttlArg:      "0",

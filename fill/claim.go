@@ -62,7 +62,7 @@ type claimReply struct {
 
 func (c *Cache) claim(ctx context.Context, ks keyset, token, mode, awaited string) (claimReply, error) {
 	return redisx.Run(ctx, c.rdb, func(ctx context.Context) (claimReply, error) {
-		v, err := claimScript.Run(ctx, c.rdb.Redis(), ks.keys, token, lease.Millis(c.opt.LockTTL), mode, awaited,
+		v, err := claimScript.Run(ctx, c.rdb.Redis(), ks.keys, token, c.lockTTLArg, mode, awaited,
 			c.swrArg, c.sieArg, c.pttlArg).Result()
 		if err != nil {
 			if redisx.MayHaveRun(err) {
@@ -266,14 +266,13 @@ type claimReq struct {
 func (c *Cache) claimMany(ctx context.Context, reqs []claimReq, o ops) []look {
 	looks := make([]look, len(reqs))
 	sent := time.Now()
-	lockTTL := lease.Millis(c.opt.LockTTL)
 	exec := func(idx []int) ([]*redis.Cmd, error) {
 		return redisx.Run(ctx, c.rdb, func(ctx context.Context) ([]*redis.Cmd, error) {
 			pipe := c.rdb.Redis().Pipeline()
 			cmds := make([]*redis.Cmd, len(idx))
 			for k, i := range idx {
 				q := reqs[i]
-				cmds[k] = claimScript.EvalSha(ctx, pipe, q.ks.keys, q.token, lockTTL, modeRead, q.awaited,
+				cmds[k] = claimScript.EvalSha(ctx, pipe, q.ks.keys, q.token, c.lockTTLArg, modeRead, q.awaited,
 					c.swrArg, c.sieArg, c.pttlArg)
 			}
 			_, err := pipe.Exec(ctx)
