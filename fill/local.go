@@ -43,10 +43,11 @@ import (
 //   - On a plain Redis (not a Cluster or a Ring), servers order entries by
 //     stamps and publish invalidations only while the fleet's flag is in
 //     place (local.lua): a fleet without a local tier spends nothing on
-//     them. A local tier keeps the flag in place, keeps no copy of an entry
-//     stamped before it found the flag in place (such an entry, or a delete
-//     of it, may be unordered or unpublished), and serves copies only while
-//     a refresh that found the flag in place was sent within MaxStaleness.
+//     them. A local tier keeps the flag in place, keeps no copy read before
+//     it found the flag in place (a store or delete before then may have
+//     gone unpublished; stamps under the flag are later than any before
+//     it), and serves copies only while a refresh that found the flag in
+//     place was sent within MaxStaleness.
 //     A flag found missing (expired, flushed, lost in a failover) drops
 //     every copy.
 //
