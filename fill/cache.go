@@ -35,8 +35,11 @@ type Cache struct {
 	stats   counters
 	local   *local // nil when off
 
-	invalChannel            string // where stores and deletes announce themselves
-	swrArg, sieArg, pttlArg string // the stale windows and whether a PTTL is wanted, for the claim script
+	invalChannel string // where stores and deletes announce themselves
+	flagKey      string // the fleet's local-tier flag on a plain Redis, else "" (see local.lua)
+	// The claim script's arguments that never change: the lease, the stale
+	// windows and whether a PTTL is wanted, boxed once (a call boxes none).
+	lockTTLArg, swrArg, sieArg, pttlArg any
 
 	mu         sync.Mutex // guards closed and wg.Add
 	closed     bool
@@ -61,9 +64,16 @@ func New(rdb redis.UniversalClient, opt *Options) *Cache {
 		err:          err,
 		flights:      flight.New[flightKey](),
 		invalChannel: o.Prefix + "invalidate",
+		lockTTLArg:   lease.Millis(o.LockTTL),
 		swrArg:       lease.Millis(o.StaleWhileRevalidate),
 		sieArg:       lease.Millis(o.StaleIfError),
 		pttlArg:      "0",
+	}
+	if _, plain := rdb.(*redis.Client); plain {
+		// A Cluster's or a Ring's scripts cannot read one key for the
+		// whole fleet: there, stores and deletes are always ordered and
+		// published.
+		c.flagKey = o.Prefix + "local"
 	}
 	if o.Local != nil || o.EarlyRefresh {
 		c.pttlArg = "1"

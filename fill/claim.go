@@ -55,13 +55,14 @@ type claimReply struct {
 	pttl   time.Duration // found, stale: the value key's; held: the lock's
 	sub    int           // stale
 	now    time.Time     // acquired, stale claimed: the entry's stamp (see claim.lua)
+	bare   bool          // acquired: the read found no value, so no back-off either
 	holder string        // held, stale held
 	msg    string        // failed: the holder's failure message
 }
 
 func (c *Cache) claim(ctx context.Context, ks keyset, token, mode, awaited string) (claimReply, error) {
 	return redisx.Run(ctx, c.rdb, func(ctx context.Context) (claimReply, error) {
-		v, err := claimScript.Run(ctx, c.rdb.Redis(), ks.keys, token, lease.Millis(c.opt.LockTTL), mode, awaited,
+		v, err := claimScript.Run(ctx, c.rdb.Redis(), ks.keys, token, c.lockTTLArg, mode, awaited,
 			c.swrArg, c.sieArg, c.pttlArg).Result()
 		if err != nil {
 			if redisx.MayHaveRun(err) {
@@ -121,11 +122,15 @@ func parseClaim(v any) (claimReply, error) {
 	bad := func() (claimReply, error) { return claimReply{}, fmt.Errorf("fill: unexpected claim reply %v", a) }
 	switch r.state {
 	case acquired:
-		n, ok := a[1].(int64)
-		if !ok || len(a) != 2 {
+		n, ok1 := a[1].(int64)
+		b, ok2 := int64(0), len(a) == 3
+		if ok2 {
+			b, ok2 = a[2].(int64)
+		}
+		if !ok1 || !ok2 {
 			return bad()
 		}
-		r.now = time.UnixMilli(n)
+		r.now, r.bare = time.UnixMilli(n), b == 1
 	case held:
 		n, ok1 := a[1].(int64)
 		h, ok2 := "", len(a) == 3
@@ -261,14 +266,13 @@ type claimReq struct {
 func (c *Cache) claimMany(ctx context.Context, reqs []claimReq, o ops) []look {
 	looks := make([]look, len(reqs))
 	sent := time.Now()
-	lockTTL := lease.Millis(c.opt.LockTTL)
 	exec := func(idx []int) ([]*redis.Cmd, error) {
 		return redisx.Run(ctx, c.rdb, func(ctx context.Context) ([]*redis.Cmd, error) {
 			pipe := c.rdb.Redis().Pipeline()
 			cmds := make([]*redis.Cmd, len(idx))
 			for k, i := range idx {
 				q := reqs[i]
-				cmds[k] = claimScript.EvalSha(ctx, pipe, q.ks.keys, q.token, lockTTL, modeRead, q.awaited,
+				cmds[k] = claimScript.EvalSha(ctx, pipe, q.ks.keys, q.token, c.lockTTLArg, modeRead, q.awaited,
 					c.swrArg, c.sieArg, c.pttlArg)
 			}
 			_, err := pipe.Exec(ctx)

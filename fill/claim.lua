@@ -2,7 +2,11 @@
 -- first round trip.
 -- KEYS[1] the lock P{K}; KEYS[2] the value P{K}:value;
 -- KEYS[3] the failure marker P{K}:failed; KEYS[4] the back-off P{K}:backoff;
--- KEYS[5] the last stamp issued for the key, P{K}:stamp (see stamp below).
+-- KEYS[5] the last stamp issued for the key, P{K}:stamp (see stamp below);
+-- KEYS[6], on a plain Redis, the fleet's local-tier flag P:local (see
+--   local.lua): without it in place, no local tier orders entries by their
+--   stamps, and the stamp is the clock alone; under it, stamps are later
+--   than the flag's placement (its value), so than every stamp without it.
 -- ARGV[1] the caller's token; ARGV[2] the lease in ms;
 -- ARGV[3] the mode: 'r' read, else claim; 'c' claim without reading (the
 --   value could not be decoded); 'e' claim an early refresh, unless failed
@@ -20,7 +24,9 @@
 --   {3, value, pttl, 1, stamp}        a stale value, and its refresh claimed
 --   {3, value, pttl, 0, holder}       a stale value, refreshed by holder
 --   {3, value, pttl, 2}               a stale value, refreshes backing off
---   {1, stamp}                        claimed; stamp is the entry's, in ms
+--   {1, stamp, bare}                  claimed; stamp is the entry's, in ms;
+--                                     bare 1 when the read found no value
+--                                     (nor, then, a refreshes' back-off)
 --   {0, pttl, holder}                 held by holder for pttl more ms
 --   {4, message}                      the awaited holder's outcome, a message
 -- A value's stale window is read from its entry's fixed place (bytes 4-7
@@ -47,12 +53,19 @@ end
 -- stamp issues the stamp of the entry being claimed: the server's clock in
 -- ms, made later than the last stamp issued for the key (by a claim or a
 -- delete.lua), so that one key's entries and deletes are ordered exactly,
--- even within one millisecond. The last stamp is kept a second: by then
+-- even within one millisecond, wherever a local tier reads them. The last
+-- stamp is kept a second: by then
 -- the clock has passed it, and orders alone. Neither reading nor keeping
 -- it may fail the claim (out of memory, a foreign key): the clock alone
 -- orders then.
 local function stamp()
   local s = now()
+  if KEYS[6] then
+    local ok, f = pcall(redis.call, 'GET', KEYS[6])
+    if ok and not f then return s end
+    local placed = ok and tonumber(string.match(f, '^(%d+)'))
+    if placed and s <= placed then s = placed + 1 end
+  end
   local ok, last = pcall(redis.call, 'GET', KEYS[5])
   last = ok and last and tonumber(last)
   if last and s <= last then s = last + 1 end
@@ -81,7 +94,7 @@ local function claim()
 end
 
 if mode == 'e' then
-  if not backingOff() and claim() then return {1, stamp()} end
+  if not backingOff() and claim() then return {1, stamp(), 0} end
   return {0, 0, ''}
 end
 if mode == 'r' then
@@ -110,7 +123,11 @@ if ARGV[4] ~= '' then
   end
 end
 local ok, holder = claim()
-if ok then return {1, stamp()} end
+if ok then
+  local bare = 0
+  if mode == 'r' and not v then bare = 1 end
+  return {1, stamp(), bare}
+end
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl < 0 then
   return redis.error_reply('LOCKSMITH ' .. KEYS[1] .. ' has no expiry: not a locksmith lock')

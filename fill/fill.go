@@ -90,14 +90,17 @@ func (c *Cache) fly(caller context.Context, f *flight.Call, j *job, first *look)
 	defer cancel()
 	// Waits end when nobody waits for the flight any more.
 	wctx, wcancel := context.WithCancel(fctx)
-	defer context.AfterFunc(f.Patience(), wcancel)()
-	defer wcancel()
+	stop := context.AfterFunc(f.Patience(), wcancel)
 	var out outcome
 	returned := false
 	defer func() {
 		if !returned {
 			out = outcome{err: errGoexit}
 		}
+		// Stopped before landing, which ends the flight's patience: a
+		// landing then starts no goroutine to cancel what is done anyway.
+		stop()
+		wcancel()
 		c.flights.Land(f, out.landed())
 	}()
 	out = c.newWaiter(fctx, wctx, j, first).run()

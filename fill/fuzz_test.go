@@ -8,12 +8,13 @@ import "testing"
 func FuzzParseClaim(f *testing.F) {
 	f.Add(uint8(0), int64(2), int64(1500), "v", int64(1))
 	f.Add(uint8(1), int64(1), int64(1700000000000), "", int64(0))
+	f.Add(uint8(8), int64(1), int64(1700000000000), "", int64(1))
 	f.Add(uint8(2), int64(3), int64(10), "v", int64(1))
 	f.Add(uint8(3), int64(0), int64(5), "holder", int64(0))
 	f.Add(uint8(4), int64(4), int64(0), "emsg", int64(0))
 	f.Fuzz(func(t *testing.T, shape uint8, a, b int64, s string, c int64) {
 		var reply any
-		switch shape % 8 {
+		switch shape % 9 {
 		case 0:
 			reply = []any{a, s, b}
 		case 1:
@@ -30,6 +31,8 @@ func FuzzParseClaim(f *testing.F) {
 			reply = []any{a, s, b, c, s}
 		case 7:
 			reply = s
+		case 8:
+			reply = []any{a, b, c}
 		}
 		r, err := parseClaim(reply)
 		if err != nil {

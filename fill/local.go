@@ -2,7 +2,9 @@ package fill
 
 import (
 	"context"
+	_ "embed"
 	"errors"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -10,7 +12,9 @@ import (
 	"time"
 
 	"github.com/maypok86/otter/v2"
+	"github.com/redis/go-redis/v9"
 
+	"github.com/locksmith-go/locksmith/internal/lease"
 	"github.com/locksmith-go/locksmith/internal/notify"
 	"github.com/locksmith-go/locksmith/observe"
 )
@@ -36,6 +40,16 @@ import (
 //     master: the oldest path decides. On a Ring, whose shards forward
 //     nothing and where the Hub sends no heartbeat, a copy lives at most
 //     MaxStaleness after it was read instead.
+//   - On a plain Redis (not a Cluster or a Ring), servers order entries by
+//     stamps and publish invalidations only while the fleet's flag is in
+//     place (local.lua): a fleet without a local tier spends nothing on
+//     them. A local tier keeps the flag in place, keeps no copy read before
+//     it found the flag in place (a store or delete before then may have
+//     gone unpublished; stamps under the flag are later than any before
+//     it), and serves copies only while a refresh that found the flag in
+//     place was sent within MaxStaleness.
+//     A flag found missing (expired, flushed, lost in a failover) drops
+//     every copy.
 //
 // So no read returns a copy more than MaxStaleness after a newer value was
 // stored or the key deleted, whatever happens to the connection.
@@ -51,12 +65,26 @@ type local struct {
 
 	mu   sync.Mutex          // guards mine
 	mine map[string]struct{} // invalidations this Cache published and has not yet received
+
+	// The fleet's flag, on a plain Redis (flag is its key; "" elsewhere).
+	flag      string
+	placedAt  atomic.Int64  // Unix ns when the flag was last found missing and put in place (reply received); reads sent before it are not kept; MaxInt64 until then
+	confirmed atomic.Int64  // Unix ns when the last refresh that found the flag in place was sent
+	stop      chan struct{} // closed by close: ends keepFlag
+	done      chan struct{} // closed when keepFlag returned
 }
+
+var (
+	//go:embed local.lua
+	flagLua    string
+	flagScript = redis.NewScript(flagLua)
+)
 
 type localEntry struct {
 	val     any
 	absent  bool
 	created int64 // the entry's created-at, Unix ms
+	sent    int64 // when the read (or store) that brought it was sent, Unix ns
 	until   int64 // served until then, Unix ns
 }
 
@@ -84,10 +112,19 @@ func newLocal(c *Cache, o LocalOptions) *local {
 	if l.beats {
 		l.listener = c.hub.ListenAll(c.invalChannel, l.message)
 	}
+	if l.flag = c.flagKey; l.flag != "" {
+		l.placedAt.Store(math.MaxInt64)
+		l.stop, l.done = make(chan struct{}), make(chan struct{})
+		go l.keepFlag(min(200*time.Millisecond, o.MaxStaleness/4))
+	}
 	return l
 }
 
 func (l *local) close() {
+	if l.stop != nil {
+		close(l.stop)
+		<-l.done
+	}
 	if l.listener != nil {
 		l.listener.Close()
 	}
@@ -95,8 +132,53 @@ func (l *local) close() {
 	l.tombs.StopAllGoroutines()
 }
 
+// keepFlag keeps the fleet's flag in place, every every, until close.
+func (l *local) keepFlag(every time.Duration) {
+	defer close(l.done)
+	gen := ""
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+		}
+		gen = l.refreshFlag(gen)
+		t.Reset(every)
+	}
+}
+
+// refreshFlag puts the fleet's flag back in place for a while and returns
+// its value; gen is the one last seen. A new value means that the flag was
+// missing, so stores and deletes may have gone unpublished until it was
+// put back: every copy is dropped, and so is every read sent before the
+// reply. A read sent after it ran once the flag was in place: every later
+// store and delete of its key is published, stamped later than its entry
+// (see local.lua).
+func (l *local) refreshFlag(gen string) string {
+	// The flag outlives every copy served under this refresh.
+	ttl := 2*l.maxStale + time.Second
+	ctx, cancel := context.WithTimeout(l.c.base, l.maxStale)
+	defer cancel()
+	sent := time.Now()
+	g, err := flagScript.Run(ctx, l.c.rdb.Redis(), []string{l.flag}, lease.NewToken(), lease.Millis(ttl)).Text()
+	if err != nil {
+		return gen
+	}
+	if g != gen {
+		l.placedAt.Store(time.Now().UnixNano())
+		l.values.InvalidateAll()
+	}
+	l.confirmed.Store(sent.UnixNano())
+	return g
+}
+
 // live reports whether copies may be served at now (Unix ns).
 func (l *local) live(now int64) bool {
+	if l.flag != "" && now-l.confirmed.Load() >= int64(l.maxStale) {
+		return false
+	}
 	if !l.beats {
 		return true
 	}
@@ -111,7 +193,7 @@ func (l *local) get(key string) (v any, absent, ok bool) {
 		return nil, false, false
 	}
 	now := time.Now().UnixNano()
-	if now >= e.until || !l.live(now) {
+	if now >= e.until || !l.live(now) || e.sent < l.placedAt.Load() {
 		return nil, false, false
 	}
 	return e.val, e.absent, true
@@ -124,13 +206,16 @@ func (l *local) keep(key string, v any, absent bool, created time.Time, sent, un
 		return // messages may have been lost since the read was sent
 	}
 	ms := created.UnixMilli()
+	if sent.UnixNano() < l.placedAt.Load() {
+		return // maybe overwritten or deleted unpublished: see refreshFlag
+	}
 	if t, ok := l.tombs.GetIfPresent(key); ok && ms < t {
 		return // a newer value was stored, or the key deleted, meanwhile
 	}
 	if !l.beats {
 		until = minTime(until, sent.Add(l.maxStale))
 	}
-	l.values.Set(key, &localEntry{val: v, absent: absent, created: ms, until: until.UnixNano()})
+	l.values.Set(key, &localEntry{val: v, absent: absent, created: ms, sent: sent.UnixNano(), until: until.UnixNano()})
 }
 
 // expect registers the invalidation this Cache's own store of key,

@@ -36,6 +36,7 @@ func TestLocalIgnoresOlderInvalidation(t *testing.T) {
 	defer c.Close()
 	l := c.local
 	l.beats = false // no heartbeat needed: this test drives the tier by hand
+	redistest.WaitFor(t, "the fleet's flag in place", func() bool { return l.confirmed.Load() != 0 })
 	base := time.UnixMilli(1_000_000)
 	until := time.Now().Add(time.Hour)
 	l.keep("k", 2, false, base.Add(2*time.Millisecond), time.Now(), until)

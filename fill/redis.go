@@ -27,13 +27,21 @@ var (
 type keyset struct {
 	name                         string // the caller's key, for error messages
 	lock, value, failed, backoff string
-	keys                         []string // all four and the stamp key, in the scripts' order
+	keys                         []string // all four, the stamp key and the fleet's flag if any, in the scripts' order
 }
 
 func (c *Cache) keyset(name string) keyset {
 	lock := lease.LockKey(c.opt.Prefix, name)
-	ks := keyset{name: name, lock: lock, value: lease.ValueKey(lock), failed: lock + ":failed", backoff: lock + ":backoff"}
-	ks.keys = []string{ks.lock, ks.value, ks.failed, ks.backoff, lock + ":stamp"}
+	// One allocation for every key: each is a part of all, the lock a
+	// prefix of the value's key.
+	value := lease.ValueKey(lock)
+	all := value + lock + ":failed" + lock + ":backoff" + lock + ":stamp"
+	n, v := len(lock), len(value)
+	ks := keyset{name: name, lock: all[:n], value: all[:v], failed: all[v : v+n+7], backoff: all[v+n+7 : v+2*n+15]}
+	ks.keys = append(make([]string, 0, 6), ks.lock, ks.value, ks.failed, ks.backoff, all[v+2*n+15:])
+	if c.flagKey != "" {
+		ks.keys = append(ks.keys, c.flagKey)
+	}
 	return ks
 }
 

@@ -40,6 +40,7 @@ type settleReq struct {
 	entry []byte        // settleStore
 	ttl   time.Duration // settleStore: the key's, stale window included
 	inval string        // settleStore: the invalidation to publish
+	bare  bool          // settleStore: the claim found no value, so no back-off to end
 
 	backoff bool // settleFail: start or lengthen the refreshes' back-off
 }
@@ -50,7 +51,11 @@ func (c *Cache) settleArgs(r *settleReq) []any {
 	args := []any{r.token, c.rdb.PublishFlag(), r.mode, r.msg}
 	switch r.mode {
 	case settleStore:
-		return append(args, r.entry, lease.Millis(max(r.ttl, time.Millisecond)), c.invalChannel, r.inval)
+		del := "1"
+		if r.bare {
+			del = "0"
+		}
+		return append(args, r.entry, lease.Millis(max(r.ttl, time.Millisecond)), c.invalChannel, r.inval, del)
 	case settlePublish:
 		return append(args, lease.Millis(failureMarkerTTL))
 	}
@@ -165,7 +170,7 @@ func (c *Cache) storeCall(ks keyset, claimed *look, entry []byte, ttl, freshFor 
 	}
 	return storeCall{
 		req: settleReq{ks: ks, token: claimed.token, mode: settleStore, msg: c.valueMessage(entry, lease.Filled),
-			entry: entry, ttl: ttl, inval: invalidation(ks.name, created)},
+			entry: entry, ttl: ttl, inval: invalidation(ks.name, created), bare: claimed.r.state == acquired && claimed.r.bare},
 		val: v, absent: absent, created: created, freshFor: freshFor,
 	}
 }

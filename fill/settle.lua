@@ -2,12 +2,17 @@
 -- tell the waiters, if the lock is still the caller's.
 -- KEYS[1] the lock P{K}; KEYS[2] the value P{K}:value;
 -- KEYS[3] the failure marker P{K}:failed; KEYS[4] the back-off P{K}:backoff;
--- KEYS[5] the stamp key, passed with the others and not used here.
+-- KEYS[5] the stamp key, passed with the others and not used here;
+-- KEYS[6], on a plain Redis, the fleet's local-tier flag P:local (see
+--   local.lua): without it in place, no server keeps copies, and a store
+--   publishes no invalidation.
 -- ARGV[1] the caller's token; ARGV[2] '1' to notify with SPUBLISH (Redis
 -- Cluster), else PUBLISH; ARGV[3] 's' to store a value, 'f' for a failure;
 -- ARGV[4] the message for the channel P{K}.
 -- To store: ARGV[5] the entry; ARGV[6] its key's TTL in ms; ARGV[7] the
---   invalidation channel; ARGV[8] the invalidation message.
+--   invalidation channel; ARGV[8] the invalidation message; ARGV[9] '1'
+--   to delete the failure marker and the back-off, '0' when the claim
+--   found no value (so no back-off: it lives no longer than its value).
 -- To only publish: ARGV[5] how long the message is kept for the holder's
 --   waiters (in the failure marker's place), in ms.
 -- For a failure: ARGV[5] how long the failure marker lives, in ms;
@@ -29,7 +34,7 @@ local storeErr = ''
 if ARGV[3] == 's' then
   local ok, e = pcall(redis.call, 'SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
   if ok then
-    redis.call('DEL', KEYS[3], KEYS[4])
+    if ARGV[9] == '1' then redis.call('DEL', KEYS[3], KEYS[4]) end
   else
     storeErr = errText(e)
     -- Waiters given the value itself still get it; waiters told to read
@@ -64,7 +69,8 @@ if ARGV[2] == '1' then cmd = 'SPUBLISH' end
 local publishErr = ''
 local ok, e = pcall(redis.call, cmd, KEYS[1], msg)
 if not ok then publishErr = errText(e) end
-if ARGV[3] == 's' and storeErr == '' and ARGV[7] ~= '' then
+if ARGV[3] == 's' and storeErr == '' and ARGV[7] ~= ''
+    and not (KEYS[6] and redis.call('EXISTS', KEYS[6]) == 0) then
   pcall(redis.call, 'PUBLISH', ARGV[7], ARGV[8])
 end
 return {1, storeErr, publishErr}

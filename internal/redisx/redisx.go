@@ -173,12 +173,15 @@ const (
 
 // Classify says what err means for the caller of a Redis call.
 func Classify(err error) Class {
+	if err == nil {
+		// Before the targets below, which escape: a call that succeeded
+		// allocates nothing here.
+		return OK
+	}
 	var re redis.Error
 	var op *net.OpError
 	var ne net.Error
 	switch {
-	case err == nil:
-		return OK
 	case errors.Is(err, ErrUnavailable):
 		return Unreachable
 	case errors.Is(err, redis.ErrClosed):
