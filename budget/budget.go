@@ -50,9 +50,31 @@ type Options struct {
 	// FleetSize is the number of servers sharing the budget. It only sets
 	// the local limit used while Redis is unreachable: Rate/FleetSize, so
 	// that the fleet as a whole stays under the limit when FleetSize is
-	// right. It must not be negative; 0 gives the default.
+	// right. The local limiter keeps the Limit only: Also and Meters are
+	// not enforced while Redis is unreachable. It must not be negative; 0
+	// gives the default.
 	// default: 1
 	FleetSize int
+
+	// Also are more limits on the same calls, each kept as its own GCRA on
+	// the same slots: a call goes when every limit allows it (the X API's
+	// 1 per second under 300 per 15 minutes, say). Each is a [Limit] with
+	// its own Rate, Per and Burst.
+	// default: none
+	Also []Limit
+
+	// Meters are limits on units other than calls, by meter name: the
+	// tokens of an LLM API, GitHub's points. Each limit is a token bucket of
+	// Burst units refilled at Rate units per Per; a [Budget.Reserve] of c
+	// units waits until the bucket holds them (one larger than Burst waits
+	// until it is full, and overdraws it). The meters named "tokens",
+	// "input-tokens" and "output-tokens" are capped by the upstream's
+	// headers of those names (see [Budget.Observe]). A meter's limits are
+	// Limits like any other: give a tokens-per-minute limit a Burst of its
+	// Rate to let a full minute's tokens go at once, as upstreams do.
+	// [Budget.Wait] books no units of any meter.
+	// default: none
+	Meters map[string][]Limit
 
 	// Observer, if not nil, sees every wait (BudgetWait), every pause
 	// (Pause) and every outage of Redis (OutageStart, OutageEnd), with
@@ -155,9 +177,14 @@ type Budget struct {
 	// the horizon.
 	t, tau, tb, horizon int64
 	// sig is the limit as the wait script compares it across servers,
-	// "T:tau"; toldConflict, that another server's was logged.
+	// "T:tau", then " field=T:tau" for each extra dimension; toldConflict,
+	// that another server's was logged.
 	sig          string
 	toldConflict atomic.Bool
+	// dims are the extra dimensions: Also's limits, then each meter's by
+	// name; waitWant is what a Wait books.
+	dims     []dim
+	waitWant want
 
 	rdb      *redisx.Client
 	hub      *notify.Shared
@@ -222,6 +249,11 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 	b.t = t.Microseconds()
 	b.tau = int64(b.lim.Burst-1) * b.t
 	b.sig = strconv.FormatInt(b.t, 10) + ":" + strconv.FormatInt(b.tau, 10)
+	b.dims = dimsOf(b.opt)
+	for _, d := range b.dims {
+		b.sig += " " + d.field + "=" + strconv.FormatInt(d.t, 10) + ":" + strconv.FormatInt(d.tau, 10)
+	}
+	b.waitWant = b.wantOf(Cost{})
 	// A late wake matters where the burst tolerance cannot absorb it; the
 	// fine timer blocks a thread, so it serves slots at least its window
 	// apart: at most about one thread at a time.
@@ -273,6 +305,28 @@ func (b *Budget) validate(rdb redis.UniversalClient, limit Limit) error {
 	default:
 		if err = limit.check(); err == nil {
 			err = redisx.CheckPrefix(b.opt.Prefix)
+		}
+	}
+	for i, l := range b.opt.Also {
+		if err == nil {
+			if err = l.check(); err != nil {
+				err = fmt.Errorf("Also[%d]: %w", i, err)
+			}
+		}
+	}
+	for name, ls := range b.opt.Meters {
+		if err != nil {
+			break
+		}
+		if name == "" || strings.ContainsAny(name, " =") {
+			err = fmt.Errorf("meter %q: want a name without spaces or '='", name)
+		}
+		for i, l := range ls {
+			if err == nil {
+				if err = l.check(); err != nil {
+					err = fmt.Errorf("meter %q[%d]: %w", name, i, err)
+				}
+			}
 		}
 	}
 	if err != nil {
@@ -332,8 +386,13 @@ func (b *Budget) limitConflict(other string) {
 		"ours", describeLimit(b.sig), "theirs", describeLimit(other))
 }
 
-// describeLimit tells a limit given as "T:tau" (µs) in words.
+// describeLimit tells a limit given as "T:tau" (µs) in words, with the
+// number of extra dimensions when there are some.
 func describeLimit(sig string) string {
+	sig, more, extra := strings.Cut(sig, " ")
+	if extra {
+		return describeLimit(sig) + fmt.Sprintf(" and %d more limits", strings.Count(more, " ")+1)
+	}
 	ts, taus, ok := strings.Cut(sig, ":")
 	t, err1 := strconv.ParseInt(ts, 10, 64)
 	tau, err2 := strconv.ParseInt(taus, 10, 64)

@@ -16,7 +16,7 @@ import (
 )
 
 // sleepLocalPause sleeps until the end of a pause kept locally.
-func (b *Budget) sleepLocalPause(ctx context.Context) error {
+func (b *Budget) sleepLocalPause(ctx context.Context, op string) error {
 	for {
 		b.mu.Lock()
 		d := time.Until(b.localPause)
@@ -26,8 +26,8 @@ func (b *Budget) sleepLocalPause(ctx context.Context) error {
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Now().Add(d).After(dl) {
 			b.stats.refused.Add(1)
-			return fmt.Errorf("budget: wait %s: paused for %v, past the deadline: %w",
-				redisx.Quote(b.name), d, context.DeadlineExceeded)
+			return fmt.Errorf("budget: %s %s: paused for %v, past the deadline: %w",
+				op, redisx.Quote(b.name), d, context.DeadlineExceeded)
 		}
 		if err := b.sleep(ctx, d, false, nil); err != nil {
 			return err
@@ -35,16 +35,17 @@ func (b *Budget) sleepLocalPause(ctx context.Context) error {
 	}
 }
 
-// waitLocal is Wait while Redis is unreachable: a local limiter at
-// Rate/FleetSize decides. Background calls book no further ahead than the
+// waitLocal is Wait (or Reserve: op) while Redis is unreachable: a local
+// limiter at Rate/FleetSize decides, on the calls' Limit alone: Also and
+// Meters are not enforced locally. Background calls book no further ahead than the
 // horizon, as with Redis; there is no background share. The local limiter
 // goes on from this server's latest slot in Redis, one local interval
 // after it, not with a full burst: its calls booked there still go.
-func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
+func (b *Budget) waitLocal(ctx context.Context, op string, p Priority) error {
 	b.stats.localWaits.Add(1)
 	horizon := time.Duration(b.horizon) * time.Microsecond
 	for {
-		if err := b.sleepLocalPause(ctx); err != nil {
+		if err := b.sleepLocalPause(ctx, op); err != nil {
 			return err
 		}
 		if s := b.mineSlot.Load(); s > 0 {
@@ -56,8 +57,8 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 		if dl, ok := ctx.Deadline(); ok && slot.After(dl) {
 			b.local.cancel(tat)
 			b.stats.refused.Add(1)
-			return fmt.Errorf("budget: wait %s (local limit, Redis unreachable): the next slot, %v away, lies past the deadline: %w",
-				redisx.Quote(b.name), d, context.DeadlineExceeded)
+			return fmt.Errorf("budget: %s %s (local limit, Redis unreachable): the next slot, %v away, lies past the deadline: %w",
+				op, redisx.Quote(b.name), d, context.DeadlineExceeded)
 		}
 		if p == Background && d > horizon {
 			b.local.cancel(tat)

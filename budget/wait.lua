@@ -18,6 +18,13 @@
 --          left, the slot is capat
 --   slack  µs added to T between paced slots, learned from 429s (pause.lua)
 --   rs     when the schedule was last respaced after an overshoot (pause.lua)
+-- and one tat per extra dimension (Options.Also and Options.Meters), each a
+-- GCRA of its own on the same slots:
+--   a1, a2, ...          the tat of each further limit on calls (Also)
+--   m:NAME:0, m:NAME:1   the tat of each limit of the meter NAME (tokens...)
+--   m:NAME:cap           the units of meter NAME still allowed before
+--   m:NAME:capat         m:NAME:capat, the upstream's reset (cap.lua), as
+--                        cap and capat are for calls
 -- ARGV[1] T, the emission interval; ARGV[2] tau, the burst tolerance;
 -- ARGV[3] '1' for a background call, else foreground; ARGV[4] the caller's
 -- patience (time to its deadline), or -1 for none; ARGV[5] the background
@@ -31,13 +38,27 @@
 -- FLUSHALL, a failover to a replica behind), and the greater of the two
 -- holds. ARGV[11] the latest respace of the schedule the caller has heard of
 -- (field rs), or 0. ARGV[12] the slack's half-life (µs; see pause.lua).
+-- ARGV[13] the calls this booking is for (default 1), c: its slot is at
+-- least tat - tau + (min(c, burst) - 1)·T and it moves tat by c·(T + slack):
+-- a token bucket of Burst calls, that a cost above the burst overdraws.
+-- ARGV[14...] the extra dimensions, five values each: the field of its tat,
+-- its T and tau (µs per unit), the units this booking takes (more than 0),
+-- and the field of the meter's cap ('m:NAME:cap', capat being that name and
+-- 'at'), or '' for none. Each is the same token bucket as the calls': the
+-- slot is at least tat_d - tau_d + (min(c_d, burst_d) - 1)·T_d, the booking
+-- sets tat_d = max(tat_d, slot) + c_d·T_d. Every dimension is booked for
+-- the one slot, the latest any of them allows, or none is.
 -- Returns
---   {0, wait, slot, tat, gated, other}
+--   {0, wait, slot, tat, gated, other[, tats]}
 --                         booked: the call goes at slot, wait µs from now;
 --                         tat is the value this booking set; gated is 1 when
 --                         a background call passed the share gate; other is
 --                         the limit the previous booking was made with when
---                         it differs from the caller's, else 0
+--                         it differs from the caller's, else 0; tats, with
+--                         extra dimensions only (or a cost of more than one
+--                         call), the tat before this booking, then for each
+--                         extra dimension in ARGV's order the tat this
+--                         booking set and the one before it
 --   {1, wait}             refused: the earliest slot lies wait µs away, past
 --                         the caller's patience; nothing is booked
 --   {2, wait, place}      a background caller comes back after wait µs,
@@ -55,11 +76,12 @@ local other = 0
 if v[7] and v[7] ~= lim then other = v[7] end
 -- A field that is missing, not a number, or implausible counts as 0: a
 -- corrupt budget starts afresh instead of failing or blocking its callers.
-local function field(i)
-  local x = tonumber(v[i])
+local function valid(x)
+  x = tonumber(x)
   if x == nil or x ~= x or x < 0 or x > now + ahead then return 0 end
   return x
 end
+local function field(i) return valid(v[i]) end
 local tat, pause, fg, btat, bq, sb = field(1), field(2), field(3), field(4), field(5), field(6)
 local capat, left = field(8), field(9)
 -- The caller's memory stands in for a tat Redis lost, unless the schedule
@@ -91,24 +113,64 @@ local function save(...)
   redis.call('PEXPIRE', KEYS[1], f(math.ceil((last - now) / 1000) + 1000))
 end
 
-local slot = math.max(now, tat - tau, pause)
--- Capped: with no call left before the reset, the slot is the reset.
-if capat > now and slot < capat and left < 1 then slot = capat end
--- book saves a booking at slot, with the fields given, and spends a call
--- of the cap when the slot lies before its reset.
-local function book(nt, ...)
-  if capat > now and slot < capat then
-    save('tat', f(nt), 'lim', lim, 'cap', f(left - 1), ...)
-  else
-    save('tat', f(nt), 'lim', lim, ...)
+-- A token bucket's earliest slot for c units: tat - tau when c is 1; a
+-- cost above the burst goes when the bucket is full, and overdraws it.
+local function earliest(x, T, tau, c)
+  return x - tau + (math.min(c, math.floor(tau / T) + 1) - 1) * T
+end
+local c = tonumber(ARGV[13]) or 1
+local slot = math.max(now, earliest(tat, T, tau, c), pause)
+-- The caps: {cap field, capat, units left, units this booking takes}.
+local caps = {{'cap', capat, left, c}}
+-- The extra dimensions: {field, T, tau, units, tat}.
+local dims = {}
+for i = 14, #ARGV - 4, 5 do
+  local d = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])}
+  d[5] = valid(redis.call('HGET', KEYS[1], d[1]))
+  slot = math.max(slot, earliest(d[5], d[2], d[3], d[4]))
+  local k = ARGV[i + 4]
+  if k ~= '' then
+    local w = redis.call('HMGET', KEYS[1], k, k .. 'at')
+    caps[#caps + 1] = {k, valid(w[2]), valid(w[1]), d[4]}
   end
+  dims[#dims + 1] = d
+end
+-- Capped: with too few units left before a reset, the slot is the reset.
+-- A later slot can meet another cap's reset: look again until none moves it.
+local moved = true
+while moved do
+  moved = false
+  for _, k in ipairs(caps) do
+    if k[2] > now and slot < k[2] and k[3] < k[4] then slot, moved = k[2], true end
+  end
+end
+-- book saves a booking at slot, with the fields given: tat, each extra
+-- dimension's, and the caps spent by a slot before their reset. It returns
+-- the extra dimensions' new tats.
+local function book(nt, ...)
+  local a = {'tat', f(nt), 'lim', lim, ...}
+  local tats = {tat}
+  for _, d in ipairs(dims) do
+    local x = math.max(d[5], slot) + d[4] * d[2]
+    a[#a + 1], a[#a + 2] = d[1], f(x)
+    tats[#tats + 1], tats[#tats + 2] = x, d[5]
+  end
+  for _, k in ipairs(caps) do
+    if k[2] > now and slot < k[2] then a[#a + 1], a[#a + 2] = k[1], f(k[3] - k[4]) end
+  end
+  save(unpack(a))
+  return tats
+end
+-- reply is a booking's reply, with the extra dimensions' tats if any.
+local function reply(nt, gated, tats)
+  if #dims == 0 and c == 1 then return {0, slot - now, slot, nt, gated, other} end
+  return {0, slot - now, slot, nt, gated, other, tats}
 end
 
 if not bg then
   if patience >= 0 and slot - now > patience then return {1, slot - now} end
-  local nt = math.max(tat, slot) + step
-  book(nt, 'fg', f(math.max(fg, slot)))
-  return {0, slot - now, slot, nt, 0, other}
+  local nt = math.max(tat, slot) + c * step
+  return reply(nt, 0, book(nt, 'fg', f(math.max(fg, slot))))
 end
 
 -- While foreground calls wait, background calls go at most every Tb. A
@@ -138,6 +200,5 @@ if lined or slot - now > H or bslot > slot then
   save('bq', f(q + T))
   return {2, q - now, q}
 end
-local nt = math.max(tat, slot) + step
-book(nt, 'btat', f(slot + Tb))
-return {0, slot - now, slot, nt, gated, other}
+local nt = math.max(tat, slot) + c * step
+return reply(nt, gated, book(nt, 'btat', f(slot + Tb)))
