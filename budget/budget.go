@@ -108,19 +108,19 @@ func (o *Options) withDefaults() Options {
 
 // Stats are a Budget's counters since New, for this server only.
 type Stats struct {
-	Waits     uint64        // Waits that returned nil: calls let through
+	Waits     uint64        // Waits (and Reserves) that returned nil: calls let through
 	WaitTotal time.Duration // the time those Waits took, in total
 	WaitMax   time.Duration // the longest of them
 	Refused   uint64        // Waits refused at once: their slot lay past the ctx deadline
 	Abandoned uint64        // Waits whose ctx ended while they slept on a slot or a place in line
-	GivenBack uint64        // slots (and background places) of abandoned Waits given back to the budget
+	GivenBack uint64        // slots (and background places) of abandoned Waits and cancelled reservations given back to the budget
 	ComeBacks uint64        // times a background Wait was told to come back later (horizon or share)
 	Rebooked  uint64        // sleeping Waits that booked again because a pause began before their slot
 
 	PausesRateLimited uint64 // pauses for a 429 (or GitHub's 403), from Observe or PauseFor
 	PausesExhausted   uint64 // pauses for remaining 0 on a response that succeeded, from Observe
 	PausesRequested   uint64 // pauses from PauseUntil
-	PullDowns         uint64 // Observes whose remaining count capped the budget (set or lowered the cap)
+	PullDowns         uint64 // Observes whose remaining count capped the budget or a meter (set or lowered a cap)
 	// Overshoots counts 429s taken for arrival jitter: instead of a pause
 	// for Retry-After, the slack between paced slots grew and the fleet's
 	// schedule was respaced (see [Budget.Observe]).
