@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -66,6 +67,7 @@ func BenchmarkBudgetWait(b *testing.B) {
 			if err := bud.Wait(ctx, budget.Foreground); err != nil { // loads the script
 				b.Fatal(err)
 			}
+			_ = rdb.ConfigResetStat(ctx).Err()
 			h := &rtts{}
 			rdb.AddHook(h)
 			b.ReportAllocs()
@@ -77,7 +79,82 @@ func BenchmarkBudgetWait(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64(h.n.Load()-int64(b.N))/float64(b.N), "rtts/op")
+			reportScriptTime(b, rdb)
 		})
+	}
+}
+
+// BenchmarkBudgetReserve: an uncontended Reserve (the budget always has
+// room) and its Done, against a raw GET: with the Limit alone, and with a
+// limit of Also and two meters booked at once. Done without Spent costs no
+// round trip; one Reserve is one round trip whatever it books.
+func BenchmarkBudgetReserve(b *testing.B) {
+	wide := budget.Limit{Rate: 1000000, Burst: 1000000}
+	for _, tc := range []struct {
+		name string
+		opt  *budget.Options
+		cost budget.Cost
+	}{
+		{"limits=1", nil, budget.Cost{}},
+		{"limits=2,meters=2", &budget.Options{
+			Also:   []budget.Limit{wide},
+			Meters: map[string][]budget.Limit{"tokens": {wide}, "points": {wide}},
+		}, budget.Cost{Meters: map[string]int64{"tokens": 10, "points": 1}}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			newClient := benchRedis(b)
+			rdb := newClient()
+			bud := budget.New(rdb, budgetName(b), wide, tc.opt)
+			defer bud.Close()
+			ctx := context.Background()
+			if _, err := bud.Reserve(ctx, budget.Foreground, tc.cost); err != nil { // loads the script
+				b.Fatal(err)
+			}
+			h := &rtts{}
+			rdb.AddHook(h)
+			b.ReportAllocs()
+			_ = rdb.ConfigResetStat(ctx).Err()
+			interleave(b, func(int) {
+				_ = rdb.Get(ctx, "raw").Err()
+			}, func(int) {
+				r, err := bud.Reserve(ctx, budget.Foreground, tc.cost)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := r.Done(ctx); err != nil {
+					b.Fatal(err)
+				}
+			})
+			b.ReportMetric(float64(h.n.Load()-int64(b.N)-1)/float64(b.N), "rtts/op")
+			reportScriptTime(b, rdb)
+		})
+	}
+}
+
+// reportScriptTime reports the time Redis spent running a script, per
+// call (redis-us/op), and running a GET (redis-get-us/op), from its command
+// statistics.
+func reportScriptTime(b *testing.B, rdb *redis.Client) {
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		name, stats, ok := strings.Cut(line, ":")
+		if !ok || (name != "cmdstat_evalsha" && name != "cmdstat_get") {
+			continue
+		}
+		for _, kv := range strings.Split(stats, ",") {
+			if us, ok := strings.CutPrefix(kv, "usec_per_call="); ok {
+				if x, err := strconv.ParseFloat(us, 64); err == nil {
+					unit := "redis-us/op"
+					if name == "cmdstat_get" {
+						unit = "redis-get-us/op"
+					}
+					b.ReportMetric(x, unit)
+				}
+			}
+		}
 	}
 }
 

@@ -71,7 +71,14 @@ local bg, patience = ARGV[3] == '1', tonumber(ARGV[4])
 local Tb, H, place, ahead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 
 local lim = ARGV[9]
-local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'fg', 'btat', 'bq', 'sb', 'lim', 'capat', 'cap', 'slack', 'rs', 'o1')
+-- One HMGET reads every field: the calls', then each extra dimension's
+-- tat, and its cap and capat when it has a cap.
+local names = {'tat', 'pause', 'fg', 'btat', 'bq', 'sb', 'lim', 'capat', 'cap', 'slack', 'rs', 'o1'}
+for i = 14, #ARGV - 4, 5 do
+  names[#names + 1] = ARGV[i]
+  if ARGV[i + 4] ~= '' then names[#names + 1], names[#names + 2] = ARGV[i + 4], ARGV[i + 4] .. 'at' end
+end
+local v = redis.call('HMGET', KEYS[1], unpack(names))
 local other = 0
 if v[7] and v[7] ~= lim then other = v[7] end
 -- A field that is missing, not a number, or implausible counts as 0: a
@@ -101,39 +108,35 @@ local step = T + math.min(slack, T)
 
 local function f(x) return string.format('%d', x) end
 -- The key outlives the last instant it holds by a second: once every field
--- lies in the past, a missing key means the same as the fields.
-local function save(...)
-  redis.call('HSET', KEYS[1], ...)
-  local last = math.max(tat, pause, fg, btat, bq, capat)
-  local a = {...}
-  for i = 2, #a, 2 do
-    local x = tonumber(a[i])
-    if x then last = math.max(last, x) end
-  end
+-- lies in the past, a missing key means the same as the fields. save writes
+-- the fields a (name, value pairs), last being the latest instant among the
+-- values.
+local function save(a, last)
+  redis.call('HSET', KEYS[1], unpack(a))
+  last = math.max(last, tat, pause, fg, btat, bq, capat)
   redis.call('PEXPIRE', KEYS[1], f(math.ceil((last - now) / 1000) + 1000))
 end
 
 -- A token bucket's earliest slot for c units: tat - tau when c is 1; a
 -- cost above the burst goes when the bucket is full, and overdraws it.
-local function earliest(x, T, tau, c)
+local function due(x, T, tau, c)
   return x - tau + (math.min(c, math.floor(tau / T) + 1) - 1) * T
 end
 local c = tonumber(ARGV[13]) or 1
-local slot = math.max(now, earliest(tat, T, tau, c), pause)
+local slot = math.max(now, due(tat, T, tau, c), pause)
 -- The caps: {cap field, capat, units left, units this booking takes}.
 local caps = {{'cap', capat, left, c}}
 -- The extra dimensions: {field, T, tau, units, tat}.
 local dims = {}
+local j = 13
 for i = 14, #ARGV - 4, 5 do
-  local d = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])}
-  d[5] = valid(redis.call('HGET', KEYS[1], d[1]))
-  slot = math.max(slot, earliest(d[5], d[2], d[3], d[4]))
-  local k = ARGV[i + 4]
-  if k ~= '' then
-    local w = redis.call('HMGET', KEYS[1], k, k .. 'at')
-    caps[#caps + 1] = {k, valid(w[2]), valid(w[1]), d[4]}
+  local d = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), field(j)}
+  slot = math.max(slot, due(d[5], d[2], d[3], d[4]))
+  if ARGV[i + 4] ~= '' then
+    caps[#caps + 1] = {ARGV[i + 4], field(j + 2), field(j + 1), d[4]}
+    j = j + 2
   end
-  dims[#dims + 1] = d
+  dims[#dims + 1], j = d, j + 1
 end
 -- Capped: with too few units left before a reset, the slot is the reset.
 -- A later slot can meet another cap's reset: look again until none moves it.
@@ -144,21 +147,24 @@ while moved do
     if k[2] > now and slot < k[2] and k[3] < k[4] then slot, moved = k[2], true end
   end
 end
--- book saves a booking at slot, with the fields given: tat, each extra
--- dimension's, and the caps spent by a slot before their reset. It returns
--- the extra dimensions' new tats.
-local function book(nt, ...)
-  local a = {'tat', f(nt), 'lim', lim, ...}
+-- book saves a booking at slot, with the field given (name, value x): tat,
+-- each extra dimension's, and the caps spent by a slot before their reset.
+-- It returns the extra dimensions' new tats.
+local function book(nt, name, x)
+  local a = {'tat', f(nt), name, f(x)}
+  if v[7] ~= lim then a[#a + 1], a[#a + 2] = 'lim', lim end
+  local last = math.max(nt, x)
   local tats = {tat}
   for _, d in ipairs(dims) do
-    local x = math.max(d[5], slot) + d[4] * d[2]
-    a[#a + 1], a[#a + 2] = d[1], f(x)
-    tats[#tats + 1], tats[#tats + 2] = x, d[5]
+    local y = math.max(d[5], slot) + d[4] * d[2]
+    a[#a + 1], a[#a + 2] = d[1], f(y)
+    tats[#tats + 1], tats[#tats + 2] = y, d[5]
+    if y > last then last = y end
   end
   for _, k in ipairs(caps) do
     if k[2] > now and slot < k[2] then a[#a + 1], a[#a + 2] = k[1], f(k[3] - k[4]) end
   end
-  save(unpack(a))
+  save(a, last)
   return tats
 end
 -- reply is a booking's reply, with the extra dimensions' tats if any.
@@ -170,7 +176,7 @@ end
 if not bg then
   if patience >= 0 and slot - now > patience then return {1, slot - now} end
   local nt = math.max(tat, slot) + c * step
-  return reply(nt, 0, book(nt, 'fg', f(math.max(fg, slot))))
+  return reply(nt, 0, book(nt, 'fg', math.max(fg, slot)))
 end
 
 -- While foreground calls wait, background calls go at most every Tb. A
@@ -191,14 +197,14 @@ local lined = place == 0 and bq > now
 -- and the gate does not hold back a free slot. One at a time, so that
 -- standing by costs at most one round trip per slot.
 if not lined and slot - now <= H and bslot > slot and sb ~= slot then
-  save('sb', f(slot))
+  save({'sb', f(slot)}, slot)
   return {2, slot - now, place}
 end
 if lined or slot - now > H or bslot > slot then
   local q = math.max(bq, slot - H, bslot, now)
   if patience >= 0 and q - now > patience then return {1, q - now} end
-  save('bq', f(q + T))
+  save({'bq', f(q + T)}, q + T)
   return {2, q - now, q}
 end
 local nt = math.max(tat, slot) + c * step
-return reply(nt, gated, book(nt, 'btat', f(slot + Tb)))
+return reply(nt, gated, book(nt, 'btat', slot + Tb))
