@@ -84,6 +84,7 @@
 // keep booking order across every dimension: a slot is never earlier than
 // one booked before it, less the tolerance of the limit on calls.
 //
+// # Redis
 //
 // A budget named N under prefix P is the hash P{N}:budget, which expires a
 // second after the last instant it holds; its pauses go on the channel of the
