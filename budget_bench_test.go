@@ -23,7 +23,9 @@ package locksmith_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -548,5 +550,133 @@ func BenchmarkBudgetGiveUp(b *testing.B) {
 				b.ReportMetric(float64(st.GivenBack), "given-back")
 			}
 		})
+	}
+}
+
+// llmAPI is an in-process LLM API: token buckets of requests and tokens,
+// refilled continuously, each as large as its limit per Per. A call is
+// admitted when both buckets hold what it really costs, else refused (a
+// 429) and charged nothing.
+type llmAPI struct {
+	mu       sync.Mutex // guards the fields below
+	last     time.Time
+	req, tok float64 // what each bucket holds
+
+	reqRate, tokRate float64 // per second
+	reqCap, tokCap   float64
+
+	admitted, refused int
+	spent             int64 // tokens admitted calls really cost
+}
+
+func newLLMAPI(reqs, toks int, per time.Duration) *llmAPI {
+	u := &llmAPI{reqCap: float64(reqs), tokCap: float64(toks), last: time.Now()}
+	u.req, u.tok = u.reqCap, u.tokCap
+	u.reqRate, u.tokRate = float64(reqs)/per.Seconds(), float64(toks)/per.Seconds()
+	return u
+}
+
+// call admits or refuses a call that really costs tokens.
+func (u *llmAPI) call(tokens int64) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	now := time.Now()
+	d := now.Sub(u.last).Seconds()
+	u.last = now
+	u.req = min(u.reqCap, u.req+d*u.reqRate)
+	u.tok = min(u.tokCap, u.tok+d*u.tokRate)
+	if u.req < 1 || u.tok < float64(tokens) {
+		u.refused++
+		return false
+	}
+	u.req--
+	u.tok -= float64(tokens)
+	u.admitted++
+	u.spent += tokens
+	return true
+}
+
+// BenchmarkBudgetUpstream: 16 servers × 4 goroutines call an LLM API of 500
+// requests and 200,000 tokens per Per (a minute scaled down to 2s) through
+// one budget of the same limits, with Reserve, Spent and Done. A call's
+// real token cost is log-normal (σ 0.7; median 300, a mean below the 400 a
+// call may spend on average: requests bind; or median 450: tokens bind), its
+// estimate off by up to ±50%; the call takes
+// 5ms. The budget's bursts are 5% below the upstream's buckets: the margin
+// that absorbs estimates below the real cost, whose difference is settled
+// only after the call, and the refill the budget counts from its first
+// booking while the upstream's full bucket waits for the first call to
+// arrive. It reports the share of each limit's
+// capacity used over the run (req-used, tok-used; the binding one is
+// used), and the share of calls the upstream refused (refused).
+func BenchmarkBudgetUpstream(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		median float64
+	}{{"binding=requests", 300}, {"binding=tokens", 450}} {
+		b.Run(tc.name, func(b *testing.B) { benchUpstream(b, tc.median) })
+	}
+}
+
+func benchUpstream(b *testing.B, median float64) {
+	const servers, goroutines = 16, 4
+	const reqs, toks = 500, 200000
+	per := 2 * time.Second
+	run := benchSpan(8 * time.Second)
+	opt := &budget.Options{Meters: map[string][]budget.Limit{"tokens": {{Rate: toks, Per: per, Burst: toks * 95 / 100}}}}
+	l := budget.Limit{Rate: reqs, Per: per, Burst: reqs * 95 / 100}
+	for i := 0; i < b.N; i++ {
+		newClient := benchRedis(b)
+		name := budgetName(b)
+		buds := make([]*budget.Budget, servers)
+		for s := range buds {
+			buds[s] = budget.New(newClient(), name, l, opt)
+		}
+		up := newLLMAPI(reqs, toks, per)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), run)
+		var wg sync.WaitGroup
+		for s, bud := range buds {
+			for g := range goroutines {
+				rng := rand.New(rand.NewPCG(uint64(s), uint64(g)))
+				wg.Go(func() {
+					for ctx.Err() == nil {
+						real := min(int64(math.Round(math.Exp(math.Log(median)+0.7*rng.NormFloat64()))), toks/20)
+						est := max(1, int64(float64(real)*(0.5+rng.Float64())))
+						r, err := bud.Reserve(ctx, budget.Foreground, budget.Cost{Meters: map[string]int64{"tokens": est}})
+						if err != nil {
+							if !errors.Is(err, context.DeadlineExceeded) {
+								b.Error(err) // the run's end refuses slots past it
+							}
+							return
+						}
+						spent := int64(0)
+						if up.call(real) {
+							spent = real
+						}
+						time.Sleep(5 * time.Millisecond)
+						r.Spent(budget.Cost{Meters: map[string]int64{"tokens": spent}})
+						if err := r.Done(context.Background()); err != nil {
+							b.Error(err)
+						}
+					}
+				})
+			}
+		}
+		wg.Wait()
+		d := time.Since(start)
+		cancel()
+		for _, bud := range buds {
+			_ = bud.Close()
+		}
+		up.mu.Lock()
+		reqUsed := float64(up.admitted) / (float64(reqs) + float64(reqs)*d.Seconds()/per.Seconds())
+		tokUsed := float64(up.spent) / (float64(toks) + float64(toks)*d.Seconds()/per.Seconds())
+		refused := float64(up.refused) / float64(up.admitted+up.refused)
+		up.mu.Unlock()
+		b.ReportMetric(100*reqUsed, "req-used-%")
+		b.ReportMetric(100*tokUsed, "tok-used-%")
+		b.ReportMetric(100*max(reqUsed, tokUsed), "used-%")
+		b.ReportMetric(100*refused, "refused-%")
 	}
 }
