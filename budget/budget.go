@@ -185,6 +185,9 @@ type Budget struct {
 	// name; waitWant is what a Wait books.
 	dims     []dim
 	waitWant want
+	// boxed holds the wait script's arguments that never change, boxed
+	// once rather than at every booking.
+	boxed struct{ t, tau, tb, horizon, ahead, sig, halfLife any }
 
 	rdb      *redisx.Client
 	hub      *notify.Shared
@@ -261,6 +264,9 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 	b.fine = b.tau < 2*fineWindow.Microseconds() && b.t >= fineWindow.Microseconds()
 	b.tb = int64(math.Ceil(float64(b.t) / b.opt.BackgroundShare))
 	b.horizon = min(max(2*b.t, horizonMin.Microseconds()), horizonMax.Microseconds())
+	k := &b.boxed
+	k.t, k.tau, k.tb, k.horizon, k.ahead, k.sig, k.halfLife = b.t, b.tau, b.tb, b.horizon,
+		maxAhead.Microseconds(), b.sig, slackHalfLife(b.t)
 	n := b.opt.FleetSize
 	tl := time.Duration(b.t*int64(n)) * time.Microsecond
 	b.local = &localLimiter{t: tl, tau: time.Duration(max(1, b.lim.Burst/n)-1) * tl}

@@ -35,6 +35,7 @@ type dim struct {
 	meter  string // the meter's name; "" for a limit of Also
 	cap    string // the field of the meter's cap on its first limit, else ""
 	t, tau int64  // µs per unit
+	boxed  [2]any // t and tau, as the wait script's arguments
 }
 
 // dimsOf returns the extra dimensions of opt: Also's limits in order, then
@@ -45,6 +46,7 @@ func dimsOf(opt Options) []dim {
 		l = l.withDefaults()
 		d.t = interval(l).Microseconds()
 		d.tau = int64(l.Burst-1) * d.t
+		d.boxed = [2]any{d.t, d.tau}
 		dims = append(dims, d)
 	}
 	for i, l := range opt.Also {

@@ -204,15 +204,21 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64, w want) (boo
 
 // waitArgs returns the wait script's ARGV for a booking of w.
 func (b *Budget) waitArgs(prio string, patience, place int64, w want) []any {
-	args := []any{b.t, b.tau, prio, patience, b.tb, b.horizon, place, maxAhead.Microseconds(), b.sig,
-		b.mineTAT.Load(), b.knownRespace(), slackHalfLife(b.t)}
-	if w.calls == 1 && len(b.dims) == 0 {
+	k := &b.boxed
+	n := 12
+	if w.calls != 1 || len(b.dims) > 0 {
+		n += 1 + 5*len(b.dims)
+	}
+	args := make([]any, 0, n)
+	args = append(args, k.t, k.tau, prio, patience, k.tb, k.horizon, place, k.ahead, k.sig,
+		b.mineTAT.Load(), b.knownRespace(), k.halfLife)
+	if n == 12 {
 		return args
 	}
 	args = append(args, w.calls)
 	for i, d := range b.dims {
 		if w.units[i] > 0 {
-			args = append(args, d.field, d.t, d.tau, w.units[i], d.cap)
+			args = append(args, d.field, d.boxed[0], d.boxed[1], w.units[i], d.cap)
 		}
 	}
 	return args
