@@ -92,7 +92,8 @@
 // slot. Servers sharing a budget must give it the same [Limit].
 //
 // Each server remembers the latest tat it set and sends it with every
-// booking; the script takes the greater of Redis's and the caller's. When
+// booking; the script takes the greater of Redis's and the caller's (the
+// Limit's only: the tats of Also and of the meters start afresh). When
 // Redis loses the hash (a restart without persistence, FLUSHALL, a failover
 // to a replica that is behind), the fleet goes on from the latest slot the
 // servers that book know of, instead of from a fresh budget.

@@ -187,8 +187,9 @@ func (r *Reservation) Spent(c Cost) {
 // never broken. A meter capped by the upstream's headers is settled too.
 //
 // Done and Cancel end the reservation once: a second call of either does
-// nothing and returns nil. Done is the error of the round trip, if any;
-// while Redis is unreachable nothing is settled.
+// nothing and returns nil. Done settles even when ctx has ended (a load's
+// ctx often has by then), within a second; its error is the round trip's,
+// if any. While Redis is unreachable nothing is settled.
 func (r *Reservation) Done(ctx context.Context) error {
 	if r == nil {
 		return nil
@@ -230,6 +231,8 @@ func (r *Reservation) Done(ctx context.Context) error {
 	if len(groups) == 0 {
 		return nil
 	}
+	ctx, cancel := settleContext(ctx)
+	defer cancel()
 	_, err := b.runGiveBack(ctx, append([]any{"slot", r.r.slot, 0}, groups...))
 	switch {
 	case err != nil && redisx.Outage(err):
@@ -245,8 +248,9 @@ func (r *Reservation) Done(ctx context.Context) error {
 // the call's slot in the limits on calls while the reservation is the
 // latest booking (see [Budget.Wait]): pacing is never broken. Done and
 // Cancel end the reservation once: a second call of either does nothing and
-// returns nil. Cancel is the error of the round trip, if any; while Redis is
-// unreachable nothing is given back.
+// returns nil. Cancel gives back even when ctx has ended, within a second;
+// its error is the round trip's, if any. While Redis is unreachable nothing
+// is given back.
 func (r *Reservation) Cancel(ctx context.Context) error {
 	if r == nil {
 		return nil
@@ -261,7 +265,16 @@ func (r *Reservation) Cancel(ctx context.Context) error {
 	if r.r.local {
 		return nil
 	}
+	ctx, cancel := settleContext(ctx)
+	defer cancel()
 	return r.b.giveBackCtx(ctx, r.r)
+}
+
+// settleContext returns the context Done and Cancel run their round trip
+// in: ctx's values without its end, bounded by giveBackTimeout. What a call
+// spent is the fleet's to know whatever became of the caller.
+func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), giveBackTimeout)
 }
 
 // Observe applies the call's response to the budget: see [Budget.Observe].

@@ -470,3 +470,63 @@ func TestFromContext(t *testing.T) {
 		t.Error("a nil Reservation's Done or Cancel returned an error")
 	}
 }
+
+// TestReserveCalls: a Cost of several calls takes as many of the Limit's
+// bucket (and Also's): 3 calls of a burst of 5 go at once, 3 more wait
+// until the bucket holds 3.
+func TestReserveCalls(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	b := newBudget(t, rdb, "calls", budget.Limit{Rate: 10, Burst: 5}, &budget.Options{
+		Also: []budget.Limit{{Rate: 10, Burst: 5}},
+	})
+	first := reserve(t, b, budget.Cost{Calls: 3}, time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var rec recorder
+	rec.watch(b)
+	r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{Calls: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 2 calls left, one more every 100ms: 3 are there 100ms after the first.
+	if d := budget.Slot(r) - budget.Slot(first); d < 100000 || d > 110000 {
+		t.Errorf("3 calls after 3 of a burst of 5 went %dµs after them; want 100ms", d)
+	}
+	if k := rec.inOrder(); len(k) != 1 || k[0].Wait <= 0 {
+		t.Errorf("bookings %+v; want one that waited", k)
+	}
+}
+
+// TestReserveLimitConflict: servers whose Also or Meters differ disagree on
+// the budget's limit.
+func TestReserveLimitConflict(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	l := budget.Limit{Rate: 100, Burst: 10}
+	a := newBudget(t, rdb, "conflict", l, nil)
+	b := newBudget(t, rdb, "conflict", l, &budget.Options{Also: []budget.Limit{{Rate: 1000, Per: time.Hour}}})
+	for _, x := range []*budget.Budget{a, b} {
+		if err := x.Wait(context.Background(), budget.Foreground); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := b.Stats().LimitConflicts; n != 1 {
+		t.Errorf("LimitConflicts = %d; want 1", n)
+	}
+}
+
+// TestDoneAfterContext: Done settles even when the call's ctx has ended.
+func TestDoneAfterContext(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	b := tokensBudget(t, rdb, "done-ctx")
+	ctx, cancel := context.WithCancel(context.Background())
+	r, err := b.Reserve(ctx, budget.Foreground, tokens(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	r.Spent(tokens(0))
+	if err := r.Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	reserve(t, b, tokens(100), 100*time.Millisecond) // the 100 tokens came back
+}

@@ -158,11 +158,11 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		case errors.Is(err, errPaused):
 			// A pause began before the slot: the script puts the new
 			// booking after it. The units the old booking took of the
-			// meters go back: the new one takes them again.
+			// meters go back first: the new one takes them again.
 			b.stats.rebooked.Add(1)
 			place = 0
 			if args := b.giveBackArgs(r, true); args != nil {
-				b.later(func() { _, _ = b.giveBackNow(args) })
+				_, _ = b.giveBackNow(args)
 			}
 			continue
 		case err != nil:
