@@ -50,9 +50,8 @@ type Options struct {
 	// FleetSize is the number of servers sharing the budget. It only sets
 	// the local limit used while Redis is unreachable: Rate/FleetSize, so
 	// that the fleet as a whole stays under the limit when FleetSize is
-	// right. The local limiter keeps the Limit only: Also and Meters are
-	// not enforced while Redis is unreachable. It must not be negative; 0
-	// gives the default.
+	// right: the Limit, each limit of Also and each meter's, each at its
+	// Rate/FleetSize. It must not be negative; 0 gives the default.
 	// default: 1
 	FleetSize int
 
@@ -267,9 +266,7 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 	k := &b.boxed
 	k.t, k.tau, k.tb, k.horizon, k.ahead, k.sig, k.halfLife = b.t, b.tau, b.tb, b.horizon,
 		maxAhead.Microseconds(), b.sig, slackHalfLife(b.t)
-	n := b.opt.FleetSize
-	tl := time.Duration(b.t*int64(n)) * time.Microsecond
-	b.local = &localLimiter{t: tl, tau: time.Duration(max(1, b.lim.Burst/n)-1) * tl}
+	b.local = newLocalLimiter(b.lim, b.dims, b.opt.FleetSize)
 	b.paused = make(chan struct{})
 	b.base, b.cancel = context.WithCancel(context.Background())
 	b.rdb = redisx.New(rdb)

@@ -101,9 +101,9 @@
 // When Redis is unreachable, each server falls back to a local limiter (GCRA
 // on its own clock) at Rate/FleetSize per Per with a burst of
 // max(1, Burst/FleetSize): the fleet stays under the limit as long as
-// [Options].FleetSize is at least the number of servers. The local limiter
-// keeps the Limit only: Also and Meters are not enforced while Redis is
-// unreachable, and reservations made then settle nothing. The local limiter
+// [Options].FleetSize is at least the number of servers. Each limit of
+// Also and each meter's is kept locally the same way, at its Rate/FleetSize;
+// a reservation made then books its estimate and settles nothing. The local limiter
 // goes on one local interval after this server's latest slot in Redis, not
 // with a full burst; back on Redis, the server's first booking brings the
 // latest local slot as its tat. An error reply (a key of another type at the

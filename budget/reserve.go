@@ -117,8 +117,8 @@ func (b *Budget) checkCost(op string, c Cost) error {
 // and returns at once an error wrapping context.DeadlineExceeded. When ctx
 // ends while Reserve sleeps, Reserve returns ctx.Err() at once and cancels
 // the reservation, as [Reservation.Cancel] does. When Redis is unreachable,
-// the local limiter decides on the calls alone (see [Options].FleetSize),
-// and the reservation's Done and Cancel do nothing.
+// the local limiter decides (see [Options].FleetSize): it books the
+// estimate, and the reservation's Done and Cancel do nothing.
 //
 // After the call, report what it really spent with [Reservation.Spent] and
 // end the reservation with [Reservation.Done]; when the call was not made,

@@ -530,3 +530,25 @@ func TestDoneAfterContext(t *testing.T) {
 	}
 	reserve(t, b, tokens(100), 100*time.Millisecond) // the 100 tokens came back
 }
+
+// TestReserveRedisDown: while Redis is unreachable, the local limiter keeps
+// each limit of Also and each meter at its Rate/FleetSize too.
+func TestReserveRedisDown(t *testing.T) {
+	b := newBudget(t, unreachable(t), "down", budget.Limit{Rate: 1000, Burst: 100}, &budget.Options{
+		FleetSize: 2,
+		Also:      []budget.Limit{{Rate: 4, Per: 10 * time.Second, Burst: 4}},
+		Meters:    map[string][]budget.Limit{"tokens": {{Rate: 200, Per: 10 * time.Second, Burst: 200}}},
+	})
+	// Locally: Also 2 per 10s, burst 2; tokens 100 per 10s, burst 100. The
+	// first call finds Redis unreachable (it may take a few dials).
+	r := reserve(t, b, tokens(60), 10*time.Second)
+	refused(t, b, tokens(60), time.Second) // 40 tokens left
+	if err := r.Done(context.Background()); err != nil {
+		t.Errorf("Done of a local reservation = %v; want nil", err)
+	}
+	reserve(t, b, tokens(40), time.Second)
+	refused(t, b, budget.Cost{}, time.Second) // Also: 2 calls used
+	if st := b.Stats(); st.LocalWaits != 4 || st.Refused != 2 {
+		t.Errorf("Stats: LocalWaits %d, Refused %d; want 4, 2", st.LocalWaits, st.Refused)
+	}
+}

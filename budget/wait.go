@@ -108,7 +108,7 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		r, err := b.book(ctx, p, place, w)
 		if err != nil {
 			if redisx.Outage(err) {
-				return booking{local: true, w: w}, b.waitLocal(ctx, op, p)
+				return booking{local: true, w: w}, b.waitLocal(ctx, op, p, w)
 			}
 			return booking{}, b.fail(ctx, op, err)
 		}
