@@ -11,8 +11,9 @@
 --          told to come back is placed
 --   sb     the slot a background caller held back by the share gate stands
 --          by for
---   lim    the limit of the latest booking, 'T:tau': servers that book with
---          another limit are told so
+--   lim    the limits of the latest booking, 'T:tau' then ' FIELD=T:tau'
+--          for each extra dimension: servers that book with other limits
+--          are told so (written only when it changes)
 --   cap    the calls still allowed before capat, the upstream's reset (set
 --   capat  by cap.lua): a slot booked before capat spends one; with none
 --          left, the slot is capat
@@ -32,7 +33,7 @@
 -- furthest ahead of now a background call books; ARGV[7] the background
 -- caller's place in the line when it comes back, else 0; ARGV[8] how far
 -- ahead of now a field may lie before it counts as corrupt. All in µs.
--- ARGV[9] the caller's limit, 'T:tau'.
+-- ARGV[9] the caller's limits, as field lim.
 -- ARGV[10] the latest tat the caller set or learned, µs of the Redis clock,
 -- or 0: Redis may have lost what it held (a restart without persistence,
 -- FLUSHALL, a failover to a replica behind), and the greater of the two
