@@ -180,8 +180,9 @@ func (r *Reservation) Spent(c Cost) {
 // differ (none when Spent was not called or matches the estimate): more
 // units are booked in their meters (and more calls in the limits on calls)
 // after the fact, since the call already went, so later reservations wait
-// for them; fewer are given back at once, so later reservations move up,
-// even those booked since (a token bucket can always take units back). Fewer
+// for them; fewer are given back at once, so that the reservations made
+// from then on go earlier, even when others were booked since (a token
+// bucket can always take units back; slots already booked stay). Fewer
 // calls than booked are given back only while the reservation is the
 // latest booking, as a Wait whose ctx ends gives its slot back: pacing is
 // never broken. A meter capped by the upstream's headers is settled too.
