@@ -23,11 +23,14 @@ package locksmith_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -66,6 +69,7 @@ func BenchmarkBudgetWait(b *testing.B) {
 			if err := bud.Wait(ctx, budget.Foreground); err != nil { // loads the script
 				b.Fatal(err)
 			}
+			_ = rdb.ConfigResetStat(ctx).Err()
 			h := &rtts{}
 			rdb.AddHook(h)
 			b.ReportAllocs()
@@ -77,7 +81,82 @@ func BenchmarkBudgetWait(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64(h.n.Load()-int64(b.N))/float64(b.N), "rtts/op")
+			reportScriptTime(b, rdb)
 		})
+	}
+}
+
+// BenchmarkBudgetReserve: an uncontended Reserve (the budget always has
+// room) and its Done, against a raw GET: with the Limit alone, and with a
+// limit of Also and two meters booked at once. Done without Spent costs no
+// round trip; one Reserve is one round trip whatever it books.
+func BenchmarkBudgetReserve(b *testing.B) {
+	wide := budget.Limit{Rate: 1000000, Burst: 1000000}
+	for _, tc := range []struct {
+		name string
+		opt  *budget.Options
+		cost budget.Cost
+	}{
+		{"limits=1", nil, budget.Cost{}},
+		{"limits=2,meters=2", &budget.Options{
+			Also:   []budget.Limit{wide},
+			Meters: map[string][]budget.Limit{"tokens": {wide}, "points": {wide}},
+		}, budget.Cost{Meters: map[string]int64{"tokens": 10, "points": 1}}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			newClient := benchRedis(b)
+			rdb := newClient()
+			bud := budget.New(rdb, budgetName(b), wide, tc.opt)
+			defer bud.Close()
+			ctx := context.Background()
+			if _, err := bud.Reserve(ctx, budget.Foreground, tc.cost); err != nil { // loads the script
+				b.Fatal(err)
+			}
+			h := &rtts{}
+			rdb.AddHook(h)
+			b.ReportAllocs()
+			_ = rdb.ConfigResetStat(ctx).Err()
+			interleave(b, func(int) {
+				_ = rdb.Get(ctx, "raw").Err()
+			}, func(int) {
+				r, err := bud.Reserve(ctx, budget.Foreground, tc.cost)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := r.Done(ctx); err != nil {
+					b.Fatal(err)
+				}
+			})
+			b.ReportMetric(float64(h.n.Load()-int64(b.N)-1)/float64(b.N), "rtts/op")
+			reportScriptTime(b, rdb)
+		})
+	}
+}
+
+// reportScriptTime reports the time Redis spent running a script, per
+// call (redis-us/op), and running a GET (redis-get-us/op), from its command
+// statistics.
+func reportScriptTime(b *testing.B, rdb *redis.Client) {
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		name, stats, ok := strings.Cut(line, ":")
+		if !ok || (name != "cmdstat_evalsha" && name != "cmdstat_get") {
+			continue
+		}
+		for _, kv := range strings.Split(stats, ",") {
+			if us, ok := strings.CutPrefix(kv, "usec_per_call="); ok {
+				if x, err := strconv.ParseFloat(us, 64); err == nil {
+					unit := "redis-us/op"
+					if name == "cmdstat_get" {
+						unit = "redis-get-us/op"
+					}
+					b.ReportMetric(x, unit)
+				}
+			}
+		}
 	}
 }
 
@@ -471,5 +550,133 @@ func BenchmarkBudgetGiveUp(b *testing.B) {
 				b.ReportMetric(float64(st.GivenBack), "given-back")
 			}
 		})
+	}
+}
+
+// llmAPI is an in-process LLM API: token buckets of requests and tokens,
+// refilled continuously, each as large as its limit per Per. A call is
+// admitted when both buckets hold what it really costs, else refused (a
+// 429) and charged nothing.
+type llmAPI struct {
+	mu       sync.Mutex // guards the fields below
+	last     time.Time
+	req, tok float64 // what each bucket holds
+
+	reqRate, tokRate float64 // per second
+	reqCap, tokCap   float64
+
+	admitted, refused int
+	spent             int64 // tokens admitted calls really cost
+}
+
+func newLLMAPI(reqs, toks int, per time.Duration) *llmAPI {
+	u := &llmAPI{reqCap: float64(reqs), tokCap: float64(toks), last: time.Now()}
+	u.req, u.tok = u.reqCap, u.tokCap
+	u.reqRate, u.tokRate = float64(reqs)/per.Seconds(), float64(toks)/per.Seconds()
+	return u
+}
+
+// call admits or refuses a call that really costs tokens.
+func (u *llmAPI) call(tokens int64) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	now := time.Now()
+	d := now.Sub(u.last).Seconds()
+	u.last = now
+	u.req = min(u.reqCap, u.req+d*u.reqRate)
+	u.tok = min(u.tokCap, u.tok+d*u.tokRate)
+	if u.req < 1 || u.tok < float64(tokens) {
+		u.refused++
+		return false
+	}
+	u.req--
+	u.tok -= float64(tokens)
+	u.admitted++
+	u.spent += tokens
+	return true
+}
+
+// BenchmarkBudgetUpstream: 16 servers × 4 goroutines call an LLM API of 500
+// requests and 200,000 tokens per Per (a minute scaled down to 2s) through
+// one budget of the same limits, with Reserve, Spent and Done. A call's
+// real token cost is log-normal (σ 0.7; median 300, a mean below the 400 a
+// call may spend on average: requests bind; or median 450: tokens bind), its
+// estimate off by up to ±50%; the call takes
+// 5ms. The budget's bursts are 5% below the upstream's buckets: the margin
+// that absorbs estimates below the real cost, whose difference is settled
+// only after the call, and the refill the budget counts from its first
+// booking while the upstream's full bucket waits for the first call to
+// arrive. It reports the share of each limit's
+// capacity used over the run (req-used, tok-used; the binding one is
+// used), and the share of calls the upstream refused (refused).
+func BenchmarkBudgetUpstream(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		median float64
+	}{{"binding=requests", 300}, {"binding=tokens", 450}} {
+		b.Run(tc.name, func(b *testing.B) { benchUpstream(b, tc.median) })
+	}
+}
+
+func benchUpstream(b *testing.B, median float64) {
+	const servers, goroutines = 16, 4
+	const reqs, toks = 500, 200000
+	per := 2 * time.Second
+	run := benchSpan(8 * time.Second)
+	opt := &budget.Options{Meters: map[string][]budget.Limit{"tokens": {{Rate: toks, Per: per, Burst: toks * 95 / 100}}}}
+	l := budget.Limit{Rate: reqs, Per: per, Burst: reqs * 95 / 100}
+	for i := 0; i < b.N; i++ {
+		newClient := benchRedis(b)
+		name := budgetName(b)
+		buds := make([]*budget.Budget, servers)
+		for s := range buds {
+			buds[s] = budget.New(newClient(), name, l, opt)
+		}
+		up := newLLMAPI(reqs, toks, per)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), run)
+		var wg sync.WaitGroup
+		for s, bud := range buds {
+			for g := range goroutines {
+				rng := rand.New(rand.NewPCG(uint64(s), uint64(g)))
+				wg.Go(func() {
+					for ctx.Err() == nil {
+						real := min(int64(math.Round(math.Exp(math.Log(median)+0.7*rng.NormFloat64()))), toks/20)
+						est := max(1, int64(float64(real)*(0.5+rng.Float64())))
+						r, err := bud.Reserve(ctx, budget.Foreground, budget.Cost{Meters: map[string]int64{"tokens": est}})
+						if err != nil {
+							if !errors.Is(err, context.DeadlineExceeded) {
+								b.Error(err) // the run's end refuses slots past it
+							}
+							return
+						}
+						spent := int64(0)
+						if up.call(real) {
+							spent = real
+						}
+						time.Sleep(5 * time.Millisecond)
+						r.Spent(budget.Cost{Meters: map[string]int64{"tokens": spent}})
+						if err := r.Done(context.Background()); err != nil {
+							b.Error(err)
+						}
+					}
+				})
+			}
+		}
+		wg.Wait()
+		d := time.Since(start)
+		cancel()
+		for _, bud := range buds {
+			_ = bud.Close()
+		}
+		up.mu.Lock()
+		reqUsed := float64(up.admitted) / (float64(reqs) + float64(reqs)*d.Seconds()/per.Seconds())
+		tokUsed := float64(up.spent) / (float64(toks) + float64(toks)*d.Seconds()/per.Seconds())
+		refused := float64(up.refused) / float64(up.admitted+up.refused)
+		up.mu.Unlock()
+		b.ReportMetric(100*reqUsed, "req-used-%")
+		b.ReportMetric(100*tokUsed, "tok-used-%")
+		b.ReportMetric(100*max(reqUsed, tokUsed), "used-%")
+		b.ReportMetric(100*refused, "refused-%")
 	}
 }

@@ -50,9 +50,30 @@ type Options struct {
 	// FleetSize is the number of servers sharing the budget. It only sets
 	// the local limit used while Redis is unreachable: Rate/FleetSize, so
 	// that the fleet as a whole stays under the limit when FleetSize is
-	// right. It must not be negative; 0 gives the default.
+	// right: the Limit, each limit of Also and each meter's, each at its
+	// Rate/FleetSize. It must not be negative; 0 gives the default.
 	// default: 1
 	FleetSize int
+
+	// Also are more limits on the same calls, each kept as its own GCRA on
+	// the same slots: a call goes when every limit allows it (the X API's
+	// 1 per second under 300 per 15 minutes, say). Each is a [Limit] with
+	// its own Rate, Per and Burst.
+	// default: none
+	Also []Limit
+
+	// Meters are limits on units other than calls, by meter name: the
+	// tokens of an LLM API, GitHub's points. Each limit is a token bucket of
+	// Burst units refilled at Rate units per Per; a [Budget.Reserve] of c
+	// units waits until the bucket holds them (one larger than Burst waits
+	// until it is full, and overdraws it). The meters named "tokens",
+	// "input-tokens" and "output-tokens" are capped by the upstream's
+	// headers of those names (see [Budget.Observe]). A meter's limits are
+	// Limits like any other: give a tokens-per-minute limit a Burst of its
+	// Rate to let a full minute's tokens go at once, as upstreams do.
+	// [Budget.Wait] books no units of any meter.
+	// default: none
+	Meters map[string][]Limit
 
 	// Observer, if not nil, sees every wait (BudgetWait), every pause
 	// (Pause) and every outage of Redis (OutageStart, OutageEnd), with
@@ -86,19 +107,19 @@ func (o *Options) withDefaults() Options {
 
 // Stats are a Budget's counters since New, for this server only.
 type Stats struct {
-	Waits     uint64        // Waits that returned nil: calls let through
+	Waits     uint64        // Waits (and Reserves) that returned nil: calls let through
 	WaitTotal time.Duration // the time those Waits took, in total
 	WaitMax   time.Duration // the longest of them
 	Refused   uint64        // Waits refused at once: their slot lay past the ctx deadline
 	Abandoned uint64        // Waits whose ctx ended while they slept on a slot or a place in line
-	GivenBack uint64        // slots (and background places) of abandoned Waits given back to the budget
+	GivenBack uint64        // slots (and background places) of abandoned Waits and cancelled reservations given back to the budget
 	ComeBacks uint64        // times a background Wait was told to come back later (horizon or share)
 	Rebooked  uint64        // sleeping Waits that booked again because a pause began before their slot
 
 	PausesRateLimited uint64 // pauses for a 429 (or GitHub's 403), from Observe or PauseFor
 	PausesExhausted   uint64 // pauses for remaining 0 on a response that succeeded, from Observe
 	PausesRequested   uint64 // pauses from PauseUntil
-	PullDowns         uint64 // Observes whose remaining count capped the budget (set or lowered the cap)
+	PullDowns         uint64 // Observes whose remaining count capped the budget or a meter (set or lowered a cap)
 	// Overshoots counts 429s taken for arrival jitter: instead of a pause
 	// for Retry-After, the slack between paced slots grew and the fleet's
 	// schedule was respaced (see [Budget.Observe]).
@@ -155,9 +176,17 @@ type Budget struct {
 	// the horizon.
 	t, tau, tb, horizon int64
 	// sig is the limit as the wait script compares it across servers,
-	// "T:tau"; toldConflict, that another server's was logged.
+	// "T:tau", then " field=T:tau" for each extra dimension; toldConflict,
+	// that another server's was logged.
 	sig          string
 	toldConflict atomic.Bool
+	// dims are the extra dimensions: Also's limits, then each meter's by
+	// name; waitWant is what a Wait books.
+	dims     []dim
+	waitWant want
+	// boxed holds the wait script's arguments that never change, boxed
+	// once rather than at every booking.
+	boxed struct{ t, tau, tb, horizon, ahead, sig, halfLife any }
 
 	rdb      *redisx.Client
 	hub      *notify.Shared
@@ -223,6 +252,11 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 	b.t = t.Microseconds()
 	b.tau = int64(b.lim.Burst-1) * b.t
 	b.sig = strconv.FormatInt(b.t, 10) + ":" + strconv.FormatInt(b.tau, 10)
+	b.dims = dimsOf(b.opt)
+	for _, d := range b.dims {
+		b.sig += " " + d.field + "=" + strconv.FormatInt(d.t, 10) + ":" + strconv.FormatInt(d.tau, 10)
+	}
+	b.waitWant = b.wantOf(Cost{})
 	// A late wake matters where the burst tolerance cannot absorb it; the
 	// fine timer blocks a thread, so it serves slots at least its window
 	// apart: at most about one thread at a time.
@@ -230,9 +264,10 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 	b.fine = b.tau < 2*fineWindow.Microseconds() && b.t >= fineWindow.Microseconds()
 	b.tb = int64(math.Ceil(float64(b.t) / b.opt.BackgroundShare))
 	b.horizon = min(max(2*b.t, horizonMin.Microseconds()), horizonMax.Microseconds())
-	n := b.opt.FleetSize
-	tl := time.Duration(b.t*int64(n)) * time.Microsecond
-	b.local = &localLimiter{t: tl, tau: time.Duration(max(1, b.lim.Burst/n)-1) * tl}
+	k := &b.boxed
+	k.t, k.tau, k.tb, k.horizon, k.ahead, k.sig, k.halfLife = b.t, b.tau, b.tb, b.horizon,
+		maxAhead.Microseconds(), b.sig, slackHalfLife(b.t)
+	b.local = newLocalLimiter(b.lim, b.dims, b.opt.FleetSize)
 	b.paused = make(chan struct{})
 	b.base, b.cancel = context.WithCancel(context.Background())
 	b.rdb = redisx.New(rdb)
@@ -274,6 +309,28 @@ func (b *Budget) validate(rdb redis.UniversalClient, limit Limit) error {
 	default:
 		if err = limit.check(); err == nil {
 			err = redisx.CheckPrefix(b.opt.Prefix)
+		}
+	}
+	for i, l := range b.opt.Also {
+		if err == nil {
+			if err = l.check(); err != nil {
+				err = fmt.Errorf("Also[%d]: %w", i, err)
+			}
+		}
+	}
+	for name, ls := range b.opt.Meters {
+		if err != nil {
+			break
+		}
+		if name == "" || strings.ContainsAny(name, " =") {
+			err = fmt.Errorf("meter %q: want a name without spaces or '='", name)
+		}
+		for i, l := range ls {
+			if err == nil {
+				if err = l.check(); err != nil {
+					err = fmt.Errorf("meter %q[%d]: %w", name, i, err)
+				}
+			}
 		}
 	}
 	if err != nil {
@@ -333,8 +390,13 @@ func (b *Budget) limitConflict(other string) {
 		"ours", describeLimit(b.sig), "theirs", describeLimit(other))
 }
 
-// describeLimit tells a limit given as "T:tau" (µs) in words.
+// describeLimit tells a limit given as "T:tau" (µs) in words, with the
+// number of extra dimensions when there are some.
 func describeLimit(sig string) string {
+	sig, more, extra := strings.Cut(sig, " ")
+	if extra {
+		return describeLimit(sig) + fmt.Sprintf(" and %d more limits", strings.Count(more, " ")+1)
+	}
 	ts, taus, ok := strings.Cut(sig, ":")
 	t, err1 := strconv.ParseInt(ts, 10, 64)
 	tau, err2 := strconv.ParseInt(taus, 10, 64)

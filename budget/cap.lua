@@ -1,52 +1,65 @@
--- Cap a budget at the calls the upstream has left before its reset: at most
--- that many more calls get a slot before the reset, at the budget's own pace;
--- the next waits for the reset. The cap never delays a call the upstream
+-- Cap a budget's dimensions at the units the upstream has left before its
+-- reset: at most that many more units (calls, or a meter's units such as
+-- tokens) get a slot before the reset, at the budget's own pace; a booking
+-- wanting more waits for the reset. The cap never delays a call the upstream
 -- would take.
--- KEYS[1] the budget hash P{name}:budget (fields: see wait.lua). The cap is
--- two fields: cap, the calls still allowed before capat, the reset (µs of the
--- Redis clock); wait.lua spends one per slot booked before capat.
--- ARGV[1] the reset, µs from now; ARGV[2] the calls the upstream has left;
--- ARGV[3] T; ARGV[4] tau (µs); ARGV[5] how far ahead of now a field may lie
--- before it counts as corrupt (µs).
--- Calls booked for a slot still ahead have not reached the upstream yet: they
--- spend from its count too. A response of the window already capped (its
--- reset within a second of capat: the header counts whole seconds, and each
--- server reads it on its own clock) lowers the cap, never raises it: an older
--- response may arrive late. A later reset is a new window and replaces the
--- cap; an earlier one is an older window's word and is ignored.
--- Returns 1 when the cap was set or lowered, else 0.
+-- KEYS[1] the budget hash P{name}:budget (fields: see wait.lua). A cap is
+-- two fields: cap, the units still allowed before capat, the reset (µs of
+-- the Redis clock); wait.lua spends a booking's units from it when its slot
+-- lies before capat. The calls' cap is cap and capat; a meter's, m:NAME:cap
+-- and m:NAME:capat.
+-- ARGV[1] how far ahead of now a field may lie before it counts as corrupt
+-- (µs); then one group of six values per dimension capped: the reset, µs
+-- from now; the units the upstream has left; T and tau (µs per unit) of the
+-- dimension's limit; the field of its tat ('tat', 'm:NAME:0'); the field of
+-- its cap ('cap', 'm:NAME:cap').
+-- Units booked for a slot still ahead have not reached the upstream yet: they
+-- spend from its count too (as many as the tat lies ahead of the next slot,
+-- a lower bound). A response of the window already capped (its reset within
+-- a second of capat: the header counts whole seconds, and each server reads
+-- it on its own clock) lowers the cap, never raises it: an older response may
+-- arrive late. A later reset is a new window and replaces the cap; an earlier
+-- one is an older window's word and is ignored.
+-- Returns the number of caps set or lowered.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local resetAt, remaining = now + tonumber(ARGV[1]), tonumber(ARGV[2])
-local T, tau, ahead = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local v = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'capat', 'cap')
-local function field(i)
+local ahead = tonumber(ARGV[1])
+local function valid(x)
   -- Corrupt fields count as 0, as in wait.lua.
-  local x = tonumber(v[i])
+  x = tonumber(x)
   if x == nil or x ~= x or x < 0 or x > now + ahead then return 0 end
   return x
 end
 local function f(x) return string.format('%d', x) end
-local tat, pause, capat, left = field(1), field(2), field(3), field(4)
-
--- The slots booked ahead lie one per T back from the latest, tat - T - tau;
--- behind a pause, from its end, where tat - pause counts them.
-local booked
-if pause > now then
-  booked = math.ceil((tat - pause) / T)
-else
-  booked = math.ceil((tat - T - tau - now) / T)
+local pause = valid(redis.call('HGET', KEYS[1], 'pause'))
+local set = 0
+for i = 2, #ARGV - 5, 6 do
+  local resetAt, remaining = now + tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local T, tau, name, cap = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
+  local v = redis.call('HMGET', KEYS[1], name, cap .. 'at', cap)
+  local tat, capat, left = valid(v[1]), valid(v[2]), valid(v[3])
+  -- The units booked ahead lie one per T back from the latest, tat - T - tau;
+  -- behind a pause, from its end, where tat - pause counts them.
+  local booked
+  if pause > now then
+    booked = math.ceil((tat - pause) / T)
+  else
+    booked = math.ceil((tat - T - tau - now) / T)
+  end
+  local n = math.max(0, remaining - math.max(0, booked))
+  local skip = false
+  if capat > now and math.abs(resetAt - capat) < 1000000 then
+    skip = n >= left
+    resetAt = math.max(resetAt, capat)
+  elseif capat > now and resetAt < capat then
+    skip = true
+  end
+  if not skip then
+    set = set + 1
+    redis.call('HSET', KEYS[1], cap, f(n), cap .. 'at', f(resetAt))
+    -- Never shorten the life the key already has.
+    local ms = math.ceil((resetAt - now) / 1000) + 1000
+    if redis.call('PTTL', KEYS[1]) < ms then redis.call('PEXPIRE', KEYS[1], f(ms)) end
+  end
 end
-local n = math.max(0, remaining - math.max(0, booked))
-
-if capat > now and math.abs(resetAt - capat) < 1000000 then
-  if n >= left then return 0 end
-  resetAt = math.max(resetAt, capat)
-elseif capat > now and resetAt < capat then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'cap', f(n), 'capat', f(resetAt))
--- Never shorten the life the key already has.
-local ms = math.ceil((resetAt - now) / 1000) + 1000
-if redis.call('PTTL', KEYS[1]) < ms then redis.call('PEXPIRE', KEYS[1], f(ms)) end
-return 1
+return set

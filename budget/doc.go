@@ -59,6 +59,31 @@
 // the reset. The cap is two fields of the hash, spent by the same script that
 // books slots: it delays a call only when the upstream would refuse it.
 //
+// # Several limits, meters, costs known after the call
+//
+// Real upstreams state several limits at once: the X API a rate per second
+// under a count per 15 minutes, LLM APIs requests and tokens per minute.
+// [Options].Also adds limits on the same calls; [Options].Meters adds
+// limits on other units (tokens, points), each a token bucket of Burst
+// units refilled at Rate per Per. [Budget.Reserve] books a call's [Cost] in
+// all of them with one round trip: each dimension is a GCRA of its own in
+// the same hash, and the script books them all for one slot, the earliest
+// every one of them allows, or books nothing. A reservation of c units of a
+// dimension of emission interval T and tolerance τ may go at slot s when
+// s ≥ tat − τ + (c−1)·T (c capped at the burst: a larger cost goes when the
+// bucket is full, and overdraws it), and sets tat = max(tat, s) + c·T; in
+// any window of Per, at most Rate+Burst−1 units are booked. [Budget.Wait] is
+// the same script booking one call (and Also's limits), no meter.
+//
+// A call's cost is often known only after it (an LLM's tokens). Reserve
+// books the estimate; [Reservation.Spent] records the real figure and
+// [Reservation.Done] settles it: units spent beyond the estimate are booked
+// after the fact, units not spent go back at once, even when later
+// reservations were booked since. [Reservation.Cancel] gives back the units
+// of a call not made, and its slot while it is the latest booking. Callers
+// keep booking order across every dimension: a slot is never earlier than
+// one booked before it, less the tolerance of the limit on calls.
+//
 // # Redis
 //
 // A budget named N under prefix P is the hash P{N}:budget, which expires a
@@ -67,7 +92,8 @@
 // slot. Servers sharing a budget must give it the same [Limit].
 //
 // Each server remembers the latest tat it set and sends it with every
-// booking; the script takes the greater of Redis's and the caller's. When
+// booking; the script takes the greater of Redis's and the caller's (the
+// Limit's only: the tats of Also and of the meters start afresh). When
 // Redis loses the hash (a restart without persistence, FLUSHALL, a failover
 // to a replica that is behind), the fleet goes on from the latest slot the
 // servers that book know of, instead of from a fresh budget.
@@ -75,7 +101,9 @@
 // When Redis is unreachable, each server falls back to a local limiter (GCRA
 // on its own clock) at Rate/FleetSize per Per with a burst of
 // max(1, Burst/FleetSize): the fleet stays under the limit as long as
-// [Options].FleetSize is at least the number of servers. The local limiter
+// [Options].FleetSize is at least the number of servers. Each limit of
+// Also and each meter's is kept locally the same way, at its Rate/FleetSize;
+// a reservation made then books its estimate and settles nothing. The local limiter
 // goes on one local interval after this server's latest slot in Redis, not
 // with a full burst; back on Redis, the server's first booking brings the
 // latest local slot as its tat. An error reply (a key of another type at the

@@ -98,3 +98,85 @@ func ExampleBudget_PauseFor() {
 	// user 42 <nil> after 2 calls
 	// waited out the pause: true
 }
+
+func ExampleBudget_Reserve() {
+	rdb, stop := exampleRedis()
+	defer stop()
+	ctx := context.Background()
+
+	// An LLM API: 500 requests and 200,000 tokens per minute, and at most 20
+	// requests per second. The tokens' burst is a full minute's, as the
+	// upstream's bucket allows.
+	b := budget.New(rdb, "api.openai.com/chat", budget.Limit{Rate: 500, Per: time.Minute, Burst: 10}, &budget.Options{
+		Also:   []budget.Limit{{Rate: 20, Per: time.Second}},
+		Meters: map[string][]budget.Limit{"tokens": {{Rate: 200000, Per: time.Minute, Burst: 200000}}},
+	})
+	defer b.Close()
+
+	// Book the call and its estimated tokens at once, in one round trip.
+	r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{Meters: map[string]int64{"tokens": 1500}})
+	if err != nil {
+		fmt.Println("reserve:", err)
+		return
+	}
+	// Call the upstream here; its response says what the call spent
+	// (usage.total_tokens) and what is left.
+	h := http.Header{}
+	h.Set("X-Ratelimit-Remaining-Tokens", "150000")
+	h.Set("X-Ratelimit-Reset-Tokens", "15s")
+	if err := r.Observe(ctx, h, http.StatusOK); err != nil {
+		fmt.Println("observe:", err)
+	}
+	r.Spent(budget.Cost{Meters: map[string]int64{"tokens": 900}})
+	// Done gives the 600 tokens not spent back to the fleet at once.
+	if err := r.Done(ctx); err != nil {
+		fmt.Println("done:", err)
+	}
+	fmt.Println("calls:", b.Stats().Waits)
+	// Output:
+	// calls: 1
+}
+
+func ExampleReservation_Cancel() {
+	rdb, stop := exampleRedis()
+	defer stop()
+	ctx := context.Background()
+	b := budget.New(rdb, "api.example.com/search", budget.Limit{Rate: 10, Per: time.Second}, &budget.Options{
+		Meters: map[string][]budget.Limit{"points": {{Rate: 1000, Per: time.Minute, Burst: 100}}},
+	})
+	defer b.Close()
+
+	r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{Meters: map[string]int64{"points": 100}})
+	if err != nil {
+		fmt.Println("reserve:", err)
+		return
+	}
+	// The request turned out not to be needed: give back its slot and its
+	// points. A second Cancel (or Done) does nothing.
+	fmt.Println(r.Cancel(ctx), r.Cancel(ctx))
+
+	// The 100 points are there again: the next search goes at once.
+	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err = b.Reserve(wctx, budget.Foreground, budget.Cost{Meters: map[string]int64{"points": 100}})
+	fmt.Println("next:", err)
+	// Output:
+	// <nil> <nil>
+	// next: <nil>
+}
+
+func ExampleFromContext() {
+	// A loader run by fill or httpfill finds the reservation its upstream
+	// call runs under in its ctx, and reports what the call spent.
+	load := func(ctx context.Context) string {
+		tokens := int64(812) // the response's usage.total_tokens
+		if r := budget.FromContext(ctx); r != nil {
+			r.Spent(budget.Cost{Meters: map[string]int64{"tokens": tokens}})
+			return "reported"
+		}
+		return "no reservation"
+	}
+	fmt.Println(load(context.Background()))
+	// Output:
+	// no reservation
+}

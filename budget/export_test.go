@@ -50,3 +50,6 @@ func Horizon(b *Budget) time.Duration { return time.Duration(b.horizon) * time.M
 
 // Key returns the name of b's hash in Redis.
 func Key(b *Budget) string { return b.key }
+
+// Slot returns the slot r booked, in µs of the Redis clock.
+func Slot(r *Reservation) int64 { return r.r.slot }

@@ -96,11 +96,7 @@ const maxHeaderWait = 24 * time.Hour
 // clock is the better reference (Date counts whole seconds: read against
 // it, a reset a fraction of a second away could look a second away).
 func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) feedback {
-	ref := now
-	if d, err := http.ParseTime(h.Get("Date")); err == nil && d.Sub(now).Abs() < maxHeaderWait &&
-		d.Sub(now.Truncate(time.Second)).Abs() > time.Second {
-		ref = d
-	}
+	ref := refTime(h, now)
 	retryAfter, hasRetry := parseRetryAfter(h.Values("Retry-After"), ref)
 
 	prefix := "X-Rate-Limit-"
@@ -157,6 +153,17 @@ func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) 
 		}
 	}
 	return f
+}
+
+// refTime returns the instant a response's times are read against: its
+// Date when the upstream's clock differs from this server's (now) by more
+// than a second, else now (see parseFeedback).
+func refTime(h http.Header, now time.Time) time.Time {
+	if d, err := http.ParseTime(h.Get("Date")); err == nil && d.Sub(now).Abs() < maxHeaderWait &&
+		d.Sub(now.Truncate(time.Second)).Abs() > time.Second {
+		return d
+	}
+	return now
 }
 
 // count parses a count a header states: decimal, non-negative, below
@@ -250,6 +257,14 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 //     reset. The cap never delays a call the upstream would take. A later
 //     response of the same window lowers the cap, never raises it; one of a
 //     later window replaces it.
+//   - Fewer units of a meter remaining before its reset than the budget
+//     would allow caps that meter the same way, when the budget has a meter
+//     of that name (see [Options].Meters): "tokens" from OpenAI's
+//     x-ratelimit-remaining-tokens and x-ratelimit-reset-tokens or
+//     Anthropic's anthropic-ratelimit-tokens-*, "input-tokens" and
+//     "output-tokens" from Anthropic's. At most that many more units go
+//     before the reset, spendable at once; a reservation wanting more waits
+//     for the reset.
 //
 // A pause is kept in Redis and announced to every server; Waits sleeping on
 // a slot before its end book again after it. Missing or malformed headers
@@ -260,17 +275,56 @@ func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 	if err := b.check(); err != nil {
 		return err
 	}
-	f := parseFeedback(h, status, time.Now(), b.lim.Per)
-	if f.pull && f.remaining >= (f.reset.Microseconds()+b.tau+b.t-1)/b.t {
-		// The budget lets at most that many calls go before the reset,
-		// burst included: the cap could never bind. No round trip for the
-		// common answer "plenty left".
-		f.pull = false
+	now := time.Now()
+	f := parseFeedback(h, status, now, b.lim.Per)
+	if f.pause > 0 {
+		return b.apply(ctx, "observe", f)
 	}
-	if f.pause <= 0 && !f.pull {
+	var caps []any
+	if f.pull && f.remaining < allowed(f.reset, b.t, b.tau) {
+		caps = append(caps, f.reset.Microseconds(), f.remaining, b.t, b.tau, "tat", "cap")
+	}
+	if len(b.opt.Meters) > 0 {
+		caps = append(caps, b.meterCaps(h, now)...)
+	}
+	if len(caps) == 0 {
 		return nil
 	}
-	return b.apply(ctx, "observe", f)
+	return b.applyCaps(ctx, "observe", caps)
+}
+
+// allowed returns how many units a limit of t µs per unit and burst
+// tolerance tau lets go within d, burst included: a cap of as many or more
+// could never bind, and costs no round trip (the common answer "plenty
+// left").
+func allowed(d time.Duration, t, tau int64) int64 {
+	return (d.Microseconds() + tau + t - 1) / t
+}
+
+// meterCaps returns the cap script's groups for the meters of the budget
+// whose remaining units, as h states them, could bind before their reset.
+func (b *Budget) meterCaps(h http.Header, now time.Time) []any {
+	var caps []any
+	for _, hr := range readHeadroom(h, refTime(h, now)) {
+		if hr.meter == "" || hr.reset <= 0 {
+			continue
+		}
+		first := -1
+		bind := false
+		for i, d := range b.dims {
+			if d.meter == hr.meter {
+				if first < 0 {
+					first = i
+				}
+				bind = bind || hr.remaining < allowed(hr.reset, d.t, d.tau)
+			}
+		}
+		if first >= 0 && bind {
+			d := b.dims[first]
+			caps = append(caps, hr.reset.Microseconds(), hr.remaining, d.t, d.tau, d.field, d.cap)
+		}
+	}
+	return caps
 }
 
 //go:embed cap.lua
@@ -278,13 +332,13 @@ var capLua string
 
 var capScript = redis.NewScript(capLua)
 
-// applyCap caps the budget at f.remaining calls before f.reset, fleet-wide,
-// with one round trip. While Redis is unreachable nothing is kept: the local
+// applyCaps caps the budget's dimensions, each at the units remaining
+// before its reset, fleet-wide, with one round trip; caps holds the cap
+// script's groups. While Redis is unreachable nothing is kept: the local
 // limiter knows nothing of the upstream's count.
-func (b *Budget) applyCap(ctx context.Context, op string, f feedback) error {
+func (b *Budget) applyCaps(ctx context.Context, op string, caps []any) error {
 	n, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
-		return capScript.Run(ctx, b.rdb.Redis(), []string{b.key}, f.reset.Microseconds(), f.remaining,
-			b.t, b.tau, maxAhead.Microseconds()).Int64()
+		return capScript.Run(ctx, b.rdb.Redis(), []string{b.key}, append([]any{maxAhead.Microseconds()}, caps...)...).Int64()
 	}, nil)
 	switch {
 	case err != nil && redisx.Outage(err):
@@ -292,7 +346,7 @@ func (b *Budget) applyCap(ctx context.Context, op string, f feedback) error {
 	case err != nil:
 		return b.fail(ctx, op, err)
 	}
-	if n == 1 {
+	if n > 0 {
 		b.stats.pullDowns.Add(1)
 	}
 	return nil

@@ -1,8 +1,9 @@
 package budget
 
 // The local fallback: while Redis is unreachable, each server keeps to
-// Rate/FleetSize on its own clock, taking over from its latest slot in
-// Redis and handing its latest local slot back on Redis's return.
+// Rate/FleetSize on its own clock (the Limit, each limit of Also and each
+// meter's), taking over from its latest slot in Redis and handing its
+// latest local slot back on Redis's return.
 
 import (
 	"context"
@@ -16,7 +17,7 @@ import (
 )
 
 // sleepLocalPause sleeps until the end of a pause kept locally.
-func (b *Budget) sleepLocalPause(ctx context.Context) error {
+func (b *Budget) sleepLocalPause(ctx context.Context, op string) error {
 	for {
 		b.mu.Lock()
 		d := time.Until(b.localPause)
@@ -26,8 +27,8 @@ func (b *Budget) sleepLocalPause(ctx context.Context) error {
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Now().Add(d).After(dl) {
 			b.stats.refused.Add(1)
-			return fmt.Errorf("budget: wait %s: paused for %v, past the deadline: %w",
-				redisx.Quote(b.name), d, context.DeadlineExceeded)
+			return fmt.Errorf("budget: %s %s: paused for %v, past the deadline: %w",
+				op, redisx.Quote(b.name), d, context.DeadlineExceeded)
 		}
 		if err := b.sleep(ctx, d, false, nil); err != nil {
 			return err
@@ -35,32 +36,34 @@ func (b *Budget) sleepLocalPause(ctx context.Context) error {
 	}
 }
 
-// waitLocal is Wait while Redis is unreachable: a local limiter at
-// Rate/FleetSize decides. Background calls book no further ahead than the
-// horizon, as with Redis; there is no background share. The local limiter
+// waitLocal is Wait (or Reserve: op) of w while Redis is unreachable: a
+// local limiter at Rate/FleetSize decides, for the Limit and every limit of
+// Also and of the meters w books (the meters at the estimate: a local
+// reservation settles nothing). Background calls book no further ahead than
+// the horizon, as with Redis; there is no background share. The local limiter
 // goes on from this server's latest slot in Redis, one local interval
 // after it, not with a full burst: its calls booked there still go.
-func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
+func (b *Budget) waitLocal(ctx context.Context, op string, p Priority, w want) error {
 	b.stats.localWaits.Add(1)
 	horizon := time.Duration(b.horizon) * time.Microsecond
 	for {
-		if err := b.sleepLocalPause(ctx); err != nil {
+		if err := b.sleepLocalPause(ctx, op); err != nil {
 			return err
 		}
 		if s := b.mineSlot.Load(); s > 0 {
-			b.local.seed(time.UnixMicro(s - b.clock.Load()).Add(b.local.t))
+			b.local.seed(time.UnixMicro(s - b.clock.Load()).Add(b.local.lims[0].t))
 		}
 		now := time.Now()
-		slot, tat := b.local.reserve(now)
+		slot, k := b.local.reserve(now, w)
 		d := slot.Sub(now)
 		if dl, ok := ctx.Deadline(); ok && slot.After(dl) {
-			b.local.cancel(tat)
+			b.local.cancel(k)
 			b.stats.refused.Add(1)
-			return fmt.Errorf("budget: wait %s (local limit, Redis unreachable): the next slot, %v away, lies past the deadline: %w",
-				redisx.Quote(b.name), d, context.DeadlineExceeded)
+			return fmt.Errorf("budget: %s %s (local limit, Redis unreachable): the next slot, %v away, lies past the deadline: %w",
+				op, redisx.Quote(b.name), d, context.DeadlineExceeded)
 		}
 		if p == Background && d > horizon {
-			b.local.cancel(tat)
+			b.local.cancel(k)
 			b.stats.comeBacks.Add(1)
 			if err := b.sleep(ctx, d-horizon, false, nil); err != nil {
 				return err
@@ -86,11 +89,11 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 		})
 		switch {
 		case errors.Is(err, errPaused):
-			b.local.cancel(tat)
+			b.local.cancel(k)
 			b.stats.rebooked.Add(1)
 			continue
 		case err != nil:
-			b.local.cancel(tat)
+			b.local.cancel(k)
 			if !errors.Is(err, ErrClosed) {
 				b.stats.abandoned.Add(1)
 			}
@@ -100,47 +103,96 @@ func (b *Budget) waitLocal(ctx context.Context, p Priority) error {
 	}
 }
 
-// localLimiter is GCRA on this process's clock, with emission interval t
-// and burst tolerance tau: the budget of one server while Redis is
-// unreachable.
+// localLimiter is GCRA on this process's clock, one per limit: the budget
+// of one server while Redis is unreachable.
 type localLimiter struct {
-	t, tau time.Duration
-
-	mu  sync.Mutex // guards tat
-	tat time.Time
+	mu   sync.Mutex // guards the tats of lims
+	lims []localGCRA
 }
 
-// reserve books the next slot from now, and returns it and the tat the
-// booking set.
-func (l *localLimiter) reserve(now time.Time) (slot, tat time.Time) {
+// localGCRA is one limit of a localLimiter: emission interval t, burst
+// tolerance tau (per unit).
+type localGCRA struct {
+	t, tau time.Duration
+	tat    time.Time
+}
+
+// newLocalLimiter returns the local limiter of a budget of limit l and
+// extra dimensions dims, each at its Rate/n with a burst of max(1, Burst/n).
+func newLocalLimiter(l Limit, dims []dim, n int) *localLimiter {
+	gcra := func(t time.Duration, burst int64) localGCRA {
+		t *= time.Duration(n)
+		return localGCRA{t: t, tau: time.Duration(max(1, burst/int64(n))-1) * t}
+	}
+	ll := &localLimiter{lims: []localGCRA{gcra(interval(l), int64(l.Burst))}}
+	for _, d := range dims {
+		ll.lims = append(ll.lims, gcra(time.Duration(d.t)*time.Microsecond, d.tau/d.t+1))
+	}
+	return ll
+}
+
+// units returns what w takes of limit i.
+func (w want) unitsOf(i int) int64 {
+	if i == 0 {
+		return w.calls
+	}
+	return w.units[i-1]
+}
+
+// localBooking is what reserve booked: the tat it set in the Limit, and
+// every limit's tat before it.
+type localBooking struct {
+	tat  time.Time
+	prev []time.Time
+}
+
+// reserve books w at the next slot from now that every limit allows, and
+// returns it and the booking.
+func (l *localLimiter) reserve(now time.Time, w want) (slot time.Time, k localBooking) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	slot = now
-	if s := l.tat.Add(-l.tau); s.After(slot) {
-		slot = s
+	for i, g := range l.lims {
+		if c := w.unitsOf(i); c > 0 {
+			burst := int64(g.tau/g.t) + 1
+			if s := g.tat.Add(-g.tau + time.Duration(min(c, burst)-1)*g.t); s.After(slot) {
+				slot = s
+			}
+		}
 	}
-	if slot.After(l.tat) {
-		l.tat = slot
+	k.prev = make([]time.Time, len(l.lims))
+	for i := range l.lims {
+		g := &l.lims[i]
+		k.prev[i] = g.tat
+		if c := w.unitsOf(i); c > 0 {
+			if slot.After(g.tat) {
+				g.tat = slot
+			}
+			g.tat = g.tat.Add(time.Duration(c) * g.t)
+		}
 	}
-	l.tat = l.tat.Add(l.t)
-	return slot, l.tat
+	k.tat = l.lims[0].tat
+	return slot, k
 }
 
-// cancel gives back the booking that set tat, when no booking came after
-// it.
-func (l *localLimiter) cancel(tat time.Time) {
+// cancel undoes booking k, when no booking came after it.
+func (l *localLimiter) cancel(k localBooking) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.tat.Equal(tat) {
-		l.tat = tat.Add(-l.t)
+	if !l.lims[0].tat.Equal(k.tat) {
+		return
+	}
+	for i := range l.lims {
+		l.lims[i].tat = k.prev[i]
 	}
 }
 
-// seed makes the next slot no earlier than at.
+// seed makes the Limit's next slot no earlier than at.
 func (l *localLimiter) seed(at time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if at = at.Add(l.tau); at.After(l.tat) {
-		l.tat = at
+	g := &l.lims[0]
+	if at = at.Add(g.tau); at.After(g.tat) {
+		g.tat = at
 	}
 }

@@ -86,9 +86,6 @@ var pauseScript = redis.NewScript(pauseLua)
 // apply stores f in the budget's hash with one round trip, and wakes this
 // server's sleeping Waits at once when the pause grew.
 func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
-	if f.pull {
-		return b.applyCap(ctx, op, f)
-	}
 	pause := int64(-1)
 	if f.pause > 0 {
 		pause = f.pause.Microseconds()

@@ -43,14 +43,21 @@ func (b *Budget) Wait(ctx context.Context, p Priority) error {
 	if err := b.check(); err != nil {
 		return err
 	}
+	_, err := b.run(ctx, "wait", p, b.waitWant)
+	return err
+}
+
+// run books w for a call of priority p and sleeps until its slot: the
+// common part of Wait and Reserve (op), counted and observed alike.
+func (b *Budget) run(ctx context.Context, op string, p Priority, w want) (booking, error) {
 	if p != Foreground && p != Background {
-		return fmt.Errorf("budget: wait %s: unknown priority %d", redisx.Quote(b.name), int(p))
+		return booking{}, fmt.Errorf("budget: %s %s: unknown priority %d", op, redisx.Quote(b.name), int(p))
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return booking{}, err
 	}
 	start := time.Now()
-	err := b.wait(ctx, p)
+	r, err := b.wait(ctx, op, p, w)
 	d := time.Since(start)
 	if err == nil {
 		s := &b.stats
@@ -60,7 +67,7 @@ func (b *Budget) Wait(ctx context.Context, p Priority) error {
 		}
 	}
 	b.event(ctx, observe.Event{Kind: observe.BudgetWait, Duration: d, Err: err, Background: p == Background})
-	return err
+	return r, err
 }
 
 // booking is the wait script's reply.
@@ -74,6 +81,13 @@ type booking struct {
 	bg    bool
 	place bool // comeBack: slot is a place in the line
 	local bool // a slot of the local limiter, in µs of this process's clock
+	// w is what was booked; prev, the tat before the booking, or -1 when
+	// unknown (a Wait on a budget of one limit); tats and prevs, the tat
+	// the booking set in each of the budget's extra dimensions and the one
+	// before it (0 where w books none).
+	w           want
+	prev        int64
+	tats, prevs []int64
 }
 
 const (
@@ -82,33 +96,33 @@ const (
 	comeBack = 2
 )
 
-func (b *Budget) wait(ctx context.Context, p Priority) error {
+func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booking, error) {
 	var place int64
 	for {
-		if err := b.sleepLocalPause(ctx); err != nil {
-			return err
+		if err := b.sleepLocalPause(ctx, op); err != nil {
+			return booking{}, err
 		}
 		// A pause announced before the subscription was confirmed, or
 		// while messages were lost, is read before going.
 		listening, lost := b.listening(), b.lost.Load()
-		r, err := b.book(ctx, p, place)
+		r, err := b.book(ctx, p, place, w)
 		if err != nil {
 			if redisx.Outage(err) {
-				return b.waitLocal(ctx, p)
+				return booking{local: true, w: w}, b.waitLocal(ctx, op, p, w)
 			}
-			return b.fail(ctx, "wait", err)
+			return booking{}, b.fail(ctx, op, err)
 		}
 		switch r.kind {
 		case refused:
 			b.stats.refused.Add(1)
-			return fmt.Errorf("budget: wait %s: the next slot, %v away, lies past the deadline: %w",
-				redisx.Quote(b.name), r.wait, context.DeadlineExceeded)
+			return booking{}, fmt.Errorf("budget: %s %s: the next slot, %v away, lies past the deadline: %w",
+				op, redisx.Quote(b.name), r.wait, context.DeadlineExceeded)
 		case comeBack:
 			b.stats.comeBacks.Add(1)
 			place = r.slot
 			if err := b.sleep(ctx, r.wait, false, nil); err != nil {
 				b.abandon(r, err)
-				return err
+				return booking{}, err
 			}
 			continue
 		}
@@ -120,7 +134,7 @@ func (b *Budget) wait(ctx context.Context, p Priority) error {
 			testHookBooked(b, ctx, r, p)
 		}
 		if r.wait <= 0 {
-			return nil
+			return r, nil
 		}
 		booked := r.slot - r.wait.Microseconds() // the Redis clock at the booking
 		rebook := func(at, respaced int64) bool { return at > r.slot || respaced > booked }
@@ -143,21 +157,25 @@ func (b *Budget) wait(ctx context.Context, p Priority) error {
 		switch {
 		case errors.Is(err, errPaused):
 			// A pause began before the slot: the script puts the new
-			// booking after it.
+			// booking after it. The units the old booking took of the
+			// meters go back first: the new one takes them again.
 			b.stats.rebooked.Add(1)
 			place = 0
+			if args := b.giveBackArgs(r, true); args != nil {
+				_, _ = b.giveBackNow(args)
+			}
 			continue
 		case err != nil:
 			b.abandon(r, err)
-			return err
+			return booking{}, err
 		}
-		return nil
+		return r, nil
 	}
 }
 
 // book runs the wait script. When ctx ends before its reply arrives, a slot
 // it booked is given back in the background.
-func (b *Budget) book(ctx context.Context, p Priority, place int64) (booking, error) {
+func (b *Budget) book(ctx context.Context, p Priority, place int64, w want) (booking, error) {
 	patience := int64(-1)
 	if dl, ok := ctx.Deadline(); ok {
 		patience = max(0, time.Until(dl).Microseconds())
@@ -167,13 +185,15 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64) (booking, er
 		prio = "1"
 	}
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (booking, error) {
-		v, err := waitScript.Run(ctx, b.rdb.Redis(), []string{b.key}, b.t, b.tau, prio, patience,
-			b.tb, b.horizon, place, maxAhead.Microseconds(), b.sig, b.mineTAT.Load(), b.knownRespace(), slackHalfLife(b.t)).Result()
+		v, err := waitScript.Run(ctx, b.rdb.Redis(), []string{b.key}, b.waitArgs(prio, patience, place, w)...).Result()
 		if err != nil {
 			return booking{}, err
 		}
 		r, err := parseBooking(v)
-		r.bg = p == Background
+		r.bg, r.w, r.prev = p == Background, w, -1
+		if err == nil && r.kind == booked && r.tats != nil {
+			err = b.dimTats(&r)
+		}
 		return r, err
 	}, func(r booking, err error) {
 		if err == nil && r.kind != refused {
@@ -182,10 +202,66 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64) (booking, er
 	})
 }
 
+// waitArgs returns the wait script's ARGV for a booking of w.
+func (b *Budget) waitArgs(prio string, patience, place int64, w want) []any {
+	k := &b.boxed
+	n := 12
+	if w.calls != 1 || len(b.dims) > 0 {
+		n += 1 + 5*len(b.dims)
+	}
+	args := make([]any, 0, n)
+	args = append(args, k.t, k.tau, prio, patience, k.tb, k.horizon, place, k.ahead, k.sig,
+		b.mineTAT.Load(), b.knownRespace(), k.halfLife)
+	if n == 12 {
+		return args
+	}
+	args = append(args, w.calls)
+	for i, d := range b.dims {
+		if w.units[i] > 0 {
+			args = append(args, d.field, d.boxed[0], d.boxed[1], w.units[i], d.cap)
+		}
+	}
+	return args
+}
+
+// dimTats spreads the tats of r's reply (the tat before the booking, then
+// each dimension booked's new tat and the one before it) over the budget's
+// extra dimensions.
+func (b *Budget) dimTats(r *booking) error {
+	got := r.tats
+	if len(got)%2 != 1 {
+		return fmt.Errorf("unexpected wait reply: %d tats", len(got))
+	}
+	r.prev, got = got[0], got[1:]
+	r.tats, r.prevs = make([]int64, len(b.dims)), make([]int64, len(b.dims))
+	for i := range b.dims {
+		if r.w.units[i] > 0 {
+			if len(got) == 0 {
+				return fmt.Errorf("unexpected wait reply: too few tats")
+			}
+			r.tats[i], r.prevs[i], got = got[0], got[1], got[2:]
+		}
+	}
+	return nil
+}
+
 func parseBooking(v any) (booking, error) {
 	a, ok := v.([]any)
 	if !ok || len(a) < 2 {
 		return booking{}, fmt.Errorf("unexpected wait reply %v (%T)", v, v)
+	}
+	var tats []int64
+	if len(a) == 7 {
+		// The extra dimensions' tats.
+		x, _ := a[6].([]any)
+		for _, t := range x {
+			n, ok := t.(int64)
+			if !ok {
+				return booking{}, fmt.Errorf("unexpected wait reply %v (%T)", v, t)
+			}
+			tats = append(tats, n)
+		}
+		a = a[:6]
 	}
 	var other string
 	if len(a) == 6 {
@@ -202,7 +278,7 @@ func parseBooking(v any) (booking, error) {
 	r := booking{kind: n[0], wait: time.Duration(n[1]) * time.Microsecond}
 	switch {
 	case r.kind == booked && len(n) == 5:
-		r.slot, r.tat, r.gated, r.other = n[2], n[3], n[4] == 1, other
+		r.slot, r.tat, r.gated, r.other, r.tats = n[2], n[3], n[4] == 1, other, tats
 	case r.kind == comeBack && len(n) == 3:
 		r.slot, r.place = n[2], n[2] > 0
 	case r.kind != refused:
@@ -256,6 +332,12 @@ func (b *Budget) abandon(r booking, err error) {
 		return
 	}
 	b.stats.abandoned.Add(1)
+	b.later(func() { b.giveBack(r) })
+}
+
+// later runs f in the background, unless the Budget is closed; Close waits
+// for it.
+func (b *Budget) later(f func()) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -264,7 +346,7 @@ func (b *Budget) abandon(r booking, err error) {
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
-		b.giveBack(r)
+		f()
 	}()
 }
 
@@ -275,26 +357,84 @@ const giveBackTimeout = time.Second
 // giveBack runs the give-back script for r. Close does not cut it short:
 // the slot goes back to the fleet even when this server shuts down.
 func (b *Budget) giveBack(r booking) {
-	if r.kind == comeBack && !r.place {
-		return // standing by: nothing booked
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
 	defer cancel()
-	args := []any{"slot", r.tat, b.t, r.slot, 0}
-	if r.place {
-		args = []any{"place", r.slot, b.t}
-	} else if r.bg {
-		args[4] = b.tb
+	_ = b.giveBackCtx(ctx, r)
+}
+
+// giveBackCtx gives back what r booked, within ctx, and reports the error
+// of the round trip, an outage aside.
+func (b *Budget) giveBackCtx(ctx context.Context, r booking) error {
+	args := b.giveBackArgs(r, false)
+	if args == nil {
+		return nil
 	}
-	n, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
-		return givebackScript.Run(ctx, b.rdb.Redis(), []string{b.key}, args...).Int64()
-	}, nil)
-	if err == nil && n == 1 {
+	n, err := b.runGiveBack(ctx, args)
+	switch {
+	case err != nil && redisx.Outage(err):
+		return nil
+	case err != nil:
+		return b.fail(ctx, "give back", err)
+	}
+	if n == 1 {
 		b.stats.givenBack.Add(1)
-		if !r.place {
-			b.mineTAT.CompareAndSwap(r.tat, r.tat-b.t)
+		if prev := r.prev; !r.place {
+			if prev < 0 {
+				prev = r.tat - b.t
+			}
+			b.mineTAT.CompareAndSwap(r.tat, prev)
 		}
 	}
+	return nil
+}
+
+// giveBackNow runs the give-back script with args, bounded by
+// giveBackTimeout.
+func (b *Budget) giveBackNow(args []any) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
+	defer cancel()
+	return b.runGiveBack(ctx, args)
+}
+
+// runGiveBack runs the give-back script with args.
+func (b *Budget) runGiveBack(ctx context.Context, args []any) (int64, error) {
+	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
+		return givebackScript.Run(ctx, b.rdb.Redis(), []string{b.key}, args...).Int64()
+	}, nil)
+}
+
+// giveBackArgs returns the give-back script's ARGV for what r booked: its
+// place in line, or its slot and the units of every dimension; with
+// metersOnly, the meters' units alone. It is nil when there is nothing to
+// give back.
+func (b *Budget) giveBackArgs(r booking, metersOnly bool) []any {
+	switch {
+	case r.kind == comeBack && !r.place:
+		return nil // standing by: nothing booked
+	case r.kind == comeBack:
+		return []any{"place", r.slot, b.t}
+	}
+	var tb int64
+	if r.bg {
+		tb = b.tb
+	}
+	args := []any{"slot", r.slot, tb}
+	if !metersOnly {
+		args = append(args, "l", "tat", b.t, r.w.calls, r.tat, r.prev, "cap")
+	}
+	for i, d := range b.dims {
+		switch {
+		case r.w.units[i] == 0:
+		case d.meter != "":
+			args = append(args, "u", d.field, d.t, -r.w.units[i], r.tats[i], r.prevs[i], d.cap)
+		case !metersOnly:
+			args = append(args, "l", d.field, d.t, r.w.units[i], r.tats[i], r.prevs[i], "")
+		}
+	}
+	if len(args) == 3 {
+		return nil
+	}
+	return args
 }
 
 // learn records what a booking in Redis tells this server: the tat it set,

@@ -8,6 +8,7 @@ import (
 	"context"
 
 	"github.com/locksmith-go/locksmith/budget"
+	"github.com/locksmith-go/locksmith/internal/budgetctx/reskey"
 )
 
 type key struct{}
@@ -30,3 +31,10 @@ func From(ctx context.Context) (*budget.Budget, bool) {
 // finds it set. It lets httpfill read a Cache's budget without the Cache
 // exporting it.
 var CacheBudget func(c any) *budget.Budget
+
+// WithReservation returns a copy of ctx carrying r, the reservation a load
+// runs under: budget.FromContext(ctx) returns it. A nil r undoes one
+// carried by ctx.
+func WithReservation(ctx context.Context, r *budget.Reservation) context.Context {
+	return context.WithValue(ctx, reskey.Key{}, r)
+}

@@ -1,0 +1,296 @@
+package budget
+
+// Reservations: a call that books every limit and meter of the budget at
+// once (Reserve, one round trip of wait.lua), then settles what it really
+// spent (Done) or gives it back (Cancel), both by giveback.lua.
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/locksmith-go/locksmith/internal/budgetctx/reskey"
+	"github.com/locksmith-go/locksmith/internal/redisx"
+)
+
+// Cost is what a call spends of a budget: calls, counted by the Limit and
+// every limit of [Options].Also, and units of each meter of
+// [Options].Meters. When reserving it is an estimate; given to
+// [Reservation.Spent], the real figure.
+type Cost struct {
+	// Calls are the units of the Limit and of Also; 0 means 1.
+	Calls int
+	// Meters are the units of each meter, by its name in Options.Meters: an
+	// estimate when reserving, the real figure in Spent. A meter left out
+	// spends nothing.
+	Meters map[string]int64
+}
+
+// dim is an extra dimension of a budget: a limit of Also or of a meter.
+type dim struct {
+	field  string // the field of its tat in the hash: a1, a2..., m:NAME:0...
+	meter  string // the meter's name; "" for a limit of Also
+	cap    string // the field of the meter's cap on its first limit, else ""
+	t, tau int64  // µs per unit
+	boxed  [2]any // t and tau, as the wait script's arguments
+}
+
+// dimsOf returns the extra dimensions of opt: Also's limits in order, then
+// each meter's, meters by name.
+func dimsOf(opt Options) []dim {
+	var dims []dim
+	add := func(d dim, l Limit) {
+		l = l.withDefaults()
+		d.t = interval(l).Microseconds()
+		d.tau = int64(l.Burst-1) * d.t
+		d.boxed = [2]any{d.t, d.tau}
+		dims = append(dims, d)
+	}
+	for i, l := range opt.Also {
+		add(dim{field: "a" + strconv.Itoa(i+1)}, l)
+	}
+	names := make([]string, 0, len(opt.Meters))
+	for name := range opt.Meters {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		for i, l := range opt.Meters[name] {
+			d := dim{field: "m:" + name + ":" + strconv.Itoa(i), meter: name}
+			if i == 0 {
+				d.cap = "m:" + name + ":cap"
+			}
+			add(d, l)
+		}
+	}
+	return dims
+}
+
+// want is what a booking takes: calls, and units of each of the budget's
+// extra dimensions (0: the dimension is left out).
+type want struct {
+	calls int64
+	units []int64
+}
+
+// wantOf returns what booking c takes.
+func (b *Budget) wantOf(c Cost) want {
+	w := want{calls: int64(max(c.Calls, 1)), units: make([]int64, len(b.dims))}
+	for i, d := range b.dims {
+		if d.meter == "" {
+			w.units[i] = w.calls
+		} else {
+			w.units[i] = c.Meters[d.meter]
+		}
+	}
+	return w
+}
+
+// checkCost returns an error when c cannot be booked on b: negative
+// figures, or a meter the budget does not have.
+func (b *Budget) checkCost(op string, c Cost) error {
+	if c.Calls < 0 {
+		return fmt.Errorf("budget: %s %s: %d calls: want 0 (1) or more", op, redisx.Quote(b.name), c.Calls)
+	}
+	for name, n := range c.Meters {
+		if _, ok := b.opt.Meters[name]; !ok {
+			return fmt.Errorf("budget: %s %s: no meter %q in Options.Meters", op, redisx.Quote(b.name), name)
+		}
+		if n < 0 || n >= maxCount {
+			return fmt.Errorf("budget: %s %s: %d units of %q: want 0 or more, below 2^53", op, redisx.Quote(b.name), n, name)
+		}
+	}
+	return nil
+}
+
+// Reserve waits until a call of cost c may go to the upstream, as
+// [Budget.Wait] does, booking at once, in one round trip, the same slot in
+// the Limit, every limit of [Options].Also and every meter c names: the
+// slot is the earliest that all of them allow, and either all of them are
+// booked for it or none is. Callers are served in booking order across the
+// fleet, with the priorities, pauses and caps Wait obeys.
+//
+// When ctx has a deadline and the slot lies past it, Reserve books nothing
+// and returns at once an error wrapping context.DeadlineExceeded. When ctx
+// ends while Reserve sleeps, Reserve returns ctx.Err() at once and cancels
+// the reservation, as [Reservation.Cancel] does. When Redis is unreachable,
+// the local limiter decides (see [Options].FleetSize): it books the
+// estimate, and the reservation's Done and Cancel do nothing.
+//
+// After the call, report what it really spent with [Reservation.Spent] and
+// end the reservation with [Reservation.Done]; when the call was not made,
+// end it with [Reservation.Cancel].
+func (b *Budget) Reserve(ctx context.Context, p Priority, c Cost) (*Reservation, error) {
+	if err := b.check(); err != nil {
+		return nil, err
+	}
+	if err := b.checkCost("reserve", c); err != nil {
+		return nil, err
+	}
+	w := b.wantOf(c)
+	r, err := b.run(ctx, "reserve", p, w)
+	if err != nil {
+		return nil, err
+	}
+	return &Reservation{b: b, r: r, est: w}, nil
+}
+
+// Reservation is a call's booking in a [Budget], made by [Budget.Reserve]:
+// its slot, and the units it booked in each limit and meter. End it with
+// Done once the call was made, or with Cancel if it was not. Its methods are
+// safe for concurrent use.
+type Reservation struct {
+	b   *Budget
+	r   booking
+	est want
+
+	mu    sync.Mutex // guards spent and ended
+	spent *want
+	ended bool
+}
+
+// Key returns the credential the call should use. It is "" for now: a
+// budget has one credential.
+func (r *Reservation) Key() string { return "" }
+
+// Spent records what the call really spent (a response's
+// usage.total_tokens, say), for Done to settle against the estimate
+// Reserve booked. A later Spent replaces an earlier one; a meter left out
+// spent nothing. Costs that cannot be booked (negative, a meter the budget
+// does not have) are ignored by Done, which reports them.
+func (r *Reservation) Spent(c Cost) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.b.checkCost("spent", c) != nil {
+		r.spent = &want{calls: -1}
+		return
+	}
+	w := r.b.wantOf(c)
+	r.spent = &w
+}
+
+// Done ends the reservation of a call that was made, settling what it
+// spent against the estimate Reserve booked, in one round trip when they
+// differ (none when Spent was not called or matches the estimate): more
+// units are booked in their meters (and more calls in the limits on calls)
+// after the fact, since the call already went, so later reservations wait
+// for them; fewer are given back at once, so that the reservations made
+// from then on go earlier, even when others were booked since (a token
+// bucket can always take units back; slots already booked stay). Fewer
+// calls than booked are given back only while the reservation is the
+// latest booking, as a Wait whose ctx ends gives its slot back: pacing is
+// never broken. A meter capped by the upstream's headers is settled too.
+//
+// Done and Cancel end the reservation once: a second call of either does
+// nothing and returns nil. Done settles even when ctx has ended (a load's
+// ctx often has by then), within a second; its error is the round trip's,
+// if any. While Redis is unreachable nothing is settled.
+func (r *Reservation) Done(ctx context.Context) error {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	if r.ended {
+		r.mu.Unlock()
+		return nil
+	}
+	r.ended = true
+	spent := r.spent
+	r.mu.Unlock()
+	b := r.b
+	if spent == nil || r.r.local {
+		return nil
+	}
+	if spent.calls < 0 {
+		return fmt.Errorf("budget: done %s: Spent was given a cost that cannot be booked", redisx.Quote(b.name))
+	}
+	var groups []any
+	add := func(kind, field string, t, units, tat int64, cap string) {
+		groups = append(groups, kind, field, t, units, tat, -1, cap)
+	}
+	if d := spent.calls - r.est.calls; d > 0 {
+		add("u", "tat", b.t, d, -1, "cap")
+	} else if d < 0 {
+		add("l", "tat", b.t, -d, r.r.tat, "cap")
+	}
+	for i, x := range b.dims {
+		d := spent.units[i] - r.est.units[i]
+		switch {
+		case d == 0:
+		case x.meter != "" || d > 0:
+			add("u", x.field, x.t, d, -1, x.cap)
+		case r.r.tats != nil && r.est.units[i] > 0:
+			add("l", x.field, x.t, -d, r.r.tats[i], x.cap)
+		}
+	}
+	if len(groups) == 0 {
+		return nil
+	}
+	ctx, cancel := settleContext(ctx)
+	defer cancel()
+	_, err := b.runGiveBack(ctx, append([]any{"slot", r.r.slot, 0}, groups...))
+	switch {
+	case err != nil && redisx.Outage(err):
+		return nil
+	case err != nil:
+		return b.fail(ctx, "done", err)
+	}
+	return nil
+}
+
+// Cancel ends the reservation of a call that was not made, giving back
+// what can be, in one round trip: the units of every meter at once, and
+// the call's slot in the limits on calls while the reservation is the
+// latest booking (see [Budget.Wait]): pacing is never broken. Done and
+// Cancel end the reservation once: a second call of either does nothing and
+// returns nil. Cancel gives back even when ctx has ended, within a second;
+// its error is the round trip's, if any. While Redis is unreachable nothing
+// is given back.
+func (r *Reservation) Cancel(ctx context.Context) error {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	if r.ended {
+		r.mu.Unlock()
+		return nil
+	}
+	r.ended = true
+	r.mu.Unlock()
+	if r.r.local {
+		return nil
+	}
+	ctx, cancel := settleContext(ctx)
+	defer cancel()
+	return r.b.giveBackCtx(ctx, r.r)
+}
+
+// settleContext returns the context Done and Cancel run their round trip
+// in: ctx's values without its end, bounded by giveBackTimeout. What a call
+// spent is the fleet's to know whatever became of the caller.
+func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), giveBackTimeout)
+}
+
+// Observe applies the call's response to the budget: see [Budget.Observe].
+func (r *Reservation) Observe(ctx context.Context, h http.Header, status int) error {
+	if r == nil {
+		return nil
+	}
+	return r.b.Observe(ctx, h, status)
+}
+
+// FromContext returns the reservation that ctx carries: the one a fill
+// load or an httpfill request runs under, or nil. A loader reads its
+// credential from it ([Reservation.Key]) and reports what it spent
+// ([Reservation.Spent]).
+func FromContext(ctx context.Context) *Reservation {
+	r, _ := ctx.Value(reskey.Key{}).(*Reservation)
+	return r
+}
