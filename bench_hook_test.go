@@ -9,7 +9,7 @@ import (
 	"github.com/locksmith-go/locksmith/observe"
 )
 
-// BenchmarkHook: a hit through a Cache with an Observer (a no-op
+// BenchmarkHook: a hit through a Cache with an events handler (a no-op
 // observe.Func) against the same hit through a Cache without one,
 // interleaved, on one Redis: a Redis hit, and a hit of the local tier.
 // hook-allocs/op and base-allocs/op are measured apart (testing.AllocsPerRun).
@@ -24,7 +24,7 @@ func BenchmarkHook(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			s := redistest.Start(b, nil)
 			hooked := fill.New(s.Client(b, nil), &fill.Options{Local: tc.local,
-				Observer: observe.Func(func(context.Context, observe.Event) {})})
+				Events: observe.Func(func(context.Context, observe.Event) {})})
 			defer hooked.Close()
 			plain := fill.New(s.Client(b, nil), &fill.Options{Local: tc.local})
 			defer plain.Close()

@@ -1,7 +1,7 @@
 package budget
 
 // The Budget: its options, counters, making and closing, and what it
-// tells its Observer and Logger.
+// tells its events handler and Logger.
 
 import (
 	"context"
@@ -75,11 +75,11 @@ type Options struct {
 	// default: none
 	Meters map[string][]Limit
 
-	// Observer, if not nil, sees every wait (BudgetWait), every pause
+	// Events, if not nil, sees every wait (BudgetWait), every pause
 	// (Pause) and every outage of Redis (OutageStart, OutageEnd), with
 	// Source "budget" and Name the budget's name.
 	// default: nil
-	Observer observe.Observer
+	Events observe.Handler
 
 	// Logger, if not nil, hears what an operator must: pauses the upstream
 	// asked for, and Redis outages (while they last, a local limiter at
@@ -421,13 +421,13 @@ func (b *Budget) fail(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("budget: %s %s: %w", op, redisx.Quote(b.name), err)
 }
 
-// event reports e to the Observer, if any.
+// event reports e to the events handler (Options.Events), if any.
 func (b *Budget) event(ctx context.Context, e observe.Event) {
-	if b.opt.Observer == nil {
+	if b.opt.Events == nil {
 		return
 	}
 	e.Source, e.Name = "budget", b.name
-	b.opt.Observer.Observe(ctx, e)
+	b.opt.Events.Handle(ctx, e)
 }
 
 // log tells the Logger, if any, something an operator must hear.

@@ -226,7 +226,7 @@ func (b *batch[T]) land(chunk []*batchLook, outcomes []flight.Outcome, panicked 
 }
 
 // call is one call of the batch's loader for keys, reported to the
-// Observer.
+// events handler.
 func (b *batch[T]) call(ctx context.Context, keys []string) (any, error) {
 	start := time.Now()
 	m, err := b.load(ctx, keys)

@@ -53,7 +53,7 @@
 // for Options.NegativeTTL. A loader panic is re-raised in every caller of the
 // process, as x/sync/singleflight does; a panic in a background refresh,
 // which no caller waits for, is a failed refresh (counted, backed off, seen
-// by the Observer) logged with its stack, and a codec or Observer that
+// by the events handler) logged with its stack, and a codec or events handler that
 // panics on a goroutine of the Cache is an error, logged, never a crash of
 // the process. When Redis cannot be reached, or
 // cannot serve now (a failover, a restart), Get runs the loader anyway (the

@@ -104,7 +104,7 @@ func (c *Cache) maybeEarlyRefresh(caller context.Context, j *job, l *look) {
 // loader, if p is not nil. Nobody waits for a refresh, and its goroutine
 // belongs to the Cache: re-raised there, the panic would end the process.
 // lead has already treated it as a failed refresh: counted in LoadErrors
-// and RefreshErrors, reported to the Observer (a Load event whose Err is
+// and RefreshErrors, reported to the events handler (Options.Events) (a Load event whose Err is
 // the *PanicError), backed off and the lock released.
 func (c *Cache) refreshPanicked(key string, p *PanicError) {
 	if p != nil {

@@ -302,7 +302,7 @@ func minTime(a, b time.Time) time.Time {
 
 func (c *Cache) localHit(ctx context.Context, key string) {
 	c.stats.localHits.Add(1)
-	if c.opt.Observer != nil {
+	if c.opt.Events != nil {
 		c.event(ctx, observe.Event{Kind: observe.LocalHit, Key: key})
 	}
 }

@@ -19,7 +19,7 @@ import (
 // lostWatch passes on the keys of LeaseLost events.
 type lostWatch struct{ keys chan string }
 
-func (w lostWatch) Observe(_ context.Context, e observe.Event) {
+func (w lostWatch) Handle(_ context.Context, e observe.Event) {
 	if e.Kind == observe.LeaseLost {
 		w.keys <- e.Key
 	}
@@ -69,7 +69,7 @@ func TestLeaseLostDuringLoad(t *testing.T) {
 				key := name
 				w := lostWatch{keys: make(chan string, 10)}
 				// Renewals every 100ms: the loss is seen within one.
-				c := newCache(t, s.Client(t, nil), &fill.Options{LockTTL: 300 * time.Millisecond, Observer: w})
+				c := newCache(t, s.Client(t, nil), &fill.Options{LockTTL: 300 * time.Millisecond, Events: w})
 				ctx := redistest.Context(t, 20*time.Second)
 				started := make(chan struct{})
 				cause := make(chan error, 1)
@@ -131,7 +131,7 @@ func TestLeaseLostDuringBatch(t *testing.T) {
 	for _, steal := range []bool{false, true} {
 		t.Run(fmt.Sprintf("steal=%v", steal), func(t *testing.T) {
 			w := lostWatch{keys: make(chan string, 10)}
-			c := newCache(t, s.Client(t, nil), &fill.Options{LockTTL: 300 * time.Millisecond, Observer: w})
+			c := newCache(t, s.Client(t, nil), &fill.Options{LockTTL: 300 * time.Millisecond, Events: w})
 			ctx := redistest.Context(t, 20*time.Second)
 			values := func(keys []string) map[string]string {
 				m := map[string]string{}

@@ -20,7 +20,7 @@ type recorder struct {
 	events []observe.Event
 }
 
-func (r *recorder) Observe(_ context.Context, e observe.Event) {
+func (r *recorder) Handle(_ context.Context, e observe.Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.events = append(r.events, e)
@@ -41,8 +41,8 @@ func (r *recorder) kinds() []string {
 func TestObserver(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	var ra, rb recorder
-	a := newCache(t, rdb, &fill.Options{Observer: &ra})
-	b := newCache(t, redistest.Client(t, m.Addr()), &fill.Options{Observer: &rb})
+	a := newCache(t, rdb, &fill.Options{Events: &ra})
+	b := newCache(t, redistest.Client(t, m.Addr()), &fill.Options{Events: &rb})
 	ctx := redistest.Context(t, 20*time.Second)
 	started, open := make(chan struct{}), make(chan struct{})
 	first := make(chan error, 1)

@@ -139,11 +139,11 @@ type Options struct {
 	// default: nil (off)
 	Local *LocalOptions
 
-	// Observer, if not nil, sees every hit, miss, load, wait and outage;
+	// Events, if not nil, sees every hit, miss, load, wait and outage;
 	// the module github.com/locksmith-go/locksmith/otel turns them into
 	// OpenTelemetry metrics and spans.
 	// default: nil
-	Observer observe.Observer
+	Events observe.Handler
 
 	// Logger, if not nil, hears what an operator must: outages and their
 	// end, failing open, leases lost mid-load, rate limiting, pub/sub

@@ -22,7 +22,7 @@ type panicEvents struct {
 	panics []observe.Event
 }
 
-func (p *panicEvents) Observe(_ context.Context, e observe.Event) {
+func (p *panicEvents) Handle(_ context.Context, e observe.Event) {
 	var pe *fill.PanicError
 	if e.Kind == observe.Load && errors.As(e.Err, &pe) {
 		p.mu.Lock()
@@ -40,7 +40,7 @@ func (p *panicEvents) count() int {
 // TestBackgroundRefreshPanic: a loader that panics in a background refresh
 // (StaleWhileRevalidate, EarlyRefresh) does not take the process down: it
 // is a failed refresh, counted, logged with its stack, seen by the
-// Observer, backed off, and its lock released.
+// events handler, backed off, and its lock released.
 func TestBackgroundRefreshPanic(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -54,7 +54,7 @@ func TestBackgroundRefreshPanic(t *testing.T) {
 			var obs panicEvents
 			var logs redistest.Buffer
 			opt := tc.opt
-			opt.TTL, opt.Jitter, opt.Observer = 10*time.Second, -1, &obs
+			opt.TTL, opt.Jitter, opt.Events = 10*time.Second, -1, &obs
 			opt.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			c := newCache(t, rdb, &opt)
 			ctx := redistest.Context(t, 20*time.Second)
@@ -147,7 +147,7 @@ func TestCodecPanic(t *testing.T) {
 	}
 }
 
-// TestObserverPanic: an Observer that panics on a goroutine of the library
+// TestObserverPanic: an events handler that panics on a goroutine of the library
 // (a flight's, a refresh's) does not take the process down; the panic is
 // logged with its stack.
 func TestObserverPanic(t *testing.T) {
@@ -158,7 +158,7 @@ func TestObserverPanic(t *testing.T) {
 			panic("observer boom")
 		}
 	})
-	c := newCache(t, rdb, &fill.Options{Observer: obs, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	c := newCache(t, rdb, &fill.Options{Events: obs, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ctx := redistest.Context(t, 20*time.Second)
 	v, err := fill.Get(ctx, c, "k", func(context.Context) (int, error) { return 1, nil })
 	if err != nil || v != 1 {

@@ -7,24 +7,24 @@ import (
 	"github.com/locksmith-go/locksmith/observe"
 )
 
-// What a Cache tells its Observer and its Logger.
+// What a Cache tells its events handler and its Logger.
 
-// event reports e to the Observer, if any. An Observer that panics loses
+// event reports e to the events handler (Options.Events), if any. A handler that panics loses
 // the event, and the panic is logged with its stack: events are reported
 // on goroutines of the Cache too (flights, refreshes, the pub/sub reader),
 // where a panic would end the process.
 func (c *Cache) event(ctx context.Context, e observe.Event) {
-	if c.opt.Observer == nil {
+	if c.opt.Events == nil {
 		return
 	}
 	e.Source, e.Name = "fill", c.opt.Prefix
 	defer func() {
 		if r := recover(); r != nil {
-			c.log("the Observer panicked; its event is lost", "kind", e.Kind.String(), "panic", r,
+			c.log("the events handler panicked; its event is lost", "kind", e.Kind.String(), "panic", r,
 				"stack", string(debug.Stack()))
 		}
 	}()
-	c.opt.Observer.Observe(ctx, e)
+	c.opt.Events.Handle(ctx, e)
 }
 
 // log tells the Logger, if any, something an operator must hear.

@@ -4,8 +4,8 @@
 // these events into OpenTelemetry metrics and spans, and a few lines of your
 // own can turn them into anything else.
 //
-// An [Observer] is called on the goroutine that saw the event, synchronously:
-// keep it fast and never block in it. A nil Observer costs one comparison.
+// An [Handler] is called on the goroutine that saw the event, synchronously:
+// keep it fast and never block in it. A nil Handler costs one comparison.
 package observe
 
 import (
@@ -89,15 +89,15 @@ type Event struct {
 	Background bool
 }
 
-// Observer receives events. ctx is the ctx of the call the event belongs
+// Handler receives events. ctx is the ctx of the call the event belongs
 // to, or of the flight or refresh that runs for it, with the caller's
 // values (trace spans among them).
-type Observer interface {
-	Observe(ctx context.Context, e Event)
+type Handler interface {
+	Handle(ctx context.Context, e Event)
 }
 
-// Func adapts a function to an [Observer].
+// Func adapts a function to an [Handler].
 type Func func(ctx context.Context, e Event)
 
-// Observe calls f.
-func (f Func) Observe(ctx context.Context, e Event) { f(ctx, e) }
+// Handle calls f.
+func (f Func) Handle(ctx context.Context, e Event) { f(ctx, e) }

@@ -46,7 +46,7 @@ func BenchmarkObserve(b *testing.B) {
 
 	for _, c := range []struct {
 		name string
-		obs  *lsotel.Observer
+		obs  *lsotel.Handler
 		ctx  context.Context
 		ev   observe.Event
 	}{
@@ -65,7 +65,7 @@ func BenchmarkObserve(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				c.obs.Observe(c.ctx, c.ev)
+				c.obs.Handle(c.ctx, c.ev)
 			}
 		})
 	}
@@ -75,7 +75,7 @@ func BenchmarkObserve(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			ctx := context.Background()
 			for pb.Next() {
-				obs.Observe(ctx, e)
+				obs.Handle(ctx, e)
 			}
 		})
 	})

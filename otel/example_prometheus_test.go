@@ -46,8 +46,8 @@ func Example_prometheus() {
 	defer rdb.Close()
 
 	cache := fill.New(rdb, &fill.Options{
-		Prefix:   "example:",
-		Observer: lsotel.New(&lsotel.Options{MeterProvider: mp}),
+		Prefix: "example:",
+		Events: lsotel.New(&lsotel.Options{MeterProvider: mp}),
 	})
 	defer cache.Close()
 	for range 3 { // a miss and a load, then two hits

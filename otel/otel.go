@@ -1,9 +1,9 @@
 // Package otel turns the events of locksmith's fill and budget packages
-// into OpenTelemetry metrics and spans. Make one [Observer] per process and
+// into OpenTelemetry metrics and spans. Make one [Handler] per process and
 // hand it to every cache and budget:
 //
 //	obs := otel.New(nil) // the global MeterProvider and TracerProvider
-//	cache := fill.New(rdb, &fill.Options{Observer: obs})
+//	cache := fill.New(rdb, &fill.Options{Events: obs})
 //
 // Metrics carry the event's source ("fill" or "budget"), its name (the
 // cache's prefix or the budget's name), and where it applies whether the
@@ -62,7 +62,7 @@ const (
 	PauseKey = attribute.Key("locksmith.pause.duration")
 )
 
-// Options configure an [Observer].
+// Options configure an [Handler].
 type Options struct {
 	// MeterProvider makes the instruments.
 	// default: the global MeterProvider (otel.GetMeterProvider)
@@ -79,10 +79,10 @@ type Options struct {
 	LookupSpans bool
 }
 
-// Observer is an [observe.Observer] that records events as OpenTelemetry
+// Handler is an [observe.Handler] that records events as OpenTelemetry
 // metrics and spans. It is safe for concurrent use, and holds no
 // goroutine: there is nothing to close.
-type Observer struct {
+type Handler struct {
 	tracer      trace.Tracer
 	lookupSpans bool
 
@@ -104,7 +104,7 @@ type Observer struct {
 	names sync.Map               // nameKey → *series
 }
 
-var _ observe.Observer = (*Observer)(nil)
+var _ observe.Handler = (*Handler)(nil)
 
 // durationBounds are the histogram buckets of durations, in seconds: from a
 // millisecond to the 120 s default of a fill lock's lease.
@@ -116,11 +116,11 @@ var outageBounds = []float64{0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600}
 // batchBounds are the buckets of batch sizes, in keys.
 var batchBounds = []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000}
 
-// New returns an Observer whose instruments and tracer come from opt's
+// New returns a Handler whose instruments and tracer come from opt's
 // providers. A nil opt gives the defaults. An instrument the MeterProvider
 // refuses is reported to the global error handler (otel.Handle) and
-// records nothing; the Observer works without it.
-func New(opt *Options) *Observer {
+// records nothing; the Handler works without it.
+func New(opt *Options) *Handler {
 	var o Options
 	if opt != nil {
 		o = *opt
@@ -132,7 +132,7 @@ func New(opt *Options) *Observer {
 		o.TracerProvider = gotel.GetTracerProvider()
 	}
 	m := o.MeterProvider.Meter(ScopeName, metric.WithSchemaURL(semconv.SchemaURL))
-	ob := &Observer{
+	ob := &Handler{
 		tracer:      o.TracerProvider.Tracer(ScopeName, trace.WithSchemaURL(semconv.SchemaURL)),
 		lookupSpans: o.LookupSpans,
 	}
@@ -180,8 +180,8 @@ func New(opt *Options) *Observer {
 	return ob
 }
 
-// Observe records e. It implements [observe.Observer].
-func (o *Observer) Observe(ctx context.Context, e observe.Event) {
+// Handle records e. It implements [observe.Handler].
+func (o *Handler) Handle(ctx context.Context, e observe.Event) {
 	s := o.series(e.Source, e.Name)
 	err, absent := e.Err, false
 	if e.Kind == observe.Load && isAbsent(err) {
@@ -236,7 +236,7 @@ func (o *Observer) Observe(ctx context.Context, e observe.Event) {
 
 // span records work that ended now after d as a span, child of the span in
 // ctx, with err recorded on it.
-func (o *Observer) span(ctx context.Context, name string, d time.Duration, err error, attrs []attribute.KeyValue) {
+func (o *Handler) span(ctx context.Context, name string, d time.Duration, err error, attrs []attribute.KeyValue) {
 	end := time.Now()
 	_, span := o.tracer.Start(ctx, name, trace.WithTimestamp(end.Add(-d)),
 		trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(attrs...))
@@ -293,7 +293,7 @@ type series struct {
 }
 
 // series returns the series of source and name, making it on first use.
-func (o *Observer) series(source, name string) *series {
+func (o *Handler) series(source, name string) *series {
 	if s := o.last.Load(); s != nil && s.source == source && s.name == name {
 		return s
 	}

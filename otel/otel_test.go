@@ -31,9 +31,9 @@ import (
 
 const prefix = "t:"
 
-// env is an Observer on in-memory SDK providers.
+// env is an events handler on in-memory SDK providers.
 type env struct {
-	obs    *lsotel.Observer
+	obs    *lsotel.Handler
 	reader *sdkmetric.ManualReader
 	spans  *tracetest.SpanRecorder
 	tracer trace.Tracer // for the callers' spans
@@ -60,7 +60,7 @@ func newEnv(t *testing.T, opt *lsotel.Options) *env {
 
 // cache returns a Cache on a new miniredis, observed by e.obs (or by obs,
 // if given).
-func (e *env) cache(t *testing.T, s *miniredis.Miniredis, obs observe.Observer) *fill.Cache {
+func (e *env) cache(t *testing.T, s *miniredis.Miniredis, obs observe.Handler) *fill.Cache {
 	t.Helper()
 	if s == nil {
 		s = miniredis.RunT(t)
@@ -70,7 +70,7 @@ func (e *env) cache(t *testing.T, s *miniredis.Miniredis, obs observe.Observer) 
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: s.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
-	c := fill.New(rdb, &fill.Options{Prefix: prefix, Observer: obs})
+	c := fill.New(rdb, &fill.Options{Prefix: prefix, Events: obs})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
@@ -381,7 +381,7 @@ func TestWaitRemote(t *testing.T) {
 	a := e.cache(t, s, nil)
 	missed := make(chan struct{}, 1)
 	b := e.cache(t, s, observe.Func(func(ctx context.Context, ev observe.Event) {
-		e.obs.Observe(ctx, ev)
+		e.obs.Handle(ctx, ev)
 		if ev.Kind == observe.Miss {
 			missed <- struct{}{}
 		}
@@ -531,7 +531,7 @@ func TestSyntheticEvents(t *testing.T) {
 	ev.Duration = 3 * time.Second
 	events = append(events, ev)
 	for _, ev := range events {
-		e.obs.Observe(ctx, ev)
+		e.obs.Handle(ctx, ev)
 	}
 
 	ms := e.collect(t)
@@ -614,7 +614,7 @@ func TestErrorType(t *testing.T) {
 	} {
 		t.Run(c.want, func(t *testing.T) {
 			e := newEnv(t, nil)
-			e.obs.Observe(context.Background(), observe.Event{Kind: observe.Load, Source: "fill", Name: prefix, Err: c.err})
+			e.obs.Handle(context.Background(), observe.Event{Kind: observe.Load, Source: "fill", Name: prefix, Err: c.err})
 			ms := e.collect(t)
 			only(t, ms, "locksmith.load.duration", fillSource, fillName, lsotel.BackgroundKey.Bool(false),
 				lsotel.AbsentKey.Bool(false), errorType.String(c.want))
@@ -642,7 +642,7 @@ func TestGlobalProviders(t *testing.T) {
 		_ = mp.Shutdown(context.Background())
 		_ = tp.Shutdown(context.Background())
 	})
-	obs.Observe(context.Background(), observe.Event{Kind: observe.Load, Source: "fill", Name: prefix, Duration: time.Millisecond})
+	obs.Handle(context.Background(), observe.Event{Kind: observe.Load, Source: "fill", Name: prefix, Duration: time.Millisecond})
 	e := &env{obs: obs, reader: reader, spans: spans}
 	ms := e.collect(t)
 	if p := only(t, ms, "locksmith.load.duration", fillSource, fillName, lsotel.BackgroundKey.Bool(false),
@@ -661,7 +661,7 @@ func TestConcurrentNames(t *testing.T) {
 		wg.Go(func() {
 			for i := range 100 {
 				name := fmt.Sprint("cache", (g+i)%3)
-				e.obs.Observe(context.Background(), observe.Event{Kind: observe.Hit, Source: "fill", Name: name})
+				e.obs.Handle(context.Background(), observe.Event{Kind: observe.Hit, Source: "fill", Name: name})
 			}
 		})
 	}
