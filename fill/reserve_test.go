@@ -280,3 +280,51 @@ func TestRefreshReservation(t *testing.T) {
 		t.Errorf("tokens booked = %d; want about 210, the refresh's 200 settled", n)
 	}
 }
+
+// TestLoadReserveRoundTrips: a load under a budget costs the budget the
+// round trip of its reservation, as a Wait did, and no more when the call
+// spent what was estimated (one call by default); one more to settle a
+// figure that differs.
+func TestLoadReserveRoundTrips(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	var h tripHook
+	rdb.AddHook(&h)
+	b := budget.New(rdb, "api", budget.Limit{Rate: 1000, Burst: 100}, &budget.Options{
+		Meters: map[string][]budget.Limit{"tokens": {{Rate: 1000, Per: time.Minute, Burst: 1000}}},
+	})
+	t.Cleanup(func() { _ = b.Close() })
+	c := newCache(t, s.Client(t, nil), &fill.Options{Budget: b})
+	ctx := redistest.Context(t, 20*time.Second)
+	spending := func(n int64) func(context.Context) (int, error) {
+		return func(ctx context.Context) (int, error) {
+			if n >= 0 {
+				budget.FromContext(ctx).Spent(tokens(n))
+			}
+			return 1, nil
+		}
+	}
+	// Loads the scripts.
+	if _, err := fill.Get(ctx, c, "warm", spending(5), fill.WithCost(tokens(10))); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		key   string
+		load  func(context.Context) (int, error)
+		opts  []fill.Option
+		calls int64
+	}{
+		{"one call", spending(-1), nil, 1},
+		{"as estimated", spending(10), []fill.Option{fill.WithCost(tokens(10))}, 1},
+		{"no Spent", spending(-1), []fill.Option{fill.WithCost(tokens(10))}, 1},
+		{"more than estimated", spending(20), []fill.Option{fill.WithCost(tokens(10))}, 2},
+	} {
+		before := h.n.Load()
+		if _, err := fill.Get(ctx, c, tt.key, tt.load, tt.opts...); err != nil {
+			t.Fatal(err)
+		}
+		if n := h.n.Load() - before; n != tt.calls {
+			t.Errorf("%s: %d budget round trips; want %d", tt.key, n, tt.calls)
+		}
+	}
+}
