@@ -98,10 +98,10 @@
 // completes every prompt, about 2.6 minutes of tokens at 96 to 99% of the
 // TPM over its run, paying a few 429s for tokens (6 to 20 in the runs
 // measured) and the pause after each. Fill+tokens gets no 429 at all and
-// calls the API exactly once per prompt, at about 84% of the TPM over its
-// run: the half minute of tokens it keeps as a margin at the start is the
-// share it leaves unused, and its p99 latency is lower than
-// fill+requests', which waits out the pauses. Naive's and fill's figures vary from
+// calls the API exactly once per prompt, at 81 to 84% of the TPM over its
+// run (three seeds): the half minute of tokens it keeps as a margin at the
+// start is the share it leaves unused, so it ends later than
+// fill+requests, but its p99 latency is lower, not waiting out pauses. Naive's and fill's figures vary from
 // run to run (naive made 625 to 739 calls in four runs): they depend on
 // which requests miss together.
 //
