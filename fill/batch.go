@@ -30,10 +30,11 @@ type BatchOptions struct {
 	// default: 2ms
 	Window time.Duration
 
-	// CostPerKey makes a batch wait for one budget slot per key instead of
-	// one per call, for an upstream whose limit counts ids rather than
-	// requests.
-	// default: false (one slot per loader call)
+	// CostPerKey makes a batch loader call reserve one call's cost (one
+	// call, or WithCost's) per key instead of one per loader call, for an
+	// upstream whose limit counts ids rather than requests: a call of n keys
+	// books n times the cost, in one reservation.
+	// default: false (one call's cost per loader call)
 	CostPerKey bool
 }
 
@@ -97,8 +98,9 @@ func (e *BatchError) Unwrap() []error {
 // by default; see [WithBatchOptions]); keys another server is
 // loading are awaited by push, as Get awaits them (subscribed together and
 // looked at again in one more pipelined round trip once subscribed); keys
-// already in flight in this process join that flight. Each loader call waits for the budget
-// once (see BatchOptions.CostPerKey). A key whose fill lock is lost during
+// already in flight in this process join that flight. Each loader call reserves its cost
+// in the budget once (see [WithCost] and BatchOptions.CostPerKey), and its ctx carries
+// the reservation (budget.FromContext). A key whose fill lock is lost during
 // the load gets its value but does not store it, as with Get; the loader's
 // ctx ends (cause wrapping lock.ErrNotHeld) once the locks of all its keys
 // are lost.
@@ -249,7 +251,7 @@ func (b *batch[T]) run(caller context.Context, items []batchItem, cl callOptions
 			wg.Go(func() { b.lead(fctx, chunk, cl, j, &wg) })
 		}
 		for chunk := range slices.Chunk(open, b.opt.MaxSize) {
-			wg.Go(func() { b.failOpen(fctx, chunk) })
+			wg.Go(func() { b.failOpen(fctx, chunk, cl) })
 		}
 		wg.Wait()
 	}()
@@ -377,7 +379,7 @@ type batchLook struct {
 }
 
 // failOpen loads chunk without the fleet-wide lock: Redis is unavailable.
-func (b *batch[T]) failOpen(ctx context.Context, chunk []*batchLook) {
+func (b *batch[T]) failOpen(ctx context.Context, chunk []*batchLook, cl callOptions) {
 	c := b.c
 	c.stats.failOpens.Add(uint64(len(chunk)))
 	c.event(ctx, observe.Event{Kind: observe.FailOpen, N: len(chunk), Err: chunk[0].err})
@@ -387,7 +389,7 @@ func (b *batch[T]) failOpen(ctx context.Context, chunk []*batchLook) {
 	}
 	wctx, wcancel := chunkPatience(ctx, chunk)
 	defer wcancel()
-	out, _ := b.loadChunk(ctx, wctx, len(keys), func(ctx context.Context) (any, error) { return b.call(ctx, keys) })
+	out, _ := b.loadChunk(ctx, wctx, len(keys), cl.cost, func(ctx context.Context) (any, error) { return b.call(ctx, keys) })
 	m, _ := out.val.(map[string]T)
 	outcomes := make([]flight.Outcome, len(chunk))
 	for i, l := range chunk {
@@ -402,19 +404,25 @@ func (b *batch[T]) failOpen(ctx context.Context, chunk []*batchLook) {
 	b.land(chunk, outcomes, out.panicked)
 }
 
-// loadChunk runs a batch loader call of n keys, run, once its budget
-// allows, and again while the upstream rate-limits and someone waits, as
-// [Cache.load] does for one key.
-func (b *batch[T]) loadChunk(ctx, wctx context.Context, n int, run func(context.Context) (any, error)) (outcome, time.Duration) {
-	c := b.c
-	if bud := c.budget(ctx); bud != nil && b.opt.CostPerKey {
-		// One slot per key: all but the last waited for here, the last
-		// by load.
-		for range n - 1 {
-			if err := bud.Wait(wctx, budget.Foreground); err != nil {
-				return outcome{err: fmt.Errorf("fill: a batch of %d keys: waiting for the budget: %w", n, err)}, 0
-			}
+// loadChunk runs a batch loader call of n keys, run, under a reservation
+// of cost (n times cost with CostPerKey), once its budget allows, and again
+// while the upstream rate-limits and someone waits, as [Cache.load] does
+// for one key.
+func (b *batch[T]) loadChunk(ctx, wctx context.Context, n int, cost budget.Cost, run func(context.Context) (any, error)) (outcome, time.Duration) {
+	if b.opt.CostPerKey {
+		cost = scaleCost(cost, n)
+	}
+	return b.c.load(ctx, wctx, fmt.Sprintf("a batch of %d keys", n), run, budget.Foreground, cost)
+}
+
+// scaleCost returns n times c: c.Calls (0 meaning 1) and each meter's units.
+func scaleCost(c budget.Cost, n int) budget.Cost {
+	out := budget.Cost{Calls: max(c.Calls, 1) * n}
+	if len(c.Meters) > 0 {
+		out.Meters = make(map[string]int64, len(c.Meters))
+		for name, units := range c.Meters {
+			out.Meters[name] = units * int64(n)
 		}
 	}
-	return c.load(ctx, wctx, fmt.Sprintf("a batch of %d keys", n), run, budget.Foreground)
+	return out
 }

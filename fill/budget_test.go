@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -154,11 +156,13 @@ func TestNoLoadForNobody(t *testing.T) {
 	}
 }
 
-// TestBatchWaitsOnce: a batch loader call waits for the budget once (or
-// once per key, with CostPerKey).
+// TestBatchWaitsOnce: a batch loader call reserves once, one call (or one
+// call per key, with CostPerKey, booked in that one reservation).
 func TestBatchWaitsOnce(t *testing.T) {
 	s := redistest.Start(t, nil)
-	b := newBudget(t, s, "api", budget.Limit{Rate: 1000, Burst: 20})
+	// One call per 6 minutes, a burst of 20: the calls booked are the
+	// minutes the budget's tat lies ahead of now, divided by 6.
+	b := newBudget(t, s, "api", budget.Limit{Rate: 10, Per: time.Hour, Burst: 20})
 	c := newCache(t, s.Client(t, nil), &fill.Options{Budget: b})
 	ctx := redistest.Context(t, 20*time.Second)
 	load := func(_ context.Context, keys []string) (map[string]int, error) {
@@ -175,13 +179,48 @@ func TestBatchWaitsOnce(t *testing.T) {
 	if w := b.Stats().Waits; w != 1 {
 		t.Errorf("budget waits = %d for one batch call; want 1", w)
 	}
+	if n := callsBooked(t, s, "__locksmith:{api}:budget", 6*time.Minute); n != 1 {
+		t.Errorf("calls booked = %d for one batch call; want 1", n)
+	}
 	more := []string{"f", "g", "h"}
 	if _, err := fill.GetMany(ctx, c, more, load, fill.WithBatchOptions(&fill.BatchOptions{CostPerKey: true})); err != nil {
 		t.Fatal(err)
 	}
-	if w := b.Stats().Waits; w != 1+3 {
-		t.Errorf("budget waits = %d; want 1 + one per key of the second batch", w)
+	if w := b.Stats().Waits; w != 2 {
+		t.Errorf("budget waits = %d; want 2, one reservation per loader call", w)
 	}
+	if n := callsBooked(t, s, "__locksmith:{api}:budget", 6*time.Minute); n != 1+3 {
+		t.Errorf("calls booked = %d; want 1 + one per key of the second batch", n)
+	}
+}
+
+// callsBooked returns how many emission intervals of per the field f
+// (default "tat") of the budget hash key lies ahead of the Redis clock,
+// rounded: the units booked in a dimension since a quiet spell.
+func callsBooked(t *testing.T, s *redistest.Server, key string, per time.Duration, f ...string) int64 {
+	t.Helper()
+	field := "tat"
+	if len(f) > 0 {
+		field = f[0]
+	}
+	v, _ := s.Do(t, "HGET", key, field).(string)
+	tat, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		t.Fatalf("HGET %s %s = %q: %v", key, field, v, err)
+	}
+	return int64(math.Round(float64(tat-redisMicros(t, s)) / float64(per.Microseconds())))
+}
+
+// redisMicros returns the Redis clock in µs.
+func redisMicros(t *testing.T, s *redistest.Server) int64 {
+	t.Helper()
+	reply, _ := s.Do(t, "TIME").([]any)
+	if len(reply) != 2 {
+		t.Fatalf("TIME = %v", reply)
+	}
+	sec, _ := strconv.ParseInt(fmt.Sprint(reply[0]), 10, 64)
+	us, _ := strconv.ParseInt(fmt.Sprint(reply[1]), 10, 64)
+	return sec*1e6 + us
 }
 
 // TestBatcherBehindBudget: keys that arrive while a batch waits for its

@@ -39,7 +39,7 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
 	defer scancel()
 	var ov ttlOverride
-	out, took := b.loadChunk(context.WithValue(lctx, ttlKey{}, &ov), wctx, len(chunk), ch.run)
+	out, took := b.loadChunk(context.WithValue(lctx, ttlKey{}, &ov), wctx, len(chunk), cl.cost, ch.run)
 	lost := make([]error, len(ch.looks))
 	for i, k := range ch.keepers {
 		lost[i] = k.Stop()
@@ -120,7 +120,7 @@ func (ch *chunkLoad[T]) absorb() {
 		ch.add(l)
 	}
 	if len(open) > 0 {
-		wg.Go(func() { b.failOpen(ctx, open) })
+		wg.Go(func() { b.failOpen(ctx, open, ch.cl) })
 	}
 }
 

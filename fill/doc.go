@@ -45,6 +45,22 @@
 // Stores and deletes also publish on the channel P + "invalidate", which
 // in-process tiers listen to.
 //
+// # Rate budget
+//
+// With Options.Budget, every load reserves what its upstream call is
+// expected to spend ([budget.Budget.Reserve]: one call, or [WithCost]'s
+// estimate, such as an LLM call's tokens) before it runs the loader,
+// Foreground for a caller's load and Background for a refresh, and runs the
+// loader with the reservation in its ctx: the loader reads it with
+// budget.FromContext, and reports what the call really spent with
+// Reservation.Spent (usage.total_tokens, say). When the loader returns,
+// whatever it returned, the call was made: fill ends the reservation with
+// Done, which settles Spent against the estimate (no round trip when they
+// agree, so a load of one call costs what a Wait did). A reservation
+// granted once its load is no longer wanted (nobody waits any more, the
+// Cache closed) is cancelled, and the loader not called. A batch loader
+// call ([GetMany], [Batcher]) reserves once for the call.
+//
 // # Failures
 //
 // A loader error is not cached: the lock is released and the failure

@@ -27,7 +27,7 @@ func (c *Cache) failOpen(ctx, wctx context.Context, j *job, cause error) outcome
 	if tell {
 		c.log("loading without the fleet-wide lock: redis unavailable", "err", cause)
 	}
-	out, _ := c.load(ctx, wctx, key, j.load, budget.Foreground)
+	out, _ := c.load(ctx, wctx, key, j.load, budget.Foreground, j.cl.cost)
 	if out.err != nil && context.Cause(ctx) == ErrClosed {
 		return outcome{err: ErrClosed}
 	}
@@ -36,26 +36,30 @@ func (c *Cache) failOpen(ctx, wctx context.Context, j *job, cause error) outcome
 
 // load runs the loader once its budget allows, again while the upstream
 // rate-limits and its callers wait, and returns its outcome and how long
-// the last call took. A load that nobody waits for any more (wctx ended)
-// before it starts is not started. key names the load in events and
-// errors: a batch's is "a batch of N keys".
-func (c *Cache) load(ctx, wctx context.Context, key string, run func(context.Context) (any, error), p budget.Priority) (outcome, time.Duration) {
+// the last call took. Each call of the loader runs under a reservation of
+// cost in the budget, of priority p, carried by the loader's ctx and done
+// when the loader returns. A load that nobody waits for any more (wctx
+// ended) before it starts is not started, and its reservation is
+// cancelled. key names the load in events and errors: a batch's is "a
+// batch of N keys".
+func (c *Cache) load(ctx, wctx context.Context, key string, run func(context.Context) (any, error), p budget.Priority, cost budget.Cost) (outcome, time.Duration) {
 	bg := p == budget.Background
 	bud := c.budget(ctx)
 	for {
-		if b := bud; b != nil {
-			start := time.Now()
-			err := b.Wait(wctx, p)
-			c.event(ctx, observe.Event{Kind: observe.BudgetWait, Key: key, Duration: time.Since(start), Err: err, Background: bg})
-			if err != nil {
-				if context.Cause(ctx) == ErrClosed {
-					err = ErrClosed
-				}
-				return outcome{err: fmt.Errorf("fill: %s: waiting for the budget: %w", redisx.Quote(key), err)}, 0
+		lctx := ctx
+		var res *budget.Reservation
+		if bud != nil {
+			var err error
+			if res, err = c.reserve(ctx, wctx, bud, key, p, cost); err != nil {
+				return outcome{err: err}, 0
 			}
+			lctx = budgetctx.WithReservation(ctx, res)
+		} else if budget.FromContext(ctx) != nil {
+			// Not the reservation of a load this one runs under.
+			lctx = budgetctx.WithReservation(ctx, nil)
 		}
 		start := time.Now()
-		out := protect(ctx, run)
+		out := c.runReserved(lctx, run, res)
 		took := time.Since(start)
 		c.stats.loads.Add(1)
 		loadErr := out.err
@@ -80,6 +84,47 @@ func (c *Cache) load(ctx, wctx context.Context, key string, run func(context.Con
 			c.log("pausing the budget failed", "err", err)
 		}
 	}
+}
+
+// reserve books a loader call of cost in bud, within wctx. A reservation
+// whose load is no longer wanted once it is granted (nobody waits any more,
+// the Cache closed, the load's ctx ended) is cancelled: the call is not
+// made.
+func (c *Cache) reserve(ctx, wctx context.Context, bud *budget.Budget, key string, p budget.Priority, cost budget.Cost) (*budget.Reservation, error) {
+	start := time.Now()
+	res, err := bud.Reserve(wctx, p, cost)
+	c.event(ctx, observe.Event{Kind: observe.BudgetWait, Key: key, Duration: time.Since(start), Err: err, Background: p == budget.Background})
+	if err == nil {
+		if err = context.Cause(ctx); err == nil {
+			err = wctx.Err()
+		}
+		if err != nil {
+			if cerr := res.Cancel(ctx); cerr != nil {
+				c.log("cancelling a budget reservation failed", "key", key, "err", cerr)
+			}
+		}
+	}
+	if err != nil {
+		if context.Cause(ctx) == ErrClosed {
+			err = ErrClosed
+		}
+		return nil, fmt.Errorf("fill: %s: waiting for the budget: %w", redisx.Quote(key), err)
+	}
+	return res, nil
+}
+
+// runReserved runs the loader on ctx, then ends its reservation res, if
+// not nil, as done: the call was made, whatever it returned (a panic and
+// runtime.Goexit included).
+func (c *Cache) runReserved(ctx context.Context, run func(context.Context) (any, error), res *budget.Reservation) outcome {
+	if res != nil {
+		defer func() {
+			if err := res.Done(ctx); err != nil {
+				c.log("settling a budget reservation failed", "err", err)
+			}
+		}()
+	}
+	return protect(ctx, run)
 }
 
 // budget returns the budget the loads of a flight on ctx wait for: the one

@@ -93,9 +93,14 @@ type Options struct {
 	// default: false (fail open)
 	FailClosed bool
 
-	// Budget, if not nil, is the upstream's rate budget: every load waits
-	// for a slot first (Foreground; refreshes Background), within its
-	// callers' patience: a load nobody waits for any more is not started.
+	// Budget, if not nil, is the upstream's rate budget: every load
+	// reserves its cost first (budget.Budget.Reserve: Foreground;
+	// refreshes Background; one call unless WithCost says more), within its
+	// callers' patience: a load nobody waits for any more is not started,
+	// and its reservation is cancelled. The loader runs with the
+	// reservation in its ctx (budget.FromContext), where it reports what
+	// the call really spent (Reservation.Spent); the reservation is done
+	// when the loader returns, whatever it returned.
 	// A loader error wrapping budget.ErrRateLimited pauses the budget for
 	// its RetryAfter, and the same flight, still holding the fill lock,
 	// loads again when the budget allows; it fails, with an error wrapping
@@ -181,6 +186,7 @@ type Option interface {
 type callOptions struct {
 	ttl, negativeTTL time.Duration
 	batch            *BatchOptions // GetMany's, from WithBatchOptions
+	cost             budget.Cost   // a load's estimate, from WithCost
 }
 
 // callOptions returns the options of a call given opts.
@@ -203,6 +209,19 @@ func WithTTL(d time.Duration) Option {
 			c.ttl = d
 		}
 	})
+}
+
+// WithCost gives the budget what this call's load is expected to spend:
+// its estimate, which the load reserves before it calls the upstream (see
+// Options.Budget). A loader that learns what the call really spent (an LLM
+// response's usage.total_tokens, say) reports it to the reservation, which
+// it reads with budget.FromContext(ctx): Reservation.Spent. With GetMany, c
+// is the cost of one loader call (of each key's, with
+// BatchOptions.CostPerKey). A cost the budget cannot book (a meter it does
+// not have, negative figures) fails the load.
+// default: one call, no meter
+func WithCost(c budget.Cost) Option {
+	return optionFunc(func(cl *callOptions) { cl.cost = c })
 }
 
 // WithBatchOptions sets the options of a [GetMany] call's batches; a

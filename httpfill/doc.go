@@ -52,9 +52,10 @@
 // Every other method; a GET or HEAD with a body, with a Range, If-* or
 // Upgrade header, or with Cache-Control no-cache or max-age=0 (or Pragma
 // no-cache), which asks for the upstream's own answer; and a request whose
-// Key is "". Such a request goes to Options.Base as it is, unmerged, after
-// waiting for Options.Budget, and its response, whatever its status, or its
-// error, comes back as Base returned it.
+// Key is "". Such a request goes to Options.Base unmerged, after reserving
+// its cost in Options.Budget (its ctx then carries the reservation), and
+// its response, whatever its status, or its error, comes back as Base
+// returned it.
 //
 // # Responses
 //
@@ -65,12 +66,19 @@
 //
 // # Rate limits
 //
-// Every call to the upstream, loaded or passed through, waits for
-// Options.Budget first (by default the Cache's budget, fill.Options.Budget),
-// and its response is reported to the budget's Observe: a 429 pauses the
-// budget fleet-wide, once, for its Retry-After (read by
-// [budget.RetryAfter]: a wait over 24 hours is malformed), else until the
-// rate limit's reset, else for one Per. A load that met the 429 is retried
+// Every call to the upstream, loaded or passed through, reserves its cost in
+// Options.Budget first (by default the Cache's budget, fill.Options.Budget):
+// [Options].Cost's estimate of the request, one call by default, such as
+// the tokens an LLM request will take. The request Base is given carries
+// the reservation in its ctx (budget.FromContext), so a Base that learns
+// what the call really spent reports it (Reservation.Spent) before it
+// returns; the reservation is done, settling what was spent, once Base
+// has returned. Each response is reported to the budget through the
+// reservation (Reservation.Observe): rate-limit headers such as OpenAI's
+// x-ratelimit-remaining-tokens cap what the fleet books before the reset,
+// and a 429 pauses the budget fleet-wide, once, for its Retry-After (read
+// by [budget.RetryAfter]: a wait over 24 hours is malformed), else until
+// the rate limit's reset, else for one Per. A load that met the 429 is retried
 // by the same flight once the pause is over, for as long as one of its
 // callers waits; the Transport's budget governs its loads whatever budget
 // the Cache has, or none. A caller that gives up meanwhile, on the server

@@ -25,10 +25,15 @@ type Options struct {
 	// default: http.DefaultTransport
 	Base http.RoundTripper
 
-	// Budget is the upstream's rate budget. Every upstream call waits for
-	// it first, loads and pass-throughs alike; every upstream response is
-	// reported to its Observe; and a load that meets a 429 is retried,
-	// once the pause it caused is over, while one of its callers waits.
+	// Budget is the upstream's rate budget. Every upstream call reserves
+	// its cost (see Cost) first, loads and pass-throughs alike, and runs
+	// under that reservation: the request's ctx carries it
+	// (budget.FromContext), so a Base that learns what the call really
+	// spent reports it (Reservation.Spent) before it returns; every
+	// upstream response is reported to the budget through the reservation
+	// (Reservation.Observe), which is done once Base has returned; and a
+	// load that meets a 429 is retried, once the pause it caused is over,
+	// while one of its callers waits.
 	// It governs the Transport's loads whatever the Cache holds: in place
 	// of the Cache's own budget (fill.Options.Budget), if it has another,
 	// or none. Requests of one key merged from Transports with different
@@ -36,6 +41,13 @@ type Options struct {
 	// default: the Cache's budget (nil when it has none: nothing waits,
 	// nothing is observed)
 	Budget *budget.Budget
+
+	// Cost returns what a request to the upstream is expected to spend of
+	// Budget: its estimate, reserved before the request goes (with a
+	// load, the cost of the request that started it). It is not called
+	// without a budget.
+	// default: one call, no meter
+	Cost func(req *http.Request) budget.Cost
 
 	// TTL is how long a response is cached when it says nothing of its
 	// freshness: no Cache-Control s-maxage or max-age, no Expires.
@@ -137,6 +149,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.opt.TTL > 0 {
 		opts = append(opts, fill.WithTTL(t.opt.TTL))
 	}
+	if t.opt.Cost != nil && t.opt.Budget != nil {
+		opts = append(opts, fill.WithCost(t.opt.Cost(req)))
+	}
 	// own is a response this request's load got for this request only.
 	var own atomic.Pointer[entry]
 	fctx := ctx
@@ -175,31 +190,48 @@ func (t *Transport) key(req *http.Request) string {
 	return t.opt.Key(req)
 }
 
-// pass sends req to Base, once the budget allows.
+// pass sends req to Base under a reservation of its cost in the budget,
+// done once Base returned.
 func (t *Transport) pass(req *http.Request) (*http.Response, error) {
-	if b := t.opt.Budget; b != nil {
-		if err := b.Wait(req.Context(), budget.Foreground); err != nil {
-			if req.Body != nil {
-				_ = req.Body.Close()
-			}
-			return nil, fmt.Errorf("httpfill: waiting for the budget: %w", err)
-		}
+	b := t.opt.Budget
+	if b == nil {
+		return t.opt.Base.RoundTrip(req)
 	}
-	resp, err := t.opt.Base.RoundTrip(req)
+	cost := budget.Cost{}
+	if t.opt.Cost != nil {
+		cost = t.opt.Cost(req)
+	}
+	ctx := req.Context()
+	res, err := b.Reserve(ctx, budget.Foreground, cost)
+	if err != nil {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, fmt.Errorf("httpfill: waiting for the budget: %w", err)
+	}
+	// Done settles even when ctx has ended, and its error, like
+	// Observe's, is no reason to fail the request.
+	defer func() { _ = res.Done(ctx) }()
+	out := req.WithContext(budgetctx.WithReservation(ctx, res))
+	resp, err := t.opt.Base.RoundTrip(out)
 	if err != nil {
 		return nil, err
 	}
-	t.observe(req.Context(), resp)
+	// The caller's request, as if Base had been given it.
+	if resp.Request == out {
+		resp.Request = req
+	}
+	observe(ctx, res, resp)
 	return resp, nil
 }
 
-// observe reports an upstream response to the budget, and whether the
-// budget took it. A budget that cannot record it is no reason to fail the
-// request: the error is dropped (Redis down, the budget keeps a pause in
-// this process and returns nil).
-func (t *Transport) observe(ctx context.Context, resp *http.Response) bool {
-	b := t.opt.Budget
-	return b != nil && b.Observe(ctx, resp.Header, resp.StatusCode) == nil
+// observe reports an upstream response to the budget through the call's
+// reservation, and whether the budget took it: false without a budget. A
+// budget that cannot record it is no reason to fail the request: the error
+// is dropped (Redis down, the budget keeps a pause in this process and
+// returns nil).
+func observe(ctx context.Context, res *budget.Reservation, resp *http.Response) bool {
+	return res != nil && res.Observe(ctx, resp.Header, resp.StatusCode) == nil
 }
 
 // load is the loader of a GET or HEAD: it sends req upstream on the
@@ -219,7 +251,9 @@ func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers, ow
 		return nil, err
 	}
 	defer resp.Body.Close()
-	observed := t.observe(ctx, resp)
+	// The load runs under the reservation fill made for it in the
+	// Transport's budget.
+	observed := observe(ctx, budget.FromContext(ctx), resp)
 	now := time.Now()
 	if resp.StatusCode == http.StatusTooManyRequests {
 		// Observe paused the budget for the 429: Observed keeps fill's

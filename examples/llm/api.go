@@ -402,9 +402,9 @@ func (e *rateLimitedError) Unwrap() error { return e.limited }
 type apiClient struct {
 	hc   *http.Client
 	base string
-	// budget, if not nil, is told of every response the API gives: its
-	// Observe reads the rate-limit headers and the status.
-	budget *budget.Budget
+	// meterTokens says that the budget a load runs under meters tokens:
+	// each call reports to its reservation the tokens it used.
+	meterTokens bool
 	// usage, if not nil, is told of every completion received.
 	usage *usageLog
 }
@@ -436,14 +436,19 @@ func (c *apiClient) complete(ctx context.Context, prompt string) (Completion, er
 		return Completion{}, err
 	}
 	defer resp.Body.Close()
-	if c.budget != nil {
-		// A budget that cannot record the response (Redis down) is no
-		// reason to fail the request, which has its answer.
-		_ = c.budget.Observe(ctx, resp.Header, resp.StatusCode)
-	}
+	// A load under a budget runs under its reservation: the response's
+	// rate-limit headers and status go to the budget through it. A budget
+	// that cannot record them (Redis down) is no reason to fail the
+	// request, which has its answer.
+	res := budget.FromContext(ctx)
+	_ = res.Observe(ctx, resp.Header, resp.StatusCode)
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests:
+		if c.meterTokens {
+			// Refused at the door: the call used no tokens.
+			res.Spent(budget.Cost{Meters: map[string]int64{meterTokens: 0}})
+		}
 		secs, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
 		var e struct {
 			Error struct {
@@ -461,6 +466,9 @@ func (c *apiClient) complete(ctx context.Context, prompt string) (Completion, er
 	var cmpl Completion
 	if err := json.Unmarshal(b, &cmpl); err != nil {
 		return Completion{}, fmt.Errorf("completion API: decoding the completion: %w", err)
+	}
+	if c.meterTokens {
+		res.Spent(budget.Cost{Meters: map[string]int64{meterTokens: cmpl.Usage.TotalTokens}})
 	}
 	c.usage.add(prompt, cmpl.Usage.TotalTokens)
 	return cmpl, nil

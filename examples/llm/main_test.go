@@ -37,7 +37,7 @@ var small = []string{"-servers", "4", "-requests", "300", "-prompts", "40", "-la
 	"-concurrency", "64", "-rpm", "1000000", "-tpm", "1000000000000"}
 
 // allModes are the modes a run without -modes runs, in order.
-var allModes = []string{"naive", "fill", "fill+requests"}
+var allModes = []string{"naive", "fill", "fill+requests", "fill+tokens"}
 
 // jsonOut is the output of -json, each result both decoded into a result
 // and kept as its raw fields.
@@ -85,8 +85,8 @@ func runDemo(t *testing.T, args ...string) (jsonOut, map[string]result) {
 		if _, ok := fields["fill_stats"]; ok != (mode != naive) {
 			t.Errorf("results[%q] fill_stats present: %v; want them in the modes on fill alone", mode, ok)
 		}
-		if _, ok := fields["budget"]; ok != (mode == "fill+requests") {
-			t.Errorf("results[%q] budget present: %v; want it in the mode with a budget alone", mode, ok)
+		if _, ok := fields["budget"]; ok != (mode == "fill+requests" || mode == "fill+tokens") {
+			t.Errorf("results[%q] budget present: %v; want it in the modes with a budget alone", mode, ok)
 		}
 		if r.Failed > 0 && r.FirstError == "" {
 			t.Errorf("results[%q]: %d failed requests and no first_error", mode, r.Failed)
@@ -158,14 +158,17 @@ func TestRunNoLimits(t *testing.T) {
 		t.Errorf("naive: %d API calls, %d + %d refused, %d failed; want more calls than fill's %d, none refused or failed",
 			n.APICalls, n.Refused429Requests, n.Refused429Tokens, n.Failed, fill.APICalls)
 	}
-	if b := results["fill+requests"].Budget; b == nil || int64(b.Waits) != results["fill+requests"].APICalls || b.Pauses != 0 {
-		t.Errorf("fill+requests budget = %+v; want a wait per API call, no pause", b)
+	for _, mode := range []string{"fill+requests", "fill+tokens"} {
+		if b := results[mode].Budget; b == nil || int64(b.Waits) != results[mode].APICalls || b.Pauses != 0 {
+			t.Errorf("%s budget = %+v; want a wait per API call, no pause", mode, b)
+		}
 	}
-	if len(res.Conclusion) != 2 || !strings.HasPrefix(res.Conclusion[0], "fill made ") || !strings.HasPrefix(res.Conclusion[1], "fill+requests made ") {
-		t.Errorf("conclusion = %q; want a line on fill, then one on fill+requests", res.Conclusion)
+	if len(res.Conclusion) != 3 || !strings.HasPrefix(res.Conclusion[0], "fill made ") || !strings.HasPrefix(res.Conclusion[1], "fill+requests made ") ||
+		!strings.HasPrefix(res.Conclusion[2], "fill+tokens made ") {
+		t.Errorf("conclusion = %q; want a line on fill, one on fill+requests, then one on fill+tokens", res.Conclusion)
 	}
 	want := map[string]any{
-		"modes": []any{"naive", "fill", "fill+requests"}, "servers": 4.0, "requests": 300.0, "concurrency": 64.0,
+		"modes": []any{"naive", "fill", "fill+requests", "fill+tokens"}, "servers": 4.0, "requests": 300.0, "concurrency": 64.0,
 		"prompts": 40.0, "zipf": 1.1, "seed": 1.0, "rpm": 1e6, "tpm": 1e12, "minute_ms": 6000.0,
 		"tokens_median": 1000.0, "tokens_sigma": 1.0, "estimate_error": 0.5, "api_latency_ms": 5.0, "ttl_ms": 600000.0,
 		"request_timeout_ms": 10000.0, "request_timeout_computed": true, "redis": "embedded", "prefix": "llm-demo:",
@@ -212,8 +215,32 @@ func TestRunTokenLimit(t *testing.T) {
 		t.Errorf("fill+requests: %d API calls using %d tokens for %d prompts; want one served per prompt, %d tokens, and one per 429",
 			r.APICalls, r.TokensUsed, r.DistinctPrompts, tokens)
 	}
-	if r.TPMUsedPct <= 0 || r.TPMUsedPct > 100 || r.Budget == nil || r.Budget.Pauses == 0 {
-		t.Errorf("fill+requests: TPM %g%% used, budget %+v; want above 0, at most 100%%, and pauses", r.TPMUsedPct, r.Budget)
+	// Each 429 pauses the fleet, or, taken for arrival jitter, spaces its
+	// calls further apart (an overshoot).
+	if r.TPMUsedPct <= 0 || r.TPMUsedPct > 100 || r.Budget == nil || r.Budget.Pauses+r.Budget.Overshoots == 0 {
+		t.Errorf("fill+requests: TPM %g%% used, budget %+v; want above 0, at most 100%%, and pauses or overshoots", r.TPMUsedPct, r.Budget)
+	}
+}
+
+// TestRunTokensMetered checks what the budget metering tokens is for, on
+// the shape of TestRunTokenLimit (the distinct prompts need twice the TPM
+// bucket) with a longer minute: fill+tokens books each call's estimated
+// tokens (±50%) before it goes and settles the real count after, and the
+// API refuses none of its calls. Its margin, half a minute's tokens, holds
+// unless a call reaches the API a whole second after its slot.
+func TestRunTokensMetered(t *testing.T) {
+	args := []string{"-servers", "4", "-requests", "200", "-concurrency", "64", "-prompts", "40", "-latency", "5ms",
+		"-rpm", "1000000", "-minute", "2s", "-tokens-sigma", "0"}
+	distinct, tokens := distinctCost(tokenModel{median: 1000, seed: 1, max: 1 << 40}, requestSequence(200, 40, 1.1, 1))
+	args = append(args, "-tpm", strconv.FormatInt(tokens/2, 10), "-modes", "fill+tokens")
+	_, results := runDemo(t, args...)
+	r := results["fill+tokens"]
+	oncePerPrompt(t, r)
+	if r.DistinctPrompts != distinct || r.TokensUsed != tokens || r.APICalls != int64(distinct) {
+		t.Errorf("fill+tokens: %d API calls using %d tokens for %d prompts; want one per prompt, %d tokens", r.APICalls, r.TokensUsed, r.DistinctPrompts, tokens)
+	}
+	if r.TPMUsedPct <= 0 || r.TPMUsedPct > 100 || r.Budget == nil || r.Budget.Pauses+r.Budget.Overshoots != 0 || int64(r.Budget.Waits) != r.APICalls {
+		t.Errorf("fill+tokens: TPM %g%% used, budget %+v; want above 0, at most 100%%, a wait per call and no pause", r.TPMUsedPct, r.Budget)
 	}
 }
 
@@ -234,18 +261,20 @@ func TestRunText(t *testing.T) {
 		t.Errorf("stderr file = %q, %v; want it empty: no progress line in a file", b, err)
 	}
 	stdout := out.String()
-	for _, want := range []string{"\nnaive ", "\nfill ", "\nfill+requests ", "429 req", "429 tok", "TPM %", "RPM %",
+	for _, want := range []string{"\nnaive ", "\nfill ", "\nfill+requests ", "\nfill+tokens ", "429 req", "429 tok", "TPM %", "RPM %",
 		"\nDeadline of each request: 10s (computed: ", "\nfill+requests, budget of requests: ",
+		"\nfill+tokens, budget of requests and tokens: ",
 		"\nfill, token estimates (±50%): ", "naive's figures vary from run to run"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("stdout has no %q:\n%s", want, stdout)
 		}
 	}
 	lines := strings.Split(strings.TrimRight(stdout, "\n"), "\n")
+	n := len(allModes) - 1
 	for i, mode := range allModes[1:] {
-		line := lines[len(lines)-2+i]
+		line := lines[len(lines)-n+i]
 		if !regexp.MustCompile(`^` + regexp.QuoteMeta(mode) + ` made \d+ API calls? where naive made \d+ \(`).MatchString(line) {
-			t.Errorf("line %d from the end = %q; want the conclusion on %s", 2-i, line, mode)
+			t.Errorf("line %d from the end = %q; want the conclusion on %s", n-i, line, mode)
 		}
 	}
 }
@@ -469,7 +498,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-tokens-sigma", "NaN"}, "-tokens-sigma must be a finite number of at least 0"},
 		{[]string{"-estimate-error", "1.5"}, "-estimate-error must lie from 0 to 1"},
 		{[]string{"-prefix", ""}, "-prefix must not be empty"},
-		{[]string{"-modes", "fill+tokens"}, `no mode "fill+tokens"; the modes are naive,fill,fill+requests`},
+		{[]string{"-modes", "fill+points"}, `no mode "fill+points"; the modes are naive,fill,fill+requests,fill+tokens`},
 		{[]string{"-modes", "fill,fill"}, `mode "fill" given twice`},
 		{[]string{"extra"}, `unexpected arguments: ["extra"]`},
 	}

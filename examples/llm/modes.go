@@ -22,18 +22,11 @@ type mode struct {
 
 // modes are every mode, in the order a run without -modes runs them. A new
 // mode is one line here, and the appServer its newServer builds.
-//
-// The next one, "fill+tokens", meters tokens as well as requests: a server
-// whose budget.Options.Meters has {"tokens": {{Rate: tpm, Per: minute}}},
-// whose fill.Get passes fill.WithCost(budget.Cost{Meters: {"tokens":
-// estimate}}) with estimate from tokenModel.estimate (the usageLog already
-// reports its error), and whose loader tells the reservation what the call
-// spent: budget.FromContext(ctx).Spent(usage.total_tokens). It waits for
-// that budget API.
 var modes = []mode{
 	{naive, "cache-aside by hand: GET; on a miss call the API and SET; a 429 fails the request", newNaiveServer},
 	{"fill", "fill.Get, whose loader calls the API; a 429 fails the load", newFillServer},
 	{"fill+requests", "fill, its loads waiting for the fleet's budget of requests per minute", newFillRequestsServer},
+	{"fill+tokens", "fill, its loads reserving their estimated tokens and a request in the fleet's budget of both", newFillTokensServer},
 }
 
 // naive is the name of the mode the others are compared with.
@@ -96,32 +89,55 @@ func (s *naiveServer) complete(ctx context.Context, prompt string) (Completion, 
 func (s *naiveServer) close() error { return nil }
 
 // fillServer answers with fill.Get: one API call per prompt across the
-// fleet. With a budget (fill+requests), every load waits for its slot
-// first, and a 429 pauses the fleet while the same load waits to try again.
+// fleet. With a budget (fill+requests, fill+tokens), every load reserves
+// its cost first, and a 429 pauses the fleet while the same load waits to
+// try again.
 type fillServer struct {
 	api    *apiClient
 	cache  *fill.Cache
 	budget *budget.Budget // nil in mode fill
+	// estimate, if not nil, is the tokens a prompt's completion is
+	// expected to use: its load reserves them (fill+tokens).
+	estimate func(prompt string) int64
 }
 
 func newFillServer(s serverEnv) appServer {
 	return &fillServer{api: s.api, cache: fill.New(s.rdb, &fill.Options{Prefix: s.prefix, TTL: s.cfg.ttl})}
 }
 
-// newFillRequestsServer gives the Cache the fleet's budget of requests; the
-// server's API client reports every response to it.
+// newFillRequestsServer gives the Cache the fleet's budget of requests;
+// each load runs under its reservation, through which the server's API
+// client reports the response.
 func newFillRequestsServer(s serverEnv) appServer {
 	b := budget.New(s.rdb, budgetName, requestsLimit(s.cfg), &budget.Options{Prefix: s.prefix, FleetSize: s.cfg.servers})
-	api := *s.api
-	api.budget = b
-	return &fillServer{api: &api, budget: b,
+	return &fillServer{api: s.api, budget: b,
 		cache: fill.New(s.rdb, &fill.Options{Prefix: s.prefix, TTL: s.cfg.ttl, Budget: b})}
 }
 
+// newFillTokensServer gives the Cache the fleet's budget of requests and
+// tokens (see tokensMeter); each load reserves a request and its prompt's
+// estimated tokens (fill.WithCost), and the server's API client reports
+// through the reservation the response and the tokens the call used
+// (Reservation.Spent), which the budget settles against the estimate.
+func newFillTokensServer(s serverEnv) appServer {
+	b := budget.New(s.rdb, budgetName, requestsLimit(s.cfg), &budget.Options{Prefix: s.prefix, FleetSize: s.cfg.servers,
+		Meters: map[string][]budget.Limit{meterTokens: {tokensMeter(s.cfg)}}})
+	api := *s.api
+	api.meterTokens = true
+	model, e := s.cfg.tokenModel(), s.cfg.estimateError
+	return &fillServer{api: &api, budget: b,
+		cache:    fill.New(s.rdb, &fill.Options{Prefix: s.prefix, TTL: s.cfg.ttl, Budget: b}),
+		estimate: func(prompt string) int64 { return model.estimate(prompt, e) }}
+}
+
 func (s *fillServer) complete(ctx context.Context, prompt string) (Completion, error) {
+	var opts []fill.Option
+	if s.estimate != nil {
+		opts = append(opts, fill.WithCost(budget.Cost{Meters: map[string]int64{meterTokens: s.estimate(prompt)}}))
+	}
 	return fill.Get(ctx, s.cache, promptKey(prompt), func(ctx context.Context) (Completion, error) {
 		return s.api.complete(ctx, prompt)
-	})
+	}, opts...)
 }
 
 func (s *fillServer) close() error {
@@ -151,6 +167,23 @@ const budgetName = "completion-api"
 // the API's bucket, a minute's worth, is never spent.
 func requestsLimit(cfg config) budget.Limit {
 	return budget.Limit{Rate: int(cfg.rpm), Per: cfg.minute}
+}
+
+// meterTokens is the name of the budget's meter of tokens: the one
+// OpenAI's x-ratelimit-remaining-tokens headers cap.
+const meterTokens = "tokens"
+
+// tokensMeter is the budget's limit on tokens: the API's TPM, per the API's
+// minute, with a burst of half of it. The API's bucket holds a whole
+// minute's worth; the other half is the margin for what the budget cannot
+// know before the answers: calls in flight that use more tokens than
+// their estimate (up to twice as many, at -estimate-error 0.5), and calls
+// that reach the API later than their slot, bunched.
+// The budget's grain is a microsecond: a TPM of more than one token per
+// microsecond of -minute, as good as none, is metered at one.
+func tokensMeter(cfg config) budget.Limit {
+	rate := min(cfg.tpm, cfg.minute.Microseconds())
+	return budget.Limit{Rate: int(rate), Per: cfg.minute, Burst: int(max(rate/2, 1))}
 }
 
 // fillStats are the fill.Stats of a whole fleet.
@@ -193,7 +226,10 @@ type budgetStats struct {
 	Waits     uint64  `json:"waits"`       // calls let through
 	WaitMaxMs float64 `json:"wait_max_ms"` // the longest of those waits
 	Pauses    uint64  `json:"pauses"`      // for a 429, or nothing remaining before the API's reset
-	PullDowns uint64  `json:"pull_downs"`  // by the API's remaining count
+	// Overshoots are 429s the budget took for arrival jitter: it spaced
+	// the fleet's calls further apart instead of pausing it.
+	Overshoots uint64 `json:"overshoots"`
+	PullDowns  uint64 `json:"pull_downs"` // by the API's remaining count
 }
 
 // budgetTotals sums the budget.Stats of the servers that have a budget;
@@ -214,6 +250,7 @@ func budgetTotals(servers []appServer) *budgetStats {
 		t.Waits += st.Waits
 		t.WaitMaxMs = max(t.WaitMaxMs, millis(st.WaitMax))
 		t.Pauses += st.PausesRateLimited + st.PausesExhausted + st.PausesRequested
+		t.Overshoots += st.Overshoots
 		t.PullDowns += st.PullDowns
 	}
 	if !found {
