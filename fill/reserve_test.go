@@ -145,7 +145,7 @@ func TestLoadNeverMadeCancelled(t *testing.T) {
 	b := tokensBudget(t, s)
 	var c *fill.Cache
 	closing := make(chan error, 1)
-	c = newCache(t, s.Client(t, nil), &fill.Options{Budget: b, Observer: observe.Func(func(ctx context.Context, e observe.Event) {
+	c = newCache(t, s.Client(t, nil), &fill.Options{Budget: b, Events: observe.Func(func(ctx context.Context, e observe.Event) {
 		if e.Kind != observe.BudgetWait || e.Err != nil {
 			return
 		}
@@ -245,7 +245,7 @@ func TestRefreshReservation(t *testing.T) {
 	b := tokensBudget(t, s)
 	var bgWaits atomic.Int32
 	c := newCache(t, s.Client(t, nil), &fill.Options{Budget: b, TTL: 50 * time.Millisecond, StaleWhileRevalidate: time.Minute,
-		Observer: observe.Func(func(_ context.Context, e observe.Event) {
+		Events: observe.Func(func(_ context.Context, e observe.Event) {
 			if e.Kind == observe.BudgetWait && e.Background && e.Err == nil {
 				bgWaits.Add(1)
 			}
