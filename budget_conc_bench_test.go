@@ -20,8 +20,10 @@ import (
 //	max-in-flight  the most calls the upstream saw at once: at most C (checked)
 //	in-use         the share of the C slots the upstream kept busy, from the
 //	               first second on (the time-weighted calls in flight over C)
-//	rtts/call      round trips per call let through (Reserve, the booking
-//	               again of a caller woken, Done), renewals included
+//	rtts/call      round trips per call let through from the first second
+//	               to the end (Reserve, the booking again of a caller woken,
+//	               Done, renewals): not the first bookings of every caller
+//	               nor their leaving the line at the end
 //	calls          calls let through
 func BenchmarkBudgetConcurrency(b *testing.B) {
 	for _, tc := range []struct {
@@ -55,6 +57,15 @@ func BenchmarkBudgetConcurrency(b *testing.B) {
 			from, until := start.Add(warm), start.Add(run)
 			var now, most, calls, busy atomic.Int64
 			var wg sync.WaitGroup
+			// Round trips and calls at the first second and at the end.
+			var marks [2][2]int64
+			for i, at := range []time.Time{from, until} {
+				wg.Add(1)
+				time.AfterFunc(time.Until(at), func() {
+					defer wg.Done()
+					marks[i] = [2]int64{h.n.Load(), calls.Load()}
+				})
+			}
 			b.ResetTimer()
 			for _, bud := range buds {
 				for range tc.workers {
@@ -98,7 +109,7 @@ func BenchmarkBudgetConcurrency(b *testing.B) {
 			}
 			b.ReportMetric(float64(most.Load()), "max-in-flight")
 			b.ReportMetric(float64(busy.Load())/float64(int64(tc.c)*int64(until.Sub(from))), "in-use")
-			b.ReportMetric(float64(h.n.Load())/float64(calls.Load()), "rtts/call")
+			b.ReportMetric(float64(marks[1][0]-marks[0][0])/float64(marks[1][1]-marks[0][1]), "rtts/call")
 			b.ReportMetric(float64(calls.Load()), "calls")
 		})
 	}

@@ -325,24 +325,28 @@ func (b *Budget) releaseLocal() {
 }
 
 // awaitSlot sleeps while the caller id is in line for a concurrency slot:
-// until a wake-up names it, for at most d (the earliest lease's end, when a
-// slot or a place ahead may come back without a word), or until ctx ends or
-// the Budget closes. While the budget's subscription is not confirmed, a
-// wake-up may be missed: the caller looks again once it is.
+// until a wake-up names it, for at most d when d >= 0 (the head of the line:
+// the earliest lease's end, when a slot may come back without a word), or
+// until ctx ends or the Budget closes. While the budget's subscription is
+// not confirmed, a wake-up may be missed: the caller looks again once it is.
 func (b *Budget) awaitSlot(ctx context.Context, id string, d time.Duration) error {
 	ch := b.conc.wakeup(id)
 	var ready <-chan struct{}
 	if !b.listening() {
 		ready = b.listener.Ready()
 	}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
+	var tick <-chan time.Time
+	if d >= 0 {
+		timer := time.NewTimer(d)
+		defer timer.Stop()
+		tick = timer.C
+	}
 	select {
 	case <-ch:
 		return nil
 	case <-ready:
 		return nil
-	case <-timer.C:
+	case <-tick:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

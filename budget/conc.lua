@@ -27,14 +27,14 @@ local function zrem(key, ids)
   end
 end
 -- conc_clean drops the holders and waiters whose lease ended, and returns
--- how many holders it dropped.
+-- how many it dropped.
 local function conc_clean()
   local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', cnow)
   if #gone > 0 then
     zrem(KEYS[3], gone)
     zrem(KEYS[4], gone)
   end
-  return redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cnow)
+  return #gone + redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cnow)
 end
 -- conc_wake tells the waiters at the head of the line that a slot is free
 -- for each of them: one message naming them, on the budget's channel.
@@ -56,10 +56,14 @@ local function conc_keep()
   local ms = math.ceil(clease / 1000) * 2 + 1000
   for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], ms) end
 end
--- conc_next is how long a waiter sleeps at most before it looks again
--- without a word: until the earliest lease ends (µs), which frees a slot or
--- a place ahead of it if its holder stopped renewing.
-local function conc_next()
+-- conc_next is how long a waiter at rank in line sleeps at most before it
+-- looks again without a word (µs). The head of the line looks when the
+-- earliest lease ends, which frees a slot or its place if the holder stopped
+-- renewing; the others (-1) wait for a wake-up: the head's look, or the
+-- renewals of any server with a slot or a place (slot.lua), drop the leases
+-- that ended and wake the waiters they let through. No waiter polls.
+local function conc_next(rank)
+  if rank > 0 then return -1 end
   local at = cnow + clease
   for i = 2, 4, 2 do
     local e = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
