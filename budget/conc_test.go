@@ -433,3 +433,125 @@ func runChild(spec string) {
 	fmt.Println("held")
 	select {}
 }
+
+// TestConcurrencyCancelAndGiveUp: Cancel frees the slot for the caller in
+// line; a caller whose ctx ends in line leaves it, and the one behind it
+// moves up.
+func TestConcurrencyCancelAndGiveUp(t *testing.T) {
+	s := redistest.Start(t, nil)
+	opt := &budget.Options{Concurrency: 1}
+	a := newBudget(t, s.Client(t, nil), "cancel", fast, opt)
+	b := newBudget(t, s.Client(t, nil), "cancel", fast, opt)
+	ctx := redistest.Context(t, 10*time.Second)
+	held, err := a.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	queue := budget.Key(a) + ":queue"
+	quit, giveUp := context.WithCancel(ctx)
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := b.Reserve(quit, budget.Foreground, budget.Cost{})
+		gaveUp <- err
+	}()
+	redistest.WaitFor(t, "the first caller in line", func() bool { return s.Do(t, "ZCARD", queue) == int64(1) })
+	got := make(chan *budget.Reservation, 1)
+	go func() {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- r
+	}()
+	redistest.WaitFor(t, "the second caller in line", func() bool { return s.Do(t, "ZCARD", queue) == int64(2) })
+	giveUp()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the caller that gave up: %v", err)
+	}
+	redistest.WaitFor(t, "the line after giving up", func() bool { return s.Do(t, "ZCARD", queue) == int64(1) })
+	if err := held.Cancel(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if r == nil {
+		t.FailNow()
+	}
+	if st := b.Stats(); st.InFlight != 1 {
+		t.Errorf("InFlight %d, want 1", st.InFlight)
+	}
+	if err := r.Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if z := s.Do(t, "ZCARD", budget.Key(a)+":slots"); z != int64(0) {
+		t.Errorf("%v slots held after Done", z)
+	}
+}
+
+// TestConcurrencyWaitTakesNoSlot: Wait takes no concurrency slot, and a
+// budget without Concurrency keeps no slots in Redis.
+func TestConcurrencyWaitTakesNoSlot(t *testing.T) {
+	s := redistest.Start(t, nil)
+	a := newBudget(t, s.Client(t, nil), "wait", fast, &budget.Options{Concurrency: 1})
+	ctx := redistest.Context(t, 10*time.Second)
+	r, err := a.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Wait(ctx, budget.Foreground); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.Done(ctx)
+	plain := newBudget(t, s.Client(t, nil), "plain", fast, nil)
+	r, err = plain.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Context() != ctx {
+		t.Error("a reservation without a concurrency slot: its context is not Reserve's")
+	}
+	_ = r.Done(ctx)
+	if n := s.Do(t, "EXISTS", budget.Key(plain)+":slots", budget.Key(plain)+":queue"); n != int64(0) {
+		t.Errorf("a budget without Concurrency keeps %v slot keys", n)
+	}
+}
+
+// TestConcurrencySlotTaken: a holder whose slot Redis no longer holds
+// (deleted, say) learns it at the next renewal: its context ends with
+// ErrSlotLost.
+func TestConcurrencySlotTaken(t *testing.T) {
+	s := redistest.Start(t, nil)
+	a := newBudget(t, s.Client(t, nil), "taken", fast, &budget.Options{Concurrency: 1, SlotLease: 150 * time.Millisecond})
+	ctx := redistest.Context(t, 10*time.Second)
+	r, err := a.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Do(t, "DEL", budget.Key(a)+":slots")
+	select {
+	case <-r.Context().Done():
+	case <-ctx.Done():
+		t.Fatal("the holder's context did not end")
+	}
+	if c := context.Cause(r.Context()); !errors.Is(c, budget.ErrSlotLost) {
+		t.Errorf("cause %v, want ErrSlotLost", c)
+	}
+	if err := r.Done(ctx); !errors.Is(err, budget.ErrSlotLost) {
+		t.Errorf("Done: %v, want ErrSlotLost", err)
+	}
+	if st := a.Stats(); st.InFlight != 0 {
+		t.Errorf("InFlight %d after the slot was lost", st.InFlight)
+	}
+}
+
+// TestConcurrencyOptions: a negative Concurrency or a SlotLease too short
+// to renew make an unusable Budget.
+func TestConcurrencyOptions(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	for _, opt := range []*budget.Options{{Concurrency: -1}, {Concurrency: 1, SlotLease: time.Millisecond}, {SlotLease: -time.Second}} {
+		b := budget.New(rdb, "opts", fast, opt)
+		if _, err := b.Reserve(context.Background(), budget.Foreground, budget.Cost{}); err == nil {
+			t.Errorf("%+v: Reserve succeeded", *opt)
+		}
+		_ = b.Close()
+	}
+}
