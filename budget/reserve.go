@@ -122,6 +122,13 @@ func (b *Budget) checkCost(op string, c Cost) error {
 // the local limiter decides (see [Options].FleetSize): it books the
 // estimate, and the reservation's Done and Cancel do nothing.
 //
+// With [Options].Concurrency, the booking also takes one of the fleet's
+// concurrency slots, in the same round trip; when none is free, Reserve
+// waits in line, first come first served across the fleet, until a slot
+// frees (see the package documentation). The reservation holds the slot
+// until Done or Cancel; run the call under [Reservation.Context], which
+// ends if the slot is lost.
+//
 // After the call, report what it really spent with [Reservation.Spent] and
 // end the reservation with [Reservation.Done]; when the call was not made,
 // end it with [Reservation.Cancel].
@@ -209,6 +216,12 @@ func (r *Reservation) Spent(c Cost) {
 // calls than booked are given back only while the reservation is the
 // latest booking, as a Wait whose ctx ends gives its slot back: pacing is
 // never broken. A meter capped by the upstream's headers is settled too.
+//
+// With [Options].Concurrency, Done frees the reservation's slot in the same
+// round trip (so Done always costs one), and wakes the callers in line it
+// lets through; when the slot was lost before (its lease ran out, or the
+// Budget was closed), Done still settles, and returns an error wrapping
+// [ErrSlotLost].
 //
 // Done and Cancel end the reservation once: a second call of either does
 // nothing and returns nil. Done settles even when ctx has ended (a load's
@@ -317,7 +330,8 @@ func (r *Reservation) settle(ctx context.Context, groups []any, lost error) erro
 // Cancel ends the reservation of a call that was not made, giving back
 // what can be, in one round trip: the units of every meter at once, and
 // the call's slot in the limits on calls while the reservation is the
-// latest booking (see [Budget.Wait]): pacing is never broken. Done and
+// latest booking (see [Budget.Wait]): pacing is never broken; and the
+// concurrency slot, if any (Options.Concurrency). Done and
 // Cancel end the reservation once: a second call of either does nothing and
 // returns nil. Cancel gives back even when ctx has ended, within a second;
 // its error is the round trip's, if any. While Redis is unreachable nothing
