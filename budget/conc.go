@@ -218,11 +218,15 @@ func (b *Budget) renewLoop() {
 // reports whether Redis answered.
 func (b *Budget) renew() bool {
 	c := b.conc
+	// The holders as of now: a booking that takes a slot while the renewal
+	// is under way may run after it, and must not count as lost.
 	c.mu.Lock()
 	args := make([]any, 0, len(c.held)+len(c.waiting)+5)
 	args = append(args, "renew")
-	for id := range c.held {
+	held := make(map[string]*holder, len(c.held))
+	for id, h := range c.held {
 		args = append(args, id)
+		held[id] = h
 	}
 	for id := range c.waiting {
 		args = append(args, id)
@@ -238,6 +242,9 @@ func (b *Budget) renew() bool {
 	lost, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]string, error) {
 		return slotScript.Run(ctx, b.rdb.Redis(), c.keys, args...).StringSlice()
 	}, nil)
+	if testHookRenewed != nil {
+		testHookRenewed(b)
+	}
 	if err != nil {
 		if !redisx.Outage(err) && b.check() == nil {
 			b.stats.redisErrs.Add(1)
@@ -245,7 +252,7 @@ func (b *Budget) renew() bool {
 		// The leases that surely ran out are lost.
 		var gone []string
 		c.mu.Lock()
-		for id, h := range c.held {
+		for id, h := range held {
 			if !sent.Before(h.end) {
 				gone = append(gone, id)
 			}
@@ -262,14 +269,11 @@ func (b *Budget) renew() bool {
 	}
 	c.mu.Lock()
 	var dropped []string
-	for _, a := range args[1 : len(args)-4] {
-		id := a.(string)
-		if h := c.held[id]; h != nil {
-			if gone[id] {
-				dropped = append(dropped, id)
-			} else if e := sent.Add(c.lease); e.After(h.end) {
-				h.end = e
-			}
+	for id, h := range held {
+		if gone[id] {
+			dropped = append(dropped, id)
+		} else if e := sent.Add(c.lease); e.After(h.end) {
+			h.end = e
 		}
 	}
 	c.mu.Unlock()
@@ -277,11 +281,17 @@ func (b *Budget) renew() bool {
 		c.drop(id, ErrSlotLost)
 	}
 	for _, id := range lost {
-		// A place in line that ran out: its waiter books again.
-		c.wake(id, false)
+		if held[id] == nil {
+			// A place in line that ran out: its waiter books again.
+			c.wake(id, false)
+		}
 	}
 	return true
 }
+
+// testHookRenewed, set by tests only, runs when a renewal's reply came,
+// before it is applied.
+var testHookRenewed func(*Budget)
 
 // closeConc frees every slot and place of this server at once, when the
 // Budget closes; the reservations' contexts end with ErrSlotLost.

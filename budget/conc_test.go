@@ -555,3 +555,39 @@ func TestConcurrencyOptions(t *testing.T) {
 		_ = b.Close()
 	}
 }
+
+// TestConcurrencyRenewDuringBookings: renewals run while reservations
+// take and free slots all along; a slot taken while a renewal is under way
+// is not counted lost.
+func TestConcurrencyRenewDuringBookings(t *testing.T) {
+	s := redistest.Start(t, nil)
+	opt := &budget.Options{Concurrency: 4, SlotLease: 90 * time.Millisecond}
+	ctx := redistest.Context(t, 30*time.Second)
+	var wg sync.WaitGroup
+	var lost atomic.Int64
+	for range 2 {
+		b := newBudget(t, s.Client(t, nil), "renew", fast, opt)
+		for range 6 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 150 {
+					r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if err := r.Done(ctx); errors.Is(err, budget.ErrSlotLost) {
+						lost.Add(1)
+					} else if err != nil {
+						t.Error(err)
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if n := lost.Load(); n > 0 {
+		t.Errorf("%d slots counted lost while held", n)
+	}
+}
