@@ -88,8 +88,8 @@ type booking struct {
 	w           want
 	prev        int64
 	tats, prevs []int64
-	// sent is when the booking was sent: a concurrency slot's lease runs
-	// from then.
+	// sent is when a booking of a concurrency slot was sent: its lease
+	// runs from then.
 	sent time.Time
 }
 
@@ -196,10 +196,10 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64, w want) (boo
 		prio = "1"
 	}
 	script, keys := waitScript, []string{b.key}
+	var sent time.Time
 	if w.cid != "" {
-		script, keys = waitConcScript, b.conc.keys
+		script, keys, sent = waitConcScript, b.conc.keys, time.Now()
 	}
-	sent := time.Now()
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (booking, error) {
 		v, err := script.Run(ctx, b.rdb.Redis(), keys, b.waitArgs(prio, patience, place, w)...).Result()
 		if err != nil {
