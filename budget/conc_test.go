@@ -591,3 +591,58 @@ func TestConcurrencyRenewDuringBookings(t *testing.T) {
 		t.Errorf("%d slots counted lost while held", n)
 	}
 }
+
+// TestConcurrencyLineIsQuiet: thirty callers in line on three servers send
+// no command while they wait: not one booking, renewal or look again
+// before the slot frees; then each takes its turn.
+func TestConcurrencyLineIsQuiet(t *testing.T) {
+	s := redistest.Start(t, nil)
+	opt := &budget.Options{Concurrency: 1}
+	cnt := &counter{n: make(map[string]int)}
+	var buds []*budget.Budget
+	for range 3 {
+		rdb := s.Client(t, nil)
+		rdb.AddHook(cnt)
+		buds = append(buds, newBudget(t, rdb, "quiet", fast, opt))
+	}
+	ctx := redistest.Context(t, 20*time.Second)
+	held, err := buds[0].Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for i := range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := buds[i%3].Reserve(ctx, budget.Foreground, budget.Cost{})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if err := r.Done(ctx); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	redistest.WaitFor(t, "30 callers in line", func() bool {
+		return s.Do(t, "ZCARD", budget.Key(buds[0])+":queue") == int64(30)
+	})
+	cnt.take()
+	time.Sleep(500 * time.Millisecond) // a poller would show up here
+	quiet := cnt.take()
+	delete(quiet, "publish") // the Hubs' heartbeats
+	if len(quiet) != 0 {
+		t.Errorf("commands while 30 callers waited in line: %v", quiet)
+	}
+	if err := held.Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	// Each: one booking in line, one when woken, one Done; and the first
+	// Done.
+	if n := cnt.take()["evalsha"]; n != 30*2+1 {
+		t.Errorf("%d scripts run after the slot freed, want %d", n, 30*2+1)
+	}
+}
