@@ -646,3 +646,41 @@ func TestConcurrencyLineIsQuiet(t *testing.T) {
 		t.Errorf("%d scripts run after the slot freed, want %d", n, 30*2+1)
 	}
 }
+
+// TestConcurrencyCluster: on a Redis Cluster the slots live in the
+// budget's Cluster slot, and a freed slot wakes a caller in line on another
+// server by sharded pub/sub.
+func TestConcurrencyCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	opt := &budget.Options{Concurrency: 1}
+	a := newBudget(t, c.Client(t, nil), "cluster", fast, opt)
+	b := newBudget(t, c.Client(t, nil), "cluster", fast, opt)
+	ctx := redistest.Context(t, 20*time.Second)
+	held, err := a.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err == nil {
+			err = r.Done(ctx)
+		}
+		got <- err
+	}()
+	probe := c.Client(t, nil)
+	redistest.WaitFor(t, "a caller in line", func() bool {
+		return probe.ZCard(ctx, budget.Key(a)+":queue").Val() == 1
+	})
+	if err := held.Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the caller in line was not woken (its fallback look is 10s away)")
+	}
+}
