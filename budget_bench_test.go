@@ -88,8 +88,9 @@ func BenchmarkBudgetWait(b *testing.B) {
 
 // BenchmarkBudgetReserve: an uncontended Reserve (the budget always has
 // room) and its Done, against a raw GET: with the Limit alone, and with a
-// limit of Also and two meters booked at once. Done without Spent costs no
-// round trip; one Reserve is one round trip whatever it books.
+// limit of Also and two meters booked at once, and with a concurrency slot.
+// Done without Spent costs no round trip, but one to free a concurrency
+// slot; one Reserve is one round trip whatever it books.
 func BenchmarkBudgetReserve(b *testing.B) {
 	wide := budget.Limit{Rate: 1000000, Burst: 1000000}
 	for _, tc := range []struct {
@@ -102,6 +103,9 @@ func BenchmarkBudgetReserve(b *testing.B) {
 			Also:   []budget.Limit{wide},
 			Meters: map[string][]budget.Limit{"tokens": {wide}, "points": {wide}},
 		}, budget.Cost{Meters: map[string]int64{"tokens": 10, "points": 1}}},
+		// A concurrency slot: one round trip to take it with the rate
+		// slot, one for Done to free it.
+		{"limits=1,concurrency=100", &budget.Options{Concurrency: 100}, budget.Cost{}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			newClient := benchRedis(b)

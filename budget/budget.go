@@ -75,6 +75,24 @@ type Options struct {
 	// default: none
 	Meters map[string][]Limit
 
+	// Concurrency is the most reservations ([Budget.Reserve]) in flight at
+	// once across the fleet: a reservation holds one of these slots from
+	// Reserve until Done or Cancel, booked with its rate slot in the same
+	// round trip. When all are taken, Reserve waits in line, first come
+	// first served across the fleet, and is woken over pub/sub when a slot
+	// frees. While Redis is unreachable each server holds at most
+	// max(1, Concurrency/FleetSize). [Budget.Wait] takes no slot. It must
+	// not be negative; servers sharing a budget must give the same.
+	// default: 0 (no cap)
+	Concurrency int
+
+	// SlotLease is the lease of a held concurrency slot, renewed every
+	// third of it while held: the slots of a server that died or lost
+	// Redis come back to the fleet within it. It must be 0 (the default)
+	// or at least 3ms.
+	// default: 10s
+	SlotLease time.Duration
+
 	// Events, if not nil, sees every wait (BudgetWait), every pause
 	// (Pause) and every outage of Redis (OutageStart, OutageEnd), with
 	// Source "budget" and Name the budget's name.
@@ -101,6 +119,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if opt.FleetSize == 0 {
 		opt.FleetSize = 1
+	}
+	if opt.SlotLease == 0 {
+		opt.SlotLease = defaultSlotLease
 	}
 	return opt
 }
@@ -134,6 +155,10 @@ type Stats struct {
 	// name): the fleet keeps whichever limit each booking brings, so the
 	// servers must agree. The first is logged.
 	LimitConflicts uint64
+
+	// InFlight is the concurrency slots this server holds now: its
+	// reservations not yet done or cancelled (with Options.Concurrency).
+	InFlight int
 }
 
 type counters struct {
@@ -156,7 +181,16 @@ func (b *Budget) Stats() Stats {
 		PullDowns: s.pullDowns.Load(), LocalWaits: s.localWaits.Load(),
 		LocalPauses: s.localPauses.Load(), Errors: s.redisErrs.Load(),
 		LimitConflicts: s.limitConflicts.Load(), Overshoots: s.overshoots.Load(),
+		InFlight: b.inFlight(),
 	}
+}
+
+// inFlight returns the concurrency slots this server holds.
+func (b *Budget) inFlight() int {
+	if b.conc == nil {
+		return 0
+	}
+	return int(b.conc.out.Load())
 }
 
 // Budget is one upstream rate limit shared by every server that creates a
@@ -192,6 +226,7 @@ type Budget struct {
 	hub      *notify.Shared
 	listener *notify.Listener
 	local    *localLimiter // while Redis is unreachable
+	conc     *conc         // the concurrency slots; nil without Options.Concurrency
 	// lost counts the times pub/sub messages may have been lost (the
 	// connection broke or was replaced): a Wait that slept across one
 	// reads the pause before it goes.
@@ -278,6 +313,12 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 		b.log("redis reachable again", "outage", d)
 		b.event(context.Background(), observe.Event{Kind: observe.OutageEnd, Duration: d})
 	})
+	if b.opt.Concurrency > 0 {
+		// Before the listener: its messages read b.conc.
+		b.conc = newConc(b)
+		b.wg.Add(1)
+		go b.renewLoop()
+	}
 	b.hub = notify.Share(rdb, nil)
 	b.listener = b.hub.Listen(b.key, b.message)
 	return b
@@ -306,6 +347,10 @@ func (b *Budget) validate(rdb redis.UniversalClient, limit Limit) error {
 		err = fmt.Errorf("background share %v: want a value in [0, 1]", b.opt.BackgroundShare)
 	case b.opt.FleetSize < 0:
 		err = fmt.Errorf("fleet size %d: want 0 (1) or more", b.opt.FleetSize)
+	case b.opt.Concurrency < 0:
+		err = fmt.Errorf("concurrency %d: want 0 (no cap) or more", b.opt.Concurrency)
+	case b.opt.SlotLease < 3*time.Millisecond:
+		err = fmt.Errorf("slot lease %v: want 0 (10s) or at least 3ms", b.opt.SlotLease)
 	default:
 		if err = limit.check(); err == nil {
 			err = redisx.CheckPrefix(b.opt.Prefix)
@@ -343,8 +388,11 @@ func (b *Budget) validate(rdb redis.UniversalClient, limit Limit) error {
 // connection if no other Budget or fill.Cache on rdb uses it. Waits
 // that are sleeping return [ErrClosed] at once, keeping their slots; later
 // calls return ErrClosed. Slots being given back by Waits that gave up are
-// given back first (each round trip bounded by a second). Close does not
-// close rdb, which belongs to the caller. Close is idempotent.
+// given back first (each round trip bounded by a second). With
+// Options.Concurrency, Close frees this server's concurrency slots and
+// places in line at once, in one round trip bounded by a second: the
+// contexts of its reservations still open end with [ErrSlotLost]. Close
+// does not close rdb, which belongs to the caller. Close is idempotent.
 func (b *Budget) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -354,6 +402,9 @@ func (b *Budget) Close() error {
 	b.closed = true
 	close(b.done)
 	b.mu.Unlock()
+	if b.conc != nil {
+		b.closeConc()
+	}
 	b.cancel()
 	b.listener.Close()
 	b.wg.Wait()

@@ -84,6 +84,38 @@
 // keep booking order across every dimension: a slot is never earlier than
 // one booked before it, less the tolerance of the limit on calls.
 //
+// # At most N calls in flight
+//
+// [Options].Concurrency caps the reservations in flight across the fleet,
+// as package lock caps them at one. A reservation holds one of N slots
+// from [Budget.Reserve] until [Reservation.Done] or [Reservation.Cancel]. The
+// slots are a ZSET of holder ids scored by the end of each holder's lease,
+// beside the budget's hash under the same hash tag; the booking script
+// first drops the holders whose lease ended, then takes a slot, atomically
+// with the rate slot (one round trip uncontended), when the caller already
+// holds one, when the line is empty and fewer than N are held, or when the
+// caller is among the first N−held of the line. Otherwise it books nothing
+// and puts the caller at the end of the line (a second ZSET, scored by
+// arrival: first come, first served across the fleet), and the caller
+// sleeps. Done and Cancel free the slot in one round trip, and publish on
+// the budget's channel the ids of the waiters at the head of the line that
+// a slot is now free for; those book again, and take it (a hand-off to
+// another server is a publish and one round trip, well under a
+// millisecond on a LAN). Nobody polls: only the head of the line looks
+// again, when the earliest lease ends, and every server holding a slot or
+// a place renews all of them in one round trip every third of
+// [Options].SlotLease, which also drops the leases that ended and wakes the
+// waiters they let through. A caller whose ctx ends in line leaves it.
+//
+// A server that crashes, or loses Redis, stops renewing: its slots come
+// back within the lease. A holder that loses its lease is told: its
+// [Reservation.Context] ends with cause [ErrSlotLost], and Done returns an
+// error wrapping it; the call should stop, since the fleet may have given
+// the slot to another. [Budget.Close] frees this server's slots and places
+// at once. While Redis is unreachable, each server holds at most
+// max(1, Concurrency/FleetSize) slots of its own. [Budget.Wait] takes no
+// slot; without Concurrency, Wait and Reserve do no more than before.
+//
 // # Redis
 //
 // A budget named N under prefix P is the hash P{N}:budget, which expires a

@@ -180,3 +180,33 @@ func ExampleFromContext() {
 	// Output:
 	// no reservation
 }
+
+// A cap on the calls in flight, as GitHub's secondary limit (at most 100
+// concurrent requests) or an LLM API's: every server reserves each call,
+// holding one of the fleet's slots until Done, and runs the call under the
+// reservation's context, which ends should the slot be lost.
+func ExampleOptions_concurrency() {
+	rdb, stop := exampleRedis()
+	defer stop()
+	ctx := context.Background()
+
+	b := budget.New(rdb, "api.github.com", budget.Limit{Rate: 5000, Per: time.Hour, Burst: 100},
+		&budget.Options{Concurrency: 100, SlotLease: 10 * time.Second})
+	defer b.Close()
+
+	r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		fmt.Println("reserve:", err)
+		return
+	}
+	fmt.Println("in flight:", b.Stats().InFlight)
+	// Call the upstream under r.Context() here.
+	_ = r.Context()
+	if err := r.Done(ctx); errors.Is(err, budget.ErrSlotLost) {
+		fmt.Println("the slot was lost during the call")
+	}
+	fmt.Println("in flight after Done:", b.Stats().InFlight)
+	// Output:
+	// in flight: 1
+	// in flight after Done: 0
+}

@@ -175,16 +175,27 @@ const (
 )
 
 // message hears a pause begun on any server: its end, and the instant the
-// schedule was respaced if it was (see pause.lua). It runs on the hub's
-// reader, and must not block.
+// schedule was respaced if it was (see pause.lua); or, "c" and holder ids,
+// that concurrency slots are free for those waiters (see conc.lua). It runs
+// on the hub's reader, and must not block.
 func (b *Budget) message(m string) {
+	if ids, ok := strings.CutPrefix(m, "c "); ok {
+		if b.conc != nil {
+			b.conc.wake(ids, false)
+		}
+		return
+	}
 	ends, respaced, _ := strings.Cut(m, " ")
 	at, err := strconv.ParseInt(ends, 10, 64)
 	rs, rerr := strconv.ParseInt(respaced, 10, 64)
 	if err != nil || respaced != "" && rerr != nil {
 		// Not a pause's end: the hub's word (notify.Wake) that messages
-		// may have been lost. Sleeping Waits read the pause before going.
+		// may have been lost. Sleeping Waits read the pause before going;
+		// callers in line for a slot look again.
 		b.lost.Add(1)
+		if b.conc != nil {
+			b.conc.wake("", true)
+		}
 		return
 	}
 	b.heard(at, rs)

@@ -6,6 +6,7 @@ package budget
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -74,6 +75,7 @@ func dimsOf(opt Options) []dim {
 type want struct {
 	calls int64
 	units []int64
+	cid   string // the holder id of a reservation's concurrency slot, or ""
 }
 
 // wantOf returns what booking c takes.
@@ -120,6 +122,13 @@ func (b *Budget) checkCost(op string, c Cost) error {
 // the local limiter decides (see [Options].FleetSize): it books the
 // estimate, and the reservation's Done and Cancel do nothing.
 //
+// With [Options].Concurrency, the booking also takes one of the fleet's
+// concurrency slots, in the same round trip; when none is free, Reserve
+// waits in line, first come first served across the fleet, until a slot
+// frees (see the package documentation). The reservation holds the slot
+// until Done or Cancel; run the call under [Reservation.Context], which
+// ends if the slot is lost.
+//
 // After the call, report what it really spent with [Reservation.Spent] and
 // end the reservation with [Reservation.Done]; when the call was not made,
 // end it with [Reservation.Cancel].
@@ -131,11 +140,26 @@ func (b *Budget) Reserve(ctx context.Context, p Priority, c Cost) (*Reservation,
 		return nil, err
 	}
 	w := b.wantOf(c)
+	if b.conc != nil {
+		w.cid = b.conc.newID()
+	}
 	r, err := b.run(ctx, "reserve", p, w)
 	if err != nil {
+		if w.cid != "" {
+			b.conc.drop(w.cid, context.Canceled)
+		}
 		return nil, err
 	}
-	return &Reservation{b: b, r: r, est: w}, nil
+	res := &Reservation{b: b, r: r, est: w, ctx: ctx}
+	switch {
+	case w.cid != "" && r.local:
+		b.conc.drop(w.cid, context.Canceled)
+		res.localSlot = true
+	case w.cid != "":
+		res.cid = w.cid
+		res.ctx = b.conc.took(ctx, w.cid, r.sent)
+	}
+	return res, nil
 }
 
 // Reservation is a call's booking in a [Budget], made by [Budget.Reserve]:
@@ -146,6 +170,12 @@ type Reservation struct {
 	b   *Budget
 	r   booking
 	est want
+	// ctx is the reservation's context: Reserve's, or, holding a
+	// concurrency slot in Redis (holder id cid), one that ends when the
+	// slot is lost. localSlot: it holds a slot of the local cap.
+	ctx       context.Context
+	cid       string
+	localSlot bool
 
 	mu    sync.Mutex // guards spent and ended
 	spent *want
@@ -187,29 +217,66 @@ func (r *Reservation) Spent(c Cost) {
 // latest booking, as a Wait whose ctx ends gives its slot back: pacing is
 // never broken. A meter capped by the upstream's headers is settled too.
 //
+// With [Options].Concurrency, Done frees the reservation's slot in the same
+// round trip (so Done always costs one), and wakes the callers in line it
+// lets through; when the slot was lost before (its lease ran out, or the
+// Budget was closed), Done still settles, and returns an error wrapping
+// [ErrSlotLost].
+//
 // Done and Cancel end the reservation once: a second call of either does
 // nothing and returns nil. Done settles even when ctx has ended (a load's
 // ctx often has by then), within a second; its error is the round trip's,
 // if any. While Redis is unreachable nothing is settled.
 func (r *Reservation) Done(ctx context.Context) error {
-	if r == nil {
+	if !r.end() {
 		return nil
 	}
 	r.mu.Lock()
-	if r.ended {
-		r.mu.Unlock()
-		return nil
-	}
-	r.ended = true
 	spent := r.spent
 	r.mu.Unlock()
 	b := r.b
-	if spent == nil || r.r.local {
-		return nil
+	lost := r.release()
+	if spent != nil && spent.calls < 0 {
+		err := fmt.Errorf("budget: done %s: Spent was given a cost that cannot be booked", redisx.Quote(b.name))
+		return errors.Join(err, r.settle(ctx, nil, lost))
 	}
-	if spent.calls < 0 {
-		return fmt.Errorf("budget: done %s: Spent was given a cost that cannot be booked", redisx.Quote(b.name))
+	var groups []any
+	if spent != nil && !r.r.local {
+		groups = r.settleArgs(*spent)
 	}
+	return r.settle(ctx, groups, lost)
+}
+
+// end marks the reservation ended, and reports whether it was not already.
+func (r *Reservation) end() bool {
+	if r == nil {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ended {
+		return false
+	}
+	r.ended = true
+	return true
+}
+
+// release lets go of the reservation's concurrency slot in this process,
+// and returns ErrSlotLost, wrapped, when it was lost before.
+func (r *Reservation) release() error {
+	switch {
+	case r.localSlot:
+		r.b.releaseLocal()
+	case r.cid != "" && !r.b.conc.drop(r.cid, context.Canceled):
+		return fmt.Errorf("budget: done %s: %w (its lease ran out, or the Budget was closed)", redisx.Quote(r.b.name), ErrSlotLost)
+	}
+	return nil
+}
+
+// settleArgs returns the give-back script's groups that settle spent
+// against the estimate, or nil when they match.
+func (r *Reservation) settleArgs(spent want) []any {
+	b := r.b
 	var groups []any
 	add := func(kind, field string, t, units, tat int64, cap string) {
 		groups = append(groups, kind, field, t, units, tat, -1, cap)
@@ -229,46 +296,73 @@ func (r *Reservation) Done(ctx context.Context) error {
 			add("l", x.field, x.t, -d, r.r.tats[i], x.cap)
 		}
 	}
-	if len(groups) == 0 {
-		return nil
+	return groups
+}
+
+// settle runs, in one round trip, the give-back script's groups (if any)
+// and the freeing of the concurrency slot held in Redis (if any); lost is
+// the slot's loss, returned with the round trip's error.
+func (r *Reservation) settle(ctx context.Context, groups []any, lost error) error {
+	b := r.b
+	if len(groups) == 0 && (r.cid == "" || lost != nil) {
+		return lost
 	}
 	ctx, cancel := settleContext(ctx)
 	defer cancel()
-	_, err := b.runGiveBack(ctx, append([]any{"slot", r.r.slot, 0}, groups...))
+	var err error
+	switch {
+	case len(groups) == 0:
+		err = b.free(ctx, r.cid)
+	case r.cid != "" && lost == nil:
+		_, err = b.runGiveBackConc(ctx, append([]any{"slot", r.r.slot, 0}, groups...), r.cid)
+	default:
+		_, err = b.runGiveBack(ctx, append([]any{"slot", r.r.slot, 0}, groups...))
+	}
 	switch {
 	case err != nil && redisx.Outage(err):
-		return nil
+		return lost
 	case err != nil:
-		return b.fail(ctx, "done", err)
+		return errors.Join(lost, b.fail(ctx, "done", err))
 	}
-	return nil
+	return lost
 }
 
 // Cancel ends the reservation of a call that was not made, giving back
 // what can be, in one round trip: the units of every meter at once, and
 // the call's slot in the limits on calls while the reservation is the
-// latest booking (see [Budget.Wait]): pacing is never broken. Done and
+// latest booking (see [Budget.Wait]): pacing is never broken; and the
+// concurrency slot, if any (Options.Concurrency). Done and
 // Cancel end the reservation once: a second call of either does nothing and
 // returns nil. Cancel gives back even when ctx has ended, within a second;
 // its error is the round trip's, if any. While Redis is unreachable nothing
 // is given back.
 func (r *Reservation) Cancel(ctx context.Context) error {
-	if r == nil {
+	if !r.end() {
 		return nil
 	}
-	r.mu.Lock()
-	if r.ended {
-		r.mu.Unlock()
-		return nil
+	if r.localSlot {
+		r.b.releaseLocal()
 	}
-	r.ended = true
-	r.mu.Unlock()
 	if r.r.local {
 		return nil
 	}
 	ctx, cancel := settleContext(ctx)
 	defer cancel()
 	return r.b.giveBackCtx(ctx, r.r)
+}
+
+// Context returns the reservation's context: the ctx given to Reserve,
+// which, when the reservation holds a concurrency slot in Redis
+// (Options.Concurrency), also ends when the slot is lost, with cause
+// [ErrSlotLost] (see [context.Cause]), and when Done or Cancel is called.
+// A call made under a concurrency slot should run under it, as package lock's
+// Do runs its function under a context that ends with the lease: once the
+// slot's lease ran out, the fleet may have given the slot to another call.
+func (r *Reservation) Context() context.Context {
+	if r == nil {
+		return context.Background()
+	}
+	return r.ctx
 }
 
 // settleContext returns the context Done and Cancel run their round trip

@@ -88,6 +88,9 @@ type booking struct {
 	w           want
 	prev        int64
 	tats, prevs []int64
+	// sent is when a booking of a concurrency slot was sent: its lease
+	// runs from then.
+	sent time.Time
 }
 
 const (
@@ -108,7 +111,7 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		r, err := b.book(ctx, p, place, w)
 		if err != nil {
 			if redisx.Outage(err) {
-				return booking{local: true, w: w}, b.waitLocal(ctx, op, p, w)
+				return booking{local: true, w: w}, b.waitLocalSlot(ctx, op, p, w)
 			}
 			return booking{}, b.fail(ctx, op, err)
 		}
@@ -117,6 +120,14 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 			b.stats.refused.Add(1)
 			return booking{}, fmt.Errorf("budget: %s %s: the next slot, %v away, lies past the deadline: %w",
 				op, redisx.Quote(b.name), r.wait, context.DeadlineExceeded)
+		case queued:
+			// In line for a concurrency slot: a wake-up naming this caller,
+			// or the earliest lease's end, sends it to look again.
+			if err := b.awaitSlot(ctx, w.cid, r.wait); err != nil {
+				b.abandon(r, err)
+				return booking{}, err
+			}
+			continue
 		case comeBack:
 			b.stats.comeBacks.Add(1)
 			place = r.slot
@@ -184,20 +195,28 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64, w want) (boo
 	if p == Background {
 		prio = "1"
 	}
+	script, keys := waitScript, []string{b.key}
+	var sent time.Time
+	if w.cid != "" {
+		script, keys, sent = waitConcScript, b.conc.keys, time.Now()
+	}
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (booking, error) {
-		v, err := waitScript.Run(ctx, b.rdb.Redis(), []string{b.key}, b.waitArgs(prio, patience, place, w)...).Result()
+		v, err := script.Run(ctx, b.rdb.Redis(), keys, b.waitArgs(prio, patience, place, w)...).Result()
 		if err != nil {
 			return booking{}, err
 		}
 		r, err := parseBooking(v)
-		r.bg, r.w, r.prev = p == Background, w, -1
+		r.bg, r.w, r.prev, r.sent = p == Background, w, -1, sent
 		if err == nil && r.kind == booked && r.tats != nil {
 			err = b.dimTats(&r)
 		}
 		return r, err
 	}, func(r booking, err error) {
-		if err == nil && r.kind != refused {
+		switch {
+		case err == nil && r.kind != refused:
 			b.giveBack(r)
+		case w.cid != "" && redisx.MayHaveRun(err):
+			b.freeLater(w.cid)
 		}
 	})
 }
@@ -206,8 +225,11 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64, w want) (boo
 func (b *Budget) waitArgs(prio string, patience, place int64, w want) []any {
 	k := &b.boxed
 	n := 12
-	if w.calls != 1 || len(b.dims) > 0 {
+	if w.calls != 1 || len(b.dims) > 0 || w.cid != "" {
 		n += 1 + 5*len(b.dims)
+	}
+	if w.cid != "" {
+		n += 4
 	}
 	args := make([]any, 0, n)
 	args = append(args, k.t, k.tau, prio, patience, k.tb, k.horizon, place, k.ahead, k.sig,
@@ -220,6 +242,11 @@ func (b *Budget) waitArgs(prio string, patience, place int64, w want) []any {
 		if w.units[i] > 0 {
 			args = append(args, d.field, d.boxed[0], d.boxed[1], w.units[i], d.cap)
 		}
+	}
+	if w.cid != "" {
+		// The concurrency block's (conc.lua), taken off first.
+		c := b.conc
+		args = append(args, c.args[0], c.args[1], c.args[2], w.cid)
 	}
 	return args
 }
@@ -277,6 +304,7 @@ func parseBooking(v any) (booking, error) {
 	}
 	r := booking{kind: n[0], wait: time.Duration(n[1]) * time.Microsecond}
 	switch {
+	case r.kind == queued && len(n) == 2:
 	case r.kind == booked && len(n) == 5:
 		r.slot, r.tat, r.gated, r.other, r.tats = n[2], n[3], n[4] == 1, other, tats
 	case r.kind == comeBack && len(n) == 3:
@@ -326,7 +354,8 @@ func (b *Budget) sleep(ctx context.Context, d time.Duration, fine bool, paused f
 }
 
 // abandon gives back, in the background, what a Wait that ends with err
-// had booked: its slot, or its place in the background line.
+// had booked: its slot, or its place in the background line, and its
+// concurrency slot or place in line.
 func (b *Budget) abandon(r booking, err error) {
 	if errors.Is(err, ErrClosed) {
 		return
@@ -363,13 +392,24 @@ func (b *Budget) giveBack(r booking) {
 }
 
 // giveBackCtx gives back what r booked, within ctx, and reports the error
-// of the round trip, an outage aside.
+// of the round trip, an outage aside. A concurrency slot or place in line
+// goes back in the same round trip.
 func (b *Budget) giveBackCtx(ctx context.Context, r booking) error {
 	args := b.giveBackArgs(r, false)
-	if args == nil {
+	var n int64
+	var err error
+	switch {
+	case args == nil && r.w.cid == "":
 		return nil
+	case args == nil:
+		b.conc.drop(r.w.cid, context.Canceled)
+		err = b.free(ctx, r.w.cid)
+	case r.w.cid != "":
+		b.conc.drop(r.w.cid, context.Canceled)
+		n, err = b.runGiveBackConc(ctx, args, r.w.cid)
+	default:
+		n, err = b.runGiveBack(ctx, args)
 	}
-	n, err := b.runGiveBack(ctx, args)
 	switch {
 	case err != nil && redisx.Outage(err):
 		return nil
@@ -403,12 +443,24 @@ func (b *Budget) runGiveBack(ctx context.Context, args []any) (int64, error) {
 	}, nil)
 }
 
+// runGiveBackConc runs the give-back script with args, freeing the
+// concurrency slot or place in line of holder id in the same round trip.
+func (b *Budget) runGiveBackConc(ctx context.Context, args []any, id string) (int64, error) {
+	c := b.conc
+	args = append(args, c.args[0], c.args[1], c.args[2], id)
+	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
+		return givebackConcScript.Run(ctx, b.rdb.Redis(), c.keys, args...).Int64()
+	}, nil)
+}
+
 // giveBackArgs returns the give-back script's ARGV for what r booked: its
 // place in line, or its slot and the units of every dimension; with
 // metersOnly, the meters' units alone. It is nil when there is nothing to
 // give back.
 func (b *Budget) giveBackArgs(r booking, metersOnly bool) []any {
 	switch {
+	case r.kind == queued:
+		return nil // in line for a concurrency slot: no rate slot booked
 	case r.kind == comeBack && !r.place:
 		return nil // standing by: nothing booked
 	case r.kind == comeBack:

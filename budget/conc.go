@@ -1,0 +1,382 @@
+package budget
+
+// Concurrency slots (Options.Concurrency): at most N reservations in flight
+// across the fleet. A ZSET of holders scored by their lease's end, a FIFO
+// line of waiters, both beside the budget's hash under its hash tag; the
+// booking script takes a slot with the rate slot (conc.lua before wait.lua),
+// Done and Cancel free it (conc.lua before giveback.lua) and wake the head of
+// the line by pub/sub; one goroutine per Budget renews this server's leases.
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/internal/lease"
+	"github.com/locksmith-go/locksmith/internal/redisx"
+)
+
+// ErrSlotLost is the cause of a [Reservation.Context] that ended because the
+// reservation's concurrency slot was lost: its lease ran out before this
+// server could renew it (Redis unreachable for a whole SlotLease, a server
+// paused), or the slot was freed by [Budget.Close]. [Reservation.Done] then
+// returns an error wrapping it. The fleet may already have given the slot to
+// another call: the call should stop.
+var ErrSlotLost = errors.New("budget: concurrency slot lost")
+
+// defaultSlotLease is Options.SlotLease's default.
+const defaultSlotLease = 10 * time.Second
+
+var (
+	//go:embed conc.lua
+	concLua string
+	//go:embed conc_wait.lua
+	concWaitLua string
+	//go:embed conc_wait_end.lua
+	concWaitEndLua string
+	//go:embed slot.lua
+	slotLua string
+
+	waitConcScript     = redis.NewScript(concLua + concWaitLua + waitLua + "\n" + concWaitEndLua)
+	givebackConcScript = redis.NewScript(concLua + "local greply = (function()\n" + givebackLua +
+		"\nend)()\nconc_free({cid})\nreturn greply\n")
+	slotScript = redis.NewScript(concLua + slotLua)
+)
+
+// queued is the wait script's kind for a caller placed in the line for a
+// concurrency slot: {3, wait}.
+const queued = 3
+
+// conc is the concurrency state of a Budget with Options.Concurrency.
+type conc struct {
+	n     int
+	lease time.Duration
+	keys  []string // the budget, slots, queue, queued
+	args  [3]any   // N, the lease (µs), the publish flag
+	id    string   // this Budget's prefix of holder ids
+	seq   atomic.Uint64
+	local chan struct{} // the local cap while Redis is unreachable
+	out   atomic.Int64  // slots held (Redis or local): Stats.InFlight
+
+	mu      sync.Mutex               // guards the maps
+	waiting map[string]chan struct{} // holder ids in line, and their wake-ups
+	held    map[string]*holder       // holder ids holding a slot in Redis
+}
+
+// holder is a slot held in Redis: its lease ends at end unless renewed;
+// lost ends its reservation's Context.
+type holder struct {
+	end  time.Time
+	lost context.CancelCauseFunc
+}
+
+func newConc(b *Budget) *conc {
+	c := &conc{
+		n:       b.opt.Concurrency,
+		lease:   b.opt.SlotLease,
+		keys:    []string{b.key, b.key + ":slots", b.key + ":queue", b.key + ":queued"},
+		id:      lease.NewToken()[:12] + ":",
+		local:   make(chan struct{}, max(1, b.opt.Concurrency/b.opt.FleetSize)),
+		waiting: make(map[string]chan struct{}),
+		held:    make(map[string]*holder),
+	}
+	c.args = [3]any{int64(c.n), c.lease.Microseconds(), b.rdb.PublishFlag()}
+	return c
+}
+
+// newID returns a fresh holder id, and registers it as waiting, so that a
+// wake-up naming it that comes before the booking's reply is kept.
+func (c *conc) newID() string {
+	id := c.id + strconv.FormatUint(c.seq.Add(1), 36)
+	c.mu.Lock()
+	c.waiting[id] = make(chan struct{}, 1)
+	c.mu.Unlock()
+	return id
+}
+
+// wake signals the waiters named in a wake-up message's body, or every
+// waiter when all is true (messages may have been lost).
+func (c *conc) wake(body string, all bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	signal := func(ch chan struct{}) {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	if all {
+		for _, ch := range c.waiting {
+			signal(ch)
+		}
+		return
+	}
+	for _, id := range strings.Fields(body) {
+		if ch := c.waiting[id]; ch != nil {
+			signal(ch)
+		}
+	}
+}
+
+// wakeup returns the channel that signals the waiter id.
+func (c *conc) wakeup(id string) chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.waiting[id]
+}
+
+// took moves id from the line to the holders, its lease running from
+// since, and returns the context of its reservation, derived from ctx.
+func (c *conc) took(ctx context.Context, id string, since time.Time) context.Context {
+	rctx, cancel := context.WithCancelCause(ctx)
+	c.mu.Lock()
+	delete(c.waiting, id)
+	c.held[id] = &holder{end: since.Add(c.lease), lost: cancel}
+	c.mu.Unlock()
+	c.out.Add(1)
+	return rctx
+}
+
+// drop forgets id, waiting or holding, ending its reservation's context
+// with cause; it reports whether id held a slot.
+func (c *conc) drop(id string, cause error) bool {
+	c.mu.Lock()
+	delete(c.waiting, id)
+	h := c.held[id]
+	delete(c.held, id)
+	c.mu.Unlock()
+	if h == nil {
+		return false
+	}
+	c.out.Add(-1)
+	h.lost(cause)
+	return true
+}
+
+// free frees the slots and places in line of ids in Redis, within ctx.
+func (b *Budget) free(ctx context.Context, ids ...string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	c := b.conc
+	args := make([]any, 0, len(ids)+5)
+	args = append(args, "free")
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	args = append(args, c.args[0], c.args[1], c.args[2], "")
+	_, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (any, error) {
+		return slotScript.Run(ctx, b.rdb.Redis(), c.keys, args...).Result()
+	}, nil)
+	return err
+}
+
+// freeLater frees id's slot or place in line in the background (a caller
+// that gave up, or a booking whose reply came too late).
+func (b *Budget) freeLater(id string) {
+	b.conc.drop(id, context.Canceled)
+	b.later(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
+		defer cancel()
+		_ = b.free(ctx, id)
+	})
+}
+
+// renewLoop renews this server's slots and places in line every third of
+// a lease, in one round trip, until the Budget is closed. A holder whose
+// slot Redis no longer holds, or whose lease ran out while renewals
+// failed, loses it (ErrSlotLost); a waiter whose place is gone looks
+// again.
+func (b *Budget) renewLoop() {
+	defer b.wg.Done()
+	c := b.conc
+	every := c.lease / 3
+	timer := time.NewTimer(every)
+	defer timer.Stop()
+	for {
+		select {
+		case <-b.done:
+			return
+		case <-timer.C:
+		}
+		next := every
+		if !b.renew() {
+			next = max(c.lease/12, time.Millisecond)
+		}
+		timer.Reset(next)
+	}
+}
+
+// renew renews every slot and place in line of this server once, and
+// reports whether Redis answered.
+func (b *Budget) renew() bool {
+	c := b.conc
+	// The holders as of now: a booking that takes a slot while the renewal
+	// is under way may run after it, and must not count as lost.
+	c.mu.Lock()
+	args := make([]any, 0, len(c.held)+len(c.waiting)+5)
+	args = append(args, "renew")
+	held := make(map[string]*holder, len(c.held))
+	for id, h := range c.held {
+		args = append(args, id)
+		held[id] = h
+	}
+	for id := range c.waiting {
+		args = append(args, id)
+	}
+	c.mu.Unlock()
+	if len(args) == 1 {
+		return true
+	}
+	args = append(args, c.args[0], c.args[1], c.args[2], "")
+	sent := time.Now()
+	ctx, cancel := context.WithTimeout(b.base, c.lease/3)
+	defer cancel()
+	lost, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]string, error) {
+		return slotScript.Run(ctx, b.rdb.Redis(), c.keys, args...).StringSlice()
+	}, nil)
+	if testHookRenewed != nil {
+		testHookRenewed(b)
+	}
+	if err != nil {
+		if !redisx.Outage(err) && b.check() == nil {
+			b.stats.redisErrs.Add(1)
+		}
+		// The leases that surely ran out are lost.
+		var gone []string
+		c.mu.Lock()
+		for id, h := range held {
+			if !sent.Before(h.end) {
+				gone = append(gone, id)
+			}
+		}
+		c.mu.Unlock()
+		for _, id := range gone {
+			c.drop(id, ErrSlotLost)
+		}
+		return false
+	}
+	gone := make(map[string]bool, len(lost))
+	for _, id := range lost {
+		gone[id] = true
+	}
+	c.mu.Lock()
+	var dropped []string
+	for id, h := range held {
+		if gone[id] {
+			dropped = append(dropped, id)
+		} else if e := sent.Add(c.lease); e.After(h.end) {
+			h.end = e
+		}
+	}
+	c.mu.Unlock()
+	for _, id := range dropped {
+		c.drop(id, ErrSlotLost)
+	}
+	for _, id := range lost {
+		if held[id] == nil {
+			// A place in line that ran out: its waiter books again.
+			c.wake(id, false)
+		}
+	}
+	return true
+}
+
+// testHookRenewed, set by tests only, runs when a renewal's reply came,
+// before it is applied.
+var testHookRenewed func(*Budget)
+
+// closeConc frees every slot and place of this server at once, when the
+// Budget closes; the reservations' contexts end with ErrSlotLost.
+func (b *Budget) closeConc() {
+	c := b.conc
+	c.mu.Lock()
+	ids := make([]string, 0, len(c.held)+len(c.waiting))
+	for id := range c.held {
+		ids = append(ids, id)
+	}
+	for id := range c.waiting {
+		ids = append(ids, id)
+	}
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
+	defer cancel()
+	_ = b.free(ctx, ids...)
+	for _, id := range ids {
+		c.drop(id, ErrSlotLost)
+	}
+}
+
+// acquireLocal takes a slot of the local cap, Concurrency/FleetSize, while
+// Redis is unreachable.
+func (b *Budget) acquireLocal(ctx context.Context) error {
+	select {
+	case b.conc.local <- struct{}{}:
+		b.conc.out.Add(1)
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-b.done:
+		return ErrClosed
+	}
+}
+
+// releaseLocal gives back a slot of the local cap.
+func (b *Budget) releaseLocal() {
+	<-b.conc.local
+	b.conc.out.Add(-1)
+}
+
+// awaitSlot sleeps while the caller id is in line for a concurrency slot:
+// until a wake-up names it, for at most d when d >= 0 (the head of the line:
+// the earliest lease's end, when a slot may come back without a word), or
+// until ctx ends or the Budget closes. While the budget's subscription is
+// not confirmed, a wake-up may be missed: the caller looks again once it is.
+func (b *Budget) awaitSlot(ctx context.Context, id string, d time.Duration) error {
+	ch := b.conc.wakeup(id)
+	var ready <-chan struct{}
+	if !b.listening() {
+		ready = b.listener.Ready()
+	}
+	var tick <-chan time.Time
+	if d >= 0 {
+		timer := time.NewTimer(d)
+		defer timer.Stop()
+		tick = timer.C
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ready:
+		return nil
+	case <-tick:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-b.done:
+		return ErrClosed
+	}
+}
+
+// waitLocalSlot is waitLocal for a reservation w, which takes a slot of
+// the local cap first when the budget has Options.Concurrency.
+func (b *Budget) waitLocalSlot(ctx context.Context, op string, p Priority, w want) error {
+	if w.cid == "" {
+		return b.waitLocal(ctx, op, p, w)
+	}
+	if err := b.acquireLocal(ctx); err != nil {
+		return err
+	}
+	err := b.waitLocal(ctx, op, p, w)
+	if err != nil {
+		b.releaseLocal()
+	}
+	return err
+}
