@@ -35,6 +35,28 @@ type BatchOptions struct {
 	// requests.
 	// default: false (one slot per loader call)
 	CostPerKey bool
+
+	// FleetWide makes a [Batcher]'s batches the fleet's rather than its
+	// server's: the keys it claims are handed off to a queue in Redis, and
+	// one gatherer for the fleet (whichever server's Batcher of the same
+	// Name holds the gatherer's lease) loads up to MaxSize of them per
+	// loader call, every Window, whichever servers missed them. Each key
+	// is still loaded once across the fleet, its waiters everywhere woken
+	// by push. A gatherer that crashes or pauses is replaced within its
+	// lease (2s, or three Windows if longer), and its keys are loaded by
+	// its successor. Every server's Batcher of a Name must load the same
+	// way, on Caches of the same Prefix: any of them may load the keys of
+	// any other. While Redis is unreachable, each server loads its own
+	// keys, as without FleetWide. [GetMany] ignores it: its loader is the
+	// call's.
+	// default: false (each server batches the keys it missed)
+	FleetWide bool
+
+	// Name names a FleetWide Batcher's batches across the fleet: the
+	// gatherer's keys in Redis are P{batch:Name}:gatherer, :queue and
+	// :loading, in one Cluster slot. Required with FleetWide; one Batcher
+	// per Name on each Cache.
+	Name string
 }
 
 func (o *BatchOptions) withDefaults() BatchOptions {
@@ -188,6 +210,8 @@ type batch[T any] struct {
 	load func(ctx context.Context, keys []string) (map[string]T, error)
 	opt  BatchOptions
 	o    ops
+
+	fleet *gatherer[T] // a FleetWide Batcher's; nil otherwise
 }
 
 func newBatch[T any](c *Cache, load func(ctx context.Context, keys []string) (map[string]T, error), opt BatchOptions) *batch[T] {
@@ -241,12 +265,16 @@ func (b *batch[T]) run(caller context.Context, items []batchItem, cl callOptions
 		if len(waiting) > 0 {
 			wg.Go(func() { b.awaitHeld(fctx, waiting, cl, &wg) })
 		}
+		if handed := claimed; b.fleet != nil && len(handed) > 0 {
+			wg.Go(func() { b.fleet.handOff(fctx, handed, cl, &wg) })
+			claimed = nil
+		}
 		for i, chunk := range slices.Collect(slices.Chunk(claimed, b.opt.MaxSize)) {
 			var j joiner
 			if i == 0 && join != nil && c.budget(caller) != nil && !b.opt.CostPerKey && len(chunk) < b.opt.MaxSize {
 				j = join
 			}
-			wg.Go(func() { b.lead(fctx, chunk, cl, j, &wg) })
+			wg.Go(func() { b.lead(fctx, chunk, cl, j, nil, &wg) })
 		}
 		for chunk := range slices.Chunk(open, b.opt.MaxSize) {
 			wg.Go(func() { b.failOpen(fctx, chunk) })
@@ -364,7 +392,10 @@ func (b *batch[T]) awaitHeld(fctx context.Context, waiting []*batchLook, cl call
 			continue
 		}
 		sub := readySubs[i]
-		b.single(fctx, l, cl, &looks[i], func(w *waiter) { w.afterHeld(sub, since) }, wg)
+		b.single(fctx, l, cl, &looks[i], func(w *waiter) {
+			w.missed = l.handedOff // counted when claimed
+			w.afterHeld(sub, since)
+		}, wg)
 	}
 }
 
@@ -372,8 +403,10 @@ func (b *batch[T]) awaitHeld(fctx context.Context, waiting []*batchLook, cl call
 type batchLook struct {
 	look
 	key string
-	f   *flight.Call
+	f   *flight.Call // nil for a gatherer's key (see gather.go)
 	ks  keyset
+
+	handedOff bool // claimed here, then handed off to the fleet's gatherer
 }
 
 // failOpen loads chunk without the fleet-wide lock: Redis is unavailable.
