@@ -117,8 +117,7 @@ func (ch *chunkLoad[T]) run(ctx context.Context) (any, error) {
 }
 
 // aroundCall makes a chunk's loader call, call, with what its caller does
-// just before and after it (a gatherer checks its lease, and pops again
-// while the keys are settled).
+// around it (a gatherer checks its lease first).
 type aroundCall func(call func() (any, error)) (any, error)
 
 // absorb brings the keys that arrived while the chunk waited for its

@@ -19,17 +19,19 @@ import (
 // Cache of its own (a server of a fleet), loading with its own batchLoader.
 // Each call of a loader takes delay.
 func fleetBatchers(t *testing.T, clients []redis.UniversalClient, opt *fill.Options, bo fill.BatchOptions,
-	delay time.Duration) ([]*fill.Batcher[string], []*batchLoader) {
+	delay time.Duration) ([]*fill.Batcher[string], []*batchLoader, []*fill.Cache) {
 	var bts []*fill.Batcher[string]
 	var loaders []*batchLoader
+	var caches []*fill.Cache
 	bo.FleetWide = true
 	for _, rdb := range clients {
 		bl := &batchLoader{missing: map[string]bool{"k7": true}, delay: delay}
 		c := newCache(t, rdb, opt)
 		bts = append(bts, fill.NewBatcher(c, bl.load, &bo))
 		loaders = append(loaders, bl)
+		caches = append(caches, c)
 	}
-	return bts, loaders
+	return bts, loaders, caches
 }
 
 // getAll has every Batcher Get each key whose index modulo the number of
@@ -94,7 +96,7 @@ func TestFleetWideBatcher(t *testing.T) {
 	for range servers {
 		clients = append(clients, s.Client(t, nil))
 	}
-	bts, loaders := fleetBatchers(t, clients, nil, fill.BatchOptions{Name: "users", MaxSize: maxSize, Window: 20 * time.Millisecond}, 50*time.Millisecond)
+	bts, loaders, _ := fleetBatchers(t, clients, nil, fill.BatchOptions{Name: "users", MaxSize: maxSize, Window: 20 * time.Millisecond}, 50*time.Millisecond)
 	ctx := redistest.Context(t, 30*time.Second)
 	getAll(t, ctx, bts, keyList(keys))
 	calls, loaded := fleetLoads(loaders)
@@ -130,7 +132,7 @@ func TestFleetWideOnCluster(t *testing.T) {
 	for range servers {
 		clients = append(clients, cl.Client(t, nil))
 	}
-	bts, loaders := fleetBatchers(t, clients, nil, fill.BatchOptions{Name: "users", Window: 20 * time.Millisecond}, 50*time.Millisecond)
+	bts, loaders, _ := fleetBatchers(t, clients, nil, fill.BatchOptions{Name: "users", Window: 20 * time.Millisecond}, 50*time.Millisecond)
 	ctx := redistest.Context(t, 30*time.Second)
 	getAll(t, ctx, bts, keyList(keys))
 	calls, loaded := fleetLoads(loaders)
@@ -144,7 +146,7 @@ func TestFleetWideOnCluster(t *testing.T) {
 // keys, in one loader call.
 func TestFleetWideRedisDown(t *testing.T) {
 	s := redistest.Start(t, nil)
-	bts, loaders := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil)}, nil,
+	bts, loaders, _ := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil)}, nil,
 		fill.BatchOptions{Name: "users", Window: 5 * time.Millisecond}, 0)
 	ctx := redistest.Context(t, 20*time.Second)
 	s.Kill(t)
@@ -172,11 +174,11 @@ func TestFleetWideGathererDies(t *testing.T) {
 	p := redistest.NewProxy(t, s.Addr())
 	opt := &fill.Options{LockTTL: 30 * time.Second}
 	bo := fill.BatchOptions{Name: "users", Window: 10 * time.Millisecond}
-	dead, deadLoads := fleetBatchers(t, []redis.UniversalClient{
+	dead, deadLoads, _ := fleetBatchers(t, []redis.UniversalClient{
 		redis.NewClient(&redis.Options{Addr: p.Addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
 			ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond})}, opt, bo, 0)
 	deadLoads[0].gate = make(chan struct{})
-	live, liveLoads := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil), s.Client(t, nil)}, opt, bo, 0)
+	live, liveLoads, _ := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil), s.Client(t, nil)}, opt, bo, 0)
 	ctx := redistest.Context(t, 30*time.Second)
 	rdb := s.Client(t, nil)
 
@@ -211,4 +213,39 @@ func TestFleetWideGathererDies(t *testing.T) {
 		t.Errorf("the dead gatherer's loader was called %d times; want 1", n)
 	}
 	close(deadLoads[0].gate)
+}
+
+// TestFleetWideGathererCloses: a gatherer closed in the middle of a batch
+// releases its keys and resigns its lease: the other servers load the keys
+// they wait for, each once.
+func TestFleetWideGathererCloses(t *testing.T) {
+	s := redistest.Start(t, nil)
+	bo := fill.BatchOptions{Name: "users", Window: 10 * time.Millisecond}
+	closing, closingLoads, caches := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil)}, nil, bo, 0)
+	closingLoads[0].gate = make(chan struct{})
+	defer close(closingLoads[0].gate)
+	live, liveLoads, _ := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil), s.Client(t, nil)}, nil, bo, 0)
+	ctx := redistest.Context(t, 30*time.Second)
+	keys := keyList(10)
+	errs := make(chan error, len(keys))
+	for _, key := range keys {
+		go func() { _, err := closing[0].Get(ctx, key); errs <- err }()
+	}
+	redistest.WaitFor(t, "the gatherer's loader call", func() bool { n, _ := closingLoads[0].loaded(); return n == 1 })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		getAll(t, ctx, live, keys)
+	}()
+	if err := caches[0].Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range keys {
+		if err := <-errs; !errors.Is(err, fill.ErrClosed) {
+			t.Errorf("the closed server's Get: %v; want ErrClosed", err)
+		}
+	}
+	<-done
+	_, loaded := fleetLoads(liveLoads)
+	checkOnce(t, loaded, len(keys))
 }

@@ -52,6 +52,7 @@ const (
 	gatherPop     = "g"
 	gatherDone    = "d"
 	gatherQuit    = "q"
+	gatherResign  = "r"
 )
 
 // gatherLease is the gatherer's lease: a gatherer that crashed is replaced
@@ -74,15 +75,16 @@ type gatherer[T any] struct {
 	token string   // this server's, in the lease
 	kick  chan struct{}
 
-	mu       sync.Mutex // guards running, pending and leaseEnd
+	mu       sync.Mutex // guards running, pending, leaseEnd and loading
 	running  bool       // the gather loop runs
 	pending  []*flight.Call
-	leaseEnd time.Time // the lease surely ends then unless renewed
+	leaseEnd time.Time       // the lease surely ends then unless renewed
+	loading  map[string]bool // the items this server's loads settle
 }
 
 func newGatherer[T any](b *batch[T]) *gatherer[T] {
 	base := redisx.Key(b.c.opt.Prefix, "batch:"+b.opt.Name)
-	return &gatherer[T]{b: b, token: lease.NewToken(), kick: make(chan struct{}, 1),
+	return &gatherer[T]{b: b, token: lease.NewToken(), kick: make(chan struct{}, 1), loading: map[string]bool{},
 		keys: []string{base + ":gatherer", base + ":queue", base + ":loading"}}
 }
 
@@ -211,31 +213,32 @@ func parseGathered(v any) (gathered, error) {
 // of its own. While a batch loads, it pops only full batches: the keys
 // missed meanwhile wait for the load to end, and go out together (group
 // commit), so a fleet whose misses arrive steadily makes one call per load
-// time rather than one per Window. While another server gathers, it looks
-// at the lease when it is due to run out, for as long as keys this server
-// handed off are not settled. It ends when there is nothing left to do,
-// and at Close.
+// rather than one per Window. While another server gathers, it looks at
+// the lease every eighth of it, for as long as keys this server handed off
+// are not settled, and takes over once the lease is free. It ends when
+// there is nothing left to do, and at Close, which resigns the lease.
 func (g *gatherer[T]) loop() {
 	c, opt := g.b.c, g.b.opt
 	defer c.wg.Done()
-	var batches sync.WaitGroup
-	defer batches.Wait()
-	var inflight atomic.Int32 // batches loading
+	ls := &gatherLoop{}
+	defer ls.batches.Wait()
 	ctx := c.base
-	var lastPop time.Time
 	due := time.Now().Add(opt.Window)
 	timer := time.NewTimer(opt.Window)
 	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
+			_, _ = g.run(cctx, gatherResign)
+			cancel()
 			g.stop(ctx, false)
 			return
 		case <-g.kick:
 			// Keys were handed off here, or a batch ended: pop as soon as
 			// a Window has passed since the last pop, rather than after
 			// another gatherer's lease or a full Window from now.
-			at := lastPop.Add(opt.Window)
+			at := ls.lastPop.Add(opt.Window)
 			if now := time.Now(); at.Before(now) {
 				at = now
 			}
@@ -246,61 +249,79 @@ func (g *gatherer[T]) loop() {
 			continue
 		case <-timer.C:
 		}
-		next := opt.Window
-		sent := time.Now()
-		fullOnly := "0"
-		if inflight.Load() > 0 {
-			fullOnly = "1"
-		}
-		v, err := g.run(ctx, gatherPop, opt.MaxSize, fullOnly)
-		var r gathered
-		if err == nil {
-			r, err = parseGathered(v)
-		}
-		switch {
-		case err != nil:
-			c.log("the fleet's gatherer could not reach redis", "err", err)
-			next = max(c.opt.PollInterval, opt.Window)
-			if g.stop(ctx, false) {
-				return
-			}
-		case !r.leader:
-			next = max(r.pttl+time.Millisecond, opt.Window)
-			if g.stop(ctx, false) {
-				return
-			}
-		default:
-			g.mu.Lock()
-			g.leaseEnd = sent.Add(g.lease())
-			g.mu.Unlock()
-			if len(r.popped) > 0 {
-				lastPop = sent
-			}
-			for i, items := range [][]string{r.recovered, r.popped} {
-				if len(items) > 0 {
-					inflight.Add(1)
-					called := sync.OnceFunc(func() {
-						inflight.Add(-1)
-						g.poke()
-					})
-					batches.Go(func() {
-						defer called()
-						g.load(items, i == 0, called)
-					})
-				}
-			}
-			switch {
-			case len(r.popped) == opt.MaxSize:
-				next = 0
-			case len(r.popped) == 0 && len(r.recovered) == 0 && inflight.Load() == 0:
-				if g.stop(ctx, true) {
-					return
-				}
-			}
+		next, done := g.pop(ctx, ls)
+		if done {
+			return
 		}
 		due = time.Now().Add(next)
 		timer.Reset(next)
 	}
+}
+
+// gatherLoop is the state of a gather loop.
+type gatherLoop struct {
+	batches  sync.WaitGroup
+	inflight atomic.Int32 // batches loading
+	lastPop  time.Time    // of the last pop that popped keys
+	resync   bool         // a pop's reply was lost: ask for the loading list
+}
+
+// pop pops once (see loop), and returns when to pop next, or that the loop
+// ends.
+func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Duration, done bool) {
+	c, opt := g.b.c, g.b.opt
+	sent := time.Now()
+	fullOnly, resync := "0", "0"
+	if ls.inflight.Load() > 0 {
+		fullOnly = "1"
+	}
+	if ls.resync {
+		resync = "1"
+	}
+	v, err := g.run(ctx, gatherPop, opt.MaxSize, fullOnly, resync)
+	var r gathered
+	if err == nil {
+		r, err = parseGathered(v)
+	}
+	switch {
+	case err != nil:
+		c.log("the fleet's gatherer could not reach redis", "err", err)
+		ls.resync = ls.resync || redisx.MayHaveRun(err)
+		return max(c.opt.PollInterval, opt.Window), g.stop(ctx, false)
+	case !r.leader:
+		return max(min(r.pttl+time.Millisecond, g.lease()/8), opt.Window), g.stop(ctx, false)
+	}
+	ls.resync = false
+	g.mu.Lock()
+	g.leaseEnd = sent.Add(g.lease())
+	// Keys this gatherer loads already are not recovered.
+	r.recovered = slices.DeleteFunc(r.recovered, func(s string) bool { return g.loading[s] })
+	for _, items := range [][]string{r.recovered, r.popped} {
+		for _, s := range items {
+			g.loading[s] = true
+		}
+	}
+	g.mu.Unlock()
+	if len(r.popped) > 0 {
+		ls.lastPop = sent
+	}
+	for i, items := range [][]string{r.recovered, r.popped} {
+		if len(items) > 0 {
+			ls.inflight.Add(1)
+			ls.batches.Go(func() {
+				defer g.poke()
+				defer ls.inflight.Add(-1)
+				g.load(items, i == 0)
+			})
+		}
+	}
+	switch {
+	case len(r.popped) == opt.MaxSize:
+		return 0, false
+	case len(r.popped) == 0 && len(r.recovered) == 0 && ls.inflight.Load() == 0:
+		return opt.Window, g.stop(ctx, true)
+	}
+	return opt.Window, false
 }
 
 // poke has the loop pop as soon as it may.
@@ -346,10 +367,8 @@ func (g *gatherer[T]) held() bool {
 // load loads and settles the keys of items, one loader call, then takes
 // them off the loading list. Recovered items (a gatherer that died popped
 // them) are loaded only if their lock still holds their claim's token: a
-// key its first gatherer settled is not loaded again. called is called
-// once the loader calls returned: the loop may pop the next batch while
-// this one is settled.
-func (g *gatherer[T]) load(items []string, recovered bool, called func()) {
+// key its first gatherer settled is not loaded again.
+func (g *gatherer[T]) load(items []string, recovered bool) {
 	b, c := g.b, g.b.c
 	fctx, cancel := c.flightContext(context.Background())
 	defer cancel()
@@ -372,26 +391,25 @@ func (g *gatherer[T]) load(items []string, recovered bool, called func()) {
 	if recovered {
 		chunk = g.stillClaimed(fctx, chunk)
 	}
-	parts := slices.Collect(slices.Chunk(chunk, b.opt.MaxSize)) // several only when recovered
-	var left atomic.Int32
-	left.Store(int32(len(parts)))
 	around := func(call func() (any, error)) (any, error) {
 		if !g.held() {
 			return nil, errAbandoned
 		}
-		defer func() {
-			if left.Add(-1) == 0 {
-				called()
-			}
-		}()
 		return call()
 	}
 	abandoned := false
 	var wg sync.WaitGroup
-	for _, part := range parts {
+	for part := range slices.Chunk(chunk, b.opt.MaxSize) { // several only when recovered
 		abandoned = b.lead(fctx, part, b.callOptions(), nil, around, &wg) || abandoned
 	}
 	wg.Wait()
+	defer func() {
+		g.mu.Lock()
+		for _, s := range items {
+			delete(g.loading, s)
+		}
+		g.mu.Unlock()
+	}()
 	if abandoned {
 		return // left on the loading list for the next gatherer
 	}
@@ -399,7 +417,9 @@ func (g *gatherer[T]) load(items []string, recovered bool, called func()) {
 	for i, s := range items {
 		args[i] = s
 	}
-	if _, err := g.run(fctx, gatherDone, args...); err != nil {
+	cctx, ccancel := context.WithTimeout(context.WithoutCancel(fctx), lease.CleanupTimeout)
+	defer ccancel()
+	if _, err := g.run(cctx, gatherDone, args...); err != nil {
 		c.log("taking settled keys off the fleet's loading list failed", "err", err)
 	}
 }

@@ -12,12 +12,14 @@
 --   'g' gather: unless another holds the lease, take or renew it, and pop up
 --       to ARGV[5] items onto the loading list (with ARGV[6] '1', only if
 --       the queue holds that many: a full batch). Returns {1, popped,
---       recovered}, recovered being the loading list of a gatherer whose
---       lease ran out (when the lease was taken anew; they stay on the
---       list, now the caller's), or {0, pttl} while another gathers.
+--       recovered}, recovered being the loading list when the lease was
+--       taken anew (a gatherer's whose lease ran out, now the caller's) or
+--       when ARGV[7] is '1' (the caller lost the reply to a pop), or {0,
+--       pttl} while another gathers.
 --   'd' done: ARGV[5..] items settled, taken off the loading list. Returns 1.
 --   'q' quit: release the lease if the caller holds it and the queue and the
 --       loading list are empty. Returns 1 when released, else 0.
+--   'r' resign: release the lease if the caller holds it (it closes).
 local mode = ARGV[4]
 if mode == 'd' then
   for i = 5, #ARGV do redis.call('LREM', KEYS[3], 1, ARGV[i]) end
@@ -30,6 +32,10 @@ if mode == 'h' then
   return 0
 end
 local holder = redis.call('GET', KEYS[1])
+if mode == 'r' then
+  if holder == ARGV[1] then redis.call('DEL', KEYS[1]) end
+  return 1
+end
 if mode == 'q' then
   if holder == ARGV[1] and redis.call('LLEN', KEYS[2]) == 0 and redis.call('LLEN', KEYS[3]) == 0 then
     redis.call('DEL', KEYS[1])
@@ -40,6 +46,7 @@ end
 local recovered = {}
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if ARGV[7] == '1' then recovered = redis.call('LRANGE', KEYS[3], 0, -1) end
 elseif holder then
   return {0, redis.call('PTTL', KEYS[1])}
 else
