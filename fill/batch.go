@@ -27,6 +27,9 @@ type BatchOptions struct {
 	MaxSize int
 
 	// Window is how long a Batcher collects keys before it sends them.
+	// With FleetWide, it is how long the fleet's gatherer collects the keys
+	// handed off to it, from the first, and the least time between two of
+	// its loader calls; each Batcher hands its keys off within 2ms.
 	// default: 2ms
 	Window time.Duration
 
@@ -242,6 +245,20 @@ func (b *batch[T]) job(l *batchLook, cl callOptions) *job {
 }
 
 func (b *batch[T]) callOptions() callOptions { return b.c.callOptions(nil) }
+
+// handOffWindow is the longest a FleetWide Batcher collects keys before it
+// claims them (in one pipeline) and hands them off: the fleet's gatherer
+// collects them for Window.
+const handOffWindow = 2 * time.Millisecond
+
+// window is how long a Batcher collects keys before it sends them: Window,
+// or with FleetWide, at most handOffWindow.
+func (b *batch[T]) window() time.Duration {
+	if b.fleet != nil {
+		return min(b.opt.Window, handOffWindow)
+	}
+	return b.opt.Window
+}
 
 // run reads or claims items together, lands the keys found, loads the keys
 // claimed in chunks, and has the keys held elsewhere awaited. It returns

@@ -80,7 +80,7 @@ func (bt *Batcher[T]) add(ctx context.Context, it batchItem) {
 		bt.pending = nil
 		go bt.b.run(ctx, items, bt.b.callOptions(), &batcherJoin[T]{bt: bt, ctx: ctx})
 	case len(bt.pending) == 1:
-		bt.timer = time.AfterFunc(bt.b.opt.Window, func() { bt.flush(ctx) })
+		bt.timer = time.AfterFunc(bt.b.window(), func() { bt.flush(ctx) })
 	}
 }
 
@@ -136,7 +136,7 @@ func (j *batcherJoin[T]) take(n int) []batchItem {
 	bt.pending = bt.pending[n:]
 	if bt.holders == 0 && len(bt.pending) > 0 && bt.timer == nil {
 		ctx := j.ctx
-		bt.timer = time.AfterFunc(bt.b.opt.Window, func() { bt.flush(ctx) })
+		bt.timer = time.AfterFunc(bt.b.window(), func() { bt.flush(ctx) })
 	}
 	return items
 }

@@ -165,10 +165,10 @@ func TestFleetWideRedisDown(t *testing.T) {
 }
 
 // TestFleetWideGathererDies: the gatherer loses its connection to Redis in
-// the middle of a batch (its loader called, never to settle), with more
-// keys queued behind it: another server takes the gatherer's lease once it
-// runs out, and loads both the keys the dead gatherer had popped and those
-// queued, each once, for every waiter.
+// the middle of its batches (its loader called, never to settle), perhaps
+// with keys queued: another server takes the gatherer's lease once it runs
+// out, and loads the keys the dead gatherer had popped and those queued,
+// each once, for every waiter.
 func TestFleetWideGathererDies(t *testing.T) {
 	s := redistest.Start(t, nil)
 	p := redistest.NewProxy(t, s.Addr())
@@ -192,14 +192,17 @@ func TestFleetWideGathererDies(t *testing.T) {
 	}
 	redistest.WaitFor(t, "the gatherer's loader call", func() bool { n, _ := deadLoads[0].loaded(); return n == 1 })
 	// The others miss the same keys, which they await, and ten more, which
-	// they hand off: queued behind the batch loading.
+	// they hand off: queued behind the batch loading, or popped too, as a
+	// batch of their own (the first one being slow), whose loader call does
+	// not return either.
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		getAll(t, ctx, live, keys)
 	}()
-	redistest.WaitFor(t, "ten keys queued", func() bool {
-		return rdb.LLen(ctx, "__locksmith:{batch:users}:queue").Val() == 10
+	redistest.WaitFor(t, "ten keys queued or popped", func() bool {
+		_, popped := deadLoads[0].loaded()
+		return int(rdb.LLen(ctx, "__locksmith:{batch:users}:queue").Val())+len(popped) == len(keys)
 	})
 	// The gatherer is cut off, its callers gone: its lease runs out.
 	giveUp()
@@ -209,8 +212,8 @@ func TestFleetWideGathererDies(t *testing.T) {
 	calls, loaded := fleetLoads(liveLoads)
 	checkOnce(t, loaded, len(keys))
 	t.Logf("the successor loaded %d keys in %d calls", len(loaded), calls)
-	if n, _ := deadLoads[0].loaded(); n != 1 {
-		t.Errorf("the dead gatherer's loader was called %d times; want 1", n)
+	if n, popped := deadLoads[0].loaded(); n > 2 || len(popped) > len(keys) {
+		t.Errorf("the dead gatherer's loader was called %d times for %d keys; want at most 2 for %d", n, len(popped), len(keys))
 	}
 	close(deadLoads[0].gate)
 }

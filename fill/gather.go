@@ -73,7 +73,9 @@ type gatherer[T any] struct {
 	b     *batch[T]
 	keys  []string // the lease, the queue, the loading list
 	token string   // this server's, in the lease
-	kick  chan struct{}
+	// handed and ended wake the loop: keys were handed off here, a batch
+	// ended.
+	handed, ended chan struct{}
 
 	mu       sync.Mutex // guards running, pending, leaseEnd and loading
 	running  bool       // the gather loop runs
@@ -84,7 +86,7 @@ type gatherer[T any] struct {
 
 func newGatherer[T any](b *batch[T]) *gatherer[T] {
 	base := redisx.Key(b.c.opt.Prefix, "batch:"+b.opt.Name)
-	return &gatherer[T]{b: b, token: lease.NewToken(), kick: make(chan struct{}, 1), loading: map[string]bool{},
+	return &gatherer[T]{b: b, token: lease.NewToken(), handed: make(chan struct{}, 1), ended: make(chan struct{}, 1), loading: map[string]bool{},
 		keys: []string{base + ":gatherer", base + ":queue", base + ":loading"}}
 }
 
@@ -158,7 +160,7 @@ func (g *gatherer[T]) wake() {
 		g.running = true
 		go g.loop()
 	}
-	g.poke()
+	signal(g.handed)
 }
 
 // busy reports whether keys this server handed off are not settled yet.
@@ -209,14 +211,16 @@ func parseGathered(v any) (gathered, error) {
 }
 
 // loop gathers while this server holds the lease: it pops up to MaxSize
-// keys, at most once a Window, and loads each batch popped on a goroutine
-// of its own. While a batch loads, it pops only full batches: the keys
-// missed meanwhile wait for the load to end, and go out together (group
-// commit), so a fleet whose misses arrive steadily makes one call per load
-// rather than one per Window. While another server gathers, it looks at
-// the lease every eighth of it, for as long as keys this server handed off
-// are not settled, and takes over once the lease is free. It ends when
-// there is nothing left to do, and at Close, which resigns the lease.
+// keys a Window after the first were handed off, and at most once a Window
+// after that, and loads each batch popped on a goroutine of its own. While
+// a batch loads, it pops only full batches (see gatherLoop.fullOnly): the
+// keys missed meanwhile wait for the load to end, and go out together
+// (group commit), so a fleet whose misses arrive steadily makes one call
+// per load rather than one per Window. While another server gathers, it
+// looks at the lease every eighth of it, for as long as keys this server
+// handed off are not settled, and takes over once the lease is free. It
+// ends when there is nothing left to do, and at Close, which resigns the
+// lease.
 func (g *gatherer[T]) loop() {
 	c, opt := g.b.c, g.b.opt
 	defer c.wg.Done()
@@ -234,10 +238,17 @@ func (g *gatherer[T]) loop() {
 			cancel()
 			g.stop(ctx, false)
 			return
-		case <-g.kick:
-			// Keys were handed off here, or a batch ended: pop as soon as
-			// a Window has passed since the last pop, rather than after
-			// another gatherer's lease or a full Window from now.
+		case <-g.handed:
+			// Pop within a Window of the keys handed off here, rather than
+			// after another gatherer's lease.
+			if at := time.Now().Add(opt.Window); at.Before(due) && timer.Stop() {
+				due = at
+				timer.Reset(opt.Window)
+			}
+			continue
+		case <-g.ended:
+			// A batch ended: the keys queued while it loaded go now (a
+			// Window after the last pop at the earliest).
 			at := ls.lastPop.Add(opt.Window)
 			if now := time.Now(); at.Before(now) {
 				at = now
@@ -262,8 +273,18 @@ func (g *gatherer[T]) loop() {
 type gatherLoop struct {
 	batches  sync.WaitGroup
 	inflight atomic.Int32 // batches loading
+	took     atomic.Int64 // a batch's load and settle, a moving average, in ns
 	lastPop  time.Time    // of the last pop that popped keys
 	resync   bool         // a pop's reply was lost: ask for the loading list
+}
+
+// fullOnly reports whether the loop pops only a full batch: while a batch
+// loads, unless the last batch popped has taken twice as long as batches
+// do (a slow call, a cold start), which the keys queued since then need
+// not wait for.
+func (ls *gatherLoop) fullOnly(window time.Duration) bool {
+	expected := max(time.Duration(ls.took.Load()), window)
+	return ls.inflight.Load() > 0 && time.Since(ls.lastPop) < 2*expected
 }
 
 // pop pops once (see loop), and returns when to pop next, or that the loop
@@ -272,7 +293,7 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 	c, opt := g.b.c, g.b.opt
 	sent := time.Now()
 	fullOnly, resync := "0", "0"
-	if ls.inflight.Load() > 0 {
+	if ls.fullOnly(opt.Window) {
 		fullOnly = "1"
 	}
 	if ls.resync {
@@ -309,9 +330,15 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 		if len(items) > 0 {
 			ls.inflight.Add(1)
 			ls.batches.Go(func() {
-				defer g.poke()
+				defer signal(g.ended)
 				defer ls.inflight.Add(-1)
+				start := time.Now()
 				g.load(items, i == 0)
+				d := int64(time.Since(start))
+				if old := ls.took.Load(); old != 0 {
+					d = (3*old + d) / 4 // racing updates may drop one: a sample
+				}
+				ls.took.Store(d)
 			})
 		}
 	}
@@ -324,10 +351,10 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 	return opt.Window, false
 }
 
-// poke has the loop pop as soon as it may.
-func (g *gatherer[T]) poke() {
+// signal wakes the loop with ch, unless it has a wake-up pending there.
+func signal(ch chan struct{}) {
 	select {
-	case g.kick <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }
