@@ -61,7 +61,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.ttl, "ttl", 10*time.Minute, "how long a timeline stays cached")
 	fs.DurationVar(&cfg.timeout, "timeout", 0, "the longest one request may take; 0 computes it from the distinct users\n"+
 		"requested and -rate: "+deadlineRule)
-	fs.DurationVar(&cfg.window, "batch-window", 50*time.Millisecond, "how long each server of mode fill+batch gathers users into one\nAPI call; every request of the mode waits that long")
+	fs.DurationVar(&cfg.window, "batch-window", 50*time.Millisecond, "how long the fleet's gatherer of mode fill+batch collects the users\nmissed before its API call; every miss of the mode waits that long")
 	fs.Var(&cfg.redis, "redis", "use the Redis at `host:port` instead of an embedded in-memory one;\n"+
 		"an empty host or port means localhost or 6379 (the original locksmith\n"+
 		"defaults): -redis '' is localhost:6379, -redis :6380 localhost:6380")

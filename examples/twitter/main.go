@@ -29,11 +29,11 @@
 //     server, on a Cache with the fleet's budget, whose loader asks for up
 //     to 100 users with one call of GET /users/timelines, for one slot of
 //     the budget. Its batches are the fleet's (BatchOptions.FleetWide): the
-//     users each server misses within -batch-window are handed off to one
-//     gatherer for the whole fleet, which sends them with the users every
-//     other server missed, up to 100 per call, one call at a time while
-//     users keep coming (the users missed during a call go out together in
-//     the next). So the calls do not grow with the fleet: about the users ÷
+//     users each server misses are handed off (within 2 ms) to one gatherer
+//     for the whole fleet, which sends them -batch-window after the first,
+//     with the users every other server missed, up to 100 per call, one
+//     call at a time while users keep coming (the users missed during a
+//     call go out together in the next). So the calls do not grow with the fleet: about the users ÷
 //     100, with 8 servers as with 64. Without FleetWide, each server would
 //     batch only the users it missed, and a fleet of 64 would make a few
 //     users per call (217 calls for the 514 users of -keys 2000).
@@ -121,12 +121,12 @@
 //	                   API needs for one call per user) + -latency + 5s,
 //	                   rounded up to whole seconds, at least 10s. The
 //	                   report prints it.
-//	-batch-window 50ms how long each server of mode fill+batch gathers the
-//	                   users it misses before handing them to the fleet's
-//	                   gatherer, and the least time between two of the
-//	                   gatherer's calls. Every request of the mode waits up
-//	                   to that long, hits too (the Batcher reads Redis for
-//	                   its whole batch at once).
+//	-batch-window 50ms how long the fleet's gatherer of mode fill+batch
+//	                   collects the users the servers missed before its
+//	                   API call, and the least time between two of its
+//	                   calls. A miss waits that long, and its call; a hit
+//	                   waits up to 2 ms (the Batcher reads Redis for the
+//	                   keys asked within 2 ms at once).
 //	-redis ADDR        use the Redis at ADDR (host:port) instead of an
 //	                   embedded in-memory one. An empty host or port takes
 //	                   the original locksmith defaults, localhost and 6379:
