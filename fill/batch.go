@@ -49,8 +49,9 @@ type BatchOptions struct {
 	// lease (2s, or three Windows if longer), and its keys are loaded by
 	// its successor. Every server's Batcher of a Name must load the same
 	// way, on Caches of the same Prefix: any of them may load the keys of
-	// any other. While Redis is unreachable, each server loads its own
-	// keys, as without FleetWide. [GetMany] ignores it: its loader is the
+	// any other. A loader error reaches every caller wrapped in
+	// [ErrLoadFailed], on the gatherer's server too. While Redis is
+	// unreachable, each server loads its own keys, as without FleetWide. [GetMany] ignores it: its loader is the
 	// call's.
 	// default: false (each server batches the keys it missed)
 	FleetWide bool

@@ -252,3 +252,37 @@ func TestFleetWideGathererCloses(t *testing.T) {
 	_, loaded := fleetLoads(liveLoads)
 	checkOnce(t, loaded, len(keys))
 }
+
+// TestFleetWideLoaderError: a failed loader call reaches the waiters of its
+// keys on every server, wrapped in ErrLoadFailed, and is not cached: the
+// next Get loads again.
+func TestFleetWideLoaderError(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	bts, loaders, _ := fleetBatchers(t, []redis.UniversalClient{rdb, redistest.Client(t, rdb.Options().Addr)}, nil,
+		fill.BatchOptions{Name: "users", Window: 5 * time.Millisecond}, 0)
+	for _, bl := range loaders {
+		bl.err = errors.New("upstream down")
+	}
+	ctx := redistest.Context(t, 20*time.Second)
+	var wg sync.WaitGroup
+	for _, bt := range bts {
+		wg.Go(func() {
+			if _, err := bt.Get(ctx, "a"); !errors.Is(err, fill.ErrLoadFailed) {
+				t.Errorf("got %v; want ErrLoadFailed", err)
+			}
+		})
+	}
+	wg.Wait()
+	calls, _ := fleetLoads(loaders)
+	if calls != 1 {
+		t.Errorf("%d loader calls; want 1", calls)
+	}
+	for _, bl := range loaders {
+		bl.mu.Lock()
+		bl.err = nil
+		bl.mu.Unlock()
+	}
+	if v, err := bts[1].Get(ctx, "a"); err != nil || v != "v:a" {
+		t.Errorf("after the failure: got %q, %v", v, err)
+	}
+}

@@ -123,7 +123,9 @@ func (g *gatherer[T]) run(ctx context.Context, mode string, args ...any) (any, e
 
 // handOff queues the keys of claimed for the fleet's gatherer, and has
 // each awaited by push, as awaitHeld awaits keys other servers load. Should
-// Redis refuse them, this server loads them itself.
+// the hand-off fail, this server loads them itself: when it is unknown
+// whether it reached Redis (a timeout), a gatherer may load them too,
+// which costs an upstream call rather than a wait for their leases.
 func (g *gatherer[T]) handOff(fctx context.Context, claimed []*batchLook, cl callOptions, wg *sync.WaitGroup) {
 	b := g.b
 	items := make([]any, len(claimed))
