@@ -240,3 +240,105 @@ func redisCPU(b *testing.B, s *redistest.Server) time.Duration {
 	}
 	return time.Duration(total * float64(time.Second))
 }
+
+// The fleet batch workload: fleetKeys cold keys per round, each asked for
+// by two of the servers, every Get at once (on a goroutine of its own, so
+// that no client's concurrency limits a batch).
+const (
+	fleetKeys   = 500
+	fleetWindow = 10 * time.Millisecond
+)
+
+// BenchmarkFleetBatch: b.N rounds of the fleet batch workload through a
+// Batcher per server, its batches its own (PerServer) or the fleet's
+// (FleetWide, one gatherer), on fleets of 8, 32 and 64 servers; and Join:
+// rounds of one key per server of 8, each a Get joining the fleet's batch.
+//
+//	calls/round   upstream (loader) calls per round
+//	calls/ideal   calls per round ÷ the fewest that can carry its keys
+//	              (its keys ÷ MaxSize)
+//	loads/key     ids loaded per key, fleet-wide (1.00: each key once)
+//	p50-ms, p99-ms   a Get's latency, the loader's batchLoad included
+//	p50-extra-ms  p50 less Window and batchLoad: what batching costs a Get
+//	              beyond its window and its load
+func BenchmarkFleetBatch(b *testing.B) {
+	for _, servers := range []int{8, 32, 64} {
+		for _, fleetWide := range []bool{false, true} {
+			name := "PerServer"
+			if fleetWide {
+				name = "FleetWide"
+			}
+			b.Run(fmt.Sprintf("servers=%d/%s", servers, name), func(b *testing.B) {
+				fleetBatchRounds(b, servers, fleetKeys, &fill.BatchOptions{Window: fleetWindow, FleetWide: fleetWide, Name: "bench"})
+			})
+		}
+	}
+	b.Run("servers=8/Join", func(b *testing.B) {
+		fleetBatchRounds(b, 8, 8, &fill.BatchOptions{Window: fleetWindow, FleetWide: true, Name: "bench"})
+	})
+}
+
+// fleetBatchRounds runs b.N rounds of keys cold keys through a fleet of
+// servers Batchers with opt, each key asked for by two servers (one with a
+// single server).
+func fleetBatchRounds(b *testing.B, servers, keys int, opt *fill.BatchOptions) {
+	s := redistest.Start(b, nil)
+	var up upstream
+	batchers := make([]*fill.Batcher[string], servers)
+	for i := range batchers {
+		c := fill.New(s.Client(b, nil), nil)
+		defer c.Close()
+		batchers[i] = fill.NewBatcher(c, up.load, opt)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex // guards lats
+	var lats []time.Duration
+	round := func(name string, lat func(time.Duration)) {
+		var wg sync.WaitGroup
+		for i, bt := range batchers {
+			// Server i asks for the keys k with k%servers in {i, i+1}.
+			for k := range keys {
+				if m := k % servers; m != i && m != (i+1)%servers {
+					continue
+				}
+				key := name + ":" + strconv.Itoa(k)
+				wg.Go(func() {
+					start := time.Now()
+					v, err := bt.Get(ctx, key)
+					lat(time.Since(start))
+					if err != nil || v != "v:"+key {
+						b.Errorf("Get(%s): %q, %v", key, v, err)
+					}
+				})
+			}
+		}
+		wg.Wait()
+	}
+	round("fleet:warm-up", func(time.Duration) {})
+	up.calls.Store(0)
+	up.ids = nil
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		round(fmt.Sprintf("fleet:%s:%d", run, i), func(d time.Duration) {
+			mu.Lock()
+			lats = append(lats, d)
+			mu.Unlock()
+		})
+	}
+	b.StopTimer()
+	loaded := 0
+	for _, n := range up.ids {
+		loaded += n
+	}
+	if len(up.ids) != keys*b.N {
+		b.Errorf("%d keys loaded; want %d", len(up.ids), keys*b.N)
+	}
+	calls := float64(up.calls.Load()) / float64(b.N)
+	b.ReportMetric(calls, "calls/round")
+	b.ReportMetric(calls/float64((keys+99)/100), "calls/ideal")
+	b.ReportMetric(float64(loaded)/float64(keys*b.N), "loads/key")
+	p50, _ := reportLatency(b, "", lats)
+	b.ReportMetric(p50-float64(fleetWindow+batchLoad)/float64(time.Millisecond), "p50-extra-ms")
+}

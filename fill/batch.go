@@ -27,6 +27,9 @@ type BatchOptions struct {
 	MaxSize int
 
 	// Window is how long a Batcher collects keys before it sends them.
+	// With FleetWide, it is how long the fleet's gatherer collects the keys
+	// handed off to it, from the first, and the least time between two of
+	// its loader calls; each Batcher hands its keys off within 2ms.
 	// default: 2ms
 	Window time.Duration
 
@@ -36,6 +39,29 @@ type BatchOptions struct {
 	// books n times the cost, in one reservation.
 	// default: false (one call's cost per loader call)
 	CostPerKey bool
+
+	// FleetWide makes a [Batcher]'s batches the fleet's rather than its
+	// server's: the keys it claims are handed off to a queue in Redis, and
+	// one gatherer for the fleet (whichever server's Batcher of the same
+	// Name holds the gatherer's lease) loads up to MaxSize of them per
+	// loader call, every Window, whichever servers missed them. Each key
+	// is still loaded once across the fleet, its waiters everywhere woken
+	// by push. A gatherer that crashes or pauses is replaced within its
+	// lease (2s, or three Windows if longer), and its keys are loaded by
+	// its successor. Every server's Batcher of a Name must load the same
+	// way, on Caches of the same Prefix: any of them may load the keys of
+	// any other. A loader error reaches every caller wrapped in
+	// [ErrLoadFailed], on the gatherer's server too. While Redis is
+	// unreachable, each server loads its own keys, as without FleetWide. [GetMany] ignores it: its loader is the
+	// call's.
+	// default: false (each server batches the keys it missed)
+	FleetWide bool
+
+	// Name names a FleetWide Batcher's batches across the fleet: the
+	// gatherer's keys in Redis are P{batch:Name}:gatherer, :queue and
+	// :loading, in one Cluster slot. Required with FleetWide; one Batcher
+	// per Name on each Cache.
+	Name string
 }
 
 func (o *BatchOptions) withDefaults() BatchOptions {
@@ -190,6 +216,8 @@ type batch[T any] struct {
 	load func(ctx context.Context, keys []string) (map[string]T, error)
 	opt  BatchOptions
 	o    ops
+
+	fleet *gatherer[T] // a FleetWide Batcher's; nil otherwise
 }
 
 func newBatch[T any](c *Cache, load func(ctx context.Context, keys []string) (map[string]T, error), opt BatchOptions) *batch[T] {
@@ -221,6 +249,20 @@ func (b *batch[T]) job(l *batchLook, cl callOptions) *job {
 
 func (b *batch[T]) callOptions() callOptions { return b.c.callOptions(nil) }
 
+// handOffWindow is the longest a FleetWide Batcher collects keys before it
+// claims them (in one pipeline) and hands them off: the fleet's gatherer
+// collects them for Window.
+const handOffWindow = 2 * time.Millisecond
+
+// window is how long a Batcher collects keys before it sends them: Window,
+// or with FleetWide, at most handOffWindow.
+func (b *batch[T]) window() time.Duration {
+	if b.fleet != nil {
+		return min(b.opt.Window, handOffWindow)
+	}
+	return b.opt.Window
+}
+
 // run reads or claims items together, lands the keys found, loads the keys
 // claimed in chunks, and has the keys held elsewhere awaited. It returns
 // once every flight has a goroutine to land it; the work goes on detached
@@ -243,12 +285,16 @@ func (b *batch[T]) run(caller context.Context, items []batchItem, cl callOptions
 		if len(waiting) > 0 {
 			wg.Go(func() { b.awaitHeld(fctx, waiting, cl, &wg) })
 		}
+		if handed := claimed; b.fleet != nil && len(handed) > 0 {
+			wg.Go(func() { b.fleet.handOff(fctx, handed, cl, &wg) })
+			claimed = nil
+		}
 		for i, chunk := range slices.Collect(slices.Chunk(claimed, b.opt.MaxSize)) {
 			var j joiner
 			if i == 0 && join != nil && c.budget(caller) != nil && !b.opt.CostPerKey && len(chunk) < b.opt.MaxSize {
 				j = join
 			}
-			wg.Go(func() { b.lead(fctx, chunk, cl, j, &wg) })
+			wg.Go(func() { b.lead(fctx, chunk, cl, j, nil, &wg) })
 		}
 		for chunk := range slices.Chunk(open, b.opt.MaxSize) {
 			wg.Go(func() { b.failOpen(fctx, chunk, cl) })
@@ -366,7 +412,10 @@ func (b *batch[T]) awaitHeld(fctx context.Context, waiting []*batchLook, cl call
 			continue
 		}
 		sub := readySubs[i]
-		b.single(fctx, l, cl, &looks[i], func(w *waiter) { w.afterHeld(sub, since) }, wg)
+		b.single(fctx, l, cl, &looks[i], func(w *waiter) {
+			w.missed = l.handedOff // counted when claimed
+			w.afterHeld(sub, since)
+		}, wg)
 	}
 }
 
@@ -374,8 +423,10 @@ func (b *batch[T]) awaitHeld(fctx context.Context, waiting []*batchLook, cl call
 type batchLook struct {
 	look
 	key string
-	f   *flight.Call
+	f   *flight.Call // nil for a gatherer's key (see gather.go)
 	ks  keyset
+
+	handedOff bool // claimed here, then handed off to the fleet's gatherer
 }
 
 // failOpen loads chunk without the fleet-wide lock: Redis is unavailable.

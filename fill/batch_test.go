@@ -26,6 +26,7 @@ type batchLoader struct {
 	missing map[string]bool
 	err     error
 	gate    chan struct{}
+	delay   time.Duration // each call takes this long, as an upstream's would
 }
 
 func (b *batchLoader) load(ctx context.Context, keys []string) (map[string]string, error) {
@@ -33,6 +34,9 @@ func (b *batchLoader) load(ctx context.Context, keys []string) (map[string]strin
 	b.calls = append(b.calls, slices.Clone(keys))
 	gate, err := b.gate, b.err
 	b.mu.Unlock()
+	if b.delay > 0 {
+		time.Sleep(b.delay)
+	}
 	if gate != nil {
 		select {
 		case <-gate:

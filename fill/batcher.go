@@ -2,6 +2,7 @@ package fill
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -18,9 +19,13 @@ import (
 // batch: it is awaited by push instead. With a budget (one slot per call),
 // the keys that arrive while a batch waits for its slot join it, up to
 // MaxSize: a budget-bound Batcher sends full batches rather than one small
-// batch per Window. It is safe for concurrent use.
+// batch per Window. With BatchOptions.FleetWide, the keys it claims join
+// the fleet's batches instead of its own: one server loads the keys every
+// server missed (see BatchOptions.FleetWide). It is safe for concurrent
+// use.
 type Batcher[T any] struct {
-	b *batch[T]
+	b   *batch[T]
+	err error // the options', returned by every Get
 
 	mu      sync.Mutex // guards pending, timer and holders
 	pending []batchItem
@@ -29,9 +34,17 @@ type Batcher[T any] struct {
 }
 
 // NewBatcher returns a Batcher on c that loads with load. A nil opt gives
-// the defaults.
+// the defaults. With BatchOptions.FleetWide but no Name, every Get returns
+// an error wrapping [ErrInvalid].
 func NewBatcher[T any](c *Cache, load func(ctx context.Context, keys []string) (map[string]T, error), opt *BatchOptions) *Batcher[T] {
-	return &Batcher[T]{b: newBatch[T](c, load, opt.withDefaults())}
+	bt := &Batcher[T]{b: newBatch[T](c, load, opt.withDefaults())}
+	switch o := bt.b.opt; {
+	case o.FleetWide && o.Name == "":
+		bt.err = fmt.Errorf("%w: a FleetWide Batcher needs a Name", ErrInvalid)
+	case o.FleetWide && c != nil:
+		bt.b.fleet = newGatherer(bt.b)
+	}
+	return bt
 }
 
 // Get returns the value cached for key, or loads it in the next batch. An
@@ -39,7 +52,11 @@ func NewBatcher[T any](c *Cache, load func(ctx context.Context, keys []string) (
 // error wrapping [ErrNotFound].
 func (bt *Batcher[T]) Get(ctx context.Context, key string) (T, error) {
 	c := bt.b.c
-	if err := begin(ctx, c, bt.b.load == nil, "Batcher"); err != nil {
+	err := begin(ctx, c, bt.b.load == nil, "Batcher")
+	if err == nil {
+		err = bt.err
+	}
+	if err != nil {
 		var zero T
 		return zero, err
 	}
@@ -63,7 +80,7 @@ func (bt *Batcher[T]) add(ctx context.Context, it batchItem) {
 		bt.pending = nil
 		go bt.b.run(ctx, items, bt.b.callOptions(), &batcherJoin[T]{bt: bt, ctx: ctx})
 	case len(bt.pending) == 1:
-		bt.timer = time.AfterFunc(bt.b.opt.Window, func() { bt.flush(ctx) })
+		bt.timer = time.AfterFunc(bt.b.window(), func() { bt.flush(ctx) })
 	}
 }
 
@@ -119,7 +136,7 @@ func (j *batcherJoin[T]) take(n int) []batchItem {
 	bt.pending = bt.pending[n:]
 	if bt.holders == 0 && len(bt.pending) > 0 && bt.timer == nil {
 		ctx := j.ctx
-		bt.timer = time.AfterFunc(bt.b.opt.Window, func() { bt.flush(ctx) })
+		bt.timer = time.AfterFunc(bt.b.window(), func() { bt.flush(ctx) })
 	}
 	return items
 }

@@ -2,7 +2,9 @@ package fill
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,10 +20,14 @@ import (
 // lead loads the claimed keys of one chunk with one loader call, and stores
 // the outcome of each, in one pipelined round trip. join, if not nil, lets
 // the keys that arrive while the chunk waits for its budget slot join it.
-func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions, join joiner, wg *sync.WaitGroup) {
+// around, if not nil, makes the loader call, call (see chunkLoad.around):
+// an error wrapping errAbandoned abandons the chunk, its locks left as they
+// are, and lead reports true.
+func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions, join joiner,
+	around aroundCall, wg *sync.WaitGroup) (abandoned bool) {
 	lctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	ch := &chunkLoad[T]{b: b, ctx: ctx, cl: cl, wg: wg, cancel: cancel}
+	ch := &chunkLoad[T]{b: b, ctx: ctx, cl: cl, wg: wg, cancel: cancel, around: around}
 	for _, l := range chunk {
 		ch.add(l)
 	}
@@ -45,6 +51,9 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 		lost[i] = k.Stop()
 	}
 	cancel(nil)
+	if errors.Is(out.err, errAbandoned) {
+		return true
+	}
 	var (
 		stores   []storeCall
 		fails    []settleReq
@@ -58,6 +67,7 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 	}
 	b.c.settleMany(sctx, stores, fails)
 	b.land(ch.looks, outcomes, out.panicked)
+	return false
 }
 
 // chunkLoad is one loader call of a batch as the keys' claimer: its keys
@@ -69,6 +79,7 @@ type chunkLoad[T any] struct {
 	wg     *sync.WaitGroup
 	cancel context.CancelCauseFunc // ends the loader's ctx
 	join   joiner                  // nil once the keys that arrived joined
+	around aroundCall              // makes the loader call; nil: a plain call
 
 	looks   []*batchLook
 	keys    []string
@@ -99,8 +110,15 @@ func (ch *chunkLoad[T]) run(ctx context.Context) (any, error) {
 	if ch.join != nil {
 		ch.absorb()
 	}
+	if ch.around != nil {
+		return ch.around(func() (any, error) { return ch.b.call(ctx, ch.keys) })
+	}
 	return ch.b.call(ctx, ch.keys)
 }
+
+// aroundCall makes a chunk's loader call, call, with what its caller does
+// around it (a gatherer checks its lease first).
+type aroundCall func(call func() (any, error)) (any, error)
 
 // absorb brings the keys that arrived while the chunk waited for its
 // budget slot into it: read or claimed together, the claimed ones loaded
@@ -215,10 +233,14 @@ func (ch *chunkLoad[T]) values(sctx context.Context, m map[string]T, took time.D
 }
 
 // land hands each key of chunk its outcome; a panic nobody is left to
-// re-raise is re-raised here, as an unrecovered panic would be.
+// re-raise is re-raised here, as an unrecovered panic would be. A key
+// without a flight (a gatherer's, see gather.go) has its outcome in Redis
+// only.
 func (b *batch[T]) land(chunk []*batchLook, outcomes []flight.Outcome, panicked *PanicError) {
 	for i, l := range chunk {
-		b.c.flights.Land(l.f, outcomes[i])
+		if l.f != nil {
+			b.c.flights.Land(l.f, outcomes[i])
+		}
 	}
 	if panicked != nil && allGone(chunk) {
 		panic(panicked)
@@ -235,9 +257,14 @@ func (b *batch[T]) call(ctx context.Context, keys []string) (any, error) {
 }
 
 // chunkPatience returns a context that ends when nobody waits for any key
-// of chunk any more: the budget and its retries wait only as long.
+// of chunk any more: the budget and its retries wait only as long. A key
+// without a flight (a gatherer's) is waited for by the fleet: the context
+// then ends with ctx.
 func chunkPatience(ctx context.Context, chunk []*batchLook) (context.Context, context.CancelFunc) {
 	wctx, wcancel := context.WithCancel(ctx)
+	if slices.ContainsFunc(chunk, func(l *batchLook) bool { return l.f == nil }) {
+		return wctx, wcancel
+	}
 	var left atomic.Int32
 	left.Store(int32(len(chunk)))
 	stops := make([]func() bool, len(chunk))
@@ -267,7 +294,7 @@ func absentErr(absent bool, key string) error {
 // then has nobody to be re-raised in.
 func allGone(chunk []*batchLook) bool {
 	for _, l := range chunk {
-		if l.f.Waiters() > 0 {
+		if l.f != nil && l.f.Waiters() > 0 {
 			return false
 		}
 	}

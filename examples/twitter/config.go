@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,12 +16,16 @@ import (
 
 // config is the demo's settings, from its flags.
 type config struct {
-	servers, requests, concurrency, keys int
-	zipf                                 float64
-	seed                                 uint64
-	rate                                 float64
-	burst                                int
-	latency, ttl, timeout, window        time.Duration
+	// servers is the size of the fleet a run builds; fleets are the sizes
+	// -servers lists, each run in turn (a sweep) when there are several.
+	servers                       int
+	fleets                        fleetsFlag
+	requests, concurrency, keys   int
+	zipf                          float64
+	seed                          uint64
+	rate                          float64
+	burst                         int
+	latency, ttl, timeout, window time.Duration
 	// timeoutComputed says that -timeout was not given: run computes the
 	// deadline (see requestDeadline).
 	timeoutComputed bool
@@ -42,7 +47,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			"timelines of a rate-limited fake Twitter API.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	fs.IntVar(&cfg.servers, "servers", 8, "app servers in the fleet, each with its own Redis client")
+	cfg.fleets = fleetsFlag{8}
+	fs.Var(&cfg.fleets, "servers", "app servers in the fleet, each with its own Redis client; a comma-separated\n"+
+		"list (8,32,64) runs the modes once per fleet size and prints calls and latencies\nagainst the size")
 	fs.IntVar(&cfg.requests, "requests", 2000, "requests sent, spread over the servers in turn")
 	fs.IntVar(&cfg.concurrency, "concurrency", 200, "requests in flight at once, over the whole fleet")
 	fs.IntVar(&cfg.keys, "keys", 10, "distinct user ids that can be requested; while it is at most -burst,\nfill stays within the rate limit whatever the timing")
@@ -54,7 +61,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.ttl, "ttl", 10*time.Minute, "how long a timeline stays cached")
 	fs.DurationVar(&cfg.timeout, "timeout", 0, "the longest one request may take; 0 computes it from the distinct users\n"+
 		"requested and -rate: "+deadlineRule)
-	fs.DurationVar(&cfg.window, "batch-window", 50*time.Millisecond, "how long each server of mode fill+batch gathers users into one\nAPI call; every request of the mode waits that long")
+	fs.DurationVar(&cfg.window, "batch-window", 50*time.Millisecond, "how long the fleet's gatherer of mode fill+batch collects the users\nmissed before its API call; every miss of the mode waits that long")
 	fs.Var(&cfg.redis, "redis", "use the Redis at `host:port` instead of an embedded in-memory one;\n"+
 		"an empty host or port means localhost or 6379 (the original locksmith\n"+
 		"defaults): -redis '' is localhost:6379, -redis :6380 localhost:6380")
@@ -68,6 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		}
 		return cfg, &demo.UsageError{Err: err, Printed: true}
 	}
+	cfg.servers = cfg.fleets[0]
 	err := cfg.validate()
 	if fs.NArg() > 0 {
 		err = errors.Join(err, fmt.Errorf("unexpected arguments: %q", fs.Args()))
@@ -84,7 +92,7 @@ func (c *config) validate() error {
 		bad bool
 		msg string
 	}{
-		{c.servers < 1, fmt.Sprintf("-servers must be at least 1 (got %d)", c.servers)},
+		{slices.Min(c.fleets) < 1, fmt.Sprintf("-servers must be at least 1 (got %d)", slices.Min(c.fleets))},
 		{c.requests < 1, fmt.Sprintf("-requests must be at least 1 (got %d)", c.requests)},
 		{c.concurrency < 1, fmt.Sprintf("-concurrency must be at least 1 (got %d)", c.concurrency)},
 		{c.keys < 1, fmt.Sprintf("-keys must be at least 1 (got %d)", c.keys)},
@@ -124,6 +132,30 @@ func requestDeadline(cfg config, distinct int) time.Duration {
 	d := time.Duration(secs*float64(time.Second)) + cfg.latency + deadlineSlack
 	d = (d + time.Second - 1).Truncate(time.Second)
 	return min(max(minDeadline, d), maxDeadline)
+}
+
+// fleetsFlag is the -servers flag: one fleet size, or several to sweep.
+type fleetsFlag []int
+
+func (f *fleetsFlag) String() string {
+	sizes := make([]string, len(*f))
+	for i, n := range *f {
+		sizes[i] = strconv.Itoa(n)
+	}
+	return strings.Join(sizes, ",")
+}
+
+func (f *fleetsFlag) Set(s string) error {
+	var sizes fleetsFlag
+	for size := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(size))
+		if err != nil {
+			return fmt.Errorf("%q is not a number of servers", size)
+		}
+		sizes = append(sizes, n)
+	}
+	*f = sizes
+	return nil
 }
 
 // modesFlag is the -modes flag: the modes to run, in order.

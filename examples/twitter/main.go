@@ -27,12 +27,16 @@
 //     pauses for its Retry-After and the same load tries again.
 //   - fill+batch: a [github.com/locksmith-go/locksmith/fill.Batcher] per
 //     server, on a Cache with the fleet's budget, whose loader asks for up
-//     to 100 users with one call of GET /users/timelines: the users a
-//     server misses within -batch-window go to the API together, for one
-//     slot of the budget. A batch's users are fixed when its window ends,
-//     before it waits for its slot; users missed meanwhile make the next
-//     batch, which waits for the next slot. So while the budget holds calls
-//     back (-keys 2000), a call carries a few users, not 100.
+//     to 100 users with one call of GET /users/timelines, for one slot of
+//     the budget. Its batches are the fleet's (BatchOptions.FleetWide): the
+//     users each server misses are handed off (within 2 ms) to one gatherer
+//     for the whole fleet, which sends them -batch-window after the first,
+//     with the users every other server missed, up to 100 per call, one
+//     call at a time while users keep coming (the users missed during a
+//     call go out together in the next). So the calls do not grow with the fleet: about the users ÷
+//     100, with 8 servers as with 64. Without FleetWide, each server would
+//     batch only the users it missed, and a fleet of 64 would make a few
+//     users per call (217 calls for the 514 users of -keys 2000).
 //   - httpfill: naive's API call without naive's cache, through an
 //     http.Client whose Transport is
 //     [github.com/locksmith-go/locksmith/httpfill.New]'s, on a Cache with
@@ -87,7 +91,8 @@
 // less busy one made 469 and 503 calls, and one on a busier one 149.
 // Fill's calls do not vary while -keys is at most -burst (see below), nor
 // do fill+budget's and httpfill's at all: one per distinct user.
-// Fill+batch's depend on which users miss within one window on one server.
+// Fill+batch's depend on which users the fleet misses while a batch call is
+// under way.
 // The latencies vary in every mode.
 //
 // Usage:
@@ -96,7 +101,11 @@
 //
 // The flags:
 //
-//	-servers 8         app servers in the fleet
+//	-servers 8         app servers in the fleet; a comma-separated list
+//	                   (8,32,64) runs the modes once per fleet size and
+//	                   prints one table of calls, 429s, failures and
+//	                   latencies against the size (with -json, a "sweep"
+//	                   of runs, each with its "servers" and "results")
 //	-requests 2000     requests sent, spread over the servers in turn
 //	-concurrency 200   requests in flight at once, over the whole fleet
 //	-keys 10           distinct user ids that can be requested (see below)
@@ -112,11 +121,12 @@
 //	                   API needs for one call per user) + -latency + 5s,
 //	                   rounded up to whole seconds, at least 10s. The
 //	                   report prints it.
-//	-batch-window 50ms how long each server of mode fill+batch gathers the
-//	                   users it misses into one API call. Every request of
-//	                   the mode waits that long, hits too (the Batcher
-//	                   reads Redis for its whole batch at once): a longer
-//	                   window makes fewer calls and slower requests.
+//	-batch-window 50ms how long the fleet's gatherer of mode fill+batch
+//	                   collects the users the servers missed before its
+//	                   API call, and the least time between two of its
+//	                   calls. A miss waits that long, and its call; a hit
+//	                   waits up to 2 ms (the Batcher reads Redis for the
+//	                   keys asked within 2 ms at once).
 //	-redis ADDR        use the Redis at ADDR (host:port) instead of an
 //	                   embedded in-memory one. An empty host or port takes
 //	                   the original locksmith defaults, localhost and 6379:
@@ -206,18 +216,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	if cfg.timeout == 0 {
 		cfg.timeout, cfg.timeoutComputed = requestDeadline(cfg, len(distinctIDs(ids))), true
 	}
-	var results []result
-	for _, m := range cfg.modes {
-		r, err := runMode(ctx, cfg, env, m, ids, progressTo)
-		if err != nil {
-			return err
-		}
-		results = append(results, r)
+	if len(cfg.fleets) > 1 {
+		return sweep(ctx, cfg, env, ids, progressTo, stdout)
+	}
+	results, err := runModes(ctx, cfg, env, ids, progressTo)
+	if err != nil {
+		return err
 	}
 	if cfg.json {
 		return writeJSON(stdout, cfg, env, results)
 	}
 	return report(stdout, cfg, env, results)
+}
+
+// runModes sends ids through a fleet of each mode of cfg in turn.
+func runModes(ctx context.Context, cfg config, env *demo.Redis, ids []uint64, progressTo io.Writer) ([]result, error) {
+	var results []result
+	for _, m := range cfg.modes {
+		r, err := runMode(ctx, cfg, env, m, ids, progressTo)
+		if err != nil {
+			return nil, err
+		}
+		results = append(results, r)
+	}
+	return results, nil
 }
 
 // result is what one mode did.
@@ -458,7 +480,7 @@ func timingNote(cfg config, results []result) string {
 				" with the default flags: they depend on timing (which requests miss together,"+
 				" and which of their calls the API serves).")
 		case r.Mode == batchMode:
-			note = append(note, fmt.Sprintf("%s's API calls depend on timing: which users miss within one window on one server.", r.Mode))
+			note = append(note, fmt.Sprintf("%s's API calls depend on timing: which users the fleet misses while a batch call is under way.", r.Mode))
 		case r.Budget == nil && cfg.keys > cfg.burst:
 			note = append(note, fmt.Sprintf("With -keys above -burst, %s's figures depend on timing too.", r.Mode))
 		}
@@ -517,18 +539,20 @@ type jsonReport struct {
 
 // jsonSettings are the run's settings, from its flags.
 type jsonSettings struct {
-	Modes       []string `json:"modes"` // in the order they ran
-	Servers     int      `json:"servers"`
-	Requests    int      `json:"requests"`
-	Concurrency int      `json:"concurrency"`
-	Keys        int      `json:"keys"`
-	Zipf        float64  `json:"zipf"`
-	Seed        uint64   `json:"seed"`
-	RatePerSec  float64  `json:"api_rate_per_s"`
-	Burst       int      `json:"api_burst"`
-	LatencyMs   float64  `json:"api_latency_ms"`
-	TTLMs       float64  `json:"ttl_ms"`
-	TimeoutMs   float64  `json:"request_timeout_ms"` // each request's deadline
+	Modes   []string `json:"modes"` // in the order they ran
+	Servers int      `json:"servers,omitempty"`
+	// Fleets are the fleet sizes of a sweep (-servers with several).
+	Fleets      []int   `json:"servers_swept,omitempty"`
+	Requests    int     `json:"requests"`
+	Concurrency int     `json:"concurrency"`
+	Keys        int     `json:"keys"`
+	Zipf        float64 `json:"zipf"`
+	Seed        uint64  `json:"seed"`
+	RatePerSec  float64 `json:"api_rate_per_s"`
+	Burst       int     `json:"api_burst"`
+	LatencyMs   float64 `json:"api_latency_ms"`
+	TTLMs       float64 `json:"ttl_ms"`
+	TimeoutMs   float64 `json:"request_timeout_ms"` // each request's deadline
 	// TimeoutComputed says that -timeout was not given: TimeoutMs was
 	// computed from the distinct users and the rate.
 	TimeoutComputed bool    `json:"request_timeout_computed"`
@@ -543,34 +567,10 @@ type jsonSettings struct {
 // else.
 func writeJSON(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	rep := jsonReport{
-		Settings: jsonSettings{
-			Servers:         cfg.servers,
-			Requests:        cfg.requests,
-			Concurrency:     cfg.concurrency,
-			Keys:            cfg.keys,
-			Zipf:            cfg.zipf,
-			Seed:            cfg.seed,
-			RatePerSec:      cfg.rate,
-			Burst:           cfg.burst,
-			LatencyMs:       millis(cfg.latency),
-			TTLMs:           millis(cfg.ttl),
-			TimeoutMs:       millis(cfg.timeout),
-			TimeoutComputed: cfg.timeoutComputed,
-			BatchWindowMs:   millis(cfg.window),
-			Redis:           env.Addr,
-			Prefix:          cfg.prefix,
-		},
+		Settings:   settingsOf(cfg, env),
 		Results:    make(map[string]result),
 		Conclusion: conclusion(results),
 		TimingNote: timingNote(cfg, results),
-	}
-	if env.Embedded() {
-		rep.Settings.Redis = "embedded"
-	}
-	l := budgetLimit(cfg)
-	rep.Settings.BudgetRate, rep.Settings.BudgetBurst = round2(float64(l.Rate)/l.Per.Seconds()), l.Burst
-	for _, m := range cfg.modes {
-		rep.Settings.Modes = append(rep.Settings.Modes, m.name)
 	}
 	for _, r := range results {
 		rep.Results[r.Mode] = r
@@ -578,6 +578,36 @@ func writeJSON(w io.Writer, cfg config, env *demo.Redis, results []result) error
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(rep)
+}
+
+// settingsOf returns the settings of cfg on env, for -json.
+func settingsOf(cfg config, env *demo.Redis) jsonSettings {
+	st := jsonSettings{
+		Servers:         cfg.servers,
+		Requests:        cfg.requests,
+		Concurrency:     cfg.concurrency,
+		Keys:            cfg.keys,
+		Zipf:            cfg.zipf,
+		Seed:            cfg.seed,
+		RatePerSec:      cfg.rate,
+		Burst:           cfg.burst,
+		LatencyMs:       millis(cfg.latency),
+		TTLMs:           millis(cfg.ttl),
+		TimeoutMs:       millis(cfg.timeout),
+		TimeoutComputed: cfg.timeoutComputed,
+		BatchWindowMs:   millis(cfg.window),
+		Redis:           env.Addr,
+		Prefix:          cfg.prefix,
+	}
+	if env.Embedded() {
+		st.Redis = "embedded"
+	}
+	l := budgetLimit(cfg)
+	st.BudgetRate, st.BudgetBurst = round2(float64(l.Rate)/l.Per.Seconds()), l.Burst
+	for _, m := range cfg.modes {
+		st.Modes = append(st.Modes, m.name)
+	}
+	return st
 }
 
 // writeTable writes rows as aligned columns: the first left-aligned, the

@@ -32,7 +32,7 @@ var modes = []mode{
 	{naive, "cache-aside by hand: GET; on a miss call the API and SET", newNaiveServer},
 	{"fill", "fill.Get, whose loader calls the API", newFillServer},
 	{"fill+budget", "fill, its loads waiting for the fleet's budget of API calls", newFillBudgetServer},
-	{batchMode, "a fill.Batcher with the budget: up to 100 users per API call", newFillBatchServer},
+	{batchMode, "a fleet-wide fill.Batcher with the budget: up to 100 users per API call", newFillBatchServer},
 	{"httpfill", "the plain API call, through an http.Client on httpfill's Transport, with the budget", newHTTPFillServer},
 }
 
@@ -41,6 +41,10 @@ const naive = "naive"
 
 // batchMode is the name of the mode whose API calls are for many users.
 const batchMode = "fill+batch"
+
+// batchName names the fleet's batches of timelines: every server's Batcher
+// has it, so that they share one gatherer.
+const batchName = "timelines"
 
 // serverEnv is what one app server is built on: clients of its own, as a
 // separate process would have. The fleet closes them after the server.
@@ -128,10 +132,11 @@ func (s *fillServer) stats() fill.Stats { return s.cache.Stats() }
 
 func (s *fillServer) budgetStats() (budget.Stats, bool) { return statsOf(s.budget) }
 
-// batchServer answers with a fill.Batcher: the users missing from the cache
-// that this server is asked for within one window go to the API together,
-// up to maxBatch per call of GET /users/timelines, each call waiting for
-// one slot of the fleet's budget.
+// batchServer answers with a FleetWide fill.Batcher: the users missing
+// from the cache that any server of the fleet is asked for go to the API
+// together, up to maxBatch per call of GET /users/timelines, sent by the
+// fleet's one gatherer, each call waiting for one slot of the fleet's
+// budget.
 type batchServer struct {
 	batcher *fill.Batcher[Timeline]
 	cache   *fill.Cache
@@ -162,7 +167,8 @@ func newFillBatchServer(s serverEnv) appServer {
 		}
 		return m, nil
 	}
-	bt := fill.NewBatcher(cache, load, &fill.BatchOptions{MaxSize: maxBatch, Window: s.cfg.window})
+	bt := fill.NewBatcher(cache, load, &fill.BatchOptions{MaxSize: maxBatch, Window: s.cfg.window,
+		FleetWide: true, Name: batchName})
 	return &batchServer{batcher: bt, cache: cache, budget: b}
 }
 

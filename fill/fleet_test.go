@@ -1,0 +1,288 @@
+package fill_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/internal/redistest"
+)
+
+// fleetBatchers returns a FleetWide Batcher for each client, each on a
+// Cache of its own (a server of a fleet), loading with its own batchLoader.
+// Each call of a loader takes delay.
+func fleetBatchers(t *testing.T, clients []redis.UniversalClient, opt *fill.Options, bo fill.BatchOptions,
+	delay time.Duration) ([]*fill.Batcher[string], []*batchLoader, []*fill.Cache) {
+	var bts []*fill.Batcher[string]
+	var loaders []*batchLoader
+	var caches []*fill.Cache
+	bo.FleetWide = true
+	for _, rdb := range clients {
+		bl := &batchLoader{missing: map[string]bool{"k7": true}, delay: delay}
+		c := newCache(t, rdb, opt)
+		bts = append(bts, fill.NewBatcher(c, bl.load, &bo))
+		loaders = append(loaders, bl)
+		caches = append(caches, c)
+	}
+	return bts, loaders, caches
+}
+
+// getAll has every Batcher Get each key whose index modulo the number of
+// Batchers is its own or the next one's (so each key is missed on two
+// servers), all at once, and checks the values.
+func getAll(t *testing.T, ctx context.Context, bts []*fill.Batcher[string], keys []string) {
+	var wg sync.WaitGroup
+	for i, bt := range bts {
+		for k, key := range keys {
+			if k%len(bts) != i && (k+1)%len(bts) != i {
+				continue
+			}
+			wg.Go(func() {
+				v, err := bt.Get(ctx, key)
+				switch {
+				case key == "k7":
+					if !errors.Is(err, fill.ErrNotFound) {
+						t.Errorf("absent key: got %q, %v; want ErrNotFound", v, err)
+					}
+				case err != nil || v != "v:"+key:
+					t.Errorf("%s: got %q, %v", key, v, err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+}
+
+// fleetLoads sums the loader calls and keys of every server.
+func fleetLoads(loaders []*batchLoader) (calls int, keys []string) {
+	for _, bl := range loaders {
+		n, k := bl.loaded()
+		calls += n
+		keys = append(keys, k...)
+	}
+	slices.Sort(keys)
+	return calls, keys
+}
+
+func checkOnce(t *testing.T, loaded []string, n int) {
+	t.Helper()
+	if len(loaded) != n || len(slices.Compact(slices.Clone(loaded))) != n {
+		t.Errorf("%d keys loaded (%d distinct); want each of %d once", len(loaded), len(slices.Compact(slices.Clone(loaded))), n)
+	}
+}
+
+func keyList(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprint("k", i)
+	}
+	return keys
+}
+
+// TestFleetWideBatcher: keys missed on 16 servers go out in the fleet's
+// batches, full ones, not one batch per server: about ids ÷ MaxSize loader
+// calls across the fleet, each key loaded once.
+func TestFleetWideBatcher(t *testing.T) {
+	s := redistest.Start(t, nil)
+	const servers, keys, maxSize = 16, 400, 100
+	var clients []redis.UniversalClient
+	for range servers {
+		clients = append(clients, s.Client(t, nil))
+	}
+	bts, loaders, _ := fleetBatchers(t, clients, nil, fill.BatchOptions{Name: "users", MaxSize: maxSize, Window: 20 * time.Millisecond}, 50*time.Millisecond)
+	ctx := redistest.Context(t, 30*time.Second)
+	getAll(t, ctx, bts, keyList(keys))
+	calls, loaded := fleetLoads(loaders)
+	checkOnce(t, loaded, keys)
+	t.Logf("%d loader calls for %d keys on %d servers", calls, keys, servers)
+	if want := 2 * keys / maxSize; calls > want {
+		t.Errorf("%d loader calls for %d keys; want at most %d (twice ids ÷ MaxSize)", calls, keys, want)
+	}
+	// Nothing is left behind in Redis but the values.
+	redistest.WaitFor(t, "the gatherer to quit", func() bool {
+		n, _ := s.Client(t, nil).Exists(ctx, "__locksmith:{batch:users}:gatherer",
+			"__locksmith:{batch:users}:queue", "__locksmith:{batch:users}:loading").Result()
+		return n == 0
+	})
+}
+
+// TestFleetWideNeedsName: a FleetWide Batcher without a Name cannot work.
+func TestFleetWideNeedsName(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := newCache(t, rdb, nil)
+	bt := fill.NewBatcher(c, (&batchLoader{}).load, &fill.BatchOptions{FleetWide: true})
+	if _, err := bt.Get(context.Background(), "a"); !errors.Is(err, fill.ErrInvalid) {
+		t.Errorf("got %v; want ErrInvalid", err)
+	}
+}
+
+// TestFleetWideOnCluster: the gatherer's keys share one slot of a real
+// Cluster, the batch's keys spread over every node.
+func TestFleetWideOnCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	const servers, keys = 4, 200
+	var clients []redis.UniversalClient
+	for range servers {
+		clients = append(clients, cl.Client(t, nil))
+	}
+	bts, loaders, _ := fleetBatchers(t, clients, nil, fill.BatchOptions{Name: "users", Window: 20 * time.Millisecond}, 50*time.Millisecond)
+	ctx := redistest.Context(t, 30*time.Second)
+	getAll(t, ctx, bts, keyList(keys))
+	calls, loaded := fleetLoads(loaders)
+	checkOnce(t, loaded, keys)
+	if calls > 4 {
+		t.Errorf("%d loader calls for %d keys; want at most 4", calls, keys)
+	}
+}
+
+// TestFleetWideRedisDown: with Redis unreachable, each server loads its own
+// keys, in one loader call.
+func TestFleetWideRedisDown(t *testing.T) {
+	s := redistest.Start(t, nil)
+	bts, loaders, _ := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil)}, nil,
+		fill.BatchOptions{Name: "users", Window: 5 * time.Millisecond}, 0)
+	ctx := redistest.Context(t, 20*time.Second)
+	s.Kill(t)
+	var wg sync.WaitGroup
+	for _, key := range []string{"a", "b", "c"} {
+		wg.Go(func() {
+			if v, err := bts[0].Get(ctx, key); err != nil || v != "v:"+key {
+				t.Errorf("%s: got %q, %v", key, v, err)
+			}
+		})
+	}
+	wg.Wait()
+	if calls, _ := loaders[0].loaded(); calls != 1 {
+		t.Errorf("%d loader calls; want one", calls)
+	}
+}
+
+// TestFleetWideGathererDies: the gatherer loses its connection to Redis in
+// the middle of its batches (its loader called, never to settle), perhaps
+// with keys queued: another server takes the gatherer's lease once it runs
+// out, and loads the keys the dead gatherer had popped and those queued,
+// each once, for every waiter.
+func TestFleetWideGathererDies(t *testing.T) {
+	s := redistest.Start(t, nil)
+	p := redistest.NewProxy(t, s.Addr())
+	opt := &fill.Options{LockTTL: 30 * time.Second}
+	bo := fill.BatchOptions{Name: "users", Window: 10 * time.Millisecond}
+	dead, deadLoads, _ := fleetBatchers(t, []redis.UniversalClient{
+		redis.NewClient(&redis.Options{Addr: p.Addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
+			ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond})}, opt, bo, 0)
+	deadLoads[0].gate = make(chan struct{})
+	live, liveLoads, _ := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil), s.Client(t, nil)}, opt, bo, 0)
+	ctx := redistest.Context(t, 30*time.Second)
+	rdb := s.Client(t, nil)
+
+	// The first server misses k0..k9, gathers them itself and calls its
+	// loader, which does not return.
+	gone, giveUp := context.WithCancel(ctx)
+	defer giveUp()
+	keys := keyList(20)
+	for _, key := range keys[:10] {
+		go func() { _, _ = dead[0].Get(gone, key) }()
+	}
+	redistest.WaitFor(t, "the gatherer's loader call", func() bool { n, _ := deadLoads[0].loaded(); return n == 1 })
+	// The others miss the same keys, which they await, and ten more, which
+	// they hand off: queued behind the batch loading, or popped too, as a
+	// batch of their own (the first one being slow), whose loader call does
+	// not return either.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		getAll(t, ctx, live, keys)
+	}()
+	redistest.WaitFor(t, "ten keys queued or popped", func() bool {
+		_, popped := deadLoads[0].loaded()
+		return int(rdb.LLen(ctx, "__locksmith:{batch:users}:queue").Val())+len(popped) == len(keys)
+	})
+	// The gatherer is cut off, its callers gone: its lease runs out.
+	giveUp()
+	p.Refuse(true)
+	p.DropAll()
+	<-done
+	calls, loaded := fleetLoads(liveLoads)
+	checkOnce(t, loaded, len(keys))
+	t.Logf("the successor loaded %d keys in %d calls", len(loaded), calls)
+	if n, popped := deadLoads[0].loaded(); n > 2 || len(popped) > len(keys) {
+		t.Errorf("the dead gatherer's loader was called %d times for %d keys; want at most 2 for %d", n, len(popped), len(keys))
+	}
+	close(deadLoads[0].gate)
+}
+
+// TestFleetWideGathererCloses: a gatherer closed in the middle of a batch
+// releases its keys and resigns its lease: the other servers load the keys
+// they wait for, each once.
+func TestFleetWideGathererCloses(t *testing.T) {
+	s := redistest.Start(t, nil)
+	bo := fill.BatchOptions{Name: "users", Window: 10 * time.Millisecond}
+	closing, closingLoads, caches := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil)}, nil, bo, 0)
+	closingLoads[0].gate = make(chan struct{})
+	defer close(closingLoads[0].gate)
+	live, liveLoads, _ := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil), s.Client(t, nil)}, nil, bo, 0)
+	ctx := redistest.Context(t, 30*time.Second)
+	keys := keyList(10)
+	errs := make(chan error, len(keys))
+	for _, key := range keys {
+		go func() { _, err := closing[0].Get(ctx, key); errs <- err }()
+	}
+	redistest.WaitFor(t, "the gatherer's loader call", func() bool { n, _ := closingLoads[0].loaded(); return n == 1 })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		getAll(t, ctx, live, keys)
+	}()
+	if err := caches[0].Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range keys {
+		if err := <-errs; !errors.Is(err, fill.ErrClosed) {
+			t.Errorf("the closed server's Get: %v; want ErrClosed", err)
+		}
+	}
+	<-done
+	_, loaded := fleetLoads(liveLoads)
+	checkOnce(t, loaded, len(keys))
+}
+
+// TestFleetWideLoaderError: a failed loader call reaches the waiters of its
+// keys on every server, wrapped in ErrLoadFailed, and is not cached: the
+// next Get loads again.
+func TestFleetWideLoaderError(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	bts, loaders, _ := fleetBatchers(t, []redis.UniversalClient{rdb, redistest.Client(t, rdb.Options().Addr)}, nil,
+		fill.BatchOptions{Name: "users", Window: 5 * time.Millisecond}, 0)
+	for _, bl := range loaders {
+		bl.err = errors.New("upstream down")
+	}
+	ctx := redistest.Context(t, 20*time.Second)
+	var wg sync.WaitGroup
+	for _, bt := range bts {
+		wg.Go(func() {
+			if _, err := bt.Get(ctx, "a"); !errors.Is(err, fill.ErrLoadFailed) {
+				t.Errorf("got %v; want ErrLoadFailed", err)
+			}
+		})
+	}
+	wg.Wait()
+	calls, _ := fleetLoads(loaders)
+	if calls != 1 {
+		t.Errorf("%d loader calls; want 1", calls)
+	}
+	for _, bl := range loaders {
+		bl.mu.Lock()
+		bl.err = nil
+		bl.mu.Unlock()
+	}
+	if v, err := bts[1].Get(ctx, "a"); err != nil || v != "v:a" {
+		t.Errorf("after the failure: got %q, %v", v, err)
+	}
+}
