@@ -78,6 +78,11 @@ type feedback struct {
 	// (tokens, say) has nothing left: the refusal is that limit's, not an
 	// overshoot of the calls' pace.
 	metered bool
+	// slot is the slot the refused call was booked for (µs of the Redis
+	// clock), when its reservation is known, else 0: a 429 for a call
+	// booked before the schedule was last respaced is old news of the
+	// old schedule (see pause.lua).
+	slot int64
 }
 
 // maxHeaderWait is the longest wait a header may announce; a longer one is
@@ -277,6 +282,7 @@ func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 	}
 	now := time.Now()
 	f := parseFeedback(h, status, now, b.lim.Per)
+	f.slot = b.slotOf(ctx)
 	if f.pause > 0 {
 		return b.apply(ctx, "observe", f)
 	}
@@ -350,4 +356,13 @@ func (b *Budget) applyCaps(ctx context.Context, op string, caps []any) error {
 		b.stats.pullDowns.Add(1)
 	}
 	return nil
+}
+
+// slotOf returns the Redis slot of the reservation of b that ctx carries
+// (a fill load's, an httpfill request's), or 0.
+func (b *Budget) slotOf(ctx context.Context) int64 {
+	if r := FromContext(ctx); r != nil && r.b == b && !r.r.local {
+		return r.r.slot
+	}
+	return 0
 }

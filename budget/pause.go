@@ -10,6 +10,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -75,7 +76,7 @@ func (b *Budget) PauseFor(ctx context.Context, err error) (bool, error) {
 			d = min(rle.RetryAfter, maxHeaderWait)
 		}
 	}
-	return true, b.apply(ctx, "pause", feedback{pause: d, cause: rateLimited})
+	return true, b.apply(ctx, "pause", feedback{pause: d, cause: rateLimited, slot: b.slotOf(ctx)})
 }
 
 //go:embed pause.lua
@@ -101,9 +102,9 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]int64, error) {
 		return pauseScript.Run(ctx, b.rdb.Redis(), []string{b.key}, pause,
 			b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds(),
-			over, b.lim.Per.Microseconds(), b.t, min(maxStorm, max(3, b.lim.Rate/stormShare)), slackHalfLife(b.t), b.t/firstSlack).Int64Slice()
+			over, b.lim.Per.Microseconds(), b.t, min(maxStorm, max(3, b.lim.Rate/stormShare)), slackHalfLife(b.t), b.t/firstSlack, f.slot).Int64Slice()
 	}, nil)
-	if err == nil && len(v) != 5 {
+	if err == nil && len(v) != 6 {
 		err = fmt.Errorf("unexpected pause reply %v", v)
 	}
 	switch {
@@ -118,7 +119,7 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	switch v[3] {
 	case overshoot:
 		b.stats.overshoots.Add(1)
-		b.heard(v[0], v[4])
+		b.heard(v[0], v[4], v[5])
 		return nil
 	case overshootAgain:
 		return nil
@@ -139,7 +140,7 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 		now := time.Now()
 		b.lead.sample(v[0]-f.pause.Microseconds(), now)
 		b.clock.Store(v[0] - now.Add(f.pause).UnixMicro())
-		b.heard(v[0], 0)
+		b.heard(v[0], 0, 0)
 	}
 	return nil
 }
@@ -186,9 +187,14 @@ func (b *Budget) message(m string) {
 		return
 	}
 	ends, respaced, _ := strings.Cut(m, " ")
+	respaced, stretch, _ := strings.Cut(respaced, " ")
 	at, err := strconv.ParseInt(ends, 10, 64)
 	rs, rerr := strconv.ParseInt(respaced, 10, 64)
-	if err != nil || respaced != "" && rerr != nil {
+	k, kerr := strconv.ParseInt(stretch, 10, 64)
+	if stretch == "" {
+		k, kerr = 0, nil
+	}
+	if err != nil || respaced != "" && rerr != nil || kerr != nil || k < 0 {
 		// Not a pause's end: the hub's word (notify.Wake) that messages
 		// may have been lost. Sleeping Waits read the pause before going;
 		// callers in line for a slot look again.
@@ -198,7 +204,7 @@ func (b *Budget) message(m string) {
 		}
 		return
 	}
-	b.heard(at, rs)
+	b.heard(at, rs, k)
 }
 
 // listening reports whether the budget's subscription is confirmed: a
@@ -234,10 +240,17 @@ func (b *Budget) readPause() (at, respaced int64, err error) {
 // heard records that a pause ends at at and that the schedule was
 // respaced at respaced (µs of the Redis clock; 0 for not), and wakes the
 // sleeping Waits to look.
-func (b *Budget) heard(at, respaced int64) {
+func (b *Budget) heard(at, respaced, k int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if respaced > b.respacedAt {
+		// Kept for the sleeping Waits to move their slots (stretch); k 0
+		// for a respace heard of without its factor.
+		b.respaces = append(b.respaces, respace{at: respaced, k: k})
+		if n := len(b.respaces); n > maxRespaces {
+			b.forgotRespaces = b.respaces[n-maxRespaces-1].at
+			b.respaces = slices.Delete(b.respaces, 0, n-maxRespaces)
+		}
 		// The fleet's schedule started again at respaced: what this
 		// server remembers of the old one must not push it back out
 		// (wait.lua takes the greater of the two).
@@ -284,4 +297,39 @@ func (b *Budget) pauseLocally(until time.Time) {
 		close(b.paused)
 		b.paused = make(chan struct{})
 	}
+}
+
+// respace is a stretch of the fleet's schedule heard of: at the instant at
+// (µs of the Redis clock), every slot s > at moved to at + T + (s-at)·k/10⁶
+// (see pause.lua); k is 0 when not known.
+type respace struct{ at, k int64 }
+
+// maxRespaces is how many respaces a server keeps for its sleeping Waits;
+// a Wait that slept across more books again.
+const maxRespaces = 16
+
+// stretch returns where the respaces heard of since booked (µs of the
+// Redis clock, the instant of the booking) moved slot, and the latest of
+// them; ok is false when one of them is not known well enough to move it
+// (its factor was not heard, or it was forgotten): the Wait books again.
+func (b *Budget) stretch(slot, booked int64) (moved, latest int64, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if booked < b.forgotRespaces {
+		return slot, booked, false
+	}
+	latest = booked
+	for _, r := range b.respaces {
+		if r.at <= booked {
+			continue
+		}
+		if r.k <= 0 {
+			return slot, booked, false
+		}
+		if slot > r.at {
+			slot = r.at + b.t + (slot-r.at)*r.k/1e6 + 1
+		}
+		latest = r.at
+	}
+	return slot, latest, latest > booked
 }

@@ -377,7 +377,7 @@ func (r *Reservation) Observe(ctx context.Context, h http.Header, status int) er
 	if r == nil {
 		return nil
 	}
-	return r.b.Observe(ctx, h, status)
+	return r.b.Observe(context.WithValue(ctx, reskey.Key{}, r), h, status)
 }
 
 // FromContext returns the reservation that ctx carries: the one a fill

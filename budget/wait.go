@@ -155,13 +155,36 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		if l, ok := b.lead.until(r.slot, time.Now()); ok {
 			d = min(d, l)
 		}
-		err = b.sleep(ctx, d, b.fine, rebook)
+		for {
+			err = b.sleep(ctx, d, b.fine, rebook)
+			if !errors.Is(err, errPaused) {
+				break
+			}
+			// An overshoot stretched the fleet's schedule: the slot moves
+			// by itself, no round trip, when every respace since the
+			// booking is known and no other pause reaches past it.
+			moved, latest, ok := b.stretch(r.slot, booked)
+			if !ok {
+				break
+			}
+			d = time.Duration(moved-r.slot) * time.Microsecond
+			r.slot, booked = moved, latest
+			b.stats.stretched.Add(1)
+			if b.mu.Lock(); b.pauseAt > r.slot {
+				b.mu.Unlock()
+				break
+			}
+			b.mu.Unlock()
+			if l, ok := b.lead.until(r.slot, time.Now()); ok {
+				d = l
+			}
+		}
 		if err == nil && (!listening || b.lost.Load() != lost) {
 			// Pub/sub did not work all along (refused, not confirmed yet,
 			// or Redis was away): a pause another server began meanwhile
 			// may not have been heard. Read it before going.
 			if at, respaced, rerr := b.readPause(); rerr == nil && rebook(at, respaced) {
-				b.heard(at, respaced)
+				b.heard(at, respaced, 0)
 				err = errPaused
 			}
 		}

@@ -80,7 +80,9 @@ func (c *Cache) load(ctx, wctx context.Context, key string, run func(context.Con
 		// allows.
 		c.event(ctx, observe.Event{Kind: observe.Pause, Key: key, Duration: rle.RetryAfter})
 		c.log("upstream rate-limited a load; pausing the budget", "key", key, "retry_after", rle.RetryAfter)
-		if _, err := bud.PauseFor(ctx, out.err); err != nil {
+		// With the load's reservation, a 429 for a call booked on a
+		// schedule since respaced is told apart (see budget.PauseFor).
+		if _, err := bud.PauseFor(budgetctx.WithReservation(ctx, res), out.err); err != nil {
 			c.log("pausing the budget failed", "err", err)
 		}
 	}

@@ -60,6 +60,7 @@ func startAPI(rate float64, burst int, latency time.Duration, now func() time.Ti
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /users/{id}/timeline", a.timeline)
 	mux.HandleFunc("GET /users/timelines", a.timelines)
+	mux.HandleFunc("GET /health", a.health)
 	a.srv = httptest.NewServer(mux)
 	return a
 }
@@ -378,6 +379,38 @@ func (c *apiClient) timelines(ctx context.Context, ids []uint64) ([]Timeline, er
 	return tls, nil
 }
 
+// warmConns is how many connections each server's client opens to the API
+// before a run: more than the calls one server has in flight at the API's
+// rate and latency in these runs.
+const warmConns = 6
+
+// warm opens n connections to the API at once, as a server that has been
+// up a while has them: a run then measures the fleet's pacing, not the
+// first calls' dialling (cold, a server's first calls reached the API a
+// few milliseconds later than the next server's, and an API that allows no
+// burst refused the next).
+func (c *apiClient) warm(ctx context.Context, n int) error {
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/health", nil)
+			if err == nil {
+				var resp *http.Response
+				if resp, err = c.hc.Do(req); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+			errs <- err
+		}()
+	}
+	var err error
+	for range n {
+		err = errors.Join(err, <-errs)
+	}
+	return err
+}
+
 // get GETs path and returns the body of a 200; a 429 is a
 // *rateLimitedError.
 func (c *apiClient) get(ctx context.Context, path string) ([]byte, error) {
@@ -419,4 +452,11 @@ func decodeTimeline(b []byte) (Timeline, error) {
 		return Timeline{}, fmt.Errorf("decoding a timeline: %w", err)
 	}
 	return tl, nil
+}
+
+// health answers 204 after a moment, so that concurrent calls each need a
+// connection of their own. It is not rate-limited.
+func (a *fakeAPI) health(w http.ResponseWriter, r *http.Request) {
+	sleep(r.Context(), 20*time.Millisecond)
+	w.WriteHeader(http.StatusNoContent)
 }

@@ -283,6 +283,11 @@ func runMode(ctx context.Context, cfg config, env *demo.Redis, m mode, ids []uin
 	api := startAPI(cfg.rate, cfg.burst, cfg.latency, time.Now)
 	defer api.Close()
 	f := newFleet(cfg, env, m, api.URL())
+	for _, e := range f.envs {
+		if err := e.api.warm(ctx, warmConns); err != nil {
+			return result{}, fmt.Errorf("opening connections to the API: %w", err)
+		}
+	}
 
 	var done atomic.Int64
 	stop := func() {}
