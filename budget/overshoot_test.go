@@ -279,3 +279,47 @@ func TestSharedHub(t *testing.T) {
 	}
 	redistest.WaitFor(t, "no pub/sub connection", func() bool { return pubsubs() == 0 })
 }
+
+// TestOvershootOldNews: a 429 for a call booked before the latest respace
+// tells nothing of the new spacing (calls already on their way when the
+// schedule was stretched are refused together): it grows no slack and
+// respaces nothing. Told through the call's reservation.
+func TestOvershootOldNews(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	clock := time.Now()
+	m.SetTime(clock)
+	b := newBudget(t, rdb, "old-news", budget.Limit{Rate: 5}, nil) // T = 200ms
+	ctx := context.Background()
+	const T = 200000
+	h := http.Header{"Retry-After": {"1"}}
+	r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock = clock.Add(T * time.Microsecond)
+	m.SetTime(clock)
+	if err := b.Observe(ctx, h, http.StatusTooManyRequests); err != nil { // another call's 429
+		t.Fatal(err)
+	}
+	slack := field(t, rdb, b, "slack")
+	clock = clock.Add(T * time.Microsecond)
+	m.SetTime(clock)
+	if err := r.Observe(ctx, h, http.StatusTooManyRequests); err != nil { // the old call's
+		t.Fatal(err)
+	}
+	if st := b.Stats(); st.Overshoots != 1 || st.PausesRateLimited != 0 {
+		t.Errorf("Stats: Overshoots %d, PausesRateLimited %d; want 1, 0", st.Overshoots, st.PausesRateLimited)
+	}
+	if got := field(t, rdb, b, "slack"); got != slack {
+		t.Errorf("slack = %dµs after old news; want %dµs, unchanged", got, slack)
+	}
+	// The same 429 through Budget.Observe, with no reservation to tell its
+	// slot, is an overshoot of the new schedule.
+	if err := b.Observe(ctx, h, http.StatusTooManyRequests); err != nil {
+		t.Fatal(err)
+	}
+	if st := b.Stats(); st.Overshoots != 2 {
+		t.Errorf("Overshoots = %d; want 2", st.Overshoots)
+	}
+	_ = r.Done(ctx)
+}
