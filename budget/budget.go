@@ -365,7 +365,7 @@ func (b *Budget) validate(rdb redis.UniversalClient, limit Limit) error {
 	for i, l := range b.opt.Also {
 		if err == nil {
 			if err = l.check(); err != nil {
-				err = fmt.Errorf("Also[%d]: %w", i, err)
+				err = fmt.Errorf("limit %d of Also: %w", i, err)
 			}
 		}
 	}
