@@ -408,12 +408,6 @@ func (h *scriptTimes) count() int {
 	return len(h.at)
 }
 
-func (h *scriptTimes) last() time.Time {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.at[len(h.at)-1]
-}
-
 // BenchmarkBudgetPauseWake: a Wait on server B sleeps on a slot 1s away;
 // server A observes a 429, an overshoot. The time from A's Observe to B's
 // Wait having moved its slot by the stretch: the stretch travels in the
