@@ -58,9 +58,24 @@ func (c *Cache) load(ctx, wctx context.Context, key string, run func(context.Con
 			// Not the reservation of a load this one runs under.
 			lctx = budgetctx.WithReservation(ctx, nil)
 		}
+		stop := func() {}
+		if rc := res.Context(); res != nil && rc != wctx {
+			// The reservation holds a concurrency slot: the load runs
+			// under its lease, as lock.Do runs its function, and ends
+			// when the fleet may have given the slot to another call.
+			var lcancel context.CancelCauseFunc
+			lctx, lcancel = context.WithCancelCause(lctx)
+			unwatch := context.AfterFunc(rc, func() {
+				if cause := context.Cause(rc); errors.Is(cause, budget.ErrSlotLost) {
+					lcancel(cause)
+				}
+			})
+			stop = func() { unwatch(); lcancel(nil) }
+		}
 		start := time.Now()
 		out := c.runReserved(lctx, run, res)
 		took := time.Since(start)
+		stop()
 		c.stats.loads.Add(1)
 		loadErr := out.err
 		if out.panicked != nil {

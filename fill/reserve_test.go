@@ -328,3 +328,42 @@ func TestLoadReserveRoundTrips(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadUnderSlotLease: with a budget's Concurrency, a load runs under
+// its slot's lease: when the slot is lost (its lease ran out, or Redis no
+// longer holds it), the loader's ctx ends with budget.ErrSlotLost, as
+// lock.Do's function's does, since the fleet may give the slot to another
+// call.
+func TestLoadUnderSlotLease(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := budget.New(s.Client(t, nil), "slots", budget.Limit{Rate: 1000}, &budget.Options{Concurrency: 1, SlotLease: 300 * time.Millisecond})
+	t.Cleanup(func() { b.Close() })
+	c := newCache(t, s.Client(t, nil), &fill.Options{Budget: b})
+	ctx := redistest.Context(t, 20*time.Second)
+	started := make(chan struct{})
+	var cause error
+	done := make(chan error, 1)
+	go func() {
+		_, err := fill.Get(ctx, c, "k", func(lctx context.Context) (int, error) {
+			close(started)
+			<-lctx.Done()
+			cause = context.Cause(lctx)
+			return 0, lctx.Err()
+		})
+		done <- err
+	}()
+	<-started
+	if got := b.Stats().InFlight; got != 1 {
+		t.Fatalf("InFlight = %d while the load runs; want 1", got)
+	}
+	// The fleet no longer holds the slot: the next renewal finds it gone.
+	s.Do(t, "DEL", "__locksmith:{slots}:budget:slots")
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatal("the loader's ctx did not end when its slot was lost")
+	}
+	if !errors.Is(cause, budget.ErrSlotLost) {
+		t.Errorf("the loader's ctx ended with cause %v; want budget.ErrSlotLost", cause)
+	}
+}
