@@ -323,3 +323,24 @@ func TestOvershootOldNews(t *testing.T) {
 	}
 	_ = r.Done(ctx)
 }
+
+// TestStretchFactorBounded: a stretch factor pause.lua never sends (the new
+// spacing over the old lies within [1, 2]), published on the budget's
+// channel by anyone who can, moves no slot: the sleeping Wait books again
+// instead, and its call never goes before a slot the script gave it.
+func TestStretchFactorBounded(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := newBudget(t, s.Client(t, nil), "stretch-bounded", budget.Limit{Rate: 1, Per: 10 * time.Second}, nil)
+	sl := startSleeper(t, b)
+	for i, k := range []string{"99999999999999999", "500000"} {
+		now := redisNow(t, s.Client(t, nil)) // after the latest booking
+		msg := strconv.FormatInt(now, 10) + " " + strconv.FormatInt(now, 10) + " " + k
+		s.Do(t, "PUBLISH", budget.Key(b), msg)
+		redistest.WaitFor(t, "the sleeper booking again", func() bool { return b.Stats().Rebooked == uint64(i+1) })
+	}
+	if st := b.Stats(); st.Stretched != 0 {
+		t.Errorf("Stretched = %d after factors out of bounds; want 0", st.Stretched)
+	}
+	sl.cancel()
+	<-sl.done
+}

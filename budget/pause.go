@@ -138,7 +138,6 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	}
 	if v[1] == 1 {
 		now := time.Now()
-		b.lead.sample(v[0]-f.pause.Microseconds(), now)
 		b.clock.Store(v[0] - now.Add(f.pause).UnixMicro())
 		b.heard(v[0], 0, 0)
 	}
@@ -191,7 +190,10 @@ func (b *Budget) message(m string) {
 	at, err := strconv.ParseInt(ends, 10, 64)
 	rs, rerr := strconv.ParseInt(respaced, 10, 64)
 	k, kerr := strconv.ParseInt(stretch, 10, 64)
-	if stretch == "" {
+	if stretch == "" || kerr == nil && (k < 1e6 || k > 2e6) {
+		// No factor, or one pause.lua never sends (the new spacing over
+		// the old lies within [1, 2]): the sleeping Waits book again
+		// rather than move their slots by it.
 		k, kerr = 0, nil
 	}
 	if err != nil || respaced != "" && rerr != nil || kerr != nil || k < 0 {
