@@ -78,7 +78,7 @@ type gatherer[T any] struct {
 	// ended.
 	handed, ended chan struct{}
 
-	mu       sync.Mutex // guards running, pending, leaseEnd, term, loading and resync
+	mu       sync.Mutex // guards running, pending, leaseEnd, term, loading, resync and first
 	running  bool       // the gather loop runs
 	pending  []*flight.Call
 	leaseEnd time.Time // the lease surely ends then unless renewed
@@ -88,6 +88,9 @@ type gatherer[T any] struct {
 	term    uint64
 	loading map[string]uint64
 	resync  bool // a batch was abandoned: the next pop asks for the loading list
+	// first is the earliest Get of the keys handed off here since the loop
+	// last looked (see wake); zero for none.
+	first time.Time
 }
 
 func newGatherer[T any](b *batch[T]) *gatherer[T] {
@@ -135,10 +138,14 @@ func (g *gatherer[T]) run(ctx context.Context, mode string, args ...any) (any, e
 func (g *gatherer[T]) handOff(fctx context.Context, claimed []*batchLook, cl callOptions, wg *sync.WaitGroup) {
 	b := g.b
 	items := make([]any, len(claimed))
+	var first time.Time // the earliest Get of the keys
 	g.mu.Lock()
 	for i, l := range claimed {
 		items[i] = item(l)
 		g.pending = append(g.pending, l.f)
+		if !l.at.IsZero() && (first.IsZero() || l.at.Before(first)) {
+			first = l.at
+		}
 	}
 	g.mu.Unlock()
 	if _, err := g.run(fctx, gatherHandOff, items...); err != nil {
@@ -149,7 +156,7 @@ func (g *gatherer[T]) handOff(fctx context.Context, claimed []*batchLook, cl cal
 		}
 		return
 	}
-	g.wake()
+	g.wake(first)
 	for _, l := range claimed {
 		// Held by the claim's token, now the gatherer's to settle: this
 		// flight waits for it with a token of its own.
@@ -160,10 +167,17 @@ func (g *gatherer[T]) handOff(fctx context.Context, claimed []*batchLook, cl cal
 	b.awaitHeld(fctx, claimed, cl, wg)
 }
 
-// wake makes sure the gather loop runs, and pops within a Window.
-func (g *gatherer[T]) wake() {
+// wake makes sure the gather loop runs, and pops within a Window of first,
+// the earliest Get of the keys handed off (zero: now).
+func (g *gatherer[T]) wake(first time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if first.IsZero() {
+		first = time.Now()
+	}
+	if g.first.IsZero() || first.Before(g.first) {
+		g.first = first
+	}
 	if !g.running && g.b.c.enter() {
 		g.running = true
 		go g.loop()

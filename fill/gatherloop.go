@@ -81,11 +81,17 @@ func (g *gatherer[T]) loop() {
 			g.stop(ctx, false)
 			return
 		case <-g.handed:
-			// Pop within a Window of the keys handed off here, rather than
-			// after another gatherer's lease.
-			if at := time.Now().Add(opt.Window); at.Before(due) && timer.Stop() {
+			// Pop within a Window of the first Get of the keys handed off
+			// here (their hand-off overlaps the Window), rather than
+			// after another gatherer's lease; never within a Window of
+			// the last pop.
+			at := g.firstHanded()
+			if at.Before(ls.lastPop) {
+				at = ls.lastPop
+			}
+			if at = at.Add(opt.Window); at.Before(due) && timer.Stop() {
 				due = at
-				timer.Reset(opt.Window)
+				timer.Reset(time.Until(at))
 			}
 			continue
 		case <-g.ended:
@@ -206,6 +212,19 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 		return opt.Window, g.stop(ctx, true)
 	}
 	return opt.Window, false
+}
+
+// firstHanded returns the earliest Get of the keys handed off here since
+// it was last called, and forgets it.
+func (g *gatherer[T]) firstHanded() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	first := g.first
+	g.first = time.Time{}
+	if first.IsZero() {
+		first = time.Now()
+	}
+	return first
 }
 
 // signal wakes the loop with ch, unless it has a wake-up pending there.
