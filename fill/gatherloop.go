@@ -84,12 +84,17 @@ func (g *gatherer[T]) loop() {
 			// Pop within a Window of the first Get of the keys handed off
 			// here (their hand-off overlaps the Window), rather than
 			// after another gatherer's lease; never within a Window of
-			// the last pop.
-			at := g.firstHanded()
-			if at.Before(ls.lastPop) {
-				at = ls.lastPop
+			// the last pop, nor within the hand-off window (or Window, if
+			// shorter) of now: the keys other servers missed at the same
+			// time are handed off about now too.
+			at := g.firstHanded().Add(opt.Window)
+			if soonest := time.Now().Add(min(opt.Window, handOffWindow)); at.Before(soonest) {
+				at = soonest
 			}
-			if at = at.Add(opt.Window); at.Before(due) && timer.Stop() {
+			if next := ls.lastPop.Add(opt.Window); at.Before(next) {
+				at = next
+			}
+			if at.Before(due) && timer.Stop() {
 				due = at
 				timer.Reset(time.Until(at))
 			}
