@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -311,5 +312,53 @@ func TestFleetWideGathererPaused(t *testing.T) {
 		if err != nil || v != "v:"+key {
 			t.Errorf("%s in Redis: %q, %v; want %q", key, v, err, "v:"+key)
 		}
+	}
+}
+
+// TestFleetWideGathererRetakesOwnLease: a gatherer whose lease ran out
+// while its batch waited for its budget slot, and that nobody took over,
+// takes the lease anew with its batch still on the loading list: the batch
+// is still its own, and goes when the slot comes, without being given up
+// and loaded again.
+func TestFleetWideGathererRetakesOwnLease(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := pausedBudget(s.Client(t, nil))
+	t.Cleanup(func() { _ = b.Close() })
+	ctx := redistest.Context(t, 20*time.Second)
+	slot, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := pausedBudget(s.Client(t, nil))
+	t.Cleanup(func() { _ = own.Close() })
+	var abandoned atomic.Int32
+	bts, loaders, _ := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil)}, &fill.Options{Budget: own,
+		Events: observe.Func(func(_ context.Context, e observe.Event) {
+			if e.Kind == observe.Load && errors.Is(e.Err, fill.ErrAbandoned) {
+				abandoned.Add(1)
+			}
+		})}, fill.BatchOptions{Name: "pre", Window: 10 * time.Millisecond}, 0)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		getAll(t, ctx, bts, pausedKeys("p", 10))
+	}()
+	rdb := s.Client(t, nil)
+	redistest.WaitFor(t, "the batch popped", func() bool {
+		return rdb.LLen(ctx, "__locksmith:{batch:pre}:loading").Val() == 10
+	})
+	// The lease runs out, as if the gatherer had paused past it; the
+	// gatherer's next pop takes it anew.
+	gatherer := "__locksmith:{batch:pre}:gatherer"
+	rdb.Del(ctx, gatherer)
+	redistest.WaitFor(t, "the lease taken anew", func() bool { return rdb.Exists(ctx, gatherer).Val() == 1 })
+	if err := slot.Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	calls, loaded := fleetLoads(loaders)
+	checkOnce(t, loaded, 10)
+	if calls != 1 || abandoned.Load() != 0 {
+		t.Errorf("%d loader calls, %d given up; want 1 and none: the batch stayed the gatherer's", calls, abandoned.Load())
 	}
 }
