@@ -241,7 +241,7 @@ func (c *Cache) lookMany(ctx context.Context, items []batchItem, o ops) []batchL
 	looks := make([]batchLook, len(items))
 	reqs := make([]claimReq, len(items))
 	for i, it := range items {
-		looks[i] = batchLook{key: it.key, f: it.f, ks: c.keyset(it.key)}
+		looks[i] = batchLook{key: it.key, f: it.f, ks: c.keyset(it.key), at: it.at}
 		reqs[i] = claimReq{ks: looks[i].ks, token: lease.NewToken()}
 	}
 	for i, l := range c.claimMany(ctx, reqs, o) {

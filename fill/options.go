@@ -100,7 +100,10 @@ type Options struct {
 	// and its reservation is cancelled. The loader runs with the
 	// reservation in its ctx (budget.FromContext), where it reports what
 	// the call really spent (Reservation.Spent); the reservation is done
-	// when the loader returns, whatever it returned.
+	// when the loader returns, whatever it returned. With the budget's
+	// Concurrency, the load holds a slot while it runs, under the slot's
+	// lease: the loader's ctx ends, with cause budget.ErrSlotLost, if the
+	// slot is lost.
 	// A loader error wrapping budget.ErrRateLimited pauses the budget for
 	// its RetryAfter, and the same flight, still holding the fill lock,
 	// loads again when the budget allows; it fails, with an error wrapping

@@ -18,13 +18,15 @@ import (
 type config struct {
 	// servers is the size of the fleet a run builds; fleets are the sizes
 	// -servers lists, each run in turn (a sweep) when there are several.
-	servers                       int
-	fleets                        fleetsFlag
-	requests, concurrency, keys   int
-	zipf                          float64
-	seed                          uint64
-	rate                          float64
-	burst                         int
+	servers                     int
+	fleets                      fleetsFlag
+	requests, concurrency, keys int
+	zipf                        float64
+	seed                        uint64
+	rate                        float64
+	burst                       int
+	// apiConcurrency is the API's cap on calls in flight; 0 for none.
+	apiConcurrency                int
 	latency, ttl, timeout, window time.Duration
 	// timeoutComputed says that -timeout was not given: run computes the
 	// deadline (see requestDeadline).
@@ -57,6 +59,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Uint64Var(&cfg.seed, "seed", 1, "seed of the request sequence")
 	fs.Float64Var(&cfg.rate, "rate", 50, "API calls allowed per second, fleet-wide")
 	fs.IntVar(&cfg.burst, "burst", 10, "API calls allowed at once after a quiet time")
+	fs.IntVar(&cfg.apiConcurrency, "api-concurrency", 0, "the API refuses (429, Retry-After 1) a call that arrives while this many are\n"+
+		"in flight, as GitHub's secondary limit does past 100; 0 for no such cap.\nMode "+concMode+" caps the fleet's calls in flight at it")
 	fs.DurationVar(&cfg.latency, "latency", 80*time.Millisecond, "time the API takes per call")
 	fs.DurationVar(&cfg.ttl, "ttl", 10*time.Minute, "how long a timeline stays cached")
 	fs.DurationVar(&cfg.timeout, "timeout", 0, "the longest one request may take; 0 computes it from the distinct users\n"+
@@ -67,7 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		"defaults): -redis '' is localhost:6379, -redis :6380 localhost:6380")
 	fs.StringVar(&cfg.prefix, "prefix", "twitter-demo:", "prefix of every Redis key written; keys under it are deleted before\neach mode and at the end")
 	fs.BoolVar(&cfg.json, "json", false, "print the settings and results as one JSON object, and nothing else,\non stdout")
-	cfg.modes = slices.Clone(modes)
+	cfg.modes = defaultModes()
 	fs.Var(&cfg.modes, "modes", "the modes to run, in that order: comma-separated `names` among"+modesHelp())
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -99,6 +103,9 @@ func (c *config) validate() error {
 		{!(c.zipf > 1) || math.IsInf(c.zipf, 0), fmt.Sprintf("-zipf must be a finite number above 1 (got %g)", c.zipf)},
 		{!(c.rate > 0) || math.IsInf(c.rate, 0), fmt.Sprintf("-rate must be a finite number above 0 (got %g)", c.rate)},
 		{c.burst < 1, fmt.Sprintf("-burst must be at least 1 (got %d)", c.burst)},
+		{c.apiConcurrency < 0, fmt.Sprintf("-api-concurrency must not be negative (got %d)", c.apiConcurrency)},
+		{c.apiConcurrency == 0 && slices.ContainsFunc(c.modes, func(m mode) bool { return m.name == concMode }),
+			"mode " + concMode + " needs -api-concurrency: the cap it keeps the fleet under"},
 		{c.latency < 0, fmt.Sprintf("-latency must not be negative (got %s)", c.latency)},
 		{c.ttl < time.Second, fmt.Sprintf("-ttl must be at least 1s (got %s)", c.ttl)},
 		{c.timeout < 0, fmt.Sprintf("-timeout must not be negative (got %s)", c.timeout)},
@@ -121,14 +128,19 @@ const (
 	minDeadline   = 10 * time.Second
 	maxDeadline   = 24 * time.Hour
 	deadlineSlack = 5 * time.Second
-	deadlineRule  = "distinct users ÷ rate + latency + 5s,\nin whole seconds, at least 10s"
+	deadlineRule  = "distinct users ÷ rate (with -api-concurrency, × latency ÷ it if longer)\n+ latency + 5s, in whole seconds, at least 10s"
 )
 
 // requestDeadline is the deadline of each request when -timeout is not
 // given: long enough for a fleet that makes one call per distinct user, at
 // the API's rate, to answer every request, whichever mode it runs.
 func requestDeadline(cfg config, distinct int) time.Duration {
-	secs := min(float64(distinct)/cfg.rate, maxDeadline.Seconds())
+	secs := float64(distinct) / cfg.rate
+	if cfg.apiConcurrency > 0 {
+		// No more than apiConcurrency calls of latency each at once.
+		secs = max(secs, float64(distinct)*cfg.latency.Seconds()/float64(cfg.apiConcurrency))
+	}
+	secs = min(secs, maxDeadline.Seconds())
 	d := time.Duration(secs*float64(time.Second)) + cfg.latency + deadlineSlack
 	d = (d + time.Second - 1).Truncate(time.Second)
 	return min(max(minDeadline, d), maxDeadline)
@@ -187,6 +199,18 @@ func (f *modesFlag) Set(s string) error {
 	return nil
 }
 
+// defaultModes are the modes a run without -modes runs: every mode but the
+// extra ones.
+func defaultModes() modesFlag {
+	var ms modesFlag
+	for _, m := range modes {
+		if !m.extra {
+			ms = append(ms, m)
+		}
+	}
+	return ms
+}
+
 // modesHelp lists the modes, one a line, for -h.
 func modesHelp() string {
 	width := 0
@@ -196,6 +220,9 @@ func modesHelp() string {
 	var b strings.Builder
 	for _, m := range modes {
 		fmt.Fprintf(&b, "\n  %-*s  %s", width, m.name, m.doc)
+		if m.extra {
+			b.WriteString(" (runs only when named)")
+		}
 	}
 	return b.String()
 }
