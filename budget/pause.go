@@ -153,11 +153,13 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 const firstSlack = 48
 
 // slackHalfLife is how long the learned slack takes to halve without an
-// overshoot, for a budget of emission interval t µs: 400 intervals (8 s at
+// overshoot, for a budget of emission interval t µs: 100 intervals (2 s at
 // 50 calls/s). Each halving that proves too much costs one 429 and a
-// doubling, so a fleet settles at about one overshoot per half-life, 0.25%
-// of its calls, at the least slack its jitter allows. In µs.
-func slackHalfLife(t int64) int64 { return 400 * t }
+// doubling, so a fleet settles at about one overshoot per half-life at
+// the least slack its jitter allows; and the slack a burst of jitter
+// taught it (a cold start, a stall) is gone within seconds, not kept for
+// a minute. In µs.
+func slackHalfLife(t int64) int64 { return 100 * t }
 
 // stormShare: 429s for more than one call in stormShare of a Per (at least
 // 3, at most maxStorm), with the slack at its most, are a storm, not
