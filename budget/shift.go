@@ -88,11 +88,15 @@ func (b *Budget) addMove(m respace) {
 	if m.at <= b.forgotRespaces {
 		return
 	}
-	i, found := slices.BinarySearchFunc(b.respaces, m.at, func(r respace, at int64) int {
+	// Two moves may share an instant (two scripts within a µs): only the
+	// very same move is dropped.
+	i, _ := slices.BinarySearchFunc(b.respaces, m.at, func(r respace, at int64) int {
 		return cmp.Compare(r.at, at)
 	})
-	if found {
-		return
+	for ; i < len(b.respaces) && b.respaces[i].at == m.at; i++ {
+		if b.respaces[i] == m {
+			return
+		}
 	}
 	b.respaces = slices.Insert(b.respaces, i, m)
 	if n := len(b.respaces); n > maxRespaces {

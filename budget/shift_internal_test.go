@@ -133,3 +133,20 @@ func TestMovesKeepTheSchedule(t *testing.T) {
 		_ = b.Close()
 	}
 }
+
+// TestMovesInOneInstant: two moves of the schedule made in the same
+// microsecond (two scripts run back to back) are both kept; the same move
+// heard twice (its reply and its message) counts once.
+func TestMovesInOneInstant(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	b := New(rdb, "instant", Limit{Rate: 100, Burst: 1}, nil)
+	defer b.Close()
+	const at, slot = 1000, 5000
+	b.heardShift(at, 100, 300)
+	b.heardShift(at, 200, 700)
+	b.heardShift(at, 100, 300) // the first again
+	moved, moves, ok := b.stretch(slot, at-1)
+	if !ok || moved != slot+1000 || moves != 2 {
+		t.Fatalf("stretch = %d, %d moves, %v; want %d after both moves, 2, true", moved, moves, ok, slot+1000)
+	}
+}
