@@ -38,6 +38,12 @@ type Cache struct {
 
 	invalChannel string // where stores and deletes announce themselves
 	flagKey      string // the fleet's local-tier flag on a plain Redis, else "" (see local.lua)
+	// The fleet's local-tier flag on a Cluster, whose scripts cannot read
+	// it, else "": stores and deletes publish invalidations unless a read
+	// of it, sent within flagTrust, found it missing (see invalTo).
+	clusterFlag   string
+	flagMissingAt atomic.Int64 // Unix ns when the latest read that found the flag missing was sent, or 0
+	flagReading   atomic.Bool  // a read of the flag is under way
 	// The claim script's arguments that never change: the lease, the stale
 	// windows and whether a PTTL is wanted, boxed once (a call boxes none).
 	lockTTLArg, swrArg, sieArg, pttlArg any
@@ -74,11 +80,15 @@ func New(rdb redis.UniversalClient, opt *Options) *Cache {
 		sieArg:       lease.Millis(o.StaleIfError),
 		pttlArg:      "0",
 	}
-	if _, plain := rdb.(*redis.Client); plain {
-		// A Cluster's or a Ring's scripts cannot read one key for the
-		// whole fleet: there, stores and deletes are always ordered and
-		// published.
+	switch rdb.(type) {
+	case *redis.Client:
 		c.flagKey = o.Prefix + "local"
+	case *redis.ClusterClient:
+		// A Cluster's scripts cannot read one key for the whole fleet:
+		// there, stores and deletes are always ordered, and published
+		// unless the flag was found missing of late. On a Ring they are
+		// always ordered and published.
+		c.clusterFlag = o.Prefix + "local"
 	}
 	if o.Local != nil || o.EarlyRefresh {
 		c.pttlArg = "1"

@@ -8,7 +8,8 @@
 --   is neither ordered by the stamp key nor published as an invalidation.
 -- ARGV[1] '1' to notify with SPUBLISH (Redis Cluster), else PUBLISH;
 -- ARGV[2] the message for the channel P{K}; ARGV[3] the invalidation
--- channel; ARGV[4] the key, for the invalidation message.
+-- channel, or '' for none (a Cluster whose fleet keeps no local tier);
+-- ARGV[4] the key, for the invalidation message.
 -- Returns {keys deleted, the delete's stamp in ms, publish error or ''}:
 -- the server's clock, made later than the stamp of every entry of the key
 -- (claim.lua), so that a copy of an entry it deleted is older than it.
@@ -34,7 +35,7 @@ if ARGV[1] == '1' then cmd = 'SPUBLISH' end
 local publishErr = ''
 local ok, e = pcall(redis.call, cmd, KEYS[1], ARGV[2])
 if not ok then publishErr = type(e) == 'table' and e.err or tostring(e) end
-if tier then
+if tier and ARGV[3] ~= '' then
   pcall(redis.call, 'PUBLISH', ARGV[3], 'd' .. string.format('%d', nowMs) .. ' ' .. ARGV[4])
 end
 return {n, nowMs, publishErr}

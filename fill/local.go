@@ -1,6 +1,7 @@
 package fill
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"errors"
@@ -50,6 +51,11 @@ import (
 //     place was sent within MaxStaleness.
 //     A flag found missing (expired, flushed, lost in a failover) drops
 //     every copy.
+//   - On a Cluster, whose scripts cannot read the flag, servers always
+//     stamp, and publish invalidations unless a read of the flag sent
+//     within flagTrust found it missing (a fleet without a local tier
+//     sends every node none); a local tier keeps the flag as above, and
+//     keeps no copy read within flagTrust after it put the flag back.
 //
 // So no read returns a copy more than MaxStaleness after a newer value was
 // stored or the key deleted, whatever happens to the connection.
@@ -66,7 +72,8 @@ type local struct {
 	mu   sync.Mutex          // guards mine
 	mine map[string]struct{} // invalidations this Cache published and has not yet received
 
-	// The fleet's flag, on a plain Redis (flag is its key; "" elsewhere).
+	// The fleet's flag, on a plain Redis or a Cluster (flag is its key; ""
+	// on a Ring).
 	flag      string
 	placedAt  atomic.Int64  // Unix ns when the flag was last found missing and put in place (reply received); reads sent before it are not kept; MaxInt64 until then
 	confirmed atomic.Int64  // Unix ns when the last refresh that found the flag in place was sent
@@ -112,7 +119,7 @@ func newLocal(c *Cache, o LocalOptions) *local {
 	if l.beats {
 		l.listener = c.hub.ListenAll(c.invalChannel, l.message)
 	}
-	if l.flag = c.flagKey; l.flag != "" {
+	if l.flag = cmp.Or(c.flagKey, c.clusterFlag); l.flag != "" {
 		l.placedAt.Store(math.MaxInt64)
 		l.stop, l.done = make(chan struct{}), make(chan struct{})
 		go l.keepFlag(min(200*time.Millisecond, o.MaxStaleness/4))
@@ -167,11 +174,63 @@ func (l *local) refreshFlag(gen string) string {
 		return gen
 	}
 	if g != gen {
-		l.placedAt.Store(time.Now().UnixNano())
+		placed := time.Now()
+		if l.c.clusterFlag != "" {
+			// Servers that found the flag missing before it was put
+			// back publish nothing for flagTrust after their read.
+			placed = placed.Add(flagTrust)
+		}
+		l.placedAt.Store(placed.UnixNano())
 		l.values.InvalidateAll()
 	}
 	l.confirmed.Store(sent.UnixNano())
 	return g
+}
+
+// flagTrust is how long a read that found the fleet's flag missing on a
+// Cluster stands: stores and deletes publish no invalidation until then,
+// and a local tier that puts the flag back keeps no copy read before as
+// long after. A read older than half of it is sent again, in the
+// background, at the next store or delete.
+const flagTrust = 600 * time.Millisecond
+
+// invalTo returns the channel a store or delete publishes its invalidation
+// on, or "" for none: on a Cluster, whose scripts cannot read the fleet's
+// flag, none while a read of the flag sent within flagTrust found it
+// missing. Without such a read (at start, after an error, once it is
+// old) it publishes, and has the flag read again.
+func (c *Cache) invalTo() string {
+	if c.clusterFlag == "" || c.local != nil {
+		return c.invalChannel
+	}
+	now := time.Now().UnixNano()
+	missing := c.flagMissingAt.Load()
+	if now-missing >= int64(flagTrust/2) && c.flagReading.CompareAndSwap(false, true) && c.enter() {
+		go c.readFlag()
+	}
+	if missing != 0 && now-missing < int64(flagTrust) {
+		return ""
+	}
+	return c.invalChannel
+}
+
+// readFlag reads whether the fleet's flag is in place on a Cluster (see
+// invalTo).
+func (c *Cache) readFlag() {
+	defer c.wg.Done()
+	defer c.flagReading.Store(false)
+	ctx, cancel := context.WithTimeout(c.base, flagTrust/2)
+	defer cancel()
+	sent := time.Now()
+	n, err := c.rdb.Redis().Exists(ctx, c.clusterFlag).Result()
+	switch {
+	case err != nil:
+		// Unknown: the old read ages out, and stores publish.
+	case n == 0:
+		c.flagMissingAt.Store(sent.UnixNano())
+	default:
+		c.flagMissingAt.Store(0)
+	}
 }
 
 // live reports whether copies may be served at now (Unix ns).

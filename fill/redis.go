@@ -63,7 +63,7 @@ func (c *Cache) Delete(ctx context.Context, key string) error {
 	}
 	r, err := redisx.Run(ctx, c.rdb, func(ctx context.Context) (reply, error) {
 		v, err := deleteScript.Run(ctx, c.rdb.Redis(), ks.keys, c.rdb.PublishFlag(),
-			lease.Message(lease.Deleted, ""), c.invalChannel, key).Result()
+			lease.Message(lease.Deleted, ""), c.invalTo(), key).Result()
 		if err != nil {
 			return reply{}, err
 		}

@@ -55,7 +55,7 @@ func (c *Cache) settleArgs(r *settleReq) []any {
 		if r.bare {
 			del = "0"
 		}
-		return append(args, r.entry, lease.Millis(max(r.ttl, time.Millisecond)), c.invalChannel, r.inval, del)
+		return append(args, r.entry, lease.Millis(max(r.ttl, time.Millisecond)), c.invalTo(), r.inval, del)
 	case settlePublish:
 		return append(args, lease.Millis(failureMarkerTTL))
 	}

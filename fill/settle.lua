@@ -10,7 +10,8 @@
 -- Cluster), else PUBLISH; ARGV[3] 's' to store a value, 'f' for a failure;
 -- ARGV[4] the message for the channel P{K}.
 -- To store: ARGV[5] the entry; ARGV[6] its key's TTL in ms; ARGV[7] the
---   invalidation channel; ARGV[8] the invalidation message; ARGV[9] '1'
+--   invalidation channel, or '' for none (a Cluster whose fleet keeps no
+--   local tier); ARGV[8] the invalidation message; ARGV[9] '1'
 --   to delete the failure marker and the back-off, '0' when the claim
 --   found no value (so no back-off: it lives no longer than its value).
 -- To only publish: ARGV[5] how long the message is kept for the holder's
