@@ -59,6 +59,20 @@
 // the reset. The cap is two fields of the hash, spent by the same script that
 // books slots: it delays a call only when the upstream would refuse it.
 //
+// # A limit without burst tolerance
+//
+// An upstream that allows no burst (Burst 1) counts each call from its
+// arrival: the next must come a whole interval after it. Every server sleeps
+// to its slot by the Redis clock, on Linux the last 2.5 ms on the kernel's
+// fine timer. A call that still leaves more than 0.5 ms late (a busy CPU, a
+// collector's pause) moves every slot booked after it as late, with one
+// script and one message on the budget's channel: each server's sleeping
+// calls move their own slots, without a round trip ([Stats].Late). Jitter
+// no server sees (between a caller's send and the upstream's arrival) draws
+// a 429 now and then: such an overshoot widens the spacing of slots by a
+// slack learned from them, and stretches the schedule in place, rather
+// than pausing the fleet (see [Budget.Observe]).
+//
 // # Several limits, meters, costs known after the call
 //
 // Real upstreams state several limits at once: the X API a rate per second
