@@ -72,6 +72,13 @@ func (g *gatherer[T]) loop() {
 	due := time.Now().Add(opt.Window)
 	timer := time.NewTimer(opt.Window)
 	defer timer.Stop()
+	// sooner moves the next pop to at, if at comes first.
+	sooner := func(at time.Time) {
+		if at.Before(due) && timer.Stop() {
+			due = at
+			timer.Reset(time.Until(at))
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -94,10 +101,7 @@ func (g *gatherer[T]) loop() {
 			if next := ls.lastPop.Add(opt.Window); at.Before(next) {
 				at = next
 			}
-			if at.Before(due) && timer.Stop() {
-				due = at
-				timer.Reset(time.Until(at))
-			}
+			sooner(at)
 			continue
 		case <-g.ended:
 			// A batch ended: the keys queued while it loaded go now (a
@@ -106,10 +110,7 @@ func (g *gatherer[T]) loop() {
 			if now := time.Now(); at.Before(now) {
 				at = now
 			}
-			if at.Before(due) && timer.Stop() {
-				due = at
-				timer.Reset(time.Until(at))
-			}
+			sooner(at)
 			continue
 		case <-timer.C:
 		}
