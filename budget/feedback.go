@@ -83,6 +83,10 @@ type feedback struct {
 	// booked before the schedule was last respaced is old news of the
 	// old schedule (see pause.lua).
 	slot int64
+	// unstated: a 429 that says neither how long to wait nor when the
+	// limit resets (pause is then one Per): with Options.Adaptive it cuts
+	// the learned rate instead (adaptive.go).
+	unstated bool
 }
 
 // maxHeaderWait is the longest wait a header may announce; a longer one is
@@ -135,6 +139,7 @@ func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) 
 			f.pause = time.Second
 		default:
 			f.pause = per
+			f.unstated = status == http.StatusTooManyRequests && !(hasRemaining && remaining == 0)
 		}
 	case hasRemaining && remaining == 0:
 		f.cause = exhausted
@@ -283,6 +288,11 @@ func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 	now := time.Now()
 	f := parseFeedback(h, status, now, b.lim.Per)
 	f.slot = b.slotOf(ctx)
+	if b.opt.Adaptive {
+		if done, err := b.adapt(ctx, f, status); done {
+			return err
+		}
+	}
 	if f.pause > 0 {
 		return b.apply(ctx, "observe", f)
 	}

@@ -76,6 +76,9 @@ func (b *Budget) PauseFor(ctx context.Context, err error) (bool, error) {
 			d = min(rle.RetryAfter, maxHeaderWait)
 		}
 	}
+	if b.opt.Adaptive && (rle == nil || rle.RetryAfter <= 0) {
+		return true, b.cut(ctx, "pause", b.slotOf(ctx), "a load was rate-limited with no RetryAfter (RateLimitedError)")
+	}
 	return true, b.apply(ctx, "pause", feedback{pause: d, cause: rateLimited, slot: b.slotOf(ctx)})
 }
 
@@ -187,6 +190,8 @@ func (b *Budget) message(m string) {
 	}
 	ends, respaced, _ := strings.Cut(m, " ")
 	respaced, stretch, _ := strings.Cut(respaced, " ")
+	// A cut of the learned rate (adaptive.lua) says the rate after it.
+	stretch, learned, _ := strings.Cut(stretch, " ")
 	at, err := strconv.ParseInt(ends, 10, 64)
 	rs, rerr := strconv.ParseInt(respaced, 10, 64)
 	k, kerr := strconv.ParseInt(stretch, 10, 64)
@@ -205,6 +210,9 @@ func (b *Budget) message(m string) {
 			b.conc.wake("", true)
 		}
 		return
+	}
+	if learned != "" && b.opt.Adaptive {
+		b.heardCut(learned)
 	}
 	b.heard(at, rs, k)
 }
