@@ -464,33 +464,6 @@ func (b *Budget) check() error {
 	}
 }
 
-// limitConflict counts a booking that found the budget last booked with
-// another limit, other ("T:tau" in µs), and logs the first.
-func (b *Budget) limitConflict(other string) {
-	b.stats.limitConflicts.Add(1)
-	if b.toldConflict.Swap(true) {
-		return
-	}
-	b.log("servers disagree on the budget's limit: each booking brings its own, so the fleet's limit is not kept",
-		"ours", describeLimit(b.sig), "theirs", describeLimit(other))
-}
-
-// describeLimit tells a limit given as "T:tau" (µs) in words, with the
-// number of extra dimensions when there are some.
-func describeLimit(sig string) string {
-	sig, more, extra := strings.Cut(sig, " ")
-	if extra {
-		return describeLimit(sig) + fmt.Sprintf(" and %d more limits", strings.Count(more, " ")+1)
-	}
-	ts, taus, ok := strings.Cut(sig, ":")
-	t, err1 := strconv.ParseInt(ts, 10, 64)
-	tau, err2 := strconv.ParseInt(taus, 10, 64)
-	if !ok || err1 != nil || err2 != nil || t <= 0 {
-		return strconv.Quote(sig)
-	}
-	return fmt.Sprintf("a call every %v, burst %d", time.Duration(t)*time.Microsecond, tau/t+1)
-}
-
 // fail returns err, from a Redis call of op, as the caller sees it: ctx's
 // own error when ctx ended, else wrapped, counted, and explained when the
 // budget's key holds another type.

@@ -23,8 +23,9 @@ import (
 type RateLimitedError struct {
 	// RetryAfter is how long the upstream asked to wait: see [RetryAfter],
 	// which reads it from a response as Observe does. 0 means unknown:
-	// PauseFor then pauses for one Per of the budget's limit. PauseFor
-	// pauses for at most 24 hours.
+	// PauseFor then pauses for one Per of the budget's limit (with
+	// Options.Adaptive, cuts the learned rate instead). PauseFor pauses
+	// for at most 24 hours.
 	RetryAfter time.Duration
 
 	// Observed says that the response was reported to the budget's
@@ -275,6 +276,10 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 //     "output-tokens" from Anthropic's. At most that many more units go
 //     before the reset, spendable at once; a reservation wanting more waits
 //     for the reset.
+//   - With [Options].Adaptive, a 429 that states no wait (no Retry-After
+//     nor reset, or Retry-After 0) cuts the fleet's learned rate instead
+//     of pausing it, once per episode, and a 2xx counts toward raising it
+//     again (see the package documentation): report every response.
 //
 // A pause is kept in Redis and announced to every server; Waits sleeping on
 // a slot before its end book again after it. Missing or malformed headers

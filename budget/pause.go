@@ -42,8 +42,10 @@ func (b *Budget) PauseUntil(ctx context.Context, t time.Time) error {
 // wraps [ErrRateLimited]: for its [RateLimitedError].RetryAfter (at most 24
 // hours), or, when that is unknown (0, or no RateLimitedError in the chain),
 // for one Per of the limit; not at all when the RateLimitedError is
-// Observed, since Observe paused the budget for the same response. It
-// reports whether err wraps ErrRateLimited. It is the retry path of a
+// Observed, since Observe paused the budget for the same response. With
+// [Options].Adaptive, an unknown RetryAfter cuts the fleet's learned rate
+// instead of pausing it (see the package documentation). It reports
+// whether err wraps ErrRateLimited. It is the retry path of a
 // caller that loads through the budget:
 //
 //	for {
