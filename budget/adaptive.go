@@ -138,12 +138,12 @@ func (b *Budget) describeRate(r float64) string {
 }
 
 // accept counts a call the upstream accepted toward raising the learned
-// rate: one booked with a wait, when ctx carries its reservation (demand
-// met the rate), or any when not (adaptive.lua then checks that the fleet
-// paces at the rate). Every reportEvery of them go to Redis in one round
-// trip, off the caller's path.
+// rate: when ctx carries its reservation, once, and only when it was booked
+// with a wait (demand met the rate); any when not (adaptive.lua then checks
+// that the fleet paces at the rate). Every reportEvery of them go to Redis
+// in one round trip, off the caller's path.
 func (b *Budget) accept(ctx context.Context) {
-	if r := FromContext(ctx); r != nil && r.b == b && (r.r.local || r.r.wait <= 0) {
+	if r := FromContext(ctx); r != nil && r.b == b && (!r.accept() || r.r.local || r.r.wait <= 0) {
 		return
 	}
 	if b.learner.accepted.Add(1) < reportEvery || b.learner.busy.Swap(true) {
@@ -153,6 +153,16 @@ func (b *Budget) accept(ctx context.Context) {
 		defer b.learner.busy.Store(false)
 		_ = b.report()
 	})
+}
+
+// accept marks the reservation's call accepted, and reports whether it
+// was not already.
+func (r *Reservation) accept() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	was := r.accepted
+	r.accepted = true
+	return !was
 }
 
 // report sends the accepted calls gathered to Redis, which raises the

@@ -11,6 +11,7 @@ import (
 
 	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/internal/redistest"
+	"github.com/locksmith-go/locksmith/observe"
 )
 
 // hiddenUpstream is an upstream whose limit nobody states: a token bucket
@@ -125,16 +126,25 @@ func drive(t testing.TB, ctx context.Context, budgets []*budget.Budget, u *hidde
 // call an upstream whose hidden limit is 600 calls/s, then 300, under a
 // ceiling of 2000. The fleet learns the limit (it uses most of it, and the
 // upstream refuses few calls once it has), learns the step down quickly,
-// and cuts once per episode: far fewer cuts than 429s.
+// and cuts once per episode, not once per 429: from the ceiling, four cuts
+// while the upstream refuses tens of calls.
 func TestAdaptiveFleet(t *testing.T) {
 	s := redistest.Start(t, nil)
 	const servers, workers, latency = 4, 6, 5 * time.Millisecond
-	opt := &budget.Options{Adaptive: true}
+	u := newHiddenUpstream(600, 10)
+	var mu sync.Mutex
+	var cutAt []time.Duration // when each cut came, since the start
+	opt := &budget.Options{Adaptive: true, Events: observe.Func(func(_ context.Context, e observe.Event) {
+		if e.Kind == observe.RateCut {
+			mu.Lock()
+			cutAt = append(cutAt, time.Since(u.start))
+			mu.Unlock()
+		}
+	})}
 	var budgets []*budget.Budget
 	for range servers {
 		budgets = append(budgets, newBudget(t, s.Client(t, nil), "fleet", budget.Limit{Rate: 2000}, opt))
 	}
-	u := newHiddenUpstream(600, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	wait := drive(t, ctx, budgets, u, workers, latency)
 	var stepped atomic.Int64
@@ -151,6 +161,9 @@ func TestAdaptiveFleet(t *testing.T) {
 	var cuts uint64
 	for _, b := range budgets {
 		cuts += b.Stats().RateCuts
+	}
+	if int(cuts) != len(cutAt) {
+		t.Errorf("Stats().RateCuts sum to %d; %d RateCut events", cuts, len(cutAt))
 	}
 	_, refusedAll := u.count(0, time.Hour)
 	// Learned: the second half of the first phase.
@@ -170,14 +183,23 @@ func TestAdaptiveFleet(t *testing.T) {
 	if rate := float64(served) / (2200*time.Millisecond - step - 300*time.Millisecond).Seconds(); rate < 0.5*300 {
 		t.Errorf("served %.0f calls/s after the step down; want most of the hidden 300", rate)
 	}
-	if cuts < 3 || cuts*3 > uint64(refusedAll) {
-		t.Errorf("%d cuts for %d calls refused; want at least 3, and once per episode, not per 429", cuts, refusedAll)
+	// From the ceiling to the hidden 600 takes 4 cuts (2000·0.7⁴ = 480),
+	// one per episode, while the upstream refuses every call over it.
+	_, refusedStart := u.count(0, 200*time.Millisecond)
+	startCuts := 0
+	for _, at := range cutAt {
+		if at < 200*time.Millisecond {
+			startCuts++
+		}
+	}
+	if startCuts < 3 || startCuts > 5 || refusedStart < 2*startCuts {
+		t.Errorf("in the first 200ms, %d cuts for %d calls refused; want 3 to 5, once per episode, not per 429", startCuts, refusedStart)
 	}
 	for from := time.Duration(0); from < 2200*time.Millisecond; from += 200 * time.Millisecond {
 		s, r := u.count(from, from+200*time.Millisecond)
 		t.Logf("%v: %d served, %d refused", from, s, r)
 	}
-	t.Logf("%d cuts, %d refused in all", cuts, refusedAll)
+	t.Logf("%d cuts (%d in the first 200ms), %d refused in all", cuts, startCuts, refusedAll)
 }
 
 // TestAdaptiveOneCutPerEpisode: calls booked on four servers before a cut

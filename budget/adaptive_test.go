@@ -399,3 +399,31 @@ func TestAdaptiveRedisDown(t *testing.T) {
 		t.Errorf("local slots %+v; want two, 14286µs apart", k)
 	}
 }
+
+// TestAdaptiveAcceptedOnce: a reservation's call counts once as accepted,
+// however many 2xx are observed for it (httpfill's Observe, then fill's);
+// one booked without a wait (demand below the rate) does not count.
+func TestAdaptiveAcceptedOnce(t *testing.T) {
+	e := newAdaptive(t, "once")
+	ctx := context.Background()
+	e.observe(t, ctx, nil, http.StatusTooManyRequests)
+	observeTwice := func(n int) {
+		for range n {
+			r := reserve(t, e.b, budget.Cost{}, 5*time.Second)
+			for range 2 {
+				if err := r.Observe(ctx, nil, http.StatusOK); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_ = r.Done(ctx)
+		}
+	}
+	// The first goes at once; each of the next 8 waits for its slot (the
+	// Redis clock stands still).
+	observeTwice(9)
+	if _, _, lu := learned(t, e); lu != 0 {
+		t.Fatalf("lu = %v after 8 calls accepted, each observed twice; want 0 (not reported yet)", lu)
+	}
+	observeTwice(8)
+	redistest.WaitFor(t, "the report", func() bool { _, _, lu := learned(t, e); return lu == 16 })
+}
