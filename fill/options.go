@@ -102,10 +102,12 @@ type Options struct {
 	// the call really spent (Reservation.Spent); the reservation is done
 	// when the loader returns, whatever it returned.
 	// A loader error wrapping budget.ErrRateLimited pauses the budget for
-	// its RetryAfter, and the same flight, still holding the fill lock,
+	// its RetryAfter (a budget with Options.Adaptive cuts its learned rate
+	// for one without), and the same flight, still holding the fill lock,
 	// loads again when the budget allows; it fails, with an error wrapping
 	// budget.ErrRateLimited, only when every caller has given up or
-	// LoadTimeout passes.
+	// LoadTimeout passes. A load that returns a value counts, for an
+	// Adaptive budget, as a call the upstream accepted.
 	// default: nil (loads are not rate limited)
 	Budget *budget.Budget
 
