@@ -237,8 +237,8 @@ func TestAdaptiveGrow(t *testing.T) {
 	}
 	e.observe(t, ctx, nil, http.StatusNoContent)
 	redistest.WaitFor(t, "the report", func() bool { _, _, lu := learned(t, e); return lu == 16 })
-	// ρ(16) = 1 + 0.3·(16/256 − 1)³ of the rate at the cut.
-	rho := 1 + (1-0.7)*math.Pow(16.0/256-1, 3)
+	// ρ(16) = 1 + 0.3·(16/U − 1)³ of the rate at the cut.
+	rho := 1 + (1-0.7)*math.Pow(16.0/budget.LearnCalls-1, 3)
 	want := int64(math.Ceil(10000 / rho))
 	if lt, _, _ := learned(t, e); lt != want {
 		t.Errorf("lt = %d after 16 calls accepted; want %d", lt, want)
@@ -260,8 +260,7 @@ func TestAdaptiveGrow(t *testing.T) {
 }
 
 // TestAdaptiveCubic: the learned rate climbs back to the rate that drew the
-// 429 after U = 256 calls, stays near it, then climbs faster, up to the
-// ceiling.
+// 429 after U calls, stays near it, then climbs faster, up to the ceiling.
 func TestAdaptiveCubic(t *testing.T) {
 	e := newAdaptive(t, "cubic")
 	ctx := context.Background()
@@ -271,8 +270,9 @@ func TestAdaptiveCubic(t *testing.T) {
 	_, lw, _ := learned(t, e)
 	rec := &recorder{}
 	rec.watch(e.b)
-	var got []float64
-	for u := 16; u <= 640; u += 16 {
+	const U = budget.LearnCalls
+	rates := map[int]float64{} // by calls accepted
+	for u := 16; u <= 5*U/2; u += 16 {
 		bookTwo(t, e.b, rec) // demand meets the rate
 		for range 16 {
 			e.observe(t, ctx, nil, http.StatusOK)
@@ -280,21 +280,20 @@ func TestAdaptiveCubic(t *testing.T) {
 		// At the ceiling, nothing more is learned.
 		redistest.WaitFor(t, "the report", func() bool { lt, _, lu := learned(t, e); return lu >= float64(u) || lt == 10000 })
 		lt, _, _ := learned(t, e)
-		got = append(got, 1e6/float64(lt))
+		rates[u] = 1e6 / float64(lt)
 	}
-	at := func(u int) float64 { return got[u/16-1] }
 	w := 1e6 / float64(lw)
-	if r := at(256); !near(r, w) {
-		t.Errorf("rate %v after 256 calls; want the rate cut, %v", r, w)
+	if r := rates[U]; !near(r, w) {
+		t.Errorf("rate %v after U calls; want the rate cut, %v", r, w)
 	}
-	if d1, d2 := at(128)-at(112), at(256)-at(240); d2 >= d1 {
+	if d1, d2 := rates[U/2]-rates[U/2-16], rates[U]-rates[U-16]; d2 >= d1 {
 		t.Errorf("rises %v then %v near the rate cut; want slower near it", d1, d2)
 	}
-	if d1, d2 := at(400)-at(384), at(512)-at(496); d2 <= d1 {
+	if d1, d2 := rates[U+U/4]-rates[U+U/4-16], rates[U+U/2]-rates[U+U/2-16]; d2 <= d1 {
 		t.Errorf("rises %v then %v past it; want faster", d1, d2)
 	}
-	if r := at(640); r != 100 {
-		t.Errorf("rate %v after 640 calls; want the ceiling, 100", r)
+	if r := rates[5*U/2]; r != 100 {
+		t.Errorf("rate %v after 2.5U calls; want the ceiling, 100", r)
 	}
 }
 
@@ -323,9 +322,10 @@ func TestAdaptiveSurvivesQuiet(t *testing.T) {
 	}
 	redistest.WaitFor(t, "the report", func() bool { lt, _, _ := learned(t, e); return lt != 14286 })
 	// Four minutes since the cut: u = 4min / (100 · 14286µs) = 168, and
-	// ρ = 1 + 0.3·(168/256 − 1)³.
-	if lt, _, lu := learned(t, e); lt != 10124 || lu < 167 || lu > 169 {
-		t.Errorf("four minutes after the cut: lt %d, lu %v; want 10124, 168", lt, lu)
+	// ρ = 1 + 0.3·(168/U − 1)³.
+	want := int64(math.Ceil(10000 / (1 + (1-0.7)*math.Pow(4*60e6/(100*14286.0)/budget.LearnCalls-1, 3))))
+	if lt, _, lu := learned(t, e); lt != want || lu < 167 || lu > 169 {
+		t.Errorf("four minutes after the cut: lt %d, lu %v; want %d, 168", lt, lu, want)
 	}
 	// Once the credit alone would have brought the rate back to the
 	// ceiling, nothing is worth keeping: the key expires.

@@ -139,12 +139,13 @@
 // waited for its slot, and the fleet's schedule is booked up to now).
 // Each server sends them 16 at a time, in one round trip off the caller's
 // path. The rate follows the calls accepted since the latest cut on a
-// cubic, as TCP CUBIC's window follows time: after U = 256 of them it is
+// cubic, as TCP CUBIC's window follows time: after U = 512 of them it is
 // back at the rate that drew the 429, rising fast at first and cautiously
 // near it, then, with still no 429, ever faster up to the ceiling: the
 // fleet probes for a higher limit, and finds a raised one within a few U.
-// At a steady limit the fleet spends about 2U calls per episode, a 429 or
-// a few among them, and uses about 90% of the limit. Time alone counts
+// At a steady limit an episode lasts some hundreds of calls, a 429 or a
+// few among them, and the fleet uses about 90% of the limit (see
+// BenchmarkBudgetAdaptive in the repository's README). Time alone counts
 // too, one call per 100 learned intervals: when nothing has been refused
 // for a long while (demand fell below the learned rate), the rate drifts
 // back up to the ceiling, and the next demand probes again.
