@@ -44,6 +44,9 @@
 //     fill+budget, under the HTTP client, over real HTTP to the API. Its
 //     report line counts the requests sent through the HTTP clients against
 //     those that reached the API.
+//   - fill+adaptive: fill+budget whose budget has Options.Adaptive: -rate
+//     is a ceiling, and the fleet learns the rate the API accepts. It runs
+//     only when named, or against a hidden limit (-hidden-limit, below).
 //
 // The fleet's budget is a [github.com/locksmith-go/locksmith/budget.Budget]
 // that every server of a mode makes with the same name under the mode's key
@@ -136,6 +139,17 @@
 //	                   prefix of every Redis key the demo writes. Keys under
 //	                   it are deleted before each mode and at the end; no
 //	                   other key is read or written.
+//	-hidden-limit STEPS
+//	                   the API hides its real limit and changes it: steps
+//	                   of calls/s and how long each lasts, the last holding
+//	                   (100/10s,150/10s,50/10s). It states no limit and
+//	                   refuses a call over it with a bare 429; -rate is
+//	                   only what the fleet is told. Without -modes, runs
+//	                   fill+budget (told -rate as the limit) and
+//	                   fill+adaptive (told it as a ceiling), and prints for
+//	                   each, every second, the limit, the calls served and
+//	                   refused, and the rate the budget learned (the mean
+//	                   of the servers' budget.Stats().Rate)
 //	-modes naive,fill,fill+budget,fill+batch,httpfill
 //	                   the modes to run, comma-separated, in that order
 //	-json              print on stdout one JSON object and nothing else:
@@ -161,6 +175,19 @@
 // requests fail; fill+budget and httpfill queue their calls in the budget
 // and make one per user, none refused, at the API's rate: about 10 s for
 // the 514.
+//
+// An API that does not state its limit, and changes it under load, is
+// what Options.Adaptive is for. For example
+//
+//	go run ./examples/twitter -hidden-limit 100/10s,150/10s,50/10s -rate 300 \
+//	    -keys 10000000 -zipf 1.0001 -requests 4000 -timeout 2m
+//
+// sends about 3000 API calls for users of their own while the API's hidden
+// limit goes from 100 calls/s to 150, then 50. Fill+budget, told 300,
+// paces at it, draws a bare 429 for most calls over the limit, takes each
+// as an overshoot and widens its spacing, and pauses when they keep
+// coming; fill+adaptive cuts its learned rate to the limit within a few
+// calls of each 429, and follows it.
 //
 // A mode is one entry of the table modes: a name, a line of help, and a
 // function that builds one app server of the fleet from a serverEnv (its
@@ -272,6 +299,9 @@ type result struct {
 	// counting each of its ids, and DistinctUserIDs the distinct ones.
 	UserIDs         int64 `json:"user_ids_asked"`
 	DistinctUserIDs int64 `json:"distinct_user_ids_asked"`
+	// Trace is what the API served, tick by tick, against a hidden limit
+	// (-hidden-limit), and the rate the budget learned.
+	Trace []tracePoint `json:"trace,omitempty"`
 }
 
 // runMode sends ids through a fresh fleet of mode m, against a fresh API, on
@@ -289,6 +319,10 @@ func runMode(ctx context.Context, cfg config, env *demo.Redis, m mode, ids []uin
 		}
 	}
 
+	trace := func() []tracePoint { return nil }
+	if len(cfg.hidden) > 0 {
+		trace = hide(cfg, api, f.servers)
+	}
 	var done atomic.Int64
 	stop := func() {}
 	if progressTo != nil {
@@ -301,6 +335,7 @@ func runMode(ctx context.Context, cfg config, env *demo.Redis, m mode, ids []uin
 	}, &done)
 	wall := time.Since(start)
 	stop()
+	points := trace()
 
 	stats := fillTotals(f.servers)
 	bstats := budgetTotals(f.servers)
@@ -315,6 +350,7 @@ func runMode(ctx context.Context, cfg config, env *demo.Redis, m mode, ids []uin
 	r := summarize(m.name, ids, api, out, wall, stats)
 	r.ClientRequests = clientRequests
 	r.Budget = bstats
+	r.Trace = points
 	return r, nil
 }
 
@@ -392,8 +428,8 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	}
 	fmt.Fprintf(w, "%d servers, %d requests (%d in flight) for %d possible users, %d requested (Zipf s=%g, seed %d)\n",
 		cfg.servers, cfg.requests, cfg.concurrency, cfg.keys, distinct, cfg.zipf, cfg.seed)
-	fmt.Fprintf(w, "API: %g calls/s, burst %d, %s per call; Redis: %s\n",
-		cfg.rate, cfg.burst, cfg.latency, env.Desc)
+	fmt.Fprintf(w, "API: %s, burst %d, %s per call; Redis: %s\n",
+		apiLimit(cfg), cfg.burst, cfg.latency, env.Desc)
 	how := "-timeout"
 	if cfg.timeoutComputed {
 		how = "computed: " + strings.ReplaceAll(deadlineRule, "\n", " ")
@@ -430,17 +466,17 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	writeTable(w, rows)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "calls/key: API calls per distinct user requested; 1.00 is one call per user.")
-	fmt.Fprintf(w, "calls/s: API calls per second, from the first call's arrival to the last's; the API allows %g after a burst of %d.\n",
-		cfg.rate, cfg.burst)
+	fmt.Fprintf(w, "calls/s: API calls per second, from the first call's arrival to the last's; the API allows %s after a burst of %d.\n",
+		apiLimit(cfg), cfg.burst)
 	for _, r := range results {
 		if s := r.FillStats; s != nil {
 			fmt.Fprintf(w, "%s, all servers: %d loads, %d hits, %d misses, %d merged in-process, %d merged from another server\n",
 				r.Mode, s.Loads, s.Hits, s.Misses, s.LocalMerges, s.RemoteMerges)
 		}
 		if b := r.Budget; b != nil {
-			fmt.Fprintf(w, "%s, budget: %s let through (the longest wait %s), %s, %s by the API's headers\n",
+			fmt.Fprintf(w, "%s, budget: %s let through (the longest wait %s), %s, %s by the API's headers%s\n",
 				r.Mode, plural(int64(b.Waits), "call"), time.Duration(b.WaitMaxMs*float64(time.Millisecond)).Round(time.Millisecond),
-				plural(int64(b.Pauses), "pause"), plural(int64(b.PullDowns), "pull-down"))
+				plural(int64(b.Pauses), "pause"), plural(int64(b.PullDowns), "pull-down"), cutsOf(r))
 		}
 		if r.Mode == batchMode {
 			fmt.Fprintf(w, "%s, API: %s asked for %d user ids, %d distinct (%.1f per call)%s\n",
@@ -458,6 +494,7 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	if note := timingNote(cfg, results); note != "" {
 		fmt.Fprintln(w, note)
 	}
+	writeTrace(w, cfg, results)
 	fmt.Fprintln(w)
 	for _, line := range conclusion(results) {
 		if _, err := fmt.Fprintln(w, line); err != nil {
@@ -565,6 +602,7 @@ type jsonSettings struct {
 	BudgetRate      float64 `json:"budget_rate_per_s"` // of the modes with a budget
 	BudgetBurst     int     `json:"budget_burst"`
 	Redis           string  `json:"redis"` // host:port, or "embedded"
+	HiddenLimit     string  `json:"hidden_limit,omitempty"`
 	Prefix          string  `json:"prefix"`
 }
 
@@ -603,6 +641,7 @@ func settingsOf(cfg config, env *demo.Redis) jsonSettings {
 		BatchWindowMs:   millis(cfg.window),
 		Redis:           env.Addr,
 		Prefix:          cfg.prefix,
+		HiddenLimit:     cfg.hidden.String(),
 	}
 	if env.Embedded() {
 		st.Redis = "embedded"
