@@ -42,16 +42,19 @@ import (
 // and x-fewer-429s (x-fewer-429s-fast), the 429s of the AIMD fleet (the
 // faster one) over the adaptive fleet's. With -v it logs the learned rate
 // every 5s beside L, and what the fleet and the AIMD fleet served and had
-// refused.
+// refused. With -short, a smoke run: three steps of 15s (1.5s scaled).
 func BenchmarkBudgetAdaptive(b *testing.B) {
 	const (
 		servers, goroutines = 16, 4
 		scale               = 10
 		L                   = 100 * scale // calls/s, scaled
 		latency             = 100 * time.Millisecond / scale
-		minute              = time.Minute / scale
 	)
+	minute := time.Minute / scale
 	steps := []float64{1, 1.5, 0.5, 1.5, 0.5}
+	if testing.Short() {
+		minute, steps = minute/4, steps[:3]
+	}
 	for i := 0; i < b.N; i++ {
 		newClient := benchRedis(b)
 		name := budgetName(b)

@@ -29,8 +29,10 @@ var adaptiveScript = redis.NewScript(adaptiveLua)
 // The learned rate's constants (see adaptive.lua).
 const (
 	// learnKeep is the share of the rate a cut keeps: the multiplicative
-	// decrease of AIMD, TCP CUBIC's β.
-	learnKeep = 0.7
+	// decrease of AIMD (TCP CUBIC's β is 0.7: a cut a little less deep
+	// kept more of a limit that steps, for as few 429s, in
+	// BenchmarkBudgetAdaptive).
+	learnKeep = 0.75
 	// learnCalls is U: the calls the upstream accepts, while the fleet
 	// paces at the learned rate, that bring the rate back to where it was
 	// cut. An episode costs a 429, and a few more of the calls in flight

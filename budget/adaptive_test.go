@@ -90,7 +90,7 @@ func (e *adaptiveEnv) observe(t *testing.T, ctx context.Context, h http.Header, 
 // near reports whether got is within 0.1% of want.
 func near(got, want float64) bool { return math.Abs(got-want) <= want/1000 }
 
-// TestAdaptiveCut: a 429 that states no wait cuts the learned rate to 70%
+// TestAdaptiveCut: a 429 that states no wait cuts the learned rate to 75%
 // (not a pause), with an event and a log line saying why; the 429s of the
 // same episode change nothing; one a while later cuts again, and the calls
 // are paced at the learned rate.
@@ -102,20 +102,20 @@ func TestAdaptiveCut(t *testing.T) {
 	}
 	e.observe(t, ctx, nil, http.StatusTooManyRequests)
 	st := e.b.Stats()
-	if !near(st.Rate, 70) || st.RateCuts != 1 || st.PausesRateLimited != 0 || st.Overshoots != 0 {
-		t.Errorf("after a 429: Rate %v, RateCuts %d, PausesRateLimited %d, Overshoots %d; want 70, 1, 0, 0",
+	if !near(st.Rate, 75) || st.RateCuts != 1 || st.PausesRateLimited != 0 || st.Overshoots != 0 {
+		t.Errorf("after a 429: Rate %v, RateCuts %d, PausesRateLimited %d, Overshoots %d; want 75, 1, 0, 0",
 			st.Rate, st.RateCuts, st.PausesRateLimited, st.Overshoots)
 	}
 	if p := field(t, e.rdb, e.b, "pause"); p > 0 {
 		t.Errorf("pause = %d after a 429 that states no wait; want none", p)
 	}
-	if c := e.cuts(); len(c) != 1 || !near(c[0].Rate, 70) || c[0].Source != "budget" || c[0].Name != "cut" {
-		t.Errorf("RateCut events %+v; want one, Rate 70", c)
+	if c := e.cuts(); len(c) != 1 || !near(c[0].Rate, 75) || c[0].Source != "budget" || c[0].Name != "cut" {
+		t.Errorf("RateCut events %+v; want one, Rate 75", c)
 	}
 	e.mu.Lock()
 	line := e.log.String()
 	e.mu.Unlock()
-	for _, want := range []string{"cutting the fleet's learned rate", `from="100 per 1s"`, `to="70 per 1s"`, "no Retry-After"} {
+	for _, want := range []string{"cutting the fleet's learned rate", `from="100 per 1s"`, `to="75 per 1s"`, "no Retry-After"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("log %q; want it to say %q", line, want)
 		}
@@ -128,11 +128,11 @@ func TestAdaptiveCut(t *testing.T) {
 	if st := e.b.Stats(); st.RateCuts != 1 {
 		t.Errorf("RateCuts = %d after a 429 of the same episode; want 1", st.RateCuts)
 	}
-	// A later one cuts again, to 49.
+	// A later one cuts again, to 56.25.
 	e.advance(300 * time.Millisecond)
 	e.observe(t, ctx, http.Header{"Retry-After": {"0"}}, http.StatusTooManyRequests)
-	if st := e.b.Stats(); st.RateCuts != 2 || !near(st.Rate, 49) {
-		t.Errorf("after a later 429: RateCuts %d, Rate %v; want 2, 49", st.RateCuts, st.Rate)
+	if st := e.b.Stats(); st.RateCuts != 2 || !near(st.Rate, 56.25) {
+		t.Errorf("after a later 429: RateCuts %d, Rate %v; want 2, 56.25", st.RateCuts, st.Rate)
 	}
 	rec := &recorder{}
 	rec.watch(e.b)
@@ -168,8 +168,8 @@ func TestAdaptiveHeadersWin(t *testing.T) {
 			t.Fatalf("PauseFor = %v, %v", paused, err)
 		}
 	}
-	if st := e.b.Stats(); st.RateCuts != 2 || !near(st.Rate, 49) || st.PausesRateLimited != 3 {
-		t.Errorf("Stats: RateCuts %d, Rate %v, PausesRateLimited %d; want 2, 49, 3", st.RateCuts, st.Rate, st.PausesRateLimited)
+	if st := e.b.Stats(); st.RateCuts != 2 || !near(st.Rate, 56.25) || st.PausesRateLimited != 3 {
+		t.Errorf("Stats: RateCuts %d, Rate %v, PausesRateLimited %d; want 2, 56.25, 3", st.RateCuts, st.Rate, st.PausesRateLimited)
 	}
 	// An Observed error was cut for by Observe: nothing more.
 	e.advance(time.Second)
@@ -222,8 +222,8 @@ func TestAdaptiveGrow(t *testing.T) {
 	ctx := context.Background()
 	e.observe(t, ctx, nil, http.StatusTooManyRequests)
 	lt0, lw, _ := learned(t, e)
-	if lt0 != 14286 || lw != 10000 {
-		t.Fatalf("after a cut: lt %d, lw %d; want 14286, 10000", lt0, lw)
+	if lt0 != 13334 || lw != 10000 {
+		t.Fatalf("after a cut: lt %d, lw %d; want 13334, 10000", lt0, lw)
 	}
 	// Demand meets the rate: slots booked ahead.
 	rec := &recorder{}
@@ -238,7 +238,7 @@ func TestAdaptiveGrow(t *testing.T) {
 	e.observe(t, ctx, nil, http.StatusNoContent)
 	redistest.WaitFor(t, "the report", func() bool { _, _, lu := learned(t, e); return lu == 16 })
 	// ρ(16) = 1 + 0.3·(16/U − 1)³ of the rate at the cut.
-	rho := 1 + (1-0.7)*math.Pow(16.0/budget.LearnCalls-1, 3)
+	rho := 1 + (1-budget.LearnKeep)*math.Pow(16.0/budget.LearnCalls-1, 3)
 	want := int64(math.Ceil(10000 / rho))
 	if lt, _, _ := learned(t, e); lt != want {
 		t.Errorf("lt = %d after 16 calls accepted; want %d", lt, want)
@@ -264,9 +264,9 @@ func TestAdaptiveGrow(t *testing.T) {
 func TestAdaptiveCubic(t *testing.T) {
 	e := newAdaptive(t, "cubic")
 	ctx := context.Background()
-	e.observe(t, ctx, nil, http.StatusTooManyRequests) // from 100 to 70
+	e.observe(t, ctx, nil, http.StatusTooManyRequests) // from 100 to 75
 	e.advance(time.Second)
-	e.observe(t, ctx, nil, http.StatusTooManyRequests) // 70 to 49: lw is 70's
+	e.observe(t, ctx, nil, http.StatusTooManyRequests) // 75 to 56.25: lw is 75's
 	_, lw, _ := learned(t, e)
 	rec := &recorder{}
 	rec.watch(e.b)
@@ -310,8 +310,8 @@ func TestAdaptiveSurvivesQuiet(t *testing.T) {
 	later := newBudget(t, e.rdb, "quiet", budget.Limit{Rate: 100}, &budget.Options{Adaptive: true})
 	rec := &recorder{}
 	rec.watch(later)
-	if s := bookTwo(t, later, rec); s[1]-s[0] != 14286 {
-		t.Errorf("a server started a minute later paces %dµs apart; want the learned 14286", s[1]-s[0])
+	if s := bookTwo(t, later, rec); s[1]-s[0] != 13334 {
+		t.Errorf("a server started a minute later paces %dµs apart; want the learned 13334", s[1]-s[0])
 	}
 	// Three minutes without a refusal: the credit for time (a call per
 	// 100 learned intervals) raises the rate at the next report.
@@ -320,12 +320,12 @@ func TestAdaptiveSurvivesQuiet(t *testing.T) {
 	for range 16 {
 		e.observe(t, ctx, nil, http.StatusOK)
 	}
-	redistest.WaitFor(t, "the report", func() bool { lt, _, _ := learned(t, e); return lt != 14286 })
-	// Four minutes since the cut: u = 4min / (100 · 14286µs) = 168, and
+	redistest.WaitFor(t, "the report", func() bool { lt, _, _ := learned(t, e); return lt != 13334 })
+	// Four minutes since the cut: u = 4min / (100 · 13334µs) = 180, and
 	// ρ = 1 + 0.3·(168/U − 1)³.
-	want := int64(math.Ceil(10000 / (1 + (1-0.7)*math.Pow(4*60e6/(100*14286.0)/budget.LearnCalls-1, 3))))
-	if lt, _, lu := learned(t, e); lt != want || lu < 167 || lu > 169 {
-		t.Errorf("four minutes after the cut: lt %d, lu %v; want %d, 168", lt, lu, want)
+	want := int64(math.Ceil(10000 / (1 + (1-budget.LearnKeep)*math.Pow(4*60e6/(100*13334.0)/budget.LearnCalls-1, 3))))
+	if lt, _, lu := learned(t, e); lt != want || lu < 179 || lu > 181 {
+		t.Errorf("four minutes after the cut: lt %d, lu %v; want %d, 180", lt, lu, want)
 	}
 	// Once the credit alone would have brought the rate back to the
 	// ceiling, nothing is worth keeping: the key expires.
@@ -351,8 +351,8 @@ func TestAdaptiveCorrupt(t *testing.T) {
 				t.Errorf("slots %dµs apart; want the ceiling's 10000", s[1]-s[0])
 			}
 			e.observe(t, ctx, nil, http.StatusTooManyRequests)
-			if lt, _, _ := learned(t, e); lt != 14286 {
-				t.Errorf("lt = %d after a cut; want 14286", lt)
+			if lt, _, _ := learned(t, e); lt != 13334 {
+				t.Errorf("lt = %d after a cut; want 13334", lt)
 			}
 		})
 	}
@@ -384,8 +384,8 @@ func TestAdaptiveRedisDown(t *testing.T) {
 	if err := b.Observe(ctx, nil, http.StatusTooManyRequests); err != nil {
 		t.Fatal(err)
 	}
-	if st := b.Stats(); !near(st.Rate, 70) || st.RateCuts != 1 {
-		t.Errorf("Stats: Rate %v, RateCuts %d; want 70, 1", st.Rate, st.RateCuts)
+	if st := b.Stats(); !near(st.Rate, 75) || st.RateCuts != 1 {
+		t.Errorf("Stats: Rate %v, RateCuts %d; want 75, 1", st.Rate, st.RateCuts)
 	}
 	var rec recorder
 	rec.watch(b)
@@ -395,8 +395,8 @@ func TestAdaptiveRedisDown(t *testing.T) {
 		}
 	}
 	k := rec.inOrder()
-	if len(k) != 2 || !k[0].Local || k[1].Slot-k[0].Slot < 14286 {
-		t.Errorf("local slots %+v; want two, 14286µs apart", k)
+	if len(k) != 2 || !k[0].Local || k[1].Slot-k[0].Slot < 13334 {
+		t.Errorf("local slots %+v; want two, 13334µs apart", k)
 	}
 }
 

@@ -98,7 +98,7 @@ type Options struct {
 	// the rate the upstream accepts, one rate for every server, kept in
 	// Redis. A 429 that states no wait (no Retry-After, no reset), or a
 	// loader's [RateLimitedError] without RetryAfter, cuts the learned rate
-	// to 70% instead of pausing the fleet, once per episode however many
+	// to 75% instead of pausing the fleet, once per episode however many
 	// servers saw one; calls the upstream accepts (2xx responses given to
 	// [Budget.Observe] or [Reservation.Observe]) while demand meets the
 	// learned rate raise it again, cautiously near the rate that drew the

@@ -125,7 +125,7 @@
 // which the booking script paces at instead of T when it is longer. A 429
 // that states no wait ([Budget.Observe], [Reservation.Observe], or a
 // loader's [RateLimitedError] without RetryAfter given to
-// [Budget.PauseFor]) pauses nothing: it cuts the learned rate to 70%, and
+// [Budget.PauseFor]) pauses nothing: it cuts the learned rate to 75%, and
 // stretches the fleet's schedule in place as an overshoot does (every
 // server's sleeping Waits move their own slots), so the calls already
 // booked go at the new rate too. It cuts once per episode however many

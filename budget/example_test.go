@@ -242,5 +242,5 @@ func ExampleOptions_adaptive() {
 	st := b.Stats()
 	fmt.Printf("learned rate: %.0f calls/s, cuts: %d, pauses: %d\n", st.Rate, st.RateCuts, st.PausesRateLimited)
 	// Output:
-	// learned rate: 35 calls/s, cuts: 1, pauses: 0
+	// learned rate: 37 calls/s, cuts: 1, pauses: 0
 }

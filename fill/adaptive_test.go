@@ -34,8 +34,8 @@ func TestAdaptiveBudget(t *testing.T) {
 		t.Fatalf("Get = %v, %v; want 7, the load retried", v, err)
 	}
 	st := b.Stats()
-	if st.RateCuts != 1 || st.PausesRateLimited != 0 || st.Rate > 70.01 {
-		t.Errorf("budget: RateCuts %d, PausesRateLimited %d, Rate %v; want 1, 0, 70", st.RateCuts, st.PausesRateLimited, st.Rate)
+	if st.RateCuts != 1 || st.PausesRateLimited != 0 || st.Rate > 75.01 {
+		t.Errorf("budget: RateCuts %d, PausesRateLimited %d, Rate %v; want 1, 0, 75", st.RateCuts, st.PausesRateLimited, st.Rate)
 	}
 	// 40 loads at once queue for the learned rate: as they return values,
 	// the fleet learns it may go faster.
@@ -48,5 +48,5 @@ func TestAdaptiveBudget(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	redistest.WaitFor(t, "the learned rate raised", func() bool { return b.Stats().Rate > 70.01 })
+	redistest.WaitFor(t, "the learned rate raised", func() bool { return b.Stats().Rate > 75.01 })
 }
