@@ -39,9 +39,9 @@ const (
 	// when it came; it lasts about U calls at a steady limit, which keeps
 	// the 429s under 1% of the calls; a fleet whose limit tripled finds it
 	// in about 3U calls. (A limit of 100 calls/s, in a bucket 20 calls
-	// deep, stepping every minute between 50 and 150: 0.8% of the calls
-	// refused, 87% of the limit used, 22s to 85% of a raised limit; see
-	// BenchmarkBudgetAdaptive.)
+	// deep, stepping every minute between 50 and 150: 0.83–0.89% of the
+	// calls refused, 90–92% of the limit used, 20–23s to 85% of a raised
+	// limit; see BenchmarkBudgetAdaptive.)
 	learnCalls = 512
 	// learnCredit: without a refusal, every learnCredit learned intervals
 	// of time count as one call accepted, so the rate drifts back up to the

@@ -182,12 +182,13 @@
 //	go run ./examples/twitter -hidden-limit 100/10s,150/10s,50/10s -rate 300 \
 //	    -keys 10000000 -zipf 1.0001 -requests 4000 -timeout 2m
 //
-// sends about 3000 API calls for users of their own while the API's hidden
-// limit goes from 100 calls/s to 150, then 50. Fill+budget, told 300,
-// paces at it, draws a bare 429 for most calls over the limit, takes each
-// as an overshoot and widens its spacing, and pauses when they keep
+// asks the API for about 2600 users, nearly all of them once, while its
+// hidden limit goes from 100 calls/s to 150, then 50. Fill+budget, told
+// 300, paces at it, draws a bare 429 for the calls over the limit, takes
+// them for overshoots and widens its spacing, and pauses when they keep
 // coming; fill+adaptive cuts its learned rate to the limit within a few
-// calls of each 429, and follows it.
+// calls of a 429, and follows it. In one run fill+budget had 1060 of its
+// 3680 calls refused and took 38 s; fill+adaptive 68 of 2688, in 28 s.
 //
 // A mode is one entry of the table modes: a name, a line of help, and a
 // function that builds one app server of the fleet from a serverEnv (its
