@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 	"github.com/locksmith-go/locksmith/observe"
@@ -237,5 +239,78 @@ func TestAdaptiveOneCutPerEpisode(t *testing.T) {
 	// Every server hears the rate the cut set.
 	for _, b := range budgets {
 		redistest.WaitFor(t, "the cut heard", func() bool { return near(b.Stats().Rate, 750) })
+	}
+}
+
+// TestAdaptiveCutStretches: a cut on one server moves the slots another
+// server's Waits sleep on to the slower schedule, each by itself, without
+// a round trip: the calls already booked slow down too. On a Redis
+// Cluster, the cut is announced with SPUBLISH.
+func TestAdaptiveCutStretches(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		client func(t *testing.T) redis.UniversalClient
+	}{
+		{"standalone", func(t *testing.T) redis.UniversalClient {
+			s := redistest.Start(t, nil)
+			return s.Client(t, nil)
+		}},
+		{"cluster", func(t *testing.T) redis.UniversalClient {
+			c := redistest.StartCluster(t, 3)
+			return c.Client(t, nil)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rdb := tc.client(t)
+			l := budget.Limit{Rate: 20} // T = 50ms
+			opt := &budget.Options{Adaptive: true}
+			a := newBudget(t, rdb, "stretch", l, opt)
+			b := newBudget(t, rdb, "stretch", l, opt)
+			rec := &recorder{}
+			rec.watch(b)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if err := b.Wait(ctx, budget.Foreground); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 3)
+			for i := range 3 {
+				go func() { done <- b.Wait(ctx, budget.Foreground) }()
+				redistest.WaitFor(t, "a sleeper", func() bool { return rec.len() == 2+i })
+			}
+			if err := a.Observe(ctx, nil, http.StatusTooManyRequests); err != nil {
+				t.Fatal(err)
+			}
+			redistest.WaitFor(t, "the sleepers' slots moved", func() bool { return b.Stats().Stretched == 3 })
+			redistest.WaitFor(t, "the cut heard", func() bool { return near(b.Stats().Rate, 15) })
+			for range 3 {
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+			}
+			if st := b.Stats(); st.Rebooked != 0 || rec.len() != 4 {
+				t.Errorf("Stats: Rebooked %d, %d bookings; want 0 and 4: the slots moved without a round trip", st.Rebooked, rec.len())
+			}
+		})
+	}
+}
+
+// TestAdaptiveFlushAll: a Redis that lost the budget's hash (FLUSHALL)
+// paces at the ceiling again, and the next 429 cuts from the ceiling;
+// servers learn so at their next cut or report.
+func TestAdaptiveFlushAll(t *testing.T) {
+	e := newAdaptive(t, "flush")
+	ctx := context.Background()
+	e.observe(t, ctx, nil, http.StatusTooManyRequests)
+	e.m.FlushAll()
+	rec := &recorder{}
+	rec.watch(e.b)
+	if s := bookTwo(t, e.b, rec); s[1]-s[0] != 10000 {
+		t.Errorf("after FLUSHALL, slots %dµs apart; want the ceiling's 10000", s[1]-s[0])
+	}
+	e.advance(time.Second)
+	e.observe(t, ctx, nil, http.StatusTooManyRequests)
+	if st := e.b.Stats(); st.RateCuts != 2 || !near(st.Rate, 75) {
+		t.Errorf("Stats: RateCuts %d, Rate %v; want 2, 75: cut from the ceiling", st.RateCuts, st.Rate)
 	}
 }
