@@ -55,9 +55,10 @@ const (
 	// one round trip per reportEvery calls on learning.
 	reportEvery = 16
 	// cutSpacing is the least time between two cuts for 429s whose slot is
-	// unknown (Budget.Observe after a Wait, not a Reservation): a 429 that
-	// soon after a cut is taken for the same episode. Reservations need no
-	// such guess: a 429 for a call booked before the cut is old news.
+	// unknown (Budget.Observe after a Wait, not a Reservation), or two
+	// learned intervals if longer: a 429 that soon after a cut is taken for
+	// the same episode. Reservations need no such guess: a 429 for a call
+	// booked before the cut is old news.
 	cutSpacing = 250 * time.Millisecond
 )
 

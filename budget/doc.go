@@ -132,7 +132,8 @@
 // servers saw a 429: a 429 for a call booked before the latest cut is old
 // news (the calls on their way when it came are refused together, and say
 // nothing of the new rate); of a 429 whose call is unknown (Observe after
-// a Wait, not a reservation), one within 250ms of the latest cut is.
+// a Wait, not a reservation), one within 250ms of the latest cut is (or
+// within two learned intervals, if longer).
 //
 // The rate rises again with the calls the upstream accepts: every 2xx
 // observed counts, while demand meets the learned rate (its reservation
