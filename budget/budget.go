@@ -93,15 +93,32 @@ type Options struct {
 	// default: 10s
 	SlotLease time.Duration
 
+	// Adaptive says that the upstream does not state its real limit (or
+	// changes it under load): Limit.Rate is a ceiling, and the fleet learns
+	// the rate the upstream accepts, one rate for every server, kept in
+	// Redis. A 429 that states no wait (no Retry-After, no reset), or a
+	// loader's [RateLimitedError] without RetryAfter, cuts the learned rate
+	// to 75% instead of pausing the fleet, once per episode however many
+	// servers saw one; calls the upstream accepts (2xx responses given to
+	// [Budget.Observe] or [Reservation.Observe]) while demand meets the
+	// learned rate raise it again, cautiously near the rate that drew the
+	// 429. A 429 that states its wait pauses the fleet as without Adaptive.
+	// See [Stats].Rate and the package documentation. Servers sharing a
+	// budget must give the same.
+	// default: false (Limit.Rate is the upstream's limit)
+	Adaptive bool
+
 	// Events, if not nil, sees every wait (BudgetWait), every pause
-	// (Pause) and every outage of Redis (OutageStart, OutageEnd), with
-	// Source "budget" and Name the budget's name.
+	// (Pause), every cut of the learned rate (RateCut, with Adaptive) and
+	// every outage of Redis (OutageStart, OutageEnd), with Source "budget"
+	// and Name the budget's name.
 	// default: nil
 	Events observe.Handler
 
 	// Logger, if not nil, hears what an operator must: pauses the upstream
-	// asked for, and Redis outages (while they last, a local limiter at
-	// Rate/FleetSize decides).
+	// asked for, cuts of the learned rate and why (with Adaptive), and
+	// Redis outages (while they last, a local limiter at Rate/FleetSize
+	// decides).
 	// default: nil (silent)
 	Logger *slog.Logger
 }
@@ -165,6 +182,16 @@ type Stats struct {
 	// InFlight is the concurrency slots this server holds now: its
 	// reservations not yet done or cancelled (with Options.Concurrency).
 	InFlight int
+
+	// Rate is the rate in force, in calls per Per of the Limit: Limit.Rate,
+	// or with Options.Adaptive the rate the fleet learned, as this server
+	// last heard it (from its own cuts and reports, and the cuts other
+	// servers announce).
+	Rate float64
+	// RateCuts counts the cuts of the learned rate this server made (with
+	// Options.Adaptive): 429s that came once per episode, not the old news
+	// of an episode another server or an earlier 429 already cut for.
+	RateCuts uint64
 }
 
 type counters struct {
@@ -173,7 +200,7 @@ type counters struct {
 	rebooked, rateLimited, exhausted, requested   atomic.Uint64
 	stretched, late                               atomic.Uint64
 	pullDowns, localWaits, localPauses, redisErrs atomic.Uint64
-	limitConflicts, overshoots                    atomic.Uint64
+	limitConflicts, overshoots, rateCuts          atomic.Uint64
 }
 
 // Stats returns the Budget's counters.
@@ -188,7 +215,7 @@ func (b *Budget) Stats() Stats {
 		PullDowns: s.pullDowns.Load(), LocalWaits: s.localWaits.Load(),
 		LocalPauses: s.localPauses.Load(), Errors: s.redisErrs.Load(),
 		LimitConflicts: s.limitConflicts.Load(), Overshoots: s.overshoots.Load(),
-		InFlight: b.inFlight(),
+		InFlight: b.inFlight(), Rate: b.rate(), RateCuts: s.rateCuts.Load(),
 	}
 }
 
@@ -234,6 +261,7 @@ type Budget struct {
 	listener *notify.Listener
 	local    *localLimiter // while Redis is unreachable
 	conc     *conc         // the concurrency slots; nil without Options.Concurrency
+	learner  learner       // the learned rate, with Options.Adaptive
 	// lost counts the times pub/sub messages may have been lost (the
 	// connection broke or was replaced): a Wait that slept across one
 	// reads the pause before it goes.
@@ -442,33 +470,6 @@ func (b *Budget) check() error {
 	default:
 		return nil
 	}
-}
-
-// limitConflict counts a booking that found the budget last booked with
-// another limit, other ("T:tau" in µs), and logs the first.
-func (b *Budget) limitConflict(other string) {
-	b.stats.limitConflicts.Add(1)
-	if b.toldConflict.Swap(true) {
-		return
-	}
-	b.log("servers disagree on the budget's limit: each booking brings its own, so the fleet's limit is not kept",
-		"ours", describeLimit(b.sig), "theirs", describeLimit(other))
-}
-
-// describeLimit tells a limit given as "T:tau" (µs) in words, with the
-// number of extra dimensions when there are some.
-func describeLimit(sig string) string {
-	sig, more, extra := strings.Cut(sig, " ")
-	if extra {
-		return describeLimit(sig) + fmt.Sprintf(" and %d more limits", strings.Count(more, " ")+1)
-	}
-	ts, taus, ok := strings.Cut(sig, ":")
-	t, err1 := strconv.ParseInt(ts, 10, 64)
-	tau, err2 := strconv.ParseInt(taus, 10, 64)
-	if !ok || err1 != nil || err2 != nil || t <= 0 {
-		return strconv.Quote(sig)
-	}
-	return fmt.Sprintf("a call every %v, burst %d", time.Duration(t)*time.Microsecond, tau/t+1)
 }
 
 // fail returns err, from a Redis call of op, as the caller sees it: ctx's

@@ -144,6 +144,60 @@
 // max(1, Concurrency/FleetSize) slots of its own. [Budget.Wait] takes no
 // slot; without Concurrency, Wait and Reserve do no more than before.
 //
+// # Unstated limits
+//
+// Many upstreams do not state their limit, or change it under load: a 429
+// with no Retry-After and no reset is all they say. With
+// [Options].Adaptive, Limit.Rate is a ceiling and the fleet learns the
+// rate the upstream accepts: one learned interval in the budget's hash,
+// which the booking script paces at instead of T when it is longer. A 429
+// that states no wait ([Budget.Observe], [Reservation.Observe], or a
+// loader's [RateLimitedError] without RetryAfter given to
+// [Budget.PauseFor]) pauses nothing: it cuts the learned rate to 75%, and
+// stretches the fleet's schedule in place as an overshoot does (every
+// server's sleeping Waits move their own slots), so the calls already
+// booked go at the new rate too. It cuts once per episode however many
+// servers saw a 429: a 429 for a call booked before the latest cut is old
+// news (the calls on their way when it came are refused together, and say
+// nothing of the new rate); of a 429 whose call is unknown (Observe after
+// a Wait, not a reservation), one within 250ms of the latest cut is (or
+// within two learned intervals, if longer).
+//
+// The rate rises again with the calls the upstream accepts: every 2xx
+// observed counts, while demand meets the learned rate (its reservation
+// waited for its slot, and the fleet's schedule is booked up to now).
+// Each server sends them 16 at a time, in one round trip off the caller's
+// path. The rate follows the calls accepted since the latest cut on a
+// cubic, as TCP CUBIC's window follows time: after U = 512 of them it is
+// back at the rate that drew the 429, rising fast at first and cautiously
+// near it, then, with still no 429, ever faster up to the ceiling: the
+// fleet probes for a higher limit, and finds a raised one within a few U.
+// At a steady limit an episode lasts some hundreds of calls, a 429 or a
+// few among them, and the fleet uses about 90% of the limit (see
+// BenchmarkBudgetAdaptive in the repository's README). Time alone counts
+// too, one call per 100 learned intervals: when nothing has been refused
+// for a long while (demand fell below the learned rate), the rate drifts
+// back up to the ceiling, and the next demand probes again.
+//
+// A 429 that states its wait (Retry-After, a reset) pauses the fleet as
+// without Adaptive, remaining counts cap it, and an overshoot (a 429
+// asking for one interval or a second) widens the slack between slots on
+// top of the learned interval: the upstream's own accounting wins. The
+// slack is for arrival jitter at a known limit; the learned rate for an
+// unknown one. [Stats].Rate tells the rate in force, [Stats].RateCuts the
+// cuts this server made; each cut is an observe.RateCut event and a line
+// of the Logger saying why. The learned rate is the Limit's: the limits of
+// Also and the meters stay as stated.
+//
+// The learned fields outlive the hash's others (which expire a second
+// after their last instant) for as long as time alone would take to bring
+// the rate back to the ceiling: servers that restart, all of them at once
+// after a quiet spell included, find it. When Redis loses the hash
+// (FLUSHALL, a restart without persistence) the fleet starts again from
+// the ceiling, and its first 429s cut the rate down again within a few
+// latencies. While Redis is unreachable, each server's local limiter keeps
+// to the learned rate over FleetSize, and a 429 slows it alone.
+//
 // # Redis
 //
 // A budget named N under prefix P is the hash P{N}:budget, which expires a

@@ -210,3 +210,37 @@ func ExampleOptions_concurrency() {
 	// in flight: 1
 	// in flight after Done: 0
 }
+
+// An upstream that does not state its limit: Adaptive makes Limit.Rate a
+// ceiling, and the fleet learns the rate the upstream accepts from the
+// responses it reports.
+func ExampleOptions_adaptive() {
+	rdb, stop := exampleRedis()
+	defer stop()
+	ctx := context.Background()
+
+	// A partner API that answers "429 Too Many Requests" and nothing more,
+	// at some rate below 50 calls/s.
+	b := budget.New(rdb, "partner-api", budget.Limit{Rate: 50}, &budget.Options{Adaptive: true})
+	defer b.Close()
+
+	call := func(ctx context.Context) (int, error) {
+		return http.StatusTooManyRequests, nil // the upstream, here refusing
+	}
+	res, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		fmt.Println("reserve:", err)
+		return
+	}
+	status, err := call(ctx)
+	if err == nil {
+		// Every response counts: a 2xx raises the learned rate while
+		// demand meets it, a bare 429 cuts it, once for the whole fleet.
+		_ = res.Observe(ctx, nil, status)
+	}
+	_ = res.Done(ctx)
+	st := b.Stats()
+	fmt.Printf("learned rate: %.0f calls/s, cuts: %d, pauses: %d\n", st.Rate, st.RateCuts, st.PausesRateLimited)
+	// Output:
+	// learned rate: 37 calls/s, cuts: 1, pauses: 0
+}

@@ -53,3 +53,10 @@ func Key(b *Budget) string { return b.key }
 
 // Slot returns the slot r booked, in µs of the Redis clock.
 func Slot(r *Reservation) int64 { return r.r.slot }
+
+// LearnCalls is U, the calls accepted that bring a learned rate back to
+// where it was cut (Options.Adaptive).
+const LearnCalls = learnCalls
+
+// LearnKeep is the share of a learned rate a cut keeps.
+const LearnKeep = learnKeep

@@ -23,8 +23,9 @@ import (
 type RateLimitedError struct {
 	// RetryAfter is how long the upstream asked to wait: see [RetryAfter],
 	// which reads it from a response as Observe does. 0 means unknown:
-	// PauseFor then pauses for one Per of the budget's limit. PauseFor
-	// pauses for at most 24 hours.
+	// PauseFor then pauses for one Per of the budget's limit (with
+	// Options.Adaptive, cuts the learned rate instead). PauseFor pauses
+	// for at most 24 hours.
 	RetryAfter time.Duration
 
 	// Observed says that the response was reported to the budget's
@@ -83,6 +84,10 @@ type feedback struct {
 	// booked before the schedule was last respaced is old news of the
 	// old schedule (see pause.lua).
 	slot int64
+	// unstated: a 429 that says neither how long to wait nor when the
+	// limit resets (pause is then one Per): with Options.Adaptive it cuts
+	// the learned rate instead (adaptive.go).
+	unstated bool
 }
 
 // maxHeaderWait is the longest wait a header may announce; a longer one is
@@ -135,6 +140,7 @@ func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) 
 			f.pause = time.Second
 		default:
 			f.pause = per
+			f.unstated = status == http.StatusTooManyRequests && !(hasRemaining && remaining == 0)
 		}
 	case hasRemaining && remaining == 0:
 		f.cause = exhausted
@@ -271,6 +277,10 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 //     "output-tokens" from Anthropic's. At most that many more units go
 //     before the reset, spendable at once; a reservation wanting more waits
 //     for the reset.
+//   - With [Options].Adaptive, a 429 that states no wait (no Retry-After
+//     nor reset, or Retry-After 0) cuts the fleet's learned rate instead
+//     of pausing it, once per episode, and a 2xx counts toward raising it
+//     again (see the package documentation): report every response.
 //
 // A pause is kept in Redis and announced to every server; Waits sleeping on
 // a slot before its end book again after it. Missing or malformed headers
@@ -284,6 +294,11 @@ func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 	now := time.Now()
 	f := parseFeedback(h, status, now, b.lim.Per)
 	f.slot = b.slotOf(ctx)
+	if b.opt.Adaptive {
+		if done, err := b.adapt(ctx, f, status); done {
+			return err
+		}
+	}
 	if f.pause > 0 {
 		return b.apply(ctx, "observe", f)
 	}

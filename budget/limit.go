@@ -1,12 +1,14 @@
 package budget
 
-// The limit: what the upstream allows, and how a call waits for it.
+// The limit: what the upstream allows, how a call waits for it, and what
+// is said when servers disagree on it.
 
 import (
 	_ "embed"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/locksmith-go/locksmith/internal/redisx"
@@ -108,4 +110,31 @@ func (p Priority) String() string {
 		return "background"
 	}
 	return "Priority(" + strconv.Itoa(int(p)) + ")"
+}
+
+// limitConflict counts a booking that found the budget last booked with
+// another limit, other ("T:tau" in µs), and logs the first.
+func (b *Budget) limitConflict(other string) {
+	b.stats.limitConflicts.Add(1)
+	if b.toldConflict.Swap(true) {
+		return
+	}
+	b.log("servers disagree on the budget's limit: each booking brings its own, so the fleet's limit is not kept",
+		"ours", describeLimit(b.sig), "theirs", describeLimit(other))
+}
+
+// describeLimit tells a limit given as "T:tau" (µs) in words, with the
+// number of extra dimensions when there are some.
+func describeLimit(sig string) string {
+	sig, more, extra := strings.Cut(sig, " ")
+	if extra {
+		return describeLimit(sig) + fmt.Sprintf(" and %d more limits", strings.Count(more, " ")+1)
+	}
+	ts, taus, ok := strings.Cut(sig, ":")
+	t, err1 := strconv.ParseInt(ts, 10, 64)
+	tau, err2 := strconv.ParseInt(taus, 10, 64)
+	if !ok || err1 != nil || err2 != nil || t <= 0 {
+		return strconv.Quote(sig)
+	}
+	return fmt.Sprintf("a call every %v, burst %d", time.Duration(t)*time.Microsecond, tau/t+1)
 }

@@ -43,8 +43,10 @@ func (b *Budget) PauseUntil(ctx context.Context, t time.Time) error {
 // wraps [ErrRateLimited]: for its [RateLimitedError].RetryAfter (at most 24
 // hours), or, when that is unknown (0, or no RateLimitedError in the chain),
 // for one Per of the limit; not at all when the RateLimitedError is
-// Observed, since Observe paused the budget for the same response. It
-// reports whether err wraps ErrRateLimited. It is the retry path of a
+// Observed, since Observe paused the budget for the same response. With
+// [Options].Adaptive, an unknown RetryAfter cuts the fleet's learned rate
+// instead of pausing it (see the package documentation). It reports
+// whether err wraps ErrRateLimited. It is the retry path of a
 // caller that loads through the budget:
 //
 //	for {
@@ -76,6 +78,9 @@ func (b *Budget) PauseFor(ctx context.Context, err error) (bool, error) {
 		if rle.RetryAfter > 0 {
 			d = min(rle.RetryAfter, maxHeaderWait)
 		}
+	}
+	if b.opt.Adaptive && (rle == nil || rle.RetryAfter <= 0) {
+		return true, b.cut(ctx, "pause", b.slotOf(ctx), "a load was rate-limited with no RetryAfter (RateLimitedError)")
 	}
 	return true, b.apply(ctx, "pause", feedback{pause: d, cause: rateLimited, slot: b.slotOf(ctx)})
 }
@@ -206,6 +211,8 @@ func (b *Budget) message(m string) {
 	}
 	ends, respaced, _ := strings.Cut(m, " ")
 	respaced, stretch, _ := strings.Cut(respaced, " ")
+	// A cut of the learned rate (adaptive.lua) says the rate after it.
+	stretch, learned, _ := strings.Cut(stretch, " ")
 	at, err := strconv.ParseInt(ends, 10, 64)
 	rs, rerr := strconv.ParseInt(respaced, 10, 64)
 	k, kerr := strconv.ParseInt(stretch, 10, 64)
@@ -224,6 +231,9 @@ func (b *Budget) message(m string) {
 			b.conc.wake("", true)
 		}
 		return
+	}
+	if learned != "" && b.opt.Adaptive {
+		b.heardCut(learned)
 	}
 	b.heard(at, rs, k)
 }

@@ -177,9 +177,12 @@ type Reservation struct {
 	cid       string
 	localSlot bool
 
-	mu    sync.Mutex // guards spent and ended
+	mu    sync.Mutex // guards spent, ended and accepted
 	spent *want
 	ended bool
+	// accepted: a response that the upstream accepted the call was
+	// observed (Options.Adaptive counts a call once).
+	accepted bool
 }
 
 // Key returns the credential the call should use. It is "" for now: a
@@ -373,6 +376,8 @@ func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 // Observe applies the call's response to the budget: see [Budget.Observe].
+// With [Options].Adaptive, the call counts once as accepted, however many
+// 2xx responses are observed for it.
 func (r *Reservation) Observe(ctx context.Context, h http.Header, status int) error {
 	if r == nil {
 		return nil

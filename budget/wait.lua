@@ -19,6 +19,9 @@
 --          left, the slot is capat
 --   slack  µs added to T between paced slots, learned from 429s (pause.lua)
 --   rs     when the schedule was last respaced after an overshoot (pause.lua)
+--          or a cut of the learned rate (adaptive.lua)
+--   lt, le the learned interval and the end of what was learned, with
+--          Options.Adaptive (adaptive.lua, which lists its other fields)
 -- and one tat per extra dimension (Options.Also and Options.Meters), each a
 -- GCRA of its own on the same slots:
 --   a1, a2, ...          the tat of each further limit on calls (Also)
@@ -90,6 +93,15 @@ local function valid(x)
   return x
 end
 local function field(i) return valid(v[i]) end
+-- Options.Adaptive (adaptive.lua): the fleet's learned interval lt, when
+-- longer than T, paces the calls instead (the burst tolerance and the
+-- background interval in proportion); the key outlives le, the end of what
+-- was learned.
+local learned = redis.call('HMGET', KEYS[1], 'lt', 'le')
+local lt, le = tonumber(learned[1]), valid(learned[2])
+if lt and lt > T and lt <= ahead then
+  tau, Tb, T = math.floor(tau * lt / T), math.floor(Tb * lt / T), lt
+end
 local tat, pause, fg, btat, bq, sb = field(1), field(2), field(3), field(4), field(5), field(6)
 local capat, left = field(8), field(9)
 -- The caller's memory stands in for a tat Redis lost, unless the schedule
@@ -114,7 +126,7 @@ local function f(x) return string.format('%d', x) end
 -- values.
 local function save(a, last)
   redis.call('HSET', KEYS[1], unpack(a))
-  last = math.max(last, tat, pause, fg, btat, bq, capat)
+  last = math.max(last, tat, pause, fg, btat, bq, capat, le)
   redis.call('PEXPIRE', KEYS[1], f(math.ceil((last - now) / 1000) + 1000))
 end
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/locksmith-go/locksmith/budget"
@@ -84,10 +85,10 @@ func (c *Cache) load(ctx, wctx context.Context, key string, run func(context.Con
 			return out, took
 		}
 		// Pause every server for RetryAfter (one Per of the budget when
-		// the upstream did not say), then load again when the budget
-		// allows.
+		// the upstream did not say; an Adaptive budget cuts its learned
+		// rate instead), then load again when the budget allows.
 		c.event(ctx, observe.Event{Kind: observe.Pause, Key: key, Duration: rle.RetryAfter})
-		c.log("upstream rate-limited a load; pausing the budget", "key", key, "retry_after", rle.RetryAfter)
+		c.log("upstream rate-limited a load; telling the budget", "key", key, "retry_after", rle.RetryAfter)
 		// With the load's reservation, a 429 for a call booked on a
 		// schedule since respaced is told apart (see budget.PauseFor).
 		if _, err := bud.PauseFor(budgetctx.WithReservation(ctx, res), out.err); err != nil {
@@ -125,7 +126,10 @@ func (c *Cache) reserve(ctx, wctx context.Context, bud *budget.Budget, key strin
 
 // runReserved runs the loader on ctx, then ends its reservation res, if
 // not nil, as done: the call was made, whatever it returned (a panic and
-// runtime.Goexit included).
+// runtime.Goexit included). A load that returned a value tells the budget
+// that the upstream accepted the call: an Adaptive budget counts it toward
+// raising its learned rate, once per reservation (a loader that reported
+// the response itself, as httpfill's does, loses nothing).
 func (c *Cache) runReserved(ctx context.Context, run func(context.Context) (any, error), res *budget.Reservation) outcome {
 	if res != nil {
 		defer func() {
@@ -134,7 +138,11 @@ func (c *Cache) runReserved(ctx context.Context, run func(context.Context) (any,
 			}
 		}()
 	}
-	return protect(ctx, run)
+	out := protect(ctx, run)
+	if res != nil && out.err == nil && out.panicked == nil {
+		_ = res.Observe(ctx, nil, http.StatusOK)
+	}
+	return out
 }
 
 // budget returns the budget the loads of a flight on ctx wait for: the one

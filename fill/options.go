@@ -107,10 +107,12 @@ type Options struct {
 	// lease: the loader's ctx ends, with cause budget.ErrSlotLost, if the
 	// slot is lost.
 	// A loader error wrapping budget.ErrRateLimited pauses the budget for
-	// its RetryAfter, and the same flight, still holding the fill lock,
+	// its RetryAfter (a budget with Options.Adaptive cuts its learned rate
+	// for one without), and the same flight, still holding the fill lock,
 	// loads again when the budget allows; it fails, with an error wrapping
 	// budget.ErrRateLimited, only when every caller has given up or
-	// LoadTimeout passes.
+	// LoadTimeout passes. A load that returns a value counts, for an
+	// Adaptive budget, as a call the upstream accepted.
 	// default: nil (loads are not rate limited)
 	Budget *budget.Budget
 

@@ -52,13 +52,18 @@ const (
 	// Invalidation: the in-process tier dropped a value another server
 	// replaced or deleted.
 	Invalidation
+	// RateCut: a budget that learns its upstream's unstated limit
+	// (budget.Options.Adaptive) cut the fleet's learned rate after a 429;
+	// Rate is the rate learned now, in calls per Per of the budget's
+	// Limit.
+	RateCut
 )
 
 var kindNames = [...]string{
 	Hit: "hit", LocalHit: "local_hit", StaleHit: "stale_hit", Miss: "miss", Load: "load",
 	WaitRemote: "wait_remote", BudgetWait: "budget_wait", Pause: "pause", FailOpen: "fail_open",
 	OutageStart: "outage_start", OutageEnd: "outage_end", LeaseLost: "lease_lost", Batch: "batch",
-	Invalidation: "invalidation",
+	Invalidation: "invalidation", RateCut: "rate_cut",
 }
 
 // String returns the kind's name in snake case ("local_hit").
@@ -84,6 +89,9 @@ type Event struct {
 	Err      error
 	// N counts keys (Batch) or is otherwise 0.
 	N int
+	// Rate is a budget's learned rate, in calls per Per of its Limit
+	// (RateCut), or is otherwise 0.
+	Rate float64
 	// Background marks work no caller waits for: a refresh, or a budget
 	// wait at Background priority.
 	Background bool

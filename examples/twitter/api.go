@@ -47,6 +47,9 @@ type fakeAPI struct {
 
 	served  atomic.Int64 // calls answered 200
 	refused atomic.Int64 // calls answered 429, for the rate or past the cap on calls in flight
+	// hidden: the API states no limit, and refuses a call over it with a
+	// bare 429 (-hidden-limit)
+	hidden atomic.Bool
 
 	mu          sync.Mutex       // guards first, last and asked
 	first, last time.Time        // arrival of the first and the latest call
@@ -157,14 +160,19 @@ func (a *fakeAPI) admit(w http.ResponseWriter, r *http.Request, ids []uint64, er
 	// on the X API: a call for a page that does not exist counts too.
 	q := a.bucket.take(now)
 	a.record(now, ids, err)
-	a.setRateLimit(w.Header(), now, q)
+	hidden := a.hidden.Load()
+	if !hidden {
+		a.setRateLimit(w.Header(), now, q)
+	}
 	w.Header().Set("Content-Type", "application/json")
 	if !sleep(r.Context(), a.latency) {
 		return false // the caller went away
 	}
 	if !q.ok {
 		a.refused.Add(1)
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(q.wait)))
+		if !hidden {
+			w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(q.wait)))
+		}
 		apiError(w, http.StatusTooManyRequests, "Rate limit exceeded", 88)
 		return false
 	}
@@ -260,7 +268,7 @@ type tokenBucket struct {
 	rate  float64
 	burst float64
 
-	mu     sync.Mutex // guards tokens and last
+	mu     sync.Mutex // guards tokens, last, and rate once the API serves
 	tokens float64
 	last   time.Time
 }
@@ -293,6 +301,16 @@ func (b *tokenBucket) take(now time.Time) quota {
 	}
 	q.tokens = b.tokens
 	return q
+}
+
+// setRate makes the bucket gain rate tokens per second from now on.
+func (b *tokenBucket) setRate(now time.Time, rate float64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.last.IsZero() {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last, b.rate = now, rate
 }
 
 // duration is how long the bucket takes to gain tokens.

@@ -35,6 +35,9 @@ type config struct {
 	prefix          string
 	json            bool
 	modes           modesFlag
+	// hidden is the API's hidden limit, if any (-hidden-limit): it then
+	// states none, and -rate is only what the fleet is told.
+	hidden hiddenFlag
 }
 
 // parseFlags parses and checks args; on -h it prints the usage to stderr and
@@ -71,13 +74,22 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		"defaults): -redis '' is localhost:6379, -redis :6380 localhost:6380")
 	fs.StringVar(&cfg.prefix, "prefix", "twitter-demo:", "prefix of every Redis key written; keys under it are deleted before\neach mode and at the end")
 	fs.BoolVar(&cfg.json, "json", false, "print the settings and results as one JSON object, and nothing else,\non stdout")
-	cfg.modes = defaultModes()
+	fs.Var(&cfg.hidden, "hidden-limit", "the API's real limit, hidden: `steps` of calls/s and how long each lasts,\n"+
+		"the last holding (40/10s,60/10s,20/10s). The API then states no limit and\n"+
+		"refuses a call over it with a bare 429; -rate is only what the fleet is told.\n"+
+		"Without -modes, runs "+hiddenModes.String())
+	cfg.modes = defaultModes(false)
 	fs.Var(&cfg.modes, "modes", "the modes to run, in that order: comma-separated `names` among"+modesHelp())
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return cfg, err
 		}
 		return cfg, &demo.UsageError{Err: err, Printed: true}
+	}
+	picked := false
+	fs.Visit(func(f *flag.Flag) { picked = picked || f.Name == "modes" })
+	if !picked && len(cfg.hidden) > 0 {
+		cfg.modes = defaultModes(true)
 	}
 	cfg.servers = cfg.fleets[0]
 	err := cfg.validate()
@@ -146,6 +158,23 @@ func requestDeadline(cfg config, distinct int) time.Duration {
 	return min(max(minDeadline, d), maxDeadline)
 }
 
+// hiddenModes are the modes a run against a hidden limit runs without
+// -modes.
+var hiddenModes = defaultModes(true)
+
+// defaultModes are the modes a run without -modes runs: every mode but the
+// extra ones (fill+conc, fill+adaptive); against a hidden limit, fill+budget
+// and fill+adaptive.
+func defaultModes(hidden bool) modesFlag {
+	var picked modesFlag
+	for _, m := range modes {
+		if hidden && (m.name == "fill+budget" || m.name == adaptiveMode) || !hidden && !m.extra {
+			picked = append(picked, m)
+		}
+	}
+	return picked
+}
+
 // fleetsFlag is the -servers flag: one fleet size, or several to sweep.
 type fleetsFlag []int
 
@@ -197,18 +226,6 @@ func (f *modesFlag) Set(s string) error {
 	}
 	*f = picked
 	return nil
-}
-
-// defaultModes are the modes a run without -modes runs: every mode but the
-// extra ones.
-func defaultModes() modesFlag {
-	var ms modesFlag
-	for _, m := range modes {
-		if !m.extra {
-			ms = append(ms, m)
-		}
-	}
-	return ms
 }
 
 // modesHelp lists the modes, one a line, for -h.

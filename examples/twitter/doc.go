@@ -55,6 +55,9 @@
 //     and fill send every miss at once and get refused; fill+budget paces
 //     its calls but does not cap them, and retries each refused one;
 //     fill+conc has no more in flight than the cap.
+//   - fill+adaptive: fill+budget whose budget has Options.Adaptive: -rate
+//     is a ceiling, and the fleet learns the rate the API accepts. It runs
+//     only when named, or against a hidden limit (-hidden-limit, below).
 //
 // The fleet's budget is a [github.com/locksmith-go/locksmith/budget.Budget]
 // that every server of a mode makes with the same name under the mode's key
@@ -152,9 +155,20 @@
 //	                   prefix of every Redis key the demo writes. Keys under
 //	                   it are deleted before each mode and at the end; no
 //	                   other key is read or written.
+//	-hidden-limit STEPS
+//	                   the API hides its real limit and changes it: steps
+//	                   of calls/s and how long each lasts, the last holding
+//	                   (100/10s,150/10s,50/10s). It states no limit and
+//	                   refuses a call over it with a bare 429; -rate is
+//	                   only what the fleet is told. Without -modes, runs
+//	                   fill+budget (told -rate as the limit) and
+//	                   fill+adaptive (told it as a ceiling), and prints for
+//	                   each, every second, the limit, the calls served and
+//	                   refused, and the rate the budget learned (the mean
+//	                   of the servers' budget.Stats().Rate)
 //	-modes naive,fill,fill+budget,fill+batch,httpfill
 //	                   the modes to run, comma-separated, in that order;
-//	                   fill+conc runs only when named
+//	                   fill+conc and fill+adaptive run only when named
 //	-json              print on stdout one JSON object and nothing else:
 //	                   "settings" (the flags, durations in ms: the deadline
 //	                   is "request_timeout_ms", and
@@ -178,6 +192,20 @@
 // requests fail; fill+budget and httpfill queue their calls in the budget
 // and make one per user, none refused, at the API's rate: about 10 s for
 // the 514.
+//
+// An API that does not state its limit, and changes it under load, is
+// what Options.Adaptive is for. For example
+//
+//	go run ./examples/twitter -hidden-limit 100/10s,150/10s,50/10s -rate 300 \
+//	    -keys 10000000 -zipf 1.0001 -requests 4000 -timeout 2m
+//
+// asks the API for about 2600 users, nearly all of them once, while its
+// hidden limit goes from 100 calls/s to 150, then 50. Fill+budget, told
+// 300, paces at it, draws a bare 429 for the calls over the limit, takes
+// them for overshoots and widens its spacing, and pauses when they keep
+// coming; fill+adaptive cuts its learned rate to the limit within a few
+// calls of a 429, and follows it. In one run fill+budget had 1060 of its
+// 3680 calls refused and took 38 s; fill+adaptive 68 of 2688, in 28 s.
 //
 // A mode is one entry of the table modes: a name, a line of help, and a
 // function that builds one app server of the fleet from a serverEnv (its

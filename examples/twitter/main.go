@@ -111,6 +111,9 @@ type result struct {
 	// in Refused too).
 	MaxInFlight     int64 `json:"api_max_in_flight"`
 	RefusedInFlight int64 `json:"api_refused_in_flight"`
+	// Trace is what the API served, tick by tick, against a hidden limit
+	// (-hidden-limit), and the rate the budget learned.
+	Trace []tracePoint `json:"trace,omitempty"`
 }
 
 // runMode sends ids through a fresh fleet of mode m, against a fresh API, on
@@ -128,6 +131,10 @@ func runMode(ctx context.Context, cfg config, env *demo.Redis, m mode, ids []uin
 		}
 	}
 
+	trace := func() []tracePoint { return nil }
+	if len(cfg.hidden) > 0 {
+		trace = hide(cfg, api, f.servers)
+	}
 	var done atomic.Int64
 	stop := func() {}
 	if progressTo != nil {
@@ -140,6 +147,7 @@ func runMode(ctx context.Context, cfg config, env *demo.Redis, m mode, ids []uin
 	}, &done)
 	wall := time.Since(start)
 	stop()
+	points := trace()
 
 	stats := fillTotals(f.servers)
 	bstats := budgetTotals(f.servers)
@@ -154,6 +162,7 @@ func runMode(ctx context.Context, cfg config, env *demo.Redis, m mode, ids []uin
 	r := summarize(m.name, ids, api, out, wall, stats)
 	r.ClientRequests = clientRequests
 	r.Budget = bstats
+	r.Trace = points
 	return r, nil
 }
 
@@ -232,7 +241,7 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	}
 	fmt.Fprintf(w, "%d servers, %d requests (%d in flight) for %d possible users, %d requested (Zipf s=%g, seed %d)\n",
 		cfg.servers, cfg.requests, cfg.concurrency, cfg.keys, distinct, cfg.zipf, cfg.seed)
-	fmt.Fprintf(w, "API: %g calls/s, burst %d, %s per call", cfg.rate, cfg.burst, cfg.latency)
+	fmt.Fprintf(w, "API: %s, burst %d, %s per call", apiLimit(cfg), cfg.burst, cfg.latency)
 	if cfg.apiConcurrency > 0 {
 		fmt.Fprintf(w, ", at most %d in flight", cfg.apiConcurrency)
 	}
@@ -273,17 +282,17 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	writeTable(w, rows)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "calls/key: API calls per distinct user requested; 1.00 is one call per user.")
-	fmt.Fprintf(w, "calls/s: API calls per second, from the first call's arrival to the last's; the API allows %g after a burst of %d.\n",
-		cfg.rate, cfg.burst)
+	fmt.Fprintf(w, "calls/s: API calls per second, from the first call's arrival to the last's; the API allows %s after a burst of %d.\n",
+		apiLimit(cfg), cfg.burst)
 	for _, r := range results {
 		if s := r.FillStats; s != nil {
 			fmt.Fprintf(w, "%s, all servers: %d loads, %d hits, %d misses, %d merged in-process, %d merged from another server\n",
 				r.Mode, s.Loads, s.Hits, s.Misses, s.LocalMerges, s.RemoteMerges)
 		}
 		if b := r.Budget; b != nil {
-			fmt.Fprintf(w, "%s, budget: %s let through (the longest wait %s), %s, %s by the API's headers\n",
+			fmt.Fprintf(w, "%s, budget: %s let through (the longest wait %s), %s, %s by the API's headers%s\n",
 				r.Mode, plural(int64(b.Waits), "call"), time.Duration(b.WaitMaxMs*float64(time.Millisecond)).Round(time.Millisecond),
-				plural(int64(b.Pauses), "pause"), plural(int64(b.PullDowns), "pull-down"))
+				plural(int64(b.Pauses), "pause"), plural(int64(b.PullDowns), "pull-down"), cutsOf(r))
 		}
 		if r.Mode == batchMode {
 			fmt.Fprintf(w, "%s, API: %s asked for %d user ids, %d distinct (%.1f per call)%s\n",
@@ -304,6 +313,7 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	if note := timingNote(cfg, results); note != "" {
 		fmt.Fprintln(w, note)
 	}
+	writeTrace(w, cfg, results)
 	fmt.Fprintln(w)
 	for _, line := range conclusion(results) {
 		if _, err := fmt.Fprintln(w, line); err != nil {
@@ -413,6 +423,7 @@ type jsonSettings struct {
 	BudgetRate      float64 `json:"budget_rate_per_s"` // of the modes with a budget
 	BudgetBurst     int     `json:"budget_burst"`
 	Redis           string  `json:"redis"` // host:port, or "embedded"
+	HiddenLimit     string  `json:"hidden_limit,omitempty"`
 	Prefix          string  `json:"prefix"`
 }
 
@@ -452,6 +463,7 @@ func settingsOf(cfg config, env *demo.Redis) jsonSettings {
 		BatchWindowMs:   millis(cfg.window),
 		Redis:           env.Addr,
 		Prefix:          cfg.prefix,
+		HiddenLimit:     cfg.hidden.String(),
 	}
 	if env.Embedded() {
 		st.Redis = "embedded"

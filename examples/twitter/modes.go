@@ -36,7 +36,14 @@ var modes = []mode{
 	{batchMode, "a fleet-wide fill.Batcher with the budget: up to 100 users per API call", newFillBatchServer, false},
 	{"httpfill", "the plain API call, through an http.Client on httpfill's Transport, with the budget", newHTTPFillServer, false},
 	{concMode, "fill+budget whose budget also caps the fleet's calls in flight at -api-concurrency", newFillConcServer, true},
+	{adaptiveMode, "fill+budget, the budget learning the API's real limit under -rate (budget.Options.Adaptive);\n" +
+		"run by default with -hidden-limit only", newFillAdaptiveServer, true},
 }
+
+// adaptiveMode is the name of the mode whose budget learns the API's limit:
+// a run without -modes runs it, and only it with fill+budget, when the API
+// hides its limit (-hidden-limit).
+const adaptiveMode = "fill+adaptive"
 
 // naive is the name of the mode the others are compared with.
 const naive = "naive"
@@ -108,6 +115,7 @@ type fillServer struct {
 	api    *apiClient
 	cache  *fill.Cache
 	budget *budget.Budget // nil in mode fill
+	learns bool           // the budget learns the API's limit (fill+adaptive)
 }
 
 func newFillServer(s serverEnv) appServer {
@@ -133,6 +141,18 @@ func newFillBudgeted(s serverEnv, b *budget.Budget) appServer {
 		cache: fill.New(s.rdb, &fill.Options{Prefix: s.prefix, TTL: s.cfg.ttl, Budget: b})}
 }
 
+// newFillAdaptiveServer is fill+budget whose budget takes -rate for a
+// ceiling, and learns the rate the API accepts: a 429 that says nothing
+// more cuts it, the calls the API answers raise it again.
+func newFillAdaptiveServer(s serverEnv) appServer {
+	b := budget.New(s.rdb, budgetName, budgetLimit(s.cfg),
+		&budget.Options{Prefix: s.prefix, FleetSize: s.cfg.servers, Adaptive: true})
+	api := *s.api
+	api.budget = b
+	return &fillServer{api: &api, budget: b, learns: true,
+		cache: fill.New(s.rdb, &fill.Options{Prefix: s.prefix, TTL: s.cfg.ttl, Budget: b})}
+}
+
 func (s *fillServer) timeline(ctx context.Context, id uint64) (Timeline, error) {
 	return fill.Get(ctx, s.cache, timelineKey(id), func(ctx context.Context) (Timeline, error) {
 		b, err := s.api.timeline(ctx, id)
@@ -148,6 +168,13 @@ func (s *fillServer) close() error { return errors.Join(s.cache.Close(), closeBu
 func (s *fillServer) stats() fill.Stats { return s.cache.Stats() }
 
 func (s *fillServer) budgetStats() (budget.Stats, bool) { return statsOf(s.budget) }
+
+func (s *fillServer) learnedStats() (budget.Stats, bool) {
+	if !s.learns {
+		return budget.Stats{}, false
+	}
+	return statsOf(s.budget)
+}
 
 // batchServer answers with a FleetWide fill.Batcher: the users missing
 // from the cache that any server of the fleet is asked for go to the API
@@ -353,6 +380,8 @@ type budgetStats struct {
 	PullDowns uint64  `json:"pull_downs"`  // by the API's remaining count
 	// LocalWaits were decided by a local limiter: Redis was unreachable.
 	LocalWaits uint64 `json:"local_waits"`
+	// RateCuts are the cuts of the learned rate (fill+adaptive).
+	RateCuts uint64 `json:"rate_cuts,omitempty"`
 }
 
 // budgetTotals sums the budget.Stats of the servers that have a budget;
@@ -375,6 +404,7 @@ func budgetTotals(servers []appServer) *budgetStats {
 		t.Pauses += st.PausesRateLimited + st.PausesExhausted + st.PausesRequested
 		t.PullDowns += st.PullDowns
 		t.LocalWaits += st.LocalWaits
+		t.RateCuts += st.RateCuts
 	}
 	if !found {
 		return nil
