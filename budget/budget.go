@@ -93,6 +93,23 @@ type Options struct {
 	// default: 10s
 	SlotLease time.Duration
 
+	// Keys are credentials (API keys, tokens, installations) to spread
+	// calls over, when the upstream limits each on its own: every limit,
+	// meter and cap of the budget applies to each key, and
+	// [Budget.Reserve] books, in one round trip, the key whose slot comes
+	// first (ties: the one with the most left), which
+	// [Reservation.Key] returns. The upstream's word is the key's: a 429 or
+	// "remaining 0" observed through a reservation pauses its key only,
+	// and a 401 removes it for the fleet (see [Budget.Remove]). Servers
+	// may hold different lists: keys are known across the fleet by a hash
+	// of the credential, each server books the ones it holds, and a key
+	// shared by several is one budget for all of them. A credential is
+	// never written to Redis nor logged. Duplicates count once; an empty
+	// key is an error, and so is Keys with Concurrency. With Keys, use
+	// Reserve: Wait cannot tell the key it booked.
+	// default: none (one budget, no key)
+	Keys []string
+
 	// Events, if not nil, sees every wait (BudgetWait), every pause
 	// (Pause) and every outage of Redis (OutageStart, OutageEnd), with
 	// Source "budget" and Name the budget's name.
@@ -160,6 +177,11 @@ type Stats struct {
 	// InFlight is the concurrency slots this server holds now: its
 	// reservations not yet done or cancelled (with Options.Concurrency).
 	InFlight int
+
+	// Keys is the keys of this server's Options.Keys that are live: not
+	// removed from the pool ([Budget.Remove], or a 401 observed), as far
+	// as this server has heard. 0 without Keys.
+	Keys int
 }
 
 type counters struct {
@@ -183,7 +205,7 @@ func (b *Budget) Stats() Stats {
 		PullDowns: s.pullDowns.Load(), LocalWaits: s.localWaits.Load(),
 		LocalPauses: s.localPauses.Load(), Errors: s.redisErrs.Load(),
 		LimitConflicts: s.limitConflicts.Load(), Overshoots: s.overshoots.Load(),
-		InFlight: b.inFlight(),
+		InFlight: b.inFlight(), Keys: b.liveKeys(),
 	}
 }
 
@@ -229,6 +251,7 @@ type Budget struct {
 	listener *notify.Listener
 	local    *localLimiter // while Redis is unreachable
 	conc     *conc         // the concurrency slots; nil without Options.Concurrency
+	pool     *pool         // the keys; nil without Options.Keys
 	// lost counts the times pub/sub messages may have been lost (the
 	// connection broke or was replaced): a Wait that slept across one
 	// reads the pause before it goes.
@@ -309,6 +332,9 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 	k.t, k.tau, k.tb, k.horizon, k.ahead, k.sig, k.halfLife = b.t, b.tau, b.tb, b.horizon,
 		maxAhead.Microseconds(), b.sig, slackHalfLife(b.t)
 	b.local = newLocalLimiter(b.lim, b.dims, b.opt.FleetSize)
+	if len(b.opt.Keys) > 0 {
+		b.pool = newPool(b)
+	}
 	b.paused = make(chan struct{})
 	b.base, b.cancel = context.WithCancel(context.Background())
 	b.rdb = redisx.New(rdb)
@@ -360,6 +386,9 @@ func (b *Budget) validate(rdb redis.UniversalClient, limit Limit) error {
 	default:
 		if err = limit.check(); err == nil {
 			err = redisx.CheckPrefix(b.opt.Prefix)
+		}
+		if err == nil {
+			err = checkKeys(b.opt)
 		}
 	}
 	for i, l := range b.opt.Also {

@@ -53,3 +53,6 @@ func Key(b *Budget) string { return b.key }
 
 // Slot returns the slot r booked, in µs of the Redis clock.
 func Slot(r *Reservation) int64 { return r.r.slot }
+
+// KeyID returns the id a credential of Options.Keys has in Redis.
+func KeyID(cred string) string { return keyID(cred) }

@@ -83,6 +83,9 @@ type feedback struct {
 	// booked before the schedule was last respaced is old news of the
 	// old schedule (see pause.lua).
 	slot int64
+	// key is the key of the pool (Options.Keys) the response is of, 1 +
+	// its index; 0 for the whole budget.
+	key int
 }
 
 // maxHeaderWait is the longest wait a header may announce; a longer one is
@@ -283,9 +286,22 @@ func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 	now := time.Now()
 	f := parseFeedback(h, status, now, b.lim.Per)
 	f.slot = b.slotOf(ctx)
+	if b.pool != nil {
+		return b.observeKey(ctx, h, status, now, f)
+	}
 	if f.pause > 0 {
 		return b.apply(ctx, "observe", f)
 	}
+	caps := b.capsOf(h, now, f)
+	if len(caps) == 0 {
+		return nil
+	}
+	return b.applyCaps(ctx, "observe", caps, 0)
+}
+
+// capsOf returns the cap script's groups for what a response read at now
+// says is left: of the calls (f), and of the budget's meters (h).
+func (b *Budget) capsOf(h http.Header, now time.Time, f feedback) []any {
 	var caps []any
 	if f.pull && f.remaining < allowed(f.reset, b.t, b.tau) {
 		caps = append(caps, f.reset.Microseconds(), f.remaining, b.t, b.tau, "tat", "cap")
@@ -293,10 +309,7 @@ func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 	if len(b.opt.Meters) > 0 {
 		caps = append(caps, b.meterCaps(h, now)...)
 	}
-	if len(caps) == 0 {
-		return nil
-	}
-	return b.applyCaps(ctx, "observe", caps)
+	return caps
 }
 
 // allowed returns how many units a limit of t µs per unit and burst
@@ -338,13 +351,18 @@ var capLua string
 
 var capScript = redis.NewScript(capLua)
 
-// applyCaps caps the budget's dimensions, each at the units remaining
-// before its reset, fleet-wide, with one round trip; caps holds the cap
-// script's groups. While Redis is unreachable nothing is kept: the local
-// limiter knows nothing of the upstream's count.
-func (b *Budget) applyCaps(ctx context.Context, op string, caps []any) error {
+// applyCaps caps the budget's dimensions (those of key k of the pool, 1 +
+// its index, with Options.Keys), each at the units remaining before its
+// reset, fleet-wide, with one round trip; caps holds the cap script's
+// groups. While Redis is unreachable nothing is kept: the local limiter
+// knows nothing of the upstream's count.
+func (b *Budget) applyCaps(ctx context.Context, op string, caps []any, k int) error {
+	script, args := capScript, append([]any{maxAhead.Microseconds()}, caps...)
+	if k > 0 {
+		script, args = keyCapScript, append(args, b.pool.ids[k-1])
+	}
 	n, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
-		return capScript.Run(ctx, b.rdb.Redis(), []string{b.key}, append([]any{maxAhead.Microseconds()}, caps...)...).Int64()
+		return script.Run(ctx, b.rdb.Redis(), []string{b.key}, args...).Int64()
 	}, nil)
 	switch {
 	case err != nil && redisx.Outage(err):

@@ -76,7 +76,7 @@ func (b *Budget) PauseFor(ctx context.Context, err error) (bool, error) {
 			d = min(rle.RetryAfter, maxHeaderWait)
 		}
 	}
-	return true, b.apply(ctx, "pause", feedback{pause: d, cause: rateLimited, slot: b.slotOf(ctx)})
+	return true, b.apply(ctx, "pause", feedback{pause: d, cause: rateLimited, slot: b.slotOf(ctx), key: b.keyOf(ctx)})
 }
 
 //go:embed pause.lua
@@ -93,23 +93,33 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	}
 	start := time.Now()
 	over := "0"
-	if f.cause == rateLimited && !f.metered && (f.pause <= time.Duration(b.t)*time.Microsecond || f.pause == time.Second) {
+	// With Options.Keys, only a key's 429 may be an overshoot: a pause of
+	// the whole pool respaces no key's schedule.
+	if f.cause == rateLimited && !f.metered && (b.pool == nil || f.key > 0) &&
+		(f.pause <= time.Duration(b.t)*time.Microsecond || f.pause == time.Second) {
 		// A wait no longer than an interval, or the whole second a
 		// Retry-After rounds a shorter wait up to, for no other limit
 		// than the calls': perhaps an overshoot (see pause.lua).
 		over = "1"
 	}
+	script, args := pauseScript, []any{pause,
+		b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds(),
+		over, b.lim.Per.Microseconds(), b.t, min(maxStorm, max(3, b.lim.Rate/stormShare)), slackHalfLife(b.t), b.t / firstSlack, f.slot}
+	if f.key > 0 {
+		script, args = keyPauseScript, append(args, b.pool.ids[f.key-1])
+	}
 	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]int64, error) {
-		return pauseScript.Run(ctx, b.rdb.Redis(), []string{b.key}, pause,
-			b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds(),
-			over, b.lim.Per.Microseconds(), b.t, min(maxStorm, max(3, b.lim.Rate/stormShare)), slackHalfLife(b.t), b.t/firstSlack, f.slot).Int64Slice()
+		return script.Run(ctx, b.rdb.Redis(), []string{b.key}, args...).Int64Slice()
 	}, nil)
 	if err == nil && len(v) != 6 {
 		err = fmt.Errorf("unexpected pause reply %v", v)
 	}
 	switch {
 	case err != nil && redisx.Outage(err):
-		if f.pause > 0 {
+		switch {
+		case f.pause > 0 && f.key > 0:
+			b.pauseKeyLocally(f.key-1, start.Add(f.pause))
+		case f.pause > 0:
 			b.pauseLocally(start.Add(f.pause))
 		}
 		return nil
@@ -119,14 +129,22 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	switch v[3] {
 	case overshoot:
 		b.stats.overshoots.Add(1)
-		b.heard(v[0], v[4], v[5])
+		if f.key > 0 {
+			b.keyHeard(f.key-1, v[0], v[4])
+		} else {
+			b.heard(v[0], v[4], v[5])
+		}
 		return nil
 	case overshootAgain:
 		return nil
 	}
 	if f.pause > 0 {
 		b.event(ctx, observe.Event{Kind: observe.Pause, Duration: f.pause})
-		b.log("pausing every server", "for", f.pause, "cause", f.cause.String())
+		if f.key > 0 {
+			b.log("pausing a key of the pool on every server", "for", f.pause, "cause", f.cause.String(), "key", b.pool.ids[f.key-1])
+		} else {
+			b.log("pausing every server", "for", f.pause, "cause", f.cause.String())
+		}
 		switch f.cause {
 		case rateLimited:
 			b.stats.rateLimited.Add(1)
@@ -139,7 +157,11 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	if v[1] == 1 {
 		now := time.Now()
 		b.clock.Store(v[0] - now.Add(f.pause).UnixMicro())
-		b.heard(v[0], 0, 0)
+		if f.key > 0 {
+			b.keyHeard(f.key-1, v[0], 0)
+		} else {
+			b.heard(v[0], 0, 0)
+		}
 	}
 	return nil
 }
@@ -179,6 +201,9 @@ const (
 // that concurrency slots are free for those waiters (see conc.lua). It runs
 // on the hub's reader, and must not block.
 func (b *Budget) message(m string) {
+	if b.keyMessage(m) {
+		return
+	}
 	if ids, ok := strings.CutPrefix(m, "c "); ok {
 		if b.conc != nil {
 			b.conc.wake(ids, false)
@@ -221,12 +246,18 @@ func (b *Budget) listening() bool {
 }
 
 // readPause reads the end of the pause in the budget's hash, and when the
-// schedule was last respaced.
-func (b *Budget) readPause() (at, respaced int64, err error) {
+// schedule was last respaced: the budget's, or the later of the budget's
+// and key k's (1 + its index in the pool; 0 for none).
+func (b *Budget) readPause(k int) (at, respaced int64, err error) {
 	ctx, cancel := context.WithTimeout(b.base, giveBackTimeout)
 	defer cancel()
+	fields := []string{"pause", "rs"}
+	if k > 0 {
+		kp := "k:" + b.pool.ids[k-1] + ":"
+		fields = append(fields, kp+"pause", kp+"rs")
+	}
 	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]any, error) {
-		return b.rdb.Redis().HMGet(ctx, b.key, "pause", "rs").Result()
+		return b.rdb.Redis().HMGet(ctx, b.key, fields...).Result()
 	}, nil)
 	if err != nil {
 		return 0, 0, err
@@ -236,7 +267,11 @@ func (b *Budget) readPause() (at, respaced int64, err error) {
 		i, _ := strconv.ParseInt(s, 10, 64)
 		return i
 	}
-	return n(v[0]), n(v[1]), nil
+	at, respaced = n(v[0]), n(v[1])
+	if k > 0 {
+		at, respaced = max(at, n(v[2])), max(respaced, n(v[3]))
+	}
+	return at, respaced, nil
 }
 
 // heard records that a pause ends at at and that the schedule was
@@ -283,9 +318,12 @@ func (b *Budget) Paused() bool {
 	if b.check() != nil {
 		return false
 	}
+	now := time.Now()
+	if b.keysPaused(now.UnixMicro() + b.clock.Load()) {
+		return true
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	now := time.Now()
 	return b.pauseAt > now.UnixMicro()+b.clock.Load() || b.localPause.After(now)
 }
 

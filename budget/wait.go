@@ -43,6 +43,10 @@ func (b *Budget) Wait(ctx context.Context, p Priority) error {
 	if err := b.check(); err != nil {
 		return err
 	}
+	if b.pool != nil {
+		return fmt.Errorf("budget: wait %s: the budget has Options.Keys: use Reserve, whose Reservation.Key is the key to call with",
+			redisx.Quote(b.name))
+	}
 	_, err := b.run(ctx, "wait", p, b.waitWant)
 	return err
 }
@@ -81,6 +85,9 @@ type booking struct {
 	bg    bool
 	place bool // comeBack: slot is a place in the line
 	local bool // a slot of the local limiter, in µs of this process's clock
+	// kidx is the key of the pool (Options.Keys) booked, 1 + its index;
+	// 0 without Keys.
+	kidx int
 	// w is what was booked; prev, the tat before the booking, or -1 when
 	// unknown (a Wait on a budget of one limit); tats and prevs, the tat
 	// the booking set in each of the budget's extra dimensions and the one
@@ -111,11 +118,17 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		r, err := b.book(ctx, p, place, w)
 		if err != nil {
 			if redisx.Outage(err) {
+				if b.pool != nil {
+					k, err := b.waitLocalKey(ctx, op, p, w)
+					return booking{local: true, w: w, kidx: k}, err
+				}
 				return booking{local: true, w: w}, b.waitLocalSlot(ctx, op, p, w)
 			}
 			return booking{}, b.fail(ctx, op, err)
 		}
 		switch r.kind {
+		case noKey:
+			return booking{}, b.noKeysError(op)
 		case refused:
 			b.stats.refused.Add(1)
 			return booking{}, fmt.Errorf("budget: %s %s: the next slot, %v away, lies past the deadline: %w",
@@ -130,7 +143,7 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 			continue
 		case comeBack:
 			b.stats.comeBacks.Add(1)
-			place = r.slot
+			place, w.placeKey = r.slot, r.kidx
 			if err := b.sleep(ctx, r.wait, false, nil); err != nil {
 				b.abandon(r, err)
 				return booking{}, err
@@ -148,7 +161,7 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 			return r, nil
 		}
 		booked := r.slot - r.wait.Microseconds() // the Redis clock at the booking
-		rebook := func(at, respaced int64) bool { return at > r.slot || respaced > booked }
+		rebook := func(at, respaced int64) bool { return at > r.slot || respaced > booked || b.keyMoved(r, booked) }
 		// The slot on this process's clock, by the Redis clock's lead
 		// (see clock.go): not this reply's own latency after it.
 		d := r.wait
@@ -183,7 +196,7 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 			// Pub/sub did not work all along (refused, not confirmed yet,
 			// or Redis was away): a pause another server began meanwhile
 			// may not have been heard. Read it before going.
-			if at, respaced, rerr := b.readPause(); rerr == nil && rebook(at, respaced) {
+			if at, respaced, rerr := b.readPause(r.kidx); rerr == nil && rebook(at, respaced) {
 				b.heard(at, respaced, 0)
 				err = errPaused
 			}
@@ -194,9 +207,9 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 			// booking after it. The units the old booking took of the
 			// meters go back first: the new one takes them again.
 			b.stats.rebooked.Add(1)
-			place = 0
+			place, w.placeKey = 0, 0
 			if args := b.giveBackArgs(r, true); args != nil {
-				_, _ = b.giveBackNow(args)
+				_, _ = b.giveBackNow(r.kidx, args)
 			}
 			continue
 		case err != nil:
@@ -219,16 +232,29 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64, w want) (boo
 		prio = "1"
 	}
 	script, keys := waitScript, []string{b.key}
+	args := b.waitArgs(prio, patience, place, w)
 	var sent time.Time
-	if w.cid != "" {
+	var cand []int // with Keys: the keys sent, by index
+	switch {
+	case w.cid != "":
 		script, keys, sent = waitConcScript, b.conc.keys, time.Now()
+	case b.pool != nil:
+		if args, cand = b.keyArgs(args, w.placeKey); cand == nil {
+			return booking{kind: noKey}, nil
+		}
+		script, keys = keysWaitScript, []string{b.key, b.pool.removed}
 	}
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (booking, error) {
-		v, err := script.Run(ctx, b.rdb.Redis(), keys, b.waitArgs(prio, patience, place, w)...).Result()
+		v, err := script.Run(ctx, b.rdb.Redis(), keys, args...).Result()
 		if err != nil {
 			return booking{}, err
 		}
-		r, err := parseBooking(v)
+		var r booking
+		if cand != nil {
+			r, err = b.parseKeyed(v, cand)
+		} else {
+			r, err = parseBooking(v)
+		}
 		r.bg, r.w, r.prev, r.sent = p == Background, w, -1, sent
 		if err == nil && r.kind == booked && r.tats != nil {
 			err = b.dimTats(&r)
@@ -431,7 +457,7 @@ func (b *Budget) giveBackCtx(ctx context.Context, r booking) error {
 		b.conc.drop(r.w.cid, context.Canceled)
 		n, err = b.runGiveBackConc(ctx, args, r.w.cid)
 	default:
-		n, err = b.runGiveBack(ctx, args)
+		n, err = b.runGiveBack(ctx, r.kidx, args)
 	}
 	switch {
 	case err != nil && redisx.Outage(err):
@@ -451,18 +477,23 @@ func (b *Budget) giveBackCtx(ctx context.Context, r booking) error {
 	return nil
 }
 
-// giveBackNow runs the give-back script with args, bounded by
+// giveBackNow runs the give-back script with args for key k, bounded by
 // giveBackTimeout.
-func (b *Budget) giveBackNow(args []any) (int64, error) {
+func (b *Budget) giveBackNow(k int, args []any) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
 	defer cancel()
-	return b.runGiveBack(ctx, args)
+	return b.runGiveBack(ctx, k, args)
 }
 
-// runGiveBack runs the give-back script with args.
-func (b *Budget) runGiveBack(ctx context.Context, args []any) (int64, error) {
+// runGiveBack runs the give-back script with args, on the fields of key k
+// of the pool (1 + its index; 0 without Options.Keys).
+func (b *Budget) runGiveBack(ctx context.Context, k int, args []any) (int64, error) {
+	script := givebackScript
+	if k > 0 {
+		script, args = keyGivebackScript, append(args, b.pool.ids[k-1])
+	}
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
-		return givebackScript.Run(ctx, b.rdb.Redis(), []string{b.key}, args...).Int64()
+		return script.Run(ctx, b.rdb.Redis(), []string{b.key}, args...).Int64()
 	}, nil)
 }
 
@@ -482,8 +513,8 @@ func (b *Budget) runGiveBackConc(ctx context.Context, args []any, id string) (in
 // give back.
 func (b *Budget) giveBackArgs(r booking, metersOnly bool) []any {
 	switch {
-	case r.kind == queued:
-		return nil // in line for a concurrency slot: no rate slot booked
+	case r.kind == queued, r.kind == noKey:
+		return nil // in line for a concurrency slot, or no key: no rate slot booked
 	case r.kind == comeBack && !r.place:
 		return nil // standing by: nothing booked
 	case r.kind == comeBack:
@@ -515,6 +546,9 @@ func (b *Budget) giveBackArgs(r booking, metersOnly bool) []any {
 // learn records what a booking in Redis tells this server: the tat it set,
 // its slot, and the Redis clock's lead on this process's.
 func (b *Budget) learn(r booking) {
+	if r.kidx > 0 {
+		b.keyLearn(r)
+	}
 	// A booking made before a respace this server has heard of belongs to
 	// the old schedule: its tat must not push the new one back out. (The
 	// reply and the respace's message come on different connections, in

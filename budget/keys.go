@@ -1,0 +1,495 @@
+package budget
+
+// Key pools (Options.Keys): several credentials, each a whole budget of its
+// own in the budget's hash (keyfield.lua), a booking going on the key whose
+// slot comes first (keys.lua), the upstream's word applied to the key that
+// made the call, and keys removed for the whole fleet (keys_remove.lua).
+
+import (
+	"context"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/internal/redisx"
+)
+
+// ErrNoKeys is what [Budget.Reserve] returns, wrapped, when every key of
+// [Options].Keys this server holds was removed from the pool ([Budget.Remove],
+// or a 401 observed through a reservation): no call can be made.
+var ErrNoKeys = errors.New("budget: no live key in the pool")
+
+var (
+	//go:embed keyfield.lua
+	keyfieldLua string
+	//go:embed keys.lua
+	keysLua string
+	//go:embed keys_remove.lua
+	keysRemoveLua string
+
+	keysWaitScript    = redis.NewScript(keyfieldLua + keysLua + inKey(waitLua, "{kreply, kidx, kgone}"))
+	keyPauseScript    = redis.NewScript(keyfieldLua + keyArg + inKey(pauseLua, "kreply"))
+	keyCapScript      = redis.NewScript(keyfieldLua + keyArg + inKey(capLua, "kreply"))
+	keyGivebackScript = redis.NewScript(keyfieldLua + keyArg + inKey(givebackLua, "kreply"))
+	keysRemoveScript  = redis.NewScript(keysRemoveLua)
+)
+
+// keyArg takes a script's key id off the end of its ARGV (see
+// keyfield.lua).
+const keyArg = "kid = table.remove(ARGV)\nkp = 'k:' .. kid .. ':'\n"
+
+// inKey runs script with the key's fields (keyfield.lua's kredis in place
+// of redis), and returns ret.
+func inKey(script, ret string) string {
+	return "local kreply = (function()\nlocal redis = kredis\n" + script + "\nend)()\nreturn " + ret + "\n"
+}
+
+// removedKeep is how long Redis keeps a key's removal after the latest:
+// servers restarted meanwhile with the key still in Options.Keys do not
+// book it. A server that knows of the removal writes it back when Redis
+// lost it.
+const removedKeep = 30 * 24 * time.Hour
+
+// noKey is the wait script's kind when no key of the caller's is live.
+const noKey = 5
+
+// keyID returns the id a credential has in Redis, in messages and in logs:
+// the first 64 bits of a SHA-256 of it, in hex. The credential itself is
+// never written anywhere.
+func keyID(cred string) string {
+	h := sha256.Sum256([]byte("locksmith/budget key\x00" + cred))
+	return hex.EncodeToString(h[:8])
+}
+
+// pool is the keys of a Budget with Options.Keys.
+type pool struct {
+	ids     []string       // the keys' ids, in the order of Options.Keys, duplicates dropped
+	creds   []string       // the credentials, by the same index
+	index   map[string]int // by id
+	local   []*localLimiter
+	removed string // P{name}:budget:removed
+	keep    int64  // removedKeep, in ms
+
+	mu   sync.Mutex // guards keys
+	keys []keyState
+}
+
+// keyState is what this server knows of one key of its pool.
+type keyState struct {
+	removed bool
+	// The end of the key's latest pause heard of, and of the latest
+	// respace of its schedule, µs of the Redis clock.
+	pauseAt, respacedAt int64
+	// mine is the latest tat this server set or learned of the key, sent
+	// with each booking (as Budget.mineTAT is for a budget of one key).
+	mine int64
+	// localPause is the end of a pause of the key kept in this process
+	// while Redis was unreachable.
+	localPause time.Time
+}
+
+func newPool(b *Budget) *pool {
+	p := &pool{index: make(map[string]int), removed: b.key + ":removed", keep: removedKeep.Milliseconds()}
+	for _, cred := range b.opt.Keys {
+		id := keyID(cred)
+		if _, dup := p.index[id]; dup {
+			continue
+		}
+		p.index[id] = len(p.ids)
+		p.ids = append(p.ids, id)
+		p.creds = append(p.creds, cred)
+		p.local = append(p.local, newLocalLimiter(b.lim, b.dims, b.opt.FleetSize))
+	}
+	p.keys = make([]keyState, len(p.ids))
+	return p
+}
+
+// checkKeys returns an error when opt's keys cannot be used.
+func checkKeys(opt Options) error {
+	for i, k := range opt.Keys {
+		if k == "" {
+			return fmt.Errorf("key %d of Keys is empty", i)
+		}
+	}
+	if len(opt.Keys) > 0 && opt.Concurrency > 0 {
+		return errors.New("Keys with Concurrency: a concurrency cap per key is not supported")
+	}
+	return nil
+}
+
+// liveKeys returns how many keys of the pool are not removed: Stats.Keys.
+func (b *Budget) liveKeys() int {
+	if b.pool == nil {
+		return 0
+	}
+	p := b.pool
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, k := range p.keys {
+		if !k.removed {
+			n++
+		}
+	}
+	return n
+}
+
+// keyArgs appends the key block of the booking script (keys.lua) to args:
+// the live keys, with what this server knows of each, and the removed
+// ones; placeKey is the key of the caller's place in the background line
+// (1 + its index), or 0. It returns the args and the index of each key
+// sent, nil when none is live.
+func (b *Budget) keyArgs(args []any, placeKey int) ([]any, []int) {
+	p := b.pool
+	p.mu.Lock()
+	cand := make([]int, 0, len(p.ids))
+	for i, k := range p.keys {
+		if !k.removed {
+			cand = append(cand, i)
+			args = append(args, p.ids[i], k.mine, k.respacedAt)
+		}
+	}
+	nrm := 0
+	for i, k := range p.keys {
+		if k.removed {
+			args = append(args, p.ids[i])
+			nrm++
+		}
+	}
+	p.mu.Unlock()
+	if len(cand) == 0 {
+		return nil, nil
+	}
+	place := 0
+	for j, i := range cand {
+		if i+1 == placeKey {
+			place = j + 1
+		}
+	}
+	return append(args, p.keep, len(cand), nrm, place), cand
+}
+
+// parseKeyed reads the booking script's reply {reply, key, gone}, the keys
+// being those of cand.
+func (b *Budget) parseKeyed(v any, cand []int) (booking, error) {
+	a, ok := v.([]any)
+	if !ok || len(a) != 3 {
+		return booking{}, fmt.Errorf("unexpected keys reply %v (%T)", v, v)
+	}
+	idx, ok1 := a[1].(int64)
+	gone, ok2 := a[2].([]any)
+	if !ok1 || !ok2 || idx < 0 || idx > int64(len(cand)) {
+		return booking{}, fmt.Errorf("unexpected keys reply %v", v)
+	}
+	for _, g := range gone {
+		if j, ok := g.(int64); ok && j >= 1 && j <= int64(len(cand)) {
+			b.keyRemoved(cand[j-1])
+		}
+	}
+	if idx == 0 {
+		return booking{kind: noKey}, nil
+	}
+	r, err := parseBooking(a[0])
+	r.kidx = cand[idx-1] + 1
+	return r, err
+}
+
+// noKeysError is Reserve's error when no key of the pool is live.
+func (b *Budget) noKeysError(op string) error {
+	return fmt.Errorf("budget: %s %s: every key of Options.Keys was removed: %w", op, redisx.Quote(b.name), ErrNoKeys)
+}
+
+// keyOf returns the key (1 + its index in the pool) of the reservation of b
+// that ctx carries, or 0.
+func (b *Budget) keyOf(ctx context.Context) int {
+	if r := FromContext(ctx); r != nil && r.b == b {
+		return r.r.kidx
+	}
+	return 0
+}
+
+// keyLearn records what a booking on a key tells this server: the tat it
+// set, unless the key's schedule was respaced after it was booked.
+func (b *Budget) keyLearn(r booking) {
+	p := b.pool
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k := &p.keys[r.kidx-1]
+	if r.slot-r.wait.Microseconds() >= k.respacedAt {
+		k.mine = max(k.mine, r.tat)
+	}
+}
+
+// keyMoved reports whether the slot of r, a booking on a key made at
+// booked (µs of the Redis clock), must be booked again: its key was paused
+// past it, respaced since, or removed.
+func (b *Budget) keyMoved(r booking, booked int64) bool {
+	if r.kidx == 0 {
+		return false
+	}
+	p := b.pool
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k := p.keys[r.kidx-1]
+	return k.removed || k.pauseAt > r.slot || k.respacedAt > booked
+}
+
+// keyMessage hears a message of a pool's on the budget's channel: a key's
+// pause, "k ID END [RESPACED K]" (see keyfield.lua), or its removal, "r ID".
+// It reports whether m was one; keys not in this server's pool are
+// ignored.
+func (b *Budget) keyMessage(m string) bool {
+	switch {
+	case strings.HasPrefix(m, "r "):
+		if b.pool != nil {
+			if i, ok := b.pool.index[m[2:]]; ok {
+				b.keyRemoved(i)
+			}
+		}
+		return true
+	case strings.HasPrefix(m, "k "):
+		id, body, _ := strings.Cut(m[2:], " ")
+		ends, rest, _ := strings.Cut(body, " ")
+		respaced, _, _ := strings.Cut(rest, " ")
+		at, err := strconv.ParseInt(ends, 10, 64)
+		var rs int64
+		if err == nil && respaced != "" {
+			rs, err = strconv.ParseInt(respaced, 10, 64)
+		}
+		if b.pool != nil && err == nil {
+			if i, ok := b.pool.index[id]; ok {
+				b.keyHeard(i, at, rs)
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// keyHeard records that key i is paused until at and that its schedule
+// was respaced at respaced (µs of the Redis clock; 0 for not), and wakes
+// the sleeping Waits to look.
+func (b *Budget) keyHeard(i int, at, respaced int64) {
+	p := b.pool
+	p.mu.Lock()
+	k := &p.keys[i]
+	grew := at > k.pauseAt || respaced > k.respacedAt
+	k.pauseAt = max(k.pauseAt, at)
+	if respaced > k.respacedAt {
+		k.respacedAt = respaced
+		// What this server remembers of the old schedule must not push
+		// the new one back out.
+		k.mine = min(k.mine, respaced+b.t+b.tau)
+	}
+	p.mu.Unlock()
+	if grew {
+		b.wakeSleepers()
+	}
+}
+
+// keyRemoved marks key i removed in this server, and wakes the sleeping
+// Waits: those on the key book again on the others.
+func (b *Budget) keyRemoved(i int) {
+	p := b.pool
+	p.mu.Lock()
+	was := p.keys[i].removed
+	p.keys[i].removed = true
+	p.mu.Unlock()
+	if !was {
+		b.log("a key was removed from the pool", "key", p.ids[i])
+		b.wakeSleepers()
+	}
+}
+
+// wakeSleepers has every sleeping Wait look at the pauses again.
+func (b *Budget) wakeSleepers() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.paused != nil {
+		close(b.paused)
+		b.paused = make(chan struct{})
+	}
+}
+
+// keysPaused reports whether every live key of the pool is paused at now
+// (µs of the Redis clock), as far as this server has heard.
+func (b *Budget) keysPaused(now int64) bool {
+	if b.pool == nil {
+		return false
+	}
+	p := b.pool
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	live := 0
+	for _, k := range p.keys {
+		if !k.removed {
+			if k.pauseAt <= now {
+				return false
+			}
+			live++
+		}
+	}
+	return live > 0
+}
+
+// Remove removes the credential key from the budget's pool of keys
+// ([Options].Keys) for the whole fleet: a revoked credential. Every server
+// stops booking it within a message on the budget's channel (a server that
+// missed it, at its next booking); callers sleeping on a slot of the key
+// book again on the others. A 401 observed through a reservation
+// ([Reservation.Observe]) removes the reservation's key. A key stays
+// removed for 30 days after its latest removal, even for servers restarted
+// with it in Options.Keys, and for as long as a server that knows of it
+// runs, even when Redis loses it (FLUSHALL, a restart without
+// persistence). A key not in this server's Options.Keys is removed for the
+// servers that have it. Once every key of a server's is removed, its
+// Reserve fails with an error wrapping [ErrNoKeys]. The credential is never
+// written to Redis nor logged: a hash of it names it.
+//
+// When Redis is unreachable the key is removed in this process at once,
+// and for the fleet at this server's first booking once Redis is back.
+// Remove returns an error when the budget has no Options.Keys, or key is
+// empty.
+func (b *Budget) Remove(ctx context.Context, key string) error {
+	if err := b.check(); err != nil {
+		return err
+	}
+	switch {
+	case b.pool == nil:
+		return fmt.Errorf("budget: remove %s: the budget has no Options.Keys", redisx.Quote(b.name))
+	case key == "":
+		return fmt.Errorf("budget: remove %s: empty key", redisx.Quote(b.name))
+	}
+	return b.removeID(ctx, keyID(key))
+}
+
+// removeID removes the key of id for the fleet.
+func (b *Budget) removeID(ctx context.Context, id string) error {
+	p := b.pool
+	if i, ok := p.index[id]; ok {
+		b.keyRemoved(i)
+	}
+	_, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
+		return keysRemoveScript.Run(ctx, b.rdb.Redis(), []string{b.key, p.removed}, id, p.keep, b.rdb.PublishFlag()).Int64()
+	}, nil)
+	switch {
+	case err != nil && redisx.Outage(err):
+		return nil
+	case err != nil:
+		return b.fail(ctx, "remove", err)
+	}
+	return nil
+}
+
+// observeKey is Observe on a budget with Options.Keys: the response is
+// applied to the key of the reservation ctx carries, a 401 removes it; a
+// response with something to apply and no reservation to tell its key is
+// an error.
+func (b *Budget) observeKey(ctx context.Context, h http.Header, status int, now time.Time, f feedback) error {
+	k := b.keyOf(ctx)
+	var caps []any
+	if f.pause <= 0 {
+		caps = b.capsOf(h, now, f)
+	}
+	switch {
+	case k == 0 && (status == http.StatusUnauthorized || f.pause > 0 || len(caps) > 0):
+		return fmt.Errorf("budget: observe %s: the budget has Options.Keys and ctx carries no reservation of it: "+
+			"observe a response through its call's reservation (Reservation.Observe), which tells its key", redisx.Quote(b.name))
+	case k == 0:
+		return nil
+	case status == http.StatusUnauthorized:
+		return b.removeID(ctx, b.pool.ids[k-1])
+	case f.pause > 0:
+		f.key = k
+		return b.apply(ctx, "observe", f)
+	case len(caps) > 0:
+		return b.applyCaps(ctx, "observe", caps, k)
+	}
+	return nil
+}
+
+// waitLocalKey is Wait (or Reserve: op) of w on a pool while Redis is
+// unreachable: each key has a local limiter at Rate/FleetSize, and the call
+// goes on the live key, not paused in this process, whose next local slot
+// comes first. It returns the key (1 + its index).
+func (b *Budget) waitLocalKey(ctx context.Context, op string, p Priority, w want) (int, error) {
+	for {
+		i, pause, ok := b.pool.pickLocal(time.Now(), w)
+		switch {
+		case !ok:
+			return 0, b.noKeysError(op)
+		case pause > 0:
+			// Every live key is paused in this process.
+			if dl, ok := ctx.Deadline(); ok && time.Now().Add(pause).After(dl) {
+				b.stats.refused.Add(1)
+				return 0, fmt.Errorf("budget: %s %s: every key paused for %v, past the deadline: %w",
+					op, redisx.Quote(b.name), pause, context.DeadlineExceeded)
+			}
+			if err := b.sleep(ctx, pause, false, nil); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		return i + 1, b.waitLocalOn(ctx, op, p, w, b.pool.local[i])
+	}
+}
+
+// pickLocal returns the live key, not paused in this process, whose local
+// limiter's next slot for w comes first; or, when every live key is paused
+// here, how long until the first pause ends; ok is false when no key is
+// live.
+func (p *pool) pickLocal(now time.Time, w want) (i int, pause time.Duration, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i = -1
+	var best time.Time
+	for j, k := range p.keys {
+		switch {
+		case k.removed:
+			continue
+		case k.localPause.After(now):
+			if d := k.localPause.Sub(now); pause == 0 || d < pause {
+				pause = d
+			}
+			ok = true
+			continue
+		}
+		if s := p.local[j].next(now, w); i < 0 || s.Before(best) {
+			i, best = j, s
+		}
+		ok = true
+	}
+	if i >= 0 {
+		return i, 0, true
+	}
+	return 0, pause, ok
+}
+
+// pauseKeyLocally keeps a pause of key i in this process while Redis is
+// unreachable.
+func (b *Budget) pauseKeyLocally(i int, until time.Time) {
+	b.stats.localPauses.Add(1)
+	p := b.pool
+	p.mu.Lock()
+	if until.After(p.keys[i].localPause) {
+		p.keys[i].localPause = until
+	}
+	p.mu.Unlock()
+}
+
+// next returns the slot from now that reserve would give w, booking
+// nothing.
+func (l *localLimiter) next(now time.Time, w want) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.slot(now, w)
+}

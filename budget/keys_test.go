@@ -1,0 +1,308 @@
+package budget_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/locksmith-go/locksmith/budget"
+	"github.com/locksmith-go/locksmith/internal/redistest"
+)
+
+// reserveKey reserves a call on b within 200ms (at once, for a limit of one call per second or slower)
+// and returns its key, done.
+func reserveKey(t *testing.T, b *budget.Budget) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatalf("Reserve: %v", err)
+	}
+	if err := r.Done(context.Background()); err != nil {
+		t.Fatalf("Done: %v", err)
+	}
+	return r.Key()
+}
+
+// TestKeysSpread: three keys of one call per second each take three calls
+// at once, one each; the fourth has no slot within its deadline.
+func TestKeysSpread(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	keys := []string{"key-a", "key-b", "key-c"}
+	b := newBudget(t, rdb, "spread", budget.Limit{Rate: 1}, &budget.Options{Keys: keys})
+	got := map[string]int{}
+	for range 3 {
+		got[reserveKey(t, b)]++
+	}
+	for _, k := range keys {
+		if got[k] != 1 {
+			t.Fatalf("keys booked: %v; want each of %v once", got, keys)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := b.Reserve(ctx, budget.Foreground, budget.Cost{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a fourth Reserve within 100ms: %v; want an error wrapping context.DeadlineExceeded", err)
+	}
+	if n := b.Stats().Keys; n != 3 {
+		t.Fatalf("Stats().Keys = %d; want 3", n)
+	}
+}
+
+// rateLimited is a 429's header asking for secs seconds.
+func rateLimited(secs string) http.Header {
+	h := http.Header{}
+	h.Set("Retry-After", secs)
+	return h
+}
+
+// TestKeysPauseOneKey: a 429 observed through a reservation pauses its key
+// only: the next calls go on the others at once, and the budget is not
+// paused.
+func TestKeysPauseOneKey(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	keys := []string{"key-a", "key-b", "key-c"}
+	b := newBudget(t, rdb, "pause-one", budget.Limit{Rate: 1}, &budget.Options{Keys: keys})
+	ctx := context.Background()
+	r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	limited := r.Key()
+	if err := r.Observe(ctx, rateLimited("30"), http.StatusTooManyRequests); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for range 2 {
+		got[reserveKey(t, b)] = true
+	}
+	if got[limited] || len(got) != 2 {
+		t.Fatalf("keys booked after a 429 on %s: %v; want the two others", limited, got)
+	}
+	if b.Paused() {
+		t.Fatal("Paused() = true with two keys live; want false")
+	}
+	if n := b.Stats().PausesRateLimited; n != 1 {
+		t.Fatalf("Stats().PausesRateLimited = %d; want 1", n)
+	}
+	// The key's pause is the key's field; the budget's own is not set.
+	if p := field(t, rdb, b, "pause"); p != -1 {
+		t.Fatalf("the budget's pause = %d; want none", p)
+	}
+	if p := field(t, rdb, b, "k:"+budget.KeyID(limited)+":pause"); p <= redisNow(t, rdb) {
+		t.Fatalf("the key's pause = %d; want one ahead", p)
+	}
+}
+
+// TestKeysRemove: a removed key is booked no more; with every key removed,
+// Reserve fails with ErrNoKeys.
+func TestKeysRemove(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, rdb, "remove", budget.Limit{Rate: 100}, &budget.Options{Keys: keys})
+	ctx := context.Background()
+	if err := b.Remove(ctx, "key-a"); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.Stats().Keys; n != 1 {
+		t.Fatalf("Stats().Keys = %d after a Remove; want 1", n)
+	}
+	for range 5 {
+		if k := reserveKey(t, b); k != "key-b" {
+			t.Fatalf("booked %q after key-a was removed; want key-b", k)
+		}
+	}
+	// Removing it again, or a key this server does not hold, is no error.
+	for _, k := range []string{"key-a", "key-z"} {
+		if err := b.Remove(ctx, k); err != nil {
+			t.Fatalf("Remove(%q): %v", k, err)
+		}
+	}
+	if err := b.Remove(ctx, "key-b"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if !errors.Is(err, budget.ErrNoKeys) {
+		t.Fatalf("Reserve with every key removed: %v; want an error wrapping ErrNoKeys", err)
+	}
+	if strings.Contains(err.Error(), "key-") {
+		t.Fatalf("the error %q names a credential", err)
+	}
+	if n := b.Stats().Keys; n != 0 {
+		t.Fatalf("Stats().Keys = %d; want 0", n)
+	}
+}
+
+// TestKeys401: a 401 observed through a reservation removes its key, for
+// another server too.
+func TestKeys401(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, rdb, "401", budget.Limit{Rate: 100}, &budget.Options{Keys: keys})
+	other := newBudget(t, redistest.Client(t, m.Addr()), "401", budget.Limit{Rate: 100}, &budget.Options{Keys: keys})
+	ctx := context.Background()
+	r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked := r.Key()
+	if err := r.Observe(ctx, http.Header{}, http.StatusUnauthorized); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.Done(ctx)
+	if n := b.Stats().Keys; n != 1 {
+		t.Fatalf("Stats().Keys = %d after a 401; want 1", n)
+	}
+	// The other server learns it by its booking even without the message.
+	for range 4 {
+		if k := reserveKey(t, other); k == revoked {
+			t.Fatalf("the other server booked the key revoked by a 401")
+		}
+	}
+	if n := other.Stats().Keys; n != 1 {
+		t.Fatalf("the other server's Stats().Keys = %d; want 1", n)
+	}
+}
+
+// TestKeysMisuse: what a budget with Keys cannot do gets a clear error.
+func TestKeysMisuse(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	ctx := context.Background()
+	b := newBudget(t, rdb, "misuse", budget.Limit{Rate: 100}, &budget.Options{Keys: []string{"key-a"}})
+	if err := b.Wait(ctx, budget.Foreground); err == nil || !strings.Contains(err.Error(), "Reserve") {
+		t.Fatalf("Wait with Keys: %v; want an error that says to use Reserve", err)
+	}
+	if err := b.Observe(ctx, rateLimited("5"), http.StatusTooManyRequests); err == nil {
+		t.Fatal("Observe(429) without a reservation, with Keys: nil; want an error")
+	}
+	if err := b.Observe(ctx, http.Header{}, http.StatusOK); err != nil {
+		t.Fatalf("Observe(200) of nothing, without a reservation: %v; want nil", err)
+	}
+	if b.Paused() {
+		t.Fatal("an Observe refused paused the budget")
+	}
+	plain := newBudget(t, rdb, "misuse-plain", budget.Limit{Rate: 100}, nil)
+	if err := plain.Remove(ctx, "key-a"); err == nil {
+		t.Fatal("Remove on a budget without Keys: nil; want an error")
+	}
+	if err := b.Remove(ctx, ""); err == nil {
+		t.Fatal(`Remove(""): nil; want an error`)
+	}
+	r, err := plain.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := r.Key(); k != "" {
+		t.Fatalf("Key() without Keys = %q; want \"\"", k)
+	}
+	for _, tc := range []struct {
+		name string
+		opt  budget.Options
+		want string
+	}{
+		{"empty key", budget.Options{Keys: []string{"key-a", ""}}, "empty"},
+		{"with concurrency", budget.Options{Keys: []string{"key-a"}, Concurrency: 2}, "Concurrency"},
+	} {
+		bad := newBudget(t, rdb, "bad", budget.Limit{Rate: 1}, &tc.opt)
+		if _, err := bad.Reserve(ctx, budget.Foreground, budget.Cost{}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: Reserve: %v; want an error saying %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// TestKeysNotInClear: no credential appears in Redis, in a key, a field or
+// a value, and the log names keys by their id.
+func TestKeysNotInClear(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	keys := []string{"sk-secret-one", "sk-secret-two"}
+	var log redistest.Buffer
+	b := newBudget(t, rdb, "clear", budget.Limit{Rate: 1}, &budget.Options{Keys: keys, Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	ctx := context.Background()
+	r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := rateLimited("20")
+	h.Set("X-Rate-Limit-Remaining", "0")
+	if err := r.Observe(ctx, h, http.StatusTooManyRequests); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.Done(ctx)
+	if err := b.Remove(ctx, "sk-secret-two"); err != nil {
+		t.Fatal(err)
+	}
+	var dump strings.Builder
+	for _, k := range m.Keys() {
+		dump.WriteString(k + "\n")
+		if fields, err := m.HKeys(k); err == nil {
+			for _, f := range fields {
+				dump.WriteString(f + "=" + m.HGet(k, f) + "\n")
+			}
+		}
+	}
+	dump.WriteString(log.String())
+	for _, k := range keys {
+		if strings.Contains(dump.String(), k) {
+			t.Fatalf("the credential %q is in clear in Redis or the log:\n%s", k, dump.String())
+		}
+	}
+	if !strings.Contains(log.String(), budget.KeyID("sk-secret-two")) {
+		t.Fatalf("the log does not name the key removed by its id:\n%s", log.String())
+	}
+}
+
+// TestKeysFlushAll: a removal Redis lost is written back by a server that
+// knows of it: a server started afterwards with the same keys does not book
+// the removed one.
+func TestKeysFlushAll(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, rdb, "flush", budget.Limit{Rate: 100}, &budget.Options{Keys: keys})
+	ctx := context.Background()
+	if err := b.Remove(ctx, "key-a"); err != nil {
+		t.Fatal(err)
+	}
+	m.FlushAll()
+	if k := reserveKey(t, b); k != "key-b" {
+		t.Fatalf("booked %q after FLUSHALL; want key-b", k)
+	}
+	restarted := newBudget(t, redistest.Client(t, m.Addr()), "flush", budget.Limit{Rate: 100}, &budget.Options{Keys: keys})
+	for range 4 {
+		if k := reserveKey(t, restarted); k != "key-b" {
+			t.Fatalf("a server started after FLUSHALL booked %q; want key-b only", k)
+		}
+	}
+}
+
+// TestKeysUnion: servers with different lists share the keys they have in
+// common, each booking only its own; a key one server added is live for it.
+func TestKeysUnion(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	short := newBudget(t, rdb, "union", budget.Limit{Rate: 1}, &budget.Options{Keys: []string{"key-a", "key-b"}})
+	long := newBudget(t, redistest.Client(t, m.Addr()), "union", budget.Limit{Rate: 1}, &budget.Options{Keys: []string{"key-b", "key-a", "key-c"}})
+	got := map[string]int{}
+	got[reserveKey(t, short)]++
+	got[reserveKey(t, long)]++
+	got[reserveKey(t, long)]++
+	if got["key-a"] != 1 || got["key-b"] != 1 || got["key-c"] != 1 {
+		t.Fatalf("keys booked: %v; want each of key-a, key-b, key-c once", got)
+	}
+	// key-a and key-b are taken for a second: the short list has nothing
+	// within 200ms.
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := short.Reserve(ctx, budget.Foreground, budget.Cost{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Reserve on the short list: %v; want an error wrapping context.DeadlineExceeded", err)
+	}
+	if a, b := short.Stats().Keys, long.Stats().Keys; a != 2 || b != 3 {
+		t.Fatalf("Stats().Keys = %d and %d; want 2 and 3", a, b)
+	}
+}
