@@ -121,7 +121,7 @@ func checkKeys(opt Options) error {
 		}
 	}
 	if len(opt.Keys) > 0 && opt.Concurrency > 0 {
-		return errors.New("Keys with Concurrency: a concurrency cap per key is not supported")
+		return errors.New("keys with Concurrency: a concurrency cap per key is not supported")
 	}
 	return nil
 }

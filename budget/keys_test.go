@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -209,7 +210,7 @@ func TestKeysMisuse(t *testing.T) {
 		want string
 	}{
 		{"empty key", budget.Options{Keys: []string{"key-a", ""}}, "empty"},
-		{"with concurrency", budget.Options{Keys: []string{"key-a"}, Concurrency: 2}, "Concurrency"},
+		{"with concurrency", budget.Options{Keys: []string{"key-a"}, Concurrency: 2}, "with Concurrency"},
 	} {
 		bad := newBudget(t, rdb, "bad", budget.Limit{Rate: 1}, &tc.opt)
 		if _, err := bad.Reserve(ctx, budget.Foreground, budget.Cost{}); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -304,5 +305,174 @@ func TestKeysUnion(t *testing.T) {
 	}
 	if a, b := short.Stats().Keys, long.Stats().Keys; a != 2 || b != 3 {
 		t.Fatalf("Stats().Keys = %d and %d; want 2 and 3", a, b)
+	}
+}
+
+// TestKeysRemaining: "remaining" headers observed through a reservation
+// are its key's: remaining 0 pauses that key until the reset, a few
+// remaining cap it, and the other keys go on.
+func TestKeysRemaining(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	keys := []string{"key-a", "key-b", "key-c"}
+	b := newBudget(t, rdb, "remaining", budget.Limit{Rate: 1000, Burst: 10}, &budget.Options{Keys: keys})
+	ctx := context.Background()
+	reset := strconv.FormatInt(time.Now().Add(30*time.Second).Unix(), 10)
+	observe := func(remaining string) string {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := http.Header{}
+		h.Set("X-Rate-Limit-Remaining", remaining)
+		h.Set("X-Rate-Limit-Reset", reset)
+		if err := r.Observe(ctx, h, http.StatusOK); err != nil {
+			t.Fatal(err)
+		}
+		_ = r.Done(ctx)
+		return r.Key()
+	}
+	exhausted := observe("0")
+	capped := observe("2")
+	if exhausted == capped {
+		t.Fatalf("both reservations went on %s; want two keys (a full bucket ties: the most left first)", capped)
+	}
+	got := map[string]int{}
+	for range 12 {
+		got[reserveKey(t, b)]++
+	}
+	if got[exhausted] != 0 || got[capped] > 2 {
+		t.Fatalf("keys booked: %v; want none on the exhausted key, at most 2 on the one capped at 2", got)
+	}
+	if st := b.Stats(); st.PausesExhausted != 1 || st.PullDowns != 1 {
+		t.Fatalf("Stats: PausesExhausted %d, PullDowns %d; want 1, 1", st.PausesExhausted, st.PullDowns)
+	}
+}
+
+// TestKeysMeters: each key has its own meters; a reservation's units not
+// spent go back to its key at Done, and a cancelled one's at Cancel.
+func TestKeysMeters(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, rdb, "meters-keys", budget.Limit{Rate: 1000, Burst: 1000}, &budget.Options{
+		Keys:   keys,
+		Meters: map[string][]budget.Limit{"tokens": {{Rate: 100, Per: time.Minute, Burst: 100}}},
+	})
+	ctx := context.Background()
+	want := budget.Cost{Meters: map[string]int64{"tokens": 100}}
+	reserve := func() (*budget.Reservation, error) {
+		ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer cancel()
+		return b.Reserve(ctx, budget.Foreground, want)
+	}
+	r1, err := reserve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := reserve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1.Key() == r2.Key() {
+		t.Fatalf("two reservations of a key's whole bucket both went on %s", r1.Key())
+	}
+	if _, err := reserve(); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a third reservation of 100 tokens: %v; want an error wrapping context.DeadlineExceeded", err)
+	}
+	r1.Spent(budget.Cost{Meters: map[string]int64{"tokens": 10}})
+	if err := r1.Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.Cancel(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// key-b's 100 are back, and 90 of key-a's.
+	for _, tc := range []struct {
+		units int64
+		key   string
+	}{{100, r2.Key()}, {90, r1.Key()}} {
+		ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{Meters: map[string]int64{"tokens": tc.units}})
+		cancel()
+		if err != nil {
+			t.Fatalf("%d tokens after the give-backs: %v", tc.units, err)
+		}
+		if r.Key() != tc.key {
+			t.Fatalf("%d tokens went on %s; want %s, the only key with as many", tc.units, r.Key(), tc.key)
+		}
+	}
+}
+
+// TestKeysBackground: background calls spread over the keys too, each key
+// keeping its own pace, and foreground calls still go first.
+func TestKeysBackground(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, rdb, "bg-keys", budget.Limit{Rate: 20}, &budget.Options{Keys: keys})
+	var rec recorder
+	rec.watch(b)
+	ctx := redistest.Context(t, 10*time.Second)
+	got := map[string]int{}
+	for range 8 {
+		r, err := b.Reserve(ctx, budget.Background, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[r.Key()]++
+		_ = r.Done(ctx)
+	}
+	if got["key-a"] != 4 || got["key-b"] != 4 {
+		t.Fatalf("background calls per key: %v; want 4 each", got)
+	}
+	for _, k := range []int{1, 2} {
+		var slots []int64
+		for _, bk := range rec.inOrder() {
+			if bk.Key == k {
+				slots = append(slots, bk.Slot)
+			}
+		}
+		for i := 1; i < len(slots); i++ {
+			if d := slots[i] - slots[i-1]; d < 50_000 {
+				t.Fatalf("key %d: slots %d µs apart; want at least 50ms (20/s)", k, d)
+			}
+		}
+	}
+}
+
+// TestKeysRedisDown: while Redis is unreachable, each key has a local
+// limiter, a reservation still tells its key, and a 429 pauses its key
+// only, locally.
+func TestKeysRedisDown(t *testing.T) {
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, unreachable(t), "down-keys", budget.Limit{Rate: 1}, &budget.Options{Keys: keys})
+	reserve := func(d time.Duration) (*budget.Reservation, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		return b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	}
+	r, err := reserve(10 * time.Second) // finds Redis unreachable
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Observe(context.Background(), rateLimited("60"), http.StatusTooManyRequests); err != nil {
+		t.Fatalf("Observe(429) with Redis down: %v; want nil (kept locally)", err)
+	}
+	r2, err := reserve(200 * time.Millisecond)
+	if err != nil {
+		t.Fatalf("the other key, locally: %v", err)
+	}
+	if r2.Key() == r.Key() || r2.Key() == "" {
+		t.Fatalf("keys: %q then %q; want the two keys", r.Key(), r2.Key())
+	}
+	if _, err := reserve(200 * time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a third call: %v; want an error wrapping context.DeadlineExceeded (one key paused, the other's next slot 1s away)", err)
+	}
+	if err := b.Remove(context.Background(), r2.Key()); err != nil {
+		t.Fatalf("Remove with Redis down: %v; want nil (kept locally)", err)
+	}
+	if n := b.Stats().Keys; n != 1 {
+		t.Fatalf("Stats().Keys = %d; want 1", n)
+	}
+	if st := b.Stats(); st.LocalWaits < 2 || st.LocalPauses != 1 {
+		t.Fatalf("Stats: LocalWaits %d, LocalPauses %d; want at least 2, 1", st.LocalWaits, st.LocalPauses)
 	}
 }
