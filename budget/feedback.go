@@ -357,12 +357,9 @@ var capScript = redis.NewScript(capLua)
 // groups. While Redis is unreachable nothing is kept: the local limiter
 // knows nothing of the upstream's count.
 func (b *Budget) applyCaps(ctx context.Context, op string, caps []any, k int) error {
-	script, args := capScript, append([]any{maxAhead.Microseconds()}, caps...)
-	if k > 0 {
-		script, args = keyCapScript, append(args, b.pool.ids[k-1])
-	}
+	script, keys, args := b.onKey(k, capScript, keyCapScript, append([]any{maxAhead.Microseconds()}, caps...))
 	n, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
-		return script.Run(ctx, b.rdb.Redis(), []string{b.key}, args...).Int64()
+		return script.Run(ctx, b.rdb.Redis(), keys, args...).Int64()
 	}, nil)
 	switch {
 	case err != nil && redisx.Outage(err):

@@ -1,66 +1,100 @@
--- A key's fields (Options.Keys). This block is put before wait.lua,
--- pause.lua, cap.lua and giveback.lua (see keys.go), which then run, inside
--- a function, with kredis in place of redis: every field they read or write
--- in the budget's hash KEYS[1] is the key's, named 'k:ID:' and the field
--- (tat, pause, cap, a1, m:tokens:0, ...), so that each key of a pool is a
--- whole budget of its own in the same hash, and one script books it
--- atomically in one Redis Cluster slot. Those scripts run unchanged.
--- Three things differ from a budget of one key:
---   'lim' stays the budget's: the limit every server books with is one;
---   reading 'pause' reads the later of the key's pause and the budget's
---   own ('pause' unprefixed: Budget.PauseUntil pauses every key);
---   PEXPIRE only lengthens the hash's life: another key's fields may lie
---   further ahead than this key's;
---   a message published on the budget's channel starts 'k ID ': it is of
---   this key only.
--- kid and kp (the key's id, and 'k:' .. kid .. ':') are set before the
--- script runs.
+-- A key of a pool (Options.Keys). Each key is a budget of its own: the hash
+-- P{name}:budget:k:ID, with the fields of a budget's hash (see wait.lua),
+-- beside the budget's hash under the same hash tag, in the same Redis
+-- Cluster slot. wait.lua, giveback.lua, cap.lua and pause.lua run unchanged
+-- on it, after this block (see keys.go): KEYS[1] is made the key's hash
+-- (kuse). What differs from a budget of one key:
+--   a message pause.lua publishes goes on the budget's channel, and starts
+--   'k ID ': it is of this key only (kredis, in place of redis);
+--   after a booking, or a pause, cap or give-back, ksum writes the key's
+--   summary in the pool's index P{name}:budget:keys, a ZSET of the live
+--   keys' ids: the earliest instant one unit of every dimension of the key
+--   could go (its tat less its tolerance in each dimension, its own pause,
+--   a cap with nothing left before its reset). A booking picks the key of
+--   the lowest (keys.lua): the one whose slot comes first, and among the
+--   keys free now, the one with the most room. The index lives an hour
+--   past the latest summary written (kidle): once it is gone, every
+--   server's keys join a new one, free (see keys.lua), and a key whose
+--   hash lives longer is booked at its due slot all the same.
+-- The budget's own pause ('pause' in its hash: Budget.PauseUntil) holds
+-- for every key: a booking copies it to the key it picks (keys.lua).
+-- The summary's arguments are the last ARGV, taken off before the script's
+-- own (kargs): the tau of the limit on calls (µs); for each extra
+-- dimension, the field of its tat, its tau (µs) and the field of its cap or
+-- ''; and their number. A script of one key (not a booking) has its KEYS
+-- the budget's hash, the key's hash and the index, and the key's id after
+-- the summary's arguments (kone).
 local kraw = redis
-local kid, kp = '', ''
-local function kname(f)
-  if f == 'lim' then return f end
-  return kp .. f
-end
--- kmax is the later of two instants as the hash holds them (false when
--- missing; a value that is not a number loses to one that is).
-local function kmax(a, b)
-  local x, y = tonumber(a), tonumber(b)
-  if x == nil then return b end
-  if y == nil or x >= y then return a end
-  return b
-end
-local kredis = {call = function(cmd, ...)
-  local a = {...}
-  local key = table.remove(a, 1)
-  if key == nil or key ~= KEYS[1] then return kraw.call(cmd, ...) end
-  if cmd == 'HMGET' then
-    local fs, pi = {}, nil
-    for i, f in ipairs(a) do
-      fs[i] = kname(f)
-      if f == 'pause' then pi = i end
-    end
-    if pi then fs[#fs + 1] = 'pause' end
-    local v = kraw.call('HMGET', key, unpack(fs))
-    if pi then
-      v[pi] = kmax(v[pi], v[#fs])
-      v[#fs] = nil
-    end
-    return v
-  elseif cmd == 'HGET' then
-    if a[1] == 'pause' then
-      local v = kraw.call('HMGET', key, kp .. 'pause', 'pause')
-      return kmax(v[1], v[2])
-    end
-    return kraw.call('HGET', key, kname(a[1]))
-  elseif cmd == 'HSET' then
-    for i = 1, #a, 2 do a[i] = kname(a[i]) end
-    return kraw.call('HSET', key, unpack(a))
-  elseif cmd == 'PEXPIRE' then
-    local ttl = kraw.call('PTTL', key)
-    if ttl >= 0 and ttl >= tonumber(a[1]) then return 1 end
-    return kraw.call('PEXPIRE', key, a[1])
-  elseif cmd == 'PUBLISH' or cmd == 'SPUBLISH' then
-    return kraw.call(cmd, key, 'k ' .. kid .. ' ' .. a[1])
+local kmain, kzset, kid = KEYS[1], nil, ''
+local ktau, kdims = 0, {}
+local kidle = 3600000
+-- knames are the fields a summary is computed from.
+local knames = {'tat', 'pause', 'cap', 'capat'}
+-- kcut takes the last n values off ARGV and returns them, in order.
+local function kcut(n)
+  local t, base = {}, #ARGV - n
+  for i = 1, n do
+    t[i] = ARGV[base + i]
+    ARGV[base + i] = nil
   end
-  return kraw.call(cmd, ...)
+  return t
+end
+-- kargs takes the summary's arguments off ARGV.
+local function kargs()
+  local n = tonumber(kcut(1)[1])
+  local a = kcut(3 * n + 1)
+  ktau = tonumber(a[1])
+  for i = 1, n do
+    local d = {a[3 * i - 1], tonumber(a[3 * i]), a[3 * i + 1], a[3 * i + 1] .. 'at'}
+    kdims[i] = d
+    knames[#knames + 1] = d[1]
+    if d[3] ~= '' then knames[#knames + 1], knames[#knames + 2] = d[3], d[4] end
+  end
+end
+-- kuse makes the key of id, whose hash is key, the one the script is of.
+local function kuse(id, key)
+  kid = id
+  KEYS[1] = key
+end
+-- kone takes the key of a script of one key off its KEYS and ARGV.
+local function kone()
+  local id = kcut(1)[1]
+  kargs()
+  kzset = KEYS[3]
+  kuse(id, KEYS[2])
+end
+
+local kredis = {call = function(cmd, key, ...)
+  if key == nil then return kraw.call(cmd) end
+  if (cmd == 'PUBLISH' or cmd == 'SPUBLISH') and key == KEYS[1] then
+    return kraw.call(cmd, kmain, 'k ' .. kid .. ' ' .. (...))
+  end
+  return kraw.call(cmd, key, ...)
 end}
+
+-- ksum writes the key's summary in the index (see above), when the key is
+-- in it (a removed key is not), and makes the index live kidle ms more.
+local function ksum()
+  local v = kraw.call('HMGET', KEYS[1], unpack(knames))
+  local t = kraw.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  -- Corrupt fields count as 0, as in wait.lua (ten years: maxAhead).
+  local function n(i)
+    local x = tonumber(v[i])
+    if x == nil or x ~= x or x < 0 or x > now + 315360000000000 then return 0 end
+    return x
+  end
+  local e = math.max(n(1) - ktau, n(2))
+  if n(3) < 1 and n(4) > now then e = math.max(e, n(4)) end
+  local j = 5
+  for _, d in ipairs(kdims) do
+    e = math.max(e, n(j) - d[2])
+    j = j + 1
+    if d[3] ~= '' then
+      if n(j) < 1 and n(j + 1) > now then e = math.max(e, n(j + 1)) end
+      j = j + 2
+    end
+  end
+  kraw.call('ZADD', kzset, 'XX', string.format('%d', e), kid)
+  kraw.call('PEXPIRE', kzset, kidle)
+end

@@ -1,9 +1,10 @@
 package budget
 
-// Key pools (Options.Keys): several credentials, each a whole budget of its
-// own in the budget's hash (keyfield.lua), a booking going on the key whose
-// slot comes first (keys.lua), the upstream's word applied to the key that
-// made the call, and keys removed for the whole fleet (keys_remove.lua).
+// Key pools (Options.Keys): several credentials, each a budget of its own
+// beside the budget's hash (keyfield.lua), a booking going on the key whose
+// slot comes first by the pool's index (keys.lua), the upstream's word
+// applied to the key that made the call, and keys removed for the whole
+// fleet (keys_remove.lua).
 
 import (
 	"context"
@@ -16,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -36,21 +38,18 @@ var (
 	//go:embed keys_remove.lua
 	keysRemoveLua string
 
-	keysWaitScript    = redis.NewScript(keyfieldLua + keysLua + inKey(waitLua, "{kreply, kidx, kgone}"))
-	keyPauseScript    = redis.NewScript(keyfieldLua + keyArg + inKey(pauseLua, "kreply"))
-	keyCapScript      = redis.NewScript(keyfieldLua + keyArg + inKey(capLua, "kreply"))
-	keyGivebackScript = redis.NewScript(keyfieldLua + keyArg + inKey(givebackLua, "kreply"))
+	keysWaitScript = redis.NewScript(keyfieldLua + keysLua + "local kreply = (function()\n" + waitLua +
+		"\nend)()\nif kreply[1] == 0 then ksum() end\nreturn {kreply, kidx, kgone, gen}\n")
+	keyPauseScript    = redis.NewScript(keyfieldLua + inKey(pauseLua))
+	keyCapScript      = redis.NewScript(keyfieldLua + inKey(capLua))
+	keyGivebackScript = redis.NewScript(keyfieldLua + inKey(givebackLua))
 	keysRemoveScript  = redis.NewScript(keysRemoveLua)
 )
 
-// keyArg takes a script's key id off the end of its ARGV (see
-// keyfield.lua).
-const keyArg = "kid = table.remove(ARGV)\nkp = 'k:' .. kid .. ':'\n"
-
-// inKey runs script with the key's fields (keyfield.lua's kredis in place
-// of redis), and returns ret.
-func inKey(script, ret string) string {
-	return "local kreply = (function()\nlocal redis = kredis\n" + script + "\nend)()\nreturn " + ret + "\n"
+// inKey runs script, a script of the budget's hash, on the hash of a key
+// (see keyfield.lua), and writes the key's summary after it.
+func inKey(script string) string {
+	return "kone()\nlocal kreply = (function()\nlocal redis = kredis\n" + script + "\nend)()\nksum()\nreturn kreply\n"
 }
 
 // removedKeep is how long Redis keeps a key's removal after the latest:
@@ -73,11 +72,19 @@ func keyID(cred string) string {
 // pool is the keys of a Budget with Options.Keys.
 type pool struct {
 	ids     []string       // the keys' ids, in the order of Options.Keys, duplicates dropped
+	hashes  []string       // the keys' hashes, P{name}:budget:k:ID
 	creds   []string       // the credentials, by the same index
 	index   map[string]int // by id
 	local   []*localLimiter
+	zset    string // the pool's index, P{name}:budget:keys
 	removed string // P{name}:budget:removed
 	keep    int64  // removedKeep, in ms
+	// sum is the summary's arguments (see keyfield.lua): the tau of the
+	// Limit, each extra dimension's field, tau and cap, and their number.
+	sum []any
+	// gen is the generation of the index this server last announced its
+	// keys in (see keys.lua), or 0 to announce them at the next booking.
+	gen atomic.Int64
 
 	mu   sync.Mutex // guards keys
 	keys []keyState
@@ -98,7 +105,8 @@ type keyState struct {
 }
 
 func newPool(b *Budget) *pool {
-	p := &pool{index: make(map[string]int), removed: b.key + ":removed", keep: removedKeep.Milliseconds()}
+	p := &pool{index: make(map[string]int), zset: b.key + ":keys", removed: b.key + ":removed",
+		keep: removedKeep.Milliseconds()}
 	for _, cred := range b.opt.Keys {
 		id := keyID(cred)
 		if _, dup := p.index[id]; dup {
@@ -106,11 +114,32 @@ func newPool(b *Budget) *pool {
 		}
 		p.index[id] = len(p.ids)
 		p.ids = append(p.ids, id)
+		p.hashes = append(p.hashes, p.hash(b, id))
 		p.creds = append(p.creds, cred)
 		p.local = append(p.local, newLocalLimiter(b.lim, b.dims, b.opt.FleetSize))
 	}
 	p.keys = make([]keyState, len(p.ids))
+	p.sum = append(p.sum, b.tau)
+	for _, d := range b.dims {
+		p.sum = append(p.sum, d.field, d.tau, d.cap)
+	}
+	p.sum = append(p.sum, len(b.dims))
 	return p
+}
+
+// hash returns the name of the hash of the key of id.
+func (p *pool) hash(b *Budget, id string) string { return b.key + ":k:" + id }
+
+// onKey returns the script, KEYS and ARGV that run s, a script of the
+// budget's hash, with args: on the budget's hash itself when k is 0, else
+// on the hash of key k (1 + its index in the pool) by ks, its keyed
+// version (see keyfield.lua).
+func (b *Budget) onKey(k int, s, ks *redis.Script, args []any) (*redis.Script, []string, []any) {
+	if k == 0 {
+		return s, []string{b.key}, args
+	}
+	p := b.pool
+	return ks, []string{b.key, p.hashes[k-1], p.zset}, append(append(args, p.sum...), p.ids[k-1])
 }
 
 // checkKeys returns an error when opt's keys cannot be used.
@@ -143,51 +172,52 @@ func (b *Budget) liveKeys() int {
 	return n
 }
 
-// keyArgs appends the key block of the booking script (keys.lua) to args:
-// the live keys, with what this server knows of each, and the removed
-// ones; placeKey is the key of the caller's place in the background line
-// (1 + its index), or 0. It returns the args and the index of each key
-// sent, nil when none is live.
-func (b *Budget) keyArgs(args []any, placeKey int) ([]any, []int) {
+// keyArgs returns the KEYS and ARGV of a booking of a pool (keys.lua), ARGV
+// being wait.lua's args then the pool's block: the live keys, with what
+// this server knows of each, and the removed ones; placeKey is the key of
+// the caller's place in the background line (1 + its index), or 0. It also
+// returns the index of each key sent, nil when none is live.
+func (b *Budget) keyArgs(args []any, placeKey int) ([]string, []any, []int) {
 	p := b.pool
-	p.mu.Lock()
+	args = append(args, p.sum...)
+	keys := make([]string, 3, 3+len(p.ids))
+	keys[0], keys[1], keys[2] = b.key, p.zset, p.removed
+	var cands, rms strings.Builder
+	mem := make([]byte, 0, 34*len(p.ids))
 	cand := make([]int, 0, len(p.ids))
-	for i, k := range p.keys {
-		if !k.removed {
-			cand = append(cand, i)
-			args = append(args, p.ids[i], k.mine, k.respacedAt)
-		}
-	}
-	nrm := 0
+	place := 0
+	p.mu.Lock()
 	for i, k := range p.keys {
 		if k.removed {
-			args = append(args, p.ids[i])
-			nrm++
+			rms.WriteString(p.ids[i] + " ")
+			continue
 		}
+		cand = append(cand, i)
+		if i+1 == placeKey {
+			place = len(cand)
+		}
+		keys = append(keys, p.hashes[i])
+		cands.WriteString(p.ids[i] + " ")
+		mem = fmt.Appendf(mem, "%017d%017d", max(k.mine, 0), max(k.respacedAt, 0))
 	}
 	p.mu.Unlock()
 	if len(cand) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
-	place := 0
-	for j, i := range cand {
-		if i+1 == placeKey {
-			place = j + 1
-		}
-	}
-	return append(args, p.keep, len(cand), nrm, place), cand
+	return keys, append(args, cands.String(), rms.String(), p.keep, string(mem), p.gen.Load(), place), cand
 }
 
-// parseKeyed reads the booking script's reply {reply, key, gone}, the keys
-// being those of cand.
+// parseKeyed reads the booking script's reply {reply, key, gone,
+// generation}, the keys being those of cand.
 func (b *Budget) parseKeyed(v any, cand []int) (booking, error) {
 	a, ok := v.([]any)
-	if !ok || len(a) != 3 {
+	if !ok || len(a) != 4 {
 		return booking{}, fmt.Errorf("unexpected keys reply %v (%T)", v, v)
 	}
 	idx, ok1 := a[1].(int64)
 	gone, ok2 := a[2].([]any)
-	if !ok1 || !ok2 || idx < 0 || idx > int64(len(cand)) {
+	gen, ok3 := a[3].(int64)
+	if !ok1 || !ok2 || !ok3 || idx < 0 || idx > int64(len(cand)) {
 		return booking{}, fmt.Errorf("unexpected keys reply %v", v)
 	}
 	for _, g := range gone {
@@ -195,6 +225,7 @@ func (b *Budget) parseKeyed(v any, cand []int) (booking, error) {
 			b.keyRemoved(cand[j-1])
 		}
 	}
+	b.pool.gen.Store(gen)
 	if idx == 0 {
 		return booking{kind: noKey}, nil
 	}
@@ -379,7 +410,8 @@ func (b *Budget) removeID(ctx context.Context, id string) error {
 		b.keyRemoved(i)
 	}
 	_, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
-		return keysRemoveScript.Run(ctx, b.rdb.Redis(), []string{b.key, p.removed}, id, p.keep, b.rdb.PublishFlag()).Int64()
+		keys := []string{b.key, p.zset, p.removed, p.hash(b, id)}
+		return keysRemoveScript.Run(ctx, b.rdb.Redis(), keys, id, p.keep, b.rdb.PublishFlag()).Int64()
 	}, nil)
 	switch {
 	case err != nil && redisx.Outage(err):

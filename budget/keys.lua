@@ -1,130 +1,107 @@
--- Pick the key of a pool (Options.Keys) that a booking goes on: the live key
--- whose slot comes first, over every dimension, pause and cap, ties going to
--- the one with the most left. wait.lua then books it (after keyfield.lua;
--- see keys.go), in the same script: one round trip whatever the pool's size.
--- KEYS[1] the budget hash P{name}:budget (fields: see wait.lua; a key's are
--- 'k:ID:' and the field); KEYS[2] P{name}:budget:removed, a hash of the ids
--- of the keys removed from the pool (Budget.Remove, a 401), each with when
--- (µs of the Redis clock).
--- The last ARGV are this block's, taken off before wait.lua's own: for each
--- key the caller may book, its id, the latest tat the caller set or learned
--- of it (or 0) and the latest respace of it the caller heard of (or 0), in
--- the caller's order; then the ids the caller knows were removed; then how
--- long a removal is kept (ms); then the number of keys, the number of
--- removed ids, and the key (1-based) whose place in the background line the
--- caller comes back to, or 0.
--- A removal Redis lost (a restart without persistence, FLUSHALL) that the
--- caller knows of is written back: a removed key stays removed.
--- Returns {reply, key, gone}: wait.lua's reply for the key picked (1-based,
--- in the caller's order), and the keys of the caller's that were removed;
--- with none left, {{5, 0}, 0, gone}.
-local kplace = tonumber(table.remove(ARGV))
-local krm = tonumber(table.remove(ARGV))
-local kn = tonumber(table.remove(ARGV))
-local kkeep = table.remove(ARGV)
-local kknew = {}
-for i = krm, 1, -1 do kknew[i] = table.remove(ARGV) end
-local kids, kmine, kheard = {}, {}, {}
-for i = kn, 1, -1 do
-  kheard[i] = table.remove(ARGV)
-  kmine[i] = table.remove(ARGV)
-  kids[i] = table.remove(ARGV)
-end
+-- Pick the key of a pool (Options.Keys) that a booking goes on: the live
+-- key of the caller's whose summary in the index is the lowest (see
+-- keyfield.lua): the one whose slot comes first, and among the keys free
+-- now, the one with the most room. wait.lua then books it, in the same
+-- script: one round trip, and one short read of the index whatever the
+-- pool's size.
+-- KEYS[1] the budget's hash P{name}:budget (its 'pause' holds for every
+-- key); KEYS[2] the index P{name}:budget:keys, a ZSET of the live keys'
+-- ids by their summary, and '#' scored minus its generation (µs of the
+-- Redis clock: when it was made, or a key last removed); KEYS[3]
+-- P{name}:budget:removed, a hash of the ids of the keys removed from the
+-- pool (Budget.Remove, a 401), each with when (µs of the Redis clock);
+-- KEYS[4...] the hash of each key the caller may book, P{name}:budget:k:ID.
+-- The last ARGV are this block's, taken off before the summary's (see
+-- keyfield.lua) and wait.lua's own: the ids of the keys the caller may
+-- book, in the order of KEYS, each followed by a space; the ids of the
+-- keys the caller knows were removed, the same way, or ''; how long a
+-- removal is kept (ms); for each key the caller may book, the latest tat
+-- the caller set or learned of it and the latest respace of it the caller
+-- heard of, 17 digits each; the index's generation the caller last saw, or
+-- 0; and the key (1-based) whose place in the background line the caller
+-- comes back to, or 0.
+-- A caller that has not seen the index's generation announces its keys
+-- first: those not removed join the index (free: summary 0), the removed
+-- ones are reported, and a removal Redis lost (a restart without
+-- persistence, FLUSHALL) that the caller knows of is written back: a
+-- removed key stays removed. A new index gets a new generation.
+-- Returns {reply, key, gone, generation}: wait.lua's reply for the key
+-- picked (1-based, in the caller's order), and the keys of the caller's
+-- found removed when announcing; with no key left, {{5, 0}, 0, gone,
+-- generation}.
+local kb = kcut(6)
+local kcands, krms, kkeep, kmem = kb[1], kb[2], kb[3], kb[4]
+local kgen, kplace = tonumber(kb[5]), tonumber(kb[6])
+kargs()
+kzset = KEYS[2]
+local kn = #KEYS - 3
+local function kat(s, i) return string.sub(s, (i - 1) * 17 + 1, (i - 1) * 17 + 16) end
 
-local kclock = redis.call('TIME')
-local know = tonumber(kclock[1]) * 1000000 + tonumber(kclock[2])
-local kq = {}
-for i = 1, kn do kq[i] = kids[i] end
-for i = 1, krm do kq[kn + i] = kknew[i] end
-local ktomb = redis.call('HMGET', KEYS[2], unpack(kq))
-local kgone, klive = {}, {}
-for i = 1, kn do
-  if ktomb[i] then kgone[#kgone + 1] = i else klive[#klive + 1] = i end
-end
-local kback = {}
-for i = 1, krm do
-  if not ktomb[kn + i] then
-    kback[#kback + 1], kback[#kback + 2] = kknew[i], string.format('%d', know)
+local ktop = redis.call('ZRANGE', kzset, 0, 5, 'WITHSCORES')
+local gen = 0
+if ktop[1] == '#' then gen = -tonumber(ktop[2]) end
+local kgone = {}
+if gen == 0 or gen ~= kgen then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local ids, rms = {}, {}
+  for i = 1, kn do ids[i] = kat(kcands, i) end
+  for i = 1, #krms / 17 do rms[i] = kat(krms, i) end
+  local all = {}
+  for i = 1, kn do all[i] = ids[i] end
+  for i = 1, #rms do all[kn + i] = rms[i] end
+  local tomb = redis.call('HMGET', KEYS[3], unpack(all))
+  local add, back = {}, {}
+  for i = 1, kn do
+    if tomb[i] then kgone[#kgone + 1] = i else add[#add + 1], add[#add + 2] = '0', ids[i] end
   end
+  for i = 1, #rms do
+    if not tomb[kn + i] then back[#back + 1], back[#back + 2] = rms[i], string.format('%d', now) end
+  end
+  if #back > 0 then
+    redis.call('HSET', KEYS[3], unpack(back))
+    redis.call('PEXPIRE', KEYS[3], kkeep)
+  end
+  if #rms > 0 then redis.call('ZREM', kzset, unpack(rms)) end
+  if gen == 0 then
+    gen = now
+    add[#add + 1], add[#add + 2] = string.format('%d', -gen), '#'
+  end
+  if #add > 0 then redis.call('ZADD', kzset, 'NX', unpack(add)) end
+  redis.call('PEXPIRE', kzset, kidle)
+  ktop = redis.call('ZRANGE', kzset, 0, 5, 'WITHSCORES')
 end
-if #kback > 0 then
-  redis.call('HSET', KEYS[2], unpack(kback))
-  redis.call('PEXPIRE', KEYS[2], kkeep)
-end
-if #klive == 0 then return {{5, 0}, 0, kgone} end
 
+-- scan returns the caller's key (1-based) first in r, an index range with
+-- scores, or 0.
+local function scan(r)
+  for j = 1, #r, 2 do
+    if r[j] ~= '#' then
+      local p = string.find(kcands, r[j], 1, true)
+      if p then return (p - 1) / 17 + 1 end
+    end
+  end
+  return 0
+end
 local kidx = 0
-if kplace > 0 and not ktomb[kplace] then
+if kplace > 0 and redis.call('ZSCORE', kzset, kat(kcands, kplace)) then
   -- A background caller coming back keeps its place, on its key.
   kidx = kplace
-elseif #klive == 1 then
-  kidx = klive[1]
-else
-  -- The estimate of each live key's slot: wait.lua's, without the
-  -- priorities (a background call's horizon and share are the key's own).
-  local T, tau, ahead = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[8])
-  local c = tonumber(ARGV[13]) or 1
-  local dims = {}
-  for i = 14, #ARGV - 4, 5 do
-    dims[#dims + 1] = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4]}
-  end
-  local names = {'pause'}
-  for _, i in ipairs(klive) do
-    local p = 'k:' .. kids[i] .. ':'
-    for _, f in ipairs({'tat', 'pause', 'cap', 'capat', 'rs'}) do names[#names + 1] = p .. f end
-    for _, d in ipairs(dims) do
-      names[#names + 1] = p .. d[1]
-      if d[5] ~= '' then names[#names + 1], names[#names + 2] = p .. d[5], p .. d[5] .. 'at' end
-    end
-  end
-  local v = redis.call('HMGET', KEYS[1], unpack(names))
-  local function valid(x)
-    x = tonumber(x)
-    if x == nil or x ~= x or x < 0 or x > know + ahead then return 0 end
-    return x
-  end
-  local function due(x, T, tau, c)
-    return x - tau + (math.min(c, math.floor(tau / T) + 1) - 1) * T
-  end
-  local gpause = valid(v[1])
-  local j = 2
-  local bslot, bleft, broom
-  for _, i in ipairs(klive) do
-    local tat, pause, left, capat, rs = valid(v[j]), valid(v[j + 1]), valid(v[j + 2]), valid(v[j + 3]), valid(v[j + 4])
-    j = j + 5
-    local mine = tonumber(kmine[i]) or 0
-    if mine > tat and mine <= know + ahead and rs <= (tonumber(kheard[i]) or 0) then tat = mine end
-    local slot = math.max(know, due(tat, T, tau, c), pause, gpause)
-    local caps = {{capat, left, c}}
-    for _, d in ipairs(dims) do
-      slot = math.max(slot, due(valid(v[j]), d[2], d[3], d[4]))
-      j = j + 1
-      if d[5] ~= '' then
-        caps[#caps + 1] = {valid(v[j + 1]), valid(v[j]), d[4]}
-        j = j + 2
-      end
-    end
-    local moved = true
-    while moved do
-      moved = false
-      for _, k in ipairs(caps) do
-        if k[1] > know and slot < k[1] and k[2] < k[3] then slot, moved = k[1], true end
-      end
-    end
-    -- What is left: the bookings of this size the upstream's caps still
-    -- allow before their reset (no cap: any number), then the calls the
-    -- key's bucket holds at the slot.
-    local left = math.huge
-    for _, k in ipairs(caps) do
-      if k[1] > know and slot < k[1] then left = math.min(left, math.floor(k[2] / math.max(k[3], 1))) end
-    end
-    local room = math.min(tau, slot - tat + tau)
-    if kidx == 0 or slot < bslot or slot == bslot and (left > bleft or left == bleft and room > broom) then
-      kidx, bslot, bleft, broom = i, slot, left, room
-    end
+end
+if kidx == 0 then kidx = scan(ktop) end
+if kidx == 0 and #ktop == 12 then kidx = scan(redis.call('ZRANGE', kzset, 0, -1, 'WITHSCORES')) end
+if kidx == 0 then return {{5, 0}, 0, kgone, gen} end
+
+kuse(kat(kcands, kidx), KEYS[3 + kidx])
+-- The budget's pause holds for every key.
+local gp = tonumber(redis.call('HGET', kmain, 'pause'))
+if gp then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if gp > now and gp > (tonumber(redis.call('HGET', KEYS[1], 'pause')) or 0) then
+    redis.call('HSET', KEYS[1], 'pause', string.format('%d', gp))
+    if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], math.ceil((gp - now) / 1000) + 1000) end
   end
 end
-
-ARGV[10], ARGV[11] = kmine[kidx], kheard[kidx]
-kid = kids[kidx]
-kp = 'k:' .. kid .. ':'
+local km = (kidx - 1) * 34
+ARGV[10], ARGV[11] = string.sub(kmem, km + 1, km + 17), string.sub(kmem, km + 18, km + 34)

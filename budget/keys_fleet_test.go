@@ -229,7 +229,7 @@ func TestKeysSleeperMoves(t *testing.T) {
 	b := newBudget(t, s.Client(t, nil), "sleeper-keys", l, &budget.Options{Keys: keys})
 	ctx := redistest.Context(t, 10*time.Second)
 	// Each key's slot taken on a: the next caller, on b, sleeps a second on
-	// the first.
+	// one of them.
 	held := map[string]*budget.Reservation{}
 	for range 2 {
 		r, err := a.Reserve(ctx, budget.Foreground, budget.Cost{})
@@ -258,8 +258,10 @@ func TestKeysSleeperMoves(t *testing.T) {
 		defer mu.Unlock()
 		return len(booked) == 1
 	})
-	// A 429 for the first key, heard from the other server.
-	first := keys[0]
+	// A 429 for the sleeper's key, heard from the other server.
+	mu.Lock()
+	first := keys[booked[0].Key-1]
+	mu.Unlock()
 	if err := held[first].Observe(ctx, rateLimited("4"), http.StatusTooManyRequests); err != nil {
 		t.Fatal(err)
 	}

@@ -94,12 +94,13 @@ func TestKeysPauseOneKey(t *testing.T) {
 	if n := b.Stats().PausesRateLimited; n != 1 {
 		t.Fatalf("Stats().PausesRateLimited = %d; want 1", n)
 	}
-	// The key's pause is the key's field; the budget's own is not set.
+	// The key's pause is in the key's hash; the budget's own is not set.
 	if p := field(t, rdb, b, "pause"); p != -1 {
 		t.Fatalf("the budget's pause = %d; want none", p)
 	}
-	if p := field(t, rdb, b, "k:"+budget.KeyID(limited)+":pause"); p <= redisNow(t, rdb) {
-		t.Fatalf("the key's pause = %d; want one ahead", p)
+	p, err := rdb.HGet(ctx, budget.Key(b)+":k:"+budget.KeyID(limited), "pause").Int64()
+	if err != nil || p <= redisNow(t, rdb) {
+		t.Fatalf("the key's pause = %d (%v); want one ahead", p, err)
 	}
 }
 

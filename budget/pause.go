@@ -102,14 +102,11 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 		// than the calls': perhaps an overshoot (see pause.lua).
 		over = "1"
 	}
-	script, args := pauseScript, []any{pause,
+	script, keys, args := b.onKey(f.key, pauseScript, keyPauseScript, []any{pause,
 		b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds(),
-		over, b.lim.Per.Microseconds(), b.t, min(maxStorm, max(3, b.lim.Rate/stormShare)), slackHalfLife(b.t), b.t / firstSlack, f.slot}
-	if f.key > 0 {
-		script, args = keyPauseScript, append(args, b.pool.ids[f.key-1])
-	}
+		over, b.lim.Per.Microseconds(), b.t, min(maxStorm, max(3, b.lim.Rate/stormShare)), slackHalfLife(b.t), b.t / firstSlack, f.slot})
 	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]int64, error) {
-		return script.Run(ctx, b.rdb.Redis(), []string{b.key}, args...).Int64Slice()
+		return script.Run(ctx, b.rdb.Redis(), keys, args...).Int64Slice()
 	}, nil)
 	if err == nil && len(v) != 6 {
 		err = fmt.Errorf("unexpected pause reply %v", v)
@@ -224,8 +221,12 @@ func (b *Budget) message(m string) {
 	if err != nil || respaced != "" && rerr != nil || kerr != nil || k < 0 {
 		// Not a pause's end: the hub's word (notify.Wake) that messages
 		// may have been lost. Sleeping Waits read the pause before going;
-		// callers in line for a slot look again.
+		// callers in line for a slot look again; a server with a pool of
+		// keys announces them again, and hears of the keys removed.
 		b.lost.Add(1)
+		if b.pool != nil {
+			b.pool.gen.Store(0)
+		}
 		if b.conc != nil {
 			b.conc.wake("", true)
 		}
@@ -251,13 +252,20 @@ func (b *Budget) listening() bool {
 func (b *Budget) readPause(k int) (at, respaced int64, err error) {
 	ctx, cancel := context.WithTimeout(b.base, giveBackTimeout)
 	defer cancel()
-	fields := []string{"pause", "rs"}
-	if k > 0 {
-		kp := "k:" + b.pool.ids[k-1] + ":"
-		fields = append(fields, kp+"pause", kp+"rs")
-	}
 	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]any, error) {
-		return b.rdb.Redis().HMGet(ctx, b.key, fields...).Result()
+		if k == 0 {
+			return b.rdb.Redis().HMGet(ctx, b.key, "pause", "rs").Result()
+		}
+		var main, key *redis.SliceCmd
+		_, err := b.rdb.Redis().Pipelined(ctx, func(p redis.Pipeliner) error {
+			main = p.HMGet(ctx, b.key, "pause", "rs")
+			key = p.HMGet(ctx, b.pool.hashes[k-1], "pause", "rs")
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		return append(main.Val(), key.Val()...), nil
 	}, nil)
 	if err != nil {
 		return 0, 0, err

@@ -239,10 +239,10 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64, w want) (boo
 	case w.cid != "":
 		script, keys, sent = waitConcScript, b.conc.keys, time.Now()
 	case b.pool != nil:
-		if args, cand = b.keyArgs(args, w.placeKey); cand == nil {
+		if keys, args, cand = b.keyArgs(args, w.placeKey); cand == nil {
 			return booking{kind: noKey}, nil
 		}
-		script, keys = keysWaitScript, []string{b.key, b.pool.removed}
+		script = keysWaitScript
 	}
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (booking, error) {
 		v, err := script.Run(ctx, b.rdb.Redis(), keys, args...).Result()
@@ -488,12 +488,9 @@ func (b *Budget) giveBackNow(k int, args []any) (int64, error) {
 // runGiveBack runs the give-back script with args, on the fields of key k
 // of the pool (1 + its index; 0 without Options.Keys).
 func (b *Budget) runGiveBack(ctx context.Context, k int, args []any) (int64, error) {
-	script := givebackScript
-	if k > 0 {
-		script, args = keyGivebackScript, append(args, b.pool.ids[k-1])
-	}
+	script, keys, args := b.onKey(k, givebackScript, keyGivebackScript, args)
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
-		return script.Run(ctx, b.rdb.Redis(), []string{b.key}, args...).Int64()
+		return script.Run(ctx, b.rdb.Redis(), keys, args...).Int64()
 	}, nil)
 }
 
