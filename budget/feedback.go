@@ -279,6 +279,13 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 // change nothing and are not an error. Times are read against the response's
 // Date header when it has one. When Redis is unreachable a pause is kept in
 // this process only, and a cap is not kept.
+//
+// With [Options].Keys, the response is applied to one key: that of the
+// reservation ctx carries ([Reservation.Observe] passes its own; a fill
+// load's ctx carries its reservation), and a 401 removes the key from the
+// pool ([Budget.Remove]). A response with something to apply and no
+// reservation of the budget in ctx is an error, and changes nothing: which
+// key it is of cannot be told.
 func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 	if err := b.check(); err != nil {
 		return err

@@ -477,3 +477,31 @@ func TestKeysRedisDown(t *testing.T) {
 		t.Fatalf("Stats: LocalWaits %d, LocalPauses %d; want at least 2, 1", st.LocalWaits, st.LocalPauses)
 	}
 }
+
+// TestKeysMissedRemoval: a server that missed the message of a removal
+// hears of it at its next booking, by the index's generation.
+func TestKeysMissedRemoval(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, rdb, "missed", budget.Limit{Rate: 100}, &budget.Options{Keys: keys})
+	reserveKey(t, b)
+	// Another server removed key-a, and its message was lost: Redis holds
+	// the removal, and the index's new generation.
+	id := budget.KeyID("key-a")
+	index := budget.Key(b) + ":keys"
+	m.HSet(budget.Key(b)+":removed", id, "1")
+	if _, err := m.ZRem(index, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.ZAdd(index, -float64(time.Now().UnixMicro()), "#"); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if k := reserveKey(t, b); k != "key-b" {
+			t.Fatalf("booked %q after key-a was removed; want key-b", k)
+		}
+	}
+	if n := b.Stats().Keys; n != 1 {
+		t.Fatalf("Stats().Keys = %d; want 1: the booking reported the removal", n)
+	}
+}

@@ -42,9 +42,11 @@ func (b *Budget) PauseUntil(ctx context.Context, t time.Time) error {
 // wraps [ErrRateLimited]: for its [RateLimitedError].RetryAfter (at most 24
 // hours), or, when that is unknown (0, or no RateLimitedError in the chain),
 // for one Per of the limit; not at all when the RateLimitedError is
-// Observed, since Observe paused the budget for the same response. It
-// reports whether err wraps ErrRateLimited. It is the retry path of a
-// caller that loads through the budget:
+// Observed, since Observe paused the budget for the same response. With
+// [Options].Keys, it pauses the key of the reservation ctx carries (a fill
+// load's), or every key when ctx carries none. It reports whether err wraps
+// ErrRateLimited. It is the retry path of a caller that loads through the
+// budget:
 //
 //	for {
 //		if err := b.Wait(ctx, budget.Foreground); err != nil {
@@ -320,8 +322,9 @@ func (b *Budget) knownRespace() int64 {
 
 // Paused reports whether the fleet is paused now, as far as this server
 // has heard: by a 429 or remaining 0 observed, or by [Budget.PauseUntil], on
-// any server. A caller that gives up on a Wait while it is paused is held
-// up by the upstream's rate limit, not by a slow upstream.
+// any server. With [Options].Keys, it is also paused when every live key of
+// this server's is. A caller that gives up on a Wait while it is paused is
+// held up by the upstream's rate limit, not by a slow upstream.
 func (b *Budget) Paused() bool {
 	if b.check() != nil {
 		return false

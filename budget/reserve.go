@@ -381,6 +381,8 @@ func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 // Observe applies the call's response to the budget: see [Budget.Observe].
+// With [Options].Keys, it is applied to the reservation's key: a 429 or
+// "remaining 0" pauses that key only, and a 401 removes it from the pool.
 func (r *Reservation) Observe(ctx context.Context, h http.Header, status int) error {
 	if r == nil {
 		return nil
