@@ -99,10 +99,13 @@ type Options struct {
 	// callers' patience: a load nobody waits for any more is not started,
 	// and its reservation is cancelled. The loader runs with the
 	// reservation in its ctx (budget.FromContext), where it reports what
-	// the call really spent (Reservation.Spent); the reservation is done
-	// when the loader returns, whatever it returned.
-	// A loader error wrapping budget.ErrRateLimited pauses the budget for
-	// its RetryAfter, and the same flight, still holding the fill lock,
+	// the call really spent (Reservation.Spent) and, with a pool of keys
+	// (budget.Options.Keys), reads the credential to call with
+	// (Reservation.Key); the reservation is done when the loader returns,
+	// whatever it returned.
+	// A loader error wrapping budget.ErrRateLimited pauses the budget (its
+	// reservation's key, with a pool) for its RetryAfter, and the same
+	// flight, still holding the fill lock,
 	// loads again when the budget allows; it fails, with an error wrapping
 	// budget.ErrRateLimited, only when every caller has given up or
 	// LoadTimeout passes.
