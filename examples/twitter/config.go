@@ -18,13 +18,16 @@ import (
 type config struct {
 	// servers is the size of the fleet a run builds; fleets are the sizes
 	// -servers lists, each run in turn (a sweep) when there are several.
-	servers                       int
-	fleets                        fleetsFlag
-	requests, concurrency, keys   int
-	zipf                          float64
-	seed                          uint64
-	rate                          float64
-	burst                         int
+	servers                     int
+	fleets                      fleetsFlag
+	requests, concurrency, keys int
+	zipf                        float64
+	seed                        uint64
+	rate                        float64
+	burst                       int
+	// tokens is the number of app tokens (-tokens), each limited by the
+	// API on its own; 0 for one limit shared by every call.
+	tokens                        int
 	latency, ttl, timeout, window time.Duration
 	// timeoutComputed says that -timeout was not given: run computes the
 	// deadline (see requestDeadline).
@@ -57,6 +60,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Uint64Var(&cfg.seed, "seed", 1, "seed of the request sequence")
 	fs.Float64Var(&cfg.rate, "rate", 50, "API calls allowed per second, fleet-wide")
 	fs.IntVar(&cfg.burst, "burst", 10, "API calls allowed at once after a quiet time")
+	fs.IntVar(&cfg.tokens, "tokens", 0, "app tokens the fleet holds, the API limiting each on its own at -rate and\n"+
+		"-burst; the modes with a budget spread their calls over them as a pool;\n0: one limit for every call, no token")
 	fs.DurationVar(&cfg.latency, "latency", 80*time.Millisecond, "time the API takes per call")
 	fs.DurationVar(&cfg.ttl, "ttl", 10*time.Minute, "how long a timeline stays cached")
 	fs.DurationVar(&cfg.timeout, "timeout", 0, "the longest one request may take; 0 computes it from the distinct users\n"+
@@ -99,6 +104,7 @@ func (c *config) validate() error {
 		{!(c.zipf > 1) || math.IsInf(c.zipf, 0), fmt.Sprintf("-zipf must be a finite number above 1 (got %g)", c.zipf)},
 		{!(c.rate > 0) || math.IsInf(c.rate, 0), fmt.Sprintf("-rate must be a finite number above 0 (got %g)", c.rate)},
 		{c.burst < 1, fmt.Sprintf("-burst must be at least 1 (got %d)", c.burst)},
+		{c.tokens < 0 || c.tokens > maxTokens, fmt.Sprintf("-tokens must be between 0 and %d (got %d)", maxTokens, c.tokens)},
 		{c.latency < 0, fmt.Sprintf("-latency must not be negative (got %s)", c.latency)},
 		{c.ttl < time.Second, fmt.Sprintf("-ttl must be at least 1s (got %s)", c.ttl)},
 		{c.timeout < 0, fmt.Sprintf("-timeout must not be negative (got %s)", c.timeout)},
@@ -118,17 +124,18 @@ func (c *config) validate() error {
 // Without -timeout, each request's deadline is what the API's rate needs
 // for one call per distinct user, plus slack.
 const (
+	maxTokens     = 1000 // the most -tokens
 	minDeadline   = 10 * time.Second
 	maxDeadline   = 24 * time.Hour
 	deadlineSlack = 5 * time.Second
-	deadlineRule  = "distinct users ÷ rate + latency + 5s,\nin whole seconds, at least 10s"
+	deadlineRule  = "distinct users ÷ rate (× -tokens, if any) + latency\n+ 5s, in whole seconds, at least 10s"
 )
 
 // requestDeadline is the deadline of each request when -timeout is not
 // given: long enough for a fleet that makes one call per distinct user, at
 // the API's rate, to answer every request, whichever mode it runs.
 func requestDeadline(cfg config, distinct int) time.Duration {
-	secs := min(float64(distinct)/cfg.rate, maxDeadline.Seconds())
+	secs := min(float64(distinct)/(cfg.rate*float64(max(cfg.tokens, 1))), maxDeadline.Seconds())
 	d := time.Duration(secs*float64(time.Second)) + cfg.latency + deadlineSlack
 	d = (d + time.Second - 1).Truncate(time.Second)
 	return min(max(minDeadline, d), maxDeadline)

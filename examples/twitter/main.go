@@ -113,12 +113,17 @@
 //	-seed 1            seed of the request sequence
 //	-rate 50           API calls allowed per second, fleet-wide
 //	-burst 10          API calls allowed at once after a quiet time
+//	-tokens 0          app tokens the fleet holds, the API limiting each on
+//	                   its own at -rate and -burst (see tokens.go): the
+//	                   modes with a budget spread their calls over them as
+//	                   a pool, the others take them in turn; 0: one limit
 //	-latency 80ms      time the API takes per call
 //	-ttl 10m           how long a timeline stays cached
 //	-timeout 0         the longest one request may take: its deadline,
 //	                   which also bounds each API call. 0 computes it:
-//	                   the distinct users requested ÷ -rate (the time the
-//	                   API needs for one call per user) + -latency + 5s,
+//	                   the distinct users requested ÷ -rate (× -tokens,
+//	                   if any: the time the API needs for one call per
+//	                   user) + -latency + 5s,
 //	                   rounded up to whole seconds, at least 10s. The
 //	                   report prints it.
 //	-batch-window 50ms how long the fleet's gatherer of mode fill+batch
@@ -272,6 +277,10 @@ type result struct {
 	// counting each of its ids, and DistinctUserIDs the distinct ones.
 	UserIDs         int64 `json:"user_ids_asked"`
 	DistinctUserIDs int64 `json:"distinct_user_ids_asked"`
+	// PerToken are the API calls that came with each token (-tokens), and
+	// Denied those the API answered 401.
+	PerToken []int64 `json:"api_calls_per_token,omitempty"`
+	Denied   int64   `json:"api_calls_denied,omitempty"`
 }
 
 // runMode sends ids through a fresh fleet of mode m, against a fresh API, on
@@ -282,6 +291,9 @@ func runMode(ctx context.Context, cfg config, env *demo.Redis, m mode, ids []uin
 	}
 	api := startAPI(cfg.rate, cfg.burst, cfg.latency, time.Now)
 	defer api.Close()
+	if cfg.tokens > 0 {
+		api.limitPerToken(appTokens(cfg.tokens))
+	}
 	f := newFleet(cfg, env, m, api.URL())
 	for _, e := range f.envs {
 		if err := e.api.warm(ctx, warmConns); err != nil {
@@ -344,6 +356,8 @@ func summarize(name string, ids []uint64, api *fakeAPI, out demo.Outcome, wall t
 		r.CallsPerSec = round2(float64(r.APICalls-1) / busy.Seconds())
 	}
 	r.UserIDs, r.DistinctUserIDs = api.users()
+	r.PerToken, r.Denied = api.byToken(), api.denied.Load()
+	r.APICalls += r.Denied
 	return r
 }
 
@@ -392,8 +406,12 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	}
 	fmt.Fprintf(w, "%d servers, %d requests (%d in flight) for %d possible users, %d requested (Zipf s=%g, seed %d)\n",
 		cfg.servers, cfg.requests, cfg.concurrency, cfg.keys, distinct, cfg.zipf, cfg.seed)
-	fmt.Fprintf(w, "API: %g calls/s, burst %d, %s per call; Redis: %s\n",
-		cfg.rate, cfg.burst, cfg.latency, env.Desc)
+	perToken := ""
+	if cfg.tokens > 0 {
+		perToken = fmt.Sprintf(" per token, %d tokens", cfg.tokens)
+	}
+	fmt.Fprintf(w, "API: %g calls/s, burst %d%s, %s per call; Redis: %s\n",
+		cfg.rate, cfg.burst, perToken, cfg.latency, env.Desc)
 	how := "-timeout"
 	if cfg.timeoutComputed {
 		how = "computed: " + strings.ReplaceAll(deadlineRule, "\n", " ")
@@ -409,6 +427,9 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 		l := budgetLimit(cfg)
 		fmt.Fprintf(w, "Budget of the fleet (%s): %g calls/s, burst %d",
 			strings.Join(budgeted, ", "), float64(l.Rate)/l.Per.Seconds(), l.Burst)
+		if cfg.tokens > 0 {
+			fmt.Fprintf(w, " per token, the %d tokens a pool", cfg.tokens)
+		}
 		if slices.ContainsFunc(results, func(r result) bool { return r.Mode == batchMode }) {
 			fmt.Fprintf(w, "; %s window: %s", batchMode, cfg.window)
 		}
@@ -446,6 +467,9 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 			fmt.Fprintf(w, "%s, API: %s asked for %d user ids, %d distinct (%.1f per call)%s\n",
 				r.Mode, plural(r.APICalls, "call"), r.UserIDs, r.DistinctUserIDs,
 				float64(r.UserIDs)/float64(max(r.APICalls, 1)), eachOnce(r))
+		}
+		if len(r.PerToken) > 0 {
+			fmt.Fprintf(w, "%s, API calls per token: %s\n", r.Mode, strings.Trim(fmt.Sprint(r.PerToken), "[]"))
 		}
 		if n := r.ClientRequests; n > 0 {
 			fmt.Fprintf(w, "%s, all servers: of %s sent through the HTTP client, %d reached the API (%s)\n",
@@ -555,6 +579,7 @@ type jsonSettings struct {
 	Seed        uint64  `json:"seed"`
 	RatePerSec  float64 `json:"api_rate_per_s"`
 	Burst       int     `json:"api_burst"`
+	Tokens      int     `json:"tokens,omitempty"` // -tokens: the rate and burst are per token
 	LatencyMs   float64 `json:"api_latency_ms"`
 	TTLMs       float64 `json:"ttl_ms"`
 	TimeoutMs   float64 `json:"request_timeout_ms"` // each request's deadline
@@ -596,6 +621,7 @@ func settingsOf(cfg config, env *demo.Redis) jsonSettings {
 		Seed:            cfg.seed,
 		RatePerSec:      cfg.rate,
 		Burst:           cfg.burst,
+		Tokens:          cfg.tokens,
 		LatencyMs:       millis(cfg.latency),
 		TTLMs:           millis(cfg.ttl),
 		TimeoutMs:       millis(cfg.timeout),
