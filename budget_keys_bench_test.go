@@ -18,6 +18,8 @@ package locksmith_test
 //	                paused, over the three keys' capacity
 //	before-share    the same before the pause
 //	paused-calls    calls that reached the paused key during its pause
+//	x-base, x-plain a Reserve over 20 keys against a GET, and against a
+//	                Reserve of a budget without keys, interleaved on one server
 //	remove-ms       from the upstream's first 401 for a key to every server
 //	                having dropped it
 //	401s            calls answered 401: those on their way when it came
@@ -109,10 +111,68 @@ func (a *windowAPI) call(key string) (int, http.Header) {
 // calling as fast as the budget lets them; for 3s (0.75s with -short)
 // after a warm-up the upstream answers 429, Retry-After 3, to every call on
 // the first key; then it answers 401 to every call on the second.
+//
+// reserve: an uncontended Reserve (and Done) over 20 keys, a Reserve of a
+// budget without keys and a GET, interleaved on one server (run it with
+// -benchtime 5000x).
 func BenchmarkBudgetKeys(b *testing.B) {
 	b.Run("demand=80%,assign=pool", func(b *testing.B) { benchKeysDemand(b, true) })
 	b.Run("demand=80%,assign=sticky", func(b *testing.B) { benchKeysDemand(b, false) })
 	b.Run("pause=1of3", benchKeysPause)
+	b.Run("reserve", benchKeysReserve)
+}
+
+func benchKeysReserve(b *testing.B) {
+	wide := budget.Limit{Rate: 1000000, Burst: 1000000}
+	rdb := benchRedis(b)()
+	ctx := context.Background()
+	name := budgetName(b)
+	plain := budget.New(rdb, name+":plain", wide, nil)
+	defer plain.Close()
+	pool := budget.New(rdb, name+":pool", wide, &budget.Options{Keys: benchKeys(20)})
+	defer pool.Close()
+	reserve := func(bud *budget.Budget) {
+		r, err := bud.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := r.Done(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reserve(plain) // loads the scripts
+	reserve(pool)
+	h := &rtts{}
+	rdb.AddHook(h)
+	b.ReportAllocs()
+	const block = 50
+	var get, one, keyed time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i += block {
+		n := min(block, b.N-i)
+		t := time.Now()
+		for range n {
+			_ = rdb.Get(ctx, "raw").Err()
+		}
+		get += time.Since(t)
+		t = time.Now()
+		for range n {
+			reserve(plain)
+		}
+		one += time.Since(t)
+		t = time.Now()
+		for range n {
+			reserve(pool)
+		}
+		keyed += time.Since(t)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(keyed.Nanoseconds())/float64(b.N), "ns/op")
+	b.ReportMetric(float64(get.Nanoseconds())/float64(b.N), "base-ns/op")
+	b.ReportMetric(float64(keyed)/float64(get), "x-base")
+	b.ReportMetric(float64(keyed)/float64(one), "x-plain")
+	b.ReportMetric(float64(one)/float64(get), "plain-x-base")
+	b.ReportMetric(float64(h.n.Load()-int64(3*b.N))/float64(b.N), "rtts/op")
 }
 
 func benchKeysDemand(b *testing.B, pool bool) {
@@ -144,18 +204,22 @@ func benchKeysDemand(b *testing.B, pool bool) {
 			picks = append(picks, func(user uint64) (*budget.Budget, string) { return own[user%keys], creds[user%keys] })
 		}
 		api := newWindowAPI(n, w)
-		reqs := make(chan uint64, 1<<16)
+		type request struct {
+			user uint64
+			at   time.Time // its arrival: its deadline is 2s later
+		}
+		reqs := make(chan request, 1<<16)
 		var made, served atomic.Int64
 		var wg sync.WaitGroup
 		for s := range servers {
 			for range workers {
 				wg.Go(func() {
-					for user := range reqs {
-						ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-						bud, key := picks[s](user)
+					for req := range reqs {
+						ctx, cancel := context.WithDeadline(context.Background(), req.at.Add(2*time.Second))
+						bud, key := picks[s](req.user)
 						r, err := bud.Reserve(ctx, budget.Foreground, budget.Cost{})
 						switch {
-						case errors.Is(err, context.DeadlineExceeded):
+						case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
 							cancel()
 							continue
 						case err != nil:
@@ -190,7 +254,7 @@ func benchKeysDemand(b *testing.B, pool bool) {
 				time.Sleep(d)
 			}
 			made.Add(1)
-			reqs <- zipf.Uint64()
+			reqs <- request{user: zipf.Uint64(), at: next}
 		}
 		close(reqs)
 		wg.Wait()
@@ -217,9 +281,9 @@ func benchKeysDemand(b *testing.B, pool bool) {
 	}
 }
 
-// bucketAPI limits each key to rate calls per second with a burst of 2,
-// and answers 429 (Retry-After 3) to every call on the key paused while
-// it is.
+// bucketAPI limits each key to rate calls per second with a burst of 5
+// (a margin of 40ms for calls that arrive late, then together), and
+// answers 429 (Retry-After 3) to every call on the key paused while it is.
 type bucketAPI struct {
 	rate float64
 
@@ -254,9 +318,9 @@ func (a *bucketAPI) call(key string) (int, http.Header) {
 	}
 	t, seen := a.tokens[key]
 	if !seen {
-		t = 2
+		t = 5
 	}
-	t = min(2, t+now.Sub(a.last[key]).Seconds()*a.rate)
+	t = min(5, t+now.Sub(a.last[key]).Seconds()*a.rate)
 	a.last[key] = now
 	if t < 1 {
 		a.tokens[key] = t

@@ -74,10 +74,13 @@ end}
 
 -- ksum writes the key's summary in the index (see above), when the key is
 -- in it (a removed key is not), and makes the index live kidle ms more.
-local function ksum()
+-- now is the Redis clock (µs), or nil to read it.
+local function ksum(now)
   local v = kraw.call('HMGET', KEYS[1], unpack(knames))
-  local t = kraw.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if not now then
+    local t = kraw.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
   -- Corrupt fields count as 0, as in wait.lua (ten years: maxAhead).
   local function n(i)
     local x = tonumber(v[i])

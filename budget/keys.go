@@ -39,7 +39,7 @@ var (
 	keysRemoveLua string
 
 	keysWaitScript = redis.NewScript(keyfieldLua + keysLua + "local kreply = (function()\n" + waitLua +
-		"\nend)()\nif kreply[1] == 0 then ksum() end\nreturn {kreply, kidx, kgone, gen}\n")
+		"\nend)()\nif kreply[1] == 0 then ksum(kreply[3] - kreply[2]) end\nreturn {kreply, kidx, kgone, gen}\n")
 	keyPauseScript    = redis.NewScript(keyfieldLua + inKey(pauseLua))
 	keyCapScript      = redis.NewScript(keyfieldLua + inKey(capLua))
 	keyGivebackScript = redis.NewScript(keyfieldLua + inKey(givebackLua))
@@ -85,9 +85,13 @@ type pool struct {
 	// gen is the generation of the index this server last announced its
 	// keys in (see keys.lua), or 0 to announce them at the next booking.
 	gen atomic.Int64
+	// bookKeys are a booking's KEYS; boxedKeep, keep as an argument.
+	bookKeys  []string
+	boxedKeep any
 
-	mu   sync.Mutex // guards keys
+	mu   sync.Mutex // guards keys and live
 	keys []keyState
+	live *liveKeys // nil when the keys removed changed since it was made
 }
 
 // keyState is what this server knows of one key of its pool.
@@ -119,6 +123,7 @@ func newPool(b *Budget) *pool {
 		p.local = append(p.local, newLocalLimiter(b.lim, b.dims, b.opt.FleetSize))
 	}
 	p.keys = make([]keyState, len(p.ids))
+	p.bookKeys, p.boxedKeep = []string{b.key, p.zset, p.removed}, p.keep
 	p.sum = append(p.sum, b.tau)
 	for _, d := range b.dims {
 		p.sum = append(p.sum, d.field, d.tau, d.cap)
@@ -180,31 +185,62 @@ func (b *Budget) liveKeys() int {
 func (b *Budget) keyArgs(args []any, placeKey int) ([]string, []any, []int) {
 	p := b.pool
 	args = append(args, p.sum...)
-	keys := make([]string, 3, 3+len(p.ids))
-	keys[0], keys[1], keys[2] = b.key, p.zset, p.removed
-	var cands, rms strings.Builder
-	mem := make([]byte, 0, 34*len(p.ids))
-	cand := make([]int, 0, len(p.ids))
-	place := 0
 	p.mu.Lock()
+	live := p.live
+	if live == nil {
+		live = p.liveSet()
+		p.live = live
+	}
+	mem := make([]byte, 34*len(live.cand))
+	for j, i := range live.cand {
+		k := p.keys[i]
+		digits(mem[34*j:34*j+17], k.mine)
+		digits(mem[34*j+17:34*j+34], k.respacedAt)
+	}
+	p.mu.Unlock()
+	if len(live.cand) == 0 {
+		return nil, nil, nil
+	}
+	place := 0
+	for j, i := range live.cand {
+		if i+1 == placeKey {
+			place = j + 1
+		}
+	}
+	return p.bookKeys, append(args, live.ids, live.removed, p.boxedKeep, mem, p.gen.Load(), place), live.cand
+}
+
+// liveKeys are what a booking sends of the keys live and removed, kept
+// while the keys removed do not change.
+type liveKeys struct {
+	cand    []int // the live keys, by index
+	ids     any   // their ids, each followed by a space (see keys.lua)
+	removed any   // the same of the removed keys
+}
+
+// liveSet returns the pool's liveKeys. p.mu must be held.
+func (p *pool) liveSet() *liveKeys {
+	var ids, rms strings.Builder
+	l := &liveKeys{}
 	for i, k := range p.keys {
 		if k.removed {
 			rms.WriteString(p.ids[i] + " ")
 			continue
 		}
-		cand = append(cand, i)
-		if i+1 == placeKey {
-			place = len(cand)
-		}
-		keys = append(keys, p.hashes[i])
-		cands.WriteString(p.ids[i] + " ")
-		mem = fmt.Appendf(mem, "%017d%017d", max(k.mine, 0), max(k.respacedAt, 0))
+		l.cand = append(l.cand, i)
+		ids.WriteString(p.ids[i] + " ")
 	}
-	p.mu.Unlock()
-	if len(cand) == 0 {
-		return nil, nil, nil
+	l.ids, l.removed = ids.String(), rms.String()
+	return l
+}
+
+// digits writes x, not negative, in decimal into d, padded with zeros.
+func digits(d []byte, x int64) {
+	x = max(x, 0)
+	for i := len(d) - 1; i >= 0; i-- {
+		d[i] = byte('0' + x%10)
+		x /= 10
 	}
-	return keys, append(args, cands.String(), rms.String(), p.keep, string(mem), p.gen.Load(), place), cand
 }
 
 // parseKeyed reads the booking script's reply {reply, key, gone,
@@ -334,6 +370,7 @@ func (b *Budget) keyRemoved(i int) {
 	p.mu.Lock()
 	was := p.keys[i].removed
 	p.keys[i].removed = true
+	p.live = nil
 	p.mu.Unlock()
 	if !was {
 		b.log("a key was removed from the pool", "key", p.ids[i])

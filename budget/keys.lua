@@ -9,11 +9,14 @@
 -- ids by their summary, and '#' scored minus its generation (µs of the
 -- Redis clock: when it was made, or a key last removed); KEYS[3]
 -- P{name}:budget:removed, a hash of the ids of the keys removed from the
--- pool (Budget.Remove, a 401), each with when (µs of the Redis clock);
--- KEYS[4...] the hash of each key the caller may book, P{name}:budget:k:ID.
+-- pool (Budget.Remove, a 401), each with when (µs of the Redis clock). The
+-- key picked is booked in its hash, KEYS[1] .. ':k:' .. ID: the same hash
+-- tag, the same Redis Cluster slot (the pool's keys are not all declared:
+-- twenty long names would cost every booking more than the rest of the
+-- pick).
 -- The last ARGV are this block's, taken off before the summary's (see
 -- keyfield.lua) and wait.lua's own: the ids of the keys the caller may
--- book, in the order of KEYS, each followed by a space; the ids of the
+-- book, in the caller's order, each followed by a space; the ids of the
 -- keys the caller knows were removed, the same way, or ''; how long a
 -- removal is kept (ms); for each key the caller may book, the latest tat
 -- the caller set or learned of it and the latest respace of it the caller
@@ -34,10 +37,10 @@ local kcands, krms, kkeep, kmem = kb[1], kb[2], kb[3], kb[4]
 local kgen, kplace = tonumber(kb[5]), tonumber(kb[6])
 kargs()
 kzset = KEYS[2]
-local kn = #KEYS - 3
+local kn = #kcands / 17
 local function kat(s, i) return string.sub(s, (i - 1) * 17 + 1, (i - 1) * 17 + 16) end
 
-local ktop = redis.call('ZRANGE', kzset, 0, 5, 'WITHSCORES')
+local ktop = redis.call('ZRANGE', kzset, 0, 3, 'WITHSCORES')
 local gen = 0
 if ktop[1] == '#' then gen = -tonumber(ktop[2]) end
 local kgone = {}
@@ -69,7 +72,7 @@ if gen == 0 or gen ~= kgen then
   end
   if #add > 0 then redis.call('ZADD', kzset, 'NX', unpack(add)) end
   redis.call('PEXPIRE', kzset, kidle)
-  ktop = redis.call('ZRANGE', kzset, 0, 5, 'WITHSCORES')
+  ktop = redis.call('ZRANGE', kzset, 0, 3, 'WITHSCORES')
 end
 
 -- scan returns the caller's key (1-based) first in r, an index range with
@@ -89,10 +92,10 @@ if kplace > 0 and redis.call('ZSCORE', kzset, kat(kcands, kplace)) then
   kidx = kplace
 end
 if kidx == 0 then kidx = scan(ktop) end
-if kidx == 0 and #ktop == 12 then kidx = scan(redis.call('ZRANGE', kzset, 0, -1, 'WITHSCORES')) end
+if kidx == 0 and #ktop == 8 then kidx = scan(redis.call('ZRANGE', kzset, 0, -1, 'WITHSCORES')) end
 if kidx == 0 then return {{5, 0}, 0, kgone, gen} end
 
-kuse(kat(kcands, kidx), KEYS[3 + kidx])
+kuse(kat(kcands, kidx), kmain .. ':k:' .. kat(kcands, kidx))
 -- The budget's pause holds for every key.
 local gp = tonumber(redis.call('HGET', kmain, 'pause'))
 if gp then

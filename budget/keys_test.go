@@ -505,3 +505,33 @@ func TestKeysMissedRemoval(t *testing.T) {
 		t.Fatalf("Stats().Keys = %d; want 1: the booking reported the removal", n)
 	}
 }
+
+// TestKeysPauseUntil: a pause of the budget (PauseUntil) holds for every
+// key, for a booking made before this server heard of it too.
+func TestKeysPauseUntil(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, rdb, "pause-all", budget.Limit{Rate: 100}, &budget.Options{Keys: keys})
+	other := newBudget(t, redistest.Client(t, m.Addr()), "pause-all", budget.Limit{Rate: 100}, &budget.Options{Keys: keys})
+	var rec recorder
+	rec.watch(other)
+	ctx := context.Background()
+	reserveKey(t, other) // the other server is up, and knows the pool
+	until := time.Now().Add(300 * time.Millisecond)
+	if err := b.PauseUntil(ctx, until); err != nil {
+		t.Fatal(err)
+	}
+	end := field(t, rdb, b, "pause")
+	for range 2 {
+		r, err := other.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = r.Done(ctx)
+	}
+	for _, k := range rec.inOrder()[1:] {
+		if k.Slot < end {
+			t.Fatalf("a booking on key %d at %d, before the budget's pause ends at %d", k.Key, k.Slot, end)
+		}
+	}
+}
