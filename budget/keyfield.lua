@@ -72,15 +72,10 @@ local kredis = {call = function(cmd, key, ...)
   return kraw.call(cmd, key, ...)
 end}
 
--- ksum writes the key's summary in the index (see above), when the key is
--- in it (a removed key is not), and makes the index live kidle ms more.
--- now is the Redis clock (µs), or nil to read it.
-local function ksum(now)
-  local v = kraw.call('HMGET', KEYS[1], unpack(knames))
-  if not now then
-    local t = kraw.call('TIME')
-    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  end
+-- kscore returns the summary of the key whose hash is key (see above), at
+-- now (µs of the Redis clock).
+local function kscore(key, now)
+  local v = kraw.call('HMGET', key, unpack(knames))
   -- Corrupt fields count as 0, as in wait.lua (ten years: maxAhead).
   local function n(i)
     local x = tonumber(v[i])
@@ -98,6 +93,17 @@ local function ksum(now)
       j = j + 2
     end
   end
-  kraw.call('ZADD', kzset, 'XX', string.format('%d', e), kid)
+  return string.format('%d', math.max(e, 0))
+end
+
+-- ksum writes the key's summary in the index (see above), when the key is
+-- in it (a removed key is not), and makes the index live kidle ms more.
+-- now is the Redis clock (µs), or nil to read it.
+local function ksum(now)
+  if not now then
+    local t = kraw.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  kraw.call('ZADD', kzset, 'XX', kscore(KEYS[1], now), kid)
   kraw.call('PEXPIRE', kzset, kidle)
 end

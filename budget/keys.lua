@@ -24,7 +24,8 @@
 -- 0; and the key (1-based) whose place in the background line the caller
 -- comes back to, or 0.
 -- A caller that has not seen the index's generation announces its keys
--- first: those not removed join the index (free: summary 0), the removed
+-- first: those not removed join the index (each with its summary, from its
+-- hash; a key never booked is free), the removed
 -- ones are reported, and a removal Redis lost (a restart without
 -- persistence, FLUSHALL) that the caller knows of is written back: a
 -- removed key stays removed. A new index gets a new generation.
@@ -56,7 +57,13 @@ if gen == 0 or gen ~= kgen then
   local tomb = redis.call('HMGET', KEYS[3], unpack(all))
   local add, back = {}, {}
   for i = 1, kn do
-    if tomb[i] then kgone[#kgone + 1] = i else add[#add + 1], add[#add + 2] = '0', ids[i] end
+    if tomb[i] then
+      kgone[#kgone + 1] = i
+    else
+      -- A key whose hash outlived the index (a pause longer than its
+      -- idle hour) joins it with its own summary, not as free.
+      add[#add + 1], add[#add + 2] = kscore(kmain .. ':k:' .. ids[i], now), ids[i]
+    end
   end
   for i = 1, #rms do
     if not tomb[kn + i] then back[#back + 1], back[#back + 2] = rms[i], string.format('%d', now) end

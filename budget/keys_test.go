@@ -535,3 +535,38 @@ func TestKeysPauseUntil(t *testing.T) {
 		}
 	}
 }
+
+// TestKeysIndexLost: when the pool's index is lost (it outlived its idle
+// hour, or was evicted) while a key's hash lives on, the key joins the new
+// index with its own summary: a key paused for two hours is not taken for
+// a free one.
+func TestKeysIndexLost(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, rdb, "index-lost", budget.Limit{Rate: 100}, &budget.Options{Keys: keys})
+	ctx := context.Background()
+	for _, k := range keys {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Key() == k {
+			continue
+		}
+		_ = r.Done(ctx)
+	}
+	r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	paused := r.Key()
+	if err := r.Observe(ctx, rateLimited("7200"), http.StatusTooManyRequests); err != nil {
+		t.Fatal(err)
+	}
+	m.Del(budget.Key(b) + ":keys")
+	for range 3 {
+		if k := reserveKey(t, b); k == paused {
+			t.Fatalf("booked %s, paused for two hours, after the index was lost", k)
+		}
+	}
+}
