@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -120,19 +121,23 @@ func BenchmarkBatch(b *testing.B) {
 }
 
 // upstream is a batch loader that takes batchLoad per call and counts its
-// calls and each key's loads.
+// calls, each key's loads and how long each call really took (a sleep of
+// batchLoad takes longer on a busy machine).
 type upstream struct {
 	calls atomic.Int64
-	mu    sync.Mutex // guards ids
+	mu    sync.Mutex // guards ids and took
 	ids   map[string]int
+	took  []time.Duration
 }
 
 func (u *upstream) load(_ context.Context, keys []string) (map[string]string, error) {
 	u.calls.Add(1)
+	start := time.Now()
 	time.Sleep(batchLoad)
 	m := make(map[string]string, len(keys))
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	u.took = append(u.took, time.Since(start))
 	if u.ids == nil {
 		u.ids = map[string]int{}
 	}
@@ -261,6 +266,11 @@ const (
 //	p50-ms, p99-ms   a Get's latency, the loader's batchLoad included
 //	p50-extra-ms  p50 less Window and batchLoad: what batching costs a Get
 //	              beyond its window and its load
+//	p50-over-ms   p50 less Window and the loader call's median duration as
+//	              measured (load-ms): what a Get waits beyond its window and
+//	              its load; p50-over-rtts is that in round trips of the run's
+//	              Redis (rtt-ms: the median of a fill.Get that hits, one
+//	              script's round trip, measured before the rounds)
 func BenchmarkFleetBatch(b *testing.B) {
 	for _, servers := range []int{8, 32, 64} {
 		for _, fleetWide := range []bool{false, true} {
@@ -285,10 +295,12 @@ func fleetBatchRounds(b *testing.B, servers, keys int, opt *fill.BatchOptions) {
 	s := redistest.Start(b, nil)
 	var up upstream
 	batchers := make([]*fill.Batcher[string], servers)
+	var c0 *fill.Cache
 	for i := range batchers {
 		c := fill.New(s.Client(b, nil), nil)
 		defer c.Close()
 		batchers[i] = fill.NewBatcher(c, up.load, opt)
+		c0 = c
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -316,8 +328,9 @@ func fleetBatchRounds(b *testing.B, servers, keys int, opt *fill.BatchOptions) {
 		wg.Wait()
 	}
 	round("fleet:warm-up", func(time.Duration) {})
+	rtt := hitRTT(b, c0, "fleet:warm-up:0")
 	up.calls.Store(0)
-	up.ids = nil
+	up.ids, up.took = nil, nil
 	run := strconv.FormatInt(time.Now().UnixNano(), 36)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -341,4 +354,31 @@ func fleetBatchRounds(b *testing.B, servers, keys int, opt *fill.BatchOptions) {
 	b.ReportMetric(float64(loaded)/float64(keys*b.N), "loads/key")
 	p50, _ := reportLatency(b, "", lats)
 	b.ReportMetric(p50-float64(fleetWindow+batchLoad)/float64(time.Millisecond), "p50-extra-ms")
+	slices.Sort(up.took)
+	load := ms(up.took[len(up.took)/2])
+	over := p50 - ms(fleetWindow) - load
+	b.ReportMetric(load, "load-ms")
+	b.ReportMetric(over, "p50-over-ms")
+	b.ReportMetric(ms(rtt), "rtt-ms")
+	b.ReportMetric(over/ms(rtt), "p50-over-rtts")
 }
+
+// hitRTT returns the median of 200 fill.Gets of key, cached in c: one
+// round trip each.
+func hitRTT(b *testing.B, c *fill.Cache, key string) time.Duration {
+	rtts := make([]time.Duration, 200)
+	for i := range rtts {
+		start := time.Now()
+		if _, err := fill.Get(context.Background(), c, key, func(context.Context) (string, error) {
+			return "", fmt.Errorf("%s is not cached", key)
+		}); err != nil {
+			b.Fatal(err)
+		}
+		rtts[i] = time.Since(start)
+	}
+	slices.Sort(rtts)
+	return rtts[len(rtts)/2]
+}
+
+// ms is d in milliseconds.
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -153,7 +153,12 @@ type Stats struct {
 	GivenBack uint64        // slots (and background places) of abandoned Waits and cancelled reservations given back to the budget
 	ComeBacks uint64        // times a background Wait was told to come back later (horizon or share)
 	Rebooked  uint64        // sleeping Waits that booked again because a pause began before their slot
-	Stretched uint64        // sleeping Waits whose slot moved with a stretch of the schedule after an overshoot, without a round trip
+	Stretched uint64        // sleeping Waits whose slot moved with a stretch of the schedule after an overshoot, or past a call that left late, without a round trip
+	// Late counts calls this server let through late enough, where the
+	// limit has no burst tolerance, to move the fleet's schedule after
+	// them on: the upstream counts the next call from
+	// this one's arrival.
+	Late uint64
 
 	PausesRateLimited uint64 // pauses for a 429 (or GitHub's 403), from Observe or PauseFor
 	PausesExhausted   uint64 // pauses for remaining 0 on a response that succeeded, from Observe
@@ -188,7 +193,7 @@ type counters struct {
 	waits, waitTotal, waitMax                     atomic.Int64
 	refused, abandoned, givenBack, comeBacks      atomic.Uint64
 	rebooked, rateLimited, exhausted, requested   atomic.Uint64
-	stretched                                     atomic.Uint64
+	stretched, late                               atomic.Uint64
 	pullDowns, localWaits, localPauses, redisErrs atomic.Uint64
 	limitConflicts, overshoots                    atomic.Uint64
 }
@@ -200,7 +205,7 @@ func (b *Budget) Stats() Stats {
 		Waits: uint64(s.waits.Load()), WaitTotal: time.Duration(s.waitTotal.Load()),
 		WaitMax: time.Duration(s.waitMax.Load()), Refused: s.refused.Load(),
 		Abandoned: s.abandoned.Load(), GivenBack: s.givenBack.Load(), ComeBacks: s.comeBacks.Load(),
-		Rebooked: s.rebooked.Load(), Stretched: s.stretched.Load(), PausesRateLimited: s.rateLimited.Load(),
+		Rebooked: s.rebooked.Load(), Stretched: s.stretched.Load(), Late: s.late.Load(), PausesRateLimited: s.rateLimited.Load(),
 		PausesExhausted: s.exhausted.Load(), PausesRequested: s.requested.Load(),
 		PullDowns: s.pullDowns.Load(), LocalWaits: s.localWaits.Load(),
 		LocalPauses: s.localPauses.Load(), Errors: s.redisErrs.Load(),
@@ -280,9 +285,12 @@ type Budget struct {
 	// overshoot (µs of the Redis clock): slots booked before then are
 	// booked again.
 	respacedAt int64
-	// respaces are the latest respaces heard of, oldest first;
-	// forgotRespaces is the latest of those dropped to keep them few.
+	// respaces are the latest moves of the schedule heard of (respaces
+	// and shifts), in order of instant; forgotRespaces is the latest of
+	// those dropped to keep them few; moves counts those heard of, in any
+	// order, for sleeping Waits to move their slots again.
 	respaces       []respace
+	moves          int64
 	forgotRespaces int64
 	localPause     time.Time     // end of a pause kept locally while Redis was unreachable
 	paused         chan struct{} // closed, and replaced, when either grows

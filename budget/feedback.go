@@ -249,9 +249,10 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 //     pacing at its limit to the upstream early, unless its headers say a
 //     limit on other units than calls (tokens) has nothing left. It pauses
 //     for one interval only, widens the spacing of paced slots (from an
-//     interval/48, doubling up to a whole interval, halving every 400
-//     intervals without an overshoot), and has the Waits sleeping on
-//     every server book again at the new spacing; see [Stats].Overshoots.
+//     interval/48, doubling up to a whole interval, halving every 100
+//     intervals without an overshoot), and stretches the schedule to the
+//     new spacing: the Waits sleeping on every server move their own
+//     slots; see [Stats].Overshoots and [Stats].Stretched.
 //     Only max(3, Rate/4) overshoots (at most 10) within one Per, the
 //     spacing at its widest, are a storm, which pauses for Retry-After.
 //   - Remaining 0 (x-rate-limit-remaining, the X API, or

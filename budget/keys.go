@@ -43,6 +43,7 @@ var (
 	keyPauseScript    = redis.NewScript(keyfieldLua + inKey(pauseLua))
 	keyCapScript      = redis.NewScript(keyfieldLua + inKey(capLua))
 	keyGivebackScript = redis.NewScript(keyfieldLua + inKey(givebackLua))
+	keyShiftScript    = redis.NewScript(keyfieldLua + inKey(shiftLua))
 	keysRemoveScript  = redis.NewScript(keysRemoveLua)
 )
 
@@ -311,9 +312,11 @@ func (b *Budget) keyMoved(r booking, booked int64) bool {
 }
 
 // keyMessage hears a message of a pool's on the budget's channel: a key's
-// pause, "k ID END [RESPACED K]" (see keyfield.lua), or its removal, "r ID".
-// It reports whether m was one; keys not in this server's pool are
-// ignored.
+// pause, "k ID END [RESPACED K]" (see keyfield.lua), a move of its schedule
+// past a call that left late, "k ID s AT FROM D" (see shift.lua), or its
+// removal, "r ID". It reports whether m was one; keys not in this server's
+// pool are ignored. Callers sleeping on a key whose schedule moved book
+// again: a key's moves are not worked out in place.
 func (b *Budget) keyMessage(m string) bool {
 	switch {
 	case strings.HasPrefix(m, "r "):
@@ -325,6 +328,15 @@ func (b *Budget) keyMessage(m string) bool {
 		return true
 	case strings.HasPrefix(m, "k "):
 		id, body, _ := strings.Cut(m[2:], " ")
+		if s, ok := strings.CutPrefix(body, "s "); ok {
+			at, _, _ := strings.Cut(s, " ")
+			if n, err := strconv.ParseInt(at, 10, 64); err == nil && b.pool != nil {
+				if i, ok := b.pool.index[id]; ok {
+					b.keyHeard(i, 0, n)
+				}
+			}
+			return true
+		}
 		ends, rest, _ := strings.Cut(body, " ")
 		respaced, _, _ := strings.Cut(rest, " ")
 		at, err := strconv.ParseInt(ends, 10, 64)
@@ -360,6 +372,42 @@ func (b *Budget) keyHeard(i int, at, respaced int64) {
 	p.mu.Unlock()
 	if grew {
 		b.wakeSleepers()
+	}
+}
+
+// knownRespaceOf is the latest respace heard of, of the budget's
+// schedule, or of key k's (1 + its index; 0 for the budget's).
+func (b *Budget) knownRespaceOf(k int) int64 {
+	if k == 0 {
+		return b.knownRespace()
+	}
+	p := b.pool
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.keys[k-1].respacedAt
+}
+
+// heardOf records a pause ending at at and a respace at respaced read from
+// Redis (see readPause): the budget's, or key k's (1 + its index).
+func (b *Budget) heardOf(k int, at, respaced int64) {
+	if k == 0 {
+		b.heard(at, respaced, 0)
+		return
+	}
+	b.keyHeard(k-1, at, respaced)
+}
+
+// shiftKey moves the schedule of key k (1 + its index) d µs later after
+// the slot from (see shift.lua), when a call on it left late; the Waits
+// sleeping on the key book again.
+func (b *Budget) shiftKey(ctx context.Context, k int, from, d int64) {
+	script, keys, args := b.onKey(k, shiftScript, keyShiftScript, []any{from, d, b.tau,
+		b.rdb.PublishFlag(), maxAhead.Microseconds()})
+	at, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
+		return script.Run(ctx, b.rdb.Redis(), keys, args...).Int64()
+	}, nil)
+	if err == nil && at > 0 {
+		b.keyHeard(k-1, 0, at)
 	}
 }
 

@@ -105,8 +105,8 @@ func TestMeteredRefusalPauses(t *testing.T) {
 	}
 }
 
-// TestOvershootSlackDecays: the learned slack halves every half-life (400
-// intervals, 80 s here) without an overshoot, so a fleet whose jitter passed goes back to
+// TestOvershootSlackDecays: the learned slack halves every half-life (100
+// intervals, 20 s here) without an overshoot, so a fleet whose jitter passed goes back to
 // its full rate.
 func TestOvershootSlackDecays(t *testing.T) {
 	m, rdb := redistest.Mini(t)
@@ -130,7 +130,7 @@ func TestOvershootSlackDecays(t *testing.T) {
 	}
 	for i, want := range []int64{most, most / 2, most / 4} {
 		if i > 0 {
-			clock = clock.Add(400 * T * time.Microsecond)
+			clock = clock.Add(100 * T * time.Microsecond)
 			m.SetTime(clock)
 		}
 		if s := bookTwo(t, b, rec); s[1]-s[0] != T+want {

@@ -6,6 +6,7 @@ package budget
 // schedule instead of pausing it.
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"errors"
@@ -173,11 +174,13 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 const firstSlack = 48
 
 // slackHalfLife is how long the learned slack takes to halve without an
-// overshoot, for a budget of emission interval t µs: 400 intervals (8 s at
+// overshoot, for a budget of emission interval t µs: 100 intervals (2 s at
 // 50 calls/s). Each halving that proves too much costs one 429 and a
-// doubling, so a fleet settles at about one overshoot per half-life, 0.25%
-// of its calls, at the least slack its jitter allows. In µs.
-func slackHalfLife(t int64) int64 { return 400 * t }
+// doubling, so a fleet settles at about one overshoot per half-life at
+// the least slack its jitter allows; and the slack a burst of jitter
+// taught it (a cold start, a stall) is gone within seconds, not kept for
+// a minute. In µs.
+func slackHalfLife(t int64) int64 { return 100 * t }
 
 // stormShare: 429s for more than one call in stormShare of a Per (at least
 // 3, at most maxStorm), with the slack at its most, are a storm, not
@@ -206,6 +209,22 @@ func (b *Budget) message(m string) {
 	if ids, ok := strings.CutPrefix(m, "c "); ok {
 		if b.conc != nil {
 			b.conc.wake(ids, false)
+		}
+		return
+	}
+	if s, ok := strings.CutPrefix(m, "s "); ok {
+		// A call left late: the slots after it moved (shift.lua). A move
+		// pause.lua or shift.lua never announces (more than an interval,
+		// or none) is dropped: a Wait that misses a move goes at its
+		// slot, and a 429 it draws counts as an overshoot.
+		f := strings.Fields(s)
+		if len(f) == 3 {
+			at, aerr := strconv.ParseInt(f[0], 10, 64)
+			from, ferr := strconv.ParseInt(f[1], 10, 64)
+			d, derr := strconv.ParseInt(f[2], 10, 64)
+			if aerr == nil && ferr == nil && derr == nil && at > 0 && from > 0 && d > 0 && d <= b.t {
+				b.heardShift(at, from, d)
+			}
 		}
 		return
 	}
@@ -293,11 +312,7 @@ func (b *Budget) heard(at, respaced, k int64) {
 	if respaced > b.respacedAt {
 		// Kept for the sleeping Waits to move their slots (stretch); k 0
 		// for a respace heard of without its factor.
-		b.respaces = append(b.respaces, respace{at: respaced, k: k})
-		if n := len(b.respaces); n > maxRespaces {
-			b.forgotRespaces = b.respaces[n-maxRespaces-1].at
-			b.respaces = slices.Delete(b.respaces, 0, n-maxRespaces)
-		}
+		b.addMove(respace{at: respaced, k: k})
 		// The fleet's schedule started again at respaced: what this
 		// server remembers of the old one must not push it back out
 		// (wait.lua takes the greater of the two).
@@ -350,37 +365,46 @@ func (b *Budget) pauseLocally(until time.Time) {
 	}
 }
 
-// respace is a stretch of the fleet's schedule heard of: at the instant at
-// (µs of the Redis clock), every slot s > at moved to at + T + (s-at)·k/10⁶
-// (see pause.lua); k is 0 when not known.
-type respace struct{ at, k int64 }
+// respace is a move of the fleet's schedule heard of, at the instant at
+// (µs of the Redis clock): a stretch, every slot s > at moved to at + T +
+// (s-at)·k/10⁶ (see pause.lua; k is 0 when not known), or, with d > 0, a
+// shift, every slot s > from moved to s + d (see shift.lua).
+type respace struct{ at, k, from, d int64 }
 
-// maxRespaces is how many respaces a server keeps for its sleeping Waits;
-// a Wait that slept across more books again.
-const maxRespaces = 16
+// maxRespaces is how many moves of the schedule a server keeps for its
+// sleeping Waits; a Wait that slept across more books again. A call that
+// leaves late moves the schedule (shift.go): a busy fleet hears a few tens
+// a second, and a Wait may sleep for seconds.
+const maxRespaces = 1024
 
-// stretch returns where the respaces heard of since booked (µs of the
-// Redis clock, the instant of the booking) moved slot, and the latest of
-// them; ok is false when one of them is not known well enough to move it
-// (its factor was not heard, or it was forgotten): the Wait books again.
-func (b *Budget) stretch(slot, booked int64) (moved, latest int64, ok bool) {
+// stretch returns where the moves heard of since booked (µs of the Redis
+// clock, the instant of the booking), applied in order of instant, moved
+// slot, the slot booked then, and how many moves had been heard of; ok is
+// false when one of them is not known well enough to move it (its factor
+// was not heard, or it was forgotten): the Wait books again. A move heard
+// of late (a reply and a message on different connections) takes its
+// place among the others, so the slot is worked out again from the
+// booking each time.
+func (b *Budget) stretch(slot, booked int64) (moved, moves int64, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if booked < b.forgotRespaces {
-		return slot, booked, false
+		return slot, b.moves, false
 	}
-	latest = booked
-	for _, r := range b.respaces {
-		if r.at <= booked {
-			continue
-		}
-		if r.k <= 0 {
-			return slot, booked, false
-		}
-		if slot > r.at {
+	i, _ := slices.BinarySearchFunc(b.respaces, booked+1, func(r respace, at int64) int {
+		return cmp.Compare(r.at, at)
+	})
+	for _, r := range b.respaces[i:] {
+		switch {
+		case r.d > 0:
+			if slot > r.from {
+				slot += r.d
+			}
+		case r.k <= 0:
+			return slot, b.moves, false
+		case slot > r.at:
 			slot = r.at + b.t + (slot-r.at)*r.k/1e6 + 1
 		}
-		latest = r.at
 	}
-	return slot, latest, latest > booked
+	return slot, b.moves, true
 }

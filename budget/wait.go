@@ -64,6 +64,7 @@ func (b *Budget) run(ctx context.Context, op string, p Priority, w want) (bookin
 	r, err := b.wait(ctx, op, p, w)
 	d := time.Since(start)
 	if err == nil {
+		b.leftLate(r)
 		s := &b.stats
 		s.waits.Add(1)
 		s.waitTotal.Add(int64(d))
@@ -161,7 +162,14 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 			return r, nil
 		}
 		booked := r.slot - r.wait.Microseconds() // the Redis clock at the booking
-		rebook := func(at, respaced int64) bool { return at > r.slot || respaced > booked || b.keyMoved(r, booked) }
+		orig := r.slot
+		// The slot moves with the fleet's schedule (a stretch after an
+		// overshoot, a shift past a call that left late) by itself, no
+		// round trip, when every move since the booking is known; seen is
+		// how many moves this server had heard of when it last worked the
+		// slot out (-1: not yet, a move heard before the reply counts).
+		seen := int64(-1)
+		moved := func(at, moves int64) bool { return at > r.slot || moves != seen || b.keyMoved(r, booked) }
 		// The slot on this process's clock, by the Redis clock's lead
 		// (see clock.go): not this reply's own latency after it.
 		d := r.wait
@@ -169,35 +177,42 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 			d = min(d, l)
 		}
 		for {
-			err = b.sleep(ctx, d, b.fine, rebook)
-			if !errors.Is(err, errPaused) {
+			err = b.sleep(ctx, d, b.fine, moved)
+			if !errors.Is(err, errPaused) || b.keyMoved(r, booked) {
+				// A key of a pool paused, respaced or removed: book again
+				// (on another key).
 				break
 			}
-			// An overshoot stretched the fleet's schedule: the slot moves
-			// by itself, no round trip, when every respace since the
-			// booking is known and no other pause reaches past it.
-			moved, latest, ok := b.stretch(r.slot, booked)
+			slot, moves, ok := b.stretch(orig, booked)
 			if !ok {
 				break
 			}
-			d = time.Duration(moved-r.slot) * time.Microsecond
-			r.slot, booked = moved, latest
-			b.stats.stretched.Add(1)
+			if slot != r.slot {
+				b.stats.stretched.Add(1)
+			}
+			r.slot, seen = slot, moves
 			if b.mu.Lock(); b.pauseAt > r.slot {
+				// A pause reaches past the slot: book again after it.
 				b.mu.Unlock()
 				break
 			}
 			b.mu.Unlock()
+			d = time.Duration(r.slot-orig) * time.Microsecond
 			if l, ok := b.lead.until(r.slot, time.Now()); ok {
 				d = l
+			}
+			if d <= 0 {
+				err = nil
+				break
 			}
 		}
 		if err == nil && (!listening || b.lost.Load() != lost) {
 			// Pub/sub did not work all along (refused, not confirmed yet,
-			// or Redis was away): a pause another server began meanwhile
-			// may not have been heard. Read it before going.
-			if at, respaced, rerr := b.readPause(r.kidx); rerr == nil && rebook(at, respaced) {
-				b.heard(at, respaced, 0)
+			// or Redis was away): a pause another server began meanwhile,
+			// or a respace it has not heard of, may not have been heard.
+			// Read them before going.
+			if at, respaced, rerr := b.readPause(r.kidx); rerr == nil && (at > r.slot || respaced > booked && respaced > b.knownRespaceOf(r.kidx)) {
+				b.heardOf(r.kidx, at, respaced)
 				err = errPaused
 			}
 		}
@@ -369,9 +384,9 @@ var errPaused = errors.New("paused")
 
 // sleep sleeps for d, until ctx ends (returning ctx.Err()), the Budget is
 // closed (ErrClosed), or, when paused is not nil, paused reports true for
-// the end of the pause heard of and the instant the schedule was last
-// respaced (errPaused).
-func (b *Budget) sleep(ctx context.Context, d time.Duration, fine bool, paused func(at, respaced int64) bool) error {
+// the end of the pause heard of and the count of moves of the schedule
+// heard of (errPaused).
+func (b *Budget) sleep(ctx context.Context, d time.Duration, fine bool, paused func(at, moves int64) bool) error {
 	deadline := time.Now().Add(d)
 	if !fine || d < fineWindow {
 		fine = false
@@ -382,15 +397,23 @@ func (b *Budget) sleep(ctx context.Context, d time.Duration, fine bool, paused f
 	defer timer.Stop()
 	for {
 		b.mu.Lock()
-		at, respaced, ch := b.pauseAt, b.respacedAt, b.paused
+		at, moves, ch := b.pauseAt, b.moves, b.paused
 		b.mu.Unlock()
-		if paused != nil && paused(at, respaced) {
+		if paused != nil && paused(at, moves) {
 			return errPaused
 		}
 		select {
 		case <-timer.C:
 			if fine {
 				sleepFine(deadline)
+				// A move heard during the fine sleep, which cannot be
+				// woken, is not too late to keep to.
+				b.mu.Lock()
+				at, moves = b.pauseAt, b.moves
+				b.mu.Unlock()
+				if paused != nil && paused(at, moves) {
+					return errPaused
+				}
 			}
 			return nil
 		case <-ctx.Done():

@@ -28,8 +28,10 @@ type BatchOptions struct {
 
 	// Window is how long a Batcher collects keys before it sends them.
 	// With FleetWide, it is how long the fleet's gatherer collects the keys
-	// handed off to it, from the first, and the least time between two of
-	// its loader calls; each Batcher hands its keys off within 2ms.
+	// handed off to it, from the first Get of the keys its own server
+	// handed off (each Batcher hands its keys off within 2ms and two round
+	// trips, which the Window covers), and the least time between two of
+	// its loader calls.
 	// default: 2ms
 	Window time.Duration
 
@@ -206,6 +208,7 @@ func GetMany[T any](ctx context.Context, c *Cache, keys []string,
 type batchItem struct {
 	key string
 	f   *flight.Call
+	at  time.Time // when a Batcher's Get asked for it; zero for GetMany
 }
 
 // batch is the typed part of a batch: its loader and options, and the ops
@@ -425,6 +428,7 @@ type batchLook struct {
 	key string
 	f   *flight.Call // nil for a gatherer's key (see gather.go)
 	ks  keyset
+	at  time.Time // the batchItem's
 
 	handedOff bool // claimed here, then handed off to the fleet's gatherer
 }

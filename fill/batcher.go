@@ -60,7 +60,7 @@ func (bt *Batcher[T]) Get(ctx context.Context, key string) (T, error) {
 		var zero T
 		return zero, err
 	}
-	return call[T](ctx, c, key, func(f *flight.Call) { bt.add(ctx, batchItem{key: key, f: f}) })
+	return call[T](ctx, c, key, func(f *flight.Call) { bt.add(ctx, batchItem{key: key, f: f, at: time.Now()}) })
 }
 
 func (bt *Batcher[T]) add(ctx context.Context, it batchItem) {

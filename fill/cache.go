@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -40,6 +41,10 @@ type Cache struct {
 	// The claim script's arguments that never change: the lease, the stale
 	// windows and whether a PTTL is wanted, boxed once (a call boxes none).
 	lockTTLArg, swrArg, sieArg, pttlArg any
+	// answered is how often, of late, a read found a value a plain GET
+	// could serve (fresh, no stale window), in millionths: a decaying
+	// average that decides whether reads go by GET first (see look).
+	answered atomic.Int64
 
 	mu         sync.Mutex // guards closed and wg.Add
 	closed     bool

@@ -25,6 +25,10 @@ const gathererEnv = "LOCKSMITH_FILL_GATHERER"
 // its parent "loading N" on stdout at each loader call, until it is
 // killed; it reports false when the binary is to run its tests.
 func helperMain() bool {
+	if addr := os.Getenv(pausedEnv); addr != "" {
+		pausedMain(addr)
+		return true
+	}
 	addr := os.Getenv(gathererEnv)
 	if addr == "" {
 		return false

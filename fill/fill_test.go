@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -582,6 +583,76 @@ func TestReadFirst(t *testing.T) {
 	}
 	if v, err := fill.Get(ctx, c, "bad", load); err != nil || v != 1 || c.Stats().Corrupt != 1 {
 		t.Fatalf("corrupt entry: %v, %v, stats %+v; want a reload", v, err, c.Stats())
+	}
+}
+
+// TestReadFirstOnItsOwn: by default a Cache whose reads nearly all find a
+// fresh value reads by GET first, and goes back to the read-or-claim
+// script when its reads miss: a hot key's hit becomes one GET, and a run of
+// misses costs two scripts each again. Values with a stale window, which a
+// GET cannot judge, never switch it.
+func TestReadFirstOnItsOwn(t *testing.T) {
+	m, _ := redistest.Mini(t)
+	rdb := redistest.Client(t, m.Addr())
+	c := newCache(t, rdb, nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	load := func(context.Context) (int, error) { return 1, nil }
+	swr := newCache(t, rdb, &fill.Options{TTL: time.Minute, StaleWhileRevalidate: time.Minute, Prefix: "swr:"})
+	for _, c := range []*fill.Cache{c, swr} {
+		if _, err := fill.Get(ctx, c, "warm-up", load); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var names []string
+	var mu sync.Mutex
+	rdb.AddHook(namesHook(func(name string) { mu.Lock(); names = append(names, name); mu.Unlock() }))
+	get := func(key string) string {
+		t.Helper()
+		mu.Lock()
+		names = nil
+		mu.Unlock()
+		if v, err := fill.Get(ctx, c, key, load); err != nil || v != 1 {
+			t.Fatalf("Get %s: %v, %v", key, v, err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Join(names, " ")
+	}
+	if got := get("hot"); got != "evalsha evalsha" {
+		t.Errorf("first miss: got %q; want two scripts", got)
+	}
+	if got := get("hot"); got != "evalsha" {
+		t.Errorf("a hit on a new Cache: got %q; want the script", got)
+	}
+	for range 100 {
+		get("hot")
+	}
+	if got := get("hot"); got != "get" {
+		t.Errorf("a hit after 100 hits: got %q; want one GET", got)
+	}
+	var cold string
+	for i := range 100 {
+		cold = get("cold" + strconv.Itoa(i))
+	}
+	if cold != "evalsha evalsha" {
+		t.Errorf("a miss after 100 misses: got %q; want two scripts", cold)
+	}
+
+	for range 100 {
+		if _, err := fill.Get(ctx, swr, "hot", load); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	names = nil
+	mu.Unlock()
+	if _, err := fill.Get(ctx, swr, "hot", load); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := strings.Join(names, " "); got != "evalsha" {
+		t.Errorf("a hit with a stale window after 100 hits: got %q; want the script alone", got)
 	}
 }
 

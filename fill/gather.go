@@ -4,12 +4,10 @@ import (
 	"context"
 	_ "embed"
 	"errors"
-	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -37,8 +35,11 @@ import (
 //     them as its own when it takes the lease, and loads those whose lock
 //     still holds the claim's token.
 //   - A gatherer calls its loader only while it knows its lease is still
-//     held; one that finds it lost (a pause) leaves its batch to its
-//     successor, locks untouched.
+//     held, without a break since it popped the batch; one that finds it
+//     lost (a pause) leaves its batch to its successor, locks untouched.
+//     A gatherer that takes the lease anew (its own had run out) keeps only
+//     the batches still on the loading list: the keys of the others were
+//     taken over while it was away.
 
 var (
 	//go:embed gather.lua
@@ -77,16 +78,24 @@ type gatherer[T any] struct {
 	// ended.
 	handed, ended chan struct{}
 
-	mu       sync.Mutex // guards running, pending, leaseEnd and loading
+	mu       sync.Mutex // guards running, pending, leaseEnd, term, loading, resync and first
 	running  bool       // the gather loop runs
 	pending  []*flight.Call
-	leaseEnd time.Time       // the lease surely ends then unless renewed
-	loading  map[string]bool // the items this server's loads settle
+	leaseEnd time.Time // the lease surely ends then unless renewed
+	// term counts the times this server took the lease anew; loading maps
+	// the items this server's loads settle to the term they belong to: an
+	// item of an earlier term may have been taken over.
+	term    uint64
+	loading map[string]uint64
+	resync  bool // a batch was abandoned: the next pop asks for the loading list
+	// first is the earliest Get of the keys handed off here since the loop
+	// last looked (see wake); zero for none.
+	first time.Time
 }
 
 func newGatherer[T any](b *batch[T]) *gatherer[T] {
 	base := redisx.Key(b.c.opt.Prefix, "batch:"+b.opt.Name)
-	return &gatherer[T]{b: b, token: lease.NewToken(), handed: make(chan struct{}, 1), ended: make(chan struct{}, 1), loading: map[string]bool{},
+	return &gatherer[T]{b: b, token: lease.NewToken(), handed: make(chan struct{}, 1), ended: make(chan struct{}, 1), loading: map[string]uint64{},
 		keys: []string{base + ":gatherer", base + ":queue", base + ":loading"}}
 }
 
@@ -129,10 +138,14 @@ func (g *gatherer[T]) run(ctx context.Context, mode string, args ...any) (any, e
 func (g *gatherer[T]) handOff(fctx context.Context, claimed []*batchLook, cl callOptions, wg *sync.WaitGroup) {
 	b := g.b
 	items := make([]any, len(claimed))
+	var first time.Time // the earliest Get of the keys
 	g.mu.Lock()
 	for i, l := range claimed {
 		items[i] = item(l)
 		g.pending = append(g.pending, l.f)
+		if !l.at.IsZero() && (first.IsZero() || l.at.Before(first)) {
+			first = l.at
+		}
 	}
 	g.mu.Unlock()
 	if _, err := g.run(fctx, gatherHandOff, items...); err != nil {
@@ -143,7 +156,7 @@ func (g *gatherer[T]) handOff(fctx context.Context, claimed []*batchLook, cl cal
 		}
 		return
 	}
-	g.wake()
+	g.wake(first)
 	for _, l := range claimed {
 		// Held by the claim's token, now the gatherer's to settle: this
 		// flight waits for it with a token of its own.
@@ -154,10 +167,17 @@ func (g *gatherer[T]) handOff(fctx context.Context, claimed []*batchLook, cl cal
 	b.awaitHeld(fctx, claimed, cl, wg)
 }
 
-// wake makes sure the gather loop runs, and pops within a Window.
-func (g *gatherer[T]) wake() {
+// wake makes sure the gather loop runs, and pops within a Window of first,
+// the earliest Get of the keys handed off (zero: now).
+func (g *gatherer[T]) wake(first time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if first.IsZero() {
+		first = time.Now()
+	}
+	if g.first.IsZero() || first.Before(g.first) {
+		g.first = first
+	}
 	if !g.running && g.b.c.enter() {
 		g.running = true
 		go g.loop()
@@ -179,216 +199,17 @@ func (g *gatherer[T]) busy() bool {
 	return len(g.pending) > 0
 }
 
-// gathered is the gather script's reply to a pop.
-type gathered struct {
-	leader            bool
-	pttl              time.Duration // another gatherer's lease
-	popped, recovered []string
-}
-
-func parseGathered(v any) (gathered, error) {
-	a, ok := v.([]any)
-	if ok && len(a) == 2 {
-		if n, ok := a[1].(int64); ok {
-			return gathered{pttl: lease.PTTL(n)}, nil
-		}
-	}
-	if ok && len(a) == 3 {
-		p, ok1 := a[1].([]any)
-		r, ok2 := a[2].([]any)
-		if ok1 && ok2 {
-			out := gathered{leader: true}
-			for _, s := range p {
-				s, _ := s.(string)
-				out.popped = append(out.popped, s)
-			}
-			for _, s := range r {
-				s, _ := s.(string)
-				out.recovered = append(out.recovered, s)
-			}
-			return out, nil
-		}
-	}
-	return gathered{}, fmt.Errorf("fill: unexpected gather reply %v (%T)", v, v)
-}
-
-// loop gathers while this server holds the lease: it pops up to MaxSize
-// keys a Window after the first were handed off, and at most once a Window
-// after that, and loads each batch popped on a goroutine of its own. While
-// a batch loads, it pops only full batches (see gatherLoop.fullOnly): the
-// keys missed meanwhile wait for the load to end, and go out together
-// (group commit), so a fleet whose misses arrive steadily makes one call
-// per load rather than one per Window. While another server gathers, it
-// looks at the lease every eighth of it, for as long as keys this server
-// handed off are not settled, and takes over once the lease is free. It
-// ends when there is nothing left to do, and at Close, which resigns the
-// lease.
-func (g *gatherer[T]) loop() {
-	c, opt := g.b.c, g.b.opt
-	defer c.wg.Done()
-	ls := &gatherLoop{}
-	defer ls.batches.Wait()
-	ctx := c.base
-	due := time.Now().Add(opt.Window)
-	timer := time.NewTimer(opt.Window)
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
-			_, _ = g.run(cctx, gatherResign)
-			cancel()
-			g.stop(ctx, false)
-			return
-		case <-g.handed:
-			// Pop within a Window of the keys handed off here, rather than
-			// after another gatherer's lease.
-			if at := time.Now().Add(opt.Window); at.Before(due) && timer.Stop() {
-				due = at
-				timer.Reset(opt.Window)
-			}
-			continue
-		case <-g.ended:
-			// A batch ended: the keys queued while it loaded go now (a
-			// Window after the last pop at the earliest).
-			at := ls.lastPop.Add(opt.Window)
-			if now := time.Now(); at.Before(now) {
-				at = now
-			}
-			if at.Before(due) && timer.Stop() {
-				due = at
-				timer.Reset(time.Until(at))
-			}
-			continue
-		case <-timer.C:
-		}
-		next, done := g.pop(ctx, ls)
-		if done {
-			return
-		}
-		due = time.Now().Add(next)
-		timer.Reset(next)
-	}
-}
-
-// gatherLoop is the state of a gather loop.
-type gatherLoop struct {
-	batches  sync.WaitGroup
-	inflight atomic.Int32 // batches loading
-	took     atomic.Int64 // a batch's load and settle, a moving average, in ns
-	lastPop  time.Time    // of the last pop that popped keys
-	resync   bool         // a pop's reply was lost: ask for the loading list
-}
-
-// fullOnly reports whether the loop pops only a full batch: while a batch
-// loads, unless the last batch popped has taken twice as long as batches
-// do (a slow call, a cold start), which the keys queued since then need
-// not wait for.
-func (ls *gatherLoop) fullOnly(window time.Duration) bool {
-	expected := max(time.Duration(ls.took.Load()), window)
-	return ls.inflight.Load() > 0 && time.Since(ls.lastPop) < 2*expected
-}
-
-// pop pops once (see loop), and returns when to pop next, or that the loop
-// ends.
-func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Duration, done bool) {
-	c, opt := g.b.c, g.b.opt
-	sent := time.Now()
-	fullOnly, resync := "0", "0"
-	if ls.fullOnly(opt.Window) {
-		fullOnly = "1"
-	}
-	if ls.resync {
-		resync = "1"
-	}
-	v, err := g.run(ctx, gatherPop, opt.MaxSize, fullOnly, resync)
-	var r gathered
-	if err == nil {
-		r, err = parseGathered(v)
-	}
-	switch {
-	case err != nil:
-		c.log("the fleet's gatherer could not reach redis", "err", err)
-		ls.resync = ls.resync || redisx.MayHaveRun(err)
-		return max(c.opt.PollInterval, opt.Window), g.stop(ctx, false)
-	case !r.leader:
-		return max(min(r.pttl+time.Millisecond, g.lease()/8), opt.Window), g.stop(ctx, false)
-	}
-	ls.resync = false
-	g.mu.Lock()
-	g.leaseEnd = sent.Add(g.lease())
-	// Keys this gatherer loads already are not recovered.
-	r.recovered = slices.DeleteFunc(r.recovered, func(s string) bool { return g.loading[s] })
-	for _, items := range [][]string{r.recovered, r.popped} {
-		for _, s := range items {
-			g.loading[s] = true
-		}
-	}
-	g.mu.Unlock()
-	if len(r.popped) > 0 {
-		ls.lastPop = sent
-	}
-	for i, items := range [][]string{r.recovered, r.popped} {
-		if len(items) > 0 {
-			ls.inflight.Add(1)
-			ls.batches.Go(func() {
-				defer signal(g.ended)
-				defer ls.inflight.Add(-1)
-				start := time.Now()
-				g.load(items, i == 0)
-				d := int64(time.Since(start))
-				if old := ls.took.Load(); old != 0 {
-					d = (3*old + d) / 4 // racing updates may drop one: a sample
-				}
-				ls.took.Store(d)
-			})
-		}
-	}
-	switch {
-	case len(r.popped) == opt.MaxSize:
-		return 0, false
-	case len(r.popped) == 0 && len(r.recovered) == 0 && ls.inflight.Load() == 0:
-		return opt.Window, g.stop(ctx, true)
-	}
-	return opt.Window, false
-}
-
-// signal wakes the loop with ch, unless it has a wake-up pending there.
-func signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
-}
-
-// stop ends the loop, when nothing is left for it to do: as gatherer
-// (leader), once it released the lease, the queue and the loading list
-// being empty; else once no key this server handed off waits. It reports
-// whether the loop ends.
-func (g *gatherer[T]) stop(ctx context.Context, leader bool) bool {
+// held reports whether the gatherer surely still holds its lease, and has
+// held it without a break since it popped items: their loader may be
+// called.
+func (g *gatherer[T]) held(items []string) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	switch {
-	case ctx.Err() != nil:
-	case leader:
-		// Under g.mu: a key handed off after the lease is released takes
-		// the lease and wakes a new loop.
-		v, err := g.run(ctx, gatherQuit)
-		if n, _ := v.(int64); err != nil || n != 1 {
+	for _, s := range items {
+		if term, ok := g.loading[s]; !ok || term != g.term {
 			return false
 		}
-	case g.busy():
-		return false
 	}
-	g.running = false
-	return true
-}
-
-// held reports whether the gatherer surely still holds its lease: its
-// loader may be called.
-func (g *gatherer[T]) held() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	// A margin for the call to reach the upstream.
 	return time.Until(g.leaseEnd) >= g.lease()/3
 }
@@ -421,7 +242,7 @@ func (g *gatherer[T]) load(items []string, recovered bool) {
 		chunk = g.stillClaimed(fctx, chunk)
 	}
 	around := func(call func() (any, error)) (any, error) {
-		if !g.held() {
+		if !g.held(items) {
 			return nil, errAbandoned
 		}
 		return call()
@@ -437,6 +258,9 @@ func (g *gatherer[T]) load(items []string, recovered bool) {
 		for _, s := range items {
 			delete(g.loading, s)
 		}
+		// Those still on the loading list are this server's to load again
+		// should it hold the lease: its next pop looks.
+		g.resync = g.resync || abandoned
 		g.mu.Unlock()
 	}()
 	if abandoned {

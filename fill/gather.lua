@@ -12,10 +12,11 @@
 --   'g' gather: unless another holds the lease, take or renew it, and pop up
 --       to ARGV[5] items onto the loading list (with ARGV[6] '1', only if
 --       the queue holds that many: a full batch). Returns {1, popped,
---       recovered}, recovered being the loading list when the lease was
---       taken anew (a gatherer's whose lease ran out, now the caller's) or
---       when ARGV[7] is '1' (the caller lost the reply to a pop), or {0,
---       pttl} while another gathers.
+--       recovered, fresh}, recovered being the loading list when the lease
+--       was taken anew (a gatherer's whose lease ran out, now the caller's:
+--       fresh is 1, else 0) or when ARGV[7] is '1' (the caller lost the
+--       reply to a pop, or gave up a batch), or {0, pttl} while another
+--       gathers.
 --   'd' done: ARGV[5..] items settled, taken off the loading list. Returns 1.
 --   'q' quit: release the lease if the caller holds it and the queue and the
 --       loading list are empty. Returns 1 when released, else 0.
@@ -44,6 +45,7 @@ if mode == 'q' then
   return 0
 end
 local recovered = {}
+local fresh = 0
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   if ARGV[7] == '1' then recovered = redis.call('LRANGE', KEYS[3], 0, -1) end
@@ -52,6 +54,7 @@ elseif holder then
 else
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   recovered = redis.call('LRANGE', KEYS[3], 0, -1)
+  fresh = 1
 end
 local popped = {}
 local n = tonumber(ARGV[5])
@@ -64,4 +67,4 @@ if #popped > 0 then
   redis.call('RPUSH', KEYS[3], unpack(popped))
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
-return {1, popped, recovered}
+return {1, popped, recovered, fresh}

@@ -61,16 +61,9 @@ func (c *Cache) load(ctx, wctx context.Context, key string, run func(context.Con
 		stop := func() {}
 		if rc := res.Context(); res != nil && rc != wctx {
 			// The reservation holds a concurrency slot: the load runs
-			// under its lease, as lock.Do runs its function, and ends
-			// when the fleet may have given the slot to another call.
-			var lcancel context.CancelCauseFunc
-			lctx, lcancel = context.WithCancelCause(lctx)
-			unwatch := context.AfterFunc(rc, func() {
-				if cause := context.Cause(rc); errors.Is(cause, budget.ErrSlotLost) {
-					lcancel(cause)
-				}
-			})
-			stop = func() { unwatch(); lcancel(nil) }
+			// under its lease, and ends when the fleet may have given
+			// the slot to another call.
+			lctx, stop = budgetctx.UnderSlot(lctx, rc)
 		}
 		start := time.Now()
 		out := c.runReserved(lctx, run, res)

@@ -78,13 +78,15 @@ type Options struct {
 	// default: 4 KiB
 	CompressAbove int
 
-	// ReadFirst reads a value with a plain GET before the read-or-claim
-	// script: a hit then costs the server what a GET costs (no Lua), and a
-	// miss costs one more round trip (three, plus the loader). For keys
-	// read far more often than they are filled. A GET cannot tell a fresh
-	// value from a stale one, so with StaleWhileRevalidate, StaleIfError or
-	// EarlyRefresh a GET that finds a value still runs the script.
-	// default: false (a hit one round trip, a miss two)
+	// ReadFirst always reads a value with a plain GET before the
+	// read-or-claim script: a hit then costs the server what a GET costs
+	// (no Lua), and a miss costs one more round trip (three, plus the
+	// loader). A GET cannot tell a fresh value from a stale one, so with
+	// StaleWhileRevalidate, StaleIfError or EarlyRefresh a GET that finds a
+	// value still runs the script.
+	// default: false: a Cache reads by GET first on its own while nine
+	// reads in ten or more of late found a fresh value (hot keys), and by
+	// the script otherwise (a hit one round trip, a miss two)
 	ReadFirst bool
 
 	// FailClosed makes Get return the Redis error when Redis cannot be
@@ -102,7 +104,9 @@ type Options struct {
 	// the call really spent (Reservation.Spent) and, with a pool of keys
 	// (budget.Options.Keys), reads the credential to call with
 	// (Reservation.Key); the reservation is done when the loader returns,
-	// whatever it returned.
+	// whatever it returned. With the budget's Concurrency, the load holds
+	// a slot while it runs, under the slot's lease: the loader's ctx ends,
+	// with cause budget.ErrSlotLost, if the slot is lost.
 	// A loader error wrapping budget.ErrRateLimited pauses the budget (its
 	// reservation's key, with a pool) for its RetryAfter, and the same
 	// flight, still holding the fill lock,

@@ -73,7 +73,10 @@
 // the reservation in its ctx (budget.FromContext), so a Base that learns
 // what the call really spent reports it (Reservation.Spent) before it
 // returns; the reservation is done, settling what was spent, once Base
-// has returned. Each response is reported to the budget through the
+// has returned. With the budget's Concurrency, the request holds one of
+// the fleet's slots while Base runs, and runs under the slot's lease: its
+// ctx ends, with cause [budget.ErrSlotLost], if the slot is lost before
+// (a pass-through's, until its body is closed). Each response is reported to the budget through the
 // reservation (Reservation.Observe): rate-limit headers such as OpenAI's
 // x-ratelimit-remaining-tokens cap what the fleet books before the reset,
 // and a 429 pauses the budget fleet-wide, once, for its Retry-After (read

@@ -228,8 +228,22 @@ func (t *Transport) pass(req *http.Request) (*http.Response, error) {
 	// Done settles even when ctx has ended, and its error, like
 	// Observe's, is no reason to fail the request.
 	defer func() { _ = res.Done(ctx) }()
-	out := t.authorize(req.WithContext(budgetctx.WithReservation(ctx, res)), res)
+	octx := budgetctx.WithReservation(ctx, res)
+	var stop context.CancelFunc
+	if rc := res.Context(); rc != ctx {
+		// The reservation holds a concurrency slot: the request runs
+		// under its lease, as loads do, until its body is closed.
+		octx, stop = budgetctx.UnderSlot(octx, rc)
+	}
+	out := t.authorize(req.WithContext(octx), res)
 	resp, err := t.opt.Base.RoundTrip(out)
+	if stop != nil {
+		if err != nil {
+			stop()
+		} else {
+			resp.Body = closing(resp.Body, stop)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -252,6 +266,39 @@ func (t *Transport) authorize(out *http.Request, res *budget.Reservation) *http.
 	t.opt.Authorize(out, res.Key())
 	return out
 }
+
+// closing returns body, which calls stop once closed; a writable body (a
+// 101 Switching Protocols response's) stays writable.
+func closing(body io.ReadCloser, stop func()) io.ReadCloser {
+	switch rw := body.(type) {
+	case nil:
+		stop()
+		return nil
+	case io.ReadWriteCloser:
+		return &stopRWBody{stopBody{rw, stop}, rw}
+	}
+	return &stopBody{body, stop}
+}
+
+// stopBody is a response body that calls stop once closed.
+type stopBody struct {
+	io.ReadCloser
+	stop func()
+}
+
+func (b *stopBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.stop()
+	return err
+}
+
+// stopRWBody is a writable stopBody.
+type stopRWBody struct {
+	stopBody
+	w io.Writer
+}
+
+func (b *stopRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 
 // observe reports an upstream response to the budget through the call's
 // reservation, and whether the budget took it: false without a budget. A

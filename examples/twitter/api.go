@@ -43,9 +43,10 @@ type fakeAPI struct {
 	bucket  *tokenBucket
 	latency time.Duration
 	now     func() time.Time
+	conc    inFlight // the calls in flight, and their cap
 
 	served  atomic.Int64 // calls answered 200
-	refused atomic.Int64 // calls answered 429
+	refused atomic.Int64 // calls answered 429, for the rate or past the cap on calls in flight
 	denied  atomic.Int64 // calls answered 401: a token the API does not know
 
 	// With -tokens, a bucket per token (see tokens.go), and the tokens in
@@ -60,13 +61,15 @@ type fakeAPI struct {
 }
 
 // startAPI starts a fake API allowing rate calls per second with bursts of
-// up to burst calls, each call taking latency, on the clock now. Close stops
-// it.
-func startAPI(rate float64, burst int, latency time.Duration, now func() time.Time) *fakeAPI {
+// up to burst calls, each call taking latency, on the clock now; with
+// maxInFlight above 0, it refuses a call that arrives while that many are in
+// flight (see inFlight). Close stops it.
+func startAPI(rate float64, burst int, latency time.Duration, maxInFlight int, now func() time.Time) *fakeAPI {
 	a := &fakeAPI{bucket: newTokenBucket(rate, burst), latency: latency, now: now, asked: make(map[uint64]int64)}
+	a.conc.limit = int64(maxInFlight)
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /users/{id}/timeline", a.timeline)
-	mux.HandleFunc("GET /users/timelines", a.timelines)
+	mux.HandleFunc("GET /users/{id}/timeline", a.conc.count(a.timeline))
+	mux.HandleFunc("GET /users/timelines", a.conc.count(a.timelines))
 	mux.HandleFunc("GET /health", a.health)
 	a.srv = httptest.NewServer(mux)
 	return a
@@ -150,9 +153,15 @@ func (a *fakeAPI) timelines(w http.ResponseWriter, r *http.Request) {
 // latency. A call over the limit it answers 429 with Retry-After. It
 // reports whether the handler goes on to answer r.
 func (a *fakeAPI) admit(w http.ResponseWriter, r *http.Request, ids []uint64, err error) bool {
+	now := a.now()
+	if overCap(r) {
+		a.record(now, ids, err)
+		a.refused.Add(1)
+		refuseInFlight(w)
+		return false
+	}
 	// The budget is spent when the call arrives, whatever happens next, as
 	// on the X API: a call for a page that does not exist counts too.
-	now := a.now()
 	bucket, known := a.bucketFor(r)
 	if !known {
 		apiError(w, http.StatusUnauthorized, "Invalid or expired token", 89)

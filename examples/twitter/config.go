@@ -27,7 +27,9 @@ type config struct {
 	burst                       int
 	// tokens is the number of app tokens (-tokens), each limited by the
 	// API on its own; 0 for one limit shared by every call.
-	tokens                        int
+	tokens int
+	// apiConcurrency is the API's cap on calls in flight; 0 for none.
+	apiConcurrency                int
 	latency, ttl, timeout, window time.Duration
 	// timeoutComputed says that -timeout was not given: run computes the
 	// deadline (see requestDeadline).
@@ -62,6 +64,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.burst, "burst", 10, "API calls allowed at once after a quiet time")
 	fs.IntVar(&cfg.tokens, "tokens", 0, "app tokens the fleet holds, the API limiting each on its own at -rate and\n"+
 		"-burst; the modes with a budget spread their calls over them as a pool;\n0: one limit for every call, no token")
+	fs.IntVar(&cfg.apiConcurrency, "api-concurrency", 0, "the API refuses (429, Retry-After 1) a call that arrives while this many are\n"+
+		"in flight, as GitHub's secondary limit does past 100; 0 for no such cap.\nMode "+concMode+" caps the fleet's calls in flight at it")
 	fs.DurationVar(&cfg.latency, "latency", 80*time.Millisecond, "time the API takes per call")
 	fs.DurationVar(&cfg.ttl, "ttl", 10*time.Minute, "how long a timeline stays cached")
 	fs.DurationVar(&cfg.timeout, "timeout", 0, "the longest one request may take; 0 computes it from the distinct users\n"+
@@ -72,7 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		"defaults): -redis '' is localhost:6379, -redis :6380 localhost:6380")
 	fs.StringVar(&cfg.prefix, "prefix", "twitter-demo:", "prefix of every Redis key written; keys under it are deleted before\neach mode and at the end")
 	fs.BoolVar(&cfg.json, "json", false, "print the settings and results as one JSON object, and nothing else,\non stdout")
-	cfg.modes = slices.Clone(modes)
+	cfg.modes = defaultModes()
 	fs.Var(&cfg.modes, "modes", "the modes to run, in that order: comma-separated `names` among"+modesHelp())
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -105,6 +109,11 @@ func (c *config) validate() error {
 		{!(c.rate > 0) || math.IsInf(c.rate, 0), fmt.Sprintf("-rate must be a finite number above 0 (got %g)", c.rate)},
 		{c.burst < 1, fmt.Sprintf("-burst must be at least 1 (got %d)", c.burst)},
 		{c.tokens < 0 || c.tokens > maxTokens, fmt.Sprintf("-tokens must be between 0 and %d (got %d)", maxTokens, c.tokens)},
+		{c.apiConcurrency < 0, fmt.Sprintf("-api-concurrency must not be negative (got %d)", c.apiConcurrency)},
+		{c.apiConcurrency == 0 && slices.ContainsFunc(c.modes, func(m mode) bool { return m.name == concMode }),
+			"mode " + concMode + " needs -api-concurrency: the cap it keeps the fleet under"},
+		{c.tokens > 0 && slices.ContainsFunc(c.modes, func(m mode) bool { return m.name == concMode }),
+			"mode " + concMode + " with -tokens: the budget caps calls in flight for the fleet, not per token"},
 		{c.latency < 0, fmt.Sprintf("-latency must not be negative (got %s)", c.latency)},
 		{c.ttl < time.Second, fmt.Sprintf("-ttl must be at least 1s (got %s)", c.ttl)},
 		{c.timeout < 0, fmt.Sprintf("-timeout must not be negative (got %s)", c.timeout)},
@@ -128,14 +137,19 @@ const (
 	minDeadline   = 10 * time.Second
 	maxDeadline   = 24 * time.Hour
 	deadlineSlack = 5 * time.Second
-	deadlineRule  = "distinct users ÷ rate (× -tokens, if any) + latency\n+ 5s, in whole seconds, at least 10s"
+	deadlineRule  = "distinct users ÷ rate (× -tokens, if any; with -api-concurrency, × latency ÷ it\nif longer) + latency + 5s, in whole seconds, at least 10s"
 )
 
 // requestDeadline is the deadline of each request when -timeout is not
 // given: long enough for a fleet that makes one call per distinct user, at
 // the API's rate, to answer every request, whichever mode it runs.
 func requestDeadline(cfg config, distinct int) time.Duration {
-	secs := min(float64(distinct)/(cfg.rate*float64(max(cfg.tokens, 1))), maxDeadline.Seconds())
+	secs := float64(distinct) / (cfg.rate * float64(max(cfg.tokens, 1)))
+	if cfg.apiConcurrency > 0 {
+		// No more than apiConcurrency calls of latency each at once.
+		secs = max(secs, float64(distinct)*cfg.latency.Seconds()/float64(cfg.apiConcurrency))
+	}
+	secs = min(secs, maxDeadline.Seconds())
 	d := time.Duration(secs*float64(time.Second)) + cfg.latency + deadlineSlack
 	d = (d + time.Second - 1).Truncate(time.Second)
 	return min(max(minDeadline, d), maxDeadline)
@@ -194,6 +208,18 @@ func (f *modesFlag) Set(s string) error {
 	return nil
 }
 
+// defaultModes are the modes a run without -modes runs: every mode but the
+// extra ones.
+func defaultModes() modesFlag {
+	var ms modesFlag
+	for _, m := range modes {
+		if !m.extra {
+			ms = append(ms, m)
+		}
+	}
+	return ms
+}
+
 // modesHelp lists the modes, one a line, for -h.
 func modesHelp() string {
 	width := 0
@@ -203,6 +229,9 @@ func modesHelp() string {
 	var b strings.Builder
 	for _, m := range modes {
 		fmt.Fprintf(&b, "\n  %-*s  %s", width, m.name, m.doc)
+		if m.extra {
+			b.WriteString(" (runs only when named)")
+		}
 	}
 	return b.String()
 }

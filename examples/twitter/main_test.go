@@ -53,6 +53,10 @@ type modeResult struct {
 	// UserIDs are the ids the API calls asked for, a batch call's each.
 	UserIDs         int `json:"user_ids_asked"`
 	DistinctUserIDs int `json:"distinct_user_ids_asked"`
+	// MaxInFlight is the most calls the API had in flight at once;
+	// RefusedInFlight the calls it refused past -api-concurrency.
+	MaxInFlight     int `json:"api_max_in_flight"`
+	RefusedInFlight int `json:"api_refused_in_flight"`
 	// PerToken are the API calls that came with each token (-tokens).
 	PerToken []int64 `json:"api_calls_per_token"`
 	Budget   *struct {
@@ -168,7 +172,7 @@ func TestRunEmbedded(t *testing.T) {
 	}
 	want := map[string]any{
 		"modes": []any{"naive", "fill", "fill+budget", "fill+batch", "httpfill"}, "servers": 4.0, "requests": 300.0,
-		"concurrency": 64.0, "keys": 40.0, "zipf": 1.1, "seed": 1.0, "api_rate_per_s": 1e6, "api_burst": 1e6,
+		"concurrency": 64.0, "keys": 40.0, "zipf": 1.1, "seed": 1.0, "api_rate_per_s": 1e6, "api_burst": 1e6, "api_concurrency": 0.0,
 		"api_latency_ms": 5.0, "ttl_ms": 600000.0, "request_timeout_ms": 10000.0, "request_timeout_computed": true,
 		"batch_window_ms": 50.0, "budget_rate_per_s": 1e6, "budget_burst": 1.0, "redis": "embedded", "prefix": "twitter-demo:",
 	}
@@ -285,6 +289,37 @@ func TestBatchOverBurst(t *testing.T) {
 	}
 }
 
+// TestInFlightCap: with -api-concurrency, the API refuses the calls that
+// arrive while that many are in flight, as GitHub's secondary limit does.
+// naive and fill, which send every miss at once, have calls refused;
+// fill+conc, whose budget caps the fleet's calls in flight at the API's cap
+// (budget.Options.Concurrency), never has more in flight as the API counts
+// them, asks for each user once and has none refused.
+func TestInFlightCap(t *testing.T) {
+	const limit = 5
+	res := runDemo(t, "-servers", "4", "-requests", "300", "-keys", "200", "-concurrency", "100", "-latency", "5ms",
+		"-rate", "1000000", "-burst", "1000000", "-api-concurrency", fmt.Sprint(limit), "-modes", "naive,fill,fill+conc")
+	if got := res.Settings["api_concurrency"]; got != float64(limit) {
+		t.Errorf("settings.api_concurrency = %v; want %d", got, limit)
+	}
+	for _, mode := range []string{"naive", "fill"} {
+		r := res.Results[mode]
+		if r.RefusedInFlight == 0 || r.Refused < r.RefusedInFlight || r.MaxInFlight <= limit {
+			t.Errorf("%s: %d calls refused past the cap (%d in all), at most %d in flight; want some refused: its misses go at once",
+				mode, r.RefusedInFlight, r.Refused, r.MaxInFlight)
+		}
+	}
+	r := res.Results[concMode]
+	oncePerUser(t, concMode, r)
+	if r.MaxInFlight < 1 || r.MaxInFlight > limit || r.RefusedInFlight != 0 {
+		t.Errorf("%s: at most %d calls in flight, %d refused past the cap; want 1 to %d, none refused",
+			concMode, r.MaxInFlight, r.RefusedInFlight, limit)
+	}
+	if r.APICalls != r.DistinctKeys {
+		t.Errorf("%s: %d API calls; want %d, one per distinct user", concMode, r.APICalls, r.DistinctKeys)
+	}
+}
+
 // TestSweep: -servers with several sizes runs the modes once per size, and
 // -json gives one run per size.
 func TestSweep(t *testing.T) {
@@ -329,17 +364,20 @@ func TestRequestDeadline(t *testing.T) {
 	tests := []struct {
 		rate     float64
 		latency  time.Duration
+		conc     int // -api-concurrency
 		distinct int
 		want     time.Duration
 	}{
-		{50, 80 * time.Millisecond, 10, 10 * time.Second},
-		{50, 80 * time.Millisecond, 514, 16 * time.Second}, // 10.28s + 80ms + 5s
-		{50, 80 * time.Millisecond, 500, 16 * time.Second}, // 10s + 80ms + 5s
-		{100, 0, 1000, 15 * time.Second},                   // exact
-		{1e-300, 0, 10, 24 * time.Hour},
+		{50, 80 * time.Millisecond, 0, 10, 10 * time.Second},
+		{50, 80 * time.Millisecond, 0, 514, 16 * time.Second}, // 10.28s + 80ms + 5s
+		{50, 80 * time.Millisecond, 0, 500, 16 * time.Second}, // 10s + 80ms + 5s
+		{100, 0, 0, 1000, 15 * time.Second},                   // exact
+		{1e-300, 0, 0, 10, 24 * time.Hour},
+		{1000, 100 * time.Millisecond, 5, 514, 16 * time.Second}, // 514 × 100ms ÷ 5 + 100ms + 5s
+		{1000, 100 * time.Millisecond, 50, 514, 10 * time.Second},
 	}
 	for _, tt := range tests {
-		cfg := config{rate: tt.rate, latency: tt.latency}
+		cfg := config{rate: tt.rate, latency: tt.latency, apiConcurrency: tt.conc}
 		if got := requestDeadline(cfg, tt.distinct); got != tt.want {
 			t.Errorf("requestDeadline(rate %g, latency %s, %d users) = %s; want %s", tt.rate, tt.latency, tt.distinct, got, tt.want)
 		}
@@ -497,6 +535,8 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-zipf", "1"}, "-zipf must be a finite number above 1 (got 1)"},
 		{[]string{"-rate", "0"}, "-rate must be a finite number above 0"},
 		{[]string{"-burst", "0"}, "-burst must be at least 1"},
+		{[]string{"-api-concurrency", "-1"}, "-api-concurrency must not be negative (got -1)"},
+		{[]string{"-modes", "fill+conc"}, "mode fill+conc needs -api-concurrency"},
 		{[]string{"-latency", "-1s"}, "-latency must not be negative"},
 		{[]string{"-ttl", "10ms"}, "-ttl must be at least 1s"},
 		{[]string{"-timeout", "-1s"}, "-timeout must not be negative"},
@@ -505,7 +545,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-prefix", "a{b}"}, "-prefix must not contain '{' or '}'"},
 		{[]string{"-redis", "::1"}, "an IPv6 host in brackets"},
 		{[]string{"-redis", "host:http"}, `port "http" is not a number`},
-		{[]string{"-modes", "nope"}, `no mode "nope"; the modes are naive,fill,fill+budget,fill+batch,httpfill`},
+		{[]string{"-modes", "nope"}, `no mode "nope"; the modes are naive,fill,fill+budget,fill+batch,httpfill,fill+conc`},
 		{[]string{"-modes", ""}, `no mode ""`},
 		{[]string{"-modes", "fill,naive,fill"}, `mode "fill" given twice`},
 		{[]string{"extra"}, `unexpected arguments: ["extra"]`},
@@ -612,7 +652,7 @@ func TestRateLimitHeaders(t *testing.T) {
 	// stands still. At 4 calls/s the half second left gains 2 before the
 	// reset.
 	now := time.Unix(1_700_000_000, 500_000_000)
-	api := startAPI(4, 2, 0, func() time.Time { return now })
+	api := startAPI(4, 2, 0, 0, func() time.Time { return now })
 	defer api.Close()
 	tests := []struct {
 		path             string
@@ -654,7 +694,7 @@ func TestBatchEndpoint(t *testing.T) {
 	// At a second's start, and the clock stands still: the second left
 	// gains one token before the reset.
 	now := time.Unix(1_700_000_000, 0)
-	api := startAPI(1, 4, 0, func() time.Time { return now })
+	api := startAPI(1, 4, 0, 0, func() time.Time { return now })
 	defer api.Close()
 	c := &apiClient{hc: http.DefaultClient, base: api.URL()}
 
@@ -758,7 +798,7 @@ func TestTokens(t *testing.T) {
 // 401 to a call without one or with one it does not know.
 func TestAPITokens(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
-	api := startAPI(1, 1, 0, func() time.Time { return now })
+	api := startAPI(1, 1, 0, 0, func() time.Time { return now })
 	defer api.Close()
 	api.limitPerToken(appTokens(2))
 	call := func(token string) int {

@@ -24,16 +24,18 @@ type mode struct {
 	name      string
 	doc       string // one line for -h
 	newServer func(s serverEnv) appServer
+	extra     bool // run only when -modes names it
 }
 
 // modes are every mode, in the order a run without -modes runs them. A new
 // mode is one line here, and the appServer its newServer builds.
 var modes = []mode{
-	{naive, "cache-aside by hand: GET; on a miss call the API and SET", newNaiveServer},
-	{"fill", "fill.Get, whose loader calls the API", newFillServer},
-	{"fill+budget", "fill, its loads waiting for the fleet's budget of API calls", newFillBudgetServer},
-	{batchMode, "a fleet-wide fill.Batcher with the budget: up to 100 users per API call", newFillBatchServer},
-	{"httpfill", "the plain API call, through an http.Client on httpfill's Transport, with the budget", newHTTPFillServer},
+	{naive, "cache-aside by hand: GET; on a miss call the API and SET", newNaiveServer, false},
+	{"fill", "fill.Get, whose loader calls the API", newFillServer, false},
+	{"fill+budget", "fill, its loads waiting for the fleet's budget of API calls", newFillBudgetServer, false},
+	{batchMode, "a fleet-wide fill.Batcher with the budget: up to 100 users per API call", newFillBatchServer, false},
+	{"httpfill", "the plain API call, through an http.Client on httpfill's Transport, with the budget", newHTTPFillServer, false},
+	{concMode, "fill+budget whose budget also caps the fleet's calls in flight at -api-concurrency", newFillConcServer, true},
 }
 
 // naive is the name of the mode the others are compared with.
@@ -41,6 +43,10 @@ const naive = "naive"
 
 // batchMode is the name of the mode whose API calls are for many users.
 const batchMode = "fill+batch"
+
+// concMode is the name of the mode whose budget caps the calls in flight
+// (budget.Options.Concurrency).
+const concMode = "fill+conc"
 
 // batchName names the fleet's batches of timelines: every server's Batcher
 // has it, so that they share one gatherer.
@@ -108,8 +114,19 @@ func newFillServer(s serverEnv) appServer {
 	return &fillServer{api: s.api, cache: fill.New(s.rdb, &fill.Options{Prefix: s.prefix, TTL: s.cfg.ttl})}
 }
 
-func newFillBudgetServer(s serverEnv) appServer {
-	b := newBudget(s)
+func newFillBudgetServer(s serverEnv) appServer { return newFillBudgeted(s, newBudget(s)) }
+
+// newFillConcServer is fill+budget whose budget also caps the fleet's
+// calls in flight at the API's cap: each load holds one of
+// -api-concurrency slots, fleet-wide, while it calls the API.
+func newFillConcServer(s serverEnv) appServer {
+	return newFillBudgeted(s, budget.New(s.rdb, budgetName, budgetLimit(s.cfg),
+		&budget.Options{Prefix: s.prefix, FleetSize: s.cfg.servers, Concurrency: s.cfg.apiConcurrency}))
+}
+
+// newFillBudgeted is a fillServer whose loads wait for b, and report every
+// response to it.
+func newFillBudgeted(s serverEnv, b *budget.Budget) appServer {
 	api := *s.api
 	api.budget = b
 	return &fillServer{api: &api, budget: b,

@@ -6,6 +6,7 @@ package budgetctx
 
 import (
 	"context"
+	"errors"
 
 	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/internal/budgetctx/reskey"
@@ -37,4 +38,22 @@ var CacheBudget func(c any) *budget.Budget
 // carried by ctx.
 func WithReservation(ctx context.Context, r *budget.Reservation) context.Context {
 	return context.WithValue(ctx, reskey.Key{}, r)
+}
+
+// UnderSlot returns a copy of ctx that also ends, with cause
+// budget.ErrSlotLost, when rc, the context of a reservation holding a
+// concurrency slot (budget.Reservation.Context), ends because the slot was
+// lost; stop stops watching rc and ends the copy. An upstream call made
+// under a slot runs under it, as lock.Do's function runs under its lease:
+// once the slot is lost, the fleet may have given it to another call. rc
+// ending otherwise (Done, Cancel) leaves the copy alone: a response read
+// after Done is still read.
+func UnderSlot(ctx, rc context.Context) (sctx context.Context, stop context.CancelFunc) {
+	sctx, cancel := context.WithCancelCause(ctx)
+	unwatch := context.AfterFunc(rc, func() {
+		if cause := context.Cause(rc); errors.Is(cause, budget.ErrSlotLost) {
+			cancel(cause)
+		}
+	})
+	return sctx, func() { unwatch(); cancel(nil) }
 }

@@ -1,0 +1,264 @@
+package fill
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/locksmith-go/locksmith/internal/lease"
+	"github.com/locksmith-go/locksmith/internal/redisx"
+)
+
+// The gather loop of a FleetWide Batcher's server (see gather.go): while
+// keys it handed off wait, it pops the fleet's batches as the gatherer, or
+// watches the lease of the server that gathers, to take over should that
+// one die.
+
+// gathered is the gather script's reply to a pop.
+type gathered struct {
+	leader            bool
+	fresh             bool          // the lease was taken anew, not renewed
+	pttl              time.Duration // another gatherer's lease
+	popped, recovered []string
+}
+
+func parseGathered(v any) (gathered, error) {
+	a, ok := v.([]any)
+	if ok && len(a) == 2 {
+		if n, ok := a[1].(int64); ok {
+			return gathered{pttl: lease.PTTL(n)}, nil
+		}
+	}
+	if ok && len(a) == 4 {
+		p, ok1 := a[1].([]any)
+		r, ok2 := a[2].([]any)
+		fresh, ok3 := a[3].(int64)
+		if ok1 && ok2 && ok3 {
+			out := gathered{leader: true, fresh: fresh == 1}
+			for _, s := range p {
+				s, _ := s.(string)
+				out.popped = append(out.popped, s)
+			}
+			for _, s := range r {
+				s, _ := s.(string)
+				out.recovered = append(out.recovered, s)
+			}
+			return out, nil
+		}
+	}
+	return gathered{}, fmt.Errorf("fill: unexpected gather reply %v (%T)", v, v)
+}
+
+// loop gathers while this server holds the lease: it pops up to MaxSize
+// keys a Window after the first were handed off, and at most once a Window
+// after that, and loads each batch popped on a goroutine of its own. While
+// a batch loads, it pops only full batches (see gatherLoop.fullOnly): the
+// keys missed meanwhile wait for the load to end, and go out together
+// (group commit), so a fleet whose misses arrive steadily makes one call
+// per load rather than one per Window. While another server gathers, it
+// looks at the lease every eighth of it, for as long as keys this server
+// handed off are not settled, and takes over once the lease is free. It
+// ends when there is nothing left to do, and at Close, which resigns the
+// lease.
+func (g *gatherer[T]) loop() {
+	c, opt := g.b.c, g.b.opt
+	defer c.wg.Done()
+	ls := &gatherLoop{}
+	defer ls.batches.Wait()
+	ctx := c.base
+	due := time.Now().Add(opt.Window)
+	timer := time.NewTimer(opt.Window)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
+			_, _ = g.run(cctx, gatherResign)
+			cancel()
+			g.stop(ctx, false)
+			return
+		case <-g.handed:
+			// Pop within a Window of the first Get of the keys handed off
+			// here (their hand-off overlaps the Window), rather than
+			// after another gatherer's lease; never within a Window of
+			// the last pop, nor within the hand-off window (or Window, if
+			// shorter) of now: the keys other servers missed at the same
+			// time are handed off about now too.
+			at := g.firstHanded().Add(opt.Window)
+			if soonest := time.Now().Add(min(opt.Window, handOffWindow)); at.Before(soonest) {
+				at = soonest
+			}
+			if next := ls.lastPop.Add(opt.Window); at.Before(next) {
+				at = next
+			}
+			if at.Before(due) && timer.Stop() {
+				due = at
+				timer.Reset(time.Until(at))
+			}
+			continue
+		case <-g.ended:
+			// A batch ended: the keys queued while it loaded go now (a
+			// Window after the last pop at the earliest).
+			at := ls.lastPop.Add(opt.Window)
+			if now := time.Now(); at.Before(now) {
+				at = now
+			}
+			if at.Before(due) && timer.Stop() {
+				due = at
+				timer.Reset(time.Until(at))
+			}
+			continue
+		case <-timer.C:
+		}
+		next, done := g.pop(ctx, ls)
+		if done {
+			return
+		}
+		due = time.Now().Add(next)
+		timer.Reset(next)
+	}
+}
+
+// gatherLoop is the state of a gather loop.
+type gatherLoop struct {
+	batches  sync.WaitGroup
+	inflight atomic.Int32 // batches loading
+	took     atomic.Int64 // a batch's load and settle, a moving average, in ns
+	lastPop  time.Time    // of the last pop that popped keys
+	resync   bool         // a pop's reply was lost: ask for the loading list
+}
+
+// fullOnly reports whether the loop pops only a full batch: while a batch
+// loads, unless the last batch popped has taken twice as long as batches
+// do (a slow call, a cold start), which the keys queued since then need
+// not wait for.
+func (ls *gatherLoop) fullOnly(window time.Duration) bool {
+	expected := max(time.Duration(ls.took.Load()), window)
+	return ls.inflight.Load() > 0 && time.Since(ls.lastPop) < 2*expected
+}
+
+// pop pops once (see loop), and returns when to pop next, or that the loop
+// ends.
+func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Duration, done bool) {
+	c, opt := g.b.c, g.b.opt
+	sent := time.Now()
+	fullOnly, resync := "0", "0"
+	if ls.fullOnly(opt.Window) {
+		fullOnly = "1"
+	}
+	g.mu.Lock()
+	if ls.resync || g.resync {
+		resync = "1"
+	}
+	g.mu.Unlock()
+	v, err := g.run(ctx, gatherPop, opt.MaxSize, fullOnly, resync)
+	var r gathered
+	if err == nil {
+		r, err = parseGathered(v)
+	}
+	switch {
+	case err != nil:
+		c.log("the fleet's gatherer could not reach redis", "err", err)
+		ls.resync = ls.resync || redisx.MayHaveRun(err)
+		return max(c.opt.PollInterval, opt.Window), g.stop(ctx, false)
+	case !r.leader:
+		return max(min(r.pttl+time.Millisecond, g.lease()/8), opt.Window), g.stop(ctx, false)
+	}
+	ls.resync = false
+	g.mu.Lock()
+	if resync == "1" {
+		g.resync = false
+	}
+	g.leaseEnd = sent.Add(g.lease())
+	if r.fresh {
+		g.term++
+	}
+	// Keys this gatherer loads already are not recovered: still on the
+	// loading list, they are still its own, in this term.
+	r.recovered = slices.DeleteFunc(r.recovered, func(s string) bool {
+		_, ok := g.loading[s]
+		if ok {
+			g.loading[s] = g.term
+		}
+		return ok
+	})
+	for _, items := range [][]string{r.recovered, r.popped} {
+		for _, s := range items {
+			g.loading[s] = g.term
+		}
+	}
+	g.mu.Unlock()
+	if len(r.popped) > 0 {
+		ls.lastPop = sent
+	}
+	for i, items := range [][]string{r.recovered, r.popped} {
+		if len(items) > 0 {
+			ls.inflight.Add(1)
+			ls.batches.Go(func() {
+				defer signal(g.ended)
+				defer ls.inflight.Add(-1)
+				start := time.Now()
+				g.load(items, i == 0)
+				d := int64(time.Since(start))
+				if old := ls.took.Load(); old != 0 {
+					d = (3*old + d) / 4 // racing updates may drop one: a sample
+				}
+				ls.took.Store(d)
+			})
+		}
+	}
+	switch {
+	case len(r.popped) == opt.MaxSize:
+		return 0, false
+	case len(r.popped) == 0 && len(r.recovered) == 0 && ls.inflight.Load() == 0:
+		return opt.Window, g.stop(ctx, true)
+	}
+	return opt.Window, false
+}
+
+// firstHanded returns the earliest Get of the keys handed off here since
+// it was last called, and forgets it.
+func (g *gatherer[T]) firstHanded() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	first := g.first
+	g.first = time.Time{}
+	if first.IsZero() {
+		first = time.Now()
+	}
+	return first
+}
+
+// signal wakes the loop with ch, unless it has a wake-up pending there.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// stop ends the loop, when nothing is left for it to do: as gatherer
+// (leader), once it released the lease, the queue and the loading list
+// being empty; else once no key this server handed off waits. It reports
+// whether the loop ends.
+func (g *gatherer[T]) stop(ctx context.Context, leader bool) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch {
+	case ctx.Err() != nil:
+	case leader:
+		// Under g.mu: a key handed off after the lease is released takes
+		// the lease and wakes a new loop.
+		v, err := g.run(ctx, gatherQuit)
+		if n, _ := v.(int64); err != nil || n != 1 {
+			return false
+		}
+	case g.busy():
+		return false
+	}
+	g.running = false
+	return true
+}
