@@ -107,6 +107,11 @@ type keyState struct {
 	// localPause is the end of a pause of the key kept in this process
 	// while Redis was unreachable.
 	localPause time.Time
+	// shifts are the moves of the key's schedule past calls that left
+	// late heard of (see shift.go), in order of instant; forgot is the
+	// latest instant of those dropped.
+	shifts []respace
+	forgot int64
 }
 
 func newPool(b *Budget) *pool {
@@ -315,8 +320,9 @@ func (b *Budget) keyMoved(r booking, booked int64) bool {
 // pause, "k ID END [RESPACED K]" (see keyfield.lua), a move of its schedule
 // past a call that left late, "k ID s AT FROM D" (see shift.lua), or its
 // removal, "r ID". It reports whether m was one; keys not in this server's
-// pool are ignored. Callers sleeping on a key whose schedule moved book
-// again: a key's moves are not worked out in place.
+// pool are ignored. Callers sleeping on a key whose schedule a late call
+// moved move their slots with it, in place; after a pause, a respace or a
+// removal they book again.
 func (b *Budget) keyMessage(m string) bool {
 	switch {
 	case strings.HasPrefix(m, "r "):
@@ -329,11 +335,17 @@ func (b *Budget) keyMessage(m string) bool {
 	case strings.HasPrefix(m, "k "):
 		id, body, _ := strings.Cut(m[2:], " ")
 		if s, ok := strings.CutPrefix(body, "s "); ok {
-			at, _, _ := strings.Cut(s, " ")
-			if n, err := strconv.ParseInt(at, 10, 64); err == nil && b.pool != nil {
-				if i, ok := b.pool.index[id]; ok {
-					b.keyHeard(i, 0, n)
-				}
+			// As the budget's own moves (see message): one shift.lua never
+			// announces is dropped.
+			f := strings.Fields(s)
+			if len(f) != 3 || b.pool == nil {
+				return true
+			}
+			at, aerr := strconv.ParseInt(f[0], 10, 64)
+			from, ferr := strconv.ParseInt(f[1], 10, 64)
+			d, derr := strconv.ParseInt(f[2], 10, 64)
+			if i, ok := b.pool.index[id]; ok && aerr == nil && ferr == nil && derr == nil && at > 0 && from > 0 && d > 0 && d <= b.t {
+				b.keyShifted(i, respace{at: at, from: from, d: d})
 			}
 			return true
 		}
@@ -407,8 +419,44 @@ func (b *Budget) shiftKey(ctx context.Context, k int, from, d int64) {
 		return script.Run(ctx, b.rdb.Redis(), keys, args...).Int64()
 	}, nil)
 	if err == nil && at > 0 {
-		b.keyHeard(k-1, 0, at)
+		b.keyShifted(k-1, respace{at: at, from: from, d: d})
 	}
+}
+
+// keyShifted records m, a move of the schedule of key i past a call that
+// left late, and wakes the sleeping Waits: those on the key move their
+// slots (stretchOf).
+func (b *Budget) keyShifted(i int, m respace) {
+	p := b.pool
+	p.mu.Lock()
+	k := &p.keys[i]
+	added := insertMove(&k.shifts, &k.forgot, m)
+	p.mu.Unlock()
+	if added {
+		b.mu.Lock()
+		b.moves++
+		close(b.paused)
+		b.paused = make(chan struct{})
+		b.mu.Unlock()
+	}
+}
+
+// stretchOf is stretch for a booking on key k of the pool (1 + its index;
+// 0 for the budget's own schedule): where the key's moves since booked
+// moved slot.
+func (b *Budget) stretchOf(k int, slot, booked int64) (moved, moves int64, ok bool) {
+	if k == 0 {
+		return b.stretch(slot, booked)
+	}
+	b.mu.Lock()
+	moves = b.moves
+	b.mu.Unlock()
+	p := b.pool
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := p.keys[k-1]
+	moved, ok = b.replay(key.shifts, key.forgot, slot, booked)
+	return moved, moves, ok
 }
 
 // keyRemoved marks key i removed in this server, and wakes the sleeping

@@ -10,7 +10,7 @@ import (
 
 // TestShiftKey: a call on a key of a pool that left late moves that key's
 // schedule alone (its hash's tat, and its summary in the pool's index), and
-// this server's Waits sleeping on the key book again.
+// this server's Waits sleeping on the key move their slots with it.
 func TestShiftKey(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	b := New(rdb, "shift-keys", Limit{Rate: 10}, &Options{Keys: []string{"key-a", "key-b"}})
@@ -41,7 +41,16 @@ func TestShiftKey(t *testing.T) {
 	if err != nil || int64(score) != before+30000-b.tau {
 		t.Fatalf("the key's summary = %v (%v); want %d", score, err, before+30000-b.tau)
 	}
-	if !b.keyMoved(booking{kidx: k, slot: rs[0].r.slot + 1}, rs[0].r.slot) {
-		t.Fatal("a Wait booked on the key before the shift is not told to book again")
+	// A Wait sleeping on a later slot of the key, booked before the
+	// shift, moves its slot by it, in place; one on the other key does not.
+	slot := rs[0].r.slot + 100000
+	if moved, _, ok := b.stretchOf(k, slot, rs[0].r.slot); !ok || moved != slot+30000 {
+		t.Fatalf("a slot of the key after the late call moved to %d (ok %v); want %d", moved, ok, slot+30000)
+	}
+	if moved, _, ok := b.stretchOf(other, slot, rs[0].r.slot); !ok || moved != slot {
+		t.Fatalf("a slot of the other key moved to %d (ok %v); want it unmoved", moved, ok)
+	}
+	if b.keyMoved(booking{kidx: k, slot: slot}, rs[0].r.slot) {
+		t.Fatal("a Wait on the key is told to book again after a shift; want it to move in place")
 	}
 }

@@ -388,23 +388,31 @@ const maxRespaces = 1024
 func (b *Budget) stretch(slot, booked int64) (moved, moves int64, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if booked < b.forgotRespaces {
-		return slot, b.moves, false
+	moved, ok = b.replay(b.respaces, b.forgotRespaces, slot, booked)
+	return moved, b.moves, ok
+}
+
+// replay returns where the moves of list (in order of instant; forgot the
+// latest instant of those dropped) made after booked moved slot, and
+// whether all of them are known well enough to move it (see stretch).
+func (b *Budget) replay(list []respace, forgot, slot, booked int64) (int64, bool) {
+	if booked < forgot {
+		return slot, false
 	}
-	i, _ := slices.BinarySearchFunc(b.respaces, booked+1, func(r respace, at int64) int {
+	i, _ := slices.BinarySearchFunc(list, booked+1, func(r respace, at int64) int {
 		return cmp.Compare(r.at, at)
 	})
-	for _, r := range b.respaces[i:] {
+	for _, r := range list[i:] {
 		switch {
 		case r.d > 0:
 			if slot > r.from {
 				slot += r.d
 			}
 		case r.k <= 0:
-			return slot, b.moves, false
+			return slot, false
 		case slot > r.at:
 			slot = r.at + b.t + (slot-r.at)*r.k/1e6 + 1
 		}
 	}
-	return slot, b.moves, true
+	return slot, true
 }

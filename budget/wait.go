@@ -183,7 +183,7 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 				// (on another key).
 				break
 			}
-			slot, moves, ok := b.stretch(orig, booked)
+			slot, moves, ok := b.stretchOf(r.kidx, orig, booked)
 			if !ok {
 				break
 			}

@@ -537,6 +537,8 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-burst", "0"}, "-burst must be at least 1"},
 		{[]string{"-api-concurrency", "-1"}, "-api-concurrency must not be negative (got -1)"},
 		{[]string{"-modes", "fill+conc"}, "mode fill+conc needs -api-concurrency"},
+		{[]string{"-tokens", "-1"}, "-tokens must be between 0 and 1000 (got -1)"},
+		{[]string{"-tokens", "2", "-api-concurrency", "4", "-modes", "fill+conc"}, "mode fill+conc with -tokens"},
 		{[]string{"-latency", "-1s"}, "-latency must not be negative"},
 		{[]string{"-ttl", "10ms"}, "-ttl must be at least 1s"},
 		{[]string{"-timeout", "-1s"}, "-timeout must not be negative"},
