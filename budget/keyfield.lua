@@ -13,9 +13,9 @@
 --   a cap with nothing left before its reset). A booking picks the key of
 --   the lowest (keys.lua): the one whose slot comes first, and among the
 --   keys free now, the one with the most room. The index lives an hour
---   past the latest summary written (kidle): once it is gone, every
---   server's keys join a new one, free (see keys.lua), and a key whose
---   hash lives longer is booked at its due slot all the same.
+--   from when it was made (kidle): then every server's keys join a new
+--   one, at their next booking, each with the summary of its hash (see
+--   keys.lua).
 -- The budget's own pause ('pause' in its hash: Budget.PauseUntil) holds
 -- for every key: a booking copies it to the key it picks (keys.lua).
 -- The summary's arguments are the last ARGV, taken off before the script's
@@ -97,13 +97,12 @@ local function kscore(key, now)
 end
 
 -- ksum writes the key's summary in the index (see above), when the key is
--- in it (a removed key is not), and makes the index live kidle ms more.
--- now is the Redis clock (µs), or nil to read it.
+-- in it (a removed key is not). now is the Redis clock (µs), or nil to read
+-- it.
 local function ksum(now)
   if not now then
     local t = kraw.call('TIME')
     now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   end
   kraw.call('ZADD', kzset, 'XX', kscore(KEYS[1], now), kid)
-  kraw.call('PEXPIRE', kzset, kidle)
 end

@@ -78,7 +78,7 @@ if gen == 0 or gen ~= kgen then
     add[#add + 1], add[#add + 2] = string.format('%d', -gen), '#'
   end
   if #add > 0 then redis.call('ZADD', kzset, 'NX', unpack(add)) end
-  redis.call('PEXPIRE', kzset, kidle)
+  if gen == now then redis.call('PEXPIRE', kzset, kidle) end
   ktop = redis.call('ZRANGE', kzset, 0, 3, 'WITHSCORES')
 end
 
