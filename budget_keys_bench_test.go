@@ -98,7 +98,7 @@ func (a *windowAPI) call(key string) (int, http.Header) {
 // BenchmarkBudgetKeys: the goals of a pool of keys.
 //
 // demand=80%: 20 keys of 5,000 calls an hour each, the hour scaled down to
-// a minute (a quarter of both with -short), an upstream counting each
+// a minute (to 2s, and the calls with it, with -short), an upstream counting each
 // key's calls in fixed windows; 4 servers take requests at 80% of the
 // pool's capacity, arriving at random, each for a user drawn with Zipf
 // skew (s 1.1 over 10,000 users) and a deadline of 2s, for one window.
@@ -177,7 +177,10 @@ func benchKeysReserve(b *testing.B) {
 
 func benchKeysDemand(b *testing.B, pool bool) {
 	const keys, servers, workers, users = 20, 4, 64, 10000
-	w := benchSpan(time.Minute)
+	w := time.Minute
+	if testing.Short() {
+		w = 2 * time.Second // the same demand per second, fewer calls a window
+	}
 	n := int(5000 * w / time.Minute)
 	creds := benchKeys(keys)
 	l := budget.Limit{Rate: n, Per: w}
