@@ -93,20 +93,13 @@ type Options struct {
 	// default: 10s
 	SlotLease time.Duration
 
-	// Keys are credentials (API keys, tokens, installations) to spread
-	// calls over, when the upstream limits each on its own: every limit,
-	// meter and cap of the budget applies to each key, and
-	// [Budget.Reserve] books, in one round trip, the key whose slot comes
-	// first (ties: the one with the most left), which
-	// [Reservation.Key] returns. The upstream's word is the key's: a 429 or
-	// "remaining 0" observed through a reservation pauses its key only,
-	// and a 401 removes it for the fleet (see [Budget.Remove]). Servers
-	// may hold different lists: keys are known across the fleet by a hash
-	// of the credential, each server books the ones it holds, and a key
-	// shared by several is one budget for all of them. A credential is
-	// never written to Redis nor logged. Duplicates count once; an empty
-	// key is an error, and so is Keys with Concurrency. With Keys, use
-	// Reserve: Wait cannot tell the key it booked.
+	// Keys are credentials the upstream limits each on its own (tokens,
+	// API keys): every limit, meter and cap applies to each key, and
+	// [Budget.Reserve] books the key whose slot comes first, the one
+	// [Reservation.Key] returns; a 429 observed through a reservation
+	// pauses its key only, a 401 removes it (see the package
+	// documentation, "Key pools"). Duplicates count once; an empty key is
+	// an error, and so is Keys with Concurrency. Use Reserve, not Wait.
 	// default: none (one budget, no key)
 	Keys []string
 
@@ -183,9 +176,8 @@ type Stats struct {
 	// reservations not yet done or cancelled (with Options.Concurrency).
 	InFlight int
 
-	// Keys is the keys of this server's Options.Keys that are live: not
-	// removed from the pool ([Budget.Remove], or a 401 observed), as far
-	// as this server has heard. 0 without Keys.
+	// Keys is the keys of this server's Options.Keys not removed from
+	// the pool, as far as it has heard ([Budget.Remove]). 0 without Keys.
 	Keys int
 }
 

@@ -2,9 +2,10 @@ package budget
 
 // Key pools (Options.Keys): several credentials, each a budget of its own
 // beside the budget's hash (keyfield.lua), a booking going on the key whose
-// slot comes first by the pool's index (keys.lua), the upstream's word
-// applied to the key that made the call, and keys removed for the whole
-// fleet (keys_remove.lua).
+// slot comes first by the pool's index (keys.lua; keybook.go), the
+// upstream's word applied to the key that made the call, keys removed for
+// the whole fleet (keys_remove.lua), and what every server hears of them.
+// While Redis is unreachable, see keylocal.go.
 
 import (
 	"context"
@@ -183,99 +184,6 @@ func (b *Budget) liveKeys() int {
 	return n
 }
 
-// keyArgs returns the KEYS and ARGV of a booking of a pool (keys.lua), ARGV
-// being wait.lua's args then the pool's block: the live keys, with what
-// this server knows of each, and the removed ones; placeKey is the key of
-// the caller's place in the background line (1 + its index), or 0. It also
-// returns the index of each key sent, nil when none is live.
-func (b *Budget) keyArgs(args []any, placeKey int) ([]string, []any, []int) {
-	p := b.pool
-	args = append(args, p.sum...)
-	p.mu.Lock()
-	live := p.live
-	if live == nil {
-		live = p.liveSet()
-		p.live = live
-	}
-	mem := make([]byte, 34*len(live.cand))
-	for j, i := range live.cand {
-		k := p.keys[i]
-		digits(mem[34*j:34*j+17], k.mine)
-		digits(mem[34*j+17:34*j+34], k.respacedAt)
-	}
-	p.mu.Unlock()
-	if len(live.cand) == 0 {
-		return nil, nil, nil
-	}
-	place := 0
-	for j, i := range live.cand {
-		if i+1 == placeKey {
-			place = j + 1
-		}
-	}
-	return p.bookKeys, append(args, live.ids, live.removed, p.boxedKeep, mem, p.gen.Load(), place), live.cand
-}
-
-// liveKeys are what a booking sends of the keys live and removed, kept
-// while the keys removed do not change.
-type liveKeys struct {
-	cand    []int // the live keys, by index
-	ids     any   // their ids, each followed by a space (see keys.lua)
-	removed any   // the same of the removed keys
-}
-
-// liveSet returns the pool's liveKeys. p.mu must be held.
-func (p *pool) liveSet() *liveKeys {
-	var ids, rms strings.Builder
-	l := &liveKeys{}
-	for i, k := range p.keys {
-		if k.removed {
-			rms.WriteString(p.ids[i] + " ")
-			continue
-		}
-		l.cand = append(l.cand, i)
-		ids.WriteString(p.ids[i] + " ")
-	}
-	l.ids, l.removed = ids.String(), rms.String()
-	return l
-}
-
-// digits writes x, not negative, in decimal into d, padded with zeros.
-func digits(d []byte, x int64) {
-	x = max(x, 0)
-	for i := len(d) - 1; i >= 0; i-- {
-		d[i] = byte('0' + x%10)
-		x /= 10
-	}
-}
-
-// parseKeyed reads the booking script's reply {reply, key, gone,
-// generation}, the keys being those of cand.
-func (b *Budget) parseKeyed(v any, cand []int) (booking, error) {
-	a, ok := v.([]any)
-	if !ok || len(a) != 4 {
-		return booking{}, fmt.Errorf("unexpected keys reply %v (%T)", v, v)
-	}
-	idx, ok1 := a[1].(int64)
-	gone, ok2 := a[2].([]any)
-	gen, ok3 := a[3].(int64)
-	if !ok1 || !ok2 || !ok3 || idx < 0 || idx > int64(len(cand)) {
-		return booking{}, fmt.Errorf("unexpected keys reply %v", v)
-	}
-	for _, g := range gone {
-		if j, ok := g.(int64); ok && j >= 1 && j <= int64(len(cand)) {
-			b.keyRemoved(cand[j-1])
-		}
-	}
-	b.pool.gen.Store(gen)
-	if idx == 0 {
-		return booking{kind: noKey}, nil
-	}
-	r, err := parseBooking(a[0])
-	r.kidx = cand[idx-1] + 1
-	return r, err
-}
-
 // noKeysError is Reserve's error when no key of the pool is live.
 func (b *Budget) noKeysError(op string) error {
 	return fmt.Errorf("budget: %s %s: every key of Options.Keys was removed: %w", op, redisx.Quote(b.name), ErrNoKeys)
@@ -288,32 +196,6 @@ func (b *Budget) keyOf(ctx context.Context) int {
 		return r.r.kidx
 	}
 	return 0
-}
-
-// keyLearn records what a booking on a key tells this server: the tat it
-// set, unless the key's schedule was respaced after it was booked.
-func (b *Budget) keyLearn(r booking) {
-	p := b.pool
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	k := &p.keys[r.kidx-1]
-	if r.slot-r.wait.Microseconds() >= k.respacedAt {
-		k.mine = max(k.mine, r.tat)
-	}
-}
-
-// keyMoved reports whether the slot of r, a booking on a key made at
-// booked (µs of the Redis clock), must be booked again: its key was paused
-// past it, respaced since, or removed.
-func (b *Budget) keyMoved(r booking, booked int64) bool {
-	if r.kidx == 0 {
-		return false
-	}
-	p := b.pool
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	k := p.keys[r.kidx-1]
-	return k.removed || k.pauseAt > r.slot || k.respacedAt > booked
 }
 
 // keyMessage hears a message of a pool's on the budget's channel: a key's
@@ -407,56 +289,6 @@ func (b *Budget) heardOf(k int, at, respaced int64) {
 		return
 	}
 	b.keyHeard(k-1, at, respaced)
-}
-
-// shiftKey moves the schedule of key k (1 + its index) d µs later after
-// the slot from (see shift.lua), when a call on it left late; the Waits
-// sleeping on the key book again.
-func (b *Budget) shiftKey(ctx context.Context, k int, from, d int64) {
-	script, keys, args := b.onKey(k, shiftScript, keyShiftScript, []any{from, d, b.tau,
-		b.rdb.PublishFlag(), maxAhead.Microseconds()})
-	at, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
-		return script.Run(ctx, b.rdb.Redis(), keys, args...).Int64()
-	}, nil)
-	if err == nil && at > 0 {
-		b.keyShifted(k-1, respace{at: at, from: from, d: d})
-	}
-}
-
-// keyShifted records m, a move of the schedule of key i past a call that
-// left late, and wakes the sleeping Waits: those on the key move their
-// slots (stretchOf).
-func (b *Budget) keyShifted(i int, m respace) {
-	p := b.pool
-	p.mu.Lock()
-	k := &p.keys[i]
-	added := insertMove(&k.shifts, &k.forgot, m)
-	p.mu.Unlock()
-	if added {
-		b.mu.Lock()
-		b.moves++
-		close(b.paused)
-		b.paused = make(chan struct{})
-		b.mu.Unlock()
-	}
-}
-
-// stretchOf is stretch for a booking on key k of the pool (1 + its index;
-// 0 for the budget's own schedule): where the key's moves since booked
-// moved slot.
-func (b *Budget) stretchOf(k int, slot, booked int64) (moved, moves int64, ok bool) {
-	if k == 0 {
-		return b.stretch(slot, booked)
-	}
-	b.mu.Lock()
-	moves = b.moves
-	b.mu.Unlock()
-	p := b.pool
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	key := p.keys[k-1]
-	moved, ok = b.replay(key.shifts, key.forgot, slot, booked)
-	return moved, moves, ok
 }
 
 // keyRemoved marks key i removed in this server, and wakes the sleeping
@@ -580,81 +412,4 @@ func (b *Budget) observeKey(ctx context.Context, h http.Header, status int, now 
 		return b.applyCaps(ctx, "observe", caps, k)
 	}
 	return nil
-}
-
-// waitLocalKey is Wait (or Reserve: op) of w on a pool while Redis is
-// unreachable: each key has a local limiter at Rate/FleetSize, and the call
-// goes on the live key, not paused in this process, whose next local slot
-// comes first. It returns the key (1 + its index).
-func (b *Budget) waitLocalKey(ctx context.Context, op string, p Priority, w want) (int, error) {
-	for {
-		i, pause, ok := b.pool.pickLocal(time.Now(), w)
-		switch {
-		case !ok:
-			return 0, b.noKeysError(op)
-		case pause > 0:
-			// Every live key is paused in this process.
-			if dl, ok := ctx.Deadline(); ok && time.Now().Add(pause).After(dl) {
-				b.stats.refused.Add(1)
-				return 0, fmt.Errorf("budget: %s %s: every key paused for %v, past the deadline: %w",
-					op, redisx.Quote(b.name), pause, context.DeadlineExceeded)
-			}
-			if err := b.sleep(ctx, pause, false, nil); err != nil {
-				return 0, err
-			}
-			continue
-		}
-		return i + 1, b.waitLocalOn(ctx, op, p, w, b.pool.local[i])
-	}
-}
-
-// pickLocal returns the live key, not paused in this process, whose local
-// limiter's next slot for w comes first; or, when every live key is paused
-// here, how long until the first pause ends; ok is false when no key is
-// live.
-func (p *pool) pickLocal(now time.Time, w want) (i int, pause time.Duration, ok bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	i = -1
-	var best time.Time
-	for j, k := range p.keys {
-		switch {
-		case k.removed:
-			continue
-		case k.localPause.After(now):
-			if d := k.localPause.Sub(now); pause == 0 || d < pause {
-				pause = d
-			}
-			ok = true
-			continue
-		}
-		if s := p.local[j].next(now, w); i < 0 || s.Before(best) {
-			i, best = j, s
-		}
-		ok = true
-	}
-	if i >= 0 {
-		return i, 0, true
-	}
-	return 0, pause, ok
-}
-
-// pauseKeyLocally keeps a pause of key i in this process while Redis is
-// unreachable.
-func (b *Budget) pauseKeyLocally(i int, until time.Time) {
-	b.stats.localPauses.Add(1)
-	p := b.pool
-	p.mu.Lock()
-	if until.After(p.keys[i].localPause) {
-		p.keys[i].localPause = until
-	}
-	p.mu.Unlock()
-}
-
-// next returns the slot from now that reserve would give w, booking
-// nothing.
-func (l *localLimiter) next(now time.Time, w want) time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.slot(now, w)
 }

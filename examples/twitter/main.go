@@ -109,12 +109,9 @@ type result struct {
 	// counts them (a call refused past its cap included), and
 	// RefusedInFlight the calls it refused past -api-concurrency (counted
 	// in Refused too).
-	MaxInFlight     int64 `json:"api_max_in_flight"`
-	RefusedInFlight int64 `json:"api_refused_in_flight"`
-	// PerToken are the API calls that came with each token (-tokens), and
-	// Denied those the API answered 401.
-	PerToken []int64 `json:"api_calls_per_token,omitempty"`
-	Denied   int64   `json:"api_calls_denied,omitempty"`
+	MaxInFlight     int64   `json:"api_max_in_flight"`
+	RefusedInFlight int64   `json:"api_refused_in_flight"`
+	PerToken        []int64 `json:"api_calls_per_token,omitempty"` // with -tokens: the calls of each token
 }
 
 // runMode sends ids through a fresh fleet of mode m, against a fresh API, on
@@ -125,9 +122,7 @@ func runMode(ctx context.Context, cfg config, env *demo.Redis, m mode, ids []uin
 	}
 	api := startAPI(cfg.rate, cfg.burst, cfg.latency, cfg.apiConcurrency, time.Now)
 	defer api.Close()
-	if cfg.tokens > 0 {
-		api.limitPerToken(appTokens(cfg.tokens))
-	}
+	api.limitPerToken(appTokens(cfg.tokens))
 	f := newFleet(cfg, env, m, api.URL())
 	for _, e := range f.envs {
 		if err := e.api.warm(ctx, warmConns); err != nil {
@@ -191,8 +186,7 @@ func summarize(name string, ids []uint64, api *fakeAPI, out demo.Outcome, wall t
 	}
 	r.UserIDs, r.DistinctUserIDs = api.users()
 	r.MaxInFlight, r.RefusedInFlight = api.conc.peak.Load(), api.conc.refused.Load()
-	r.PerToken, r.Denied = api.byToken(), api.denied.Load()
-	r.APICalls += r.Denied
+	r.PerToken = api.byToken()
 	return r
 }
 
@@ -242,9 +236,7 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	fmt.Fprintf(w, "%d servers, %d requests (%d in flight) for %d possible users, %d requested (Zipf s=%g, seed %d)\n",
 		cfg.servers, cfg.requests, cfg.concurrency, cfg.keys, distinct, cfg.zipf, cfg.seed)
 	fmt.Fprintf(w, "API: %g calls/s, burst %d, %s per call", cfg.rate, cfg.burst, cfg.latency)
-	if cfg.tokens > 0 {
-		fmt.Fprintf(w, ", each of %d tokens", cfg.tokens)
-	}
+	fmt.Fprint(w, tokensNote(cfg, ", each of %d tokens"))
 	if cfg.apiConcurrency > 0 {
 		fmt.Fprintf(w, ", at most %d in flight", cfg.apiConcurrency)
 	}
@@ -264,9 +256,7 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 		l := budgetLimit(cfg)
 		fmt.Fprintf(w, "Budget of the fleet (%s): %g calls/s, burst %d",
 			strings.Join(budgeted, ", "), float64(l.Rate)/l.Per.Seconds(), l.Burst)
-		if cfg.tokens > 0 {
-			fmt.Fprintf(w, " per token, the %d tokens a pool", cfg.tokens)
-		}
+		fmt.Fprint(w, tokensNote(cfg, " per token, the %d tokens a pool"))
 		if slices.ContainsFunc(results, func(r result) bool { return r.Mode == batchMode }) {
 			fmt.Fprintf(w, "; %s window: %s", batchMode, cfg.window)
 		}
@@ -305,9 +295,7 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 				r.Mode, plural(r.APICalls, "call"), r.UserIDs, r.DistinctUserIDs,
 				float64(r.UserIDs)/float64(max(r.APICalls, 1)), eachOnce(r))
 		}
-		if len(r.PerToken) > 0 {
-			fmt.Fprintf(w, "%s, API calls per token: %s\n", r.Mode, strings.Trim(fmt.Sprint(r.PerToken), "[]"))
-		}
+		reportTokens(w, r)
 		if n := r.ClientRequests; n > 0 {
 			fmt.Fprintf(w, "%s, all servers: of %s sent through the HTTP client, %d reached the API (%s)\n",
 				r.Mode, plural(n, "request"), r.APICalls, saving(n, r.APICalls))

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -29,8 +31,12 @@ func appTokens(n int) []string {
 }
 
 // limitPerToken makes the API limit each of tokens on its own, with a
-// bucket of its rate and burst, and answer 401 to any other call.
+// bucket of its rate and burst, and answer 401 to any other call; no
+// tokens leave it as it is.
 func (a *fakeAPI) limitPerToken(tokens []string) {
+	if len(tokens) == 0 {
+		return
+	}
 	a.perToken = make(map[string]*tokenBucket, len(tokens))
 	a.tokenCalls = make(map[string]int64, len(tokens))
 	for _, t := range tokens {
@@ -70,6 +76,22 @@ func (a *fakeAPI) byToken() []int64 {
 		n[i] = a.tokenCalls[t]
 	}
 	return n
+}
+
+// tokensNote is format, a note of the -tokens in force, with their number;
+// "" without -tokens.
+func tokensNote(cfg config, format string) string {
+	if cfg.tokens == 0 {
+		return ""
+	}
+	return fmt.Sprintf(format, cfg.tokens)
+}
+
+// reportTokens writes the API calls of each token of r's mode, if any.
+func reportTokens(w io.Writer, r result) {
+	if len(r.PerToken) > 0 {
+		fmt.Fprintf(w, "%s, API calls per token: %s\n", r.Mode, strings.Trim(fmt.Sprint(r.PerToken), "[]"))
+	}
 }
 
 // clientTokens are the tokens an API client without a budget takes in
