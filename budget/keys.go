@@ -380,6 +380,9 @@ func (b *Budget) removeID(ctx context.Context, id string) error {
 	}, nil)
 	switch {
 	case err != nil && redisx.Outage(err):
+		// The next booking announces this server's keys, and writes the
+		// removal back.
+		p.gen.Store(0)
 		return nil
 	case err != nil:
 		return b.fail(ctx, "remove", err)

@@ -570,3 +570,31 @@ func TestKeysIndexLost(t *testing.T) {
 		}
 	}
 }
+
+// TestKeysRemoveWhileDown: a key removed while Redis is unreachable is
+// removed in this process at once, and for the fleet at this server's
+// first booking once Redis is back.
+func TestKeysRemoveWhileDown(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, rdb, "remove-down", budget.Limit{Rate: 100}, &budget.Options{Keys: keys})
+	reserveKey(t, b)
+	m.Close()
+	if err := b.Remove(context.Background(), "key-a"); err != nil {
+		t.Fatalf("Remove with Redis down: %v; want nil (kept in this process)", err)
+	}
+	if err := m.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	removed := budget.Key(b) + ":removed"
+	redistest.WaitFor(t, "the removal written back", func() bool {
+		reserveKey(t, b)
+		return m.Exists(removed) && m.HGet(removed, budget.KeyID("key-a")) != ""
+	})
+	fresh := newBudget(t, redistest.Client(t, m.Addr()), "remove-down", budget.Limit{Rate: 100}, &budget.Options{Keys: keys})
+	for range 3 {
+		if k := reserveKey(t, fresh); k != "key-b" {
+			t.Fatalf("a server started later booked %q; want key-b only", k)
+		}
+	}
+}
