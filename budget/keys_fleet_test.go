@@ -281,3 +281,57 @@ func TestKeysSleeperMoves(t *testing.T) {
 		t.Fatalf("Stats().Rebooked = %d; want 1", n)
 	}
 }
+
+// TestKeysCluster: on a Redis Cluster, a pool's booking, its key's pause
+// heard by another server (sharded pub/sub) and a removal work: every key
+// of the pool lies in the budget's slot.
+func TestKeysCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	keys := []string{"tok-a", "tok-b"}
+	l := budget.Limit{Rate: 1}
+	a := newBudget(t, c.Client(t, nil), "cluster-keys", l, &budget.Options{Keys: keys})
+	b := newBudget(t, c.Client(t, nil), "cluster-keys", l, &budget.Options{Keys: keys})
+	var mu sync.Mutex
+	var booked []budget.Booking
+	budget.OnBook(b, func(k budget.Booking) {
+		mu.Lock()
+		booked = append(booked, k)
+		mu.Unlock()
+	})
+	ctx := redistest.Context(t, 20*time.Second)
+	held := map[string]*budget.Reservation{}
+	for range 2 {
+		r, err := a.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		held[r.Key()] = r
+	}
+	if len(held) != 2 {
+		t.Fatalf("keys booked: %v; want both", held)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		done <- err
+	}()
+	redistest.WaitFor(t, "a sleeper on b", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(booked) == 1
+	})
+	mu.Lock()
+	sleepsOn := keys[booked[0].Key-1]
+	mu.Unlock()
+	if err := held[sleepsOn].Observe(ctx, rateLimited("60"), http.StatusTooManyRequests); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, "the sleeper to book again", func() bool { return b.Stats().Rebooked == 1 })
+	if err := a.Remove(ctx, sleepsOn); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, "b to hear of the removal", func() bool { return b.Stats().Keys == 1 })
+	if err := <-done; err != nil {
+		t.Fatalf("the sleeper's Reserve: %v", err)
+	}
+}
