@@ -106,6 +106,10 @@ func BenchmarkBudgetReserve(b *testing.B) {
 		// A concurrency slot: one round trip to take it with the rate
 		// slot, one for Done to free it.
 		{"limits=1,concurrency=100", &budget.Options{Concurrency: 100}, budget.Cost{}},
+		// A pool of keys: the script picks the key whose slot comes first
+		// by the pool's index, in the same round trip, whatever its size.
+		{"limits=1,keys=1", &budget.Options{Keys: benchKeys(1)}, budget.Cost{}},
+		{"limits=1,keys=20", &budget.Options{Keys: benchKeys(20)}, budget.Cost{}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			newClient := benchRedis(b)
@@ -135,6 +139,15 @@ func BenchmarkBudgetReserve(b *testing.B) {
 			reportScriptTime(b, rdb)
 		})
 	}
+}
+
+// benchKeys returns n credentials for a pool (Options.Keys).
+func benchKeys(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = "bench-token-" + strconv.Itoa(i)
+	}
+	return keys
 }
 
 // reportScriptTime reports the time Redis spent running a script, per

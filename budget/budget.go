@@ -107,6 +107,16 @@ type Options struct {
 	// budget must give the same.
 	// default: false (Limit.Rate is the upstream's limit)
 	Adaptive bool
+	// Keys are credentials the upstream limits each on its own (tokens,
+	// API keys): every limit, meter and cap applies to each key, and
+	// [Budget.Reserve] books the key whose slot comes first, the one
+	// [Reservation.Key] returns; a 429 observed through a reservation
+	// pauses its key only, a 401 removes it (see the package
+	// documentation, "Key pools"). Duplicates count once; an empty key is
+	// an error, and so are Keys with Concurrency or Adaptive. Use
+	// Reserve, not Wait.
+	// default: none (one budget, no key)
+	Keys []string
 
 	// Events, if not nil, sees every wait (BudgetWait), every pause
 	// (Pause), every cut of the learned rate (RateCut, with Adaptive) and
@@ -192,6 +202,9 @@ type Stats struct {
 	// Options.Adaptive): 429s that came once per episode, not the old news
 	// of an episode another server or an earlier 429 already cut for.
 	RateCuts uint64
+	// Keys is the keys of this server's Options.Keys not removed from
+	// the pool, as far as it has heard ([Budget.Remove]). 0 without Keys.
+	Keys int
 }
 
 type counters struct {
@@ -215,7 +228,7 @@ func (b *Budget) Stats() Stats {
 		PullDowns: s.pullDowns.Load(), LocalWaits: s.localWaits.Load(),
 		LocalPauses: s.localPauses.Load(), Errors: s.redisErrs.Load(),
 		LimitConflicts: s.limitConflicts.Load(), Overshoots: s.overshoots.Load(),
-		InFlight: b.inFlight(), Rate: b.rate(), RateCuts: s.rateCuts.Load(),
+		InFlight: b.inFlight(), Rate: b.rate(), RateCuts: s.rateCuts.Load(), Keys: b.liveKeys(),
 	}
 }
 
@@ -262,6 +275,7 @@ type Budget struct {
 	local    *localLimiter // while Redis is unreachable
 	conc     *conc         // the concurrency slots; nil without Options.Concurrency
 	learner  learner       // the learned rate, with Options.Adaptive
+	pool     *pool         // the keys; nil without Options.Keys
 	// lost counts the times pub/sub messages may have been lost (the
 	// connection broke or was replaced): a Wait that slept across one
 	// reads the pause before it goes.
@@ -345,6 +359,9 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 	k.t, k.tau, k.tb, k.horizon, k.ahead, k.sig, k.halfLife = b.t, b.tau, b.tb, b.horizon,
 		maxAhead.Microseconds(), b.sig, slackHalfLife(b.t)
 	b.local = newLocalLimiter(b.lim, b.dims, b.opt.FleetSize)
+	if len(b.opt.Keys) > 0 {
+		b.pool = newPool(b)
+	}
 	b.paused = make(chan struct{})
 	b.base, b.cancel = context.WithCancel(context.Background())
 	b.rdb = redisx.New(rdb)
@@ -396,6 +413,9 @@ func (b *Budget) validate(rdb redis.UniversalClient, limit Limit) error {
 	default:
 		if err = limit.check(); err == nil {
 			err = redisx.CheckPrefix(b.opt.Prefix)
+		}
+		if err == nil {
+			err = checkKeys(b.opt)
 		}
 	}
 	for i, l := range b.opt.Also {

@@ -198,11 +198,57 @@
 // latencies. While Redis is unreachable, each server's local limiter keeps
 // to the learned rate over FleetSize, and a 429 slows it alone.
 //
+// # Key pools
+//
+// Upstreams limit each credential on its own: each user token of the X API,
+// each installation of a GitHub App, each API key of an LLM provider.
+// [Options].Keys lists credentials to spread calls over. Each key is a
+// budget of its own, with every limit, meter and cap of the budget, in a
+// hash of its own beside the budget's (same hash tag, same Redis Cluster
+// slot), and the booking script runs on it unchanged. [Budget.Reserve]
+// books, in one round trip, the key whose slot comes first, ties going to
+// the key with the most room left in its bucket: the pool's index, a ZSET
+// of the keys scored by the earliest instant each could take a unit of
+// every dimension (its tat less its burst tolerance, its pause, a cap with
+// nothing left), kept by every script that changes a key, gives the key
+// with one short read whatever the pool's size. [Reservation.Key] is the
+// credential to call with.
+//
+// The upstream's word is the key's: [Reservation.Observe] applies a
+// response to the key of its reservation (and Budget.Observe to that of
+// the reservation its ctx carries, as in a fill load): a 429 or "remaining
+// 0" pauses that key only, fleet-wide, and callers sleeping on a slot of
+// it, on every server, book again on the others; a 401 removes the key.
+// [Budget.Remove] removes a key for the whole fleet: a tombstone (kept 30
+// days after the latest removal) that every booking honours, and a message
+// that every server hears, its callers sleeping on the key booking again.
+// A server that missed the message hears of it at its next booking: a
+// removal starts a new generation of the index, and a server announces its
+// keys, and learns which were removed, once per generation. A removal
+// Redis lost (FLUSHALL) is written back by the next booking of a server
+// that knows of it. With no key left, Reserve fails with an error wrapping
+// [ErrNoKeys].
+//
+// Servers may hold different lists: a key is known fleet-wide by a hash of
+// the credential, never the credential itself, and each server books the
+// keys it holds; a key several servers hold is one budget for them all, and
+// a server started with a longer list adds its keys to the pool. Without
+// a reservation, Budget.Observe cannot tell the key a response is of, and
+// returns an error; [Budget.PauseUntil], and PauseFor without a
+// reservation in its ctx, pause every key. Use Reserve: [Budget.Wait]
+// cannot tell the key it booked, and returns an error. Keys with
+// Concurrency or Adaptive are not supported. While Redis is unreachable,
+// each key has a local limiter at Rate/FleetSize, and a 429 pauses its key
+// in this process.
+//
 // # Redis
 //
 // A budget named N under prefix P is the hash P{N}:budget, which expires a
 // second after the last instant it holds; its pauses go on the channel of the
-// same name. One key, one hash tag: every script touches one Redis Cluster
+// same name. With Options.Keys, each key is the hash P{N}:budget:k:ID, ID a
+// hash of the credential; the pool's index is the ZSET P{N}:budget:keys,
+// kept an hour past its latest change, and the removed keys the hash
+// P{N}:budget:removed. One hash tag: every script touches one Redis Cluster
 // slot. Servers sharing a budget must give it the same [Limit].
 //
 // Each server remembers the latest tat it set and sends it with every

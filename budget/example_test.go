@@ -244,3 +244,51 @@ func ExampleOptions_adaptive() {
 	// Output:
 	// learned rate: 37 calls/s, cuts: 1, pauses: 0
 }
+
+// A pool of credentials, each limited on its own by the upstream: every
+// call goes on the key whose slot comes first.
+func ExampleOptions_keys() {
+	rdb, stop := exampleRedis()
+	defer stop()
+	ctx := context.Background()
+
+	// The X API limits each user token on its own: 900 calls per 15
+	// minutes. A pool of three tokens takes 2,700, each call going on the
+	// token with the most room.
+	b := budget.New(rdb, "api.x.com/timeline", budget.Limit{Rate: 900, Per: 15 * time.Minute, Burst: 5}, &budget.Options{
+		Keys: []string{"token-1", "token-2", "token-3"},
+	})
+	defer b.Close()
+
+	// call reserves a call, makes it with the reservation's key, and
+	// reports the upstream's answer through the reservation: it is that
+	// key's.
+	call := func(status int, h http.Header) string {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			return err.Error()
+		}
+		defer func() { _ = r.Done(ctx) }()
+		// Call the upstream here with r.Key() as the token.
+		if err := r.Observe(ctx, h, status); err != nil {
+			return err.Error()
+		}
+		return r.Key()
+	}
+	ok := http.Header{}
+	tooMany := http.Header{"Retry-After": {"60"}}
+
+	fmt.Println("429 on", call(http.StatusTooManyRequests, tooMany)) // that token pauses for a minute
+	fmt.Println("401 on", call(http.StatusUnauthorized, ok))         // that token leaves the pool, fleet-wide
+	for range 3 {
+		fmt.Println("200 on", call(http.StatusOK, ok)) // the token left
+	}
+	fmt.Println("live keys:", b.Stats().Keys)
+	// Output:
+	// 429 on token-3
+	// 401 on token-2
+	// 200 on token-1
+	// 200 on token-1
+	// 200 on token-1
+	// live keys: 2
+}

@@ -17,6 +17,7 @@ type Booking struct {
 	Priority  Priority
 	Gated     bool
 	Local     bool
+	Key       int // with Options.Keys, the key booked: 1 + its index in the pool
 }
 
 // OnBook has f called with every slot b books. Set it before the first Wait.
@@ -36,7 +37,7 @@ var bookHooks sync.Map
 func init() {
 	testHookBooked = func(b *Budget, ctx context.Context, r booking, p Priority) {
 		if f, ok := bookHooks.Load(b); ok {
-			f.(func(context.Context, Booking))(ctx, Booking{Slot: r.slot, TAT: r.tat, Wait: r.wait, Priority: p, Gated: r.gated, Local: r.local})
+			f.(func(context.Context, Booking))(ctx, Booking{Slot: r.slot, TAT: r.tat, Wait: r.wait, Priority: p, Gated: r.gated, Local: r.local, Key: r.kidx})
 		}
 	}
 }
@@ -60,3 +61,6 @@ const LearnCalls = learnCalls
 
 // LearnKeep is the share of a learned rate a cut keeps.
 const LearnKeep = learnKeep
+
+// KeyID returns the id a credential of Options.Keys has in Redis.
+func KeyID(cred string) string { return keyID(cred) }

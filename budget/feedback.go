@@ -88,6 +88,9 @@ type feedback struct {
 	// limit resets (pause is then one Per): with Options.Adaptive it cuts
 	// the learned rate instead (adaptive.go).
 	unstated bool
+	// key is the key of the pool (Options.Keys) the response is of, 1 +
+	// its index; 0 for the whole budget.
+	key int
 }
 
 // maxHeaderWait is the longest wait a header may announce; a longer one is
@@ -287,6 +290,13 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 // change nothing and are not an error. Times are read against the response's
 // Date header when it has one. When Redis is unreachable a pause is kept in
 // this process only, and a cap is not kept.
+//
+// With [Options].Keys, the response is applied to one key: that of the
+// reservation ctx carries ([Reservation.Observe] passes its own; a fill
+// load's ctx carries its reservation), and a 401 removes the key from the
+// pool ([Budget.Remove]). A response with something to apply and no
+// reservation of the budget in ctx is an error, and changes nothing: which
+// key it is of cannot be told.
 func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 	if err := b.check(); err != nil {
 		return err
@@ -294,6 +304,9 @@ func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 	now := time.Now()
 	f := parseFeedback(h, status, now, b.lim.Per)
 	f.slot = b.slotOf(ctx)
+	if b.pool != nil {
+		return b.observeKey(ctx, h, status, now, f)
+	}
 	if b.opt.Adaptive {
 		if done, err := b.adapt(ctx, f, status); done {
 			return err
@@ -302,6 +315,16 @@ func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 	if f.pause > 0 {
 		return b.apply(ctx, "observe", f)
 	}
+	caps := b.capsOf(h, now, f)
+	if len(caps) == 0 {
+		return nil
+	}
+	return b.applyCaps(ctx, "observe", caps, 0)
+}
+
+// capsOf returns the cap script's groups for what a response read at now
+// says is left: of the calls (f), and of the budget's meters (h).
+func (b *Budget) capsOf(h http.Header, now time.Time, f feedback) []any {
 	var caps []any
 	if f.pull && f.remaining < allowed(f.reset, b.t, b.tau) {
 		caps = append(caps, f.reset.Microseconds(), f.remaining, b.t, b.tau, "tat", "cap")
@@ -309,10 +332,7 @@ func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 	if len(b.opt.Meters) > 0 {
 		caps = append(caps, b.meterCaps(h, now)...)
 	}
-	if len(caps) == 0 {
-		return nil
-	}
-	return b.applyCaps(ctx, "observe", caps)
+	return caps
 }
 
 // allowed returns how many units a limit of t µs per unit and burst
@@ -354,13 +374,15 @@ var capLua string
 
 var capScript = redis.NewScript(capLua)
 
-// applyCaps caps the budget's dimensions, each at the units remaining
-// before its reset, fleet-wide, with one round trip; caps holds the cap
-// script's groups. While Redis is unreachable nothing is kept: the local
-// limiter knows nothing of the upstream's count.
-func (b *Budget) applyCaps(ctx context.Context, op string, caps []any) error {
+// applyCaps caps the budget's dimensions (those of key k of the pool, 1 +
+// its index, with Options.Keys), each at the units remaining before its
+// reset, fleet-wide, with one round trip; caps holds the cap script's
+// groups. While Redis is unreachable nothing is kept: the local limiter
+// knows nothing of the upstream's count.
+func (b *Budget) applyCaps(ctx context.Context, op string, caps []any, k int) error {
+	script, keys, args := b.onKey(k, capScript, keyCapScript, append([]any{maxAhead.Microseconds()}, caps...))
 	n, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
-		return capScript.Run(ctx, b.rdb.Redis(), []string{b.key}, append([]any{maxAhead.Microseconds()}, caps...)...).Int64()
+		return script.Run(ctx, b.rdb.Redis(), keys, args...).Int64()
 	}, nil)
 	switch {
 	case err != nil && redisx.Outage(err):

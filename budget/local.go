@@ -44,6 +44,12 @@ func (b *Budget) sleepLocalPause(ctx context.Context, op string) error {
 // goes on from this server's latest slot in Redis, one local interval
 // after it, not with a full burst: its calls booked there still go.
 func (b *Budget) waitLocal(ctx context.Context, op string, p Priority, w want) error {
+	return b.waitLocalOn(ctx, op, p, w, b.local)
+}
+
+// waitLocalOn is waitLocal on the local limiter ll: the budget's, or a
+// key's (Options.Keys).
+func (b *Budget) waitLocalOn(ctx context.Context, op string, p Priority, w want, ll *localLimiter) error {
 	b.stats.localWaits.Add(1)
 	horizon := time.Duration(b.horizon) * time.Microsecond
 	for {
@@ -51,19 +57,19 @@ func (b *Budget) waitLocal(ctx context.Context, op string, p Priority, w want) e
 			return err
 		}
 		if s := b.mineSlot.Load(); s > 0 {
-			b.local.seed(time.UnixMicro(s - b.clock.Load()).Add(b.local.lims[0].t))
+			ll.seed(time.UnixMicro(s - b.clock.Load()).Add(ll.lims[0].t))
 		}
 		now := time.Now()
-		slot, k := b.local.reserve(now, w)
+		slot, k := ll.reserve(now, w)
 		d := slot.Sub(now)
 		if dl, ok := ctx.Deadline(); ok && slot.After(dl) {
-			b.local.cancel(k)
+			ll.cancel(k)
 			b.stats.refused.Add(1)
 			return fmt.Errorf("budget: %s %s (local limit, Redis unreachable): the next slot, %v away, lies past the deadline: %w",
 				op, redisx.Quote(b.name), d, context.DeadlineExceeded)
 		}
 		if p == Background && d > horizon {
-			b.local.cancel(k)
+			ll.cancel(k)
 			b.stats.comeBacks.Add(1)
 			if err := b.sleep(ctx, d-horizon, false, nil); err != nil {
 				return err
@@ -89,11 +95,11 @@ func (b *Budget) waitLocal(ctx context.Context, op string, p Priority, w want) e
 		})
 		switch {
 		case errors.Is(err, errPaused):
-			b.local.cancel(k)
+			ll.cancel(k)
 			b.stats.rebooked.Add(1)
 			continue
 		case err != nil:
-			b.local.cancel(k)
+			ll.cancel(k)
 			if !errors.Is(err, ErrClosed) {
 				b.stats.abandoned.Add(1)
 			}
@@ -151,15 +157,7 @@ type localBooking struct {
 func (l *localLimiter) reserve(now time.Time, w want) (slot time.Time, k localBooking) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	slot = now
-	for i, g := range l.lims {
-		if c := w.unitsOf(i); c > 0 {
-			burst := int64(g.tau/g.t) + 1
-			if s := g.tat.Add(-g.tau + time.Duration(min(c, burst)-1)*g.t); s.After(slot) {
-				slot = s
-			}
-		}
-	}
+	slot = l.slot(now, w)
 	k.prev = make([]time.Time, len(l.lims))
 	for i := range l.lims {
 		g := &l.lims[i]
@@ -173,6 +171,21 @@ func (l *localLimiter) reserve(now time.Time, w want) (slot time.Time, k localBo
 	}
 	k.tat = l.lims[0].tat
 	return slot, k
+}
+
+// slot returns the next slot from now that every limit allows w. l.mu
+// must be held.
+func (l *localLimiter) slot(now time.Time, w want) time.Time {
+	slot := now
+	for i, g := range l.lims {
+		if c := w.unitsOf(i); c > 0 {
+			burst := int64(g.tau/g.t) + 1
+			if s := g.tat.Add(-g.tau + time.Duration(min(c, burst)-1)*g.t); s.After(slot) {
+				slot = s
+			}
+		}
+	}
+	return slot
 }
 
 // cancel undoes booking k, when no booking came after it.

@@ -45,9 +45,11 @@ func (b *Budget) PauseUntil(ctx context.Context, t time.Time) error {
 // for one Per of the limit; not at all when the RateLimitedError is
 // Observed, since Observe paused the budget for the same response. With
 // [Options].Adaptive, an unknown RetryAfter cuts the fleet's learned rate
-// instead of pausing it (see the package documentation). It reports
-// whether err wraps ErrRateLimited. It is the retry path of a
-// caller that loads through the budget:
+// instead of pausing it (see the package documentation); with
+// [Options].Keys, it pauses the key of the reservation ctx carries (a fill
+// load's), or every key when ctx carries none. It reports whether err wraps
+// ErrRateLimited. It is the retry path of a caller that loads through the
+// budget:
 //
 //	for {
 //		if err := b.Wait(ctx, budget.Foreground); err != nil {
@@ -82,7 +84,7 @@ func (b *Budget) PauseFor(ctx context.Context, err error) (bool, error) {
 	if b.opt.Adaptive && (rle == nil || rle.RetryAfter <= 0) {
 		return true, b.cut(ctx, "pause", b.slotOf(ctx), "a load was rate-limited with no RetryAfter (RateLimitedError)")
 	}
-	return true, b.apply(ctx, "pause", feedback{pause: d, cause: rateLimited, slot: b.slotOf(ctx)})
+	return true, b.apply(ctx, "pause", feedback{pause: d, cause: rateLimited, slot: b.slotOf(ctx), key: b.keyOf(ctx)})
 }
 
 //go:embed pause.lua
@@ -99,23 +101,30 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	}
 	start := time.Now()
 	over := "0"
-	if f.cause == rateLimited && !f.metered && (f.pause <= time.Duration(b.t)*time.Microsecond || f.pause == time.Second) {
+	// With Options.Keys, only a key's 429 may be an overshoot: a pause of
+	// the whole pool respaces no key's schedule.
+	if f.cause == rateLimited && !f.metered && (b.pool == nil || f.key > 0) &&
+		(f.pause <= time.Duration(b.t)*time.Microsecond || f.pause == time.Second) {
 		// A wait no longer than an interval, or the whole second a
 		// Retry-After rounds a shorter wait up to, for no other limit
 		// than the calls': perhaps an overshoot (see pause.lua).
 		over = "1"
 	}
+	script, keys, args := b.onKey(f.key, pauseScript, keyPauseScript, []any{pause,
+		b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds(),
+		over, b.lim.Per.Microseconds(), b.t, min(maxStorm, max(3, b.lim.Rate/stormShare)), slackHalfLife(b.t), b.t / firstSlack, f.slot})
 	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]int64, error) {
-		return pauseScript.Run(ctx, b.rdb.Redis(), []string{b.key}, pause,
-			b.t, b.tau, b.rdb.PublishFlag(), maxAhead.Microseconds(),
-			over, b.lim.Per.Microseconds(), b.t, min(maxStorm, max(3, b.lim.Rate/stormShare)), slackHalfLife(b.t), b.t/firstSlack, f.slot).Int64Slice()
+		return script.Run(ctx, b.rdb.Redis(), keys, args...).Int64Slice()
 	}, nil)
 	if err == nil && len(v) != 6 {
 		err = fmt.Errorf("unexpected pause reply %v", v)
 	}
 	switch {
 	case err != nil && redisx.Outage(err):
-		if f.pause > 0 {
+		switch {
+		case f.pause > 0 && f.key > 0:
+			b.pauseKeyLocally(f.key-1, start.Add(f.pause))
+		case f.pause > 0:
 			b.pauseLocally(start.Add(f.pause))
 		}
 		return nil
@@ -125,14 +134,22 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	switch v[3] {
 	case overshoot:
 		b.stats.overshoots.Add(1)
-		b.heard(v[0], v[4], v[5])
+		if f.key > 0 {
+			b.keyHeard(f.key-1, v[0], v[4])
+		} else {
+			b.heard(v[0], v[4], v[5])
+		}
 		return nil
 	case overshootAgain:
 		return nil
 	}
 	if f.pause > 0 {
 		b.event(ctx, observe.Event{Kind: observe.Pause, Duration: f.pause})
-		b.log("pausing every server", "for", f.pause, "cause", f.cause.String())
+		if f.key > 0 {
+			b.log("pausing a key of the pool on every server", "for", f.pause, "cause", f.cause.String(), "key", b.pool.ids[f.key-1])
+		} else {
+			b.log("pausing every server", "for", f.pause, "cause", f.cause.String())
+		}
 		switch f.cause {
 		case rateLimited:
 			b.stats.rateLimited.Add(1)
@@ -145,7 +162,11 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	if v[1] == 1 {
 		now := time.Now()
 		b.clock.Store(v[0] - now.Add(f.pause).UnixMicro())
-		b.heard(v[0], 0, 0)
+		if f.key > 0 {
+			b.keyHeard(f.key-1, v[0], 0)
+		} else {
+			b.heard(v[0], 0, 0)
+		}
 	}
 	return nil
 }
@@ -187,6 +208,9 @@ const (
 // that concurrency slots are free for those waiters (see conc.lua). It runs
 // on the hub's reader, and must not block.
 func (b *Budget) message(m string) {
+	if b.keyMessage(m) {
+		return
+	}
 	if ids, ok := strings.CutPrefix(m, "c "); ok {
 		if b.conc != nil {
 			b.conc.wake(ids, false)
@@ -225,8 +249,12 @@ func (b *Budget) message(m string) {
 	if err != nil || respaced != "" && rerr != nil || kerr != nil || k < 0 {
 		// Not a pause's end: the hub's word (notify.Wake) that messages
 		// may have been lost. Sleeping Waits read the pause before going;
-		// callers in line for a slot look again.
+		// callers in line for a slot look again; a server with a pool of
+		// keys announces them again, and hears of the keys removed.
 		b.lost.Add(1)
+		if b.pool != nil {
+			b.pool.gen.Store(0)
+		}
 		if b.conc != nil {
 			b.conc.wake("", true)
 		}
@@ -250,12 +278,25 @@ func (b *Budget) listening() bool {
 }
 
 // readPause reads the end of the pause in the budget's hash, and when the
-// schedule was last respaced.
-func (b *Budget) readPause() (at, respaced int64, err error) {
+// schedule was last respaced: the budget's, or the later of the budget's
+// and key k's (1 + its index in the pool; 0 for none).
+func (b *Budget) readPause(k int) (at, respaced int64, err error) {
 	ctx, cancel := context.WithTimeout(b.base, giveBackTimeout)
 	defer cancel()
 	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]any, error) {
-		return b.rdb.Redis().HMGet(ctx, b.key, "pause", "rs").Result()
+		if k == 0 {
+			return b.rdb.Redis().HMGet(ctx, b.key, "pause", "rs").Result()
+		}
+		var main, key *redis.SliceCmd
+		_, err := b.rdb.Redis().Pipelined(ctx, func(p redis.Pipeliner) error {
+			main = p.HMGet(ctx, b.key, "pause", "rs")
+			key = p.HMGet(ctx, b.pool.hashes[k-1], "pause", "rs")
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		return append(main.Val(), key.Val()...), nil
 	}, nil)
 	if err != nil {
 		return 0, 0, err
@@ -265,7 +306,11 @@ func (b *Budget) readPause() (at, respaced int64, err error) {
 		i, _ := strconv.ParseInt(s, 10, 64)
 		return i
 	}
-	return n(v[0]), n(v[1]), nil
+	at, respaced = n(v[0]), n(v[1])
+	if k > 0 {
+		at, respaced = max(at, n(v[2])), max(respaced, n(v[3]))
+	}
+	return at, respaced, nil
 }
 
 // heard records that a pause ends at at and that the schedule was
@@ -302,15 +347,19 @@ func (b *Budget) knownRespace() int64 {
 
 // Paused reports whether the fleet is paused now, as far as this server
 // has heard: by a 429 or remaining 0 observed, or by [Budget.PauseUntil], on
-// any server. A caller that gives up on a Wait while it is paused is held
-// up by the upstream's rate limit, not by a slow upstream.
+// any server. With [Options].Keys, it is also paused when every live key of
+// this server's is. A caller that gives up on a Wait while it is paused is
+// held up by the upstream's rate limit, not by a slow upstream.
 func (b *Budget) Paused() bool {
 	if b.check() != nil {
 		return false
 	}
+	now := time.Now()
+	if b.keysPaused(now.UnixMicro() + b.clock.Load()) {
+		return true
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	now := time.Now()
 	return b.pauseAt > now.UnixMicro()+b.clock.Load() || b.localPause.After(now)
 }
 
@@ -349,23 +398,31 @@ const maxRespaces = 1024
 func (b *Budget) stretch(slot, booked int64) (moved, moves int64, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if booked < b.forgotRespaces {
-		return slot, b.moves, false
+	moved, ok = b.replay(b.respaces, b.forgotRespaces, slot, booked)
+	return moved, b.moves, ok
+}
+
+// replay returns where the moves of list (in order of instant; forgot the
+// latest instant of those dropped) made after booked moved slot, and
+// whether all of them are known well enough to move it (see stretch).
+func (b *Budget) replay(list []respace, forgot, slot, booked int64) (int64, bool) {
+	if booked < forgot {
+		return slot, false
 	}
-	i, _ := slices.BinarySearchFunc(b.respaces, booked+1, func(r respace, at int64) int {
+	i, _ := slices.BinarySearchFunc(list, booked+1, func(r respace, at int64) int {
 		return cmp.Compare(r.at, at)
 	})
-	for _, r := range b.respaces[i:] {
+	for _, r := range list[i:] {
 		switch {
 		case r.d > 0:
 			if slot > r.from {
 				slot += r.d
 			}
 		case r.k <= 0:
-			return slot, b.moves, false
+			return slot, false
 		case slot > r.at:
 			slot = r.at + b.t + (slot-r.at)*r.k/1e6 + 1
 		}
 	}
-	return slot, b.moves, true
+	return slot, true
 }

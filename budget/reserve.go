@@ -76,6 +76,9 @@ type want struct {
 	calls int64
 	units []int64
 	cid   string // the holder id of a reservation's concurrency slot, or ""
+	// placeKey is, with Options.Keys, the key of the caller's place in the
+	// background line (1 + its index), or 0.
+	placeKey int
 }
 
 // wantOf returns what booking c takes.
@@ -185,9 +188,14 @@ type Reservation struct {
 	accepted bool
 }
 
-// Key returns the credential the call should use. It is "" for now: a
-// budget has one credential.
-func (r *Reservation) Key() string { return "" }
+// Key returns the credential the call should use: the key of
+// [Options].Keys the reservation was booked on. It is "" without Keys.
+func (r *Reservation) Key() string {
+	if r == nil || r.r.kidx == 0 {
+		return ""
+	}
+	return r.b.pool.creds[r.r.kidx-1]
+}
 
 // Spent records what the call really spent (a response's
 // usage.total_tokens, say), for Done to settle against the estimate
@@ -319,7 +327,7 @@ func (r *Reservation) settle(ctx context.Context, groups []any, lost error) erro
 	case r.cid != "" && lost == nil:
 		_, err = b.runGiveBackConc(ctx, append([]any{"slot", r.r.slot, 0}, groups...), r.cid)
 	default:
-		_, err = b.runGiveBack(ctx, append([]any{"slot", r.r.slot, 0}, groups...))
+		_, err = b.runGiveBack(ctx, r.r.kidx, append([]any{"slot", r.r.slot, 0}, groups...))
 	}
 	switch {
 	case err != nil && redisx.Outage(err):
@@ -378,6 +386,9 @@ func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // Observe applies the call's response to the budget: see [Budget.Observe].
 // With [Options].Adaptive, the call counts once as accepted, however many
 // 2xx responses are observed for it.
+//
+// With [Options].Keys, it is applied to the reservation's key: a 429 or
+// "remaining 0" pauses that key only, and a 401 removes it from the pool.
 func (r *Reservation) Observe(ctx context.Context, h http.Header, status int) error {
 	if r == nil {
 		return nil

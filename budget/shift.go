@@ -52,6 +52,10 @@ func (b *Budget) leftLate(r booking) {
 	b.later(func() {
 		ctx, cancel := context.WithTimeout(b.base, giveBackTimeout)
 		defer cancel()
+		if r.kidx > 0 {
+			b.shiftKey(ctx, r.kidx, r.slot, late)
+			return
+		}
 		_, _ = b.shift(ctx, r.slot, late)
 	})
 }
@@ -85,25 +89,34 @@ func (b *Budget) heardShift(at, from, d int64) {
 // arrive in either order: the second is dropped), and wakes the sleeping
 // Waits to move their slots again. b.mu is held.
 func (b *Budget) addMove(m respace) {
-	if m.at <= b.forgotRespaces {
-		return
+	if insertMove(&b.respaces, &b.forgotRespaces, m) {
+		b.moves++
+		close(b.paused)
+		b.paused = make(chan struct{})
+	}
+}
+
+// insertMove inserts m in list, in order of instant, unless it is there
+// already or older than forgot (the latest instant of the moves dropped),
+// dropping the oldest past maxRespaces. It reports whether it inserted m.
+func insertMove(list *[]respace, forgot *int64, m respace) bool {
+	if m.at <= *forgot {
+		return false
 	}
 	// Two moves may share an instant (two scripts within a µs): only the
 	// very same move is dropped.
-	i, _ := slices.BinarySearchFunc(b.respaces, m.at, func(r respace, at int64) int {
+	i, _ := slices.BinarySearchFunc(*list, m.at, func(r respace, at int64) int {
 		return cmp.Compare(r.at, at)
 	})
-	for ; i < len(b.respaces) && b.respaces[i].at == m.at; i++ {
-		if b.respaces[i] == m {
-			return
+	for ; i < len(*list) && (*list)[i].at == m.at; i++ {
+		if (*list)[i] == m {
+			return false
 		}
 	}
-	b.respaces = slices.Insert(b.respaces, i, m)
-	if n := len(b.respaces); n > maxRespaces {
-		b.forgotRespaces = b.respaces[n-maxRespaces-1].at
-		b.respaces = slices.Delete(b.respaces, 0, n-maxRespaces)
+	*list = slices.Insert(*list, i, m)
+	if n := len(*list); n > maxRespaces {
+		*forgot = (*list)[n-maxRespaces-1].at
+		*list = slices.Delete(*list, 0, n-maxRespaces)
 	}
-	b.moves++
-	close(b.paused)
-	b.paused = make(chan struct{})
+	return true
 }

@@ -43,6 +43,10 @@ func (b *Budget) Wait(ctx context.Context, p Priority) error {
 	if err := b.check(); err != nil {
 		return err
 	}
+	if b.pool != nil {
+		return fmt.Errorf("budget: wait %s: the budget has Options.Keys: use Reserve, whose Reservation.Key is the key to call with",
+			redisx.Quote(b.name))
+	}
 	_, err := b.run(ctx, "wait", p, b.waitWant)
 	return err
 }
@@ -82,6 +86,9 @@ type booking struct {
 	bg    bool
 	place bool // comeBack: slot is a place in the line
 	local bool // a slot of the local limiter, in µs of this process's clock
+	// kidx is the key of the pool (Options.Keys) booked, 1 + its index;
+	// 0 without Keys.
+	kidx int
 	// w is what was booked; prev, the tat before the booking, or -1 when
 	// unknown (a Wait on a budget of one limit); tats and prevs, the tat
 	// the booking set in each of the budget's extra dimensions and the one
@@ -112,11 +119,17 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		r, err := b.book(ctx, p, place, w)
 		if err != nil {
 			if redisx.Outage(err) {
+				if b.pool != nil {
+					k, err := b.waitLocalKey(ctx, op, p, w)
+					return booking{local: true, w: w, kidx: k}, err
+				}
 				return booking{local: true, w: w}, b.waitLocalSlot(ctx, op, p, w)
 			}
 			return booking{}, b.fail(ctx, op, err)
 		}
 		switch r.kind {
+		case noKey:
+			return booking{}, b.noKeysError(op)
 		case refused:
 			b.stats.refused.Add(1)
 			return booking{}, fmt.Errorf("budget: %s %s: the next slot, %v away, lies past the deadline: %w",
@@ -131,7 +144,7 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 			continue
 		case comeBack:
 			b.stats.comeBacks.Add(1)
-			place = r.slot
+			place, w.placeKey = r.slot, r.kidx
 			if err := b.sleep(ctx, r.wait, false, nil); err != nil {
 				b.abandon(r, err)
 				return booking{}, err
@@ -156,7 +169,7 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		// how many moves this server had heard of when it last worked the
 		// slot out (-1: not yet, a move heard before the reply counts).
 		seen := int64(-1)
-		moved := func(at, moves int64) bool { return at > r.slot || moves != seen }
+		moved := func(at, moves int64) bool { return at > r.slot || moves != seen || b.keyMoved(r, booked) }
 		// The slot on this process's clock, by the Redis clock's lead
 		// (see clock.go): not this reply's own latency after it.
 		d := r.wait
@@ -165,10 +178,12 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		}
 		for {
 			err = b.sleep(ctx, d, b.fine, moved)
-			if !errors.Is(err, errPaused) {
+			if !errors.Is(err, errPaused) || b.keyMoved(r, booked) {
+				// A key of a pool paused, respaced or removed: book again
+				// (on another key).
 				break
 			}
-			slot, moves, ok := b.stretch(orig, booked)
+			slot, moves, ok := b.stretchOf(r.kidx, orig, booked)
 			if !ok {
 				break
 			}
@@ -196,8 +211,8 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 			// or Redis was away): a pause another server began meanwhile,
 			// or a respace it has not heard of, may not have been heard.
 			// Read them before going.
-			if at, respaced, rerr := b.readPause(); rerr == nil && (at > r.slot || respaced > booked && respaced > b.knownRespace()) {
-				b.heard(at, respaced, 0)
+			if at, respaced, rerr := b.readPause(r.kidx); rerr == nil && (at > r.slot || respaced > booked && respaced > b.knownRespaceOf(r.kidx)) {
+				b.heardOf(r.kidx, at, respaced)
 				err = errPaused
 			}
 		}
@@ -207,9 +222,9 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 			// booking after it. The units the old booking took of the
 			// meters go back first: the new one takes them again.
 			b.stats.rebooked.Add(1)
-			place = 0
+			place, w.placeKey = 0, 0
 			if args := b.giveBackArgs(r, true); args != nil {
-				_, _ = b.giveBackNow(args)
+				_, _ = b.giveBackNow(r.kidx, args)
 			}
 			continue
 		case err != nil:
@@ -232,16 +247,29 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64, w want) (boo
 		prio = "1"
 	}
 	script, keys := waitScript, []string{b.key}
+	args := b.waitArgs(prio, patience, place, w)
 	var sent time.Time
-	if w.cid != "" {
+	var cand []int // with Keys: the keys sent, by index
+	switch {
+	case w.cid != "":
 		script, keys, sent = waitConcScript, b.conc.keys, time.Now()
+	case b.pool != nil:
+		if keys, args, cand = b.keyArgs(args, w.placeKey); cand == nil {
+			return booking{kind: noKey}, nil
+		}
+		script = keysWaitScript
 	}
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (booking, error) {
-		v, err := script.Run(ctx, b.rdb.Redis(), keys, b.waitArgs(prio, patience, place, w)...).Result()
+		v, err := script.Run(ctx, b.rdb.Redis(), keys, args...).Result()
 		if err != nil {
 			return booking{}, err
 		}
-		r, err := parseBooking(v)
+		var r booking
+		if cand != nil {
+			r, err = b.parseKeyed(v, cand)
+		} else {
+			r, err = parseBooking(v)
+		}
 		r.bg, r.w, r.prev, r.sent = p == Background, w, -1, sent
 		if err == nil && r.kind == booked && r.tats != nil {
 			err = b.dimTats(&r)
@@ -452,7 +480,7 @@ func (b *Budget) giveBackCtx(ctx context.Context, r booking) error {
 		b.conc.drop(r.w.cid, context.Canceled)
 		n, err = b.runGiveBackConc(ctx, args, r.w.cid)
 	default:
-		n, err = b.runGiveBack(ctx, args)
+		n, err = b.runGiveBack(ctx, r.kidx, args)
 	}
 	switch {
 	case err != nil && redisx.Outage(err):
@@ -472,18 +500,20 @@ func (b *Budget) giveBackCtx(ctx context.Context, r booking) error {
 	return nil
 }
 
-// giveBackNow runs the give-back script with args, bounded by
+// giveBackNow runs the give-back script with args for key k, bounded by
 // giveBackTimeout.
-func (b *Budget) giveBackNow(args []any) (int64, error) {
+func (b *Budget) giveBackNow(k int, args []any) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
 	defer cancel()
-	return b.runGiveBack(ctx, args)
+	return b.runGiveBack(ctx, k, args)
 }
 
-// runGiveBack runs the give-back script with args.
-func (b *Budget) runGiveBack(ctx context.Context, args []any) (int64, error) {
+// runGiveBack runs the give-back script with args, on the fields of key k
+// of the pool (1 + its index; 0 without Options.Keys).
+func (b *Budget) runGiveBack(ctx context.Context, k int, args []any) (int64, error) {
+	script, keys, args := b.onKey(k, givebackScript, keyGivebackScript, args)
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
-		return givebackScript.Run(ctx, b.rdb.Redis(), []string{b.key}, args...).Int64()
+		return script.Run(ctx, b.rdb.Redis(), keys, args...).Int64()
 	}, nil)
 }
 
@@ -503,8 +533,8 @@ func (b *Budget) runGiveBackConc(ctx context.Context, args []any, id string) (in
 // give back.
 func (b *Budget) giveBackArgs(r booking, metersOnly bool) []any {
 	switch {
-	case r.kind == queued:
-		return nil // in line for a concurrency slot: no rate slot booked
+	case r.kind == queued, r.kind == noKey:
+		return nil // in line for a concurrency slot, or no key: no rate slot booked
 	case r.kind == comeBack && !r.place:
 		return nil // standing by: nothing booked
 	case r.kind == comeBack:
@@ -536,6 +566,9 @@ func (b *Budget) giveBackArgs(r booking, metersOnly bool) []any {
 // learn records what a booking in Redis tells this server: the tat it set,
 // its slot, and the Redis clock's lead on this process's.
 func (b *Budget) learn(r booking) {
+	if r.kidx > 0 {
+		b.keyLearn(r)
+	}
 	// A booking made before a respace this server has heard of belongs to
 	// the old schedule: its tat must not push the new one back out. (The
 	// reply and the respace's message come on different connections, in

@@ -61,6 +61,13 @@
 // Cache closed) is cancelled, and the loader not called. A batch loader
 // call ([GetMany], [Batcher]) reserves once for the call.
 //
+// A budget with a pool of credentials (budget.Options.Keys) books each load
+// on the key with the most room: the loader calls the upstream with
+// budget.FromContext(ctx).Key(), and the upstream's answer, reported
+// through the reservation or with the budget's Observe on the loader's
+// ctx, is that key's. A [budget.RateLimitedError] the loader returns pauses
+// its key only, and the load goes again at once on another key.
+//
 // # Failures
 //
 // A loader error is not cached: the lock is released and the failure

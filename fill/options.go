@@ -101,14 +101,16 @@ type Options struct {
 	// callers' patience: a load nobody waits for any more is not started,
 	// and its reservation is cancelled. The loader runs with the
 	// reservation in its ctx (budget.FromContext), where it reports what
-	// the call really spent (Reservation.Spent); the reservation is done
-	// when the loader returns, whatever it returned. With the budget's
-	// Concurrency, the load holds a slot while it runs, under the slot's
-	// lease: the loader's ctx ends, with cause budget.ErrSlotLost, if the
-	// slot is lost.
-	// A loader error wrapping budget.ErrRateLimited pauses the budget for
-	// its RetryAfter (a budget with Options.Adaptive cuts its learned rate
-	// for one without), and the same flight, still holding the fill lock,
+	// the call really spent (Reservation.Spent) and, with a pool of keys
+	// (budget.Options.Keys), reads the credential to call with
+	// (Reservation.Key); the reservation is done when the loader returns,
+	// whatever it returned. With the budget's Concurrency, the load holds
+	// a slot while it runs, under the slot's lease: the loader's ctx ends,
+	// with cause budget.ErrSlotLost, if the slot is lost.
+	// A loader error wrapping budget.ErrRateLimited pauses the budget (its
+	// reservation's key, with a pool) for its RetryAfter (a budget with
+	// Options.Adaptive cuts its learned rate for one without), and the same
+	// flight, still holding the fill lock,
 	// loads again when the budget allows; it fails, with an error wrapping
 	// budget.ErrRateLimited, only when every caller has given up or
 	// LoadTimeout passes. A load that returns a value counts, for an

@@ -92,4 +92,12 @@
 // waited for it get an error wrapping [fill.ErrLoadFailed] that names it.
 // A 429 is never a response of a cached request: code that retries by
 // status should also retry on budget.ErrRateLimited.
+//
+// A budget with a pool of credentials (budget.Options.Keys) books each
+// upstream request on the key with the most room, and [Options].Authorize
+// sets it on the Transport's copy of the request, after the cache key was
+// made: callers share responses whatever key fetched them, and their own
+// credentials still keep them apart. The response is that key's: a 429
+// pauses it alone, and the load goes again at once on another key; a 401
+// removes it from the pool, fleet-wide.
 package httpfill

@@ -49,6 +49,22 @@ type Options struct {
 	// default: one call, no meter
 	Cost func(req *http.Request) budget.Cost
 
+	// Authorize sets the credential key on req, an upstream request about
+	// to go, when Budget has a pool of keys (budget.Options.Keys): key is
+	// the one its reservation was booked on, the key with the most room
+	// (Reservation.Key). It is called on the Transport's own copy of the
+	// caller's request, after the cache key was made: the pool's credential
+	// is not part of it, and requests that differ only by the key they
+	// went with share one response; the caller's own credentials still
+	// tell responses apart (see DefaultKey). The response is the key's: a
+	// 429 pauses that key only, and the load goes again on another; a 401
+	// removes the key from the pool, fleet-wide, and reaches the callers.
+	// Use a pool only where its key is the request's credential: a 401 for
+	// a caller's own credentials would remove a key of the pool.
+	//	Authorize: func(req *http.Request, key string) { req.Header.Set("Authorization", "Bearer "+key) }
+	// default: nil (requests go as the callers made them)
+	Authorize func(req *http.Request, key string)
+
 	// TTL is how long a response is cached when it says nothing of its
 	// freshness: no Cache-Control s-maxage or max-age, no Expires.
 	// default: 0, the Cache's TTL (fill.Options.TTL)
@@ -219,7 +235,7 @@ func (t *Transport) pass(req *http.Request) (*http.Response, error) {
 		// under its lease, as loads do, until its body is closed.
 		octx, stop = budgetctx.UnderSlot(octx, rc)
 	}
-	out := req.WithContext(octx)
+	out := t.authorize(req.WithContext(octx), res)
 	resp, err := t.opt.Base.RoundTrip(out)
 	if stop != nil {
 		if err != nil {
@@ -237,6 +253,18 @@ func (t *Transport) pass(req *http.Request) (*http.Response, error) {
 	}
 	observe(ctx, res, resp)
 	return resp, nil
+}
+
+// authorize returns out, an upstream request, with the key of res set by
+// Options.Authorize, on a copy: out's header may be the caller's. Without
+// Authorize or a pool of keys, it returns out.
+func (t *Transport) authorize(out *http.Request, res *budget.Reservation) *http.Request {
+	if t.opt.Authorize == nil || res.Key() == "" {
+		return out
+	}
+	out = out.Clone(out.Context())
+	t.opt.Authorize(out, res.Key())
+	return out
 }
 
 // closing returns body, which calls stop once closed; a writable body (a
@@ -293,6 +321,7 @@ func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers, ow
 	// must not end with its first caller's deadline.
 	//lint:ignore SA1019 cleared, not used
 	out.Cancel = nil
+	out = t.authorize(out, budget.FromContext(ctx))
 	resp, err := t.opt.Base.RoundTrip(out)
 	if err != nil {
 		return nil, err

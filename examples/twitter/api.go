@@ -50,10 +50,17 @@ type fakeAPI struct {
 	// hidden: the API states no limit, and refuses a call over it with a
 	// bare 429 (-hidden-limit)
 	hidden atomic.Bool
+	denied atomic.Int64 // calls answered 401: a token the API does not know
 
-	mu          sync.Mutex       // guards first, last and asked
+	// With -tokens, a bucket per token (see tokens.go), and the tokens in
+	// order; nil without.
+	perToken map[string]*tokenBucket
+	tokens   []string
+
+	mu          sync.Mutex       // guards first, last, asked and tokenCalls
 	first, last time.Time        // arrival of the first and the latest call
 	asked       map[uint64]int64 // by user id: the calls that asked for it
+	tokenCalls  map[string]int64 // by token: the calls that came with it
 }
 
 // startAPI starts a fake API allowing rate calls per second with bursts of
@@ -158,7 +165,12 @@ func (a *fakeAPI) admit(w http.ResponseWriter, r *http.Request, ids []uint64, er
 	}
 	// The budget is spent when the call arrives, whatever happens next, as
 	// on the X API: a call for a page that does not exist counts too.
-	q := a.bucket.take(now)
+	bucket, known := a.bucketFor(r)
+	if !known {
+		apiError(w, http.StatusUnauthorized, "Invalid or expired token", 89)
+		return false
+	}
+	q := bucket.take(now)
 	a.record(now, ids, err)
 	hidden := a.hidden.Load()
 	if !hidden {
@@ -369,6 +381,9 @@ type apiClient struct {
 	// budget, if not nil, is told of every response the API gives: its
 	// Observe reads the rate-limit headers and the status.
 	budget *budget.Budget
+	// own are the tokens (-tokens) the client takes in turn when a call's
+	// ctx has no budget reservation to tell its token.
+	own clientTokens
 }
 
 // newHTTPClient returns the HTTP client of one app server; every server of
@@ -445,6 +460,9 @@ func (c *apiClient) get(ctx context.Context, path string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
+	}
+	if tok := c.token(ctx); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {

@@ -25,6 +25,9 @@ type config struct {
 	seed                        uint64
 	rate                        float64
 	burst                       int
+	// tokens is the number of app tokens (-tokens), each limited by the
+	// API on its own; 0 for one limit shared by every call.
+	tokens int
 	// apiConcurrency is the API's cap on calls in flight; 0 for none.
 	apiConcurrency                int
 	latency, ttl, timeout, window time.Duration
@@ -62,6 +65,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Uint64Var(&cfg.seed, "seed", 1, "seed of the request sequence")
 	fs.Float64Var(&cfg.rate, "rate", 50, "API calls allowed per second, fleet-wide")
 	fs.IntVar(&cfg.burst, "burst", 10, "API calls allowed at once after a quiet time")
+	fs.IntVar(&cfg.tokens, "tokens", 0, "app tokens the fleet holds, the API limiting each on its own at -rate and\n"+
+		"-burst; the modes with a budget spread their calls over them as a pool;\n0: one limit for every call, no token")
 	fs.IntVar(&cfg.apiConcurrency, "api-concurrency", 0, "the API refuses (429, Retry-After 1) a call that arrives while this many are\n"+
 		"in flight, as GitHub's secondary limit does past 100; 0 for no such cap.\nMode "+concMode+" caps the fleet's calls in flight at it")
 	fs.DurationVar(&cfg.latency, "latency", 80*time.Millisecond, "time the API takes per call")
@@ -115,9 +120,12 @@ func (c *config) validate() error {
 		{!(c.zipf > 1) || math.IsInf(c.zipf, 0), fmt.Sprintf("-zipf must be a finite number above 1 (got %g)", c.zipf)},
 		{!(c.rate > 0) || math.IsInf(c.rate, 0), fmt.Sprintf("-rate must be a finite number above 0 (got %g)", c.rate)},
 		{c.burst < 1, fmt.Sprintf("-burst must be at least 1 (got %d)", c.burst)},
+		{c.tokens < 0 || c.tokens > maxTokens, fmt.Sprintf("-tokens must be between 0 and %d (got %d)", maxTokens, c.tokens)},
 		{c.apiConcurrency < 0, fmt.Sprintf("-api-concurrency must not be negative (got %d)", c.apiConcurrency)},
 		{c.apiConcurrency == 0 && slices.ContainsFunc(c.modes, func(m mode) bool { return m.name == concMode }),
 			"mode " + concMode + " needs -api-concurrency: the cap it keeps the fleet under"},
+		{c.tokens > 0 && slices.ContainsFunc(c.modes, func(m mode) bool { return m.name == concMode }),
+			"mode " + concMode + " with -tokens: the budget caps calls in flight for the fleet, not per token"},
 		{c.latency < 0, fmt.Sprintf("-latency must not be negative (got %s)", c.latency)},
 		{c.ttl < time.Second, fmt.Sprintf("-ttl must be at least 1s (got %s)", c.ttl)},
 		{c.timeout < 0, fmt.Sprintf("-timeout must not be negative (got %s)", c.timeout)},
@@ -137,17 +145,18 @@ func (c *config) validate() error {
 // Without -timeout, each request's deadline is what the API's rate needs
 // for one call per distinct user, plus slack.
 const (
+	maxTokens     = 1000 // the most -tokens
 	minDeadline   = 10 * time.Second
 	maxDeadline   = 24 * time.Hour
 	deadlineSlack = 5 * time.Second
-	deadlineRule  = "distinct users ÷ rate (with -api-concurrency, × latency ÷ it if longer)\n+ latency + 5s, in whole seconds, at least 10s"
+	deadlineRule  = "distinct users ÷ rate (× -tokens, if any; with -api-concurrency, × latency ÷ it\nif longer) + latency + 5s, in whole seconds, at least 10s"
 )
 
 // requestDeadline is the deadline of each request when -timeout is not
 // given: long enough for a fleet that makes one call per distinct user, at
 // the API's rate, to answer every request, whichever mode it runs.
 func requestDeadline(cfg config, distinct int) time.Duration {
-	secs := float64(distinct) / cfg.rate
+	secs := float64(distinct) / (cfg.rate * float64(max(cfg.tokens, 1)))
 	if cfg.apiConcurrency > 0 {
 		// No more than apiConcurrency calls of latency each at once.
 		secs = max(secs, float64(distinct)*cfg.latency.Seconds()/float64(cfg.apiConcurrency))

@@ -127,6 +127,10 @@
 //	-seed 1            seed of the request sequence
 //	-rate 50           API calls allowed per second, fleet-wide
 //	-burst 10          API calls allowed at once after a quiet time
+//	-tokens 0          app tokens the fleet holds, the API limiting each on
+//	                   its own at -rate and -burst (see tokens.go): the
+//	                   modes with a budget spread their calls over them as
+//	                   a pool, the others take them in turn; 0: one limit
 //	-api-concurrency 0 the API refuses a call that arrives while this many
 //	                   are in flight (0: no cap); mode fill+conc caps the
 //	                   fleet's calls in flight at it
@@ -134,8 +138,9 @@
 //	-ttl 10m           how long a timeline stays cached
 //	-timeout 0         the longest one request may take: its deadline,
 //	                   which also bounds each API call. 0 computes it:
-//	                   the distinct users requested ÷ -rate (the time the
-//	                   API needs for one call per user; with
+//	                   the distinct users requested ÷ -rate (× -tokens,
+//	                   if any: the time the API needs for one call per
+//	                   user; with
 //	                   -api-concurrency, × -latency ÷ it if longer)
 //	                   + -latency + 5s,
 //	                   rounded up to whole seconds, at least 10s. The

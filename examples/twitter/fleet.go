@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"sync/atomic"
 
 	"github.com/locksmith-go/locksmith/examples/internal/demo"
 )
@@ -17,9 +18,10 @@ func newFleet(cfg config, env *demo.Redis, m mode, base string) *fleet {
 	f := &fleet{servers: make([]appServer, cfg.servers), envs: make([]serverEnv, cfg.servers)}
 	for i := range f.servers {
 		f.envs[i] = serverEnv{
-			cfg:    cfg,
-			rdb:    env.Client(),
-			api:    &apiClient{hc: newHTTPClient(cfg.concurrency, cfg.timeout), base: base},
+			cfg: cfg,
+			rdb: env.Client(),
+			api: &apiClient{hc: newHTTPClient(cfg.concurrency, cfg.timeout), base: base,
+				own: clientTokens{tokens: appTokens(cfg.tokens), next: new(atomic.Uint64)}},
 			prefix: cfg.prefix + m.name + ":",
 		}
 		f.servers[i] = m.newServer(f.envs[i])

@@ -109,8 +109,9 @@ type result struct {
 	// counts them (a call refused past its cap included), and
 	// RefusedInFlight the calls it refused past -api-concurrency (counted
 	// in Refused too).
-	MaxInFlight     int64 `json:"api_max_in_flight"`
-	RefusedInFlight int64 `json:"api_refused_in_flight"`
+	MaxInFlight     int64   `json:"api_max_in_flight"`
+	RefusedInFlight int64   `json:"api_refused_in_flight"`
+	PerToken        []int64 `json:"api_calls_per_token,omitempty"` // with -tokens: the calls of each token
 	// Trace is what the API served, tick by tick, against a hidden limit
 	// (-hidden-limit), and the rate the budget learned.
 	Trace []tracePoint `json:"trace,omitempty"`
@@ -124,6 +125,7 @@ func runMode(ctx context.Context, cfg config, env *demo.Redis, m mode, ids []uin
 	}
 	api := startAPI(cfg.rate, cfg.burst, cfg.latency, cfg.apiConcurrency, time.Now)
 	defer api.Close()
+	api.limitPerToken(appTokens(cfg.tokens))
 	f := newFleet(cfg, env, m, api.URL())
 	for _, e := range f.envs {
 		if err := e.api.warm(ctx, warmConns); err != nil {
@@ -193,6 +195,7 @@ func summarize(name string, ids []uint64, api *fakeAPI, out demo.Outcome, wall t
 	}
 	r.UserIDs, r.DistinctUserIDs = api.users()
 	r.MaxInFlight, r.RefusedInFlight = api.conc.peak.Load(), api.conc.refused.Load()
+	r.PerToken = api.byToken()
 	return r
 }
 
@@ -242,6 +245,7 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	fmt.Fprintf(w, "%d servers, %d requests (%d in flight) for %d possible users, %d requested (Zipf s=%g, seed %d)\n",
 		cfg.servers, cfg.requests, cfg.concurrency, cfg.keys, distinct, cfg.zipf, cfg.seed)
 	fmt.Fprintf(w, "API: %s, burst %d, %s per call", apiLimit(cfg), cfg.burst, cfg.latency)
+	fmt.Fprint(w, tokensNote(cfg, ", each of %d tokens"))
 	if cfg.apiConcurrency > 0 {
 		fmt.Fprintf(w, ", at most %d in flight", cfg.apiConcurrency)
 	}
@@ -261,6 +265,7 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 		l := budgetLimit(cfg)
 		fmt.Fprintf(w, "Budget of the fleet (%s): %g calls/s, burst %d",
 			strings.Join(budgeted, ", "), float64(l.Rate)/l.Per.Seconds(), l.Burst)
+		fmt.Fprint(w, tokensNote(cfg, " per token, the %d tokens a pool"))
 		if slices.ContainsFunc(results, func(r result) bool { return r.Mode == batchMode }) {
 			fmt.Fprintf(w, "; %s window: %s", batchMode, cfg.window)
 		}
@@ -299,6 +304,7 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 				r.Mode, plural(r.APICalls, "call"), r.UserIDs, r.DistinctUserIDs,
 				float64(r.UserIDs)/float64(max(r.APICalls, 1)), eachOnce(r))
 		}
+		reportTokens(w, r)
 		if n := r.ClientRequests; n > 0 {
 			fmt.Fprintf(w, "%s, all servers: of %s sent through the HTTP client, %d reached the API (%s)\n",
 				r.Mode, plural(n, "request"), r.APICalls, saving(n, r.APICalls))
@@ -411,6 +417,7 @@ type jsonSettings struct {
 	Seed        uint64  `json:"seed"`
 	RatePerSec  float64 `json:"api_rate_per_s"`
 	Burst       int     `json:"api_burst"`
+	Tokens      int     `json:"tokens,omitempty"` // -tokens: the rate and burst are per token
 	// APIConcurrency is the API's cap on calls in flight; 0 for none.
 	APIConcurrency int     `json:"api_concurrency"`
 	LatencyMs      float64 `json:"api_latency_ms"`
@@ -455,6 +462,7 @@ func settingsOf(cfg config, env *demo.Redis) jsonSettings {
 		Seed:            cfg.seed,
 		RatePerSec:      cfg.rate,
 		Burst:           cfg.burst,
+		Tokens:          cfg.tokens,
 		APIConcurrency:  cfg.apiConcurrency,
 		LatencyMs:       millis(cfg.latency),
 		TTLMs:           millis(cfg.ttl),

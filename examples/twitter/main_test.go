@@ -57,7 +57,9 @@ type modeResult struct {
 	// RefusedInFlight the calls it refused past -api-concurrency.
 	MaxInFlight     int `json:"api_max_in_flight"`
 	RefusedInFlight int `json:"api_refused_in_flight"`
-	Budget          *struct {
+	// PerToken are the API calls that came with each token (-tokens).
+	PerToken []int64 `json:"api_calls_per_token"`
+	Budget   *struct {
 		Waits      int `json:"waits"`
 		Pauses     int `json:"pauses"`
 		LocalWaits int `json:"local_waits"`
@@ -535,6 +537,8 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-burst", "0"}, "-burst must be at least 1"},
 		{[]string{"-api-concurrency", "-1"}, "-api-concurrency must not be negative (got -1)"},
 		{[]string{"-modes", "fill+conc"}, "mode fill+conc needs -api-concurrency"},
+		{[]string{"-tokens", "-1"}, "-tokens must be between 0 and 1000 (got -1)"},
+		{[]string{"-tokens", "2", "-api-concurrency", "4", "-modes", "fill+conc"}, "mode fill+conc with -tokens"},
 		{[]string{"-latency", "-1s"}, "-latency must not be negative"},
 		{[]string{"-ttl", "10ms"}, "-ttl must be at least 1s"},
 		{[]string{"-timeout", "-1s"}, "-timeout must not be negative"},
@@ -763,5 +767,72 @@ func TestTimelineDeterministic(t *testing.T) {
 func TestGlobEscape(t *testing.T) {
 	if got, want := demo.GlobEscape(`a*b?[c]\`), `a\*b\?\[c\]\\`; got != want {
 		t.Errorf("globEscape = %q; want %q", got, want)
+	}
+}
+
+// TestTokens: with -tokens 3, the API limits each token on its own; the
+// modes with a budget spread their calls over the three as a pool, each
+// user asked for once and no call refused, though the users requested at
+// once are many times one token's burst.
+func TestTokens(t *testing.T) {
+	args := append(slices.Clone(overBurst), "-tokens", "3", "-burst", "5", "-modes", "fill+budget,fill+batch,httpfill")
+	res := runDemo(t, args...)
+	if got := res.Settings["tokens"]; got != 3.0 {
+		t.Errorf("settings: tokens = %v; want 3", got)
+	}
+	for _, mode := range []string{"fill+budget", "httpfill"} {
+		r := res.Results[mode]
+		oncePerUser(t, mode, r)
+		if len(r.PerToken) != 3 {
+			t.Fatalf("%s: calls per token %v; want 3 tokens", mode, r.PerToken)
+		}
+		least, most := slices.Min(r.PerToken), slices.Max(r.PerToken)
+		if least == 0 || most-least > (most+2)/3 {
+			t.Errorf("%s: calls per token %v; want them spread over the three", mode, r.PerToken)
+		}
+	}
+	if r := res.Results[batchMode]; r.Refused != 0 || r.Failed != 0 {
+		t.Errorf("%s: %d calls refused, %d requests failed; want 0 and 0", batchMode, r.Refused, r.Failed)
+	}
+}
+
+// TestAPITokens: with tokens, the API limits each on its own, and answers
+// 401 to a call without one or with one it does not know.
+func TestAPITokens(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	api := startAPI(1, 1, 0, 0, func() time.Time { return now })
+	defer api.Close()
+	api.limitPerToken(appTokens(2))
+	call := func(token string) int {
+		req, err := http.NewRequest(http.MethodGet, api.URL()+"/users/1/timeline", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, tc := range []struct {
+		token string
+		want  int
+	}{
+		{"app-token-1", http.StatusOK}, {"app-token-2", http.StatusOK}, // a burst of 1 each
+		{"app-token-1", http.StatusTooManyRequests}, {"", http.StatusUnauthorized}, {"app-token-3", http.StatusUnauthorized},
+	} {
+		if got := call(tc.token); got != tc.want {
+			t.Errorf("a call with token %q: %d; want %d", tc.token, got, tc.want)
+		}
+	}
+	if got, want := api.byToken(), []int64{2, 1}; !slices.Equal(got, want) {
+		t.Errorf("calls per token = %v; want %v", got, want)
+	}
+	if n := api.denied.Load(); n != 2 {
+		t.Errorf("calls denied = %d; want 2", n)
 	}
 }

@@ -243,8 +243,11 @@ func newHTTPFillServer(s serverEnv) appServer {
 	b := newBudget(s)
 	cache := fill.New(s.rdb, &fill.Options{Prefix: s.prefix, Budget: b})
 	hc := &http.Client{
-		Timeout:   s.api.hc.Timeout,
-		Transport: httpfill.New(cache, &httpfill.Options{Base: s.api.hc.Transport, TTL: s.cfg.ttl}),
+		Timeout: s.api.hc.Timeout,
+		Transport: httpfill.New(cache, &httpfill.Options{Base: s.api.hc.Transport, TTL: s.cfg.ttl,
+			// With -tokens, each upstream request goes with the token its
+			// reservation was booked on.
+			Authorize: func(req *http.Request, token string) { req.Header.Set("Authorization", "Bearer "+token) }}),
 	}
 	return &httpfillServer{api: &apiClient{hc: hc, base: s.api.base}, cache: cache, budget: b}
 }
@@ -291,8 +294,14 @@ func timelineKey(id uint64) string { return timelinePrefix + strconv.FormatUint(
 const budgetName = "twitter-api"
 
 // newBudget returns server s's handle on the fleet's budget of API calls.
+// With -tokens, the budget's keys are the app's tokens: each is limited on
+// its own, as the API limits it.
 func newBudget(s serverEnv) *budget.Budget {
-	return budget.New(s.rdb, budgetName, budgetLimit(s.cfg), &budget.Options{Prefix: s.prefix, FleetSize: s.cfg.servers})
+	opt := &budget.Options{Prefix: s.prefix, FleetSize: s.cfg.servers}
+	if s.cfg.tokens > 0 {
+		opt.Keys = appTokens(s.cfg.tokens)
+	}
+	return budget.New(s.rdb, budgetName, budgetLimit(s.cfg), opt)
 }
 
 // budgetLimit is the budget's limit for the API of cfg: the API's rate,
