@@ -112,9 +112,9 @@ type Options struct {
 	// [Budget.Reserve] books the key whose slot comes first, the one
 	// [Reservation.Key] returns; a 429 observed through a reservation
 	// pauses its key only, a 401 removes it (see the package
-	// documentation, "Key pools"). Duplicates count once; an empty key is
-	// an error, and so are Keys with Concurrency or Adaptive. Use
-	// Reserve, not Wait.
+	// documentation, "Key pools"). Duplicates count once. An empty key,
+	// more than 1,000 distinct keys, and Keys with Concurrency or
+	// Adaptive are errors. Use Reserve, not Wait.
 	// default: none (one budget, no key)
 	Keys []string
 

@@ -154,12 +154,23 @@ func (b *Budget) onKey(k int, s, ks *redis.Script, args []any) (*redis.Script, [
 	return ks, []string{b.key, p.hashes[k-1], p.zset}, append(append(args, p.sum...), p.ids[k-1])
 }
 
+// maxKeys is the most distinct keys a pool takes: each booking's script
+// reads them all once a generation, and Redis's Lua unpacks at most 8,000
+// values in one call (5,000 keys failed with "too many results to
+// unpack").
+const maxKeys = 1000
+
 // checkKeys returns an error when opt's keys cannot be used.
 func checkKeys(opt Options) error {
+	distinct := make(map[string]struct{}, len(opt.Keys))
 	for i, k := range opt.Keys {
 		if k == "" {
 			return fmt.Errorf("key %d of Keys is empty", i)
 		}
+		distinct[k] = struct{}{}
+	}
+	if len(distinct) > maxKeys {
+		return fmt.Errorf("too many keys: %d distinct, at most %d", len(distinct), maxKeys)
 	}
 	if len(opt.Keys) > 0 && opt.Concurrency > 0 {
 		return errors.New("keys with Concurrency: a concurrency cap per key is not supported")

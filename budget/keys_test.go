@@ -213,6 +213,7 @@ func TestKeysMisuse(t *testing.T) {
 		{"empty key", budget.Options{Keys: []string{"key-a", ""}}, "empty"},
 		{"with concurrency", budget.Options{Keys: []string{"key-a"}, Concurrency: 2}, "with Concurrency"},
 		{"with adaptive", budget.Options{Keys: []string{"key-a"}, Adaptive: true}, "with Adaptive"},
+		{"too many", budget.Options{Keys: manyKeys(1001)}, "too many keys: 1001 distinct, at most 1000"},
 	} {
 		bad := newBudget(t, rdb, "bad", budget.Limit{Rate: 1}, &tc.opt)
 		if _, err := bad.Reserve(ctx, budget.Foreground, budget.Cost{}); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -597,5 +598,36 @@ func TestKeysRemoveWhileDown(t *testing.T) {
 		if k := reserveKey(t, fresh); k != "key-b" {
 			t.Fatalf("a server started later booked %q; want key-b only", k)
 		}
+	}
+}
+
+// manyKeys returns n distinct credentials.
+func manyKeys(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = "token-" + strconv.Itoa(i)
+	}
+	return keys
+}
+
+// TestKeysAtMost: a pool of the most keys a budget takes books on a real
+// redis-server (5,000 failed in Redis's Lua before the limit was set), and
+// duplicates do not count towards the limit.
+func TestKeysAtMost(t *testing.T) {
+	s := redistest.Start(t, nil)
+	keys := append(manyKeys(1000), manyKeys(1000)...)
+	b := newBudget(t, s.Client(t, nil), "most", budget.Limit{Rate: 10}, &budget.Options{Keys: keys})
+	ctx := redistest.Context(t, 20*time.Second)
+	for range 3 {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Done(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := b.Stats().Keys; got != 1000 {
+		t.Fatalf("Stats().Keys = %d; want 1000", got)
 	}
 }
