@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/locksmith-go/locksmith/budget"
+	"github.com/locksmith-go/locksmith/internal/upstreamtest"
 )
 
 // BenchmarkBudgetAdaptive: 16 servers × 4 goroutines call an upstream whose
@@ -78,7 +79,7 @@ func BenchmarkBudgetAdaptive(b *testing.B) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(len(steps))*minute)
 		start := time.Now()
-		shared.start, alone.start, fast.start, backoff.start = start, start, start, start
+		shared.Start, alone.Start, fast.Start, backoff.Start = start, start, start, start
 		var wg sync.WaitGroup
 		for s := range servers {
 			for range goroutines {
@@ -93,7 +94,7 @@ func BenchmarkBudgetAdaptive(b *testing.B) {
 		for k := 1; k < len(steps); k++ {
 			t := time.AfterFunc(time.Until(start.Add(time.Duration(k)*minute)), func() {
 				for _, u := range []*stepAPI{shared, alone, fast, backoff} {
-					u.setRate(L * steps[k])
+					u.SetRate(L * steps[k])
 				}
 			})
 			defer t.Stop()
@@ -138,8 +139,8 @@ func BenchmarkBudgetAdaptive(b *testing.B) {
 		for j, r := range trace {
 			at := time.Duration(j+1) * minute / 12
 			from := at - minute/12
-			fs, fr := shared.count(from, at)
-			as, ar := alone.count(from, at)
+			fs, fr := shared.Count(from, at)
+			as, ar := alone.Count(from, at)
 			w := (minute / 12).Seconds()
 			fmt.Fprintf(&t, "\n  %4.0f %5.0f  %7.0f  %5.0f  %4d  %4.0f  %4d", at.Seconds()*scale, L/scale*steps[min(int(from/minute), len(steps)-1)],
 				r/scale, float64(fs)/w/scale, fr, float64(as)/w/scale, ar)
@@ -161,7 +162,7 @@ func adaptiveCaller(ctx context.Context, b *testing.B, bud *budget.Budget, u *st
 			return
 		}
 		status := http.StatusOK
-		if !u.call() {
+		if !u.Call() {
 			status = http.StatusTooManyRequests
 		}
 		time.Sleep(latency)
@@ -206,7 +207,7 @@ func (a *aimdLimiter) caller(ctx context.Context, u *stepAPI, latency time.Durat
 		if !sleepUntil(ctx, slot) {
 			return
 		}
-		ok := u.call()
+		ok := u.Call()
 		time.Sleep(latency)
 		a.mu.Lock()
 		switch {
@@ -231,7 +232,7 @@ func backoffCaller(ctx context.Context, u *stepAPI, base, most time.Duration, se
 	rnd := rand.New(rand.NewPCG(seed, 7))
 	n := 0
 	for ctx.Err() == nil {
-		ok := u.call()
+		ok := u.Call()
 		time.Sleep(base) // the call's latency
 		if ok {
 			n = 0
@@ -247,7 +248,7 @@ func backoffCaller(ctx context.Context, u *stepAPI, base, most time.Duration, se
 
 // refusedShare is the share of u's calls refused, the whole run.
 func (u *stepAPI) refusedShare() float64 {
-	served, refused := u.count(0, 1<<62)
+	served, refused := u.Count(0, 1<<62)
 	return float64(refused) / float64(max(served+refused, 1))
 }
 
@@ -267,67 +268,15 @@ func sleepUntil(ctx context.Context, t time.Time) bool {
 	}
 }
 
-// stepAPI is an upstream whose limit is not stated and changes: a token
-// bucket of rate calls/s, burst deep; it logs every call.
+// stepAPI is an upstream whose limit is not stated and changes, L at
+// first (base).
 type stepAPI struct {
-	start time.Time
-	base  float64 // L
-
-	mu     sync.Mutex // guards the fields below
-	rate   float64
-	burst  float64
-	tokens float64
-	last   time.Time
-	calls  []stepCall
-}
-
-// stepCall is a call a stepAPI answered: when it arrived, since start, and
-// whether it was served.
-type stepCall struct {
-	at time.Duration
-	ok bool
+	*upstreamtest.Hidden
+	base float64
 }
 
 func newStepAPI(rate, burst float64) *stepAPI {
-	return &stepAPI{base: rate, rate: rate, burst: burst, tokens: burst, last: time.Now()}
-}
-
-func (u *stepAPI) call() bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	now := time.Now()
-	u.tokens = min(u.burst, u.tokens+now.Sub(u.last).Seconds()*u.rate)
-	u.last = now
-	ok := u.tokens >= 1
-	if ok {
-		u.tokens--
-	}
-	u.calls = append(u.calls, stepCall{at: now.Sub(u.start), ok: ok})
-	return ok
-}
-
-func (u *stepAPI) setRate(rate float64) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	now := time.Now()
-	u.tokens = min(u.burst, u.tokens+now.Sub(u.last).Seconds()*u.rate)
-	u.last, u.rate = now, rate
-}
-
-// count returns the calls served and refused within [from, to).
-func (u *stepAPI) count(from, to time.Duration) (served, refused int) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	for _, c := range u.calls {
-		switch {
-		case c.at < from || c.at >= to:
-		case c.ok:
-			served++
-		default:
-			refused++
-		}
-	}
-	return served, refused
+	return &stepAPI{Hidden: upstreamtest.NewHidden(rate, burst), base: rate}
 }
 
 // report reports u's metrics under prefix, for the steps of L, each a
@@ -342,11 +291,11 @@ func (u *stepAPI) report(b *testing.B, prefix string, steps []float64, minute ti
 		limit := u.base * s
 		allowed += limit * minute.Seconds()
 		if k == 0 || s > steps[k-1] {
-			served, _ := u.count(from+minute/2, to)
+			served, _ := u.Count(from+minute/2, to)
 			usedLate = min(usedLate, 100*float64(served)/(limit*(minute/2).Seconds()))
 			at := minute
 			for w := from; w+window <= to; w += window / 5 {
-				if served, _ := u.count(w, w+window); float64(served) >= 0.85*limit*window.Seconds() {
+				if served, _ := u.Count(w, w+window); float64(served) >= 0.85*limit*window.Seconds() {
 					at = w + window - from
 					break
 				}
@@ -354,11 +303,11 @@ func (u *stepAPI) report(b *testing.B, prefix string, steps []float64, minute ti
 			reach = max(reach, at.Seconds()*scale)
 		}
 		if k > 0 && s < steps[k-1] {
-			served, refused := u.count(from+minute/6, to)
+			served, refused := u.Count(from+minute/6, to)
 			refusedLate = max(refusedLate, 100*float64(refused)/float64(max(served+refused, 1)))
 			at := minute
 			for w := from; w+window <= to; w += window / 5 {
-				if served, refused := u.count(w, w+window); refused*100 < served+refused {
+				if served, refused := u.Count(w, w+window); refused*100 < served+refused {
 					at = w + window - from
 					break
 				}
@@ -366,7 +315,7 @@ func (u *stepAPI) report(b *testing.B, prefix string, steps []float64, minute ti
 			settle = max(settle, at.Seconds()*scale)
 		}
 	}
-	served, refused := u.count(0, time.Duration(len(steps))*minute)
+	served, refused := u.Count(0, time.Duration(len(steps))*minute)
 	b.ReportMetric(100*float64(served)/allowed, prefix+"used-%")
 	b.ReportMetric(usedLate, prefix+"used-late-%")
 	b.ReportMetric(reach, prefix+"reach85-s")

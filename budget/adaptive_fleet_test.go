@@ -13,89 +13,21 @@ import (
 
 	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/internal/redistest"
+	"github.com/locksmith-go/locksmith/internal/upstreamtest"
 	"github.com/locksmith-go/locksmith/observe"
 )
-
-// hiddenUpstream is an upstream whose limit nobody states: a token bucket
-// of rate calls per second, burst calls deep, that refuses a call over it
-// with a bare 429. Its rate can change while calls arrive. It logs every
-// call.
-type hiddenUpstream struct {
-	start time.Time
-
-	mu     sync.Mutex // guards the fields below
-	rate   float64
-	burst  float64
-	tokens float64
-	last   time.Time
-	calls  []upstreamCall
-}
-
-// upstreamCall is one call a hiddenUpstream answered: when it arrived,
-// since start, and whether it was served.
-type upstreamCall struct {
-	at time.Duration
-	ok bool
-}
-
-func newHiddenUpstream(rate, burst float64) *hiddenUpstream {
-	now := time.Now()
-	return &hiddenUpstream{start: now, rate: rate, burst: burst, tokens: burst, last: now}
-}
-
-// call takes a token for a call arriving now, and reports whether it had
-// one: served, or refused with a 429.
-func (u *hiddenUpstream) call() bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	now := time.Now()
-	u.tokens = min(u.burst, u.tokens+now.Sub(u.last).Seconds()*u.rate)
-	u.last = now
-	ok := u.tokens >= 1
-	if ok {
-		u.tokens--
-	}
-	u.calls = append(u.calls, upstreamCall{at: now.Sub(u.start), ok: ok})
-	return ok
-}
-
-// setRate changes the hidden limit from now on.
-func (u *hiddenUpstream) setRate(rate float64) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	now := time.Now()
-	u.tokens = min(u.burst, u.tokens+now.Sub(u.last).Seconds()*u.rate)
-	u.last, u.rate = now, rate
-}
-
-// count returns the calls served and refused that arrived within [from, to)
-// since start.
-func (u *hiddenUpstream) count(from, to time.Duration) (served, refused int) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	for _, c := range u.calls {
-		switch {
-		case c.at < from || c.at >= to:
-		case c.ok:
-			served++
-		default:
-			refused++
-		}
-	}
-	return served, refused
-}
 
 // callThrough makes one call to u through b as a server does: a
 // reservation, the call at its slot, the response after latency given to
 // the reservation's Observe (a bare 200 or 429), Done. It returns
 // Reserve's error.
-func callThrough(ctx context.Context, b *budget.Budget, u *hiddenUpstream, latency time.Duration) error {
+func callThrough(ctx context.Context, b *budget.Budget, u *upstreamtest.Hidden, latency time.Duration) error {
 	res, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
 	if err != nil {
 		return err
 	}
 	status := http.StatusOK
-	if !u.call() {
+	if !u.Call() {
 		status = http.StatusTooManyRequests
 	}
 	time.Sleep(latency)
@@ -105,7 +37,7 @@ func callThrough(ctx context.Context, b *budget.Budget, u *hiddenUpstream, laten
 
 // drive has workers goroutines on each budget call u through it until ctx
 // ends; the returned func waits for them.
-func drive(t testing.TB, ctx context.Context, budgets []*budget.Budget, u *hiddenUpstream, workers int, latency time.Duration) func() {
+func drive(t testing.TB, ctx context.Context, budgets []*budget.Budget, u *upstreamtest.Hidden, workers int, latency time.Duration) func() {
 	var wg sync.WaitGroup
 	for _, b := range budgets {
 		for range workers {
@@ -133,13 +65,13 @@ func drive(t testing.TB, ctx context.Context, budgets []*budget.Budget, u *hidde
 func TestAdaptiveFleet(t *testing.T) {
 	s := redistest.Start(t, nil)
 	const servers, workers, latency = 4, 6, 5 * time.Millisecond
-	u := newHiddenUpstream(600, 10)
+	u := upstreamtest.NewHidden(600, 10)
 	var mu sync.Mutex
 	var cutAt []time.Duration // when each cut came, since the start
 	opt := &budget.Options{Adaptive: true, Events: observe.Func(func(_ context.Context, e observe.Event) {
 		if e.Kind == observe.RateCut {
 			mu.Lock()
-			cutAt = append(cutAt, time.Since(u.start))
+			cutAt = append(cutAt, time.Since(u.Start))
 			mu.Unlock()
 		}
 	})}
@@ -150,7 +82,7 @@ func TestAdaptiveFleet(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	wait := drive(t, ctx, budgets, u, workers, latency)
 	var stepped atomic.Int64
-	timer := time.AfterFunc(1200*time.Millisecond, func() { stepped.Store(int64(time.Since(u.start))); u.setRate(300) })
+	timer := time.AfterFunc(1200*time.Millisecond, func() { stepped.Store(int64(time.Since(u.Start))); u.SetRate(300) })
 	defer timer.Stop()
 	time.Sleep(2200 * time.Millisecond)
 	cancel()
@@ -167,9 +99,9 @@ func TestAdaptiveFleet(t *testing.T) {
 	if int(cuts) != len(cutAt) {
 		t.Errorf("Stats().RateCuts sum to %d; %d RateCut events", cuts, len(cutAt))
 	}
-	_, refusedAll := u.count(0, time.Hour)
+	_, refusedAll := u.Count(0, time.Hour)
 	// Learned: the second half of the first phase.
-	served, refused := u.count(600*time.Millisecond, step)
+	served, refused := u.Count(600*time.Millisecond, step)
 	span := (step - 600*time.Millisecond).Seconds()
 	if rate := float64(served) / span; rate < 0.6*600 {
 		t.Errorf("served %.0f calls/s before the step; want most of the hidden 600", rate)
@@ -178,7 +110,7 @@ func TestAdaptiveFleet(t *testing.T) {
 		t.Errorf("refused %.1f%% of the calls once learned; want few", 100*share)
 	}
 	// After the step down: refusals stop within a few hundred ms.
-	served, refused = u.count(step+300*time.Millisecond, time.Hour)
+	served, refused = u.Count(step+300*time.Millisecond, time.Hour)
 	if share := float64(refused) / float64(served+refused); share > 0.03 {
 		t.Errorf("refused %.1f%% of the calls from 300ms after the step down; want few", 100*share)
 	}
@@ -187,7 +119,7 @@ func TestAdaptiveFleet(t *testing.T) {
 	}
 	// From the ceiling to the hidden 600 takes 5 cuts (2000·0.75⁵ = 475),
 	// one per episode, while the upstream refuses every call over it.
-	_, refusedStart := u.count(0, 200*time.Millisecond)
+	_, refusedStart := u.Count(0, 200*time.Millisecond)
 	startCuts := 0
 	for _, at := range cutAt {
 		if at < 200*time.Millisecond {
@@ -198,7 +130,7 @@ func TestAdaptiveFleet(t *testing.T) {
 		t.Errorf("in the first 200ms, %d cuts for %d calls refused; want 3 to 6, once per episode, not per 429", startCuts, refusedStart)
 	}
 	for from := time.Duration(0); from < 2200*time.Millisecond; from += 200 * time.Millisecond {
-		s, r := u.count(from, from+200*time.Millisecond)
+		s, r := u.Count(from, from+200*time.Millisecond)
 		t.Logf("%v: %d served, %d refused", from, s, r)
 	}
 	t.Logf("%d cuts (%d in the first 200ms), %d refused in all", cuts, startCuts, refusedAll)
