@@ -36,10 +36,13 @@ const lateMargin = 500 * time.Microsecond
 
 // leftLate moves the fleet's schedule on past r when its call leaves late
 // now: only where the limit has no burst tolerance to absorb it (b.fine),
-// and by at most an interval (a call later than that has passed the next
-// slot already).
+// only for a call whose reply came before its slot (a call that goes at
+// once, on an idle budget or after a slow reply, leaves a reply's latency
+// after its slot every time, and a round trip more for each would cost
+// more than it saves), and by at most an interval (a call later than that
+// has passed the next slot already).
 func (b *Budget) leftLate(r booking) {
-	if !b.fine || r.local || r.slot <= 0 {
+	if !b.fine || r.local || r.slot <= 0 || !r.early {
 		return
 	}
 	until, ok := b.lead.until(r.slot, time.Now())

@@ -2,6 +2,7 @@ package budget_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -10,11 +11,12 @@ import (
 )
 
 // TestLateCallMovesTheNext: where the limit has no burst tolerance, a call
-// that leaves its slot late (here held 10 ms past it) moves the slot of
-// the call booked after it on another server as late, before that slot
-// comes: the upstream counts the next call from this one's arrival. Without
-// the move the second call would go one interval after the first's slot,
-// 10 ms too close to its arrival.
+// that leaves its slot late (here held 10 ms past it, its reply having
+// come well before it) moves the slot of the call booked after it on
+// another server as late, before that slot comes: the upstream counts the
+// next call from this one's arrival. Without the move the second call
+// would go one interval after the first's slot, 10 ms too close to its
+// arrival.
 func TestLateCallMovesTheNext(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	other := redistest.Client(t, m.Addr())
@@ -29,13 +31,19 @@ func TestLateCallMovesTheNext(t *testing.T) {
 		err  error
 	}
 	second := make(chan result, 1)
+	// A call on an idle budget goes at once; the next one sleeps to its
+	// slot, one interval later: it is the one held past its slot.
+	if err := a.Wait(ctx, budget.Foreground); err != nil {
+		t.Fatal(err)
+	}
 	var first int64
 	budget.OnBook(a, func(k budget.Booking) {
 		first = k.Slot
 		// The second call is booked on the other server while the first
 		// is on its way; then the first leaves 10 ms late.
 		booked := make(chan struct{})
-		budget.OnBook(b, func(budget.Booking) { close(booked) })
+		var once sync.Once
+		budget.OnBook(b, func(budget.Booking) { once.Do(func() { close(booked) }) })
 		go func() {
 			r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
 			if err != nil {

@@ -82,6 +82,9 @@ type booking struct {
 	other string // booked: the limit of the previous booking, when another server's differs
 	bg    bool
 	place bool // comeBack: slot is a place in the line
+	// early: booked, its reply came before its slot, so the call has
+	// its slot to keep (see leftLate)
+	early bool
 	local bool // a slot of the local limiter, in µs of this process's clock
 	// kidx is the key of the pool (Options.Keys) booked, 1 + its index;
 	// 0 without Keys.
@@ -114,6 +117,10 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		// while messages were lost, is read before going.
 		listening, lost := b.listening(), b.lost.Load()
 		r, err := b.book(ctx, p, place, w)
+		if err == nil && r.kind == booked && r.wait > 0 {
+			d, ok := b.lead.until(r.slot, time.Now())
+			r.early = !ok || d > 0
+		}
 		if err != nil {
 			if redisx.Outage(err) {
 				if b.pool != nil {
