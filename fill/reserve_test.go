@@ -3,7 +3,6 @@ package fill_test
 import (
 	"context"
 	"errors"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"github.com/locksmith-go/locksmith/internal/budgetctx"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 	"github.com/locksmith-go/locksmith/observe"
-	"github.com/redis/go-redis/v9"
 )
 
 // Loads under a budget reservation: the estimate booked (WithCost), the
@@ -290,7 +288,8 @@ func TestRefreshReservation(t *testing.T) {
 func TestLoadReserveRoundTrips(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := s.Client(t, nil)
-	var h scriptHook
+	// Scripts only: the budget's pub/sub hub sends PINGs when it will.
+	var h scriptTrips
 	rdb.AddHook(&h)
 	b := budget.New(rdb, "api", budget.Limit{Rate: 1000, Burst: 100}, &budget.Options{
 		Meters: map[string][]budget.Limit{"tokens": {{Rate: 1000, Per: time.Minute, Burst: 1000}}},
@@ -367,28 +366,5 @@ func TestLoadUnderSlotLease(t *testing.T) {
 	}
 	if !errors.Is(cause, budget.ErrSlotLost) {
 		t.Errorf("the loader's ctx ended with cause %v; want budget.ErrSlotLost", cause)
-	}
-}
-
-// scriptHook counts the round trips that run a script (the budget's
-// bookings and settlements), not the PINGs and PUBLISHes of the budget's
-// pub/sub hub, which come when they will.
-type scriptHook struct{ n atomic.Int64 }
-
-func (h *scriptHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *scriptHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if isScript(cmd) {
-			h.n.Add(1)
-		}
-		return next(ctx, cmd)
-	}
-}
-func (h *scriptHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if slices.ContainsFunc(cmds, isScript) {
-			h.n.Add(1)
-		}
-		return next(ctx, cmds)
 	}
 }
