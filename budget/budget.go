@@ -80,7 +80,8 @@ type Options struct {
 	// Reserve until Done or Cancel, booked with its rate slot in the same
 	// round trip. When all are taken, Reserve waits in line, first come
 	// first served across the fleet, and is woken over pub/sub when a slot
-	// frees. While Redis is unreachable each server holds at most
+	// frees. With Keys, the cap is per key, and the line the pool's. While
+	// Redis is unreachable each server holds at most
 	// max(1, Concurrency/FleetSize). [Budget.Wait] takes no slot. It must
 	// not be negative; servers sharing a budget must give the same.
 	// default: 0 (no cap)
@@ -108,13 +109,13 @@ type Options struct {
 	// default: false (Limit.Rate is the upstream's limit)
 	Adaptive bool
 	// Keys are credentials the upstream limits each on its own (tokens,
-	// API keys): every limit, meter and cap applies to each key, and
-	// [Budget.Reserve] books the key whose slot comes first, the one
-	// [Reservation.Key] returns; a 429 observed through a reservation
+	// API keys): every limit, meter and concurrency cap applies to each
+	// key, and [Budget.Reserve] books the key whose slot comes first, the
+	// one [Reservation.Key] returns; a 429 observed through a reservation
 	// pauses its key only, a 401 removes it (see the package
 	// documentation, "Key pools"). Duplicates count once. An empty key,
-	// more than 1,000 distinct keys, and Keys with Concurrency or
-	// Adaptive are errors. Use Reserve, not Wait.
+	// more than 1,000 distinct keys, and Keys with Adaptive are errors.
+	// Use Reserve, not Wait.
 	// default: none (one budget, no key)
 	Keys []string
 

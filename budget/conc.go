@@ -44,10 +44,32 @@ var (
 	//go:embed slot.lua
 	slotLua string
 
-	waitConcScript     = redis.NewScript(concLua + concWaitLua + waitLua + "\n" + concWaitEndLua)
-	givebackConcScript = redis.NewScript(concLua + "local greply = (function()\n" + givebackLua +
+	//go:embed keys_conc.lua
+	keysConcLua string
+	//go:embed keys_conc_end.lua
+	keysConcEndLua string
+
+	// concOne and concPool set where conc.lua's keys start, and the pool's
+	// index: without Options.Keys, and with it (the booking's KEYS, see
+	// pool.concKeys).
+	concOne  = "local cx, cz = 0, nil\n" + concLua
+	concPool = "local cx, cz = 2, KEYS[2]\n" + concLua
+
+	waitConcScript     = redis.NewScript(concOne + concWaitLua + waitLua + "\n" + concWaitEndLua)
+	givebackConcScript = redis.NewScript(concOne + "local greply = (function()\n" + givebackLua +
 		"\nend)()\nconc_free({cid})\nreturn greply\n")
-	slotScript = redis.NewScript(concLua + slotLua)
+	slotScript = redis.NewScript(concOne + slotLua)
+
+	// The same with a concurrency cap per key of a pool.
+	keysConcWaitScript = redis.NewScript(concPool + keyfieldLua + keysConcLua + keysLua +
+		"local kreply = (function()\n" + waitLua + "\nend)()\nif kreply[1] == 0 then ksum(kreply[3] - kreply[2]) end\n" +
+		keysConcEndLua + "return {kreply, kidx, kgone, gen}\n")
+	// The give-back's KEYS are those of a script of one key (see
+	// keyfield.lua), then the concurrency keys: the index is KEYS[3].
+	keyGivebackConcScript = redis.NewScript("local cx, cz = 2, KEYS[3]\n" + concLua + keyfieldLua +
+		"kone()\nlocal kreply = (function()\nlocal redis = kredis\n" + givebackLua +
+		"\nend)()\nksum()\nconc_free({cid})\nreturn kreply\n")
+	keysSlotScript = redis.NewScript(concPool + slotLua)
 )
 
 // queued is the wait script's kind for a caller placed in the line for a
@@ -58,7 +80,8 @@ const queued = 3
 type conc struct {
 	n     int
 	lease time.Duration
-	keys  []string // the budget, slots, queue, queued
+	keys  []string // the budget, slots, queue, queued; with Keys, see newConc
+	keyed bool     // a cap per key of the pool (Options.Keys)
 	args  [3]any   // N, the lease (µs), the publish flag
 	id    string   // this Budget's prefix of holder ids
 	seq   atomic.Uint64
@@ -87,8 +110,24 @@ func newConc(b *Budget) *conc {
 		waiting: make(map[string]chan struct{}),
 		held:    make(map[string]*holder),
 	}
+	if b.pool != nil {
+		// The booking's KEYS (keys.lua) then the concurrency block's: the
+		// budget, the index, the keys removed, slots, queue, queued, kin,
+		// kheld (see conc.lua).
+		c.keyed = true
+		c.keys = []string{b.key, b.pool.zset, b.pool.removed, b.key + ":slots", b.key + ":queue",
+			b.key + ":queued", b.key + ":kin", b.key + ":kheld"}
+	}
 	c.args = [3]any{int64(c.n), c.lease.Microseconds(), b.rdb.PublishFlag()}
 	return c
+}
+
+// slotsScript returns the script that frees and renews slots (slot.lua).
+func (c *conc) slotsScript() *redis.Script {
+	if c.keyed {
+		return keysSlotScript
+	}
+	return slotScript
 }
 
 // newID returns a fresh holder id, and registers it as waiting, so that a
@@ -173,7 +212,7 @@ func (b *Budget) free(ctx context.Context, ids ...string) error {
 	}
 	args = append(args, c.args[0], c.args[1], c.args[2], "")
 	_, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (any, error) {
-		return slotScript.Run(ctx, b.rdb.Redis(), c.keys, args...).Result()
+		return c.slotsScript().Run(ctx, b.rdb.Redis(), c.keys, args...).Result()
 	}, nil)
 	return err
 }
@@ -240,7 +279,7 @@ func (b *Budget) renew() bool {
 	ctx, cancel := context.WithTimeout(b.base, c.lease/3)
 	defer cancel()
 	lost, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]string, error) {
-		return slotScript.Run(ctx, b.rdb.Redis(), c.keys, args...).StringSlice()
+		return c.slotsScript().Run(ctx, b.rdb.Redis(), c.keys, args...).StringSlice()
 	}, nil)
 	if testHookRenewed != nil {
 		testHookRenewed(b)
@@ -379,4 +418,22 @@ func (b *Budget) waitLocalSlot(ctx context.Context, op string, p Priority, w wan
 		b.releaseLocal()
 	}
 	return err
+}
+
+// waitLocalKeySlot is waitLocalKey for a reservation w, which takes a slot
+// of the local cap first when the budget has Options.Concurrency: while
+// Redis is unreachable the cap is this server's share of one key's, shared
+// by the pool's keys.
+func (b *Budget) waitLocalKeySlot(ctx context.Context, op string, p Priority, w want) (int, error) {
+	if w.cid == "" {
+		return b.waitLocalKey(ctx, op, p, w)
+	}
+	if err := b.acquireLocal(ctx); err != nil {
+		return 0, err
+	}
+	k, err := b.waitLocalKey(ctx, op, p, w)
+	if err != nil {
+		b.releaseLocal()
+	}
+	return k, err
 }

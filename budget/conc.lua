@@ -1,17 +1,30 @@
 -- Concurrency slots: at most N calls in flight across the fleet. This block
 -- is put before wait.lua and giveback.lua (see conc.go) when the budget has
--- Options.Concurrency; without it those scripts run unchanged.
+-- Options.Concurrency; without it those scripts run unchanged. It comes
+-- after a line that sets cx, where its keys start, and cz, the pool's index
+-- (Options.Keys) or nil:
 -- KEYS[1] the budget hash P{name}:budget, whose channel wake-ups go on;
--- KEYS[2] P{name}:budget:slots, a ZSET of the holders of a slot, scored by
---         their lease's end (µs of the Redis clock);
--- KEYS[3] P{name}:budget:queue, a ZSET of the callers waiting for a slot,
---         scored by arrival (µs of the Redis clock, kept increasing): FIFO;
--- KEYS[4] P{name}:budget:queued, the same callers scored by their lease's
+-- KEYS[cx+2] P{name}:budget:slots, a ZSET of the holders of a slot, scored
+--         by their lease's end (µs of the Redis clock);
+-- KEYS[cx+3] P{name}:budget:queue, a ZSET of the callers waiting for a
+--         slot, scored by arrival (µs of the Redis clock, kept increasing):
+--         FIFO;
+-- KEYS[cx+4] P{name}:budget:queued, the same callers scored by their lease's
 --         end: a caller that stops renewing (its server died) leaves the
 --         line.
+-- With a pool of keys the cap is per key and the line is the pool's: a
+-- waiter takes a slot on whichever key has one first. Then
+-- KEYS[cx+5] P{name}:budget:kin, a hash of each key's id (see keyfield.lua)
+--         and how many slots it has held, and
+-- KEYS[cx+6] P{name}:budget:kheld, a hash of each holder id and the id of
+--         the key it holds a slot on;
+-- a key's slots free are N less its count, and the slots free in all are
+-- those of the keys in the index, cz.
 -- The last four ARGV are this block's, taken off before the script's own:
 -- N, the lease (µs), '1' to announce with SPUBLISH (Redis Cluster) else
 -- PUBLISH, and the caller's holder id.
+local CS, CQ, CW, CI, CH = KEYS[cx + 2], KEYS[cx + 3], KEYS[cx + 4], KEYS[cx + 5], KEYS[cx + 6]
+local cchan = KEYS[1]
 local cid = table.remove(ARGV)
 local cpub = table.remove(ARGV)
 local clease = tonumber(table.remove(ARGV))
@@ -28,33 +41,70 @@ local function zrem(key, ids)
 end
 -- conc_clean drops the holders and waiters whose lease ended, and returns
 -- how many it dropped.
-local function conc_clean()
-  local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', cnow)
-  if #gone > 0 then
-    zrem(KEYS[3], gone)
-    zrem(KEYS[4], gone)
+-- conc_unkey forgets the key of each holder of ids that held a slot on
+-- one (a pool's), and gives the slot back to the key's count.
+local function conc_unkey(ids)
+  if not cz then return end
+  for _, id in ipairs(ids) do
+    local k = redis.call('HGET', CH, id)
+    if k then
+      redis.call('HDEL', CH, id)
+      if redis.call('HINCRBY', CI, k, -1) <= 0 then redis.call('HDEL', CI, k) end
+    end
   end
-  return #gone + redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cnow)
+end
+local function conc_clean()
+  local gone = redis.call('ZRANGEBYSCORE', CW, '-inf', cnow)
+  if #gone > 0 then
+    zrem(CQ, gone)
+    zrem(CW, gone)
+  end
+  if not cz then return #gone + redis.call('ZREMRANGEBYSCORE', CS, '-inf', cnow) end
+  local lost = redis.call('ZRANGEBYSCORE', CS, '-inf', cnow)
+  if #lost > 0 then
+    zrem(CS, lost)
+    conc_unkey(lost)
+  end
+  return #gone + #lost
+end
+-- conc_room reports how many more slots the key of id may hold.
+local function conc_room(id)
+  return cn - (tonumber(redis.call('HGET', CI, id)) or 0)
+end
+-- conc_free_now returns how many slots are free: of the budget, or of the
+-- keys in the pool's index.
+local function conc_free_now()
+  if not cz then return cn - redis.call('ZCARD', CS) end
+  local live = redis.call('ZCARD', cz)
+  if redis.call('ZSCORE', cz, '#') then live = live - 1 end
+  local free = cn * live
+  local counts = redis.call('HGETALL', CI)
+  for i = 1, #counts, 2 do
+    if redis.call('ZSCORE', cz, counts[i]) then
+      free = free - math.min(cn, tonumber(counts[i + 1]) or 0)
+    end
+  end
+  return free
 end
 -- conc_wake tells the waiters at the head of the line that a slot is free
 -- for each of them: one message naming them, on the budget's channel.
 -- Telling one twice costs nothing: a caller acts on the first word.
 local function conc_wake()
-  local free = cn - redis.call('ZCARD', KEYS[2])
+  local free = conc_free_now()
   if free <= 0 then return end
-  local heads = redis.call('ZRANGE', KEYS[3], 0, free - 1)
+  local heads = redis.call('ZRANGE', CQ, 0, free - 1)
   if #heads == 0 then return end
   local msg = 'c ' .. table.concat(heads, ' ')
   if cpub == '1' then
-    redis.call('SPUBLISH', KEYS[1], msg)
+    redis.call('SPUBLISH', cchan, msg)
   else
-    redis.call('PUBLISH', KEYS[1], msg)
+    redis.call('PUBLISH', cchan, msg)
   end
 end
 -- conc_keep makes the keys outlive every lease they hold.
 local function conc_keep()
   local ms = math.ceil(clease / 1000) * 2 + 1000
-  for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], ms) end
+  for i = 2, cz and 6 or 4 do redis.call('PEXPIRE', KEYS[cx + i], ms) end
 end
 -- conc_next is how long a waiter at rank in line sleeps at most before it
 -- looks again without a word (µs). The head of the line looks when the
@@ -65,8 +115,8 @@ end
 local function conc_next(rank)
   if rank > 0 then return -1 end
   local at = cnow + clease
-  for i = 2, 4, 2 do
-    local e = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+  for _, k in ipairs({CS, CW}) do
+    local e = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
     if e[2] then at = math.min(at, tonumber(e[2])) end
   end
   return math.max(1000, at - cnow)
@@ -74,12 +124,24 @@ end
 -- conc_free frees the slot or the place in line of each of ids, and wakes
 -- the waiters it lets through. It returns how many slots it freed.
 local function conc_free(ids)
-  zrem(KEYS[3], ids)
-  zrem(KEYS[4], ids)
+  zrem(CQ, ids)
+  zrem(CW, ids)
   local n = 0
   for i = 1, #ids, 1000 do
-    n = n + redis.call('ZREM', KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))
+    n = n + redis.call('ZREM', CS, unpack(ids, i, math.min(i + 999, #ids)))
   end
+  conc_unkey(ids)
   conc_wake()
   return n
+end
+-- conc_queue puts the caller last in the line, waiting ahead of it, and
+-- returns the wait script's {3, wait}.
+local function conc_queue(waiting)
+  local last = redis.call('ZRANGE', CQ, -1, -1, 'WITHSCORES')
+  local seq = cnow
+  if last[2] and tonumber(last[2]) >= seq then seq = tonumber(last[2]) + 1 end
+  redis.call('ZADD', CQ, string.format('%d', seq), cid)
+  redis.call('ZADD', CW, string.format('%d', cnow + clease), cid)
+  conc_keep()
+  return {3, conc_next(waiting)}
 end

@@ -8,22 +8,14 @@
 -- only when the caller may take a slot; a booking takes it, a refusal gives
 -- up the slot and the place.
 if conc_clean() > 0 then conc_wake() end
-local cheld = redis.call('ZSCORE', KEYS[2], cid)
+local cheld = redis.call('ZSCORE', CS, cid)
 if not cheld then
-  local rank = redis.call('ZRANK', KEYS[3], cid)
-  local free = cn - redis.call('ZCARD', KEYS[2])
-  local waiting = redis.call('ZCARD', KEYS[3])
-  if not rank and (free <= 0 or waiting > 0) then
-    local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
-    local seq = cnow
-    if last[2] and tonumber(last[2]) >= seq then seq = tonumber(last[2]) + 1 end
-    redis.call('ZADD', KEYS[3], string.format('%d', seq), cid)
-    redis.call('ZADD', KEYS[4], string.format('%d', cnow + clease), cid)
-    conc_keep()
-    return {3, conc_next(waiting)}
-  end
+  local rank = redis.call('ZRANK', CQ, cid)
+  local free = conc_free_now()
+  local waiting = redis.call('ZCARD', CQ)
+  if not rank and (free <= 0 or waiting > 0) then return conc_queue(waiting) end
   if rank and rank >= free then
-    redis.call('ZADD', KEYS[4], string.format('%d', cnow + clease), cid)
+    redis.call('ZADD', CW, string.format('%d', cnow + clease), cid)
     return {3, conc_next(rank)}
   end
 end

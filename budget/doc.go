@@ -236,10 +236,22 @@
 // a reservation, Budget.Observe cannot tell the key a response is of, and
 // returns an error; [Budget.PauseUntil], and PauseFor without a
 // reservation in its ctx, pause every key. Use Reserve: [Budget.Wait]
-// cannot tell the key it booked, and returns an error. Keys with
-// Concurrency or Adaptive are not supported. While Redis is unreachable,
-// each key has a local limiter at Rate/FleetSize, and a 429 pauses its key
-// in this process.
+// cannot tell the key it booked, and returns an error. Keys with Adaptive
+// are not supported. While Redis is unreachable, each key has a local
+// limiter at Rate/FleetSize, and a 429 pauses its key in this process.
+//
+// With [Options].Concurrency the cap is per key too: each key holds at
+// most Concurrency slots across the fleet, and the pool has one line,
+// first come first served, its head taking a slot on whichever key frees
+// one. The booking script picks, among the keys with a slot free, the one
+// whose rate slot comes first, and takes both in the same round trip;
+// Done frees both in one. A reservation sleeping for its rate slot holds
+// its concurrency slot; when its key is paused or removed it books again
+// on another key with room, and the slot moves with it. A removed key's
+// slots count no more as free, and are not handed on as its holders end.
+// While Redis is unreachable a server holds at most one key's share,
+// max(1, Concurrency/FleetSize), whatever key its local limiter picks: the
+// cap holds per key whichever keys the fleet's servers pick.
 //
 // # Redis
 //
@@ -248,7 +260,11 @@
 // same name. With Options.Keys, each key is the hash P{N}:budget:k:ID, ID a
 // hash of the credential; the pool's index is the ZSET P{N}:budget:keys,
 // kept an hour past its latest change, and the removed keys the hash
-// P{N}:budget:removed. One hash tag: every script touches one Redis Cluster
+// P{N}:budget:removed. With Options.Concurrency, the holders of a slot are
+// the ZSET P{N}:budget:slots, the line P{N}:budget:queue and
+// P{N}:budget:queued (see "Concurrency"); a pool adds the hashes
+// P{N}:budget:kin (each key's count of slots held) and P{N}:budget:kheld
+// (each holder's key). One hash tag: every script touches one Redis Cluster
 // slot. Servers sharing a budget must give it the same [Limit].
 //
 // Each server remembers the latest tat it set and sends it with every

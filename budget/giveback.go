@@ -75,7 +75,7 @@ func (b *Budget) giveBackCtx(ctx context.Context, r booking) error {
 		err = b.free(ctx, r.w.cid)
 	case r.w.cid != "":
 		b.conc.drop(r.w.cid, context.Canceled)
-		n, err = b.runGiveBackConc(ctx, args, r.w.cid)
+		n, err = b.runGiveBackConc(ctx, r.kidx, args, r.w.cid)
 	default:
 		n, err = b.runGiveBack(ctx, r.kidx, args)
 	}
@@ -114,13 +114,22 @@ func (b *Budget) runGiveBack(ctx context.Context, k int, args []any) (int64, err
 	}, nil)
 }
 
-// runGiveBackConc runs the give-back script with args, freeing the
+// runGiveBackConc runs the give-back script with args, on the fields of key
+// k of the pool (1 + its index; 0 without Options.Keys), freeing the
 // concurrency slot or place in line of holder id in the same round trip.
-func (b *Budget) runGiveBackConc(ctx context.Context, args []any, id string) (int64, error) {
+func (b *Budget) runGiveBackConc(ctx context.Context, k int, args []any, id string) (int64, error) {
 	c := b.conc
+	script, keys := givebackConcScript, c.keys
+	if k > 0 {
+		var kk []string
+		_, kk, args = b.onKey(k, givebackScript, keyGivebackScript, args)
+		// A script of one key's KEYS, then the concurrency keys (see
+		// newConc).
+		script, keys = keyGivebackConcScript, append(kk, c.keys[3:]...)
+	}
 	args = append(args, c.args[0], c.args[1], c.args[2], id)
 	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
-		return givebackConcScript.Run(ctx, b.rdb.Redis(), c.keys, args...).Int64()
+		return script.Run(ctx, b.rdb.Redis(), keys, args...).Int64()
 	}, nil)
 }
 

@@ -98,10 +98,14 @@ func (b *Budget) parseKeyed(v any, cand []int) (booking, error) {
 		}
 	}
 	b.pool.gen.Store(gen)
-	if idx == 0 {
+	r, err := parseBooking(a[0])
+	switch {
+	case err == nil && r.kind == queued:
+		// In line for a concurrency slot of a key: no key picked yet.
+		return r, nil
+	case idx == 0:
 		return booking{kind: noKey}, nil
 	}
-	r, err := parseBooking(a[0])
 	r.kidx = cand[idx-1] + 1
 	return r, err
 }

@@ -64,6 +64,14 @@ local function kone()
   kuse(id, KEYS[2])
 end
 
+-- What a concurrency cap per key (keys_conc.lua) changes in a booking
+-- (keys.lua): whether a key of id has room for the caller; a reply given
+-- before the pick, or nil; and the reply when no key of the caller's, those
+-- of cands (see keys.lua), has room.
+local kroom = function(id) return true end
+local kgate = function(gone, gen) return nil end
+local kfull = function(gone, gen, cands) return {{5, 0}, 0, gone, gen} end
+
 local kredis = {call = function(cmd, key, ...)
   if key == nil then return kraw.call(cmd) end
   if (cmd == 'PUBLISH' or cmd == 'SPUBLISH') and key == KEYS[1] then

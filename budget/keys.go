@@ -172,9 +172,6 @@ func checkKeys(opt Options) error {
 	if len(distinct) > maxKeys {
 		return fmt.Errorf("too many keys: %d distinct, at most %d", len(distinct), maxKeys)
 	}
-	if len(opt.Keys) > 0 && opt.Concurrency > 0 {
-		return errors.New("keys with Concurrency: a concurrency cap per key is not supported")
-	}
 	if len(opt.Keys) > 0 && opt.Adaptive {
 		return errors.New("keys with Adaptive: a learned rate per key is not supported")
 	}

@@ -32,7 +32,9 @@
 -- Returns {reply, key, gone, generation}: wait.lua's reply for the key
 -- picked (1-based, in the caller's order), and the keys of the caller's
 -- found removed when announcing; with no key left, {{5, 0}, 0, gone,
--- generation}.
+-- generation}. A concurrency cap per key (keys_conc.lua) may stop the
+-- booking before the pick (kgate), leave keys out of it (kroom), and
+-- answer when none is left (kfull).
 local kb = kcut(6)
 local kcands, krms, kkeep, kmem = kb[1], kb[2], kb[3], kb[4]
 local kgen, kplace = tonumber(kb[5]), tonumber(kb[6])
@@ -86,21 +88,23 @@ end
 -- scores, or 0.
 local function scan(r)
   for j = 1, #r, 2 do
-    if r[j] ~= '#' then
+    if r[j] ~= '#' and kroom(r[j]) then
       local p = string.find(kcands, r[j], 1, true)
       if p then return (p - 1) / 17 + 1 end
     end
   end
   return 0
 end
+local kg = kgate(kgone, gen)
+if kg then return kg end
 local kidx = 0
-if kplace > 0 and redis.call('ZSCORE', kzset, kat(kcands, kplace)) then
+if kplace > 0 and redis.call('ZSCORE', kzset, kat(kcands, kplace)) and kroom(kat(kcands, kplace)) then
   -- A background caller coming back keeps its place, on its key.
   kidx = kplace
 end
 if kidx == 0 then kidx = scan(ktop) end
 if kidx == 0 and #ktop == 8 then kidx = scan(redis.call('ZRANGE', kzset, 0, -1, 'WITHSCORES')) end
-if kidx == 0 then return {{5, 0}, 0, kgone, gen} end
+if kidx == 0 then return kfull(kgone, gen, kcands) end
 
 kuse(kat(kcands, kidx), kmain .. ':k:' .. kat(kcands, kidx))
 -- The budget's pause holds for every key.

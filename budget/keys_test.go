@@ -211,7 +211,6 @@ func TestKeysMisuse(t *testing.T) {
 		want string
 	}{
 		{"empty key", budget.Options{Keys: []string{"key-a", ""}}, "empty"},
-		{"with concurrency", budget.Options{Keys: []string{"key-a"}, Concurrency: 2}, "with Concurrency"},
 		{"with adaptive", budget.Options{Keys: []string{"key-a"}, Adaptive: true}, "with Adaptive"},
 		{"too many", budget.Options{Keys: manyKeys(1001)}, "too many keys: 1001 distinct, at most 1000"},
 	} {

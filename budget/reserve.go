@@ -325,7 +325,7 @@ func (r *Reservation) settle(ctx context.Context, groups []any, lost error) erro
 	case len(groups) == 0:
 		err = b.free(ctx, r.cid)
 	case r.cid != "" && lost == nil:
-		_, err = b.runGiveBackConc(ctx, append([]any{"slot", r.r.slot, 0}, groups...), r.cid)
+		_, err = b.runGiveBackConc(ctx, r.r.kidx, append([]any{"slot", r.r.slot, 0}, groups...), r.cid)
 	default:
 		_, err = b.runGiveBack(ctx, r.r.kidx, append([]any{"slot", r.r.slot, 0}, groups...))
 	}

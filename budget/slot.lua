@@ -13,10 +13,10 @@ if conc_clean() > 0 then conc_wake() end
 local lost = {}
 local at = string.format('%d', cnow + clease)
 for _, id in ipairs(ids) do
-  if redis.call('ZSCORE', KEYS[2], id) then
-    redis.call('ZADD', KEYS[2], at, id)
-  elseif redis.call('ZSCORE', KEYS[4], id) then
-    redis.call('ZADD', KEYS[4], at, id)
+  if redis.call('ZSCORE', CS, id) then
+    redis.call('ZADD', CS, at, id)
+  elseif redis.call('ZSCORE', CW, id) then
+    redis.call('ZADD', CW, at, id)
   else
     lost[#lost + 1] = id
   end

@@ -124,7 +124,7 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		if err != nil {
 			if redisx.Outage(err) {
 				if b.pool != nil {
-					k, err := b.waitLocalKey(ctx, op, p, w)
+					k, err := b.waitLocalKeySlot(ctx, op, p, w)
 					return booking{local: true, w: w, kidx: k}, err
 				}
 				return booking{local: true, w: w}, b.waitLocalSlot(ctx, op, p, w)
@@ -255,6 +255,15 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64, w want) (boo
 	var sent time.Time
 	var cand []int // with Keys: the keys sent, by index
 	switch {
+	case b.pool != nil && w.cid != "":
+		// The concurrency block's arguments go last (conc.lua takes them
+		// off first), after the pool's.
+		n := len(args) - 4
+		conc := args[n:]
+		if _, args, cand = b.keyArgs(args[:n:n], w.placeKey); cand == nil {
+			return booking{kind: noKey}, nil
+		}
+		script, keys, sent, args = keysConcWaitScript, b.conc.keys, time.Now(), append(args, conc...)
 	case w.cid != "":
 		script, keys, sent = waitConcScript, b.conc.keys, time.Now()
 	case b.pool != nil:

@@ -68,7 +68,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.tokens, "tokens", 0, "app tokens the fleet holds, the API limiting each on its own at -rate and\n"+
 		"-burst; the modes with a budget spread their calls over them as a pool;\n0: one limit for every call, no token")
 	fs.IntVar(&cfg.apiConcurrency, "api-concurrency", 0, "the API refuses (429, Retry-After 1) a call that arrives while this many are\n"+
-		"in flight, as GitHub's secondary limit does past 100; 0 for no such cap.\nMode "+concMode+" caps the fleet's calls in flight at it")
+		"in flight (of its token, with -tokens), as GitHub's secondary limit does past\n100; 0 for no such cap. Mode "+concMode+" caps the fleet's calls in flight at it")
 	fs.DurationVar(&cfg.latency, "latency", 80*time.Millisecond, "time the API takes per call")
 	fs.DurationVar(&cfg.ttl, "ttl", 10*time.Minute, "how long a timeline stays cached")
 	fs.DurationVar(&cfg.timeout, "timeout", 0, "the longest one request may take; 0 computes it from the distinct users\n"+
@@ -124,8 +124,6 @@ func (c *config) validate() error {
 		{c.apiConcurrency < 0, fmt.Sprintf("-api-concurrency must not be negative (got %d)", c.apiConcurrency)},
 		{c.apiConcurrency == 0 && slices.ContainsFunc(c.modes, func(m mode) bool { return m.name == concMode }),
 			"mode " + concMode + " needs -api-concurrency: the cap it keeps the fleet under"},
-		{c.tokens > 0 && slices.ContainsFunc(c.modes, func(m mode) bool { return m.name == concMode }),
-			"mode " + concMode + " with -tokens: the budget caps calls in flight for the fleet, not per token"},
 		{c.latency < 0, fmt.Sprintf("-latency must not be negative (got %s)", c.latency)},
 		{c.ttl < time.Second, fmt.Sprintf("-ttl must be at least 1s (got %s)", c.ttl)},
 		{c.timeout < 0, fmt.Sprintf("-timeout must not be negative (got %s)", c.timeout)},
@@ -158,8 +156,9 @@ const (
 func requestDeadline(cfg config, distinct int) time.Duration {
 	secs := float64(distinct) / (cfg.rate * float64(max(cfg.tokens, 1)))
 	if cfg.apiConcurrency > 0 {
-		// No more than apiConcurrency calls of latency each at once.
-		secs = max(secs, float64(distinct)*cfg.latency.Seconds()/float64(cfg.apiConcurrency))
+		// No more than apiConcurrency calls of latency each at once (per
+		// token, with -tokens).
+		secs = max(secs, float64(distinct)*cfg.latency.Seconds()/float64(cfg.apiConcurrency*max(cfg.tokens, 1)))
 	}
 	secs = min(secs, maxDeadline.Seconds())
 	d := time.Duration(secs*float64(time.Second)) + cfg.latency + deadlineSlack

@@ -247,6 +247,9 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 	fmt.Fprint(w, tokensNote(cfg, ", each of %d tokens"))
 	if cfg.apiConcurrency > 0 {
 		fmt.Fprintf(w, ", at most %d in flight", cfg.apiConcurrency)
+		if cfg.tokens > 0 {
+			fmt.Fprint(w, " per token")
+		}
 	}
 	fmt.Fprintf(w, "; Redis: %s\n", env.Desc)
 	how := "-timeout"
@@ -313,7 +316,7 @@ func report(w io.Writer, cfg config, env *demo.Redis, results []result) error {
 		}
 	}
 	if cfg.apiConcurrency > 0 {
-		inFlightLines(w, cfg.apiConcurrency, results)
+		inFlightLines(w, cfg.apiConcurrency, cfg.tokens > 0, results)
 	}
 	if note := timingNote(cfg, results); note != "" {
 		fmt.Fprintln(w, note)

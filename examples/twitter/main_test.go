@@ -320,6 +320,28 @@ func TestInFlightCap(t *testing.T) {
 	}
 }
 
+// TestInFlightCapPerToken: with -tokens, the API caps each token's calls in
+// flight, and fill+conc's budget caps each key of its pool the same: no
+// call is refused, each user is asked for once, the calls spread over the
+// tokens.
+func TestInFlightCapPerToken(t *testing.T) {
+	const limit = 3
+	res := runDemo(t, "-servers", "4", "-requests", "300", "-keys", "200", "-concurrency", "100", "-latency", "5ms",
+		"-rate", "1000000", "-burst", "1000000", "-tokens", "3", "-api-concurrency", fmt.Sprint(limit), "-modes", "fill,fill+conc")
+	if r := res.Results["fill"]; r.RefusedInFlight == 0 {
+		t.Errorf("fill: no call refused past a cap of %d per token; want some: its misses go at once", limit)
+	}
+	r := res.Results[concMode]
+	oncePerUser(t, concMode, r)
+	if r.MaxInFlight < 1 || r.MaxInFlight > limit || r.RefusedInFlight != 0 {
+		t.Errorf("%s: at most %d calls of a token in flight, %d refused past the cap; want 1 to %d, none refused",
+			concMode, r.MaxInFlight, r.RefusedInFlight, limit)
+	}
+	if len(r.PerToken) != 3 || slices.Min(r.PerToken) == 0 {
+		t.Errorf("%s: calls per token %v; want every one of 3 used", concMode, r.PerToken)
+	}
+}
+
 // TestSweep: -servers with several sizes runs the modes once per size, and
 // -json gives one run per size.
 func TestSweep(t *testing.T) {
@@ -538,7 +560,6 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-api-concurrency", "-1"}, "-api-concurrency must not be negative (got -1)"},
 		{[]string{"-modes", "fill+conc"}, "mode fill+conc needs -api-concurrency"},
 		{[]string{"-tokens", "-1"}, "-tokens must be between 0 and 1000 (got -1)"},
-		{[]string{"-tokens", "2", "-api-concurrency", "4", "-modes", "fill+conc"}, "mode fill+conc with -tokens"},
 		{[]string{"-latency", "-1s"}, "-latency must not be negative"},
 		{[]string{"-ttl", "10ms"}, "-ttl must be at least 1s"},
 		{[]string{"-timeout", "-1s"}, "-timeout must not be negative"},

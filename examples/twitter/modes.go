@@ -127,9 +127,11 @@ func newFillBudgetServer(s serverEnv) appServer { return newFillBudgeted(s, newB
 // newFillConcServer is fill+budget whose budget also caps the fleet's
 // calls in flight at the API's cap: each load holds one of
 // -api-concurrency slots, fleet-wide, while it calls the API.
+// With -tokens the cap is per token, as the API's.
 func newFillConcServer(s serverEnv) appServer {
-	return newFillBudgeted(s, budget.New(s.rdb, budgetName, budgetLimit(s.cfg),
-		&budget.Options{Prefix: s.prefix, FleetSize: s.cfg.servers, Concurrency: s.cfg.apiConcurrency}))
+	opt := budgetOptions(s)
+	opt.Concurrency = s.cfg.apiConcurrency
+	return newFillBudgeted(s, budget.New(s.rdb, budgetName, budgetLimit(s.cfg), opt))
 }
 
 // newFillBudgeted is a fillServer whose loads wait for b, and report every
@@ -297,11 +299,17 @@ const budgetName = "twitter-api"
 // With -tokens, the budget's keys are the app's tokens: each is limited on
 // its own, as the API limits it.
 func newBudget(s serverEnv) *budget.Budget {
+	return budget.New(s.rdb, budgetName, budgetLimit(s.cfg), budgetOptions(s))
+}
+
+// budgetOptions are the budget's options for s: with -tokens, a pool of
+// the app tokens.
+func budgetOptions(s serverEnv) *budget.Options {
 	opt := &budget.Options{Prefix: s.prefix, FleetSize: s.cfg.servers}
 	if s.cfg.tokens > 0 {
 		opt.Keys = appTokens(s.cfg.tokens)
 	}
-	return budget.New(s.rdb, budgetName, budgetLimit(s.cfg), opt)
+	return opt
 }
 
 // budgetLimit is the budget's limit for the API of cfg: the API's rate,

@@ -43,6 +43,7 @@ func (a *fakeAPI) limitPerToken(tokens []string) {
 		a.perToken[t] = newTokenBucket(a.bucket.rate, int(a.bucket.burst))
 	}
 	a.tokens = tokens
+	a.conc.perToken = true
 }
 
 // bucketFor returns the bucket a call of r spends: the API's own without

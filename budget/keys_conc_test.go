@@ -1,0 +1,367 @@
+package budget_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/locksmith-go/locksmith/budget"
+	"github.com/locksmith-go/locksmith/internal/redistest"
+)
+
+// kin returns each key's count of slots held, by credential, as Redis
+// holds them.
+func kin(t *testing.T, rdb redis.UniversalClient, b *budget.Budget, creds ...string) map[string]int64 {
+	t.Helper()
+	got := map[string]int64{}
+	for _, c := range creds {
+		n, err := rdb.HGet(context.Background(), budget.Key(b)+":kin", budget.KeyID(c)).Int64()
+		switch {
+		case errors.Is(err, redis.Nil):
+		case err != nil:
+			t.Fatal(err)
+		default:
+			got[c] = n
+		}
+	}
+	return got
+}
+
+// emptySlots fails t unless no slot, place in line or key count is left.
+func emptySlots(t *testing.T, rdb redis.UniversalClient, b *budget.Budget) {
+	t.Helper()
+	ctx := context.Background()
+	for _, k := range []string{":slots", ":queue", ":queued"} {
+		if n := rdb.ZCard(ctx, budget.Key(b)+k).Val(); n != 0 {
+			t.Errorf("%s holds %d after every Done", k, n)
+		}
+	}
+	for _, k := range []string{":kin", ":kheld"} {
+		if n := rdb.HLen(ctx, budget.Key(b)+k).Val(); n != 0 {
+			t.Errorf("%s holds %d fields after every Done: %v", k, n, rdb.HGetAll(ctx, budget.Key(b)+k).Val())
+		}
+	}
+}
+
+// TestKeysConcurrencyPerKey: with Keys and Concurrency, each key holds at
+// most Concurrency slots; a caller finding every key full waits in line and
+// takes the slot of the key that frees one.
+func TestKeysConcurrencyPerKey(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, rdb, "kconc", fast, &budget.Options{Keys: keys, Concurrency: 2})
+	ctx := redistest.Context(t, 20*time.Second)
+	held := map[string][]*budget.Reservation{}
+	for range 4 {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		held[r.Key()] = append(held[r.Key()], r)
+	}
+	if len(held["key-a"]) != 2 || len(held["key-b"]) != 2 {
+		t.Fatalf("four reservations on %d of key-a and %d of key-b; want 2 each", len(held["key-a"]), len(held["key-b"]))
+	}
+	if got := kin(t, rdb, b, keys...); got["key-a"] != 2 || got["key-b"] != 2 {
+		t.Fatalf("slots held in Redis by key: %v; want 2 each", got)
+	}
+	got := make(chan *budget.Reservation, 1)
+	go func() {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- r
+	}()
+	redistest.WaitFor(t, "a caller in line", func() bool {
+		return s.Do(t, "ZCARD", budget.Key(b)+":queue") == int64(1)
+	})
+	select {
+	case r := <-got:
+		t.Fatalf("a fifth Reserve got a slot on %q with every key full", r.Key())
+	default:
+	}
+	if err := held["key-b"][0].Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if r == nil {
+		t.FailNow()
+	}
+	if r.Key() != "key-b" {
+		t.Fatalf("the waiter got a slot on %q; want key-b, the key that freed one", r.Key())
+	}
+	if n := b.Stats().InFlight; n != 4 {
+		t.Errorf("Stats().InFlight = %d; want 4", n)
+	}
+	for _, r := range append(append(held["key-a"], held["key-b"][1]), r) {
+		if err := r.Done(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	emptySlots(t, rdb, b)
+}
+
+// TestKeysConcurrencyFleetCap: servers × goroutines reserving calls over
+// three keys with a cap of N per key: the upstream never sees more than N
+// calls at once on a key, and sees N on each.
+func TestKeysConcurrencyFleetCap(t *testing.T) {
+	s := redistest.Start(t, nil)
+	const n, servers, goroutines, calls = 2, 3, 6, 10
+	keys := []string{"key-a", "key-b", "key-c"}
+	opt := &budget.Options{Keys: keys, Concurrency: n, SlotLease: 2 * time.Second}
+	ups := map[string]*upstream{}
+	for _, k := range keys {
+		ups[k] = &upstream{}
+	}
+	var buds []*budget.Budget
+	for range servers {
+		buds = append(buds, newBudget(t, s.Client(t, nil), "kcap", fast, opt))
+	}
+	ctx := redistest.Context(t, 30*time.Second)
+	var wg sync.WaitGroup
+	for _, b := range buds {
+		for range goroutines {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range calls {
+					r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					ups[r.Key()].call(2 * time.Millisecond)
+					if err := r.Done(ctx); err != nil {
+						t.Error(err)
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	total := int64(0)
+	for k, u := range ups {
+		if m := u.most.Load(); m != n {
+			t.Errorf("%s: the upstream saw %d calls at once; want %d", k, m, n)
+		}
+		total += u.calls.Load()
+	}
+	if total != servers*goroutines*calls {
+		t.Errorf("%d calls; want %d", total, servers*goroutines*calls)
+	}
+	emptySlots(t, s.Client(t, nil), buds[0])
+}
+
+// TestKeysConcurrencyMovesOnPause: a reservation sleeping for its rate slot
+// holds a concurrency slot on its key; when that key is paused it books
+// again on another key with room, and its slot moves with it.
+func TestKeysConcurrencyMovesOnPause(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, rdb, "kmove", budget.Limit{Rate: 1}, &budget.Options{Keys: keys, Concurrency: 2})
+	ctx := redistest.Context(t, 20*time.Second)
+	on := map[string]*budget.Reservation{}
+	for range 2 {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		on[r.Key()] = r
+	}
+	if len(on) != 2 {
+		t.Fatalf("two reservations on %d keys; want one each", len(on))
+	}
+	got := make(chan *budget.Reservation, 1)
+	go func() {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- r
+	}()
+	// The third sleeps for the next slot of a key, holding a slot on it.
+	var first string
+	redistest.WaitFor(t, "a third slot held", func() bool {
+		k := kin(t, rdb, b, keys...)
+		for _, c := range keys {
+			if k[c] == 2 {
+				first = c
+			}
+		}
+		return first != ""
+	})
+	if err := on[first].Observe(ctx, rateLimited("30"), http.StatusTooManyRequests); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if r == nil {
+		t.FailNow()
+	}
+	other := "key-a"
+	if first == other {
+		other = "key-b"
+	}
+	if r.Key() != other {
+		t.Fatalf("after %s was paused the sleeper went on %q; want %s", first, r.Key(), other)
+	}
+	if k := kin(t, rdb, b, keys...); k[first] != 1 || k[other] != 2 {
+		t.Fatalf("slots held by key: %v; want %s 1, %s 2", k, first, other)
+	}
+	for _, x := range []*budget.Reservation{on[first], on[other], r} {
+		if err := x.Done(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	emptySlots(t, rdb, b)
+}
+
+// TestKeysConcurrencyRemoved: a removed key's slots count no more as free:
+// a waiter does not get one when its holder is done, only when a live key
+// frees one; with every key removed, Reserve fails and leaves nothing in
+// Redis.
+func TestKeysConcurrencyRemoved(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, rdb, "kremoved", fast, &budget.Options{Keys: keys, Concurrency: 1})
+	ctx := redistest.Context(t, 20*time.Second)
+	on := map[string]*budget.Reservation{}
+	for range 2 {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		on[r.Key()] = r
+	}
+	got := make(chan *budget.Reservation, 1)
+	go func() {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- r
+	}()
+	redistest.WaitFor(t, "a caller in line", func() bool {
+		return s.Do(t, "ZCARD", budget.Key(b)+":queue") == int64(1)
+	})
+	if err := b.Remove(ctx, "key-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := on["key-a"].Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The waiter is not let through: key-a is gone. Its next look (a
+	// renewal of the line's leases) would show it.
+	if ok := b.Stats().InFlight; ok != 1 {
+		t.Fatalf("Stats().InFlight = %d after key-a's holder was done; want 1", ok)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	select {
+	case r := <-got:
+		t.Fatalf("the waiter got a slot on %q with key-a removed and key-b full", r.Key())
+	case <-short.Done():
+	}
+	if err := on["key-b"].Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if r == nil {
+		t.FailNow()
+	}
+	if r.Key() != "key-b" {
+		t.Fatalf("the waiter got %q; want key-b", r.Key())
+	}
+	if err := r.Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Remove(ctx, "key-b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Reserve(ctx, budget.Foreground, budget.Cost{}); !errors.Is(err, budget.ErrNoKeys) {
+		t.Fatalf("Reserve with every key removed: %v; want ErrNoKeys", err)
+	}
+	emptySlots(t, rdb, b)
+}
+
+// TestKeysConcurrencyRoundTrips: an uncontended Reserve and Done on a pool
+// with a cap per key cost one round trip each, as without the pool.
+func TestKeysConcurrencyRoundTrips(t *testing.T) {
+	s := redistest.Start(t, nil)
+	cnt := &counter{n: make(map[string]int)}
+	rdb := s.Client(t, nil)
+	rdb.AddHook(cnt)
+	keys := make([]string, 20)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("key-%02d", i)
+	}
+	b := newBudget(t, rdb, "krtt", fast, &budget.Options{Keys: keys, Concurrency: 3})
+	ctx := redistest.Context(t, 20*time.Second)
+	for i := range 5 {
+		if i == 1 {
+			cnt.take() // the scripts are loaded, the keys announced
+		}
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Done(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := cnt.take()
+	for _, k := range []string{"publish", "hello", "client", "ping"} {
+		delete(got, k)
+	}
+	if got["evalsha"] != 8 || len(got) != 1 {
+		t.Errorf("commands for 4 Reserves and Dones: %v; want evalsha: 8 and nothing else", got)
+	}
+	emptySlots(t, rdb, b)
+}
+
+// TestKeysConcurrencyLocalCap: while Redis is unreachable a server with a
+// pool holds at most one key's share of the cap, Concurrency/FleetSize,
+// whatever key its local limiter picks.
+func TestKeysConcurrencyLocalCap(t *testing.T) {
+	s := redistest.Start(t, nil)
+	opt := &budget.Options{Keys: []string{"key-a", "key-b"}, Concurrency: 6, FleetSize: 3}
+	b := newBudget(t, s.Client(t, &redis.Options{MaxRetries: -1}), "klocal", fast, opt)
+	s.Kill(t)
+	ctx := redistest.Context(t, 10*time.Second)
+	var u upstream
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 3 {
+				r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if r.Key() == "" {
+					t.Error("a local reservation with no key")
+				}
+				u.call(time.Millisecond)
+				_ = r.Done(ctx)
+			}
+		}()
+	}
+	wg.Wait()
+	if m := u.most.Load(); m != 2 {
+		t.Errorf("%d calls at once on one server while Redis was down, want 6/3 = 2", m)
+	}
+	if st := b.Stats(); st.LocalWaits == 0 || st.InFlight != 0 {
+		t.Errorf("stats %+v: want local waits, none in flight", st)
+	}
+}
