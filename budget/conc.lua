@@ -15,7 +15,7 @@
 -- With a pool of keys the cap is per key and the line is the pool's: a
 -- waiter takes a slot on whichever key has one first. Then
 -- KEYS[cx+5] P{name}:budget:kin, a hash of each key's id (see keyfield.lua)
---         and how many slots it has held, and
+--         and how many slots it holds, and '*' and how many in all, and
 -- KEYS[cx+6] P{name}:budget:kheld, a hash of each holder id and the id of
 --         the key it holds a slot on;
 -- a key's slots free are N less its count, and the slots free in all are
@@ -50,8 +50,42 @@ local function conc_unkey(ids)
     if k then
       redis.call('HDEL', CH, id)
       if redis.call('HINCRBY', CI, k, -1) <= 0 then redis.call('HDEL', CI, k) end
+      if redis.call('HINCRBY', CI, '*', -1) <= 0 then redis.call('HDEL', CI, '*') end
     end
   end
+end
+-- conc_recount makes a pool's counts those of the holders again, when
+-- they disagree (Redis lost or evicted one of the keys, not the others): a
+-- holder whose key was lost loses its slot (its server hears so at its next
+-- renewal), and a key's count is its holders'. It returns how many slots
+-- it freed.
+local function conc_recount()
+  local held = redis.call('ZCARD', CS)
+  if held == 0 then
+    redis.call('DEL', CI, CH)
+    return 0
+  end
+  if redis.call('HLEN', CH) == held and tonumber(redis.call('HGET', CI, '*')) == held then return 0 end
+  local ids = redis.call('ZRANGE', CS, 0, -1)
+  local keyOf = redis.call('HGETALL', CH)
+  local key, counts, drop, stale = {}, {}, {}, {}
+  for i = 1, #keyOf, 2 do key[keyOf[i]] = keyOf[i + 1] end
+  for _, id in ipairs(ids) do
+    local k = key[id]
+    if k then
+      counts[k] = (counts[k] or 0) + 1
+      key[id] = nil
+    else
+      drop[#drop + 1] = id
+    end
+  end
+  for id in pairs(key) do stale[#stale + 1] = id end
+  if #drop > 0 then zrem(CS, drop) end
+  for i = 1, #stale, 1000 do redis.call('HDEL', CH, unpack(stale, i, math.min(i + 999, #stale))) end
+  redis.call('DEL', CI)
+  for k, n in pairs(counts) do redis.call('HSET', CI, k, n) end
+  if held > #drop then redis.call('HSET', CI, '*', held - #drop) end
+  return #drop
 end
 local function conc_clean()
   local gone = redis.call('ZRANGEBYSCORE', CW, '-inf', cnow)
@@ -65,7 +99,7 @@ local function conc_clean()
     zrem(CS, lost)
     conc_unkey(lost)
   end
-  return #gone + #lost
+  return #gone + #lost + conc_recount()
 end
 -- conc_room reports how many more slots the key of id may hold.
 local function conc_room(id)
@@ -76,7 +110,10 @@ end
 local function conc_free_now()
   if not cz then return cn - redis.call('ZCARD', CS) end
   local live = redis.call('ZCARD', cz)
-  if redis.call('ZSCORE', cz, '#') then live = live - 1 end
+  -- An index Redis lost (its hour out, FLUSHALL) is made again by the
+  -- next booking: one key's worth of waiters are let through to make it.
+  if not redis.call('ZSCORE', cz, '#') then return cn end
+  live = live - 1
   local free = cn * live
   local counts = redis.call('HGETALL', CI)
   for i = 1, #counts, 2 do

@@ -8,10 +8,13 @@ if kreply[1] == 0 then
   redis.call('ZREM', CW, cid)
   redis.call('HSET', CH, cid, kid)
   redis.call('HINCRBY', CI, kid, 1)
+  redis.call('HINCRBY', CI, '*', 1)
   conc_keep()
 elseif kreply[1] == 1 then
   conc_free({cid})
 elseif cmine then
   redis.call('HSET', CH, cid, cmine)
   redis.call('HINCRBY', CI, cmine, 1)
+  redis.call('HINCRBY', CI, '*', 1)
+  conc_keep()
 end

@@ -33,20 +33,21 @@ func kin(t *testing.T, rdb redis.UniversalClient, b *budget.Budget, creds ...str
 	return got
 }
 
-// emptySlots fails t unless no slot, place in line or key count is left.
+// emptySlots fails t unless no slot, place in line or key count is left
+// (a caller that gave up leaves its place in the background: soon).
 func emptySlots(t *testing.T, rdb redis.UniversalClient, b *budget.Budget) {
 	t.Helper()
 	ctx := context.Background()
-	for _, k := range []string{":slots", ":queue", ":queued"} {
-		if n := rdb.ZCard(ctx, budget.Key(b)+k).Val(); n != 0 {
-			t.Errorf("%s holds %d after every Done", k, n)
+	redistest.WaitFor(t, "no slot, place or count left", func() bool {
+		n := int64(0)
+		for _, k := range []string{":slots", ":queue", ":queued"} {
+			n += rdb.ZCard(ctx, budget.Key(b)+k).Val()
 		}
-	}
-	for _, k := range []string{":kin", ":kheld"} {
-		if n := rdb.HLen(ctx, budget.Key(b)+k).Val(); n != 0 {
-			t.Errorf("%s holds %d fields after every Done: %v", k, n, rdb.HGetAll(ctx, budget.Key(b)+k).Val())
+		for _, k := range []string{":kin", ":kheld"} {
+			n += rdb.HLen(ctx, budget.Key(b)+k).Val()
 		}
-	}
+		return n == 0
+	})
 }
 
 // TestKeysConcurrencyPerKey: with Keys and Concurrency, each key holds at
@@ -364,4 +365,132 @@ func TestKeysConcurrencyLocalCap(t *testing.T) {
 	if st := b.Stats(); st.LocalWaits == 0 || st.InFlight != 0 {
 		t.Errorf("stats %+v: want local waits, none in flight", st)
 	}
+}
+
+// TestKeysConcurrencyStateLost: when Redis loses one of a pool's
+// concurrency keys and not the others (an eviction), the counts are made
+// those of the holders again: a lost count does not let a key over its
+// cap, a lost holder list or slot list does not leave keys full for ever.
+func TestKeysConcurrencyStateLost(t *testing.T) {
+	for _, tc := range []struct {
+		lost string
+		// free: a new Reserve gets a slot at once; else it waits.
+		free bool
+	}{
+		{":kin", false},
+		{":kheld", true},
+		{":slots", true},
+	} {
+		t.Run(tc.lost[1:], func(t *testing.T) {
+			s := redistest.Start(t, nil)
+			rdb := s.Client(t, nil)
+			keys := []string{"key-a", "key-b"}
+			const lease = 300 * time.Millisecond
+			b := newBudget(t, rdb, "klost", fast, &budget.Options{Keys: keys, Concurrency: 1, SlotLease: lease})
+			ctx := redistest.Context(t, 20*time.Second)
+			var held []*budget.Reservation
+			for range 2 {
+				r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				held = append(held, r)
+			}
+			if err := rdb.Del(ctx, budget.Key(b)+tc.lost).Err(); err != nil {
+				t.Fatal(err)
+			}
+			short, cancel := context.WithTimeout(ctx, lease)
+			defer cancel()
+			r, err := b.Reserve(short, budget.Foreground, budget.Cost{})
+			switch {
+			case !tc.free && err == nil:
+				t.Fatalf("with %s lost, a third Reserve got a slot on %q while both keys' are held", tc.lost, r.Key())
+			case !tc.free && !errors.Is(err, context.DeadlineExceeded):
+				t.Fatalf("with %s lost, a third Reserve: %v; want it to wait past its deadline", tc.lost, err)
+			case !tc.free:
+				if got := kin(t, rdb, b, keys...); got["key-a"] != 1 || got["key-b"] != 1 {
+					t.Fatalf("counts after %s was lost: %v; want 1 each, as held", tc.lost, got)
+				}
+				for _, r := range held {
+					if err := r.Done(ctx); err != nil {
+						t.Fatal(err)
+					}
+				}
+			case err != nil:
+				t.Fatalf("with %s lost, a third Reserve: %v; want a slot (the holders' keys are unknown: they lose theirs)", tc.lost, err)
+			default:
+				for _, h := range held {
+					select {
+					case <-h.Context().Done():
+					case <-ctx.Done():
+						t.Fatal("a holder Redis forgot kept its slot")
+					}
+					if err := h.Done(ctx); !errors.Is(err, budget.ErrSlotLost) {
+						t.Errorf("Done of a holder Redis forgot: %v; want ErrSlotLost", err)
+					}
+				}
+				if err := r.Done(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			emptySlots(t, rdb, b)
+		})
+	}
+}
+
+// TestKeysConcurrencyIndexLost: when the pool's index is gone (its hour
+// out, FLUSHALL of it) while every caller waits, a holder's Done still
+// lets the head of the line through, which makes the index again: no wait
+// for a lease to run out.
+func TestKeysConcurrencyIndexLost(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	keys := []string{"key-a", "key-b"}
+	b := newBudget(t, rdb, "kindex", fast, &budget.Options{Keys: keys, Concurrency: 1, SlotLease: time.Minute})
+	ctx := redistest.Context(t, 20*time.Second)
+	on := map[string]*budget.Reservation{}
+	for range 2 {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		on[r.Key()] = r
+	}
+	got := make(chan *budget.Reservation, 1)
+	go func() {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- r
+	}()
+	redistest.WaitFor(t, "a caller in line", func() bool {
+		return s.Do(t, "ZCARD", budget.Key(b)+":queue") == int64(1)
+	})
+	if err := rdb.Del(ctx, budget.Key(b)+":keys").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := on["key-a"].Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wait, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	select {
+	case r := <-got:
+		if r == nil {
+			t.FailNow()
+		}
+		if r.Key() != "key-a" {
+			t.Fatalf("the waiter got %q; want key-a, the key freed", r.Key())
+		}
+		if err := r.Done(ctx); err != nil {
+			t.Fatal(err)
+		}
+	case <-wait.Done():
+		t.Fatal("the waiter was not let through within 5s of a Done (the lease is a minute)")
+	}
+	if err := on["key-b"].Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	emptySlots(t, rdb, b)
 }
