@@ -20,6 +20,7 @@ package locksmith_test
 //	paused-calls    calls that reached the paused key during its pause
 //	x-base, x-plain a Reserve over 20 keys against a GET, and against a
 //	                Reserve of a budget without keys, interleaved on one server
+//	                (with concurrency=100, both budgets cap calls in flight)
 //	remove-ms       from the upstream's first 401 for a key to every server
 //	                having dropped it
 //	401s            calls answered 401: those on their way when it came
@@ -119,17 +120,21 @@ func BenchmarkBudgetKeys(b *testing.B) {
 	b.Run("demand=80%,assign=pool", func(b *testing.B) { benchKeysDemand(b, true) })
 	b.Run("demand=80%,assign=sticky", func(b *testing.B) { benchKeysDemand(b, false) })
 	b.Run("pause=1of3", benchKeysPause)
-	b.Run("reserve", benchKeysReserve)
+	b.Run("reserve", func(b *testing.B) { benchKeysReserve(b, 0) })
+	b.Run("reserve,concurrency=100", func(b *testing.B) { benchKeysReserve(b, 100) })
 }
 
-func benchKeysReserve(b *testing.B) {
+// benchKeysReserve measures an uncontended Reserve and Done over 20 keys;
+// with conc above 0, both budgets cap calls in flight at conc (per key for
+// the pool).
+func benchKeysReserve(b *testing.B, conc int) {
 	wide := budget.Limit{Rate: 1000000, Burst: 1000000}
 	rdb := benchRedis(b)()
 	ctx := context.Background()
 	name := budgetName(b)
-	plain := budget.New(rdb, name+":plain", wide, nil)
+	plain := budget.New(rdb, name+":plain", wide, &budget.Options{Concurrency: conc})
 	defer plain.Close()
-	pool := budget.New(rdb, name+":pool", wide, &budget.Options{Keys: benchKeys(20)})
+	pool := budget.New(rdb, name+":pool", wide, &budget.Options{Keys: benchKeys(20), Concurrency: conc})
 	defer pool.Close()
 	reserve := func(bud *budget.Budget) {
 		r, err := bud.Reserve(ctx, budget.Foreground, budget.Cost{})

@@ -54,7 +54,9 @@
 //     had in flight at once and the calls it refused past its cap: naive
 //     and fill send every miss at once and get refused; fill+budget paces
 //     its calls but does not cap them, and retries each refused one;
-//     fill+conc has no more in flight than the cap.
+//     fill+conc has no more in flight than the cap. With -tokens the API
+//     caps each token's calls in flight, and fill+conc's budget each key
+//     of its pool.
 //   - fill+adaptive: fill+budget whose budget has Options.Adaptive: -rate
 //     is a ceiling, and the fleet learns the rate the API accepts. It runs
 //     only when named, or against a hidden limit (-hidden-limit, below).
@@ -132,8 +134,9 @@
 //	                   modes with a budget spread their calls over them as
 //	                   a pool, the others take them in turn; 0: one limit
 //	-api-concurrency 0 the API refuses a call that arrives while this many
-//	                   are in flight (0: no cap); mode fill+conc caps the
-//	                   fleet's calls in flight at it
+//	                   are in flight (of its token, with -tokens; 0: no
+//	                   cap); mode fill+conc caps the fleet's calls in
+//	                   flight at it (per key of its pool, with -tokens)
 //	-latency 80ms      time the API takes per call
 //	-ttl 10m           how long a timeline stays cached
 //	-timeout 0         the longest one request may take: its deadline,

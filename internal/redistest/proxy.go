@@ -30,6 +30,9 @@ type Proxy struct {
 	hold    bool // hold server-to-client bytes back
 	refuse  bool // close new connections at once
 	closed  bool
+	// drops counts DropAll's calls: a connection accepted before one and
+	// still dialing the upstream when it came is dropped too.
+	drops int
 }
 
 // link is one proxied connection: a client's connection to the proxy and the
@@ -77,6 +80,7 @@ func (p *Proxy) Conns() int {
 // before.
 func (p *Proxy) DropAll() {
 	p.mu.Lock()
+	p.drops++
 	links := make([]*link, 0, len(p.links))
 	for l := range p.links {
 		links = append(links, l)
@@ -158,20 +162,21 @@ func (p *Proxy) accept() {
 			continue
 		}
 		p.mu.Lock()
-		refuse := p.refuse
+		refuse, drops := p.refuse, p.drops
 		p.mu.Unlock()
 		if refuse {
 			_ = c.Close()
 			continue
 		}
 		p.wg.Add(1)
-		go p.serve(c)
+		go p.serve(c, drops)
 	}
 }
 
 // serve connects client to the upstream and forwards bytes both ways until
-// either end closes or the link is dropped.
-func (p *Proxy) serve(client net.Conn) {
+// either end closes or the link is dropped; drops is DropAll's count when
+// client was accepted.
+func (p *Proxy) serve(client net.Conn, drops int) {
 	defer p.wg.Done()
 	d := net.Dialer{Timeout: proxyDialTimeout}
 	server, err := d.DialContext(p.ctx, "tcp", p.upstream)
@@ -181,7 +186,9 @@ func (p *Proxy) serve(client net.Conn) {
 	}
 	l := &link{client: client, server: server}
 	p.mu.Lock()
-	if p.closed {
+	if p.closed || p.drops != drops {
+		// Closed, or a DropAll came while the upstream was dialed: this
+		// connection was open then, and goes with the others.
 		p.mu.Unlock()
 		_ = client.Close()
 		_ = server.Close()
