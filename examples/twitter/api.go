@@ -157,6 +157,7 @@ func (a *fakeAPI) timelines(w http.ResponseWriter, r *http.Request) {
 // reports whether the handler goes on to answer r.
 func (a *fakeAPI) admit(w http.ResponseWriter, r *http.Request, ids []uint64, err error) bool {
 	now := a.now()
+	a.countToken(r)
 	if overCap(r) {
 		a.record(now, ids, err)
 		a.refused.Add(1)

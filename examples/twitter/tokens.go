@@ -58,10 +58,22 @@ func (a *fakeAPI) bucketFor(r *http.Request) (b *tokenBucket, ok bool) {
 		a.denied.Add(1)
 		return nil, false
 	}
+	return b, true
+}
+
+// countToken counts r's call as its token's, refused or not, when the API
+// knows the token.
+func (a *fakeAPI) countToken(r *http.Request) {
+	if a.perToken == nil {
+		return
+	}
+	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if a.perToken[tok] == nil {
+		return
+	}
 	a.mu.Lock()
 	a.tokenCalls[tok]++
 	a.mu.Unlock()
-	return b, true
 }
 
 // byToken returns the calls that came with each token, served or refused,
