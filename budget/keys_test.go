@@ -3,6 +3,7 @@ package budget_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -351,13 +352,21 @@ func TestKeysRemaining(t *testing.T) {
 }
 
 // TestKeysMeters: each key has its own meters; a reservation's units not
-// spent go back to its key at Done, and a cancelled one's at Cancel.
+// spent go back to its key at Done, and a cancelled one's at Cancel; with a
+// concurrency cap per key too, in the same round trips.
 func TestKeysMeters(t *testing.T) {
+	for _, conc := range []int{0, 2} {
+		t.Run(fmt.Sprintf("concurrency=%d", conc), func(t *testing.T) { testKeysMeters(t, conc) })
+	}
+}
+
+func testKeysMeters(t *testing.T, conc int) {
 	_, rdb := redistest.Mini(t)
 	keys := []string{"key-a", "key-b"}
 	b := newBudget(t, rdb, "meters-keys", budget.Limit{Rate: 1000, Burst: 1000}, &budget.Options{
-		Keys:   keys,
-		Meters: map[string][]budget.Limit{"tokens": {{Rate: 100, Per: time.Minute, Burst: 100}}},
+		Keys:        keys,
+		Meters:      map[string][]budget.Limit{"tokens": {{Rate: 100, Per: time.Minute, Burst: 100}}},
+		Concurrency: conc,
 	})
 	ctx := context.Background()
 	want := budget.Cost{Meters: map[string]int64{"tokens": 100}}
@@ -401,6 +410,12 @@ func TestKeysMeters(t *testing.T) {
 		if r.Key() != tc.key {
 			t.Fatalf("%d tokens went on %s; want %s, the only key with as many", tc.units, r.Key(), tc.key)
 		}
+		if err := r.Done(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if conc > 0 {
+		emptySlots(t, rdb, b)
 	}
 }
 
