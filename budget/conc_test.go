@@ -652,9 +652,22 @@ func TestConcurrencyLineIsQuiet(t *testing.T) {
 // server by sharded pub/sub.
 func TestConcurrencyCluster(t *testing.T) {
 	c := redistest.StartCluster(t, 3)
-	opt := &budget.Options{Concurrency: 1}
-	a := newBudget(t, c.Client(t, nil), "cluster", fast, opt)
-	b := newBudget(t, c.Client(t, nil), "cluster", fast, opt)
+	for _, tc := range []struct {
+		name string
+		opt  *budget.Options
+	}{
+		{"cluster", &budget.Options{Concurrency: 1}},
+		// A cap per key of a pool: every key its scripts touch under the
+		// budget's hash tag, those of the pool's keys included.
+		{"cluster-keys", &budget.Options{Concurrency: 1, Keys: []string{"key-a"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testConcurrencyCluster(t, c, tc.name, tc.opt) })
+	}
+}
+
+func testConcurrencyCluster(t *testing.T, c *redistest.Cluster, name string, opt *budget.Options) {
+	a := newBudget(t, c.Client(t, nil), name, fast, opt)
+	b := newBudget(t, c.Client(t, nil), name, fast, opt)
 	ctx := redistest.Context(t, 20*time.Second)
 	held, err := a.Reserve(ctx, budget.Foreground, budget.Cost{})
 	if err != nil {
