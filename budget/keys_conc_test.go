@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -112,8 +113,18 @@ func TestKeysConcurrencyPerKey(t *testing.T) {
 
 // TestKeysConcurrencyFleetCap: servers × goroutines reserving calls over
 // three keys with a cap of N per key: the upstream never sees more than N
-// calls at once on a key, and sees N on each.
+// calls at once on a key, and sees N on each. Paced: each key's rate lets
+// more go than the cap, half the callers are background, and one 429
+// pauses a key for a second mid-run, its sleepers moving to the others
+// with their slots.
 func TestKeysConcurrencyFleetCap(t *testing.T) {
+	t.Run("unpaced", func(t *testing.T) { testKeysConcurrencyFleetCap(t, fast, 2*time.Millisecond, false) })
+	t.Run("paced", func(t *testing.T) {
+		testKeysConcurrencyFleetCap(t, budget.Limit{Rate: 300, Burst: 1}, 20*time.Millisecond, true)
+	})
+}
+
+func testKeysConcurrencyFleetCap(t *testing.T, l budget.Limit, d time.Duration, paced bool) {
 	s := redistest.Start(t, nil)
 	const n, servers, goroutines, calls = 2, 3, 6, 10
 	keys := []string{"key-a", "key-b", "key-c"}
@@ -124,22 +135,32 @@ func TestKeysConcurrencyFleetCap(t *testing.T) {
 	}
 	var buds []*budget.Budget
 	for range servers {
-		buds = append(buds, newBudget(t, s.Client(t, nil), "kcap", fast, opt))
+		buds = append(buds, newBudget(t, s.Client(t, nil), "kcap", l, opt))
 	}
 	ctx := redistest.Context(t, 30*time.Second)
 	var wg sync.WaitGroup
+	var paused atomic.Bool
 	for _, b := range buds {
-		for range goroutines {
+		for g := range goroutines {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				p := budget.Foreground
+				if paced && g%2 == 1 {
+					p = budget.Background
+				}
 				for range calls {
-					r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+					r, err := b.Reserve(ctx, p, budget.Cost{})
 					if err != nil {
 						t.Error(err)
 						return
 					}
-					ups[r.Key()].call(2 * time.Millisecond)
+					ups[r.Key()].call(d)
+					if paced && r.Key() == "key-a" && paused.CompareAndSwap(false, true) {
+						if err := r.Observe(ctx, rateLimited("1"), http.StatusTooManyRequests); err != nil {
+							t.Error(err)
+						}
+					}
 					if err := r.Done(ctx); err != nil {
 						t.Error(err)
 					}

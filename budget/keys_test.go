@@ -420,11 +420,18 @@ func testKeysMeters(t *testing.T, conc int) {
 }
 
 // TestKeysBackground: background calls spread over the keys too, each key
-// keeping its own pace, and foreground calls still go first.
+// keeping its own pace, and foreground calls still go first; with a
+// concurrency cap per key too (a call told to come back holds no slot).
 func TestKeysBackground(t *testing.T) {
+	for _, conc := range []int{0, 1} {
+		t.Run(fmt.Sprintf("concurrency=%d", conc), func(t *testing.T) { testKeysBackground(t, conc) })
+	}
+}
+
+func testKeysBackground(t *testing.T, conc int) {
 	_, rdb := redistest.Mini(t)
 	keys := []string{"key-a", "key-b"}
-	b := newBudget(t, rdb, "bg-keys", budget.Limit{Rate: 20}, &budget.Options{Keys: keys})
+	b := newBudget(t, rdb, "bg-keys", budget.Limit{Rate: 20}, &budget.Options{Keys: keys, Concurrency: conc})
 	var rec recorder
 	rec.watch(b)
 	ctx := redistest.Context(t, 10*time.Second)
@@ -452,6 +459,9 @@ func TestKeysBackground(t *testing.T) {
 				t.Fatalf("key %d: slots %d µs apart; want at least 50ms (20/s)", k, d)
 			}
 		}
+	}
+	if conc > 0 {
+		emptySlots(t, rdb, b)
 	}
 }
 
