@@ -119,11 +119,17 @@ func BenchmarkBudgetConcurrency(b *testing.B) {
 // taking turns: each Done wakes the other server's caller waiting in line.
 // hand-off-p50-ms/-p99-ms: from the start of Done on one server to the
 // Reserve of the other returning (Done's round trip, the wake-up over
-// pub/sub, the booking again).
+// pub/sub, the booking again). keys=20: a pool of 20 keys capped at 1 each,
+// 19 of them held all along: the one left free goes from server to server.
 func BenchmarkBudgetConcurrencyHandOff(b *testing.B) {
+	b.Run("keys=0", func(b *testing.B) { benchHandOff(b, nil) })
+	b.Run("keys=20", func(b *testing.B) { benchHandOff(b, benchKeys(20)) })
+}
+
+func benchHandOff(b *testing.B, keys []string) {
 	newClient := benchRedis(b)
 	name := budgetName(b)
-	opt := &budget.Options{Concurrency: 1}
+	opt := &budget.Options{Concurrency: 1, Keys: keys}
 	lim := budget.Limit{Rate: 1000000, Burst: 1000000}
 	probe := newClient()
 	queue := "__locksmith:{" + name + "}:budget:queue"
@@ -132,6 +138,13 @@ func BenchmarkBudgetConcurrencyHandOff(b *testing.B) {
 	y := budget.New(newClient(), name, lim, opt)
 	defer y.Close()
 	ctx := context.Background()
+	for range max(0, len(keys)-1) {
+		r, err := x.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer r.Done(ctx)
+	}
 	held, err := x.Reserve(ctx, budget.Foreground, budget.Cost{})
 	if err != nil {
 		b.Fatal(err)

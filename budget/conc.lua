@@ -41,10 +41,22 @@ local function zrem(key, ids)
 end
 -- conc_clean drops the holders and waiters whose lease ended, and returns
 -- how many it dropped.
+-- ccounts are a pool's counts by key id, read once per script (see
+-- conc_counts), or false when not read since they last changed.
+local ccounts = false
+local function conc_counts()
+  if not ccounts then
+    ccounts = {}
+    local all = redis.call('HGETALL', CI)
+    for i = 1, #all, 2 do ccounts[all[i]] = tonumber(all[i + 1]) or 0 end
+  end
+  return ccounts
+end
 -- conc_unkey forgets the key of each holder of ids that held a slot on
 -- one (a pool's), and gives the slot back to the key's count.
 local function conc_unkey(ids)
   if not cz then return end
+  ccounts = false
   for _, id in ipairs(ids) do
     local k = redis.call('HGET', CH, id)
     if k then
@@ -63,9 +75,11 @@ local function conc_recount()
   local held = redis.call('ZCARD', CS)
   if held == 0 then
     redis.call('DEL', CI, CH)
+    ccounts = false
     return 0
   end
   if redis.call('HLEN', CH) == held and tonumber(redis.call('HGET', CI, '*')) == held then return 0 end
+  ccounts = false
   local ids = redis.call('ZRANGE', CS, 0, -1)
   local keyOf = redis.call('HGETALL', CH)
   local key, counts, drop, stale = {}, {}, {}, {}
@@ -103,24 +117,24 @@ local function conc_clean()
 end
 -- conc_room reports how many more slots the key of id may hold.
 local function conc_room(id)
-  return cn - (tonumber(redis.call('HGET', CI, id)) or 0)
+  return cn - (conc_counts()[id] or 0)
 end
 -- conc_free_now returns how many slots are free: of the budget, or of the
--- keys in the pool's index.
+-- keys in the pool's index (two reads, whatever the pool's size).
 local function conc_free_now()
   if not cz then return cn - redis.call('ZCARD', CS) end
-  local live = redis.call('ZCARD', cz)
-  -- An index Redis lost (its hour out, FLUSHALL) is made again by the
-  -- next booking: one key's worth of waiters are let through to make it.
-  if not redis.call('ZSCORE', cz, '#') then return cn end
-  live = live - 1
-  local free = cn * live
-  local counts = redis.call('HGETALL', CI)
-  for i = 1, #counts, 2 do
-    if redis.call('ZSCORE', cz, counts[i]) then
-      free = free - math.min(cn, tonumber(counts[i + 1]) or 0)
+  local ids = redis.call('ZRANGE', cz, 0, -1)
+  local counts, free, made = conc_counts(), 0, false
+  for _, id in ipairs(ids) do
+    if id == '#' then
+      made = true
+    else
+      free = free + math.max(0, cn - (counts[id] or 0))
     end
   end
+  -- An index Redis lost (its hour out, FLUSHALL) is made again by the
+  -- next booking: one key's worth of waiters are let through to make it.
+  if not made then return cn end
   return free
 end
 -- conc_wake tells the waiters at the head of the line that a slot is free
