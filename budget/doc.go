@@ -249,6 +249,9 @@
 // its concurrency slot; when its key is paused or removed it books again
 // on another key with room, and the slot moves with it. A removed key's
 // slots count no more as free, and are not handed on as its holders end.
+// Servers holding different lists share the line: a waiter none of whose
+// keys has a slot free keeps its place, and those behind it wait with it,
+// until one of its keys frees one.
 // While Redis is unreachable a server holds at most one key's share,
 // max(1, Concurrency/FleetSize), whatever key its local limiter picks: the
 // cap holds per key whichever keys the fleet's servers pick.
