@@ -208,7 +208,10 @@ type Budget struct {
 	// µs of the Redis clock, and how far the Redis clock is ahead of this
 	// process's (µs), as of the latest booking or pause.
 	mineTAT, mineSlot, clock atomic.Int64
-	lead                     leadClock // the lead slots are slept by (clock.go)
+	// backs counts the ends of outages of Redis: a call sleeping on a
+	// local slot when it changes books again in Redis.
+	backs atomic.Int64
+	lead  leadClock // the lead slots are slept by (clock.go)
 	// fine: a slot's last fineWindow is slept on the operating system's
 	// fine timer, because the limit has no burst tolerance to absorb a
 	// late wake (see clock.go).
@@ -293,6 +296,10 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 	}, func(d time.Duration) {
 		b.log("redis reachable again", "outage", d)
 		b.event(context.Background(), observe.Event{Kind: observe.OutageEnd, Duration: d})
+		// Calls sleeping on a local slot book again in Redis (see
+		// waitLocalOn).
+		b.backs.Add(1)
+		b.wakeSleepers()
 	})
 	if b.opt.Concurrency > 0 {
 		// Before the listener: its messages read b.conc.

@@ -283,8 +283,16 @@
 // [Options].FleetSize is at least the number of servers. Each limit of
 // Also and each meter's is kept locally the same way, at its Rate/FleetSize;
 // a reservation made then books its estimate and settles nothing. The local limiter
-// goes on one local interval after this server's latest slot in Redis, not
-// with a full burst; back on Redis, the server's first booking brings the
-// latest local slot as its tat. An error reply (a key of another type at the
-// budget's name) is returned, wrapped, and is not an outage.
+// goes on one local interval after this server's latest slot in Redis, and
+// not before the end of the fleet's schedule this server last heard of, not
+// with a full burst; a call whose slot in Redis comes while Redis is gone
+// leaves on time (its look for a pause it may have missed gives up after
+// half an interval). Back on Redis (each server looks every 200ms at most),
+// the calls sleeping on local slots book again in Redis, where the fleet sees
+// them, and the server's first booking brings its latest local slot gone as
+// its tat. The servers still in their outage meanwhile, and the slots other
+// servers booked in Redis after this server's latest booking, are what no
+// server can place: a switch may let that many calls more through. An error
+// reply (a key of another type at the budget's name) is returned, wrapped,
+// and is not an outage.
 package budget

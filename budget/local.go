@@ -42,7 +42,10 @@ func (b *Budget) sleepLocalPause(ctx context.Context, op string) error {
 // reservation settles nothing). Background calls book no further ahead than
 // the horizon, as with Redis; there is no background share. The local limiter
 // goes on from this server's latest slot in Redis, one local interval
-// after it, not with a full burst: its calls booked there still go.
+// after it, not with a full burst: its calls booked there still go; and
+// not before the end of the fleet's schedule this server last heard of
+// (the tat of its latest booking): the calls the other servers booked
+// there go first.
 func (b *Budget) waitLocal(ctx context.Context, op string, p Priority, w want) error {
 	return b.waitLocalOn(ctx, op, p, w, b.local)
 }
@@ -52,12 +55,19 @@ func (b *Budget) waitLocal(ctx context.Context, op string, p Priority, w want) e
 func (b *Budget) waitLocalOn(ctx context.Context, op string, p Priority, w want, ll *localLimiter) error {
 	b.stats.localWaits.Add(1)
 	horizon := time.Duration(b.horizon) * time.Microsecond
+	backs := b.backs.Load()
 	for {
 		if err := b.sleepLocalPause(ctx, op); err != nil {
 			return err
 		}
 		if s := b.mineSlot.Load(); s > 0 {
 			ll.seed(time.UnixMicro(s - b.clock.Load()).Add(ll.lims[0].t))
+		}
+		if tat := b.mineTAT.Load(); ll == b.local && tat > 0 {
+			// The fleet's schedule as this server last heard of it: the
+			// calls other servers booked in Redis before it became
+			// unreachable go first.
+			ll.seed(time.UnixMicro(tat - b.tau - b.clock.Load()))
 		}
 		now := time.Now()
 		slot, k := ll.reserve(now, w)
@@ -76,24 +86,34 @@ func (b *Budget) waitLocalOn(ctx context.Context, op string, p Priority, w want,
 			}
 			continue
 		}
-		// Back on Redis, this server brings the slot: the call goes, and
-		// the next may follow T later, without a burst.
-		b.know(slot.UnixMicro()+b.clock.Load()+b.t+b.tau, 0)
 		if testHookBooked != nil {
 			testHookBooked(b, ctx, booking{slot: slot.UnixMicro(), wait: d, local: true}, p)
 		}
+		// Back on Redis, this server brings the slot of each call gone:
+		// the next may follow T later, without a burst.
+		gone := func() { b.know(slot.UnixMicro()+b.clock.Load()+b.t+b.tau, 0) }
 		if d <= 0 {
+			gone()
 			return nil
 		}
 		b.mu.Lock()
 		pause := b.localPause
 		b.mu.Unlock()
 		err := b.sleep(ctx, d, b.fine, func(int64, int64) bool {
+			if b.backs.Load() != backs {
+				return true
+			}
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			return b.localPause.After(pause)
 		})
 		switch {
+		case errors.Is(err, errPaused) && b.backs.Load() != backs:
+			// Redis is back: the slot is booked there, where the fleet
+			// sees it, rather than kept here, where the servers back on
+			// Redis cannot.
+			ll.cancel(k)
+			return errBackOnRedis
 		case errors.Is(err, errPaused):
 			ll.cancel(k)
 			b.stats.rebooked.Add(1)
@@ -105,9 +125,14 @@ func (b *Budget) waitLocalOn(ctx context.Context, op string, p Priority, w want,
 			}
 			return err
 		}
+		gone()
 		return nil
 	}
 }
+
+// errBackOnRedis is waitLocalOn's error when Redis came back while the call
+// slept on a local slot: it books again in Redis.
+var errBackOnRedis = errors.New("redis back")
 
 // localLimiter is GCRA on this process's clock, one per limit: the budget
 // of one server while Redis is unreachable.

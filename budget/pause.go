@@ -266,6 +266,17 @@ func (b *Budget) message(m string) {
 	b.heard(at, rs, k)
 }
 
+// readPauseTimeout bounds the read of pauses a call makes when its slot
+// came while pub/sub was not working (see wait), for a budget of interval t
+// (µs): half an interval, within [5ms, 100ms]. A Redis that just died can
+// take the client's whole dial back-off to fail the read (go-redis tries 5
+// dials over about 400ms): every call leaving meanwhile would go that late
+// and bunch with the calls the local limiter lets through once the outage
+// is known, past the upstream's limit.
+func readPauseTimeout(t int64) time.Duration {
+	return min(max(time.Duration(t)*time.Microsecond/2, 5*time.Millisecond), 100*time.Millisecond)
+}
+
 // listening reports whether the budget's subscription is confirmed: a
 // pause announced now reaches this server.
 func (b *Budget) listening() bool {
@@ -279,9 +290,11 @@ func (b *Budget) listening() bool {
 
 // readPause reads the end of the pause in the budget's hash, and when the
 // schedule was last respaced: the budget's, or the later of the budget's
-// and key k's (1 + its index in the pool; 0 for none).
+// and key k's (1 + its index in the pool; 0 for none). The read is bounded
+// by readPauseTimeout: a call whose slot came leaves without the answer
+// rather than long after its slot.
 func (b *Budget) readPause(k int) (at, respaced int64, err error) {
-	ctx, cancel := context.WithTimeout(b.base, giveBackTimeout)
+	ctx, cancel := context.WithTimeout(b.base, readPauseTimeout(b.t))
 	defer cancel()
 	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]any, error) {
 		if k == 0 {

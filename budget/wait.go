@@ -123,11 +123,17 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		}
 		if err != nil {
 			if redisx.Outage(err) {
+				var k int
 				if b.pool != nil {
-					k, err := b.waitLocalKeySlot(ctx, op, p, w)
-					return booking{local: true, w: w, kidx: k}, err
+					k, err = b.waitLocalKeySlot(ctx, op, p, w)
+				} else {
+					err = b.waitLocalSlot(ctx, op, p, w)
 				}
-				return booking{local: true, w: w}, b.waitLocalSlot(ctx, op, p, w)
+				if errors.Is(err, errBackOnRedis) {
+					place, w.placeKey = 0, 0
+					continue
+				}
+				return booking{local: true, w: w, kidx: k}, err
 			}
 			return booking{}, b.fail(ctx, op, err)
 		}

@@ -259,7 +259,7 @@ func (e *DownError) Unwrap() []error { return []error{ErrUnavailable, e.Err} }
 // by probeTimeout.
 const (
 	probeMin     = 50 * time.Millisecond
-	probeMax     = time.Second
+	probeMax     = 200 * time.Millisecond
 	probeTimeout = time.Second
 )
 
