@@ -515,3 +515,60 @@ func TestKeysConcurrencyIndexLost(t *testing.T) {
 	}
 	emptySlots(t, rdb, b)
 }
+
+// TestKeysConcurrencyCloseFrees: a server that closes gives its slots on
+// every key back at once: a caller waiting on another server gets one
+// well before the lease would have run out.
+func TestKeysConcurrencyCloseFrees(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	keys := []string{"key-a", "key-b"}
+	opt := &budget.Options{Keys: keys, Concurrency: 1, SlotLease: time.Minute}
+	a := budget.New(s.Client(t, nil), "kclose", fast, opt)
+	b := newBudget(t, rdb, "kclose", fast, opt)
+	ctx := redistest.Context(t, 20*time.Second)
+	var held []*budget.Reservation
+	for range 2 {
+		r, err := a.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, r)
+	}
+	got := make(chan *budget.Reservation, 1)
+	go func() {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- r
+	}()
+	redistest.WaitFor(t, "a caller in line", func() bool {
+		return s.Do(t, "ZCARD", budget.Key(b)+":queue") == int64(1)
+	})
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range held {
+		if err := r.Done(ctx); !errors.Is(err, budget.ErrSlotLost) {
+			t.Errorf("Done after Close: %v; want ErrSlotLost", err)
+		}
+	}
+	wait, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	select {
+	case r := <-got:
+		if r == nil {
+			t.FailNow()
+		}
+		if got := kin(t, rdb, b, keys...); got[r.Key()] != 1 || len(got) != 1 {
+			t.Fatalf("slots held by key after the close: %v; want only the waiter's, on %s", got, r.Key())
+		}
+		if err := r.Done(ctx); err != nil {
+			t.Fatal(err)
+		}
+	case <-wait.Done():
+		t.Fatal("the waiter got no slot within 5s of the holder's Close (the lease is a minute)")
+	}
+	emptySlots(t, rdb, b)
+}
