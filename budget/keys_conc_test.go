@@ -572,3 +572,43 @@ func TestKeysConcurrencyCloseFrees(t *testing.T) {
 	}
 	emptySlots(t, rdb, b)
 }
+
+// TestKeysConcurrencyLostLease: a holder whose server can no longer reach
+// Redis (a crash, a partition) loses its slot when its lease runs out: the
+// key's count drops with it, and a caller waiting on another server gets
+// the slot on that key.
+func TestKeysConcurrencyLostLease(t *testing.T) {
+	s := redistest.Start(t, nil)
+	p := redistest.NewProxy(t, s.Addr())
+	rdb := s.Client(t, nil)
+	const lease = 300 * time.Millisecond
+	opt := &budget.Options{Keys: []string{"key-a"}, Concurrency: 1, SlotLease: lease}
+	a := newBudget(t, redistest.Client(t, p.Addr()), "klost-lease", fast, opt)
+	b := newBudget(t, rdb, "klost-lease", fast, opt)
+	ctx := redistest.Context(t, 10*time.Second)
+	r, err := a.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Refuse(true)
+	p.DropAll()
+	other, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := kin(t, rdb, b, "key-a"); got["key-a"] != 1 {
+		t.Fatalf("key-a's count with the lost holder's slot taken over: %v; want 1", got)
+	}
+	select {
+	case <-r.Context().Done():
+	case <-ctx.Done():
+		t.Fatal("the holder's context did not end")
+	}
+	if err := r.Done(ctx); !errors.Is(err, budget.ErrSlotLost) {
+		t.Errorf("Done: %v, want ErrSlotLost", err)
+	}
+	if err := other.Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	emptySlots(t, rdb, b)
+}
