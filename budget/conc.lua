@@ -39,8 +39,6 @@ local function zrem(key, ids)
     redis.call('ZREM', key, unpack(ids, i, math.min(i + 999, #ids)))
   end
 end
--- conc_clean drops the holders and waiters whose lease ended, and returns
--- how many it dropped.
 -- ccounts are a pool's counts by key id, read once per script (see
 -- conc_counts), or false when not read since they last changed.
 local ccounts = false
@@ -101,6 +99,8 @@ local function conc_recount()
   if held > #drop then redis.call('HSET', CI, '*', held - #drop) end
   return #drop
 end
+-- conc_clean drops the holders and waiters whose lease ended, and returns
+-- how many it dropped (with a pool, those conc_recount dropped too).
 local function conc_clean()
   local gone = redis.call('ZRANGEBYSCORE', CW, '-inf', cnow)
   if #gone > 0 then
