@@ -336,36 +336,42 @@ func TestConcurrencyLostLease(t *testing.T) {
 }
 
 // TestConcurrencyLocalCap: while Redis is unreachable each server holds
-// at most Concurrency/FleetSize slots.
+// at most Concurrency/FleetSize slots; with a pool of keys, one key's
+// share, whatever key its local limiter picks.
 func TestConcurrencyLocalCap(t *testing.T) {
-	s := redistest.Start(t, nil)
-	opt := &budget.Options{Concurrency: 6, FleetSize: 3}
-	b := newBudget(t, s.Client(t, &redis.Options{MaxRetries: -1}), "local", fast, opt)
-	s.Kill(t)
-	ctx := redistest.Context(t, 10*time.Second)
-	var u upstream
-	var wg sync.WaitGroup
-	for range 10 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range 3 {
-				r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				u.call(time.Millisecond)
-				_ = r.Done(ctx)
+	for _, keys := range [][]string{nil, {"key-a", "key-b"}} {
+		t.Run(fmt.Sprintf("keys=%d", len(keys)), func(t *testing.T) {
+			s := redistest.Start(t, nil)
+			opt := &budget.Options{Keys: keys, Concurrency: 6, FleetSize: 3}
+			b := newBudget(t, s.Client(t, &redis.Options{MaxRetries: -1}), "local", fast, opt)
+			s.Kill(t)
+			ctx := redistest.Context(t, 10*time.Second)
+			var u upstream
+			var wg sync.WaitGroup
+			for range 10 {
+				wg.Go(func() {
+					for range 3 {
+						r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						if keys != nil && r.Key() == "" {
+							t.Error("a local reservation with no key")
+						}
+						u.call(time.Millisecond)
+						_ = r.Done(ctx)
+					}
+				})
 			}
-		}()
-	}
-	wg.Wait()
-	if m := u.most.Load(); m != 2 {
-		t.Errorf("%d calls at once on one server while Redis was down, want 6/3 = 2", m)
-	}
-	if st := b.Stats(); st.LocalWaits == 0 || st.InFlight != 0 {
-		t.Errorf("stats %+v: want local waits, none in flight", st)
+			wg.Wait()
+			if m := u.most.Load(); m != 2 {
+				t.Errorf("%d calls at once on one server while Redis was down, want 6/3 = 2", m)
+			}
+			if st := b.Stats(); st.LocalWaits == 0 || st.InFlight != 0 {
+				t.Errorf("stats %+v: want local waits, none in flight", st)
+			}
+		})
 	}
 }
 

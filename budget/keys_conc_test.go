@@ -51,6 +51,41 @@ func emptySlots(t *testing.T, rdb redis.UniversalClient, b *budget.Budget) {
 	})
 }
 
+// reserveEach makes n reservations on b at once and returns them by key.
+func reserveEach(t *testing.T, ctx context.Context, b *budget.Budget, n int) map[string][]*budget.Reservation {
+	t.Helper()
+	on := map[string][]*budget.Reservation{}
+	for range n {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		on[r.Key()] = append(on[r.Key()], r)
+	}
+	return on
+}
+
+// lineUp reserves a call on b in the background and returns where its
+// reservation comes (nil on an error, reported); with s, it returns once
+// the caller is in line, the queue of the budget named like b holding one.
+func lineUp(t *testing.T, ctx context.Context, s *redistest.Server, b *budget.Budget) <-chan *budget.Reservation {
+	t.Helper()
+	got := make(chan *budget.Reservation, 1)
+	go func() {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- r
+	}()
+	if s != nil {
+		redistest.WaitFor(t, "a caller in line", func() bool {
+			return s.Do(t, "ZCARD", budget.Key(b)+":queue") == int64(1)
+		})
+	}
+	return got
+}
+
 // TestKeysConcurrencyPerKey: with Keys and Concurrency, each key holds at
 // most Concurrency slots; a caller finding every key full waits in line and
 // takes the slot of the key that frees one.
@@ -60,31 +95,14 @@ func TestKeysConcurrencyPerKey(t *testing.T) {
 	keys := []string{"key-a", "key-b"}
 	b := newBudget(t, rdb, "kconc", fast, &budget.Options{Keys: keys, Concurrency: 2})
 	ctx := redistest.Context(t, 20*time.Second)
-	held := map[string][]*budget.Reservation{}
-	for range 4 {
-		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		held[r.Key()] = append(held[r.Key()], r)
-	}
+	held := reserveEach(t, ctx, b, 4)
 	if len(held["key-a"]) != 2 || len(held["key-b"]) != 2 {
 		t.Fatalf("four reservations on %d of key-a and %d of key-b; want 2 each", len(held["key-a"]), len(held["key-b"]))
 	}
 	if got := kin(t, rdb, b, keys...); got["key-a"] != 2 || got["key-b"] != 2 {
 		t.Fatalf("slots held in Redis by key: %v; want 2 each", got)
 	}
-	got := make(chan *budget.Reservation, 1)
-	go func() {
-		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-		if err != nil {
-			t.Error(err)
-		}
-		got <- r
-	}()
-	redistest.WaitFor(t, "a caller in line", func() bool {
-		return s.Do(t, "ZCARD", budget.Key(b)+":queue") == int64(1)
-	})
+	got := lineUp(t, ctx, s, b)
 	select {
 	case r := <-got:
 		t.Fatalf("a fifth Reserve got a slot on %q with every key full", r.Key())
@@ -192,24 +210,13 @@ func TestKeysConcurrencyMovesOnPause(t *testing.T) {
 	b := newBudget(t, rdb, "kmove", budget.Limit{Rate: 1}, &budget.Options{Keys: keys, Concurrency: 2})
 	ctx := redistest.Context(t, 20*time.Second)
 	on := map[string]*budget.Reservation{}
-	for range 2 {
-		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		on[r.Key()] = r
+	for k, rs := range reserveEach(t, ctx, b, 2) {
+		on[k] = rs[0]
 	}
 	if len(on) != 2 {
 		t.Fatalf("two reservations on %d keys; want one each", len(on))
 	}
-	got := make(chan *budget.Reservation, 1)
-	go func() {
-		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-		if err != nil {
-			t.Error(err)
-		}
-		got <- r
-	}()
+	got := lineUp(t, ctx, nil, b)
 	// The third sleeps for the next slot of a key, holding a slot on it.
 	var first string
 	redistest.WaitFor(t, "a third slot held", func() bool {
@@ -257,24 +264,10 @@ func TestKeysConcurrencyRemoved(t *testing.T) {
 	b := newBudget(t, rdb, "kremoved", fast, &budget.Options{Keys: keys, Concurrency: 1})
 	ctx := redistest.Context(t, 20*time.Second)
 	on := map[string]*budget.Reservation{}
-	for range 2 {
-		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		on[r.Key()] = r
+	for k, rs := range reserveEach(t, ctx, b, 2) {
+		on[k] = rs[0]
 	}
-	got := make(chan *budget.Reservation, 1)
-	go func() {
-		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-		if err != nil {
-			t.Error(err)
-		}
-		got <- r
-	}()
-	redistest.WaitFor(t, "a caller in line", func() bool {
-		return s.Do(t, "ZCARD", budget.Key(b)+":queue") == int64(1)
-	})
+	got := lineUp(t, ctx, s, b)
 	if err := b.Remove(ctx, "key-a"); err != nil {
 		t.Fatal(err)
 	}
@@ -350,44 +343,6 @@ func TestKeysConcurrencyRoundTrips(t *testing.T) {
 	emptySlots(t, rdb, b)
 }
 
-// TestKeysConcurrencyLocalCap: while Redis is unreachable a server with a
-// pool holds at most one key's share of the cap, Concurrency/FleetSize,
-// whatever key its local limiter picks.
-func TestKeysConcurrencyLocalCap(t *testing.T) {
-	s := redistest.Start(t, nil)
-	opt := &budget.Options{Keys: []string{"key-a", "key-b"}, Concurrency: 6, FleetSize: 3}
-	b := newBudget(t, s.Client(t, &redis.Options{MaxRetries: -1}), "klocal", fast, opt)
-	s.Kill(t)
-	ctx := redistest.Context(t, 10*time.Second)
-	var u upstream
-	var wg sync.WaitGroup
-	for range 10 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range 3 {
-				r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if r.Key() == "" {
-					t.Error("a local reservation with no key")
-				}
-				u.call(time.Millisecond)
-				_ = r.Done(ctx)
-			}
-		}()
-	}
-	wg.Wait()
-	if m := u.most.Load(); m != 2 {
-		t.Errorf("%d calls at once on one server while Redis was down, want 6/3 = 2", m)
-	}
-	if st := b.Stats(); st.LocalWaits == 0 || st.InFlight != 0 {
-		t.Errorf("stats %+v: want local waits, none in flight", st)
-	}
-}
-
 // TestKeysConcurrencyStateLost: when Redis loses one of a pool's
 // concurrency keys and not the others (an eviction), the counts are made
 // those of the holders again: a lost count does not let a key over its
@@ -410,12 +365,8 @@ func TestKeysConcurrencyStateLost(t *testing.T) {
 			b := newBudget(t, rdb, "klost", fast, &budget.Options{Keys: keys, Concurrency: 1, SlotLease: lease})
 			ctx := redistest.Context(t, 20*time.Second)
 			var held []*budget.Reservation
-			for range 2 {
-				r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				held = append(held, r)
+			for _, rs := range reserveEach(t, ctx, b, 2) {
+				held = append(held, rs...)
 			}
 			if err := rdb.Del(ctx, budget.Key(b)+tc.lost).Err(); err != nil {
 				t.Fatal(err)
@@ -470,24 +421,10 @@ func TestKeysConcurrencyIndexLost(t *testing.T) {
 	b := newBudget(t, rdb, "kindex", fast, &budget.Options{Keys: keys, Concurrency: 1, SlotLease: time.Minute})
 	ctx := redistest.Context(t, 20*time.Second)
 	on := map[string]*budget.Reservation{}
-	for range 2 {
-		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		on[r.Key()] = r
+	for k, rs := range reserveEach(t, ctx, b, 2) {
+		on[k] = rs[0]
 	}
-	got := make(chan *budget.Reservation, 1)
-	go func() {
-		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-		if err != nil {
-			t.Error(err)
-		}
-		got <- r
-	}()
-	redistest.WaitFor(t, "a caller in line", func() bool {
-		return s.Do(t, "ZCARD", budget.Key(b)+":queue") == int64(1)
-	})
+	got := lineUp(t, ctx, s, b)
 	if err := rdb.Del(ctx, budget.Key(b)+":keys").Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -528,24 +465,10 @@ func TestKeysConcurrencyCloseFrees(t *testing.T) {
 	b := newBudget(t, rdb, "kclose", fast, opt)
 	ctx := redistest.Context(t, 20*time.Second)
 	var held []*budget.Reservation
-	for range 2 {
-		r, err := a.Reserve(ctx, budget.Foreground, budget.Cost{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, r)
+	for _, rs := range reserveEach(t, ctx, a, 2) {
+		held = append(held, rs...)
 	}
-	got := make(chan *budget.Reservation, 1)
-	go func() {
-		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-		if err != nil {
-			t.Error(err)
-		}
-		got <- r
-	}()
-	redistest.WaitFor(t, "a caller in line", func() bool {
-		return s.Do(t, "ZCARD", budget.Key(b)+":queue") == int64(1)
-	})
+	got := lineUp(t, ctx, s, b)
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
