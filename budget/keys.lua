@@ -18,9 +18,10 @@
 -- keyfield.lua) and wait.lua's own: the ids of the keys the caller may
 -- book, in the caller's order, each followed by a space; the ids of the
 -- keys the caller knows were removed, the same way, or ''; how long a
--- removal is kept (ms); for each key the caller may book, the latest tat
--- the caller set or learned of it and the latest respace of it the caller
--- heard of, 17 digits each; the index's generation the caller last saw, or
+-- removal is kept (ms); for each key the caller may book whose latest tat
+-- it set or learned lies ahead of the Redis clock, ',K:TAT:RS' (K its
+-- place, 1-based; RS the latest respace of it the caller heard of), the
+-- others left out (see wait.lua's ARGV[10]); the index's generation the caller last saw, or
 -- 0; and the key (1-based) whose place in the background line the caller
 -- comes back to, or 0.
 -- A caller that has not seen the index's generation announces its keys
@@ -117,5 +118,5 @@ if gp then
     if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], math.ceil((gp - now) / 1000) + 1000) end
   end
 end
-local km = (kidx - 1) * 34
-ARGV[10], ARGV[11] = string.sub(kmem, km + 1, km + 17), string.sub(kmem, km + 18, km + 34)
+local kmine, kknown = string.match(kmem, ',' .. kidx .. ':(%d+):(%d+)')
+ARGV[10], ARGV[11] = kmine or '0', kknown or '0'

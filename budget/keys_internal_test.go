@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
@@ -52,5 +53,56 @@ func TestShiftKey(t *testing.T) {
 	}
 	if b.keyMoved(booking{kidx: k, slot: slot}, rs[0].r.slot) {
 		t.Fatal("a Wait on the key is told to book again after a shift; want it to move in place")
+	}
+}
+
+// TestKeyArgsMemory: a booking of a pool sends what this server remembers
+// of a key (its latest tat, to stand in for one Redis lost) only for keys
+// whose tat lies ahead of the Redis clock, each with its place among the
+// keys sent; and the script takes the memory of the key it picks, and of
+// no other.
+func TestKeyArgsMemory(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	b := New(rdb, "key-args", Limit{Rate: 10}, &Options{Keys: []string{"key-a", "key-b", "key-c"}})
+	t.Cleanup(func() { _ = b.Close() })
+	now := time.Now().UnixMicro() + b.clock.Load()
+	b.pool.mu.Lock()
+	b.pool.keys[0].mine = now - 5000000 // in the past: left out
+	b.pool.keys[1].mine, b.pool.keys[1].respacedAt = now+60000000, 42
+	b.pool.mu.Unlock()
+	_, args, cand := b.keyArgs(nil, 0)
+	if len(cand) != 3 {
+		t.Fatalf("%d keys sent; want 3", len(cand))
+	}
+	mem, _ := args[len(args)-3].([]byte)
+	if want := ",2:" + strconv.FormatInt(now+60000000, 10) + ":42"; string(mem) != want {
+		t.Fatalf("the memory sent = %q; want %q", mem, want)
+	}
+	// Redis loses everything: the key remembered books from this
+	// server's memory, a minute out (beyond the caller's patience); the
+	// one remembered in the past goes at once.
+	m.FlushAll()
+	one := New(rdb, "key-args-one", Limit{Rate: 10}, &Options{Keys: []string{"key-b"}})
+	t.Cleanup(func() { _ = one.Close() })
+	for _, ahead := range []bool{false, true} {
+		at := time.Now().UnixMicro() + one.clock.Load() - 5000000
+		if ahead {
+			at += 65000000
+		}
+		one.pool.mu.Lock()
+		one.pool.keys[0].mine = at
+		one.pool.mu.Unlock()
+		m.FlushAll()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		r, err := one.Reserve(ctx, Foreground, Cost{})
+		cancel()
+		switch {
+		case ahead && err == nil:
+			t.Fatal("after FLUSHALL, a key this server remembers booked a minute ahead was booked at once")
+		case !ahead && err != nil:
+			t.Fatalf("after FLUSHALL, a key remembered in the past: %v; want a slot at once", err)
+		case !ahead:
+			_ = r.Done(context.Background())
+		}
 	}
 }
