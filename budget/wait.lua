@@ -75,9 +75,10 @@ local bg, patience = ARGV[3] == '1', tonumber(ARGV[4])
 local Tb, H, place, ahead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 
 local lim = ARGV[9]
--- One HMGET reads every field: the calls', then each extra dimension's
--- tat, and its cap and capat when it has a cap.
-local names = {'tat', 'pause', 'fg', 'btat', 'bq', 'sb', 'lim', 'capat', 'cap', 'slack', 'rs', 'o1'}
+-- One HMGET reads every field: the calls', the learned interval's (lt, le:
+-- see below), then each extra dimension's tat, and its cap and capat when
+-- it has a cap.
+local names = {'tat', 'pause', 'fg', 'btat', 'bq', 'sb', 'lim', 'capat', 'cap', 'slack', 'rs', 'o1', 'lt', 'le'}
 for i = 14, #ARGV - 4, 5 do
   names[#names + 1] = ARGV[i]
   if ARGV[i + 4] ~= '' then names[#names + 1], names[#names + 2] = ARGV[i + 4], ARGV[i + 4] .. 'at' end
@@ -97,8 +98,7 @@ local function field(i) return valid(v[i]) end
 -- longer than T, paces the calls instead (the burst tolerance and the
 -- background interval in proportion); the key outlives le, the end of what
 -- was learned.
-local learned = redis.call('HMGET', KEYS[1], 'lt', 'le')
-local lt, le = tonumber(learned[1]), valid(learned[2])
+local lt, le = tonumber(v[13]), valid(v[14])
 if lt and lt > T and lt <= ahead then
   tau, Tb, T = math.floor(tau * lt / T), math.floor(Tb * lt / T), lt
 end
@@ -141,7 +141,7 @@ local slot = math.max(now, due(tat, T, tau, c), pause)
 local caps = {{'cap', capat, left, c}}
 -- The extra dimensions: {field, T, tau, units, tat}.
 local dims = {}
-local j = 13
+local j = 15
 for i = 14, #ARGV - 4, 5 do
   local d = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), field(j)}
   slot = math.max(slot, due(d[5], d[2], d[3], d[4]))
