@@ -149,6 +149,17 @@ func (c *Cache) valueMessage(entry []byte, orElse lease.Kind) string {
 	return lease.Message(orElse, "")
 }
 
+// storeMessage is the message of a store of entry (see settle.lua): 'v'
+// alone when the waiters are given the entry itself, which the script
+// appends (the entry goes to Redis once, not twice), else the message
+// that tells them to read it.
+func (c *Cache) storeMessage(entry []byte) string {
+	if len(entry) <= c.opt.PublishLimit {
+		return string(lease.Value)
+	}
+	return lease.Message(lease.Filled, "")
+}
+
 // storeCall is one key's store: its settle, and what the in-process tier
 // keeps once it is done.
 type storeCall struct {
@@ -169,7 +180,7 @@ func (c *Cache) storeCall(ks keyset, claimed *look, entry []byte, ttl, freshFor 
 		c.local.expect(ks.name, created)
 	}
 	return storeCall{
-		req: settleReq{ks: ks, token: claimed.token, mode: settleStore, msg: c.valueMessage(entry, lease.Filled),
+		req: settleReq{ks: ks, token: claimed.token, mode: settleStore, msg: c.storeMessage(entry),
 			entry: entry, ttl: ttl, inval: invalidation(ks.name, created), bare: claimed.r.state == acquired && claimed.r.bare},
 		val: v, absent: absent, created: created, freshFor: freshFor,
 	}

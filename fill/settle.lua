@@ -8,7 +8,8 @@
 --   publishes no invalidation.
 -- ARGV[1] the caller's token; ARGV[2] '1' to notify with SPUBLISH (Redis
 -- Cluster), else PUBLISH; ARGV[3] 's' to store a value, 'f' for a failure;
--- ARGV[4] the message for the channel P{K}.
+-- ARGV[4] the message for the channel P{K}; to store, 'v' alone stands for
+-- 'v' followed by the entry (the waiters are given the entry itself).
 -- To store: ARGV[5] the entry; ARGV[6] its key's TTL in ms; ARGV[7] the
 --   invalidation channel, or '' for none (a Cluster whose fleet keeps no
 --   local tier); ARGV[8] the invalidation message; ARGV[9] '1'
@@ -33,6 +34,7 @@ end
 local msg = ARGV[4]
 local storeErr = ''
 if ARGV[3] == 's' then
+  if msg == 'v' then msg = 'v' .. ARGV[5] end
   local ok, e = pcall(redis.call, 'SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
   if ok then
     if ARGV[9] == '1' then redis.call('DEL', KEYS[3], KEYS[4]) end
