@@ -3,6 +3,8 @@ package budget
 import (
 	"sync"
 	"time"
+
+	"github.com/locksmith-go/locksmith/internal/fine"
 )
 
 // The clocks. Slots are instants of the Redis clock; a server sleeps on its
@@ -62,4 +64,4 @@ func (c *leadClock) until(slot int64, now time.Time) (d time.Duration, ok bool) 
 // precise waking is needed (see [Budget.sleep]), is slept with the
 // operating system's fine timer instead of Go's, whose timers on Linux wake
 // up to a millisecond late.
-const fineWindow = 2500 * time.Microsecond
+const fineWindow = fine.Window

@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/locksmith-go/locksmith/internal/fine"
 	"github.com/locksmith-go/locksmith/internal/redisx"
 	"github.com/locksmith-go/locksmith/observe"
 )
@@ -405,10 +406,10 @@ var errPaused = errors.New("paused")
 // closed (ErrClosed), or, when paused is not nil, paused reports true for
 // the end of the pause heard of and the count of moves of the schedule
 // heard of (errPaused).
-func (b *Budget) sleep(ctx context.Context, d time.Duration, fine bool, paused func(at, moves int64) bool) error {
+func (b *Budget) sleep(ctx context.Context, d time.Duration, precise bool, paused func(at, moves int64) bool) error {
 	deadline := time.Now().Add(d)
-	if !fine || d < fineWindow {
-		fine = false
+	if !precise || d < fineWindow {
+		precise = false
 	} else {
 		d -= fineWindow
 	}
@@ -423,8 +424,8 @@ func (b *Budget) sleep(ctx context.Context, d time.Duration, fine bool, paused f
 		}
 		select {
 		case <-timer.C:
-			if fine {
-				sleepFine(deadline)
+			if precise {
+				fine.Sleep(deadline)
 				// A move heard during the fine sleep, which cannot be
 				// woken, is not too late to keep to.
 				b.mu.Lock()
