@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/locksmith-go/locksmith/internal/fine"
 	"github.com/locksmith-go/locksmith/internal/lease"
 	"github.com/locksmith-go/locksmith/internal/redisx"
 )
@@ -69,14 +70,18 @@ func (g *gatherer[T]) loop() {
 	ls := &gatherLoop{}
 	defer ls.batches.Wait()
 	ctx := c.base
+	// The timer fires fine.Window before the pop is due, and the rest is
+	// slept on the fine timer: a pop a Go timer wakes up to a millisecond
+	// late would hold every Get of its batch that much longer.
+	early := func(at time.Time) time.Duration { return max(0, time.Until(at)-fine.Window) }
 	due := time.Now().Add(opt.Window)
-	timer := time.NewTimer(opt.Window)
+	timer := time.NewTimer(early(due))
 	defer timer.Stop()
 	// sooner moves the next pop to at, if at comes first.
 	sooner := func(at time.Time) {
 		if at.Before(due) && timer.Stop() {
 			due = at
-			timer.Reset(time.Until(at))
+			timer.Reset(early(at))
 		}
 	}
 	for {
@@ -114,12 +119,13 @@ func (g *gatherer[T]) loop() {
 			continue
 		case <-timer.C:
 		}
+		fine.Sleep(due)
 		next, done := g.pop(ctx, ls)
 		if done {
 			return
 		}
 		due = time.Now().Add(next)
-		timer.Reset(next)
+		timer.Reset(early(due))
 	}
 }
 
