@@ -21,9 +21,9 @@
 -- removal is kept (ms); for each key the caller may book whose latest tat
 -- it set or learned lies ahead of the Redis clock, ',K:TAT:RS' (K its
 -- place, 1-based; RS the latest respace of it the caller heard of), the
--- others left out (see wait.lua's ARGV[10]); the index's generation the caller last saw, or
--- 0; and the key (1-based) whose place in the background line the caller
--- comes back to, or 0.
+-- others left out (see wait.lua's ARGV[10]); the index's generation the
+-- caller last saw, or 0; and the key (1-based) whose place in the
+-- background line the caller comes back to, or 0.
 -- A caller that has not seen the index's generation announces its keys
 -- first: those not removed join the index (each with its summary, from its
 -- hash; a key never booked is free), the removed
