@@ -3,9 +3,12 @@ package fill_test
 import (
 	"context"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/locksmith-go/locksmith/fill"
 	"github.com/locksmith-go/locksmith/internal/redistest"
@@ -23,13 +26,22 @@ func TestClusterInvalidationsOnlyWithLocalTier(t *testing.T) {
 	c := newCache(t, cl.Client(t, nil), &fill.Options{Prefix: "inv:"})
 
 	// Every invalidation reaches any node: count them on one, between
-	// markers this test publishes after each store or delete.
-	sub := cl.Nodes()[0].Client(t, nil).Subscribe(ctx, "inv:invalidate")
+	// markers this test publishes after each store or delete. A message
+	// reaches that node over the cluster bus link of the node it was
+	// published on, and only one link keeps order: a marker is published
+	// on every node, and the count ends once all have come, so that an
+	// invalidation from any node, sent before its node's marker, is counted
+	// in its own round and not the next.
+	nodes := cl.Nodes()
+	sub := nodes[0].Client(t, nil).Subscribe(ctx, "inv:invalidate")
 	t.Cleanup(func() { _ = sub.Close() })
 	if _, err := sub.Receive(ctx); err != nil {
 		t.Fatal(err)
 	}
-	pub := cl.Nodes()[1].Client(t, nil)
+	pubs := make([]*redis.Client, len(nodes))
+	for i, n := range nodes {
+		pubs[i] = n.Client(t, nil)
+	}
 	ch := sub.Channel()
 	marks := 0
 	// published runs op and returns how many invalidations it published.
@@ -37,22 +49,26 @@ func TestClusterInvalidationsOnlyWithLocalTier(t *testing.T) {
 		t.Helper()
 		op()
 		marks++
-		mark := "mark " + strconv.Itoa(marks)
-		if err := pub.Publish(ctx, "inv:invalidate", mark).Err(); err != nil {
-			t.Fatal(err)
+		mark := "mark " + strconv.Itoa(marks) + " "
+		for i, pub := range pubs {
+			if err := pub.Publish(ctx, "inv:invalidate", mark+strconv.Itoa(i)).Err(); err != nil {
+				t.Fatal(err)
+			}
 		}
-		n := 0
-		for {
+		n, seen := 0, 0
+		for seen < len(pubs) {
 			select {
 			case m := <-ch:
-				if m.Payload == mark {
-					return n
+				if strings.HasPrefix(m.Payload, mark) {
+					seen++
+					continue
 				}
 				n++
 			case <-ctx.Done():
-				t.Fatal("the marker never came")
+				t.Fatal("the markers never came")
 			}
 		}
+		return n
 	}
 	var version atomic.Int32
 	version.Store(1)
