@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -91,6 +92,9 @@ type gatherer[T any] struct {
 	// first is the earliest Get of the keys handed off here since the loop
 	// last looked (see wake); zero for none.
 	first time.Time
+	// popRTT is a pop's round trip, a moving average in ns: a pop is sent
+	// that long before it is due (see loop).
+	popRTT atomic.Int64
 }
 
 func newGatherer[T any](b *batch[T]) *gatherer[T] {

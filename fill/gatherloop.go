@@ -70,10 +70,12 @@ func (g *gatherer[T]) loop() {
 	ls := &gatherLoop{}
 	defer ls.batches.Wait()
 	ctx := c.base
-	// The timer fires fine.Window before the pop is due, and the rest is
-	// slept on the fine timer: a pop a Go timer wakes up to a millisecond
-	// late would hold every Get of its batch that much longer.
-	early := func(at time.Time) time.Duration { return max(0, time.Until(at)-fine.Window) }
+	// A pop is sent its round trip ahead of when it is due (g.ahead), so
+	// that the batch's loader is called as its Window ends rather than a
+	// round trip later. The timer fires fine.Window before that, and the
+	// rest is slept on the fine timer: a pop a Go timer wakes up to a
+	// millisecond late would hold every Get of its batch that much longer.
+	early := func(at time.Time) time.Duration { return max(0, time.Until(at)-g.ahead()-fine.Window) }
 	due := time.Now().Add(opt.Window)
 	timer := time.NewTimer(early(due))
 	defer timer.Stop()
@@ -119,7 +121,7 @@ func (g *gatherer[T]) loop() {
 			continue
 		case <-timer.C:
 		}
-		fine.Sleep(due)
+		fine.Sleep(due.Add(-g.ahead()))
 		next, done := g.pop(ctx, ls)
 		if done {
 			return
@@ -136,6 +138,23 @@ type gatherLoop struct {
 	took     atomic.Int64 // a batch's load and settle, a moving average, in ns
 	lastPop  time.Time    // of the last pop that popped keys
 	resync   bool         // a pop's reply was lost: ask for the loading list
+}
+
+// ahead is how long before it is due a pop is sent: a pop's round trip
+// and a quarter more (a round trip after a pause varies, and a pop late by
+// its round trip holds its batch back as long), at most a quarter of the
+// Window. A key handed off in that last stretch goes with the next batch.
+func (g *gatherer[T]) ahead() time.Duration {
+	rtt := time.Duration(g.popRTT.Load())
+	return min(rtt+rtt/4, g.b.opt.Window/4)
+}
+
+// sampleRTT adds a pop's round trip d to the moving average.
+func (g *gatherer[T]) sampleRTT(d time.Duration) {
+	if old := g.popRTT.Load(); old != 0 {
+		d = (3*time.Duration(old) + d) / 4
+	}
+	g.popRTT.Store(int64(d))
 }
 
 // fullOnly reports whether the loop pops only a full batch: while a batch
@@ -175,6 +194,7 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 		return max(min(r.pttl+time.Millisecond, g.lease()/8), opt.Window), g.stop(ctx, false)
 	}
 	ls.resync = false
+	g.sampleRTT(time.Since(sent))
 	g.mu.Lock()
 	if resync == "1" {
 		g.resync = false
