@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/internal/fine"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
@@ -133,7 +134,11 @@ type upstream struct {
 func (u *upstream) load(_ context.Context, keys []string) (map[string]string, error) {
 	u.calls.Add(1)
 	start := time.Now()
-	time.Sleep(batchLoad)
+	// Ended on the fine timer, as a network reply ends a call: a Go timer
+	// ends it up to a millisecond late, by how its deadline falls against
+	// the other timers of the process.
+	time.Sleep(batchLoad - fine.Window)
+	fine.Sleep(start.Add(batchLoad))
 	m := make(map[string]string, len(keys))
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -271,6 +276,8 @@ const (
 //	              its load; p50-over-rtts is that in round trips of the run's
 //	              Redis (rtt-ms: the median of a fill.Get that hits, one
 //	              script's round trip, measured before the rounds)
+//	rtt-cold-ms   the same round trip after 10 ms idle, as a pop after
+//	              its Window and a settle after its load are
 func BenchmarkFleetBatch(b *testing.B) {
 	for _, servers := range []int{8, 32, 64} {
 		for _, fleetWide := range []bool{false, true} {
@@ -328,7 +335,8 @@ func fleetBatchRounds(b *testing.B, servers, keys int, opt *fill.BatchOptions) {
 		wg.Wait()
 	}
 	round("fleet:warm-up", func(time.Duration) {})
-	rtt := hitRTT(b, c0, "fleet:warm-up:0")
+	rtt := hitRTT(b, c0, "fleet:warm-up:0", 0)
+	coldRTT := hitRTT(b, c0, "fleet:warm-up:0", 10*time.Millisecond)
 	up.calls.Store(0)
 	up.ids, up.took = nil, nil
 	run := strconv.FormatInt(time.Now().UnixNano(), 36)
@@ -361,13 +369,21 @@ func fleetBatchRounds(b *testing.B, servers, keys int, opt *fill.BatchOptions) {
 	b.ReportMetric(over, "p50-over-ms")
 	b.ReportMetric(ms(rtt), "rtt-ms")
 	b.ReportMetric(over/ms(rtt), "p50-over-rtts")
+	b.ReportMetric(ms(coldRTT), "rtt-cold-ms")
 }
 
-// hitRTT returns the median of 200 fill.Gets of key, cached in c: one
-// round trip each.
-func hitRTT(b *testing.B, c *fill.Cache, key string) time.Duration {
-	rtts := make([]time.Duration, 200)
+// hitRTT returns the median of fill.Gets of key, cached in c: one round
+// trip each; 200 back to back, or with idle, 50 each after idle without a
+// call (a round trip after a pause wakes an idle process and an idle
+// Redis, as a batch's pop and settle do after its Window and its load).
+func hitRTT(b *testing.B, c *fill.Cache, key string, idle time.Duration) time.Duration {
+	n := 200
+	if idle > 0 {
+		n = 50
+	}
+	rtts := make([]time.Duration, n)
 	for i := range rtts {
+		time.Sleep(idle)
 		start := time.Now()
 		if _, err := fill.Get(context.Background(), c, key, func(context.Context) (string, error) {
 			return "", fmt.Errorf("%s is not cached", key)
