@@ -278,6 +278,9 @@ const (
 //	              script's round trip, measured before the rounds)
 //	rtt-cold-ms   the same round trip after 10 ms idle, as a pop after
 //	              its Window and a settle after its load are
+//	publish-cold-ms  a PUBLISH after 10 ms idle until another client's
+//	              subscription has it: the least a batch's values take
+//	              from the end of its load to a waiting server
 func BenchmarkFleetBatch(b *testing.B) {
 	for _, servers := range []int{8, 32, 64} {
 		for _, fleetWide := range []bool{false, true} {
@@ -337,6 +340,7 @@ func fleetBatchRounds(b *testing.B, servers, keys int, opt *fill.BatchOptions) {
 	round("fleet:warm-up", func(time.Duration) {})
 	rtt := hitRTT(b, c0, "fleet:warm-up:0", 0)
 	coldRTT := hitRTT(b, c0, "fleet:warm-up:0", 10*time.Millisecond)
+	coldPub := publishAfterIdle(b, s, 10*time.Millisecond)
 	up.calls.Store(0)
 	up.ids, up.took = nil, nil
 	run := strconv.FormatInt(time.Now().UnixNano(), 36)
@@ -370,6 +374,38 @@ func fleetBatchRounds(b *testing.B, servers, keys int, opt *fill.BatchOptions) {
 	b.ReportMetric(ms(rtt), "rtt-ms")
 	b.ReportMetric(over/ms(rtt), "p50-over-rtts")
 	b.ReportMetric(ms(coldRTT), "rtt-cold-ms")
+	b.ReportMetric(ms(coldPub), "publish-cold-ms")
+}
+
+// publishAfterIdle returns the median time from a PUBLISH sent after idle
+// without a call to its message's arrival at another client's
+// subscription, over 50: the least a batch's settle after its load takes
+// to reach a waiting server.
+func publishAfterIdle(b *testing.B, s *redistest.Server, idle time.Duration) time.Duration {
+	ctx := context.Background()
+	pub, sub := s.Client(b, nil), s.Client(b, nil)
+	ps := sub.Subscribe(ctx, "fleet:idle")
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		b.Fatal(err)
+	}
+	msgs := ps.Channel()
+	took := make([]time.Duration, 50)
+	for i := range took {
+		time.Sleep(idle)
+		start := time.Now()
+		if err := pub.Publish(ctx, "fleet:idle", "m").Err(); err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case <-msgs:
+		case <-time.After(5 * time.Second):
+			b.Fatal("a published message did not arrive within 5s")
+		}
+		took[i] = time.Since(start)
+	}
+	slices.Sort(took)
+	return took[len(took)/2]
 }
 
 // hitRTT returns the median of fill.Gets of key, cached in c: one round
