@@ -7,8 +7,8 @@ import (
 
 // TestGatherAhead: a pop is sent a moving average of its round trips and
 // a quarter more ahead of when it is due, never more than a quarter of the
-// Window (a Redis that paused once does not cut the batches short), and not
-// at all before the first pop.
+// Window, and not at all before the first pop; one pop held up by a pause
+// moves the average little, and it comes back within a few pops.
 func TestGatherAhead(t *testing.T) {
 	g := &gatherer[string]{b: &batch[string]{opt: BatchOptions{Window: 8 * time.Millisecond}}}
 	if d := g.ahead(); d != 0 {
@@ -22,8 +22,20 @@ func TestGatherAhead(t *testing.T) {
 	if d := g.ahead(); d != 625*time.Microsecond {
 		t.Errorf("ahead after pops of 400µs, 800µs: %v; want 625µs", d)
 	}
-	g.sampleRTT(5 * time.Second) // a pause
+	g.sampleRTT(5 * time.Second) // a pause, counted as 2ms: (3×500 + 2000) / 4 = 875
+	if d := g.ahead(); d != 875*time.Microsecond*5/4 {
+		t.Errorf("ahead after a 5s pop: %v; want %v", d, 875*time.Microsecond*5/4)
+	}
+	for range 8 {
+		g.sampleRTT(400 * time.Microsecond)
+	}
+	if d := g.ahead(); d > 600*time.Microsecond {
+		t.Errorf("ahead 8 pops of 400µs after the pause: %v; want it back under 600µs", d)
+	}
+	for range 8 {
+		g.sampleRTT(time.Hour)
+	}
 	if d := g.ahead(); d != 2*time.Millisecond {
-		t.Errorf("ahead after a 5s pop: %v; want the cap, 2ms", d)
+		t.Errorf("ahead after pops of an hour: %v; want the cap, 2ms", d)
 	}
 }

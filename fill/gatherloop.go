@@ -149,8 +149,12 @@ func (g *gatherer[T]) ahead() time.Duration {
 	return min(rtt+rtt/4, g.b.opt.Window/4)
 }
 
-// sampleRTT adds a pop's round trip d to the moving average.
+// sampleRTT adds a pop's round trip d to the moving average, d taken as
+// at most a quarter of the Window: one pop held up by a pause (a stopped
+// process, a failover) moves the average by a sixteenth of the Window at
+// most, and later pops bring it back within a few Windows.
 func (g *gatherer[T]) sampleRTT(d time.Duration) {
+	d = min(d, g.b.opt.Window/4)
 	if old := g.popRTT.Load(); old != 0 {
 		d = (3*time.Duration(old) + d) / 4
 	}
