@@ -1,8 +1,11 @@
 package fill
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
 // TestGatherAhead: a pop is sent a moving average of its round trips and
@@ -37,5 +40,37 @@ func TestGatherAhead(t *testing.T) {
 	}
 	if d := g.ahead(); d != 2*time.Millisecond {
 		t.Errorf("ahead after pops of an hour: %v; want the cap, 2ms", d)
+	}
+}
+
+// TestGatherPopCountsFromDue: a pop sent ahead counts as made when it was
+// due, ahead after it was sent: the next pop, a Window after the last,
+// keeps a whole Window from it rather than one less ahead.
+func TestGatherPopCountsFromDue(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := New(rdb, nil)
+	defer c.Close()
+	load := func(_ context.Context, keys []string) (map[string]string, error) {
+		m := map[string]string{}
+		for _, k := range keys {
+			m[k] = "v"
+		}
+		return m, nil
+	}
+	bt := NewBatcher(c, load, &BatchOptions{Window: 8 * time.Millisecond, FleetWide: true, Name: "due"})
+	g := bt.b.fleet
+	g.sampleRTT(time.Millisecond) // ahead 1.25ms
+	ctx := context.Background()
+	if _, err := g.run(ctx, gatherHandOff, "token 1 k"); err != nil {
+		t.Fatal(err)
+	}
+	ls := &gatherLoop{}
+	before := time.Now()
+	g.pop(ctx, ls)
+	after := time.Now()
+	ls.batches.Wait()
+	ahead := 1250 * time.Microsecond
+	if ls.lastPop.Before(before.Add(ahead)) || ls.lastPop.After(after.Add(ahead)) {
+		t.Errorf("last pop at %v after the call; want %v (ahead) to %v", ls.lastPop.Sub(before), ahead, after.Add(ahead).Sub(before))
 	}
 }

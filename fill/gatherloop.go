@@ -136,7 +136,7 @@ type gatherLoop struct {
 	batches  sync.WaitGroup
 	inflight atomic.Int32 // batches loading
 	took     atomic.Int64 // a batch's load and settle, a moving average, in ns
-	lastPop  time.Time    // of the last pop that popped keys
+	lastPop  time.Time    // when the last pop that popped keys was due
 	resync   bool         // a pop's reply was lost: ask for the loading list
 }
 
@@ -174,7 +174,10 @@ func (ls *gatherLoop) fullOnly(window time.Duration) bool {
 // ends.
 func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Duration, done bool) {
 	c, opt := g.b.c, g.b.opt
-	sent := time.Now()
+	// A pop is due ahead after it is sent (see loop): the next pop counts
+	// its Window from then, so that pops sent ahead still keep a Window
+	// apart.
+	sent, ahead := time.Now(), g.ahead()
 	fullOnly, resync := "0", "0"
 	if ls.fullOnly(opt.Window) {
 		fullOnly = "1"
@@ -223,7 +226,7 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 	}
 	g.mu.Unlock()
 	if len(r.popped) > 0 {
-		ls.lastPop = sent
+		ls.lastPop = sent.Add(ahead)
 	}
 	for i, items := range [][]string{r.recovered, r.popped} {
 		if len(items) > 0 {
