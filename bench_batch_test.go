@@ -277,7 +277,8 @@ const (
 //	              Redis (rtt-ms: the median of a fill.Get that hits, one
 //	              script's round trip, measured before the rounds)
 //	rtt-cold-ms   the same round trip after 10 ms idle, as a pop after
-//	              its Window and a settle after its load are
+//	              its Window and a settle after its load are;
+//	              p50-over-cold-rtts is p50-over-ms in those
 //	publish-cold-ms  a PUBLISH after 10 ms idle until another client's
 //	              subscription has it: the least a batch's values take
 //	              from the end of its load to a waiting server
@@ -374,6 +375,7 @@ func fleetBatchRounds(b *testing.B, servers, keys int, opt *fill.BatchOptions) {
 	b.ReportMetric(ms(rtt), "rtt-ms")
 	b.ReportMetric(over/ms(rtt), "p50-over-rtts")
 	b.ReportMetric(ms(coldRTT), "rtt-cold-ms")
+	b.ReportMetric(over/ms(coldRTT), "p50-over-cold-rtts")
 	b.ReportMetric(ms(coldPub), "publish-cold-ms")
 }
 
