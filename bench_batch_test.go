@@ -262,7 +262,10 @@ const (
 // BenchmarkFleetBatch: b.N rounds of the fleet batch workload through a
 // Batcher per server, its batches its own (PerServer) or the fleet's
 // (FleetWide, one gatherer), on fleets of 8, 32 and 64 servers; and Join:
-// rounds of one key per server of 8, each a Get joining the fleet's batch.
+// rounds of one key per server of 2 and of 8, each a Get joining the
+// fleet's batch (with 2, each server has about a core of this machine's
+// 2, as it would its own in a fleet; with 8, the servers' wake-ups queue
+// for the cores).
 //
 //	calls/round   upstream (loader) calls per round
 //	calls/ideal   calls per round ÷ the fewest that can carry its keys
@@ -294,9 +297,11 @@ func BenchmarkFleetBatch(b *testing.B) {
 			})
 		}
 	}
-	b.Run("servers=8/Join", func(b *testing.B) {
-		fleetBatchRounds(b, 8, 8, &fill.BatchOptions{Window: fleetWindow, FleetWide: true, Name: "bench"})
-	})
+	for _, servers := range []int{2, 8} {
+		b.Run(fmt.Sprintf("servers=%d/Join", servers), func(b *testing.B) {
+			fleetBatchRounds(b, servers, servers, &fill.BatchOptions{Window: fleetWindow, FleetWide: true, Name: "bench"})
+		})
+	}
 }
 
 // fleetBatchRounds runs b.N rounds of keys cold keys through a fleet of
