@@ -461,14 +461,7 @@ func TestConcurrencyCancelAndGiveUp(t *testing.T) {
 		gaveUp <- err
 	}()
 	redistest.WaitFor(t, "the first caller in line", func() bool { return s.Do(t, "ZCARD", queue) == int64(1) })
-	got := make(chan *budget.Reservation, 1)
-	go func() {
-		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-		if err != nil {
-			t.Error(err)
-		}
-		got <- r
-	}()
+	got := lineUp(t, ctx, nil, b)
 	redistest.WaitFor(t, "the second caller in line", func() bool { return s.Do(t, "ZCARD", queue) == int64(2) })
 	giveUp()
 	if err := <-gaveUp; !errors.Is(err, context.Canceled) {

@@ -65,6 +65,21 @@ func reserveEach(t *testing.T, ctx context.Context, b *budget.Budget, n int) map
 	return on
 }
 
+// slotLost waits for the context of r, the reservation of what, to end
+// (failing once ctx ends first), and checks that its Done says the slot
+// was lost.
+func slotLost(t *testing.T, ctx context.Context, r *budget.Reservation, what string) {
+	t.Helper()
+	select {
+	case <-r.Context().Done():
+	case <-ctx.Done():
+		t.Fatalf("%s kept its slot: its context did not end", what)
+	}
+	if err := r.Done(ctx); !errors.Is(err, budget.ErrSlotLost) {
+		t.Errorf("Done of %s: %v; want ErrSlotLost", what, err)
+	}
+}
+
 // lineUp reserves a call on b in the background and returns where its
 // reservation comes (nil on an error, reported); with s, it returns once
 // the caller is in line, the queue of the budget named like b holding one.
@@ -392,14 +407,7 @@ func TestKeysConcurrencyStateLost(t *testing.T) {
 				t.Fatalf("with %s lost, a third Reserve: %v; want a slot (the holders' keys are unknown: they lose theirs)", tc.lost, err)
 			default:
 				for _, h := range held {
-					select {
-					case <-h.Context().Done():
-					case <-ctx.Done():
-						t.Fatal("a holder Redis forgot kept its slot")
-					}
-					if err := h.Done(ctx); !errors.Is(err, budget.ErrSlotLost) {
-						t.Errorf("Done of a holder Redis forgot: %v; want ErrSlotLost", err)
-					}
+					slotLost(t, ctx, h, "a holder Redis forgot")
 				}
 				if err := r.Done(ctx); err != nil {
 					t.Fatal(err)
@@ -522,14 +530,7 @@ func TestKeysConcurrencyLostLease(t *testing.T) {
 	if got := kin(t, rdb, b, "key-a"); got["key-a"] != 1 {
 		t.Fatalf("key-a's count with the lost holder's slot taken over: %v; want 1", got)
 	}
-	select {
-	case <-r.Context().Done():
-	case <-ctx.Done():
-		t.Fatal("the holder's context did not end")
-	}
-	if err := r.Done(ctx); !errors.Is(err, budget.ErrSlotLost) {
-		t.Errorf("Done: %v, want ErrSlotLost", err)
-	}
+	slotLost(t, ctx, r, "the holder whose lease ran out")
 	if err := other.Done(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -245,14 +245,7 @@ func TestKeysSleeperMoves(t *testing.T) {
 		booked = append(booked, k)
 		mu.Unlock()
 	})
-	done := make(chan *budget.Reservation, 1)
-	go func() {
-		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-		if err != nil {
-			t.Error(err)
-		}
-		done <- r
-	}()
+	done := lineUp(t, ctx, nil, b)
 	redistest.WaitFor(t, "a sleeper on b", func() bool {
 		mu.Lock()
 		defer mu.Unlock()

@@ -140,21 +140,25 @@ func invalidation(key string, createdAt time.Time) string {
 	return "s" + strconv.FormatInt(createdAt.UnixMilli(), 10) + " " + key
 }
 
+// published reports whether the waiters are given entry itself, in the
+// message, rather than told to read it: when it is at most PublishLimit.
+func (c *Cache) published(entry []byte) bool { return len(entry) <= c.opt.PublishLimit }
+
 // valueMessage is the message that gives the waiters entry: the entry
-// itself when small enough, else orElse.
+// itself when published, else orElse.
 func (c *Cache) valueMessage(entry []byte, orElse lease.Kind) string {
-	if len(entry) <= c.opt.PublishLimit {
+	if c.published(entry) {
 		return lease.Message(lease.Value, string(entry))
 	}
 	return lease.Message(orElse, "")
 }
 
 // storeMessage is the message of a store of entry (see settle.lua): 'v'
-// alone when the waiters are given the entry itself, which the script
-// appends (the entry goes to Redis once, not twice), else the message
-// that tells them to read it.
+// alone when entry is published, which the script appends (the entry goes
+// to Redis once, not twice), else the message that tells the waiters to
+// read it.
 func (c *Cache) storeMessage(entry []byte) string {
-	if len(entry) <= c.opt.PublishLimit {
+	if c.published(entry) {
 		return string(lease.Value)
 	}
 	return lease.Message(lease.Filled, "")
