@@ -42,8 +42,6 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 			}
 		}()
 	}
-	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
-	defer scancel()
 	var ov ttlOverride
 	out, took := b.loadChunk(context.WithValue(lctx, ttlKey{}, &ov), wctx, len(chunk), cl.cost, ch.run)
 	lost := make([]error, len(ch.looks))
@@ -54,6 +52,8 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 	if errors.Is(out.err, errAbandoned) {
 		return true
 	}
+	sctx, scancel := settleContext(ctx)
+	defer scancel()
 	var (
 		stores   []storeCall
 		fails    []settleReq

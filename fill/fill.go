@@ -327,7 +327,7 @@ type leader struct {
 	j        *job
 	ctx      context.Context // the flight's
 	wctx     context.Context // ends when nobody waits any more
-	sctx     context.Context // for settling
+	sctx     context.Context // for settling, set once the load ended (see settleContext)
 	claimed  *look           // how the key was claimed
 	fallback *look           // a stale value served if the load fails, or nil
 	bg       bool            // a background refresh
@@ -338,9 +338,7 @@ type leader struct {
 // notifying the waiting servers. fallback, if not nil, is a stale value
 // served if the load fails. bg marks a background refresh.
 func (c *Cache) lead(ctx, wctx context.Context, j *job, claimed, fallback *look, bg bool) outcome {
-	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
-	defer scancel()
-	ld := &leader{c: c, j: j, ctx: ctx, wctx: wctx, sctx: sctx, claimed: claimed, fallback: fallback, bg: bg}
+	ld := &leader{c: c, j: j, ctx: ctx, wctx: wctx, claimed: claimed, fallback: fallback, bg: bg}
 	lctx, cancel := context.WithCancelCause(ctx)
 	key := j.ks.name
 	keeper := lease.Keep(c.rdb, j.ks.lock, claimed.token, c.opt.LockTTL, claimed.sent, func() {
@@ -353,6 +351,8 @@ func (c *Cache) lead(ctx, wctx context.Context, j *job, claimed, fallback *look,
 		if !returned { // runtime.Goexit in the loader
 			cancel(nil)
 			_ = keeper.Stop()
+			sctx, scancel := settleContext(ctx)
+			defer scancel()
 			c.settleFailure(sctx, j.ks, claimed.token, lease.Message(lease.Panicked, errGoexit.Error()), ld.backoff())
 		}
 	}()
@@ -365,6 +365,9 @@ func (c *Cache) lead(ctx, wctx context.Context, j *job, claimed, fallback *look,
 	lost := keeper.Stop()
 	cancel(nil)
 	returned = true
+	sctx, scancel := settleContext(ctx)
+	defer scancel()
+	ld.sctx = sctx
 	return ld.settle(out, took, lost, &ov)
 }
 

@@ -257,6 +257,17 @@ func (c *Cache) release(ctx context.Context, ks keyset, token string) {
 	}
 }
 
+// settleTimeout bounds a load's settle, counted from the load's end.
+var settleTimeout = lease.CleanupTimeout
+
+// settleContext returns the ctx a load's outcome is settled on: the values
+// of ctx without its end (every caller may have gone), bounded by
+// settleTimeout from now, that is from the load's end, however long the
+// load took.
+func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+}
+
 // settleMany runs the settle script for every store and failure of a
 // batch in one pipeline (on a Cluster, one per node), retried as settle
 // is; should Redis not know the script, it is loaded and the calls that
