@@ -92,9 +92,11 @@ type gatherer[T any] struct {
 	// first is the earliest Get of the keys handed off here since the loop
 	// last looked (see wake); zero for none.
 	first time.Time
-	// popRTT is a pop's round trip, a moving average in ns: a pop is sent
-	// that long before it is due (see loop).
-	popRTT atomic.Int64
+	// popRTT is a pop's round trip, and setup the time from a pop's reply
+	// to its batch's loader call (the goroutine the batch starts, its
+	// leases, its contexts), moving averages in ns: a pop is sent about
+	// that long before it is due (see ahead).
+	popRTT, setup atomic.Int64
 }
 
 func newGatherer[T any](b *batch[T]) *gatherer[T] {
@@ -221,8 +223,10 @@ func (g *gatherer[T]) held(items []string) bool {
 // load loads and settles the keys of items, one loader call, then takes
 // them off the loading list. Recovered items (a gatherer that died popped
 // them) are loaded only if their lock still holds their claim's token: a
-// key its first gatherer settled is not loaded again.
-func (g *gatherer[T]) load(items []string, recovered bool) {
+// key its first gatherer settled is not loaded again. The items were
+// popped by a reply that came at replied: the time until the loader call
+// is a sample of the gatherer's setup, unless a budget's slot came between.
+func (g *gatherer[T]) load(items []string, recovered bool, replied time.Time) {
 	b, c := g.b, g.b.c
 	fctx, cancel := c.flightContext(context.Background())
 	defer cancel()
@@ -245,9 +249,13 @@ func (g *gatherer[T]) load(items []string, recovered bool) {
 	if recovered {
 		chunk = g.stillClaimed(fctx, chunk)
 	}
+	timed := !recovered && c.budget(fctx) == nil
 	around := func(call func() (any, error)) (any, error) {
 		if !g.held(items) {
 			return nil, errAbandoned
+		}
+		if timed {
+			g.sample(&g.setup, time.Since(replied))
 		}
 		return call()
 	}

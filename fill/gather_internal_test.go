@@ -2,9 +2,12 @@ package fill
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/locksmith-go/locksmith/budget"
+	"github.com/locksmith-go/locksmith/internal/lease"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
@@ -17,26 +20,26 @@ func TestGatherAhead(t *testing.T) {
 	if d := g.ahead(); d != 0 {
 		t.Fatalf("ahead before any pop: %v; want 0", d)
 	}
-	g.sampleRTT(400 * time.Microsecond)
+	g.sample(&g.popRTT, 400*time.Microsecond)
 	if d := g.ahead(); d != 500*time.Microsecond {
 		t.Errorf("ahead after a 400µs pop: %v; want 500µs", d)
 	}
-	g.sampleRTT(800 * time.Microsecond) // average (3×400 + 800) / 4 = 500
+	g.sample(&g.popRTT, 800*time.Microsecond) // average (3×400 + 800) / 4 = 500
 	if d := g.ahead(); d != 625*time.Microsecond {
 		t.Errorf("ahead after pops of 400µs, 800µs: %v; want 625µs", d)
 	}
-	g.sampleRTT(5 * time.Second) // a pause, counted as 2ms: (3×500 + 2000) / 4 = 875
+	g.sample(&g.popRTT, 5*time.Second) // a pause, counted as 2ms: (3×500 + 2000) / 4 = 875
 	if d := g.ahead(); d != 875*time.Microsecond*5/4 {
 		t.Errorf("ahead after a 5s pop: %v; want %v", d, 875*time.Microsecond*5/4)
 	}
 	for range 8 {
-		g.sampleRTT(400 * time.Microsecond)
+		g.sample(&g.popRTT, 400*time.Microsecond)
 	}
 	if d := g.ahead(); d > 600*time.Microsecond {
 		t.Errorf("ahead 8 pops of 400µs after the pause: %v; want it back under 600µs", d)
 	}
 	for range 8 {
-		g.sampleRTT(time.Hour)
+		g.sample(&g.popRTT, time.Hour)
 	}
 	if d := g.ahead(); d != 2*time.Millisecond {
 		t.Errorf("ahead after pops of an hour: %v; want the cap, 2ms", d)
@@ -59,7 +62,7 @@ func TestGatherPopCountsFromDue(t *testing.T) {
 	}
 	bt := NewBatcher(c, load, &BatchOptions{Window: 8 * time.Millisecond, FleetWide: true, Name: "due"})
 	g := bt.b.fleet
-	g.sampleRTT(time.Millisecond) // ahead 1.25ms
+	g.sample(&g.popRTT, time.Millisecond) // ahead 1.25ms
 	ctx := context.Background()
 	if _, err := g.run(ctx, gatherHandOff, "token 1 k"); err != nil {
 		t.Fatal(err)
@@ -72,5 +75,56 @@ func TestGatherPopCountsFromDue(t *testing.T) {
 	ahead := 1250 * time.Microsecond
 	if ls.lastPop.Before(before.Add(ahead)) || ls.lastPop.After(after.Add(ahead)) {
 		t.Errorf("last pop at %v after the call; want %v (ahead) to %v", ls.lastPop.Sub(before), ahead, after.Add(ahead).Sub(before))
+	}
+}
+
+// TestGatherSetup: the time from a pop's reply to its batch's loader call
+// counts in how far ahead pops are sent, measured only without a budget
+// (with one, the wait for the call's slot is the budget's, not setup).
+func TestGatherSetup(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	load := func(_ context.Context, keys []string) (map[string]string, error) {
+		m := map[string]string{}
+		for _, k := range keys {
+			m[k] = "v"
+		}
+		return m, nil
+	}
+	window := 8 * time.Millisecond
+	for _, withBudget := range []bool{false, true} {
+		var opt *Options
+		if withBudget {
+			bud := budget.New(rdb, "setup", budget.Limit{Rate: 1000}, nil)
+			defer bud.Close()
+			opt = &Options{Budget: bud}
+		}
+		c := New(rdb, opt)
+		defer c.Close()
+		name := fmt.Sprintf("setup-%v", withBudget)
+		g := NewBatcher(c, load, &BatchOptions{Window: window, FleetWide: true, Name: name}).b.fleet
+		ctx := context.Background()
+		key, tok := "k-"+name, lease.NewToken()
+		if err := rdb.Set(ctx, c.keyset(key).lock, tok, time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.run(ctx, gatherHandOff, tok+" 1 "+key); err != nil {
+			t.Fatal(err)
+		}
+		ls := &gatherLoop{}
+		g.pop(ctx, ls)
+		ls.batches.Wait()
+		rtt, setup := time.Duration(g.popRTT.Load()), time.Duration(g.setup.Load())
+		switch {
+		case withBudget && setup != 0:
+			t.Errorf("with a budget: setup %v; want none measured", setup)
+		case !withBudget && (setup <= 0 || setup > window/4):
+			t.Errorf("setup %v; want more than 0, at most a quarter of the Window", setup)
+		}
+		if want := min(rtt+rtt/4+setup, window/4); g.ahead() != want {
+			t.Errorf("ahead %v; want the round trip %v and a quarter, and the setup %v: %v", g.ahead(), rtt, setup, want)
+		}
+		if v, err := rdb.Get(ctx, c.keyset(key).value).Result(); err != nil || v == "" {
+			t.Errorf("the key's value after the batch: %q, %v; want it stored", v, err)
+		}
 	}
 }

@@ -142,23 +142,24 @@ type gatherLoop struct {
 
 // ahead is how long before it is due a pop is sent: a pop's round trip
 // and a quarter more (a round trip after a pause varies, and a pop late by
-// its round trip holds its batch back as long), at most a quarter of the
-// Window. A key handed off in that last stretch goes with the next batch.
+// its round trip holds its batch back as long), and the setup of its
+// batch until the loader call, at most a quarter of the Window. A key
+// handed off in that last stretch goes with the next batch.
 func (g *gatherer[T]) ahead() time.Duration {
 	rtt := time.Duration(g.popRTT.Load())
-	return min(rtt+rtt/4, g.b.opt.Window/4)
+	return min(rtt+rtt/4+time.Duration(g.setup.Load()), g.b.opt.Window/4)
 }
 
-// sampleRTT adds a pop's round trip d to the moving average, d taken as
-// at most a quarter of the Window: one pop held up by a pause (a stopped
+// sample adds d to the moving average avg (popRTT or setup), d taken as at
+// most a quarter of the Window: one pop held up by a pause (a stopped
 // process, a failover) moves the average by a sixteenth of the Window at
 // most, and later pops bring it back within a few Windows.
-func (g *gatherer[T]) sampleRTT(d time.Duration) {
+func (g *gatherer[T]) sample(avg *atomic.Int64, d time.Duration) {
 	d = min(d, g.b.opt.Window/4)
-	if old := g.popRTT.Load(); old != 0 {
+	if old := avg.Load(); old != 0 {
 		d = (3*time.Duration(old) + d) / 4
 	}
-	g.popRTT.Store(int64(d))
+	avg.Store(int64(d))
 }
 
 // fullOnly reports whether the loop pops only a full batch: while a batch
@@ -200,8 +201,9 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 	case !r.leader:
 		return max(min(r.pttl+time.Millisecond, g.lease()/8), opt.Window), g.stop(ctx, false)
 	}
+	replied := time.Now()
 	ls.resync = false
-	g.sampleRTT(time.Since(sent))
+	g.sample(&g.popRTT, replied.Sub(sent))
 	g.mu.Lock()
 	if resync == "1" {
 		g.resync = false
@@ -235,7 +237,7 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 				defer signal(g.ended)
 				defer ls.inflight.Add(-1)
 				start := time.Now()
-				g.load(items, i == 0)
+				g.load(items, i == 0, replied)
 				d := int64(time.Since(start))
 				if old := ls.took.Load(); old != 0 {
 					d = (3*old + d) / 4 // racing updates may drop one: a sample
