@@ -42,6 +42,27 @@ func TestEntryResponse(t *testing.T) {
 	}
 }
 
+// TestEntryResponseHostileAge: the Age a response is served with counts
+// the upstream's Age as RFC 9111 reads it (unreadable: 0; too large:
+// 2^31 seconds), never wrapping past the largest integer into a negative.
+func TestEntryResponseHostileAge(t *testing.T) {
+	at := time.Date(2026, time.March, 1, 12, 0, 0, 0, time.UTC)
+	for _, tt := range []struct{ upstream, want string }{
+		{"9223372036854775807", "2147483738"},
+		{"99999999999999999999999", "2147483738"},
+		{"2147483647", "2147483737"},
+		{"-5", "90"},
+		{"ten", "90"},
+		{" 7 ", "97"},
+	} {
+		e := &entry{Status: "200 OK", Code: 200, Header: http.Header{"Age": {tt.upstream}}, Body: []byte("x"), Length: 1, At: at.UnixMilli()}
+		req, _ := http.NewRequest(http.MethodGet, "http://api.test/", nil)
+		if got := e.response(req, at.Add(90*time.Second)).Header.Get("Age"); got != tt.want {
+			t.Errorf("upstream Age %q, cached 90s: Age %q; want %q", tt.upstream, got, tt.want)
+		}
+	}
+}
+
 // TestCanonicalHostile: a header map of many odd spellings is read in
 // time linear in its size, give or take a sort.
 func TestCanonicalHostile(t *testing.T) {

@@ -455,8 +455,10 @@ func (e *entry) response(req *http.Request, now time.Time) *http.Response {
 		h = make(http.Header)
 	}
 	if age := now.Sub(time.UnixMilli(e.At)); age >= time.Second {
-		prior, _ := strconv.ParseInt(get(h, "Age"), 10, 64)
-		h.Set("Age", strconv.FormatInt(max(prior, 0)+int64(age/time.Second), 10))
+		// The upstream's Age (0 when unreadable, 2^31 at most, see
+		// seconds) and the time the entry has been cached.
+		prior := seconds(get(h, "Age"))
+		h.Set("Age", strconv.FormatInt(int64((prior+age)/time.Second), 10))
 	}
 	r := &http.Response{
 		Status: e.Status, StatusCode: e.Code,
