@@ -41,7 +41,8 @@
 // A response names in Vary the request headers it depends on: the values
 // the request that got it had for them are kept with it, and a request
 // with other values does not get it but passes through. A response with
-// Vary "*", and a body larger than [Options.MaxBody], are never handed on:
+// Vary "*", a body larger than [Options.MaxBody], or a header larger than
+// 64 KiB, are never handed on:
 // a marker takes their place in the cache, for as long as the response
 // would have been cached, and every request that finds it passes through,
 // the callers merged on the request that found out included (the body read

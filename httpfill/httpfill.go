@@ -84,7 +84,9 @@ type Options struct {
 	// one Redis value, published in full to waiting servers up to the
 	// Cache's PublishLimit, copied to each server that reads it and held in
 	// memory while its callers read it: 1 MiB is far above an API page
-	// and still cheap for Redis to move.
+	// and still cheap for Redis to move. A response whose header (names
+	// and values) is larger than 64 KiB passes through in the same way,
+	// whatever its body.
 	// default: 1 MiB
 	MaxBody int64
 
@@ -96,6 +98,25 @@ type Options struct {
 }
 
 const defaultMaxBody = 1 << 20
+
+// maxHeader is the largest response header cached and shared, in bytes of
+// names and values: an API's header is a few KiB, and Go's client reads up
+// to 10 MiB of one.
+const maxHeader = 64 << 10
+
+// headerSize returns the bytes of h's names and values, counting up to
+// past limit only.
+func headerSize(h http.Header, limit int) int {
+	n := 0
+	for name, vals := range h {
+		for _, v := range vals {
+			if n += len(name) + len(v); n > limit {
+				return n
+			}
+		}
+	}
+	return n
+}
 
 // defaultMaxTTL is Options.MaxTTL's default.
 const defaultMaxTTL = 24 * time.Hour
@@ -353,7 +374,7 @@ func (t *Transport) load(ctx context.Context, req *http.Request, cs *callers, ow
 		Head: req.Method == http.MethodHead, At: now.UnixMilli(),
 	}
 	vals, star := vary(req, resp.Header)
-	if star {
+	if star || headerSize(resp.Header, maxHeader) > maxHeader {
 		return &entry{Pass: true}, nil
 	}
 	e.Vary = vals

@@ -569,6 +569,39 @@ func TestMaxBody(t *testing.T) {
 	}
 }
 
+// TestMaxHeader: a response whose header is larger than 64 KiB (an
+// upstream may send up to the client's limit, 10 MiB by default) is
+// neither cached nor handed on, as an oversized body: every request passes
+// through and gets its own.
+func TestMaxHeader(t *testing.T) {
+	u := newUpstream(t, false, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		for i := range 20 {
+			w.Header().Set(fmt.Sprintf("X-Pad-%d", i), strings.Repeat("p", 4<<10))
+		}
+		_, _ = io.WriteString(w, "small")
+	})
+	_, rdb := redistest.Mini(t)
+	c := newClient(u, newCache(t, rdb, nil), nil)
+	for i := range 3 {
+		r := mustDo(t, c, http.MethodGet, u.url("/h"))
+		if r.body != "small" || r.resp.Header.Get("X-Pad-19") == "" {
+			t.Fatalf("GET %d: %q, X-Pad-19 %d bytes; want small, with the upstream's header", i, r.body, len(r.resp.Header.Get("X-Pad-19")))
+		}
+	}
+	// One call found the header too large, then each request its own.
+	wantCalls(t, u, 1+3)
+	keys, err := rdb.Keys(t.Context(), "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if n, _ := rdb.StrLen(t.Context(), k).Result(); n > 4<<10 {
+			t.Errorf("%s holds %d bytes; want no copy of the 80 KiB header in Redis", k, n)
+		}
+	}
+}
+
 func TestVary(t *testing.T) {
 	u := newUpstream(t, false, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Vary", "Accept-Encoding, X-Tenant")
