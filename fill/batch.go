@@ -354,7 +354,9 @@ func (b *batch[T]) single(fctx context.Context, l *batchLook, cl callOptions, fi
 		if prep != nil {
 			prep(w)
 		}
-		b.c.flights.Land(l.f, w.run().landed())
+		out := flight.Outcome{Err: errGoexit} // unless run returns
+		defer func() { b.c.flights.Land(l.f, out) }()
+		out = w.run().landed()
 	})
 }
 

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -658,5 +660,61 @@ func TestGetManyRetriedSettle(t *testing.T) {
 	}
 	if c.Stats().LocalHits == before {
 		t.Error("the batch's value was not kept in the local tier")
+	}
+}
+
+// TestBatchLoaderGoexit: a batch loader that calls runtime.Goexit ends
+// its keys as a single key's does: each caller gets an error naming
+// Goexit at once, and each lock is released, not renewed for the life of
+// the process; through GetMany, a Batcher, and a fleet's gatherer.
+func TestBatchLoaderGoexit(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	c := newCache(t, rdb, nil)
+	goexit := func(context.Context, []string) (map[string]string, error) {
+		runtime.Goexit()
+		return nil, nil
+	}
+	released := func(keys ...string) {
+		t.Helper()
+		for _, k := range keys {
+			if m.Exists("__locksmith:{" + k + "}") {
+				t.Errorf("the lock on %s is left after Goexit", k)
+			}
+		}
+	}
+	ctx := redistest.Context(t, 5*time.Second)
+	_, err := fill.GetMany(ctx, c, []string{"many-a", "many-b"}, goexit)
+	var be *fill.BatchError
+	if !errors.As(err, &be) || !strings.Contains(err.Error(), "Goexit") || ctx.Err() != nil {
+		t.Fatalf("GetMany: %v; want a BatchError naming runtime.Goexit, before the ctx ends", err)
+	}
+	released("many-a", "many-b")
+
+	// A key another holder had: GetMany waits for it, then claims it when
+	// the holder goes without a word, and loads it alone.
+	cp := newCache(t, rdb, &fill.Options{PollInterval: 20 * time.Millisecond})
+	if err := rdb.Set(ctx, "__locksmith:{held}", "another", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := fill.GetMany(ctx, cp, []string{"held"}, goexit)
+		done <- err
+	}()
+	redistest.WaitFor(t, "GetMany waiting for the held key", func() bool { return cp.Stats().Misses == 1 })
+	m.Del("__locksmith:{held}")
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "Goexit") || ctx.Err() != nil {
+		t.Fatalf("GetMany of a key held, then free: %v; want an error naming runtime.Goexit, before the ctx ends", err)
+	}
+	released("held")
+
+	for _, opt := range []*fill.BatchOptions{nil, {FleetWide: true, Name: "goexit"}} {
+		bt := fill.NewBatcher(c, goexit, opt)
+		key := fmt.Sprintf("batcher-%v", opt != nil)
+		ctx := redistest.Context(t, 5*time.Second)
+		if _, err := bt.Get(ctx, key); err == nil || !strings.Contains(err.Error(), "Goexit") || ctx.Err() != nil {
+			t.Fatalf("Batcher (%+v) Get: %v; want an error naming runtime.Goexit, before the ctx ends", opt, err)
+		}
+		released(key)
 	}
 }

@@ -42,8 +42,15 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 			}
 		}()
 	}
+	returned := false
+	defer func() {
+		if !returned { // runtime.Goexit in the loader
+			ch.goexit()
+		}
+	}()
 	var ov ttlOverride
 	out, took := b.loadChunk(context.WithValue(lctx, ttlKey{}, &ov), wctx, len(chunk), cl.cost, ch.run)
+	returned = true
 	lost := make([]error, len(ch.looks))
 	for i, k := range ch.keepers {
 		lost[i] = k.Stop()
@@ -175,6 +182,29 @@ func (ch *chunkLoad[T]) failed(sctx, wctx context.Context, out outcome, took tim
 		}
 	}
 	return fails, outcomes
+}
+
+// goexit ends a chunk whose loader called runtime.Goexit, as lead's
+// goroutine unwinds: the leases stop being kept, each key's failure goes
+// to its waiters, and each flight lands with it, as a single key's does.
+func (ch *chunkLoad[T]) goexit() {
+	c := ch.b.c
+	ch.cancel(nil)
+	for _, k := range ch.keepers {
+		_ = k.Stop()
+	}
+	sctx, scancel := settleContext(ch.ctx)
+	defer scancel()
+	msg := lease.Message(lease.Panicked, errGoexit.Error())
+	fails := make([]settleReq, len(ch.looks))
+	outcomes := make([]flight.Outcome, len(ch.looks))
+	for i, l := range ch.looks {
+		fails[i] = failReq(l, msg)
+		outcomes[i] = flight.Outcome{Err: errGoexit}
+	}
+	c.stats.loadErrors.Add(1)
+	c.settleMany(sctx, nil, fails)
+	ch.b.land(ch.looks, outcomes, nil)
 }
 
 // failReq is the settle of l's key's failure, msg.
