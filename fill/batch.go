@@ -13,6 +13,7 @@ import (
 	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/codec"
 	"github.com/locksmith-go/locksmith/internal/flight"
+	"github.com/locksmith-go/locksmith/internal/lease"
 	"github.com/locksmith-go/locksmith/internal/notify"
 	"github.com/locksmith-go/locksmith/internal/redisx"
 	"github.com/locksmith-go/locksmith/observe"
@@ -355,7 +356,12 @@ func (b *batch[T]) single(fctx context.Context, l *batchLook, cl callOptions, fi
 			prep(w)
 		}
 		out := flight.Outcome{Err: errGoexit} // unless run returns
-		defer func() { b.c.flights.Land(l.f, out) }()
+		defer func() {
+			b.c.flights.Land(l.f, out)
+			if l.claimKeeper != nil {
+				_ = l.claimKeeper.Stop()
+			}
+		}()
 		out = w.run().landed()
 	})
 }
@@ -433,6 +439,9 @@ type batchLook struct {
 	at  time.Time // the batchItem's
 
 	handedOff bool // claimed here, then handed off to the fleet's gatherer
+	// claimKeeper keeps the lease of a key handed off until its flight
+	// lands (see gatherer.handOff); nil for the others.
+	claimKeeper *lease.Keeper
 }
 
 // failOpen loads chunk without the fleet-wide lock: Redis is unavailable.

@@ -286,3 +286,95 @@ func TestFleetWideLoaderError(t *testing.T) {
 		t.Errorf("after the failure: got %q, %v", v, err)
 	}
 }
+
+// TestFleetQueuedClaimKept: a key handed off while the gatherer's batches
+// load waits in the queue (only full batches go out meanwhile) for as long
+// as they load, here longer than the lock's lease: its claimer keeps the
+// claim's lease meanwhile, so its own waiter does not claim and load it
+// again, before the gatherer loads it a second time. Real redis-server:
+// the lease runs out in real time.
+func TestFleetQueuedClaimKept(t *testing.T) {
+	s := redistest.Start(t, nil)
+	const ttl = 300 * time.Millisecond
+	c := newCache(t, s.Client(t, nil), &fill.Options{LockTTL: ttl, PollInterval: 20 * time.Millisecond})
+	var mu sync.Mutex
+	calls := map[string]int{}
+	gates := map[string]chan struct{}{"a": make(chan struct{}), "b": make(chan struct{})}
+	var opened sync.Map
+	open := func(name string) {
+		if _, done := opened.LoadOrStore(name, true); !done {
+			close(gates[name])
+		}
+	}
+	// Registered after the Cache's Close: runs before it, so that a
+	// failed test does not leave a load blocked and Close waiting.
+	t.Cleanup(func() { open("a"); open("b") })
+	called := make(chan string, 10)
+	load := func(_ context.Context, keys []string) (map[string]string, error) {
+		mu.Lock()
+		for _, k := range keys {
+			calls[k]++
+		}
+		mu.Unlock()
+		called <- keys[0]
+		if g := gates[keys[0]]; g != nil {
+			<-g
+		}
+		m := map[string]string{}
+		for _, k := range keys {
+			m[k] = "v:" + k
+		}
+		return m, nil
+	}
+	bt := fill.NewBatcher(c, load, &fill.BatchOptions{FleetWide: true, Name: "queued", Window: 2 * time.Millisecond})
+	ctx := redistest.Context(t, 20*time.Second)
+	get := func(key string) chan error {
+		done := make(chan error, 1)
+		go func() {
+			v, err := bt.Get(ctx, key)
+			if err == nil && v != "v:"+key {
+				err = fmt.Errorf("got %q", v)
+			}
+			done <- err
+		}()
+		return done
+	}
+	wantCall := func(key string) {
+		t.Helper()
+		if k := <-called; k != key {
+			t.Fatalf("a loader call for %s; want one for %s", k, key)
+		}
+	}
+	// Batch a loads for 3 leases; b, popped meanwhile (the gatherer does
+	// not know yet how long its batches take), is still loading when a
+	// ends: from then on, the gatherer pops only full batches until b
+	// ends or has taken twice as long as a.
+	a := get("a")
+	wantCall("a")
+	b := get("b")
+	wantCall("b")
+	time.Sleep(3 * ttl)
+	open("a")
+	if err := <-a; err != nil {
+		t.Fatal(err)
+	}
+	queued := get("queued")
+	// Two leases while b loads and the key waits in the queue: nobody
+	// may load it.
+	select {
+	case k := <-called:
+		t.Fatalf("%s loaded while b held the queue; want it to wait, its claim kept", k)
+	case <-time.After(2 * ttl):
+	}
+	open("b")
+	for _, done := range []chan error{b, queued} {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if calls["queued"] != 1 {
+		t.Errorf("the queued key was loaded %d times; want once", calls["queued"])
+	}
+}
