@@ -1015,11 +1015,13 @@ func TestCorruptFields(t *testing.T) {
 	rdb := s.Client(t, nil)
 	ctx := context.Background()
 	far := strconv.FormatInt(time.Now().Add(100*365*24*time.Hour).UnixMicro(), 10)
-	for _, v := range []string{"garbage", "inf", "-inf", "nan", "1e400", "-5", far, ""} {
+	for i, v := range []string{"garbage", "inf", "-inf", "nan", "1e400", "-5", far, ""} {
 		for _, p := range []budget.Priority{budget.Foreground, budget.Background} {
 			// A server of its own for each: a server that booked brings
-			// the tat it set, and rightly waits behind it.
-			b := newBudget(t, rdb, "corrupt", budget.Limit{Rate: 1, Per: time.Hour}, nil)
+			// the tat it set, and rightly waits behind it; and a budget
+			// of its own: a server keeps to a pause it heard of (the
+			// Observe below pauses for an hour) after Redis lost it.
+			b := newBudget(t, rdb, fmt.Sprintf("corrupt-%d-%d", i, p), budget.Limit{Rate: 1, Per: time.Hour}, nil)
 			if err := rdb.HSet(ctx, budget.Key(b), "tat", v, "pause", v, "fg", v, "btat", v, "bq", v,
 				"capat", v, "cap", v).Err(); err != nil {
 				t.Fatal(err)

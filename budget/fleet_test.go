@@ -390,3 +390,62 @@ func TestOutageSleepersLeaveOnTime(t *testing.T) {
 	}
 	t.Logf("latest departure %v after its slot", worst)
 }
+
+// TestFlushAllPause: when Redis loses a pause (FLUSHALL, a restart, a
+// failover to a replica without it), a server that heard of it keeps to
+// it: no Wait returns before its end, one that cannot wait so long is
+// refused, and neither books slot after slot up to the pause's end (a
+// pause of an hour at 100/s would be 360,000 bookings).
+func TestFlushAllPause(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	b := budget.New(rdb, "flushpause", budget.Limit{Rate: 100}, nil)
+	defer b.Close()
+	ctx := context.Background()
+	if err := b.Wait(ctx, budget.Foreground); err != nil {
+		t.Fatal(err)
+	}
+	var books atomic.Int64
+	budget.OnBook(b, func(budget.Booking) { books.Add(1) })
+
+	if err := b.PauseUntil(ctx, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	m.FlushAll()
+	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := b.Wait(wctx, budget.Foreground)
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 200*time.Millisecond {
+		t.Errorf("Wait within 300ms of an hour's pause Redis lost: %v after %v; want refused at once", err, time.Since(start))
+	}
+	if n := books.Load(); n > 3 {
+		t.Errorf("%d bookings for one Wait; want at most 3", n)
+	}
+	if !b.Paused() {
+		t.Error("Paused() false; want the pause this server heard of")
+	}
+
+	// A short pause lost (on a budget of its own: this one keeps to the
+	// hour): the Wait returns after its end.
+	b2 := budget.New(rdb, "flushpause2", budget.Limit{Rate: 100}, nil)
+	defer b2.Close()
+	if err := b2.Wait(ctx, budget.Foreground); err != nil {
+		t.Fatal(err)
+	}
+	budget.OnBook(b2, func(budget.Booking) { books.Add(1) })
+	end := time.Now().Add(200 * time.Millisecond)
+	if err := b2.PauseUntil(ctx, end); err != nil {
+		t.Fatal(err)
+	}
+	m.FlushAll()
+	books.Store(0)
+	if err := b2.Wait(ctx, budget.Foreground); err != nil {
+		t.Fatal(err)
+	}
+	if now := time.Now(); now.Before(end) {
+		t.Errorf("Wait returned %v before the end of a pause Redis lost", end.Sub(now))
+	}
+	if n := books.Load(); n > 3 {
+		t.Errorf("%d bookings for one Wait; want at most 3", n)
+	}
+}

@@ -110,6 +110,7 @@ const (
 
 func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booking, error) {
 	var place int64
+	rebooked := false // the last booking was given up for a pause
 	for {
 		if err := b.sleepLocalPause(ctx, op); err != nil {
 			return booking{}, err
@@ -169,7 +170,25 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		if testHookBooked != nil {
 			testHookBooked(b, ctx, r, p)
 		}
-		if r.wait <= 0 {
+		if rebooked && b.pausedPast(r.slot) {
+			// Booked again after a pause, and still before it: Redis
+			// lost the pause (FLUSHALL, a restart, a failover to a
+			// replica without it). This server keeps to the pause it
+			// knows: the slot goes back whole, and the caller sleeps the
+			// pause out here, then books again, rather than book slot
+			// after slot up to the pause's end.
+			b.stats.rebooked.Add(1)
+			if args := b.giveBackArgs(r, false); args != nil {
+				_, _ = b.giveBackNow(r.kidx, args)
+			}
+			if err := b.sleepKnownPause(ctx, op); err != nil {
+				return booking{}, err
+			}
+			place, w.placeKey, rebooked = 0, 0, false
+			continue
+		}
+		rebooked = false
+		if r.wait <= 0 && !b.pausedPast(r.slot) {
 			return r, nil
 		}
 		booked := r.slot - r.wait.Microseconds() // the Redis clock at the booking
@@ -233,7 +252,7 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 			// booking after it. The units the old booking took of the
 			// meters go back first: the new one takes them again.
 			b.stats.rebooked.Add(1)
-			place, w.placeKey = 0, 0
+			place, w.placeKey, rebooked = 0, 0, true
 			if args := b.giveBackArgs(r, true); args != nil {
 				_, _ = b.giveBackNow(r.kidx, args)
 			}
@@ -397,6 +416,33 @@ func parseBooking(v any) (booking, error) {
 		return booking{}, fmt.Errorf("unexpected wait reply %v", v)
 	}
 	return r, nil
+}
+
+// pausedPast reports whether the latest pause this server heard of ends
+// after slot (µs of the Redis clock).
+func (b *Budget) pausedPast(slot int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.pauseAt > slot
+}
+
+// sleepKnownPause sleeps until the latest pause this server heard of ends,
+// by its reckoning of the Redis clock; a pause that ends past ctx's
+// deadline refuses at once, as a booking past it is.
+func (b *Budget) sleepKnownPause(ctx context.Context, op string) error {
+	b.mu.Lock()
+	at := b.pauseAt
+	b.mu.Unlock()
+	d := time.Duration(at-(time.Now().UnixMicro()+b.clock.Load())) * time.Microsecond
+	if d <= 0 {
+		return nil
+	}
+	if dl, ok := ctx.Deadline(); ok && time.Now().Add(d).After(dl) {
+		b.stats.refused.Add(1)
+		return fmt.Errorf("budget: %s %s: paused for %v, past the deadline: %w",
+			op, redisx.Quote(b.name), d, context.DeadlineExceeded)
+	}
+	return b.sleep(ctx, d, false, nil)
 }
 
 // errPaused is sleep's error when a pause began before the slot.
