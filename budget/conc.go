@@ -91,6 +91,10 @@ type conc struct {
 	mu      sync.Mutex               // guards the maps
 	waiting map[string]chan struct{} // holder ids in line, and their wake-ups
 	held    map[string]*holder       // holder ids holding a slot in Redis
+	// renewed has, for ids still waiting, when the lease a renewal gave
+	// them ends: a booking that took a slot then sleeps to its rate slot
+	// has its slot renewed meanwhile, before it holds it here.
+	renewed map[string]time.Time
 }
 
 // holder is a slot held in Redis: its lease ends at end unless renewed;
@@ -109,6 +113,7 @@ func newConc(b *Budget) *conc {
 		local:   make(chan struct{}, max(1, b.opt.Concurrency/b.opt.FleetSize)),
 		waiting: make(map[string]chan struct{}),
 		held:    make(map[string]*holder),
+		renewed: make(map[string]time.Time),
 	}
 	if b.pool != nil {
 		// The booking's KEYS (keys.lua) then the concurrency block's: the
@@ -172,12 +177,18 @@ func (c *conc) wakeup(id string) chan struct{} {
 }
 
 // took moves id from the line to the holders, its lease running from
-// since, and returns the context of its reservation, derived from ctx.
+// since, or from its latest renewal since, and returns the context of its
+// reservation, derived from ctx.
 func (c *conc) took(ctx context.Context, id string, since time.Time) context.Context {
 	rctx, cancel := context.WithCancelCause(ctx)
 	c.mu.Lock()
 	delete(c.waiting, id)
-	c.held[id] = &holder{end: since.Add(c.lease), lost: cancel}
+	end := since.Add(c.lease)
+	if e := c.renewed[id]; e.After(end) {
+		end = e
+	}
+	delete(c.renewed, id)
+	c.held[id] = &holder{end: end, lost: cancel}
 	c.mu.Unlock()
 	c.out.Add(1)
 	return rctx
@@ -188,6 +199,7 @@ func (c *conc) took(ctx context.Context, id string, since time.Time) context.Con
 func (c *conc) drop(id string, cause error) bool {
 	c.mu.Lock()
 	delete(c.waiting, id)
+	delete(c.renewed, id)
 	h := c.held[id]
 	delete(c.held, id)
 	c.mu.Unlock()
@@ -267,8 +279,10 @@ func (b *Budget) renew() bool {
 		args = append(args, id)
 		held[id] = h
 	}
+	waiting := make([]string, 0, len(c.waiting))
 	for id := range c.waiting {
 		args = append(args, id)
+		waiting = append(waiting, id)
 	}
 	c.mu.Unlock()
 	if len(args) == 1 {
@@ -313,6 +327,19 @@ func (b *Budget) renew() bool {
 			dropped = append(dropped, id)
 		} else if e := sent.Add(c.lease); e.After(h.end) {
 			h.end = e
+		}
+	}
+	for _, id := range waiting {
+		// Still in line, or holding since the renewal was sent (took
+		// came first: then the holder's end is raised here).
+		switch h := c.held[id]; {
+		case gone[id]:
+		case h != nil:
+			if e := sent.Add(c.lease); e.After(h.end) {
+				h.end = e
+			}
+		case c.waiting[id] != nil:
+			c.renewed[id] = sent.Add(c.lease)
 		}
 	}
 	c.mu.Unlock()
