@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -122,7 +123,8 @@ type Options struct {
 	// Events, if not nil, sees every wait (BudgetWait), every pause
 	// (Pause), every cut of the learned rate (RateCut, with Adaptive) and
 	// every outage of Redis (OutageStart, OutageEnd), with Source "budget"
-	// and Name the budget's name.
+	// and Name the budget's name. A panic in it loses its event and is
+	// logged (Logger): the wait, pause or renewal that reported it goes on.
 	// default: nil
 	Events observe.Handler
 
@@ -442,6 +444,12 @@ func (b *Budget) event(ctx context.Context, e observe.Event) {
 		return
 	}
 	e.Source, e.Name = "budget", b.name
+	defer func() {
+		if r := recover(); r != nil {
+			b.log("the events handler panicked; its event is lost", "kind", e.Kind.String(), "panic", r,
+				"stack", string(debug.Stack()))
+		}
+	}()
 	b.opt.Events.Handle(ctx, e)
 }
 

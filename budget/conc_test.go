@@ -19,6 +19,7 @@ import (
 
 	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/internal/redistest"
+	"github.com/locksmith-go/locksmith/observe"
 )
 
 // fast is a limit that never delays a call: the tests of concurrency slots
@@ -694,5 +695,42 @@ func testConcurrencyCluster(t *testing.T, c *redistest.Cluster, name string, opt
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the caller in line was not woken (its fallback look is 10s away)")
+	}
+}
+
+// panicOnce is an events handler that panics at its first event.
+type panicOnce struct{ done atomic.Bool }
+
+func (h *panicOnce) Handle(context.Context, observe.Event) {
+	if h.done.CompareAndSwap(false, true) {
+		panic("the handler's bug")
+	}
+}
+
+// TestEventsPanicKeepsSlot: an events handler that panics while a
+// Reserve reports its wait (its concurrency slot taken) loses its event;
+// the Reserve returns its reservation, and its slot is freed by Done, not
+// held, renewed, for the life of the process.
+func TestEventsPanicKeepsSlot(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	b := budget.New(rdb, "panicky", budget.Limit{Rate: 1000, Burst: 10}, &budget.Options{Concurrency: 1, Events: &panicOnce{}})
+	defer b.Close()
+	ctx := context.Background()
+	r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatalf("Reserve with a panicking handler: %v", err)
+	}
+	if err := r.Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	r2, err := b.Reserve(wctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatalf("the next Reserve of the one slot: %v; want it free", err)
+	}
+	_ = r2.Done(ctx)
+	if n := b.Stats().InFlight; n != 0 {
+		t.Errorf("InFlight %d after both were done; want 0", n)
 	}
 }
