@@ -292,9 +292,11 @@ func (l *local) expect(key string, created time.Time) {
 }
 
 // set keeps a value this Cache stored itself (created is its stamp, which
-// expect registered before the store was sent).
-func (l *local) set(key string, v any, absent bool, created, until time.Time) {
-	l.keep(key, v, absent, created, time.Now(), until)
+// expect registered before the store was sent at sent): as a read sent
+// then would be, so that messages lost since (a reconnect, the flag
+// placed anew) drop it, as they drop such a read.
+func (l *local) set(key string, v any, absent bool, created, sent, until time.Time) {
+	l.keep(key, v, absent, created, sent, until)
 }
 
 // delete drops this Cache's own copy at once (its own Delete).

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/locksmith-go/locksmith/internal/lease"
+	"github.com/locksmith-go/locksmith/internal/notify"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
@@ -64,5 +66,43 @@ func TestLocalIgnoresOlderInvalidation(t *testing.T) {
 	l.keep("k", 5, false, base.Add(5*time.Millisecond), sent.Add(-time.Millisecond), until)
 	if _, _, ok := l.get("k"); ok {
 		t.Fatal("a read sent before messages may have been lost was kept")
+	}
+}
+
+// TestLocalStoreAcrossWake: a store sent before the invalidations were
+// known lost (a reconnect: Wake) is not kept as an in-process copy when
+// its reply is handled after, as a read sent then is not: an invalidation
+// lost meanwhile (another server's Delete) could not drop it.
+func TestLocalStoreAcrossWake(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := New(rdb, &Options{Local: &LocalOptions{MaxStaleness: time.Second}})
+	defer c.Close()
+	redistest.WaitFor(t, "the fleet's flag placed", func() bool { return c.local.placedAt.Load() != 0 })
+	ctx := context.Background()
+	ks := c.keyset("k")
+	tok := lease.NewToken()
+	claimed := look{token: tok, sent: time.Now()}
+	claimed.r, claimed.err = c.claim(ctx, ks, tok, modeRead, "")
+	if claimed.err != nil || claimed.r.state != acquired {
+		t.Fatalf("claim: %+v, %v", claimed.r, claimed.err)
+	}
+	o := typedOps[int](c.opt.Codec, nil)
+	entry, v, err := c.entryOf("k", o, &claimed, 1, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := c.storeCall(ks, &claimed, entry, time.Hour, time.Hour, v, false)
+	s, err := c.settle(ctx, &sc.req) // stored in Redis; then, before the reply is handled:
+	for !time.Now().After(sc.sent) {
+	}
+	c.local.message(notify.Wake)
+	c.stored(&sc, s, err)
+	if _, kept := c.local.values.GetIfPresent("k"); kept {
+		t.Error("a store sent before a Wake is kept in the local tier; want it dropped, as a read sent then")
+	}
+	// A store sent after the Wake is kept.
+	v2, err := Get(ctx, c, "k2", func(context.Context) (int, error) { return 2, nil })
+	if _, kept := c.local.values.GetIfPresent("k2"); err != nil || v2 != 2 || !kept {
+		t.Errorf("a store after the Wake: %v, %v, kept %v; want it kept", v2, err, kept)
 	}
 }

@@ -172,6 +172,7 @@ type storeCall struct {
 	absent   bool
 	created  time.Time
 	freshFor time.Duration
+	sent     time.Time // no later than the store was first sent
 }
 
 // storeCall returns the store of entry (with the value v, or an absence)
@@ -186,7 +187,7 @@ func (c *Cache) storeCall(ks keyset, claimed *look, entry []byte, ttl, freshFor 
 	return storeCall{
 		req: settleReq{ks: ks, token: claimed.token, mode: settleStore, msg: c.storeMessage(entry),
 			entry: entry, ttl: ttl, inval: invalidation(ks.name, created), bare: claimed.r.state == acquired && claimed.r.bare},
-		val: v, absent: absent, created: created, freshFor: freshFor,
+		val: v, absent: absent, created: created, freshFor: freshFor, sent: time.Now(),
 	}
 }
 
@@ -195,7 +196,7 @@ func (c *Cache) storeCall(ks keyset, claimed *look, entry []byte, ttl, freshFor 
 func (c *Cache) stored(sc *storeCall, s settled, err error) {
 	c.settled(sc.req.ks.name, s, err)
 	if err == nil && s.ours && s.storeErr == "" && c.local != nil {
-		c.local.set(sc.req.ks.name, sc.val, sc.absent, sc.created, time.Now().Add(sc.freshFor))
+		c.local.set(sc.req.ks.name, sc.val, sc.absent, sc.created, sc.sent, time.Now().Add(sc.freshFor))
 	}
 }
 
