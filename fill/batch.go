@@ -453,8 +453,9 @@ func (b *batch[T]) failOpen(ctx context.Context, chunk []*batchLook, cl callOpti
 	for i, l := range chunk {
 		keys[i] = l.key
 	}
-	wctx, wcancel := chunkPatience(ctx, chunk)
-	defer wcancel()
+	pat := chunkPatience(ctx, chunk)
+	defer pat.stop()
+	wctx := pat.ctx
 	out, _ := b.loadChunk(ctx, wctx, len(keys), cl.cost, func(ctx context.Context) (any, error) { return b.call(ctx, keys) })
 	m, _ := out.val.(map[string]T)
 	outcomes := make([]flight.Outcome, len(chunk))

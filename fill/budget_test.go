@@ -387,3 +387,63 @@ func TestGiveUpWhilePaused(t *testing.T) {
 	_, err = bt.Get(ctx, "b1")
 	both("Batcher.Get", err)
 }
+
+// TestBatcherJoinerKeepsPatience: a key that joined a batch waiting for its
+// budget slot counts in the batch's patience: when the batch's first
+// caller gives up during the load, and the upstream rate-limits it, the
+// load is made again for the key that joined, whose caller still waits,
+// not failed with the rate limit.
+func TestBatcherJoinerKeepsPatience(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := budget.New(s.Client(t, nil), "patience", budget.Limit{Rate: 1000, Burst: 10}, &budget.Options{Concurrency: 1})
+	t.Cleanup(func() { _ = b.Close() })
+	c := newCache(t, s.Client(t, nil), &fill.Options{Budget: b})
+	ctx := redistest.Context(t, 20*time.Second)
+	var calls atomic.Int32
+	inCall, release := make(chan struct{}, 2), make(chan struct{})
+	bt := fill.NewBatcher(c, func(_ context.Context, keys []string) (map[string]string, error) {
+		if calls.Add(1) == 1 {
+			inCall <- struct{}{}
+			<-release
+			return nil, &budget.RateLimitedError{RetryAfter: 10 * time.Millisecond}
+		}
+		m := map[string]string{}
+		for _, k := range keys {
+			m[k] = "v:" + k
+		}
+		return m, nil
+	}, &fill.BatchOptions{Window: time.Millisecond})
+	// The one concurrency slot held: the first batch waits for it.
+	held, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, giveUp := context.WithCancel(ctx)
+	first := make(chan error, 1)
+	go func() { _, err := bt.Get(actx, "a"); first <- err }()
+	redistest.WaitFor(t, "the batch waits for its slot", func() bool { _, holders := fill.BatcherState(bt); return holders == 1 })
+	joined := make(chan error, 1)
+	go func() {
+		v, err := bt.Get(ctx, "b")
+		if err == nil && v != "v:b" {
+			err = fmt.Errorf("got %q", v)
+		}
+		joined <- err
+	}()
+	redistest.WaitFor(t, "b joins the waiting batch", func() bool { pending, _ := fill.BatcherState(bt); return pending == 1 })
+	if err := held.Done(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-inCall // the batch, b in it, is loading
+	giveUp()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a's Get after its caller gave up: %v; want context.Canceled", err)
+	}
+	close(release) // the upstream rate-limits the call
+	if err := <-joined; err != nil {
+		t.Fatalf("b's Get: %v; want its value, loaded again after the rate limit", err)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Errorf("%d loader calls; want 2 (the rate-limited one, then the one for b)", n)
+	}
+}

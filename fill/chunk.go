@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,8 +30,10 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 	for _, l := range chunk {
 		ch.add(l)
 	}
-	wctx, wcancel := chunkPatience(ctx, chunk)
-	defer wcancel()
+	pat := chunkPatience(ctx, chunk)
+	defer pat.stop()
+	wctx := pat.ctx
+	ch.pat = pat
 	if join != nil {
 		join.hold()
 		ch.join = join
@@ -88,6 +89,7 @@ type chunkLoad[T any] struct {
 	join   joiner                  // nil once the keys that arrived joined
 	around aroundCall              // makes the loader call; nil: a plain call
 
+	pat     *patience // the chunk's: the keys that join it count in it
 	looks   []*batchLook
 	keys    []string
 	keepers []*lease.Keeper
@@ -143,6 +145,7 @@ func (ch *chunkLoad[T]) absorb() {
 	}
 	for _, l := range claimed {
 		ch.add(l)
+		ch.pat.add(l)
 	}
 	if len(open) > 0 {
 		wg.Go(func() { b.failOpen(ctx, open, ch.cl) })
@@ -286,31 +289,67 @@ func (b *batch[T]) call(ctx context.Context, keys []string) (any, error) {
 	return m, err
 }
 
-// chunkPatience returns a context that ends when nobody waits for any key
-// of chunk any more: the budget and its retries wait only as long. A key
-// without a flight (a gatherer's) is waited for by the fleet: the context
-// then ends with ctx.
-func chunkPatience(ctx context.Context, chunk []*batchLook) (context.Context, context.CancelFunc) {
-	wctx, wcancel := context.WithCancel(ctx)
-	if slices.ContainsFunc(chunk, func(l *batchLook) bool { return l.f == nil }) {
-		return wctx, wcancel
+// chunkPatience returns the patience of chunk: a context that ends when
+// nobody waits for any key of chunk any more (the keys that join it later
+// included, see patience.add): the budget and its retries wait only as
+// long. A key without a flight (a gatherer's, see gather.go) waits for as
+// long as the batch's ctx.
+func chunkPatience(ctx context.Context, chunk []*batchLook) *patience {
+	p := &patience{}
+	p.ctx, p.cancel = context.WithCancel(ctx)
+	for _, l := range chunk {
+		p.add(l)
 	}
-	var left atomic.Int32
-	left.Store(int32(len(chunk)))
-	stops := make([]func() bool, len(chunk))
-	for i, l := range chunk {
-		stops[i] = context.AfterFunc(l.f.Patience(), func() {
-			if left.Add(-1) == 0 {
-				wcancel()
-			}
-		})
+	return p
+}
+
+// patience is a chunk's: see chunkPatience.
+type patience struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu    sync.Mutex // guards the fields below
+	left  int        // keys whose callers still wait
+	stops []func() bool
+	whole bool // a key without a flight: the ctx ends with the batch's only
+}
+
+// add makes l's key one whose callers the chunk waits for.
+func (p *patience) add(l *batchLook) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.whole {
+		return
 	}
-	return wctx, func() {
-		for _, stop := range stops {
-			stop()
-		}
-		wcancel()
+	if l.f == nil {
+		p.whole = true
+		return
 	}
+	p.left++
+	p.stops = append(p.stops, context.AfterFunc(l.f.Patience(), p.gone))
+}
+
+// gone counts a key whose callers all gave up.
+func (p *patience) gone() {
+	p.mu.Lock()
+	p.left--
+	end := p.left == 0 && !p.whole
+	p.mu.Unlock()
+	if end {
+		p.cancel()
+	}
+}
+
+// stop releases the patience's watches and ends its ctx.
+func (p *patience) stop() {
+	p.mu.Lock()
+	stops := p.stops
+	p.stops = nil
+	p.mu.Unlock()
+	for _, stop := range stops {
+		stop()
+	}
+	p.cancel()
 }
 
 func absentErr(absent bool, key string) error {
