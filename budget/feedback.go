@@ -266,6 +266,10 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 //     (x-rate-limit-reset or x-ratelimit-reset, epoch seconds), or for one
 //     Per when the reset is missing.
 //   - Fewer calls remaining before the reset than the budget would allow
+//     (the X API's and GitHub's counts above; without them, OpenAI's
+//     x-ratelimit-remaining-requests and x-ratelimit-reset-requests,
+//     Anthropic's anthropic-ratelimit-requests-*, or the IETF draft's
+//     RateLimit-Remaining and RateLimit-Reset, or RateLimit's r and t)
 //     caps it, fleet-wide: that many more calls go before the reset, at the
 //     budget's own pace (less the calls already booked for a slot ahead,
 //     which have not reached the upstream yet), and the next waits for the
@@ -326,6 +330,16 @@ func (b *Budget) Observe(ctx context.Context, h http.Header, status int) error {
 // says is left: of the calls (f), and of the budget's meters (h).
 func (b *Budget) capsOf(h http.Header, now time.Time, f feedback) []any {
 	var caps []any
+	if !f.pull {
+		// No X or GitHub count: the requests left as OpenAI's,
+		// Anthropic's or the IETF's headers state them cap the calls.
+		for _, hr := range readHeadroom(h, refTime(h, now)) {
+			if hr.meter == "" && hr.reset > 0 {
+				f.pull, f.remaining, f.reset = true, hr.remaining, hr.reset
+				break
+			}
+		}
+	}
 	if f.pull && f.remaining < allowed(f.reset, b.t, b.tau) {
 		caps = append(caps, f.reset.Microseconds(), f.remaining, b.t, b.tau, "tat", "cap")
 	}

@@ -81,3 +81,35 @@ func TestPauseForObserved(t *testing.T) {
 		t.Errorf("%v: not ErrRateLimited", err)
 	}
 }
+
+// TestRequestsHeadroomCaps: "N requests remaining until the reset" as
+// OpenAI, Anthropic and the IETF draft state it caps the calls, as X's and
+// GitHub's counts do: none left for 30s, a Wait that cannot wait so long
+// is refused.
+func TestRequestsHeadroomCaps(t *testing.T) {
+	for name, h := range map[string]http.Header{
+		"OpenAI": {"X-Ratelimit-Remaining-Requests": {"0"}, "X-Ratelimit-Reset-Requests": {"30s"},
+			"X-Ratelimit-Limit-Requests": {"500"}},
+		"Anthropic": {"Anthropic-Ratelimit-Requests-Remaining": {"0"},
+			"Anthropic-Ratelimit-Requests-Reset": {time.Now().Add(30 * time.Second).UTC().Format(time.RFC3339)}},
+		"IETF": {"Ratelimit-Remaining": {"0"}, "Ratelimit-Reset": {"30"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, rdb := redistest.Mini(t)
+			b := budget.New(rdb, "headroom", budget.Limit{Rate: 100, Burst: 10}, nil)
+			defer b.Close()
+			ctx := context.Background()
+			if err := b.Observe(ctx, h, http.StatusOK); err != nil {
+				t.Fatal(err)
+			}
+			if n := b.Stats().PullDowns; n != 1 {
+				t.Errorf("PullDowns %d after a response with no requests left; want 1", n)
+			}
+			wctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			if err := b.Wait(wctx, budget.Foreground); !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Wait within 1s of 0 requests left for 30s: %v; want refused", err)
+			}
+		})
+	}
+}
