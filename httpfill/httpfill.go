@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -449,7 +448,7 @@ type entry struct {
 	Body         []byte      `json:"body,omitempty"`
 	Length       int64       `json:"length,omitempty"` // the Content-Length; of a HEAD, as the upstream said
 	Uncompressed bool        `json:"uncompressed,omitempty"`
-	Vary         http.Header `json:"vary,omitempty"` // the request's values of the headers named by Vary
+	Vary         http.Header `json:"vary,omitempty"` // the digest of the request's values of each header named by Vary
 	At           int64       `json:"at,omitempty"`   // when the response arrived, in Unix milliseconds
 }
 
@@ -462,7 +461,9 @@ func (e *entry) fits(req *http.Request) bool {
 	}
 	rh := canonical(req.Header)
 	for name, vals := range e.Vary {
-		if !slices.Equal(rh[name], vals) {
+		// An entry from before digests holds the values themselves: it
+		// matches no digest, and the request passes through.
+		if len(vals) != 1 || vals[0] != varyDigest(rh[name]) {
 			return false
 		}
 	}

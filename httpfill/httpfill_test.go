@@ -1005,3 +1005,47 @@ func TestFleetNotStored(t *testing.T) {
 		t.Errorf("upstream calls = %d; want 1", n)
 	}
 }
+
+// TestVaryKeepsNoCredential: a response that varies on Authorization and
+// Cookie (GitHub's API sends Vary: Authorization) keeps what a request
+// had for them as a digest: no credential appears in Redis, and a request
+// with another credential does not get the response.
+func TestVaryKeepsNoCredential(t *testing.T) {
+	u := newUpstream(t, false, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		w.Header().Set("Vary", "Authorization, Cookie")
+		user := "other"
+		if r.Header.Get("Authorization") == "Bearer ghp_secret-xyz" {
+			user = "ann"
+		}
+		_, _ = io.WriteString(w, "for "+user)
+	})
+	_, rdb := redistest.Mini(t)
+	// A Key without the credentials: only Vary tells the users apart.
+	c := newClient(u, newCache(t, rdb, nil), &httpfill.Options{Key: func(r *http.Request) string { return r.URL.String() }})
+	const secret = "Bearer ghp_secret-xyz"
+	for i := range 2 {
+		if r := mustDo(t, c, http.MethodGet, u.url("/v"), "Authorization", secret, "Cookie", "session=cookie-abc"); r.body != "for ann" {
+			t.Fatalf("GET %d: %q", i, r.body)
+		}
+	}
+	wantCalls(t, u, 1) // the second was served from the cache
+	if r := mustDo(t, c, http.MethodGet, u.url("/v"), "Authorization", "Bearer other", "Cookie", "session=cookie-abc"); r.body != "for other" {
+		t.Errorf("GET with another credential: %q; want its own response", r.body)
+	}
+	keys, err := rdb.Keys(t.Context(), "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if typ, _ := rdb.Type(t.Context(), k).Result(); typ != "string" {
+			continue
+		}
+		v, _ := rdb.Get(t.Context(), k).Result()
+		for _, cred := range []string{"ghp_secret-xyz", "cookie-abc"} {
+			if strings.Contains(v, cred) || strings.Contains(k, cred) {
+				t.Errorf("%s holds the credential %q", k, cred)
+			}
+		}
+	}
+}

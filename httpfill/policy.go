@@ -225,9 +225,10 @@ func lifetime(req *http.Request, resp *http.Response, now time.Time) (ttl time.D
 	return life, true
 }
 
-// vary returns the values req has for the headers named by the Vary of a
-// response with header h, and whether the response varies on more than
-// request headers (Vary "*").
+// vary returns, for each request header named by the Vary of a response
+// with header h, a digest of the values req has for it (see varyDigest),
+// and whether the response varies on more than request headers (Vary
+// "*").
 func vary(req *http.Request, h http.Header) (vals http.Header, star bool) {
 	rh := canonical(req.Header)
 	for _, v := range values(h, "Vary") {
@@ -243,10 +244,23 @@ func vary(req *http.Request, h http.Header) (vals http.Header, star bool) {
 				vals = make(http.Header)
 			}
 			name = textproto.CanonicalMIMEHeaderKey(name)
-			vals[name] = rh[name]
+			vals[name] = []string{varyDigest(rh[name])}
 		}
 	}
 	return vals, false
+}
+
+// varyDigest is what an entry keeps of the values a request had for a
+// header its response varies on: the first 128 bits of their SHA-256, so
+// that a credential (Vary: Authorization, Cookie, as GitHub's API sends)
+// never appears in Redis, while another request's values still tell
+// whether the response is theirs.
+func varyDigest(vals []string) string {
+	h := sha256.New()
+	for _, v := range vals {
+		_, _ = io.WriteString(h, strconv.Itoa(len(v))+":"+v)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // setsCookie reports whether a response with header h sets a cookie.
