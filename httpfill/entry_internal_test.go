@@ -86,3 +86,27 @@ func TestCanonicalHostile(t *testing.T) {
 		t.Errorf("canonical: X-Key-7 = %q; want [w v], the spellings in sorted order", got)
 	}
 }
+
+// TestLifetimeHostileDates: an Expires or Date far out (year 1, year 9999:
+// what a zero or a maximal time formats to) neither saturates the
+// response's lifetime nor wraps it once its Age is taken: one in the past
+// is not stored, one far ahead is stored (for MaxTTL, by the caller).
+func TestLifetimeHostileDates(t *testing.T) {
+	now := time.Date(2026, time.March, 1, 12, 0, 0, 0, time.UTC)
+	req, _ := http.NewRequest(http.MethodGet, "http://api.test/", nil)
+	for _, tt := range []struct {
+		name               string
+		expires, date, age string
+		store              bool
+	}{
+		{"Expires year 1, Age 1", "Mon, 01 Jan 0001 00:00:00 GMT", now.Format(http.TimeFormat), "1", false},
+		{"Date year 9999", now.Format(http.TimeFormat), "Fri, 31 Dec 9999 23:59:59 GMT", "1", false},
+		{"Expires year 9999", "Fri, 31 Dec 9999 23:59:59 GMT", now.Format(http.TimeFormat), "1", true},
+		{"Expires year 9999, Age huge", "Fri, 31 Dec 9999 23:59:59 GMT", now.Format(http.TimeFormat), "99999999999999999999", false},
+	} {
+		resp := &http.Response{StatusCode: 200, Header: http.Header{"Expires": {tt.expires}, "Date": {tt.date}, "Age": {tt.age}}}
+		if ttl, store := lifetime(req, resp, now); store != tt.store || ttl < 0 {
+			t.Errorf("%s: lifetime %v, store %v; want store %v", tt.name, ttl, store, tt.store)
+		}
+	}
+}

@@ -207,7 +207,10 @@ func lifetime(req *http.Request, resp *http.Response, now time.Time) (ttl time.D
 			if err != nil {
 				date = now
 			}
-			life = t.Sub(date)
+			// Within 2^31 seconds either way, as a delta-seconds value
+			// is (see seconds): a date of year 1 or 9999 neither
+			// saturates the difference nor wraps it once Age is taken.
+			life = min(max(t.Sub(date), -maxDelta), maxDelta)
 		}
 	} else if heuristic[resp.StatusCode] {
 		return 0, true
@@ -282,14 +285,16 @@ func directives(h http.Header) map[string]string {
 	return d
 }
 
+// maxDelta is the largest delta-seconds value counted: 2^31 seconds (RFC
+// 9111, 1.2.2).
+const maxDelta = (math.MaxInt32 + 1) * time.Second
+
 // seconds parses a delta-seconds value (max-age, Age); what cannot be read
-// is 0, and what is too large to count is capped at 2^31 seconds (RFC 9111,
-// 1.2.2).
+// is 0, and what is too large to count is capped at maxDelta.
 func seconds(v string) time.Duration {
-	const limit = math.MaxInt32 + 1
 	n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
 	if err != nil && !errors.Is(err, strconv.ErrRange) {
 		return 0
 	}
-	return time.Duration(min(n, limit)) * time.Second
+	return time.Duration(min(n, uint64(maxDelta/time.Second))) * time.Second
 }
