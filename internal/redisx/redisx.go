@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -157,7 +158,9 @@ const (
 	Unreachable
 	// Transient: an error reply that says the server cannot serve the call
 	// now but will (READONLY, LOADING, MASTERDOWN, CLUSTERDOWN, TRYAGAIN,
-	// NOREPLICAS, max number of clients): a failover or a restart under way.
+	// NOREPLICAS, max number of clients; BUSY, a script of another client
+	// running past its time): a failover or a restart under way, or a
+	// server held up.
 	Transient
 	// Saturated: the client's connection pool had no free connection in
 	// time. Redis is up; the call may be tried again.
@@ -190,7 +193,7 @@ func Classify(err error) Class {
 		return Saturated
 	case redis.IsReadOnlyError(err), redis.IsLoadingError(err), redis.IsMasterDownError(err),
 		redis.IsClusterDownError(err), redis.IsTryAgainError(err), redis.IsNoReplicasError(err),
-		redis.IsMaxClientsError(err):
+		redis.IsMaxClientsError(err), busy(err):
 		return Transient
 	case errors.As(err, &re):
 		return Reply
@@ -206,6 +209,14 @@ func Classify(err error) Class {
 		return Unreachable
 	}
 	return Other
+}
+
+// busy reports whether err is a BUSY reply: Redis runs another client's
+// script past its time limit, and serves nothing else until it ends or is
+// killed (not BUSYKEY).
+func busy(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "BUSY ")
 }
 
 // Outage reports whether err means Redis cannot serve calls now, so that a

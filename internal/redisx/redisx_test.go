@@ -47,6 +47,8 @@ func TestClassify(t *testing.T) {
 		{replyErr("CLUSTERDOWN The cluster is down"), Transient},
 		{replyErr("TRYAGAIN Multiple keys request during rehashing of slot"), Transient},
 		{replyErr("ERR max number of clients reached"), Transient},
+		{replyErr("BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE."), Transient},
+		{replyErr("BUSYKEY Target key name already exists."), Reply},
 		{replyErr("WRONGTYPE Operation against a key holding the wrong kind of value"), Reply},
 		{replyErr("OOM command not allowed when used memory > 'maxmemory'."), Reply},
 		{replyErr("NOPERM this user has no permissions"), Reply},
