@@ -301,7 +301,10 @@ func (o *outage) check() error {
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if !o.down {
+	if !o.down || o.closed {
+		// Closed: no probe will end the outage; calls made after Close
+		// (a closed Locker's locks are still refreshed) go to Redis and
+		// find out for themselves.
 		return nil
 	}
 	return &DownError{Since: o.since, Err: o.cause}

@@ -207,3 +207,35 @@ func TestRunLate(t *testing.T) {
 		t.Fatalf("late: got %d; want 7", v)
 	}
 }
+
+// TestClosedDuringOutage: a Client closed during an outage stops probing,
+// and stops holding calls back: a call made after Close (a lock's Refresh,
+// which a closed Locker still allows) goes to Redis, and gets through once
+// Redis is back, rather than fail as unavailable for good.
+func TestClosedDuringOutage(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	c := New(rdb)
+	ctx := redistest.Context(t, 30*time.Second)
+	get := func() error {
+		_, err := Run(ctx, c, func(ctx context.Context) (string, error) {
+			return rdb.Get(ctx, "k").Result()
+		}, nil)
+		if errors.Is(err, redis.Nil) {
+			return nil
+		}
+		return err
+	}
+	s.Kill(t)
+	if err := get(); Classify(err) != Unreachable {
+		t.Fatalf("with Redis down: %v; want it unreachable", err)
+	}
+	if !c.Down() {
+		t.Fatal("no outage began")
+	}
+	c.Close()
+	s.Restart(t)
+	if err := get(); err != nil {
+		t.Fatalf("a call after Close, Redis back: %v; want it through", err)
+	}
+}
