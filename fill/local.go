@@ -275,6 +275,13 @@ func (l *local) keep(key string, v any, absent bool, created time.Time, sent, un
 		until = minTime(until, sent.Add(l.maxStale))
 	}
 	l.values.Set(key, &localEntry{val: v, absent: absent, created: ms, sent: sent.UnixNano(), until: until.UnixNano()})
+	// An invalidation or a Wake that came between the checks above and
+	// the Set found no copy to drop: look again now that it is in place
+	// (each writes its mark before it looks for copies). A copy dropped
+	// here is only a read more.
+	if t, ok := l.tombs.GetIfPresent(key); (ok && ms < t) || sent.UnixNano() < l.clearedAt.Load() {
+		l.values.Invalidate(key)
+	}
 }
 
 // expect registers the invalidation this Cache's own store of key,
@@ -296,7 +303,18 @@ func (l *local) expect(key string, created time.Time) {
 // then would be, so that messages lost since (a reconnect, the flag
 // placed anew) drop it, as they drop such a read.
 func (l *local) set(key string, v any, absent bool, created, sent, until time.Time) {
+	// Its own invalidation drops nothing (see message): the store's
+	// stamp is remembered here instead, so that a read of an older entry
+	// of the key finishing later (another flight of it) is not kept over it.
+	l.raiseTomb(key, created.UnixMilli())
 	l.keep(key, v, absent, created, sent, until)
+}
+
+// raiseTomb remembers that key's entries stamped before ms are outdated.
+func (l *local) raiseTomb(key string, ms int64) {
+	if t, ok := l.tombs.GetIfPresent(key); !ok || t < ms {
+		l.tombs.Set(key, ms)
+	}
 }
 
 // delete drops this Cache's own copy at once (its own Delete).
@@ -308,9 +326,7 @@ func (l *local) delete(key string) {
 // remembers created against reads under way.
 func (l *local) invalidate(key string, created time.Time) {
 	ms := created.UnixMilli()
-	if t, ok := l.tombs.GetIfPresent(key); !ok || t < ms {
-		l.tombs.Set(key, ms)
-	}
+	l.raiseTomb(key, ms)
 	if e, ok := l.values.GetIfPresent(key); ok && e.created <= ms {
 		if _, dropped := l.values.Invalidate(key); dropped {
 			l.c.stats.invalidations.Add(1)

@@ -3,6 +3,8 @@ package fill
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -104,5 +106,62 @@ func TestLocalStoreAcrossWake(t *testing.T) {
 	v2, err := Get(ctx, c, "k2", func(context.Context) (int, error) { return 2, nil })
 	if _, kept := c.local.values.GetIfPresent("k2"); err != nil || v2 != 2 || !kept {
 		t.Errorf("a store after the Wake: %v, %v, kept %v; want it kept", v2, err, kept)
+	}
+}
+
+// TestLocalKeepRacingInvalidation: a read's copy kept at the moment its
+// key's invalidation arrives (on the Hub's goroutine) never outlives it:
+// either the invalidation finds the copy, or keep finds the invalidation's
+// tomb once the copy is in place.
+func TestLocalKeepRacingInvalidation(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := New(rdb, &Options{Local: &LocalOptions{MaxStaleness: time.Hour}})
+	defer c.Close()
+	l := c.local
+	l.beats = false // driven by hand
+	redistest.WaitFor(t, "the fleet's flag in place", func() bool { return l.confirmed.Load() != 0 })
+	base := time.UnixMilli(1_000_000)
+	until := time.Now().Add(time.Hour)
+	stale := 0
+	for i := range 20000 {
+		key := "k" + strconv.Itoa(i)
+		sent := time.Now()
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() { <-start; l.keep(key, 1, false, base, sent, until) })
+		wg.Go(func() { <-start; l.invalidate(key, base.Add(time.Millisecond)) })
+		close(start)
+		wg.Wait()
+		if _, _, ok := l.get(key); ok {
+			stale++
+		}
+	}
+	if stale > 0 {
+		t.Errorf("%d of 20000 copies outlived an invalidation newer than them", stale)
+	}
+}
+
+// TestLocalOwnStoreNotOverwritten: a read of an older entry of a key that
+// finishes after this Cache stored a newer one (another flight of the key,
+// of another type, or a refresh's store) is not kept over the store's copy:
+// the store's own invalidation drops nothing, so the store leaves the mark
+// a foreign one would.
+func TestLocalOwnStoreNotOverwritten(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := New(rdb, &Options{Local: &LocalOptions{MaxStaleness: time.Hour}})
+	defer c.Close()
+	l := c.local
+	l.beats = false // driven by hand
+	redistest.WaitFor(t, "the fleet's flag in place", func() bool { return l.confirmed.Load() != 0 })
+	base := time.UnixMilli(1_000_000)
+	until := time.Now().Add(time.Hour)
+	sent := time.Now() // the older read was sent first
+	newer := base.Add(2 * time.Millisecond)
+	l.expect("k", newer)
+	l.set("k", "new", false, newer, time.Now(), until)
+	l.message(invalidation("k", newer)) // its own: drops nothing
+	l.keep("k", "old", false, base, sent, until)
+	if v, _, ok := l.get("k"); !ok || v != "new" {
+		t.Errorf("the copy after an older read finished: %v, %v; want the store's, new", v, ok)
 	}
 }
