@@ -220,6 +220,12 @@ func (w *waiter) step() (notify.Step, error) {
 	case acquired:
 		w.miss()
 		w.claimed = &l
+		if l.r.bare {
+			// The value is gone (deleted, or past its stale window): a
+			// stale value read before is not to be served should the
+			// load fail.
+			w.fallback = nil
+		}
 		return stepDone, nil
 	case failed:
 		// The awaited holder ended while this flight was not listening:
@@ -286,8 +292,13 @@ func (w *waiter) message(p string) (bool, error) {
 		}
 	case lease.Failed, lease.Panicked:
 		w.val, w.valErr = w.c.remoteFailure(w.ctx, w.j.ks.name, p, w.fallback)
+	case lease.Deleted:
+		// The stale value read before is deleted too: not to be served
+		// should the next load fail.
+		w.fallback = nil
+		return false, nil
 	default:
-		return false, nil // released, stored too large, deleted, or reconnected: look again
+		return false, nil // released, stored too large, or reconnected: look again
 	}
 	w.c.stats.remoteMerges.Add(1)
 	return true, nil
@@ -375,7 +386,10 @@ func (c *Cache) lead(ctx, wctx context.Context, j *job, claimed, fallback *look,
 func (ld *leader) backoff() bool { return ld.fallback != nil || ld.bg }
 
 // fail counts a failed load and settles it: its message for the waiters.
-func (ld *leader) fail(kind lease.Kind, text string) {
+// It reports whether a stale value read before the load may still be
+// served: not when the lock was no longer the load's (a Delete took it,
+// or the lease ran out and the key may have moved on).
+func (ld *leader) fail(kind lease.Kind, text string) (staleOK bool) {
 	c := ld.c
 	c.stats.loadErrors.Add(1)
 	if ld.bg {
@@ -383,6 +397,7 @@ func (ld *leader) fail(kind lease.Kind, text string) {
 	}
 	s, err := c.settleFailure(ld.sctx, ld.j.ks, ld.claimed.token, lease.Message(kind, limitText(text)), ld.backoff())
 	c.settled(ld.j.ks.name, s, err)
+	return err != nil || s.ours
 }
 
 // settle stores the load's outcome out (took long; lost, if not nil, says
@@ -410,8 +425,7 @@ func (ld *leader) settle(out outcome, took time.Duration, lost error, ov *ttlOve
 		c.store(ld.sctx, j.ks, c.absentEntry(j.o, ld.claimed, took), c.jitter(j.cl.negativeTTL), nil, true, ld.claimed)
 		return out
 	case out.err != nil:
-		ld.fail(lease.Failed, out.err.Error())
-		if f := ld.fallback; f != nil && f.valErr == nil {
+		if f := ld.fallback; ld.fail(lease.Failed, out.err.Error()) && f != nil && f.valErr == nil {
 			c.staleHit(ld.ctx, j.ks.name)
 			return outcome{val: f.val}
 		}

@@ -308,3 +308,92 @@ func TestLegacyEntry(t *testing.T) {
 		t.Fatalf("got %v, %v; want 7 from the old entry", got, err)
 	}
 }
+
+// TestDeleteDuringStaleLoad: a Delete while a load holds a stale value to
+// serve should it fail (StaleIfError) ends that value too: the load
+// failing after the Delete gives its error, not the deleted value, to
+// the callers who came after the Delete.
+func TestDeleteDuringStaleLoad(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	c := newCache(t, rdb, &fill.Options{TTL: time.Second, Jitter: -1, StaleIfError: time.Hour})
+	ctx := redistest.Context(t, 20*time.Second)
+	if _, err := fill.Get(ctx, c, "k", func(context.Context) (int, error) { return 1, nil }); err != nil {
+		t.Fatal(err)
+	}
+	m.FastForward(2 * time.Second) // past its TTL, within stale-if-error
+	started, release := make(chan struct{}), make(chan struct{})
+	failing := func(context.Context) (int, error) {
+		close(started)
+		<-release
+		return 0, errors.New("upstream down")
+	}
+	first := make(chan error, 1)
+	go func() { _, err := fill.Get(ctx, c, "k", failing); first <- err }()
+	<-started
+	if err := c.Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	after := make(chan struct {
+		v   int
+		err error
+	}, 1)
+	go func() {
+		v, err := fill.Get(ctx, c, "k", func(context.Context) (int, error) { return 2, nil })
+		after <- struct {
+			v   int
+			err error
+		}{v, err}
+	}()
+	redistest.WaitFor(t, "the Get after the Delete joins the load", func() bool { return c.Stats().LocalMerges == 1 })
+	close(release)
+	<-first
+	if r := <-after; r.err == nil && r.v == 1 {
+		t.Errorf("a Get after the Delete got the deleted value %d; want the load's error", r.v)
+	}
+}
+
+// TestDeleteDuringStaleWait: a server waiting for another's load of a
+// stale key, the stale value kept to serve should that load fail, drops
+// it when the key is deleted: a load failing after the Delete gives its
+// error, not the deleted value.
+func TestDeleteDuringStaleWait(t *testing.T) {
+	s := redistest.Start(t, nil)
+	opt := &fill.Options{TTL: time.Second, Jitter: -1, StaleIfError: time.Hour, PollInterval: 50 * time.Millisecond}
+	a, b := newCache(t, s.Client(t, nil), opt), newCache(t, s.Client(t, nil), opt)
+	ctx := redistest.Context(t, 20*time.Second)
+	if _, err := fill.Get(ctx, a, "k", func(context.Context) (int, error) { return 1, nil }); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, "the value past its TTL", func() bool {
+		return s.Client(t, nil).PTTL(ctx, "__locksmith:{k}:value").Val() < time.Hour-time.Second+500*time.Millisecond
+	})
+	started, release := make(chan struct{}), make(chan struct{})
+	go func() {
+		_, _ = fill.Get(ctx, a, "k", func(context.Context) (int, error) {
+			close(started)
+			<-release
+			return 0, errors.New("upstream down")
+		})
+	}()
+	<-started
+	waited := make(chan struct {
+		v   int
+		err error
+	}, 1)
+	go func() {
+		v, err := fill.Get(ctx, b, "k", func(context.Context) (int, error) { return 0, errors.New("upstream down here too") })
+		waited <- struct {
+			v   int
+			err error
+		}{v, err}
+	}()
+	redistest.WaitFor(t, "b waits for a's load", func() bool { return b.Stats().Misses == 1 })
+	if err := a.Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	r := <-waited
+	close(release)
+	if r.err == nil && r.v == 1 {
+		t.Errorf("b's Get after the Delete got the deleted value %d; want an error", r.v)
+	}
+}
