@@ -119,6 +119,11 @@ func (b *Budget) parseKeyed(v any, cand []int) (booking, error) {
 // set, unless the key's schedule was respaced after it was booked.
 func (b *Budget) keyLearn(r booking) {
 	p := b.pool
+	if p.pending.CompareAndSwap(true, false) {
+		// Redis answers again: the removals of other servers' keys kept
+		// while it did not go to it now.
+		b.later(b.writeBackRemovals)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	k := &p.keys[r.kidx-1]

@@ -91,10 +91,19 @@ type pool struct {
 	bookKeys  []string
 	boxedKeep any
 
-	mu   sync.Mutex // guards keys and live
+	mu   sync.Mutex // guards keys, live and foreign
 	keys []keyState
 	live *liveKeys // nil when the keys removed changed since it was made
+	// foreign holds the ids of keys not in this server's Options.Keys
+	// removed while Redis was unreachable: written back once it is
+	// (pending says there are some).
+	foreign map[string]struct{}
+	pending atomic.Bool
 }
+
+// maxForeignRemovals bounds the removals of other servers' keys kept while
+// Redis is unreachable.
+const maxForeignRemovals = 1000
 
 // keyState is what this server knows of one key of its pool.
 type keyState struct {
@@ -392,13 +401,49 @@ func (b *Budget) removeID(ctx context.Context, id string) error {
 	switch {
 	case err != nil && redisx.Outage(err):
 		// The next booking announces this server's keys, and writes the
-		// removal back.
+		// removal back; another server's key is written back after it.
 		p.gen.Store(0)
+		if _, ok := p.index[id]; !ok {
+			p.mu.Lock()
+			if p.foreign == nil {
+				p.foreign = make(map[string]struct{})
+			}
+			if len(p.foreign) < maxForeignRemovals {
+				p.foreign[id] = struct{}{}
+			}
+			p.mu.Unlock()
+			p.pending.Store(true)
+		}
 		return nil
 	case err != nil:
 		return b.fail(ctx, "remove", err)
 	}
 	return nil
+}
+
+// writeBackRemovals removes, for the fleet, the keys of other servers
+// removed here while Redis was unreachable; one that cannot be written
+// yet stays for the next booking.
+func (b *Budget) writeBackRemovals() {
+	p := b.pool
+	p.mu.Lock()
+	ids := make([]string, 0, len(p.foreign))
+	for id := range p.foreign {
+		ids = append(ids, id)
+	}
+	p.mu.Unlock()
+	for _, id := range ids {
+		ctx, cancel := context.WithTimeout(b.base, giveBackTimeout)
+		err := b.removeID(ctx, id)
+		cancel()
+		if err != nil || b.rdb.Down() {
+			p.pending.Store(true)
+			return
+		}
+		p.mu.Lock()
+		delete(p.foreign, id)
+		p.mu.Unlock()
+	}
 }
 
 // observeKey is Observe on a budget with Options.Keys: the response is

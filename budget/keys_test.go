@@ -655,3 +655,38 @@ func TestKeysAtMost(t *testing.T) {
 		t.Fatalf("Stats().Keys = %d; want 1000", got)
 	}
 }
+
+// TestKeysRemoveForeignWhileDown: a server that removes another server's
+// key (not in its own Options.Keys) while Redis is unreachable writes the
+// removal back once Redis answers again, as it does for its own keys: the
+// server that has the key stops booking it.
+func TestKeysRemoveForeignWhileDown(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	x := newBudget(t, rdb, "remove-foreign", budget.Limit{Rate: 100}, &budget.Options{Keys: []string{"key-x"}})
+	y := newBudget(t, redistest.Client(t, m.Addr()), "remove-foreign", budget.Limit{Rate: 100}, &budget.Options{Keys: []string{"key-y"}})
+	reserveKey(t, x)
+	reserveKey(t, y)
+	m.Close()
+	if err := x.Remove(context.Background(), "key-y"); err != nil {
+		t.Fatalf("Remove of another server's key with Redis down: %v; want nil", err)
+	}
+	if err := m.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	removed := budget.Key(x) + ":removed"
+	redistest.WaitFor(t, "the removal written back", func() bool {
+		reserveKey(t, x)
+		return m.Exists(removed) && m.HGet(removed, budget.KeyID("key-y")) != ""
+	})
+	redistest.WaitFor(t, "the server with the key stops booking it", func() bool {
+		r, err := y.Reserve(context.Background(), budget.Foreground, budget.Cost{})
+		if err == nil {
+			_ = r.Done(context.Background())
+			return false
+		}
+		if !errors.Is(err, budget.ErrNoKeys) {
+			t.Fatalf("Reserve on the server whose only key was removed: %v; want ErrNoKeys", err)
+		}
+		return true
+	})
+}
