@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,7 +20,7 @@ import (
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
-// A fleet of server processes: BenchmarkFleetBatch's Join/processes runs
+// A fleet of server processes: BenchmarkFleetBatch's JoinProcesses runs
 // each server in a process of its own (this test binary run again as
 // TestFleetServerProcess), as a fleet's servers are: each with its own Go
 // runtime, its own threads and connections, none waking on another's
@@ -265,15 +264,5 @@ func fleetProcBatchRounds(b *testing.B, servers int) {
 		b.Fatal("no loader call")
 	}
 	b.ReportMetric(float64(len(took))/float64(b.N), "calls/round")
-	p50, _ := reportLatency(b, "", lats)
-	slices.Sort(took)
-	load := ms(took[len(took)/2])
-	over := p50 - ms(fleetWindow) - load
-	b.ReportMetric(load, "load-ms")
-	b.ReportMetric(over, "p50-over-ms")
-	b.ReportMetric(ms(rtt), "rtt-ms")
-	b.ReportMetric(over/ms(rtt), "p50-over-rtts")
-	b.ReportMetric(ms(coldRTT), "rtt-cold-ms")
-	b.ReportMetric(over/ms(coldRTT), "p50-over-cold-rtts")
-	b.ReportMetric(ms(coldPub), "publish-cold-ms")
+	reportOver(b, lats, took, rtt, coldRTT, coldPub)
 }

@@ -25,15 +25,21 @@ func (b *Budget) sleepLocalPause(ctx context.Context, op string) error {
 		if d <= 0 {
 			return nil
 		}
-		if dl, ok := ctx.Deadline(); ok && time.Now().Add(d).After(dl) {
-			b.stats.refused.Add(1)
-			return fmt.Errorf("budget: %s %s: paused for %v, past the deadline: %w",
-				op, redisx.Quote(b.name), d, context.DeadlineExceeded)
-		}
-		if err := b.sleep(ctx, d, false, nil); err != nil {
+		if err := b.sleepOut(ctx, op, d); err != nil {
 			return err
 		}
 	}
+}
+
+// sleepOut sleeps for d, the rest of a pause, or refuses at once when d
+// ends past ctx's deadline, as a booking past it is.
+func (b *Budget) sleepOut(ctx context.Context, op string, d time.Duration) error {
+	if dl, ok := ctx.Deadline(); ok && time.Now().Add(d).After(dl) {
+		b.stats.refused.Add(1)
+		return fmt.Errorf("budget: %s %s: paused for %v, past the deadline: %w",
+			op, redisx.Quote(b.name), d, context.DeadlineExceeded)
+	}
+	return b.sleep(ctx, d, false, nil)
 }
 
 // waitLocal is Wait (or Reserve: op) of w while Redis is unreachable: a

@@ -437,12 +437,7 @@ func (b *Budget) sleepKnownPause(ctx context.Context, op string) error {
 	if d <= 0 {
 		return nil
 	}
-	if dl, ok := ctx.Deadline(); ok && time.Now().Add(d).After(dl) {
-		b.stats.refused.Add(1)
-		return fmt.Errorf("budget: %s %s: paused for %v, past the deadline: %w",
-			op, redisx.Quote(b.name), d, context.DeadlineExceeded)
-	}
-	return b.sleep(ctx, d, false, nil)
+	return b.sleepOut(ctx, op, d)
 }
 
 // errPaused is sleep's error when a pause began before the slot.

@@ -31,16 +31,23 @@ func TestLocalBoundedBySize(t *testing.T) {
 	}
 }
 
+// handDriven returns the local tier of a new Cache on miniredis, its
+// fleet's flag in place, without heartbeats: a test drives it by hand.
+func handDriven(t *testing.T) *local {
+	_, rdb := redistest.Mini(t)
+	c := New(rdb, &Options{Local: &LocalOptions{MaxStaleness: time.Hour}})
+	t.Cleanup(func() { _ = c.Close() })
+	l := c.local
+	l.beats = false
+	redistest.WaitFor(t, "the fleet's flag in place", func() bool { return l.confirmed.Load() != 0 })
+	return l
+}
+
 // TestLocalIgnoresOlderInvalidation: an invalidation for an older entry
 // does not evict a newer copy, and a read under way when a newer value was
 // announced does not put its older copy back.
 func TestLocalIgnoresOlderInvalidation(t *testing.T) {
-	_, rdb := redistest.Mini(t)
-	c := New(rdb, &Options{Local: &LocalOptions{MaxStaleness: time.Hour}})
-	defer c.Close()
-	l := c.local
-	l.beats = false // no heartbeat needed: this test drives the tier by hand
-	redistest.WaitFor(t, "the fleet's flag in place", func() bool { return l.confirmed.Load() != 0 })
+	l := handDriven(t)
 	base := time.UnixMilli(1_000_000)
 	until := time.Now().Add(time.Hour)
 	l.keep("k", 2, false, base.Add(2*time.Millisecond), time.Now(), until)
@@ -114,12 +121,7 @@ func TestLocalStoreAcrossWake(t *testing.T) {
 // either the invalidation finds the copy, or keep finds the invalidation's
 // tomb once the copy is in place.
 func TestLocalKeepRacingInvalidation(t *testing.T) {
-	_, rdb := redistest.Mini(t)
-	c := New(rdb, &Options{Local: &LocalOptions{MaxStaleness: time.Hour}})
-	defer c.Close()
-	l := c.local
-	l.beats = false // driven by hand
-	redistest.WaitFor(t, "the fleet's flag in place", func() bool { return l.confirmed.Load() != 0 })
+	l := handDriven(t)
 	base := time.UnixMilli(1_000_000)
 	until := time.Now().Add(time.Hour)
 	stale := 0
@@ -147,12 +149,7 @@ func TestLocalKeepRacingInvalidation(t *testing.T) {
 // the store's own invalidation drops nothing, so the store leaves the mark
 // a foreign one would.
 func TestLocalOwnStoreNotOverwritten(t *testing.T) {
-	_, rdb := redistest.Mini(t)
-	c := New(rdb, &Options{Local: &LocalOptions{MaxStaleness: time.Hour}})
-	defer c.Close()
-	l := c.local
-	l.beats = false // driven by hand
-	redistest.WaitFor(t, "the fleet's flag in place", func() bool { return l.confirmed.Load() != 0 })
+	l := handDriven(t)
 	base := time.UnixMilli(1_000_000)
 	until := time.Now().Add(time.Hour)
 	sent := time.Now() // the older read was sent first

@@ -93,15 +93,7 @@ func TestOutageRemembered(t *testing.T) {
 	c := New(rdb)
 	defer c.Close()
 	ctx := redistest.Context(t, 30*time.Second)
-	get := func() error {
-		_, err := Run(ctx, c, func(ctx context.Context) (string, error) {
-			return rdb.Get(ctx, "k").Result()
-		}, nil)
-		if errors.Is(err, redis.Nil) {
-			return nil
-		}
-		return err
-	}
+	get := func() error { return getK(ctx, c, rdb) }
 	if err := get(); err != nil {
 		t.Fatal(err)
 	}
@@ -208,6 +200,17 @@ func TestRunLate(t *testing.T) {
 	}
 }
 
+// getK GETs "k" through c (a missing key is no error).
+func getK(ctx context.Context, c *Client, rdb *redis.Client) error {
+	_, err := Run(ctx, c, func(ctx context.Context) (string, error) {
+		return rdb.Get(ctx, "k").Result()
+	}, nil)
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	return err
+}
+
 // TestClosedDuringOutage: a Client closed during an outage stops probing,
 // and stops holding calls back: a call made after Close (a lock's Refresh,
 // which a closed Locker still allows) goes to Redis, and gets through once
@@ -217,15 +220,7 @@ func TestClosedDuringOutage(t *testing.T) {
 	rdb := s.Client(t, nil)
 	c := New(rdb)
 	ctx := redistest.Context(t, 30*time.Second)
-	get := func() error {
-		_, err := Run(ctx, c, func(ctx context.Context) (string, error) {
-			return rdb.Get(ctx, "k").Result()
-		}, nil)
-		if errors.Is(err, redis.Nil) {
-			return nil
-		}
-		return err
-	}
+	get := func() error { return getK(ctx, c, rdb) }
 	s.Kill(t)
 	if err := get(); Classify(err) != Unreachable {
 		t.Fatalf("with Redis down: %v; want it unreachable", err)
