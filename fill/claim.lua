@@ -13,7 +13,8 @@
 --   refreshes are backing off;
 -- ARGV[4] the token of the holder the caller waited for, or '': if that
 --   holder failed, or gave its waiters a value it did not store, that
---   outcome is returned instead of a claim;
+--   outcome is returned instead of a claim; in mode 'e', the value's PTTL
+--   in ms when the caller read it, or '';
 -- ARGV[5], ARGV[6] the caller's stale-while-revalidate and stale-if-error
 --   windows in ms: how far past its TTL a value may still be served;
 -- ARGV[7] '1' when the caller wants a fresh value's PTTL (for an
@@ -94,6 +95,13 @@ local function claim()
 end
 
 if mode == 'e' then
+  -- A PTTL longer than the caller read (a PTTL only shrinks), or none:
+  -- the value was stored again, or deleted, since: nothing to refresh.
+  local seen = tonumber(ARGV[4])
+  if seen then
+    local p = redis.call('PTTL', KEYS[2])
+    if p < 0 or p > seen then return {0, 0, ''} end
+  end
   if not backingOff() and claim() then return {1, stamp(), 0} end
   return {0, 0, ''}
 end

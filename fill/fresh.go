@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strconv"
 	"time"
 
 	"github.com/locksmith-go/locksmith/internal/lease"
@@ -85,12 +86,15 @@ func (c *Cache) maybeEarlyRefresh(caller context.Context, j *job, l *look) {
 	if !c.enter() {
 		return
 	}
+	// The PTTL read tells the claim whether the value was stored again
+	// since (another server's refresh), or deleted: then it refuses.
+	seen, entry := strconv.FormatInt(l.r.pttl.Milliseconds(), 10), l.entry
 	go func() {
 		defer c.wg.Done()
 		ctx, cancel := c.flightContext(caller)
 		defer cancel()
-		claimed := look{token: lease.NewToken(), sent: time.Now(), entry: l.entry}
-		claimed.r, claimed.err = c.claim(ctx, j.ks, claimed.token, modeEarly, "")
+		claimed := look{token: lease.NewToken(), sent: time.Now(), entry: entry}
+		claimed.r, claimed.err = c.claim(ctx, j.ks, claimed.token, modeEarly, seen)
 		if claimed.err != nil || claimed.r.state != acquired {
 			return
 		}
