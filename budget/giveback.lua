@@ -32,6 +32,9 @@ if ARGV[1] == 'place' then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- The furthest ahead of now a field is written (maxAhead, ten years, in
+-- µs): further, it would read as corrupt, and the budget start afresh.
+local ahead = 315360000000000
 local slot, Tb = tonumber(ARGV[2]), tonumber(ARGV[3])
 local first = 0
 for i = 4, #ARGV - 6, 7 do
@@ -48,7 +51,7 @@ for i = 4, #ARGV - 6, 7 do
   elseif tat or units > 0 then
     tat = tat or 0
     if units > 0 then
-      tat = math.max(tat, now) + units * T
+      tat = math.min(math.max(tat, now) + units * T, now + ahead)
     elseif tat == nt and prev >= 0 then
       tat = prev
     else

@@ -197,7 +197,15 @@ func (l *localLimiter) reserve(now time.Time, w want) (slot time.Time, k localBo
 			if slot.After(g.tat) {
 				g.tat = slot
 			}
-			g.tat = g.tat.Add(time.Duration(c) * g.t)
+			// At most maxAhead of now: c·t of an overdraw of years
+			// would overflow a Duration.
+			if g.t > 0 && int64(c) > int64(maxAhead/g.t) {
+				g.tat = now.Add(maxAhead)
+			} else {
+				if g.tat = g.tat.Add(time.Duration(c) * g.t); g.tat.After(now.Add(maxAhead)) {
+					g.tat = now.Add(maxAhead)
+				}
+			}
 		}
 	}
 	k.tat = l.lims[0].tat

@@ -3,6 +3,7 @@ package budget_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"math/rand/v2"
 	"net/http"
@@ -551,4 +552,48 @@ func TestReserveRedisDown(t *testing.T) {
 	if st := b.Stats(); st.LocalWaits != 4 || st.Refused != 2 {
 		t.Errorf("Stats: LocalWaits %d, Refused %d; want 4, 2", st.LocalWaits, st.Refused)
 	}
+}
+
+// TestOverdraftKept: a call that spent, or booked, years of a limit (a
+// loader's report of 10^12 tokens, a Cost of 2^40 calls) leaves the limit
+// blocked, not forgotten: written further ahead than a field may lie, the
+// tat read as corrupt, and the budget started afresh.
+func TestOverdraftKept(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	ctx := context.Background()
+	refused := func(b *budget.Budget, c budget.Cost, what string) {
+		t.Helper()
+		dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		r, err := b.Reserve(dctx, budget.Foreground, c)
+		if err == nil {
+			_ = r.Done(ctx)
+			t.Errorf("%s: the next Reserve went at once; want it refused", what)
+		} else if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s: the next Reserve: %v; want refused by its deadline", what, err)
+		}
+	}
+	for _, huge := range []int64{1e11, 1e12, 1e15} {
+		name := fmt.Sprintf("overdraft-%d", huge)
+		b := budget.New(rdb, name, budget.Limit{Rate: 1000, Burst: 1000},
+			&budget.Options{Meters: map[string][]budget.Limit{"tokens": {{Rate: 1000, Burst: 1000}}}})
+		defer b.Close()
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{Meters: map[string]int64{"tokens": 1000}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Spent(budget.Cost{Meters: map[string]int64{"tokens": huge}})
+		if err := r.Done(ctx); err != nil {
+			t.Fatal(err)
+		}
+		refused(b, budget.Cost{Meters: map[string]int64{"tokens": 1}}, fmt.Sprintf("after spending %d tokens", huge))
+	}
+	b := budget.New(rdb, "overdraft-calls", budget.Limit{Rate: 1000}, nil)
+	defer b.Close()
+	r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{Calls: 1 << 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = r.Done(ctx)
+	refused(b, budget.Cost{}, "after booking 2^40 calls")
 }

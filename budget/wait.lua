@@ -169,7 +169,9 @@ local function book(nt, name, x)
   local last = math.max(nt, x)
   local tats = {tat}
   for _, d in ipairs(dims) do
-    local y = math.max(d[5], slot) + d[4] * d[2]
+    -- At most ahead of now (an overdraw of years): further, the field
+    -- would read as corrupt, and the budget start afresh.
+    local y = math.min(math.max(d[5], slot) + d[4] * d[2], now + ahead)
     a[#a + 1], a[#a + 2] = d[1], f(y)
     tats[#tats + 1], tats[#tats + 2] = y, d[5]
     if y > last then last = y end
@@ -188,7 +190,7 @@ end
 
 if not bg then
   if patience >= 0 and slot - now > patience then return {1, slot - now} end
-  local nt = math.max(tat, slot) + c * step
+  local nt = math.min(math.max(tat, slot) + c * step, now + ahead)
   return reply(nt, 0, book(nt, 'fg', math.max(fg, slot)))
 end
 
@@ -219,5 +221,5 @@ if lined or slot - now > H or bslot > slot then
   save({'bq', f(q + T)}, q + T)
   return {2, q - now, q}
 end
-local nt = math.max(tat, slot) + c * step
+local nt = math.min(math.max(tat, slot) + c * step, now + ahead)
 return reply(nt, gated, book(nt, 'btat', slot + Tb))
