@@ -423,7 +423,8 @@ func (b *Budget) removeID(ctx context.Context, id string) error {
 
 // writeBackRemovals removes, for the fleet, the keys of other servers
 // removed here while Redis was unreachable; one that cannot be written
-// yet stays for the next booking.
+// yet (Redis away again) stays for the next booking, one Redis refuses is
+// dropped (and logged) rather than tried at every booking.
 func (b *Budget) writeBackRemovals() {
 	p := b.pool
 	p.mu.Lock()
@@ -436,9 +437,11 @@ func (b *Budget) writeBackRemovals() {
 		ctx, cancel := context.WithTimeout(b.base, giveBackTimeout)
 		err := b.removeID(ctx, id)
 		cancel()
-		if err != nil || b.rdb.Down() {
-			p.pending.Store(true)
-			return
+		if err == nil && p.pending.Load() {
+			return // Redis away again: kept by removeID, pending again
+		}
+		if err != nil {
+			b.log("writing back the removal of another server's key failed; it is dropped", "err", err)
 		}
 		p.mu.Lock()
 		delete(p.foreign, id)
