@@ -42,6 +42,28 @@ func (b *Budget) sleepOut(ctx context.Context, op string, d time.Duration) error
 	return b.sleep(ctx, d, false, nil)
 }
 
+// pausedPast reports whether the latest pause this server heard of ends
+// after slot (µs of the Redis clock).
+func (b *Budget) pausedPast(slot int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.pauseAt > slot
+}
+
+// sleepKnownPause sleeps until the latest pause this server heard of ends,
+// by its reckoning of the Redis clock; a pause that ends past ctx's
+// deadline refuses at once, as a booking past it is.
+func (b *Budget) sleepKnownPause(ctx context.Context, op string) error {
+	b.mu.Lock()
+	at := b.pauseAt
+	b.mu.Unlock()
+	d := time.Duration(at-(time.Now().UnixMicro()+b.clock.Load())) * time.Microsecond
+	if d <= 0 {
+		return nil
+	}
+	return b.sleepOut(ctx, op, d)
+}
+
 // waitLocal is Wait (or Reserve: op) of w while Redis is unreachable: a
 // local limiter at Rate/FleetSize decides, for the Limit and every limit of
 // Also and of the meters w books (the meters at the estimate: a local

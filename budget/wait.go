@@ -418,28 +418,6 @@ func parseBooking(v any) (booking, error) {
 	return r, nil
 }
 
-// pausedPast reports whether the latest pause this server heard of ends
-// after slot (µs of the Redis clock).
-func (b *Budget) pausedPast(slot int64) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.pauseAt > slot
-}
-
-// sleepKnownPause sleeps until the latest pause this server heard of ends,
-// by its reckoning of the Redis clock; a pause that ends past ctx's
-// deadline refuses at once, as a booking past it is.
-func (b *Budget) sleepKnownPause(ctx context.Context, op string) error {
-	b.mu.Lock()
-	at := b.pauseAt
-	b.mu.Unlock()
-	d := time.Duration(at-(time.Now().UnixMicro()+b.clock.Load())) * time.Microsecond
-	if d <= 0 {
-		return nil
-	}
-	return b.sleepOut(ctx, op, d)
-}
-
 // errPaused is sleep's error when a pause began before the slot.
 var errPaused = errors.New("paused")
 
