@@ -219,14 +219,13 @@ func (l *localLimiter) reserve(now time.Time, w want) (slot time.Time, k localBo
 			if slot.After(g.tat) {
 				g.tat = slot
 			}
-			// At most maxAhead of now: c·t of an overdraw of years
-			// would overflow a Duration.
+			// At most maxAhead of now, as in Redis: c·t of an overdraw of
+			// years would overflow a Duration.
+			limit := now.Add(maxAhead)
 			if g.t > 0 && int64(c) > int64(maxAhead/g.t) {
-				g.tat = now.Add(maxAhead)
-			} else {
-				if g.tat = g.tat.Add(time.Duration(c) * g.t); g.tat.After(now.Add(maxAhead)) {
-					g.tat = now.Add(maxAhead)
-				}
+				g.tat = limit
+			} else if g.tat = g.tat.Add(time.Duration(c) * g.t); g.tat.After(limit) {
+				g.tat = limit
 			}
 		}
 	}

@@ -261,27 +261,34 @@ func (l *local) get(key string) (v any, absent, ok bool) {
 // keep stores a copy of key's entry created at created (server clock),
 // read or written by a request sent at sent, to be served until until.
 func (l *local) keep(key string, v any, absent bool, created time.Time, sent, until time.Time) {
-	if sent.UnixNano() < l.clearedAt.Load() {
-		return // messages may have been lost since the read was sent
-	}
 	ms := created.UnixMilli()
-	if sent.UnixNano() < l.placedAt.Load() {
-		return // maybe overwritten or deleted unpublished: see refreshFlag
-	}
-	if t, ok := l.tombs.GetIfPresent(key); ok && ms < t {
-		return // a newer value was stored, or the key deleted, meanwhile
+	if l.outdated(key, ms, sent) {
+		return
 	}
 	if !l.beats {
 		until = minTime(until, sent.Add(l.maxStale))
 	}
 	l.values.Set(key, &localEntry{val: v, absent: absent, created: ms, sent: sent.UnixNano(), until: until.UnixNano()})
-	// An invalidation or a Wake that came between the checks above and
-	// the Set found no copy to drop: look again now that it is in place
-	// (each writes its mark before it looks for copies). A copy dropped
-	// here is only a read more.
-	if t, ok := l.tombs.GetIfPresent(key); (ok && ms < t) || sent.UnixNano() < l.clearedAt.Load() {
+	// An invalidation, a Wake or the flag placed anew that came between
+	// the check and the Set found no copy to drop: look again now that it
+	// is in place (each writes its mark before it looks for copies). A
+	// copy dropped here is only a read more.
+	if l.outdated(key, ms, sent) {
 		l.values.Invalidate(key)
 	}
+}
+
+// outdated reports whether a copy of key's entry stamped ms, read by a
+// request sent at sent, may be outdated: messages may have been lost since
+// the read was sent (a Wake), a store or delete may have gone unpublished
+// (see refreshFlag), or a newer value was stored, or the key deleted,
+// meanwhile (a tomb).
+func (l *local) outdated(key string, ms int64, sent time.Time) bool {
+	if sent.UnixNano() < l.clearedAt.Load() || sent.UnixNano() < l.placedAt.Load() {
+		return true
+	}
+	t, ok := l.tombs.GetIfPresent(key)
+	return ok && ms < t
 }
 
 // expect registers the invalidation this Cache's own store of key,
@@ -311,10 +318,15 @@ func (l *local) set(key string, v any, absent bool, created, sent, until time.Ti
 }
 
 // raiseTomb remembers that key's entries stamped before ms are outdated.
+// One step: a store's and an invalidation's, on two goroutines, never
+// lower the mark.
 func (l *local) raiseTomb(key string, ms int64) {
-	if t, ok := l.tombs.GetIfPresent(key); !ok || t < ms {
-		l.tombs.Set(key, ms)
-	}
+	l.tombs.Compute(key, func(t int64, found bool) (int64, otter.ComputeOp) {
+		if found && t >= ms {
+			return t, otter.CancelOp
+		}
+		return ms, otter.WriteOp
+	})
 }
 
 // delete drops this Cache's own copy at once (its own Delete).
