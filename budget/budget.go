@@ -381,7 +381,9 @@ func (b *Budget) validate(rdb redis.UniversalClient, limit Limit) error {
 // connection if no other Budget or fill.Cache on rdb uses it. Waits
 // that are sleeping return [ErrClosed] at once, keeping their slots; later
 // calls return ErrClosed. Slots being given back by Waits that gave up are
-// given back first (each round trip bounded by a second). With
+// given back first (each round trip bounded by a second), and the bookings
+// of Waits that gave up before their reply came are waited for, to give
+// their slots back, at most 5 s in all. With
 // Options.Concurrency, Close frees this server's concurrency slots and
 // places in line at once, in one round trip bounded by a second: the
 // contexts of its reservations still open end with [ErrSlotLost]. Close

@@ -2,6 +2,9 @@ package budget_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -61,5 +64,73 @@ func TestSlowReplyDoesNotDelayTheSlot(t *testing.T) {
 	// old code slept the reply's stated wait, T, after it arrived.
 	if took := time.Since(released); took > T/2 {
 		t.Errorf("Wait returned %v after its reply, its slot already past; want at once (the stated wait was %v)", took, T)
+	}
+}
+
+// TestCloseGivesBackAbandonedBooking: a Wait whose ctx ends while its
+// booking is on its way gives the slot back when the reply comes, and Close
+// waits for that. It used to give it back on a goroutine Close did not wait
+// for: Close returned with the booking still to come, and the give-back then
+// reached a client its owner may have closed.
+func TestCloseGivesBackAbandonedBooking(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	gate := &holdScripts{name: "abandoned", release: make(chan struct{})}
+	rdb.AddHook(gate)
+	direct := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	t.Cleanup(func() { direct.Close() })
+
+	// One call a minute: a slot not given back keeps the next caller out.
+	limit := budget.Limit{Rate: 1, Per: time.Minute, Burst: 1}
+	b := budget.New(rdb, "abandoned", limit, nil)
+	bg := context.Background()
+	gate.armed.Store(true)
+	ctx, cancel := context.WithTimeout(bg, 100*time.Millisecond)
+	defer cancel()
+	if err := b.Wait(ctx, budget.Foreground); err == nil {
+		t.Fatal("Wait returned nil with its booking held back")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- b.Close() }()
+	// The booking is still on its way: Close waits for it (the duration
+	// under test).
+	select {
+	case <-closed:
+		t.Fatal("Close returned with a booking on its way; its slot would not be given back")
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(gate.release)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	// Given back: another server books the minute's only slot at once.
+	other := budget.New(direct, "abandoned", limit, nil)
+	defer other.Close()
+	octx, ocancel := context.WithTimeout(bg, 2*time.Second)
+	defer ocancel()
+	if err := other.Wait(octx, budget.Foreground); err != nil {
+		t.Fatalf("the abandoned booking's slot was not given back by Close's end: %v", err)
+	}
+}
+
+// holdScripts holds back the first script call naming name, once armed,
+// until release is closed.
+type holdScripts struct {
+	name    string
+	armed   atomic.Bool
+	release chan struct{}
+}
+
+func (h *holdScripts) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdScripts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *holdScripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "evalsha" && strings.Contains(fmt.Sprint(cmd.Args()), h.name) && h.armed.CompareAndSwap(true, false) {
+			<-h.release
+		}
+		return next(ctx, cmd)
 	}
 }

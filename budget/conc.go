@@ -229,15 +229,13 @@ func (b *Budget) free(ctx context.Context, ids ...string) error {
 	return err
 }
 
-// freeLater frees id's slot or place in line in the background (a caller
-// that gave up, or a booking whose reply came too late).
-func (b *Budget) freeLater(id string) {
+// freeAbandoned frees id's slot or place in line, taken by a booking whose
+// reply came after its caller gave up, within giveBackTimeout.
+func (b *Budget) freeAbandoned(id string) {
 	b.conc.drop(id, context.Canceled)
-	b.later(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
-		defer cancel()
-		_ = b.free(ctx, id)
-	})
+	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
+	defer cancel()
+	_ = b.free(ctx, id)
 }
 
 // renewLoop renews this server's slots and places in line every third of

@@ -319,7 +319,9 @@ func (b *Budget) book(ctx context.Context, p Priority, place int64, w want) (boo
 		case err == nil && r.kind != refused:
 			b.giveBack(r)
 		case w.cid != "" && redisx.MayHaveRun(err):
-			b.freeLater(w.cid)
+			// Here, not by b.later, which refuses work once Close has
+			// begun: Close waits for this goroutine (see redisx.Run).
+			b.freeAbandoned(w.cid)
 		}
 	})
 }

@@ -143,8 +143,9 @@ func (c *Cache) check() error {
 // Close ends the loads and waits in progress and waits for them to return,
 // then closes the pub/sub connection. A load ended by Close releases its
 // fill lock without a failure, so waiters on other servers look again and
-// one of them loads; callers in this process get [ErrClosed]. Get then
-// returns ErrClosed. Close of a nil *Cache does nothing.
+// one of them loads; callers in this process get [ErrClosed]. The locks of
+// claims whose callers gave up are given back first, waited for at most
+// 5 s. Get then returns ErrClosed. Close of a nil *Cache does nothing.
 func (c *Cache) Close() error {
 	if c == nil {
 		return nil

@@ -66,7 +66,7 @@ func (c *Cache) claim(ctx context.Context, ks keyset, token, mode, awaited strin
 			c.swrArg, c.sieArg, c.pttlArg).Result()
 		if err != nil {
 			if redisx.MayHaveRun(err) {
-				go lease.Cleanup(c.rdb, ks.lock, token)
+				c.rdb.Go(func() { lease.Cleanup(c.rdb, ks.lock, token) })
 			}
 			return claimReply{}, err
 		}
@@ -344,7 +344,7 @@ func (c *Cache) claimMany(ctx context.Context, reqs []claimReq, o ops) []look {
 		if cerr != nil {
 			l.err = cerr
 			if redisx.MayHaveRun(cerr) {
-				go lease.Cleanup(c.rdb, q.ks.lock, q.token)
+				c.rdb.Go(func() { lease.Cleanup(c.rdb, q.ks.lock, q.token) })
 			}
 			continue
 		}

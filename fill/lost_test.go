@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -216,5 +218,92 @@ func TestLeaseLostDuringBatch(t *testing.T) {
 				t.Errorf("StaleStores = %d; want 4", n)
 			}
 		})
+	}
+}
+
+// TestCloseReleasesAbandonedClaim: a Get whose ctx ends while its claim is
+// on its way releases the lock the claim took once the reply comes, and
+// Close waits for that; so does a Locker's Close for an Obtain that gave
+// up. Both used to release it on a goroutine Close did not wait for: Close
+// returned with the lock still to be taken, and the release then reached a
+// client its owner may have closed (the lock left for its lease).
+func TestCloseReleasesAbandonedClaim(t *testing.T) {
+	s := redistest.Start(t, nil)
+	direct := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	t.Cleanup(func() { direct.Close() })
+	bg := context.Background()
+	for _, tc := range []struct {
+		name string
+		run  func(rdb *redis.Client, ctx context.Context) (closeFn func() error, lockKey string)
+	}{
+		{"fill", func(rdb *redis.Client, ctx context.Context) (func() error, string) {
+			c := fill.New(rdb, &fill.Options{LockTTL: time.Minute})
+			_, err := fill.Get(ctx, c, "abandoned-fill", func(context.Context) (string, error) { return "v", nil })
+			if err == nil {
+				t.Error("Get returned nil with its claim held back")
+			}
+			return c.Close, fill.DefaultPrefix + "{abandoned-fill}"
+		}},
+		{"lock", func(rdb *redis.Client, ctx context.Context) (func() error, string) {
+			l := lock.New(rdb, &lock.Options{TTL: time.Minute})
+			if _, err := l.Obtain(ctx, "abandoned-lock"); err == nil {
+				t.Error("Obtain returned nil with its acquisition held back")
+			}
+			return l.Close, lock.DefaultPrefix + "{abandoned-lock}"
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rdb := redis.NewClient(&redis.Options{Addr: s.Addr()})
+			t.Cleanup(func() { rdb.Close() })
+			gate := &holdScript{name: "abandoned", release: make(chan struct{})}
+			gate.armed.Store(true)
+			rdb.AddHook(gate)
+			ctx, cancel := context.WithTimeout(bg, 100*time.Millisecond)
+			defer cancel()
+			closeFn, key := tc.run(rdb, ctx)
+			closed := make(chan error, 1)
+			go func() { closed <- closeFn() }()
+			// The claim is still on its way: Close waits for it (the
+			// duration under test).
+			select {
+			case <-closed:
+				t.Fatal("Close returned with a claim on its way; its lock would be left for its lease")
+			case <-time.After(300 * time.Millisecond):
+			}
+			close(gate.release)
+			if err := <-closed; err != nil {
+				t.Fatal(err)
+			}
+			keys, err := direct.Keys(bg, "*abandoned*").Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range keys {
+				if k == key {
+					t.Fatalf("the lock %s is still held after Close (keys %v)", key, keys)
+				}
+			}
+		})
+	}
+}
+
+// holdScript holds back the first script call naming name, once armed,
+// until release is closed.
+type holdScript struct {
+	name    string
+	armed   atomic.Bool
+	release chan struct{}
+}
+
+func (h *holdScript) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *holdScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "evalsha" && strings.Contains(fmt.Sprint(cmd.Args()), h.name) && h.armed.CompareAndSwap(true, false) {
+			<-h.release
+		}
+		return next(ctx, cmd)
 	}
 }

@@ -121,7 +121,9 @@ func New(rdb redis.UniversalClient, opt *Options) *Locker {
 
 // Close closes the Locker's pub/sub connection. Calls waiting in Obtain or
 // Do return [ErrClosed] at once, and later ones fail with it. Locks already
-// obtained stay valid and can still be refreshed and released.
+// obtained stay valid and can still be refreshed and released. Releases
+// going on in the background, and the clean-up of acquisitions whose
+// callers gave up, are waited for first, at most 5 s.
 func (l *Locker) Close() error {
 	err := l.hub.Close()
 	l.rdb.Close()
@@ -230,7 +232,7 @@ func (l *Locker) Do(ctx context.Context, key string, fn func(ctx context.Context
 // [lease.CleanupTimeout].
 func (k *Lock) releaseDetached(ctx context.Context) error {
 	done := make(chan error, 1)
-	go func() { done <- k.release(ctx) }()
+	k.l.rdb.Go(func() { done <- k.release(ctx) })
 	select {
 	case err := <-done:
 		return err
@@ -259,7 +261,7 @@ func (k *Lock) Release(ctx context.Context) error {
 		return k.release(ctx)
 	}
 	done := make(chan error, 1)
-	go func() { done <- k.release(ctx) }()
+	k.l.rdb.Go(func() { done <- k.release(ctx) })
 	select {
 	case err := <-done:
 		return err

@@ -117,7 +117,7 @@ func Acquire(ctx context.Context, c *redisx.Client, lockKey, token string, ttl t
 		v, err := acquireScript.Run(ctx, c.Redis(), keys, token, ms(ttl), ms(fenceTTL)).Result()
 		if err != nil {
 			if redisx.MayHaveRun(err) {
-				go Cleanup(c, lockKey, token)
+				c.Go(func() { Cleanup(c, lockKey, token) })
 			}
 			return Result{}, err
 		}

@@ -33,6 +33,7 @@ type Client struct {
 	deadlines bool
 
 	out outage
+	bg  background
 }
 
 // New wraps rdb.
@@ -70,8 +71,19 @@ func (c *Client) PublishFlag() string {
 	return "0"
 }
 
-// Close stops the outage probe, if one runs, and waits for it.
-func (c *Client) Close() { c.out.close() }
+// Close waits for the work [Client.Go] started (calls whose callers gave
+// up, and what follows their replies: a lock released, a slot given back),
+// at most [CloseWait], then stops the outage probe, if one runs, and waits
+// for it. Work started later still runs, unwaited.
+func (c *Client) Close() {
+	c.bg.wait(CloseWait)
+	c.out.close()
+}
+
+// CloseWait bounds how long [Client.Close] waits for background work: a
+// clean-up's round trip is bounded by its own timeout, but a call whose
+// caller gave up is bounded only by the client's socket timeouts.
+const CloseWait = 5 * time.Second
 
 // Outages returns how many outages began since New: times a call found
 // Redis unreachable after the last one had ended.
@@ -98,7 +110,8 @@ func (c *Client) SetOnOutage(start func(err error), end func(d time.Duration)) {
 // So when ctx has a deadline that c would not enforce, fn runs on its own
 // goroutine and Run returns as soon as fn does or ctx ends; when ctx ends
 // first, fn goes on in the background (bounded by the client's timeouts) and
-// late, if not nil, receives its outcome. Otherwise fn runs on the caller's
+// late, if not nil, receives its outcome, on goroutines [Client.Close]
+// waits for. Otherwise fn runs on the caller's
 // goroutine, saving a hand-off: a ctx that can only be cancelled (no
 // deadline) then bounds the call only through the client's own timeouts.
 //
@@ -124,20 +137,20 @@ func Run[T any](ctx context.Context, c *Client, fn func(context.Context) (T, err
 		err error
 	}
 	ch := make(chan result, 1)
-	go func() {
+	c.Go(func() {
 		v, err := fn(ctx)
 		c.out.observe(err)
 		ch <- result{v, err}
-	}()
+	})
 	select {
 	case r := <-ch:
 		return r.v, r.err
 	case <-ctx.Done():
 		if late != nil {
-			go func() {
+			c.Go(func() {
 				r := <-ch
 				late(r.v, r.err)
-			}()
+			})
 		}
 		return zero, ctx.Err()
 	}

@@ -234,3 +234,39 @@ func TestClosedDuringOutage(t *testing.T) {
 		t.Fatalf("a call after Close, Redis back: %v; want it through", err)
 	}
 }
+
+// TestCloseWaitsForBackground: Close waits for the work Go started, and no
+// longer than CloseWait for work that does not end.
+func TestCloseWaitsForBackground(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := New(rdb)
+	release := make(chan struct{})
+	var ran atomic.Bool
+	c.Go(func() {
+		<-release
+		ran.Store(true)
+	})
+	closed := make(chan struct{})
+	go func() {
+		c.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+		t.Fatal("Close returned with background work running")
+	case <-time.After(100 * time.Millisecond): // the duration under test
+	}
+	close(release)
+	<-closed
+	if !ran.Load() {
+		t.Fatal("Close returned before the background work ended")
+	}
+
+	c = New(rdb)
+	stuck := make(chan struct{})
+	defer close(stuck)
+	c.Go(func() { <-stuck })
+	if c.bg.wait(50 * time.Millisecond) {
+		t.Fatal("wait reported no work left with a goroutine running")
+	}
+}
