@@ -6,7 +6,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -17,6 +16,7 @@ type op struct {
 	channel   string
 	subscribe bool
 	n         uint64 // a SUBSCRIBE's number, see entry.subOp
+	sh        *shard // nil: the shard channel's owner; else this one
 }
 
 // shard is one pub/sub connection and the PINGs that confirm its
@@ -32,6 +32,12 @@ type shard struct {
 	// connected first would land on a random master, which refuses the
 	// shard's channels with MOVED.
 	unread bool
+	// echoes counts the replies still to come to SUNSUBSCRIBEs sent after
+	// the shard's master dropped channels whose slots it no longer owns
+	// (see dropped): an sunsubscribe, or MOVED.
+	echoes int
+	// client is a Ring shard's own client, which a new connection dials.
+	client *redis.Client
 }
 
 // broadcastAddr keys a Cluster's classic pub/sub connection among the
@@ -100,7 +106,10 @@ func (h *Hub) writer() {
 		h.ops = nil
 		h.mu.Unlock()
 		for i := 0; i < len(ops); {
-			sh := h.shardFor(ops[i].channel)
+			sh := ops[i].sh
+			if sh == nil {
+				sh = h.shardFor(ops[i].channel)
+			}
 			j := i + 1
 			// SSUBSCRIBE takes channels of one slot only: on a Cluster, one
 			// command per channel. On a Ring, channels of a batch must be
@@ -227,6 +236,7 @@ func (h *Hub) shardFor(channel string) *shard {
 		h.shards[addr] = sh
 		return sh
 	case client != nil:
+		sh.client = client
 		sh.ps = client.Subscribe(context.Background())
 	default:
 		sh.ps = h.rdb.Subscribe(context.Background())
@@ -251,8 +261,54 @@ func (h *Hub) startReader(sh *shard) {
 }
 
 // healthEvery is how long the reader waits for a message before it pings
-// the connection, which makes go-redis notice a dead one and reconnect.
-const healthEvery = 3 * time.Second
+// the connection, which makes go-redis notice a dead one and reconnect. A
+// ping not answered within another healthEvery (a peer gone silent, which
+// TCP notices only after many minutes) has the connection replaced.
+var healthEvery = 3 * time.Second
+
+// reconnect gives sh a new pub/sub connection and subscribes its channels
+// on it; the old one is closed, and its reader returns. Waiters of its
+// channels are woken (messages may have been lost), and stay ready: they
+// are woken again when the new connection confirms their channel. It
+// reports false when the Hub is closed or sh is not its shard any more.
+func (h *Hub) reconnect(sh *shard) bool {
+	h.mu.Lock()
+	if h.closed || h.shards[sh.addr] != sh {
+		h.mu.Unlock()
+		return false
+	}
+	old := sh.ps
+	switch {
+	case h.cluster != nil && sh.addr != broadcastAddr:
+		// Routed by its first SSUBSCRIBE; read from then on.
+		sh.ps = h.cluster.SSubscribe(context.Background())
+		sh.unread = true
+	case sh.client != nil:
+		sh.ps = sh.client.Subscribe(context.Background())
+	default:
+		sh.ps = h.rdb.Subscribe(context.Background())
+	}
+	sh.wait, sh.echoes = nil, 0
+	if sh.addr == h.beatAddr {
+		h.beats.mu.Lock()
+		h.beats.sentUnseen = 0
+		h.beats.mu.Unlock()
+	}
+	for _, e := range h.chans {
+		if e.sh == sh || e.sh == nil {
+			e.subscribed = false
+		}
+	}
+	if !sh.unread {
+		h.wg.Add(1)
+		go h.reader(sh, sh.ps)
+	}
+	h.mu.Unlock()
+	_ = old.Close()
+	h.lost(sh)
+	h.resubscribe(sh)
+	return true
+}
 
 // reader dispatches one connection's replies until it is closed or
 // replaced. go-redis reconnects and subscribes again by itself; the reader
@@ -263,6 +319,7 @@ func (h *Hub) reader(sh *shard, ps *redis.PubSub) {
 	defer h.wg.Done()
 	ctx := context.Background()
 	backoff := time.Duration(0)
+	pinged := false // a health ping is unanswered: nothing came since
 	for {
 		m, err := ps.ReceiveTimeout(ctx, healthEvery)
 		if err != nil {
@@ -271,14 +328,22 @@ func (h *Hub) reader(sh *shard, ps *redis.PubSub) {
 			}
 			var re redis.Error
 			var ne net.Error
+			wasPinged := pinged
+			pinged = false
 			switch {
 			case errors.As(err, &re) && h.cluster != nil && strings.HasPrefix(err.Error(), "CROSSSLOT"):
 				// go-redis subscribed every channel at once after a
 				// reconnect; SSUBSCRIBE takes one slot at a time.
 				h.resubscribe(sh)
+			case errors.As(err, &re) && h.cluster != nil && strings.HasPrefix(err.Error(), "MOVED"):
+				h.movedReply(sh)
 			case errors.As(err, &re):
 				h.refuse(err)
 			case errors.As(err, &ne) && ne.Timeout():
+				if wasPinged && h.reconnect(sh) {
+					return // silent since the last ping: a new reader reads
+				}
+				pinged = true
 				_ = ps.Ping(ctx)
 			default:
 				// Disconnected: the next receive dials again.
@@ -293,7 +358,7 @@ func (h *Hub) reader(sh *shard, ps *redis.PubSub) {
 			}
 			continue
 		}
-		backoff = 0
+		backoff, pinged = 0, false
 		switch m := m.(type) {
 		case *redis.Message:
 			if m.Channel == h.beat && h.beat != "" {
@@ -302,7 +367,7 @@ func (h *Hub) reader(sh *shard, ps *redis.PubSub) {
 			}
 			h.deliver(m.Channel, m.Payload)
 		case *redis.Subscription:
-			h.confirm(m.Kind, m.Channel)
+			h.confirm(sh, m.Kind, m.Channel)
 		case *redis.Pong:
 			h.pong(sh, m.Payload)
 		}
@@ -337,7 +402,7 @@ func (h *Hub) deliver(channel, payload string) {
 	}
 }
 
-func (h *Hub) confirm(kind, channel string) {
+func (h *Hub) confirm(sh *shard, kind, channel string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if channel == h.beat && kind == "subscribe" {
@@ -357,6 +422,17 @@ func (h *Hub) confirm(kind, channel string) {
 		}
 		h.refusal.working()
 	case "unsubscribe", "sunsubscribe":
+		if kind == "sunsubscribe" && e.want {
+			switch {
+			case e.sh == sh:
+				h.dropped(e, sh, channel)
+				return
+			case e.sh == nil && sh.echoes > 0:
+				// The reply to the SUNSUBSCRIBE that followed a drop.
+				sh.echoes--
+				return
+			}
+		}
 		e.subscribed = false
 		if !e.want && e.refs == 0 {
 			delete(h.chans, channel)
@@ -400,6 +476,8 @@ func (h *Hub) lost(sh *shard) {
 	if sh.addr == h.beatAddr {
 		h.beats.forget()
 	}
+	// The replies awaited from sh will not come.
+	sh.echoes = 0
 	for _, e := range h.chans {
 		if e.sh != sh && e.sh != nil {
 			continue
@@ -408,66 +486,4 @@ func (h *Hub) lost(sh *shard) {
 			l.fn(Wake)
 		}
 	}
-}
-
-// refusal is the back-off after Redis refused a subscription: the writer
-// holds its commands until it ends, waiters poll meanwhile, and the error
-// is reported once.
-type refusal struct {
-	mu      sync.Mutex    // guards the fields below
-	refused bool          // a subscription was refused and not yet retried
-	retryAt time.Time     // when refused subscriptions are tried again
-	backoff time.Duration // the back-off in force; 0 once subscriptions work
-	told    bool          // the refusal was reported
-}
-
-// refusalMin and refusalMax bound the back-off after Redis refused a
-// subscription.
-const (
-	refusalMin = time.Second
-	refusalMax = 30 * time.Second
-)
-
-// refuse records that Redis refused a subscription: the writer holds its
-// commands for a back-off, waiters poll meanwhile, and the error is counted
-// and reported once.
-func (h *Hub) refuse(err error) {
-	h.errCount.Add(1)
-	if h.isClosed() {
-		return
-	}
-	r := &h.refusal
-	r.mu.Lock()
-	r.backoff = min(max(2*r.backoff, refusalMin), refusalMax)
-	r.refused, r.retryAt = true, time.Now().Add(r.backoff)
-	tell := !r.told
-	r.told = true
-	r.mu.Unlock()
-	h.kickWriter()
-	if tell && h.onError != nil {
-		h.onError(err)
-	}
-}
-
-// holding reports whether subscriptions are held back, and until when.
-func (r *refusal) holding() (bool, time.Time) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.refused, r.retryAt
-}
-
-// lift ends the hold: the back-off is over.
-func (r *refusal) lift() {
-	r.mu.Lock()
-	r.refused = false
-	r.mu.Unlock()
-}
-
-// working records a subscription confirmed: the next refusal is reported.
-func (r *refusal) working() {
-	r.mu.Lock()
-	if r.told && r.backoff > 0 {
-		r.told, r.backoff = false, 0
-	}
-	r.mu.Unlock()
 }

@@ -308,32 +308,17 @@ func (h *Hub) heartbeatSeen(payload string) {
 	b.updateLocked()
 }
 
-// replace gives the heartbeat shard a new pub/sub connection (which dials
-// the client's current master; on a Cluster, a node of its current view)
-// and subscribes its channels on it.
+// replace gives the heartbeat shard, sh, a new pub/sub connection (which
+// dials the client's current master; on a Cluster, a node of its current
+// view) when its heartbeats stopped coming back, and subscribes its
+// channels on it (see reconnect).
 func (h *Hub) replace(sh *shard) {
 	h.mu.Lock()
-	if h.closed || h.shards[h.beatAddr] != sh {
-		h.mu.Unlock()
-		return
-	}
-	old := sh.ps
-	sh.ps = h.rdb.Subscribe(context.Background())
-	sh.wait = nil
-	h.beats.mu.Lock()
-	h.beats.sentUnseen = 0
-	h.beats.mu.Unlock()
-	for _, e := range h.chans {
-		// Still ready for waiters already waiting: they get Wake when the
-		// new connection confirms the channel.
-		e.subscribed = false
-	}
-	h.wg.Add(1)
-	go h.reader(sh, sh.ps)
+	beatShard := h.shards[h.beatAddr] == sh
 	h.mu.Unlock()
-	_ = old.Close()
-	h.lost(sh)
-	h.resubscribe(sh)
+	if beatShard {
+		h.reconnect(sh)
+	}
 }
 
 // Heard returns when the newest heartbeat that came back was sent, in Unix

@@ -603,3 +603,234 @@ func TestHeartbeatOnSubscribe(t *testing.T) {
 	}
 	redistest.WaitFor(t, "a heartbeat back after a reconnect", func() bool { return h.Heard() > first })
 }
+
+// TestClusterSlotMoved: when a channel's slot moves to another master, the
+// old one unsubscribes its subscribers (sunsubscribe); the channel is
+// subscribed again on the new owner, its waiters are woken (messages may
+// have been lost meanwhile), and later publishes are heard. The Hub used to
+// mark the channel unsubscribed and leave it: nothing published after the
+// move was heard until the process restarted.
+func TestClusterSlotMoved(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	rdb := c.Client(t, nil)
+	h := New(rdb, &Options{OnError: func(err error) { t.Log("refused:", err) }})
+	defer h.Close()
+	const channel = "p{moved}"
+	got := make(chan string, 256)
+	l := h.Listen(channel, func(p string) { got <- p })
+	defer l.Close()
+	select {
+	case <-l.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("listener not ready within 10s")
+	}
+	ctx := redistest.Context(t, 60*time.Second)
+	if err := rdb.SPublish(ctx, channel, "before").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if p := <-got; p != "before" {
+		t.Fatalf("got %q; want before", p)
+	}
+	// A client that learned the slots before the move, and subscribes
+	// after it: its SSUBSCRIBE goes to the old owner, which answers MOVED.
+	stale := c.Client(t, nil)
+	if err := stale.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := stale.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return m.Ping(ctx).Err() }); err != nil {
+		t.Fatal(err)
+	}
+	from := c.MoveSlot(t, channel, 1)
+	if from == 1 {
+		t.Fatal("the slot was on node 1 already")
+	}
+	woken := false
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		// Published on the new owner (go-redis follows the MOVED).
+		if err := rdb.SPublish(ctx, channel, "after").Err(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case p := <-got:
+			if p == Wake {
+				woken = true
+				continue
+			}
+			if p != "after" {
+				t.Fatalf("got %q; want after", p)
+			}
+			if !woken {
+				t.Error("the listener was not woken when its subscription was dropped")
+			}
+			if n := h.Errors(); n != 0 {
+				t.Errorf("%d subscriptions refused", n)
+			}
+			staleSubscribes(t, stale, "x{moved}")
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing published after the slot moved from node %d was heard within 20s (woken: %v)", from, woken)
+		}
+	}
+}
+
+// staleSubscribes checks that a Hub on rdb, a Cluster client that does not
+// know yet that channel's slot moved, subscribes it on its new owner without
+// counting a refusal, and hears a publish.
+func staleSubscribes(t *testing.T, rdb *redis.ClusterClient, channel string) {
+	t.Helper()
+	h := New(rdb, &Options{OnError: func(err error) { t.Log("refused:", err) }})
+	defer h.Close()
+	got := make(chan string, 256)
+	l := h.Listen(channel, func(p string) { got <- p })
+	defer l.Close()
+	ctx := redistest.Context(t, 30*time.Second)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if err := rdb.SPublish(ctx, channel, "hi").Err(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case p := <-got:
+			if p == Wake {
+				continue
+			}
+			if p != "hi" {
+				t.Fatalf("got %q; want hi", p)
+			}
+			if n := h.Errors(); n != 0 {
+				t.Errorf("a client that did not know the slot moved: %d subscriptions refused", n)
+			}
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a client that did not know the slot moved heard nothing within 20s")
+		}
+	}
+}
+
+// TestSilentShardReplaced: a Ring shard's pub/sub connection whose peer
+// goes silent (no reply, no reset: a host gone, a network partition) is
+// replaced once a health ping goes unanswered, its listeners woken, and its
+// channels heard again on the new connection. Heartbeats cover a plain
+// Redis and Sentinel; a Ring has none (nor a Cluster's shard connections),
+// and the Hub used to ping and never check the PONG: the silence lasted
+// until TCP gave up, many minutes later.
+func TestSilentShardReplaced(t *testing.T) {
+	old := healthEvery
+	healthEvery = 100 * time.Millisecond
+	t.Cleanup(func() { healthEvery = old })
+	s := redistest.Start(t, nil)
+	p := redistest.NewProxy(t, s.Addr())
+	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": p.Addr()}})
+	t.Cleanup(func() { ring.Close() })
+	h := New(ring, nil)
+	defer h.Close()
+	got := make(chan string, 256)
+	l := h.Listen("silent", func(p string) { got <- p })
+	defer l.Close()
+	select {
+	case <-l.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("listener not ready within 10s")
+	}
+	conns := p.Conns()
+	p.HoldReplies()
+	select {
+	case m := <-got:
+		if m != Wake {
+			t.Fatalf("got %q; want %q", m, Wake)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the silent connection was not replaced within 10s (100 ms health pings)")
+	}
+	redistest.WaitFor(t, "a new connection", func() bool { return p.Conns() > conns })
+	p.ReleaseReplies()
+	direct := s.Client(t, nil)
+	ctx := redistest.Context(t, 30*time.Second)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if err := direct.Publish(ctx, "silent", "after").Err(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-got:
+			if m == "after" {
+				return
+			}
+			continue
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("nothing heard on the new connection within 20s")
+		}
+	}
+}
+
+// TestSilentClusterShardReplaced: the same on a Cluster, whose shard
+// connections have no heartbeat: a master stopped (SIGSTOP, silent and
+// unreset) has its shard connection replaced, and once it runs again its
+// channels are heard on the new one.
+func TestSilentClusterShardReplaced(t *testing.T) {
+	old := healthEvery
+	healthEvery = 100 * time.Millisecond
+	t.Cleanup(func() { healthEvery = old })
+	c := redistest.StartCluster(t, 3)
+	rdb := c.Client(t, nil)
+	h := New(rdb, nil)
+	defer h.Close()
+	const channel = "p{silent}"
+	got := make(chan string, 256)
+	l := h.Listen(channel, func(p string) { got <- p })
+	defer l.Close()
+	select {
+	case <-l.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("listener not ready within 10s")
+	}
+	ctx := redistest.Context(t, 60*time.Second)
+	node, err := rdb.MasterForKey(ctx, channel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var owner *redistest.Server
+	for _, n := range c.Nodes() {
+		if n.Addr() == node.Options().Addr {
+			owner = n
+		}
+	}
+	owner.Pause(t)
+	select {
+	case m := <-got:
+		if m != Wake {
+			t.Fatalf("got %q; want %q", m, Wake)
+		}
+	case <-time.After(10 * time.Second):
+		owner.Resume(t)
+		t.Fatal("the silent shard connection was not replaced within 10s (100 ms health pings)")
+	}
+	owner.Resume(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if err := rdb.SPublish(ctx, channel, "after").Err(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-got:
+			if m == "after" {
+				if n := h.Errors(); n != 0 {
+					t.Errorf("%d subscriptions refused", n)
+				}
+				return
+			}
+			continue
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("nothing heard on the new connection within 20s")
+		}
+	}
+}

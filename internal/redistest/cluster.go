@@ -3,6 +3,7 @@ package redistest
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -223,4 +224,81 @@ func keySlot(key string) int {
 		}
 	}
 	return int(crc) % clusterSlots
+}
+
+// MoveSlot moves the hash slot of key, and the keys in it, to node to, as a
+// resharding does (CLUSTER SETSLOT IMPORTING and MIGRATING, MIGRATE, then
+// SETSLOT NODE on every node), and waits until every node says to owns it.
+// It returns the index of the node that owned it.
+func (c *Cluster) MoveSlot(t testing.TB, key string, to int) (from int) {
+	t.Helper()
+	slot := keySlot(key)
+	ctx, cancel := context.WithTimeout(context.Background(), clusterReadyTimeout)
+	defer cancel()
+	ids := make([]string, len(c.nodes))
+	for i, s := range c.nodes {
+		ids[i] = fmt.Sprint(s.Do(t, "CLUSTER", "MYID"))
+	}
+	// The owner by the cluster's own account: an earlier move may have
+	// changed it.
+	from = slices.Index(ids, slotOwner(ctx, c.nodes[to], slot))
+	if from < 0 {
+		t.Fatalf("redistest: MoveSlot: no owner known for slot %d", slot)
+	}
+	if from == to {
+		t.Fatalf("redistest: MoveSlot: node %d owns slot %d already", to, slot)
+	}
+	src, dst := c.nodes[from], c.nodes[to]
+	dst.Do(t, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[from])
+	src.Do(t, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to])
+	for {
+		keys, ok := src.Do(t, "CLUSTER", "GETKEYSINSLOT", slot, 100).([]any)
+		if !ok || len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", "127.0.0.1", dst.Port(), "", 0, 5000, "KEYS"}
+		args = append(args, keys...)
+		src.Do(t, args...)
+	}
+	dst.Do(t, "CLUSTER", "SETSLOT", slot, "NODE", ids[to])
+	src.Do(t, "CLUSTER", "SETSLOT", slot, "NODE", ids[to])
+	for i, s := range c.nodes {
+		if i != from && i != to {
+			s.Do(t, "CLUSTER", "SETSLOT", slot, "NODE", ids[to])
+		}
+	}
+	deadline := time.Now().Add(clusterReadyTimeout)
+	for i := 0; i < len(c.nodes); {
+		if slotOwner(ctx, c.nodes[i], slot) == ids[to] {
+			i++
+			continue
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redistest: MoveSlot: node %d does not see slot %d on node %d within %v", i, slot, to, clusterReadyTimeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return from
+}
+
+// slotOwner returns the ID of the node that s says owns slot, or "".
+func slotOwner(ctx context.Context, s *Server, slot int) string {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	defer c.Close()
+	shards, err := c.ClusterShards(ctx).Result()
+	if err != nil {
+		return ""
+	}
+	for _, sh := range shards {
+		for _, r := range sh.Slots {
+			if int(r.Start) <= slot && slot <= int(r.End) {
+				for _, n := range sh.Nodes {
+					if n.Role == "master" {
+						return n.ID
+					}
+				}
+			}
+		}
+	}
+	return ""
 }
