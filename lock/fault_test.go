@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/locksmith-go/locksmith/internal/redistest"
 	"github.com/locksmith-go/locksmith/lock"
 )
@@ -158,5 +160,43 @@ func TestRestartMidDo(t *testing.T) {
 	})
 	if !errors.Is(err, lock.ErrNotHeld) {
 		t.Fatalf("Do: got %v; want ErrNotHeld", err)
+	}
+}
+
+// TestReleaseReplyLostRetriedByClient: a release whose reply is lost, and
+// that go-redis sends again by itself (its MaxRetries), finds the lock gone
+// — released by its first try — and reports it released. It used to report
+// ErrNotHeld, and Do then failed work that had run under the lock.
+func TestReleaseReplyLostRetriedByClient(t *testing.T) {
+	s := redistest.Start(t, nil)
+	p := redistest.NewProxy(t, s.Addr())
+	rdb := redis.NewClient(&redis.Options{Addr: p.Addr()}) // MaxRetries: 3
+	t.Cleanup(func() { rdb.Close() })
+	direct := s.Client(t, nil)
+	l := locker(t, rdb, nil)
+	ctx := redistest.Context(t, 30*time.Second)
+	// Loads the release script: the release below is one EVALSHA.
+	warm, err := l.Obtain(ctx, "warm-up")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := warm.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	k, err := l.Obtain(ctx, "lost-reply")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.HoldReplies()
+	released := make(chan error, 1)
+	go func() { released <- k.Release(ctx) }()
+	redistest.WaitFor(t, "the release to run, its reply held", func() bool {
+		n, err := direct.Exists(ctx, lock.DefaultPrefix+"{lost-reply}").Result()
+		return err == nil && n == 0 && p.Held() > 0
+	})
+	p.DropAll()
+	p.ReleaseReplies()
+	if err := <-released; err != nil {
+		t.Fatalf("Release = %v; want nil: the lock was released, its reply lost", err)
 	}
 }

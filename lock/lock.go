@@ -32,6 +32,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -138,6 +139,10 @@ type Lock struct {
 	token string
 	fence int64
 	since time.Time // when the request that acquired it was sent
+	// releasing: a Release was sent, and did not fail: later ones report
+	// ErrNotHeld without asking Redis, which finds the lock gone and
+	// nobody else's since, as it does for a lost reply tried again.
+	releasing atomic.Bool
 }
 
 // Obtain obtains the lock on key, waiting until it is free or ctx ends. The
@@ -242,8 +247,13 @@ func (k *Lock) releaseDetached(ctx context.Context) error {
 }
 
 // Release releases the lock and wakes its waiters. It returns [ErrNotHeld]
-// when the lock is no longer held by this Lock (its lease ran out, or it was
-// deleted); it never deletes a successor's lock.
+// when the lock is no longer held by this Lock and another may have held it
+// since (its lease ran out, or it was deleted, and it was taken again), or
+// when this Lock was released already; it never deletes a successor's lock.
+// A lock found gone that nobody took since this Lock did (its fencing
+// counter unchanged) is reported released: an earlier try of this release
+// ran and its reply was lost (go-redis sends a call again by itself after a
+// lost connection), or the lease ran out with nobody else taking it.
 //
 // Release is clean-up, so it runs even when ctx has already ended (a
 // deferred Release with a request's ctx, after the client went away): it
@@ -275,11 +285,15 @@ func (k *Lock) Release(ctx context.Context) error {
 const CleanupTimeout = 5 * time.Second
 
 func (k *Lock) release(ctx context.Context) error {
+	if !k.releasing.CompareAndSwap(false, true) {
+		return fmt.Errorf("%w: release %s: released already", ErrNotHeld, redisx.Quote(k.name))
+	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CleanupTimeout)
 	defer cancel()
-	r, err := lease.ReleaseRetrying(rctx, k.l.rdb, k.key, k.token, lease.Message(lease.Released, ""))
+	r, err := lease.ReleaseFenced(rctx, k.l.rdb, k.key, k.token, k.fence, lease.Message(lease.Released, ""))
 	switch {
 	case err != nil:
+		k.releasing.Store(false)
 		return fmt.Errorf("lock: release %s: %w", redisx.Quote(k.name), err)
 	case !r.Released:
 		return fmt.Errorf("%w: release %s", ErrNotHeld, redisx.Quote(k.name))

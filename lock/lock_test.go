@@ -177,6 +177,29 @@ func TestKeyLayout(t *testing.T) {
 	}
 }
 
+// TestRanOutUnusedRelease: a lease that ran out with nobody taking the lock
+// since (its fencing counter unchanged) is reported released: no other
+// holder could have run meanwhile. A second Release reports ErrNotHeld.
+func TestRanOutUnusedRelease(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	ctx := redistest.Context(t, 10*time.Second)
+	l := locker(t, rdb, &lock.Options{TTL: time.Second})
+	lk, err := l.Obtain(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.FastForward(1100 * time.Millisecond)
+	if m.Exists(lock.DefaultPrefix + "{k}") {
+		t.Fatal("the lease did not run out")
+	}
+	if err := lk.Release(ctx); err != nil {
+		t.Errorf("Release of a lease run out, nobody else holding it since: %v; want nil", err)
+	}
+	if err := lk.Release(ctx); !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("second Release: got %v; want ErrNotHeld", err)
+	}
+}
+
 // TestStaleRelease: the lease runs out, another client takes the lock, and
 // the first holder's Release and Refresh fail with ErrNotHeld and leave the
 // successor's lock alone.

@@ -147,6 +147,9 @@ type Release struct {
 	// Released: the lease was ours and is released. False: it was not
 	// ours (expired, deleted or taken over), and nothing was written.
 	Released bool
+	// Gone: a lease with a fencing token was no longer there, and nobody
+	// took it since its holder did (see [ReleaseFenced]); Released is true.
+	Gone bool
 	// NotifyErr, when not nil, is why the message could not be published
 	// (an ACL user without channel permissions, say): the lease is
 	// released, but waiters learn of it only when they next look.
@@ -157,7 +160,7 @@ type Release struct {
 // publishes msg on the name's channel, in one round trip.
 func releaseLease(ctx context.Context, c *redisx.Client, lockKey, token, msg string) (Release, error) {
 	return redisx.Run(ctx, c, func(ctx context.Context) (Release, error) {
-		return release(ctx, c, lockKey, token, msg)
+		return release(ctx, c, lockKey, token, 0, msg)
 	}, nil)
 }
 
@@ -170,8 +173,18 @@ func releaseLease(ctx context.Context, c *redisx.Client, lockKey, token, msg str
 // released. Each try runs on the caller's goroutine, bounded by the client's
 // own timeouts; ctx bounds the retries.
 func ReleaseRetrying(ctx context.Context, c *redisx.Client, lockKey, token, msg string) (Release, error) {
+	return ReleaseFenced(ctx, c, lockKey, token, 0, msg)
+}
+
+// ReleaseFenced is [ReleaseRetrying] for a lease acquired with fencing
+// token fence (by [Acquire]; 0 for none). A lease found gone while its
+// fencing counter still holds fence was released by an earlier try whose
+// reply was lost — go-redis sends a call again by itself after a lost
+// connection (its MaxRetries), unseen here — or ran out with nobody taking
+// it since: it is reported released and Gone, not lost.
+func ReleaseFenced(ctx context.Context, c *redisx.Client, lockKey, token string, fence int64, msg string) (Release, error) {
 	return Retry(ctx, func(ctx context.Context, retried bool) (Release, error) {
-		r, err := release(ctx, c, lockKey, token, msg)
+		r, err := release(ctx, c, lockKey, token, fence, msg)
 		if err == nil && retried {
 			r.Released = true
 		}
@@ -210,8 +223,12 @@ func retryable(err error) bool {
 	return true
 }
 
-func release(ctx context.Context, c *redisx.Client, lockKey, token, msg string) (Release, error) {
-	v, err := releaseScript.Run(ctx, c.Redis(), []string{lockKey}, token, c.PublishFlag(), msg).Result()
+func release(ctx context.Context, c *redisx.Client, lockKey, token string, fence int64, msg string) (Release, error) {
+	keys, args := []string{lockKey}, []any{token, c.PublishFlag(), msg}
+	if fence != 0 {
+		keys, args = append(keys, fenceKey(lockKey)), append(args, strconv.FormatInt(fence, 10))
+	}
+	v, err := releaseScript.Run(ctx, c.Redis(), keys, args...).Result()
 	if err != nil {
 		return Release{}, err
 	}
@@ -219,13 +236,13 @@ func release(ctx context.Context, c *redisx.Client, lockKey, token, msg string) 
 }
 
 // parseRelease parses the reply of a script that releases a lease: 0 (not
-// ours), 1 (released and published), or {1, error text} (released; the
-// publish failed).
+// ours), 1 (released and published), {1, error text} (released; the
+// publish failed), or 2 (gone, nobody took it since: see ReleaseFenced).
 func parseRelease(v any) (Release, error) {
 	switch v := v.(type) {
 	case int64:
-		if v == 0 || v == 1 {
-			return Release{Released: v == 1}, nil
+		if v == 0 || v == 1 || v == 2 {
+			return Release{Released: v != 0, Gone: v == 2}, nil
 		}
 	case []any:
 		if len(v) == 2 {

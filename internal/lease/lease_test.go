@@ -57,7 +57,8 @@ func TestParseRelease(t *testing.T) {
 		{"not ours", int64(0), Release{}, true},
 		{"released", int64(1), Release{Released: true}, true},
 		{"released, not published", []any{int64(1), "NOPERM no channel"}, Release{Released: true}, true},
-		{"two", int64(2), Release{}, false},
+		{"gone, nobody took it since", int64(2), Release{Released: true, Gone: true}, true},
+		{"three", int64(3), Release{}, false},
 		{"not ours with error", []any{int64(0), "x"}, Release{}, false},
 		{"nil", nil, Release{}, false},
 	} {
