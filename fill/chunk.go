@@ -268,14 +268,23 @@ func (ch *chunkLoad[T]) values(sctx context.Context, m map[string]T, took time.D
 // land hands each key of chunk its outcome; a panic nobody is left to
 // re-raise is re-raised here, as an unrecovered panic would be. A key
 // without a flight (a gatherer's, see gather.go) has its outcome in Redis
-// only.
+// only: its callers, on every server, get the panic as a failure, and a
+// gatherer's panic is logged, not re-raised (the gatherer serves the fleet,
+// and no caller could recover it).
 func (b *batch[T]) land(chunk []*batchLook, outcomes []flight.Outcome, panicked *PanicError) {
+	flights := false
 	for i, l := range chunk {
 		if l.f != nil {
+			flights = true
 			b.c.flights.Land(l.f, outcomes[i])
 		}
 	}
-	if panicked != nil && allGone(chunk) {
+	switch {
+	case panicked == nil:
+	case !flights:
+		b.c.log("a fleet-wide batch's loader panicked; its keys failed on every server",
+			"batch", b.opt.Name, "keys", len(chunk), "panic", fmt.Sprint(panicked.Value), "stack", string(panicked.Stack))
+	case allGone(chunk):
 		panic(panicked)
 	}
 }

@@ -74,7 +74,9 @@
 // published, so every waiter returns it at once instead of each calling the
 // upstream in turn. An error wrapping [ErrNotFound] is cached as an absence
 // for Options.NegativeTTL. A loader panic is re-raised in every caller of the
-// process, as x/sync/singleflight does; a panic in a background refresh,
+// process, as x/sync/singleflight does (a FleetWide batch's, whose call
+// serves the whole fleet, fails its keys on every server with an error
+// wrapping [ErrLoadFailed], logged with its stack); a panic in a background refresh,
 // which no caller waits for, is a failed refresh (counted, backed off, seen
 // by the events handler) logged with its stack, and a codec or events handler that
 // panics on a goroutine of the Cache is an error, logged, never a crash of

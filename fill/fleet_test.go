@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -377,4 +379,59 @@ func TestFleetQueuedClaimKept(t *testing.T) {
 	if calls["queued"] != 1 {
 		t.Errorf("the queued key was loaded %d times; want once", calls["queued"])
 	}
+}
+
+// TestFleetWideLoaderPanic: a FleetWide batch's loader that panics fails
+// its keys on every server, the gatherer's own included, with an error
+// wrapping ErrLoadFailed that names the panic. It used to re-raise the
+// panic on the gatherer's goroutine, where no caller could recover it: the
+// whole process died.
+func TestFleetWideLoaderPanic(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := newCache(t, rdb, nil)
+	bt := fill.NewBatcher(c, func(context.Context, []string) (map[string]int, error) { panic("boom") },
+		&fill.BatchOptions{FleetWide: true, Name: "panics"})
+	ctx := redistest.Context(t, 10*time.Second)
+	_, err := bt.Get(ctx, "a")
+	if !errors.Is(err, fill.ErrLoadFailed) || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("Get: %v; want ErrLoadFailed naming the panic", err)
+	}
+}
+
+// TestFleetWideBatchOverUnpack: a FleetWide batch of more keys than Redis's
+// Lua unpacks at once (about 8,000) is queued, popped and loaded in one
+// call. Every pop of one used to fail ("too many results to unpack"),
+// logged as Redis unreachable and tried again for good, while every queued
+// key of the fleet waited.
+func TestFleetWideBatchOverUnpack(t *testing.T) {
+	s := redistest.Start(t, nil)
+	c := newCache(t, s.Client(t, nil), nil)
+	var calls, loaded atomic.Int32
+	bt := fill.NewBatcher(c, func(_ context.Context, keys []string) (map[string]int, error) {
+		calls.Add(1)
+		loaded.Add(int32(len(keys)))
+		m := make(map[string]int, len(keys))
+		for _, k := range keys {
+			m[k] = 1
+		}
+		return m, nil
+	}, &fill.BatchOptions{FleetWide: true, Name: "big", MaxSize: 20000, Window: 500 * time.Millisecond})
+	const n = 8500
+	ctx := redistest.Context(t, 60*time.Second)
+	var wg sync.WaitGroup
+	var fails atomic.Int32
+	for i := range n {
+		wg.Go(func() {
+			if _, err := bt.Get(ctx, fmt.Sprint("k", i)); err != nil {
+				if fails.Add(1) == 1 {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if fails.Load() > 0 || loaded.Load() != n {
+		t.Fatalf("%d of %d Gets failed; %d keys loaded in %d calls", fails.Load(), n, loaded.Load(), calls.Load())
+	}
+	t.Logf("%d keys in %d loader calls", n, calls.Load())
 }

@@ -21,13 +21,22 @@
 --   'q' quit: release the lease if the caller holds it and the queue and the
 --       loading list are empty. Returns 1 when released, else 0.
 --   'r' resign: release the lease if the caller holds it (it closes).
+-- push appends items[from..] to the list key, a thousand at a time: Redis's
+-- Lua unpacks at most about 8,000 values (a MaxSize or a hand-off larger
+-- than that failed every pop).
+local function push(key, items, from)
+  for i = from, #items, 1000 do
+    redis.call('RPUSH', key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+
 local mode = ARGV[4]
 if mode == 'd' then
   for i = 5, #ARGV do redis.call('LREM', KEYS[3], 1, ARGV[i]) end
   return 1
 end
 if mode == 'h' then
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, 5))
+  push(KEYS[2], ARGV, 5)
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
   if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
   return 0
@@ -64,7 +73,7 @@ if n > 0 then
   if items then popped = items end
 end
 if #popped > 0 then
-  redis.call('RPUSH', KEYS[3], unpack(popped))
+  push(KEYS[3], popped, 1)
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
 return {1, popped, recovered, fresh}
