@@ -175,6 +175,11 @@ func GetMany[T any](ctx context.Context, c *Cache, keys []string,
 		}
 		f, leader, err := c.join(key, b.o.typ)
 		if err != nil {
+			// Closed midway: the flights led so far end here, or the
+			// callers in this process that joined them would wait on.
+			for _, it := range items {
+				c.flights.Land(it.f, flight.Outcome{Err: ErrClosed})
+			}
 			return out, ErrClosed
 		}
 		calls[key] = f

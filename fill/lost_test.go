@@ -307,3 +307,69 @@ func (h *holdScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		return next(ctx, cmd)
 	}
 }
+
+// blockOnLocalHit holds the events handler on key's first local hit once
+// armed, until release is closed.
+type blockOnLocalHit struct {
+	key     string
+	armed   atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockOnLocalHit) Handle(_ context.Context, e observe.Event) {
+	if e.Kind == observe.LocalHit && e.Key == b.key && b.armed.CompareAndSwap(true, false) {
+		close(b.entered)
+		<-b.release
+	}
+}
+
+// TestGetManyClosedMidway: a GetMany that finds the Cache closed midway
+// ends the in-process flights it already leads with ErrClosed: a Get that
+// joined one returns ErrClosed. It used to wait until its own ctx ended
+// (for ever with context.Background()).
+func TestGetManyClosedMidway(t *testing.T) {
+	s := redistest.Start(t, nil)
+	ev := &blockOnLocalHit{key: "h", entered: make(chan struct{}), release: make(chan struct{})}
+	c := fill.New(s.Client(t, nil), &fill.Options{Local: &fill.LocalOptions{Size: 100}, Events: ev})
+	ctx := redistest.Context(t, 20*time.Second)
+	one := func(context.Context) (int, error) { return 1, nil }
+	warmLocal(t, ctx, c, "h", one)
+	ev.armed.Store(true)
+	load := func(_ context.Context, keys []string) (map[string]int, error) {
+		m := map[string]int{}
+		for _, k := range keys {
+			m[k] = 1
+		}
+		return m, nil
+	}
+	many := make(chan error, 1)
+	go func() { _, err := fill.GetMany(ctx, c, []string{"a", "h", "b"}, load); many <- err }()
+	<-ev.entered // GetMany leads "a", and is held on "h"
+	got := make(chan error, 1)
+	before := c.Stats().LocalMerges
+	go func() {
+		_, err := fill.Get(ctx, c, "a", one)
+		got <- err
+	}()
+	redistest.WaitFor(t, "a Get joining GetMany's flight", func() bool { return c.Stats().LocalMerges > before })
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	redistest.WaitFor(t, "the Cache closed", func() bool {
+		_, err := fill.Get(ctx, c, "probe", one)
+		return errors.Is(err, fill.ErrClosed)
+	})
+	close(ev.release)
+	if err := <-many; !errors.Is(err, fill.ErrClosed) {
+		t.Errorf("GetMany: %v; want ErrClosed", err)
+	}
+	select {
+	case err := <-got:
+		if !errors.Is(err, fill.ErrClosed) {
+			t.Errorf("Get of a key GetMany led: %v; want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a Get of a key GetMany led was not answered within 10s of Close")
+	}
+	<-closed
+}
