@@ -137,9 +137,10 @@ func (e *BatchError) Unwrap() []error {
 // The loader returns the values it found. A key missing from its map is
 // cached as absent, for NegativeTTL, as a Get whose loader returned
 // ErrNotFound; such keys, and keys with a cached absence, are left out of
-// the result, without an error. A loader error is not cached; it reaches
-// every waiter of the keys of that call, here and on other servers, as for
-// Get.
+// the result, without an error. A loader error wrapping ErrNotFound makes
+// every key of that call such an absence. Any other loader error is not
+// cached; it reaches every waiter of the keys of that call, here and on
+// other servers, as for Get.
 //
 // The result holds every key that has a value, also when the error is not
 // nil: the error is a *[BatchError] naming each key that has neither a

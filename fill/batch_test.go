@@ -718,3 +718,48 @@ func TestBatchLoaderGoexit(t *testing.T) {
 		released(key)
 	}
 }
+
+// TestBatchLoaderNotFound: a batch loader error wrapping ErrNotFound makes
+// every key of its call an absence, cached for NegativeTTL, as Get's
+// loader's is: a Get waiting on another server gets ErrNotFound, and the
+// next GetMany finds the absence without a loader call. It used to be a
+// failure: the other server's Get got ErrLoadFailed, and nothing was cached.
+func TestBatchLoaderNotFound(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	a := newCache(t, rdb, nil)
+	b := newCache(t, redistest.Client(t, m.Addr()), nil)
+	ctx := redistest.Context(t, 10*time.Second)
+	var calls atomic.Int32
+	gate := make(chan struct{})
+	load := func(context.Context, []string) (map[string]int, error) {
+		if calls.Add(1) == 1 {
+			<-gate
+		}
+		return nil, fmt.Errorf("no such user: %w", fill.ErrNotFound)
+	}
+	res := make(chan error, 1)
+	go func() {
+		out, err := fill.GetMany(ctx, a, []string{"u"}, load)
+		if len(out) != 0 {
+			t.Errorf("GetMany: %v; want nothing", out)
+		}
+		res <- err
+	}()
+	redistest.WaitFor(t, "the batch's loader call", func() bool { return calls.Load() == 1 })
+	bres := make(chan error, 1)
+	go func() {
+		_, err := fill.Get(ctx, b, "u", func(context.Context) (int, error) { return 0, errors.New("loaded twice") })
+		bres <- err
+	}()
+	redistest.WaitFor(t, "the other server waiting", func() bool { return b.Stats().Misses == 1 })
+	close(gate)
+	if err := <-res; err != nil {
+		t.Errorf("GetMany: %v; want nil (an absence)", err)
+	}
+	if err := <-bres; !errors.Is(err, fill.ErrNotFound) {
+		t.Errorf("the other server's Get: %v; want ErrNotFound", err)
+	}
+	if _, err := fill.GetMany(ctx, a, []string{"u"}, load); err != nil || calls.Load() != 1 {
+		t.Errorf("second GetMany: %v, %d loader calls; want the cached absence, 1 call", err, calls.Load())
+	}
+}

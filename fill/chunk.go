@@ -67,9 +67,10 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 		fails    []settleReq
 		outcomes []flight.Outcome
 	)
-	if out.panicked != nil || out.err != nil {
+	if out.panicked != nil || (out.err != nil && !errors.Is(out.err, ErrNotFound)) {
 		fails, outcomes = ch.failed(sctx, wctx, out, took)
 	} else {
+		// A loader error wrapping ErrNotFound: every key is absent.
 		m, _ := out.val.(map[string]T)
 		stores, fails, outcomes = ch.values(sctx, m, took, lost, &ov)
 	}
