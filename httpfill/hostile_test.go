@@ -4,11 +4,16 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
+
+	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/fill"
 	"github.com/locksmith-go/locksmith/httpfill"
 	"github.com/locksmith-go/locksmith/internal/redistest"
@@ -241,5 +246,127 @@ func TestLifetimeCapped(t *testing.T) {
 				t.Errorf("cached for %v; want at most %v", ttl, tc.want)
 			}
 		})
+	}
+}
+
+// TestReusedRequest: a caller may reuse its request once the response is
+// read (net/http allows it), for another user's call. A background refresh
+// of the first call's entry still to run reads the request as it was sent,
+// not as reused: one user's credentials never fetch the entry of another.
+// The refresh used to read the caller's request when it ran: it fetched
+// bob's answer with bob's token and stored it as alice's.
+func TestReusedRequest(t *testing.T) {
+	posted := make(chan struct{})
+	gate := make(chan struct{})
+	var gets atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			close(posted)
+			<-gate
+			return
+		}
+		gets.Add(1)
+		w.Header().Set("Cache-Control", "max-age=1")
+		_, _ = io.WriteString(w, "for "+r.Header.Get("Authorization"))
+	}))
+	defer srv.Close()
+	m, rdb := redistest.Mini(t)
+	// One call in flight at a time: a POST passing through holds the slot
+	// the refresh waits for.
+	b := budget.New(rdb, "api", budget.Limit{Rate: 1000, Per: time.Second}, &budget.Options{Concurrency: 1})
+	defer b.Close()
+	c := newCache(t, rdb, &fill.Options{StaleWhileRevalidate: time.Minute, Budget: b})
+	cl := &http.Client{Transport: httpfill.New(c, &httpfill.Options{Base: srv.Client().Transport})}
+	get := func(req *http.Request) string {
+		t.Helper()
+		resp, err := cl.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return string(body)
+	}
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/me", nil)
+	req.Header.Set("Authorization", "alice")
+	if got := get(req); got != "for alice" {
+		t.Fatalf("first GET: %q", got)
+	}
+	stored := entryValue(t, m)
+	m.FastForward(1500 * time.Millisecond) // stale: served, refreshed in the background
+	post := make(chan error, 1)
+	go func() {
+		p, _ := http.NewRequest(http.MethodPost, srv.URL+"/x", strings.NewReader("x"))
+		resp, err := cl.Do(p)
+		if err == nil {
+			resp.Body.Close()
+		}
+		post <- err
+	}()
+	<-posted
+	if got := get(req); got != "for alice" {
+		t.Fatalf("stale GET: %q", got)
+	}
+	req.Header.Set("Authorization", "bob") // reused, its response read
+	close(gate)
+	if err := <-post; err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, "the refresh stored", func() bool { return gets.Load() == 2 && entryValue(t, m) != stored })
+	alice, _ := http.NewRequest(http.MethodGet, srv.URL+"/me", nil)
+	alice.Header.Set("Authorization", "alice")
+	if got := get(alice); got != "for alice" {
+		t.Errorf("alice got %q", got)
+	}
+}
+
+// entryValue returns the value of the only entry in m, or "".
+func entryValue(t *testing.T, m *miniredis.Miniredis) string {
+	t.Helper()
+	for _, k := range m.Keys() {
+		if strings.HasSuffix(k, ":value") {
+			v, _ := m.Get(k)
+			return v
+		}
+	}
+	return ""
+}
+
+// TestEmptyMethod: net/http sends a request with an empty Method as a GET,
+// and so it is merged and cached as one. It used to pass through: every
+// call reached the upstream.
+func TestEmptyMethod(t *testing.T) {
+	u := newUpstream(t, false, hello)
+	_, rdb := redistest.Mini(t)
+	c := newClient(u, newCache(t, rdb, nil), nil)
+	target, err := url.Parse(u.url("/a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		resp, err := c.Do((&http.Request{URL: target, Header: http.Header{}}).WithContext(t.Context()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	wantCalls(t, u, 1)
+}
+
+// TestRepeatedMaxAge: of two max-age directives, the first counts (RFC
+// 9111, 4.2.1): a proxy that appends its own does not extend a response's
+// life. The last used to win: max-age=0 then max-age=86400 was stored a day.
+func TestRepeatedMaxAge(t *testing.T) {
+	u := newUpstream(t, false, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("Cache-Control", "max-age=0")
+		w.Header().Add("Cache-Control", "max-age=86400")
+		hello(w, r)
+	})
+	m, rdb := redistest.Mini(t)
+	c := newClient(u, newCache(t, rdb, nil), nil)
+	mustDo(t, c, http.MethodGet, u.url("/a"))
+	if ttl, ok := valueTTL(t, m); ok {
+		t.Errorf("stored for %v; want not stored (max-age=0 first)", ttl)
 	}
 }

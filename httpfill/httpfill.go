@@ -174,7 +174,11 @@ func New(c *fill.Cache, opt *Options) *Transport {
 // server, or from the upstream; requests that cannot be cached pass
 // through to Options.Base. It implements [http.RoundTripper].
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	key := t.key(req)
+	snap := t.snapshot(req)
+	if snap == nil {
+		return t.pass(req)
+	}
+	key := t.opt.Key(snap)
 	if key == "" {
 		return t.pass(req)
 	}
@@ -186,7 +190,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		opts = append(opts, fill.WithTTL(t.opt.TTL))
 	}
 	if t.opt.Cost != nil && t.opt.Budget != nil {
-		opts = append(opts, fill.WithCost(t.opt.Cost(req)))
+		opts = append(opts, fill.WithCost(t.opt.Cost(snap)))
 	}
 	// own is a response this request's load got for this request only.
 	var own atomic.Pointer[entry]
@@ -197,7 +201,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		fctx = budgetctx.With(ctx, b)
 	}
 	e, err := fill.Get(fctx, t.cache, key, func(ctx context.Context) (*entry, error) {
-		return t.load(ctx, req, cs, &own)
+		return t.load(ctx, snap, cs, &own)
 	}, opts...)
 	switch {
 	case err != nil:
@@ -212,18 +216,30 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return o.response(req, time.Now()), nil
 		}
 		return t.pass(req)
-	case !e.fits(req):
+	case !e.fits(snap):
 		return t.pass(req)
 	}
 	return e.response(req, time.Now()), nil
 }
 
-// key returns req's cache key, or "" when req passes through.
-func (t *Transport) key(req *http.Request) string {
-	if req.Method != http.MethodGet && req.Method != http.MethodHead || !cacheable(req) {
-		return ""
+// snapshot returns a copy of req for its key and its flight, or nil when
+// req passes through (a method other than GET and HEAD, a body, a
+// conditional or no-cache request). The flight reads its request after
+// RoundTrip returned (a background refresh, a load tried again after a
+// 429), when its caller may have reused req for someone else's call
+// (net/http allows it once the response is read): it reads the copy. An
+// empty Method is GET, as net/http sends it.
+func (t *Transport) snapshot(req *http.Request) *http.Request {
+	method := req.Method
+	if method == "" {
+		method = http.MethodGet
 	}
-	return t.opt.Key(req)
+	if method != http.MethodGet && method != http.MethodHead || !cacheable(req) {
+		return nil
+	}
+	snap := req.Clone(req.Context())
+	snap.Method = method
+	return snap
 }
 
 // pass sends req to Base under a reservation of its cost in the budget,

@@ -270,14 +270,16 @@ func varyDigest(vals []string) string {
 func setsCookie(h http.Header) bool { return len(values(h, "Set-Cookie")) > 0 }
 
 // directives parses the Cache-Control header of h: directive names in
-// lower case, to their values unquoted ("" for none).
+// lower case, to their values unquoted ("" for none). Of a directive given
+// twice, the first counts (RFC 9111, 4.2.1): a proxy that appends its own
+// max-age does not extend the upstream's.
 func directives(h http.Header) map[string]string {
 	d := make(map[string]string)
 	for _, v := range values(h, "Cache-Control") {
 		for part := range strings.SplitSeq(v, ",") {
 			name, val, _ := strings.Cut(part, "=")
 			name = strings.ToLower(strings.TrimSpace(name))
-			if name != "" {
+			if _, seen := d[name]; name != "" && !seen {
 				d[name] = strings.Trim(strings.TrimSpace(val), `"`)
 			}
 		}
