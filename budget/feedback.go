@@ -133,6 +133,10 @@ func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) 
 	case status == http.StatusTooManyRequests ||
 		status == http.StatusForbidden && (hasRetry || hasRemaining && remaining == 0):
 		f.cause = rateLimited
+		var stated time.Duration
+		if !hasRetry && !hasReset {
+			stated = callsReset(h, ref)
+		}
 		switch {
 		case hasRetry:
 			f.pause = retryAfter
@@ -141,6 +145,10 @@ func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) 
 		case hasReset:
 			// The window the upstream counted has just ended.
 			f.pause = time.Second
+		case stated > 0:
+			// OpenAI's, Anthropic's or the IETF's headers: no calls left
+			// until their reset.
+			f.pause = stated
 		default:
 			f.pause = per
 			f.unstated = status == http.StatusTooManyRequests && !(hasRemaining && remaining == 0)
@@ -167,6 +175,19 @@ func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) 
 		}
 	}
 	return f
+}
+
+// callsReset returns the latest reset of the calls' windows that OpenAI's,
+// Anthropic's or the IETF's headers of h say have no call left, read
+// against ref; 0 for none.
+func callsReset(h http.Header, ref time.Time) time.Duration {
+	var d time.Duration
+	for _, hr := range readHeadroom(h, ref) {
+		if hr.meter == "" && hr.remaining == 0 && hr.reset > d {
+			d = hr.reset
+		}
+	}
+	return d
 }
 
 // refTime returns the instant a response's times are read against: its
@@ -332,11 +353,16 @@ func (b *Budget) capsOf(h http.Header, now time.Time, f feedback) []any {
 	var caps []any
 	if !f.pull {
 		// No X or GitHub count: the requests left as OpenAI's,
-		// Anthropic's or the IETF's headers state them cap the calls.
+		// Anthropic's or the IETF's headers state them cap the calls; of
+		// several windows (IETF policies), the one that binds hardest.
+		worst := 2.0
 		for _, hr := range readHeadroom(h, refTime(h, now)) {
-			if hr.meter == "" && hr.reset > 0 {
+			if hr.meter != "" || hr.reset <= 0 {
+				continue
+			}
+			if r := float64(hr.remaining) / float64(allowed(hr.reset, b.t, b.tau)); r < worst || r == worst && hr.reset > f.reset {
+				worst = r
 				f.pull, f.remaining, f.reset = true, hr.remaining, hr.reset
-				break
 			}
 		}
 	}

@@ -113,3 +113,74 @@ func TestRequestsHeadroomCaps(t *testing.T) {
 		})
 	}
 }
+
+// headroom429s are 429s whose only stated wait is a reset of the calls'
+// window in OpenAI's, Anthropic's or the IETF's headers, 20 s away.
+func headroom429s() map[string]http.Header {
+	return map[string]http.Header{
+		"OpenAI": {"X-Ratelimit-Limit-Requests": {"100"}, "X-Ratelimit-Remaining-Requests": {"0"},
+			"X-Ratelimit-Reset-Requests": {"20s"}},
+		"Anthropic": {"Anthropic-Ratelimit-Requests-Remaining": {"0"},
+			"Anthropic-Ratelimit-Requests-Reset": {time.Now().Add(20 * time.Second).UTC().Format(time.RFC3339)}},
+		"IETF":        {"Ratelimit-Remaining": {"0"}, "Ratelimit-Reset": {"20"}},
+		"IETF policy": {"Ratelimit": {`"default";r=0;t=20`}},
+	}
+}
+
+// TestHeadroom429Pauses: a 429 whose wait is stated only by OpenAI's,
+// Anthropic's or the IETF's reset of the calls' window pauses the fleet
+// until that reset, as a 429 with an X or GitHub reset does; with Adaptive
+// it cuts no rate. It used to be read as a 429 stating no wait: a pause of
+// one Per, taken at Per = 1 s for an overshoot (201 ms), or with Adaptive a
+// cut of the rate and no pause, while the upstream refused calls for 20 s.
+func TestHeadroom429Pauses(t *testing.T) {
+	for name, h := range headroom429s() {
+		t.Run(name, func(t *testing.T) {
+			_, rdb := redistest.Mini(t)
+			b := newBudget(t, rdb, "headroom429", budget.Limit{Rate: 5}, nil)
+			now := redisNow(t, rdb)
+			if err := b.Observe(context.Background(), h, http.StatusTooManyRequests); err != nil {
+				t.Fatal(err)
+			}
+			if p := field(t, rdb, b, "pause") - now; p < 19e6 {
+				t.Errorf("paused %d µs; want the stated 20 s", p)
+			}
+			if n := b.Stats().Overshoots; n != 0 {
+				t.Errorf("%d overshoots; want none (the wait was stated)", n)
+			}
+		})
+		t.Run(name+"/Adaptive", func(t *testing.T) {
+			e := newAdaptive(t, "headroom429")
+			now := redisNow(t, e.rdb)
+			e.observe(t, context.Background(), h, http.StatusTooManyRequests)
+			if n := e.b.Stats().RateCuts; n != 0 {
+				t.Errorf("%d rate cuts; want none (the wait was stated)", n)
+			}
+			if p := field(t, e.rdb, e.b, "pause") - now; p < 19e6 {
+				t.Errorf("paused %d µs; want the stated 20 s", p)
+			}
+		})
+	}
+}
+
+// TestIETFBindingPolicy: of several IETF RateLimit policies, the one that
+// binds caps the calls, wherever it stands in the list. Only the first was
+// read: a per-second policy with room left hid an hour's with none.
+func TestIETFBindingPolicy(t *testing.T) {
+	for _, field := range []string{`"sec";r=5;t=1, "hour";r=0;t=1800`, `"hour";r=0;t=1800, "sec";r=5;t=1`} {
+		t.Run(field, func(t *testing.T) {
+			_, rdb := redistest.Mini(t)
+			b := newBudget(t, rdb, "ietf-policies", budget.Limit{Rate: 5}, nil)
+			h := http.Header{"Ratelimit-Policy": {`"sec";q=5;w=1, "hour";q=1000;w=3600`}, "Ratelimit": {field}}
+			ctx := context.Background()
+			if err := b.Observe(ctx, h, http.StatusOK); err != nil {
+				t.Fatal(err)
+			}
+			wctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			if err := b.Wait(wctx, budget.Foreground); !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Wait with no call left for 30 min: %v; want refused", err)
+			}
+		})
+	}
+}
