@@ -88,6 +88,9 @@ type feedback struct {
 	// limit resets (pause is then one Per): with Options.Adaptive it cuts
 	// the learned rate instead (adaptive.go).
 	unstated bool
+	// perDefault: pause is one Per for want of a stated wait, not a
+	// whole second a shorter wait was rounded up to (see apply).
+	perDefault bool
 	// key is the key of the pool (Options.Keys) the response is of, 1 +
 	// its index; 0 for the whole budget.
 	key int
@@ -150,7 +153,7 @@ func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) 
 			// until their reset.
 			f.pause = stated
 		default:
-			f.pause = per
+			f.pause, f.perDefault = per, true
 			f.unstated = status == http.StatusTooManyRequests && !(hasRemaining && remaining == 0)
 		}
 	case hasRemaining && remaining == 0:

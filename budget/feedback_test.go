@@ -26,8 +26,8 @@ func TestParseFeedback(t *testing.T) {
 		want   feedback
 	}{
 		{"200 no headers", 200, h(), none},
-		{"429 no headers: one Per", 429, h(), feedback{pause: per, cause: rateLimited, unstated: true}},
-		{"429 remaining 0, no reset: one Per", 429, h("X-Rate-Limit-Remaining", "0"), feedback{pause: per, cause: rateLimited}},
+		{"429 no headers: one Per", 429, h(), feedback{pause: per, cause: rateLimited, unstated: true, perDefault: true}},
+		{"429 remaining 0, no reset: one Per", 429, h("X-Rate-Limit-Remaining", "0"), feedback{pause: per, cause: rateLimited, perDefault: true}},
 		{"429 Retry-After seconds", 429, h("Retry-After", "7"), feedback{pause: 7 * time.Second, cause: rateLimited}},
 		{"429 Retry-After spaces", 429, h("Retry-After", " 7 "), feedback{pause: 7 * time.Second, cause: rateLimited}},
 		{"429 Retry-After 0", 429, h("Retry-After", "0"), none},
@@ -40,8 +40,8 @@ func TestParseFeedback(t *testing.T) {
 		{"429 Retry-After date in the past", 429, h("Retry-After", now.Add(-time.Minute).Format(http.TimeFormat)), none},
 		{"429 Retry-After malformed, X reset", 429, h("Retry-After", "soon", "X-Rate-Limit-Reset", epoch(5*time.Minute)),
 			feedback{pause: 5 * time.Minute, cause: rateLimited}},
-		{"429 Retry-After negative", 429, h("Retry-After", "-3"), feedback{pause: per, cause: rateLimited, unstated: true}},
-		{"429 Retry-After a year", 429, h("Retry-After", "31536000"), feedback{pause: per, cause: rateLimited, unstated: true}},
+		{"429 Retry-After negative", 429, h("Retry-After", "-3"), feedback{pause: per, cause: rateLimited, unstated: true, perDefault: true}},
+		{"429 Retry-After a year", 429, h("Retry-After", "31536000"), feedback{pause: per, cause: rateLimited, unstated: true, perDefault: true}},
 		{"429 X headers", 429, h("X-Rate-Limit-Limit", "900", "X-Rate-Limit-Remaining", "0",
 			"X-Rate-Limit-Reset", epoch(4*time.Minute)), feedback{pause: 4 * time.Minute, cause: rateLimited}},
 		{"429 reset just passed", 429, h("X-Rate-Limit-Remaining", "0", "X-Rate-Limit-Reset", epoch(-time.Second)),

@@ -84,7 +84,8 @@ func (b *Budget) PauseFor(ctx context.Context, err error) (bool, error) {
 	if b.opt.Adaptive && (rle == nil || rle.RetryAfter <= 0) {
 		return true, b.cut(ctx, "pause", b.slotOf(ctx), "a load was rate-limited with no RetryAfter (RateLimitedError)")
 	}
-	return true, b.apply(ctx, "pause", feedback{pause: d, cause: rateLimited, slot: b.slotOf(ctx), key: b.keyOf(ctx)})
+	return true, b.apply(ctx, "pause", feedback{pause: d, cause: rateLimited, slot: b.slotOf(ctx), key: b.keyOf(ctx),
+		perDefault: rle == nil || rle.RetryAfter <= 0})
 }
 
 //go:embed pause.lua
@@ -104,10 +105,11 @@ func (b *Budget) apply(ctx context.Context, op string, f feedback) error {
 	// With Options.Keys, only a key's 429 may be an overshoot: a pause of
 	// the whole pool respaces no key's schedule.
 	if f.cause == rateLimited && !f.metered && (b.pool == nil || f.key > 0) &&
-		(f.pause <= time.Duration(b.t)*time.Microsecond || f.pause == time.Second) {
+		(f.pause <= time.Duration(b.t)*time.Microsecond || f.pause == time.Second && !f.perDefault) {
 		// A wait no longer than an interval, or the whole second a
-		// Retry-After rounds a shorter wait up to, for no other limit
-		// than the calls': perhaps an overshoot (see pause.lua).
+		// Retry-After rounds a shorter wait up to (not one Per of 1 s
+		// for want of any stated wait), for no other limit than the
+		// calls': perhaps an overshoot (see pause.lua).
 		over = "1"
 	}
 	script, keys, args := b.onKey(f.key, pauseScript, keyPauseScript, []any{pause,

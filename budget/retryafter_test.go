@@ -184,3 +184,34 @@ func TestIETFBindingPolicy(t *testing.T) {
 		})
 	}
 }
+
+// TestBare429OnePer: a 429 that states no wait, or a PauseFor with none,
+// pauses for one Per, as documented, also when Per is 1 s: one Per of 1 s
+// was taken for the whole second a Retry-After rounds a shorter wait up
+// to, and so for an overshoot: a pause of one interval (200 ms at 5/s).
+func TestBare429OnePer(t *testing.T) {
+	for name, pause := range map[string]func(context.Context, *budget.Budget) error{
+		"Observe": func(ctx context.Context, b *budget.Budget) error {
+			return b.Observe(ctx, http.Header{}, http.StatusTooManyRequests)
+		},
+		"PauseFor": func(ctx context.Context, b *budget.Budget) error {
+			_, err := b.PauseFor(ctx, &budget.RateLimitedError{})
+			return err
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, rdb := redistest.Mini(t)
+			b := newBudget(t, rdb, "bare429", budget.Limit{Rate: 5}, nil) // Per 1 s
+			now := redisNow(t, rdb)
+			if err := pause(context.Background(), b); err != nil {
+				t.Fatal(err)
+			}
+			if p := field(t, rdb, b, "pause") - now; p < 900_000 {
+				t.Errorf("paused %d µs; want one Per (1 s)", p)
+			}
+			if n := b.Stats().Overshoots; n != 0 {
+				t.Errorf("%d overshoots; want none", n)
+			}
+		})
+	}
+}
