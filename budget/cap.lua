@@ -31,20 +31,31 @@ local function valid(x)
   return x
 end
 local function f(x) return string.format('%d', x) end
-local pause = valid(redis.call('HGET', KEYS[1], 'pause'))
+local pv = redis.call('HMGET', KEYS[1], 'pause', 'slack', 'lt')
+local pause, slack, lt = valid(pv[1]), valid(pv[2]), tonumber(pv[3])
 local set = 0
 for i = 2, #ARGV - 5, 6 do
   local resetAt, remaining = now + tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   local T, tau, name, cap = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
   local v = redis.call('HMGET', KEYS[1], name, cap .. 'at', cap)
   local tat, capat, left = valid(v[1]), valid(v[2]), valid(v[3])
-  -- The units booked ahead lie one per T back from the latest, tat - T - tau;
-  -- behind a pause, from its end, where tat - pause counts them.
+  -- The units booked ahead lie one step back from the latest, tat - step -
+  -- tau; behind a pause, from its end, where tat - pause counts them. The
+  -- calls' step is wait.lua's: the learned interval lt when longer than T
+  -- (tau in proportion), plus the slack learned from overshoots, taken
+  -- undecayed (the longest step, so the fewest calls: a lower bound).
+  local step = T
+  if name == 'tat' then
+    if lt and lt > T and lt <= ahead then
+      tau, step = math.floor(tau * lt / T), lt
+    end
+    step = step + math.min(slack, step)
+  end
   local booked
   if pause > now then
-    booked = math.ceil((tat - pause) / T)
+    booked = math.ceil((tat - pause) / step)
   else
-    booked = math.ceil((tat - T - tau - now) / T)
+    booked = math.ceil((tat - step - tau - now) / step)
   end
   local n = math.max(0, remaining - math.max(0, booked))
   local skip = false

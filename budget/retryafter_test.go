@@ -215,3 +215,43 @@ func TestBare429OnePer(t *testing.T) {
 		})
 	}
 }
+
+// TestCapCountsBookedBySpacing: the calls already booked that a cap counts
+// against the upstream's remaining calls are counted at the schedule's
+// spacing: T plus the slack learned from overshoots, or the learned
+// interval under Adaptive. They were counted one per T: with slots 2T
+// apart, ten booked counted as twenty, and of fifteen calls left (five
+// free) none was allowed before the reset a minute away.
+func TestCapCountsBookedBySpacing(t *testing.T) {
+	for _, mode := range []string{"slack", "learned interval"} {
+		t.Run(mode, func(t *testing.T) {
+			m, rdb := redistest.Mini(t)
+			clock := time.Now()
+			m.SetTime(clock)
+			opt := &budget.Options{Adaptive: mode != "slack"}
+			b := newBudget(t, rdb, "cap-spacing", budget.Limit{Rate: 5}, opt) // T = 200 ms
+			ctx := context.Background()
+			now := redisNow(t, rdb)
+			const T = 200_000
+			// Ten calls booked ahead, 2T apart.
+			f := map[string]any{"tat": strconv.FormatInt(now+10*2*T, 10)}
+			if mode == "slack" {
+				f["slack"], f["o1"] = strconv.Itoa(T), strconv.FormatInt(now, 10)
+			} else {
+				f["lt"], f["le"] = strconv.Itoa(2*T), strconv.FormatInt(now+3600e6, 10)
+			}
+			if err := rdb.HSet(ctx, budget.Key(b), f).Err(); err != nil {
+				t.Fatal(err)
+			}
+			h := http.Header{"X-Rate-Limit-Remaining": {"15"},
+				"X-Rate-Limit-Reset": {strconv.FormatInt(clock.Add(time.Minute).Unix(), 10)}}
+			if err := b.Observe(ctx, h, http.StatusOK); err != nil {
+				t.Fatal(err)
+			}
+			// The booked calls' spacing counts them between 9 and 10.
+			if c := field(t, rdb, b, "cap"); c < 5 || c > 6 {
+				t.Errorf("cap %d; want the 5 calls the upstream has free (6 at most)", c)
+			}
+		})
+	}
+}
