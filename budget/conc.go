@@ -85,10 +85,16 @@ type conc struct {
 	args  [3]any   // N, the lease (µs), the publish flag
 	id    string   // this Budget's prefix of holder ids
 	seq   atomic.Uint64
-	local chan struct{} // the local cap while Redis is unreachable
-	out   atomic.Int64  // slots held (Redis or local): Stats.InFlight
+	out   atomic.Int64 // slots held (Redis or local): Stats.InFlight
 
-	mu      sync.Mutex               // guards the maps
+	mu sync.Mutex // guards the maps and the local cap's use
+	// The local cap while Redis is unreachable: localCap slots, localUsed
+	// of them taken; localChanged, when not nil, is closed at the next
+	// change of the cap's use (a local slot given back, a held one
+	// dropped).
+	localCap, localUsed int
+	localChanged        chan struct{}
+
 	waiting map[string]chan struct{} // holder ids in line, and their wake-ups
 	held    map[string]*holder       // holder ids holding a slot in Redis
 	// renewed has, for ids still waiting, when the lease a renewal gave
@@ -106,14 +112,14 @@ type holder struct {
 
 func newConc(b *Budget) *conc {
 	c := &conc{
-		n:       b.opt.Concurrency,
-		lease:   b.opt.SlotLease,
-		keys:    []string{b.key, b.key + ":slots", b.key + ":queue", b.key + ":queued"},
-		id:      lease.NewToken()[:12] + ":",
-		local:   make(chan struct{}, max(1, b.opt.Concurrency/b.opt.FleetSize)),
-		waiting: make(map[string]chan struct{}),
-		held:    make(map[string]*holder),
-		renewed: make(map[string]time.Time),
+		n:        b.opt.Concurrency,
+		lease:    b.opt.SlotLease,
+		keys:     []string{b.key, b.key + ":slots", b.key + ":queue", b.key + ":queued"},
+		id:       lease.NewToken()[:12] + ":",
+		localCap: max(1, b.opt.Concurrency/b.opt.FleetSize),
+		waiting:  make(map[string]chan struct{}),
+		held:     make(map[string]*holder),
+		renewed:  make(map[string]time.Time),
 	}
 	if b.pool != nil {
 		// The booking's KEYS (keys.lua) then the concurrency block's: the
@@ -202,6 +208,9 @@ func (c *conc) drop(id string, cause error) bool {
 	delete(c.renewed, id)
 	h := c.held[id]
 	delete(c.held, id)
+	if h != nil {
+		c.localChange()
+	}
 	c.mu.Unlock()
 	if h == nil {
 		return false
@@ -376,26 +385,6 @@ func (b *Budget) closeConc() {
 	for _, id := range ids {
 		c.drop(id, ErrSlotLost)
 	}
-}
-
-// acquireLocal takes a slot of the local cap, Concurrency/FleetSize, while
-// Redis is unreachable.
-func (b *Budget) acquireLocal(ctx context.Context) error {
-	select {
-	case b.conc.local <- struct{}{}:
-		b.conc.out.Add(1)
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-b.done:
-		return ErrClosed
-	}
-}
-
-// releaseLocal gives back a slot of the local cap.
-func (b *Budget) releaseLocal() {
-	<-b.conc.local
-	b.conc.out.Add(-1)
 }
 
 // awaitSlot sleeps while the caller id is in line for a concurrency slot:

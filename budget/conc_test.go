@@ -734,3 +734,41 @@ func TestEventsPanicKeepsSlot(t *testing.T) {
 		t.Errorf("InFlight %d after both were done; want 0", n)
 	}
 }
+
+// TestOutageCountsHeldSlots: while Redis is unreachable, the slots this
+// server holds in Redis count in its local cap, max(1, Concurrency /
+// FleetSize), as long as their leases run: they are still in flight, and
+// the fleet counts them. The local cap was apart from them: with both of
+// Concurrency 2 held, two more calls went at once, 4 in flight.
+func TestOutageCountsHeldSlots(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := newBudget(t, s.Client(t, &redis.Options{MaxRetries: -1}), "outage-held", fast,
+		&budget.Options{Concurrency: 2, SlotLease: time.Minute})
+	ctx := redistest.Context(t, 20*time.Second)
+	var held []*budget.Reservation
+	for range 2 {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, r)
+	}
+	s.Kill(t)
+	short, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if r, err := b.Reserve(short, budget.Foreground, budget.Cost{}); err == nil {
+		_ = r.Done(ctx)
+		t.Fatalf("a third call went with both slots of Concurrency 2 held (InFlight %d)", b.Stats().InFlight)
+	}
+	// One of them done: its place goes to a local slot.
+	_ = held[0].Done(ctx)
+	r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatalf("with one slot held and one done: %v", err)
+	}
+	if n := b.Stats().InFlight; n != 2 {
+		t.Errorf("InFlight %d; want 2", n)
+	}
+	_ = r.Done(ctx)
+	_ = held[1].Done(ctx)
+}
