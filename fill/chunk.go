@@ -257,10 +257,13 @@ func (ch *chunkLoad[T]) values(sctx context.Context, m map[string]T, took time.D
 			}
 			if absent {
 				ttl = c.jitter(ch.cl.negativeTTL)
-			} else {
-				ttl += window
 			}
-			stores = append(stores, c.storeCall(l.ks, &l.look, entry, ttl, ttl-window, val, absent))
+			w := window
+			if absent {
+				w = 0
+			}
+			ttl = min(ttl, maxTTL)
+			stores = append(stores, c.storeCall(l.ks, &l.look, entry, keyTTL(ttl, w), ttl, val, absent))
 		}
 	}
 	return stores, fails, outcomes

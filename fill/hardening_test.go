@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strings"
 	"sync"
@@ -381,4 +382,42 @@ func incompressible(n int) string {
 		b[i] = 'a' + byte(x%26)
 	}
 	return string(b)
+}
+
+// TestTTLForever: a TTL of math.MaxInt64 ("for ever"), set by SetTTL or
+// WithTTL, keeps the value ten years, its stale window included. With a
+// stale window the key's life overflowed and the value was kept a
+// millisecond: every Get loaded it again.
+func TestTTLForever(t *testing.T) {
+	for name, get := range map[string]func(context.Context, *fill.Cache, func(context.Context) (int, error)) (int, error){
+		"SetTTL": func(ctx context.Context, c *fill.Cache, load func(context.Context) (int, error)) (int, error) {
+			return fill.Get(ctx, c, "k", func(ctx context.Context) (int, error) {
+				fill.SetTTL(ctx, math.MaxInt64)
+				return load(ctx)
+			})
+		},
+		"WithTTL": func(ctx context.Context, c *fill.Cache, load func(context.Context) (int, error)) (int, error) {
+			return fill.Get(ctx, c, "k", load, fill.WithTTL(math.MaxInt64))
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			m, rdb := redistest.Mini(t)
+			c := newCache(t, rdb, &fill.Options{StaleWhileRevalidate: time.Minute, Jitter: -1})
+			ctx := redistest.Context(t, 10*time.Second)
+			var calls atomic.Int32
+			load := func(context.Context) (int, error) { calls.Add(1); return 1, nil }
+			for range 3 {
+				if _, err := get(ctx, c, load); err != nil {
+					t.Fatal(err)
+				}
+				m.FastForward(time.Second)
+			}
+			if ttl := m.TTL(fill.DefaultPrefix + "{k}:value"); ttl < 365*24*time.Hour {
+				t.Errorf("value kept %v; want years", ttl)
+			}
+			if n := calls.Load(); n != 1 {
+				t.Errorf("%d loads; want 1", n)
+			}
+		})
+	}
 }

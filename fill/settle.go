@@ -200,6 +200,16 @@ func (c *Cache) stored(sc *storeCall, s settled, err error) {
 	}
 }
 
+// maxTTL is the longest a value is kept: ten years, "for ever" in a
+// cache. A longer TTL (SetTTL or WithTTL of math.MaxInt64) is cut to it:
+// with the stale window added it overflowed, and was kept a millisecond.
+const maxTTL = 10 * 365 * 24 * time.Hour
+
+// keyTTL is the life of a value's key: its TTL and its stale window.
+func keyTTL(ttl, window time.Duration) time.Duration {
+	return min(ttl, maxTTL) + min(window, maxTTL)
+}
+
 // store stores entry with the value v (or an absence), releases the lock
 // and notifies, in one round trip.
 func (c *Cache) store(ctx context.Context, ks keyset, entry []byte, ttl time.Duration, v any, absent bool, claimed *look) {
@@ -207,7 +217,8 @@ func (c *Cache) store(ctx context.Context, ks keyset, entry []byte, ttl time.Dur
 	if !absent {
 		window = c.opt.window()
 	}
-	sc := c.storeCall(ks, claimed, entry, ttl+window, ttl, v, absent)
+	ttl = min(ttl, maxTTL)
+	sc := c.storeCall(ks, claimed, entry, keyTTL(ttl, window), ttl, v, absent)
 	s, err := c.settle(ctx, &sc.req)
 	c.stored(&sc, s, err)
 }
