@@ -2,6 +2,7 @@ package fill_test
 
 import (
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"math"
@@ -419,5 +420,53 @@ func TestTTLForever(t *testing.T) {
 				t.Errorf("%d loads; want 1", n)
 			}
 		})
+	}
+}
+
+// TestValueRefusedByRedis: a value Redis refuses at the protocol level
+// (over its proto-max-bulk-len: the settle script never runs) is settled
+// as a failure: the lock is released and another server's waiting Get
+// returns the refusal. The lock was left for its whole lease, the other
+// server's Get waiting.
+func TestValueRefusedByRedis(t *testing.T) {
+	s := redistest.Start(t, &redistest.ServerOptions{Args: []string{"--proto-max-bulk-len", "1mb"}})
+	a := newCache(t, s.Client(t, nil), nil)
+	b := newCache(t, s.Client(t, nil), &fill.Options{PollInterval: time.Minute})
+	ctx := redistest.Context(t, 30*time.Second)
+	big := make([]byte, 2<<20) // random: not compressed below the limit
+	if _, err := crand.Read(big); err != nil {
+		t.Fatal(err)
+	}
+	started, release := make(chan struct{}), make(chan struct{})
+	aDone := make(chan error, 1)
+	go func() {
+		_, err := fill.Get(ctx, a, "k", func(context.Context) ([]byte, error) {
+			close(started)
+			<-release
+			return big, nil
+		})
+		aDone <- err
+	}()
+	<-started
+	bDone := make(chan error, 1)
+	go func() {
+		_, err := fill.Get(ctx, b, "k", func(context.Context) ([]byte, error) { return []byte("small"), nil })
+		bDone <- err
+	}()
+	redistest.WaitFor(t, "the other server waiting", func() bool { return b.Stats().Misses == 1 })
+	close(release)
+	if err := <-aDone; err != nil {
+		t.Errorf("the loading server's Get: %v; want its value", err)
+	}
+	if n := s.Client(t, nil).Exists(ctx, fill.DefaultPrefix+"{k}").Val(); n != 0 {
+		t.Error("the fill lock is left held after the load ended")
+	}
+	select {
+	case err := <-bDone:
+		if !errors.Is(err, fill.ErrLoadFailed) || !strings.Contains(err.Error(), "not stored") {
+			t.Errorf("the other server's Get: %v; want ErrLoadFailed, value not stored", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the other server's Get still waits 10 s after the load ended")
 	}
 }

@@ -221,6 +221,19 @@ func (c *Cache) store(ctx context.Context, ks keyset, entry []byte, ttl time.Dur
 	sc := c.storeCall(ks, claimed, entry, keyTTL(ttl, window), ttl, v, absent)
 	s, err := c.settle(ctx, &sc.req)
 	c.stored(&sc, s, err)
+	c.refused(ctx, &sc.req, err)
+}
+
+// refused settles r as a failure when Redis refused the call that was to
+// settle it, so that the script did not run (a value over Redis's
+// proto-max-bulk-len, say): its lock would otherwise stay until its lease
+// ran out, its waiters waiting.
+func (c *Cache) refused(ctx context.Context, r *settleReq, err error) {
+	if err == nil || r.mode == settleFail || redisx.Classify(err) != redisx.Reply {
+		return
+	}
+	s, ferr := c.settleFailure(ctx, r.ks, r.token, lease.Message(lease.Failed, limitText("value not stored: "+err.Error())), false)
+	c.settled(r.ks.name, s, ferr)
 }
 
 // settleFailure records the failure msg for the waiters of token, releases
@@ -236,9 +249,10 @@ func (c *Cache) settleFailure(ctx context.Context, ks keyset, token, msg string,
 // when they look again (the failure marker's place). A value too large to
 // publish is not given: the waiters look again, and one of them loads.
 func (c *Cache) publishOnly(ctx context.Context, ks keyset, token string, entry []byte) {
-	s, err := c.settle(ctx, &settleReq{ks: ks, token: token, mode: settlePublish,
-		msg: c.valueMessage(entry, lease.Released)})
+	r := &settleReq{ks: ks, token: token, mode: settlePublish, msg: c.valueMessage(entry, lease.Released)}
+	s, err := c.settle(ctx, r)
 	c.settled(ks.name, s, err)
+	c.refused(ctx, r, err)
 }
 
 // settled counts and reports what a settle script did.
@@ -329,5 +343,6 @@ func (c *Cache) settleMany(ctx context.Context, stores []storeCall, fails []sett
 		} else {
 			c.settled(r.ks.name, s, serr)
 		}
+		c.refused(ctx, r, serr)
 	}
 }
