@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,7 +51,9 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 		}
 	}()
 	var ov ttlOverride
+	stopKeep := context.AfterFunc(ctx, ch.stopKeeping)
 	out, took := b.loadChunk(context.WithValue(lctx, ttlKey{}, &ov), wctx, len(chunk), cl.cost, ch.run)
+	stopKeep()
 	returned = true
 	lost := make([]error, len(ch.looks))
 	for i, k := range ch.keepers {
@@ -90,11 +93,25 @@ type chunkLoad[T any] struct {
 	join   joiner                  // nil once the keys that arrived joined
 	around aroundCall              // makes the loader call; nil: a plain call
 
-	pat     *patience // the chunk's: the keys that join it count in it
-	looks   []*batchLook
-	keys    []string
+	pat   *patience // the chunk's: the keys that join it count in it
+	looks []*batchLook
+	keys  []string
+	kmu   sync.Mutex // guards keepers while the load may be under way
+	// keepers keep the keys' leases while the loader runs.
 	keepers []*lease.Keeper
 	held    atomic.Int32 // leases not lost
+}
+
+// stopKeeping stops renewing the chunk's leases: the batch's ctx ended
+// (LoadTimeout, Close) with the loader still running, its own ctx
+// ignored; another server loads the keys once the leases run out.
+func (ch *chunkLoad[T]) stopKeeping() {
+	ch.kmu.Lock()
+	keepers := slices.Clone(ch.keepers)
+	ch.kmu.Unlock()
+	for _, k := range keepers {
+		_ = k.Stop()
+	}
 }
 
 // add makes l's key one of the chunk's, its lease kept while the loader
@@ -103,6 +120,8 @@ type chunkLoad[T any] struct {
 func (ch *chunkLoad[T]) add(l *batchLook) {
 	c, key := ch.b.c, l.key
 	ch.held.Add(1)
+	ch.kmu.Lock()
+	defer ch.kmu.Unlock()
 	ch.keepers = append(ch.keepers, lease.Keep(c.rdb, l.ks.lock, l.token, c.opt.LockTTL, l.sent, func() {
 		c.event(ch.ctx, observe.Event{Kind: observe.LeaseLost, Key: key})
 		c.log("fill lock lost during a batch load; its value will not be stored", "key", key)
