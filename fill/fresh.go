@@ -41,7 +41,7 @@ func (c *Cache) serveStale(ctx context.Context, j *job, l *look) {
 // another server: the stale value, when there is one to fall back on, else
 // an error wrapping ErrLoadFailed.
 func (c *Cache) remoteFailure(ctx context.Context, key, msg string, fallback *look) (any, error) {
-	if fallback != nil && fallback.valErr == nil {
+	if fallback.servable(time.Now()) {
 		c.staleHit(ctx, key)
 		return fallback.val, nil
 	}

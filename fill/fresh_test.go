@@ -397,3 +397,47 @@ func TestDeleteDuringStaleWait(t *testing.T) {
 		t.Errorf("b's Get after the Delete got the deleted value %d; want an error", r.v)
 	}
 }
+
+// TestStaleFallbackWindowEnds: a stale value held to serve should a load
+// fail (StaleIfError) is not served once its window has ended: the load
+// failing after it, the callers get the failure, here and on another
+// server. The value was served however late the load failed, long after it
+// had left Redis.
+func TestStaleFallbackWindowEnds(t *testing.T) {
+	s := redistest.Start(t, nil)
+	opt := &fill.Options{TTL: 200 * time.Millisecond, Jitter: -1, StaleIfError: 200 * time.Millisecond}
+	a, b := newCache(t, s.Client(t, nil), opt), newCache(t, s.Client(t, nil), opt)
+	direct := s.Client(t, nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	if _, err := fill.Get(ctx, a, "k", func(context.Context) (int, error) { return 1, nil }); err != nil {
+		t.Fatal(err)
+	}
+	value := fill.DefaultPrefix + "{k}:value"
+	redistest.WaitFor(t, "the value stale", func() bool {
+		d := direct.PTTL(ctx, value).Val()
+		return d > 0 && d < 150*time.Millisecond
+	})
+	started, release := make(chan struct{}), make(chan struct{})
+	errs := make(chan error, 2)
+	go func() {
+		_, err := fill.Get(ctx, a, "k", func(context.Context) (int, error) {
+			close(started)
+			<-release
+			return 0, errors.New("upstream down")
+		})
+		errs <- err
+	}()
+	<-started
+	go func() {
+		_, err := fill.Get(ctx, b, "k", func(context.Context) (int, error) { return 2, errors.New("loaded twice") })
+		errs <- err
+	}()
+	redistest.WaitFor(t, "the other server waiting", func() bool { return b.Stats().Misses == 1 })
+	redistest.WaitFor(t, "the value gone from Redis", func() bool { return direct.Exists(ctx, value).Val() == 0 })
+	close(release)
+	for range 2 {
+		if err := <-errs; err == nil {
+			t.Error("a Get got the stale value after its StaleIfError window ended")
+		}
+	}
+}
