@@ -153,7 +153,15 @@ func parseClaim(v any) (claimReply, error) {
 		}
 		r.value, r.pttl = s, lease.PTTL(n)
 		if r.state == found {
-			if len(a) != 3 {
+			// The server's clock, when the script read it (see
+			// maybeEarlyRefresh).
+			if len(a) == 4 {
+				ms, ok := a[3].(int64)
+				if !ok {
+					return bad()
+				}
+				r.now = time.UnixMilli(ms)
+			} else if len(a) != 3 {
 				return bad()
 			}
 			break

@@ -21,7 +21,8 @@
 --   in-process copy), else a fresh value without a stale window comes alone.
 -- Returns
 --   value                             a fresh value without a stale window
---   {2, value, pttl}                  a fresh value; pttl the key's, in ms
+--   {2, value, pttl, now}             a fresh value; pttl the key's, in ms;
+--                                     now the server's clock, in ms
 --   {3, value, pttl, 1, stamp}        a stale value, and its refresh claimed
 --   {3, value, pttl, 0, holder}       a stale value, refreshed by holder
 --   {3, value, pttl, 2}               a stale value, refreshes backing off
@@ -113,7 +114,7 @@ if mode == 'r' then
       w = ((a * 256 + b) * 256 + c) * 256 + d
     end
     local pttl = redis.call('PTTL', KEYS[2])
-    if w == 0 or pttl < 0 or pttl > w then return {2, v, pttl} end
+    if w == 0 or pttl < 0 or pttl > w then return {2, v, pttl, now()} end
     local age = w - pttl
     if age <= tonumber(ARGV[5]) or age <= tonumber(ARGV[6]) then
       if backingOff() then return {3, v, pttl, 2} end

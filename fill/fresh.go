@@ -73,7 +73,7 @@ func (c *Cache) maybeEarlyRefresh(caller context.Context, j *job, l *look) {
 		return
 	}
 	left := l.r.pttl - l.entry.StaleWindow // fresh time left
-	if left > j.cl.ttl/2 {
+	if left > storedTTL(l, j.cl.ttl)/2 {
 		// XFetch's chance per read does not count the reads: a key read
 		// far more often than it loads would refresh right after each
 		// store. Never before half its TTL: at most two loads per TTL.
@@ -102,6 +102,22 @@ func (c *Cache) maybeEarlyRefresh(caller context.Context, j *job, l *look) {
 		out := c.lead(ctx, ctx, j, &claimed, nil, true)
 		c.refreshPanicked(j.ks.name, out.panicked)
 	}()
+}
+
+// storedTTL returns the TTL the value l read was stored with: the time
+// from its claim to the read, both on the Redis clock, less its load, plus
+// the fresh time it had left; or ttl, the caller's, when that is unknown.
+// A loader's SetTTL, or another caller's WithTTL, may have stored it with
+// a TTL far shorter than the caller's: half the caller's TTL then lay
+// before its store, and every read refreshed it.
+func storedTTL(l *look, ttl time.Duration) time.Duration {
+	if l.r.now.IsZero() || l.entry.CreatedAt.IsZero() {
+		return ttl
+	}
+	if d := l.r.now.Sub(l.entry.CreatedAt) - l.entry.LoadDuration + (l.r.pttl - l.entry.StaleWindow); d > 0 {
+		return d
+	}
+	return ttl
 }
 
 // refreshPanicked logs, with its stack, the panic of a background refresh's

@@ -441,3 +441,38 @@ func TestStaleFallbackWindowEnds(t *testing.T) {
 		}
 	}
 }
+
+// TestEarlyRefreshStoredTTL: EarlyRefresh never refreshes a value before
+// half the TTL it was stored with has passed, whatever TTL its reader asks
+// for: a loader's SetTTL (as httpfill's max-age) shorter than Options.TTL
+// counts. The reader's TTL was taken for it: with Options.TTL an hour and
+// the value stored for a second, reads refreshed it right after each store.
+func TestEarlyRefreshStoredTTL(t *testing.T) {
+	s := redistest.Start(t, nil)
+	c := fill.New(s.Client(t, nil), &fill.Options{TTL: time.Hour, Jitter: -1, EarlyRefresh: true})
+	ctx := redistest.Context(t, 20*time.Second)
+	var calls atomic.Int32
+	load := func(ctx context.Context) (int, error) {
+		calls.Add(1)
+		time.Sleep(300 * time.Millisecond) // the upstream's latency: XFetch weighs it
+		fill.SetTTL(ctx, time.Second)
+		return 1, nil
+	}
+	if _, err := fill.Get(ctx, c, "k", load); err != nil {
+		t.Fatal(err)
+	}
+	// Read at once, most of the second left: a refresh chance of about
+	// e^(-1/0.3) = 0.036 per read by XFetch alone.
+	start := time.Now()
+	for time.Since(start) < 300*time.Millisecond {
+		if _, err := fill.Get(ctx, c, "k", load); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Close(); err != nil { // waits for refreshes
+		t.Fatal(err)
+	}
+	if n := calls.Load() - 1; n != 0 {
+		t.Errorf("%d early refreshes with most of the stored TTL left; want none before half of it", n)
+	}
+}
