@@ -394,9 +394,16 @@ func (b *Budget) closeConc() {
 // not confirmed, a wake-up may be missed: the caller looks again once it is.
 func (b *Budget) awaitSlot(ctx context.Context, id string, d time.Duration) error {
 	ch := b.conc.wakeup(id)
-	var ready <-chan struct{}
+	var ready, moved <-chan struct{}
 	if !b.listening() {
 		ready = b.listener.Ready()
+	}
+	if b.pool != nil {
+		// A key removed (or paused) may leave the caller no key to wait
+		// for: it looks again, and fails with ErrNoKeys then.
+		b.mu.Lock()
+		moved = b.paused
+		b.mu.Unlock()
 	}
 	var tick <-chan time.Time
 	if d >= 0 {
@@ -408,6 +415,8 @@ func (b *Budget) awaitSlot(ctx context.Context, id string, d time.Duration) erro
 	case <-ch:
 		return nil
 	case <-ready:
+		return nil
+	case <-moved:
 		return nil
 	case <-tick:
 		return nil

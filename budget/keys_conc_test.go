@@ -536,3 +536,89 @@ func TestKeysConcurrencyLostLease(t *testing.T) {
 	}
 	emptySlots(t, rdb, b)
 }
+
+// TestRemoveLastKeyWhileInLine: callers in line for a concurrency slot
+// when every key of their server is removed fail with ErrNoKeys, however
+// far back in line. Only the head of the line (which looks again at the
+// earliest lease's end) did: with no key left no slot is ever freed, so no
+// wake-up came, and the others waited for good.
+func TestRemoveLastKeyWhileInLine(t *testing.T) {
+	s := redistest.Start(t, nil)
+	b := newBudget(t, s.Client(t, nil), "last-key", fast,
+		&budget.Options{Keys: []string{"key-a"}, Concurrency: 1, SlotLease: 300 * time.Millisecond})
+	ctx := redistest.Context(t, 20*time.Second)
+	h, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	for i := range 2 {
+		go func() {
+			_, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+			errs <- err
+		}()
+		redistest.WaitFor(t, "in line", func() bool { return s.Do(t, "ZCARD", budget.Key(b)+":queue") == int64(i+1) })
+	}
+	if err := b.Remove(ctx, "key-a"); err != nil {
+		t.Fatal(err)
+	}
+	_ = h.Done(ctx)
+	for i := range 2 {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, budget.ErrNoKeys) {
+				t.Errorf("a caller in line: %v; want ErrNoKeys", err)
+			}
+		case <-time.After(5 * time.Second): // 16 leases
+			t.Fatalf("caller %d of 2 in line still waits 5 s after every key was removed", i+1)
+		}
+	}
+}
+
+// TestNoKeyLeavesLine: a caller in line that fails with ErrNoKeys (its
+// server's keys all removed) leaves the fleet's line at once: the caller
+// behind it, on a server with another key, gets that key's free slot. Its
+// place stayed in Redis until its lease ran out, and the free slot with it.
+func TestNoKeyLeavesLine(t *testing.T) {
+	s := redistest.Start(t, nil)
+	const lease = 3 * time.Second
+	a := newBudget(t, s.Client(t, nil), "no-key-line", fast, &budget.Options{Keys: []string{"key-a"}, Concurrency: 1, SlotLease: lease})
+	b := newBudget(t, s.Client(t, nil), "no-key-line", fast, &budget.Options{Keys: []string{"key-a", "key-b"}, Concurrency: 1, SlotLease: lease})
+	ctx := redistest.Context(t, 20*time.Second)
+	ha, err := a.Reserve(ctx, budget.Foreground, budget.Cost{}) // key-a
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb, err := b.Reserve(ctx, budget.Foreground, budget.Cost{}) // key-b
+	if err != nil || hb.Key() != "key-b" {
+		t.Fatalf("second reservation: key %q, %v; want key-b", hb.Key(), err)
+	}
+	aErr := make(chan error, 1)
+	go func() { _, err := a.Reserve(ctx, budget.Foreground, budget.Cost{}); aErr <- err }()
+	redistest.WaitFor(t, "a caller of A in line", func() bool { return s.Do(t, "ZCARD", budget.Key(b)+":queue") == int64(1) })
+	got := make(chan *budget.Reservation, 1)
+	go func() {
+		r, _ := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		got <- r
+	}()
+	redistest.WaitFor(t, "a caller of B behind it", func() bool { return s.Do(t, "ZCARD", budget.Key(b)+":queue") == int64(2) })
+	if err := b.Remove(ctx, "key-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-aErr; !errors.Is(err, budget.ErrNoKeys) {
+		t.Errorf("A's caller: %v; want ErrNoKeys", err)
+	}
+	_ = ha.Done(ctx)
+	if err := hb.Done(ctx); err != nil { // frees key-b's slot
+		t.Fatal(err)
+	}
+	select {
+	case r := <-got:
+		if r == nil {
+			t.Fatal("B's caller got no reservation")
+		}
+		_ = r.Done(ctx)
+	case <-time.After(lease / 2):
+		t.Fatal("key-b's free slot went unused behind a caller that had failed")
+	}
+}

@@ -141,6 +141,11 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		}
 		switch r.kind {
 		case noKey:
+			if w.cid != "" {
+				// Its place in line, or a slot it took before its keys
+				// were removed, would hold up the callers behind it.
+				b.freeAbandoned(w.cid)
+			}
 			return booking{}, b.noKeysError(op)
 		case refused:
 			b.stats.refused.Add(1)
