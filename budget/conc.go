@@ -222,8 +222,14 @@ func (c *conc) drop(id string, cause error) bool {
 
 // free frees the slots and places in line of ids in Redis, within ctx.
 func (b *Budget) free(ctx context.Context, ids ...string) error {
+	_, err := b.freeCount(ctx, ids...)
+	return err
+}
+
+// freeCount is free, and returns how many of ids held a slot in Redis.
+func (b *Budget) freeCount(ctx context.Context, ids ...string) (int64, error) {
 	if len(ids) == 0 {
-		return nil
+		return 0, nil
 	}
 	c := b.conc
 	args := make([]any, 0, len(ids)+5)
@@ -232,10 +238,9 @@ func (b *Budget) free(ctx context.Context, ids ...string) error {
 		args = append(args, id)
 	}
 	args = append(args, c.args[0], c.args[1], c.args[2], "")
-	_, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) (any, error) {
-		return c.slotsScript().Run(ctx, b.rdb.Redis(), c.keys, args...).Result()
+	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
+		return c.slotsScript().Run(ctx, b.rdb.Redis(), c.keys, args...).Int64()
 	}, nil)
-	return err
 }
 
 // freeAbandoned frees id's slot or place in line, taken by a booking whose

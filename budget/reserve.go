@@ -323,7 +323,13 @@ func (r *Reservation) settle(ctx context.Context, groups []any, lost error) erro
 	var err error
 	switch {
 	case len(groups) == 0:
-		err = b.free(ctx, r.cid)
+		var n int64
+		if n, err = b.freeCount(ctx, r.cid); err == nil && n == 0 {
+			// Redis had ended its lease (this process paused past it,
+			// say) before this process noticed: another may have held
+			// the slot since.
+			lost = fmt.Errorf("budget: done %s: %w (its lease ran out in Redis)", redisx.Quote(b.name), ErrSlotLost)
+		}
 	case r.cid != "" && lost == nil:
 		_, err = b.runGiveBackConc(ctx, r.r.kidx, append([]any{"slot", r.r.slot, 0}, groups...), r.cid)
 	default:
