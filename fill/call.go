@@ -168,13 +168,24 @@ func (c *Cache) entryOf(key string, o ops, claimed *look, v any, took time.Durat
 	if err != nil {
 		return nil, nil, err
 	}
-	entry = envelope.Encode(nil, envelope.Entry{CreatedAt: c.createdAt(claimed), LoadDuration: took,
+	entry = envelope.Encode(nil, envelope.Entry{CreatedAt: c.createdAt(claimed), LoadDuration: sinceClaim(claimed, took),
 		StaleWindow: c.opt.window(), Type: typeTag(o.typ), Replaced: claimed.replaced, Payload: payload}, c.opt.CompressAbove)
 	return entry, val, nil
 }
 
+// sinceClaim is an entry's LoadDuration: the time from its claim to its
+// value, the load (took) and its waits for the budget's slot and after its
+// 429s included. XFetch weighs it as the time a refresh takes, and a
+// reader adds it to CreatedAt to place the store (see storedTTL).
+func sinceClaim(claimed *look, took time.Duration) time.Duration {
+	if claimed.sent.IsZero() {
+		return took
+	}
+	return max(took, time.Since(claimed.sent))
+}
+
 // absentEntry is the entry of an absence found by a load.
 func (c *Cache) absentEntry(o ops, claimed *look, took time.Duration) []byte {
-	return envelope.Encode(nil, envelope.Entry{Absent: true, CreatedAt: c.createdAt(claimed), LoadDuration: took,
+	return envelope.Encode(nil, envelope.Entry{Absent: true, CreatedAt: c.createdAt(claimed), LoadDuration: sinceClaim(claimed, took),
 		Type: typeTag(o.typ)}, 0)
 }

@@ -105,8 +105,9 @@ func (c *Cache) maybeEarlyRefresh(caller context.Context, j *job, l *look) {
 }
 
 // storedTTL returns the TTL the value l read was stored with: the time
-// from its claim to the read, both on the Redis clock, less its load, plus
-// the fresh time it had left; or ttl, the caller's, when that is unknown.
+// from its claim to the read, both on the Redis clock, less the time from
+// the claim to the value (its LoadDuration, see sinceClaim), plus the fresh
+// time it had left; or ttl, the caller's, when that is unknown.
 // A loader's SetTTL, or another caller's WithTTL, may have stored it with
 // a TTL far shorter than the caller's: half the caller's TTL then lay
 // before its store, and every read refreshed it.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/fill"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
@@ -474,5 +475,43 @@ func TestEarlyRefreshStoredTTL(t *testing.T) {
 	}
 	if n := calls.Load() - 1; n != 0 {
 		t.Errorf("%d early refreshes with most of the stored TTL left; want none before half of it", n)
+	}
+}
+
+// TestEarlyRefreshStoredTTLAfterBudgetWait: the TTL a value was stored
+// with is told right when its load waited for the budget's slot: the wait
+// counts in the time from the claim to the value. It counted as part of
+// the value's life, a TTL as long as the wait too long, and reads
+// refreshed the value right after its store again.
+func TestEarlyRefreshStoredTTLAfterBudgetWait(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	b := budget.New(rdb, "early-wait", budget.Limit{Rate: 1, Per: time.Second, Burst: 1}, nil)
+	defer b.Close()
+	c := fill.New(rdb, &fill.Options{TTL: time.Hour, Jitter: -1, EarlyRefresh: true, Budget: b})
+	ctx := redistest.Context(t, 20*time.Second)
+	if err := b.Wait(ctx, budget.Foreground); err != nil { // the load waits a second for its slot
+		t.Fatal(err)
+	}
+	load := func(ctx context.Context) (int, error) {
+		time.Sleep(300 * time.Millisecond) // the upstream's latency: XFetch weighs it
+		fill.SetTTL(ctx, time.Second)
+		return 1, nil
+	}
+	if _, err := fill.Get(ctx, c, "k", load); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for time.Since(start) < 300*time.Millisecond {
+		if _, err := fill.Get(ctx, c, "k", load); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A refresh waits for the budget's slot; Close ends it.
+	if n := c.Stats().Refreshes; n != 0 {
+		t.Errorf("%d early refreshes with most of the stored TTL left; want none before half of it", n)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -120,8 +120,9 @@ type Entry struct {
 	// times are in UTC.
 	CreatedAt time.Time
 
-	// LoadDuration is how long the loader took. It is stored with
-	// microsecond precision; negative durations are stored as 0.
+	// LoadDuration is how long the value took to get: the loader, and
+	// fill's waits for it (a budget's slot, after a 429). It is stored
+	// with microsecond precision; negative durations are stored as 0.
 	LoadDuration time.Duration
 
 	// StaleWindow is how long the entry is kept past its fresh life. It
