@@ -149,6 +149,17 @@ func (h *Hub) send(sh *shard, subscribe bool, ops []op) {
 	sharded := h.cluster != nil && sh.addr != broadcastAddr
 	if !subscribe {
 		if sharded {
+			if ops[0].sh == nil {
+				// Not a drop's clean-up (see dropped), which counts
+				// its replies apart: their reply may be MOVED.
+				h.mu.Lock()
+				for _, ch := range channels {
+					if e := h.chans[ch]; e != nil {
+						e.unsubs++
+					}
+				}
+				h.mu.Unlock()
+			}
 			_ = ps.SUnsubscribe(ctx, channels...)
 		} else {
 			_ = ps.Unsubscribe(ctx, channels...)
@@ -422,7 +433,10 @@ func (h *Hub) confirm(sh *shard, kind, channel string) {
 		}
 		h.refusal.working()
 	case "unsubscribe", "sunsubscribe":
-		if kind == "sunsubscribe" && e.want {
+		if kind == "sunsubscribe" && e.unsubs > 0 {
+			// The reply to an SUNSUBSCRIBE of this Hub's.
+			e.unsubs--
+		} else if kind == "sunsubscribe" && e.want {
 			switch {
 			case e.sh == sh:
 				h.dropped(e, sh, channel)
@@ -482,6 +496,7 @@ func (h *Hub) lost(sh *shard) {
 		if e.sh != sh && e.sh != nil {
 			continue
 		}
+		e.unsubs = 0
 		for l := range e.listeners {
 			l.fn(Wake)
 		}

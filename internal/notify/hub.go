@@ -116,7 +116,10 @@ type entry struct {
 	needPing   uint64 // ready when a PONG numbered at least this arrives; 0: not sent yet
 	subscribed bool   // the newest subscription reply said subscribed
 	sh         *shard // where it was last subscribed
-	ready      chan struct{}
+	// unsubs counts the SUNSUBSCRIBEs this Hub sent for the channel whose
+	// reply has not come: such a reply is not the master dropping it.
+	unsubs int
+	ready  chan struct{}
 	isReady    bool
 	subs       map[*Sub]struct{}
 }

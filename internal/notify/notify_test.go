@@ -834,3 +834,58 @@ func TestSilentClusterShardReplaced(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterResubscribe: a shard channel whose last Sub closes and which a
+// new Sub wants again before the SUNSUBSCRIBE's reply comes is heard on: the
+// reply to the Hub's own SUNSUBSCRIBE is not taken for its master dropping
+// the channel (a slot moved), whose clean-up unsubscribed it for good.
+func TestClusterResubscribe(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	rdb := c.Client(t, nil)
+	h := New(rdb, nil)
+	defer h.Close()
+	ctx := redistest.Context(t, 60*time.Second)
+	const channel = "p{resub}"
+	s := h.Subscribe(channel)
+	ready(t, s)
+	// The writer holds its commands a moment (as in a refusal's back-off),
+	// so that the SUNSUBSCRIBE and the SSUBSCRIBE go out together: the
+	// first's reply comes once the channel is wanted again.
+	h.refusal.mu.Lock()
+	h.refusal.refused, h.refusal.retryAt = true, time.Now().Add(100*time.Millisecond)
+	h.refusal.mu.Unlock()
+	s.Close()
+	s = h.Subscribe(channel)
+	defer s.Close()
+	ready(t, s)
+	redistest.WaitFor(t, "the Hub settled", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		e := h.chans[channel]
+		if len(h.ops) > 0 || e == nil || !e.subscribed || e.sh == nil || e.unsubs > 0 {
+			return false
+		}
+		for _, sh := range h.shards {
+			if sh.echoes > 0 || len(sh.wait) > 0 {
+				return false
+			}
+		}
+		return true
+	})
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if err := rdb.SPublish(ctx, channel, "hi").Err(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case p := <-s.C():
+			if p == "hi" {
+				return
+			}
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a ready Sub heard nothing within 2s: its channel was unsubscribed")
+		}
+	}
+}
