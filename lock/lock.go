@@ -139,10 +139,10 @@ type Lock struct {
 	token string
 	fence int64
 	since time.Time // when the request that acquired it was sent
-	// releasing: a Release was sent, and did not fail: later ones report
-	// ErrNotHeld without asking Redis, which finds the lock gone and
-	// nobody else's since, as it does for a lost reply tried again.
-	releasing atomic.Bool
+	// released: a Release succeeded: later ones report ErrNotHeld without
+	// asking Redis, which would find the lock gone and nobody else's
+	// since, as it does for a lost reply tried again.
+	released atomic.Bool
 }
 
 // Obtain obtains the lock on key, waiting until it is free or ctx ends. The
@@ -285,7 +285,7 @@ func (k *Lock) Release(ctx context.Context) error {
 const CleanupTimeout = 5 * time.Second
 
 func (k *Lock) release(ctx context.Context) error {
-	if !k.releasing.CompareAndSwap(false, true) {
+	if k.released.Load() {
 		return fmt.Errorf("%w: release %s: released already", ErrNotHeld, redisx.Quote(k.name))
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CleanupTimeout)
@@ -293,10 +293,12 @@ func (k *Lock) release(ctx context.Context) error {
 	r, err := lease.ReleaseFenced(rctx, k.l.rdb, k.key, k.token, k.fence, lease.Message(lease.Released, ""))
 	switch {
 	case err != nil:
-		k.releasing.Store(false)
 		return fmt.Errorf("lock: release %s: %w", redisx.Quote(k.name), err)
 	case !r.Released:
 		return fmt.Errorf("%w: release %s", ErrNotHeld, redisx.Quote(k.name))
+	case k.released.Swap(true) && r.Gone:
+		// Another Release of this Lock released it meanwhile.
+		return fmt.Errorf("%w: release %s: released already", ErrNotHeld, redisx.Quote(k.name))
 	}
 	return nil
 }
