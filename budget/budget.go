@@ -240,7 +240,10 @@ type Budget struct {
 	forgotRespaces int64
 	localPause     time.Time     // end of a pause kept locally while Redis was unreachable
 	paused         chan struct{} // closed, and replaced, when either grows
-	closed         bool
+	// keysGone is closed, and replaced, when a key of the pool is removed
+	// (Options.Keys): callers in line for a concurrency slot look again.
+	keysGone chan struct{}
+	closed   bool
 }
 
 // testHookBooked, set by tests only (as net/http's testHook variables are),
@@ -289,7 +292,7 @@ func New(rdb redis.UniversalClient, name string, limit Limit, opt *Options) *Bud
 	if len(b.opt.Keys) > 0 {
 		b.pool = newPool(b)
 	}
-	b.paused = make(chan struct{})
+	b.paused, b.keysGone = make(chan struct{}), make(chan struct{})
 	b.base, b.cancel = context.WithCancel(context.Background())
 	b.rdb = redisx.New(rdb)
 	b.rdb.SetOnOutage(func(err error) {

@@ -404,10 +404,10 @@ func (b *Budget) awaitSlot(ctx context.Context, id string, d time.Duration) erro
 		ready = b.listener.Ready()
 	}
 	if b.pool != nil {
-		// A key removed (or paused) may leave the caller no key to wait
-		// for: it looks again, and fails with ErrNoKeys then.
+		// A key removed may leave the caller no key to wait for: it
+		// looks again, and fails with ErrNoKeys then.
 		b.mu.Lock()
-		moved = b.paused
+		moved = b.keysGone
 		b.mu.Unlock()
 	}
 	var tick <-chan time.Time

@@ -800,3 +800,47 @@ func TestDoneAfterLeaseRanOutInRedis(t *testing.T) {
 		t.Errorf("Done of a slot Redis had given to another: %v; want ErrSlotLost", err)
 	}
 }
+
+// TestOutageLocalWaitBackOnRedis: a caller waiting for the local cap
+// during an outage (the server's Redis slots filling it) books in Redis as
+// soon as Redis is back, instead of waiting for those slots' leases.
+func TestOutageLocalWaitBackOnRedis(t *testing.T) {
+	s := redistest.Start(t, nil)
+	var outage atomic.Bool
+	b := newBudget(t, s.Client(t, &redis.Options{MaxRetries: -1}), "outage-back", fast,
+		&budget.Options{Concurrency: 1, SlotLease: time.Minute, Events: observe.Func(func(_ context.Context, e observe.Event) {
+			if e.Kind == observe.OutageStart {
+				outage.Store(true)
+			}
+		})})
+	ctx := redistest.Context(t, 30*time.Second)
+	held, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Kill(t)
+	got := make(chan error, 1)
+	go func() {
+		r, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		if err == nil {
+			defer r.Done(ctx)
+		}
+		got <- err
+	}()
+	redistest.WaitFor(t, "the outage noticed", outage.Load)
+	select {
+	case err := <-got:
+		t.Fatalf("a second call went during the outage with the only slot held: %v", err)
+	default:
+	}
+	s.Restart(t) // without persistence: the held slot is gone from Redis
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("Reserve once Redis was back: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a caller waiting for the local cap still waits 10 s after Redis came back")
+	}
+	_ = held.Done(ctx)
+}

@@ -11,7 +11,16 @@ import (
 // calls are still in flight.
 func (b *Budget) acquireLocal(ctx context.Context) error {
 	c := b.conc
+	backs := b.backs.Load()
 	for {
+		b.mu.Lock()
+		back := b.paused // closed, among others, when Redis is back
+		b.mu.Unlock()
+		if b.backs.Load() != backs {
+			// Redis is back: the slot is taken there, where the
+			// servers back on Redis see it.
+			return errBackOnRedis
+		}
 		now := time.Now()
 		c.mu.Lock()
 		held, next := 0, time.Duration(-1)
@@ -34,15 +43,15 @@ func (b *Budget) acquireLocal(ctx context.Context) error {
 		}
 		changed := c.localChanged
 		c.mu.Unlock()
-		if err := b.awaitLocal(ctx, changed, next); err != nil {
+		if err := b.awaitLocal(ctx, changed, back, next); err != nil {
 			return err
 		}
 	}
 }
 
-// awaitLocal waits until changed is closed, for d when d >= 0 (a held
-// slot's lease ends then), or until ctx ends or the Budget closes.
-func (b *Budget) awaitLocal(ctx context.Context, changed <-chan struct{}, d time.Duration) error {
+// awaitLocal waits until changed or back is closed, for d when d >= 0 (a
+// held slot's lease ends then), or until ctx ends or the Budget closes.
+func (b *Budget) awaitLocal(ctx context.Context, changed, back <-chan struct{}, d time.Duration) error {
 	var leaseEnd <-chan time.Time
 	if d >= 0 {
 		t := time.NewTimer(d)
@@ -51,6 +60,7 @@ func (b *Budget) awaitLocal(ctx context.Context, changed <-chan struct{}, d time
 	}
 	select {
 	case <-changed:
+	case <-back:
 	case <-leaseEnd:
 	case <-ctx.Done():
 		return ctx.Err()

@@ -323,6 +323,10 @@ func (b *Budget) keyRemoved(i int) {
 	if !was {
 		b.log("a key was removed from the pool", "key", p.ids[i])
 		b.wakeSleepers()
+		b.mu.Lock()
+		close(b.keysGone)
+		b.keysGone = make(chan struct{})
+		b.mu.Unlock()
 	}
 }
 
