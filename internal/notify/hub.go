@@ -118,10 +118,10 @@ type entry struct {
 	sh         *shard // where it was last subscribed
 	// unsubs counts the SUNSUBSCRIBEs this Hub sent for the channel whose
 	// reply has not come: such a reply is not the master dropping it.
-	unsubs int
-	ready  chan struct{}
-	isReady    bool
-	subs       map[*Sub]struct{}
+	unsubs  int
+	ready   chan struct{}
+	isReady bool
+	subs    map[*Sub]struct{}
 }
 
 // New returns a Hub for rdb. It opens no connection until the first
