@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,9 +50,7 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 		}
 	}()
 	var ov ttlOverride
-	stopKeep := context.AfterFunc(ctx, ch.stopKeeping)
 	out, took := b.loadChunk(context.WithValue(lctx, ttlKey{}, &ov), wctx, len(chunk), cl.cost, ch.run)
-	stopKeep()
 	returned = true
 	lost := make([]error, len(ch.looks))
 	for i, k := range ch.keepers {
@@ -93,25 +90,11 @@ type chunkLoad[T any] struct {
 	join   joiner                  // nil once the keys that arrived joined
 	around aroundCall              // makes the loader call; nil: a plain call
 
-	pat   *patience // the chunk's: the keys that join it count in it
-	looks []*batchLook
-	keys  []string
-	kmu   sync.Mutex // guards keepers while the load may be under way
-	// keepers keep the keys' leases while the loader runs.
+	pat     *patience // the chunk's: the keys that join it count in it
+	looks   []*batchLook
+	keys    []string
 	keepers []*lease.Keeper
 	held    atomic.Int32 // leases not lost
-}
-
-// stopKeeping stops renewing the chunk's leases: the batch's ctx ended
-// (LoadTimeout, Close) with the loader still running, its own ctx
-// ignored; another server loads the keys once the leases run out.
-func (ch *chunkLoad[T]) stopKeeping() {
-	ch.kmu.Lock()
-	keepers := slices.Clone(ch.keepers)
-	ch.kmu.Unlock()
-	for _, k := range keepers {
-		_ = k.Stop()
-	}
 }
 
 // add makes l's key one of the chunk's, its lease kept while the loader
@@ -120,15 +103,13 @@ func (ch *chunkLoad[T]) stopKeeping() {
 func (ch *chunkLoad[T]) add(l *batchLook) {
 	c, key := ch.b.c, l.key
 	ch.held.Add(1)
-	ch.kmu.Lock()
-	defer ch.kmu.Unlock()
 	ch.keepers = append(ch.keepers, lease.Keep(c.rdb, l.ks.lock, l.token, c.opt.LockTTL, l.sent, func() {
 		c.event(ch.ctx, observe.Event{Kind: observe.LeaseLost, Key: key})
 		c.log("fill lock lost during a batch load; its value will not be stored", "key", key)
 		if ch.held.Add(-1) == 0 {
 			ch.cancel(errLeaseLost)
 		}
-	}))
+	}).Until(ch.ctx)) // a loader hung past the batch's ctx keeps the lock no longer
 	ch.looks = append(ch.looks, l)
 	ch.keys = append(ch.keys, key)
 }

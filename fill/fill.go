@@ -360,11 +360,10 @@ func (c *Cache) lead(ctx, wctx context.Context, j *job, claimed, fallback *look,
 	// A loader that outlives the flight's ctx (LoadTimeout, Close), its
 	// own ctx ignored, keeps the lock no longer: the renewals stop, and
 	// another server loads once the lease runs out.
-	stopKeep := context.AfterFunc(ctx, func() { _ = keeper.Stop() })
+	keeper.Until(ctx)
 	returned := false
 	defer func() {
 		if !returned { // runtime.Goexit in the loader
-			stopKeep()
 			cancel(nil)
 			_ = keeper.Stop()
 			sctx, scancel := settleContext(ctx)
@@ -378,7 +377,6 @@ func (c *Cache) lead(ctx, wctx context.Context, j *job, claimed, fallback *look,
 	}
 	var ov ttlOverride
 	out, took := c.load(context.WithValue(lctx, ttlKey{}, &ov), wctx, key, j.load, p, j.cl.cost)
-	stopKeep()
 	lost := keeper.Stop()
 	cancel(nil)
 	returned = true

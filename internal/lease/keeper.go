@@ -20,6 +20,7 @@ type Keeper struct {
 	onLost func()
 
 	mu      sync.Mutex // guards the fields below
+	until   context.Context
 	timer   *time.Timer
 	stopped bool
 	end     time.Time // the lease surely ends then, unless renewed
@@ -54,9 +55,19 @@ func (k *Keeper) Stop() error {
 	return k.cause
 }
 
+// Until makes k stop renewing once ctx ends (the holder's time is up,
+// whether or not it is done): the lease then runs out unless the holder
+// stops k and releases it first. It returns k.
+func (k *Keeper) Until(ctx context.Context) *Keeper {
+	k.mu.Lock()
+	k.until = ctx
+	k.mu.Unlock()
+	return k
+}
+
 func (k *Keeper) renew() {
 	k.mu.Lock()
-	if k.stopped || k.cause != nil {
+	if k.stopped || k.cause != nil || k.until != nil && k.until.Err() != nil {
 		k.mu.Unlock()
 		return
 	}
