@@ -13,7 +13,6 @@ import (
 	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/codec"
 	"github.com/locksmith-go/locksmith/internal/flight"
-	"github.com/locksmith-go/locksmith/internal/lease"
 	"github.com/locksmith-go/locksmith/internal/notify"
 	"github.com/locksmith-go/locksmith/internal/redisx"
 	"github.com/locksmith-go/locksmith/observe"
@@ -434,20 +433,6 @@ func (b *batch[T]) awaitHeld(fctx context.Context, waiting []*batchLook, cl call
 			w.afterHeld(sub, since)
 		}, wg)
 	}
-}
-
-// batchLook is the first look of one key of a batch.
-type batchLook struct {
-	look
-	key string
-	f   *flight.Call // nil for a gatherer's key (see gather.go)
-	ks  keyset
-	at  time.Time // the batchItem's
-
-	handedOff bool // claimed here, then handed off to the fleet's gatherer
-	// claimKeeper keeps the lease of a key handed off until its flight
-	// lands (see gatherer.handOff); nil for the others.
-	claimKeeper *lease.Keeper
 }
 
 // failOpen loads chunk without the fleet-wide lock: Redis is unavailable.

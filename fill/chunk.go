@@ -79,6 +79,20 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 	return false
 }
 
+// batchLook is the first look of one key of a batch.
+type batchLook struct {
+	look
+	key string
+	f   *flight.Call // nil for a gatherer's key (see gather.go)
+	ks  keyset
+	at  time.Time // the batchItem's
+
+	handedOff bool // claimed here, then handed off to the fleet's gatherer
+	// claimKeeper keeps the lease of a key handed off until its flight
+	// lands (see gatherer.handOff); nil for the others.
+	claimKeeper *lease.Keeper
+}
+
 // chunkLoad is one loader call of a batch as the keys' claimer: its keys
 // and their leases, growing while it waits for its budget slot.
 type chunkLoad[T any] struct {

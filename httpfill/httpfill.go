@@ -222,26 +222,6 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return e.response(req, time.Now()), nil
 }
 
-// snapshot returns a copy of req for its key and its flight, or nil when
-// req passes through (a method other than GET and HEAD, a body, a
-// conditional or no-cache request). The flight reads its request after
-// RoundTrip returned (a background refresh, a load tried again after a
-// 429), when its caller may have reused req for someone else's call
-// (net/http allows it once the response is read): it reads the copy. An
-// empty Method is GET, as net/http sends it.
-func (t *Transport) snapshot(req *http.Request) *http.Request {
-	method := req.Method
-	if method == "" {
-		method = http.MethodGet
-	}
-	if method != http.MethodGet && method != http.MethodHead || !cacheable(req) {
-		return nil
-	}
-	snap := req.Clone(req.Context())
-	snap.Method = method
-	return snap
-}
-
 // pass sends req to Base under a reservation of its cost in the budget,
 // done once Base returned.
 func (t *Transport) pass(req *http.Request) (*http.Response, error) {
