@@ -2,9 +2,6 @@ package budget_test
 
 import (
 	"context"
-	"fmt"
-	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,8 +73,6 @@ func TestCloseGivesBackAbandonedBooking(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := redis.NewClient(&redis.Options{Addr: s.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	gate := &holdScripts{name: "abandoned", release: make(chan struct{})}
-	rdb.AddHook(gate)
 	direct := redis.NewClient(&redis.Options{Addr: s.Addr()})
 	t.Cleanup(func() { direct.Close() })
 
@@ -85,7 +80,8 @@ func TestCloseGivesBackAbandonedBooking(t *testing.T) {
 	limit := budget.Limit{Rate: 1, Per: time.Minute, Burst: 1}
 	b := budget.New(rdb, "abandoned", limit, nil)
 	bg := context.Background()
-	gate.armed.Store(true)
+	gate := redistest.NewHoldScript("abandoned")
+	rdb.AddHook(gate)
 	ctx, cancel := context.WithTimeout(bg, 100*time.Millisecond)
 	defer cancel()
 	if err := b.Wait(ctx, budget.Foreground); err == nil {
@@ -100,7 +96,7 @@ func TestCloseGivesBackAbandonedBooking(t *testing.T) {
 		t.Fatal("Close returned with a booking on its way; its slot would not be given back")
 	case <-time.After(300 * time.Millisecond):
 	}
-	close(gate.release)
+	close(gate.Release)
 	if err := <-closed; err != nil {
 		t.Fatal(err)
 	}
@@ -111,26 +107,5 @@ func TestCloseGivesBackAbandonedBooking(t *testing.T) {
 	defer ocancel()
 	if err := other.Wait(octx, budget.Foreground); err != nil {
 		t.Fatalf("the abandoned booking's slot was not given back by Close's end: %v", err)
-	}
-}
-
-// holdScripts holds back the first script call naming name, once armed,
-// until release is closed.
-type holdScripts struct {
-	name    string
-	armed   atomic.Bool
-	release chan struct{}
-}
-
-func (h *holdScripts) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *holdScripts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-func (h *holdScripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == "evalsha" && strings.Contains(fmt.Sprint(cmd.Args()), h.name) && h.armed.CompareAndSwap(true, false) {
-			<-h.release
-		}
-		return next(ctx, cmd)
 	}
 }

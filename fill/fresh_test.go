@@ -446,72 +446,48 @@ func TestStaleFallbackWindowEnds(t *testing.T) {
 // TestEarlyRefreshStoredTTL: EarlyRefresh never refreshes a value before
 // half the TTL it was stored with has passed, whatever TTL its reader asks
 // for: a loader's SetTTL (as httpfill's max-age) shorter than Options.TTL
-// counts. The reader's TTL was taken for it: with Options.TTL an hour and
-// the value stored for a second, reads refreshed it right after each store.
+// counts, and so does a load that waited for the budget's slot. The
+// reader's TTL was taken for the value's: with Options.TTL an hour and the
+// value stored for a second, reads refreshed it right after each store;
+// and a wait for the budget counted as part of the value's life.
 func TestEarlyRefreshStoredTTL(t *testing.T) {
-	s := redistest.Start(t, nil)
-	c := fill.New(s.Client(t, nil), &fill.Options{TTL: time.Hour, Jitter: -1, EarlyRefresh: true})
-	ctx := redistest.Context(t, 20*time.Second)
-	var calls atomic.Int32
-	load := func(ctx context.Context) (int, error) {
-		calls.Add(1)
-		time.Sleep(300 * time.Millisecond) // the upstream's latency: XFetch weighs it
-		fill.SetTTL(ctx, time.Second)
-		return 1, nil
-	}
-	if _, err := fill.Get(ctx, c, "k", load); err != nil {
-		t.Fatal(err)
-	}
-	// Read at once, most of the second left: a refresh chance of about
-	// e^(-1/0.3) = 0.036 per read by XFetch alone.
-	start := time.Now()
-	for time.Since(start) < 300*time.Millisecond {
-		if _, err := fill.Get(ctx, c, "k", load); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := c.Close(); err != nil { // waits for refreshes
-		t.Fatal(err)
-	}
-	if n := calls.Load() - 1; n != 0 {
-		t.Errorf("%d early refreshes with most of the stored TTL left; want none before half of it", n)
-	}
-}
-
-// TestEarlyRefreshStoredTTLAfterBudgetWait: the TTL a value was stored
-// with is told right when its load waited for the budget's slot: the wait
-// counts in the time from the claim to the value. It counted as part of
-// the value's life, a TTL as long as the wait too long, and reads
-// refreshed the value right after its store again.
-func TestEarlyRefreshStoredTTLAfterBudgetWait(t *testing.T) {
-	s := redistest.Start(t, nil)
-	rdb := s.Client(t, nil)
-	b := budget.New(rdb, "early-wait", budget.Limit{Rate: 1, Per: time.Second, Burst: 1}, nil)
-	defer b.Close()
-	c := fill.New(rdb, &fill.Options{TTL: time.Hour, Jitter: -1, EarlyRefresh: true, Budget: b})
-	ctx := redistest.Context(t, 20*time.Second)
-	if err := b.Wait(ctx, budget.Foreground); err != nil { // the load waits a second for its slot
-		t.Fatal(err)
-	}
-	load := func(ctx context.Context) (int, error) {
-		time.Sleep(300 * time.Millisecond) // the upstream's latency: XFetch weighs it
-		fill.SetTTL(ctx, time.Second)
-		return 1, nil
-	}
-	if _, err := fill.Get(ctx, c, "k", load); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	for time.Since(start) < 300*time.Millisecond {
-		if _, err := fill.Get(ctx, c, "k", load); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// A refresh waits for the budget's slot; Close ends it.
-	if n := c.Stats().Refreshes; n != 0 {
-		t.Errorf("%d early refreshes with most of the stored TTL left; want none before half of it", n)
-	}
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
+	for _, waits := range []bool{false, true} {
+		t.Run(fmt.Sprint("budget wait ", waits), func(t *testing.T) {
+			s := redistest.Start(t, nil)
+			rdb := s.Client(t, nil)
+			opt := &fill.Options{TTL: time.Hour, Jitter: -1, EarlyRefresh: true}
+			ctx := redistest.Context(t, 20*time.Second)
+			if waits {
+				b := budget.New(rdb, "early-wait", budget.Limit{Rate: 1, Per: time.Second, Burst: 1}, nil)
+				defer b.Close()
+				opt.Budget = b
+				if err := b.Wait(ctx, budget.Foreground); err != nil { // the load waits a second for its slot
+					t.Fatal(err)
+				}
+			}
+			c := fill.New(rdb, opt)
+			load := func(ctx context.Context) (int, error) {
+				time.Sleep(300 * time.Millisecond) // the upstream's latency: XFetch weighs it
+				fill.SetTTL(ctx, time.Second)
+				return 1, nil
+			}
+			if _, err := fill.Get(ctx, c, "k", load); err != nil {
+				t.Fatal(err)
+			}
+			// Reads at once, most of the second left: a refresh chance of
+			// about e^(-1/0.3) = 0.036 per read by XFetch alone.
+			start := time.Now()
+			for time.Since(start) < 300*time.Millisecond {
+				if _, err := fill.Get(ctx, c, "k", load); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := c.Stats().Refreshes; n != 0 {
+				t.Errorf("%d early refreshes with most of the stored TTL left; want none before half of it", n)
+			}
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

@@ -473,59 +473,48 @@ func TestValueRefusedByRedis(t *testing.T) {
 
 // TestHungLoaderLetsGo: a loader that hangs, its ctx ignored, keeps the
 // fill lock no longer than LoadTimeout and a lease: then another server
-// loads the key. Its lock was renewed for as long as it hung: no server
-// could load the key until the process died.
+// loads the key (a Get's loader, a batch loader's). Its lock was renewed for
+// as long as it hung: no server could load the key until the process died.
 func TestHungLoaderLetsGo(t *testing.T) {
-	s := redistest.Start(t, nil)
-	opt := &fill.Options{LoadTimeout: 200 * time.Millisecond, LockTTL: 300 * time.Millisecond, PollInterval: 50 * time.Millisecond}
-	a, b := newCache(t, s.Client(t, nil), opt), newCache(t, s.Client(t, nil), opt)
-	ctx := redistest.Context(t, 30*time.Second)
-	hang := make(chan struct{})
-	started := make(chan struct{})
-	aDone := make(chan struct{})
-	go func() {
-		defer close(aDone)
-		_, _ = fill.Get(ctx, a, "k", func(context.Context) (int, error) {
-			close(started)
-			<-hang // its ctx ignored
-			return 1, nil
+	keys := []string{"k1", "k2"}
+	batchLoad := func(_ context.Context, keys []string) (map[string]int, error) {
+		m := map[string]int{}
+		for _, k := range keys {
+			m[k] = 2
+		}
+		return m, nil
+	}
+	for _, tc := range []struct {
+		name string
+		hang func(ctx context.Context, c *fill.Cache, block func())
+		got  func(ctx context.Context, c *fill.Cache) bool
+	}{
+		{"Get", func(ctx context.Context, c *fill.Cache, block func()) {
+			_, _ = fill.Get(ctx, c, "k", func(context.Context) (int, error) { block(); return 1, nil })
+		}, func(ctx context.Context, c *fill.Cache) bool {
+			v, err := fill.Get(ctx, c, "k", func(context.Context) (int, error) { return 2, nil })
+			return err == nil && v == 2
+		}},
+		{"GetMany", func(ctx context.Context, c *fill.Cache, block func()) {
+			_, _ = fill.GetMany(ctx, c, keys, func(context.Context, []string) (map[string]int, error) { block(); return nil, nil })
+		}, func(ctx context.Context, c *fill.Cache) bool {
+			m, err := fill.GetMany(ctx, c, keys, batchLoad)
+			return err == nil && len(m) == 2
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := redistest.Start(t, nil)
+			opt := &fill.Options{LoadTimeout: 200 * time.Millisecond, LockTTL: 300 * time.Millisecond, PollInterval: 50 * time.Millisecond}
+			a, b := newCache(t, s.Client(t, nil), opt), newCache(t, s.Client(t, nil), opt)
+			ctx := redistest.Context(t, 30*time.Second)
+			hang, started, aDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(aDone)
+				tc.hang(ctx, a, func() { close(started); <-hang }) // its ctx ignored
+			}()
+			defer func() { close(hang); <-aDone }()
+			<-started
+			redistest.WaitFor(t, "another server loading", func() bool { return tc.got(ctx, b) })
 		})
-	}()
-	defer func() { close(hang); <-aDone }()
-	<-started
-	redistest.WaitFor(t, "another server loading the key", func() bool {
-		v, err := fill.Get(ctx, b, "k", func(context.Context) (int, error) { return 2, nil })
-		return err == nil && v == 2
-	})
-}
-
-// TestHungBatchLoaderLetsGo: the same for a batch loader (GetMany).
-func TestHungBatchLoaderLetsGo(t *testing.T) {
-	s := redistest.Start(t, nil)
-	opt := &fill.Options{LoadTimeout: 200 * time.Millisecond, LockTTL: 300 * time.Millisecond, PollInterval: 50 * time.Millisecond}
-	a, b := newCache(t, s.Client(t, nil), opt), newCache(t, s.Client(t, nil), opt)
-	ctx := redistest.Context(t, 30*time.Second)
-	hang := make(chan struct{})
-	started := make(chan struct{})
-	aDone := make(chan struct{})
-	go func() {
-		defer close(aDone)
-		_, _ = fill.GetMany(ctx, a, []string{"k1", "k2"}, func(context.Context, []string) (map[string]int, error) {
-			close(started)
-			<-hang // its ctx ignored
-			return nil, nil
-		})
-	}()
-	defer func() { close(hang); <-aDone }()
-	<-started
-	redistest.WaitFor(t, "another server loading the keys", func() bool {
-		m, err := fill.GetMany(ctx, b, []string{"k1", "k2"}, func(_ context.Context, keys []string) (map[string]int, error) {
-			m := map[string]int{}
-			for _, k := range keys {
-				m[k] = 2
-			}
-			return m, nil
-		})
-		return err == nil && len(m) == 2
-	})
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -255,8 +254,7 @@ func TestCloseReleasesAbandonedClaim(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rdb := redis.NewClient(&redis.Options{Addr: s.Addr()})
 			t.Cleanup(func() { rdb.Close() })
-			gate := &holdScript{name: "abandoned", release: make(chan struct{})}
-			gate.armed.Store(true)
+			gate := redistest.NewHoldScript("abandoned")
 			rdb.AddHook(gate)
 			ctx, cancel := context.WithTimeout(bg, 100*time.Millisecond)
 			defer cancel()
@@ -270,7 +268,7 @@ func TestCloseReleasesAbandonedClaim(t *testing.T) {
 				t.Fatal("Close returned with a claim on its way; its lock would be left for its lease")
 			case <-time.After(300 * time.Millisecond):
 			}
-			close(gate.release)
+			close(gate.Release)
 			if err := <-closed; err != nil {
 				t.Fatal(err)
 			}
@@ -284,27 +282,6 @@ func TestCloseReleasesAbandonedClaim(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// holdScript holds back the first script call naming name, once armed,
-// until release is closed.
-type holdScript struct {
-	name    string
-	armed   atomic.Bool
-	release chan struct{}
-}
-
-func (h *holdScript) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *holdScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-func (h *holdScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == "evalsha" && strings.Contains(fmt.Sprint(cmd.Args()), h.name) && h.armed.CompareAndSwap(true, false) {
-			<-h.release
-		}
-		return next(ctx, cmd)
 	}
 }
 

@@ -644,34 +644,36 @@ func TestClusterSlotMoved(t *testing.T) {
 	if from == 1 {
 		t.Fatal("the slot was on node 1 already")
 	}
-	woken := false
-	deadline := time.Now().Add(20 * time.Second)
+	// Published on the new owner (go-redis follows the MOVED).
+	if !heardAfter(t, func() error { return rdb.SPublish(ctx, channel, "after").Err() }, got, "after", 20*time.Second) {
+		t.Error("the listener was not woken when its subscription was dropped")
+	}
+	if n := h.Errors(); n != 0 {
+		t.Errorf("%d subscriptions refused", n)
+	}
+	staleSubscribes(t, stale, "x{moved}")
+}
+
+// heardAfter publishes want with publish until it comes on got, and fails
+// t if it does not within d. It reports whether got had a Wake first.
+func heardAfter(t *testing.T, publish func() error, got <-chan string, want string, d time.Duration) (woken bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
-		// Published on the new owner (go-redis follows the MOVED).
-		if err := rdb.SPublish(ctx, channel, "after").Err(); err != nil {
+		if err := publish(); err != nil {
 			t.Fatal(err)
 		}
 		select {
 		case p := <-got:
-			if p == Wake {
-				woken = true
-				continue
+			if p == want {
+				return woken
 			}
-			if p != "after" {
-				t.Fatalf("got %q; want after", p)
-			}
-			if !woken {
-				t.Error("the listener was not woken when its subscription was dropped")
-			}
-			if n := h.Errors(); n != 0 {
-				t.Errorf("%d subscriptions refused", n)
-			}
-			staleSubscribes(t, stale, "x{moved}")
-			return
-		case <-time.After(100 * time.Millisecond):
+			woken = woken || p == Wake
+			continue
+		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("nothing published after the slot moved from node %d was heard within 20s (woken: %v)", from, woken)
+			t.Fatalf("%q was not heard within %v", want, d)
 		}
 	}
 }
@@ -687,28 +689,9 @@ func staleSubscribes(t *testing.T, rdb *redis.ClusterClient, channel string) {
 	l := h.Listen(channel, func(p string) { got <- p })
 	defer l.Close()
 	ctx := redistest.Context(t, 30*time.Second)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if err := rdb.SPublish(ctx, channel, "hi").Err(); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case p := <-got:
-			if p == Wake {
-				continue
-			}
-			if p != "hi" {
-				t.Fatalf("got %q; want hi", p)
-			}
-			if n := h.Errors(); n != 0 {
-				t.Errorf("a client that did not know the slot moved: %d subscriptions refused", n)
-			}
-			return
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a client that did not know the slot moved heard nothing within 20s")
-		}
+	heardAfter(t, func() error { return rdb.SPublish(ctx, channel, "hi").Err() }, got, "hi", 20*time.Second)
+	if n := h.Errors(); n != 0 {
+		t.Errorf("a client that did not know the slot moved: %d subscriptions refused", n)
 	}
 }
 
@@ -751,23 +734,7 @@ func TestSilentShardReplaced(t *testing.T) {
 	p.ReleaseReplies()
 	direct := s.Client(t, nil)
 	ctx := redistest.Context(t, 30*time.Second)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if err := direct.Publish(ctx, "silent", "after").Err(); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case m := <-got:
-			if m == "after" {
-				return
-			}
-			continue
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("nothing heard on the new connection within 20s")
-		}
-	}
+	heardAfter(t, func() error { return direct.Publish(ctx, "silent", "after").Err() }, got, "after", 20*time.Second)
 }
 
 // TestSilentClusterShardReplaced: the same on a Cluster, whose shard
@@ -813,25 +780,9 @@ func TestSilentClusterShardReplaced(t *testing.T) {
 		t.Fatal("the silent shard connection was not replaced within 10s (100 ms health pings)")
 	}
 	owner.Resume(t)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if err := rdb.SPublish(ctx, channel, "after").Err(); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case m := <-got:
-			if m == "after" {
-				if n := h.Errors(); n != 0 {
-					t.Errorf("%d subscriptions refused", n)
-				}
-				return
-			}
-			continue
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("nothing heard on the new connection within 20s")
-		}
+	heardAfter(t, func() error { return rdb.SPublish(ctx, channel, "after").Err() }, got, "after", 20*time.Second)
+	if n := h.Errors(); n != 0 {
+		t.Errorf("%d subscriptions refused", n)
 	}
 }
 
@@ -872,20 +823,5 @@ func TestClusterResubscribe(t *testing.T) {
 		}
 		return true
 	})
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		if err := rdb.SPublish(ctx, channel, "hi").Err(); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case p := <-s.C():
-			if p == "hi" {
-				return
-			}
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a ready Sub heard nothing within 2s: its channel was unsubscribed")
-		}
-	}
+	heardAfter(t, func() error { return rdb.SPublish(ctx, channel, "hi").Err() }, s.C(), "hi", 2*time.Second)
 }

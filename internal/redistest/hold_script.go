@@ -1,0 +1,44 @@
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// HoldScript is a go-redis hook that holds back the first script call
+// (EVALSHA) whose arguments name Name, once armed, until Release is
+// closed: a call on its way, for a test of what its caller does meanwhile.
+type HoldScript struct {
+	Name    string
+	Release chan struct{}
+	armed   atomic.Bool
+}
+
+// NewHoldScript returns a HoldScript for name, armed.
+func NewHoldScript(name string) *HoldScript {
+	h := &HoldScript{Name: name, Release: make(chan struct{})}
+	h.armed.Store(true)
+	return h
+}
+
+// DialHook implements redis.Hook.
+func (h *HoldScript) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+// ProcessPipelineHook implements redis.Hook.
+func (h *HoldScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// ProcessHook implements redis.Hook.
+func (h *HoldScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "evalsha" && strings.Contains(fmt.Sprint(cmd.Args()), h.Name) && h.armed.CompareAndSwap(true, false) {
+			<-h.Release
+		}
+		return next(ctx, cmd)
+	}
+}
