@@ -57,7 +57,7 @@ var (
 
 	waitConcScript     = redis.NewScript(concOne + concWaitLua + waitLua + "\n" + concWaitEndLua)
 	givebackConcScript = redis.NewScript(concOne + "local greply = (function()\n" + givebackLua +
-		"\nend)()\nconc_free({cid})\nreturn greply\n")
+		"\nend)()\nreturn {greply, conc_free({cid})}\n")
 	slotScript = redis.NewScript(concOne + slotLua)
 
 	// The same with a concurrency cap per key of a pool.
@@ -68,7 +68,7 @@ var (
 	// keyfield.lua), then the concurrency keys: the index is KEYS[3].
 	keyGivebackConcScript = redis.NewScript("local cx, cz = 2, KEYS[3]\n" + concLua + keyfieldLua +
 		"kone()\nlocal kreply = (function()\nlocal redis = kredis\n" + givebackLua +
-		"\nend)()\nksum()\nconc_free({cid})\nreturn kreply\n")
+		"\nend)()\nksum()\nreturn {kreply, conc_free({cid})}\n")
 	keysSlotScript = redis.NewScript(concPool + slotLua)
 )
 

@@ -776,28 +776,36 @@ func TestOutageCountsHeldSlots(t *testing.T) {
 // TestDoneAfterLeaseRanOutInRedis: Done of a reservation whose slot Redis
 // had already ended (this process paused past its lease, and another
 // server took the slot) before this process noticed returns ErrSlotLost:
-// the call may have overlapped another's. It returned nil.
+// the call may have overlapped another's. It returned nil, with a Spent to
+// settle or without.
 func TestDoneAfterLeaseRanOutInRedis(t *testing.T) {
-	s := redistest.Start(t, nil)
-	opt := &budget.Options{Concurrency: 1, SlotLease: 3 * time.Second}
-	a := newBudget(t, s.Client(t, nil), "done-lost", fast, opt)
-	b := newBudget(t, s.Client(t, nil), "done-lost", fast, opt)
-	ctx := redistest.Context(t, 10*time.Second)
-	r, err := a.Reserve(ctx, budget.Foreground, budget.Cost{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// As after a pause of the holder's process past its lease: the lease's
-	// end lies in the past on the Redis clock.
-	holder := s.Do(t, "ZRANGE", budget.Key(a)+":slots", 0, 0).([]any)[0]
-	s.Do(t, "ZADD", budget.Key(a)+":slots", "XX", 1, holder)
-	other, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Done(ctx)
-	if err := r.Done(ctx); !errors.Is(err, budget.ErrSlotLost) {
-		t.Errorf("Done of a slot Redis had given to another: %v; want ErrSlotLost", err)
+	for _, spent := range []bool{false, true} {
+		t.Run(fmt.Sprint("spent ", spent), func(t *testing.T) {
+			s := redistest.Start(t, nil)
+			opt := &budget.Options{Concurrency: 1, SlotLease: 3 * time.Second}
+			a := newBudget(t, s.Client(t, nil), "done-lost", fast, opt)
+			b := newBudget(t, s.Client(t, nil), "done-lost", fast, opt)
+			ctx := redistest.Context(t, 10*time.Second)
+			r, err := a.Reserve(ctx, budget.Foreground, budget.Cost{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if spent {
+				r.Spent(budget.Cost{Calls: 2})
+			}
+			// As after a pause of the holder's process past its lease: the
+			// lease's end lies in the past on the Redis clock.
+			holder := s.Do(t, "ZRANGE", budget.Key(a)+":slots", 0, 0).([]any)[0]
+			s.Do(t, "ZADD", budget.Key(a)+":slots", "XX", 1, holder)
+			other, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer other.Done(ctx)
+			if err := r.Done(ctx); !errors.Is(err, budget.ErrSlotLost) {
+				t.Errorf("Done of a slot Redis had given to another: %v; want ErrSlotLost", err)
+			}
+		})
 	}
 }
 

@@ -7,6 +7,7 @@ package budget
 
 import (
 	"context"
+	"fmt"
 	_ "embed"
 	"errors"
 	"time"
@@ -75,7 +76,7 @@ func (b *Budget) giveBackCtx(ctx context.Context, r booking) error {
 		err = b.free(ctx, r.w.cid)
 	case r.w.cid != "":
 		b.conc.drop(r.w.cid, context.Canceled)
-		n, err = b.runGiveBackConc(ctx, r.kidx, args, r.w.cid)
+		n, _, err = b.runGiveBackConc(ctx, r.kidx, args, r.w.cid)
 	default:
 		n, err = b.runGiveBack(ctx, r.kidx, args)
 	}
@@ -117,7 +118,7 @@ func (b *Budget) runGiveBack(ctx context.Context, k int, args []any) (int64, err
 // runGiveBackConc runs the give-back script with args, on the fields of key
 // k of the pool (1 + its index; 0 without Options.Keys), freeing the
 // concurrency slot or place in line of holder id in the same round trip.
-func (b *Budget) runGiveBackConc(ctx context.Context, k int, args []any, id string) (int64, error) {
+func (b *Budget) runGiveBackConc(ctx context.Context, k int, args []any, id string) (n, freed int64, err error) {
 	c := b.conc
 	script, keys := givebackConcScript, c.keys
 	if k > 0 {
@@ -128,9 +129,16 @@ func (b *Budget) runGiveBackConc(ctx context.Context, k int, args []any, id stri
 		script, keys = keyGivebackConcScript, append(kk, c.keys[3:]...)
 	}
 	args = append(args, c.args[0], c.args[1], c.args[2], id)
-	return redisx.Run(ctx, b.rdb, func(ctx context.Context) (int64, error) {
-		return script.Run(ctx, b.rdb.Redis(), keys, args...).Int64()
+	v, err := redisx.Run(ctx, b.rdb, func(ctx context.Context) ([]int64, error) {
+		return script.Run(ctx, b.rdb.Redis(), keys, args...).Int64Slice()
 	}, nil)
+	if err == nil && len(v) != 2 {
+		err = fmt.Errorf("unexpected give-back reply %v", v)
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	return v[0], v[1], nil
 }
 
 // giveBackArgs returns the give-back script's ARGV for what r booked: its

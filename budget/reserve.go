@@ -325,13 +325,14 @@ func (r *Reservation) settle(ctx context.Context, groups []any, lost error) erro
 	case len(groups) == 0:
 		var n int64
 		if n, err = b.freeCount(ctx, r.cid); err == nil && n == 0 {
-			// Redis had ended its lease (this process paused past it,
-			// say) before this process noticed: another may have held
-			// the slot since.
-			lost = fmt.Errorf("budget: done %s: %w (its lease ran out in Redis)", redisx.Quote(b.name), ErrSlotLost)
+			lost = b.lostInRedis()
 		}
 	case r.cid != "" && lost == nil:
-		_, err = b.runGiveBackConc(ctx, r.r.kidx, append([]any{"slot", r.r.slot, 0}, groups...), r.cid)
+		var freed int64
+		_, freed, err = b.runGiveBackConc(ctx, r.r.kidx, append([]any{"slot", r.r.slot, 0}, groups...), r.cid)
+		if err == nil && freed == 0 {
+			lost = b.lostInRedis()
+		}
 	default:
 		_, err = b.runGiveBack(ctx, r.r.kidx, append([]any{"slot", r.r.slot, 0}, groups...))
 	}
@@ -342,6 +343,13 @@ func (r *Reservation) settle(ctx context.Context, groups []any, lost error) erro
 		return errors.Join(lost, b.fail(ctx, "done", err))
 	}
 	return lost
+}
+
+// lostInRedis is Done's error when freeing a slot freed none: Redis had
+// ended its lease (this process paused past it, say) before this process
+// noticed, and another may have held the slot since.
+func (b *Budget) lostInRedis() error {
+	return fmt.Errorf("budget: done %s: %w (its lease ran out in Redis)", redisx.Quote(b.name), ErrSlotLost)
 }
 
 // Cancel ends the reservation of a call that was not made, giving back
