@@ -7,9 +7,9 @@ package budget
 
 import (
 	"context"
-	"fmt"
 	_ "embed"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/redis/go-redis/v9"
