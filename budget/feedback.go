@@ -132,13 +132,15 @@ func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) 
 	reset, hasReset := epochReset(h.Get(prefix+"Reset"), ref)
 
 	var f feedback
+	var hrs []headroom // OpenAI's, Anthropic's, the IETF's: read for a refusal
 	switch {
 	case status == http.StatusTooManyRequests ||
 		status == http.StatusForbidden && (hasRetry || hasRemaining && remaining == 0):
 		f.cause = rateLimited
+		hrs = readHeadroom(h, ref)
 		var stated time.Duration
 		if !hasRetry && !hasReset {
-			stated = callsReset(h, ref)
+			stated = callsReset(hrs)
 		}
 		switch {
 		case hasRetry:
@@ -170,22 +172,20 @@ func parseFeedback(h http.Header, status int, now time.Time, per time.Duration) 
 	if f.pause <= 0 && !f.pull {
 		return feedback{} // a reset already passed: nothing to do
 	}
-	if f.cause == rateLimited {
-		for _, hr := range readHeadroom(h, ref) {
-			if hr.meter != "" && hr.remaining == 0 {
-				f.metered = true
-			}
+	for _, hr := range hrs {
+		if hr.meter != "" && hr.remaining == 0 {
+			f.metered = true
 		}
 	}
 	return f
 }
 
 // callsReset returns the latest reset of the calls' windows that OpenAI's,
-// Anthropic's or the IETF's headers of h say have no call left, read
-// against ref; 0 for none.
-func callsReset(h http.Header, ref time.Time) time.Duration {
+// Anthropic's or the IETF's headers say, in hrs, have no call left; 0 for
+// none.
+func callsReset(hrs []headroom) time.Duration {
 	var d time.Duration
-	for _, hr := range readHeadroom(h, ref) {
+	for _, hr := range hrs {
 		if hr.meter == "" && hr.remaining == 0 && hr.reset > d {
 			d = hr.reset
 		}

@@ -90,7 +90,10 @@ func New(rdb redis.UniversalClient, opt *Options) *Cache {
 		// always ordered and published.
 		c.clusterFlag = o.Prefix + "local"
 	}
-	if o.Local != nil || o.EarlyRefresh {
+	switch {
+	case o.EarlyRefresh:
+		c.pttlArg = "2" // the PTTL and the server's clock (see storedTTL)
+	case o.Local != nil:
 		c.pttlArg = "1"
 	}
 	c.base, c.cancel = context.WithCancelCause(context.Background())

@@ -193,14 +193,6 @@ type look struct {
 	replaced string         // the type of an entry that could not be read as ours
 }
 
-// servable reports whether l holds a value that may still be served as a
-// fallback should a load fail (StaleIfError): one read, and still in Redis,
-// within its stale window (its key's life, read as its PTTL, counted from
-// when the read was sent: early rather than late).
-func (l *look) servable(now time.Time) bool {
-	return l != nil && l.valErr == nil && l.r.pttl > 0 && now.Before(l.sent.Add(l.r.pttl))
-}
-
 // look reads key's value or claims its lock. A value that cannot be decoded
 // is never served: the lock is claimed regardless of it, and the load
 // overwrites it.

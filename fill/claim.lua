@@ -18,11 +18,13 @@
 -- ARGV[5], ARGV[6] the caller's stale-while-revalidate and stale-if-error
 --   windows in ms: how far past its TTL a value may still be served;
 -- ARGV[7] '1' when the caller wants a fresh value's PTTL (for an
---   in-process copy), else a fresh value without a stale window comes alone.
+--   in-process copy), '2' its PTTL and the server's clock (for an early
+--   refresh), else a fresh value without a stale window comes alone.
 -- Returns
 --   value                             a fresh value without a stale window
---   {2, value, pttl, now}             a fresh value; pttl the key's, in ms;
---                                     now the server's clock, in ms
+--   {2, value, pttl}                  a fresh value; pttl the key's, in ms
+--   {2, value, pttl, now}             the same with ARGV[7] '2'; now the
+--                                     server's clock, in ms
 --   {3, value, pttl, 1, stamp}        a stale value, and its refresh claimed
 --   {3, value, pttl, 0, holder}       a stale value, refreshed by holder
 --   {3, value, pttl, 2}               a stale value, refreshes backing off
@@ -41,7 +43,7 @@ local mode = ARGV[3]
 local v
 if mode == 'r' then
   v = redis.call('GET', KEYS[2])
-  if v and ARGV[7] ~= '1' and not (#v >= 7 and string.byte(v, 1) == 193 and string.byte(v, 2) == 2
+  if v and ARGV[7] ~= '1' and ARGV[7] ~= '2' and not (#v >= 7 and string.byte(v, 1) == 193 and string.byte(v, 2) == 2
       and string.sub(v, 4, 7) ~= '\0\0\0\0') then
     return v
   end
@@ -114,7 +116,10 @@ if mode == 'r' then
       w = ((a * 256 + b) * 256 + c) * 256 + d
     end
     local pttl = redis.call('PTTL', KEYS[2])
-    if w == 0 or pttl < 0 or pttl > w then return {2, v, pttl, now()} end
+    if w == 0 or pttl < 0 or pttl > w then
+      if ARGV[7] == '2' then return {2, v, pttl, now()} end
+      return {2, v, pttl}
+    end
     local age = w - pttl
     if age <= tonumber(ARGV[5]) or age <= tonumber(ARGV[6]) then
       if backingOff() then return {3, v, pttl, 2} end

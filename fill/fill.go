@@ -429,7 +429,7 @@ func (ld *leader) settle(out outcome, took time.Duration, lost error, ov *ttlOve
 		c.store(ld.sctx, j.ks, c.absentEntry(j.o, ld.claimed, took), c.jitter(j.cl.negativeTTL), nil, true, ld.claimed)
 		return out
 	case out.err != nil:
-		if f := ld.fallback; ld.fail(lease.Failed, out.err.Error()) && f.servable(time.Now()) {
+		if f := ld.fallback; ld.fail(lease.Failed, out.err.Error()) && f.fallbackLive(time.Now()) {
 			c.staleHit(ld.ctx, j.ks.name)
 			return outcome{val: f.val}
 		}

@@ -22,6 +22,15 @@ func (c *Cache) servable(l *look) bool {
 		(l.r.sub == staleBackoff || l.entry.StaleWindow-l.r.pttl <= c.opt.StaleWhileRevalidate)
 }
 
+// fallbackLive reports whether l holds a value that may still be served as
+// a fallback should a load fail (StaleIfError), unlike servable, which
+// tells whether a stale value is served at once: one read, and still in
+// Redis, within its stale window (its key's life, read as its PTTL,
+// counted from when the read was sent: early rather than late).
+func (l *look) fallbackLive(now time.Time) bool {
+	return l != nil && l.valErr == nil && l.r.pttl > 0 && now.Before(l.sent.Add(l.r.pttl))
+}
+
 // staleHit counts and reports a value served past its TTL.
 func (c *Cache) staleHit(ctx context.Context, key string) {
 	c.stats.staleHits.Add(1)
@@ -41,7 +50,7 @@ func (c *Cache) serveStale(ctx context.Context, j *job, l *look) {
 // another server: the stale value, when there is one to fall back on, else
 // an error wrapping ErrLoadFailed.
 func (c *Cache) remoteFailure(ctx context.Context, key, msg string, fallback *look) (any, error) {
-	if fallback.servable(time.Now()) {
+	if fallback.fallbackLive(time.Now()) {
 		c.staleHit(ctx, key)
 		return fallback.val, nil
 	}

@@ -60,8 +60,9 @@ func (h *Hub) movedReply(sh *shard) {
 // to learn its slot's new owner before it is subscribed again anyway.
 const movedWait = 2 * time.Second
 
-// follow subscribes channels (of one slot) again once the Cluster client
-// routes them to another master than from, or after movedWait.
+// follow subscribes channels again once the Cluster client routes the
+// first of them (of the slot that moved) to another master than from, or
+// after movedWait; one still on from is subscribed there again.
 func (h *Hub) follow(channels []string, from string) {
 	defer h.wg.Done()
 	h.cluster.ReloadState(context.Background())
