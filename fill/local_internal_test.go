@@ -86,7 +86,7 @@ func TestLocalStoreAcrossWake(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	c := New(rdb, &Options{Local: &LocalOptions{MaxStaleness: time.Second}})
 	defer c.Close()
-	redistest.WaitFor(t, "the fleet's flag placed", func() bool { return c.local.placedAt.Load() != 0 })
+	redistest.WaitFor(t, "the fleet's flag placed", func() bool { return c.local.confirmed.Load() != 0 })
 	ctx := context.Background()
 	ks := c.keyset("k")
 	tok := lease.NewToken()
