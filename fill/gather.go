@@ -79,7 +79,7 @@ type gatherer[T any] struct {
 	// ended.
 	handed, ended chan struct{}
 
-	mu       sync.Mutex // guards running, pending, leaseEnd, term, loading, resync and first
+	mu       sync.Mutex // guards running, pending, leaseEnd, term, loading, resync, settled and first
 	running  bool       // the gather loop runs
 	pending  []*flight.Call
 	leaseEnd time.Time // the lease surely ends then unless renewed
@@ -89,6 +89,10 @@ type gatherer[T any] struct {
 	term    uint64
 	loading map[string]uint64
 	resync  bool // a batch was abandoned: the next pop asks for the loading list
+	// settled holds the items this server's batches settled, still on the
+	// loading list: its next call of the gather script takes them off
+	// (see gather.lua).
+	settled []string
 	// first is the earliest Get of the keys handed off here since the loop
 	// last looked (see wake); zero for none.
 	first time.Time
@@ -282,15 +286,44 @@ func (g *gatherer[T]) load(items []string, recovered bool, replied time.Time) {
 	if abandoned {
 		return // left on the loading list for the next gatherer
 	}
-	args := make([]any, len(items))
-	for i, s := range items {
-		args[i] = s
+	// Taken off the loading list by the loop's next call: a call sent now
+	// would reach Redis as the batch's values reach the fleet's waiters,
+	// and hold some of them up (see gatherer.loop).
+	g.mu.Lock()
+	g.settled = append(g.settled, items...)
+	g.mu.Unlock()
+}
+
+// withSettled returns args followed by the items settled and not yet
+// taken off the loading list, and how many there are. g.mu must be held.
+func (g *gatherer[T]) withSettled(args ...any) ([]any, int) {
+	for _, s := range g.settled {
+		args = append(args, s)
 	}
-	cctx, ccancel := context.WithTimeout(context.WithoutCancel(fctx), lease.CleanupTimeout)
-	defer ccancel()
+	return args, len(g.settled)
+}
+
+// dropSettled forgets the first n items settled: a call took them off the
+// loading list, or gave up. g.mu must be held.
+func (g *gatherer[T]) dropSettled(n int) {
+	g.settled = slices.Delete(g.settled, 0, n)
+}
+
+// sendSettled takes the items settled off the loading list, when the loop
+// ends without another call that would. A failure is logged: the items
+// left on the list are a successor's to look at, and drop (their keys are
+// settled). g.mu must be held.
+func (g *gatherer[T]) sendSettled(ctx context.Context) {
+	if len(g.settled) == 0 {
+		return
+	}
+	args, n := g.withSettled()
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
+	defer cancel()
 	if _, err := g.run(cctx, gatherDone, args...); err != nil {
-		c.log("taking settled keys off the fleet's loading list failed", "err", err)
+		g.b.c.log("taking settled keys off the fleet's loading list failed", "err", err)
 	}
+	g.dropSettled(n)
 }
 
 // stillClaimed returns the looks of chunk whose lock still holds their

@@ -17,10 +17,14 @@
 --       fresh is 1, else 0) or when ARGV[7] is '1' (the caller lost the
 --       reply to a pop, or gave up a batch), or {0, pttl} while another
 --       gathers.
---   'd' done: ARGV[5..] items settled, taken off the loading list. Returns 1.
+--   'd' done: returns 1.
 --   'q' quit: release the lease if the caller holds it and the queue and the
 --       loading list are empty. Returns 1 when released, else 0.
 --   'r' resign: release the lease if the caller holds it (it closes).
+-- Every mode but 'h' first takes items the caller settled off the loading
+-- list: ARGV[8..] for 'g', ARGV[5..] for the others. A gatherer sends them
+-- with its next call rather than on their own, as the batch's values
+-- reach the fleet.
 -- push appends items[from..] to the list key, a thousand at a time: Redis's
 -- Lua unpacks at most about 8,000 values (a MaxSize or a hand-off larger
 -- than that failed every pop).
@@ -31,9 +35,11 @@ local function push(key, items, from)
 end
 
 local mode = ARGV[4]
-if mode == 'd' then
-  for i = 5, #ARGV do redis.call('LREM', KEYS[3], 1, ARGV[i]) end
-  return 1
+if mode ~= 'h' then
+  local from = 5
+  if mode == 'g' then from = 8 end
+  for i = from, #ARGV do redis.call('LREM', KEYS[3], 1, ARGV[i]) end
+  if mode == 'd' then return 1 end
 end
 if mode == 'h' then
   push(KEYS[2], ARGV, 5)

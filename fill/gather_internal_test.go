@@ -3,6 +3,7 @@ package fill
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -126,5 +127,74 @@ func TestGatherSetup(t *testing.T) {
 		if v, err := rdb.Get(ctx, c.keyset(key).value).Result(); err != nil || v == "" {
 			t.Errorf("the key's value after the batch: %q, %v; want it stored", v, err)
 		}
+	}
+}
+
+// TestGatherSettledTakenOff: the items a gatherer's batches settled come
+// off the fleet's loading list with its next call of the gather script,
+// whichever it is: a pop, the quit of a leader whose queue is empty, the
+// end of a loop that lost the lease, the resign at Close. Left there, they
+// would keep the lease from ever being released (quit waits for an empty
+// loading list) until the list expired.
+func TestGatherSettledTakenOff(t *testing.T) {
+	ends := map[string]func(ctx context.Context, g *gatherer[string]){
+		"pop": func(ctx context.Context, g *gatherer[string]) {
+			g.pop(ctx, &gatherLoop{})
+		},
+		"quit": func(ctx context.Context, g *gatherer[string]) {
+			if !g.stop(ctx, true) {
+				t.Error("the leader did not quit")
+			}
+		},
+		"lost lease": func(ctx context.Context, g *gatherer[string]) {
+			if !g.stop(ctx, false) {
+				t.Error("the loop did not end")
+			}
+		},
+		"closed": func(ctx context.Context, g *gatherer[string]) {
+			cctx, cancel := context.WithCancel(ctx)
+			cancel()
+			g.stop(cctx, false)
+		},
+	}
+	for name, end := range ends {
+		t.Run(name, func(t *testing.T) {
+			_, rdb := redistest.Mini(t)
+			c := New(rdb, nil)
+			defer c.Close()
+			bt := NewBatcher(c, func(context.Context, []string) (map[string]string, error) { return nil, nil },
+				&BatchOptions{FleetWide: true, Name: "n"})
+			g := bt.b.fleet
+			ctx := context.Background()
+			settled, other := "tok1 1 a", "tok2 1 b"
+			if err := rdb.RPush(ctx, g.keys[2], settled, other).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if name != "lost lease" {
+				if err := rdb.Set(ctx, g.keys[0], g.token, time.Minute).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if name == "quit" {
+				if err := rdb.LRem(ctx, g.keys[2], 1, other).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			g.settled = []string{settled}
+			end(ctx, g)
+			left, err := rdb.LRange(ctx, g.keys[2], 0, -1).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if slices.Contains(left, settled) {
+				t.Errorf("the settled item is still on the loading list: %q", left)
+			}
+			if name != "quit" && !slices.Contains(left, other) {
+				t.Errorf("an item not settled was taken off the loading list: %q", left)
+			}
+			if len(g.settled) != 0 {
+				t.Errorf("%d settled items still to send", len(g.settled))
+			}
+		})
 	}
 }

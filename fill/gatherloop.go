@@ -90,7 +90,11 @@ func (g *gatherer[T]) loop() {
 		select {
 		case <-ctx.Done():
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
-			_, _ = g.run(cctx, gatherResign)
+			g.mu.Lock()
+			args, n := g.withSettled()
+			g.dropSettled(n)
+			g.mu.Unlock()
+			_, _ = g.run(cctx, gatherResign, args...)
 			cancel()
 			g.stop(ctx, false)
 			return
@@ -112,10 +116,15 @@ func (g *gatherer[T]) loop() {
 			continue
 		case <-g.ended:
 			// A batch ended: the keys queued while it loaded go now (a
-			// Window after the last pop at the earliest).
+			// Window after the last pop at the earliest), and its items
+			// come off the loading list; a round trip after it ended at
+			// the earliest: its values are on their way to the fleet's
+			// waiters, this server's among them, and a call sent at once
+			// would be handled beside them, by this server's CPUs and by
+			// Redis's, and hold some up.
 			at := ls.lastPop.Add(opt.Window)
-			if now := time.Now(); at.Before(now) {
-				at = now
+			if soonest := time.Now().Add(g.ahead() + time.Duration(g.popRTT.Load())); at.Before(soonest) {
+				at = soonest
 			}
 			sooner(at)
 			continue
@@ -187,8 +196,14 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 	if ls.resync || g.resync {
 		resync = "1"
 	}
+	args, settled := g.withSettled(opt.MaxSize, fullOnly, resync)
 	g.mu.Unlock()
-	v, err := g.run(ctx, gatherPop, opt.MaxSize, fullOnly, resync)
+	v, err := g.run(ctx, gatherPop, args...)
+	if err == nil {
+		g.mu.Lock()
+		g.dropSettled(settled) // the script took them off before anything else
+		g.mu.Unlock()
+	}
 	var r gathered
 	if err == nil {
 		r, err = parseGathered(v)
@@ -285,15 +300,22 @@ func (g *gatherer[T]) stop(ctx context.Context, leader bool) bool {
 	defer g.mu.Unlock()
 	switch {
 	case ctx.Err() != nil:
+		g.sendSettled(ctx)
 	case leader:
 		// Under g.mu: a key handed off after the lease is released takes
 		// the lease and wakes a new loop.
-		v, err := g.run(ctx, gatherQuit)
+		args, settled := g.withSettled()
+		v, err := g.run(ctx, gatherQuit, args...)
+		if err == nil {
+			g.dropSettled(settled)
+		}
 		if n, _ := v.(int64); err != nil || n != 1 {
 			return false
 		}
 	case g.busy():
 		return false
+	default:
+		g.sendSettled(ctx)
 	}
 	g.running = false
 	return true
