@@ -17,6 +17,7 @@ type op struct {
 	subscribe bool
 	n         uint64 // a SUBSCRIBE's number, see entry.subOp
 	sh        *shard // nil: the shard channel's owner; else this one
+	at        time.Time
 }
 
 // shard is one pub/sub connection and the PINGs that confirm its
@@ -46,6 +47,7 @@ const broadcastAddr = "*broadcast"
 
 // enqueue queues a command for the writer. h.mu must be held.
 func (h *Hub) enqueue(o op) {
+	o.at = time.Now()
 	h.ops = append(h.ops, o)
 	if !h.started {
 		h.started = true
@@ -70,24 +72,31 @@ func (h *Hub) kickWriter() {
 
 // writer sends queued SUBSCRIBE and UNSUBSCRIBE commands in order, batching
 // runs of the same command on the same connection, each batch of SUBSCRIBEs
-// followed by a PING.
+// followed by a PING. UNSUBSCRIBEs alone wait unsubDelay (see there).
 func (h *Hub) writer() {
 	defer h.wg.Done()
-	var retry *time.Timer
+	var retry, hold *time.Timer
 	defer func() {
-		if retry != nil {
-			retry.Stop()
+		for _, t := range []*time.Timer{retry, hold} {
+			if t != nil {
+				t.Stop()
+			}
 		}
 	}()
 	for {
-		var retryC <-chan time.Time
+		var retryC, holdC <-chan time.Time
 		if retry != nil {
 			retryC = retry.C
+		}
+		if hold != nil {
+			holdC = hold.C
 		}
 		select {
 		case <-h.done:
 			return
 		case <-h.kick:
+		case <-holdC:
+			hold = nil
 		case <-retryC:
 			retry = nil
 			h.refusal.lift()
@@ -103,6 +112,13 @@ func (h *Hub) writer() {
 		}
 		h.mu.Lock()
 		ops := h.ops
+		if wait := unsubscribesDue(ops); wait > 0 {
+			h.mu.Unlock()
+			if hold == nil {
+				hold = time.NewTimer(wait)
+			}
+			continue
+		}
 		h.ops = nil
 		h.mu.Unlock()
 		for i := 0; i < len(ops); {
@@ -122,6 +138,31 @@ func (h *Hub) writer() {
 			i = j
 		}
 	}
+}
+
+// unsubDelay is how long UNSUBSCRIBEs wait to be sent, unless a SUBSCRIBE
+// is queued behind them: a wait ends as its message arrives, and the
+// messages of a batch's keys arrive together, on every server; the
+// UNSUBSCRIBEs of their waits, sent at once, would reach Redis and come
+// back (a reply each server's reader reads) while the batch's last
+// messages are still on their way, and hold them up. Sent a little later,
+// they go together, one command. A channel unsubscribed meanwhile still
+// receives its messages, which reach no Sub.
+var unsubDelay = 2 * time.Millisecond
+
+// unsubscribesDue returns how long to wait before sending ops: zero when
+// one of them is a SUBSCRIBE (the order must hold: they all go now) or the
+// first is unsubDelay old.
+func unsubscribesDue(ops []op) time.Duration {
+	if len(ops) == 0 {
+		return 0
+	}
+	for _, o := range ops {
+		if o.subscribe {
+			return 0
+		}
+	}
+	return max(0, unsubDelay-time.Since(ops[0].at))
 }
 
 // writeTimeout bounds one SUBSCRIBE, UNSUBSCRIBE or PING write (and the dial

@@ -825,3 +825,66 @@ func TestClusterResubscribe(t *testing.T) {
 	})
 	heardAfter(t, func() error { return rdb.SPublish(ctx, channel, "hi").Err() }, s.C(), "hi", 2*time.Second)
 }
+
+// TestUnsubscribesWait: the UNSUBSCRIBEs of Subs closed together wait
+// (unsubDelay), and go out as one command, rather than reach Redis at once
+// beside the messages still arriving; a SUBSCRIBE queued behind them sends
+// them at once, in order, and waits for nothing.
+func TestUnsubscribesWait(t *testing.T) {
+	defer func(d time.Duration) { unsubDelay = d }(unsubDelay)
+	unsubDelay = time.Hour
+	srv := redistest.Start(t, nil)
+	rdb := srv.Client(t, nil)
+	h := New(rdb, nil)
+	defer h.Close()
+	ctx := context.Background()
+	numSub := func(ch string) int64 {
+		n, err := rdb.PubSubNumSub(ctx, ch).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n[ch]
+	}
+	unsubscribes := func() int {
+		info, err := rdb.Info(ctx, "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rest, ok := strings.Cut(info, "cmdstat_unsubscribe:calls=")
+		if !ok {
+			return 0
+		}
+		n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+		return n
+	}
+	subs := []*Sub{h.Subscribe("a"), h.Subscribe("b"), h.Subscribe("c")}
+	for _, s := range subs {
+		ready(t, s)
+	}
+	for _, s := range subs {
+		s.Close()
+	}
+	// Nothing to wait for: the claim is that nothing happens. A round
+	// trip of this client and 50ms give the writer time to act.
+	time.Sleep(50 * time.Millisecond)
+	for _, ch := range []string{"a", "b", "c"} {
+		if n := numSub(ch); n != 1 {
+			t.Fatalf("%s unsubscribed at once (%d subscribers); want it to wait", ch, n)
+		}
+	}
+	d := h.Subscribe("d")
+	defer d.Close()
+	ready(t, d) // its PING follows the UNSUBSCRIBE: replied to after it
+	for _, ch := range []string{"a", "b", "c"} {
+		if n := numSub(ch); n != 0 {
+			t.Errorf("%s still subscribed once a SUBSCRIBE went out behind its UNSUBSCRIBE", ch)
+		}
+	}
+	if n := unsubscribes(); n != 1 {
+		t.Errorf("%d UNSUBSCRIBE commands for 3 Subs closed together; want 1", n)
+	}
+	// Without a SUBSCRIBE behind, they go once unsubDelay is over.
+	unsubDelay = 0
+	d.Close()
+	redistest.WaitFor(t, "d unsubscribed", func() bool { return numSub("d") == 0 })
+}
