@@ -309,23 +309,6 @@ func (g *gatherer[T]) dropSettled(n int) {
 	g.settled = slices.Delete(g.settled, 0, n)
 }
 
-// sendSettled takes the items settled off the loading list, when the loop
-// ends without another call that would. A failure is logged: the items
-// left on the list are a successor's to look at, and drop (their keys are
-// settled). g.mu must be held.
-func (g *gatherer[T]) sendSettled(ctx context.Context) {
-	if len(g.settled) == 0 {
-		return
-	}
-	args, n := g.withSettled()
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
-	defer cancel()
-	if _, err := g.run(cctx, gatherDone, args...); err != nil {
-		g.b.c.log("taking settled keys off the fleet's loading list failed", "err", err)
-	}
-	g.dropSettled(n)
-}
-
 // stillClaimed returns the looks of chunk whose lock still holds their
 // claim's token, in one pipelined round trip.
 func (g *gatherer[T]) stillClaimed(ctx context.Context, chunk []*batchLook) []*batchLook {

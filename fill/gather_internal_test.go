@@ -133,7 +133,8 @@ func TestGatherSetup(t *testing.T) {
 // TestGatherSettledTakenOff: the items a gatherer's batches settled come
 // off the fleet's loading list with its next call of the gather script,
 // whichever it is: a pop, the quit of a leader whose queue is empty, the
-// end of a loop that lost the lease, the resign at Close. Left there, they
+// end of a loop that lost the lease, the resign at Close (which releases
+// the lease too). Left there, they
 // would keep the lease from ever being released (quit waits for an empty
 // loading list) until the list expired.
 func TestGatherSettledTakenOff(t *testing.T) {
@@ -150,11 +151,16 @@ func TestGatherSettledTakenOff(t *testing.T) {
 			if !g.stop(ctx, false) {
 				t.Error("the loop did not end")
 			}
+			g.finish(ctx, &gatherLoop{})
 		},
 		"closed": func(ctx context.Context, g *gatherer[string]) {
 			cctx, cancel := context.WithCancel(ctx)
 			cancel()
 			g.stop(cctx, false)
+			g.finish(cctx, &gatherLoop{})
+			if n, _ := g.b.c.rdb.Redis().Exists(ctx, g.keys[0]).Result(); n != 0 {
+				t.Error("the lease is still held after Close")
+			}
 		},
 	}
 	for name, end := range ends {
@@ -196,5 +202,42 @@ func TestGatherSettledTakenOff(t *testing.T) {
 				t.Errorf("%d settled items still to send", len(g.settled))
 			}
 		})
+	}
+}
+
+// TestGatherCloseMidBatch: a Close while the gatherer's batch loads leaves
+// nothing on the fleet's loading list once Close returns: the batch ends
+// (its loader's ctx ends with the Cache), is settled, and its items come
+// off the list after the lease is resigned.
+func TestGatherCloseMidBatch(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := New(rdb, nil)
+	called := make(chan struct{})
+	load := func(ctx context.Context, keys []string) (map[string]string, error) {
+		close(called)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	bt := NewBatcher(c, load, &BatchOptions{FleetWide: true, Name: "n", Window: time.Millisecond})
+	got := make(chan error, 1)
+	go func() {
+		_, err := bt.Get(context.Background(), "k")
+		got <- err
+	}()
+	select {
+	case <-called:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the loader was not called within 10s")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err == nil {
+		t.Error("Get succeeded; want the Close's error")
+	}
+	g := bt.b.fleet
+	n, err := rdb.Exists(context.Background(), g.keys[0], g.keys[2]).Result()
+	if err != nil || n != 0 {
+		t.Errorf("after Close: %d of the lease and the loading list left, %v; want none", n, err)
 	}
 }

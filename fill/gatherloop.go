@@ -63,13 +63,13 @@ func parseGathered(v any) (gathered, error) {
 // looks at the lease every eighth of it, for as long as keys this server
 // handed off are not settled, and takes over once the lease is free. It
 // ends when there is nothing left to do, and at Close, which resigns the
-// lease.
+// lease once the last batch ended.
 func (g *gatherer[T]) loop() {
 	c, opt := g.b.c, g.b.opt
 	defer c.wg.Done()
-	ls := &gatherLoop{}
-	defer ls.batches.Wait()
 	ctx := c.base
+	ls := &gatherLoop{}
+	defer g.finish(ctx, ls)
 	// A pop is sent its round trip ahead of when it is due (g.ahead), so
 	// that the batch's loader is called as its Window ends rather than a
 	// round trip later. The timer fires fine.Window before that, and the
@@ -89,13 +89,6 @@ func (g *gatherer[T]) loop() {
 	for {
 		select {
 		case <-ctx.Done():
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
-			g.mu.Lock()
-			args, n := g.withSettled()
-			g.dropSettled(n)
-			g.mu.Unlock()
-			_, _ = g.run(cctx, gatherResign, args...)
-			cancel()
 			g.stop(ctx, false)
 			return
 		case <-g.handed:
@@ -300,7 +293,6 @@ func (g *gatherer[T]) stop(ctx context.Context, leader bool) bool {
 	defer g.mu.Unlock()
 	switch {
 	case ctx.Err() != nil:
-		g.sendSettled(ctx)
 	case leader:
 		// Under g.mu: a key handed off after the lease is released takes
 		// the lease and wakes a new loop.
@@ -314,9 +306,31 @@ func (g *gatherer[T]) stop(ctx context.Context, leader bool) bool {
 		}
 	case g.busy():
 		return false
-	default:
-		g.sendSettled(ctx)
 	}
 	g.running = false
 	return true
+}
+
+// finish ends a loop once its batches ended: the items they settled come
+// off the loading list, and at Close (ctx ended), the lease is resigned,
+// however the loop ended (a pop that failed as the Cache closed ends it
+// too). A failure is logged: what is left on the list is a successor's to
+// look at and drop (its keys are settled), the lease runs out.
+func (g *gatherer[T]) finish(ctx context.Context, ls *gatherLoop) {
+	ls.batches.Wait()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	mode := gatherDone
+	if ctx.Err() != nil {
+		mode = gatherResign
+	} else if len(g.settled) == 0 {
+		return
+	}
+	args, n := g.withSettled()
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
+	defer cancel()
+	if _, err := g.run(cctx, mode, args...); err != nil {
+		g.b.c.log("taking settled keys off the fleet's loading list failed", "err", err)
+	}
+	g.dropSettled(n)
 }
