@@ -79,7 +79,7 @@ type gatherer[T any] struct {
 	// ended.
 	handed, ended chan struct{}
 
-	mu       sync.Mutex // guards running, pending, leaseEnd, term, loading, resync, settled and first
+	mu       sync.Mutex // guards running, pending, leaseEnd, term, loading, resync, tookLease, settled and first
 	running  bool       // the gather loop runs
 	pending  []*flight.Call
 	leaseEnd time.Time // the lease surely ends then unless renewed
@@ -89,6 +89,9 @@ type gatherer[T any] struct {
 	term    uint64
 	loading map[string]uint64
 	resync  bool // a batch was abandoned: the next pop asks for the loading list
+	// tookLease: a hand-off took the lease anew; the next pop counts as
+	// taking it (see gatherer.handOff).
+	tookLease bool
 	// settled holds the items this server's batches settled, still on the
 	// loading list: its next call of the gather script takes them off
 	// (see gather.lua).
@@ -158,13 +161,22 @@ func (g *gatherer[T]) handOff(fctx context.Context, claimed []*batchLook, cl cal
 		}
 	}
 	g.mu.Unlock()
-	if _, err := g.run(fctx, gatherHandOff, items...); err != nil {
+	took, err := g.run(fctx, gatherHandOff, items...)
+	if err != nil {
 		b.c.stats.redisErrors.Add(1)
 		b.c.log("handing a batch's keys off to the fleet's gatherer failed; loading them here", "err", err)
 		for chunk := range slices.Chunk(claimed, b.opt.MaxSize) {
 			wg.Go(func() { b.lead(fctx, chunk, cl, nil, nil, wg) })
 		}
 		return
+	}
+	if n, _ := took.(int64); n == 1 {
+		// The lease was free, and is this server's now: as a pop that
+		// takes it anew, the next pop takes over the loading list a
+		// gatherer whose lease ran out may have left.
+		g.mu.Lock()
+		g.tookLease = true
+		g.mu.Unlock()
 	}
 	g.wake(first)
 	for _, l := range claimed {
@@ -268,30 +280,32 @@ func (g *gatherer[T]) load(items []string, recovered bool, replied time.Time) {
 		return call()
 	}
 	abandoned := false
+	// However the batch ends (a loader's runtime.Goexit unwinds this
+	// goroutine, lead having settled its keys as failures), its items are
+	// no longer this server's loads.
+	defer func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		for _, s := range items {
+			delete(g.loading, s)
+		}
+		if abandoned {
+			// Left on the loading list, for the next gatherer: this
+			// server's to load again should it hold the lease, which its
+			// next pop looks at.
+			g.resync = true
+			return
+		}
+		// Taken off the loading list by the loop's next call: a call sent
+		// now would reach Redis as the batch's values reach the fleet's
+		// waiters, and hold some of them up (see gatherer.loop).
+		g.settled = append(g.settled, items...)
+	}()
 	var wg sync.WaitGroup
 	for part := range slices.Chunk(chunk, b.opt.MaxSize) { // several only when recovered
 		abandoned = b.lead(fctx, part, b.callOptions(), nil, around, &wg) || abandoned
 	}
 	wg.Wait()
-	defer func() {
-		g.mu.Lock()
-		for _, s := range items {
-			delete(g.loading, s)
-		}
-		// Those still on the loading list are this server's to load again
-		// should it hold the lease: its next pop looks.
-		g.resync = g.resync || abandoned
-		g.mu.Unlock()
-	}()
-	if abandoned {
-		return // left on the loading list for the next gatherer
-	}
-	// Taken off the loading list by the loop's next call: a call sent now
-	// would reach Redis as the batch's values reach the fleet's waiters,
-	// and hold some of them up (see gatherer.loop).
-	g.mu.Lock()
-	g.settled = append(g.settled, items...)
-	g.mu.Unlock()
 }
 
 // withSettled returns args followed by the items settled and not yet

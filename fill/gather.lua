@@ -6,7 +6,8 @@
 -- P{batch:N}:loading. An item is "token stamp key": the claim's token and
 -- stamp (see claim.lua) and the key.
 -- ARGV[1] the caller's token; ARGV[2] the lease in ms; ARGV[3] how long the
--- queue and the loading list live unless touched, in ms; ARGV[4] the mode:
+-- queue and the loading list live unless touched (a hand-off, a pop), in
+-- ms; ARGV[4] the mode:
 --   'h' hand off: ARGV[5..] the items, queued; the caller takes the lease if
 --       nobody holds it. Returns 1 when the caller now gathers, else 0.
 --   'g' gather: unless another holds the lease, take or renew it, and pop up
@@ -46,6 +47,13 @@ if mode == 'h' then
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
   if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
   return 0
+end
+if mode == 'g' then
+  -- Every server that waits for keys it handed off pops (or polls the
+  -- lease): the queue and the loading list live as long as one does,
+  -- however long a batch loads while keys wait behind it.
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
 local holder = redis.call('GET', KEYS[1])
 if mode == 'r' then

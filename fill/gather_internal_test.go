@@ -241,3 +241,48 @@ func TestGatherCloseMidBatch(t *testing.T) {
 		t.Errorf("after Close: %d of the lease and the loading list left, %v; want none", n, err)
 	}
 }
+
+// TestGatherPopKeepsListsAlive: every pop, the gatherer's or a waiting
+// server's that finds another gathering, renews the queue's and the loading
+// list's life: keys queued behind a batch that loads longer than they would
+// live untouched (LockTTL + the lease) are not lost with them, their Gets
+// waiting for LoadTimeout.
+func TestGatherPopKeepsListsAlive(t *testing.T) {
+	for _, leader := range []bool{true, false} {
+		t.Run(fmt.Sprintf("leader=%v", leader), func(t *testing.T) {
+			_, rdb := redistest.Mini(t)
+			c := New(rdb, &Options{LockTTL: time.Second})
+			defer c.Close()
+			bt := NewBatcher(c, func(context.Context, []string) (map[string]string, error) { return nil, nil },
+				&BatchOptions{FleetWide: true, Name: "n", MaxSize: 1})
+			g := bt.b.fleet
+			ctx := context.Background()
+			holder := g.token
+			if !leader {
+				holder = "another"
+			}
+			if err := rdb.Set(ctx, g.keys[0], holder, time.Minute).Err(); err != nil {
+				t.Fatal(err)
+			}
+			// Two queued (one is popped), one loading, each list about to
+			// go.
+			for _, k := range g.keys[1:] {
+				if err := rdb.RPush(ctx, k, "tok 1 a", "tok 1 b").Err(); err != nil {
+					t.Fatal(err)
+				}
+				if err := rdb.PExpire(ctx, k, 50*time.Millisecond).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ls := &gatherLoop{}
+			g.pop(ctx, ls)
+			ls.batches.Wait()
+			want := c.opt.LockTTL + g.lease() - time.Second
+			for _, k := range g.keys[1:] {
+				if d := rdb.PTTL(ctx, k).Val(); d < want {
+					t.Errorf("%s lives %v more after a pop; want about LockTTL + the lease, %v", k, d, c.opt.LockTTL+g.lease())
+				}
+			}
+		})
+	}
+}

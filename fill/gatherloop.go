@@ -186,7 +186,8 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 		fullOnly = "1"
 	}
 	g.mu.Lock()
-	if ls.resync || g.resync {
+	tookLease := g.tookLease
+	if ls.resync || g.resync || tookLease {
 		resync = "1"
 	}
 	args, settled := g.withSettled(opt.MaxSize, fullOnly, resync)
@@ -195,6 +196,7 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 	if err == nil {
 		g.mu.Lock()
 		g.dropSettled(settled) // the script took them off before anything else
+		g.tookLease = g.tookLease && !tookLease
 		g.mu.Unlock()
 	}
 	var r gathered
@@ -205,6 +207,12 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 	case err != nil:
 		c.log("the fleet's gatherer could not reach redis", "err", err)
 		ls.resync = ls.resync || redisx.MayHaveRun(err)
+		if ls.inflight.Load() > 0 {
+			// Batches load: the next pop renews the lease they load
+			// under, should it still be this server's, rather than let
+			// it run out and another server load them again.
+			return min(max(c.opt.PollInterval, opt.Window), g.lease()/8), false
+		}
 		return max(c.opt.PollInterval, opt.Window), g.stop(ctx, false)
 	case !r.leader:
 		return max(min(r.pttl+time.Millisecond, g.lease()/8), opt.Window), g.stop(ctx, false)
@@ -217,7 +225,7 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 		g.resync = false
 	}
 	g.leaseEnd = sent.Add(g.lease())
-	if r.fresh {
+	if r.fresh || tookLease {
 		g.term++
 	}
 	// Keys this gatherer loads already are not recovered: still on the
