@@ -308,19 +308,24 @@ func (g *gatherer[T]) load(items []string, recovered bool, replied time.Time) {
 	wg.Wait()
 }
 
-// withSettled returns args followed by the items settled and not yet
-// taken off the loading list, and how many there are. g.mu must be held.
-func (g *gatherer[T]) withSettled(args ...any) ([]any, int) {
-	for _, s := range g.settled {
+// takeSettled returns args followed by the items settled and not yet
+// taken off the loading list, and those items, which are the call's that
+// carries them from now on: two calls (a loop's last and the next loop's
+// first) never send, nor forget, each other's. A call that fails gives
+// them back (putBack). g.mu must be held.
+func (g *gatherer[T]) takeSettled(args ...any) ([]any, []string) {
+	items := g.settled
+	g.settled = nil
+	for _, s := range items {
 		args = append(args, s)
 	}
-	return args, len(g.settled)
+	return args, items
 }
 
-// dropSettled forgets the first n items settled: a call took them off the
-// loading list, or gave up. g.mu must be held.
-func (g *gatherer[T]) dropSettled(n int) {
-	g.settled = slices.Delete(g.settled, 0, n)
+// putBack returns items taken by a call that failed, for the next call.
+// g.mu must be held.
+func (g *gatherer[T]) putBack(items []string) {
+	g.settled = append(items, g.settled...)
 }
 
 // stillClaimed returns the looks of chunk whose lock still holds their

@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/internal/lease"
@@ -284,5 +288,78 @@ func TestGatherPopKeepsListsAlive(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// holdPop holds its client's next pop (a gather script call in mode 'g')
+// until release is closed, once held is closed.
+type holdPop struct {
+	held, release chan struct{}
+	once          sync.Once
+}
+
+func (h *holdPop) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdPop) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *holdPop) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if a := cmd.Args(); len(a) > 9 && a[9] == gatherPop && strings.HasPrefix(cmd.Name(), "eval") {
+			h.once.Do(func() {
+				close(h.held)
+				<-h.release
+			})
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestGatherSettledOwnedByCall: a loop's last call and the next loop's
+// pop, in flight together (a loop ends as another starts: a failed pop,
+// a lease lost), each send the settled items they took, and forget only
+// those: none is sent by neither, and the pop's reply does not drop items
+// the other sent (it once dropped them by position, and panicked holding
+// the gatherer's lock when they were gone: the Batcher hung for good).
+func TestGatherSettledOwnedByCall(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	hook := &holdPop{held: make(chan struct{}), release: make(chan struct{})}
+	rdb.AddHook(hook)
+	c := New(rdb, nil)
+	defer c.Close()
+	bt := NewBatcher(c, func(context.Context, []string) (map[string]string, error) { return nil, nil },
+		&BatchOptions{FleetWide: true, Name: "n"})
+	g := bt.b.fleet
+	ctx := context.Background()
+	items := []string{"tok1 1 a", "tok2 1 b", "tok3 1 c"}
+	if err := rdb.RPush(ctx, g.keys[2], items).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Another server gathers now: the pop loads nothing.
+	if err := rdb.Set(ctx, g.keys[0], "another", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	g.settled = []string{items[0]}
+	popped := make(chan struct{})
+	go func() {
+		defer close(popped)
+		g.pop(ctx, &gatherLoop{})
+	}()
+	<-hook.held
+	// The other loop's batch ends, and that loop's last call goes, while
+	// the pop is on its way.
+	g.mu.Lock()
+	g.settled = append(g.settled, items[1])
+	g.mu.Unlock()
+	g.finish(ctx, &gatherLoop{})
+	g.mu.Lock()
+	g.settled = append(g.settled, items[2]) // settled after finish's call
+	g.mu.Unlock()
+	close(hook.release)
+	<-popped
+	left := rdb.LRange(ctx, g.keys[2], 0, -1).Val()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(left) != 1 || left[0] != items[2] || !slices.Equal(g.settled, items[2:]) {
+		t.Errorf("loading list %q, still to send %q; want %q on both", left, g.settled, items[2:])
 	}
 }

@@ -190,15 +190,16 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 	if ls.resync || g.resync || tookLease {
 		resync = "1"
 	}
-	args, settled := g.withSettled(opt.MaxSize, fullOnly, resync)
+	args, settled := g.takeSettled(opt.MaxSize, fullOnly, resync)
 	g.mu.Unlock()
 	v, err := g.run(ctx, gatherPop, args...)
-	if err == nil {
-		g.mu.Lock()
-		g.dropSettled(settled) // the script took them off before anything else
+	g.mu.Lock()
+	if err != nil {
+		g.putBack(settled) // the script, had it run, took them off: sent again, they are not found
+	} else {
 		g.tookLease = g.tookLease && !tookLease
-		g.mu.Unlock()
 	}
+	g.mu.Unlock()
 	var r gathered
 	if err == nil {
 		r, err = parseGathered(v)
@@ -304,10 +305,10 @@ func (g *gatherer[T]) stop(ctx context.Context, leader bool) bool {
 	case leader:
 		// Under g.mu: a key handed off after the lease is released takes
 		// the lease and wakes a new loop.
-		args, settled := g.withSettled()
+		args, settled := g.takeSettled()
 		v, err := g.run(ctx, gatherQuit, args...)
-		if err == nil {
-			g.dropSettled(settled)
+		if err != nil {
+			g.putBack(settled)
 		}
 		if n, _ := v.(int64); err != nil || n != 1 {
 			return false
@@ -326,19 +327,19 @@ func (g *gatherer[T]) stop(ctx context.Context, leader bool) bool {
 // look at and drop (its keys are settled), the lease runs out.
 func (g *gatherer[T]) finish(ctx context.Context, ls *gatherLoop) {
 	ls.batches.Wait()
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	mode := gatherDone
 	if ctx.Err() != nil {
 		mode = gatherResign
-	} else if len(g.settled) == 0 {
+	}
+	g.mu.Lock()
+	args, settled := g.takeSettled()
+	g.mu.Unlock()
+	if mode == gatherDone && len(settled) == 0 {
 		return
 	}
-	args, n := g.withSettled()
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lease.CleanupTimeout)
 	defer cancel()
 	if _, err := g.run(cctx, mode, args...); err != nil {
 		g.b.c.log("taking settled keys off the fleet's loading list failed", "err", err)
 	}
-	g.dropSettled(n)
 }
