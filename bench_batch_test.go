@@ -265,8 +265,10 @@ const (
 // rounds of one key per server of 2 and of 8, each a Get joining the
 // fleet's batch (with 2, each server has about a core of this machine's
 // 2, as it would its own in a fleet; with 8, the servers' wake-ups queue
-// for the cores); and JoinProcesses, the Join of 2 servers each in a
-// process of its own (see bench_fleetproc_test.go). More server processes
+// for the cores); JoinPerServer, the Join of 2 servers without FleetWide,
+// the baseline: each key is loaded by the server that claims it, the other
+// waits for it by push as a FleetWide Get does; and JoinProcesses, the Join
+// of 2 servers each in a process of its own (see bench_fleetproc_test.go). More server processes
 // than cores would measure how the kernel shares them: a server that wakes
 // late misses its round's batch.
 //
@@ -306,6 +308,9 @@ func BenchmarkFleetBatch(b *testing.B) {
 			fleetBatchRounds(b, servers, servers, &fill.BatchOptions{Window: fleetWindow, FleetWide: true, Name: "bench"})
 		})
 	}
+	b.Run("servers=2/JoinPerServer", func(b *testing.B) {
+		fleetBatchRounds(b, 2, 2, &fill.BatchOptions{Window: fleetWindow, Name: "bench"})
+	})
 	b.Run("servers=2/JoinProcesses", func(b *testing.B) { fleetProcBatchRounds(b, 2) })
 }
 
