@@ -146,8 +146,9 @@ func (h *Hub) writer() {
 // UNSUBSCRIBEs of their waits, sent at once, would reach Redis and come
 // back (a reply each server's reader reads) while the batch's last
 // messages are still on their way, and hold them up. Sent a little later,
-// they go together, one command. A channel unsubscribed meanwhile still
-// receives its messages, which reach no Sub.
+// they go together: one command (on a Cluster, whose SUNSUBSCRIBE takes
+// one slot's channels, one per channel still). A channel unsubscribed
+// meanwhile still receives its messages, which reach no Sub.
 var unsubDelay = 2 * time.Millisecond
 
 // unsubscribesDue returns how long to wait before sending ops: zero when
