@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -134,6 +133,17 @@ func TestGatherSetup(t *testing.T) {
 	}
 }
 
+// handGatherer returns the gatherer of a FleetWide Batcher named "n" (its
+// loader finds nothing, MaxSize 1) on a new Cache on rdb with opt, for a
+// test to drive by hand.
+func handGatherer(t *testing.T, rdb redis.UniversalClient, opt *Options) (*Cache, *gatherer[string]) {
+	c := New(rdb, opt)
+	t.Cleanup(func() { _ = c.Close() })
+	bt := NewBatcher(c, func(context.Context, []string) (map[string]string, error) { return nil, nil },
+		&BatchOptions{FleetWide: true, Name: "n", MaxSize: 1})
+	return c, bt.b.fleet
+}
+
 // TestGatherSettledTakenOff: the items a gatherer's batches settled come
 // off the fleet's loading list with its next call of the gather script,
 // whichever it is: a pop, the quit of a leader whose queue is empty, the
@@ -170,11 +180,7 @@ func TestGatherSettledTakenOff(t *testing.T) {
 	for name, end := range ends {
 		t.Run(name, func(t *testing.T) {
 			_, rdb := redistest.Mini(t)
-			c := New(rdb, nil)
-			defer c.Close()
-			bt := NewBatcher(c, func(context.Context, []string) (map[string]string, error) { return nil, nil },
-				&BatchOptions{FleetWide: true, Name: "n"})
-			g := bt.b.fleet
+			_, g := handGatherer(t, rdb, nil)
 			ctx := context.Background()
 			settled, other := "tok1 1 a", "tok2 1 b"
 			if err := rdb.RPush(ctx, g.keys[2], settled, other).Err(); err != nil {
@@ -217,8 +223,11 @@ func TestGatherCloseMidBatch(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	c := New(rdb, nil)
 	called := make(chan struct{})
+	var once sync.Once
 	load := func(ctx context.Context, keys []string) (map[string]string, error) {
-		close(called)
+		// Called again, its ctx ended, by a Get that claims the key once
+		// the batch failed as the Cache closed.
+		once.Do(func() { close(called) })
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}
@@ -255,11 +264,7 @@ func TestGatherPopKeepsListsAlive(t *testing.T) {
 	for _, leader := range []bool{true, false} {
 		t.Run(fmt.Sprintf("leader=%v", leader), func(t *testing.T) {
 			_, rdb := redistest.Mini(t)
-			c := New(rdb, &Options{LockTTL: time.Second})
-			defer c.Close()
-			bt := NewBatcher(c, func(context.Context, []string) (map[string]string, error) { return nil, nil },
-				&BatchOptions{FleetWide: true, Name: "n", MaxSize: 1})
-			g := bt.b.fleet
+			c, g := handGatherer(t, rdb, &Options{LockTTL: time.Second})
 			ctx := context.Background()
 			holder := g.token
 			if !leader {
@@ -291,29 +296,6 @@ func TestGatherPopKeepsListsAlive(t *testing.T) {
 	}
 }
 
-// holdPop holds its client's next pop (a gather script call in mode 'g')
-// until release is closed, once held is closed.
-type holdPop struct {
-	held, release chan struct{}
-	once          sync.Once
-}
-
-func (h *holdPop) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *holdPop) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-func (h *holdPop) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if a := cmd.Args(); len(a) > 9 && a[9] == gatherPop && strings.HasPrefix(cmd.Name(), "eval") {
-			h.once.Do(func() {
-				close(h.held)
-				<-h.release
-			})
-		}
-		return next(ctx, cmd)
-	}
-}
-
 // TestGatherSettledOwnedByCall: a loop's last call and the next loop's
 // pop, in flight together (a loop ends as another starts: a failed pop,
 // a lease lost), each send the settled items they took, and forget only
@@ -322,15 +304,11 @@ func (h *holdPop) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 // the gatherer's lock when they were gone: the Batcher hung for good).
 func TestGatherSettledOwnedByCall(t *testing.T) {
 	_, rdb := redistest.Mini(t)
-	hook := &holdPop{held: make(chan struct{}), release: make(chan struct{})}
-	rdb.AddHook(hook)
-	c := New(rdb, nil)
-	defer c.Close()
-	bt := NewBatcher(c, func(context.Context, []string) (map[string]string, error) { return nil, nil },
-		&BatchOptions{FleetWide: true, Name: "n"})
-	g := bt.b.fleet
-	ctx := context.Background()
 	items := []string{"tok1 1 a", "tok2 1 b", "tok3 1 c"}
+	hook := redistest.NewHoldScript(items[0]) // the pop that carries it
+	rdb.AddHook(hook)
+	_, g := handGatherer(t, rdb, nil)
+	ctx := context.Background()
 	if err := rdb.RPush(ctx, g.keys[2], items).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +322,7 @@ func TestGatherSettledOwnedByCall(t *testing.T) {
 		defer close(popped)
 		g.pop(ctx, &gatherLoop{})
 	}()
-	<-hook.held
+	<-hook.Held
 	// The other loop's batch ends, and that loop's last call goes, while
 	// the pop is on its way.
 	g.mu.Lock()
@@ -354,7 +332,7 @@ func TestGatherSettledOwnedByCall(t *testing.T) {
 	g.mu.Lock()
 	g.settled = append(g.settled, items[2]) // settled after finish's call
 	g.mu.Unlock()
-	close(hook.release)
+	close(hook.Release)
 	<-popped
 	left := rdb.LRange(ctx, g.keys[2], 0, -1).Val()
 	g.mu.Lock()

@@ -12,15 +12,17 @@ import (
 // HoldScript is a go-redis hook that holds back the first script call
 // (EVALSHA) whose arguments name Name, once armed, until Release is
 // closed: a call on its way, for a test of what its caller does meanwhile.
+// Held is closed once it holds the call.
 type HoldScript struct {
 	Name    string
 	Release chan struct{}
+	Held    chan struct{}
 	armed   atomic.Bool
 }
 
 // NewHoldScript returns a HoldScript for name, armed.
 func NewHoldScript(name string) *HoldScript {
-	h := &HoldScript{Name: name, Release: make(chan struct{})}
+	h := &HoldScript{Name: name, Release: make(chan struct{}), Held: make(chan struct{})}
 	h.armed.Store(true)
 	return h
 }
@@ -37,6 +39,7 @@ func (h *HoldScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 func (h *HoldScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		if cmd.Name() == "evalsha" && strings.Contains(fmt.Sprint(cmd.Args()), h.Name) && h.armed.CompareAndSwap(true, false) {
+			close(h.Held)
 			<-h.Release
 		}
 		return next(ctx, cmd)
