@@ -156,8 +156,16 @@ func (b *Budget) accept(ctx context.Context) {
 		return
 	}
 	b.later(func() {
-		defer b.learner.busy.Store(false)
-		_ = b.report()
+		for {
+			_ = b.report()
+			b.learner.busy.Store(false)
+			// The calls accepted while the report was on its way found it
+			// busy: a whole batch of them goes now, not at the next accept
+			// (which may be long in coming).
+			if b.learner.accepted.Load() < reportEvery || b.learner.busy.Swap(true) {
+				return
+			}
+		}
 	})
 }
 

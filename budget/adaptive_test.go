@@ -427,3 +427,27 @@ func TestAdaptiveAcceptedOnce(t *testing.T) {
 	observeTwice(8)
 	redistest.WaitFor(t, "the report", func() bool { _, _, lu := learned(t, e); return lu == 16 })
 }
+
+// TestAdaptiveReportsWhileBusy: the calls accepted while a report is on
+// its way (their accept finds it busy) are reported once it returns, a
+// whole batch of them, rather than wait for the next accepted call, which
+// may never come: the learned rate rose by one batch only.
+func TestAdaptiveReportsWhileBusy(t *testing.T) {
+	e := newAdaptive(t, "busy")
+	hold := redistest.NewHoldScript("grow")
+	e.rdb.AddHook(hold)
+	ctx := context.Background()
+	e.observe(t, ctx, nil, http.StatusTooManyRequests) // a rate to raise
+	rec := &recorder{}
+	rec.watch(e.b)
+	bookTwo(t, e.b, rec) // demand meets the rate
+	for range 16 {
+		e.observe(t, ctx, nil, http.StatusOK)
+	}
+	<-hold.Held // the first report, on its way
+	for range 16 {
+		e.observe(t, ctx, nil, http.StatusOK)
+	}
+	close(hold.Release)
+	redistest.WaitFor(t, "both batches reported", func() bool { _, _, lu := learned(t, e); return lu >= 32 })
+}
