@@ -166,6 +166,13 @@ func TestFleetWideRedisDown(t *testing.T) {
 	}
 }
 
+// cutOffClient returns a client of a server reaching Redis through p, which
+// a test cuts off: it gives up on a call within 200ms, and never retries.
+func cutOffClient(p *redistest.Proxy) *redis.Client {
+	return redis.NewClient(&redis.Options{Addr: p.Addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
+		ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond})
+}
+
 // TestFleetWideGathererDies: the gatherer loses its connection to Redis in
 // the middle of its batches (its loader called, never to settle), perhaps
 // with keys queued: another server takes the gatherer's lease once it runs
@@ -176,9 +183,7 @@ func TestFleetWideGathererDies(t *testing.T) {
 	p := redistest.NewProxy(t, s.Addr())
 	opt := &fill.Options{LockTTL: 30 * time.Second}
 	bo := fill.BatchOptions{Name: "users", Window: 10 * time.Millisecond}
-	dead, deadLoads, _ := fleetBatchers(t, []redis.UniversalClient{
-		redis.NewClient(&redis.Options{Addr: p.Addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
-			ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond})}, opt, bo, 0)
+	dead, deadLoads, _ := fleetBatchers(t, []redis.UniversalClient{cutOffClient(p)}, opt, bo, 0)
 	deadLoads[0].gate = make(chan struct{})
 	live, liveLoads, _ := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil), s.Client(t, nil)}, opt, bo, 0)
 	ctx := redistest.Context(t, 30*time.Second)

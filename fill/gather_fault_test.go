@@ -61,6 +61,32 @@ func (h *failPop) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	}
 }
 
+// joinGatherer makes gatherer the fleet's gatherer (a Get of its own, with
+// mine, takes the lease) and has other Get key, until the gatherer's loader,
+// loads, is called for it. It returns the outcome of other's Get, once
+// there: an error unless the value is key's.
+func joinGatherer(t *testing.T, ctx, mine context.Context, rdb *redis.Client, gatherer *fill.Batcher[string],
+	loads *batchLoader, other *fill.Batcher[string], key string) <-chan error {
+	t.Helper()
+	go func() { _, _ = gatherer.Get(mine, "g:"+key) }()
+	redistest.WaitFor(t, "the gatherer's lease", func() bool {
+		return rdb.Exists(ctx, "__locksmith:{batch:users}:gatherer").Val() == 1
+	})
+	got := make(chan error, 1)
+	go func() {
+		v, err := other.Get(ctx, key)
+		if err == nil && v != "v:"+key {
+			err = errors.New("got " + v)
+		}
+		got <- err
+	}()
+	redistest.WaitFor(t, "the gatherer's loader called for "+key, func() bool {
+		_, keys := loads.loaded()
+		return slices.Contains(keys, key)
+	})
+	return got
+}
+
 // TestFleetWideFailedPopMidBatch: a pop that fails while the gatherer's
 // batch loads (a timeout, a failover) does not end its loop, which would
 // leave its lease to run out and another server to take the batch over
@@ -78,22 +104,7 @@ func TestFleetWideFailedPopMidBatch(t *testing.T) {
 	ctx := redistest.Context(t, 30*time.Second)
 	// The gatherer's own caller leaves: only the other server waits.
 	left, leave := context.WithCancel(ctx)
-	go func() { _, _ = gatherer[0].Get(left, "g0") }()
-	redistest.WaitFor(t, "the gatherer's lease", func() bool {
-		return s.Client(t, nil).Exists(ctx, "__locksmith:{batch:users}:gatherer").Val() == 1
-	})
-	got := make(chan error, 1)
-	go func() {
-		v, err := other[0].Get(ctx, "k1")
-		if err == nil && v != "v:k1" {
-			err = errors.New("got " + v)
-		}
-		got <- err
-	}()
-	redistest.WaitFor(t, "the gatherer's loader called for k1", func() bool {
-		_, keys := gLoads[0].loaded()
-		return slices.Contains(keys, "k1")
-	})
+	got := joinGatherer(t, ctx, left, s.Client(t, nil), gatherer[0], gLoads[0], other[0], "k1")
 	leave()
 	hook.armed.Store(true)
 	redistest.WaitFor(t, "the armed pop", func() bool { return hook.failed.Load() })
@@ -116,9 +127,7 @@ func TestFleetWideHandOffTakesLapsedLease(t *testing.T) {
 	s := redistest.Start(t, nil)
 	p := redistest.NewProxy(t, s.Addr())
 	bo := fill.BatchOptions{Name: "users", Window: 10 * time.Millisecond}
-	dead, deadLoads, _ := fleetBatchers(t, []redis.UniversalClient{
-		redis.NewClient(&redis.Options{Addr: p.Addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
-			ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond})}, nil, bo, 0)
+	dead, deadLoads, _ := fleetBatchers(t, []redis.UniversalClient{cutOffClient(p)}, nil, bo, 0)
 	deadLoads[0].gate = make(chan struct{})
 	defer close(deadLoads[0].gate)
 	live, liveLoads, _ := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil), s.Client(t, nil)}, nil, bo, 0)
@@ -126,22 +135,7 @@ func TestFleetWideHandOffTakesLapsedLease(t *testing.T) {
 	rdb := s.Client(t, nil)
 	gone, giveUp := context.WithCancel(ctx)
 	defer giveUp()
-	go func() { _, _ = dead[0].Get(gone, "d0") }()
-	redistest.WaitFor(t, "the gatherer's lease", func() bool {
-		return rdb.Exists(ctx, "__locksmith:{batch:users}:gatherer").Val() == 1
-	})
-	got := make(chan error, 1)
-	go func() {
-		v, err := live[0].Get(ctx, "b1")
-		if err == nil && v != "v:b1" {
-			err = errors.New("got " + v)
-		}
-		got <- err
-	}()
-	redistest.WaitFor(t, "the gatherer's loader called for b1", func() bool {
-		_, keys := deadLoads[0].loaded()
-		return slices.Contains(keys, "b1")
-	})
+	got := joinGatherer(t, ctx, gone, rdb, dead[0], deadLoads[0], live[0], "b1")
 	// The gatherer is cut off; its lease runs out now, and the next
 	// server to miss a key hands it off at once.
 	giveUp()
