@@ -392,24 +392,42 @@ func (b *Budget) closeConc() {
 	}
 }
 
-// awaitSlot sleeps while the caller id is in line for a concurrency slot:
-// until a wake-up names it, for at most d when d >= 0 (the head of the line:
-// the earliest lease's end, when a slot may come back without a word), or
-// until ctx ends or the Budget closes. While the budget's subscription is
-// not confirmed, a wake-up may be missed: the caller looks again once it is.
-func (b *Budget) awaitSlot(ctx context.Context, id string, d time.Duration) error {
-	ch := b.conc.wakeup(id)
-	var ready, moved <-chan struct{}
+// slotWatch is what a caller in line for a concurrency slot watches
+// besides its wake-up, taken before its booking is sent (see watchSlot).
+type slotWatch struct {
+	ready <-chan struct{} // closed once the budget's subscription is confirmed; nil when it was
+	gone  <-chan struct{} // closed once a key of the pool is removed; nil without Keys
+}
+
+// watchSlot returns what a booking about to be sent watches should it be
+// put in line: taken after the booking, a removal of the last key or a
+// subscription confirmed (a wake-up published before it lost) while the
+// booking was on its way went unseen, and the caller waited for a wake-up
+// that never came.
+func (b *Budget) watchSlot() slotWatch {
+	var sw slotWatch
 	if !b.listening() {
-		ready = b.listener.Ready()
+		sw.ready = b.listener.Ready()
 	}
 	if b.pool != nil {
 		// A key removed may leave the caller no key to wait for: it
 		// looks again, and fails with ErrNoKeys then.
 		b.mu.Lock()
-		moved = b.keysGone
+		sw.gone = b.keysGone
 		b.mu.Unlock()
 	}
+	return sw
+}
+
+// awaitSlot sleeps while the caller id is in line for a concurrency slot:
+// until a wake-up names it, for at most d when d >= 0 (the head of the line:
+// the earliest lease's end, when a slot may come back without a word), or
+// until ctx ends or the Budget closes. While the budget's subscription is
+// not confirmed, a wake-up may be missed: the caller looks again once it is;
+// it looks again too once a key of the pool is removed (sw, taken before
+// the booking that put it in line).
+func (b *Budget) awaitSlot(ctx context.Context, id string, d time.Duration, sw slotWatch) error {
+	ch := b.conc.wakeup(id)
 	var tick <-chan time.Time
 	if d >= 0 {
 		timer := time.NewTimer(d)
@@ -419,9 +437,9 @@ func (b *Budget) awaitSlot(ctx context.Context, id string, d time.Duration) erro
 	select {
 	case <-ch:
 		return nil
-	case <-ready:
+	case <-sw.ready:
 		return nil
-	case <-moved:
+	case <-sw.gone:
 		return nil
 	case <-tick:
 		return nil

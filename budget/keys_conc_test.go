@@ -575,6 +575,60 @@ func TestRemoveLastKeyWhileInLine(t *testing.T) {
 	}
 }
 
+// TestRemoveKeyWhileBookingInLine: a caller whose booking put it in line
+// as the pool's last key was removed (the booking ran in Redis, its reply
+// still on its way) fails with ErrNoKeys once the reply comes. It used to
+// watch for removals only from the reply on: the removal, already past,
+// went unseen, and the caller, second in line, waited for a wake-up that
+// no one would send.
+func TestRemoveKeyWhileBookingInLine(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	// A lease longer than the test: no renewal, no lease's end, wakes the
+	// callers in line.
+	b := newBudget(t, rdb, "last-key-booking", fast,
+		&budget.Options{Keys: []string{"key-a"}, Concurrency: 1, SlotLease: time.Minute})
+	ctx := redistest.Context(t, 20*time.Second)
+	h, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Done(ctx)
+	errs := make(chan error, 2)
+	reserve := func() {
+		_, err := b.Reserve(ctx, budget.Foreground, budget.Cost{})
+		errs <- err
+	}
+	go reserve()
+	redistest.WaitFor(t, "the first caller in line", func() bool { return s.Do(t, "ZCARD", budget.Key(b)+":queue") == int64(1) })
+	gate := redistest.NewHoldScript("last-key-booking")
+	gate.Ran = true
+	rdb.AddHook(gate)
+	go reserve()
+	select {
+	case <-gate.Held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second booking was not held")
+	}
+	if n := s.Do(t, "ZCARD", budget.Key(b)+":queue"); n != int64(2) {
+		t.Fatalf("%v callers in line with the second booking's reply held; want 2", n)
+	}
+	if err := b.Remove(ctx, "key-a"); err != nil {
+		t.Fatal(err)
+	}
+	close(gate.Release)
+	for i := range 2 {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, budget.ErrNoKeys) {
+				t.Errorf("a caller in line: %v; want ErrNoKeys", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("caller %d of 2 in line still waits 5 s after every key was removed", i+1)
+		}
+	}
+}
+
 // TestNoKeyLeavesLine: a caller in line that fails with ErrNoKeys (its
 // server's keys all removed) leaves the fleet's line at once: the caller
 // behind it, on a server with another key, gets that key's free slot. Its

@@ -118,6 +118,10 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		// A pause announced before the subscription was confirmed, or
 		// while messages were lost, is read before going.
 		listening, lost := b.listening(), b.lost.Load()
+		var sw slotWatch
+		if w.cid != "" {
+			sw = b.watchSlot()
+		}
 		r, err := b.book(ctx, p, place, w)
 		if err == nil && r.kind == booked && r.wait > 0 {
 			d, ok := b.lead.until(r.slot, time.Now())
@@ -154,7 +158,7 @@ func (b *Budget) wait(ctx context.Context, op string, p Priority, w want) (booki
 		case queued:
 			// In line for a concurrency slot: a wake-up naming this caller,
 			// or the earliest lease's end, sends it to look again.
-			if err := b.awaitSlot(ctx, w.cid, r.wait); err != nil {
+			if err := b.awaitSlot(ctx, w.cid, r.wait, sw); err != nil {
 				b.abandon(r, err)
 				return booking{}, err
 			}
