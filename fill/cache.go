@@ -51,6 +51,11 @@ type Cache struct {
 	// could serve (fresh, no stale window), in millionths: a decaying
 	// average that decides whether reads go by GET first (see look).
 	answered atomic.Int64
+	// polls holds a token for each look a waiting flight makes only
+	// because its PollInterval passed (see waiter.step): half the client's
+	// pool at most, so that however many flights wait, the loads they wait
+	// for (claims, pops, settles) still find a connection.
+	polls chan struct{}
 
 	mu         sync.Mutex // guards closed and wg.Add
 	closed     bool
@@ -79,6 +84,9 @@ func New(rdb redis.UniversalClient, opt *Options) *Cache {
 		swrArg:       lease.Millis(o.StaleWhileRevalidate),
 		sieArg:       lease.Millis(o.StaleIfError),
 		pttlArg:      "0",
+	}
+	if rdb != nil {
+		c.polls = make(chan struct{}, max(1, redisx.PoolSize(rdb)/2))
 	}
 	switch rdb.(type) {
 	case *redis.Client:

@@ -130,6 +130,12 @@ type waiter struct {
 	first *look       // a look already made, taken as the first step's
 	sub   *notify.Sub // the key's subscription, when made before the wait
 
+	// looks counts the steps; must, the first ones that look whatever
+	// (the first, and the one once the subscription is ready); told, a
+	// message asked for a look. Any other look only polls (see step).
+	looks, must int
+	told        bool
+
 	// Written by the steps.
 	missed    bool      // the miss was counted: a value found now is another server's
 	waitStart time.Time // when the flight first found the key held or stale
@@ -163,6 +169,10 @@ func (w *waiter) afterHeld(sub *notify.Sub, since time.Time) {
 
 // run waits, then hands the key to a leader if the flight claimed it.
 func (w *waiter) run() outcome {
+	w.must = 2
+	if w.sub != nil {
+		w.must = 1
+	}
 	err := w.c.hub.AwaitSub(w.wctx, w.j.ks.lock, w.sub, w.step, w.message)
 	if !w.waitStart.IsZero() && w.claimed == nil {
 		werr := err
@@ -193,9 +203,27 @@ var stepDone = notify.Step{Done: true}
 // says whether the flight is done or how long to wait for a message.
 func (w *waiter) step() (notify.Step, error) {
 	var l look
-	if w.first != nil {
+	w.looks++
+	poll := w.looks > w.must && !w.told
+	w.told = false
+	switch {
+	case w.first != nil:
 		l, w.first = *w.first, nil
-	} else {
+	case poll:
+		// A look because PollInterval passed, no message having come:
+		// it finds out what a lost message would have said, or that the
+		// holder died. Skipped while half the pool polls already, so
+		// that many waiting flights cannot starve the loads they wait
+		// for of connections (their looks queued in the pool past its
+		// timeout, the loads' calls behind them).
+		select {
+		case w.c.polls <- struct{}{}:
+		default:
+			return notify.Step{Wait: jittered(w.c.opt.PollInterval)}, nil
+		}
+		l = w.c.look(w.rctx, w.j.ks, w.token, w.j.o, modeRead, w.awaited)
+		<-w.c.polls
+	default:
 		l = w.c.look(w.rctx, w.j.ks, w.token, w.j.o, modeRead, w.awaited)
 	}
 	if l.err != nil {
@@ -284,6 +312,7 @@ func (w *waiter) take(body string) bool {
 // message handles a message on the key's channel: true when it ends the
 // flight.
 func (w *waiter) message(p string) (bool, error) {
+	w.told = true // the next look, if any, is no poll
 	kind, body := lease.ParseMessage(p)
 	switch kind {
 	case lease.Value:

@@ -1,9 +1,13 @@
 package fill_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -439,4 +443,90 @@ func TestFleetWideBatchOverUnpack(t *testing.T) {
 		t.Fatalf("%d of %d Gets failed; %d keys loaded in %d calls", fails.Load(), n, loaded.Load(), calls.Load())
 	}
 	t.Logf("%d keys in %d loader calls", n, calls.Load())
+}
+
+// TestPollsLeaveRoomForLoads: flights waiting by push look at their keys
+// again every PollInterval; with more waiting than Redis answers looks
+// per PollInterval, those looks used to take every connection of the
+// client's pool, and the gatherer's pop and its batch's settle waited
+// behind them past the pool's timeout, tried again, and waited again (the
+// settle's values were lost as failures): the keys everyone waited for
+// were never loaded. Looks that only poll take at most half the pool.
+func TestPollsLeaveRoomForLoads(t *testing.T) {
+	s := redistest.Start(t, nil)
+	// A slow Redis: each script call (or pipeline of them) holds its
+	// connection 2ms, so the pool answers about 2,000 a second, fewer than
+	// the 30,000 a second that 3,000 flights polling every 100ms ask for.
+	rdb := s.Client(t, &redis.Options{PoolSize: 4, PoolTimeout: 200 * time.Millisecond,
+		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, network, addr)
+			return slowConn{conn}, err
+		}})
+	var logged bytes.Buffer
+	var logMu sync.Mutex
+	logger := slog.New(slog.NewTextHandler(&lockedWriter{mu: &logMu, w: &logged}, nil))
+	c := newCache(t, rdb, &fill.Options{PollInterval: 100 * time.Millisecond, Logger: logger})
+	var calls, loaded atomic.Int32
+	bt := fill.NewBatcher(c, func(_ context.Context, keys []string) (map[string]int, error) {
+		calls.Add(1)
+		loaded.Add(int32(len(keys)))
+		time.Sleep(time.Second)
+		m := make(map[string]int, len(keys))
+		for _, k := range keys {
+			m[k] = 1
+		}
+		return m, nil
+	}, &fill.BatchOptions{FleetWide: true, Name: "polled", Window: 20 * time.Millisecond, MaxSize: 5000})
+	const n = 3000
+	ctx := redistest.Context(t, 30*time.Second)
+	var wg sync.WaitGroup
+	var fails atomic.Int32
+	get := func(i int) {
+		wg.Go(func() {
+			if _, err := bt.Get(ctx, fmt.Sprint("k", i)); err != nil {
+				if fails.Add(1) == 1 {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	for i := range n - 10 {
+		get(i)
+	}
+	// Ten more keys once the first batch loads and its keys' waiters poll:
+	// their batch needs a pop.
+	redistest.WaitFor(t, "the first batch's load", func() bool { return calls.Load() == 1 })
+	time.Sleep(300 * time.Millisecond) // a few PollIntervals (the state under test: no condition to wait on)
+	for i := n - 10; i < n; i++ {
+		get(i)
+	}
+	wg.Wait()
+	if fails.Load() > 0 || loaded.Load() != n {
+		logMu.Lock()
+		defer logMu.Unlock()
+		t.Fatalf("%d of %d Gets failed; %d keys loaded in %d calls; logged:\n%s", fails.Load(), n, loaded.Load(), calls.Load(), logged.String())
+	}
+}
+
+// slowConn holds its connection 2ms before each write of a script call.
+type slowConn struct{ net.Conn }
+
+func (c slowConn) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("evalsha")) {
+		time.Sleep(2 * time.Millisecond)
+	}
+	return c.Conn.Write(p)
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

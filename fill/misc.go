@@ -21,6 +21,12 @@ func (c *Cache) jitter(ttl time.Duration) time.Duration {
 	return ttl - time.Duration(rand.Int64N(span+1))
 }
 
+// jittered returns d give or take half of it, at random: waits that began
+// together end apart.
+func jittered(d time.Duration) time.Duration {
+	return d/2 + time.Duration(rand.Int64N(int64(d)+1))
+}
+
 // limitText shortens an error text sent to other servers.
 func limitText(s string) string {
 	const limit = 1 << 10

@@ -118,11 +118,24 @@ func rerunFlushed(ctx context.Context, rdb redis.Scripter, script *redis.Script,
 			again = append(again, i)
 		}
 	}
-	if len(again) == 0 || script.Load(ctx, rdb).Err() != nil {
+	if len(again) == 0 {
 		return
 	}
-	more, err := exec(again)
+	// Tried again as the calls are: a load that fails for a busy pool or
+	// a lost connection is no refusal of the calls, and their NOSCRIPT
+	// gives way to its error (a store that met NOSCRIPT would otherwise
+	// count as one Redis refused, and fail its waiters).
+	_, err := lease.Retry(ctx, func(ctx context.Context, _ bool) (string, error) {
+		return script.Load(ctx, rdb).Result()
+	})
+	var more []*redis.Cmd
+	if err == nil {
+		more, err = exec(again)
+	}
 	if err != nil {
+		for _, i := range again {
+			replies[i].SetErr(err)
+		}
 		return
 	}
 	for k, i := range again {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -465,4 +466,23 @@ func CheckPrefix(prefix string) error {
 		}
 	}
 	return nil
+}
+
+// PoolSize returns the size of rdb's connection pool (per node on a
+// Cluster or a Ring), its options' default filled in; 10 per CPU when rdb's
+// type does not say.
+func PoolSize(rdb redis.UniversalClient) int {
+	n := 0
+	switch r := rdb.(type) {
+	case *redis.Client:
+		n = r.Options().PoolSize
+	case *redis.ClusterClient:
+		n = r.Options().PoolSize
+	case *redis.Ring:
+		n = r.Options().PoolSize
+	}
+	if n <= 0 {
+		n = 10 * runtime.GOMAXPROCS(0)
+	}
+	return n
 }
