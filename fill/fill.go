@@ -203,32 +203,31 @@ var stepDone = notify.Step{Done: true}
 // says whether the flight is done or how long to wait for a message.
 func (w *waiter) step() (notify.Step, error) {
 	var l look
+	told := w.told
 	w.looks++
-	poll := w.looks > w.must && !w.told
 	w.told = false
 	switch {
 	case w.first != nil:
 		l, w.first = *w.first, nil
-	case poll:
+	case w.looks > w.must && !told:
 		// A look because PollInterval passed, no message having come:
 		// it finds out what a lost message would have said, or that the
 		// holder died. Skipped while half the pool polls already, so
 		// that many waiting flights cannot starve the loads they wait
 		// for of connections (their looks queued in the pool past its
 		// timeout, the loads' calls behind them).
-		select {
-		case w.c.polls <- struct{}{}:
-		default:
+		var ok bool
+		if l, ok = w.poll(); !ok {
 			return notify.Step{Wait: jittered(w.c.opt.PollInterval)}, nil
 		}
-		l = w.c.look(w.rctx, w.j.ks, w.token, w.j.o, modeRead, w.awaited)
-		<-w.c.polls
 	default:
 		l = w.c.look(w.rctx, w.j.ks, w.token, w.j.o, modeRead, w.awaited)
 	}
 	if l.err != nil {
 		if redisx.Classify(l.err) == redisx.Saturated {
-			// Redis is up; the client's pool is full: wait our turn.
+			// Redis is up; the client's pool is full: wait our turn. A
+			// look that had to be made still has to be.
+			w.looks, w.told = w.looks-1, told
 			return notify.Step{Wait: saturatedWait}, nil
 		}
 		return notify.Step{}, l.err
@@ -268,6 +267,18 @@ func (w *waiter) step() (notify.Step, error) {
 	w.miss()
 	w.awaited = l.r.holder
 	return notify.Step{Wait: min(l.r.pttl, w.c.opt.PollInterval)}, nil
+}
+
+// poll looks at the key, holding one of the Cache's poll tokens; false,
+// without a look, when none is free.
+func (w *waiter) poll() (look, bool) {
+	select {
+	case w.c.polls <- struct{}{}:
+	default:
+		return look{}, false
+	}
+	defer func() { <-w.c.polls }() // a hook's panic or Goexit frees it too
+	return w.c.look(w.rctx, w.j.ks, w.token, w.j.o, modeRead, w.awaited), true
 }
 
 // stale is the step of a look that found a stale value.

@@ -456,7 +456,7 @@ func TestPollsLeaveRoomForLoads(t *testing.T) {
 	s := redistest.Start(t, nil)
 	// A slow Redis: each script call (or pipeline of them) holds its
 	// connection 2ms, so the pool answers about 2,000 a second, fewer than
-	// the 30,000 a second that 3,000 flights polling every 100ms ask for.
+	// the 150,000 a second that 3,000 flights polling every 20ms ask for.
 	rdb := s.Client(t, &redis.Options{PoolSize: 4, PoolTimeout: 200 * time.Millisecond,
 		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var d net.Dialer
@@ -466,7 +466,7 @@ func TestPollsLeaveRoomForLoads(t *testing.T) {
 	var logged bytes.Buffer
 	var logMu sync.Mutex
 	logger := slog.New(slog.NewTextHandler(&lockedWriter{mu: &logMu, w: &logged}, nil))
-	c := newCache(t, rdb, &fill.Options{PollInterval: 100 * time.Millisecond, Logger: logger})
+	c := newCache(t, rdb, &fill.Options{PollInterval: 20 * time.Millisecond, Logger: logger})
 	var calls, loaded atomic.Int32
 	bt := fill.NewBatcher(c, func(_ context.Context, keys []string) (map[string]int, error) {
 		calls.Add(1)
@@ -496,13 +496,15 @@ func TestPollsLeaveRoomForLoads(t *testing.T) {
 	}
 	// Ten more keys once the first batch loads and its keys' waiters poll:
 	// their batch needs a pop.
-	redistest.WaitFor(t, "the first batch's load", func() bool { return calls.Load() == 1 })
+	redistest.WaitFor(t, "the first batch's load", func() bool { return calls.Load() >= 1 })
 	time.Sleep(300 * time.Millisecond) // a few PollIntervals (the state under test: no condition to wait on)
 	for i := n - 10; i < n; i++ {
 		get(i)
 	}
 	wg.Wait()
-	if fails.Load() > 0 || loaded.Load() != n {
+	// Each key once, unless a batch outlived the gatherer's lease on a
+	// busy host (then loaded again by design): every Get succeeds.
+	if fails.Load() > 0 || loaded.Load() < n {
 		logMu.Lock()
 		defer logMu.Unlock()
 		t.Fatalf("%d of %d Gets failed; %d keys loaded in %d calls; logged:\n%s", fails.Load(), n, loaded.Load(), calls.Load(), logged.String())

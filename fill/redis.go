@@ -110,8 +110,16 @@ func isNoScript(err error) bool {
 // place; exec sends the commands of the given indexes of replies. A
 // pipelined EVALSHA has no EVAL fallback: without this, each such key
 // would cost a round trip of its own.
+//
+// Without settle, one load is tried, and a failure leaves the NOSCRIPT
+// replies for the caller to send one by one (with EVAL's fallback). With
+// settle (ctx bounds it), the load is tried again as the calls are, and a
+// failure to load or to send again takes the place of their NOSCRIPT: a
+// load that failed for a busy pool or a lost connection is no refusal of
+// the calls (a store that met NOSCRIPT would otherwise count as one Redis
+// refused, and fail its waiters).
 func rerunFlushed(ctx context.Context, rdb redis.Scripter, script *redis.Script, replies []*redis.Cmd,
-	exec func(idx []int) ([]*redis.Cmd, error)) {
+	exec func(idx []int) ([]*redis.Cmd, error), settle bool) {
 	var again []int
 	for i, cmd := range replies {
 		if isNoScript(cmd.Err()) {
@@ -121,20 +129,23 @@ func rerunFlushed(ctx context.Context, rdb redis.Scripter, script *redis.Script,
 	if len(again) == 0 {
 		return
 	}
-	// Tried again as the calls are: a load that fails for a busy pool or
-	// a lost connection is no refusal of the calls, and their NOSCRIPT
-	// gives way to its error (a store that met NOSCRIPT would otherwise
-	// count as one Redis refused, and fail its waiters).
-	_, err := lease.Retry(ctx, func(ctx context.Context, _ bool) (string, error) {
-		return script.Load(ctx, rdb).Result()
-	})
+	var err error
+	if settle {
+		_, err = lease.Retry(ctx, func(ctx context.Context, _ bool) (string, error) {
+			return script.Load(ctx, rdb).Result()
+		})
+	} else {
+		err = script.Load(ctx, rdb).Err()
+	}
 	var more []*redis.Cmd
 	if err == nil {
 		more, err = exec(again)
 	}
 	if err != nil {
-		for _, i := range again {
-			replies[i].SetErr(err)
+		if settle {
+			for _, i := range again {
+				replies[i].SetErr(err)
+			}
 		}
 		return
 	}

@@ -329,7 +329,7 @@ func (c *Cache) settleMany(ctx context.Context, stores []storeCall, fails []sett
 	}
 	replies, err := exec(upTo(len(reqs)))
 	if err == nil {
-		rerunFlushed(ctx, c.rdb.Redis(), settleScript, replies, exec)
+		rerunFlushed(ctx, c.rdb.Redis(), settleScript, replies, exec, true)
 	}
 	for i, r := range reqs {
 		var s settled
