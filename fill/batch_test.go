@@ -763,3 +763,63 @@ func TestBatchLoaderNotFound(t *testing.T) {
 		t.Errorf("second GetMany: %v, %d loader calls; want the cached absence, 1 call", err, calls.Load())
 	}
 }
+
+// failScriptLoad fails every SCRIPT LOAD, as a client whose pool is busy,
+// or a Cluster with a node away (the load goes to every node), would.
+type failScriptLoad struct{}
+
+func (failScriptLoad) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (failScriptLoad) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if a := cmd.Args(); len(a) > 1 && cmd.Name() == "script" && fmt.Sprint(a[1]) == "load" {
+			cmd.SetErr(io.ErrUnexpectedEOF)
+			return io.ErrUnexpectedEOF
+		}
+		return next(ctx, cmd)
+	}
+}
+func (failScriptLoad) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestGetManySettleScriptLoadFails: a batch's settle that meets NOSCRIPT
+// (Redis lost its scripts during the load) and then cannot load the
+// script stores each value alone, with EVAL's fallback. It used to report
+// NOSCRIPT as Redis refusing the values: nothing was stored, and each
+// key's waiters got the failure "value not stored".
+func TestGetManySettleScriptLoadFails(t *testing.T) {
+	m, _ := redistest.Mini(t)
+	rdb := redistest.Client(t, m.Addr())
+	c := newCache(t, rdb, nil)
+	ctx := redistest.Context(t, 20*time.Second)
+	bl := &batchLoader{}
+	if _, err := fill.GetMany(ctx, c, []string{"warm-up"}, bl.load); err != nil {
+		t.Fatal(err)
+	}
+	rdb.AddHook(failScriptLoad{})
+	direct := redistest.Client(t, m.Addr())
+	keys := []string{"a", "b", "c"}
+	got, err := fill.GetMany(ctx, c, keys, func(ctx context.Context, keys []string) (map[string]string, error) {
+		// The claims ran; the settle will meet NOSCRIPT.
+		if err := direct.ScriptFlush(ctx).Err(); err != nil {
+			return nil, err
+		}
+		out := make(map[string]string, len(keys))
+		for _, k := range keys {
+			out[k] = "v:" + k
+		}
+		return out, nil
+	})
+	if err != nil || len(got) != len(keys) {
+		t.Fatalf("got %v, %v", got, err)
+	}
+	other := newCache(t, redistest.Client(t, m.Addr()), nil)
+	for _, k := range keys {
+		v, err := fill.Get(ctx, other, k, func(context.Context) (string, error) {
+			return "", fmt.Errorf("%s loaded again: its value was not stored", k)
+		})
+		if err != nil || v != "v:"+k {
+			t.Errorf("another server's Get(%s) = %q, %v; want the stored value", k, v, err)
+		}
+	}
+}

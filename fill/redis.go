@@ -111,42 +111,21 @@ func isNoScript(err error) bool {
 // pipelined EVALSHA has no EVAL fallback: without this, each such key
 // would cost a round trip of its own.
 //
-// Without settle, one load is tried, and a failure leaves the NOSCRIPT
-// replies for the caller to send one by one (with EVAL's fallback). With
-// settle (ctx bounds it), the load is tried again as the calls are, and a
-// failure to load or to send again takes the place of their NOSCRIPT: a
-// load that failed for a busy pool or a lost connection is no refusal of
-// the calls (a store that met NOSCRIPT would otherwise count as one Redis
-// refused, and fail its waiters).
+// A reply left with NOSCRIPT (the load or the second send failed) is the
+// caller's to send alone, with EVAL's fallback.
 func rerunFlushed(ctx context.Context, rdb redis.Scripter, script *redis.Script, replies []*redis.Cmd,
-	exec func(idx []int) ([]*redis.Cmd, error), settle bool) {
+	exec func(idx []int) ([]*redis.Cmd, error)) {
 	var again []int
 	for i, cmd := range replies {
 		if isNoScript(cmd.Err()) {
 			again = append(again, i)
 		}
 	}
-	if len(again) == 0 {
+	if len(again) == 0 || script.Load(ctx, rdb).Err() != nil {
 		return
 	}
-	var err error
-	if settle {
-		_, err = lease.Retry(ctx, func(ctx context.Context, _ bool) (string, error) {
-			return script.Load(ctx, rdb).Result()
-		})
-	} else {
-		err = script.Load(ctx, rdb).Err()
-	}
-	var more []*redis.Cmd
-	if err == nil {
-		more, err = exec(again)
-	}
+	more, err := exec(again)
 	if err != nil {
-		if settle {
-			for _, i := range again {
-				replies[i].SetErr(err)
-			}
-		}
 		return
 	}
 	for k, i := range again {

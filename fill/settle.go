@@ -329,12 +329,19 @@ func (c *Cache) settleMany(ctx context.Context, stores []storeCall, fails []sett
 	}
 	replies, err := exec(upTo(len(reqs)))
 	if err == nil {
-		rerunFlushed(ctx, c.rdb.Redis(), settleScript, replies, exec, true)
+		rerunFlushed(ctx, c.rdb.Redis(), settleScript, replies, exec)
 	}
 	for i, r := range reqs {
 		var s settled
 		serr := err
-		if serr == nil {
+		switch {
+		case serr == nil && isNoScript(replies[i].Err()):
+			// The script could not be loaded (a busy pool, a Cluster
+			// node away): this one alone, with EVAL's fallback, tried
+			// again as a settle is. NOSCRIPT is no refusal of the
+			// value: taken for one, it failed the key's waiters.
+			s, serr = c.settle(ctx, r)
+		case serr == nil:
 			v, rerr := replies[i].Result()
 			s, serr = settleResult(r, v, rerr, retried[i])
 		}
