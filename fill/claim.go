@@ -333,7 +333,7 @@ func (c *Cache) claimMany(ctx context.Context, reqs []claimReq, o ops) []look {
 	}
 	cmds, err := exec(upTo(len(reqs)))
 	if err == nil {
-		rerunFlushed(ctx, c.rdb.Redis(), claimScript, cmds, exec)
+		rerunFlushed(ctx, c.rdb.Redis(), claimScript, cmds, exec, 0)
 	}
 	for i, q := range reqs {
 		l := &looks[i]

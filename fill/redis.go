@@ -111,17 +111,31 @@ func isNoScript(err error) bool {
 // pipelined EVALSHA has no EVAL fallback: without this, each such key
 // would cost a round trip of its own.
 //
-// A reply left with NOSCRIPT (the load or the second send failed) is the
-// caller's to send alone, with EVAL's fallback.
+// The load is tried again for up to retryFor (a busy pool, a lost
+// connection: a batch's worth of calls is worth a few tries); a reply left
+// with NOSCRIPT (the load or the second send failed) is the caller's to
+// send alone, with EVAL's fallback (a Cluster node away fails every load,
+// which goes to every node, but no EVAL on another).
 func rerunFlushed(ctx context.Context, rdb redis.Scripter, script *redis.Script, replies []*redis.Cmd,
-	exec func(idx []int) ([]*redis.Cmd, error)) {
+	exec func(idx []int) ([]*redis.Cmd, error), retryFor time.Duration) {
 	var again []int
 	for i, cmd := range replies {
 		if isNoScript(cmd.Err()) {
 			again = append(again, i)
 		}
 	}
-	if len(again) == 0 || script.Load(ctx, rdb).Err() != nil {
+	if len(again) == 0 {
+		return
+	}
+	err := script.Load(ctx, rdb).Err()
+	if err != nil && retryFor > 0 {
+		lctx, cancel := context.WithTimeout(ctx, retryFor)
+		_, err = lease.Retry(lctx, func(ctx context.Context, _ bool) (string, error) {
+			return script.Load(ctx, rdb).Result()
+		})
+		cancel()
+	}
+	if err != nil {
 		return
 	}
 	more, err := exec(again)

@@ -329,7 +329,11 @@ func (c *Cache) settleMany(ctx context.Context, stores []storeCall, fails []sett
 	}
 	replies, err := exec(upTo(len(reqs)))
 	if err == nil {
-		rerunFlushed(ctx, c.rdb.Redis(), settleScript, replies, exec)
+		retryFor := settleTimeout / 2
+		if dl, ok := ctx.Deadline(); ok {
+			retryFor = time.Until(dl) / 2 // the rest for the values left, one by one
+		}
+		rerunFlushed(ctx, c.rdb.Redis(), settleScript, replies, exec, retryFor)
 	}
 	for i, r := range reqs {
 		var s settled
