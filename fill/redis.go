@@ -114,8 +114,8 @@ func isNoScript(err error) bool {
 // The load is tried again for up to retryFor (a busy pool, a lost
 // connection: a batch's worth of calls is worth a few tries); a reply left
 // with NOSCRIPT (the load or the second send failed) is the caller's to
-// send alone, with EVAL's fallback (a Cluster node away fails every load,
-// which goes to every node, but no EVAL on another).
+// send by EVAL (a Cluster node away fails every load, which goes to every
+// node, but no EVAL on another).
 func rerunFlushed(ctx context.Context, rdb redis.Scripter, script *redis.Script, replies []*redis.Cmd,
 	exec func(idx []int) ([]*redis.Cmd, error), retryFor time.Duration) {
 	var again []int

@@ -312,12 +312,18 @@ func (c *Cache) settleMany(ctx context.Context, stores []storeCall, fails []sett
 	// retried[i]: reqs[i] was sent again after a try whose outcome is
 	// unknown (see settleResult).
 	retried := make([]bool, len(reqs))
-	exec := func(idx []int) ([]*redis.Cmd, error) {
+	// send sends reqs[idx] by EVALSHA, or by EVAL (the script's body with
+	// each: Redis caches it).
+	send := func(idx []int, eval bool) ([]*redis.Cmd, error) {
 		return lease.Retry(ctx, func(ctx context.Context, again bool) ([]*redis.Cmd, error) {
 			pipe := c.rdb.Redis().Pipeline()
 			cmds := make([]*redis.Cmd, len(idx))
 			for k, i := range idx {
-				cmds[k] = settleScript.EvalSha(ctx, pipe, reqs[i].ks.keys, c.settleArgs(reqs[i])...)
+				if eval {
+					cmds[k] = settleScript.Eval(ctx, pipe, reqs[i].ks.keys, c.settleArgs(reqs[i])...)
+				} else {
+					cmds[k] = settleScript.EvalSha(ctx, pipe, reqs[i].ks.keys, c.settleArgs(reqs[i])...)
+				}
 				retried[i] = retried[i] || again
 			}
 			_, err := pipe.Exec(ctx)
@@ -327,25 +333,39 @@ func (c *Cache) settleMany(ctx context.Context, stores []storeCall, fails []sett
 			return cmds, nil
 		})
 	}
+	exec := func(idx []int) ([]*redis.Cmd, error) { return send(idx, false) }
 	replies, err := exec(upTo(len(reqs)))
 	if err == nil {
 		retryFor := settleTimeout / 2
 		if dl, ok := ctx.Deadline(); ok {
-			retryFor = time.Until(dl) / 2 // the rest for the values left, one by one
+			retryFor = time.Until(dl) / 2 // the rest for the values left
 		}
 		rerunFlushed(ctx, c.rdb.Redis(), settleScript, replies, exec, retryFor)
+		// Still NOSCRIPT (the script could not be loaded: a busy pool, a
+		// Cluster node away, which fails a load on every node): by EVAL,
+		// in one more pipeline. NOSCRIPT is no refusal of a value: taken
+		// for one, it failed the key's waiters.
+		var left []int
+		for i, r := range replies {
+			if isNoScript(r.Err()) {
+				left = append(left, i)
+			}
+		}
+		if len(left) > 0 {
+			more, eerr := send(left, true)
+			for k, i := range left {
+				if eerr != nil {
+					replies[i].SetErr(eerr)
+				} else {
+					replies[i] = more[k]
+				}
+			}
+		}
 	}
 	for i, r := range reqs {
 		var s settled
 		serr := err
-		switch {
-		case serr == nil && isNoScript(replies[i].Err()):
-			// The script could not be loaded (a busy pool, a Cluster
-			// node away): this one alone, with EVAL's fallback, tried
-			// again as a settle is. NOSCRIPT is no refusal of the
-			// value: taken for one, it failed the key's waiters.
-			s, serr = c.settle(ctx, r)
-		case serr == nil:
+		if serr == nil {
 			v, rerr := replies[i].Result()
 			s, serr = settleResult(r, v, rerr, retried[i])
 		}
