@@ -576,18 +576,26 @@ func (h *tripHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 	}
 }
 
-// TestGetManyScriptsFlushed: a batch on a Redis that has not seen the
-// claim script (a restart, a failover, a new replica) loads it once and
-// sends the pipeline again, instead of claiming each key alone.
-func TestGetManyScriptsFlushed(t *testing.T) {
+// scriptsLoaded returns a Cache on a new miniredis at addr, through rdb,
+// whose scripts one batch has loaded.
+func scriptsLoaded(t *testing.T) (addr string, rdb *redis.Client, c *fill.Cache, ctx context.Context) {
 	m, _ := redistest.Mini(t)
-	rdb := redistest.Client(t, m.Addr())
-	c := newCache(t, rdb, nil)
-	ctx := redistest.Context(t, 20*time.Second)
+	rdb = redistest.Client(t, m.Addr())
+	c = newCache(t, rdb, nil)
+	ctx = redistest.Context(t, 20*time.Second)
 	bl := &batchLoader{}
 	if _, err := fill.GetMany(ctx, c, []string{"warm-up"}, bl.load); err != nil {
 		t.Fatal(err)
 	}
+	return m.Addr(), rdb, c, ctx
+}
+
+// TestGetManyScriptsFlushed: a batch on a Redis that has not seen the
+// claim script (a restart, a failover, a new replica) loads it once and
+// sends the pipeline again, instead of claiming each key alone.
+func TestGetManyScriptsFlushed(t *testing.T) {
+	_, rdb, c, ctx := scriptsLoaded(t)
+	bl := &batchLoader{}
 	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -784,20 +792,13 @@ func (failScriptLoad) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 
 // TestGetManySettleScriptLoadFails: a batch's settle that meets NOSCRIPT
 // (Redis lost its scripts during the load) and then cannot load the
-// script stores each value alone, with EVAL's fallback. It used to report
+// script stores the values by EVAL. It used to report
 // NOSCRIPT as Redis refusing the values: nothing was stored, and each
 // key's waiters got the failure "value not stored".
 func TestGetManySettleScriptLoadFails(t *testing.T) {
-	m, _ := redistest.Mini(t)
-	rdb := redistest.Client(t, m.Addr())
-	c := newCache(t, rdb, nil)
-	ctx := redistest.Context(t, 20*time.Second)
-	bl := &batchLoader{}
-	if _, err := fill.GetMany(ctx, c, []string{"warm-up"}, bl.load); err != nil {
-		t.Fatal(err)
-	}
+	addr, rdb, c, ctx := scriptsLoaded(t)
 	rdb.AddHook(failScriptLoad{})
-	direct := redistest.Client(t, m.Addr())
+	direct := redistest.Client(t, addr)
 	keys := []string{"a", "b", "c"}
 	got, err := fill.GetMany(ctx, c, keys, func(ctx context.Context, keys []string) (map[string]string, error) {
 		// The claims ran; the settle will meet NOSCRIPT.
@@ -813,7 +814,7 @@ func TestGetManySettleScriptLoadFails(t *testing.T) {
 	if err != nil || len(got) != len(keys) {
 		t.Fatalf("got %v, %v", got, err)
 	}
-	other := newCache(t, redistest.Client(t, m.Addr()), nil)
+	other := newCache(t, redistest.Client(t, addr), nil)
 	for _, k := range keys {
 		v, err := fill.Get(ctx, other, k, func(context.Context) (string, error) {
 			return "", fmt.Errorf("%s loaded again: its value was not stored", k)
