@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"slices"
@@ -457,15 +456,15 @@ func TestPollsLeaveRoomForLoads(t *testing.T) {
 	// A slow Redis: each script call (or pipeline of them) holds its
 	// connection 2ms, so the pool answers about 2,000 a second, fewer than
 	// the 150,000 a second that 3,000 flights polling every 20ms ask for.
+	var scripts atomic.Int64 // script calls sent
 	rdb := s.Client(t, &redis.Options{PoolSize: 4, PoolTimeout: 200 * time.Millisecond,
 		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var d net.Dialer
 			conn, err := d.DialContext(ctx, network, addr)
-			return slowConn{conn}, err
+			return slowConn{conn, &scripts}, err
 		}})
-	var logged bytes.Buffer
-	var logMu sync.Mutex
-	logger := slog.New(slog.NewTextHandler(&lockedWriter{mu: &logMu, w: &logged}, nil))
+	var logged syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logged, nil))
 	c := newCache(t, rdb, &fill.Options{PollInterval: 20 * time.Millisecond, Logger: logger})
 	var calls, loaded atomic.Int32
 	bt := fill.NewBatcher(c, func(_ context.Context, keys []string) (map[string]int, error) {
@@ -497,7 +496,8 @@ func TestPollsLeaveRoomForLoads(t *testing.T) {
 	// Ten more keys once the first batch loads and its keys' waiters poll:
 	// their batch needs a pop.
 	redistest.WaitFor(t, "the first batch's load", func() bool { return calls.Load() >= 1 })
-	time.Sleep(300 * time.Millisecond) // a few PollIntervals (the state under test: no condition to wait on)
+	from := scripts.Load()
+	redistest.WaitFor(t, "the waiters to poll", func() bool { return scripts.Load() >= from+200 })
 	for i := n - 10; i < n; i++ {
 		get(i)
 	}
@@ -505,30 +505,39 @@ func TestPollsLeaveRoomForLoads(t *testing.T) {
 	// Each key once, unless a batch outlived the gatherer's lease on a
 	// busy host (then loaded again by design): every Get succeeds.
 	if fails.Load() > 0 || loaded.Load() < n {
-		logMu.Lock()
-		defer logMu.Unlock()
 		t.Fatalf("%d of %d Gets failed; %d keys loaded in %d calls; logged:\n%s", fails.Load(), n, loaded.Load(), calls.Load(), logged.String())
 	}
 }
 
-// slowConn holds its connection 2ms before each write of a script call.
-type slowConn struct{ net.Conn }
+// slowConn holds its connection 2ms before each write of script calls,
+// which it counts.
+type slowConn struct {
+	net.Conn
+	scripts *atomic.Int64
+}
 
 func (c slowConn) Write(p []byte) (int, error) {
 	if bytes.Contains(p, []byte("evalsha")) {
+		c.scripts.Add(1)
 		time.Sleep(2 * time.Millisecond)
 	}
 	return c.Conn.Write(p)
 }
 
-// lockedWriter serialises writes to w.
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
 }
 
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
