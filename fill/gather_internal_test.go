@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -339,5 +340,65 @@ func TestGatherSettledOwnedByCall(t *testing.T) {
 	defer g.mu.Unlock()
 	if len(left) != 1 || left[0] != items[2] || !slices.Equal(g.settled, items[2:]) {
 		t.Errorf("loading list %q, still to send %q; want %q on both", left, g.settled, items[2:])
+	}
+}
+
+// TestGatherAfterBatchNotPrecise: the pop that follows a batch's end (a
+// round trip after it, its load having outlasted the Window) waits on the
+// Go timer alone: the fine timer blocks a thread, and spins a CPU at its
+// end, as the batch's values reach the fleet's waiters on the same host.
+// The pops due a Window after a Get or the last pop sleep on it.
+func TestGatherAfterBatchNotPrecise(t *testing.T) {
+	var sleeps atomic.Int32
+	defer func(f func(time.Time)) { fineSleep = f }(fineSleep)
+	fineSleep = func(deadline time.Time) {
+		sleeps.Add(1)
+		time.Sleep(time.Until(deadline))
+	}
+	_, rdb := redistest.Mini(t)
+	c := New(rdb, nil)
+	defer c.Close()
+	loading, release := make(chan struct{}), make(chan struct{})
+	load := func(_ context.Context, keys []string) (map[string]string, error) {
+		close(loading)
+		<-release
+		m := map[string]string{}
+		for _, k := range keys {
+			m[k] = "v:" + k
+		}
+		return m, nil
+	}
+	// A long Window: the pop due a Window after the last stays far off
+	// while the batch ends and the pop after it is made.
+	bt := NewBatcher(c, load, &BatchOptions{Window: 100 * time.Millisecond, FleetWide: true, Name: "precise"})
+	got := make(chan error, 1)
+	go func() {
+		v, err := bt.Get(context.Background(), "k")
+		if err == nil && v != "v:k" {
+			err = fmt.Errorf("got %q", v)
+		}
+		got <- err
+	}()
+	<-loading // popped by the first pop, a Window after the Get
+	// The next, a Window later, pops full batches only while this one
+	// loads; the batch ends as it is sent.
+	redistest.WaitFor(t, "a pop during the load", func() bool { return sleeps.Load() == 2 })
+	close(release)
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	g := bt.b.fleet
+	// The loop ends after the pop that follows the batch: it takes the
+	// batch off the loading list, finds the queue empty, and resigns.
+	redistest.WaitFor(t, "the gather loop to end", func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return !g.running
+	})
+	if n, err := rdb.Exists(context.Background(), g.keys...).Result(); err != nil || n != 0 {
+		t.Fatalf("%d of the lease, queue and loading list left (%v); want none once the loop ended", n, err)
+	}
+	if n := sleeps.Load(); n != 2 {
+		t.Errorf("%d pops slept on the fine timer; want 2, the ones due a Window after another", n)
 	}
 }

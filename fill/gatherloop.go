@@ -75,14 +75,25 @@ func (g *gatherer[T]) loop() {
 	// round trip later. The timer fires fine.Window before that, and the
 	// rest is slept on the fine timer: a pop a Go timer wakes up to a
 	// millisecond late would hold every Get of its batch that much longer.
-	early := func(at time.Time) time.Duration { return max(0, time.Until(at)-g.ahead()-fine.Window) }
+	// A pop that only has to come after something (a batch's end) is
+	// not precise: it sleeps on the Go timer alone, since the fine timer
+	// blocks a thread, and spins a CPU at its end, just as the batch's
+	// values are handed out.
+	precise := true
+	early := func(at time.Time) time.Duration {
+		if !precise {
+			return max(0, time.Until(at)-g.ahead())
+		}
+		return max(0, time.Until(at)-g.ahead()-fine.Window)
+	}
 	due := time.Now().Add(opt.Window)
 	timer := time.NewTimer(early(due))
 	defer timer.Stop()
-	// sooner moves the next pop to at, if at comes first.
-	sooner := func(at time.Time) {
+	// sooner moves the next pop to at, if at comes first; exact: the pop
+	// must not come late (see precise).
+	sooner := func(at time.Time, exact bool) {
 		if at.Before(due) && timer.Stop() {
-			due = at
+			due, precise = at, exact
 			timer.Reset(early(at))
 		}
 	}
@@ -105,7 +116,7 @@ func (g *gatherer[T]) loop() {
 			if next := ls.lastPop.Add(opt.Window); at.Before(next) {
 				at = next
 			}
-			sooner(at)
+			sooner(at, true)
 			continue
 		case <-g.ended:
 			// A batch ended: the keys queued while it loaded go now (a
@@ -115,23 +126,28 @@ func (g *gatherer[T]) loop() {
 			// waiters, this server's among them, and a call sent at once
 			// would be handled beside them, by this server's CPUs and by
 			// Redis's, and hold some up.
-			at := ls.lastPop.Add(opt.Window)
+			at, exact := ls.lastPop.Add(opt.Window), true
 			if soonest := time.Now().Add(g.ahead() + time.Duration(g.popRTT.Load())); at.Before(soonest) {
-				at = soonest
+				at, exact = soonest, false
 			}
-			sooner(at)
+			sooner(at, exact)
 			continue
 		case <-timer.C:
 		}
-		fine.Sleep(due.Add(-g.ahead()))
+		if precise {
+			fineSleep(due.Add(-g.ahead()))
+		}
 		next, done := g.pop(ctx, ls)
 		if done {
 			return
 		}
-		due = time.Now().Add(next)
+		due, precise = time.Now().Add(next), true
 		timer.Reset(early(due))
 	}
 }
+
+// fineSleep is fine.Sleep; tests count its calls.
+var fineSleep = fine.Sleep
 
 // gatherLoop is the state of a gather loop.
 type gatherLoop struct {
