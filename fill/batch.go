@@ -354,7 +354,8 @@ func (b *batch[T]) dispatch(fctx context.Context, looks []batchLook, cl callOpti
 func (b *batch[T]) single(fctx context.Context, l *batchLook, cl callOptions, first *look, prep func(*waiter), wg *sync.WaitGroup) {
 	wg.Go(func() {
 		wctx, wcancel := context.WithCancel(fctx)
-		defer context.AfterFunc(l.f.Patience(), wcancel)()
+		stop := context.AfterFunc(l.f.Patience(), wcancel)
+		defer stop()
 		defer wcancel()
 		w := b.c.newWaiter(fctx, wctx, b.job(l, cl), first)
 		if prep != nil {
@@ -362,6 +363,9 @@ func (b *batch[T]) single(fctx context.Context, l *batchLook, cl callOptions, fi
 		}
 		out := flight.Outcome{Err: errGoexit} // unless run returns
 		defer func() {
+			// Stopped before landing, which ends the flight's patience: a
+			// landing then starts no goroutine (as in fly).
+			stop()
 			b.c.flights.Land(l.f, out)
 			if l.claimKeeper != nil {
 				_ = l.claimKeeper.Stop()

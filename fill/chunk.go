@@ -75,6 +75,9 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 		stores, fails, outcomes = ch.values(sctx, m, took, lost, &ov)
 	}
 	b.c.settleMany(sctx, stores, fails)
+	// The keys' patience watches go before they land: a landing would
+	// start a goroutine for each.
+	pat.stop()
 	b.land(ch.looks, outcomes, out.panicked)
 	return false
 }
