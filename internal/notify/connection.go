@@ -45,7 +45,11 @@ type shard struct {
 // shards (which are keyed by address otherwise).
 const broadcastAddr = "*broadcast"
 
-// enqueue queues a command for the writer. h.mu must be held.
+// enqueue queues a command for the writer. h.mu must be held. A SUBSCRIBE
+// wakes the writer at once. An UNSUBSCRIBE waits (see unsubDelay): the
+// first one queued arms a timer that wakes the writer then, and the rest
+// wake nobody, so that a wait that ends (its Sub closed) makes no other
+// goroutine runnable beside its caller.
 func (h *Hub) enqueue(o op) {
 	o.at = time.Now()
 	h.ops = append(h.ops, o)
@@ -59,7 +63,16 @@ func (h *Hub) enqueue(o op) {
 			go h.heartbeat(h.beatNow)
 		}
 	}
-	h.kickWriter()
+	switch {
+	case o.subscribe:
+		h.kickWriter()
+	case len(h.ops) > 1:
+		// The writer was woken for the first, or its timer armed.
+	case h.unsubTimer == nil:
+		h.unsubTimer = time.AfterFunc(unsubDelay, h.kickWriter)
+	default:
+		h.unsubTimer.Reset(unsubDelay)
+	}
 }
 
 // kickWriter wakes the writer.
@@ -102,6 +115,7 @@ func (h *Hub) writer() {
 			h.refusal.lift()
 			h.resubscribe(nil)
 		}
+		h.wakes.Add(1)
 		if refused, retryAt := h.refusal.holding(); refused {
 			// Subscriptions are refused: hold every op until the back-off
 			// ends; Close and want state are applied then.

@@ -71,6 +71,7 @@ type Hub struct {
 	beatEvery time.Duration
 
 	errCount atomic.Uint64
+	wakes    atomic.Uint64 // the writer's wake-ups: what closing Subs costs, for tests
 	onError  func(error)
 	refusal  refusal // its own guard; taken inside mu, never the other way
 	beats    beats   // its own guard; taken inside mu, never the other way
@@ -86,9 +87,12 @@ type Hub struct {
 	closed    bool
 	started   bool
 	kick      chan struct{} // wakes the writer; capacity 1
-	beatNow   chan struct{} // asks for a heartbeat at once; capacity 1, made with the heartbeat goroutine
-	done      chan struct{} // closed by Close
-	wg        sync.WaitGroup
+	// unsubTimer wakes the writer once the first UNSUBSCRIBE queued has
+	// waited unsubDelay (see enqueue); nil until one is queued.
+	unsubTimer *time.Timer
+	beatNow    chan struct{} // asks for a heartbeat at once; capacity 1, made with the heartbeat goroutine
+	done       chan struct{} // closed by Close
+	wg         sync.WaitGroup
 }
 
 // Options configure a [Hub]. The zero value is valid.
@@ -332,6 +336,9 @@ func (h *Hub) Close() error {
 	}
 	h.closed = true
 	close(h.done)
+	if h.unsubTimer != nil {
+		h.unsubTimer.Stop()
+	}
 	shards := h.shards
 	h.shards = nil
 	h.mu.Unlock()

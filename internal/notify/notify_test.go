@@ -827,9 +827,10 @@ func TestClusterResubscribe(t *testing.T) {
 }
 
 // TestUnsubscribesWait: the UNSUBSCRIBEs of Subs closed together wait
-// (unsubDelay), and go out as one command, rather than reach Redis at once
-// beside the messages still arriving; a SUBSCRIBE queued behind them sends
-// them at once, in order, and waits for nothing.
+// (unsubDelay), without waking the writer until then, and go out as one
+// command, rather than reach Redis at once beside the messages still
+// arriving; a SUBSCRIBE queued behind them sends them at once, in order,
+// and waits for nothing.
 func TestUnsubscribesWait(t *testing.T) {
 	defer func(d time.Duration) { unsubDelay = d }(unsubDelay)
 	unsubDelay = time.Hour
@@ -861,12 +862,21 @@ func TestUnsubscribesWait(t *testing.T) {
 	for _, s := range subs {
 		ready(t, s)
 	}
+	// The Hub's heartbeat channel is subscribed once its connection is
+	// made: a SUBSCRIBE that would send the UNSUBSCRIBEs queued before it.
+	redistest.WaitFor(t, "a heartbeat heard", func() bool { return h.Heard() != 0 })
+	wakes := h.wakes.Load()
 	for _, s := range subs {
 		s.Close()
 	}
 	// Nothing to wait for: the claim is that nothing happens. A round
 	// trip of this client and 50ms give the writer time to act.
 	time.Sleep(50 * time.Millisecond)
+	if n := h.wakes.Load() - wakes; n != 0 {
+		// Each wake-up is a goroutine made runnable as a wait ends, on
+		// the CPUs that hand out the values which ended it.
+		t.Errorf("the writer woke %d times for UNSUBSCRIBEs that wait; want 0", n)
+	}
 	for _, ch := range []string{"a", "b", "c"} {
 		if n := numSub(ch); n != 1 {
 			t.Fatalf("%s unsubscribed at once (%d subscribers); want it to wait", ch, n)
