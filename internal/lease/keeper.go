@@ -3,21 +3,26 @@ package lease
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/locksmith-go/locksmith/internal/redisx"
 )
 
 // Keeper renews a lease every third of its length while its holder works,
 // and tells the holder as soon as the lease is known lost. It runs on a
-// timer: a holder done before the first renewal costs no goroutine.
+// timer: a holder done before the first renewal costs no goroutine. The
+// Keepers of [KeepAll] share one timer, and one call per renewal.
 type Keeper struct {
 	c      *redisx.Client
 	key    string
 	token  string
 	ttl    time.Duration
 	onLost func()
+	set    *keepSet // nil: the Keeper renews alone, on timer
 
 	mu      sync.Mutex // guards the fields below
 	until   context.Context
@@ -41,13 +46,42 @@ func Keep(c *redisx.Client, lockKey, token string, ttl time.Duration, since time
 	return k
 }
 
+// KeepAll is [Keep] for the leases on lockKeys[i] held by tokens[i], all
+// acquired by requests sent at since (or later), onLost(i), if onLost is
+// not nil, telling the loss of lease i: one timer renews every lease still
+// held in one pipelined call, so that the leases of a batch of thousands
+// of keys cost one call per renewal rather than one each, sent at the same
+// instant. Each Keeper is stopped on its own.
+func KeepAll(c *redisx.Client, lockKeys, tokens []string, ttl time.Duration, since time.Time, onLost func(i int)) []*Keeper {
+	s := &keepSet{c: c, ttl: ttl, keepers: make([]*Keeper, len(lockKeys))}
+	for i, key := range lockKeys {
+		k := &Keeper{c: c, key: key, token: tokens[i], ttl: ttl, set: s, end: since.Add(ttl)}
+		if onLost != nil {
+			k.onLost = func() { onLost(i) }
+		}
+		s.keepers[i] = k
+	}
+	s.timer = time.AfterFunc(time.Until(since.Add(ttl/3)), s.renew)
+	return s.keepers
+}
+
+// keepSet is the Keepers of one KeepAll.
+type keepSet struct {
+	c       *redisx.Client
+	ttl     time.Duration
+	keepers []*Keeper
+	timer   *time.Timer // reset by renew only: its own goroutine
+}
+
 // Stop stops renewing, waits for a renewal under way, and returns the reason
 // the lease was lost, wrapping [ErrNotHeld], or nil when it was held
 // throughout.
 func (k *Keeper) Stop() error {
 	k.mu.Lock()
 	k.stopped = true
-	k.timer.Stop()
+	if k.set == nil {
+		k.timer.Stop()
+	}
 	k.mu.Unlock()
 	k.running.Wait()
 	k.mu.Lock()
@@ -66,50 +100,181 @@ func (k *Keeper) Until(ctx context.Context) *Keeper {
 }
 
 func (k *Keeper) renew() {
-	k.mu.Lock()
-	if k.stopped || k.cause != nil || k.until != nil && k.until.Err() != nil {
-		k.mu.Unlock()
-		return
-	}
-	k.running.Add(1)
-	end, lastErr := k.end, k.lastErr
-	k.mu.Unlock()
-	defer k.running.Done()
-
 	sent := time.Now()
-	if !sent.Before(end) {
-		k.fail(fmt.Errorf("%w: lease on %s ran out before it could be renewed (last error: %v)", ErrNotHeld, k.key, lastErr))
+	end, ok := k.due(sent)
+	if !ok {
 		return
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), end)
-	ok, err := Refresh(ctx, k.c, k.key, k.token, k.ttl)
+	held, err := Refresh(ctx, k.c, k.key, k.token, k.ttl)
 	cancel()
+	if next, again := k.renewed(sent, held, err); again {
+		k.mu.Lock()
+		if !k.stopped {
+			k.timer.Reset(next)
+		}
+		k.mu.Unlock()
+	}
+}
+
+// renew renews the leases of s still held, in one pipelined call (on a
+// Cluster, one per node).
+func (s *keepSet) renew() {
+	sent := time.Now()
+	var live []*Keeper
+	var end time.Time
+	for _, k := range s.keepers {
+		if e, ok := k.due(sent); ok {
+			live = append(live, k)
+			if e.After(end) {
+				end = e
+			}
+		}
+	}
+	if len(live) == 0 {
+		return // stopped or lost, every one: nothing to renew again
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), end)
+	cmds, err := redisx.Run(ctx, s.c, func(ctx context.Context) ([]*redis.Cmd, error) {
+		return s.send(ctx, live)
+	}, nil)
+	cancel()
+	next, again := time.Duration(0), false
+	for i, k := range live {
+		held, kerr := false, err
+		if kerr == nil {
+			var v any
+			if v, kerr = cmds[i].Result(); kerr == nil {
+				held, kerr = parseFlag(v)
+			}
+		}
+		if d, ok := k.renewed(sent, held, kerr); ok && (!again || d < next) {
+			next, again = d, true
+		}
+	}
+	if again {
+		s.timer.Reset(next)
+	}
+}
+
+// IsRenewal reports whether cmd renews a lease, alone or in a pipeline,
+// and returns the lock's key; tests count renewals with it.
+func IsRenewal(cmd redis.Cmder) (string, bool) {
+	args := cmd.Args()
+	if len(args) < 4 {
+		return "", false
+	}
+	switch cmd.Name() {
+	case "eval":
+		if args[1] != refreshLua {
+			return "", false
+		}
+	case "evalsha":
+		if args[1] != refreshScript.Hash() {
+			return "", false
+		}
+	default:
+		return "", false
+	}
+	key, _ := args[3].(string)
+	return key, true
+}
+
+// send sends the renewals of live in one pipeline, by EVALSHA; those that
+// meet NOSCRIPT (Redis restarted, or its scripts were flushed) go again by
+// EVAL, in one more.
+func (s *keepSet) send(ctx context.Context, live []*Keeper) ([]*redis.Cmd, error) {
+	run := func(idx []int, eval bool) ([]*redis.Cmd, error) {
+		pipe := s.c.Redis().Pipeline()
+		cmds := make([]*redis.Cmd, len(idx))
+		for j, i := range idx {
+			k := live[i]
+			if eval {
+				cmds[j] = refreshScript.Eval(ctx, pipe, []string{k.key}, k.token, ms(s.ttl))
+			} else {
+				cmds[j] = refreshScript.EvalSha(ctx, pipe, []string{k.key}, k.token, ms(s.ttl))
+			}
+		}
+		_, err := pipe.Exec(ctx)
+		if err != nil && redisx.Classify(err) != redisx.Reply {
+			return nil, err
+		}
+		return cmds, nil
+	}
+	all := make([]int, len(live))
+	for i := range all {
+		all[i] = i
+	}
+	cmds, err := run(all, false)
+	if err != nil {
+		return nil, err
+	}
+	var again []int
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) == 0 {
+		return cmds, nil
+	}
+	more, err := run(again, true)
+	if err != nil {
+		return nil, err
+	}
+	for j, i := range again {
+		cmds[i] = more[j]
+	}
+	return cmds, nil
+}
+
+// due reports whether k's lease is to be renewed by a call sent at sent,
+// and until when it surely holds; one that surely ran out is lost (the
+// holder told). A Keeper due is running until renewed says how it went.
+func (k *Keeper) due(sent time.Time) (time.Time, bool) {
+	k.mu.Lock()
+	if k.stopped || k.cause != nil || k.until != nil && k.until.Err() != nil {
+		k.mu.Unlock()
+		return time.Time{}, false
+	}
+	k.running.Add(1) // Stop waits for the holder to be told, too
+	end, lastErr := k.end, k.lastErr
+	k.mu.Unlock()
+	if !sent.Before(end) {
+		defer k.running.Done()
+		k.fail(fmt.Errorf("%w: lease on %s ran out before it could be renewed (last error: %v)", ErrNotHeld, k.key, lastErr))
+		return time.Time{}, false
+	}
+	return end, true
+}
+
+// renewed takes the outcome of the renewal due sent at sent (held, or
+// err), and returns when to renew again, or false for never (the lease is
+// lost).
+func (k *Keeper) renewed(sent time.Time, held bool, err error) (time.Duration, bool) {
+	defer k.running.Done()
 	switch {
-	case err == nil && !ok:
+	case err == nil && !held:
 		k.fail(fmt.Errorf("%w: lease on %s was taken or deleted", ErrNotHeld, k.key))
-		return
+		return 0, false
 	case redisx.Classify(err) == redisx.Reply:
 		// The key was replaced by something that is not our lock. A
 		// transient reply (READONLY, LOADING: a failover or restart under
 		// way) is not this: it is tried again until the lease runs out.
 		k.fail(fmt.Errorf("%w: renewing %s: %w", ErrNotHeld, k.key, err))
-		return
+		return 0, false
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	// Renew a third of a lease after the last renewal was sent, not after
-	// its reply: slow replies must not eat into the lease.
-	next := time.Until(sent.Add(k.ttl / 3))
 	if err == nil {
+		// Renew a third of a lease after the last renewal was sent, not
+		// after its reply: slow replies must not eat into the lease.
 		k.end, k.lastErr = sent.Add(k.ttl), nil
-	} else {
-		// Try again soon, and give up when the lease has surely run out.
-		k.lastErr = err
-		next = max(min(k.ttl/12, time.Until(k.end)), time.Millisecond)
+		return max(time.Until(sent.Add(k.ttl/3)), 0), true
 	}
-	if !k.stopped {
-		k.timer.Reset(max(next, 0))
-	}
+	// Try again soon, and give up when the lease has surely run out.
+	k.lastErr = err
+	return max(min(k.ttl/12, time.Until(k.end)), time.Millisecond), true
 }
 
 func (k *Keeper) fail(err error) {

@@ -3,6 +3,8 @@ package lease
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -310,4 +312,143 @@ func (h *renewalReplies) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 }
 func (h *renewalReplies) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
+}
+
+// TestKeepAll: the leases of KeepAll are renewed together, one pipelined
+// call per renewal for every one still held: a lease stopped drops out of
+// the next, a lease lost is told at Stop, the others held throughout.
+func TestKeepAll(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	c := redisx.New(rdb)
+	ctx := redistest.Context(t, 20*time.Second)
+	const ttl, n = 300 * time.Millisecond, 40
+	keys, tokens := make([]string, n), make([]string, n)
+	since := time.Now()
+	for i := range keys {
+		keys[i], tokens[i] = fmt.Sprintf("{all}:%d", i), NewToken()
+		if r, err := Acquire(ctx, c, keys[i], tokens[i], ttl); err != nil || r.State != Acquired {
+			t.Fatalf("Acquire: %+v, %v", r, err)
+		}
+	}
+	calls := &refreshCalls{}
+	rdb.AddHook(calls)
+	// Redis knows no script: the first renewal meets NOSCRIPT, and goes
+	// again by EVAL.
+	s.Do(t, "SCRIPT", "FLUSH")
+	ks := KeepAll(c, keys, tokens, ttl, since, nil)
+	// Three renewals (the first in two calls): the leases outlive their
+	// first ttl.
+	redistest.WaitFor(t, "3 renewals", func() bool { return len(calls.get()) >= 4 })
+	for i, key := range keys {
+		if v := rdb.Get(ctx, key).Val(); v != tokens[i] {
+			t.Fatalf("%s holds %q after 3 renewals; want its token", key, v)
+		}
+	}
+	for _, m := range calls.get() {
+		if m != n {
+			t.Fatalf("renewals carried %v leases; want %d each, in one call", calls.get(), n)
+		}
+	}
+	// Half stopped: they drop out of the next renewals (a renewal under
+	// way when a lease is stopped has counted before Stop returns).
+	for _, k := range ks[1:20] {
+		if err := k.Stop(); err != nil {
+			t.Fatalf("Stop of a lease held: %v", err)
+		}
+	}
+	seen := len(calls.get())
+	redistest.WaitFor(t, "a renewal after the stops", func() bool { return len(calls.get()) > seen })
+	if got := calls.get()[seen]; got != 21 {
+		t.Fatalf("the renewal after 19 of 40 leases stopped carried %d; want 21", got)
+	}
+	// One lost: found so by a renewal, and dropped from the ones after.
+	seen = len(calls.get())
+	if err := rdb.Del(ctx, keys[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, "a renewal without the lease deleted", func() bool { return slices.Contains(calls.get()[seen:], 20) })
+	for _, m := range calls.get()[seen:] {
+		if m != 20 && m != 21 {
+			t.Fatalf("renewals around a lease lost carried %v; want 21 (with it), then 20", calls.get()[seen:])
+		}
+	}
+	if err := ks[0].Stop(); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("Stop of the lease deleted: %v; want ErrNotHeld", err)
+	}
+	for _, k := range ks[20:] {
+		if err := k.Stop(); err != nil {
+			t.Errorf("Stop of a lease held: %v", err)
+		}
+	}
+	if single := calls.singles(); single != 0 {
+		t.Errorf("%d renewals sent alone; want every one in the set's call", single)
+	}
+	if e := calls.evals(); e != n {
+		t.Errorf("%d renewals sent by EVAL; want %d, the first renewal's, once", e, n)
+	}
+}
+
+// refreshCalls counts the refresh scripts each pipeline carries, and
+// those sent alone.
+type refreshCalls struct {
+	mu     sync.Mutex // guards pipes, single and eval
+	pipes  []int
+	single int
+	eval   int // by EVAL, in pipelines
+}
+
+func (h *refreshCalls) evals() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.eval
+}
+
+func (h *refreshCalls) get() []int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.pipes)
+}
+
+func (h *refreshCalls) singles() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.single
+}
+
+func isRefresh(cmd redis.Cmder) bool {
+	_, ok := IsRenewal(cmd)
+	return ok
+}
+
+func (h *refreshCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *refreshCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if isRefresh(cmd) {
+			h.mu.Lock()
+			h.single++
+			h.mu.Unlock()
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *refreshCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		m, e := 0, 0
+		for _, cmd := range cmds {
+			if isRefresh(cmd) {
+				m++
+				if cmd.Name() == "eval" {
+					e++
+				}
+			}
+		}
+		if m > 0 {
+			h.mu.Lock()
+			h.pipes = append(h.pipes, m)
+			h.eval += e
+			h.mu.Unlock()
+		}
+		return next(ctx, cmds)
+	}
 }
