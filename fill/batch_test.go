@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/internal/lease"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
@@ -822,5 +824,48 @@ func TestGetManySettleScriptLoadFails(t *testing.T) {
 		if err != nil || v != "v:"+k {
 			t.Errorf("another server's Get(%s) = %q, %v; want the stored value", k, v, err)
 		}
+	}
+}
+
+// TestBatchLeasesRenewedTogether: the locks of a batch whose load outlasts
+// a third of LockTTL are renewed together, one call for them all per
+// renewal, not one call each at the same instant.
+func TestBatchLeasesRenewedTogether(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	renewals := &renewalCalls{}
+	rdb.AddHook(renewals)
+	c := newCache(t, rdb, &fill.Options{LockTTL: 300 * time.Millisecond})
+	ctx := redistest.Context(t, 20*time.Second)
+	keys := make([]string, 20)
+	locks := map[string]bool{}
+	for i := range keys {
+		keys[i] = "renewed:" + strconv.Itoa(i)
+		locks[lease.LockKey(fill.DefaultPrefix, keys[i])] = true
+	}
+	m, err := fill.GetMany(ctx, c, keys, func(ctx context.Context, keys []string) (map[string]string, error) {
+		// Loads until its leases were renewed twice (or one alone).
+		for {
+			if alone, together, _ := renewals.counts(locks); alone > 0 || together >= 2 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		out := map[string]string{}
+		for _, k := range keys {
+			out[k] = "v:" + k
+		}
+		return out, nil
+	})
+	if err != nil || len(m) != len(keys) {
+		t.Fatalf("GetMany: %d values, %v", len(m), err)
+	}
+	if alone, _, most := renewals.counts(locks); alone != 0 || most != len(keys) {
+		t.Errorf("the batch's leases were renewed %d times alone, at most %d in one call; want all %d in each",
+			alone, most, len(keys))
 	}
 }

@@ -27,9 +27,7 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 	lctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	ch := &chunkLoad[T]{b: b, ctx: ctx, cl: cl, wg: wg, cancel: cancel, around: around}
-	for _, l := range chunk {
-		ch.add(l)
-	}
+	ch.add(chunk)
 	pat := chunkPatience(ctx, chunk)
 	defer pat.stop()
 	wctx := pat.ctx
@@ -114,21 +112,44 @@ type chunkLoad[T any] struct {
 	held    atomic.Int32 // leases not lost
 }
 
-// add makes l's key one of the chunk's, its lease kept while the loader
-// runs. The loader's ctx ends when every key's lease is lost: nothing it
-// loads could be stored any more.
-func (ch *chunkLoad[T]) add(l *batchLook) {
-	c, key := ch.b.c, l.key
-	ch.held.Add(1)
-	ch.keepers = append(ch.keepers, lease.Keep(c.rdb, l.ks.lock, l.token, c.opt.LockTTL, l.sent, func() {
+// add makes the keys of ls the chunk's, their leases kept while the
+// loader runs, renewed together. The loader's ctx ends when every key's
+// lease is lost: nothing it loads could be stored any more.
+func (ch *chunkLoad[T]) add(ls []*batchLook) {
+	if len(ls) == 0 {
+		return
+	}
+	c := ch.b.c
+	ch.held.Add(int32(len(ls)))
+	keepers := c.keepClaims(ls, func(i int) {
+		key := ls[i].key
 		c.event(ch.ctx, observe.Event{Kind: observe.LeaseLost, Key: key})
 		c.log("fill lock lost during a batch load; its value will not be stored", "key", key)
 		if ch.held.Add(-1) == 0 {
 			ch.cancel(errLeaseLost)
 		}
-	}).Until(ch.ctx)) // a loader hung past the batch's ctx keeps the lock no longer
-	ch.looks = append(ch.looks, l)
-	ch.keys = append(ch.keys, key)
+	})
+	for i, l := range ls {
+		// A loader hung past the batch's ctx keeps the lock no longer.
+		ch.keepers = append(ch.keepers, keepers[i].Until(ch.ctx))
+		ch.looks = append(ch.looks, l)
+		ch.keys = append(ch.keys, l.key)
+	}
+}
+
+// keepClaims keeps the leases of the claims of ls, renewed together (see
+// lease.KeepAll), from the earliest claim; onLost(i), if not nil, is told
+// the loss of ls[i]'s.
+func (c *Cache) keepClaims(ls []*batchLook, onLost func(i int)) []*lease.Keeper {
+	locks, tokens := make([]string, len(ls)), make([]string, len(ls))
+	since := time.Now()
+	for i, l := range ls {
+		locks[i], tokens[i] = l.ks.lock, l.token
+		if l.sent.Before(since) {
+			since = l.sent
+		}
+	}
+	return lease.KeepAll(c.rdb, locks, tokens, c.opt.LockTTL, since, onLost)
 }
 
 // run is the chunk's loader call, once its budget slot came: the keys that
@@ -161,8 +182,8 @@ func (ch *chunkLoad[T]) absorb() {
 	if len(waiting) > 0 {
 		wg.Go(func() { b.awaitHeld(ctx, waiting, ch.cl, wg) })
 	}
+	ch.add(claimed)
 	for _, l := range claimed {
-		ch.add(l)
 		ch.pat.add(l)
 	}
 	if len(open) > 0 {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/locksmith-go/locksmith/fill"
+	"github.com/locksmith-go/locksmith/internal/lease"
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
@@ -297,16 +299,21 @@ func TestFleetWideLoaderError(t *testing.T) {
 	}
 }
 
-// TestFleetQueuedClaimKept: a key handed off while the gatherer's batches
-// load waits in the queue (only full batches go out meanwhile) for as long
-// as they load, here longer than the lock's lease: its claimer keeps the
-// claim's lease meanwhile, so its own waiter does not claim and load it
-// again, before the gatherer loads it a second time. Real redis-server:
-// the lease runs out in real time.
+// TestFleetQueuedClaimKept: keys handed off while the gatherer's batches
+// load wait in the queue (only full batches go out meanwhile) for as long
+// as they load, here longer than the lock's lease: their claimer keeps the
+// claims' leases meanwhile, so its own waiters do not claim and load them
+// again, before the gatherer loads them a second time; and renews the
+// leases of one hand-off together, one call for them all rather than one
+// each at the same instant. Real redis-server: the lease runs out in real
+// time.
 func TestFleetQueuedClaimKept(t *testing.T) {
 	s := redistest.Start(t, nil)
 	const ttl = 300 * time.Millisecond
-	c := newCache(t, s.Client(t, nil), &fill.Options{LockTTL: ttl, PollInterval: 20 * time.Millisecond})
+	rdb := s.Client(t, nil)
+	renewals := &renewalCalls{}
+	rdb.AddHook(renewals)
+	c := newCache(t, rdb, &fill.Options{LockTTL: ttl, PollInterval: 20 * time.Millisecond})
 	var mu sync.Mutex
 	calls := map[string]int{}
 	gates := map[string]chan struct{}{"a": make(chan struct{}), "b": make(chan struct{})}
@@ -368,24 +375,99 @@ func TestFleetQueuedClaimKept(t *testing.T) {
 	if err := <-a; err != nil {
 		t.Fatal(err)
 	}
-	queued := get("queued")
-	// Two leases while b loads and the key waits in the queue: nobody
-	// may load it.
+	const queuedKeys = 20
+	waits := []chan error{b}
+	locks := map[string]bool{}
+	for i := range queuedKeys {
+		key := "queued:" + strconv.Itoa(i)
+		locks[lease.LockKey(fill.DefaultPrefix, key)] = true
+		waits = append(waits, get(key))
+	}
+	// Two leases while b loads and the keys wait in the queue: nobody
+	// may load them.
 	select {
 	case k := <-called:
 		t.Fatalf("%s loaded while b held the queue; want it to wait, its claim kept", k)
 	case <-time.After(2 * ttl):
 	}
 	open("b")
-	for _, done := range []chan error{b, queued} {
+	for _, done := range waits {
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if calls["queued"] != 1 {
-		t.Errorf("the queued key was loaded %d times; want once", calls["queued"])
+	for i := range queuedKeys {
+		if n := calls["queued:"+strconv.Itoa(i)]; n != 1 {
+			t.Errorf("queued key %d was loaded %d times; want once", i, n)
+		}
+	}
+	alone, together, most := renewals.counts(locks)
+	if alone != 0 || together == 0 || most < 2 {
+		t.Errorf("the queued keys' leases were renewed %d times alone, %d in calls of several (at most %d in one); want none alone",
+			alone, together, most)
+	}
+}
+
+// renewalCalls records the lease renewals a client sends: alone, the lock
+// of each; in a pipeline, the locks of each pipeline.
+type renewalCalls struct {
+	mu    sync.Mutex // guards alone and piped
+	alone []string
+	piped [][]string
+}
+
+// counts returns how many renewals of locks went alone, how many
+// pipelines carried some, and the most one carried.
+func (h *renewalCalls) counts(locks map[string]bool) (alone, together, most int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, k := range h.alone {
+		if locks[k] {
+			alone++
+		}
+	}
+	for _, p := range h.piped {
+		n := 0
+		for _, k := range p {
+			if locks[k] {
+				n++
+			}
+		}
+		if n > 0 {
+			together++
+			most = max(most, n)
+		}
+	}
+	return alone, together, most
+}
+
+func (h *renewalCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *renewalCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if k, ok := lease.IsRenewal(cmd); ok {
+			h.mu.Lock()
+			h.alone = append(h.alone, k)
+			h.mu.Unlock()
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *renewalCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		var locks []string
+		for _, cmd := range cmds {
+			if k, ok := lease.IsRenewal(cmd); ok {
+				locks = append(locks, k)
+			}
+		}
+		if len(locks) > 0 {
+			h.mu.Lock()
+			h.piped = append(h.piped, locks)
+			h.mu.Unlock()
+		}
+		return next(ctx, cmds)
 	}
 }
 

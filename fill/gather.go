@@ -179,13 +179,15 @@ func (g *gatherer[T]) handOff(fctx context.Context, claimed []*batchLook, cl cal
 		g.mu.Unlock()
 	}
 	g.wake(first)
-	for _, l := range claimed {
-		// Held by the claim's token, now the gatherer's to settle: this
-		// flight waits for it with a token of its own, and keeps the
-		// claim's lease until then (a key may wait in the queue while a
-		// batch loads, longer than the lease), as the gatherer does once
-		// it popped the key.
-		l.claimKeeper = lease.Keep(b.c.rdb, l.ks.lock, l.token, b.c.opt.LockTTL, l.sent, nil)
+	// Held by the claims' tokens, now the gatherer's to settle: each flight
+	// waits for its key with a token of its own, and keeps the claim's
+	// lease until then (a key may wait in the queue while a batch loads,
+	// longer than the lease), as the gatherer does once it popped the
+	// key. The leases are renewed together: the keys of a hand-off of
+	// thousands cost one call per renewal.
+	keepers := b.c.keepClaims(claimed, nil)
+	for i, l := range claimed {
+		l.claimKeeper = keepers[i]
 		l.r = claimReply{state: held, pttl: b.c.opt.LockTTL, holder: l.token}
 		l.token = lease.NewToken()
 		l.handedOff = true

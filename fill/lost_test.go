@@ -160,6 +160,9 @@ func TestLeaseLostDuringBatch(t *testing.T) {
 							return nil, ctx.Err()
 						}
 					}
+					if !lost["lost"] || !lost["gone"] {
+						t.Errorf("LeaseLost for %v; want lost and gone", lost)
+					}
 					return values(keys), nil
 				})
 				if err != nil {
