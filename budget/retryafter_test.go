@@ -120,8 +120,10 @@ func headroom429s() map[string]http.Header {
 	return map[string]http.Header{
 		"OpenAI": {"X-Ratelimit-Limit-Requests": {"100"}, "X-Ratelimit-Remaining-Requests": {"0"},
 			"X-Ratelimit-Reset-Requests": {"20s"}},
+		// RFC 3339 in whole seconds: the reset, 20 s from now, rounded
+		// up, not down (which would take up to a second off).
 		"Anthropic": {"Anthropic-Ratelimit-Requests-Remaining": {"0"},
-			"Anthropic-Ratelimit-Requests-Reset": {time.Now().Add(20 * time.Second).UTC().Format(time.RFC3339)}},
+			"Anthropic-Ratelimit-Requests-Reset": {time.Now().Add(20 * time.Second).Truncate(time.Second).Add(time.Second).UTC().Format(time.RFC3339)}},
 		"IETF":        {"Ratelimit-Remaining": {"0"}, "Ratelimit-Reset": {"20"}},
 		"IETF policy": {"Ratelimit": {`"default";r=0;t=20`}},
 	}
@@ -134,10 +136,12 @@ func headroom429s() map[string]http.Header {
 // one Per, taken at Per = 1 s for an overshoot (201 ms), or with Adaptive a
 // cut of the rate and no pause, while the upstream refused calls for 20 s.
 func TestHeadroom429Pauses(t *testing.T) {
-	for name, h := range headroom429s() {
+	for name := range headroom429s() {
 		t.Run(name, func(t *testing.T) {
 			_, rdb := redistest.Mini(t)
 			b := newBudget(t, rdb, "headroom429", budget.Limit{Rate: 5}, nil)
+			// Headers made now: a reset stated as a time counts from then.
+			h := headroom429s()[name]
 			now := redisNow(t, rdb)
 			if err := b.Observe(context.Background(), h, http.StatusTooManyRequests); err != nil {
 				t.Fatal(err)
@@ -151,6 +155,7 @@ func TestHeadroom429Pauses(t *testing.T) {
 		})
 		t.Run(name+"/Adaptive", func(t *testing.T) {
 			e := newAdaptive(t, "headroom429")
+			h := headroom429s()[name]
 			now := redisNow(t, e.rdb)
 			e.observe(t, context.Background(), h, http.StatusTooManyRequests)
 			if n := e.b.Stats().RateCuts; n != 0 {
