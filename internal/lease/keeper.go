@@ -15,7 +15,8 @@ import (
 // Keeper renews a lease every third of its length while its holder works,
 // and tells the holder as soon as the lease is known lost. It runs on a
 // timer: a holder done before the first renewal costs no goroutine. The
-// Keepers of [KeepAll] share one timer, and one call per renewal.
+// Keepers of [KeepAll] share one timer, stopped with the last of them, and
+// one call per renewal.
 type Keeper struct {
 	c      *redisx.Client
 	key    string
@@ -29,6 +30,7 @@ type Keeper struct {
 	timer   *time.Timer
 	stopped bool
 	end     time.Time // the lease surely ends then, unless renewed
+	next    time.Time // a set's Keeper: when its next renewal is due
 	lastErr error     // the last renewal's failure, if it failed
 	cause   error     // why the lease was lost; nil while held
 	running sync.WaitGroup
@@ -51,17 +53,20 @@ func Keep(c *redisx.Client, lockKey, token string, ttl time.Duration, since time
 // not nil, telling the loss of lease i: one timer renews every lease still
 // held in one pipelined call, so that the leases of a batch of thousands
 // of keys cost one call per renewal rather than one each, sent at the same
-// instant. Each Keeper is stopped on its own.
+// instant. Each Keeper is stopped on its own; a Stop waits for the set's
+// renewal under way, if the Keeper is in it.
 func KeepAll(c *redisx.Client, lockKeys, tokens []string, ttl time.Duration, since time.Time, onLost func(i int)) []*Keeper {
-	s := &keepSet{c: c, ttl: ttl, keepers: make([]*Keeper, len(lockKeys))}
+	s := &keepSet{c: c, ttl: ttl, keepers: make([]*Keeper, len(lockKeys)), left: len(lockKeys)}
 	for i, key := range lockKeys {
-		k := &Keeper{c: c, key: key, token: tokens[i], ttl: ttl, set: s, end: since.Add(ttl)}
+		k := &Keeper{c: c, key: key, token: tokens[i], ttl: ttl, set: s, end: since.Add(ttl), next: since.Add(ttl / 3)}
 		if onLost != nil {
 			k.onLost = func() { onLost(i) }
 		}
 		s.keepers[i] = k
 	}
+	s.mu.Lock()
 	s.timer = time.AfterFunc(time.Until(since.Add(ttl/3)), s.renew)
+	s.mu.Unlock()
 	return s.keepers
 }
 
@@ -70,7 +75,19 @@ type keepSet struct {
 	c       *redisx.Client
 	ttl     time.Duration
 	keepers []*Keeper
-	timer   *time.Timer // reset by renew only: its own goroutine
+
+	mu    sync.Mutex // guards timer and left
+	timer *time.Timer
+	left  int // Keepers not stopped: the last one stops the timer, which lets go of them all
+}
+
+// stopped counts a Keeper of s stopped.
+func (s *keepSet) stopped() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.left--; s.left == 0 {
+		s.timer.Stop()
+	}
 }
 
 // Stop stops renewing, waits for a renewal under way, and returns the reason
@@ -78,11 +95,15 @@ type keepSet struct {
 // throughout.
 func (k *Keeper) Stop() error {
 	k.mu.Lock()
+	first := !k.stopped
 	k.stopped = true
 	if k.set == nil {
 		k.timer.Stop()
 	}
 	k.mu.Unlock()
+	if first && k.set != nil {
+		k.set.stopped()
+	}
 	k.running.Wait()
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -101,7 +122,7 @@ func (k *Keeper) Until(ctx context.Context) *Keeper {
 
 func (k *Keeper) renew() {
 	sent := time.Now()
-	end, ok := k.due(sent)
+	end, _, ok := k.due(sent, 0)
 	if !ok {
 		return
 	}
@@ -117,44 +138,54 @@ func (k *Keeper) renew() {
 	}
 }
 
-// renew renews the leases of s still held, in one pipelined call (on a
-// Cluster, one per node).
+// renew renews the leases of s due (within a twelfth of a lease: leases
+// taken together stay together) in one pipelined call (on a Cluster, one
+// per node), and sets the timer for the next one due: a lease whose
+// renewal failed is tried again sooner, alone.
 func (s *keepSet) renew() {
 	sent := time.Now()
 	var live []*Keeper
-	var end time.Time
+	var end, wake time.Time // the latest end of those renewed; the earliest renewal of the others
 	for _, k := range s.keepers {
-		if e, ok := k.due(sent); ok {
+		e, later, ok := k.due(sent, s.ttl/12)
+		switch {
+		case ok:
 			live = append(live, k)
 			if e.After(end) {
 				end = e
 			}
+		case !later.IsZero() && (wake.IsZero() || later.Before(wake)):
+			wake = later
 		}
 	}
-	if len(live) == 0 {
-		return // stopped or lost, every one: nothing to renew again
-	}
-	ctx, cancel := context.WithDeadline(context.Background(), end)
-	cmds, err := redisx.Run(ctx, s.c, func(ctx context.Context) ([]*redis.Cmd, error) {
-		return s.send(ctx, live)
-	}, nil)
-	cancel()
-	next, again := time.Duration(0), false
-	for i, k := range live {
-		held, kerr := false, err
-		if kerr == nil {
-			var v any
-			if v, kerr = cmds[i].Result(); kerr == nil {
-				held, kerr = parseFlag(v)
+	if len(live) > 0 {
+		ctx, cancel := context.WithDeadline(context.Background(), end)
+		cmds, err := redisx.Run(ctx, s.c, func(ctx context.Context) ([]*redis.Cmd, error) {
+			return s.send(ctx, live)
+		}, nil)
+		cancel()
+		for i, k := range live {
+			// Each lease by its own reply: on a Cluster, a node away
+			// fails its leases' renewals only.
+			held, kerr := false, err
+			if cmds != nil {
+				var v any
+				if v, kerr = cmds[i].Result(); kerr == nil {
+					held, kerr = parseFlag(v)
+				}
+			}
+			if d, ok := k.renewed(sent, held, kerr); ok {
+				if at := time.Now().Add(d); wake.IsZero() || at.Before(wake) {
+					wake = at
+				}
 			}
 		}
-		if d, ok := k.renewed(sent, held, kerr); ok && (!again || d < next) {
-			next, again = d, true
-		}
 	}
-	if again {
-		s.timer.Reset(next)
+	s.mu.Lock()
+	if !wake.IsZero() && s.left > 0 {
+		s.timer.Reset(max(time.Until(wake), 0))
 	}
+	s.mu.Unlock()
 }
 
 // IsRenewal reports whether cmd renews a lease, alone or in a pipeline,
@@ -182,7 +213,9 @@ func IsRenewal(cmd redis.Cmder) (string, bool) {
 
 // send sends the renewals of live in one pipeline, by EVALSHA; those that
 // meet NOSCRIPT (Redis restarted, or its scripts were flushed) go again by
-// EVAL, in one more.
+// EVAL, in one more. Each command carries its own outcome, a failed
+// call's too (go-redis sets the call's error on every command without
+// one); the error returned is the call's, for the outage watch.
 func (s *keepSet) send(ctx context.Context, live []*Keeper) ([]*redis.Cmd, error) {
 	run := func(idx []int, eval bool) ([]*redis.Cmd, error) {
 		pipe := s.c.Redis().Pipeline()
@@ -196,46 +229,46 @@ func (s *keepSet) send(ctx context.Context, live []*Keeper) ([]*redis.Cmd, error
 			}
 		}
 		_, err := pipe.Exec(ctx)
-		if err != nil && redisx.Classify(err) != redisx.Reply {
-			return nil, err
+		if err != nil && redisx.Classify(err) == redisx.Reply {
+			err = nil // a lease's, not the call's
 		}
-		return cmds, nil
+		return cmds, err
 	}
 	all := make([]int, len(live))
 	for i := range all {
 		all[i] = i
 	}
 	cmds, err := run(all, false)
-	if err != nil {
-		return nil, err
-	}
 	var again []int
 	for i, cmd := range cmds {
 		if err := cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
 			again = append(again, i)
 		}
 	}
-	if len(again) == 0 {
-		return cmds, nil
+	if len(again) > 0 {
+		more, _ := run(again, true)
+		for j, i := range again {
+			cmds[i] = more[j]
+		}
 	}
-	more, err := run(again, true)
-	if err != nil {
-		return nil, err
-	}
-	for j, i := range again {
-		cmds[i] = more[j]
-	}
-	return cmds, nil
+	return cmds, err
 }
 
-// due reports whether k's lease is to be renewed by a call sent at sent,
-// and until when it surely holds; one that surely ran out is lost (the
-// holder told). A Keeper due is running until renewed says how it went.
-func (k *Keeper) due(sent time.Time) (time.Time, bool) {
+// due reports whether k's lease is to be renewed by a call sent at sent
+// (a set's Keeper: if its renewal is due within window), and until when
+// it surely holds; one that surely ran out is lost (the holder told). A
+// Keeper due is running until renewed says how it went. A set's Keeper
+// kept but not due returns when it is, later.
+func (k *Keeper) due(sent time.Time, window time.Duration) (end, later time.Time, ok bool) {
 	k.mu.Lock()
 	if k.stopped || k.cause != nil || k.until != nil && k.until.Err() != nil {
 		k.mu.Unlock()
-		return time.Time{}, false
+		return time.Time{}, time.Time{}, false
+	}
+	if k.set != nil && sent.Add(window).Before(k.next) {
+		next := k.next
+		k.mu.Unlock()
+		return time.Time{}, next, false
 	}
 	k.running.Add(1) // Stop waits for the holder to be told, too
 	end, lastErr := k.end, k.lastErr
@@ -243,9 +276,9 @@ func (k *Keeper) due(sent time.Time) (time.Time, bool) {
 	if !sent.Before(end) {
 		defer k.running.Done()
 		k.fail(fmt.Errorf("%w: lease on %s ran out before it could be renewed (last error: %v)", ErrNotHeld, k.key, lastErr))
-		return time.Time{}, false
+		return time.Time{}, time.Time{}, false
 	}
-	return end, true
+	return end, time.Time{}, true
 }
 
 // renewed takes the outcome of the renewal due sent at sent (held, or
@@ -266,15 +299,19 @@ func (k *Keeper) renewed(sent time.Time, held bool, err error) (time.Duration, b
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	var next time.Duration
 	if err == nil {
 		// Renew a third of a lease after the last renewal was sent, not
 		// after its reply: slow replies must not eat into the lease.
 		k.end, k.lastErr = sent.Add(k.ttl), nil
-		return max(time.Until(sent.Add(k.ttl/3)), 0), true
+		next = max(time.Until(sent.Add(k.ttl/3)), 0)
+	} else {
+		// Try again soon, and give up when the lease has surely run out.
+		k.lastErr = err
+		next = max(min(k.ttl/12, time.Until(k.end)), time.Millisecond)
 	}
-	// Try again soon, and give up when the lease has surely run out.
-	k.lastErr = err
-	return max(min(k.ttl/12, time.Until(k.end)), time.Millisecond), true
+	k.next = time.Now().Add(next)
+	return next, true
 }
 
 func (k *Keeper) fail(err error) {

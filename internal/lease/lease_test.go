@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -450,5 +451,136 @@ func (h *refreshCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 			h.mu.Unlock()
 		}
 		return next(ctx, cmds)
+	}
+}
+
+// TestKeepAllStopReleases: the last of a KeepAll's Keepers to stop stops
+// the set's timer, which would otherwise hold every Keeper (and what their
+// holders' onLost closures reach, a batch's values) until its first
+// renewal, LockTTL/3 later.
+func TestKeepAllStopReleases(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := redisx.New(rdb)
+	ks := KeepAll(c, []string{"{a}", "{b}"}, []string{NewToken(), NewToken()}, time.Minute, time.Now(), func(int) {})
+	for _, k := range ks {
+		if err := k.Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = ks[0].Stop() // twice: counted once
+	s := ks[0].set
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.timer.Stop() {
+		t.Error("the set's timer still pending once every Keeper stopped")
+	}
+	if s.left != 0 {
+		t.Errorf("%d Keepers left; want 0", s.left)
+	}
+}
+
+// TestKeepAllOneLeaseFails: each lease of a KeepAll is renewed by its own
+// reply: one that fails (LOADING, as a Cluster node restarting answers for
+// its keys only) fails that lease alone, which is lost once it surely ran
+// out; the others, renewed by the same call, are held throughout.
+func TestKeepAllOneLeaseFails(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := s.Client(t, nil)
+	c := redisx.New(rdb)
+	ctx := redistest.Context(t, 20*time.Second)
+	const ttl, n = 300 * time.Millisecond, 10
+	keys, tokens := make([]string, n), make([]string, n)
+	since := time.Now()
+	for i := range keys {
+		keys[i], tokens[i] = fmt.Sprintf("{one}:%d", i), NewToken()
+		if r, err := Acquire(ctx, c, keys[i], tokens[i], ttl); err != nil || r.State != Acquired {
+			t.Fatalf("Acquire: %+v, %v", r, err)
+		}
+	}
+	// An error reply as Redis gives it (go-redis types them).
+	loadingErr := rdb.Eval(ctx, "return redis.error_reply('LOADING Redis is loading the dataset in memory')", nil).Err()
+	if redisx.Classify(loadingErr) != redisx.Transient {
+		t.Fatalf("%v: not a transient reply", loadingErr)
+	}
+	loading := &failRenewal{key: keys[0], err: loadingErr}
+	rdb.AddHook(loading)
+	lost := make(chan int, n)
+	ks := KeepAll(c, keys, tokens, ttl, since, func(i int) { lost <- i })
+	// Renewed once, all together; lease 0's renewals fail from then on.
+	redistest.WaitFor(t, "a first renewal", func() bool {
+		for _, k := range ks {
+			k.mu.Lock()
+			end := k.end
+			k.mu.Unlock()
+			if !end.After(since.Add(ttl)) {
+				return false
+			}
+		}
+		return true
+	})
+	loading.armed.Store(true)
+	select {
+	case i := <-lost:
+		if i != 0 {
+			t.Fatalf("lease %d lost; want only the one whose renewal failed, 0", i)
+		}
+	case <-ctx.Done():
+		t.Fatal("the lease whose renewals failed was never lost")
+	}
+	// The others are renewed still, by calls sent since.
+	lostAt := time.Now()
+	redistest.WaitFor(t, "the other leases renewed since", func() bool {
+		for _, k := range ks[1:] {
+			k.mu.Lock()
+			end := k.end
+			k.mu.Unlock()
+			if !end.After(lostAt.Add(ttl)) {
+				return false
+			}
+		}
+		return true
+	})
+	select {
+	case i := <-lost:
+		t.Fatalf("lease %d lost too; want only 0", i)
+	default:
+	}
+	for i, k := range ks {
+		err := k.Stop()
+		if i == 0 && !errors.Is(err, ErrNotHeld) || i > 0 && err != nil {
+			t.Errorf("Stop of lease %d: %v", i, err)
+		}
+	}
+	for i, key := range keys[1:] {
+		if v := rdb.Get(ctx, key).Val(); v != tokens[i+1] {
+			t.Errorf("%s holds %q; want its token, renewed", key, v)
+		}
+	}
+}
+
+// failRenewal reports the renewal of key, in a pipeline, as failed with
+// err after it ran.
+type failRenewal struct {
+	key   string
+	err   error
+	armed atomic.Bool
+}
+
+func (h *failRenewal) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *failRenewal) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *failRenewal) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, cmd := range cmds {
+			if key, ok := IsRenewal(cmd); ok {
+				if key == h.key && h.armed.Load() {
+					cmd.SetErr(h.err)
+					if err == nil {
+						err = h.err
+					}
+				}
+			}
+		}
+		return err
 	}
 }
