@@ -356,6 +356,8 @@ func TestGatherAfterBatchNotPrecise(t *testing.T) {
 		time.Sleep(time.Until(deadline))
 	}
 	_, rdb := redistest.Mini(t)
+	pops := &gatherPops{}
+	rdb.AddHook(pops)
 	c := New(rdb, nil)
 	defer c.Close()
 	loading, release := make(chan struct{}), make(chan struct{})
@@ -380,16 +382,16 @@ func TestGatherAfterBatchNotPrecise(t *testing.T) {
 		got <- err
 	}()
 	<-loading // popped by the first pop, a Window after the Get
-	// The next, a Window later, pops full batches only while this one
-	// loads; the batch ends as it is sent.
-	redistest.WaitFor(t, "a pop during the load", func() bool { return sleeps.Load() == 2 })
+	// The second, a Window later, pops full batches only while the batch
+	// loads: it replied before the batch ends.
+	redistest.WaitFor(t, "a pop during the load", func() bool { return pops.n.Load() == 2 })
 	close(release)
 	if err := <-got; err != nil {
 		t.Fatal(err)
 	}
 	g := bt.b.fleet
-	// The loop ends after the pop that follows the batch: it takes the
-	// batch off the loading list, finds the queue empty, and resigns.
+	// The third follows the batch's end: it takes the batch off the
+	// loading list, finds the queue empty, and resigns; the loop ends.
 	redistest.WaitFor(t, "the gather loop to end", func() bool {
 		g.mu.Lock()
 		defer g.mu.Unlock()
@@ -398,7 +400,28 @@ func TestGatherAfterBatchNotPrecise(t *testing.T) {
 	if n, err := rdb.Exists(context.Background(), g.keys...).Result(); err != nil || n != 0 {
 		t.Fatalf("%d of the lease, queue and loading list left (%v); want none once the loop ended", n, err)
 	}
+	if n := pops.n.Load(); n != 3 {
+		t.Fatalf("%d pops; want 3: the first, one during the load, one after it", n)
+	}
 	if n := sleeps.Load(); n != 2 {
 		t.Errorf("%d pops slept on the fine timer; want 2, the ones due a Window after another", n)
 	}
+}
+
+// gatherPops counts the pops of the gather script that got a reply.
+type gatherPops struct{ n atomic.Int32 }
+
+func (h *gatherPops) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *gatherPops) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		args := cmd.Args()
+		if len(args) > 9 && (args[1] == gatherScript.Hash() || args[1] == gatherLua) && args[9] == gatherPop && err == nil {
+			h.n.Add(1)
+		}
+		return err
+	}
+}
+func (h *gatherPops) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
