@@ -463,6 +463,7 @@ func (b *batch[T]) failOpen(ctx context.Context, chunk []*batchLook, cl callOpti
 			outcomes[i] = flight.Outcome{Val: v, Err: absentErr(!ok, l.key)}
 		}
 	}
+	pat.stop() // before the landings, which would start a goroutine per watch
 	b.land(chunk, outcomes, out.panicked)
 }
 

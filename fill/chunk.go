@@ -44,6 +44,7 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 	returned := false
 	defer func() {
 		if !returned { // runtime.Goexit in the loader
+			pat.stop()
 			ch.goexit()
 		}
 	}()
