@@ -315,23 +315,31 @@ func (h *renewalReplies) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 	return next
 }
 
+// acquireAll starts a redis-server and takes n leases of ttl on keys
+// {tag}:i, acquired at since.
+func acquireAll(t *testing.T, tag string, n int, ttl time.Duration) (s *redistest.Server, rdb *redis.Client, c *redisx.Client,
+	keys, tokens []string, since time.Time) {
+	s = redistest.Start(t, nil)
+	rdb = s.Client(t, nil)
+	c = redisx.New(rdb)
+	keys, tokens = make([]string, n), make([]string, n)
+	since = time.Now()
+	for i := range keys {
+		keys[i], tokens[i] = fmt.Sprintf("{%s}:%d", tag, i), NewToken()
+		if r, err := Acquire(context.Background(), c, keys[i], tokens[i], ttl); err != nil || r.State != Acquired {
+			t.Fatalf("Acquire: %+v, %v", r, err)
+		}
+	}
+	return s, rdb, c, keys, tokens, since
+}
+
 // TestKeepAll: the leases of KeepAll are renewed together, one pipelined
 // call per renewal for every one still held: a lease stopped drops out of
 // the next, a lease lost is told at Stop, the others held throughout.
 func TestKeepAll(t *testing.T) {
-	s := redistest.Start(t, nil)
-	rdb := s.Client(t, nil)
-	c := redisx.New(rdb)
-	ctx := redistest.Context(t, 20*time.Second)
 	const ttl, n = 300 * time.Millisecond, 40
-	keys, tokens := make([]string, n), make([]string, n)
-	since := time.Now()
-	for i := range keys {
-		keys[i], tokens[i] = fmt.Sprintf("{all}:%d", i), NewToken()
-		if r, err := Acquire(ctx, c, keys[i], tokens[i], ttl); err != nil || r.State != Acquired {
-			t.Fatalf("Acquire: %+v, %v", r, err)
-		}
-	}
+	s, rdb, c, keys, tokens, since := acquireAll(t, "all", n, ttl)
+	ctx := redistest.Context(t, 20*time.Second)
 	calls := &refreshCalls{}
 	rdb.AddHook(calls)
 	// Redis knows no script: the first renewal meets NOSCRIPT, and goes
@@ -484,19 +492,9 @@ func TestKeepAllStopReleases(t *testing.T) {
 // its keys only) fails that lease alone, which is lost once it surely ran
 // out; the others, renewed by the same call, are held throughout.
 func TestKeepAllOneLeaseFails(t *testing.T) {
-	s := redistest.Start(t, nil)
-	rdb := s.Client(t, nil)
-	c := redisx.New(rdb)
-	ctx := redistest.Context(t, 20*time.Second)
 	const ttl, n = 300 * time.Millisecond, 10
-	keys, tokens := make([]string, n), make([]string, n)
-	since := time.Now()
-	for i := range keys {
-		keys[i], tokens[i] = fmt.Sprintf("{one}:%d", i), NewToken()
-		if r, err := Acquire(ctx, c, keys[i], tokens[i], ttl); err != nil || r.State != Acquired {
-			t.Fatalf("Acquire: %+v, %v", r, err)
-		}
-	}
+	_, rdb, c, keys, tokens, since := acquireAll(t, "one", n, ttl)
+	ctx := redistest.Context(t, 20*time.Second)
 	// An error reply as Redis gives it (go-redis types them).
 	loadingErr := rdb.Eval(ctx, "return redis.error_reply('LOADING Redis is loading the dataset in memory')", nil).Err()
 	if redisx.Classify(loadingErr) != redisx.Transient {
@@ -507,17 +505,7 @@ func TestKeepAllOneLeaseFails(t *testing.T) {
 	lost := make(chan int, n)
 	ks := KeepAll(c, keys, tokens, ttl, since, func(i int) { lost <- i })
 	// Renewed once, all together; lease 0's renewals fail from then on.
-	redistest.WaitFor(t, "a first renewal", func() bool {
-		for _, k := range ks {
-			k.mu.Lock()
-			end := k.end
-			k.mu.Unlock()
-			if !end.After(since.Add(ttl)) {
-				return false
-			}
-		}
-		return true
-	})
+	redistest.WaitFor(t, "a first renewal", func() bool { return renewedSince(ks, since) })
 	loading.armed.Store(true)
 	select {
 	case i := <-lost:
@@ -529,17 +517,7 @@ func TestKeepAllOneLeaseFails(t *testing.T) {
 	}
 	// The others are renewed still, by calls sent since.
 	lostAt := time.Now()
-	redistest.WaitFor(t, "the other leases renewed since", func() bool {
-		for _, k := range ks[1:] {
-			k.mu.Lock()
-			end := k.end
-			k.mu.Unlock()
-			if !end.After(lostAt.Add(ttl)) {
-				return false
-			}
-		}
-		return true
-	})
+	redistest.WaitFor(t, "the other leases renewed since", func() bool { return renewedSince(ks[1:], lostAt) })
 	select {
 	case i := <-lost:
 		t.Fatalf("lease %d lost too; want only 0", i)
@@ -556,6 +534,20 @@ func TestKeepAllOneLeaseFails(t *testing.T) {
 			t.Errorf("%s holds %q; want its token, renewed", key, v)
 		}
 	}
+}
+
+// renewedSince reports whether every lease of ks was renewed by a call sent
+// after at: each ends a lease after at, at the earliest.
+func renewedSince(ks []*Keeper, at time.Time) bool {
+	for _, k := range ks {
+		k.mu.Lock()
+		end := k.end
+		k.mu.Unlock()
+		if !end.After(at.Add(k.ttl)) {
+			return false
+		}
+	}
+	return true
 }
 
 // failRenewal reports the renewal of key, in a pipeline, as failed with
