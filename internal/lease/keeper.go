@@ -56,6 +56,9 @@ func Keep(c *redisx.Client, lockKey, token string, ttl time.Duration, since time
 // instant. Each Keeper is stopped on its own; a Stop waits for the set's
 // renewal under way, if the Keeper is in it.
 func KeepAll(c *redisx.Client, lockKeys, tokens []string, ttl time.Duration, since time.Time, onLost func(i int)) []*Keeper {
+	if len(lockKeys) == 0 {
+		return nil
+	}
 	s := &keepSet{c: c, ttl: ttl, keepers: make([]*Keeper, len(lockKeys)), left: len(lockKeys)}
 	for i, key := range lockKeys {
 		k := &Keeper{c: c, key: key, token: tokens[i], ttl: ttl, set: s, end: since.Add(ttl), next: since.Add(ttl / 3)}
