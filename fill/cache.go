@@ -190,6 +190,13 @@ func (c *Cache) enter() bool {
 	return true
 }
 
+// closing reports whether the Cache is closing, for work on ctx (a
+// flight's): Close ended c.base, which ends ctx with cause ErrClosed on a
+// goroutine of its own, a moment later.
+func (c *Cache) closing(ctx context.Context) bool {
+	return c.base.Err() != nil || context.Cause(ctx) == ErrClosed
+}
+
 // flightContext returns the context a flight's work runs on: the caller's
 // values without its cancellation, ended by Close (cause ErrClosed) and
 // after LoadTimeout.

@@ -208,7 +208,7 @@ func (ch *chunkLoad[T]) failed(sctx, wctx context.Context, out outcome, took tim
 		}
 		return fails, outcomes
 	}
-	closed := context.Cause(ch.ctx) == ErrClosed
+	closed := c.closing(ch.ctx)
 	if !closed {
 		c.stats.loadErrors.Add(1)
 	}

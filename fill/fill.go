@@ -453,11 +453,11 @@ func (ld *leader) settle(out outcome, took time.Duration, lost error, ov *ttlOve
 	case out.panicked != nil:
 		ld.fail(lease.Panicked, fmt.Sprint(out.panicked.Value))
 		return out
-	case out.err != nil && (context.Cause(ld.ctx) == ErrClosed || (took == 0 && ld.wctx.Err() != nil)):
+	case out.err != nil && (c.closing(ld.ctx) || (took == 0 && ld.wctx.Err() != nil)):
 		// Closed, or nobody waits any more and the load never started:
 		// not a failure to share. Release, so another server may load.
 		c.release(ld.sctx, j.ks, ld.claimed.token)
-		if context.Cause(ld.ctx) == ErrClosed {
+		if c.closing(ld.ctx) {
 			return outcome{err: ErrClosed}
 		}
 		return out
