@@ -72,6 +72,18 @@ type job struct {
 // load runs the job's loader for its key.
 func (j *job) load(ctx context.Context) (any, error) { return j.o.load(ctx, j.ks.name) }
 
+// loader is j's loader call, not made once the Cache is closing: a key
+// claimed as Close began is released (see leader.settle) for another
+// server to load, not loaded with an ended ctx.
+func (c *Cache) loader(j *job) func(context.Context) (any, error) {
+	return func(ctx context.Context) (any, error) {
+		if c.base.Err() != nil {
+			return nil, ErrClosed
+		}
+		return j.load(ctx)
+	}
+}
+
 // begin makes the checks every call of Get, GetMany and Batcher.Get starts
 // with, in this order: a loader (noLoader: there is none; what names the
 // call), a ctx not ended, a Cache that can work.

@@ -335,6 +335,12 @@ func (b *batch[T]) land(chunk []*batchLook, outcomes []flight.Outcome, panicked 
 // call is one call of the batch's loader for keys, reported to the
 // events handler.
 func (b *batch[T]) call(ctx context.Context, keys []string) (any, error) {
+	if b.c.base.Err() != nil {
+		// Closing: released, not loaded with an ended ctx (see
+		// Cache.loader); after a gatherer's check of its lease, which
+		// leaves a batch it lost to its successor, locks untouched.
+		return nil, ErrClosed
+	}
 	start := time.Now()
 	m, err := b.load(ctx, keys)
 	b.c.event(ctx, observe.Event{Kind: observe.Batch, N: len(keys), Duration: time.Since(start), Err: err})

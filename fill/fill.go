@@ -416,7 +416,7 @@ func (c *Cache) lead(ctx, wctx context.Context, j *job, claimed, fallback *look,
 		p = budget.Background
 	}
 	var ov ttlOverride
-	out, took := c.load(context.WithValue(lctx, ttlKey{}, &ov), wctx, key, j.load, p, j.cl.cost)
+	out, took := c.load(context.WithValue(lctx, ttlKey{}, &ov), wctx, key, c.loader(j), p, j.cl.cost)
 	lost := keeper.Stop()
 	cancel(nil)
 	returned = true

@@ -28,7 +28,7 @@ func (c *Cache) failOpen(ctx, wctx context.Context, j *job, cause error) outcome
 	if tell {
 		c.log("loading without the fleet-wide lock: redis unavailable", "err", cause)
 	}
-	out, _ := c.load(ctx, wctx, key, j.load, budget.Foreground, j.cl.cost)
+	out, _ := c.load(ctx, wctx, key, c.loader(j), budget.Foreground, j.cl.cost)
 	if out.err != nil && c.closing(ctx) {
 		return outcome{err: ErrClosed}
 	}
@@ -41,16 +41,12 @@ func (c *Cache) failOpen(ctx, wctx context.Context, j *job, cause error) outcome
 // cost in the budget, of priority p, carried by the loader's ctx and done
 // when the loader returns. A load that nobody waits for any more (wctx
 // ended) before it starts is not started, and its reservation is
-// cancelled. A load of a Cache that is closing is not started either: its
-// claim is released (see leader.settle), not loaded with an ended ctx. key
-// names the load in events and errors: a batch's is "a batch of N keys".
+// cancelled. key names the load in events and errors: a batch's is "a
+// batch of N keys".
 func (c *Cache) load(ctx, wctx context.Context, key string, run func(context.Context) (any, error), p budget.Priority, cost budget.Cost) (outcome, time.Duration) {
 	bg := p == budget.Background
 	bud := c.budget(ctx)
 	for {
-		if c.base.Err() != nil {
-			return outcome{err: ErrClosed}, 0
-		}
 		lctx := ctx
 		var res *budget.Reservation
 		if bud != nil {

@@ -50,11 +50,13 @@ func Keep(c *redisx.Client, lockKey, token string, ttl time.Duration, since time
 
 // KeepAll is [Keep] for the leases on lockKeys[i] held by tokens[i], all
 // acquired by requests sent at since (or later), onLost(i), if onLost is
-// not nil, telling the loss of lease i: one timer renews every lease still
-// held in one pipelined call, so that the leases of a batch of thousands
-// of keys cost one call per renewal rather than one each, sent at the same
-// instant. Each Keeper is stopped on its own; a Stop waits for the set's
-// renewal under way, if the Keeper is in it.
+// not nil, telling the loss of lease i: one timer renews the leases due
+// (within a twelfth of a lease of each other) in one pipelined call, so
+// that the leases of a batch of thousands of keys cost one call per
+// renewal rather than one each, sent at the same instant. Each lease takes
+// its own reply: one whose renewal failed is tried again sooner, without
+// the others. Each Keeper is stopped on its own; a Stop waits for the
+// set's renewal under way, if the Keeper is in it.
 func KeepAll(c *redisx.Client, lockKeys, tokens []string, ttl time.Duration, since time.Time, onLost func(i int)) []*Keeper {
 	if len(lockKeys) == 0 {
 		return nil
@@ -168,8 +170,10 @@ func (s *keepSet) renew() {
 		}, nil)
 		cancel()
 		for i, k := range live {
-			// Each lease by its own reply: on a Cluster, a node away
-			// fails its leases' renewals only.
+			// Each lease by its own reply: on a Cluster, a node that
+			// answers with an error (LOADING, READONLY) fails its
+			// leases' renewals only. One that cannot be reached starts
+			// the client's outage, which fails every call until it ends.
 			held, kerr := false, err
 			if cmds != nil {
 				var v any
