@@ -50,7 +50,7 @@ func BenchmarkBudgetConcurrency(b *testing.B) {
 				defer bud.Close()
 				buds = append(buds, bud)
 			}
-			const run, warm = 8 * time.Second, 2 * time.Second
+			run, warm := benchSpan(8*time.Second), benchSpan(2*time.Second)
 			ctx, cancel := context.WithTimeout(context.Background(), run)
 			defer cancel()
 			start := time.Now()
