@@ -343,7 +343,7 @@ func (c *Cache) claimMany(ctx context.Context, reqs []claimReq, o ops) []look {
 			continue
 		}
 		v, cerr := cmds[i].Result()
-		if isNoScript(cerr) {
+		if redisx.IsNoScript(cerr) {
 			// Still unknown (the load failed): this one alone, with
 			// EVAL's fallback.
 			*l = c.look(ctx, q.ks, q.token, o, modeRead, q.awaited)

@@ -545,7 +545,7 @@ func TestPollsLeaveRoomForLoads(t *testing.T) {
 			conn, err := d.DialContext(ctx, network, addr)
 			return slowConn{conn, &scripts}, err
 		}})
-	var logged syncBuffer
+	var logged redistest.Buffer
 	logger := slog.New(slog.NewTextHandler(&logged, nil))
 	c := newCache(t, rdb, &fill.Options{PollInterval: 20 * time.Millisecond, Logger: logger})
 	var calls, loaded atomic.Int32
@@ -604,22 +604,4 @@ func (c slowConn) Write(p []byte) (int, error) {
 		time.Sleep(2 * time.Millisecond)
 	}
 	return c.Conn.Write(p)
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

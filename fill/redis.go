@@ -4,7 +4,6 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -99,12 +98,6 @@ func upTo(n int) []int {
 	return idx
 }
 
-// isNoScript reports whether err is Redis' NOSCRIPT: the server does not
-// know the script (its cache was flushed by a restart or a failover).
-func isNoScript(err error) bool {
-	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
-}
-
 // rerunFlushed loads script and sends again, in one pipeline, the commands
 // of replies that failed with NOSCRIPT, putting their new replies in their
 // place; exec sends the commands of the given indexes of replies. A
@@ -120,7 +113,7 @@ func rerunFlushed(ctx context.Context, rdb redis.Scripter, script *redis.Script,
 	exec func(idx []int) ([]*redis.Cmd, error), retryFor time.Duration) {
 	var again []int
 	for i, cmd := range replies {
-		if isNoScript(cmd.Err()) {
+		if redisx.IsNoScript(cmd.Err()) {
 			again = append(again, i)
 		}
 	}

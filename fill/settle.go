@@ -347,7 +347,7 @@ func (c *Cache) settleMany(ctx context.Context, stores []storeCall, fails []sett
 		// for one, it failed the key's waiters.
 		var left []int
 		for i, r := range replies {
-			if isNoScript(r.Err()) {
+			if redisx.IsNoScript(r.Err()) {
 				left = append(left, i)
 			}
 		}

@@ -3,7 +3,6 @@ package lease
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -248,7 +247,7 @@ func (s *keepSet) send(ctx context.Context, live []*Keeper) ([]*redis.Cmd, error
 	cmds, err := run(all, false)
 	var again []int
 	for i, cmd := range cmds {
-		if err := cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		if redisx.IsNoScript(cmd.Err()) {
 			again = append(again, i)
 		}
 	}

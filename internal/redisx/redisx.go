@@ -468,6 +468,13 @@ func CheckPrefix(prefix string) error {
 	return nil
 }
 
+// IsNoScript reports whether err is Redis's NOSCRIPT: the server does not
+// know the script (it restarted, or its scripts were flushed), and an
+// EVALSHA of it is to be sent again once loaded, or by EVAL.
+func IsNoScript(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+}
+
 // PoolSize returns the size of rdb's connection pool (per node on a
 // Cluster or a Ring), its options' default filled in; 10 per CPU when rdb's
 // type does not say.
