@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -222,16 +223,9 @@ func (h *Hub) send(sh *shard, subscribe bool, ops []op) {
 		}
 		return
 	}
-	var err error
-	if sharded {
-		err = ps.SSubscribe(ctx, channels...)
-		h.startReader(sh)
-	} else {
-		err = ps.Subscribe(ctx, channels...)
-	}
-	if err != nil {
-		return
-	}
+	// The channels are recorded on sh before the write: its reader may
+	// read the reply (MOVED, from a master that no longer owns the slot)
+	// before the write returns, and movedReply looks for them there.
 	h.mu.Lock()
 	sh.seq++
 	n := sh.seq
@@ -247,8 +241,29 @@ func (h *Hub) send(sh *shard, subscribe bool, ops []op) {
 	}
 	sh.wait[n] = waiting
 	h.mu.Unlock()
+	var err error
+	if sharded {
+		err = ps.SSubscribe(ctx, channels...)
+		h.startReader(sh)
+		if f := subscribeSent.Load(); f != nil {
+			(*f)(h)
+		}
+	} else {
+		err = ps.Subscribe(ctx, channels...)
+	}
+	if err != nil {
+		// go-redis subscribes the channels again when it reconnects; a
+		// new PING follows then (see resubscribe).
+		h.mu.Lock()
+		delete(sh.wait, n)
+		h.mu.Unlock()
+		return
+	}
 	_ = ps.Ping(ctx, pingPrefix+strconv.FormatUint(n, 10))
 }
+
+// subscribeSent, when set (by tests), runs after an SSUBSCRIBE is written.
+var subscribeSent atomic.Pointer[func(h *Hub)]
 
 // pingPrefix marks the Hub's PINGs, apart from health checks.
 const pingPrefix = "locksmith:"

@@ -72,6 +72,7 @@ type Hub struct {
 
 	errCount atomic.Uint64
 	wakes    atomic.Uint64 // the writer's wake-ups: what closing Subs costs, for tests
+	moved    atomic.Uint64 // MOVED replies read, for tests
 	onError  func(error)
 	refusal  refusal // its own guard; taken inside mu, never the other way
 	beats    beats   // its own guard; taken inside mu, never the other way

@@ -34,6 +34,7 @@ func (h *Hub) dropped(e *entry, sh *shard, channel string) {
 // slots anew, and sh's channels are subscribed again once it routes them
 // elsewhere.
 func (h *Hub) movedReply(sh *shard) {
+	h.moved.Add(1)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if sh.echoes > 0 {

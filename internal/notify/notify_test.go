@@ -680,11 +680,24 @@ func heardAfter(t *testing.T, publish func() error, got <-chan string, want stri
 
 // staleSubscribes checks that a Hub on rdb, a Cluster client that does not
 // know yet that channel's slot moved, subscribes it on its new owner without
-// counting a refusal, and hears a publish.
+// counting a refusal, and hears a publish. The first SSUBSCRIBE's write
+// returns only once its MOVED reply has been read: the reader reads it as
+// soon as it comes, and a reply read before the Hub recorded where the
+// channel was sent used to be lost (the channel was never subscribed).
 func staleSubscribes(t *testing.T, rdb *redis.ClusterClient, channel string) {
 	t.Helper()
 	h := New(rdb, &Options{OnError: func(err error) { t.Log("refused:", err) }})
 	defer h.Close()
+	waitMoved := func(sent *Hub) {
+		if sent != h {
+			return
+		}
+		for deadline := time.Now().Add(5 * time.Second); sent.moved.Load() == 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	subscribeSent.Store(&waitMoved)
+	defer subscribeSent.Store(nil)
 	got := make(chan string, 256)
 	l := h.Listen(channel, func(p string) { got <- p })
 	defer l.Close()
@@ -692,6 +705,9 @@ func staleSubscribes(t *testing.T, rdb *redis.ClusterClient, channel string) {
 	heardAfter(t, func() error { return rdb.SPublish(ctx, channel, "hi").Err() }, got, "hi", 20*time.Second)
 	if n := h.Errors(); n != 0 {
 		t.Errorf("a client that did not know the slot moved: %d subscriptions refused", n)
+	}
+	if h.moved.Load() == 0 {
+		t.Error("no MOVED reply: the client knew the slot had moved")
 	}
 }
 
