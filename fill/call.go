@@ -78,7 +78,7 @@ func (j *job) load(ctx context.Context) (any, error) { return j.o.load(ctx, j.ks
 func (c *Cache) loader(j *job) func(context.Context) (any, error) {
 	return func(ctx context.Context) (any, error) {
 		if c.base.Err() != nil {
-			return nil, ErrClosed
+			return nil, errNotStarted
 		}
 		return j.load(ctx)
 	}

@@ -57,6 +57,8 @@ func (b *batch[T]) lead(ctx context.Context, chunk []*batchLook, cl callOptions,
 	}
 	cancel(nil)
 	if errors.Is(out.err, errAbandoned) {
+		b.c.log("the fleet's gatherer found its lease lost before a batch's loader call; its successor loads the batch",
+			"batch", b.opt.Name, "keys", len(ch.looks))
 		return true
 	}
 	sctx, scancel := settleContext(ctx)
@@ -339,7 +341,7 @@ func (b *batch[T]) call(ctx context.Context, keys []string) (any, error) {
 		// Closing: released, not loaded with an ended ctx (see
 		// Cache.loader); after a gatherer's check of its lease, which
 		// leaves a batch it lost to its successor, locks untouched.
-		return nil, ErrClosed
+		return nil, errNotStarted
 	}
 	start := time.Now()
 	m, err := b.load(ctx, keys)

@@ -13,7 +13,8 @@ import (
 // TestNoLoadOnceClosed: a key claimed as Close begins (the claim's reply
 // comes after) is not loaded: the loader is not called, its ctx over
 // already, and the lock is released at once, for another server to load;
-// the Get returns ErrClosed. The loader used to be called once more.
+// the Get returns ErrClosed. The loader used to be called once more; then,
+// not called, it was still counted as a load.
 func TestNoLoadOnceClosed(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	gate := redistest.NewHoldScript("closing-key")
@@ -42,6 +43,9 @@ func TestNoLoadOnceClosed(t *testing.T) {
 	}
 	if n := calls.Load(); n != 0 {
 		t.Errorf("the loader was called %d times once Close had begun; want none", n)
+	}
+	if n := c.Stats().Loads; n != 0 {
+		t.Errorf("Stats().Loads = %d; want 0: no load was made", n)
 	}
 	if n, err := rdb.Exists(context.Background(), lease.LockKey(DefaultPrefix, "closing-key")).Result(); err != nil || n != 0 {
 		t.Errorf("the lock: %d, %v; want it released", n, err)

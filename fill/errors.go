@@ -26,6 +26,15 @@ var (
 	ErrInvalid = errors.New("fill: invalid cache")
 )
 
+// errNotStarted is returned by a loader call not made because its Cache
+// began to close (see [Cache.loader]): [Cache.load] tells it apart from a
+// call that was made, and returns ErrClosed.
+var errNotStarted = fmt.Errorf("%w", ErrClosed)
+
+// notCalled reports whether err, a loader call's, says that the call was
+// not made: the Cache was closing, or a gatherer lost its lease first.
+func notCalled(err error) bool { return err == errNotStarted || err == errAbandoned }
+
 // notFound is the error of a cached absence of key: it names the key and
 // wraps ErrNotFound.
 func notFound(key string) error { return &notFoundError{key} }

@@ -7,7 +7,3 @@ func BatcherState[T any](bt *Batcher[T]) (pending, holders int) {
 	defer bt.mu.Unlock()
 	return len(bt.pending), bt.holders
 }
-
-// ErrAbandoned is what a gatherer's loader call returns when the gatherer
-// found its lease lost before the call.
-var ErrAbandoned = errAbandoned

@@ -70,6 +70,13 @@ func (c *Cache) load(ctx, wctx context.Context, key string, run func(context.Con
 		out := c.runReserved(lctx, run, res)
 		took := time.Since(start)
 		stop()
+		if notCalled(out.err) {
+			// No call was made: none counted, its reservation given back.
+			if out.err == errNotStarted {
+				out.err = ErrClosed
+			}
+			return out, 0
+		}
 		c.stats.loads.Add(1)
 		loadErr := out.err
 		if out.panicked != nil {
@@ -126,19 +133,26 @@ func (c *Cache) reserve(ctx, wctx context.Context, bud *budget.Budget, key strin
 
 // runReserved runs the loader on ctx, then ends its reservation res, if
 // not nil, as done: the call was made, whatever it returned (a panic and
-// runtime.Goexit included). A load that returned a value tells the budget
+// runtime.Goexit included), unless the loader said it made no call (see
+// notCalled): then the reservation is cancelled, its slot given back. A load that returned a value tells the budget
 // that the upstream accepted the call: an Adaptive budget counts it toward
 // raising its learned rate, once per reservation (a loader that reported
 // the response itself, as httpfill's does, loses nothing).
-func (c *Cache) runReserved(ctx context.Context, run func(context.Context) (any, error), res *budget.Reservation) outcome {
+func (c *Cache) runReserved(ctx context.Context, run func(context.Context) (any, error), res *budget.Reservation) (out outcome) {
 	if res != nil {
 		defer func() {
+			if notCalled(out.err) {
+				if err := res.Cancel(ctx); err != nil {
+					c.log("cancelling a budget reservation failed", "err", err)
+				}
+				return
+			}
 			if err := res.Done(ctx); err != nil {
 				c.log("settling a budget reservation failed", "err", err)
 			}
 		}()
 	}
-	out := protect(ctx, run)
+	out = protect(ctx, run)
 	if res != nil && out.err == nil && out.panicked == nil {
 		_ = res.Observe(ctx, nil, http.StatusOK)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"slices"
@@ -21,7 +22,6 @@ import (
 	"github.com/locksmith-go/locksmith/budget"
 	"github.com/locksmith-go/locksmith/fill"
 	"github.com/locksmith-go/locksmith/internal/redistest"
-	"github.com/locksmith-go/locksmith/observe"
 )
 
 // pausedEnv makes the test binary run as the paused gatherer of
@@ -56,7 +56,9 @@ func pausedKeys(prefix string, n int) []string {
 // It prints "loading NAME N" at each loader call, "abandoned pre" when the
 // gatherer of "pre" gave up a loader call for its lost lease, "got KEY
 // VALUE" for each of its Gets, and, once its Caches are closed (nothing of
-// theirs runs any more), "stale mid N pre N": their settles refused.
+// theirs runs any more), "stale mid N pre N": their settles refused, and
+// "given back N": the budget's reservations cancelled (pre's abandoned
+// call was not made: its slot goes back).
 func pausedMain(addr string) {
 	var mu sync.Mutex
 	say := func(format string, args ...any) {
@@ -94,15 +96,15 @@ func pausedMain(addr string) {
 	}, &fill.BatchOptions{Name: "mid", Window: pausedWindow, FleetWide: true})
 	abandoned := make(chan struct{}, 1)
 	pre := fill.New(rdb, &fill.Options{LockTTL: 30 * time.Second, Budget: b,
-		Events: observe.Func(func(_ context.Context, e observe.Event) {
-			if e.Kind == observe.Load && errors.Is(e.Err, fill.ErrAbandoned) {
+		Logger: slog.New(slog.NewTextHandler(lineWatch(func(line string) {
+			if strings.Contains(line, "lease lost before a batch's loader call") {
 				say("abandoned pre")
 				select {
 				case abandoned <- struct{}{}:
 				default:
 				}
 			}
-		})})
+		}), nil))})
 	btPre := fill.NewBatcher(pre, func(_ context.Context, keys []string) (map[string]string, error) {
 		say("loading pre %d", len(keys))
 		return child(keys), nil
@@ -132,6 +134,15 @@ func pausedMain(addr string) {
 	_ = pre.Close()
 	_ = b.Close()
 	say("stale mid %d pre %d", mid.Stats().StaleStores, pre.Stats().StaleStores)
+	say("given back %d", b.Stats().GivenBack)
+}
+
+// lineWatch is an io.Writer that hands each Write, a log line, to fn.
+type lineWatch func(line string)
+
+func (w lineWatch) Write(p []byte) (int, error) {
+	w(string(p))
+	return len(p), nil
 }
 
 // answer is a Get's value, or its error.
@@ -221,7 +232,7 @@ func TestFleetWideGathererPaused(t *testing.T) {
 	called := len(said) // the loader calls before the child stopped
 	rdb := s.Client(t, nil)
 	redistest.WaitFor(t, "pre's batch popped", func() bool {
-		return rdb.LLen(ctx, "__locksmith:{batch:pre}:loading").Val() == 10
+		return rdb.SCard(ctx, "__locksmith:{batch:pre}:loading").Val() == 10
 	})
 	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -281,6 +292,7 @@ func TestFleetWideGathererPaused(t *testing.T) {
 		t.Fatalf("the child: %v; it said %q", err, said)
 	}
 	var got []string
+	givenBack := false
 	for i, line := range said {
 		switch {
 		case strings.HasPrefix(line, "loading mid ") && i < called:
@@ -291,9 +303,17 @@ func TestFleetWideGathererPaused(t *testing.T) {
 				t.Errorf("the child's Get: %q; want the successors' value", line)
 			}
 		case line == "abandoned pre", line == "stale mid 10 pre 0":
+		case strings.HasPrefix(line, "given back "):
+			givenBack = true
+			if n, _ := strconv.Atoi(strings.TrimPrefix(line, "given back ")); n < 1 {
+				t.Errorf("the child said %q: the reservation of pre's abandoned call was not given back", line)
+			}
 		default:
 			t.Errorf("the child said %q", line)
 		}
+	}
+	if !givenBack {
+		t.Error("the child did not say how many reservations it gave back")
 	}
 	for _, want := range []string{"abandoned pre", "stale mid 10 pre 0"} {
 		if !slices.Contains(said, want) {
@@ -333,11 +353,11 @@ func TestFleetWideGathererRetakesOwnLease(t *testing.T) {
 	t.Cleanup(func() { _ = own.Close() })
 	var abandoned atomic.Int32
 	bts, loaders, _ := fleetBatchers(t, []redis.UniversalClient{s.Client(t, nil)}, &fill.Options{Budget: own,
-		Events: observe.Func(func(_ context.Context, e observe.Event) {
-			if e.Kind == observe.Load && errors.Is(e.Err, fill.ErrAbandoned) {
+		Logger: slog.New(slog.NewTextHandler(lineWatch(func(line string) {
+			if strings.Contains(line, "lease lost before a batch's loader call") {
 				abandoned.Add(1)
 			}
-		})}, fill.BatchOptions{Name: "pre", Window: 10 * time.Millisecond}, 0)
+		}), nil))}, fill.BatchOptions{Name: "pre", Window: 10 * time.Millisecond}, 0)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -345,7 +365,7 @@ func TestFleetWideGathererRetakesOwnLease(t *testing.T) {
 	}()
 	rdb := s.Client(t, nil)
 	redistest.WaitFor(t, "the batch popped", func() bool {
-		return rdb.LLen(ctx, "__locksmith:{batch:pre}:loading").Val() == 10
+		return rdb.SCard(ctx, "__locksmith:{batch:pre}:loading").Val() == 10
 	})
 	// The lease runs out, as if the gatherer had paused past it; the
 	// gatherer's next pop takes it anew.
