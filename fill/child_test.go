@@ -92,8 +92,8 @@ func TestFleetWideGathererKilled(t *testing.T) {
 	// Ten keys the gatherer has popped, ten more queued or popped.
 	rdb := s.Client(t, nil)
 	redistest.WaitFor(t, "the others' keys handed off", func() bool {
-		return rdb.LLen(ctx, "__locksmith:{batch:users}:loading").Val()+
-			rdb.LLen(ctx, "__locksmith:{batch:users}:queue").Val() >= 20
+		return rdb.SCard(ctx, "__locksmith:{batch:users}:loading").Val()+
+			rdb.ZCard(ctx, "__locksmith:{batch:users}:queue").Val() >= 20
 	})
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)

@@ -214,7 +214,7 @@ func TestFleetWideGathererDies(t *testing.T) {
 	}()
 	redistest.WaitFor(t, "ten keys queued or popped", func() bool {
 		_, popped := deadLoads[0].loaded()
-		return int(rdb.LLen(ctx, "__locksmith:{batch:users}:queue").Val())+len(popped) == len(keys)
+		return int(rdb.ZCard(ctx, "__locksmith:{batch:users}:queue").Val())+len(popped) == len(keys)
 	})
 	// The gatherer is cut off, its callers gone: its lease runs out.
 	giveUp()

@@ -55,6 +55,7 @@ const (
 	gatherDone    = "d"
 	gatherQuit    = "q"
 	gatherResign  = "r"
+	gatherAudit   = "a"
 )
 
 // gatherLease is the gatherer's lease: a gatherer that crashed is replaced
@@ -104,6 +105,11 @@ type gatherer[T any] struct {
 	// leases, its contexts), moving averages in ns: a pop is sent about
 	// that long before it is due (see ahead).
 	popRTT, setup atomic.Int64
+	// waiting holds the keys handed off here whose flights have not
+	// landed, by item; auditing: a goroutine looks for them (see
+	// gatheraudit.go). Guarded by mu.
+	waiting  map[string]handed
+	auditing bool
 }
 
 func newGatherer[T any](b *batch[T]) *gatherer[T] {
@@ -186,8 +192,13 @@ func (g *gatherer[T]) handOff(fctx context.Context, claimed []*batchLook, cl cal
 	// key. The leases are renewed together: the keys of a hand-off of
 	// thousands cost one call per renewal.
 	keepers := b.c.keepClaims(claimed, nil)
+	names := make([]string, len(claimed))
 	for i, l := range claimed {
+		names[i] = items[i].(string)
 		l.claimKeeper = keepers[i]
+	}
+	g.watch(names, claimed)
+	for _, l := range claimed {
 		l.r = claimReply{state: held, pttl: b.c.opt.LockTTL, holder: l.token}
 		l.token = lease.NewToken()
 		l.handedOff = true
@@ -262,7 +273,9 @@ func (g *gatherer[T]) load(items []string, recovered bool, replied time.Time) {
 		if i, dup := byKey[l.key]; dup {
 			// Claimed again since: its lock lapsed while it was queued.
 			// The later claim holds the lock.
-			chunk[i] = l
+			if !l.r.now.Before(chunk[i].r.now) {
+				chunk[i] = l
+			}
 			continue
 		}
 		byKey[l.key] = len(chunk)
@@ -281,7 +294,7 @@ func (g *gatherer[T]) load(items []string, recovered bool, replied time.Time) {
 		}
 		return call()
 	}
-	abandoned := false
+	abandoned, ended := false, false
 	// However the batch ends (a loader's runtime.Goexit unwinds this
 	// goroutine, lead having settled its keys as failures), its items are
 	// no longer this server's loads.
@@ -291,10 +304,13 @@ func (g *gatherer[T]) load(items []string, recovered bool, replied time.Time) {
 		for _, s := range items {
 			delete(g.loading, s)
 		}
-		if abandoned {
-			// Left on the loading list, for the next gatherer: this
-			// server's to load again should it hold the lease, which its
-			// next pop looks at.
+		if abandoned || !ended {
+			// Abandoned, or unwound (a loader's runtime.Goexit) before
+			// its last part was loaded (several parts only when
+			// recovered): left on the loading list, for the next
+			// gatherer, which loads those still claimed; this server's
+			// to load again should it hold the lease, which its next pop
+			// looks at.
 			g.resync = true
 			return
 		}
@@ -308,6 +324,7 @@ func (g *gatherer[T]) load(items []string, recovered bool, replied time.Time) {
 		abandoned = b.lead(fctx, part, b.callOptions(), nil, around, &wg) || abandoned
 	}
 	wg.Wait()
+	ended = true
 }
 
 // takeSettled returns args followed by the items settled and not yet

@@ -3,6 +3,7 @@ package fill
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -184,7 +185,7 @@ func TestGatherSettledTakenOff(t *testing.T) {
 			_, g := handGatherer(t, rdb, nil)
 			ctx := context.Background()
 			settled, other := "tok1 1 a", "tok2 1 b"
-			if err := rdb.RPush(ctx, g.keys[2], settled, other).Err(); err != nil {
+			if err := rdb.SAdd(ctx, g.keys[2], settled, other).Err(); err != nil {
 				t.Fatal(err)
 			}
 			if name != "lost lease" {
@@ -193,13 +194,13 @@ func TestGatherSettledTakenOff(t *testing.T) {
 				}
 			}
 			if name == "quit" {
-				if err := rdb.LRem(ctx, g.keys[2], 1, other).Err(); err != nil {
+				if err := rdb.SRem(ctx, g.keys[2], other).Err(); err != nil {
 					t.Fatal(err)
 				}
 			}
 			g.settled = []string{settled}
 			end(ctx, g)
-			left, err := rdb.LRange(ctx, g.keys[2], 0, -1).Result()
+			left, err := rdb.SMembers(ctx, g.keys[2]).Result()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -276,10 +277,13 @@ func TestGatherPopKeepsListsAlive(t *testing.T) {
 			}
 			// Two queued (one is popped), one loading, each list about to
 			// go.
+			if err := rdb.ZAdd(ctx, g.keys[1], redis.Z{Score: 1, Member: "tok 1 a"}, redis.Z{Score: 1, Member: "tok 1 b"}).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := rdb.SAdd(ctx, g.keys[2], "tok 1 a", "tok 1 b").Err(); err != nil {
+				t.Fatal(err)
+			}
 			for _, k := range g.keys[1:] {
-				if err := rdb.RPush(ctx, k, "tok 1 a", "tok 1 b").Err(); err != nil {
-					t.Fatal(err)
-				}
 				if err := rdb.PExpire(ctx, k, 50*time.Millisecond).Err(); err != nil {
 					t.Fatal(err)
 				}
@@ -310,7 +314,7 @@ func TestGatherSettledOwnedByCall(t *testing.T) {
 	rdb.AddHook(hook)
 	_, g := handGatherer(t, rdb, nil)
 	ctx := context.Background()
-	if err := rdb.RPush(ctx, g.keys[2], items).Err(); err != nil {
+	if err := rdb.SAdd(ctx, g.keys[2], items).Err(); err != nil {
 		t.Fatal(err)
 	}
 	// Another server gathers now: the pop loads nothing.
@@ -335,7 +339,7 @@ func TestGatherSettledOwnedByCall(t *testing.T) {
 	g.mu.Unlock()
 	close(hook.Release)
 	<-popped
-	left := rdb.LRange(ctx, g.keys[2], 0, -1).Val()
+	left := rdb.SMembers(ctx, g.keys[2]).Val()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if len(left) != 1 || left[0] != items[2] || !slices.Equal(g.settled, items[2:]) {
@@ -424,4 +428,50 @@ func (h *gatherPops) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 }
 func (h *gatherPops) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
+}
+
+// TestGatherRecoveredGoexit: a recovered batch larger than MaxSize (a
+// gatherer took over a loading list) is loaded in parts; a loader that
+// calls runtime.Goexit in the first ends the batch there. Its items stay
+// on the loading list, for the next pop to look at again: those of the
+// parts not loaded are still claimed, and loaded then. They were all taken
+// off the list, as if settled: nobody loaded the keys of the later parts.
+func TestGatherRecoveredGoexit(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c := New(rdb, nil)
+	t.Cleanup(func() { _ = c.Close() })
+	var calls atomic.Int32
+	bt := NewBatcher(c, func(context.Context, []string) (map[string]string, error) {
+		calls.Add(1)
+		runtime.Goexit()
+		return nil, nil
+	}, &BatchOptions{FleetWide: true, Name: "n", MaxSize: 1})
+	g := bt.b.fleet
+	ctx := context.Background()
+	items := []string{"tok1 1 a", "tok2 1 b"}
+	for i, key := range []string{"a", "b"} {
+		if err := rdb.Set(ctx, lease.LockKey(DefaultPrefix, key), fmt.Sprintf("tok%d", i+1), time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.mu.Lock()
+	for _, s := range items {
+		g.loading[s] = g.term
+	}
+	g.leaseEnd = time.Now().Add(time.Minute)
+	g.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		g.load(items, true, time.Now())
+	}()
+	<-done
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d loader calls; want 1, ended by Goexit", n)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.settled) != 0 || !g.resync {
+		t.Errorf("after Goexit in the first part: settled %q, resync %v; want none settled, the list looked at again", g.settled, g.resync)
+	}
 }

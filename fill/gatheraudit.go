@@ -1,0 +1,145 @@
+package fill
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/locksmith-go/locksmith/internal/flight"
+	"github.com/locksmith-go/locksmith/internal/lease"
+)
+
+// A key handed off to the fleet's gatherer (see gather.go) waits in its
+// queue, and then on its loading list, while its claimer keeps the claim's
+// lease. Should its item leave both without the key being settled (a
+// failover to a replica the hand-off had not reached, the queue evicted or
+// deleted, a FLUSHALL that spared the lock), nobody would load the key
+// and its claimer would keep its lock: every server's callers would wait
+// until their ctx or the flight's LoadTimeout ended. So a server asks,
+// every auditEvery while keys it handed off wait, whether their items are
+// still there; one that is not is taken back: its lease is no longer kept
+// and its lock released, and its waiters (this server's, which wait with a
+// token of their own) claim and load it as any key whose holder released
+// it.
+
+// handed is a key this server handed off and still waits for.
+type handed struct {
+	f      *flight.Call
+	ks     keyset
+	token  string // the claim's, which holds the lock
+	keeper *lease.Keeper
+}
+
+// auditEvery is how often the items of keys handed off are looked for:
+// the gatherer's lease (2 s unless the Window is longer), or PollInterval
+// if longer. Keys wait for their batch a few Windows at most, unless its
+// budget or a slow loader holds it up, so that a server rarely makes an
+// audit at all.
+func (g *gatherer[T]) auditEvery() time.Duration {
+	return max(g.lease(), g.b.c.opt.PollInterval)
+}
+
+// watch has the keys of claimed, handed off as items, looked for until
+// their flights land. Each look's token is the claim's still, and its
+// claimKeeper set.
+func (g *gatherer[T]) watch(items []string, claimed []*batchLook) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.waiting == nil {
+		g.waiting = make(map[string]handed, len(items))
+	}
+	for i, l := range claimed {
+		g.waiting[items[i]] = handed{f: l.f, ks: l.ks, token: l.token, keeper: l.claimKeeper}
+	}
+	if !g.auditing && g.b.c.enter() {
+		g.auditing = true
+		go g.audit()
+	}
+}
+
+// audit looks for the items of the keys this server handed off, every
+// auditEvery, until none waits, and takes back those it does not find.
+func (g *gatherer[T]) audit() {
+	c := g.b.c
+	defer c.wg.Done()
+	timer := time.NewTimer(g.auditEvery())
+	defer timer.Stop()
+	for {
+		select {
+		case <-c.base.Done():
+			g.mu.Lock()
+			g.auditing = false
+			g.mu.Unlock()
+			return
+		case <-timer.C:
+		}
+		items := g.stillWaiting()
+		if len(items) == 0 {
+			return
+		}
+		g.takeBack(c.base, items)
+		timer.Reset(g.auditEvery())
+	}
+}
+
+// stillWaiting forgets the keys whose flights landed, and returns the
+// items of the others; none ends the audit.
+func (g *gatherer[T]) stillWaiting() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var items []string
+	for s, h := range g.waiting {
+		select {
+		case <-h.f.Done():
+			delete(g.waiting, s)
+		default:
+			items = append(items, s)
+		}
+	}
+	if len(items) == 0 {
+		g.auditing = false
+	}
+	return items
+}
+
+// takeBack asks whether items are queued or loading, and takes back the
+// keys of those that are not: their claims' leases are no longer kept,
+// and their locks released, which wakes their waiters.
+func (g *gatherer[T]) takeBack(ctx context.Context, items []string) {
+	c := g.b.c
+	args := make([]any, len(items))
+	for i, s := range items {
+		args[i] = s
+	}
+	v, err := g.run(ctx, gatherAudit, args...)
+	found, ok := v.([]any)
+	if err != nil || !ok || len(found) != len(items) {
+		if err == nil {
+			err = fmt.Errorf("fill: unexpected audit reply %v (%T)", v, v)
+		}
+		if ctx.Err() != nil {
+			return // closing
+		}
+		c.log("looking for the keys handed off to the fleet's gatherer failed", "err", err)
+		return
+	}
+	var lost []handed
+	g.mu.Lock()
+	for i, s := range items {
+		if n, _ := found[i].(int64); n == 0 {
+			if h, ok := g.waiting[s]; ok {
+				delete(g.waiting, s)
+				lost = append(lost, h)
+			}
+		}
+	}
+	g.mu.Unlock()
+	if len(lost) == 0 {
+		return
+	}
+	c.log("keys handed off to the fleet's gatherer left its queue unsettled; taking them back", "keys", len(lost))
+	for _, h := range lost {
+		_ = h.keeper.Stop()
+		c.release(ctx, h.ks, h.token)
+	}
+}
