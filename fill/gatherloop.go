@@ -75,8 +75,9 @@ func (g *gatherer[T]) loop() {
 	// round trip later. The timer fires fine.Window before that, and the
 	// rest is slept on the fine timer: a pop a Go timer wakes up to a
 	// millisecond late would hold every Get of its batch that much longer.
-	// A pop that only has to come after something (a batch's end) is
-	// not precise: it sleeps on the Go timer alone, since the fine timer
+	// A pop that only has to come after something (a batch's end), or
+	// that pops only a full batch (see gatherLoop.fullOnly), is not
+	// precise: it sleeps on the Go timer alone, since the fine timer
 	// blocks a thread, and spins a CPU at its end, just as the batch's
 	// values are handed out.
 	precise := true
@@ -141,7 +142,11 @@ func (g *gatherer[T]) loop() {
 		if done {
 			return
 		}
-		due, precise = time.Now().Add(next), true
+		// A pop that takes only a full batch (a batch loads) need not be
+		// precise: keys wait for the load to end anyway. On the fine
+		// timer, a loop would block a thread and spin a CPU every Window
+		// for as long as a batch loads.
+		due, precise = time.Now().Add(next), !ls.fullOnly(opt.Window)
 		timer.Reset(early(due))
 	}
 }
