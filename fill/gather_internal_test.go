@@ -477,3 +477,56 @@ func TestGatherRecoveredGoexit(t *testing.T) {
 		t.Errorf("after Goexit in the first part: settled %q, resync %v; want none settled, the list looked at again", g.settled, g.resync)
 	}
 }
+
+// TestGatherHandOffTookLeaseDuringPop: a hand-off that takes the lease
+// anew (it had run out: a pause) while a pop is on its way, and reaches
+// Redis first, leaves the pop renewing a lease that had a break. The
+// batches popped before the break are no longer surely the gatherer's (a
+// successor may have taken them over): their loader calls wait for the
+// loading list, which the next pop asks for. They went ahead: the pop
+// renewed the lease as if it had been held all along.
+func TestGatherHandOffTookLeaseDuringPop(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	_, g := handGatherer(t, rdb, nil)
+	ctx := context.Background()
+	old := "tok 1 a"
+	g.mu.Lock()
+	g.loading[old] = g.term
+	g.leaseEnd = time.Now().Add(-time.Second) // ran out
+	g.mu.Unlock()
+	rdb.AddHook(beforePop(func() {
+		// The hand-off's script took the lease, and its reply is read as
+		// the pop goes.
+		if err := rdb.Set(ctx, g.keys[0], g.token, time.Minute).Err(); err != nil {
+			t.Error(err)
+		}
+		g.mu.Lock()
+		g.tookLease = true
+		g.mu.Unlock()
+	}))
+	g.pop(ctx, &gatherLoop{})
+	if g.held([]string{old}) {
+		t.Error("a batch popped before the lease's break may still call its loader")
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.tookLease || !g.resync {
+		t.Errorf("after the pop: tookLease %v, resync %v; want false, true (the next pop asks for the loading list)", g.tookLease, g.resync)
+	}
+}
+
+// beforePop runs fn before each pop of the gather script.
+type beforePop func()
+
+func (h beforePop) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h beforePop) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if args := cmd.Args(); len(args) > 9 && (args[1] == gatherScript.Hash() || args[1] == gatherLua) && args[9] == gatherPop {
+			h()
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h beforePop) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}

@@ -218,7 +218,15 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 	if err != nil {
 		g.putBack(settled) // the script, had it run, took them off: sent again, they are not found
 	} else {
-		g.tookLease = g.tookLease && !tookLease
+		if g.tookLease && !tookLease {
+			// A hand-off took the lease anew while this pop was on its
+			// way, and ran first (had the pop found the lease free, it
+			// would have taken it, and the hand-off not): the lease had
+			// a break. This pop counts as taking it anew, and the next
+			// asks for the loading list, which this one did not.
+			tookLease, g.resync = true, true
+		}
+		g.tookLease = false
 	}
 	g.mu.Unlock()
 	var r gathered
