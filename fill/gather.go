@@ -294,7 +294,10 @@ func (g *gatherer[T]) load(items []string, recovered bool, replied time.Time) {
 		}
 		return call()
 	}
-	abandoned, ended := false, false
+	abandoned := false
+	// parts counts the parts whose loads began, of last (several only
+	// when recovered).
+	parts, last := 0, (len(chunk)+b.opt.MaxSize-1)/b.opt.MaxSize
 	// However the batch ends (a loader's runtime.Goexit unwinds this
 	// goroutine, lead having settled its keys as failures), its items are
 	// no longer this server's loads.
@@ -304,13 +307,12 @@ func (g *gatherer[T]) load(items []string, recovered bool, replied time.Time) {
 		for _, s := range items {
 			delete(g.loading, s)
 		}
-		if abandoned || !ended {
+		if abandoned || parts < last {
 			// Abandoned, or unwound (a loader's runtime.Goexit) before
-			// its last part was loaded (several parts only when
-			// recovered): left on the loading list, for the next
-			// gatherer, which loads those still claimed; this server's
-			// to load again should it hold the lease, which its next pop
-			// looks at.
+			// its last part began: left on the loading list, for the
+			// next gatherer, which loads those still claimed; this
+			// server's to load again should it hold the lease, which its
+			// next pop looks at.
 			g.resync = true
 			return
 		}
@@ -320,11 +322,11 @@ func (g *gatherer[T]) load(items []string, recovered bool, replied time.Time) {
 		g.settled = append(g.settled, items...)
 	}()
 	var wg sync.WaitGroup
-	for part := range slices.Chunk(chunk, b.opt.MaxSize) { // several only when recovered
+	for part := range slices.Chunk(chunk, b.opt.MaxSize) {
+		parts++
 		abandoned = b.lead(fctx, part, b.callOptions(), nil, around, &wg) || abandoned
 	}
 	wg.Wait()
-	ended = true
 }
 
 // takeSettled returns args followed by the items settled and not yet

@@ -275,8 +275,7 @@ func TestGatherPopKeepsListsAlive(t *testing.T) {
 			if err := rdb.Set(ctx, g.keys[0], holder, time.Minute).Err(); err != nil {
 				t.Fatal(err)
 			}
-			// Two queued (one is popped), one loading, each list about to
-			// go.
+			// Two queued (one is popped), two loading, each about to go.
 			if err := rdb.ZAdd(ctx, g.keys[1], redis.Z{Score: 1, Member: "tok 1 a"}, redis.Z{Score: 1, Member: "tok 1 b"}).Err(); err != nil {
 				t.Fatal(err)
 			}
@@ -479,39 +478,50 @@ func TestGatherRecoveredGoexit(t *testing.T) {
 }
 
 // TestGatherHandOffTookLeaseDuringPop: a hand-off that takes the lease
-// anew (it had run out: a pause) while a pop is on its way, and reaches
-// Redis first, leaves the pop renewing a lease that had a break. The
-// batches popped before the break are no longer surely the gatherer's (a
-// successor may have taken them over): their loader calls wait for the
-// loading list, which the next pop asks for. They went ahead: the pop
-// renewed the lease as if it had been held all along.
+// anew (it had run out: a pause) while a pop is on its way leaves that pop
+// renewing a lease that had a break, before or after it. No batch popped
+// before is surely the gatherer's any more (a successor may have taken it
+// over): none calls its loader until the next pop, which counts as taking
+// the lease anew and asks for the loading list. They went ahead: the pop
+// renewed the lease as if it had been held all along. A pop that found
+// another server gathering leaves the hand-off's news for the next pop
+// too.
 func TestGatherHandOffTookLeaseDuringPop(t *testing.T) {
-	_, rdb := redistest.Mini(t)
-	_, g := handGatherer(t, rdb, nil)
-	ctx := context.Background()
-	old := "tok 1 a"
-	g.mu.Lock()
-	g.loading[old] = g.term
-	g.leaseEnd = time.Now().Add(-time.Second) // ran out
-	g.mu.Unlock()
-	rdb.AddHook(beforePop(func() {
-		// The hand-off's script took the lease, and its reply is read as
-		// the pop goes.
-		if err := rdb.Set(ctx, g.keys[0], g.token, time.Minute).Err(); err != nil {
-			t.Error(err)
-		}
-		g.mu.Lock()
-		g.tookLease = true
-		g.mu.Unlock()
-	}))
-	g.pop(ctx, &gatherLoop{})
-	if g.held([]string{old}) {
-		t.Error("a batch popped before the lease's break may still call its loader")
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.tookLease || !g.resync {
-		t.Errorf("after the pop: tookLease %v, resync %v; want false, true (the next pop asks for the loading list)", g.tookLease, g.resync)
+	for _, holder := range []string{"this server", "another"} {
+		t.Run(holder, func(t *testing.T) {
+			_, rdb := redistest.Mini(t)
+			_, g := handGatherer(t, rdb, nil)
+			ctx := context.Background()
+			old := "tok 1 a"
+			g.mu.Lock()
+			g.loading[old] = g.term
+			g.leaseEnd = time.Now().Add(-time.Second) // ran out
+			g.mu.Unlock()
+			rdb.AddHook(beforePop(func() {
+				// The lease as the pop finds it (the hand-off's script
+				// took it, or another server did), and the hand-off's
+				// reply read as the pop goes.
+				token := g.token
+				if holder == "another" {
+					token = "another"
+				}
+				if err := rdb.Set(ctx, g.keys[0], token, time.Minute).Err(); err != nil {
+					t.Error(err)
+				}
+				g.mu.Lock()
+				g.tookLease = true
+				g.mu.Unlock()
+			}))
+			g.pop(ctx, &gatherLoop{})
+			if g.held([]string{old}) {
+				t.Error("a batch popped before the lease's break may still call its loader")
+			}
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			if !g.tookLease {
+				t.Error("the hand-off's new lease was forgotten: the next pop does not count as taking it anew")
+			}
+		})
 	}
 }
 
@@ -529,4 +539,122 @@ func (h beforePop) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 }
 func (h beforePop) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
+}
+
+// TestGatherPreciseAfterQuickBatch: a pop is precise unless, when it is
+// due, a batch still loads (it takes full batches only then): in steady
+// traffic, where each batch ends before the next pop, the pop of the keys
+// handed off meanwhile sleeps its last stretch on the fine timer. Decided
+// as the loop re-armed its timer, just after a pop had started its batch,
+// every pop but the first after idle went on the Go timer, up to a
+// millisecond late, holding back every Get of its batch.
+func TestGatherPreciseAfterQuickBatch(t *testing.T) {
+	var sleeps atomic.Int32
+	defer func(f func(time.Time)) { fineSleep = f }(fineSleep)
+	fineSleep = func(deadline time.Time) {
+		sleeps.Add(1)
+		time.Sleep(time.Until(deadline))
+	}
+	_, rdb := redistest.Mini(t)
+	c := New(rdb, nil)
+	defer c.Close()
+	load := func(_ context.Context, keys []string) (map[string]string, error) {
+		m := map[string]string{}
+		for _, k := range keys {
+			m[k] = "v:" + k
+		}
+		return m, nil
+	}
+	bt := NewBatcher(c, load, &BatchOptions{Window: 50 * time.Millisecond, FleetWide: true, Name: "steady"})
+	ctx := redistest.Context(t, 10*time.Second)
+	// Each Get is handed off within a Window of the last pop, whose batch
+	// has ended by then.
+	keys := []string{"a", "b", "c", "d", "e", "f"}
+	for _, key := range keys {
+		if v, err := bt.Get(ctx, key); err != nil || v != "v:"+key {
+			t.Fatalf("Get(%s): %q, %v", key, v, err)
+		}
+	}
+	if n := sleeps.Load(); n < int32(len(keys)) {
+		t.Errorf("%d pops slept on the fine timer; want every one that popped a key, %d", n, len(keys))
+	}
+}
+
+// TestGatherTakeBack: of the keys a server handed off and waits for, those
+// whose items are queued or loading are left to the gatherer, however long
+// they wait; one whose item is in neither (lost) is taken back: its lease
+// is no longer kept, and its lock released.
+func TestGatherTakeBack(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c, g := handGatherer(t, rdb, nil)
+	ctx := context.Background()
+	where := map[string]string{"queued": "tq 1 q", "loading": "tl 1 l", "lost": "tx 1 x"}
+	if err := rdb.ZAdd(ctx, g.keys[1], redis.Z{Score: 1, Member: where["queued"]}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.SAdd(ctx, g.keys[2], where["loading"]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var items []string
+	g.mu.Lock()
+	g.waiting = map[string]handed{}
+	for _, s := range where {
+		l, _ := g.parseItem(s)
+		if err := rdb.Set(ctx, l.ks.lock, l.token, time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+		k := lease.Keep(c.rdb, l.ks.lock, l.token, time.Minute, time.Now(), nil)
+		t.Cleanup(func() { _ = k.Stop() })
+		g.waiting[s] = handed{ks: l.ks, token: l.token, keeper: k}
+		items = append(items, s)
+	}
+	g.mu.Unlock()
+	g.takeBack(ctx, items)
+	for name, s := range where {
+		l, _ := g.parseItem(s)
+		held := rdb.Get(ctx, l.ks.lock).Val() == l.token
+		g.mu.Lock()
+		_, waits := g.waiting[s]
+		g.mu.Unlock()
+		if want := name != "lost"; held != want || waits != want {
+			t.Errorf("%s: lock held %v, still awaited %v; want %v", name, held, waits, want)
+		}
+	}
+}
+
+// TestGatherRecoveredSameKey: of two items of one key on a recovered
+// loading list (its lock lapsed while it was queued, and it was claimed
+// again), the later claim's is loaded, in whatever order the list gives
+// them (a set's order is Redis's).
+func TestGatherRecoveredSameKey(t *testing.T) {
+	for _, order := range [][]string{{"early 1 a", "late 2 a"}, {"late 2 a", "early 1 a"}} {
+		t.Run(order[0], func(t *testing.T) {
+			_, rdb := redistest.Mini(t)
+			c := New(rdb, nil)
+			t.Cleanup(func() { _ = c.Close() })
+			var loaded atomic.Int32
+			bt := NewBatcher(c, func(_ context.Context, keys []string) (map[string]string, error) {
+				loaded.Add(int32(len(keys)))
+				return map[string]string{"a": "v:a"}, nil
+			}, &BatchOptions{FleetWide: true, Name: "n"})
+			g := bt.b.fleet
+			ctx := context.Background()
+			if err := rdb.Set(ctx, lease.LockKey(DefaultPrefix, "a"), "late", time.Minute).Err(); err != nil {
+				t.Fatal(err)
+			}
+			g.mu.Lock()
+			for _, s := range order {
+				g.loading[s] = g.term
+			}
+			g.leaseEnd = time.Now().Add(time.Minute)
+			g.mu.Unlock()
+			g.load(order, true, time.Now())
+			if n := loaded.Load(); n != 1 {
+				t.Errorf("%d keys loaded; want a, once, under the later claim", n)
+			}
+			if v := rdb.Get(ctx, lease.LockKey(DefaultPrefix, "a")+":value").Val(); v == "" {
+				t.Error("no value stored under the later claim")
+			}
+		})
+	}
 }

@@ -31,10 +31,10 @@ type handed struct {
 }
 
 // auditEvery is how often the items of keys handed off are looked for:
-// the gatherer's lease (2 s unless the Window is longer), or PollInterval
-// if longer. Keys wait for their batch a few Windows at most, unless its
-// budget or a slow loader holds it up, so that a server rarely makes an
-// audit at all.
+// the gatherer's lease (2 s unless 3 Windows are longer), or PollInterval
+// if longer. An audit asks for the keys that wait at that moment, in one
+// call: under steady traffic, a call every auditEvery for the few keys
+// handed off within the last Window or load; none once no key waits.
 func (g *gatherer[T]) auditEvery() time.Duration {
 	return max(g.lease(), g.b.c.opt.PollInterval)
 }

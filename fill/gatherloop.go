@@ -135,6 +135,17 @@ func (g *gatherer[T]) loop() {
 			continue
 		case <-timer.C:
 		}
+		if precise && ls.fullOnly(opt.Window) {
+			// A pop that takes only a full batch (a batch loads) need
+			// not be precise: keys wait for the load to end anyway. On
+			// the fine timer, a loop would block a thread and spin a CPU
+			// every Window for as long as a batch loads.
+			precise = false
+			if d := time.Until(due) - g.ahead(); d > 0 {
+				timer.Reset(d)
+				continue
+			}
+		}
 		if precise {
 			fineSleep(due.Add(-g.ahead()))
 		}
@@ -142,11 +153,7 @@ func (g *gatherer[T]) loop() {
 		if done {
 			return
 		}
-		// A pop that takes only a full batch (a batch loads) need not be
-		// precise: keys wait for the load to end anyway. On the fine
-		// timer, a loop would block a thread and spin a CPU every Window
-		// for as long as a batch loads.
-		due, precise = time.Now().Add(next), !ls.fullOnly(opt.Window)
+		due, precise = time.Now().Add(next), true
 		timer.Reset(early(due))
 	}
 }
@@ -214,19 +221,19 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 	args, settled := g.takeSettled(opt.MaxSize, fullOnly, resync)
 	g.mu.Unlock()
 	v, err := g.run(ctx, gatherPop, args...)
+	broke := false
 	g.mu.Lock()
 	if err != nil {
 		g.putBack(settled) // the script, had it run, took them off: sent again, they are not found
 	} else {
-		if g.tookLease && !tookLease {
-			// A hand-off took the lease anew while this pop was on its
-			// way, and ran first (had the pop found the lease free, it
-			// would have taken it, and the hand-off not): the lease had
-			// a break. This pop counts as taking it anew, and the next
-			// asks for the loading list, which this one did not.
-			tookLease, g.resync = true, true
-		}
-		g.tookLease = false
+		// A hand-off that took the lease anew while this pop was on its
+		// way leaves tookLease set for the next pop. The lease had a
+		// break, before this pop or after it: this pop does not renew
+		// it as far as the gatherer knows (see held), so that no batch
+		// calls its loader until the next pop, which counts as taking it
+		// anew.
+		broke = g.tookLease && !tookLease
+		g.tookLease = g.tookLease && !tookLease
 	}
 	g.mu.Unlock()
 	var r gathered
@@ -254,7 +261,9 @@ func (g *gatherer[T]) pop(ctx context.Context, ls *gatherLoop) (next time.Durati
 	if resync == "1" {
 		g.resync = false
 	}
-	g.leaseEnd = sent.Add(g.lease())
+	if !broke {
+		g.leaseEnd = sent.Add(g.lease())
+	}
 	if r.fresh || tookLease {
 		g.term++
 	}

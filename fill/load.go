@@ -134,10 +134,11 @@ func (c *Cache) reserve(ctx, wctx context.Context, bud *budget.Budget, key strin
 // runReserved runs the loader on ctx, then ends its reservation res, if
 // not nil, as done: the call was made, whatever it returned (a panic and
 // runtime.Goexit included), unless the loader said it made no call (see
-// notCalled): then the reservation is cancelled, its slot given back. A load that returned a value tells the budget
-// that the upstream accepted the call: an Adaptive budget counts it toward
-// raising its learned rate, once per reservation (a loader that reported
-// the response itself, as httpfill's does, loses nothing).
+// notCalled): then the reservation is cancelled, its slot given back. A
+// load that returned a value tells the budget that the upstream accepted
+// the call: an Adaptive budget counts it toward raising its learned rate,
+// once per reservation (a loader that reported the response itself, as
+// httpfill's does, loses nothing).
 func (c *Cache) runReserved(ctx context.Context, run func(context.Context) (any, error), res *budget.Reservation) (out outcome) {
 	if res != nil {
 		defer func() {
