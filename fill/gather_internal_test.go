@@ -448,19 +448,8 @@ func TestGatherRecoveredGoexit(t *testing.T) {
 		return nil, nil
 	}, &BatchOptions{FleetWide: true, Name: "n", MaxSize: 1})
 	g := bt.b.fleet
-	ctx := context.Background()
 	items := []string{"tok1 1 a", "tok2 1 b"}
-	for i, key := range []string{"a", "b"} {
-		if err := rdb.Set(ctx, lease.LockKey(DefaultPrefix, key), fmt.Sprintf("tok%d", i+1), time.Minute).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	g.mu.Lock()
-	for _, s := range items {
-		g.loading[s] = g.term
-	}
-	g.leaseEnd = time.Now().Add(time.Minute)
-	g.mu.Unlock()
+	recoveredBy(t, g, map[string]string{"a": "tok1", "b": "tok2"}, items)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -639,15 +628,7 @@ func TestGatherRecoveredSameKey(t *testing.T) {
 			}, &BatchOptions{FleetWide: true, Name: "n"})
 			g := bt.b.fleet
 			ctx := context.Background()
-			if err := rdb.Set(ctx, lease.LockKey(DefaultPrefix, "a"), "late", time.Minute).Err(); err != nil {
-				t.Fatal(err)
-			}
-			g.mu.Lock()
-			for _, s := range order {
-				g.loading[s] = g.term
-			}
-			g.leaseEnd = time.Now().Add(time.Minute)
-			g.mu.Unlock()
+			recoveredBy(t, g, map[string]string{"a": "late"}, order)
 			g.load(order, true, time.Now())
 			if n := loaded.Load(); n != 1 {
 				t.Errorf("%d keys loaded; want a, once, under the later claim", n)
@@ -657,4 +638,22 @@ func TestGatherRecoveredSameKey(t *testing.T) {
 			}
 		})
 	}
+}
+
+// recoveredBy makes items g's recovered batch, its lease held: the lock of
+// each key of locks held by its token, each item on g's loading list in
+// its current term.
+func recoveredBy(t *testing.T, g *gatherer[string], locks map[string]string, items []string) {
+	t.Helper()
+	for key, token := range locks {
+		if err := g.b.c.rdb.Redis().Set(context.Background(), lease.LockKey(DefaultPrefix, key), token, time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range items {
+		g.loading[s] = g.term
+	}
+	g.leaseEnd = time.Now().Add(time.Minute)
 }
