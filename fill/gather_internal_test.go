@@ -354,12 +354,7 @@ func TestGatherSettledOwnedByCall(t *testing.T) {
 // on the fine timer, a gatherer spun a CPU every Window for as long as a
 // batch loaded. The pop due a Window after a Get sleeps on it.
 func TestGatherAfterBatchNotPrecise(t *testing.T) {
-	var sleeps atomic.Int32
-	defer func(f func(time.Time)) { fineSleep = f }(fineSleep)
-	fineSleep = func(deadline time.Time) {
-		sleeps.Add(1)
-		time.Sleep(time.Until(deadline))
-	}
+	sleeps := countFineSleeps(t)
 	_, rdb := redistest.Mini(t)
 	pops := &gatherPops{}
 	rdb.AddHook(pops)
@@ -538,12 +533,7 @@ func (h beforePop) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 // every pop but the first after idle went on the Go timer, up to a
 // millisecond late, holding back every Get of its batch.
 func TestGatherPreciseAfterQuickBatch(t *testing.T) {
-	var sleeps atomic.Int32
-	defer func(f func(time.Time)) { fineSleep = f }(fineSleep)
-	fineSleep = func(deadline time.Time) {
-		sleeps.Add(1)
-		time.Sleep(time.Until(deadline))
-	}
+	sleeps := countFineSleeps(t)
 	_, rdb := redistest.Mini(t)
 	c := New(rdb, nil)
 	defer c.Close()
@@ -656,4 +646,17 @@ func recoveredBy(t *testing.T, g *gatherer[string], locks map[string]string, ite
 		g.loading[s] = g.term
 	}
 	g.leaseEnd = time.Now().Add(time.Minute)
+}
+
+// countFineSleeps counts the gather loops' sleeps on the fine timer (each
+// slept on the Go timer instead) until t ends.
+func countFineSleeps(t *testing.T) *atomic.Int32 {
+	var sleeps atomic.Int32
+	saved := fineSleep
+	t.Cleanup(func() { fineSleep = saved })
+	fineSleep = func(deadline time.Time) {
+		sleeps.Add(1)
+		time.Sleep(time.Until(deadline))
+	}
+	return &sleeps
 }
