@@ -108,7 +108,7 @@ type gatherer[T any] struct {
 	// waiting holds the keys handed off here whose flights have not
 	// landed, by item; auditing: a goroutine looks for them (see
 	// gatheraudit.go). Guarded by mu.
-	waiting  map[string]handed
+	waiting  map[string]handedKey
 	auditing bool
 }
 

@@ -576,7 +576,7 @@ func TestGatherTakeBack(t *testing.T) {
 	}
 	var items []string
 	g.mu.Lock()
-	g.waiting = map[string]handed{}
+	g.waiting = map[string]handedKey{}
 	for _, s := range where {
 		l, _ := g.parseItem(s)
 		if err := rdb.Set(ctx, l.ks.lock, l.token, time.Minute).Err(); err != nil {
@@ -584,7 +584,7 @@ func TestGatherTakeBack(t *testing.T) {
 		}
 		k := lease.Keep(c.rdb, l.ks.lock, l.token, time.Minute, time.Now(), nil)
 		t.Cleanup(func() { _ = k.Stop() })
-		g.waiting[s] = handed{ks: l.ks, token: l.token, keeper: k}
+		g.waiting[s] = handedKey{ks: l.ks, token: l.token, keeper: k}
 		items = append(items, s)
 	}
 	g.mu.Unlock()

@@ -22,8 +22,8 @@ import (
 // token of their own) claim and load it as any key whose holder released
 // it.
 
-// handed is a key this server handed off and still waits for.
-type handed struct {
+// handedKey is a key this server handed off and still waits for.
+type handedKey struct {
 	f      *flight.Call
 	ks     keyset
 	token  string // the claim's, which holds the lock
@@ -46,10 +46,10 @@ func (g *gatherer[T]) watch(items []string, claimed []*batchLook) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.waiting == nil {
-		g.waiting = make(map[string]handed, len(items))
+		g.waiting = make(map[string]handedKey, len(items))
 	}
 	for i, l := range claimed {
-		g.waiting[items[i]] = handed{f: l.f, ks: l.ks, token: l.token, keeper: l.claimKeeper}
+		g.waiting[items[i]] = handedKey{f: l.f, ks: l.ks, token: l.token, keeper: l.claimKeeper}
 	}
 	if !g.auditing && g.b.c.enter() {
 		g.auditing = true
@@ -123,7 +123,7 @@ func (g *gatherer[T]) takeBack(ctx context.Context, items []string) {
 		c.log("looking for the keys handed off to the fleet's gatherer failed", "err", err)
 		return
 	}
-	var lost []handed
+	var lost []handedKey
 	g.mu.Lock()
 	for i, s := range items {
 		if n, _ := found[i].(int64); n == 0 {
