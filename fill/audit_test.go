@@ -15,28 +15,29 @@ import (
 	"github.com/locksmith-go/locksmith/internal/redistest"
 )
 
-// TestFleetLostQueueEntryTakenBack: a key handed off to the fleet's
-// gatherer whose queue entry is lost while its lock survives (a failover to
-// a replica the hand-off had not reached, the queue evicted or deleted) is
-// taken back by its claimer and loaded, once, within a few seconds. The
-// claimer kept the claim's lease and its waiters waited behind it: nobody
-// loaded the key until the flight's LoadTimeout (10 minutes) ended. A key
-// whose entry is still queued is left to the gatherer, however long it
-// waits there. Real redis-server: the leases run out in real time.
-func TestFleetLostQueueEntryTakenBack(t *testing.T) {
+// TestFleetLostQueueEntryQueuedAgain: keys handed off to the fleet's
+// gatherer whose queue entries are lost while their locks survive (a
+// failover to a replica the hand-off had not reached, the queue evicted or
+// deleted) are queued again by their claimer, and go out together, in one
+// loader call, each key once, within a few seconds. The claimer kept the
+// claims' leases and its waiters waited behind them: nobody loaded the
+// keys until the flights' LoadTimeout (10 minutes) ended. Keys whose
+// entries are still queued are left to the gatherer, however long they
+// wait. Real redis-server: the leases run out in real time.
+func TestFleetLostQueueEntryQueuedAgain(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := s.Client(t, nil)
 	audits := &auditCalls{}
 	rdb.AddHook(audits)
 	c := newCache(t, rdb, &fill.Options{LockTTL: time.Second, PollInterval: 50 * time.Millisecond})
 	var mu sync.Mutex
-	calls := map[string]int{}
+	var calls [][]string
 	load := func(_ context.Context, keys []string) (map[string]string, error) {
 		mu.Lock()
 		defer mu.Unlock()
+		calls = append(calls, keys)
 		m := map[string]string{}
 		for _, k := range keys {
-			calls[k]++
 			m[k] = "v:" + k
 		}
 		return m, nil
@@ -47,45 +48,52 @@ func TestFleetLostQueueEntryTakenBack(t *testing.T) {
 		leaseKey = "__locksmith:{batch:lost}:gatherer"
 		queue    = "__locksmith:{batch:lost}:queue"
 	)
-	// Another server gathers, and pops nothing: the key stays queued.
+	// Another server gathers, and pops nothing: the keys stay queued.
 	if err := rdb.Set(ctx, leaseKey, "another", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan error, 1)
-	go func() {
-		v, err := bt.Get(ctx, "k")
-		if err == nil && v != "v:k" {
-			err = &unexpectedValue{v}
-		}
-		got <- err
-	}()
-	redistest.WaitFor(t, "the key queued", func() bool { return rdb.ZCard(ctx, queue).Val() == 1 })
-	// Audited while queued (the audits begin with the hand-off): left
-	// queued, its lock held, nothing loaded.
-	redistest.WaitFor(t, "an audit", func() bool { return audits.n.Load() >= 1 })
-	if n := rdb.ZCard(ctx, queue).Val(); n != 1 {
-		t.Fatalf("%d keys queued after the audits; want the key still there", n)
+	keys := []string{"a", "b", "c"}
+	got := make(chan error, len(keys))
+	for _, key := range keys {
+		go func() {
+			v, err := bt.Get(ctx, key)
+			if err == nil && v != "v:"+key {
+				err = &unexpectedValue{v}
+			}
+			got <- err
+		}()
 	}
-	if n := rdb.Exists(ctx, lease.LockKey(fill.DefaultPrefix, "k")).Val(); n != 1 {
-		t.Fatal("the lock of a key still queued was released")
+	redistest.WaitFor(t, "the keys queued", func() bool { return rdb.ZCard(ctx, queue).Val() == int64(len(keys)) })
+	// Audited while queued (the audits begin with the hand-off): left
+	// queued, their locks held, nothing loaded.
+	redistest.WaitFor(t, "an audit", func() bool { return audits.n.Load() >= 1 })
+	if n := rdb.ZCard(ctx, queue).Val(); n != int64(len(keys)) {
+		t.Fatalf("%d keys queued after the audit; want %d", n, len(keys))
+	}
+	for _, key := range keys {
+		if n := rdb.Exists(ctx, lease.LockKey(fill.DefaultPrefix, key)).Val(); n != 1 {
+			t.Fatalf("the lock of %s, still queued, was released", key)
+		}
 	}
 	mu.Lock()
-	n := calls["k"]
+	n := len(calls)
 	mu.Unlock()
 	if n != 0 {
-		t.Fatalf("a key still queued was loaded %d times", n)
+		t.Fatalf("keys still queued were loaded: %d loader calls", n)
 	}
-	// The queue is lost; the other gatherer lives on.
-	if err := rdb.Del(ctx, queue).Err(); err != nil {
+	// A failover to a replica that had neither the queue nor the lease.
+	if err := rdb.Del(ctx, queue, leaseKey).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-got; err != nil {
-		t.Fatalf("Get after the queue was lost: %v", err)
+	for range keys {
+		if err := <-got; err != nil {
+			t.Fatalf("Get after the queue was lost: %v", err)
+		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if n := calls["k"]; n != 1 {
-		t.Errorf("the key was loaded %d times; want once", n)
+	if len(calls) != 1 || len(calls[0]) != len(keys) {
+		t.Errorf("loader calls %q; want one, for the %d keys queued again together", calls, len(keys))
 	}
 }
 

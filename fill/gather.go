@@ -282,7 +282,9 @@ func (g *gatherer[T]) load(items []string, recovered bool, replied time.Time) {
 		chunk = append(chunk, l)
 	}
 	if recovered {
-		chunk = g.stillClaimed(fctx, chunk)
+		if held, err := g.stillClaimed(fctx, chunk); err == nil {
+			chunk = held
+		} // else all: the settle checks each token anyway
 	}
 	timed := !recovered && c.budget(fctx) == nil
 	around := func(call func() (any, error)) (any, error) {
@@ -350,8 +352,9 @@ func (g *gatherer[T]) putBack(items []string) {
 }
 
 // stillClaimed returns the looks of chunk whose lock still holds their
-// claim's token, in one pipelined round trip.
-func (g *gatherer[T]) stillClaimed(ctx context.Context, chunk []*batchLook) []*batchLook {
+// claim's token, in one pipelined round trip; an error if one lock could
+// not be read.
+func (g *gatherer[T]) stillClaimed(ctx context.Context, chunk []*batchLook) ([]*batchLook, error) {
 	c := g.b.c
 	cmds, err := redisx.Run(ctx, c.rdb, func(ctx context.Context) ([]*redis.StringCmd, error) {
 		pipe := c.rdb.Redis().Pipeline()
@@ -359,14 +362,16 @@ func (g *gatherer[T]) stillClaimed(ctx context.Context, chunk []*batchLook) []*b
 		for i, l := range chunk {
 			cmds[i] = pipe.Get(ctx, l.ks.lock)
 		}
-		_, err := pipe.Exec(ctx)
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return nil, err
+		_, _ = pipe.Exec(ctx)
+		for _, cmd := range cmds {
+			if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
+				return nil, err
+			}
 		}
 		return cmds, nil
 	}, nil)
 	if err != nil {
-		return chunk // the settle checks each token anyway
+		return nil, err
 	}
 	var held []*batchLook
 	for i, l := range chunk {
@@ -374,5 +379,5 @@ func (g *gatherer[T]) stillClaimed(ctx context.Context, chunk []*batchLook) []*b
 			held = append(held, l)
 		}
 	}
-	return held
+	return held, nil
 }

@@ -561,13 +561,19 @@ func TestGatherPreciseAfterQuickBatch(t *testing.T) {
 
 // TestGatherTakeBack: of the keys a server handed off and waits for, those
 // whose items are queued or loading are left to the gatherer, however long
-// they wait; one whose item is in neither (lost) is taken back: its lease
-// is no longer kept, and its lock released.
+// they wait. One whose item is in neither (lost) and whose lock its claim
+// still holds is queued again; lost a second time, it is taken back: its
+// lease is no longer kept, and its lock released. One whose lock its claim
+// no longer holds (settled meanwhile) is only forgotten.
 func TestGatherTakeBack(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	c, g := handGatherer(t, rdb, nil)
 	ctx := context.Background()
-	where := map[string]string{"queued": "tq 1 q", "loading": "tl 1 l", "lost": "tx 1 x"}
+	// Another server gathers, and pops nothing meanwhile.
+	if err := rdb.Set(ctx, g.keys[0], "another", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	where := map[string]string{"queued": "tq 1 q", "loading": "tl 1 l", "lost": "tx 1 x", "settled": "ts 1 s"}
 	if err := rdb.ZAdd(ctx, g.keys[1], redis.Z{Score: 1, Member: where["queued"]}).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -577,10 +583,12 @@ func TestGatherTakeBack(t *testing.T) {
 	var items []string
 	g.mu.Lock()
 	g.waiting = map[string]handedKey{}
-	for _, s := range where {
+	for name, s := range where {
 		l, _ := g.parseItem(s)
-		if err := rdb.Set(ctx, l.ks.lock, l.token, time.Minute).Err(); err != nil {
-			t.Fatal(err)
+		if name != "settled" {
+			if err := rdb.Set(ctx, l.ks.lock, l.token, time.Minute).Err(); err != nil {
+				t.Fatal(err)
+			}
 		}
 		k := lease.Keep(c.rdb, l.ks.lock, l.token, time.Minute, time.Now(), nil)
 		t.Cleanup(func() { _ = k.Stop() })
@@ -588,17 +596,30 @@ func TestGatherTakeBack(t *testing.T) {
 		items = append(items, s)
 	}
 	g.mu.Unlock()
-	g.takeBack(ctx, items)
-	for name, s := range where {
-		l, _ := g.parseItem(s)
-		held := rdb.Get(ctx, l.ks.lock).Val() == l.token
-		g.mu.Lock()
-		_, waits := g.waiting[s]
-		g.mu.Unlock()
-		if want := name != "lost"; held != want || waits != want {
-			t.Errorf("%s: lock held %v, still awaited %v; want %v", name, held, waits, want)
+	check := func(when string, want map[string][2]bool) {
+		t.Helper()
+		for name, s := range where {
+			l, _ := g.parseItem(s)
+			held := rdb.Get(ctx, l.ks.lock).Val() == l.token
+			g.mu.Lock()
+			_, waits := g.waiting[s]
+			g.mu.Unlock()
+			if w := want[name]; held != w[0] || waits != w[1] {
+				t.Errorf("%s, %s: lock held %v, still awaited %v; want %v, %v", when, name, held, waits, w[0], w[1])
+			}
 		}
 	}
+	g.takeBack(ctx, items)
+	check("first audit", map[string][2]bool{"queued": {true, true}, "loading": {true, true}, "lost": {true, true}})
+	if err := rdb.ZScore(ctx, g.keys[1], where["lost"]).Err(); err != nil {
+		t.Errorf("the lost key was not queued again: %v", err)
+	}
+	// Lost again.
+	if err := rdb.ZRem(ctx, g.keys[1], where["lost"]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	g.takeBack(ctx, []string{where["queued"], where["loading"], where["lost"]})
+	check("second audit", map[string][2]bool{"queued": {true, true}, "loading": {true, true}})
 }
 
 // TestGatherRecoveredSameKey: of two items of one key on a recovered

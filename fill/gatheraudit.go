@@ -13,14 +13,15 @@ import (
 // queue, and then on its loading list, while its claimer keeps the claim's
 // lease. Should its item leave both without the key being settled (a
 // failover to a replica the hand-off had not reached, the queue evicted or
-// deleted, a FLUSHALL that spared the lock), nobody would load the key
-// and its claimer would keep its lock: every server's callers would wait
-// until their ctx or the flight's LoadTimeout ended. So a server asks,
-// every auditEvery while keys it handed off wait, whether their items are
-// still there; one that is not is taken back: its lease is no longer kept
-// and its lock released, and its waiters (this server's, which wait with a
-// token of their own) claim and load it as any key whose holder released
-// it.
+// deleted), nobody would load the key and its claimer would keep its
+// lock: every server's callers would wait until their ctx or the flight's
+// LoadTimeout ended. So a server asks, every auditEvery while keys it
+// handed off wait, whether their items are still there. One that is not,
+// and whose lock its claim still holds (it was not settled), is queued
+// again, to go out with the fleet's next batch; one lost a second time is
+// taken back: its lease is no longer kept and its lock released, and its
+// waiters (this server's, which wait with a token of their own) claim and
+// load it as any key whose holder released it.
 
 // handedKey is a key this server handed off and still waits for.
 type handedKey struct {
@@ -28,6 +29,7 @@ type handedKey struct {
 	ks     keyset
 	token  string // the claim's, which holds the lock
 	keeper *lease.Keeper
+	again  bool // queued again once already
 }
 
 // auditEvery is how often the items of keys handed off are looked for:
@@ -102,9 +104,12 @@ func (g *gatherer[T]) stillWaiting() []string {
 	return items
 }
 
-// takeBack asks whether items are queued or loading, and takes back the
-// keys of those that are not: their claims' leases are no longer kept,
-// and their locks released, which wakes their waiters.
+// takeBack asks whether items are queued or loading, and queues again
+// those that are not, whose locks their claims still hold; a key not found
+// a second time (or that could not be queued again) is taken back: its
+// claim's lease is no longer kept, and its lock released, which wakes its
+// waiters. A key whose lock its claim no longer holds was settled (its
+// value is on its way) or lost with its lock: it is only forgotten.
 func (g *gatherer[T]) takeBack(ctx context.Context, items []string) {
 	c := g.b.c
 	args := make([]any, len(items))
@@ -123,23 +128,95 @@ func (g *gatherer[T]) takeBack(ctx context.Context, items []string) {
 		c.log("looking for the keys handed off to the fleet's gatherer failed", "err", err)
 		return
 	}
-	var lost []handedKey
+	var lost, missing []handedKey
+	var names []string
 	g.mu.Lock()
 	for i, s := range items {
-		if n, _ := found[i].(int64); n == 0 {
-			if h, ok := g.waiting[s]; ok {
-				delete(g.waiting, s)
-				lost = append(lost, h)
-			}
+		h, ok := g.waiting[s]
+		if n, _ := found[i].(int64); n != 0 || !ok {
+			continue
+		}
+		if h.again {
+			delete(g.waiting, s)
+			lost = append(lost, h)
+		} else {
+			missing, names = append(missing, h), append(names, s)
 		}
 	}
 	g.mu.Unlock()
+	if len(missing) > 0 {
+		lost = append(lost, g.queueAgain(ctx, missing, names)...)
+	}
 	if len(lost) == 0 {
 		return
 	}
-	c.log("keys handed off to the fleet's gatherer left its queue unsettled; taking them back", "keys", len(lost))
+	c.log("keys handed off to the fleet's gatherer left its queue twice unsettled; taking them back", "keys", len(lost))
 	for _, h := range lost {
 		_ = h.keeper.Stop()
 		c.release(ctx, h.ks, h.token)
 	}
+}
+
+// queueAgain hands off again the keys of missing (their items, names) that
+// their claims still hold, and returns those it could not.
+func (g *gatherer[T]) queueAgain(ctx context.Context, missing []handedKey, names []string) []handedKey {
+	c := g.b.c
+	looks := make([]*batchLook, len(missing))
+	for i, h := range missing {
+		looks[i] = &batchLook{ks: h.ks, look: look{token: h.token}}
+	}
+	held, err := g.stillClaimed(ctx, looks)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log("reading the locks of keys lost from the fleet's queue failed", "err", err)
+		}
+		return nil // looked for again at the next audit
+	}
+	claimed := make(map[*batchLook]bool, len(held))
+	for _, l := range held {
+		claimed[l] = true
+	}
+	var args []any
+	var queued []int
+	g.mu.Lock()
+	for i, l := range looks {
+		if !claimed[l] {
+			// Settled meanwhile, or its lock lost: its waiters see to it.
+			delete(g.waiting, names[i])
+			continue
+		}
+		args, queued = append(args, names[i]), append(queued, i)
+	}
+	g.mu.Unlock()
+	if len(queued) == 0 {
+		return nil
+	}
+	took, err := g.run(ctx, gatherHandOff, args...)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log("queueing again keys lost from the fleet's queue failed; taking them back", "err", err)
+		}
+		var back []handedKey
+		g.mu.Lock()
+		for _, i := range queued {
+			delete(g.waiting, names[i])
+			back = append(back, missing[i])
+		}
+		g.mu.Unlock()
+		return back
+	}
+	c.log("keys handed off to the fleet's gatherer left its queue unsettled; queued again", "keys", len(queued))
+	g.mu.Lock()
+	for _, i := range queued {
+		if h, ok := g.waiting[names[i]]; ok {
+			h.again = true
+			g.waiting[names[i]] = h
+		}
+	}
+	if n, _ := took.(int64); n == 1 {
+		g.tookLease = true // see handOff
+	}
+	g.mu.Unlock()
+	g.wake(time.Time{})
+	return nil
 }
