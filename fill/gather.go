@@ -169,6 +169,7 @@ func (g *gatherer[T]) handOff(fctx context.Context, claimed []*batchLook, cl cal
 	g.mu.Unlock()
 	took, err := g.run(fctx, gatherHandOff, items...)
 	if err != nil {
+		g.mayHaveTaken(err)
 		b.c.stats.redisErrors.Add(1)
 		b.c.log("handing a batch's keys off to the fleet's gatherer failed; loading them here", "err", err)
 		for chunk := range slices.Chunk(claimed, b.opt.MaxSize) {
@@ -355,29 +356,43 @@ func (g *gatherer[T]) putBack(items []string) {
 // claim's token, in one pipelined round trip; an error if one lock could
 // not be read.
 func (g *gatherer[T]) stillClaimed(ctx context.Context, chunk []*batchLook) ([]*batchLook, error) {
+	held, err := g.claimsHeld(ctx, chunk)
+	var out []*batchLook
+	for i, l := range chunk {
+		if err[i] != nil {
+			return nil, err[i]
+		}
+		if held[i] {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+// claimsHeld reads the lock of each look of chunk in one pipelined round
+// trip: held[i] tells whether chunk[i]'s still holds its claim's token,
+// unless err[i] says it could not be read.
+func (g *gatherer[T]) claimsHeld(ctx context.Context, chunk []*batchLook) (held []bool, err []error) {
 	c := g.b.c
-	cmds, err := redisx.Run(ctx, c.rdb, func(ctx context.Context) ([]*redis.StringCmd, error) {
+	held, err = make([]bool, len(chunk)), make([]error, len(chunk))
+	cmds, rerr := redisx.Run(ctx, c.rdb, func(ctx context.Context) ([]*redis.StringCmd, error) {
 		pipe := c.rdb.Redis().Pipeline()
 		cmds := make([]*redis.StringCmd, len(chunk))
 		for i, l := range chunk {
 			cmds[i] = pipe.Get(ctx, l.ks.lock)
 		}
-		_, _ = pipe.Exec(ctx)
-		for _, cmd := range cmds {
-			if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
-				return nil, err
-			}
-		}
+		_, _ = pipe.Exec(ctx) // each command carries its own reply
 		return cmds, nil
 	}, nil)
-	if err != nil {
-		return nil, err
-	}
-	var held []*batchLook
 	for i, l := range chunk {
-		if cmds[i].Val() == l.token {
-			held = append(held, l)
+		switch {
+		case rerr != nil:
+			err[i] = rerr
+		case cmds[i].Err() != nil && !errors.Is(cmds[i].Err(), redis.Nil):
+			err[i] = cmds[i].Err()
+		default:
+			held[i] = cmds[i].Val() == l.token
 		}
 	}
-	return held, nil
+	return held, err
 }

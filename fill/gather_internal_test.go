@@ -2,6 +2,7 @@ package fill
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -573,7 +574,7 @@ func TestGatherTakeBack(t *testing.T) {
 	if err := rdb.Set(ctx, g.keys[0], "another", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	where := map[string]string{"queued": "tq 1 q", "loading": "tl 1 l", "lost": "tx 1 x", "settled": "ts 1 s"}
+	where := map[string]string{"queued": "tq 1 q", "loading": "tl 1 l", "lost": "tx 1 x", "settled": "ts 1 s", "unreadable": "tu 1 u"}
 	if err := rdb.ZAdd(ctx, g.keys[1], redis.Z{Score: 1, Member: where["queued"]}).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -585,7 +586,13 @@ func TestGatherTakeBack(t *testing.T) {
 	g.waiting = map[string]handedKey{}
 	for name, s := range where {
 		l, _ := g.parseItem(s)
-		if name != "settled" {
+		switch name {
+		case "settled":
+		case "unreadable": // GET fails: WRONGTYPE
+			if err := rdb.RPush(ctx, l.ks.lock, l.token).Err(); err != nil {
+				t.Fatal(err)
+			}
+		default:
 			if err := rdb.Set(ctx, l.ks.lock, l.token, time.Minute).Err(); err != nil {
 				t.Fatal(err)
 			}
@@ -610,7 +617,9 @@ func TestGatherTakeBack(t *testing.T) {
 		}
 	}
 	g.takeBack(ctx, items)
-	check("first audit", map[string][2]bool{"queued": {true, true}, "loading": {true, true}, "lost": {true, true}})
+	// A lock that could not be read leaves its key awaited, to be looked
+	// at again, and holds up no other.
+	check("first audit", map[string][2]bool{"queued": {true, true}, "loading": {true, true}, "lost": {true, true}, "unreadable": {false, true}})
 	if err := rdb.ZScore(ctx, g.keys[1], where["lost"]).Err(); err != nil {
 		t.Errorf("the lost key was not queued again: %v", err)
 	}
@@ -619,7 +628,66 @@ func TestGatherTakeBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.takeBack(ctx, []string{where["queued"], where["loading"], where["lost"]})
-	check("second audit", map[string][2]bool{"queued": {true, true}, "loading": {true, true}})
+	check("second audit", map[string][2]bool{"queued": {true, true}, "loading": {true, true}, "unreadable": {false, true}})
+}
+
+// TestGatherQueueAgainMayHaveRun: a key queued again by a hand-off whose
+// reply was lost (it may have run) is not taken back: released, it would
+// be loaded by its waiters and, queued after all, by the gatherer too. It
+// waits for the next audit; and the next pop counts as taking the lease
+// anew, which that hand-off may have done.
+func TestGatherQueueAgainMayHaveRun(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c, g := handGatherer(t, rdb, nil)
+	ctx := context.Background()
+	if err := rdb.Set(ctx, g.keys[0], "another", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	item := "tx 1 x"
+	l, _ := g.parseItem(item)
+	if err := rdb.Set(ctx, l.ks.lock, l.token, time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	k := lease.Keep(c.rdb, l.ks.lock, l.token, time.Minute, time.Now(), nil)
+	t.Cleanup(func() { _ = k.Stop() })
+	g.mu.Lock()
+	g.waiting = map[string]handedKey{item: {ks: l.ks, token: l.token, keeper: k}}
+	g.mu.Unlock()
+	rdb.AddHook(lostHandOffReply{})
+	g.takeBack(ctx, []string{item})
+	if rdb.Get(ctx, l.ks.lock).Val() != l.token {
+		t.Error("the lock was released")
+	}
+	if err := rdb.ZScore(ctx, g.keys[1], item).Err(); err != nil {
+		t.Errorf("not queued: %v", err)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if h, ok := g.waiting[item]; !ok || h.again {
+		t.Errorf("awaited %v, queued again once %v; want awaited, to be looked at again as at first", ok, h.again)
+	}
+	if !g.tookLease {
+		t.Error("the next pop does not count as taking the lease anew")
+	}
+}
+
+// lostHandOffReply makes every hand-off of the gather script fail as a
+// reply lost after it ran.
+type lostHandOffReply struct{}
+
+func (lostHandOffReply) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (lostHandOffReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if args := cmd.Args(); err == nil && len(args) > 9 && (args[1] == gatherScript.Hash() || args[1] == gatherLua) && args[9] == gatherHandOff {
+			err = errors.New("read tcp: i/o timeout")
+			cmd.SetErr(err)
+		}
+		return err
+	}
+}
+func (lostHandOffReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
 
 // TestGatherRecoveredSameKey: of two items of one key on a recovered

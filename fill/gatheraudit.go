@@ -7,6 +7,7 @@ import (
 
 	"github.com/locksmith-go/locksmith/internal/flight"
 	"github.com/locksmith-go/locksmith/internal/lease"
+	"github.com/locksmith-go/locksmith/internal/redisx"
 )
 
 // A key handed off to the fleet's gatherer (see gather.go) waits in its
@@ -150,7 +151,7 @@ func (g *gatherer[T]) takeBack(ctx context.Context, items []string) {
 	if len(lost) == 0 {
 		return
 	}
-	c.log("keys handed off to the fleet's gatherer left its queue twice unsettled; taking them back", "keys", len(lost))
+	c.log("keys handed off to the fleet's gatherer left its queue unsettled again; taking them back", "keys", len(lost))
 	for _, h := range lost {
 		_ = h.keeper.Stop()
 		c.release(ctx, h.ks, h.token)
@@ -165,33 +166,39 @@ func (g *gatherer[T]) queueAgain(ctx context.Context, missing []handedKey, names
 	for i, h := range missing {
 		looks[i] = &batchLook{ks: h.ks, look: look{token: h.token}}
 	}
-	held, err := g.stillClaimed(ctx, looks)
-	if err != nil {
-		if ctx.Err() == nil {
-			c.log("reading the locks of keys lost from the fleet's queue failed", "err", err)
-		}
-		return nil // looked for again at the next audit
-	}
-	claimed := make(map[*batchLook]bool, len(held))
-	for _, l := range held {
-		claimed[l] = true
-	}
+	held, errs := g.claimsHeld(ctx, looks)
 	var args []any
 	var queued []int
+	var unread error
 	g.mu.Lock()
-	for i, l := range looks {
-		if !claimed[l] {
+	for i := range looks {
+		switch {
+		case errs[i] != nil:
+			unread = errs[i] // looked for again at the next audit
+		case !held[i]:
 			// Settled meanwhile, or its lock lost: its waiters see to it.
 			delete(g.waiting, names[i])
-			continue
+		default:
+			args, queued = append(args, names[i]), append(queued, i)
 		}
-		args, queued = append(args, names[i]), append(queued, i)
 	}
 	g.mu.Unlock()
+	if unread != nil && ctx.Err() == nil {
+		c.log("reading the locks of keys lost from the fleet's queue failed", "err", unread)
+	}
 	if len(queued) == 0 {
 		return nil
 	}
 	took, err := g.run(ctx, gatherHandOff, args...)
+	if err != nil && redisx.MayHaveRun(err) {
+		// Queued, perhaps: sent again, an item still queued stays
+		// queued once; the next audit sees.
+		g.mayHaveTaken(err)
+		if ctx.Err() == nil {
+			c.log("queueing again keys lost from the fleet's queue failed", "err", err)
+		}
+		return nil
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			c.log("queueing again keys lost from the fleet's queue failed; taking them back", "err", err)
@@ -219,4 +226,16 @@ func (g *gatherer[T]) queueAgain(ctx context.Context, missing []handedKey, names
 	g.mu.Unlock()
 	g.wake(time.Time{})
 	return nil
+}
+
+// mayHaveTaken notes a hand-off that failed with err: if it may have run,
+// it may have taken the lease, anew; the next pop counts as taking it so,
+// and asks for the loading list a gatherer whose lease ran out left.
+func (g *gatherer[T]) mayHaveTaken(err error) {
+	if !redisx.MayHaveRun(err) {
+		return
+	}
+	g.mu.Lock()
+	g.tookLease = true
+	g.mu.Unlock()
 }
