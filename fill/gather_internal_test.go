@@ -567,13 +567,8 @@ func TestGatherPreciseAfterQuickBatch(t *testing.T) {
 // lease is no longer kept, and its lock released. One whose lock its claim
 // no longer holds (settled meanwhile) is only forgotten.
 func TestGatherTakeBack(t *testing.T) {
-	_, rdb := redistest.Mini(t)
-	c, g := handGatherer(t, rdb, nil)
+	rdb, c, g := otherGathers(t)
 	ctx := context.Background()
-	// Another server gathers, and pops nothing meanwhile.
-	if err := rdb.Set(ctx, g.keys[0], "another", time.Minute).Err(); err != nil {
-		t.Fatal(err)
-	}
 	where := map[string]string{"queued": "tq 1 q", "loading": "tl 1 l", "lost": "tx 1 x", "settled": "ts 1 s", "unreadable": "tu 1 u"}
 	if err := rdb.ZAdd(ctx, g.keys[1], redis.Z{Score: 1, Member: where["queued"]}).Err(); err != nil {
 		t.Fatal(err)
@@ -637,12 +632,8 @@ func TestGatherTakeBack(t *testing.T) {
 // waits for the next audit; and the next pop counts as taking the lease
 // anew, which that hand-off may have done.
 func TestGatherQueueAgainMayHaveRun(t *testing.T) {
-	_, rdb := redistest.Mini(t)
-	c, g := handGatherer(t, rdb, nil)
+	rdb, c, g := otherGathers(t)
 	ctx := context.Background()
-	if err := rdb.Set(ctx, g.keys[0], "another", time.Minute).Err(); err != nil {
-		t.Fatal(err)
-	}
 	item := "tx 1 x"
 	l, _ := g.parseItem(item)
 	if err := rdb.Set(ctx, l.ks.lock, l.token, time.Minute).Err(); err != nil {
@@ -748,4 +739,15 @@ func countFineSleeps(t *testing.T) *atomic.Int32 {
 		time.Sleep(time.Until(deadline))
 	}
 	return &sleeps
+}
+
+// otherGathers returns a server's gatherer on miniredis while another
+// server holds the gatherer's lease: it pops nothing.
+func otherGathers(t *testing.T) (*redis.Client, *Cache, *gatherer[string]) {
+	_, rdb := redistest.Mini(t)
+	c, g := handGatherer(t, rdb, nil)
+	if err := rdb.Set(context.Background(), g.keys[0], "another", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	return rdb, c, g
 }
