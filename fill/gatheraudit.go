@@ -61,7 +61,8 @@ func (g *gatherer[T]) watch(items []string, claimed []*batchLook) {
 }
 
 // audit looks for the items of the keys this server handed off, every
-// auditEvery, until none waits, and takes back those it does not find.
+// auditEvery, until none waits; those it does not find are queued again,
+// or taken back (see takeBack).
 func (g *gatherer[T]) audit() {
 	c := g.b.c
 	defer c.wg.Done()
